@@ -1,0 +1,200 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depproxy/depproxy/proxy/storage"
+)
+
+// Blob is a blob ready to serve. When Size is known it can seek, for
+// Range requests. Err tells, after serving, whether the bytes turned out
+// wrong (a cut or corrupt upstream transfer): the response must then be
+// aborted, never completed.
+type Blob struct {
+	io.ReadSeeker
+	Size    int64
+	ModTime time.Time
+
+	close func()
+	err   func() error
+}
+
+// Close releases the blob.
+func (b *Blob) Close() error { b.close(); return nil }
+
+// Err reports a failure of the bytes served so far.
+func (b *Blob) Err() error { return b.err() }
+
+// Blob returns the blob with digest d, from storage, or from the upstream
+// download already running for it, or from a new one.
+func (c *Cache) Blob(ctx context.Context, repo string, d digest.Digest) (*Blob, error) {
+	repo = c.up.Repository(repo)
+	if f := c.joinFill(d); f != nil {
+		c.metrics.request("blob", "join")
+		return c.fillBlob(ctx, f)
+	}
+	r, info, err := c.store.Open(ctx, blobKey(d))
+	if err == nil {
+		c.metrics.request("blob", "hit")
+		return &Blob{ReadSeeker: r, Size: info.Size, ModTime: info.ModTime,
+			close: func() { r.Close() }, err: func() error { return nil }}, nil
+	}
+	c.storageFailed(err, "open blob", "digest", d)
+	c.metrics.request("blob", "miss")
+	return c.fillBlob(ctx, c.joinOrStartFill(repo, d))
+}
+
+// StatBlob returns a blob's size without fetching it.
+func (c *Cache) StatBlob(ctx context.Context, repo string, d digest.Digest) (int64, error) {
+	repo = c.up.Repository(repo)
+	info, err := c.store.Stat(ctx, blobKey(d))
+	if err == nil {
+		return info.Size, nil
+	}
+	c.storageFailed(err, "stat blob", "digest", d)
+	if f := c.joinFill(d); f != nil {
+		defer f.release()
+		select {
+		case <-f.ready:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+		if f.size >= 0 {
+			return f.size, nil
+		}
+	}
+	return c.up.HeadBlob(ctx, repo, d.String())
+}
+
+func (c *Cache) fillBlob(ctx context.Context, f *fill) (*Blob, error) {
+	select {
+	case <-f.ready:
+	case <-ctx.Done():
+		f.release()
+		return nil, ctx.Err()
+	}
+	f.mu.Lock()
+	err := f.err
+	f.mu.Unlock()
+	if err != nil && f.file == nil {
+		f.release()
+		return nil, err
+	}
+	r := &fillReader{f: f, ctx: ctx}
+	stop := context.AfterFunc(ctx, func() {
+		f.mu.Lock()
+		f.cond.Broadcast()
+		f.mu.Unlock()
+	})
+	return &Blob{
+		ReadSeeker: r,
+		Size:       f.size,
+		close:      func() { stop(); f.release() },
+		err: func() error {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			return f.err
+		},
+	}, nil
+}
+
+// joinFill returns the running fill for d, with a reference taken.
+func (c *Cache) joinFill(d digest.Digest) *fill {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f := c.fills[d]; f != nil && f.acquire() {
+		return f
+	}
+	return nil
+}
+
+// joinOrStartFill returns the running fill for d or starts one, with a
+// reference taken for the caller.
+func (c *Cache) joinOrStartFill(repo string, d digest.Digest) *fill {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f := c.fills[d]; f != nil && f.acquire() {
+		return f
+	}
+	f := newFill(d)
+	f.refs++ // the caller's
+	c.fills[d] = f
+	go c.runFill(repo, f)
+	return f
+}
+
+// runFill downloads one blob. It runs detached from any client's request:
+// a client hanging up does not cancel the download others are reading.
+func (c *Cache) runFill(repo string, f *fill) {
+	defer f.release()
+	defer func() {
+		c.mu.Lock()
+		delete(c.fills, f.digest)
+		c.mu.Unlock()
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), c.fillTimeout)
+	defer cancel()
+	log := c.log.WithValues("repository", repo, "digest", f.digest)
+	start := time.Now()
+
+	blob, err := c.up.GetBlob(ctx, repo, f.digest.String())
+	if err != nil {
+		f.failEarly(err)
+		log.Info("upstream blob fetch failed", "error", err.Error())
+		return
+	}
+	defer blob.Body.Close()
+	file, err := os.CreateTemp(c.spoolDir, "blob-")
+	if err != nil {
+		f.failEarly(fmt.Errorf("spooling blob: %w", err))
+		log.Error(err, "cannot create spool file", "dir", c.spoolDir)
+		return
+	}
+	f.start(file, blob.Size)
+	err = f.copyFrom(blob.Body)
+	c.metrics.upstreamBytes.Add(float64(f.written))
+	f.finish(err)
+	if err != nil {
+		log.Info("upstream blob transfer failed, nothing cached", "error", err.Error(), "bytes", f.written)
+		return
+	}
+	if err := c.commit(ctx, f); err != nil {
+		c.storageFailed(err, "store blob", "digest", f.digest)
+		return
+	}
+	log.Info("cached blob", "bytes", f.written, "duration", time.Since(start).Round(time.Millisecond).String())
+}
+
+// commit moves a verified spool file into storage.
+func (c *Cache) commit(ctx context.Context, f *fill) error {
+	key := blobKey(f.digest)
+	if fp, ok := c.store.(storage.FilePutter); ok {
+		return fp.PutFile(ctx, key, f.file.Name())
+	}
+	return c.store.Put(ctx, key, io.NewSectionReader(f.file, 0, f.written), f.written)
+}
+
+// warmBlob makes sure a blob is cached, without a client.
+func (c *Cache) warmBlob(ctx context.Context, repo string, d digest.Digest) error {
+	if _, err := c.store.Stat(ctx, blobKey(d)); err == nil {
+		return nil
+	}
+	f := c.joinOrStartFill(repo, d)
+	defer f.release()
+	b, err := c.fillBlob(ctx, f)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	if _, err := io.Copy(io.Discard, b); err != nil {
+		return err
+	}
+	return b.Err()
+}
+

@@ -1,0 +1,120 @@
+// Package cache decides, for each pull, what comes from storage and what
+// from the upstream: tag freshness, immutable digests, one upstream fetch
+// per missing object however many clients ask, streaming while caching,
+// and serving the cached copy whenever the upstream fails.
+package cache
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/proxy/upstream"
+)
+
+// Upstream is the registry the cache pulls through.
+type Upstream interface {
+	Repository(repo string) string
+	HeadManifest(ctx context.Context, repo, ref string, accept []string) (upstream.Descriptor, error)
+	GetManifest(ctx context.Context, repo, ref string, accept []string, maxSize int64) (*upstream.Manifest, error)
+	GetBlob(ctx context.Context, repo, digest string) (*upstream.Blob, error)
+	HeadBlob(ctx context.Context, repo, digest string) (int64, error)
+	Get(ctx context.Context, repo, path string, query url.Values, maxSize int64) ([]byte, http.Header, error)
+}
+
+// Cache is a pull-through cache over one upstream and one storage.
+type Cache struct {
+	up       Upstream
+	store    storage.Storage
+	log      logr.Logger
+	metrics  *metrics
+	spoolDir string
+
+	recheck     time.Duration
+	fillTimeout time.Duration
+	prefetch    []v1.Platform
+
+	flight singleflight.Group // manifest fetches, by repo and reference
+
+	mu      sync.Mutex
+	fills   map[digest.Digest]*fill
+	checked map[string]time.Time // tag -> last time the upstream confirmed it
+
+	lists listCache
+}
+
+// Option configures a Cache.
+type Option func(*Cache)
+
+// WithRecheckInterval skips the upstream HEAD for a tag confirmed less
+// than d ago; 0 checks on every tag request.
+func WithRecheckInterval(d time.Duration) Option { return func(c *Cache) { c.recheck = d } }
+
+// WithLogger sets the logger.
+func WithLogger(l logr.Logger) Option { return func(c *Cache) { c.log = l } }
+
+// WithSpoolDir sets where blobs being downloaded are kept until stored.
+func WithSpoolDir(dir string) Option { return func(c *Cache) { c.spoolDir = dir } }
+
+// WithMetrics registers the cache's metrics on r.
+func WithMetrics(r prometheus.Registerer) Option {
+	return func(c *Cache) { c.metrics = newMetrics(r) }
+}
+
+// WithPrefetch fetches, whenever a tag brings a new index, the children for
+// these platforms and their blobs, so that they pull fast and pull while
+// the upstream is down.
+func WithPrefetch(platforms []v1.Platform) Option { return func(c *Cache) { c.prefetch = platforms } }
+
+// WithFillTimeout bounds one upstream blob download.
+func WithFillTimeout(d time.Duration) Option { return func(c *Cache) { c.fillTimeout = d } }
+
+// New returns a cache.
+func New(up Upstream, store storage.Storage, opts ...Option) *Cache {
+	c := &Cache{
+		up:          up,
+		store:       store,
+		log:         logr.Discard(),
+		spoolDir:    os.TempDir(),
+		fillTimeout: time.Hour,
+		fills:       map[digest.Digest]*fill{},
+		checked:     map[string]time.Time{},
+	}
+	if fs, ok := store.(interface{ TempDir() string }); ok {
+		c.spoolDir = fs.TempDir() // same filesystem: storing is a rename
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	if c.metrics == nil {
+		c.metrics = newMetrics(nil)
+	}
+	return c
+}
+
+// storageFailed logs a storage error that the cache works around.
+func (c *Cache) storageFailed(err error, what string, kv ...any) {
+	if err == nil || errors.Is(err, storage.ErrNotFound) {
+		return
+	}
+	c.metrics.storageErrors.Inc()
+	c.log.Error(err, "storage unavailable, passing through to upstream", append([]any{"op", what}, kv...)...)
+}
+
+func blobKey(d digest.Digest) string     { return "blobs/" + d.Algorithm().String() + "/" + d.Encoded() }
+func manifestKey(d digest.Digest) string { return "manifests/" + d.Algorithm().String() + "/" + d.Encoded() }
+
+// tagKey: repository path components never start with "_", so "_tags"
+// cannot collide with a repository name.
+func tagKey(repo, tag string) string { return "repositories/" + repo + "/_tags/" + tag }

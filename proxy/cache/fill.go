@@ -1,0 +1,196 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// ErrDigestMismatch is returned when upstream bytes do not hash to the
+// digest they were asked for (or their length is not the one announced).
+var ErrDigestMismatch = errors.New("upstream blob does not match its digest")
+
+// fill is one upstream download of a blob, shared by every request for
+// that digest while it runs. Bytes land in a spool file as they arrive;
+// readers follow the writer through the file, so each client gets its
+// first byte as soon as the upstream sends it, and none of them holds the
+// blob in memory.
+type fill struct {
+	digest digest.Digest
+	ready  chan struct{} // closed once size is known or the fetch failed
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	file    *os.File
+	size    int64 // -1: the upstream did not say
+	written int64
+	done    bool  // no more bytes will come
+	err     error // why the fill failed; nil on success
+	refs    int   // the fill itself plus open readers
+}
+
+func newFill(d digest.Digest) *fill {
+	f := &fill{digest: d, ready: make(chan struct{}), size: -1, refs: 1}
+	f.cond = sync.NewCond(&f.mu)
+	return f
+}
+
+// start records the spool file and the announced size and wakes waiters.
+func (f *fill) start(file *os.File, size int64) {
+	f.mu.Lock()
+	f.file, f.size = file, size
+	f.mu.Unlock()
+	close(f.ready)
+}
+
+// failEarly ends a fill that never got a body.
+func (f *fill) failEarly(err error) {
+	f.mu.Lock()
+	f.err, f.done = err, true
+	f.mu.Unlock()
+	close(f.ready)
+}
+
+func (f *fill) advance(n int) {
+	f.mu.Lock()
+	f.written += int64(n)
+	f.cond.Broadcast()
+	f.mu.Unlock()
+}
+
+func (f *fill) finish(err error) {
+	f.mu.Lock()
+	f.err, f.done = err, true
+	f.cond.Broadcast()
+	f.mu.Unlock()
+}
+
+// acquire adds a reader; false if the fill already failed.
+func (f *fill) acquire() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.done && f.err != nil {
+		return false
+	}
+	f.refs++
+	return true
+}
+
+// release drops a reference; the last one closes and removes the spool
+// file (it may have been renamed into storage already, which is fine).
+func (f *fill) release() {
+	f.mu.Lock()
+	f.refs--
+	last := f.refs == 0
+	file := f.file
+	f.mu.Unlock()
+	if last && file != nil {
+		file.Close()
+		os.Remove(file.Name())
+	}
+}
+
+// copyFrom writes the upstream body into the spool file, hashing as it
+// goes, and decides whether the bytes are the blob that was asked for.
+func (f *fill) copyFrom(body io.Reader) error {
+	verifier := f.digest.Verifier()
+	buf := make([]byte, 256<<10)
+	for {
+		n, rerr := body.Read(buf)
+		if n > 0 {
+			if _, err := f.file.Write(buf[:n]); err != nil {
+				return fmt.Errorf("spooling blob: %w", err)
+			}
+			verifier.Write(buf[:n])
+			f.advance(n)
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return fmt.Errorf("reading upstream blob: %w", rerr)
+		}
+	}
+	f.mu.Lock()
+	size, written := f.size, f.written
+	f.mu.Unlock()
+	if size >= 0 && written != size {
+		return fmt.Errorf("%w: got %d bytes, upstream announced %d", ErrDigestMismatch, written, size)
+	}
+	if !verifier.Verified() {
+		return fmt.Errorf("%w: %s", ErrDigestMismatch, f.digest)
+	}
+	return nil
+}
+
+// fillReader reads a fill's bytes as they land. It holds back the last
+// byte until the digest is verified, so that a client never receives a
+// complete-looking corrupt blob: a failed fill cuts its response short.
+type fillReader struct {
+	f   *fill
+	ctx context.Context
+	off int64
+}
+
+func (r *fillReader) Read(p []byte) (int, error) {
+	f := r.f
+	f.mu.Lock()
+	for {
+		if f.err != nil {
+			f.mu.Unlock()
+			return 0, f.err
+		}
+		if err := r.ctx.Err(); err != nil {
+			f.mu.Unlock()
+			return 0, err
+		}
+		limit := f.written
+		if !f.done && f.size >= 0 && limit >= f.size {
+			limit = f.size - 1
+		}
+		if r.off < limit {
+			if n := limit - r.off; int64(len(p)) > n {
+				p = p[:n]
+			}
+			break
+		}
+		if f.done {
+			f.mu.Unlock()
+			return 0, io.EOF
+		}
+		f.cond.Wait()
+	}
+	f.mu.Unlock()
+	n, err := f.file.ReadAt(p, r.off)
+	r.off += int64(n)
+	if err == io.EOF && n > 0 {
+		err = nil
+	}
+	return n, err
+}
+
+// Seek supports http.ServeContent (size probe and Range), only when the
+// size is known.
+func (r *fillReader) Seek(offset int64, whence int) (int64, error) {
+	size := r.f.size
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += r.off
+	case io.SeekEnd:
+		if size < 0 {
+			return 0, errors.New("seek from end of a blob of unknown size")
+		}
+		offset += size
+	}
+	if offset < 0 {
+		return 0, errors.New("seek before start")
+	}
+	r.off = offset
+	return offset, nil
+}

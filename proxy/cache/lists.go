@@ -1,0 +1,109 @@
+package cache
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depproxy/depproxy/proxy/upstream"
+)
+
+// listTTL is how long a tags/list answer is reused without asking again.
+const listTTL = 30 * time.Second
+
+// listMaxEntries bounds the in-memory list cache.
+const listMaxEntries = 1024
+
+const maxListSize = 4 << 20
+
+// listCache keeps recent tags/list and referrers answers in memory: they
+// change often, are cheap to refetch, and are worth serving stale when the
+// upstream is down.
+type listCache struct {
+	mu      sync.Mutex
+	entries map[string]listEntry
+}
+
+type listEntry struct {
+	body    []byte
+	fetched time.Time
+}
+
+func (l *listCache) get(key string) (listEntry, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e, ok := l.entries[key]
+	return e, ok
+}
+
+func (l *listCache) put(key string, body []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.entries == nil || len(l.entries) >= listMaxEntries {
+		l.entries = map[string]listEntry{}
+	}
+	l.entries[key] = listEntry{body: body, fetched: time.Now()}
+}
+
+// Tags returns the upstream's tags/list answer, passing its query (n, last)
+// through, reused for a short while and served stale when the upstream
+// fails.
+func (c *Cache) Tags(ctx context.Context, repo string, query url.Values) ([]byte, error) {
+	repo = c.up.Repository(repo)
+	key := "tags " + repo + "?" + query.Encode()
+	e, ok := c.lists.get(key)
+	if ok && time.Since(e.fetched) < listTTL {
+		return e.body, nil
+	}
+	body, _, err := c.up.Get(ctx, repo, "tags/list", query, maxListSize)
+	if err == nil && !json.Valid(body) {
+		err = errors.New("upstream tags/list is not JSON")
+	}
+	if err != nil {
+		if ok {
+			c.log.Info("upstream failed, serving cached tag list", "repository", repo, "error", err.Error())
+			return e.body, nil
+		}
+		return nil, err
+	}
+	c.lists.put(key, body)
+	return body, nil
+}
+
+// emptyIndex is the answer for a digest nothing is known to refer to.
+const emptyIndex = `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`
+
+// Referrers returns the OCI index of manifests referring to d. It is
+// never an error: an upstream without the referrers API, or an upstream
+// that is down, gives the last known answer or an empty index.
+func (c *Cache) Referrers(ctx context.Context, repo string, d digest.Digest, query url.Values) []byte {
+	repo = c.up.Repository(repo)
+	key := "referrers " + repo + "@" + d.String() + "?" + query.Encode()
+	body, _, err := c.up.Get(ctx, repo, "referrers/"+d.String(), query, maxListSize)
+	if err == nil && validIndex(body) {
+		c.lists.put(key, body)
+		return body
+	}
+	var se *upstream.StatusError
+	if err != nil && !(errors.As(err, &se) && se.StatusCode == http.StatusNotFound) {
+		c.log.Info("upstream referrers failed", "repository", repo, "digest", d, "error", err.Error())
+	}
+	if e, ok := c.lists.get(key); ok {
+		return e.body
+	}
+	return []byte(emptyIndex)
+}
+
+func validIndex(body []byte) bool {
+	var idx struct {
+		Manifests json.RawMessage `json:"manifests"`
+	}
+	return json.Unmarshal(body, &idx) == nil && strings.HasPrefix(strings.TrimSpace(string(idx.Manifests)), "[")
+}

@@ -1,0 +1,293 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depproxy/depproxy/proxy/manifest"
+	"github.com/depproxy/depproxy/proxy/upstream"
+)
+
+// Manifest is a manifest to serve: the upstream's bytes, unchanged.
+type Manifest struct {
+	MediaType string
+	Digest    digest.Digest
+	Body      []byte
+}
+
+// Manifest returns the manifest for ref (a tag or a digest) of repo.
+// accept is the client's Accept list; it is forwarded upstream together
+// with every type depproxy serves.
+func (c *Cache) Manifest(ctx context.Context, repo, ref string, accept []string) (*Manifest, error) {
+	repo = c.up.Repository(repo)
+	if d, err := digest.Parse(ref); err == nil {
+		return c.manifestByDigest(ctx, repo, d, accept)
+	}
+	return c.manifestByTag(ctx, repo, ref, accept)
+}
+
+// manifestByDigest: a digest names immutable content, so a cached copy is
+// served without asking the upstream anything.
+func (c *Cache) manifestByDigest(ctx context.Context, repo string, d digest.Digest, accept []string) (*Manifest, error) {
+	if m, err := c.loadManifest(ctx, d); err == nil {
+		c.metrics.request("manifest", "hit")
+		return m, nil
+	}
+	c.metrics.request("manifest", "miss")
+	v, err, _ := c.flight.Do(repo+"@"+d.String(), func() (any, error) {
+		ctx, cancel := shared(ctx)
+		defer cancel()
+		return c.fetchManifest(ctx, repo, d.String(), d, accept)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*Manifest), nil
+}
+
+// manifestByTag serves a cached tag while the upstream's HEAD says it has
+// not moved, or while the upstream cannot be asked; it downloads only a
+// tag that moved or was never cached.
+func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []string) (*Manifest, error) {
+	cached := c.loadTag(ctx, repo, tag)
+	if cached != nil && c.fresh(repo, tag) {
+		c.metrics.request("manifest", "hit")
+		return cached, nil
+	}
+	// Concurrent requests for one tag share one HEAD, and one GET.
+	v, err, _ := c.flight.Do(repo+":"+tag, func() (any, error) {
+		ctx, cancel := shared(ctx)
+		defer cancel()
+		if cached != nil {
+			desc, err := c.up.HeadManifest(ctx, repo, tag, upstreamAccept(accept))
+			switch {
+			case err != nil:
+				c.log.Info("upstream failed, serving cached tag", "repository", repo, "tag", tag, "error", err.Error())
+				return cached, nil
+			case desc.Digest == cached.Digest.String():
+				c.markFresh(repo, tag)
+				return cached, nil
+			}
+		}
+		m, err := c.fetchManifest(ctx, repo, tag, "", accept)
+		if err != nil {
+			if cached != nil {
+				c.log.Info("upstream failed, serving cached tag", "repository", repo, "tag", tag, "error", err.Error())
+				return cached, nil
+			}
+			return nil, err
+		}
+		ds := m.Digest.String()
+		if err := c.store.Put(ctx, tagKey(repo, tag), strings.NewReader(ds), int64(len(ds))); err != nil {
+			c.storageFailed(err, "store tag", "repository", repo, "tag", tag)
+		}
+		c.markFresh(repo, tag)
+		if manifest.IsIndex(m.MediaType) && (cached == nil || cached.Digest != m.Digest) && len(c.prefetch) > 0 {
+			go c.prefetchIndex(repo, m)
+		}
+		return m, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	m := v.(*Manifest)
+	if cached != nil && m.Digest == cached.Digest {
+		c.metrics.request("manifest", "hit")
+	} else {
+		c.metrics.request("manifest", "miss")
+	}
+	return m, nil
+}
+
+// shared detaches work done for several requests from the one that
+// started it: that client hanging up must not fail the others.
+func shared(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+}
+
+// fetchManifest downloads a manifest, checks it and stores it. want is the
+// digest asked for, empty for a tag.
+func (c *Cache) fetchManifest(ctx context.Context, repo, ref string, want digest.Digest, accept []string) (*Manifest, error) {
+	um, err := c.up.GetManifest(ctx, repo, ref, upstreamAccept(accept), manifest.MaxSize)
+	if err != nil {
+		return nil, err
+	}
+	m, err := checkManifest(um, want)
+	if err != nil {
+		return nil, err
+	}
+	var rec bytes.Buffer
+	rec.WriteString(m.MediaType + "\n")
+	rec.Write(m.Body)
+	if err := c.store.Put(ctx, manifestKey(m.Digest), &rec, int64(rec.Len())); err != nil {
+		c.storageFailed(err, "store manifest", "repository", repo, "digest", m.Digest)
+	}
+	c.log.Info("cached manifest", "repository", repo, "reference", ref, "digest", m.Digest, "mediaType", m.MediaType)
+	return m, nil
+}
+
+// checkManifest decides the type to serve and the digest, and refuses
+// bytes that are not what was asked for.
+func checkManifest(um *upstream.Manifest, want digest.Digest) (*Manifest, error) {
+	mt, err := manifest.MediaType(um.MediaType, um.Body)
+	if err != nil {
+		return nil, err
+	}
+	alg := digest.Canonical
+	if want != "" {
+		alg = want.Algorithm()
+	}
+	got := alg.FromBytes(um.Body)
+	if want != "" && got != want {
+		return nil, fmt.Errorf("%w: manifest %s hashes to %s", ErrDigestMismatch, want, got)
+	}
+	if h, err := digest.Parse(um.Digest); err == nil && h.Algorithm().FromBytes(um.Body) != h {
+		return nil, fmt.Errorf("%w: upstream said %s for a manifest that hashes otherwise", ErrDigestMismatch, h)
+	}
+	return &Manifest{MediaType: mt, Digest: got, Body: um.Body}, nil
+}
+
+// upstreamAccept is the client's Accept list plus every type depproxy
+// serves, so that an old client's narrow list never makes the upstream
+// fall back to schema 1.
+func upstreamAccept(client []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, list := range [][]string{client, manifest.Accepted} {
+		for _, a := range list {
+			for _, t := range strings.Split(a, ",") {
+				if t = strings.TrimSpace(t); t != "" && !seen[t] {
+					seen[t] = true
+					out = append(out, t)
+				}
+			}
+		}
+	}
+	return out
+}
+
+func (c *Cache) loadManifest(ctx context.Context, d digest.Digest) (*Manifest, error) {
+	r, _, err := c.store.Open(ctx, manifestKey(d))
+	if err != nil {
+		c.storageFailed(err, "open manifest", "digest", d)
+		return nil, err
+	}
+	defer r.Close()
+	rec, err := io.ReadAll(io.LimitReader(r, manifest.MaxSize+1024))
+	if err != nil {
+		c.storageFailed(err, "read manifest", "digest", d)
+		return nil, err
+	}
+	mt, body, ok := bytes.Cut(rec, []byte("\n"))
+	if !ok || d.Algorithm().FromBytes(body) != d {
+		err := fmt.Errorf("cached manifest %s is damaged", d)
+		c.log.Error(err, "ignoring damaged cache entry")
+		return nil, err
+	}
+	return &Manifest{MediaType: string(mt), Digest: d, Body: body}, nil
+}
+
+// loadTag returns the cached manifest a tag points at, or nil.
+func (c *Cache) loadTag(ctx context.Context, repo, tag string) *Manifest {
+	r, _, err := c.store.Open(ctx, tagKey(repo, tag))
+	if err != nil {
+		c.storageFailed(err, "open tag", "repository", repo, "tag", tag)
+		return nil
+	}
+	defer r.Close()
+	raw, err := io.ReadAll(io.LimitReader(r, 1024))
+	if err != nil {
+		c.storageFailed(err, "read tag", "repository", repo, "tag", tag)
+		return nil
+	}
+	d, err := digest.Parse(string(raw))
+	if err != nil {
+		return nil
+	}
+	m, err := c.loadManifest(ctx, d)
+	if err != nil {
+		return nil
+	}
+	return m
+}
+
+func (c *Cache) fresh(repo, tag string) bool {
+	if c.recheck <= 0 {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Since(c.checked[repo+":"+tag]) < c.recheck
+}
+
+func (c *Cache) markFresh(repo, tag string) {
+	if c.recheck <= 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.checked[repo+":"+tag] = time.Now()
+}
+
+// prefetchIndex caches the children of an index for the configured
+// platforms, and their blobs, in the background.
+func (c *Cache) prefetchIndex(repo string, idx *Manifest) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.fillTimeout)
+	defer cancel()
+	children, err := manifest.Children(idx.Body)
+	if err != nil {
+		return
+	}
+	for _, child := range children {
+		if child.Platform == nil || !c.wantPlatform(*child.Platform) {
+			continue
+		}
+		d, err := digest.Parse(child.Digest)
+		if err != nil {
+			continue
+		}
+		if err := c.prefetchImage(ctx, repo, d); err != nil {
+			c.log.Info("prefetch failed", "repository", repo, "digest", d, "error", err.Error())
+		}
+	}
+}
+
+func (c *Cache) prefetchImage(ctx context.Context, repo string, d digest.Digest) error {
+	m, err := c.manifestByDigest(ctx, repo, d, nil)
+	if err != nil {
+		return err
+	}
+	if manifest.IsIndex(m.MediaType) {
+		return nil
+	}
+	refs, err := manifest.References(m.Body)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, ref := range refs {
+		bd, err := digest.Parse(ref)
+		if err != nil {
+			continue
+		}
+		errs = append(errs, c.warmBlob(ctx, repo, bd))
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Cache) wantPlatform(p v1.Platform) bool {
+	for _, want := range c.prefetch {
+		if p.Satisfies(want) {
+			return true
+		}
+	}
+	return false
+}

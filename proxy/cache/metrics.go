@@ -1,0 +1,33 @@
+package cache
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	requests      *prometheus.CounterVec
+	upstreamBytes prometheus.Counter
+	storageErrors prometheus.Counter
+}
+
+// newMetrics builds the cache's metrics and registers them on r, if any.
+func newMetrics(r prometheus.Registerer) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "depproxy_cache_requests_total",
+			Help: "Manifest and blob requests by result: hit (from storage), join (shared a running download), miss (downloaded).",
+		}, []string{"kind", "result"}),
+		upstreamBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "depproxy_upstream_blob_bytes_total",
+			Help: "Blob bytes downloaded from the upstream.",
+		}),
+		storageErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "depproxy_storage_errors_total",
+			Help: "Storage operations that failed and were worked around by passing through.",
+		}),
+	}
+	if r != nil {
+		r.MustRegister(m.requests, m.upstreamBytes, m.storageErrors)
+	}
+	return m
+}
+
+func (m *metrics) request(kind, result string) { m.requests.WithLabelValues(kind, result).Inc() }

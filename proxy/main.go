@@ -1,0 +1,163 @@
+// Command depproxy is a pull-through cache for container images.
+//
+//	depproxy serve [flags]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/go-logr/logr"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/depproxy/depproxy/proxy/cache"
+	"github.com/depproxy/depproxy/proxy/config"
+	"github.com/depproxy/depproxy/proxy/registry"
+	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/proxy/upstream"
+)
+
+const usage = `depproxy is a pull-through cache for container images.
+
+Usage:
+  depproxy serve [flags]    serve the OCI /v2 pull API
+
+Run 'depproxy serve --help' for the flags.
+`
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] != "serve" {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	fs := flag.NewFlagSet("depproxy serve", flag.ExitOnError)
+	cfg := config.Flags(fs)
+	if err := config.Load(fs, os.Args[2:]); err != nil {
+		fmt.Fprintln(os.Stderr, "depproxy:", err)
+		os.Exit(2)
+	}
+	log := logr.FromSlogHandler(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(-cfg.LogLevel)}))
+	if err := serve(cfg, log); err != nil {
+		log.Error(err, "depproxy stopped")
+		os.Exit(1)
+	}
+}
+
+func serve(cfg *config.Serve, log logr.Logger) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	store, err := openStorage(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	up, err := upstream.New(cfg.Upstream)
+	if err != nil {
+		return err
+	}
+	platforms, err := parsePlatforms(cfg.PrefetchPlatforms)
+	if err != nil {
+		return err
+	}
+	metrics := prometheus.NewRegistry()
+	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	c := cache.New(up, store,
+		cache.WithLogger(log.WithName("cache")),
+		cache.WithRecheckInterval(cfg.RecheckInterval),
+		cache.WithPrefetch(platforms),
+		cache.WithMetrics(metrics),
+	)
+
+	handler := routes(registry.New(c, log.WithName("registry")), promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
+	if cfg.LogLevel >= 1 {
+		handler = accessLog(handler, log.WithName("http"))
+	}
+
+	srv := &http.Server{Addr: cfg.Listen, Handler: handler, ReadHeaderTimeout: 30 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe() }()
+	log.Info("serving", "listen", cfg.Listen, "upstream", cfg.Upstream, "storage", cfg.Storage, "recheckInterval", cfg.RecheckInterval.String())
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// routes sends every path that is not an operational endpoint to the
+// registry, which answers unknown ones with OCI errors. (http.ServeMux
+// would answer them in plain text, and redirect paths with "..".)
+func routes(reg, metrics http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/metrics":
+			metrics.ServeHTTP(w, r)
+		case "/healthz", "/readyz":
+			w.Write([]byte("ok\n"))
+		default:
+			reg.ServeHTTP(w, r)
+		}
+	})
+}
+
+func openStorage(ctx context.Context, cfg *config.Serve, log logr.Logger) (storage.Storage, error) {
+	if !strings.HasPrefix(cfg.Storage, "s3://") {
+		return storage.NewFilesystem(cfg.Storage)
+	}
+	bucket, prefix, err := storage.ParseS3URL(cfg.Storage)
+	if err != nil {
+		return nil, err
+	}
+	s3, err := storage.NewS3(bucket, prefix, storage.S3Options{Endpoint: cfg.S3Endpoint, Insecure: cfg.S3Insecure, Region: cfg.S3Region})
+	if err != nil {
+		return nil, err
+	}
+	// The bucket may be down at start: the proxy still serves, passing
+	// through, and storage is retried on every request.
+	if err := s3.EnsureBucket(ctx); err != nil {
+		log.Error(err, "storage not ready at start; passing through until it is")
+	}
+	return s3, nil
+}
+
+func parsePlatforms(list string) ([]v1.Platform, error) {
+	var out []v1.Platform
+	for _, s := range strings.Split(list, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := v1.ParsePlatform(s)
+		if err != nil {
+			return nil, fmt.Errorf("prefetch-platforms %q: %w", s, err)
+		}
+		out = append(out, *p)
+	}
+	return out, nil
+}
+
+func accessLog(next http.Handler, log logr.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		next.ServeHTTP(w, r)
+		log.V(1).Info("request", "method", r.Method, "path", r.URL.Path, "duration", time.Since(start).String())
+	})
+}

@@ -1,0 +1,78 @@
+package registry
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	"github.com/depproxy/depproxy/proxy/cache"
+	"github.com/depproxy/depproxy/proxy/manifest"
+	"github.com/depproxy/depproxy/proxy/upstream"
+)
+
+// regError is an OCI distribution error, as written on the wire.
+type regError struct {
+	Status  int
+	Code    string
+	Message string
+	// retryAfter is passed on from an upstream 429.
+	retryAfter string
+}
+
+func (e *regError) Error() string { return e.Code + ": " + e.Message }
+
+var errUnknownRoute = &regError{Status: http.StatusNotFound, Code: "NOT_FOUND", Message: "unknown route: depproxy serves the OCI distribution pull API under /v2/"}
+
+// write sends the {"errors":[…]} body. HEAD gets the status alone.
+func (e *regError) write(w http.ResponseWriter, r *http.Request) {
+	if e.retryAfter != "" {
+		w.Header().Set("Retry-After", e.retryAfter)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(e.Status)
+	if r.Method == http.MethodHead {
+		return
+	}
+	type detail struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	}
+	json.NewEncoder(w).Encode(struct {
+		Errors []detail `json:"errors"`
+	}{[]detail{{e.Code, e.Message}}})
+}
+
+// toRegError is the one place where an error becomes an OCI error code.
+// notFound is the code for a 404 on this route (MANIFEST_UNKNOWN,
+// BLOB_UNKNOWN, NAME_UNKNOWN).
+func toRegError(err error, notFound string) *regError {
+	var re *regError
+	var se *upstream.StatusError
+	switch {
+	case errors.As(err, &re):
+		return re
+	case errors.As(err, &se):
+		switch se.StatusCode {
+		case http.StatusNotFound:
+			return &regError{Status: http.StatusNotFound, Code: notFound, Message: "not found upstream"}
+		case http.StatusUnauthorized:
+			return &regError{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: "the upstream refused depproxy's credentials"}
+		case http.StatusForbidden:
+			return &regError{Status: http.StatusForbidden, Code: "DENIED", Message: "the upstream denied access"}
+		case http.StatusTooManyRequests:
+			return &regError{Status: http.StatusTooManyRequests, Code: "TOOMANYREQUESTS", Message: "the upstream is rate-limiting and nothing is cached for this request", retryAfter: se.RetryAfter}
+		}
+		return &regError{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: err.Error()}
+	case errors.Is(err, manifest.ErrSchema1):
+		return &regError{Status: http.StatusBadRequest, Code: "MANIFEST_INVALID", Message: "the upstream only has a Docker schema 1 manifest, which depproxy does not serve"}
+	case errors.Is(err, manifest.ErrInvalid):
+		return &regError{Status: http.StatusBadGateway, Code: "MANIFEST_INVALID", Message: err.Error()}
+	case errors.Is(err, upstream.ErrTooLarge):
+		return &regError{Status: http.StatusBadRequest, Code: "MANIFEST_INVALID", Message: "the manifest is larger than 4 MiB, the limit for manifests"}
+	case errors.Is(err, cache.ErrDigestMismatch):
+		return &regError{Status: http.StatusBadGateway, Code: "DIGEST_INVALID", Message: err.Error()}
+	case errors.Is(err, upstream.ErrUnreachable):
+		return &regError{Status: http.StatusServiceUnavailable, Code: "UNAVAILABLE", Message: "the upstream is unreachable and nothing is cached for this request"}
+	}
+	return &regError{Status: http.StatusInternalServerError, Code: "UNKNOWN", Message: err.Error()}
+}

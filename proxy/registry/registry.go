@@ -1,0 +1,145 @@
+// Package registry is the /v2 HTTP surface of the proxy: it routes pull
+// requests to the cache and writes every failure as an OCI error.
+// depproxy is read-only: writes are refused with UNSUPPORTED.
+package registry
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+
+	"github.com/go-logr/logr"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depproxy/depproxy/proxy/cache"
+)
+
+// Cache is what the registry serves from.
+type Cache interface {
+	Manifest(ctx context.Context, repo, ref string, accept []string) (*cache.Manifest, error)
+	Blob(ctx context.Context, repo string, d digest.Digest) (*cache.Blob, error)
+	StatBlob(ctx context.Context, repo string, d digest.Digest) (int64, error)
+	Tags(ctx context.Context, repo string, query url.Values) ([]byte, error)
+	Referrers(ctx context.Context, repo string, d digest.Digest, query url.Values) []byte
+}
+
+// Registry serves the OCI distribution pull API.
+type Registry struct {
+	cache Cache
+	log   logr.Logger
+}
+
+// New returns the /v2 handler.
+func New(c Cache, log logr.Logger) *Registry {
+	return &Registry{cache: c, log: log}
+}
+
+func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	rt, rerr := parseRoute(r.URL.Path)
+	if rerr != nil {
+		rerr.write(w, r)
+		return
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		(&regError{Status: http.StatusMethodNotAllowed, Code: "UNSUPPORTED",
+			Message: "depproxy is a read-only pull-through cache; push to the upstream registry"}).write(w, r)
+		return
+	}
+	var err error
+	switch rt.kind {
+	case kindBase:
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, "{}")
+	case kindManifest:
+		err = reg.manifest(w, r, rt)
+	case kindBlob:
+		err = reg.blob(w, r, rt)
+	case kindTags:
+		err = reg.tags(w, r, rt)
+	case kindReferrers:
+		reg.referrers(w, r, rt)
+	}
+	if err != nil {
+		notFound := map[kind]string{kindManifest: "MANIFEST_UNKNOWN", kindBlob: "BLOB_UNKNOWN", kindTags: "NAME_UNKNOWN"}[rt.kind]
+		re := toRegError(err, notFound)
+		if re.Status >= 500 {
+			reg.log.Error(err, "request failed", "method", r.Method, "path", r.URL.Path)
+		}
+		re.write(w, r)
+	}
+}
+
+func (reg *Registry) manifest(w http.ResponseWriter, r *http.Request, rt route) error {
+	m, err := reg.cache.Manifest(r.Context(), rt.name, rt.ref, r.Header.Values("Accept"))
+	if err != nil {
+		return err
+	}
+	h := w.Header()
+	h.Set("Content-Type", m.MediaType)
+	h.Set("Docker-Content-Digest", m.Digest.String())
+	h.Set("ETag", `"`+m.Digest.String()+`"`)
+	h.Set("Content-Length", strconv.Itoa(len(m.Body)))
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	w.Write(m.Body)
+	return nil
+}
+
+func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, rt route) error {
+	d := digest.Digest(rt.ref)
+	h := w.Header()
+	if r.Method == http.MethodHead {
+		size, err := reg.cache.StatBlob(r.Context(), rt.name, d)
+		if err != nil {
+			return err
+		}
+		h.Set("Content-Type", "application/octet-stream")
+		h.Set("Docker-Content-Digest", d.String())
+		h.Set("Content-Length", strconv.FormatInt(size, 10))
+		h.Set("Accept-Ranges", "bytes")
+		return nil
+	}
+	b, err := reg.cache.Blob(r.Context(), rt.name, d)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Docker-Content-Digest", d.String())
+	h.Set("ETag", `"`+d.String()+`"`)
+	if b.Size >= 0 {
+		// Range, If-Range and If-None-Match, on cached and streaming
+		// blobs alike.
+		http.ServeContent(w, r, "", b.ModTime, b)
+	} else {
+		io.Copy(w, b)
+	}
+	if err := b.Err(); err != nil {
+		// The bytes were wrong or cut: end the response without its
+		// last bytes, so the client cannot take it for a whole blob.
+		reg.log.Info("blob response aborted", "digest", d, "error", err.Error())
+		panic(http.ErrAbortHandler)
+	}
+	return nil
+}
+
+func (reg *Registry) tags(w http.ResponseWriter, r *http.Request, rt route) error {
+	body, err := reg.cache.Tags(r.Context(), rt.name, r.URL.Query())
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(body)
+	return nil
+}
+
+func (reg *Registry) referrers(w http.ResponseWriter, r *http.Request, rt route) {
+	body := reg.cache.Referrers(r.Context(), rt.name, digest.Digest(rt.ref), r.URL.Query())
+	w.Header().Set("Content-Type", "application/vnd.oci.image.index.v1+json")
+	w.Write(body)
+}
+

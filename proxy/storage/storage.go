@@ -1,0 +1,44 @@
+// Package storage keeps a cache's objects: a local directory or an S3
+// bucket. Keys are slash-separated paths; the cache decides their layout.
+//
+// Writes are atomic on every backend: a reader sees the whole object or
+// nothing, never a partial one, and a Put whose reader fails leaves nothing.
+package storage
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+)
+
+// ErrNotFound is returned when a key holds no object.
+var ErrNotFound = errors.New("not found")
+
+// Info describes a stored object.
+type Info struct {
+	Size    int64
+	ModTime time.Time
+}
+
+// Storage is what a cache needs from a place to keep objects.
+type Storage interface {
+	// Open returns the object at key. The reader can seek, so that a
+	// Range request reads only what it asks for.
+	Open(ctx context.Context, key string) (io.ReadSeekCloser, Info, error)
+	// Stat returns the object's size and time without reading it.
+	Stat(ctx context.Context, key string) (Info, error)
+	// Put stores r under key. size is the exact length, or -1 when
+	// unknown. If r fails, nothing is stored.
+	Put(ctx context.Context, key string, r io.Reader, size int64) error
+	// Delete removes key; deleting a missing key is not an error.
+	Delete(ctx context.Context, key string) error
+}
+
+// FilePutter is implemented by backends that can take a complete local file
+// more cheaply than reading it (the filesystem backend renames it).
+type FilePutter interface {
+	// PutFile stores the file at path under key. The caller still owns
+	// path: it may be moved away, or copied and left in place.
+	PutFile(ctx context.Context, key, path string) error
+}

@@ -1,0 +1,322 @@
+// Package upstream is the client to the registry a cache pulls through.
+//
+// go-containerregistry's transport does the registry handshake: the /v2/
+// ping, the Bearer token challenge and its refresh, and sending the token
+// only to the registry's own host, never to the CDN a blob redirects to.
+// This package adds what a cache needs on top: raw manifest bytes, blob
+// streams, and errors that keep the upstream's status.
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+)
+
+// DockerHub is the default upstream.
+const DockerHub = "https://registry-1.docker.io"
+
+// ErrUnreachable wraps every failure to get an answer from the upstream:
+// refused, reset, timed out, or an answer that is not a registry's.
+var ErrUnreachable = errors.New("upstream unreachable")
+
+// StatusError is an upstream answer with an error status.
+type StatusError struct {
+	StatusCode int
+	// RetryAfter is the upstream's Retry-After header, if any.
+	RetryAfter string
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("upstream answered %d %s", e.StatusCode, http.StatusText(e.StatusCode))
+}
+
+// Descriptor is what a manifest HEAD tells.
+type Descriptor struct {
+	MediaType string
+	Digest    string
+	Size      int64
+}
+
+// Manifest is a manifest body exactly as the upstream sent it.
+type Manifest struct {
+	Descriptor
+	Body []byte
+}
+
+// Blob is an open blob stream; the caller closes Body.
+type Blob struct {
+	Body io.ReadCloser
+	// Size is -1 when the upstream did not say.
+	Size int64
+}
+
+// Client talks to one upstream registry. It is safe for concurrent use.
+type Client struct {
+	base      *url.URL
+	registry  name.Registry
+	auth      authn.Authenticator
+	transport http.RoundTripper
+	dockerHub bool
+
+	mu         sync.Mutex
+	transports map[string]http.RoundTripper // per repository: tokens are scoped
+}
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithAuth sets the credentials sent to the upstream.
+func WithAuth(a authn.Authenticator) Option { return func(c *Client) { c.auth = a } }
+
+// WithTransport replaces the base HTTP transport.
+func WithTransport(t http.RoundTripper) Option { return func(c *Client) { c.transport = t } }
+
+// New returns a client for the registry at rawURL (scheme and host; a
+// plain-http URL is allowed, for registries on a private network).
+func New(rawURL string, opts ...Option) (*Client, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return nil, fmt.Errorf("upstream %q: want a URL like https://registry-1.docker.io", rawURL)
+	}
+	var nameOpts []name.Option
+	if u.Scheme == "http" {
+		nameOpts = append(nameOpts, name.Insecure)
+	}
+	host := u.Host
+	if host == "registry-1.docker.io" || host == "docker.io" || host == "index.docker.io" {
+		host = name.DefaultRegistry
+	}
+	reg, err := name.NewRegistry(host, nameOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %q: %w", rawURL, err)
+	}
+	c := &Client{
+		base:       u,
+		registry:   reg,
+		auth:       authn.Anonymous,
+		transport:  defaultTransport(),
+		dockerHub:  reg.RegistryStr() == name.DefaultRegistry,
+		transports: map[string]http.RoundTripper{},
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	return c, nil
+}
+
+// defaultTransport fails fast on a dead upstream so that a cached copy can
+// be served instead of making the client wait.
+func defaultTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	t.ResponseHeaderTimeout = 30 * time.Second
+	t.MaxIdleConnsPerHost = 64
+	return t
+}
+
+// Repository maps a client's repository name to the upstream's: Docker Hub
+// serves official images under library/.
+func (c *Client) Repository(repo string) string {
+	if c.dockerHub && !strings.Contains(repo, "/") {
+		return "library/" + repo
+	}
+	return repo
+}
+
+// HeadManifest asks for a manifest's digest without downloading it
+// (free of rate limits on Docker Hub).
+func (c *Client) HeadManifest(ctx context.Context, repo, ref string, accept []string) (Descriptor, error) {
+	resp, err := c.do(ctx, http.MethodHead, repo, "manifests/"+ref, http.Header{"Accept": {strings.Join(accept, ", ")}})
+	if err != nil {
+		return Descriptor{}, err
+	}
+	resp.Body.Close()
+	if err := registryAnswer(resp); err != nil {
+		return Descriptor{}, err
+	}
+	return Descriptor{
+		MediaType: resp.Header.Get("Content-Type"),
+		Digest:    resp.Header.Get("Docker-Content-Digest"),
+		Size:      resp.ContentLength,
+	}, nil
+}
+
+// ErrTooLarge is returned for a manifest body over the limit.
+var ErrTooLarge = errors.New("manifest too large")
+
+// GetManifest downloads a manifest, refusing bodies over maxSize.
+func (c *Client) GetManifest(ctx context.Context, repo, ref string, accept []string, maxSize int64) (*Manifest, error) {
+	resp, err := c.do(ctx, http.MethodGet, repo, "manifests/"+ref, http.Header{"Accept": {strings.Join(accept, ", ")}})
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if err := registryAnswer(resp); err != nil {
+		return nil, err
+	}
+	if resp.ContentLength > maxSize {
+		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, resp.ContentLength, maxSize)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading manifest: %w", ErrUnreachable, err)
+	}
+	if int64(len(body)) > maxSize {
+		return nil, fmt.Errorf("%w: over %d bytes", ErrTooLarge, maxSize)
+	}
+	return &Manifest{
+		Descriptor: Descriptor{
+			MediaType: resp.Header.Get("Content-Type"),
+			Digest:    resp.Header.Get("Docker-Content-Digest"),
+			Size:      int64(len(body)),
+		},
+		Body: body,
+	}, nil
+}
+
+// GetBlob opens a blob stream. Redirects (Docker Hub sends blobs from a
+// CDN) are followed without the registry's token.
+func (c *Client) GetBlob(ctx context.Context, repo, digest string) (*Blob, error) {
+	resp, err := c.do(ctx, http.MethodGet, repo, "blobs/"+digest, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := blobAnswer(resp); err != nil {
+		resp.Body.Close()
+		return nil, err
+	}
+	return &Blob{Body: resp.Body, Size: resp.ContentLength}, nil
+}
+
+// HeadBlob returns a blob's size.
+func (c *Client) HeadBlob(ctx context.Context, repo, digest string) (int64, error) {
+	resp, err := c.do(ctx, http.MethodHead, repo, "blobs/"+digest, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	if err := blobAnswer(resp); err != nil {
+		return 0, err
+	}
+	return resp.ContentLength, nil
+}
+
+// Get fetches a small JSON document under the repository (tags/list,
+// referrers/...), passing the query through.
+func (c *Client) Get(ctx context.Context, repo, path string, query url.Values, maxSize int64) ([]byte, http.Header, error) {
+	if len(query) > 0 {
+		path += "?" + query.Encode()
+	}
+	resp, err := c.do(ctx, http.MethodGet, repo, path, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	if err := registryAnswer(resp); err != nil {
+		return nil, nil, err
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxSize+1))
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
+	}
+	if int64(len(body)) > maxSize {
+		return nil, nil, fmt.Errorf("%w: over %d bytes", ErrTooLarge, maxSize)
+	}
+	return body, resp.Header, nil
+}
+
+func (c *Client) do(ctx context.Context, method, repo, path string, header http.Header) (*http.Response, error) {
+	repo = c.Repository(repo)
+	rt, err := c.transportFor(ctx, repo)
+	if err != nil {
+		return nil, err
+	}
+	u := *c.base
+	u.Path = "/v2/" + repo + "/" + path
+	u.RawQuery = ""
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		u.Path = "/v2/" + repo + "/" + path[:i]
+		u.RawQuery = path[i+1:]
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("upstream request: %w", err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := (&http.Client{Transport: rt}).Do(req)
+	if err != nil {
+		c.forget(repo, rt)
+		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
+	}
+	return resp, nil
+}
+
+// transportFor returns the authenticated transport for one repository,
+// doing the ping and token handshake once and reusing it after.
+func (c *Client) transportFor(ctx context.Context, repo string) (http.RoundTripper, error) {
+	c.mu.Lock()
+	rt, ok := c.transports[repo]
+	c.mu.Unlock()
+	if ok {
+		return rt, nil
+	}
+	scope := c.registry.Repo(repo).Scope(transport.PullScope)
+	rt, err := transport.NewWithContext(ctx, c.registry, c.auth, c.transport, []string{scope})
+	if err != nil {
+		var terr *transport.Error
+		if errors.As(err, &terr) {
+			return nil, &StatusError{StatusCode: terr.StatusCode}
+		}
+		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
+	}
+	c.mu.Lock()
+	c.transports[repo] = rt
+	c.mu.Unlock()
+	return rt, nil
+}
+
+// forget drops a transport after a network failure, so the next request
+// does the handshake again (the upstream may have moved or restarted).
+func (c *Client) forget(repo string, rt http.RoundTripper) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.transports[repo] == rt {
+		delete(c.transports, repo)
+	}
+}
+
+// registryAnswer turns anything but a registry's success into an error. A
+// 200 with an HTML body is a captive portal or an error page, not a
+// manifest.
+func registryAnswer(resp *http.Response) error {
+	if resp.StatusCode != http.StatusOK {
+		return &StatusError{StatusCode: resp.StatusCode, RetryAfter: resp.Header.Get("Retry-After")}
+	}
+	if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt == "text/html" {
+		return fmt.Errorf("%w: answered with an HTML page", ErrUnreachable)
+	}
+	return nil
+}
+
+func blobAnswer(resp *http.Response) error {
+	if resp.StatusCode != http.StatusOK {
+		return &StatusError{StatusCode: resp.StatusCode, RetryAfter: resp.Header.Get("Retry-After")}
+	}
+	return nil
+}
+
