@@ -30,6 +30,8 @@ type S3Options struct {
 	Insecure bool
 	// Region is optional.
 	Region string
+	// Credentials default to AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+	Credentials *credentials.Credentials
 }
 
 // partSize bounds the memory a multipart upload uses per part.
@@ -44,8 +46,7 @@ func ParseS3URL(raw string) (bucket, prefix string, err error) {
 	return u.Host, strings.Trim(u.Path, "/"), nil
 }
 
-// NewS3 returns a backend for bucket. Credentials come from the standard
-// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY environment.
+// NewS3 returns a backend for bucket.
 func NewS3(bucket, prefix string, o S3Options) (*S3, error) {
 	endpoint, secure := o.Endpoint, !o.Insecure
 	if endpoint == "" {
@@ -61,8 +62,12 @@ func NewS3(bucket, prefix string, o S3Options) (*S3, error) {
 	// A storage outage must cost a request seconds, not minutes: the
 	// cache then passes through to the upstream.
 	t.ResponseHeaderTimeout = 30 * time.Second
+	creds := o.Credentials
+	if creds == nil {
+		creds = credentials.NewEnvAWS()
+	}
 	client, err := minio.New(endpoint, &minio.Options{
-		Creds:      credentials.NewEnvAWS(),
+		Creds:      creds,
 		Secure:     secure,
 		Region:     o.Region,
 		Transport:  t,

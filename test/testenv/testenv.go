@@ -1,0 +1,186 @@
+// Package testenv starts the real parts that depproxy's tests run against,
+// on loopback: a CNCF Distribution registry as the upstream and a MinIO
+// server as S3. The binaries come from `make tools` (hack/tools.sh).
+package testenv
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7/pkg/credentials"
+)
+
+// ToolsDir is where hack/tools.sh installs the pinned binaries.
+func ToolsDir() string {
+	if d := os.Getenv("DEPPROXY_TOOLS"); d != "" {
+		return filepath.Join(d, "bin")
+	}
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		cache = os.TempDir()
+	}
+	return filepath.Join(cache, "depproxy-tools", "bin")
+}
+
+// Tool returns the path of a tool binary, failing the test (never
+// skipping it) when `make tools` has not been run.
+func Tool(t testing.TB, name string) string {
+	t.Helper()
+	if p := filepath.Join(ToolsDir(), name); fileExists(p) {
+		return p
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	t.Fatalf("%s is not installed: run `make tools`", name)
+	return ""
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && !st.IsDir()
+}
+
+// FreeAddr returns a loopback address with a free port.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// process is a server binary the tests can stop and start again on the
+// same address with the same data.
+type process struct {
+	t    testing.TB
+	name string
+	args []string
+	env  []string
+	log  string
+	cmd  *exec.Cmd
+	// ready is polled after start until it answers.
+	ready string
+}
+
+func (p *process) Start() {
+	p.t.Helper()
+	logf, err := os.OpenFile(p.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.cmd = exec.Command(p.args[0], p.args[1:]...)
+	p.cmd.Env = append(os.Environ(), p.env...)
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	if err := p.cmd.Start(); err != nil {
+		p.t.Fatalf("starting %s: %v", p.name, err)
+	}
+	logf.Close()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(p.ready)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode < 500 {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	log, _ := os.ReadFile(p.log)
+	p.Stop()
+	p.t.Fatalf("%s did not become ready at %s; its log:\n%s", p.name, p.ready, log)
+}
+
+// Stop kills the process and waits for it.
+func (p *process) Stop() {
+	if p.cmd == nil || p.cmd.Process == nil {
+		return
+	}
+	p.cmd.Process.Kill()
+	p.cmd.Wait()
+	p.cmd = nil
+}
+
+// Registry is a CNCF Distribution registry.
+type Registry struct {
+	process
+	// Addr is host:port; the registry speaks plain HTTP.
+	Addr string
+}
+
+// URL is the registry's base URL.
+func (r *Registry) URL() string { return "http://" + r.Addr }
+
+// RegistryConfig adds lines to a registry's YAML config (for proxy mode).
+type RegistryConfig string
+
+// StartRegistry starts a registry with its own storage; it stops with the
+// test.
+func StartRegistry(t testing.TB, extra ...RegistryConfig) *Registry {
+	t.Helper()
+	dir := t.TempDir()
+	addr := FreeAddr(t)
+	cfg := fmt.Sprintf(`version: 0.1
+log: {level: error, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: %s}, delete: {enabled: true}}
+http: {addr: %s}
+`, filepath.Join(dir, "data"), addr)
+	for _, e := range extra {
+		cfg += string(e) + "\n"
+	}
+	cfgPath := filepath.Join(dir, "config.yml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := &Registry{Addr: addr, process: process{
+		t: t, name: "registry",
+		args:  []string{Tool(t, "registry"), "serve", cfgPath},
+		log:   filepath.Join(dir, "registry.log"),
+		ready: "http://" + addr + "/v2/",
+	}}
+	r.Start()
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// MinIO is a MinIO server.
+type MinIO struct {
+	process
+	Addr      string
+	AccessKey string
+	SecretKey string
+}
+
+// StartMinIO starts a MinIO server with its own data directory; it stops
+// with the test.
+func StartMinIO(t testing.TB) *MinIO {
+	t.Helper()
+	dir := t.TempDir()
+	addr := FreeAddr(t)
+	m := &MinIO{Addr: addr, AccessKey: "depproxy", SecretKey: "depproxy-secret"}
+	m.process = process{
+		t: t, name: "minio",
+		args: []string{Tool(t, "minio"), "server", "--quiet", "--address", addr,
+			"--console-address", FreeAddr(t), filepath.Join(dir, "data")},
+		env:   []string{"MINIO_ROOT_USER=" + m.AccessKey, "MINIO_ROOT_PASSWORD=" + m.SecretKey, "MINIO_BROWSER=off"},
+		log:   filepath.Join(dir, "minio.log"),
+		ready: "http://" + addr + "/minio/health/live",
+	}
+	m.Start()
+	t.Cleanup(m.Stop)
+	return m
+}
+
+// Credentials are the server's root credentials.
+func (m *MinIO) Credentials() *credentials.Credentials {
+	return credentials.NewStaticV4(m.AccessKey, m.SecretKey, "")
+}
