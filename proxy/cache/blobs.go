@@ -197,4 +197,3 @@ func (c *Cache) warmBlob(ctx context.Context, repo string, d digest.Digest) erro
 	}
 	return b.Err()
 }
-

@@ -112,8 +112,10 @@ func (c *Cache) storageFailed(err error, what string, kv ...any) {
 	c.log.Error(err, "storage unavailable, passing through to upstream", append([]any{"op", what}, kv...)...)
 }
 
-func blobKey(d digest.Digest) string     { return "blobs/" + d.Algorithm().String() + "/" + d.Encoded() }
-func manifestKey(d digest.Digest) string { return "manifests/" + d.Algorithm().String() + "/" + d.Encoded() }
+func blobKey(d digest.Digest) string { return "blobs/" + d.Algorithm().String() + "/" + d.Encoded() }
+func manifestKey(d digest.Digest) string {
+	return "manifests/" + d.Algorithm().String() + "/" + d.Encoded()
+}
 
 // tagKey: repository path components never start with "_", so "_tags"
 // cannot collide with a repository name.

@@ -142,4 +142,3 @@ func (reg *Registry) referrers(w http.ResponseWriter, r *http.Request, rt route)
 	w.Header().Set("Content-Type", "application/vnd.oci.image.index.v1+json")
 	w.Write(body)
 }
-

@@ -319,4 +319,3 @@ func blobAnswer(resp *http.Response) error {
 	}
 	return nil
 }
-

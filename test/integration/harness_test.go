@@ -13,8 +13,10 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"sync"
+	"time"
 	"testing"
 
 	"github.com/go-logr/logr"
@@ -217,9 +219,12 @@ func ociError(t *testing.T, resp *http.Response, body []byte, status int, code s
 	}
 }
 
+// repoName is a repository name unique to the test.
 func repoName(t *testing.T) string {
-	return "test/" + strings.Trim(strings.NewReplacer("/", "-", " ", "-", "_", "-").Replace(strings.ToLower(t.Name())), "-")
+	return "test/" + strings.Trim(nonName.ReplaceAllString(strings.ToLower(t.Name()), "-"), "-")
 }
+
+var nonName = regexp.MustCompile(`[^a-z0-9]+`)
 
 func sprintObjects(m map[string]object) string {
 	var b strings.Builder
@@ -228,3 +233,5 @@ func sprintObjects(m map[string]object) string {
 	}
 	return b.String()
 }
+
+func sleep() { time.Sleep(25 * time.Millisecond) }

@@ -1,0 +1,85 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// A reader must not get the last byte of a blob before its digest is
+// verified: a client given every byte would take a corrupt blob for good.
+func TestFillReaderHoldsBackLastByteUntilVerified(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		finish  error
+		wantErr error
+	}{
+		{"verified", nil, io.EOF},
+		{"digest mismatch", ErrDigestMismatch, ErrDigestMismatch},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			content := []byte("0123456789")
+			f := newFill(digest.FromBytes(content))
+			file, err := os.CreateTemp(t.TempDir(), "spool")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer file.Close()
+			f.start(file, int64(len(content)))
+			file.Write(content)
+			f.advance(len(content))
+
+			r := &fillReader{f: f, ctx: context.Background()}
+			buf := make([]byte, 64)
+			n, err := r.Read(buf)
+			if err != nil || n != len(content)-1 {
+				t.Fatalf("before verification: read %d bytes, %v; want %d", n, err, len(content)-1)
+			}
+			got := make(chan error, 1)
+			go func() {
+				n, err := r.Read(buf)
+				if err == nil && n == 1 {
+					_, err = r.Read(buf)
+				}
+				got <- err
+			}()
+			select {
+			case err := <-got:
+				t.Fatalf("the last byte was released before verification (then %v)", err)
+			case <-time.After(50 * time.Millisecond):
+			}
+			f.finish(tc.finish)
+			if err := <-got; !errors.Is(err, tc.wantErr) {
+				t.Fatalf("after finish(%v): %v, want %v", tc.finish, err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// A reader waiting for bytes that never come returns when its client
+// goes away.
+func TestFillReaderStopsWithItsContext(t *testing.T) {
+	f := newFill(digest.FromString("x"))
+	file, _ := os.CreateTemp(t.TempDir(), "spool")
+	defer file.Close()
+	f.start(file, 100)
+	ctx, cancel := context.WithCancel(context.Background())
+	stop := context.AfterFunc(ctx, func() { f.mu.Lock(); f.cond.Broadcast(); f.mu.Unlock() })
+	defer stop()
+	done := make(chan error, 1)
+	go func() { _, err := (&fillReader{f: f, ctx: ctx}).Read(make([]byte, 8)); done <- err }()
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("got %v, want context.Canceled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("reader hung after its context was cancelled")
+	}
+}

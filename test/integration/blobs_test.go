@@ -1,0 +1,227 @@
+package integration
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/test/testenv"
+)
+
+// pushBlob writes size random bytes as a blob of repo and returns them.
+func pushBlob(t *testing.T, reg, repo string, size int) ([]byte, v1.Hash) {
+	t.Helper()
+	data := make([]byte, size)
+	rand.Read(data)
+	l := static.NewLayer(data, types.OCILayer)
+	r, err := name.NewRepository(reg+"/"+repo, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteLayer(r, l); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := l.Digest()
+	return data, d
+}
+
+func blobKey(d v1.Hash) string { return "blobs/" + d.Algorithm + "/" + d.Hex }
+
+// TestConcurrentColdBlob: 16 clients asking at once for one 64 MiB blob
+// nobody has cached cost one upstream download, and each gets the right
+// bytes.
+func TestConcurrentColdBlob(t *testing.T) {
+	e := newEnv(t)
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			repo := repoName(t)
+			data, d := pushBlob(t, e.registry.Addr, repo, 64<<20)
+			want := sha(data)
+			p := startProxy(t, e.front.URL(), openStorage(t, backend, e.minio))
+			e.front.Reset()
+
+			var wg sync.WaitGroup
+			errs := make(chan error, 16)
+			for i := 0; i < 16; i++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					resp, err := http.Get(p.URL + "/v2/" + repo + "/blobs/" + d.String())
+					if err != nil {
+						errs <- err
+						return
+					}
+					defer resp.Body.Close()
+					body, err := io.ReadAll(resp.Body)
+					switch {
+					case err != nil:
+						errs <- err
+					case resp.StatusCode != http.StatusOK:
+						errs <- fmt.Errorf("status %s", resp.Status)
+					case sha(body) != want:
+						errs <- fmt.Errorf("got %d bytes hashing to %s", len(body), sha(body))
+					}
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			if n := e.front.Count("GET", "blobs"); n != 1 {
+				t.Errorf("%d upstream blob GETs, want exactly 1", n)
+			}
+		})
+	}
+}
+
+// TestBrokenBlobTransfer: a transfer the upstream cuts, or whose bytes are
+// corrupt, reaches the client as an error, leaves nothing in the cache,
+// and does not stop the next pull from succeeding.
+func TestBrokenBlobTransfer(t *testing.T) {
+	e := newEnv(t)
+	faults := map[string]func(w http.ResponseWriter, r *http.Request) bool{
+		"cut mid-blob": func(w http.ResponseWriter, r *http.Request) bool {
+			if !strings.Contains(r.URL.Path, "/blobs/") {
+				return false
+			}
+			resp, err := e.front.Passthrough(r.Context(), r)
+			if err != nil {
+				return false
+			}
+			defer resp.Body.Close()
+			w.Header().Set("Content-Length", resp.Header.Get("Content-Length"))
+			w.WriteHeader(http.StatusOK)
+			io.CopyN(w, resp.Body, resp.ContentLength/2)
+			w.(http.Flusher).Flush()
+			conn, _, _ := w.(http.Hijacker).Hijack()
+			conn.Close()
+			return true
+		},
+		"corrupted": func(w http.ResponseWriter, r *http.Request) bool {
+			if !strings.Contains(r.URL.Path, "/blobs/") {
+				return false
+			}
+			resp, err := e.front.Passthrough(r.Context(), r)
+			if err != nil {
+				return false
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			body[len(body)/2] ^= 0xff
+			w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+			w.Write(body)
+			return true
+		},
+	}
+	for _, backend := range backends {
+		for fname, fault := range faults {
+			t.Run(backend+"/"+fname, func(t *testing.T) {
+				repo := repoName(t)
+				data, d := pushBlob(t, e.registry.Addr, repo, 4<<20)
+				store := openStorage(t, backend, e.minio)
+				p := startProxy(t, e.front.URL(), store)
+
+				e.front.Fault(fault)
+				resp, err := http.Get(p.URL + "/v2/" + repo + "/blobs/" + d.String())
+				if err == nil {
+					body, rerr := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if rerr == nil && resp.StatusCode == http.StatusOK {
+						t.Fatalf("the client got a complete-looking response of %d bytes (sha %s) from a broken transfer", len(body), sha(body))
+					}
+				}
+				e.front.Fault(nil)
+				waitNoFill(t, p, d)
+				if _, err := store.Stat(context.Background(), blobKey(d)); !errors.Is(err, storage.ErrNotFound) {
+					t.Fatalf("a broken transfer left something in the cache: %v", err)
+				}
+
+				_, body := get(t, p.URL+"/v2/"+repo+"/blobs/"+d.String(), "")
+				if sha(body) != sha(data) {
+					t.Fatalf("the next pull got %d bytes hashing to %s", len(body), sha(body))
+				}
+			})
+		}
+	}
+}
+
+// waitNoFill waits until the proxy is done with a blob download, so that
+// the storage can be inspected.
+func waitNoFill(t *testing.T, p *proxy, d v1.Hash) {
+	t.Helper()
+	for i := 0; i < 200; i++ {
+		if strings.Contains(p.logs.String(), d.String()) {
+			return
+		}
+		sleep()
+	}
+	t.Fatalf("the proxy never logged the end of the download of %s; logs:\n%s", d, p.logs.String())
+}
+
+// TestBlobRange: Range is honoured on a blob being downloaded and on a
+// cached one.
+func TestBlobRange(t *testing.T) {
+	e := newEnv(t)
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			repo := repoName(t)
+			data, d := pushBlob(t, e.registry.Addr, repo, 1<<20)
+			p := startProxy(t, e.front.URL(), openStorage(t, backend, e.minio))
+			for _, state := range []string{"cold", "cached"} {
+				req, _ := http.NewRequest(http.MethodGet, p.URL+"/v2/"+repo+"/blobs/"+d.String(), nil)
+				req.Header.Set("Range", "bytes=1000-1999")
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusPartialContent || string(body) != string(data[1000:2000]) {
+					t.Errorf("%s: Range got %s and %d bytes, want 206 and bytes 1000-1999", state, resp.Status, len(body))
+				}
+				if state == "cold" {
+					waitNoFill(t, p, d)
+				}
+			}
+		})
+	}
+}
+
+// TestStorageDown: with MinIO stopped, pulls still succeed, straight from
+// the upstream, and the log says why.
+func TestStorageDown(t *testing.T) {
+	reg := testenv.StartRegistry(t)
+	m := testenv.StartMinIO(t)
+	repo := repoName(t)
+	pushIndex(t, reg.Addr, repo, "v1", ociIndex(t, ociImage(t, 2), ociImage(t, 2)))
+	wantRoot, want := pullAll(t, reg.URL(), repo, "v1")
+
+	p := startProxy(t, reg.URL(), openStorage(t, "s3", m))
+	m.Stop()
+	gotRoot, got := pullAll(t, p.URL, repo, "v1")
+	if gotRoot != wantRoot || len(got) != len(want) {
+		t.Fatalf("with storage down: root %s (want %s), %d objects (want %d)", gotRoot, wantRoot, len(got), len(want))
+	}
+	if !strings.Contains(p.logs.String(), "storage unavailable") {
+		t.Errorf("the log does not say storage is unavailable:\n%s", p.logs.String())
+	}
+
+	// Back up: the next pull caches again.
+	m.Start()
+	pullAll(t, p.URL, repo, "v1")
+}
+
