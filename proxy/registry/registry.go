@@ -38,14 +38,14 @@ func New(c Cache, log logr.Logger) *Registry {
 
 func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
-	rt, rerr := parseRoute(r.URL.Path)
-	if rerr != nil {
-		rerr.write(w, r)
-		return
-	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		(&regError{Status: http.StatusMethodNotAllowed, Code: "UNSUPPORTED",
 			Message: "depproxy is a read-only pull-through cache; push to the upstream registry"}).write(w, r)
+		return
+	}
+	rt, rerr := parseRoute(r.URL.Path)
+	if rerr != nil {
+		rerr.write(w, r)
 		return
 	}
 	var err error

@@ -39,28 +39,44 @@ func parseRoute(path string) (route, *regError) {
 	if !ok {
 		return route{}, errUnknownRoute
 	}
-	for _, r := range []struct {
-		sep  string
-		kind kind
-	}{
-		{"/manifests/", kindManifest},
-		{"/blobs/", kindBlob},
-		{"/referrers/", kindReferrers},
-	} {
-		i := strings.LastIndex(rest, r.sep)
-		if i < 0 {
-			continue
-		}
-		rt := route{kind: r.kind, name: rest[:i], ref: rest[i+len(r.sep):]}
-		if err := checkName(rt.name); err != nil {
-			return route{}, err
-		}
-		return rt, checkRef(rt)
+	// <name>/<kind>/<ref>: neither kind nor ref holds a slash, while the
+	// name may hold anything, "manifests" included.
+	head, ref, ok1 := cutLast(rest)
+	name, k, ok2 := cutLast(head)
+	if !ok1 || !ok2 {
+		return route{}, errUnknownRoute
 	}
-	if name, ok := strings.CutSuffix(rest, "/tags/list"); ok {
-		return route{kind: kindTags, name: name}, checkName(name)
+	rt := route{name: name, ref: ref}
+	switch {
+	case k == "manifests":
+		rt.kind = kindManifest
+	case k == "blobs":
+		rt.kind = kindBlob
+	case k == "referrers":
+		rt.kind = kindReferrers
+	case k == "tags" && ref == "list":
+		rt.kind, rt.ref = kindTags, ""
+	default:
+		return route{}, errUnknownRoute
 	}
-	return route{}, errUnknownRoute
+	if err := checkName(rt.name); err != nil {
+		return route{}, err
+	}
+	if rt.kind == kindTags {
+		return rt, nil
+	}
+	if err := checkRef(rt); err != nil {
+		return route{}, err
+	}
+	return rt, nil
+}
+
+func cutLast(s string) (before, after string, ok bool) {
+	i := strings.LastIndexByte(s, '/')
+	if i < 0 {
+		return "", "", false
+	}
+	return s[:i], s[i+1:], true
 }
 
 func checkName(name string) *regError {

@@ -224,4 +224,3 @@ func TestStorageDown(t *testing.T) {
 	m.Start()
 	pullAll(t, p.URL, repo, "v1")
 }
-

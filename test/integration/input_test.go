@@ -1,0 +1,111 @@
+package integration
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// TestBadInput: every malformed request gets an OCI error with a 4xx
+// status, and the proxy keeps serving.
+func TestBadInput(t *testing.T) {
+	e := newEnv(t)
+	big := bytes.Repeat([]byte(" "), 5<<20)
+	e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
+		if strings.HasSuffix(r.URL.Path, "/manifests/huge") {
+			w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+			w.Write([]byte(`{"schemaVersion":2,"config":{},"layers":[]}`))
+			w.Write(big)
+			return true
+		}
+		return false
+	})
+	p := startProxy(t, e.front.URL(), openStorage(t, "filesystem", nil))
+	good := "sha256:" + strings.Repeat("a", 64)
+	cases := []struct {
+		method, path string
+		body         []byte
+		status       int
+		code         string
+	}{
+		{"GET", "/v2/library/alpine/blobs/sha256:xyz", nil, 400, "DIGEST_INVALID"},
+		{"GET", "/v2/library/alpine/blobs/sha256:" + strings.Repeat("a", 63), nil, 400, "DIGEST_INVALID"},
+		{"GET", "/v2/library/alpine/blobs/md5:" + strings.Repeat("a", 32), nil, 400, "DIGEST_INVALID"},
+		{"GET", "/v2/library/alpine/blobs/latest", nil, 400, "DIGEST_INVALID"},
+		{"GET", "/v2/library/alpine/manifests/sha256:zz", nil, 400, "MANIFEST_INVALID"},
+		{"GET", "/v2/library/alpine/manifests/" + strings.Repeat("t", 129), nil, 400, "MANIFEST_INVALID"},
+		{"GET", "/v2/../../etc/passwd/blobs/" + good, nil, 400, "NAME_INVALID"},
+		{"GET", "/v2/library/../../x/manifests/latest", nil, 400, "NAME_INVALID"},
+		{"GET", "/v2/library/..%2f../manifests/latest", nil, 400, "NAME_INVALID"},
+		{"GET", "/v2/Library/Alpine/manifests/latest", nil, 400, "NAME_INVALID"},
+		{"GET", "/v2//manifests/latest", nil, 400, "NAME_INVALID"},
+		{"GET", "/v2/" + strings.Repeat("a", 300) + "/manifests/latest", nil, 400, "NAME_INVALID"},
+		{"GET", "/v2/" + strings.Repeat("abc/", 70) + "x/tags/list", nil, 400, "NAME_INVALID"},
+		{"GET", "/v2/library/alpine/referrers/notadigest", nil, 400, "DIGEST_INVALID"},
+		{"GET", "/v2/test/huge/manifests/huge", nil, 400, "MANIFEST_INVALID"},
+		{"PUT", "/v2/library/alpine/manifests/latest", big, 405, "UNSUPPORTED"},
+		{"POST", "/v2/library/alpine/blobs/uploads/", nil, 405, "UNSUPPORTED"},
+		{"DELETE", "/v2/library/alpine/blobs/" + good, nil, 405, "UNSUPPORTED"},
+		{"GET", "/v2/library/alpine/nothing", nil, 404, "NOT_FOUND"},
+		{"GET", "/v2/_catalog", nil, 404, "NOT_FOUND"},
+		{"GET", "/", nil, 404, "NOT_FOUND"},
+		{"GET", "/index.html", nil, 404, "NOT_FOUND"},
+	}
+	for _, c := range cases {
+		name := c.method + " " + c.path
+		if len(name) > 80 {
+			name = name[:80]
+		}
+		t.Run(name, func(t *testing.T) {
+			req, err := http.NewRequest(c.method, p.URL+"/", bytes.NewReader(c.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.URL.Opaque = c.path // sent as is: no client-side cleaning
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			ociError(t, resp, body, c.status, c.code)
+		})
+	}
+	// After all that, the proxy still serves.
+	resp, body := get(t, p.URL+"/v2/", "")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /v2/ after bad input: %s %s", resp.Status, body)
+	}
+	if v := resp.Header.Get("Docker-Distribution-API-Version"); v != "registry/2.0" {
+		t.Errorf("Docker-Distribution-API-Version %q", v)
+	}
+}
+
+// TestTagsAndReferrers: tags/list comes from the upstream (and is served
+// when it is down), referrers is always an OCI index.
+func TestTagsAndReferrers(t *testing.T) {
+	e := newEnv(t)
+	repo := repoName(t)
+	for _, tag := range []string{"a", "b"} {
+		pushImage(t, e.registry.Addr, repo, tag, ociImage(t, 1))
+	}
+	p := startProxy(t, e.front.URL(), openStorage(t, "filesystem", nil))
+	resp, body := get(t, p.URL+"/v2/"+repo+"/tags/list", "")
+	want := fmt.Sprintf(`{"name":%q,"tags":["a","b"]}`, repo)
+	if resp.StatusCode != 200 || strings.TrimSpace(string(body)) != want {
+		t.Fatalf("tags/list: %s %s, want %s", resp.Status, body, want)
+	}
+	e.front.Stop()
+	defer e.front.Start()
+	if _, body := get(t, p.URL+"/v2/"+repo+"/tags/list", ""); strings.TrimSpace(string(body)) != want {
+		t.Errorf("tags/list with the upstream down: %s", body)
+	}
+	resp, body = get(t, p.URL+"/v2/"+repo+"/referrers/sha256:"+strings.Repeat("b", 64), "")
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/vnd.oci.image.index.v1+json" ||
+		!strings.Contains(string(body), `"manifests":[]`) {
+		t.Errorf("referrers: %s %q %s, want 200 and an empty OCI index", resp.Status, resp.Header.Get("Content-Type"), body)
+	}
+}
