@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"strings"
 	"sync"
-	"testing"
 )
 
 // Front sits between the proxy under test and the real upstream registry.
@@ -16,7 +15,7 @@ import (
 // in the ways a real registry cannot be made to: stop answering on the
 // same port, rate-limit, answer HTML, cut or corrupt a blob.
 type Front struct {
-	t        testing.TB
+	t        T
 	Addr     string
 	target   *url.URL
 	rp       *httputil.ReverseProxy
@@ -25,16 +24,18 @@ type Front struct {
 	fault    func(w http.ResponseWriter, r *http.Request) bool
 	srv      *http.Server
 	listener net.Listener
+	bytes    map[string]int64
+	token    bool
 }
 
 // StartFront starts a front for the registry at target.
-func StartFront(t testing.TB, target string) *Front {
+func StartFront(t T, target string) *Front {
 	t.Helper()
 	u, err := url.Parse(target)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &Front{t: t, Addr: FreeAddr(t), target: u, counts: map[string]int{}}
+	f := &Front{t: t, Addr: FreeAddr(t), target: u, counts: map[string]int{}, bytes: map[string]int64{}}
 	f.rp = httputil.NewSingleHostReverseProxy(u)
 	f.Start()
 	t.Cleanup(f.Stop)
@@ -81,22 +82,74 @@ func (f *Front) Count(method, kind string) int {
 	return f.counts[method+" "+kind]
 }
 
+// Bytes returns how many body bytes the upstream sent for this kind of
+// path.
+func (f *Front) Bytes(kind string) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.bytes[kind]
+}
+
 // Reset zeroes the counters.
 func (f *Front) Reset() {
 	f.mu.Lock()
 	f.counts = map[string]int{}
+	f.bytes = map[string]int64{}
+	f.mu.Unlock()
+}
+
+// RequireToken makes the upstream challenge like Docker Hub: /v2/ and
+// every request without a Bearer token get a 401 pointing at /token,
+// which hands out tokens to anyone.
+func (f *Front) RequireToken() {
+	f.mu.Lock()
+	f.token = true
 	f.mu.Unlock()
 }
 
 func (f *Front) serve(w http.ResponseWriter, r *http.Request) {
+	kind := PathKind(r.URL.Path)
 	f.mu.Lock()
-	f.counts[r.Method+" "+PathKind(r.URL.Path)]++
-	fault := f.fault
+	f.counts[r.Method+" "+kind]++
+	fault, token := f.fault, f.token
 	f.mu.Unlock()
+	if token && kind == "token" {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"token":"anonymous-pull","access_token":"anonymous-pull","expires_in":300}`))
+		return
+	}
+	if token && r.Header.Get("Authorization") != "Bearer anonymous-pull" {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="http://`+f.Addr+`/token",service="registry.test"`)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		w.Write([]byte(`{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`))
+		return
+	}
 	if fault != nil && fault(w, r) {
 		return
 	}
-	f.rp.ServeHTTP(w, r)
+	cw := &countingWriter{ResponseWriter: w}
+	f.rp.ServeHTTP(cw, r)
+	f.mu.Lock()
+	f.bytes[kind] += cw.n
+	f.mu.Unlock()
+}
+
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *countingWriter) Flush() {
+	if fl, ok := c.ResponseWriter.(http.Flusher); ok {
+		fl.Flush()
+	}
 }
 
 // PathKind classifies a /v2 path.
@@ -112,6 +165,8 @@ func PathKind(p string) string {
 		return "tags"
 	case strings.Contains(p, "/referrers/"):
 		return "referrers"
+	case p == "/token":
+		return "token"
 	}
 	return "other"
 }

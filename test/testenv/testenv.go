@@ -10,11 +10,20 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"testing"
 	"time"
 
 	"github.com/minio/minio-go/v7/pkg/credentials"
 )
+
+// T is what the helpers need from a test; testing.TB has it, and so can a
+// benchmark program.
+type T interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+	TempDir() string
+}
 
 // ToolsDir is where hack/tools.sh installs the pinned binaries.
 func ToolsDir() string {
@@ -30,7 +39,7 @@ func ToolsDir() string {
 
 // Tool returns the path of a tool binary, failing the test (never
 // skipping it) when `make tools` has not been run.
-func Tool(t testing.TB, name string) string {
+func Tool(t T, name string) string {
 	t.Helper()
 	if p := filepath.Join(ToolsDir(), name); fileExists(p) {
 		return p
@@ -48,7 +57,7 @@ func fileExists(p string) bool {
 }
 
 // FreeAddr returns a loopback address with a free port.
-func FreeAddr(t testing.TB) string {
+func FreeAddr(t T) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -61,7 +70,7 @@ func FreeAddr(t testing.TB) string {
 // process is a server binary the tests can stop and start again on the
 // same address with the same data.
 type process struct {
-	t    testing.TB
+	t    T
 	name string
 	args []string
 	env  []string
@@ -125,7 +134,7 @@ type RegistryConfig string
 
 // StartRegistry starts a registry with its own storage; it stops with the
 // test.
-func StartRegistry(t testing.TB, extra ...RegistryConfig) *Registry {
+func StartRegistry(t T, extra ...RegistryConfig) *Registry {
 	t.Helper()
 	dir := t.TempDir()
 	addr := FreeAddr(t)
@@ -162,7 +171,7 @@ type MinIO struct {
 
 // StartMinIO starts a MinIO server with its own data directory; it stops
 // with the test.
-func StartMinIO(t testing.TB) *MinIO {
+func StartMinIO(t T) *MinIO {
 	t.Helper()
 	dir := t.TempDir()
 	addr := FreeAddr(t)

@@ -1,0 +1,42 @@
+# depproxy — see README.md.
+
+# Pinned test tools (registry, crane, MinIO, skopeo) live outside the
+# checkout, built once and reused.
+DEPPROXY_TOOLS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/depproxy-tools
+export DEPPROXY_TOOLS
+
+GO ?= go
+
+.PHONY: all run build tools test lint fuzz bench
+
+all: build
+
+## run: a cache on :5000 in front of Docker Hub, stored in ./data
+run:
+	$(GO) run ./proxy serve $(ARGS)
+
+## build: bin/depproxy
+build:
+	$(GO) build -o bin/depproxy ./proxy
+
+## tools: install the pinned test tools (idempotent)
+tools:
+	hack/tools.sh
+
+## test: every test, real parts included, with the race detector
+test: tools lint
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+## lint: formatting and vet
+lint:
+	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+## fuzz: a short run of each fuzz target
+fuzz:
+	$(GO) test ./proxy/manifest -run '^$$' -fuzz FuzzMediaType -fuzztime 60s
+	$(GO) test ./proxy/registry -run '^$$' -fuzz FuzzParseRoute -fuzztime 60s
+
+## bench: depproxy against CNCF Distribution's proxy mode, printed as a table
+bench: tools
+	$(GO) run ./test/bench

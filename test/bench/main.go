@@ -1,0 +1,391 @@
+// Command bench measures depproxy against CNCF Distribution in proxy mode,
+// side by side in one run, on loopback: the same upstream (a Distribution
+// registry behind a Docker-Hub-like token challenge), the same MinIO.
+//
+//	go run ./test/bench [-runs 3]
+//
+// It prints a Markdown table; medians over the runs.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/minio/minio-go/v7"
+
+	"github.com/depproxy/depproxy/test/testenv"
+)
+
+const (
+	layers     = 40
+	layerSize  = 2 << 20
+	bigBlob    = 256 << 20
+	warmPulls  = 5
+	imageRepo  = "bench/forty"
+	blobRepo   = "bench/big"
+	imageTag   = "v1"
+)
+
+func main() {
+	runs := flag.Int("runs", 3, "repetitions of each measurement; the table shows medians")
+	flag.Parse()
+	b := newBench()
+	defer b.cleanup()
+	if err := b.run(*runs); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		b.cleanup()
+		os.Exit(1)
+	}
+}
+
+// bench implements testenv.T for a program: failures end it, cleanups run
+// at the end.
+type bench struct {
+	root     string
+	cleanups []func()
+	mu       sync.Mutex
+
+	upstream *testenv.Registry
+	front    *testenv.Front
+	minio    *testenv.MinIO
+	depproxy string // binary
+	image    []v1.Hash
+	imgBytes int64
+	blob     v1.Hash
+}
+
+func newBench() *bench {
+	root, err := os.MkdirTemp("", "depproxy-bench-")
+	if err != nil {
+		panic(err)
+	}
+	return &bench{root: root}
+}
+
+func (b *bench) Helper()                      {}
+func (b *bench) Fatal(args ...any)            { b.Fatalf("%s", fmt.Sprint(args...)) }
+func (b *bench) Fatalf(f string, args ...any) { b.cleanup(); fmt.Fprintf(os.Stderr, f+"\n", args...); os.Exit(1) }
+func (b *bench) Cleanup(f func())             { b.cleanups = append(b.cleanups, f) }
+func (b *bench) TempDir() string {
+	d, err := os.MkdirTemp(b.root, "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return d
+}
+
+func (b *bench) cleanup() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i := len(b.cleanups) - 1; i >= 0; i-- {
+		b.cleanups[i]()
+	}
+	b.cleanups = nil
+	os.RemoveAll(b.root)
+}
+
+// cache is one pull-through cache under test, started fresh (empty).
+type cache struct {
+	name string
+	addr string
+	pid  int
+	stop func()
+}
+
+func (b *bench) run(runs int) error {
+	fmt.Fprintln(os.Stderr, "starting upstream, MinIO, building depproxy")
+	b.upstream = testenv.StartRegistry(b)
+	b.front = testenv.StartFront(b, b.upstream.URL())
+	b.front.RequireToken()
+	b.minio = testenv.StartMinIO(b)
+	b.depproxy = filepath.Join(b.root, "depproxy")
+	if out, err := exec.Command("go", "build", "-o", b.depproxy, "github.com/depproxy/depproxy/proxy").CombinedOutput(); err != nil {
+		return fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	if err := b.pushFixtures(); err != nil {
+		return err
+	}
+
+	kinds := []string{"depproxy fs", "distribution fs", "depproxy minio", "distribution minio"}
+	var rows []string
+	for _, clients := range []int{8, 32} {
+		for _, what := range []string{"40-layer image", "256 MiB blob"} {
+			for _, kind := range kinds[:2] {
+				var ms []measure
+				for r := 0; r < runs; r++ {
+					c := b.start(kind)
+					m := b.cold(c, what, clients)
+					c.stop()
+					ms = append(ms, m)
+				}
+				rows = append(rows, row(kind, fmt.Sprintf("%d cold pulls, %s", clients, what), median(ms)))
+			}
+		}
+	}
+	for _, kind := range kinds {
+		var ms []measure
+		for r := 0; r < runs; r++ {
+			c := b.start(kind)
+			ms = append(ms, b.warm(c))
+			c.stop()
+		}
+		rows = append(rows, row(kind, fmt.Sprintf("warm pull, 256 MiB blob ×%d", warmPulls), median(ms)))
+	}
+	fmt.Println("| cache | scenario | wall time | MB/s | upstream bytes ÷ size | upstream manifest GETs | token fetches | peak RSS |")
+	fmt.Println("|---|---|---|---|---|---|---|---|")
+	for _, r := range rows {
+		fmt.Println(r)
+	}
+	return nil
+}
+
+func (b *bench) pushFixtures() error {
+	fmt.Fprintln(os.Stderr, "pushing a 40-layer image and a 256 MiB blob")
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+	for i := 0; i < layers; i++ {
+		data := make([]byte, layerSize)
+		rand.Read(data)
+		var err error
+		if img, err = mutate.AppendLayers(img, static.NewLayer(data, types.OCILayer)); err != nil {
+			return err
+		}
+	}
+	ref, _ := name.ParseReference(b.upstream.Addr+"/"+imageRepo+":"+imageTag, name.Insecure)
+	if err := remote.Write(ref, img); err != nil {
+		return err
+	}
+	m, _ := img.Manifest()
+	b.image = append(b.image, m.Config.Digest)
+	b.imgBytes = m.Config.Size
+	for _, l := range m.Layers {
+		b.image = append(b.image, l.Digest)
+		b.imgBytes += l.Size
+	}
+	data := make([]byte, bigBlob)
+	rand.Read(data)
+	l := static.NewLayer(data, types.OCILayer)
+	repo, _ := name.NewRepository(b.upstream.Addr+"/"+blobRepo, name.Insecure)
+	if err := remote.WriteLayer(repo, l); err != nil {
+		return err
+	}
+	b.blob, _ = l.Digest()
+	return nil
+}
+
+// start launches an empty cache of this kind.
+func (b *bench) start(kind string) *cache {
+	dir := b.TempDir()
+	bucket := "b" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	mc, err := minio.New(b.minio.Addr, &minio.Options{Creds: b.minio.Credentials()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if strings.HasSuffix(kind, "minio") {
+		if err := mc.MakeBucket(context.Background(), bucket, minio.MakeBucketOptions{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	addr := testenv.FreeAddr(b)
+	var cmd *exec.Cmd
+	switch kind {
+	case "depproxy fs", "depproxy minio":
+		args := []string{"serve", "--listen", addr, "--upstream", b.front.URL(), "--storage", filepath.Join(dir, "data")}
+		if kind == "depproxy minio" {
+			args = append(args[:len(args)-1], "s3://"+bucket+"/cache", "--s3-endpoint", b.minio.Addr, "--s3-insecure")
+		}
+		cmd = exec.Command(b.depproxy, args...)
+		cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+b.minio.AccessKey, "AWS_SECRET_ACCESS_KEY="+b.minio.SecretKey)
+	default:
+		storage := fmt.Sprintf("{filesystem: {rootdirectory: %s}}", filepath.Join(dir, "data"))
+		if kind == "distribution minio" {
+			storage = fmt.Sprintf("{s3: {accesskey: %s, secretkey: %s, region: us-east-1, regionendpoint: 'http://%s', bucket: %s, forcepathstyle: true, secure: false, rootdirectory: /cache}}",
+				b.minio.AccessKey, b.minio.SecretKey, b.minio.Addr, bucket)
+		}
+		cfg := fmt.Sprintf("version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\nstorage: %s\nhttp: {addr: %s}\nproxy: {remoteurl: %s}\n",
+			storage, addr, b.front.URL())
+		path := filepath.Join(dir, "config.yml")
+		os.WriteFile(path, []byte(cfg), 0o644)
+		cmd = exec.Command(testenv.Tool(b, "registry"), "serve", path)
+	}
+	logf, _ := os.Create(filepath.Join(dir, "log"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		if resp, err := http.Get("http://" + addr + "/v2/"); err == nil {
+			resp.Body.Close()
+			break
+		}
+		if i > 400 {
+			log, _ := os.ReadFile(logf.Name())
+			b.Fatalf("%s did not start:\n%s", kind, log)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	b.front.Reset()
+	return &cache{name: kind, addr: addr, pid: cmd.Process.Pid, stop: func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		logf.Close()
+	}}
+}
+
+type measure struct {
+	wall     time.Duration
+	bytes    int64 // bytes the clients got
+	upstream float64
+	manGETs  int
+	tokens   int
+	rss      int64
+}
+
+// cold: clients pull at once from an empty cache.
+func (b *bench) cold(c *cache, what string, clients int) measure {
+	resetPeakRSS(c.pid)
+	size := b.imgBytes
+	if what == "256 MiB blob" {
+		size = bigBlob
+	}
+	start := time.Now()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var total int64
+	for i := 0; i < clients; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var n int64
+			if what == "256 MiB blob" {
+				n = b.fetch(c, blobRepo, b.blob)
+			} else {
+				n = b.pullImage(c)
+			}
+			mu.Lock()
+			total += n
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	wall := time.Since(start)
+	if total != size*int64(clients) {
+		b.Fatalf("%s: clients got %d bytes, want %d", c.name, total, size*int64(clients))
+	}
+	return measure{
+		wall:     wall,
+		bytes:    total,
+		upstream: float64(b.front.Bytes("blobs")) / float64(size),
+		manGETs:  b.front.Count("GET", "manifests"),
+		tokens:   b.front.Count("GET", "token"),
+		rss:      peakRSS(c.pid),
+	}
+}
+
+// warm: the blob is cached, then pulled warmPulls times in a row.
+func (b *bench) warm(c *cache) measure {
+	b.fetch(c, blobRepo, b.blob)
+	waitCached := time.Now().Add(time.Minute)
+	for time.Now().Before(waitCached) {
+		b.front.Reset()
+		b.fetch(c, blobRepo, b.blob)
+		if b.front.Count("GET", "blobs") == 0 {
+			break
+		}
+	}
+	resetPeakRSS(c.pid)
+	start := time.Now()
+	var total int64
+	for i := 0; i < warmPulls; i++ {
+		total += b.fetch(c, blobRepo, b.blob)
+	}
+	return measure{wall: time.Since(start), bytes: total, upstream: float64(b.front.Bytes("blobs")) / bigBlob,
+		manGETs: b.front.Count("GET", "manifests"), tokens: b.front.Count("GET", "token"), rss: peakRSS(c.pid)}
+}
+
+func (b *bench) pullImage(c *cache) int64 {
+	req, _ := http.NewRequest(http.MethodGet, "http://"+c.addr+"/v2/"+imageRepo+"/manifests/"+imageTag, nil)
+	req.Header.Set("Accept", string(types.OCIManifestSchema1))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b.Fatalf("%s: manifest: %s", c.name, resp.Status)
+	}
+	var n int64
+	for _, d := range b.image {
+		n += b.fetch(c, imageRepo, d)
+	}
+	return n
+}
+
+func (b *bench) fetch(c *cache, repo string, d v1.Hash) int64 {
+	resp, err := http.Get("http://" + c.addr + "/v2/" + repo + "/blobs/" + d.String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		b.Fatalf("%s: blob %s: %s %v", c.name, d, resp.Status, err)
+	}
+	return n
+}
+
+// resetPeakRSS zeroes the kernel's high-water mark of a process's RSS.
+func resetPeakRSS(pid int) {
+	os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
+}
+
+// peakRSS is VmHWM, in bytes.
+func peakRSS(pid int) int64 {
+	raw, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(raw), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+func median(ms []measure) measure {
+	sort.Slice(ms, func(i, j int) bool { return ms[i].wall < ms[j].wall })
+	m := ms[len(ms)/2]
+	rss := []int64{}
+	for _, x := range ms {
+		rss = append(rss, x.rss)
+	}
+	sort.Slice(rss, func(i, j int) bool { return rss[i] < rss[j] })
+	m.rss = rss[len(rss)/2]
+	return m
+}
+
+func row(kind, scenario string, m measure) string {
+	mbs := float64(m.bytes) / (1 << 20) / m.wall.Seconds()
+	return fmt.Sprintf("| %s | %s | %s | %.0f | %.2f× | %d | %d | %d MiB |",
+		kind, scenario, m.wall.Round(time.Millisecond), mbs, m.upstream, m.manGETs, m.tokens, m.rss>>20)
+}
+

@@ -1,0 +1,79 @@
+package integration
+
+import (
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/depproxy/depproxy/test/testenv"
+)
+
+// TestServeBinary runs `depproxy serve` as built, configured by a file and
+// a flag, pulls through it, and stops it with SIGTERM.
+func TestServeBinary(t *testing.T) {
+	reg := testenv.StartRegistry(t)
+	repo := repoName(t)
+	pushIndex(t, reg.Addr, repo, "v1", ociIndex(t, ociImage(t, 1), ociImage(t, 1)))
+	wantRoot, _ := pullAll(t, reg.URL(), repo, "v1")
+
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "depproxy")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/depproxy/depproxy/proxy").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	addr := testenv.FreeAddr(t)
+	cfg := filepath.Join(dir, "config.yaml")
+	os.WriteFile(cfg, []byte("upstream: "+reg.URL()+"\nlisten: 127.0.0.1:1\nrecheck-interval: 1m\n"), 0o644)
+	var logs strings.Builder
+	cmd := exec.Command(bin, "serve", "--config", cfg, "--listen", addr, "--storage", filepath.Join(dir, "data"))
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	base := "http://" + addr
+	for i := 0; ; i++ {
+		if resp, err := http.Get(base + "/healthz"); err == nil {
+			resp.Body.Close()
+			break
+		}
+		if i > 200 {
+			t.Fatalf("depproxy did not start:\n%s", logs.String())
+		}
+		sleep()
+	}
+	if got, _ := pullAll(t, base, repo, "v1"); got != wantRoot {
+		t.Fatalf("pulled %s, want %s", got, wantRoot)
+	}
+	for _, path := range []string{"/readyz", "/metrics"} {
+		resp, body := get(t, base+path, "")
+		if resp.StatusCode != 200 {
+			t.Errorf("%s: %s", path, resp.Status)
+		}
+		if path == "/metrics" && !strings.Contains(string(body), `depproxy_cache_requests_total{kind="blob",result="miss"}`) {
+			t.Errorf("/metrics lacks the cache counters:\n%s", body)
+		}
+	}
+	resp, body := get(t, base+"/nope", "")
+	ociError(t, resp, body, http.StatusNotFound, "NOT_FOUND")
+
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("depproxy exited with %v after SIGTERM:\n%s", err, logs.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("depproxy did not stop on SIGTERM")
+	}
+	if !strings.Contains(logs.String(), `"recheckInterval":"1m0s"`) {
+		t.Errorf("the config file's recheck-interval was not applied:\n%s", logs.String())
+	}
+}
