@@ -77,6 +77,7 @@ func serve(cfg *config.Serve, log logr.Logger) error {
 		cache.WithLogger(log.WithName("cache")),
 		cache.WithRecheckInterval(cfg.RecheckInterval),
 		cache.WithPrefetch(platforms),
+		cache.WithRedirect(cfg.S3Redirect),
 		cache.WithMetrics(metrics),
 	)
 

@@ -20,6 +20,9 @@ type Blob struct {
 	io.ReadSeeker
 	Size    int64
 	ModTime time.Time
+	// Redirect, when set, is where the client should read the blob
+	// instead; the blob has no content then.
+	Redirect string
 
 	close func()
 	err   func() error
@@ -39,6 +42,10 @@ func (c *Cache) Blob(ctx context.Context, repo string, d digest.Digest) (*Blob, 
 		c.metrics.request("blob", "join")
 		return c.fillBlob(ctx, f)
 	}
+	if b := c.redirectBlob(ctx, d); b != nil {
+		c.metrics.request("blob", "hit")
+		return b, nil
+	}
 	r, info, err := c.store.Open(ctx, blobKey(d))
 	if err == nil {
 		c.metrics.request("blob", "hit")
@@ -48,6 +55,25 @@ func (c *Cache) Blob(ctx context.Context, repo string, d digest.Digest) (*Blob, 
 	c.storageFailed(err, "open blob", "digest", d)
 	c.metrics.request("blob", "miss")
 	return c.fillBlob(ctx, c.joinOrStartFill(repo, d))
+}
+
+// redirectBlob returns a redirect to a cached blob, when enabled and the
+// storage can give one.
+func (c *Cache) redirectBlob(ctx context.Context, d digest.Digest) *Blob {
+	rd, ok := c.store.(storage.Redirector)
+	if !c.redirect || !ok {
+		return nil
+	}
+	info, err := c.store.Stat(ctx, blobKey(d))
+	if err != nil {
+		return nil
+	}
+	u, err := rd.RedirectURL(ctx, blobKey(d))
+	if err != nil {
+		c.storageFailed(err, "presign blob", "digest", d)
+		return nil
+	}
+	return &Blob{Size: info.Size, Redirect: u, close: func() {}, err: func() error { return nil }}
 }
 
 // StatBlob returns a blob's size without fetching it.

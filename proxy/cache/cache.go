@@ -44,6 +44,7 @@ type Cache struct {
 	recheck     time.Duration
 	fillTimeout time.Duration
 	prefetch    []v1.Platform
+	redirect    bool
 
 	flight singleflight.Group // manifest fetches, by repo and reference
 
@@ -76,6 +77,10 @@ func WithMetrics(r prometheus.Registerer) Option {
 // these platforms and their blobs, so that they pull fast and pull while
 // the upstream is down.
 func WithPrefetch(platforms []v1.Platform) Option { return func(c *Cache) { c.prefetch = platforms } }
+
+// WithRedirect sends clients of cached blobs to the storage's own URL
+// (presigned S3) when the storage has one, instead of streaming them.
+func WithRedirect(on bool) Option { return func(c *Cache) { c.redirect = on } }
 
 // WithFillTimeout bounds one upstream blob download.
 func WithFillTimeout(d time.Duration) Option { return func(c *Cache) { c.fillTimeout = d } }

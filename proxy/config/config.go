@@ -21,6 +21,7 @@ type Serve struct {
 	S3Endpoint        string
 	S3Insecure        bool
 	S3Region          string
+	S3Redirect        bool
 	RecheckInterval   time.Duration
 	PrefetchPlatforms string
 	LogLevel          int
@@ -35,6 +36,7 @@ func Flags(fs *flag.FlagSet) *Serve {
 	fs.StringVar(&s.S3Endpoint, "s3-endpoint", "", "S3 endpoint host:port (MinIO); empty for AWS")
 	fs.BoolVar(&s.S3Insecure, "s3-insecure", false, "talk plain HTTP to the S3 endpoint")
 	fs.StringVar(&s.S3Region, "s3-region", "", "S3 region, if the endpoint needs one")
+	fs.BoolVar(&s.S3Redirect, "s3-redirect", false, "send clients of cached blobs to a presigned S3 URL instead of streaming them; only where clients can reach the S3 endpoint")
 	fs.DurationVar(&s.RecheckInterval, "recheck-interval", 0, "how long a tag checked with the upstream is served without asking again; 0 asks (one HEAD) on every tag request")
 	fs.StringVar(&s.PrefetchPlatforms, "prefetch-platforms", "", "comma-separated platforms (linux/amd64,linux/arm64/v8) whose images are cached as soon as their index is")
 	fs.IntVar(&s.LogLevel, "log-level", 0, "log verbosity: 0 events, 1 also each request")

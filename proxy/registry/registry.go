@@ -108,6 +108,10 @@ func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, rt route) erro
 		return err
 	}
 	defer b.Close()
+	if b.Redirect != "" {
+		http.Redirect(w, r, b.Redirect, http.StatusTemporaryRedirect)
+		return nil
+	}
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Docker-Content-Digest", d.String())
 	h.Set("ETag", `"`+d.String()+`"`)

@@ -42,3 +42,9 @@ type FilePutter interface {
 	// path: it may be moved away, or copied and left in place.
 	PutFile(ctx context.Context, key, path string) error
 }
+
+// Redirector is implemented by backends that can hand a client a URL to
+// read an object from directly (S3's presigned URLs).
+type Redirector interface {
+	RedirectURL(ctx context.Context, key string) (string, error)
+}

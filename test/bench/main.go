@@ -36,13 +36,13 @@ import (
 )
 
 const (
-	layers     = 40
-	layerSize  = 2 << 20
-	bigBlob    = 256 << 20
-	warmPulls  = 5
-	imageRepo  = "bench/forty"
-	blobRepo   = "bench/big"
-	imageTag   = "v1"
+	layers    = 40
+	layerSize = 2 << 20
+	bigBlob   = 256 << 20
+	warmPulls = 10
+	imageRepo = "bench/forty"
+	blobRepo  = "bench/big"
+	imageTag  = "v1"
 )
 
 func main() {
@@ -81,10 +81,14 @@ func newBench() *bench {
 	return &bench{root: root}
 }
 
-func (b *bench) Helper()                      {}
-func (b *bench) Fatal(args ...any)            { b.Fatalf("%s", fmt.Sprint(args...)) }
-func (b *bench) Fatalf(f string, args ...any) { b.cleanup(); fmt.Fprintf(os.Stderr, f+"\n", args...); os.Exit(1) }
-func (b *bench) Cleanup(f func())             { b.cleanups = append(b.cleanups, f) }
+func (b *bench) Helper()           {}
+func (b *bench) Fatal(args ...any) { b.Fatalf("%s", fmt.Sprint(args...)) }
+func (b *bench) Fatalf(f string, args ...any) {
+	b.cleanup()
+	fmt.Fprintf(os.Stderr, f+"\n", args...)
+	os.Exit(1)
+}
+func (b *bench) Cleanup(f func()) { b.cleanups = append(b.cleanups, f) }
 func (b *bench) TempDir() string {
 	d, err := os.MkdirTemp(b.root, "")
 	if err != nil {
@@ -125,7 +129,9 @@ func (b *bench) run(runs int) error {
 		return err
 	}
 
-	kinds := []string{"depproxy fs", "distribution fs", "depproxy minio", "distribution minio"}
+	kinds := []string{"depproxy fs", "distribution fs",
+		"depproxy minio", "distribution minio, streamed",
+		"depproxy minio, redirect", "distribution minio, redirect"}
 	var rows []string
 	for _, clients := range []int{8, 32} {
 		for _, what := range []string{"40-layer image", "256 MiB blob"} {
@@ -200,7 +206,7 @@ func (b *bench) start(kind string) *cache {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if strings.HasSuffix(kind, "minio") {
+	if strings.Contains(kind, "minio") {
 		if err := mc.MakeBucket(context.Background(), bucket, minio.MakeBucketOptions{}); err != nil {
 			b.Fatal(err)
 		}
@@ -208,18 +214,22 @@ func (b *bench) start(kind string) *cache {
 	addr := testenv.FreeAddr(b)
 	var cmd *exec.Cmd
 	switch kind {
-	case "depproxy fs", "depproxy minio":
+	case "depproxy fs", "depproxy minio", "depproxy minio, redirect":
 		args := []string{"serve", "--listen", addr, "--upstream", b.front.URL(), "--storage", filepath.Join(dir, "data")}
-		if kind == "depproxy minio" {
+		if kind != "depproxy fs" {
 			args = append(args[:len(args)-1], "s3://"+bucket+"/cache", "--s3-endpoint", b.minio.Addr, "--s3-insecure")
+		}
+		if kind == "depproxy minio, redirect" {
+			args = append(args, "--s3-redirect")
 		}
 		cmd = exec.Command(b.depproxy, args...)
 		cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+b.minio.AccessKey, "AWS_SECRET_ACCESS_KEY="+b.minio.SecretKey)
 	default:
 		storage := fmt.Sprintf("{filesystem: {rootdirectory: %s}}", filepath.Join(dir, "data"))
-		if kind == "distribution minio" {
-			storage = fmt.Sprintf("{s3: {accesskey: %s, secretkey: %s, region: us-east-1, regionendpoint: 'http://%s', bucket: %s, forcepathstyle: true, secure: false, rootdirectory: /cache}}",
-				b.minio.AccessKey, b.minio.SecretKey, b.minio.Addr, bucket)
+		if strings.Contains(kind, "minio") {
+			// Distribution redirects to presigned URLs unless told not to.
+			storage = fmt.Sprintf("{s3: {accesskey: %s, secretkey: %s, region: us-east-1, regionendpoint: 'http://%s', bucket: %s, forcepathstyle: true, secure: false, rootdirectory: /cache}, redirect: {disable: %t}}",
+				b.minio.AccessKey, b.minio.SecretKey, b.minio.Addr, bucket, kind == "distribution minio, streamed")
 		}
 		cfg := fmt.Sprintf("version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\nstorage: %s\nhttp: {addr: %s}\nproxy: {remoteurl: %s}\n",
 			storage, addr, b.front.URL())
@@ -312,6 +322,8 @@ func (b *bench) warm(c *cache) measure {
 			break
 		}
 	}
+	// Both caches store in the background after serving: let that end.
+	time.Sleep(3 * time.Second)
 	resetPeakRSS(c.pid)
 	start := time.Now()
 	var total int64
@@ -347,7 +359,10 @@ func (b *bench) fetch(c *cache, repo string, d v1.Hash) int64 {
 		b.Fatal(err)
 	}
 	defer resp.Body.Close()
-	n, err := io.Copy(io.Discard, resp.Body)
+	// Large reads, so that the client (on the same two cores) costs the
+	// servers as little as it can.
+	buf := make([]byte, 1<<20)
+	n, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, struct{ io.Reader }{resp.Body}, buf)
 	if err != nil || resp.StatusCode != 200 {
 		b.Fatalf("%s: blob %s: %s %v", c.name, d, resp.Status, err)
 	}
@@ -388,4 +403,3 @@ func row(kind, scenario string, m measure) string {
 	return fmt.Sprintf("| %s | %s | %s | %.0f | %.2f× | %d | %d | %d MiB |",
 		kind, scenario, m.wall.Round(time.Millisecond), mbs, m.upstream, m.manGETs, m.tokens, m.rss>>20)
 }
-

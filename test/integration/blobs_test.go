@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/test/testenv"
 )
@@ -223,4 +224,41 @@ func TestStorageDown(t *testing.T) {
 	// Back up: the next pull caches again.
 	m.Start()
 	pullAll(t, p.URL, repo, "v1")
+}
+
+// TestS3Redirect: with redirects on, a cached blob is a 307 to a
+// presigned MinIO URL that serves the right bytes; an uncached one still
+// streams.
+func TestS3Redirect(t *testing.T) {
+	e := newEnv(t)
+	repo := repoName(t)
+	data, d := pushBlob(t, e.registry.Addr, repo, 1<<20)
+	p := startProxy(t, e.front.URL(), openStorage(t, "s3", e.minio), cache.WithRedirect(true))
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	url := p.URL + "/v2/" + repo + "/blobs/" + d.String()
+
+	resp, err := noFollow.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || sha(body) != sha(data) {
+		t.Fatalf("cold pull: %s, %d bytes; want the blob streamed", resp.Status, len(body))
+	}
+	waitNoFill(t, p, d)
+
+	resp, err = noFollow.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusTemporaryRedirect || !strings.Contains(loc, e.minio.Addr) {
+		t.Fatalf("cached pull: %s to %q; want a 307 to MinIO", resp.Status, loc)
+	}
+	_, body = get(t, url, "")
+	if sha(body) != sha(data) {
+		t.Fatalf("following the redirect gave %d bytes hashing to %s", len(body), sha(body))
+	}
 }
