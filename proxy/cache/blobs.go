@@ -211,9 +211,9 @@ func (c *Cache) warmBlob(ctx context.Context, repo string, d digest.Digest) erro
 	if _, err := c.store.Stat(ctx, blobKey(d)); err == nil {
 		return nil
 	}
-	f := c.joinOrStartFill(repo, d)
-	defer f.release()
-	b, err := c.fillBlob(ctx, f)
+	// fillBlob owns the reference from here: Close (or its error path)
+	// releases it.
+	b, err := c.fillBlob(ctx, c.joinOrStartFill(repo, d))
 	if err != nil {
 		return err
 	}
