@@ -28,16 +28,7 @@ func TestBackends(t *testing.T) {
 			return fs
 		},
 		"s3": func(t *testing.T) storage.Storage {
-			s3, err := storage.NewS3("suite", strings.ReplaceAll(t.Name(), "/", "-"), storage.S3Options{
-				Endpoint: m.Addr, Insecure: true, Credentials: m.Credentials(),
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := s3.EnsureBucket(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			return s3
+			return m.Storage(t, "suite", strings.ReplaceAll(t.Name(), "/", "-"))
 		},
 	}
 	for name, open := range backends {

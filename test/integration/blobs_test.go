@@ -95,38 +95,20 @@ func TestConcurrentColdBlob(t *testing.T) {
 func TestBrokenBlobTransfer(t *testing.T) {
 	e := newEnv(t)
 	faults := map[string]func(w http.ResponseWriter, r *http.Request) bool{
-		"cut mid-blob": func(w http.ResponseWriter, r *http.Request) bool {
-			if !strings.Contains(r.URL.Path, "/blobs/") {
-				return false
-			}
-			resp, err := e.front.Passthrough(r.Context(), r)
-			if err != nil {
-				return false
-			}
-			defer resp.Body.Close()
+		"cut mid-blob": e.front.Alter("blobs", func(w http.ResponseWriter, resp *http.Response) {
 			w.Header().Set("Content-Length", resp.Header.Get("Content-Length"))
 			w.WriteHeader(http.StatusOK)
 			io.CopyN(w, resp.Body, resp.ContentLength/2)
 			w.(http.Flusher).Flush()
 			conn, _, _ := w.(http.Hijacker).Hijack()
 			conn.Close()
-			return true
-		},
-		"corrupted": func(w http.ResponseWriter, r *http.Request) bool {
-			if !strings.Contains(r.URL.Path, "/blobs/") {
-				return false
-			}
-			resp, err := e.front.Passthrough(r.Context(), r)
-			if err != nil {
-				return false
-			}
-			defer resp.Body.Close()
+		}),
+		"corrupted": e.front.Alter("blobs", func(w http.ResponseWriter, resp *http.Response) {
 			body, _ := io.ReadAll(resp.Body)
 			body[len(body)/2] ^= 0xff
 			w.Header().Set("Content-Length", fmt.Sprint(len(body)))
 			w.Write(body)
-			return true
-		},
+		}),
 	}
 	for _, backend := range backends {
 		for fname, fault := range faults {

@@ -5,7 +5,6 @@ package integration
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -63,16 +62,7 @@ func openStorage(t *testing.T, backend string, m *testenv.MinIO) storage.Storage
 		}
 		return fs
 	}
-	s3, err := storage.NewS3("cache", strings.NewReplacer("/", "-", " ", "-").Replace(t.Name()), storage.S3Options{
-		Endpoint: m.Addr, Insecure: true, Credentials: m.Credentials(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s3.EnsureBucket(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	return s3
+	return m.Storage(t, "cache", nonName.ReplaceAllString(t.Name(), "-"))
 }
 
 func startProxy(t *testing.T, upstreamURL string, store storage.Storage, opts ...cache.Option) *proxy {

@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"context"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -171,9 +170,22 @@ func PathKind(p string) string {
 	return "other"
 }
 
-// Passthrough returns the upstream's answer to r, for faults that alter it.
-func (f *Front) Passthrough(ctx context.Context, r *http.Request) (*http.Response, error) {
-	out := r.Clone(ctx)
-	out.URL.Scheme, out.URL.Host, out.Host, out.RequestURI = f.target.Scheme, f.target.Host, f.target.Host, ""
-	return http.DefaultTransport.RoundTrip(out)
+// Alter returns a fault that lets the registry answer requests to this
+// kind of path ("blobs", "manifests"), then hands the answer to fn to
+// send the client, altered.
+func (f *Front) Alter(kind string, fn func(w http.ResponseWriter, resp *http.Response)) func(http.ResponseWriter, *http.Request) bool {
+	return func(w http.ResponseWriter, r *http.Request) bool {
+		if PathKind(r.URL.Path) != kind {
+			return false
+		}
+		out := r.Clone(r.Context())
+		out.URL.Scheme, out.URL.Host, out.Host, out.RequestURI = f.target.Scheme, f.target.Host, f.target.Host, ""
+		resp, err := http.DefaultTransport.RoundTrip(out)
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		fn(w, resp)
+		return true
+	}
 }

@@ -4,6 +4,7 @@
 package testenv
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/depproxy/depproxy/proxy/storage"
 )
 
 // T is what the helpers need from a test; testing.TB has it, and so can a
@@ -192,4 +195,18 @@ func StartMinIO(t T) *MinIO {
 // Credentials are the server's root credentials.
 func (m *MinIO) Credentials() *credentials.Credentials {
 	return credentials.NewStaticV4(m.AccessKey, m.SecretKey, "")
+}
+
+// Storage returns an S3 backend on this server, in bucket (created if
+// needed) under prefix.
+func (m *MinIO) Storage(t T, bucket, prefix string) *storage.S3 {
+	t.Helper()
+	s3, err := storage.NewS3(bucket, prefix, storage.S3Options{Endpoint: m.Addr, Insecure: true, Credentials: m.Credentials()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s3.EnsureBucket(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return s3
 }
