@@ -103,6 +103,9 @@ func New(rawURL string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("upstream %q: %w", rawURL, err)
 	}
+	// Requests go to the host go-containerregistry knows the registry by
+	// (index.docker.io for Docker Hub): it attaches tokens only there.
+	u.Host = reg.RegistryStr()
 	c := &Client{
 		base:       u,
 		registry:   reg,

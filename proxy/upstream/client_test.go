@@ -1,6 +1,12 @@
 package upstream
 
-import "testing"
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+)
 
 func TestRepositoryShortNames(t *testing.T) {
 	for _, c := range []struct{ upstream, repo, want string }{
@@ -25,6 +31,36 @@ func TestNewRejectsBadURLs(t *testing.T) {
 	for _, u := range []string{"registry-1.docker.io", "ftp://x", "", "http://"} {
 		if _, err := New(u); err == nil {
 			t.Errorf("New(%q) accepted", u)
+		}
+	}
+}
+
+// recorder answers like an anonymous registry and records the hosts it
+// was asked. Docker Hub itself is not reachable from tests.
+type recorder struct{ hosts []string }
+
+func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
+	r.hosts = append(r.hosts, req.URL.Host)
+	return &http.Response{StatusCode: http.StatusOK, Header: http.Header{"Content-Type": {"application/json"}},
+		Body: io.NopCloser(strings.NewReader("{}")), Request: req}, nil
+}
+
+// Every request to Docker Hub goes to the host the token transport
+// attaches credentials for, whichever spelling of Docker Hub was given.
+func TestDockerHubRequestsGoToTheTokenHost(t *testing.T) {
+	for _, u := range []string{DockerHub, "https://docker.io", "https://index.docker.io"} {
+		rec := &recorder{}
+		c, err := New(u, WithTransport(rec))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.HeadManifest(context.Background(), "alpine", "3.20", nil); err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range rec.hosts {
+			if h != "index.docker.io" {
+				t.Errorf("%s: a request went to %s, not index.docker.io", u, h)
+			}
 		}
 	}
 }
