@@ -219,6 +219,9 @@ func (c *Cache) loadTag(ctx context.Context, repo, tag string) *Manifest {
 	return m
 }
 
+// maxChecked bounds the tags whose last check is remembered.
+const maxChecked = 100_000
+
 func (c *Cache) fresh(repo, tag string) bool {
 	if c.recheck <= 0 {
 		return false
@@ -234,6 +237,10 @@ func (c *Cache) markFresh(repo, tag string) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if len(c.checked) >= maxChecked {
+		// Forgetting costs one HEAD per tag; never memory without bound.
+		c.checked = map[string]time.Time{}
+	}
 	c.checked[repo+":"+tag] = time.Now()
 }
 
