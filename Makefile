@@ -6,8 +6,11 @@ DEPPROXY_TOOLS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/depproxy-tools
 export DEPPROXY_TOOLS
 
 GO ?= go
+TOOLS_BIN := $(DEPPROXY_TOOLS)/bin
+CONTROLLER_GEN := $(TOOLS_BIN)/controller-gen
+KUSTOMIZE := $(TOOLS_BIN)/kustomize
 
-.PHONY: all run build tools test lint fuzz bench
+.PHONY: all run build tools test lint fuzz bench generate manifests verify-generated
 
 all: build
 
@@ -18,6 +21,19 @@ run:
 ## build: bin/depproxy
 build:
 	$(GO) build -o bin/depproxy ./proxy
+
+## generate: deepcopy code for the API types
+generate: tools
+	$(CONTROLLER_GEN) object paths=./api/...
+
+## manifests: CRDs and RBAC from the markers
+manifests: tools
+	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths=./api/... paths=./controllers/... \
+		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+
+## verify-generated: generated files are up to date (CI)
+verify-generated: generate manifests
+	@git diff --exit-code -- api config || { echo "generated files are stale: run make generate manifests and commit"; exit 1; }
 
 ## tools: install the pinned test tools (idempotent)
 tools:

@@ -8,6 +8,11 @@ TOOLS_DIR="${DEPPROXY_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/depproxy-tools}"
 MINIO_VERSION="v0.0.0-20260212201848-7aac2a2c5b7c"
 DISTRIBUTION_VERSION="v3.1.2"
 CRANE_VERSION="v0.22.1"
+# envtest's control plane and the clients, matching controller-runtime v0.25.
+KUBERNETES_VERSION="v1.37.2"
+ETCD_VERSION="v3.6.16"
+CONTROLLER_TOOLS_VERSION="v0.23.0"
+KUSTOMIZE_VERSION="v5.8.1"
 
 mkdir -p "$TOOLS_DIR/bin"
 
@@ -22,7 +27,7 @@ go_tool() {
 	local tmp
 	tmp="$(mktemp -d)"
 	GOBIN="$tmp" CGO_ENABLED=0 go install "$pkg@$version"
-	mv "$tmp/$(basename "$pkg")" "$TOOLS_DIR/bin/$name"
+	mv "$tmp"/* "$TOOLS_DIR/bin/$name" # the one binary, whatever go named it
 	rm -rf "$tmp"
 	echo "$version" >"$stamp"
 }
@@ -30,6 +35,64 @@ go_tool() {
 go_tool registry github.com/distribution/distribution/v3/cmd/registry "$DISTRIBUTION_VERSION"
 go_tool crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION"
 go_tool minio github.com/minio/minio "$MINIO_VERSION"
+
+go_tool controller-gen sigs.k8s.io/controller-tools/cmd/controller-gen "$CONTROLLER_TOOLS_VERSION"
+go_tool kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION"
+
+# throwaway_build NAME VERSION GOMOD PACKAGE... builds packages of a module
+# that cannot be `go install`ed (its go.mod has replace directives) inside a
+# throwaway module that repeats them.
+throwaway_build() {
+	local version="$1" gomod="$2"
+	shift 2
+	local missing=()
+	for pkg in "$@"; do
+		local name
+		name="$(basename "$pkg")"
+		[[ -x "$TOOLS_DIR/bin/$name" && "$(cat "$TOOLS_DIR/bin/.$name.version" 2>/dev/null)" == "$version" ]] || missing+=("$pkg")
+	done
+	[[ ${#missing[@]} -gt 0 ]] || return 0
+	local tmp
+	tmp="$(mktemp -d)"
+	printf '%s\n' "$gomod" >"$tmp/go.mod"
+	printf 'package tools\n' >"$tmp/tools.go"
+	for pkg in "${missing[@]}"; do
+		local name
+		name="$(basename "$pkg")"
+		echo "building $name $version (minutes, once)" >&2
+		(cd "$tmp" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -o "$TOOLS_DIR/bin/$name" "$pkg")
+		echo "$version" >"$TOOLS_DIR/bin/.$name.version"
+	done
+	rm -rf "$tmp"
+}
+
+etcd_mod="module tools
+go 1.26
+require go.etcd.io/etcd/server/v3 $ETCD_VERSION
+replace ("
+for m in api/v3 client/pkg/v3 client/v3 pkg/v3; do
+	etcd_mod+="
+	go.etcd.io/etcd/$m => go.etcd.io/etcd/$m $ETCD_VERSION"
+done
+etcd_mod+="
+)"
+throwaway_build "$ETCD_VERSION" "$etcd_mod" go.etcd.io/etcd/server/v3
+# go build names the binary after the package path's last element: v3.
+[[ -x "$TOOLS_DIR/bin/v3" ]] && mv "$TOOLS_DIR/bin/v3" "$TOOLS_DIR/bin/etcd" && mv "$TOOLS_DIR/bin/.v3.version" "$TOOLS_DIR/bin/.etcd.version"
+
+k8s_gomod="$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+staging_version="v0${KUBERNETES_VERSION#v1}"
+kube_mod="module tools
+go 1.26
+require k8s.io/kubernetes $KUBERNETES_VERSION
+replace ("
+for m in $(sed -n 's#^[[:space:]]*\(k8s.io/[^ ]*\) => ./staging/.*#\1#p' "$k8s_gomod"); do
+	kube_mod+="
+	$m => $m $staging_version"
+done
+kube_mod+="
+)"
+throwaway_build "$KUBERNETES_VERSION" "$kube_mod" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
 
 if ! command -v skopeo >/dev/null; then
 	echo "installing skopeo from Debian" >&2

@@ -61,3 +61,23 @@ func TestFileErrorsSayWhatIsWrong(t *testing.T) {
 		}
 	}
 }
+
+// Every key the operator can render is a flag, and the file it renders
+// loads back to the same settings.
+func TestFileKeysAreFlags(t *testing.T) {
+	f := File{Listen: ":5000", Upstream: "https://quay.io", Storage: "s3://b/p", S3Endpoint: "minio:9000",
+		S3Insecure: true, S3Region: "eu", RecheckInterval: "1m", PrefetchPlatforms: "linux/amd64"}
+	raw, err := f.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := load(t, string(raw))
+	if err != nil {
+		t.Fatalf("the rendered file does not load: %v\n%s", err, raw)
+	}
+	want := Serve{Listen: ":5000", Upstream: "https://quay.io", Storage: "s3://b/p", S3Endpoint: "minio:9000",
+		S3Insecure: true, S3Region: "eu", RecheckInterval: time.Minute, PrefetchPlatforms: "linux/amd64"}
+	if *s != want {
+		t.Fatalf("got %+v\nwant %+v", *s, want)
+	}
+}

@@ -1,0 +1,26 @@
+package v1alpha1
+
+// Condition types.
+const (
+	// ConditionReady: the cache serves (enough replicas available).
+	ConditionReady = "Ready"
+	// ConditionProgressing: a change is rolling out.
+	ConditionProgressing = "Progressing"
+	// ConditionDegraded: the spec cannot be carried out as it stands.
+	ConditionDegraded = "Degraded"
+)
+
+// Condition reasons; the same string is used for the event.
+const (
+	ReasonAvailable        = "Available"
+	ReasonRollingOut       = "RollingOut"
+	ReasonReconciled       = "Reconciled"
+	ReasonSecretNotFound   = "SecretNotFound"
+	ReasonTargetNotFound   = "TargetNotFound"
+	ReasonAuthNotSupported = "UsersNotSupportedYet"
+	ReasonScheduled        = "Scheduled"
+	ReasonSuspended        = "Suspended"
+	ReasonConfigRolled     = "ConfigRolled"
+	ReasonCreated          = "Created"
+	ReasonReconcileFailed  = "ReconcileFailed"
+)

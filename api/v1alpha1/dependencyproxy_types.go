@@ -1,0 +1,207 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// DependencyProxySpec is a tenant's pull-through cache.
+type DependencyProxySpec struct {
+	// Upstream is the registry pulled through; Docker Hub by default.
+	// +optional
+	// +kubebuilder:default={}
+	Upstream UpstreamSpec `json:"upstream"`
+
+	// Storage is the S3 bucket (MinIO) the cache keeps manifests and blobs in.
+	Storage StorageSpec `json:"storage"`
+
+	// Auth says who may pull.
+	// +optional
+	// +kubebuilder:default={anonymous: true}
+	Auth AuthSpec `json:"auth"`
+
+	// Replicas of the proxy; they share the bucket.
+	// +optional
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=50
+	Replicas *int32 `json:"replicas,omitempty"`
+
+	// Resources of the proxy container.
+	// +optional
+	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// RecheckInterval is how long a tag confirmed with the upstream is
+	// served without asking again; "0s" sends one HEAD per tag request.
+	// +optional
+	// +kubebuilder:default="0s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern="^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$"
+	RecheckInterval metav1.Duration `json:"recheckInterval,omitempty"`
+
+	// PrefetchPlatforms are platforms (os/arch[/variant]) whose images are
+	// cached as soon as their index is.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:Pattern="^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$"
+	PrefetchPlatforms []string `json:"prefetchPlatforms,omitempty"`
+
+	// Image overrides the depproxy image the operator runs.
+	// +optional
+	Image string `json:"image,omitempty"`
+}
+
+// UpstreamSpec is the registry a cache pulls through.
+type UpstreamSpec struct {
+	// URL is the registry's scheme and host.
+	// +optional
+	// +kubebuilder:default="https://registry-1.docker.io"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^https?://[^/?#]+/?$')",message="upstream.url must be a scheme and host, like https://registry-1.docker.io"
+	URL string `json:"url,omitempty"`
+
+	// CredentialsSecretRef names a Secret with the upstream's credentials,
+	// for private registries.
+	// +optional
+	CredentialsSecretRef *corev1.LocalObjectReference `json:"credentialsSecretRef,omitempty"`
+}
+
+// StorageSpec is an S3 bucket.
+type StorageSpec struct {
+	// Endpoint is the S3 endpoint's host:port, e.g. minio.storage:9000.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:XValidation:rule="!self.contains('/')",message="storage.endpoint is host:port, without a scheme or path"
+	Endpoint string `json:"endpoint"`
+
+	// Bucket holds the cache; it is created if missing.
+	// +kubebuilder:validation:Pattern="^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+	Bucket string `json:"bucket"`
+
+	// Prefix keeps this cache apart from others in the same bucket.
+	// +optional
+	// +kubebuilder:validation:Pattern="^[A-Za-z0-9._/-]*$"
+	Prefix string `json:"prefix,omitempty"`
+
+	// CredentialsSecretRef names a Secret with the keys AWS_ACCESS_KEY_ID and
+	// AWS_SECRET_ACCESS_KEY.
+	CredentialsSecretRef corev1.LocalObjectReference `json:"credentialsSecretRef"`
+
+	// Insecure talks plain HTTP to the endpoint.
+	// +optional
+	Insecure bool `json:"insecure,omitempty"`
+}
+
+// AuthSpec says who may pull from a cache.
+// +kubebuilder:validation:XValidation:rule="has(self.usersSecretRef) != (has(self.anonymous) && self.anonymous)",message="auth: set exactly one of usersSecretRef (pulls need a login) or anonymous: true (anyone may pull)"
+type AuthSpec struct {
+	// UsersSecretRef names a Secret whose keys are user names and whose
+	// values are their passwords.
+	// +optional
+	UsersSecretRef *corev1.LocalObjectReference `json:"usersSecretRef,omitempty"`
+
+	// Anonymous lets anyone pull without logging in.
+	// +optional
+	Anonymous bool `json:"anonymous,omitempty"`
+}
+
+// DependencyProxyStatus is what the operator and the proxy report.
+type DependencyProxyStatus struct {
+	// ObservedGeneration is the generation the status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// Conditions: Ready, Progressing, Degraded.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// Endpoint is where clients pull from, inside the cluster.
+	// +optional
+	Endpoint string `json:"endpoint,omitempty"`
+
+	// Cache summarises what the proxy holds, as it last reported.
+	// +optional
+	Cache *CacheSummary `json:"cache,omitempty"`
+}
+
+// CacheSummary is a bounded view of a cache's contents.
+type CacheSummary struct {
+	// Images are the most recently cached tags, at most 50.
+	// +optional
+	// +kubebuilder:validation:MaxItems=50
+	Images []CachedImage `json:"images,omitempty"`
+
+	// ImageCount is the number of cached tags, all of them.
+	ImageCount int64 `json:"imageCount"`
+
+	// Bytes is the size of all cached blobs and manifests.
+	Bytes int64 `json:"bytes"`
+
+	// Size is Bytes for people (e.g. 1.2Gi).
+	Size string `json:"size"`
+
+	// HitRatio is the share of requests served from the cache since the
+	// proxy started, e.g. "0.93".
+	// +optional
+	HitRatio string `json:"hitRatio,omitempty"`
+
+	// ReportedAt is when the proxy reported this.
+	ReportedAt metav1.Time `json:"reportedAt"`
+}
+
+// CachedImage is a cached tag; for an index, its platform images too.
+type CachedImage struct {
+	// Repository, e.g. library/alpine.
+	Repository string `json:"repository"`
+	// Tag, e.g. 3.20.
+	Tag string `json:"tag"`
+	// Digest the tag pointed at when cached.
+	Digest string `json:"digest"`
+	// MediaType of that manifest.
+	MediaType string `json:"mediaType"`
+	// Platforms are an index's children.
+	// +optional
+	// +kubebuilder:validation:MaxItems=64
+	Platforms []PlatformImage `json:"platforms,omitempty"`
+}
+
+// PlatformImage is one child of an index.
+type PlatformImage struct {
+	// Platform as os/arch[/variant], or "unknown/unknown" for attestations.
+	Platform string `json:"platform"`
+	// Digest of the child manifest.
+	Digest string `json:"digest"`
+}
+
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=dp,categories=depproxy
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Endpoint",type=string,JSONPath=`.status.endpoint`
+// +kubebuilder:printcolumn:name="Images",type=integer,JSONPath=`.status.cache.imageCount`
+// +kubebuilder:printcolumn:name="Size",type=string,JSONPath=`.status.cache.size`
+// +kubebuilder:printcolumn:name="Hit Ratio",type=string,JSONPath=`.status.cache.hitRatio`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+
+// DependencyProxy is a tenant's pull-through cache.
+type DependencyProxy struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   DependencyProxySpec   `json:"spec,omitempty"`
+	Status DependencyProxyStatus `json:"status,omitempty"`
+}
+
+// +kubebuilder:object:root=true
+
+// DependencyProxyList is a list of DependencyProxy.
+type DependencyProxyList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []DependencyProxy `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&DependencyProxy{}, &DependencyProxyList{})
+}

@@ -1,0 +1,78 @@
+package controllers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+)
+
+// applier creates or updates owned children. Each child carries a hash of
+// what the operator wants it to be: an unchanged spec means no write at
+// all (no hot loop), and the operator only touches the fields it renders,
+// leaving those that the API server or other controllers set.
+type applier struct {
+	client client.Client
+	scheme *runtime.Scheme
+}
+
+// apply makes desired exist, owned by owner. copyWanted copies the fields
+// the operator renders from desired onto the existing object.
+func (a applier) apply(ctx context.Context, owner client.Object, desired client.Object,
+	copyWanted func(existing, desired client.Object)) (controllerutil.OperationResult, error) {
+	raw, err := json.Marshal(desired)
+	if err != nil {
+		return controllerutil.OperationResultNone, err
+	}
+	want := hashOf(string(raw))
+	setAnnotation(desired, specHashKey, want)
+	if err := controllerutil.SetControllerReference(owner, desired, a.scheme); err != nil {
+		return controllerutil.OperationResultNone, err
+	}
+
+	existing := desired.DeepCopyObject().(client.Object)
+	err = a.client.Get(ctx, client.ObjectKeyFromObject(desired), existing)
+	if apierrors.IsNotFound(err) {
+		if err := a.client.Create(ctx, desired); err != nil {
+			return controllerutil.OperationResultNone, fmt.Errorf("creating %T %s: %w", desired, desired.GetName(), err)
+		}
+		return controllerutil.OperationResultCreated, nil
+	}
+	if err != nil {
+		return controllerutil.OperationResultNone, err
+	}
+	if existing.GetAnnotations()[specHashKey] == want && metav1.IsControlledBy(existing, owner) {
+		return controllerutil.OperationResultNone, nil
+	}
+	copyWanted(existing, desired)
+	labels := existing.GetLabels()
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	for k, v := range desired.GetLabels() {
+		labels[k] = v
+	}
+	existing.SetLabels(labels)
+	setAnnotation(existing, specHashKey, want)
+	if err := controllerutil.SetControllerReference(owner, existing, a.scheme); err != nil {
+		return controllerutil.OperationResultNone, err
+	}
+	if err := a.client.Update(ctx, existing); err != nil {
+		return controllerutil.OperationResultNone, fmt.Errorf("updating %T %s: %w", existing, existing.GetName(), err)
+	}
+	return controllerutil.OperationResultUpdated, nil
+}
+
+func setAnnotation(obj metav1.Object, key, value string) {
+	a := obj.GetAnnotations()
+	if a == nil {
+		a = map[string]string{}
+	}
+	a[key] = value
+	obj.SetAnnotations(a)
+}

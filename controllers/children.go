@@ -1,0 +1,290 @@
+package controllers
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
+	"github.com/depproxy/depproxy/proxy/config"
+)
+
+const (
+	// ProxyPort is where the proxy serves, in the pod and on the Service.
+	ProxyPort = 5000
+	// DefaultImage is the depproxy image run unless spec.image says
+	// otherwise; the manager's --proxy-image flag overrides it.
+	DefaultImage = "ghcr.io/depproxy/depproxy:latest"
+
+	configDir      = "/etc/depproxy"
+	configKey      = "config.yaml"
+	configHashKey  = "depproxy.dev/config-hash"
+	specHashKey    = "depproxy.dev/spec-hash"
+	accessKeyEnv   = "AWS_ACCESS_KEY_ID"
+	secretKeyEnv   = "AWS_SECRET_ACCESS_KEY"
+	spoolMountPath = "/tmp"
+)
+
+// proxyName names every child of a DependencyProxy.
+func proxyName(dp *depproxyv1.DependencyProxy) string { return dp.Name + "-depproxy" }
+
+func proxyLabels(dp *depproxyv1.DependencyProxy) map[string]string {
+	return map[string]string{
+		"app.kubernetes.io/name":       "depproxy",
+		"app.kubernetes.io/instance":   dp.Name,
+		"app.kubernetes.io/managed-by": "depproxy-operator",
+	}
+}
+
+func objectMeta(name, namespace string, labels map[string]string) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: labels}
+}
+
+// proxyConfig is the proxy's config file for this spec.
+func proxyConfig(dp *depproxyv1.DependencyProxy) config.File {
+	s := dp.Spec.Storage
+	storage := "s3://" + s.Bucket
+	if p := strings.Trim(s.Prefix, "/"); p != "" {
+		storage += "/" + p
+	}
+	return config.File{
+		Listen:            fmt.Sprintf(":%d", ProxyPort),
+		Upstream:          dp.Spec.Upstream.URL,
+		Storage:           storage,
+		S3Endpoint:        s.Endpoint,
+		S3Insecure:        s.Insecure,
+		RecheckInterval:   dp.Spec.RecheckInterval.Duration.String(),
+		PrefetchPlatforms: strings.Join(dp.Spec.PrefetchPlatforms, ","),
+	}
+}
+
+// desiredConfigMap holds the proxy's config file.
+func desiredConfigMap(dp *depproxyv1.DependencyProxy) (*corev1.ConfigMap, error) {
+	raw, err := proxyConfig(dp).Marshal()
+	if err != nil {
+		return nil, err
+	}
+	return &corev1.ConfigMap{
+		ObjectMeta: objectMeta(proxyName(dp), dp.Namespace, proxyLabels(dp)),
+		Data:       map[string]string{configKey: string(raw)},
+	}, nil
+}
+
+// hashOf is a short stable hash of anything rendered to strings.
+func hashOf(parts ...string) string {
+	h := sha256.New()
+	for _, p := range parts {
+		h.Write([]byte(p))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// configHash changes whenever the config file does: it is a pod template
+// annotation, so a new config rolls the pods.
+func configHash(cm *corev1.ConfigMap) string {
+	keys := make([]string, 0, len(cm.Data))
+	for k := range cm.Data {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := []string{}
+	for _, k := range keys {
+		parts = append(parts, k, cm.Data[k])
+	}
+	return hashOf(parts...)
+}
+
+func proxyImage(dp *depproxyv1.DependencyProxy, defaultImage string) string {
+	if dp.Spec.Image != "" {
+		return dp.Spec.Image
+	}
+	return defaultImage
+}
+
+// storageEnv passes the S3 credentials from the tenant's Secret.
+func storageEnv(dp *depproxyv1.DependencyProxy) []corev1.EnvVar {
+	ref := dp.Spec.Storage.CredentialsSecretRef
+	env := []corev1.EnvVar{}
+	for _, key := range []string{accessKeyEnv, secretKeyEnv} {
+		env = append(env, corev1.EnvVar{Name: key, ValueFrom: &corev1.EnvVarSource{
+			SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: ref, Key: key},
+		}})
+	}
+	return env
+}
+
+// restrictedSecurity is the restricted Pod Security profile.
+func restrictedSecurity() (*corev1.PodSecurityContext, *corev1.SecurityContext) {
+	return &corev1.PodSecurityContext{
+			RunAsNonRoot:   ptr.To(true),
+			RunAsUser:      ptr.To[int64](65532),
+			FSGroup:        ptr.To[int64](65532),
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		}, &corev1.SecurityContext{
+			AllowPrivilegeEscalation: ptr.To(false),
+			ReadOnlyRootFilesystem:   ptr.To(true),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		}
+}
+
+func configVolumes(dp *depproxyv1.DependencyProxy) ([]corev1.Volume, []corev1.VolumeMount) {
+	return []corev1.Volume{
+			{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+				LocalObjectReference: corev1.LocalObjectReference{Name: proxyName(dp)},
+			}}},
+			// Blobs being downloaded are spooled here, not in memory.
+			{Name: "spool", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+		}, []corev1.VolumeMount{
+			{Name: "config", MountPath: configDir, ReadOnly: true},
+			{Name: "spool", MountPath: spoolMountPath},
+		}
+}
+
+// desiredDeployment runs the proxy with the rendered config.
+func desiredDeployment(dp *depproxyv1.DependencyProxy, defaultImage, cfgHash string) *appsv1.Deployment {
+	labels := proxyLabels(dp)
+	podSec, sec := restrictedSecurity()
+	volumes, mounts := configVolumes(dp)
+	probe := func(path string) *corev1.Probe {
+		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+			Path: path, Port: intstr.FromString("http"),
+		}}, PeriodSeconds: 10, TimeoutSeconds: 2}
+	}
+	return &appsv1.Deployment{
+		ObjectMeta: objectMeta(proxyName(dp), dp.Namespace, labels),
+		Spec: appsv1.DeploymentSpec{
+			Replicas: dp.Spec.Replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{configHashKey: cfgHash}},
+				Spec: corev1.PodSpec{
+					ServiceAccountName: proxyName(dp),
+					SecurityContext:    podSec,
+					Volumes:            volumes,
+					Containers: []corev1.Container{{
+						Name:            "depproxy",
+						Image:           proxyImage(dp, defaultImage),
+						Args:            []string{"serve", "--config", configDir + "/" + configKey},
+						Env:             storageEnv(dp),
+						Ports:           []corev1.ContainerPort{{Name: "http", ContainerPort: ProxyPort, Protocol: corev1.ProtocolTCP}},
+						LivenessProbe:   probe("/healthz"),
+						ReadinessProbe:  probe("/readyz"),
+						Resources:       dp.Spec.Resources,
+						SecurityContext: sec,
+						VolumeMounts:    mounts,
+					}},
+				},
+			},
+		},
+	}
+}
+
+func desiredService(dp *depproxyv1.DependencyProxy) *corev1.Service {
+	return &corev1.Service{
+		ObjectMeta: objectMeta(proxyName(dp), dp.Namespace, proxyLabels(dp)),
+		Spec: corev1.ServiceSpec{
+			Selector: proxyLabels(dp),
+			Ports: []corev1.ServicePort{{Name: "http", Port: ProxyPort, TargetPort: intstr.FromString("http"),
+				Protocol: corev1.ProtocolTCP}},
+		},
+	}
+}
+
+func desiredServiceAccount(dp *depproxyv1.DependencyProxy) *corev1.ServiceAccount {
+	return &corev1.ServiceAccount{ObjectMeta: objectMeta(proxyName(dp), dp.Namespace, proxyLabels(dp)),
+		AutomountServiceAccountToken: ptr.To(false)}
+}
+
+// desiredServiceMonitor scrapes the proxy's /metrics, for clusters running
+// the Prometheus operator. Unstructured, so that the operator needs no
+// dependency on its Go types.
+func desiredServiceMonitor(dp *depproxyv1.DependencyProxy) *unstructured.Unstructured {
+	sm := &unstructured.Unstructured{Object: map[string]any{
+		"spec": map[string]any{
+			"selector":  map[string]any{"matchLabels": toAny(proxyLabels(dp))},
+			"endpoints": []any{map[string]any{"port": "http", "path": "/metrics"}},
+		},
+	}}
+	sm.SetAPIVersion("monitoring.coreos.com/v1")
+	sm.SetKind("ServiceMonitor")
+	sm.SetName(proxyName(dp))
+	sm.SetNamespace(dp.Namespace)
+	sm.SetLabels(proxyLabels(dp))
+	return sm
+}
+
+func toAny(m map[string]string) map[string]any {
+	out := map[string]any{}
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// endpoint is the in-cluster address clients pull from.
+func endpoint(dp *depproxyv1.DependencyProxy) string {
+	return fmt.Sprintf("%s.%s.svc:%d", proxyName(dp), dp.Namespace, ProxyPort)
+}
+
+// cleanupName names a CleanupPolicy's CronJob.
+func cleanupName(cp *depproxyv1.CleanupPolicy) string { return cp.Name + "-cleanup" }
+
+// desiredCronJob runs `depproxy cleanup` on the target's storage, with the
+// target's own config file and credentials.
+func desiredCronJob(cp *depproxyv1.CleanupPolicy, dp *depproxyv1.DependencyProxy, defaultImage string) *batchv1.CronJob {
+	labels := map[string]string{
+		"app.kubernetes.io/name":       "depproxy-cleanup",
+		"app.kubernetes.io/instance":   cp.Name,
+		"app.kubernetes.io/managed-by": "depproxy-operator",
+	}
+	podSec, sec := restrictedSecurity()
+	volumes, mounts := configVolumes(dp)
+	return &batchv1.CronJob{
+		ObjectMeta: objectMeta(cleanupName(cp), cp.Namespace, labels),
+		Spec: batchv1.CronJobSpec{
+			Schedule:                   cp.Spec.Schedule,
+			Suspend:                    ptr.To(cp.Spec.Suspend),
+			ConcurrencyPolicy:          batchv1.ForbidConcurrent,
+			SuccessfulJobsHistoryLimit: ptr.To[int32](3),
+			FailedJobsHistoryLimit:     ptr.To[int32](3),
+			JobTemplate: batchv1.JobTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: batchv1.JobSpec{
+					BackoffLimit: ptr.To[int32](2),
+					Template: corev1.PodTemplateSpec{
+						ObjectMeta: metav1.ObjectMeta{Labels: labels},
+						Spec: corev1.PodSpec{
+							RestartPolicy:      corev1.RestartPolicyNever,
+							ServiceAccountName: proxyName(dp),
+							SecurityContext:    podSec,
+							Volumes:            volumes,
+							Containers: []corev1.Container{{
+								Name:  "cleanup",
+								Image: proxyImage(dp, defaultImage),
+								Args: []string{"cleanup", "--config", configDir + "/" + configKey,
+									"--ttl", fmt.Sprintf("%dh", 24*cp.Spec.TTLDays)},
+								Env:             storageEnv(dp),
+								SecurityContext: sec,
+								VolumeMounts:    mounts,
+								// The summary is the run's last line; the
+								// operator reads it from here.
+								TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+							}},
+						},
+					},
+				},
+			},
+		},
+	}
+}

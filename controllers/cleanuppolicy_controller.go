@@ -1,0 +1,225 @@
+package controllers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
+)
+
+// CleanupPolicyReconciler runs a CronJob of `depproxy cleanup` for each
+// CleanupPolicy, and reports what its runs freed.
+type CleanupPolicyReconciler struct {
+	client.Client
+	Scheme     *runtime.Scheme
+	Recorder   events.EventRecorder
+	ProxyImage string
+}
+
+// +kubebuilder:rbac:groups=depproxy.dev,resources=cleanuppolicies,verbs=get;list;watch
+// +kubebuilder:rbac:groups=depproxy.dev,resources=cleanuppolicies/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=batch,resources=cronjobs,verbs=get;list;watch;create;update;delete
+// +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
+
+// Reconcile keeps the CronJob in line with the policy and its target, and
+// copies the last run's summary into the status.
+func (r *CleanupPolicyReconciler) Reconcile(ctx context.Context, req reconcile.Request) (result reconcile.Result, retErr error) {
+	cp := &depproxyv1.CleanupPolicy{}
+	if err := r.Get(ctx, req.NamespacedName, cp); err != nil {
+		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	if !cp.DeletionTimestamp.IsZero() {
+		return reconcile.Result{}, nil
+	}
+	before := cp.Status.DeepCopy()
+	defer func() {
+		r.computeStatus(cp, retErr)
+		if errors.Is(retErr, errWaiting) {
+			result, retErr = reconcile.Result{RequeueAfter: 30 * time.Second}, nil
+		}
+		if !equality.Semantic.DeepEqual(before, &cp.Status) {
+			if err := r.Status().Update(ctx, cp); err != nil && retErr == nil {
+				retErr = err
+			}
+		}
+	}()
+
+	dp := &depproxyv1.DependencyProxy{}
+	if err := r.Get(ctx, client.ObjectKey{Namespace: cp.Namespace, Name: cp.Spec.Target}, dp); err != nil {
+		if client.IgnoreNotFound(err) != nil {
+			return reconcile.Result{}, err
+		}
+		msg := fmt.Sprintf("DependencyProxy %q named by spec.target does not exist in namespace %s", cp.Spec.Target, cp.Namespace)
+		r.Recorder.Eventf(cp, nil, corev1.EventTypeWarning, depproxyv1.ReasonTargetNotFound, "Reconcile", msg)
+		return reconcile.Result{}, fmt.Errorf("%w: %s", errWaiting, msg)
+	}
+	a := applier{client: r.Client, scheme: r.Scheme}
+	cj := desiredCronJob(cp, dp, r.ProxyImage)
+	op, err := a.apply(ctx, cp, cj, func(e, d client.Object) {
+		e.(*batchv1.CronJob).Spec = d.(*batchv1.CronJob).Spec
+	})
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	if op == controllerutil.OperationResultCreated {
+		r.Recorder.Eventf(cp, cj, corev1.EventTypeNormal, depproxyv1.ReasonCreated, "Create", "created CronJob %s", cj.Name)
+	}
+	got := &batchv1.CronJob{}
+	if err := r.Get(ctx, client.ObjectKeyFromObject(cj), got); err != nil {
+		return reconcile.Result{}, err
+	}
+	cp.Status.LastScheduleTime = got.Status.LastScheduleTime
+	last, err := r.lastResult(ctx, cp)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	if last != nil {
+		cp.Status.LastResult = last
+	}
+	return reconcile.Result{}, nil
+}
+
+// lastResult reads the summary of the most recent finished run from its
+// pod's termination message.
+func (r *CleanupPolicyReconciler) lastResult(ctx context.Context, cp *depproxyv1.CleanupPolicy) (*depproxyv1.CleanupResult, error) {
+	jobs := &batchv1.JobList{}
+	if err := r.List(ctx, jobs, client.InNamespace(cp.Namespace), client.MatchingLabels{"app.kubernetes.io/instance": cp.Name, "app.kubernetes.io/name": "depproxy-cleanup"}); err != nil {
+		return nil, err
+	}
+	var latest *batchv1.Job
+	var finished time.Time
+	for i := range jobs.Items {
+		j := &jobs.Items[i]
+		if t, ok := jobFinished(j); ok && t.After(finished) {
+			latest, finished = j, t
+		}
+	}
+	if latest == nil {
+		return nil, nil
+	}
+	pods := &corev1.PodList{}
+	if err := r.List(ctx, pods, client.InNamespace(cp.Namespace), client.MatchingLabels{"batch.kubernetes.io/job-name": latest.Name}); err != nil {
+		return nil, err
+	}
+	message := ""
+	for _, p := range pods.Items {
+		for _, cs := range p.Status.ContainerStatuses {
+			if t := cs.State.Terminated; t != nil && t.Message != "" {
+				message = t.Message
+			}
+		}
+	}
+	return cleanupResult(metav1.NewTime(finished), jobSucceeded(latest), message), nil
+}
+
+func jobFinished(j *batchv1.Job) (time.Time, bool) {
+	for _, c := range j.Status.Conditions {
+		if (c.Type == batchv1.JobComplete || c.Type == batchv1.JobFailed) && c.Status == corev1.ConditionTrue {
+			return c.LastTransitionTime.Time, true
+		}
+	}
+	return time.Time{}, false
+}
+
+func jobSucceeded(j *batchv1.Job) bool {
+	for _, c := range j.Status.Conditions {
+		if c.Type == batchv1.JobComplete && c.Status == corev1.ConditionTrue {
+			return true
+		}
+	}
+	return false
+}
+
+// cleanupSummary is the JSON line `depproxy cleanup` ends its output with.
+type cleanupSummary struct {
+	DeletedManifests int64 `json:"deletedManifests"`
+	DeletedBlobs     int64 `json:"deletedBlobs"`
+	FreedBytes       int64 `json:"freedBytes"`
+}
+
+// cleanupResult turns a run's termination message into status. The
+// summary is its last line; anything else is kept as the message.
+func cleanupResult(at metav1.Time, succeeded bool, message string) *depproxyv1.CleanupResult {
+	res := &depproxyv1.CleanupResult{FinishedAt: at, Succeeded: succeeded}
+	lines := strings.Split(strings.TrimSpace(message), "\n")
+	var s cleanupSummary
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &s); err == nil {
+		res.DeletedManifests, res.DeletedBlobs, res.FreedBytes = s.DeletedManifests, s.DeletedBlobs, s.FreedBytes
+		res.Freed = resource.NewQuantity(s.FreedBytes, resource.BinarySI).String()
+	} else if message != "" {
+		res.Message = truncate(message, 1024)
+	}
+	return res
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+func (r *CleanupPolicyReconciler) computeStatus(cp *depproxyv1.CleanupPolicy, err error) {
+	cp.Status.ObservedGeneration = cp.Generation
+	c := metav1.Condition{Type: depproxyv1.ConditionReady, Status: metav1.ConditionTrue, Reason: depproxyv1.ReasonScheduled,
+		Message: "cleanup runs on schedule " + cp.Spec.Schedule, ObservedGeneration: cp.Generation}
+	switch {
+	case err != nil && errors.Is(err, errWaiting):
+		c.Status, c.Reason, c.Message = metav1.ConditionFalse, depproxyv1.ReasonTargetNotFound, err.Error()
+	case err != nil:
+		c.Status, c.Reason, c.Message = metav1.ConditionFalse, depproxyv1.ReasonReconcileFailed, err.Error()
+	case cp.Spec.Suspend:
+		c.Reason, c.Message = depproxyv1.ReasonSuspended, "suspended: no new runs are scheduled"
+	}
+	meta.SetStatusCondition(&cp.Status.Conditions, c)
+}
+
+// SetupWithManager watches policies, their CronJobs, the Jobs those start,
+// and the targets (a target created later unblocks its policy).
+func (r *CleanupPolicyReconciler) SetupWithManager(mgr manager.Manager) error {
+	byInstance := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+		if o.GetLabels()["app.kubernetes.io/name"] != "depproxy-cleanup" {
+			return nil
+		}
+		return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: o.GetNamespace(), Name: o.GetLabels()["app.kubernetes.io/instance"]}}}
+	})
+	byTarget := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		list := &depproxyv1.CleanupPolicyList{}
+		if err := r.List(ctx, list, client.InNamespace(o.GetNamespace())); err != nil {
+			return nil
+		}
+		var reqs []reconcile.Request
+		for _, cp := range list.Items {
+			if cp.Spec.Target == o.GetName() {
+				reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&cp)})
+			}
+		}
+		return reqs
+	})
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&depproxyv1.CleanupPolicy{}).
+		Owns(&batchv1.CronJob{}).
+		Watches(&batchv1.Job{}, byInstance).
+		Watches(&depproxyv1.DependencyProxy{}, byTarget).
+		Complete(r)
+}

@@ -1,0 +1,248 @@
+// Package controllers reconciles DependencyProxy and CleanupPolicy
+// resources into the objects that run them. Children are built by the pure
+// functions in children.go; reconcilers fetch, apply and report.
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
+)
+
+// SummaryReader asks a running proxy what it holds.
+type SummaryReader interface {
+	Summary(ctx context.Context, dp *depproxyv1.DependencyProxy) (*depproxyv1.CacheSummary, error)
+}
+
+// DependencyProxyReconciler runs a proxy for each DependencyProxy.
+type DependencyProxyReconciler struct {
+	client.Client
+	Scheme   *runtime.Scheme
+	Recorder events.EventRecorder
+	// ProxyImage is run unless a resource names its own.
+	ProxyImage string
+	// ServiceMonitors is true where the Prometheus operator's CRD exists.
+	ServiceMonitors bool
+	// Summaries, when set, fills status.cache from the running proxy.
+	Summaries SummaryReader
+	// SummaryInterval is how often a Ready proxy's summary is refreshed.
+	SummaryInterval time.Duration
+}
+
+// errWaiting marks a spec that cannot be carried out yet: a Secret it
+// names is missing. The resource is retried later, and watched Secrets
+// are not needed for it.
+var errWaiting = errors.New("waiting")
+
+// errStalled marks a spec that cannot be carried out as it stands; only a
+// change to it helps, so it is not retried.
+var errStalled = errors.New("stalled")
+
+// +kubebuilder:rbac:groups=depproxy.dev,resources=dependencyproxies,verbs=get;list;watch
+// +kubebuilder:rbac:groups=depproxy.dev,resources=dependencyproxies/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;delete
+// +kubebuilder:rbac:groups="",resources=configmaps;services;serviceaccounts,verbs=get;list;watch;create;update;delete
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
+// +kubebuilder:rbac:groups=monitoring.coreos.com,resources=servicemonitors,verbs=get;list;watch;create;update;delete
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// Reconcile brings a DependencyProxy's children in line with its spec and
+// reports how they are doing.
+func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
+	dp := &depproxyv1.DependencyProxy{}
+	if err := r.Get(ctx, req.NamespacedName, dp); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !dp.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, nil // children go with it, by owner references
+	}
+	before := dp.Status.DeepCopy()
+	var deploy *appsv1.Deployment
+	defer func() {
+		r.computeStatus(dp, deploy, retErr)
+		switch {
+		case errors.Is(retErr, errWaiting):
+			result, retErr = ctrl.Result{RequeueAfter: 30 * time.Second}, nil
+		case errors.Is(retErr, errStalled):
+			result, retErr = ctrl.Result{}, nil
+		}
+		if !equality.Semantic.DeepEqual(before, &dp.Status) {
+			if err := r.Status().Update(ctx, dp); err != nil && retErr == nil {
+				retErr = err
+			}
+		}
+	}()
+
+	if dp.Spec.Auth.UsersSecretRef != nil {
+		// Until logins are served, a tenant asking for them must not get an
+		// open cache instead.
+		msg := "spec.auth.usersSecretRef: logins are not supported by this version of depproxy; use anonymous: true or upgrade"
+		r.Recorder.Eventf(dp, nil, corev1.EventTypeWarning, depproxyv1.ReasonAuthNotSupported, "Reconcile", msg)
+		return ctrl.Result{}, fmt.Errorf("%w: %s", errStalled, msg)
+	}
+	if err := r.checkSecrets(ctx, dp); err != nil {
+		return ctrl.Result{}, err
+	}
+	deploy, err := r.applyChildren(ctx, dp)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if r.Summaries == nil {
+		return ctrl.Result{}, nil
+	}
+	if ready(dp, deploy) {
+		if s, err := r.Summaries.Summary(ctx, dp); err != nil {
+			log.FromContext(ctx).Info("cache summary unavailable", "error", err.Error())
+		} else {
+			dp.Status.Cache = s
+		}
+	}
+	return ctrl.Result{RequeueAfter: r.SummaryInterval}, nil
+}
+
+// checkSecrets refuses to roll out pods that could only crash-loop.
+func (r *DependencyProxyReconciler) checkSecrets(ctx context.Context, dp *depproxyv1.DependencyProxy) error {
+	refs := map[string]string{"storage.credentialsSecretRef": dp.Spec.Storage.CredentialsSecretRef.Name}
+	if ref := dp.Spec.Upstream.CredentialsSecretRef; ref != nil {
+		refs["upstream.credentialsSecretRef"] = ref.Name
+	}
+	for field, name := range refs {
+		err := r.Get(ctx, client.ObjectKey{Namespace: dp.Namespace, Name: name}, &corev1.Secret{})
+		if client.IgnoreNotFound(err) != nil {
+			return err
+		}
+		if err != nil {
+			msg := fmt.Sprintf("Secret %q named by spec.%s does not exist in namespace %s", name, field, dp.Namespace)
+			r.Recorder.Eventf(dp, nil, corev1.EventTypeWarning, depproxyv1.ReasonSecretNotFound, "Reconcile", msg)
+			return fmt.Errorf("%w: %s", errWaiting, msg)
+		}
+	}
+	return nil
+}
+
+// applyChildren creates or updates every child; it returns the
+// Deployment as the API server has it.
+func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *depproxyv1.DependencyProxy) (*appsv1.Deployment, error) {
+	a := applier{client: r.Client, scheme: r.Scheme}
+	cm, err := desiredConfigMap(dp)
+	if err != nil {
+		return nil, err
+	}
+	deploy := desiredDeployment(dp, r.ProxyImage, configHash(cm))
+	children := []struct {
+		obj  client.Object
+		copy func(existing, desired client.Object)
+	}{
+		{desiredServiceAccount(dp), func(e, d client.Object) {
+			e.(*corev1.ServiceAccount).AutomountServiceAccountToken = d.(*corev1.ServiceAccount).AutomountServiceAccountToken
+		}},
+		{cm, func(e, d client.Object) { e.(*corev1.ConfigMap).Data = d.(*corev1.ConfigMap).Data }},
+		{deploy, func(e, d client.Object) { e.(*appsv1.Deployment).Spec = d.(*appsv1.Deployment).Spec }},
+		{desiredService(dp), func(e, d client.Object) {
+			es, ds := e.(*corev1.Service), d.(*corev1.Service)
+			es.Spec.Selector, es.Spec.Ports = ds.Spec.Selector, ds.Spec.Ports
+		}},
+	}
+	if r.ServiceMonitors {
+		children = append(children, struct {
+			obj  client.Object
+			copy func(existing, desired client.Object)
+		}{desiredServiceMonitor(dp), func(e, d client.Object) {
+			e.(*unstructured.Unstructured).Object["spec"] = d.(*unstructured.Unstructured).Object["spec"]
+		}})
+	}
+	for _, c := range children {
+		op, err := a.apply(ctx, dp, c.obj, c.copy)
+		if err != nil {
+			return nil, err
+		}
+		r.recordChange(dp, c.obj, op)
+	}
+	got := &appsv1.Deployment{}
+	if err := r.Get(ctx, client.ObjectKeyFromObject(deploy), got); err != nil {
+		return nil, err
+	}
+	return got, nil
+}
+
+func (r *DependencyProxyReconciler) recordChange(dp *depproxyv1.DependencyProxy, obj client.Object, op controllerutil.OperationResult) {
+	kind := fmt.Sprintf("%T", obj)
+	switch {
+	case op == controllerutil.OperationResultCreated:
+		r.Recorder.Eventf(dp, obj, corev1.EventTypeNormal, depproxyv1.ReasonCreated, "Create", "created %s %s", kind, obj.GetName())
+	case op == controllerutil.OperationResultUpdated:
+		if _, ok := obj.(*corev1.ConfigMap); ok {
+			r.Recorder.Eventf(dp, obj, corev1.EventTypeNormal, depproxyv1.ReasonConfigRolled, "Update", "proxy config changed; rolling the pods")
+		}
+	}
+}
+
+func ready(dp *depproxyv1.DependencyProxy, d *appsv1.Deployment) bool {
+	if d == nil {
+		return false
+	}
+	want := int32(1)
+	if dp.Spec.Replicas != nil {
+		want = *dp.Spec.Replicas
+	}
+	return d.Status.ObservedGeneration >= d.Generation && d.Status.UpdatedReplicas >= want && d.Status.AvailableReplicas >= want
+}
+
+// computeStatus sets the conditions from the reconcile's outcome and the
+// Deployment's state.
+func (r *DependencyProxyReconciler) computeStatus(dp *depproxyv1.DependencyProxy, d *appsv1.Deployment, err error) {
+	gen := dp.Generation
+	dp.Status.ObservedGeneration = gen
+	set := func(t string, s metav1.ConditionStatus, reason, msg string) {
+		meta.SetStatusCondition(&dp.Status.Conditions, metav1.Condition{Type: t, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen})
+	}
+	if err != nil {
+		reason := depproxyv1.ReasonReconcileFailed
+		switch {
+		case errors.Is(err, errWaiting):
+			reason = depproxyv1.ReasonSecretNotFound
+		case errors.Is(err, errStalled):
+			reason = depproxyv1.ReasonAuthNotSupported
+		}
+		set(depproxyv1.ConditionDegraded, metav1.ConditionTrue, reason, err.Error())
+		set(depproxyv1.ConditionReady, metav1.ConditionFalse, reason, err.Error())
+		return
+	}
+	set(depproxyv1.ConditionDegraded, metav1.ConditionFalse, depproxyv1.ReasonReconciled, "children match the spec")
+	dp.Status.Endpoint = endpoint(dp)
+	if ready(dp, d) {
+		set(depproxyv1.ConditionReady, metav1.ConditionTrue, depproxyv1.ReasonAvailable, "the proxy is serving")
+		set(depproxyv1.ConditionProgressing, metav1.ConditionFalse, depproxyv1.ReasonAvailable, "rollout complete")
+		return
+	}
+	msg := "waiting for the proxy's pods to become available"
+	set(depproxyv1.ConditionReady, metav1.ConditionFalse, depproxyv1.ReasonRollingOut, msg)
+	set(depproxyv1.ConditionProgressing, metav1.ConditionTrue, depproxyv1.ReasonRollingOut, msg)
+}
+
+// SetupWithManager watches DependencyProxies and the children they own.
+func (r *DependencyProxyReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&depproxyv1.DependencyProxy{}).
+		Owns(&appsv1.Deployment{}).
+		Owns(&corev1.ConfigMap{}).
+		Owns(&corev1.Service{}).
+		Owns(&corev1.ServiceAccount{}).
+		Complete(r)
+}

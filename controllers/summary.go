@@ -1,0 +1,103 @@
+package controllers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
+)
+
+// SummaryPath is where a proxy reports what it holds.
+const SummaryPath = "/status/summary"
+
+// maxSummaryImages bounds status.cache.images whatever the proxy sends.
+const maxSummaryImages = 50
+
+// HTTPSummaries reads a proxy's summary over its Service.
+type HTTPSummaries struct {
+	Client *http.Client
+	// BaseURL returns the proxy's address; by default its Service's DNS
+	// name. Tests point it elsewhere.
+	BaseURL func(dp *depproxyv1.DependencyProxy) string
+}
+
+// summaryWire is the proxy's JSON; only what the status shows is read.
+type summaryWire struct {
+	Images []struct {
+		Repository string `json:"repository"`
+		Tag        string `json:"tag"`
+		Digest     string `json:"digest"`
+		MediaType  string `json:"mediaType"`
+		Platforms  []struct {
+			Platform string `json:"platform"`
+			Digest   string `json:"digest"`
+		} `json:"platforms"`
+	} `json:"images"`
+	ImageCount int64 `json:"imageCount"`
+	Bytes      int64 `json:"bytes"`
+	Hits       int64 `json:"hits"`
+	Misses     int64 `json:"misses"`
+}
+
+// Summary asks the proxy.
+func (h HTTPSummaries) Summary(ctx context.Context, dp *depproxyv1.DependencyProxy) (*depproxyv1.CacheSummary, error) {
+	base := "http://" + endpoint(dp)
+	if h.BaseURL != nil {
+		base = h.BaseURL(dp)
+	}
+	c := h.Client
+	if c == nil {
+		c = &http.Client{Timeout: 10 * time.Second}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+SummaryPath, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("proxy summary: %s", resp.Status)
+	}
+	var w summaryWire
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&w); err != nil {
+		return nil, fmt.Errorf("proxy summary: %w", err)
+	}
+	return toCacheSummary(w, metav1.Now()), nil
+}
+
+// toCacheSummary bounds and shapes the proxy's report for the status.
+func toCacheSummary(w summaryWire, at metav1.Time) *depproxyv1.CacheSummary {
+	s := &depproxyv1.CacheSummary{
+		ImageCount: w.ImageCount,
+		Bytes:      w.Bytes,
+		Size:       resource.NewQuantity(w.Bytes, resource.BinarySI).String(),
+		ReportedAt: at,
+	}
+	if total := w.Hits + w.Misses; total > 0 {
+		s.HitRatio = fmt.Sprintf("%.2f", float64(w.Hits)/float64(total))
+	}
+	for i, img := range w.Images {
+		if i == maxSummaryImages {
+			break
+		}
+		ci := depproxyv1.CachedImage{Repository: img.Repository, Tag: img.Tag, Digest: img.Digest, MediaType: img.MediaType}
+		for j, p := range img.Platforms {
+			if j == 64 {
+				break
+			}
+			ci.Platforms = append(ci.Platforms, depproxyv1.PlatformImage{Platform: p.Platform, Digest: p.Digest})
+		}
+		s.Images = append(s.Images, ci)
+	}
+	return s
+}

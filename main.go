@@ -1,0 +1,78 @@
+// Command manager is the depproxy operator: it runs a pull-through cache
+// for each DependencyProxy and a cleanup CronJob for each CleanupPolicy.
+package main
+
+import (
+	"flag"
+	"os"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
+	"github.com/depproxy/depproxy/controllers"
+)
+
+func main() {
+	var metricsAddr, probeAddr, proxyImage string
+	var leaderElect bool
+	var summaryInterval time.Duration
+	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the metrics endpoint; 0 disables it")
+	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
+	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader, for more than one manager replica")
+	flag.StringVar(&proxyImage, "proxy-image", controllers.DefaultImage, "depproxy image run for a DependencyProxy without spec.image")
+	flag.DurationVar(&summaryInterval, "summary-interval", time.Minute, "how often a proxy's cache summary is copied into its status")
+	opts := zap.Options{}
+	opts.BindFlags(flag.CommandLine)
+	flag.Parse()
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
+	log := ctrl.Log.WithName("setup")
+
+	scheme := runtime.NewScheme()
+	must(clientgoscheme.AddToScheme(scheme))
+	must(depproxyv1.AddToScheme(scheme))
+
+	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
+		Scheme:                 scheme,
+		Metrics:                metricsserver.Options{BindAddress: metricsAddr},
+		HealthProbeBindAddress: probeAddr,
+		LeaderElection:         leaderElect,
+		LeaderElectionID:       "manager.depproxy.dev",
+	})
+	must(err)
+
+	// ServiceMonitors only where the Prometheus operator's CRD is installed.
+	_, err = mgr.GetRESTMapper().RESTMapping(schema.GroupKind{Group: "monitoring.coreos.com", Kind: "ServiceMonitor"}, "v1")
+	serviceMonitors := err == nil
+	log.Info("ServiceMonitor support", "enabled", serviceMonitors)
+
+	must((&controllers.DependencyProxyReconciler{
+		Client: mgr.GetClient(), Scheme: scheme, Recorder: mgr.GetEventRecorder("depproxy"),
+		ProxyImage: proxyImage, ServiceMonitors: serviceMonitors,
+		Summaries: controllers.HTTPSummaries{}, SummaryInterval: summaryInterval,
+	}).SetupWithManager(mgr))
+	must((&controllers.CleanupPolicyReconciler{
+		Client: mgr.GetClient(), Scheme: scheme, Recorder: mgr.GetEventRecorder("depproxy"), ProxyImage: proxyImage,
+	}).SetupWithManager(mgr))
+	must(mgr.AddHealthzCheck("healthz", healthz.Ping))
+	must(mgr.AddReadyzCheck("readyz", healthz.Ping))
+
+	log.Info("starting manager")
+	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
+		log.Error(err, "manager stopped")
+		os.Exit(1)
+	}
+}
+
+func must(err error) {
+	if err != nil {
+		ctrl.Log.WithName("setup").Error(err, "cannot start")
+		os.Exit(1)
+	}
+}
