@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -81,7 +82,8 @@ func serve(cfg *config.Serve, log logr.Logger) error {
 		cache.WithMetrics(metrics),
 	)
 
-	handler := routes(registry.New(c, log.WithName("registry")), promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
+	handler := routes(registry.New(c, log.WithName("registry")), promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}),
+		summaryHandler(c, cfg.SummaryInterval, log))
 	if cfg.LogLevel >= 1 {
 		handler = accessLog(handler, log.WithName("http"))
 	}
@@ -107,16 +109,32 @@ func serve(cfg *config.Serve, log logr.Logger) error {
 // routes sends every path that is not an operational endpoint to the
 // registry, which answers unknown ones with OCI errors. (http.ServeMux
 // would answer them in plain text, and redirect paths with "..".)
-func routes(reg, metrics http.Handler) http.Handler {
+func routes(reg, metrics, summary http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/metrics":
 			metrics.ServeHTTP(w, r)
+		case "/status/summary":
+			summary.ServeHTTP(w, r)
 		case "/healthz", "/readyz":
 			w.Write([]byte("ok\n"))
 		default:
 			reg.ServeHTTP(w, r)
 		}
+	})
+}
+
+// summaryHandler reports what the cache holds, for the operator's status.
+func summaryHandler(c *cache.Cache, maxAge time.Duration, log logr.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s, err := c.Summary(r.Context(), maxAge)
+		if err != nil {
+			log.Error(err, "cache summary failed")
+			http.Error(w, "cache summary failed: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(s)
 	})
 }
 

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -52,7 +53,8 @@ type Cache struct {
 	fills   map[digest.Digest]*fill
 	checked map[string]time.Time // tag -> last time the upstream confirmed it
 
-	lists listCache
+	lists       listCache
+	lastSummary atomic.Pointer[Summary]
 }
 
 // Option configures a Cache.

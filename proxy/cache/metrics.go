@@ -1,11 +1,17 @@
 package cache
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 type metrics struct {
 	requests      *prometheus.CounterVec
 	upstreamBytes prometheus.Counter
 	storageErrors prometheus.Counter
+	// hits and misses feed the hit ratio of the summary.
+	hits, misses atomic.Int64
 }
 
 // newMetrics builds the cache's metrics and registers them on r, if any.
@@ -30,4 +36,11 @@ func newMetrics(r prometheus.Registerer) *metrics {
 	return m
 }
 
-func (m *metrics) request(kind, result string) { m.requests.WithLabelValues(kind, result).Inc() }
+func (m *metrics) request(kind, result string) {
+	m.requests.WithLabelValues(kind, result).Inc()
+	if result == "hit" {
+		m.hits.Add(1)
+	} else {
+		m.misses.Add(1)
+	}
+}

@@ -24,6 +24,7 @@ type Serve struct {
 	S3Redirect        bool
 	RecheckInterval   time.Duration
 	PrefetchPlatforms string
+	SummaryInterval   time.Duration
 	LogLevel          int
 }
 
@@ -39,6 +40,7 @@ func Flags(fs *flag.FlagSet) *Serve {
 	fs.BoolVar(&s.S3Redirect, "s3-redirect", false, "send clients of cached blobs to a presigned S3 URL instead of streaming them; only where clients can reach the S3 endpoint")
 	fs.DurationVar(&s.RecheckInterval, "recheck-interval", 0, "how long a tag checked with the upstream is served without asking again; 0 asks (one HEAD) on every tag request")
 	fs.StringVar(&s.PrefetchPlatforms, "prefetch-platforms", "", "comma-separated platforms (linux/amd64,linux/arm64/v8) whose images are cached as soon as their index is")
+	fs.DurationVar(&s.SummaryInterval, "summary-interval", time.Minute, "how long a scan of the storage for /status/summary is reused")
 	fs.IntVar(&s.LogLevel, "log-level", 0, "log verbosity: 0 events, 1 also each request")
 	return s
 }

@@ -13,6 +13,7 @@ type File struct {
 	S3Region          string `json:"s3-region,omitempty"`
 	RecheckInterval   string `json:"recheck-interval,omitempty"`
 	PrefetchPlatforms string `json:"prefetch-platforms,omitempty"`
+	SummaryInterval   string `json:"summary-interval,omitempty"`
 }
 
 // Marshal renders the file.

@@ -129,3 +129,31 @@ func notFound(err error) error {
 	}
 	return err
 }
+
+func (f *Filesystem) List(ctx context.Context, prefix string, fn func(key string, info Info) error) error {
+	root := filepath.Join(f.root, filepath.FromSlash(prefix))
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(f.root, p)
+		if d.IsDir() {
+			if rel == tmpDir {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		st, err := d.Info()
+		if err != nil {
+			return nil // removed while listing
+		}
+		return fn(filepath.ToSlash(rel), Info{Size: st.Size(), ModTime: st.ModTime()})
+	})
+	return err
+}

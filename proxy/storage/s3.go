@@ -164,6 +164,20 @@ func (s *S3) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
+func (s *S3) List(ctx context.Context, prefix string, fn func(key string, info Info) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // stops minio-go's lister if fn returns early
+	for obj := range s.client.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: s.prefix + prefix, Recursive: true}) {
+		if obj.Err != nil {
+			return fmt.Errorf("listing %s: %w", prefix, obj.Err)
+		}
+		if err := fn(strings.TrimPrefix(obj.Key, s.prefix), Info{Size: obj.Size, ModTime: obj.LastModified}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func s3Error(err error) error {
 	resp := minio.ToErrorResponse(err)
 	if resp.StatusCode == http.StatusNotFound || resp.Code == "NoSuchKey" {

@@ -33,6 +33,9 @@ type Storage interface {
 	Put(ctx context.Context, key string, r io.Reader, size int64) error
 	// Delete removes key; deleting a missing key is not an error.
 	Delete(ctx context.Context, key string) error
+	// List calls fn for every object under prefix, in no set order, one
+	// page at a time: memory does not grow with the number of objects.
+	List(ctx context.Context, prefix string, fn func(key string, info Info) error) error
 }
 
 // FilePutter is implemented by backends that can take a complete local file

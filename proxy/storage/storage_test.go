@@ -157,6 +157,35 @@ func suite(t *testing.T, open func(t *testing.T) storage.Storage) {
 		}
 		wg.Wait()
 	})
+	t.Run("list", func(t *testing.T) {
+		s := open(t)
+		want := map[string]int64{"blobs/sha256/aa": 1, "blobs/sha256/bb": 2, "repositories/x/y/_tags/v1": 3}
+		for k, n := range want {
+			if err := s.Put(ctx, k, strings.NewReader(strings.Repeat("x", int(n))), n); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got := map[string]int64{}
+		if err := s.List(ctx, "", func(k string, info storage.Info) error { got[k] = info.Size; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		for k, n := range want {
+			if got[k] != n {
+				t.Errorf("List: %s has size %d, want %d (all: %v)", k, got[k], n, got)
+			}
+		}
+		if len(got) != len(want) {
+			t.Errorf("List found %v, want %v", got, want)
+		}
+		blobs := 0
+		s.List(ctx, "blobs/", func(string, storage.Info) error { blobs++; return nil })
+		if blobs != 2 {
+			t.Errorf("List blobs/: %d objects, want 2", blobs)
+		}
+		if err := s.List(ctx, "nothing/", func(string, storage.Info) error { return errors.New("called") }); err != nil {
+			t.Errorf("List of an empty prefix: %v", err)
+		}
+	})
 	t.Run("put file", func(t *testing.T) {
 		s := open(t)
 		fp, ok := s.(storage.FilePutter)

@@ -47,6 +47,7 @@ func newEnv(t *testing.T) *env {
 
 // proxy is a depproxy under test.
 type proxy struct {
+	cache *cache.Cache
 	URL   string
 	Host  string
 	store storage.Storage
@@ -76,7 +77,7 @@ func startProxy(t *testing.T, upstreamURL string, store storage.Storage, opts ..
 	c := cache.New(up, store, append([]cache.Option{cache.WithLogger(log)}, opts...)...)
 	srv := httptest.NewServer(registry.New(c, log))
 	t.Cleanup(srv.Close)
-	return &proxy{URL: srv.URL, Host: strings.TrimPrefix(srv.URL, "http://"), store: store, logs: logs}
+	return &proxy{cache: c, URL: srv.URL, Host: strings.TrimPrefix(srv.URL, "http://"), store: store, logs: logs}
 }
 
 type syncBuffer struct {

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -147,5 +148,37 @@ func TestAcceptForwarded(t *testing.T) {
 		if !strings.Contains(all, want) {
 			t.Errorf("upstream Accept %q lacks %s", all, want)
 		}
+	}
+}
+
+// TestSummary: the summary lists a cached index with each platform image
+// (seed 000: the index and its children both show), and counts hits.
+func TestSummary(t *testing.T) {
+	e := newEnv(t)
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			repo := repoName(t)
+			amd, arm := ociImage(t, 1), ociImage(t, 1)
+			pushIndex(t, e.registry.Addr, repo, "v1", ociIndex(t, amd, arm))
+			p := startProxy(t, e.front.URL(), openStorage(t, backend, e.minio))
+			pullAll(t, p.URL, repo, "v1")
+			pullAll(t, p.URL, repo, "v1")
+			s, err := p.cache.Summary(context.Background(), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.ImageCount != 1 || len(s.Images) != 1 || s.Images[0].Repository != repo || s.Images[0].Tag != "v1" {
+				t.Fatalf("summary images: %+v", s)
+			}
+			img := s.Images[0]
+			if img.MediaType != "application/vnd.oci.image.index.v1+json" || len(img.Platforms) != 2 ||
+				img.Platforms[0].Platform != "linux/amd64" || img.Platforms[0].Digest != digestOf(t, amd).String() ||
+				img.Platforms[1].Platform != "linux/arm64" {
+				t.Errorf("summary of the index: %+v", img)
+			}
+			if s.Bytes <= 0 || s.Hits == 0 || s.Misses == 0 {
+				t.Errorf("summary counters: bytes %d, hits %d, misses %d", s.Bytes, s.Hits, s.Misses)
+			}
+		})
 	}
 }
