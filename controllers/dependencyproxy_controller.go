@@ -89,7 +89,7 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		}
 	}()
 
-	if dp.Spec.Auth.UsersSecretRef != nil {
+	if dp.Spec.Auth != nil && dp.Spec.Auth.UsersSecretRef != nil {
 		// Until logins are served, a tenant asking for them must not get an
 		// open cache instead.
 		msg := "spec.auth.usersSecretRef: logins are not supported by this version of depproxy; use anonymous: true or upgrade"

@@ -21,7 +21,8 @@ type CleanupPolicySpec struct {
 	// Schedule in cron format, e.g. "17 3 * * *".
 	// +optional
 	// +kubebuilder:default="17 3 * * *"
-	// +kubebuilder:validation:XValidation:rule="self.split(' ').filter(f, f != '').size() == 5 || self.startsWith('@')",message="schedule must be a cron expression of five fields, like \"17 3 * * *\", or a macro like @daily"
+	// +kubebuilder:validation:MaxLength=128
+	// +kubebuilder:validation:XValidation:rule="self.matches('^ *[^ ]+( +[^ ]+){4} *$') || self.matches('^@(yearly|annually|monthly|weekly|daily|midnight|hourly)$')",message="schedule must be a cron expression of five fields, like \"17 3 * * *\", or a macro like @daily"
 	Schedule string `json:"schedule,omitempty"`
 
 	// Suspend stops scheduling runs; a run in progress finishes.

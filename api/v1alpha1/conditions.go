@@ -1,5 +1,7 @@
 package v1alpha1
 
+import metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 // Condition types.
 const (
 	// ConditionReady: the cache serves (enough replicas available).
@@ -24,3 +26,9 @@ const (
 	ReasonCreated          = "Created"
 	ReasonReconcileFailed  = "ReconcileFailed"
 )
+
+// GetConditions returns the status conditions.
+func (dp *DependencyProxy) GetConditions() []metav1.Condition { return dp.Status.Conditions }
+
+// GetConditions returns the status conditions.
+func (cp *CleanupPolicy) GetConditions() []metav1.Condition { return cp.Status.Conditions }

@@ -18,7 +18,7 @@ type DependencyProxySpec struct {
 	// Auth says who may pull.
 	// +optional
 	// +kubebuilder:default={anonymous: true}
-	Auth AuthSpec `json:"auth"`
+	Auth *AuthSpec `json:"auth,omitempty"`
 
 	// Replicas of the proxy; they share the bucket.
 	// +optional
@@ -57,6 +57,7 @@ type UpstreamSpec struct {
 	// URL is the registry's scheme and host.
 	// +optional
 	// +kubebuilder:default="https://registry-1.docker.io"
+	// +kubebuilder:validation:MaxLength=2048
 	// +kubebuilder:validation:XValidation:rule="self.matches('^https?://[^/?#]+/?$')",message="upstream.url must be a scheme and host, like https://registry-1.docker.io"
 	URL string `json:"url,omitempty"`
 
@@ -70,6 +71,7 @@ type UpstreamSpec struct {
 type StorageSpec struct {
 	// Endpoint is the S3 endpoint's host:port, e.g. minio.storage:9000.
 	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=512
 	// +kubebuilder:validation:XValidation:rule="!self.contains('/')",message="storage.endpoint is host:port, without a scheme or path"
 	Endpoint string `json:"endpoint"`
 

@@ -258,7 +258,11 @@ func (in *DependencyProxySpec) DeepCopyInto(out *DependencyProxySpec) {
 	*out = *in
 	in.Upstream.DeepCopyInto(&out.Upstream)
 	out.Storage = in.Storage
-	in.Auth.DeepCopyInto(&out.Auth)
+	if in.Auth != nil {
+		in, out := &in.Auth, &out.Auth
+		*out = new(AuthSpec)
+		(*in).DeepCopyInto(*out)
+	}
 	if in.Replicas != nil {
 		in, out := &in.Replicas, &out.Replicas
 		*out = new(int32)

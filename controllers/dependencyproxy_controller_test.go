@@ -1,0 +1,311 @@
+package controllers
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+
+	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
+)
+
+func TestCreateBuildsOwnedChildren(t *testing.T) {
+	ns := namespace(t)
+	dp := sampleProxy(t, ns)
+	r, rec := newProxyReconciler(k8sClient)
+	reconcileProxy(t, r, dp)
+	ctx := context.Background()
+
+	name := client.ObjectKey{Namespace: ns, Name: "team-a-depproxy"}
+	for _, obj := range []client.Object{&corev1.ConfigMap{}, &appsv1.Deployment{}, &corev1.Service{}, &corev1.ServiceAccount{}} {
+		if err := k8sClient.Get(ctx, name, obj); err != nil {
+			t.Fatalf("%T: %v", obj, err)
+		}
+		// envtest runs no garbage collector: the owner reference is what
+		// deletes the child with its DependencyProxy.
+		if ref := metav1.GetControllerOf(obj); ref == nil || ref.Kind != "DependencyProxy" || ref.Name != "team-a" || !ptr.Deref(ref.BlockOwnerDeletion, false) {
+			t.Errorf("%T is not owned by the DependencyProxy: %+v", obj, obj.GetOwnerReferences())
+		}
+	}
+
+	cm := &corev1.ConfigMap{}
+	k8sClient.Get(ctx, name, cm)
+	for _, line := range []string{"upstream: https://registry-1.docker.io", "storage: s3://cache/team-a", "s3-endpoint: minio.minio:9000", "s3-insecure: true", "listen: :5000"} {
+		if !strings.Contains(cm.Data["config.yaml"], line) {
+			t.Errorf("config.yaml lacks %q:\n%s", line, cm.Data["config.yaml"])
+		}
+	}
+
+	d := &appsv1.Deployment{}
+	k8sClient.Get(ctx, name, d)
+	pod := d.Spec.Template.Spec
+	c := pod.Containers[0]
+	if c.Image != "example.test/depproxy:v1" || strings.Join(c.Args, " ") != "serve --config /etc/depproxy/config.yaml" {
+		t.Errorf("container image %s args %v", c.Image, c.Args)
+	}
+	if c.LivenessProbe.HTTPGet.Path != "/healthz" || c.ReadinessProbe.HTTPGet.Path != "/readyz" {
+		t.Errorf("probes: %+v %+v", c.LivenessProbe, c.ReadinessProbe)
+	}
+	if len(c.Env) != 2 || c.Env[0].ValueFrom.SecretKeyRef.Name != "minio" || c.Env[0].Name != "AWS_ACCESS_KEY_ID" {
+		t.Errorf("env: %+v", c.Env)
+	}
+	if !*pod.SecurityContext.RunAsNonRoot || !*c.SecurityContext.ReadOnlyRootFilesystem || *c.SecurityContext.AllowPrivilegeEscalation {
+		t.Errorf("not locked down: %+v %+v", pod.SecurityContext, c.SecurityContext)
+	}
+	if d.Spec.Template.Annotations[configHashKey] == "" || *d.Spec.Replicas != 1 {
+		t.Errorf("template annotations %v, replicas %d", d.Spec.Template.Annotations, *d.Spec.Replicas)
+	}
+	if !strings.Contains(drain(rec), "Created") {
+		t.Error("no Created event")
+	}
+}
+
+// A second reconcile of an unchanged resource writes nothing: no hot loop.
+func TestUnchangedReconcileWritesNothing(t *testing.T) {
+	ns := namespace(t)
+	dp := sampleProxy(t, ns)
+	writes := 0
+	count := func() { writes++ }
+	c := interceptor.NewClient(k8sClient, interceptor.Funcs{
+		Create: func(ctx context.Context, c client.WithWatch, o client.Object, opts ...client.CreateOption) error {
+			count()
+			return c.Create(ctx, o, opts...)
+		},
+		Update: func(ctx context.Context, c client.WithWatch, o client.Object, opts ...client.UpdateOption) error {
+			count()
+			return c.Update(ctx, o, opts...)
+		},
+		Patch: func(ctx context.Context, c client.WithWatch, o client.Object, p client.Patch, opts ...client.PatchOption) error {
+			count()
+			return c.Patch(ctx, o, p, opts...)
+		},
+		Delete: func(ctx context.Context, c client.WithWatch, o client.Object, opts ...client.DeleteOption) error {
+			count()
+			return c.Delete(ctx, o, opts...)
+		},
+		SubResourceUpdate: func(ctx context.Context, c client.Client, sub string, o client.Object, opts ...client.SubResourceUpdateOption) error {
+			count()
+			return c.SubResource(sub).Update(ctx, o, opts...)
+		},
+		SubResourcePatch: func(ctx context.Context, c client.Client, sub string, o client.Object, p client.Patch, opts ...client.SubResourcePatchOption) error {
+			count()
+			return c.SubResource(sub).Patch(ctx, o, p, opts...)
+		},
+	})
+	r, _ := newProxyReconciler(c)
+	reconcileProxy(t, r, dp)
+	if writes == 0 {
+		t.Fatal("the first reconcile wrote nothing: the counter is broken")
+	}
+	writes = 0
+	reconcileProxy(t, r, dp)
+	if writes != 0 {
+		t.Fatalf("a second reconcile of an unchanged resource made %d writes", writes)
+	}
+}
+
+func TestSpecChangeRollsConfig(t *testing.T) {
+	ns := namespace(t)
+	dp := sampleProxy(t, ns)
+	r, rec := newProxyReconciler(k8sClient)
+	reconcileProxy(t, r, dp)
+	ctx := context.Background()
+	name := client.ObjectKey{Namespace: ns, Name: "team-a-depproxy"}
+	d0 := &appsv1.Deployment{}
+	k8sClient.Get(ctx, name, d0)
+	drain(rec)
+
+	k8sClient.Get(ctx, client.ObjectKeyFromObject(dp), dp)
+	dp.Spec.RecheckInterval = metav1.Duration{Duration: 5 * time.Minute}
+	dp.Spec.Replicas = ptr.To[int32](3)
+	if err := k8sClient.Update(ctx, dp); err != nil {
+		t.Fatal(err)
+	}
+	reconcileProxy(t, r, dp)
+	cm, d1 := &corev1.ConfigMap{}, &appsv1.Deployment{}
+	k8sClient.Get(ctx, name, cm)
+	k8sClient.Get(ctx, name, d1)
+	if !strings.Contains(cm.Data["config.yaml"], "recheck-interval: 5m0s") {
+		t.Errorf("config not updated:\n%s", cm.Data["config.yaml"])
+	}
+	if d1.Spec.Template.Annotations[configHashKey] == d0.Spec.Template.Annotations[configHashKey] {
+		t.Error("the pod template's config hash did not change: pods would keep the old config")
+	}
+	if *d1.Spec.Replicas != 3 {
+		t.Errorf("replicas %d, want 3", *d1.Spec.Replicas)
+	}
+	if !strings.Contains(drain(rec), depproxyv1.ReasonConfigRolled) {
+		t.Error("no ConfigRolled event")
+	}
+}
+
+func TestConditionsFollowTheDeployment(t *testing.T) {
+	ns := namespace(t)
+	dp := sampleProxy(t, ns)
+	r, _ := newProxyReconciler(k8sClient)
+	reconcileProxy(t, r, dp)
+	ctx := context.Background()
+	k8sClient.Get(ctx, client.ObjectKeyFromObject(dp), dp)
+	assertCondition(t, dp, depproxyv1.ConditionProgressing, metav1.ConditionTrue, depproxyv1.ReasonRollingOut)
+	assertCondition(t, dp, depproxyv1.ConditionReady, metav1.ConditionFalse, depproxyv1.ReasonRollingOut)
+	if dp.Status.Endpoint != "team-a-depproxy."+ns+".svc:5000" || dp.Status.ObservedGeneration != dp.Generation {
+		t.Errorf("endpoint %q, observedGeneration %d", dp.Status.Endpoint, dp.Status.ObservedGeneration)
+	}
+
+	// No Deployment controller runs here: report what it would.
+	markAvailable(t, ns, "team-a-depproxy", 1)
+	reconcileProxy(t, r, dp)
+	k8sClient.Get(ctx, client.ObjectKeyFromObject(dp), dp)
+	assertCondition(t, dp, depproxyv1.ConditionReady, metav1.ConditionTrue, depproxyv1.ReasonAvailable)
+	assertCondition(t, dp, depproxyv1.ConditionProgressing, metav1.ConditionFalse, depproxyv1.ReasonAvailable)
+	assertCondition(t, dp, depproxyv1.ConditionDegraded, metav1.ConditionFalse, depproxyv1.ReasonReconciled)
+}
+
+func markAvailable(t *testing.T, ns, name string, n int32) {
+	t.Helper()
+	d := &appsv1.Deployment{}
+	if err := k8sClient.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, d); err != nil {
+		t.Fatal(err)
+	}
+	d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: n, UpdatedReplicas: n, ReadyReplicas: n, AvailableReplicas: n}
+	if err := k8sClient.Status().Update(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestMissingSecretDegrades(t *testing.T) {
+	ns := namespace(t)
+	dp := &depproxyv1.DependencyProxy{
+		ObjectMeta: metav1.ObjectMeta{Name: "nosecret", Namespace: ns},
+		Spec: depproxyv1.DependencyProxySpec{Storage: depproxyv1.StorageSpec{Endpoint: "m:9000", Bucket: "cache",
+			CredentialsSecretRef: corev1.LocalObjectReference{Name: "missing"}}},
+	}
+	if err := k8sClient.Create(context.Background(), dp); err != nil {
+		t.Fatal(err)
+	}
+	r, rec := newProxyReconciler(k8sClient)
+	res := reconcileProxy(t, r, dp)
+	if res.RequeueAfter == 0 {
+		t.Error("a missing Secret is not retried")
+	}
+	k8sClient.Get(context.Background(), client.ObjectKeyFromObject(dp), dp)
+	c := assertCondition(t, dp, depproxyv1.ConditionDegraded, metav1.ConditionTrue, depproxyv1.ReasonSecretNotFound)
+	if !strings.Contains(c.Message, `Secret "missing"`) {
+		t.Errorf("message does not say which Secret: %q", c.Message)
+	}
+	if !strings.Contains(drain(rec), depproxyv1.ReasonSecretNotFound) {
+		t.Error("no SecretNotFound event")
+	}
+	d := &appsv1.Deployment{}
+	if err := k8sClient.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "nosecret-depproxy"}, d); err == nil {
+		t.Error("a Deployment was rolled out without its Secret")
+	}
+}
+
+func TestUsersSecretRefIsNotServedOpen(t *testing.T) {
+	ns := namespace(t)
+	storageSecret(t, ns, "minio", map[string]string{"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"})
+	dp := &depproxyv1.DependencyProxy{
+		ObjectMeta: metav1.ObjectMeta{Name: "locked", Namespace: ns},
+		Spec: depproxyv1.DependencyProxySpec{
+			Storage: depproxyv1.StorageSpec{Endpoint: "m:9000", Bucket: "cache", CredentialsSecretRef: corev1.LocalObjectReference{Name: "minio"}},
+			Auth:    &depproxyv1.AuthSpec{UsersSecretRef: &corev1.LocalObjectReference{Name: "users"}},
+		},
+	}
+	if err := k8sClient.Create(context.Background(), dp); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := newProxyReconciler(k8sClient)
+	reconcileProxy(t, r, dp)
+	k8sClient.Get(context.Background(), client.ObjectKeyFromObject(dp), dp)
+	assertCondition(t, dp, depproxyv1.ConditionDegraded, metav1.ConditionTrue, depproxyv1.ReasonAuthNotSupported)
+	if err := k8sClient.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "locked-depproxy"}, &appsv1.Deployment{}); err == nil {
+		t.Error("an open proxy was rolled out for a tenant that asked for logins")
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	ns := namespace(t)
+	dp := sampleProxy(t, ns)
+	k8sClient.Get(context.Background(), client.ObjectKeyFromObject(dp), dp)
+	if dp.Spec.Upstream.URL != "https://registry-1.docker.io" || dp.Spec.Auth == nil || !dp.Spec.Auth.Anonymous || *dp.Spec.Replicas != 1 {
+		t.Errorf("defaults: %+v", dp.Spec)
+	}
+}
+
+func TestInvalidSpecsAreRefusedWithAReason(t *testing.T) {
+	ns := namespace(t)
+	valid := func() *depproxyv1.DependencyProxy {
+		return &depproxyv1.DependencyProxy{
+			ObjectMeta: metav1.ObjectMeta{GenerateName: "bad-", Namespace: ns},
+			Spec: depproxyv1.DependencyProxySpec{Storage: depproxyv1.StorageSpec{Endpoint: "m:9000", Bucket: "cache",
+				CredentialsSecretRef: corev1.LocalObjectReference{Name: "s"}}},
+		}
+	}
+	cases := []struct {
+		name   string
+		mutate func(*depproxyv1.DependencyProxy)
+		want   string
+	}{
+		{"upstream not a URL", func(d *depproxyv1.DependencyProxy) { d.Spec.Upstream.URL = "registry-1.docker.io" }, "upstream.url must be a scheme and host"},
+		{"upstream with a path", func(d *depproxyv1.DependencyProxy) { d.Spec.Upstream.URL = "https://x.io/v2/foo" }, "upstream.url must be a scheme and host"},
+		{"endpoint with scheme", func(d *depproxyv1.DependencyProxy) { d.Spec.Storage.Endpoint = "http://minio:9000" }, "storage.endpoint is host:port"},
+		{"bad bucket", func(d *depproxyv1.DependencyProxy) { d.Spec.Storage.Bucket = "Bad_Bucket" }, "spec.storage.bucket"},
+		{"both auth modes", func(d *depproxyv1.DependencyProxy) {
+			d.Spec.Auth = &depproxyv1.AuthSpec{Anonymous: true, UsersSecretRef: &corev1.LocalObjectReference{Name: "u"}}
+		}, "set exactly one of usersSecretRef"},
+		{"empty auth", func(d *depproxyv1.DependencyProxy) { d.Spec.Auth = &depproxyv1.AuthSpec{} }, "set exactly one of usersSecretRef"},
+		{"negative replicas", func(d *depproxyv1.DependencyProxy) { d.Spec.Replicas = ptr.To[int32](-1) }, "spec.replicas"},
+		{"bad platform", func(d *depproxyv1.DependencyProxy) { d.Spec.PrefetchPlatforms = []string{"amd64"} }, "spec.prefetchPlatforms"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dp := valid()
+			c.mutate(dp)
+			err := k8sClient.Create(context.Background(), dp)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("got %v, want a refusal mentioning %q", err, c.want)
+			}
+		})
+	}
+	// The valid base is accepted: the cases above fail for their reason.
+	if err := k8sClient.Create(context.Background(), valid()); err != nil {
+		t.Fatalf("the valid spec was refused: %v", err)
+	}
+	bad := &depproxyv1.DependencyProxy{ObjectMeta: metav1.ObjectMeta{Name: "x", Namespace: ns}}
+	bad.Spec.RecheckInterval = metav1.Duration{Duration: -time.Second}
+	if err := k8sClient.Create(context.Background(), bad); err == nil {
+		t.Error("a spec without storage was accepted")
+	}
+}
+
+func assertCondition(t *testing.T, obj interface{ GetConditions() []metav1.Condition }, typ string, status metav1.ConditionStatus, reason string) *metav1.Condition {
+	t.Helper()
+	c := meta.FindStatusCondition(obj.GetConditions(), typ)
+	if c == nil || c.Status != status || c.Reason != reason {
+		t.Fatalf("condition %s: %+v, want %s/%s", typ, c, status, reason)
+	}
+	return c
+}
+
+// drain returns the events recorded so far.
+func drain(rec *events.FakeRecorder) string {
+	var out []string
+	for {
+		select {
+		case e := <-rec.Events:
+			out = append(out, e)
+		default:
+			return strings.Join(out, "\n")
+		}
+	}
+}
