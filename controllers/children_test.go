@@ -1,0 +1,104 @@
+package controllers
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
+)
+
+// The builders are pure: these run without a cluster.
+
+func testProxy() *depproxyv1.DependencyProxy {
+	return &depproxyv1.DependencyProxy{
+		ObjectMeta: metav1.ObjectMeta{Name: "team-a", Namespace: "tenants"},
+		Spec: depproxyv1.DependencyProxySpec{
+			Upstream: depproxyv1.UpstreamSpec{URL: "https://quay.io"},
+			Storage: depproxyv1.StorageSpec{Endpoint: "minio:9000", Bucket: "cache", Prefix: "/team-a/", Insecure: true,
+				CredentialsSecretRef: corev1.LocalObjectReference{Name: "creds"}},
+			RecheckInterval:   metav1.Duration{Duration: 90 * time.Second},
+			PrefetchPlatforms: []string{"linux/amd64", "linux/arm64"},
+		},
+	}
+}
+
+func TestProxyConfig(t *testing.T) {
+	f := proxyConfig(testProxy())
+	if f.Storage != "s3://cache/team-a" || f.Upstream != "https://quay.io" || f.RecheckInterval != "1m30s" ||
+		f.PrefetchPlatforms != "linux/amd64,linux/arm64" || f.Listen != ":5000" || !f.S3Insecure {
+		t.Fatalf("%+v", f)
+	}
+}
+
+func TestConfigHashFollowsTheConfig(t *testing.T) {
+	a, _ := desiredConfigMap(testProxy())
+	b, _ := desiredConfigMap(testProxy())
+	if configHash(a) != configHash(b) {
+		t.Fatal("the same spec hashes differently")
+	}
+	dp := testProxy()
+	dp.Spec.RecheckInterval.Duration = time.Minute
+	c, _ := desiredConfigMap(dp)
+	if configHash(a) == configHash(c) {
+		t.Fatal("a changed config keeps its hash: pods would not roll")
+	}
+}
+
+func TestImageOverride(t *testing.T) {
+	dp := testProxy()
+	if got := desiredDeployment(dp, "default:1", "h").Spec.Template.Spec.Containers[0].Image; got != "default:1" {
+		t.Errorf("image %s", got)
+	}
+	dp.Spec.Image = "mine:2"
+	if got := desiredDeployment(dp, "default:1", "h").Spec.Template.Spec.Containers[0].Image; got != "mine:2" {
+		t.Errorf("image %s", got)
+	}
+}
+
+func TestServiceMonitorSelectsTheService(t *testing.T) {
+	dp := testProxy()
+	sm := desiredServiceMonitor(dp)
+	sel := sm.Object["spec"].(map[string]any)["selector"].(map[string]any)["matchLabels"].(map[string]any)
+	for k, v := range desiredService(dp).Labels {
+		if sel[k] != v {
+			t.Errorf("ServiceMonitor selector %v misses label %s=%s", sel, k, v)
+		}
+	}
+}
+
+func TestCleanupResult(t *testing.T) {
+	at := metav1.Now()
+	r := cleanupResult(at, true, "log line\n{\"deletedManifests\":1,\"deletedBlobs\":2,\"freedBytes\":2048}\n")
+	if r.DeletedManifests != 1 || r.DeletedBlobs != 2 || r.Freed != "2Ki" || r.Message != "" {
+		t.Errorf("%+v", r)
+	}
+	r = cleanupResult(at, false, "error: cannot reach storage: connection refused")
+	if r.Succeeded || !strings.Contains(r.Message, "connection refused") {
+		t.Errorf("%+v", r)
+	}
+}
+
+func TestSummaryIsBounded(t *testing.T) {
+	var w summaryWire
+	w.Hits, w.Misses, w.Bytes, w.ImageCount = 93, 7, 3<<30, 100000
+	for i := 0; i < 500; i++ {
+		w.Images = append(w.Images, struct {
+			Repository string `json:"repository"`
+			Tag        string `json:"tag"`
+			Digest     string `json:"digest"`
+			MediaType  string `json:"mediaType"`
+			Platforms  []struct {
+				Platform string `json:"platform"`
+				Digest   string `json:"digest"`
+			} `json:"platforms"`
+		}{Repository: "r", Tag: "t"})
+	}
+	s := toCacheSummary(w, metav1.Now())
+	if len(s.Images) != maxSummaryImages || s.HitRatio != "0.93" || s.Size != "3Gi" || s.ImageCount != 100000 {
+		t.Errorf("images %d, ratio %s, size %s, count %d", len(s.Images), s.HitRatio, s.Size, s.ImageCount)
+	}
+}
