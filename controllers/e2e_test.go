@@ -1,0 +1,146 @@
+package controllers
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
+	"github.com/depproxy/depproxy/test/testenv"
+)
+
+// TestRenderedProxyServes runs the real depproxy exactly as the operator
+// rendered it (the container's args, its mounted config file, its Secret
+// env), against a real MinIO and a real upstream, pulls an index through
+// it with crane, and sees the cache summary reach the status.
+func TestRenderedProxyServes(t *testing.T) {
+	ctx := context.Background()
+	reg := testenv.StartRegistry(t)
+	m := testenv.StartMinIO(t)
+	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+	for _, arch := range []string{"amd64", "arm64"} {
+		img, err := random.Image(1024, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
+	}
+	ref, _ := name.ParseReference(reg.Addr+"/library/app:1.0", name.Insecure)
+	if err := remote.WriteIndex(ref, idx); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := idx.Digest()
+
+	ns := namespace(t)
+	storageSecret(t, ns, "minio", map[string]string{"AWS_ACCESS_KEY_ID": m.AccessKey, "AWS_SECRET_ACCESS_KEY": m.SecretKey})
+	dp := &depproxyv1.DependencyProxy{
+		ObjectMeta: metav1.ObjectMeta{Name: "e2e", Namespace: ns},
+		Spec: depproxyv1.DependencyProxySpec{
+			Upstream: depproxyv1.UpstreamSpec{URL: reg.URL()},
+			Storage: depproxyv1.StorageSpec{Endpoint: m.Addr, Bucket: "e2e-cache", Prefix: "team-e2e", Insecure: true,
+				CredentialsSecretRef: corev1.LocalObjectReference{Name: "minio"}},
+		},
+	}
+	if err := k8sClient.Create(ctx, dp); err != nil {
+		t.Fatal(err)
+	}
+	proxyAddr := testenv.FreeAddr(t)
+	r, _ := newProxyReconciler(k8sClient)
+	r.Summaries = HTTPSummaries{BaseURL: func(*depproxyv1.DependencyProxy) string { return "http://" + proxyAddr }}
+	reconcileProxy(t, r, dp)
+
+	// Mount what the pod would get: the ConfigMap at its mount path, the
+	// Secret's keys as env.
+	key := client.ObjectKey{Namespace: ns, Name: "e2e-depproxy"}
+	deploy, cm := &appsv1.Deployment{}, &corev1.ConfigMap{}
+	if err := k8sClient.Get(ctx, key, deploy); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8sClient.Get(ctx, key, cm); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	container := deploy.Spec.Template.Spec.Containers[0]
+	for _, vm := range container.VolumeMounts {
+		if vm.Name != "config" {
+			continue
+		}
+		dir := filepath.Join(root, vm.MountPath)
+		os.MkdirAll(dir, 0o755)
+		for k, v := range cm.Data {
+			os.WriteFile(filepath.Join(dir, k), []byte(v), 0o644)
+		}
+	}
+	args := []string{}
+	for _, a := range container.Args {
+		if strings.HasPrefix(a, "/etc/") {
+			a = filepath.Join(root, a)
+		}
+		args = append(args, a)
+	}
+	// The one change: the pod's port 5000 is this machine's, and may be taken.
+	args = append(args, "--listen", proxyAddr)
+	env := os.Environ()
+	secret := &corev1.Secret{}
+	k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "minio"}, secret)
+	for _, e := range container.Env {
+		env = append(env, e.Name+"="+string(secret.Data[e.ValueFrom.SecretKeyRef.Key]))
+	}
+	bin := filepath.Join(t.TempDir(), "depproxy")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/depproxy/depproxy/proxy").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	var logs strings.Builder
+	cmd := exec.Command(bin, args...)
+	cmd.Env, cmd.Stderr = env, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for i := 0; ; i++ {
+		if out, err := exec.Command(testenv.Tool(t, "crane"), "digest", "--insecure", proxyAddr+"/library/app:1.0").CombinedOutput(); err == nil {
+			if got := strings.TrimSpace(string(out)); got != want.String() {
+				t.Fatalf("digest through the rendered proxy %s, want %s", got, want)
+			}
+			break
+		} else if i > 100 {
+			t.Fatalf("the rendered proxy does not serve: %v\n%s\nits log:\n%s", err, out, logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	out, err := exec.Command(testenv.Tool(t, "crane"), "pull", "--insecure", "--format", "oci", proxyAddr+"/library/app:1.0", t.TempDir()).CombinedOutput()
+	if err != nil {
+		t.Fatalf("crane pull: %v\n%s", err, out)
+	}
+
+	markAvailable(t, ns, "e2e-depproxy", 1)
+	reconcileProxy(t, r, dp)
+	k8sClient.Get(ctx, client.ObjectKeyFromObject(dp), dp)
+	s := dp.Status.Cache
+	if s == nil {
+		t.Fatalf("no cache summary in the status; proxy log:\n%s", logs.String())
+	}
+	if s.ImageCount != 1 || len(s.Images) != 1 || s.Images[0].Repository != "library/app" || s.Images[0].Tag != "1.0" ||
+		s.Images[0].Digest != want.String() || len(s.Images[0].Platforms) != 2 || s.Images[0].Platforms[1].Platform != "linux/arm64" {
+		t.Fatalf("cache summary: %+v", s)
+	}
+	if s.Bytes == 0 || s.HitRatio == "" {
+		t.Errorf("summary size %q (%d bytes), hit ratio %q", s.Size, s.Bytes, s.HitRatio)
+	}
+}
