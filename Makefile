@@ -10,7 +10,12 @@ TOOLS_BIN := $(DEPPROXY_TOOLS)/bin
 CONTROLLER_GEN := $(TOOLS_BIN)/controller-gen
 KUSTOMIZE := $(TOOLS_BIN)/kustomize
 
-.PHONY: all run build tools test lint fuzz bench generate manifests verify-generated
+.PHONY: all run build build-manager tools test lint fuzz bench generate manifests bundle verify-generated deploy undeploy install
+
+# Images for `make deploy`.
+IMG ?= ghcr.io/depproxy/manager:latest
+PROXY_IMG ?= ghcr.io/depproxy/depproxy:latest
+VERSION ?= 0.1.0
 
 all: build
 
@@ -18,9 +23,10 @@ all: build
 run:
 	$(GO) run ./proxy serve $(ARGS)
 
-## build: bin/depproxy
+## build: bin/depproxy and bin/manager
 build:
 	$(GO) build -o bin/depproxy ./proxy
+	$(GO) build -o bin/manager .
 
 ## generate: deepcopy code for the API types
 generate: tools
@@ -31,16 +37,34 @@ manifests: tools
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths=./api/... paths=./controllers/... \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
 
+## bundle: the OLM bundle in bundle/, from config/
+bundle: manifests
+	$(GO) run ./hack/bundle -kustomize $(KUSTOMIZE) -version $(VERSION)
+
 ## verify-generated: generated files are up to date (CI)
-verify-generated: generate manifests
-	@git diff --exit-code -- api config || { echo "generated files are stale: run make generate manifests and commit"; exit 1; }
+verify-generated: generate manifests bundle
+	@git diff --exit-code -- api config bundle || { echo "generated files are stale: run make generate manifests bundle and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- api config bundle)" || { echo "untracked generated files:"; git status --porcelain -- api config bundle; exit 1; }
+
+## install: the CRDs into the current cluster
+install: manifests
+	$(KUSTOMIZE) build config/crd | kubectl apply -f -
+
+## deploy: CRDs, RBAC and the manager into the current cluster
+deploy: manifests
+	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)
+	$(KUSTOMIZE) build config/default | sed 's#--proxy-image=.*#--proxy-image=$(PROXY_IMG)#' | kubectl apply -f -
+
+## undeploy: remove what deploy made
+undeploy:
+	$(KUSTOMIZE) build config/default | kubectl delete --ignore-not-found -f -
 
 ## tools: install the pinned test tools (idempotent)
 tools:
 	hack/tools.sh
 
 ## test: every test, real parts included, with the race detector
-test: tools lint
+test: tools lint verify-generated
 	$(GO) test -race -count=1 -timeout 30m ./...
 
 ## lint: formatting and vet

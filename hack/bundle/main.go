@@ -1,0 +1,176 @@
+// Command bundle renders the OLM bundle (bundle/) from config/: the CRDs
+// as they are, and a ClusterServiceVersion whose install strategy is the
+// manager Deployment and RBAC that `kustomize build config/default` gives.
+// The output is deterministic, so CI can check it is up to date.
+//
+//	go run ./hack/bundle -kustomize PATH -version 0.1.0
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+)
+
+type object = map[string]any
+
+func main() {
+	kustomize := flag.String("kustomize", "kustomize", "kustomize binary")
+	version := flag.String("version", "0.1.0", "operator version")
+	out := flag.String("out", "bundle", "bundle directory")
+	flag.Parse()
+	if err := run(*kustomize, *version, *out); err != nil {
+		fmt.Fprintln(os.Stderr, "bundle:", err)
+		os.Exit(1)
+	}
+}
+
+func run(kustomize, version, out string) error {
+	install, err := build(kustomize, "config/default")
+	if err != nil {
+		return err
+	}
+	samples, err := build(kustomize, "config/samples")
+	if err != nil {
+		return err
+	}
+	manifests := filepath.Join(out, "manifests")
+	os.RemoveAll(manifests)
+	if err := os.MkdirAll(manifests, 0o755); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(out, "metadata"), 0o755); err != nil {
+		return err
+	}
+
+	var owned []any
+	var deployments, clusterPerms, perms []any
+	serviceAccount := ""
+	for _, o := range install {
+		kind, name := str(o, "kind"), str(o["metadata"].(object), "name")
+		switch kind {
+		case "CustomResourceDefinition":
+			if err := write(filepath.Join(manifests, name+".yaml"), o); err != nil {
+				return err
+			}
+			spec := o["spec"].(object)
+			names := spec["names"].(object)
+			v := spec["versions"].([]any)[0].(object)
+			desc, _ := v["schema"].(object)["openAPIV3Schema"].(object)["description"].(string)
+			owned = append(owned, object{"name": name, "kind": names["kind"], "version": v["name"],
+				"displayName": names["kind"], "description": desc})
+		case "Deployment":
+			deployments = append(deployments, object{"name": name, "spec": o["spec"]})
+		case "ClusterRole":
+			clusterPerms = append(clusterPerms, object{"rules": o["rules"]})
+		case "Role":
+			perms = append(perms, object{"rules": o["rules"]})
+		case "ServiceAccount":
+			serviceAccount = name
+		}
+	}
+	for _, p := range append(clusterPerms, perms...) {
+		p.(object)["serviceAccountName"] = serviceAccount
+	}
+	var examples []any
+	for _, s := range samples {
+		if strings.HasPrefix(str(s, "apiVersion"), "depproxy.dev/") {
+			examples = append(examples, s)
+		}
+	}
+	alm, _ := json.Marshal(examples)
+	sort.Slice(owned, func(i, j int) bool { return owned[i].(object)["name"].(string) < owned[j].(object)["name"].(string) })
+
+	csv := object{
+		"apiVersion": "operators.coreos.com/v1alpha1",
+		"kind":       "ClusterServiceVersion",
+		"metadata": object{
+			"name": "depproxy.v" + version,
+			"annotations": object{
+				"alm-examples":   string(alm),
+				"capabilities":   "Basic Install",
+				"categories":     "Developer Tools",
+				"containerImage": "ghcr.io/depproxy/manager:latest",
+				"description":    "Per-tenant pull-through caches for container images, kept in S3.",
+			},
+		},
+		"spec": object{
+			"displayName": "depproxy",
+			"description": "depproxy runs a pull-through cache for container images for each DependencyProxy: " +
+				"it serves the OCI /v2 pull API, fetches from Docker Hub or any registry on a miss, and keeps " +
+				"manifests and blobs in S3 (MinIO). A CleanupPolicy expires what nobody pulled.",
+			"version":                   version,
+			"maturity":                  "alpha",
+			"minKubeVersion":            "1.30.0",
+			"keywords":                  []any{"registry", "cache", "docker", "oci", "mirror"},
+			"provider":                  object{"name": "depproxy"},
+			"links":                     []any{object{"name": "Source", "url": "https://github.com/depproxy/depproxy"}},
+			"customresourcedefinitions": object{"owned": owned},
+			"installModes": []any{
+				object{"type": "OwnNamespace", "supported": true},
+				object{"type": "SingleNamespace", "supported": true},
+				object{"type": "MultiNamespace", "supported": false},
+				object{"type": "AllNamespaces", "supported": true},
+			},
+			"install": object{
+				"strategy": "deployment",
+				"spec": object{
+					"deployments":        deployments,
+					"clusterPermissions": clusterPerms,
+					"permissions":        perms,
+				},
+			},
+		},
+	}
+	if err := write(filepath.Join(manifests, "depproxy.clusterserviceversion.yaml"), csv); err != nil {
+		return err
+	}
+	return write(filepath.Join(out, "metadata", "annotations.yaml"), object{"annotations": object{
+		"operators.operatorframework.io.bundle.mediatype.v1":       "registry+v1",
+		"operators.operatorframework.io.bundle.manifests.v1":       "manifests/",
+		"operators.operatorframework.io.bundle.metadata.v1":        "metadata/",
+		"operators.operatorframework.io.bundle.package.v1":         "depproxy",
+		"operators.operatorframework.io.bundle.channels.v1":        "alpha",
+		"operators.operatorframework.io.bundle.channel.default.v1": "alpha",
+	}})
+}
+
+// build runs kustomize and splits its output into objects.
+func build(kustomize, dir string) ([]object, error) {
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(kustomize, "build", dir)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("kustomize build %s: %w\n%s", dir, err, stderr.String())
+	}
+	var objs []object
+	for _, doc := range strings.Split(stdout.String(), "\n---\n") {
+		if strings.TrimSpace(doc) == "" {
+			continue
+		}
+		var o object
+		if err := yaml.Unmarshal([]byte(doc), &o); err != nil {
+			return nil, fmt.Errorf("kustomize build %s: %w", dir, err)
+		}
+		objs = append(objs, o)
+	}
+	return objs, nil
+}
+
+func write(path string, o object) error {
+	raw, err := yaml.Marshal(o)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append([]byte("# Generated by `make bundle` from config/; do not edit.\n"), raw...), 0o644)
+}
+
+func str(o object, k string) string { s, _ := o[k].(string); return s }
