@@ -21,10 +21,18 @@ type applier struct {
 	scheme *runtime.Scheme
 }
 
-// apply makes desired exist, owned by owner. copyWanted copies the fields
-// the operator renders from desired onto the existing object.
-func (a applier) apply(ctx context.Context, owner client.Object, desired client.Object,
-	copyWanted func(existing, desired client.Object)) (controllerutil.OperationResult, error) {
+// child is one object to apply: what copies the operator's fields onto
+// the live object, and what tells whether someone changed them (the hash
+// alone does not see an edit that left its annotation in place).
+type child struct {
+	obj  client.Object
+	copy func(existing, desired client.Object)
+	same func(existing, desired client.Object) bool
+}
+
+// apply makes c.obj exist, owned by owner.
+func (a applier) apply(ctx context.Context, owner client.Object, c child) (controllerutil.OperationResult, error) {
+	desired, copyWanted := c.obj, c.copy
 	raw, err := json.Marshal(desired)
 	if err != nil {
 		return controllerutil.OperationResultNone, err
@@ -46,7 +54,8 @@ func (a applier) apply(ctx context.Context, owner client.Object, desired client.
 	if err != nil {
 		return controllerutil.OperationResultNone, err
 	}
-	if existing.GetAnnotations()[specHashKey] == want && metav1.IsControlledBy(existing, owner) {
+	if existing.GetAnnotations()[specHashKey] == want && metav1.IsControlledBy(existing, owner) &&
+		(c.same == nil || c.same(existing, desired)) {
 		return controllerutil.OperationResultNone, nil
 	}
 	copyWanted(existing, desired)

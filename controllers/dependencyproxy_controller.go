@@ -145,30 +145,31 @@ func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *deppr
 		return nil, err
 	}
 	deploy := desiredDeployment(dp, r.ProxyImage, configHash(cm))
-	children := []struct {
-		obj  client.Object
-		copy func(existing, desired client.Object)
-	}{
-		{desiredServiceAccount(dp), func(e, d client.Object) {
+	children := []child{
+		{obj: desiredServiceAccount(dp), copy: func(e, d client.Object) {
 			e.(*corev1.ServiceAccount).AutomountServiceAccountToken = d.(*corev1.ServiceAccount).AutomountServiceAccountToken
 		}},
-		{cm, func(e, d client.Object) { e.(*corev1.ConfigMap).Data = d.(*corev1.ConfigMap).Data }},
-		{deploy, func(e, d client.Object) { e.(*appsv1.Deployment).Spec = d.(*appsv1.Deployment).Spec }},
-		{desiredService(dp), func(e, d client.Object) {
+		{obj: cm, copy: func(e, d client.Object) { e.(*corev1.ConfigMap).Data = d.(*corev1.ConfigMap).Data },
+			same: func(e, d client.Object) bool {
+				return equality.Semantic.DeepEqual(e.(*corev1.ConfigMap).Data, d.(*corev1.ConfigMap).Data)
+			}},
+		{obj: deploy, copy: func(e, d client.Object) { e.(*appsv1.Deployment).Spec = d.(*appsv1.Deployment).Spec },
+			same: sameDeployment},
+		{obj: desiredService(dp), copy: func(e, d client.Object) {
 			es, ds := e.(*corev1.Service), d.(*corev1.Service)
 			es.Spec.Selector, es.Spec.Ports = ds.Spec.Selector, ds.Spec.Ports
+		}, same: func(e, d client.Object) bool {
+			es, ds := e.(*corev1.Service), d.(*corev1.Service)
+			return equality.Semantic.DeepEqual(es.Spec.Selector, ds.Spec.Selector) && equality.Semantic.DeepEqual(es.Spec.Ports, ds.Spec.Ports)
 		}},
 	}
 	if r.ServiceMonitors {
-		children = append(children, struct {
-			obj  client.Object
-			copy func(existing, desired client.Object)
-		}{desiredServiceMonitor(dp), func(e, d client.Object) {
+		children = append(children, child{obj: desiredServiceMonitor(dp), copy: func(e, d client.Object) {
 			e.(*unstructured.Unstructured).Object["spec"] = d.(*unstructured.Unstructured).Object["spec"]
 		}})
 	}
 	for _, c := range children {
-		op, err := a.apply(ctx, dp, c.obj, c.copy)
+		op, err := a.apply(ctx, dp, c)
 		if err != nil {
 			return nil, err
 		}
@@ -191,6 +192,25 @@ func (r *DependencyProxyReconciler) recordChange(dp *depproxyv1.DependencyProxy,
 			r.Recorder.Eventf(dp, obj, corev1.EventTypeNormal, depproxyv1.ReasonConfigRolled, "Update", "proxy config changed; rolling the pods")
 		}
 	}
+}
+
+// sameDeployment compares what is edited by hand in practice: the
+// replica count, the config hash, the image and the args. (The rest of the
+// spec gains server defaults, so whole-spec equality never holds.)
+func sameDeployment(e, d client.Object) bool {
+	es, ds := e.(*appsv1.Deployment).Spec, d.(*appsv1.Deployment).Spec
+	if !equality.Semantic.DeepEqual(es.Replicas, ds.Replicas) ||
+		es.Template.Annotations[configHashKey] != ds.Template.Annotations[configHashKey] ||
+		len(es.Template.Spec.Containers) != len(ds.Template.Spec.Containers) {
+		return false
+	}
+	for i, c := range ds.Template.Spec.Containers {
+		ec := es.Template.Spec.Containers[i]
+		if ec.Image != c.Image || !equality.Semantic.DeepEqual(ec.Args, c.Args) {
+			return false
+		}
+	}
+	return true
 }
 
 func ready(dp *depproxyv1.DependencyProxy, d *appsv1.Deployment) bool {

@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -24,9 +25,10 @@ import (
 // built by `make tools`. envtest runs no controllers: no garbage
 // collection, no Deployment controller; tests set what those would.
 var (
-	testEnv   *envtest.Environment
-	k8sClient client.WithWatch
-	scheme    = runtime.NewScheme()
+	testEnv    *envtest.Environment
+	k8sClient  client.WithWatch
+	restConfig *rest.Config
+	scheme     = runtime.NewScheme()
 )
 
 func TestMain(m *testing.M) {
@@ -42,7 +44,7 @@ func runSuite(m *testing.M) int {
 	must(clientgoscheme.AddToScheme(scheme))
 	must(depproxyv1.AddToScheme(scheme))
 	testEnv = &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
+		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases"), filepath.Join("testdata", "servicemonitor-crd.yaml")},
 		ErrorIfCRDPathMissing: true,
 		BinaryAssetsDirectory: testenv.ToolsDir(),
 	}
@@ -52,6 +54,7 @@ func runSuite(m *testing.M) int {
 		return 1
 	}
 	defer testEnv.Stop()
+	restConfig = cfg
 	if k8sClient, err = client.NewWithWatch(cfg, client.Options{Scheme: scheme}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
