@@ -273,12 +273,13 @@ func desiredCronJob(cp *depproxyv1.CleanupPolicy, dp *depproxyv1.DependencyProxy
 								Name:  "cleanup",
 								Image: proxyImage(dp, defaultImage),
 								Args: []string{"cleanup", "--config", configDir + "/" + configKey,
-									"--ttl", fmt.Sprintf("%dh", 24*cp.Spec.TTLDays)},
+									"--ttl", fmt.Sprintf("%dh", 24*cp.Spec.TTLDays), "--summary-file", "/dev/termination-log"},
 								Env:             storageEnv(dp),
 								SecurityContext: sec,
 								VolumeMounts:    mounts,
-								// The summary is the run's last line; the
-								// operator reads it from here.
+								// The summary goes to the termination message
+								// (--summary-file); a failed run leaves its
+								// log's tail there instead.
 								TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 							}},
 						},

@@ -58,7 +58,7 @@ func TestCleanupPolicyRunsACronJobAndReportsRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := cj.Spec.JobTemplate.Spec.Template.Spec.Containers[0]
-	if cj.Spec.Schedule != "17 3 * * *" || strings.Join(c.Args, " ") != "cleanup --config /etc/depproxy/config.yaml --ttl 720h" ||
+	if cj.Spec.Schedule != "17 3 * * *" || strings.Join(c.Args, " ") != "cleanup --config /etc/depproxy/config.yaml --ttl 720h --summary-file /dev/termination-log" ||
 		c.Env[0].ValueFrom.SecretKeyRef.Name != "minio" || metav1.GetControllerOf(cj).Name != "nightly" {
 		t.Errorf("cronjob: schedule %q args %v env %+v owner %+v", cj.Spec.Schedule, c.Args, c.Env, cj.OwnerReferences)
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/depproxy/depproxy/proxy/cache"
+	"github.com/depproxy/depproxy/proxy/cleanup"
 	"github.com/depproxy/depproxy/proxy/config"
 	"github.com/depproxy/depproxy/proxy/registry"
 	"github.com/depproxy/depproxy/proxy/storage"
@@ -33,25 +34,37 @@ import (
 const usage = `depproxy is a pull-through cache for container images.
 
 Usage:
-  depproxy serve [flags]    serve the OCI /v2 pull API
+  depproxy serve [flags]               serve the OCI /v2 pull API
+  depproxy cleanup --ttl 720h [flags]  delete what was not pulled within the TTL
 
-Run 'depproxy serve --help' for the flags.
+Run 'depproxy serve --help' or 'depproxy cleanup --help' for the flags.
 `
 
 func main() {
-	if len(os.Args) < 2 || os.Args[1] != "serve" {
+	if len(os.Args) < 2 || (os.Args[1] != "serve" && os.Args[1] != "cleanup") {
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
 	}
-	fs := flag.NewFlagSet("depproxy serve", flag.ExitOnError)
+	fs := flag.NewFlagSet("depproxy "+os.Args[1], flag.ExitOnError)
 	cfg := config.Flags(fs)
+	var cl cleanupFlags
+	if os.Args[1] == "cleanup" {
+		cl.register(fs)
+	}
 	if err := config.Load(fs, os.Args[2:]); err != nil {
 		fmt.Fprintln(os.Stderr, "depproxy:", err)
 		os.Exit(2)
 	}
 	log := logr.FromSlogHandler(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(-cfg.LogLevel)}))
-	if err := serve(cfg, log); err != nil {
-		log.Error(err, "depproxy stopped")
+	var err error
+	if os.Args[1] == "cleanup" {
+		err = cleanupCommand(cfg, cl, log)
+	} else {
+		err = serve(cfg, log)
+	}
+	if err != nil {
+		log.Error(err, "depproxy "+os.Args[1]+" failed")
+		fmt.Fprintln(os.Stderr, "depproxy:", err)
 		os.Exit(1)
 	}
 }
@@ -73,7 +86,8 @@ func serve(cfg *config.Serve, log logr.Logger) error {
 		return err
 	}
 	metrics := prometheus.NewRegistry()
-	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		cleanup.NewCollector(store))
 	c := cache.New(up, store,
 		cache.WithLogger(log.WithName("cache")),
 		cache.WithRecheckInterval(cfg.RecheckInterval),
@@ -87,6 +101,11 @@ func serve(cfg *config.Serve, log logr.Logger) error {
 	if cfg.LogLevel >= 1 {
 		handler = accessLog(handler, log.WithName("http"))
 	}
+
+	trackCtx, stopTracking := context.WithCancel(context.Background())
+	tracked := make(chan struct{})
+	go func() { c.TrackReads(trackCtx, time.Minute); close(tracked) }()
+	defer func() { stopTracking(); <-tracked }() // the last reads are written before exit
 
 	srv := &http.Server{Addr: cfg.Listen, Handler: handler, ReadHeaderTimeout: 30 * time.Second}
 	errc := make(chan error, 1)

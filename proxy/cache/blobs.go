@@ -37,6 +37,14 @@ func (b *Blob) Err() error { return b.err() }
 // Blob returns the blob with digest d, from storage, or from the upstream
 // download already running for it, or from a new one.
 func (c *Cache) Blob(ctx context.Context, repo string, d digest.Digest) (*Blob, error) {
+	b, err := c.blob(ctx, repo, d)
+	if err == nil {
+		c.reads.touch(blobKey(d))
+	}
+	return b, err
+}
+
+func (c *Cache) blob(ctx context.Context, repo string, d digest.Digest) (*Blob, error) {
 	repo = c.up.Repository(repo)
 	if f := c.joinFill(d); f != nil {
 		c.metrics.request("blob", "join")

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/proxy/upstream"
 )
@@ -53,6 +54,8 @@ type Cache struct {
 	fills   map[digest.Digest]*fill
 	checked map[string]time.Time // tag -> last time the upstream confirmed it
 
+	reads       *readTracker
+	now         func() time.Time
 	lists       listCache
 	lastSummary atomic.Pointer[Summary]
 }
@@ -84,6 +87,10 @@ func WithPrefetch(platforms []v1.Platform) Option { return func(c *Cache) { c.pr
 // (presigned S3) when the storage has one, instead of streaming them.
 func WithRedirect(on bool) Option { return func(c *Cache) { c.redirect = on } }
 
+// WithClock sets the clock last reads are recorded with (tests age
+// objects with it).
+func WithClock(now func() time.Time) Option { return func(c *Cache) { c.now = now } }
+
 // WithFillTimeout bounds one upstream blob download.
 func WithFillTimeout(d time.Duration) Option { return func(c *Cache) { c.fillTimeout = d } }
 
@@ -97,6 +104,7 @@ func New(up Upstream, store storage.Storage, opts ...Option) *Cache {
 		fillTimeout: time.Hour,
 		fills:       map[digest.Digest]*fill{},
 		checked:     map[string]time.Time{},
+		now:         time.Now,
 	}
 	if fs, ok := store.(interface{ TempDir() string }); ok {
 		c.spoolDir = fs.TempDir() // same filesystem: storing is a rename
@@ -107,6 +115,7 @@ func New(up Upstream, store storage.Storage, opts ...Option) *Cache {
 	if c.metrics == nil {
 		c.metrics = newMetrics(nil)
 	}
+	c.reads = newReadTracker(store, c.now, c.log)
 	return c
 }
 
@@ -119,11 +128,6 @@ func (c *Cache) storageFailed(err error, what string, kv ...any) {
 	c.log.Error(err, "storage unavailable, passing through to upstream", append([]any{"op", what}, kv...)...)
 }
 
-func blobKey(d digest.Digest) string { return "blobs/" + d.Algorithm().String() + "/" + d.Encoded() }
-func manifestKey(d digest.Digest) string {
-	return "manifests/" + d.Algorithm().String() + "/" + d.Encoded()
-}
-
-// tagKey: repository path components never start with "_", so "_tags"
-// cannot collide with a repository name.
-func tagKey(repo, tag string) string { return "repositories/" + repo + "/_tags/" + tag }
+func blobKey(d digest.Digest) string     { return layout.Blob(d) }
+func manifestKey(d digest.Digest) string { return layout.Manifest(d) }
+func tagKey(repo, tag string) string     { return layout.Tag(repo, tag) }

@@ -12,6 +12,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/manifest"
 	"github.com/depproxy/depproxy/proxy/upstream"
 )
@@ -29,9 +30,17 @@ type Manifest struct {
 func (c *Cache) Manifest(ctx context.Context, repo, ref string, accept []string) (*Manifest, error) {
 	repo = c.up.Repository(repo)
 	if d, err := digest.Parse(ref); err == nil {
-		return c.manifestByDigest(ctx, repo, d, accept)
+		m, err := c.manifestByDigest(ctx, repo, d, accept)
+		if err == nil {
+			c.reads.touch(manifestKey(m.Digest))
+		}
+		return m, err
 	}
-	return c.manifestByTag(ctx, repo, ref, accept)
+	m, err := c.manifestByTag(ctx, repo, ref, accept)
+	if err == nil {
+		c.reads.touch(tagKey(repo, ref), manifestKey(m.Digest))
+	}
+	return m, err
 }
 
 // manifestByDigest: a digest names immutable content, so a cached copy is
@@ -124,10 +133,8 @@ func (c *Cache) fetchManifest(ctx context.Context, repo, ref string, want digest
 	if err != nil {
 		return nil, err
 	}
-	var rec bytes.Buffer
-	rec.WriteString(m.MediaType + "\n")
-	rec.Write(m.Body)
-	if err := c.store.Put(ctx, manifestKey(m.Digest), &rec, int64(rec.Len())); err != nil {
+	rec := layout.ManifestRecord(m.MediaType, m.Body)
+	if err := c.store.Put(ctx, manifestKey(m.Digest), bytes.NewReader(rec), int64(len(rec))); err != nil {
 		c.storageFailed(err, "store manifest", "repository", repo, "digest", m.Digest)
 	}
 	c.log.Info("cached manifest", "repository", repo, "reference", ref, "digest", m.Digest, "mediaType", m.MediaType)
@@ -186,13 +193,13 @@ func (c *Cache) loadManifest(ctx context.Context, d digest.Digest) (*Manifest, e
 		c.storageFailed(err, "read manifest", "digest", d)
 		return nil, err
 	}
-	mt, body, ok := bytes.Cut(rec, []byte("\n"))
-	if !ok || d.Algorithm().FromBytes(body) != d {
+	body, mt, err := layout.ParseManifestRecord(rec)
+	if err != nil || d.Algorithm().FromBytes(body) != d {
 		err := fmt.Errorf("cached manifest %s is damaged", d)
 		c.log.Error(err, "ignoring damaged cache entry")
 		return nil, err
 	}
-	return &Manifest{MediaType: string(mt), Digest: d, Body: body}, nil
+	return &Manifest{MediaType: mt, Digest: d, Body: body}, nil
 }
 
 // loadTag returns the cached manifest a tag points at, or nil.

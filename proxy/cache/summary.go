@@ -3,9 +3,9 @@ package cache
 import (
 	"context"
 	"sort"
-	"strings"
 	"time"
 
+	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/manifest"
 	"github.com/depproxy/depproxy/proxy/storage"
 )
@@ -73,7 +73,7 @@ func (c *Cache) scan(ctx context.Context) (*Summary, error) {
 	var newest []SummaryImage
 	err := c.store.List(ctx, "", func(key string, info storage.Info) error {
 		s.Bytes += info.Size
-		repo, tag, ok := parseTagKey(key)
+		repo, tag, ok := layout.ParseTag(key)
 		if !ok {
 			return nil
 		}
@@ -114,14 +114,4 @@ func keepNewest(imgs []SummaryImage) []SummaryImage {
 		imgs = imgs[:summaryImages]
 	}
 	return imgs
-}
-
-// parseTagKey is the inverse of tagKey.
-func parseTagKey(key string) (repo, tag string, ok bool) {
-	rest, ok := strings.CutPrefix(key, "repositories/")
-	if !ok {
-		return "", "", false
-	}
-	repo, tag, ok = strings.Cut(rest, "/_tags/")
-	return repo, tag, ok && repo != "" && tag != "" && !strings.Contains(tag, "/")
 }

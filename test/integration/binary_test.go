@@ -73,6 +73,11 @@ func TestServeBinary(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("depproxy did not stop on SIGTERM")
 	}
+	// Reads were noted in memory; a clean stop writes them out.
+	markers, _ := filepath.Glob(filepath.Join(dir, "data", "_lastread", "blobs", "sha256", "*"))
+	if len(markers) == 0 {
+		t.Error("no last-read markers after SIGTERM: the pending reads were lost")
+	}
 	if !strings.Contains(logs.String(), `"recheckInterval":"1m0s"`) {
 		t.Errorf("the config file's recheck-interval was not applied:\n%s", logs.String())
 	}

@@ -226,3 +226,8 @@ func sprintObjects(m map[string]object) string {
 }
 
 func sleep() { time.Sleep(25 * time.Millisecond) }
+
+// newEnvMinIOOnly is S3 storage on a MinIO of the test's own.
+func newEnvMinIOOnly(t *testing.T) storage.Storage {
+	return openStorage(t, "s3", testenv.StartMinIO(t))
+}

@@ -1,0 +1,267 @@
+// Package cleanup deletes what a cache's clients stopped pulling: tags and
+// manifests not read within a TTL, then blobs that are unread too and
+// that no kept manifest references. It walks storage page by page; what
+// it holds in memory is the set of kept manifests and the blobs they
+// reference, never the listing.
+package cleanup
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depproxy/depproxy/proxy/layout"
+	"github.com/depproxy/depproxy/proxy/manifest"
+	"github.com/depproxy/depproxy/proxy/storage"
+)
+
+// Options of a run.
+type Options struct {
+	// TTL: what was not read for this long goes.
+	TTL time.Duration
+	// Grace protects objects written this recently, whatever their last
+	// read: a blob being cached during the run is not deleted.
+	Grace time.Duration
+	// DryRun reports what would go and deletes nothing.
+	DryRun bool
+	// Now is the clock (tests age the cache with it).
+	Now func() time.Time
+	// Log gets one line per deleted object.
+	Log io.Writer
+}
+
+// Summary is what a run did; the CronJob prints it as its last line.
+type Summary struct {
+	DeletedTags      int64   `json:"deletedTags"`
+	DeletedManifests int64   `json:"deletedManifests"`
+	DeletedBlobs     int64   `json:"deletedBlobs"`
+	FreedBytes       int64   `json:"freedBytes"`
+	Kept             int64   `json:"kept"`
+	DryRun           bool    `json:"dryRun"`
+	DurationSeconds  float64 `json:"durationSeconds"`
+	FinishedAt       string  `json:"finishedAt"`
+}
+
+type run struct {
+	store  storage.Storage
+	opts   Options
+	start  time.Time
+	cutoff time.Time
+	sum    Summary
+	// keptManifests and referenced are what the run must hold in memory.
+	keptManifests map[digest.Digest]bool
+	referenced    map[digest.Digest]bool
+}
+
+// Run cleans store once.
+func Run(ctx context.Context, store storage.Storage, opts Options) (*Summary, error) {
+	if opts.TTL <= 0 {
+		return nil, errors.New("the TTL must be positive")
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Log == nil {
+		opts.Log = io.Discard
+	}
+	r := &run{store: store, opts: opts, start: opts.Now(), keptManifests: map[digest.Digest]bool{}, referenced: map[digest.Digest]bool{}}
+	r.cutoff = r.start.Add(-opts.TTL)
+	r.sum.DryRun = opts.DryRun
+	for _, step := range []func(context.Context) error{r.tags, r.manifests, r.blobs} {
+		if err := step(ctx); err != nil {
+			return &r.sum, err
+		}
+	}
+	r.sum.DurationSeconds = opts.Now().Sub(r.start).Seconds()
+	r.sum.FinishedAt = opts.Now().UTC().Format(time.RFC3339)
+	if !opts.DryRun {
+		raw, _ := json.Marshal(r.sum)
+		if err := store.Put(ctx, layout.CleanupSummary, bytes.NewReader(raw), int64(len(raw))); err != nil {
+			return &r.sum, fmt.Errorf("storing the summary: %w", err)
+		}
+	}
+	return &r.sum, nil
+}
+
+// tags deletes unread tags; a kept tag keeps its manifest.
+func (r *run) tags(ctx context.Context) error {
+	return r.store.List(ctx, layout.RepositoriesPrefix, func(key string, info storage.Info) error {
+		if _, _, ok := layout.ParseTag(key); !ok {
+			return nil
+		}
+		if r.fresh(ctx, key, info) {
+			r.sum.Kept++
+			if d, err := r.readDigest(ctx, key); err == nil {
+				r.keptManifests[d] = true
+			}
+			return nil
+		}
+		r.sum.DeletedTags++
+		return r.delete(ctx, key, info.Size)
+	})
+}
+
+// manifests keeps those read recently or pointed at by a kept tag, and
+// every child of a kept index; it deletes the rest.
+func (r *run) manifests(ctx context.Context) error {
+	var candidates []digest.Digest // unread, unless a kept index claims them
+	sizes := map[digest.Digest]int64{}
+	err := r.store.List(ctx, layout.ManifestsPrefix, func(key string, info storage.Info) error {
+		d, ok := layout.ParseDigest(key)
+		if !ok {
+			return nil
+		}
+		if r.keptManifests[d] || r.fresh(ctx, key, info) {
+			r.keptManifests[d] = true
+			return nil
+		}
+		candidates = append(candidates, d)
+		sizes[d] = info.Size
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// Walk kept manifests: an index keeps its children, an image its blobs.
+	queue := make([]digest.Digest, 0, len(r.keptManifests))
+	for d := range r.keptManifests {
+		queue = append(queue, d)
+	}
+	for len(queue) > 0 {
+		d := queue[0]
+		queue = queue[1:]
+		for _, child := range r.references(ctx, d) {
+			if !r.keptManifests[child] {
+				r.keptManifests[child] = true
+				queue = append(queue, child)
+			}
+		}
+	}
+	for _, d := range candidates {
+		if r.keptManifests[d] {
+			continue
+		}
+		r.sum.DeletedManifests++
+		if err := r.delete(ctx, layout.Manifest(d), sizes[d]); err != nil {
+			return err
+		}
+	}
+	r.sum.Kept += int64(len(r.keptManifests))
+	return nil
+}
+
+// references reads a kept manifest: an index's children are returned (to
+// keep), an image's config and layers are marked referenced.
+func (r *run) references(ctx context.Context, d digest.Digest) []digest.Digest {
+	body, mediaType, err := r.readManifest(ctx, d)
+	if err != nil {
+		return nil
+	}
+	if manifest.IsIndex(mediaType) {
+		children, _ := manifest.Children(body)
+		var out []digest.Digest
+		for _, c := range children {
+			if cd, err := digest.Parse(c.Digest); err == nil {
+				out = append(out, cd)
+			}
+		}
+		return out
+	}
+	refs, _ := manifest.References(body)
+	for _, ref := range refs {
+		if bd, err := digest.Parse(ref); err == nil {
+			r.referenced[bd] = true
+		}
+	}
+	return nil
+}
+
+// blobs deletes blobs that are unread and unreferenced. Manifests cached
+// while the run went on are read first, so that a new image never loses a
+// blob it shares with an old one.
+func (r *run) blobs(ctx context.Context) error {
+	err := r.store.List(ctx, layout.ManifestsPrefix, func(key string, info storage.Info) error {
+		if d, ok := layout.ParseDigest(key); ok && !r.keptManifests[d] && info.ModTime.After(r.start.Add(-r.opts.Grace)) {
+			r.keptManifests[d] = true
+			r.references(ctx, d)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return r.store.List(ctx, layout.BlobsPrefix, func(key string, info storage.Info) error {
+		d, ok := layout.ParseDigest(key)
+		if !ok {
+			return nil
+		}
+		if r.referenced[d] || r.fresh(ctx, key, info) {
+			r.sum.Kept++
+			return nil
+		}
+		r.sum.DeletedBlobs++
+		return r.delete(ctx, key, info.Size)
+	})
+}
+
+// fresh: read within the TTL, or written within the grace period. An
+// object without a marker counts as read when it was written.
+func (r *run) fresh(ctx context.Context, key string, info storage.Info) bool {
+	if info.ModTime.After(r.start.Add(-r.opts.Grace)) {
+		return true
+	}
+	last := info.ModTime
+	if rc, _, err := r.store.Open(ctx, layout.LastRead(key)); err == nil {
+		raw, _ := io.ReadAll(io.LimitReader(rc, 64))
+		rc.Close()
+		if t, ok := layout.ParseLastRead(raw); ok {
+			last = t
+		}
+	}
+	return !last.Before(r.cutoff)
+}
+
+func (r *run) delete(ctx context.Context, key string, size int64) error {
+	r.sum.FreedBytes += size
+	if r.opts.DryRun {
+		fmt.Fprintf(r.opts.Log, "would delete %s (%d bytes)\n", key, size)
+		return nil
+	}
+	fmt.Fprintf(r.opts.Log, "deleting %s (%d bytes)\n", key, size)
+	if err := r.store.Delete(ctx, key); err != nil {
+		return fmt.Errorf("deleting %s: %w", key, err)
+	}
+	return r.store.Delete(ctx, layout.LastRead(key))
+}
+
+func (r *run) readDigest(ctx context.Context, key string) (digest.Digest, error) {
+	rc, _, err := r.store.Open(ctx, key)
+	if err != nil {
+		return "", err
+	}
+	defer rc.Close()
+	raw, err := io.ReadAll(io.LimitReader(rc, 256))
+	if err != nil {
+		return "", err
+	}
+	return digest.Parse(string(raw))
+}
+
+func (r *run) readManifest(ctx context.Context, d digest.Digest) (body []byte, mediaType string, err error) {
+	rc, _, err := r.store.Open(ctx, layout.Manifest(d))
+	if err != nil {
+		return nil, "", err
+	}
+	defer rc.Close()
+	rec, err := io.ReadAll(io.LimitReader(rc, manifest.MaxSize+1024))
+	if err != nil {
+		return nil, "", err
+	}
+	return layout.ParseManifestRecord(rec)
+}

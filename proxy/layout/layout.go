@@ -1,0 +1,100 @@
+// Package layout is where a cache keeps things in its storage: one place
+// that the cache, which writes, and the cleanup, which deletes, share.
+//
+//	blobs/<alg>/<hex>                     blob bytes, shared by all repositories
+//	manifests/<alg>/<hex>                 "<media type>\n" + manifest bytes
+//	repositories/<repo>/_tags/<tag>       the digest a tag points at
+//	_lastread/<any of the above>          when it was last pulled (unix seconds)
+//	_cleanup/last.json                    the last cleanup run's summary
+//
+// Repository path components never start with "_", so "_tags" and the
+// "_" prefixes cannot collide with a repository name.
+package layout
+
+import (
+	"bytes"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+const (
+	// BlobsPrefix holds blobs.
+	BlobsPrefix = "blobs/"
+	// ManifestsPrefix holds manifests.
+	ManifestsPrefix = "manifests/"
+	// RepositoriesPrefix holds tags.
+	RepositoriesPrefix = "repositories/"
+	// LastReadPrefix holds last-read markers.
+	LastReadPrefix = "_lastread/"
+	// CleanupSummary is the last cleanup run's JSON summary.
+	CleanupSummary = "_cleanup/last.json"
+
+	tagsInfix = "/_tags/"
+)
+
+// Blob is the key of a blob.
+func Blob(d digest.Digest) string { return BlobsPrefix + d.Algorithm().String() + "/" + d.Encoded() }
+
+// Manifest is the key of a manifest.
+func Manifest(d digest.Digest) string {
+	return ManifestsPrefix + d.Algorithm().String() + "/" + d.Encoded()
+}
+
+// Tag is the key of a tag.
+func Tag(repo, tag string) string { return RepositoriesPrefix + repo + tagsInfix + tag }
+
+// LastRead is the key of an object's last-read marker.
+func LastRead(key string) string { return LastReadPrefix + key }
+
+// ParseTag is the inverse of Tag.
+func ParseTag(key string) (repo, tag string, ok bool) {
+	rest, ok := strings.CutPrefix(key, RepositoriesPrefix)
+	if !ok {
+		return "", "", false
+	}
+	repo, tag, ok = strings.Cut(rest, tagsInfix)
+	return repo, tag, ok && repo != "" && tag != "" && !strings.Contains(tag, "/")
+}
+
+// ParseDigest returns the digest of a blob or manifest key.
+func ParseDigest(key string) (digest.Digest, bool) {
+	for _, p := range []string{BlobsPrefix, ManifestsPrefix} {
+		if rest, ok := strings.CutPrefix(key, p); ok {
+			alg, hex, ok := strings.Cut(rest, "/")
+			d := digest.NewDigestFromEncoded(digest.Algorithm(alg), hex)
+			return d, ok && d.Validate() == nil
+		}
+	}
+	return "", false
+}
+
+// ManifestRecord is what a manifest key holds: the media type to serve it
+// with, a newline, and the manifest's bytes unchanged.
+func ManifestRecord(mediaType string, body []byte) []byte {
+	return append([]byte(mediaType+"\n"), body...)
+}
+
+// ParseManifestRecord is the inverse of ManifestRecord.
+func ParseManifestRecord(rec []byte) (body []byte, mediaType string, err error) {
+	mt, body, ok := bytes.Cut(rec, []byte("\n"))
+	if !ok {
+		return nil, "", errors.New("manifest record without a media type line")
+	}
+	return body, string(mt), nil
+}
+
+// LastReadValue is what a last-read marker holds.
+func LastReadValue(t time.Time) string { return strconv.FormatInt(t.Unix(), 10) }
+
+// ParseLastRead is the inverse of LastReadValue.
+func ParseLastRead(b []byte) (time.Time, bool) {
+	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return time.Unix(n, 0), true
+}

@@ -1,0 +1,73 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depproxy/depproxy/proxy/layout"
+	"github.com/depproxy/depproxy/proxy/storage"
+)
+
+// TestCleanupCommandOnManyObjects runs `depproxy cleanup` as built on a
+// cache of 100k objects: it deletes the unread ones, prints its summary as
+// the last line, and its memory stays bounded. (The RSS is also in the
+// README's performance section, from `make bench`.)
+func TestCleanupCommandOnManyObjects(t *testing.T) {
+	dir := t.TempDir()
+	store, err := storage.NewFilesystem(filepath.Join(dir, "data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 100_000
+	old := time.Now().Add(-40 * day)
+	ctx := context.Background()
+	for i := 0; i < n; i++ {
+		d := digest.FromString(fmt.Sprint(i))
+		key := layout.Blob(d)
+		if err := store.Put(ctx, key, strings.NewReader("x"), 1); err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, "data", filepath.FromSlash(key))
+		os.Chtimes(p, old, old)
+		if i%2 == 0 { // half were read yesterday
+			v := layout.LastReadValue(time.Now().Add(-day))
+			store.Put(ctx, layout.LastRead(key), strings.NewReader(v), int64(len(v)))
+		}
+	}
+	bin := filepath.Join(t.TempDir(), "depproxy")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/depproxy/depproxy/proxy").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	summaryFile := filepath.Join(dir, "termination-log")
+	cmd := exec.Command(bin, "cleanup", "--storage", filepath.Join(dir, "data"), "--ttl", "720h", "--summary-file", summaryFile)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("depproxy cleanup: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	var sum struct{ DeletedBlobs, Kept int64 }
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &sum); err != nil {
+		t.Fatalf("the last line is not the JSON summary: %q", lines[len(lines)-1])
+	}
+	if sum.DeletedBlobs != n/2 || sum.Kept != n/2 {
+		t.Errorf("summary %+v, want %d deleted and %d kept", sum, n/2, n/2)
+	}
+	if raw, _ := os.ReadFile(summaryFile); strings.TrimSpace(string(raw)) != lines[len(lines)-1] {
+		t.Errorf("--summary-file holds %q", raw)
+	}
+	rss := cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss << 10
+	t.Logf("cleanup of %d objects: peak RSS %d MiB", n, rss>>20)
+	if rss > 100<<20 {
+		t.Errorf("cleanup of %d objects peaked at %d MiB of RSS", n, rss>>20)
+	}
+}
