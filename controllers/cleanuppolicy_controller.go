@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"github.com/robfig/cron/v3"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -33,6 +34,25 @@ type CleanupPolicyReconciler struct {
 	Scheme     *runtime.Scheme
 	Recorder   events.EventRecorder
 	ProxyImage string
+	// Now is the clock; tests set it.
+	Now func() time.Time
+}
+
+func (r *CleanupPolicyReconciler) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+// nextRun is the schedule's next time after now, read the way the CronJob
+// controller reads it.
+func nextRun(schedule string, now time.Time) (metav1.Time, bool) {
+	s, err := cron.ParseStandard(schedule)
+	if err != nil {
+		return metav1.Time{}, false
+	}
+	return metav1.NewTime(s.Next(now)), true
 }
 
 // +kubebuilder:rbac:groups=depproxy.dev,resources=cleanuppolicies,verbs=get;list;watch
@@ -92,6 +112,10 @@ func (r *CleanupPolicyReconciler) Reconcile(ctx context.Context, req reconcile.R
 		return reconcile.Result{}, err
 	}
 	cp.Status.LastScheduleTime = got.Status.LastScheduleTime
+	cp.Status.NextScheduleTime = nil
+	if next, ok := nextRun(cp.Spec.Schedule, r.now()); ok && !cp.Spec.Suspend {
+		cp.Status.NextScheduleTime = &next
+	}
 	last, err := r.lastResult(ctx, cp)
 	if err != nil {
 		return reconcile.Result{}, err
@@ -155,6 +179,7 @@ func jobSucceeded(j *batchv1.Job) bool {
 
 // cleanupSummary is the JSON line `depproxy cleanup` ends its output with.
 type cleanupSummary struct {
+	DeletedTags      int64 `json:"deletedTags"`
 	DeletedManifests int64 `json:"deletedManifests"`
 	DeletedBlobs     int64 `json:"deletedBlobs"`
 	FreedBytes       int64 `json:"freedBytes"`
@@ -168,6 +193,7 @@ func cleanupResult(at metav1.Time, succeeded bool, message string) *depproxyv1.C
 	var s cleanupSummary
 	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &s); err == nil {
 		res.DeletedManifests, res.DeletedBlobs, res.FreedBytes = s.DeletedManifests, s.DeletedBlobs, s.FreedBytes
+		res.Deleted = s.DeletedTags + s.DeletedManifests + s.DeletedBlobs
 		res.Freed = resource.NewQuantity(s.FreedBytes, resource.BinarySI).String()
 	} else if message != "" {
 		res.Message = truncate(message, 1024)

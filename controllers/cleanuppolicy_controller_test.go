@@ -21,7 +21,8 @@ import (
 func reconcileCleanup(t *testing.T, cp *depproxyv1.CleanupPolicy) (ctrl.Result, *events.FakeRecorder) {
 	t.Helper()
 	rec := events.NewFakeRecorder(100)
-	r := &CleanupPolicyReconciler{Client: k8sClient, Scheme: scheme, Recorder: rec, ProxyImage: "example.test/depproxy:v1"}
+	r := &CleanupPolicyReconciler{Client: k8sClient, Scheme: scheme, Recorder: rec, ProxyImage: "example.test/depproxy:v1",
+		Now: func() time.Time { return time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC) }}
 	res, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(cp)})
 	if err != nil {
 		t.Fatalf("reconcile: %v", err)
@@ -52,6 +53,9 @@ func TestCleanupPolicyRunsACronJobAndReportsRuns(t *testing.T) {
 	assertCondition(t, cp, depproxyv1.ConditionReady, metav1.ConditionTrue, depproxyv1.ReasonScheduled)
 	if cp.Spec.Schedule != "17 3 * * *" {
 		t.Errorf("default schedule %q", cp.Spec.Schedule)
+	}
+	if next := cp.Status.NextScheduleTime; next == nil || !next.Time.Equal(time.Date(2026, 11, 25, 3, 17, 0, 0, time.UTC)) {
+		t.Errorf("next run %v, want 2026-11-25 03:17 UTC", next)
 	}
 	cj := &batchv1.CronJob{}
 	if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "nightly-cleanup"}, cj); err != nil {
@@ -87,14 +91,14 @@ func TestCleanupPolicyRunsACronJobAndReportsRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	pod.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "cleanup", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
-		ExitCode: 0, Message: "deleting...\n" + `{"deletedManifests":3,"deletedBlobs":12,"freedBytes":1073741824,"kept":40,"durationSeconds":2.5}`}}}}
+		ExitCode: 0, Message: "deleting...\n" + `{"deletedTags":1,"deletedManifests":3,"deletedBlobs":12,"freedBytes":1073741824,"kept":40,"durationSeconds":2.5}`}}}}
 	if err := k8sClient.Status().Update(ctx, pod); err != nil {
 		t.Fatal(err)
 	}
 	reconcileCleanup(t, cp)
 	k8sClient.Get(ctx, client.ObjectKeyFromObject(cp), cp)
 	r := cp.Status.LastResult
-	if r == nil || !r.Succeeded || r.DeletedManifests != 3 || r.DeletedBlobs != 12 || r.FreedBytes != 1<<30 || r.Freed != "1Gi" {
+	if r == nil || !r.Succeeded || r.DeletedManifests != 3 || r.DeletedBlobs != 12 || r.FreedBytes != 1<<30 || r.Freed != "1Gi" || r.Deleted != 16 {
 		t.Fatalf("last result: %+v", r)
 	}
 
@@ -110,6 +114,9 @@ func TestCleanupPolicyRunsACronJobAndReportsRuns(t *testing.T) {
 		t.Error("the CronJob is not suspended")
 	}
 	assertCondition(t, cp, depproxyv1.ConditionReady, metav1.ConditionTrue, depproxyv1.ReasonSuspended)
+	if cp.Status.NextScheduleTime != nil {
+		t.Errorf("a suspended policy shows a next run: %v", cp.Status.NextScheduleTime)
+	}
 }
 
 func TestInvalidCleanupPoliciesAreRefused(t *testing.T) {
@@ -166,7 +173,7 @@ func TestKubectl(t *testing.T) {
 		t.Fatal(err)
 	}
 	out = run("get", "cleanup", "-n", ns)
-	if got := strings.Join(strings.Fields(strings.SplitN(out, "\n", 2)[0]), " "); got != "NAME TARGET TTL DAYS SCHEDULE LAST RUN DELETED FREED" {
+	if got := strings.Join(strings.Fields(strings.SplitN(out, "\n", 2)[0]), " "); got != "NAME TARGET TTL DAYS SCHEDULE LAST RUN DELETED FREED NEXT RUN" {
 		t.Errorf("kubectl get cleanup columns: %q", got)
 	}
 }

@@ -46,6 +46,10 @@ type CleanupPolicyStatus struct {
 	// +optional
 	LastScheduleTime *metav1.Time `json:"lastScheduleTime,omitempty"`
 
+	// NextScheduleTime is when the next run starts; empty while suspended.
+	// +optional
+	NextScheduleTime *metav1.Time `json:"nextScheduleTime,omitempty"`
+
 	// LastResult is what the last finished run reported.
 	// +optional
 	LastResult *CleanupResult `json:"lastResult,omitempty"`
@@ -57,9 +61,12 @@ type CleanupResult struct {
 	FinishedAt metav1.Time `json:"finishedAt"`
 	// Succeeded is false when the run failed; Message says why.
 	Succeeded bool `json:"succeeded"`
-	// DeletedManifests counts manifests and tags deleted.
+	// DeletedManifests counts manifests deleted.
 	// +optional
 	DeletedManifests int64 `json:"deletedManifests,omitempty"`
+	// Deleted counts everything deleted: tags, manifests and blobs.
+	// +optional
+	Deleted int64 `json:"deleted,omitempty"`
 	// DeletedBlobs counts blobs deleted.
 	// +optional
 	DeletedBlobs int64 `json:"deletedBlobs,omitempty"`
@@ -81,8 +88,9 @@ type CleanupResult struct {
 // +kubebuilder:printcolumn:name="TTL Days",type=integer,JSONPath=`.spec.ttlDays`
 // +kubebuilder:printcolumn:name="Schedule",type=string,JSONPath=`.spec.schedule`
 // +kubebuilder:printcolumn:name="Last Run",type=date,JSONPath=`.status.lastScheduleTime`
-// +kubebuilder:printcolumn:name="Deleted",type=integer,JSONPath=`.status.lastResult.deletedBlobs`
+// +kubebuilder:printcolumn:name="Deleted",type=integer,JSONPath=`.status.lastResult.deleted`
 // +kubebuilder:printcolumn:name="Freed",type=string,JSONPath=`.status.lastResult.freed`
+// +kubebuilder:printcolumn:name="Next Run",type=date,JSONPath=`.status.nextScheduleTime`
 
 // CleanupPolicy deletes what a DependencyProxy's tenants stopped pulling.
 type CleanupPolicy struct {
