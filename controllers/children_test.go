@@ -86,16 +86,7 @@ func TestSummaryIsBounded(t *testing.T) {
 	var w summaryWire
 	w.Hits, w.Misses, w.Bytes, w.ImageCount = 93, 7, 3<<30, 100000
 	for i := 0; i < 500; i++ {
-		w.Images = append(w.Images, struct {
-			Repository string `json:"repository"`
-			Tag        string `json:"tag"`
-			Digest     string `json:"digest"`
-			MediaType  string `json:"mediaType"`
-			Platforms  []struct {
-				Platform string `json:"platform"`
-				Digest   string `json:"digest"`
-			} `json:"platforms"`
-		}{Repository: "r", Tag: "t"})
+		w.Images = append(w.Images, imageWire{Repository: "r", Tag: "t"})
 	}
 	s := toCacheSummary(w, metav1.Now())
 	if len(s.Images) != maxSummaryImages || s.HitRatio != "0.93" || s.Size != "3Gi" || s.ImageCount != 100000 {

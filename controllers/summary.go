@@ -30,20 +30,22 @@ type HTTPSummaries struct {
 
 // summaryWire is the proxy's JSON; only what the status shows is read.
 type summaryWire struct {
-	Images []struct {
-		Repository string `json:"repository"`
-		Tag        string `json:"tag"`
-		Digest     string `json:"digest"`
-		MediaType  string `json:"mediaType"`
-		Platforms  []struct {
-			Platform string `json:"platform"`
-			Digest   string `json:"digest"`
-		} `json:"platforms"`
-	} `json:"images"`
-	ImageCount int64 `json:"imageCount"`
-	Bytes      int64 `json:"bytes"`
-	Hits       int64 `json:"hits"`
-	Misses     int64 `json:"misses"`
+	Images     []imageWire `json:"images"`
+	ImageCount int64       `json:"imageCount"`
+	Bytes      int64       `json:"bytes"`
+	Hits       int64       `json:"hits"`
+	Misses     int64       `json:"misses"`
+}
+
+type imageWire struct {
+	Repository string `json:"repository"`
+	Tag        string `json:"tag"`
+	Digest     string `json:"digest"`
+	MediaType  string `json:"mediaType"`
+	Platforms  []struct {
+		Platform string `json:"platform"`
+		Digest   string `json:"digest"`
+	} `json:"platforms"`
 }
 
 // Summary asks the proxy.
