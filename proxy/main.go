@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -28,6 +29,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/config"
 	"github.com/depproxy/depproxy/proxy/registry"
 	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/proxy/token"
 	"github.com/depproxy/depproxy/proxy/upstream"
 )
 
@@ -81,6 +83,11 @@ func serve(cfg *config.Serve, log logr.Logger) error {
 	if err != nil {
 		return err
 	}
+	if cfg.UpstreamCreds != "" {
+		if up, err = upstream.New(cfg.Upstream, upstream.WithAuth(upstream.FileCredentials(cfg.UpstreamCreds, up.Host()))); err != nil {
+			return err
+		}
+	}
 	platforms, err := parsePlatforms(cfg.PrefetchPlatforms)
 	if err != nil {
 		return err
@@ -96,8 +103,12 @@ func serve(cfg *config.Serve, log logr.Logger) error {
 		cache.WithMetrics(metrics),
 	)
 
-	handler := routes(registry.New(c, log.WithName("registry")), promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}),
-		summaryHandler(c, cfg.SummaryInterval, log))
+	guard, tokens, err := tokenService(cfg, metrics, log)
+	if err != nil {
+		return err
+	}
+	handler := routes(registry.New(c, guard, log.WithName("registry")), promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}),
+		summaryHandler(c, cfg.SummaryInterval, log), tokens)
 	if cfg.LogLevel >= 1 {
 		handler = accessLog(handler, log.WithName("http"))
 	}
@@ -128,9 +139,11 @@ func serve(cfg *config.Serve, log logr.Logger) error {
 // routes sends every path that is not an operational endpoint to the
 // registry, which answers unknown ones with OCI errors. (http.ServeMux
 // would answer them in plain text, and redirect paths with "..".)
-func routes(reg, metrics, summary http.Handler) http.Handler {
+func routes(reg, metrics, summary, tokens http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
+		case "/token":
+			tokens.ServeHTTP(w, r)
 		case "/metrics":
 			metrics.ServeHTTP(w, r)
 		case "/status/summary":
@@ -141,6 +154,32 @@ func routes(reg, metrics, summary http.Handler) http.Handler {
 			reg.ServeHTTP(w, r)
 		}
 	})
+}
+
+// tokenService builds the login side: who may pull, and the tokens that
+// say so.
+func tokenService(cfg *config.Serve, reg prometheus.Registerer, log logr.Logger) (*token.Guard, *token.Server, error) {
+	var key *ecdsa.PrivateKey
+	var err error
+	if cfg.TokenKey != "" {
+		if key, err = token.LoadKey(cfg.TokenKey); err != nil {
+			return nil, nil, err
+		}
+	} else {
+		if key, _, err = token.GenerateKey(); err != nil {
+			return nil, nil, err
+		}
+		log.Info("no --token-key: generated a signing key; tokens will not survive a restart or work across replicas")
+	}
+	var users *token.Users
+	if cfg.Users != "" {
+		if users, err = token.LoadUsers(cfg.Users); err != nil {
+			return nil, nil, err
+		}
+	}
+	signer := token.NewSigner(key, cfg.Tenant, nil)
+	return token.NewGuard(signer, users == nil, cfg.ExternalURL, cfg.Tenant),
+		token.NewServer(signer, users, reg, log.WithName("token")), nil
 }
 
 // summaryHandler reports what the cache holds, for the operator's status.

@@ -25,6 +25,11 @@ type Serve struct {
 	RecheckInterval   time.Duration
 	PrefetchPlatforms string
 	SummaryInterval   time.Duration
+	Users             string
+	TokenKey          string
+	ExternalURL       string
+	Tenant            string
+	UpstreamCreds     string
 	LogLevel          int
 }
 
@@ -41,6 +46,11 @@ func Flags(fs *flag.FlagSet) *Serve {
 	fs.DurationVar(&s.RecheckInterval, "recheck-interval", 0, "how long a tag checked with the upstream is served without asking again; 0 asks (one HEAD) on every tag request")
 	fs.StringVar(&s.PrefetchPlatforms, "prefetch-platforms", "", "comma-separated platforms (linux/amd64,linux/arm64/v8) whose images are cached as soon as their index is")
 	fs.DurationVar(&s.SummaryInterval, "summary-interval", time.Minute, "how long a scan of the storage for /status/summary is reused")
+	fs.StringVar(&s.Users, "users", "", "who may log in: an htpasswd file (bcrypt) or a directory with a file per user holding a password or bcrypt hash; without it, pulls are anonymous")
+	fs.StringVar(&s.TokenKey, "token-key", "", "PEM ECDSA P-256 key that signs tokens; without it a key is generated at start (tokens then die with the process)")
+	fs.StringVar(&s.ExternalURL, "external-url", "", "where clients reach this proxy (e.g. https://cache.example); the token realm is under it. Default: the request's host")
+	fs.StringVar(&s.Tenant, "tenant", "depproxy", "the tenant's name: the token audience and the challenge's service; a token of another tenant is refused")
+	fs.StringVar(&s.UpstreamCreds, "upstream-credentials", "", "credentials for the upstream: a directory (a mounted Secret) with .dockerconfigjson, or username and password files; re-read when they change")
 	fs.IntVar(&s.LogLevel, "log-level", 0, "log verbosity: 0 events, 1 also each request")
 	return s
 }

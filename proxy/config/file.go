@@ -14,6 +14,11 @@ type File struct {
 	RecheckInterval   string `json:"recheck-interval,omitempty"`
 	PrefetchPlatforms string `json:"prefetch-platforms,omitempty"`
 	SummaryInterval   string `json:"summary-interval,omitempty"`
+	Users             string `json:"users,omitempty"`
+	TokenKey          string `json:"token-key,omitempty"`
+	ExternalURL       string `json:"external-url,omitempty"`
+	Tenant            string `json:"tenant,omitempty"`
+	UpstreamCreds     string `json:"upstream-credentials,omitempty"`
 }
 
 // Marshal renders the file.

@@ -7,6 +7,7 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/manifest"
+	"github.com/depproxy/depproxy/proxy/token"
 	"github.com/depproxy/depproxy/proxy/upstream"
 )
 
@@ -17,6 +18,8 @@ type regError struct {
 	Message string
 	// retryAfter is passed on from an upstream 429.
 	retryAfter string
+	// challenge is the WWW-Authenticate header of a 401.
+	challenge string
 }
 
 func (e *regError) Error() string { return e.Code + ": " + e.Message }
@@ -27,6 +30,9 @@ var errUnknownRoute = &regError{Status: http.StatusNotFound, Code: "NOT_FOUND", 
 func (e *regError) write(w http.ResponseWriter, r *http.Request) {
 	if e.retryAfter != "" {
 		w.Header().Set("Retry-After", e.retryAfter)
+	}
+	if e.challenge != "" {
+		w.Header().Set("WWW-Authenticate", e.challenge)
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(e.Status)
@@ -48,9 +54,12 @@ func (e *regError) write(w http.ResponseWriter, r *http.Request) {
 func toRegError(err error, notFound string) *regError {
 	var re *regError
 	var se *upstream.StatusError
+	var ch *token.Challenge
 	switch {
 	case errors.As(err, &re):
 		return re
+	case errors.As(err, &ch):
+		return &regError{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: ch.Reason, challenge: ch.Header}
 	case errors.As(err, &se):
 		switch se.StatusCode {
 		case http.StatusNotFound:

@@ -25,15 +25,21 @@ type Cache interface {
 	Referrers(ctx context.Context, repo string, d digest.Digest, query url.Values) []byte
 }
 
+// Authorizer decides whether a request may read repo ("" for /v2/).
+type Authorizer interface {
+	Authorize(r *http.Request, repo string) error
+}
+
 // Registry serves the OCI distribution pull API.
 type Registry struct {
 	cache Cache
+	auth  Authorizer
 	log   logr.Logger
 }
 
-// New returns the /v2 handler.
-func New(c Cache, log logr.Logger) *Registry {
-	return &Registry{cache: c, log: log}
+// New returns the /v2 handler. A nil auth lets everyone pull.
+func New(c Cache, auth Authorizer, log logr.Logger) *Registry {
+	return &Registry{cache: c, auth: auth, log: log}
 }
 
 func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -47,6 +53,12 @@ func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if rerr != nil {
 		rerr.write(w, r)
 		return
+	}
+	if reg.auth != nil {
+		if err := reg.auth.Authorize(r, rt.name); err != nil {
+			toRegError(err, "").write(w, r)
+			return
+		}
 	}
 	var err error
 	switch rt.kind {

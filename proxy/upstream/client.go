@@ -130,6 +130,9 @@ func defaultTransport() *http.Transport {
 	return t
 }
 
+// Host is the registry's host, as credentials are keyed.
+func (c *Client) Host() string { return c.registry.RegistryStr() }
+
 // Repository maps a client's repository name to the upstream's: Docker Hub
 // serves official images under library/.
 func (c *Client) Repository(repo string) string {

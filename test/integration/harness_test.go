@@ -75,7 +75,7 @@ func startProxy(t *testing.T, upstreamURL string, store storage.Storage, opts ..
 	logs := &syncBuffer{}
 	log := funcr.New(func(prefix, args string) { logs.WriteString(prefix + " " + args + "\n") }, funcr.Options{})
 	c := cache.New(up, store, append([]cache.Option{cache.WithLogger(log)}, opts...)...)
-	srv := httptest.NewServer(registry.New(c, log))
+	srv := httptest.NewServer(registry.New(c, nil, log))
 	t.Cleanup(srv.Close)
 	return &proxy{cache: c, URL: srv.URL, Host: strings.TrimPrefix(srv.URL, "http://"), store: store, logs: logs}
 }

@@ -1,0 +1,71 @@
+package token
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+)
+
+// Challenge is a refused request: the registry answers 401 with Header as
+// WWW-Authenticate, telling the client where to get a token.
+type Challenge struct {
+	Header string
+	Reason string
+}
+
+func (c *Challenge) Error() string { return "authentication required: " + c.Reason }
+
+// Guard checks the bearer token on each /v2 request.
+type Guard struct {
+	signer      *Signer
+	anonymous   bool
+	externalURL string
+	service     string
+}
+
+// NewGuard returns the check for one tenant. externalURL, when set, is
+// where clients reach the proxy (the realm is under it); otherwise the
+// request's own host is used.
+func NewGuard(signer *Signer, anonymous bool, externalURL, tenant string) *Guard {
+	return &Guard{signer: signer, anonymous: anonymous, externalURL: strings.TrimRight(externalURL, "/"), service: tenant}
+}
+
+// Authorize lets r through to repo ("" for /v2/ itself) or returns a
+// *Challenge.
+func (g *Guard) Authorize(r *http.Request, repo string) error {
+	h := r.Header.Get("Authorization")
+	if h == "" && g.anonymous {
+		return nil
+	}
+	raw, ok := strings.CutPrefix(h, "Bearer ")
+	if !ok {
+		return g.challenge(r, repo, "", "no bearer token")
+	}
+	c, err := g.signer.Verify(strings.TrimSpace(raw), "access")
+	if err != nil {
+		return g.challenge(r, repo, "invalid_token", err.Error())
+	}
+	if repo != "" && !c.Allows(repo) {
+		return g.challenge(r, repo, "insufficient_scope", "the token does not grant pull on "+repo)
+	}
+	return nil
+}
+
+func (g *Guard) challenge(r *http.Request, repo, errCode, reason string) *Challenge {
+	realm := g.externalURL
+	if realm == "" {
+		scheme := "http"
+		if r.TLS != nil || r.Header.Get("X-Forwarded-Proto") == "https" {
+			scheme = "https"
+		}
+		realm = scheme + "://" + r.Host
+	}
+	h := fmt.Sprintf(`Bearer realm=%q,service=%q`, realm+"/token", g.service)
+	if repo != "" {
+		h += fmt.Sprintf(`,scope=%q`, "repository:"+repo+":pull")
+	}
+	if errCode != "" {
+		h += fmt.Sprintf(`,error=%q`, errCode)
+	}
+	return &Challenge{Header: h, Reason: reason}
+}

@@ -1,0 +1,107 @@
+package token
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// Users are the people who may log in, with bcrypt hashes of their
+// passwords.
+type Users struct {
+	hashes map[string][]byte
+	// dummy is compared against for unknown users, so that a failed
+	// login takes as long whether or not the user exists.
+	dummy []byte
+}
+
+// LoadUsers reads an htpasswd file (user:bcrypt-hash lines) or a
+// directory holding one file per user (a mounted Secret), whose content is
+// a bcrypt hash or a plain password; plain ones are hashed on load and
+// never kept.
+func LoadUsers(path string) (*Users, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("users: %w", err)
+	}
+	u := &Users{hashes: map[string][]byte{}}
+	if st.IsDir() {
+		entries, err := os.ReadDir(path)
+		if err != nil {
+			return nil, fmt.Errorf("users: %w", err)
+		}
+		for _, e := range entries {
+			if e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+				continue // a mounted Secret's ..data links
+			}
+			raw, err := os.ReadFile(filepath.Join(path, e.Name()))
+			if err != nil {
+				return nil, fmt.Errorf("users: %w", err)
+			}
+			if err := u.add(e.Name(), bytes.TrimRight(raw, "\r\n")); err != nil {
+				return nil, err
+			}
+		}
+	} else {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("users: %w", err)
+		}
+		sc := bufio.NewScanner(bytes.NewReader(raw))
+		for line := 1; sc.Scan(); line++ {
+			text := strings.TrimSpace(sc.Text())
+			if text == "" || strings.HasPrefix(text, "#") {
+				continue
+			}
+			user, hash, ok := strings.Cut(text, ":")
+			if !ok || !isBcrypt([]byte(hash)) {
+				return nil, fmt.Errorf("users: %s line %d: want user:bcrypt-hash (htpasswd -B)", path, line)
+			}
+			if err := u.add(user, []byte(hash)); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if len(u.hashes) == 0 {
+		return nil, fmt.Errorf("users: %s has no users", path)
+	}
+	u.dummy, _ = bcrypt.GenerateFromPassword([]byte("no such user"), bcrypt.DefaultCost)
+	return u, nil
+}
+
+func (u *Users) add(user string, secret []byte) error {
+	if user == "" || len(secret) == 0 {
+		return errors.New("users: an empty user name or password")
+	}
+	if isBcrypt(secret) {
+		u.hashes[user] = secret
+		return nil
+	}
+	hash, err := bcrypt.GenerateFromPassword(secret, bcrypt.DefaultCost)
+	if err != nil {
+		return fmt.Errorf("users: hashing %s's password: %w", user, err)
+	}
+	u.hashes[user] = hash
+	return nil
+}
+
+func isBcrypt(b []byte) bool {
+	_, err := bcrypt.Cost(b)
+	return err == nil
+}
+
+// Check reports whether the password is the user's.
+func (u *Users) Check(user, password string) bool {
+	hash, ok := u.hashes[user]
+	if !ok {
+		hash = u.dummy
+	}
+	err := bcrypt.CompareHashAndPassword(hash, []byte(password))
+	return ok && err == nil
+}

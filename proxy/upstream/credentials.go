@@ -1,0 +1,84 @@
+package upstream
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/docker/cli/cli/config/configfile"
+	"github.com/google/go-containerregistry/pkg/authn"
+)
+
+// FileCredentials reads the upstream's credentials from a mounted Secret:
+// a directory with .dockerconfigjson (a kubernetes.io/dockerconfigjson
+// Secret), or with username and password files (basic-auth). It re-reads
+// them when the Secret changes, so a rotated password needs no restart.
+func FileCredentials(dir, registryHost string) authn.Authenticator {
+	return &fileCredentials{dir: dir, host: registryHost}
+}
+
+type fileCredentials struct {
+	dir, host string
+
+	mu      sync.Mutex
+	version string
+	cfg     *authn.AuthConfig
+	err     error
+}
+
+// Authorization implements authn.Authenticator.
+func (f *fileCredentials) Authorization() (*authn.AuthConfig, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if v := f.currentVersion(); v != f.version || f.cfg == nil && f.err == nil {
+		f.version = v
+		f.cfg, f.err = f.load()
+	}
+	return f.cfg, f.err
+}
+
+// currentVersion changes whenever a file of the Secret does. (Kubernetes
+// swaps a mounted Secret's files through a symlink, which changes them
+// all at once.)
+func (f *fileCredentials) currentVersion() string {
+	var b strings.Builder
+	for _, name := range []string{".dockerconfigjson", "username", "password"} {
+		if st, err := os.Stat(filepath.Join(f.dir, name)); err == nil {
+			fmt.Fprintf(&b, "%s:%d:%d;", name, st.ModTime().UnixNano(), st.Size())
+		}
+	}
+	return b.String()
+}
+
+func (f *fileCredentials) load() (*authn.AuthConfig, error) {
+	if raw, err := os.ReadFile(filepath.Join(f.dir, ".dockerconfigjson")); err == nil {
+		cf := configfile.New("")
+		if err := cf.LoadFromReader(bytes.NewReader(raw)); err != nil {
+			return nil, fmt.Errorf("upstream credentials: .dockerconfigjson: %w", err)
+		}
+		for _, key := range []string{f.host, "https://" + f.host, "http://" + f.host, "https://index.docker.io/v1/"} {
+			if key == "https://index.docker.io/v1/" && f.host != "index.docker.io" {
+				continue
+			}
+			if _, ok := cf.AuthConfigs[key]; ok {
+				ac, err := cf.GetAuthConfig(key)
+				if err != nil {
+					return nil, fmt.Errorf("upstream credentials: %w", err)
+				}
+				return &authn.AuthConfig{Username: ac.Username, Password: ac.Password, Auth: ac.Auth,
+					IdentityToken: ac.IdentityToken, RegistryToken: ac.RegistryToken}, nil
+			}
+		}
+		return nil, fmt.Errorf("upstream credentials: .dockerconfigjson has no entry for %s", f.host)
+	}
+	user, uerr := os.ReadFile(filepath.Join(f.dir, "username"))
+	pass, perr := os.ReadFile(filepath.Join(f.dir, "password"))
+	if uerr != nil || perr != nil {
+		return nil, errors.Join(errors.New("upstream credentials: want .dockerconfigjson, or username and password, in "+f.dir), uerr, perr)
+	}
+	return &authn.AuthConfig{Username: strings.TrimSpace(string(user)), Password: strings.TrimRight(string(pass), "\r\n")}, nil
+}
