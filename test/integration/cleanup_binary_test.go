@@ -7,8 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -50,11 +50,32 @@ func TestCleanupCommandOnManyObjects(t *testing.T) {
 	}
 	summaryFile := filepath.Join(dir, "termination-log")
 	cmd := exec.Command(bin, "cleanup", "--storage", filepath.Join(dir, "data"), "--ttl", "720h", "--summary-file", summaryFile)
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("depproxy cleanup: %v", err)
+	var stdout strings.Builder
+	cmd.Stdout = &stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
 	}
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	// The kernel's high-water mark of the cleanup's own memory. (rusage's
+	// maxrss would count the test process too: the child shares its
+	// memory until exec.)
+	var rss int64
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	for waiting := true; waiting; {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("depproxy cleanup: %v", err)
+			}
+			waiting = false
+		case <-time.After(5 * time.Millisecond):
+			if hwm := vmHWM(cmd.Process.Pid); hwm > rss {
+				rss = hwm
+			}
+		}
+	}
+	out := stdout.String()
+	lines := strings.Split(strings.TrimSpace(out), "\n")
 	var sum struct{ DeletedBlobs, Kept int64 }
 	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &sum); err != nil {
 		t.Fatalf("the last line is not the JSON summary: %q", lines[len(lines)-1])
@@ -65,9 +86,23 @@ func TestCleanupCommandOnManyObjects(t *testing.T) {
 	if raw, _ := os.ReadFile(summaryFile); strings.TrimSpace(string(raw)) != lines[len(lines)-1] {
 		t.Errorf("--summary-file holds %q", raw)
 	}
-	rss := cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss << 10
+	if rss == 0 {
+		t.Fatal("could not read the cleanup's memory from /proc")
+	}
 	t.Logf("cleanup of %d objects: peak RSS %d MiB", n, rss>>20)
 	if rss > 100<<20 {
 		t.Errorf("cleanup of %d objects peaked at %d MiB of RSS", n, rss>>20)
 	}
+}
+
+// vmHWM is a process's peak RSS in bytes, 0 if it is gone.
+func vmHWM(pid int) int64 {
+	raw, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(raw), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
 }

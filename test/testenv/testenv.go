@@ -185,7 +185,7 @@ func StartMinIO(t T) *MinIO {
 			"--console-address", FreeAddr(t), filepath.Join(dir, "data")},
 		env:   []string{"MINIO_ROOT_USER=" + m.AccessKey, "MINIO_ROOT_PASSWORD=" + m.SecretKey, "MINIO_BROWSER=off"},
 		log:   filepath.Join(dir, "minio.log"),
-		ready: "http://" + addr + "/minio/health/live",
+		ready: "http://" + addr + "/minio/health/ready",
 	}
 	m.Start()
 	t.Cleanup(m.Stop)
