@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -182,5 +183,12 @@ func pushRaw(t *testing.T, reg, repo, tag string, mt types.MediaType, body []byt
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("pushing raw manifest %s: %s", repo, resp.Status)
+	}
+}
+
+func pushAuthed(t *testing.T, reg, repo, tag string, img v1.Image, user, pass string) {
+	t.Helper()
+	if err := remote.Write(ref(t, reg, repo, tag), img, remote.WithAuth(&authn.Basic{Username: user, Password: pass})); err != nil {
+		t.Fatalf("pushing %s: %v", repo, err)
 	}
 }
