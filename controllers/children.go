@@ -1,8 +1,13 @@
 package controllers
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"sort"
 	"strings"
@@ -33,6 +38,12 @@ const (
 	accessKeyEnv   = "AWS_ACCESS_KEY_ID"
 	secretKeyEnv   = "AWS_SECRET_ACCESS_KEY"
 	spoolMountPath = "/tmp"
+
+	tokenKeyDir    = configDir + "/token"
+	tokenKeyFile   = "key.pem"
+	usersDir       = configDir + "/users"
+	upstreamDir    = configDir + "/upstream"
+	secretsHashKey = "depproxy.dev/secrets-hash"
 )
 
 // proxyName names every child of a DependencyProxy.
@@ -50,6 +61,21 @@ func objectMeta(name, namespace string, labels map[string]string) metav1.ObjectM
 	return metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: labels}
 }
 
+// tenantName is the token audience: a token of one tenant is refused by
+// every other.
+func tenantName(dp *depproxyv1.DependencyProxy) string { return dp.Namespace + "/" + dp.Name }
+
+// tokenKeyName names the Secret holding the tenant's token signing key.
+func tokenKeyName(dp *depproxyv1.DependencyProxy) string { return proxyName(dp) + "-token-key" }
+
+// usersSecret is the Secret of users, if logins are on.
+func usersSecret(dp *depproxyv1.DependencyProxy) string {
+	if dp.Spec.Auth != nil && dp.Spec.Auth.UsersSecretRef != nil {
+		return dp.Spec.Auth.UsersSecretRef.Name
+	}
+	return ""
+}
+
 // proxyConfig is the proxy's config file for this spec.
 func proxyConfig(dp *depproxyv1.DependencyProxy) config.File {
 	s := dp.Spec.Storage
@@ -65,7 +91,65 @@ func proxyConfig(dp *depproxyv1.DependencyProxy) config.File {
 		S3Insecure:        s.Insecure,
 		RecheckInterval:   dp.Spec.RecheckInterval.Duration.String(),
 		PrefetchPlatforms: strings.Join(dp.Spec.PrefetchPlatforms, ","),
+		Tenant:            tenantName(dp),
+		TokenKey:          tokenKeyDir + "/" + tokenKeyFile,
+		Users:             ifSet(usersSecret(dp), usersDir),
+		UpstreamCreds:     ifSet(upstreamCredsSecret(dp), upstreamDir),
 	}
+}
+
+func upstreamCredsSecret(dp *depproxyv1.DependencyProxy) string {
+	if ref := dp.Spec.Upstream.CredentialsSecretRef; ref != nil {
+		return ref.Name
+	}
+	return ""
+}
+
+func ifSet(cond, v string) string {
+	if cond == "" {
+		return ""
+	}
+	return v
+}
+
+// desiredTokenKey is the tenant's signing key, made once: deleting the
+// Secret rotates it (the operator makes a new one and the pods roll), and
+// tokens signed with the old one stop working.
+func desiredTokenKey(dp *depproxyv1.DependencyProxy) (*corev1.Secret, error) {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		return nil, err
+	}
+	return &corev1.Secret{
+		ObjectMeta: objectMeta(tokenKeyName(dp), dp.Namespace, proxyLabels(dp)),
+		Type:       corev1.SecretTypeOpaque,
+		Data:       map[string][]byte{tokenKeyFile: pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})},
+	}, nil
+}
+
+// secretsHash changes when any Secret the pods read changes: it is a pod
+// template annotation, so new users or a new key roll the pods.
+func secretsHash(secrets ...*corev1.Secret) string {
+	parts := []string{}
+	for _, s := range secrets {
+		if s == nil {
+			continue
+		}
+		keys := make([]string, 0, len(s.Data))
+		for k := range s.Data {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		parts = append(parts, s.Name)
+		for _, k := range keys {
+			parts = append(parts, k, string(s.Data[k]))
+		}
+	}
+	return hashOf(parts...)
 }
 
 // desiredConfigMap holds the proxy's config file.
@@ -151,11 +235,32 @@ func configVolumes(dp *depproxyv1.DependencyProxy) ([]corev1.Volume, []corev1.Vo
 		}
 }
 
+// secretVolumes mount the token key, the users and the upstream
+// credentials, each where the config file says.
+func secretVolumes(dp *depproxyv1.DependencyProxy) ([]corev1.Volume, []corev1.VolumeMount) {
+	var vols []corev1.Volume
+	var mounts []corev1.VolumeMount
+	add := func(name, secret, path string) {
+		if secret == "" {
+			return
+		}
+		vols = append(vols, corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName: secret, DefaultMode: ptr.To[int32](0o440)}}})
+		mounts = append(mounts, corev1.VolumeMount{Name: name, MountPath: path, ReadOnly: true})
+	}
+	add("token-key", tokenKeyName(dp), tokenKeyDir)
+	add("users", usersSecret(dp), usersDir)
+	add("upstream-credentials", upstreamCredsSecret(dp), upstreamDir)
+	return vols, mounts
+}
+
 // desiredDeployment runs the proxy with the rendered config.
-func desiredDeployment(dp *depproxyv1.DependencyProxy, defaultImage, cfgHash string) *appsv1.Deployment {
+func desiredDeployment(dp *depproxyv1.DependencyProxy, defaultImage, cfgHash, secHash string) *appsv1.Deployment {
 	labels := proxyLabels(dp)
 	podSec, sec := restrictedSecurity()
 	volumes, mounts := configVolumes(dp)
+	sv, sm := secretVolumes(dp)
+	volumes, mounts = append(volumes, sv...), append(mounts, sm...)
 	probe := func(path string) *corev1.Probe {
 		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
 			Path: path, Port: intstr.FromString("http"),
@@ -167,7 +272,7 @@ func desiredDeployment(dp *depproxyv1.DependencyProxy, defaultImage, cfgHash str
 			Replicas: dp.Spec.Replicas,
 			Selector: &metav1.LabelSelector{MatchLabels: labels},
 			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{configHashKey: cfgHash}},
+				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{configHashKey: cfgHash, secretsHashKey: secHash}},
 				Spec: corev1.PodSpec{
 					ServiceAccountName: proxyName(dp),
 					SecurityContext:    podSec,

@@ -50,11 +50,11 @@ func TestConfigHashFollowsTheConfig(t *testing.T) {
 
 func TestImageOverride(t *testing.T) {
 	dp := testProxy()
-	if got := desiredDeployment(dp, "default:1", "h").Spec.Template.Spec.Containers[0].Image; got != "default:1" {
+	if got := desiredDeployment(dp, "default:1", "h", "s").Spec.Template.Spec.Containers[0].Image; got != "default:1" {
 		t.Errorf("image %s", got)
 	}
 	dp.Spec.Image = "mine:2"
-	if got := desiredDeployment(dp, "default:1", "h").Spec.Template.Spec.Containers[0].Image; got != "mine:2" {
+	if got := desiredDeployment(dp, "default:1", "h", "s").Spec.Template.Spec.Containers[0].Image; got != "mine:2" {
 		t.Errorf("image %s", got)
 	}
 }

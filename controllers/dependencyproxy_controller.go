@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -20,7 +21,9 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
 )
@@ -58,7 +61,7 @@ var errStalled = errors.New("stalled")
 // +kubebuilder:rbac:groups=depproxy.dev,resources=dependencyproxies/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;delete
 // +kubebuilder:rbac:groups="",resources=configmaps;services;serviceaccounts,verbs=get;list;watch;create;update;delete
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create
 // +kubebuilder:rbac:groups=monitoring.coreos.com,resources=servicemonitors,verbs=get;list;watch;create;update;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
@@ -89,17 +92,15 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		}
 	}()
 
-	if dp.Spec.Auth != nil && dp.Spec.Auth.UsersSecretRef != nil {
-		// Until logins are served, a tenant asking for them must not get an
-		// open cache instead.
-		msg := "spec.auth.usersSecretRef: logins are not supported by this version of depproxy; use anonymous: true or upgrade"
-		r.Recorder.Eventf(dp, nil, corev1.EventTypeWarning, depproxyv1.ReasonAuthNotSupported, "Reconcile", msg)
-		return ctrl.Result{}, fmt.Errorf("%w: %s", errStalled, msg)
-	}
-	if err := r.checkSecrets(ctx, dp); err != nil {
+	secrets, err := r.checkSecrets(ctx, dp)
+	if err != nil {
 		return ctrl.Result{}, err
 	}
-	deploy, err := r.applyChildren(ctx, dp)
+	key, err := r.ensureTokenKey(ctx, dp)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	deploy, err = r.applyChildren(ctx, dp, secretsHash(append(secrets, key)...))
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -116,35 +117,83 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	return ctrl.Result{RequeueAfter: r.SummaryInterval}, nil
 }
 
-// checkSecrets refuses to roll out pods that could only crash-loop.
-func (r *DependencyProxyReconciler) checkSecrets(ctx context.Context, dp *depproxyv1.DependencyProxy) error {
+// referencedSecrets are the Secrets a spec names, by the field naming them.
+func referencedSecrets(dp *depproxyv1.DependencyProxy) map[string]string {
 	refs := map[string]string{"storage.credentialsSecretRef": dp.Spec.Storage.CredentialsSecretRef.Name}
-	if ref := dp.Spec.Upstream.CredentialsSecretRef; ref != nil {
-		refs["upstream.credentialsSecretRef"] = ref.Name
+	if name := upstreamCredsSecret(dp); name != "" {
+		refs["upstream.credentialsSecretRef"] = name
 	}
-	for field, name := range refs {
-		err := r.Get(ctx, client.ObjectKey{Namespace: dp.Namespace, Name: name}, &corev1.Secret{})
+	if name := usersSecret(dp); name != "" {
+		refs["auth.usersSecretRef"] = name
+	}
+	return refs
+}
+
+// checkSecrets refuses to roll out pods that could only crash-loop, and
+// returns the Secrets the pods read (their contents roll the pods).
+func (r *DependencyProxyReconciler) checkSecrets(ctx context.Context, dp *depproxyv1.DependencyProxy) ([]*corev1.Secret, error) {
+	refs := referencedSecrets(dp)
+	fields := make([]string, 0, len(refs))
+	for f := range refs {
+		fields = append(fields, f)
+	}
+	sort.Strings(fields)
+	var out []*corev1.Secret
+	for _, field := range fields {
+		name := refs[field]
+		s := &corev1.Secret{}
+		err := r.Get(ctx, client.ObjectKey{Namespace: dp.Namespace, Name: name}, s)
 		if client.IgnoreNotFound(err) != nil {
-			return err
+			return nil, err
 		}
 		if err != nil {
 			msg := fmt.Sprintf("Secret %q named by spec.%s does not exist in namespace %s", name, field, dp.Namespace)
 			r.Recorder.Eventf(dp, nil, corev1.EventTypeWarning, depproxyv1.ReasonSecretNotFound, "Reconcile", msg)
-			return fmt.Errorf("%w: %s", errWaiting, msg)
+			return nil, fmt.Errorf("%w: %s", errWaiting, msg)
+		}
+		if field == "auth.usersSecretRef" && len(s.Data) == 0 {
+			msg := fmt.Sprintf("Secret %q named by spec.auth.usersSecretRef has no users: add keys user=password", name)
+			r.Recorder.Eventf(dp, nil, corev1.EventTypeWarning, depproxyv1.ReasonInvalidSecret, "Reconcile", msg)
+			return nil, fmt.Errorf("%w: %s", errStalled, msg)
+		}
+		if field != "storage.credentialsSecretRef" {
+			out = append(out, s)
 		}
 	}
-	return nil
+	return out, nil
+}
+
+// ensureTokenKey makes the tenant's signing key once; it is never
+// updated, only recreated after someone deletes it (rotation).
+func (r *DependencyProxyReconciler) ensureTokenKey(ctx context.Context, dp *depproxyv1.DependencyProxy) (*corev1.Secret, error) {
+	s := &corev1.Secret{}
+	err := r.Get(ctx, client.ObjectKey{Namespace: dp.Namespace, Name: tokenKeyName(dp)}, s)
+	if err == nil || client.IgnoreNotFound(err) != nil {
+		return s, err
+	}
+	s, err = desiredTokenKey(dp)
+	if err != nil {
+		return nil, err
+	}
+	if err := controllerutil.SetControllerReference(dp, s, r.Scheme); err != nil {
+		return nil, err
+	}
+	if err := r.Create(ctx, s); err != nil {
+		return nil, fmt.Errorf("creating the token signing key: %w", err)
+	}
+	r.Recorder.Eventf(dp, s, corev1.EventTypeNormal, depproxyv1.ReasonCreated, "Create", "created token signing key Secret %s", s.Name)
+	return s, nil
 }
 
 // applyChildren creates or updates every child; it returns the
 // Deployment as the API server has it.
-func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *depproxyv1.DependencyProxy) (*appsv1.Deployment, error) {
+func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *depproxyv1.DependencyProxy, secHash string) (*appsv1.Deployment, error) {
 	a := applier{client: r.Client, scheme: r.Scheme}
 	cm, err := desiredConfigMap(dp)
 	if err != nil {
 		return nil, err
 	}
-	deploy := desiredDeployment(dp, r.ProxyImage, configHash(cm))
+	deploy := desiredDeployment(dp, r.ProxyImage, configHash(cm), secHash)
 	children := []child{
 		{obj: desiredServiceAccount(dp), copy: func(e, d client.Object) {
 			e.(*corev1.ServiceAccount).AutomountServiceAccountToken = d.(*corev1.ServiceAccount).AutomountServiceAccountToken
@@ -201,6 +250,7 @@ func sameDeployment(e, d client.Object) bool {
 	es, ds := e.(*appsv1.Deployment).Spec, d.(*appsv1.Deployment).Spec
 	if !equality.Semantic.DeepEqual(es.Replicas, ds.Replicas) ||
 		es.Template.Annotations[configHashKey] != ds.Template.Annotations[configHashKey] ||
+		es.Template.Annotations[secretsHashKey] != ds.Template.Annotations[secretsHashKey] ||
 		len(es.Template.Spec.Containers) != len(ds.Template.Spec.Containers) {
 		return false
 	}
@@ -238,7 +288,7 @@ func (r *DependencyProxyReconciler) computeStatus(dp *depproxyv1.DependencyProxy
 		case errors.Is(err, errWaiting):
 			reason = depproxyv1.ReasonSecretNotFound
 		case errors.Is(err, errStalled):
-			reason = depproxyv1.ReasonAuthNotSupported
+			reason = depproxyv1.ReasonInvalidSecret
 		}
 		set(depproxyv1.ConditionDegraded, metav1.ConditionTrue, reason, err.Error())
 		set(depproxyv1.ConditionReady, metav1.ConditionFalse, reason, err.Error())
@@ -256,13 +306,33 @@ func (r *DependencyProxyReconciler) computeStatus(dp *depproxyv1.DependencyProxy
 	set(depproxyv1.ConditionProgressing, metav1.ConditionTrue, depproxyv1.ReasonRollingOut, msg)
 }
 
-// SetupWithManager watches DependencyProxies and the children they own.
+// SetupWithManager watches DependencyProxies, the children they own, and
+// the Secrets they name (new users roll the pods; a Secret created late
+// unblocks its proxy).
 func (r *DependencyProxyReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	bySecret := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		list := &depproxyv1.DependencyProxyList{}
+		if err := r.List(ctx, list, client.InNamespace(o.GetNamespace())); err != nil {
+			return nil
+		}
+		var reqs []reconcile.Request
+		for i := range list.Items {
+			for _, name := range referencedSecrets(&list.Items[i]) {
+				if name == o.GetName() {
+					reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+					break
+				}
+			}
+		}
+		return reqs
+	})
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&depproxyv1.DependencyProxy{}).
 		Owns(&appsv1.Deployment{}).
 		Owns(&corev1.ConfigMap{}).
 		Owns(&corev1.Service{}).
 		Owns(&corev1.ServiceAccount{}).
+		Owns(&corev1.Secret{}).
+		Watches(&corev1.Secret{}, bySecret).
 		Complete(r)
 }

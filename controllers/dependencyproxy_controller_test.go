@@ -211,8 +211,11 @@ func TestMissingSecretDegrades(t *testing.T) {
 	}
 }
 
-func TestUsersSecretRefIsNotServedOpen(t *testing.T) {
+// Logins: the operator makes the tenant's signing key, mounts it and the
+// users into the pods, and rolls them when either changes.
+func TestLoginsAreWired(t *testing.T) {
 	ns := namespace(t)
+	ctx := context.Background()
 	storageSecret(t, ns, "minio", map[string]string{"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"})
 	dp := &depproxyv1.DependencyProxy{
 		ObjectMeta: metav1.ObjectMeta{Name: "locked", Namespace: ns},
@@ -221,15 +224,69 @@ func TestUsersSecretRefIsNotServedOpen(t *testing.T) {
 			Auth:    &depproxyv1.AuthSpec{UsersSecretRef: &corev1.LocalObjectReference{Name: "users"}},
 		},
 	}
-	if err := k8sClient.Create(context.Background(), dp); err != nil {
+	if err := k8sClient.Create(ctx, dp); err != nil {
 		t.Fatal(err)
 	}
 	r, _ := newProxyReconciler(k8sClient)
 	reconcileProxy(t, r, dp)
-	k8sClient.Get(context.Background(), client.ObjectKeyFromObject(dp), dp)
-	assertCondition(t, dp, depproxyv1.ConditionDegraded, metav1.ConditionTrue, depproxyv1.ReasonAuthNotSupported)
-	if err := k8sClient.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "locked-depproxy"}, &appsv1.Deployment{}); err == nil {
-		t.Error("an open proxy was rolled out for a tenant that asked for logins")
+	k8sClient.Get(ctx, client.ObjectKeyFromObject(dp), dp)
+	assertCondition(t, dp, depproxyv1.ConditionDegraded, metav1.ConditionTrue, depproxyv1.ReasonSecretNotFound)
+
+	storageSecret(t, ns, "users", map[string]string{"alice": "s3cret"})
+	reconcileProxy(t, r, dp)
+	key := &corev1.Secret{}
+	if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "locked-depproxy-token-key"}, key); err != nil {
+		t.Fatalf("no signing key Secret: %v", err)
+	}
+	if !strings.Contains(string(key.Data["key.pem"]), "EC PRIVATE KEY") || metav1.GetControllerOf(key).Name != "locked" {
+		t.Errorf("signing key Secret: %v, owner %+v", key.Data, key.OwnerReferences)
+	}
+	name := client.ObjectKey{Namespace: ns, Name: "locked-depproxy"}
+	cm, d := &corev1.ConfigMap{}, &appsv1.Deployment{}
+	k8sClient.Get(ctx, name, cm)
+	k8sClient.Get(ctx, name, d)
+	for _, line := range []string{"users: /etc/depproxy/users", "token-key: /etc/depproxy/token/key.pem", "tenant: " + ns + "/locked"} {
+		if !strings.Contains(cm.Data["config.yaml"], line) {
+			t.Errorf("config.yaml lacks %q:\n%s", line, cm.Data["config.yaml"])
+		}
+	}
+	mounts := map[string]string{}
+	for _, m := range d.Spec.Template.Spec.Containers[0].VolumeMounts {
+		mounts[m.MountPath] = m.Name
+	}
+	secrets := map[string]string{}
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		if v.Secret != nil {
+			secrets[v.Name] = v.Secret.SecretName
+		}
+	}
+	if secrets[mounts["/etc/depproxy/users"]] != "users" || secrets[mounts["/etc/depproxy/token"]] != "locked-depproxy-token-key" {
+		t.Fatalf("mounts %v, secret volumes %v", mounts, secrets)
+	}
+
+	hash := func() string {
+		k8sClient.Get(ctx, name, d)
+		return d.Spec.Template.Annotations[secretsHashKey]
+	}
+	before := hash()
+	users := &corev1.Secret{}
+	k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "users"}, users)
+	users.StringData = map[string]string{"bob": "hunter2"}
+	if err := k8sClient.Update(ctx, users); err != nil {
+		t.Fatal(err)
+	}
+	reconcileProxy(t, r, dp)
+	afterUsers := hash()
+	if afterUsers == before {
+		t.Error("a new user did not roll the pods")
+	}
+	// Rotation: delete the key; a new one is made and the pods roll.
+	if err := k8sClient.Delete(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	reconcileProxy(t, r, dp)
+	if hash() == afterUsers {
+		t.Error("a rotated signing key did not roll the pods")
 	}
 }
 

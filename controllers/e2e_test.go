@@ -49,12 +49,14 @@ func TestRenderedProxyServes(t *testing.T) {
 
 	ns := namespace(t)
 	storageSecret(t, ns, "minio", map[string]string{"AWS_ACCESS_KEY_ID": m.AccessKey, "AWS_SECRET_ACCESS_KEY": m.SecretKey})
+	storageSecret(t, ns, "users", map[string]string{"alice": "s3cret"})
 	dp := &depproxyv1.DependencyProxy{
 		ObjectMeta: metav1.ObjectMeta{Name: "e2e", Namespace: ns},
 		Spec: depproxyv1.DependencyProxySpec{
 			Upstream: depproxyv1.UpstreamSpec{URL: reg.URL()},
 			Storage: depproxyv1.StorageSpec{Endpoint: m.Addr, Bucket: "e2e-cache", Prefix: "team-e2e", Insecure: true,
 				CredentialsSecretRef: corev1.LocalObjectReference{Name: "minio"}},
+			Auth: &depproxyv1.AuthSpec{UsersSecretRef: &corev1.LocalObjectReference{Name: "users"}},
 		},
 	}
 	if err := k8sClient.Create(ctx, dp); err != nil {
@@ -77,14 +79,28 @@ func TestRenderedProxyServes(t *testing.T) {
 	}
 	root := t.TempDir()
 	container := deploy.Spec.Template.Spec.Containers[0]
+	volumes := map[string]corev1.Volume{}
+	for _, v := range deploy.Spec.Template.Spec.Volumes {
+		volumes[v.Name] = v
+	}
 	for _, vm := range container.VolumeMounts {
-		if vm.Name != "config" {
-			continue
-		}
 		dir := filepath.Join(root, vm.MountPath)
 		os.MkdirAll(dir, 0o755)
-		for k, v := range cm.Data {
-			os.WriteFile(filepath.Join(dir, k), []byte(v), 0o644)
+		switch v := volumes[vm.Name]; {
+		case v.ConfigMap != nil:
+			for k, val := range cm.Data {
+				// Paths in the file point at the other mounts: under root here.
+				val = strings.ReplaceAll(val, configDir, filepath.Join(root, configDir))
+				os.WriteFile(filepath.Join(dir, k), []byte(val), 0o644)
+			}
+		case v.Secret != nil:
+			s := &corev1.Secret{}
+			if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: v.Secret.SecretName}, s); err != nil {
+				t.Fatal(err)
+			}
+			for k, val := range s.Data {
+				os.WriteFile(filepath.Join(dir, k), val, 0o600)
+			}
 		}
 	}
 	args := []string{}
@@ -113,18 +129,34 @@ func TestRenderedProxyServes(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	home := t.TempDir()
+	crane := func(args ...string) *exec.Cmd {
+		c := exec.Command(testenv.Tool(t, "crane"), args...)
+		c.Env = append(os.Environ(), "HOME="+home, "DOCKER_CONFIG="+home)
+		return c
+	}
+	loggedIn := false
 	for i := 0; ; i++ {
-		if out, err := exec.Command(testenv.Tool(t, "crane"), "digest", "--insecure", proxyAddr+"/library/app:1.0").CombinedOutput(); err == nil {
+		if out, err := crane("digest", "--insecure", proxyAddr+"/library/app:1.0").CombinedOutput(); err == nil {
+			if !loggedIn {
+				t.Fatalf("pulled without logging in: %s", out)
+			}
 			if got := strings.TrimSpace(string(out)); got != want.String() {
 				t.Fatalf("digest through the rendered proxy %s, want %s", got, want)
 			}
 			break
+		} else if strings.Contains(string(out), "UNAUTHORIZED") {
+			// Up, and asking for a login: log in as the Secret's user.
+			if out, err := crane("auth", "login", proxyAddr, "-u", "alice", "-p", "s3cret").CombinedOutput(); err != nil {
+				t.Fatalf("crane auth login: %v\n%s", err, out)
+			}
+			loggedIn = true
 		} else if i > 100 {
 			t.Fatalf("the rendered proxy does not serve: %v\n%s\nits log:\n%s", err, out, logs.String())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	out, err := exec.Command(testenv.Tool(t, "crane"), "pull", "--insecure", "--format", "oci", proxyAddr+"/library/app:1.0", t.TempDir()).CombinedOutput()
+	out, err := crane("pull", "--insecure", "--format", "oci", proxyAddr+"/library/app:1.0", t.TempDir()).CombinedOutput()
 	if err != nil {
 		t.Fatalf("crane pull: %v\n%s", err, out)
 	}

@@ -14,17 +14,17 @@ const (
 
 // Condition reasons; the same string is used for the event.
 const (
-	ReasonAvailable        = "Available"
-	ReasonRollingOut       = "RollingOut"
-	ReasonReconciled       = "Reconciled"
-	ReasonSecretNotFound   = "SecretNotFound"
-	ReasonTargetNotFound   = "TargetNotFound"
-	ReasonAuthNotSupported = "UsersNotSupportedYet"
-	ReasonScheduled        = "Scheduled"
-	ReasonSuspended        = "Suspended"
-	ReasonConfigRolled     = "ConfigRolled"
-	ReasonCreated          = "Created"
-	ReasonReconcileFailed  = "ReconcileFailed"
+	ReasonAvailable       = "Available"
+	ReasonRollingOut      = "RollingOut"
+	ReasonReconciled      = "Reconciled"
+	ReasonSecretNotFound  = "SecretNotFound"
+	ReasonTargetNotFound  = "TargetNotFound"
+	ReasonInvalidSecret   = "InvalidSecret"
+	ReasonScheduled       = "Scheduled"
+	ReasonSuspended       = "Suspended"
+	ReasonConfigRolled    = "ConfigRolled"
+	ReasonCreated         = "Created"
+	ReasonReconcileFailed = "ReconcileFailed"
 )
 
 // GetConditions returns the status conditions.
