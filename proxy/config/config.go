@@ -45,7 +45,7 @@ func Flags(fs *flag.FlagSet) *Serve {
 	fs.BoolVar(&s.S3Redirect, "s3-redirect", false, "send clients of cached blobs to a presigned S3 URL instead of streaming them; only where clients can reach the S3 endpoint")
 	fs.DurationVar(&s.RecheckInterval, "recheck-interval", 0, "how long a tag checked with the upstream is served without asking again; 0 asks (one HEAD) on every tag request")
 	fs.StringVar(&s.PrefetchPlatforms, "prefetch-platforms", "", "comma-separated platforms (linux/amd64,linux/arm64/v8) whose images are cached as soon as their index is")
-	fs.DurationVar(&s.SummaryInterval, "summary-interval", time.Minute, "how long a scan of the storage for /status/summary is reused")
+	fs.DurationVar(&s.SummaryInterval, "summary-interval", 5*time.Minute, "how long a scan of the whole storage for /status/summary is reused (a scan lists every object)")
 	fs.StringVar(&s.Users, "users", "", "who may log in: an htpasswd file (bcrypt) or a directory with a file per user holding a password or bcrypt hash; without it, pulls are anonymous")
 	fs.StringVar(&s.TokenKey, "token-key", "", "PEM ECDSA P-256 key that signs tokens; without it a key is generated at start (tokens then die with the process)")
 	fs.StringVar(&s.ExternalURL, "external-url", "", "where clients reach this proxy (e.g. https://cache.example); the token realm is under it. Default: the request's host")

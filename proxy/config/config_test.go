@@ -26,7 +26,7 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Listen != ":5000" || s.Upstream != "https://registry-1.docker.io" || s.Storage != "./data" || s.RecheckInterval != 0 || s.SummaryInterval != time.Minute {
+	if s.Listen != ":5000" || s.Upstream != "https://registry-1.docker.io" || s.Storage != "./data" || s.RecheckInterval != 0 || s.SummaryInterval != 5*time.Minute {
 		t.Fatalf("defaults: %+v", s)
 	}
 }
@@ -44,7 +44,7 @@ recheck-interval: 5m
 		t.Fatal(err)
 	}
 	want := Serve{Listen: ":7000", Upstream: "http://mirror.internal:5000", Storage: "s3://cache/team-a",
-		S3Endpoint: "minio:9000", S3Insecure: true, RecheckInterval: 5 * time.Minute, SummaryInterval: time.Minute}
+		S3Endpoint: "minio:9000", S3Insecure: true, RecheckInterval: 5 * time.Minute, SummaryInterval: 5 * time.Minute, Tenant: "depproxy"}
 	if *s != want {
 		t.Fatalf("got %+v\nwant %+v", *s, want)
 	}
@@ -66,7 +66,8 @@ func TestFileErrorsSayWhatIsWrong(t *testing.T) {
 // loads back to the same settings.
 func TestFileKeysAreFlags(t *testing.T) {
 	f := File{Listen: ":5000", Upstream: "https://quay.io", Storage: "s3://b/p", S3Endpoint: "minio:9000",
-		S3Insecure: true, S3Region: "eu", RecheckInterval: "1m", PrefetchPlatforms: "linux/amd64", SummaryInterval: "5s"}
+		S3Insecure: true, S3Region: "eu", RecheckInterval: "1m", PrefetchPlatforms: "linux/amd64", SummaryInterval: "5s",
+		Users: "/u", TokenKey: "/k.pem", ExternalURL: "https://c.example", Tenant: "ns/a", UpstreamCreds: "/up"}
 	raw, err := f.Marshal()
 	if err != nil {
 		t.Fatal(err)
@@ -76,7 +77,8 @@ func TestFileKeysAreFlags(t *testing.T) {
 		t.Fatalf("the rendered file does not load: %v\n%s", err, raw)
 	}
 	want := Serve{Listen: ":5000", Upstream: "https://quay.io", Storage: "s3://b/p", S3Endpoint: "minio:9000",
-		S3Insecure: true, S3Region: "eu", RecheckInterval: time.Minute, PrefetchPlatforms: "linux/amd64", SummaryInterval: 5 * time.Second}
+		S3Insecure: true, S3Region: "eu", RecheckInterval: time.Minute, PrefetchPlatforms: "linux/amd64", SummaryInterval: 5 * time.Second,
+		Users: "/u", TokenKey: "/k.pem", ExternalURL: "https://c.example", Tenant: "ns/a", UpstreamCreds: "/up"}
 	if *s != want {
 		t.Fatalf("got %+v\nwant %+v", *s, want)
 	}

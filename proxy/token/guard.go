@@ -34,11 +34,11 @@ func NewGuard(signer *Signer, anonymous bool, externalURL, tenant string) *Guard
 // *Challenge.
 func (g *Guard) Authorize(r *http.Request, repo string) error {
 	h := r.Header.Get("Authorization")
-	if h == "" && g.anonymous {
-		return nil
-	}
 	raw, ok := strings.CutPrefix(h, "Bearer ")
 	if !ok {
+		if g.anonymous {
+			return nil // an open cache: credentials a client sends anyway are not needed
+		}
 		return g.challenge(r, repo, "", "no bearer token")
 	}
 	c, err := g.signer.Verify(strings.TrimSpace(raw), "access")

@@ -125,13 +125,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // login checks credentials, or allows anonymous pulls where they are.
 func (s *Server) login(r *http.Request, basic bool, user, pass string) (string, error) {
-	if !basic {
-		if s.anonymous {
-			return "anonymous", nil
-		}
-		return "", errBadCredentials
+	if s.anonymous {
+		// An open cache: a client with stored credentials still pulls.
+		return "anonymous", nil
 	}
-	if s.users == nil {
+	if !basic {
 		return "", errBadCredentials
 	}
 	source := sourceOf(r)

@@ -42,3 +42,27 @@ func TestFailureMetric(t *testing.T) {
 		t.Errorf("an anonymous request where logins are required: %d, want 401", w.Code)
 	}
 }
+
+// An open cache lets in clients that send credentials anyway (stored for
+// the host, or set in containerd's hosts.toml).
+func TestAnonymousIgnoresCredentials(t *testing.T) {
+	signer := NewSigner(newKey(t), "t", nil)
+	s := NewServer(signer, nil, nil, logr.Discard())
+	req := httptest.NewRequest(http.MethodGet, "/token?scope=repository:a:pull", nil)
+	req.SetBasicAuth("someone", "whatever")
+	w := httptest.NewRecorder()
+	s.ServeHTTP(w, req)
+	if w.Code != http.StatusOK {
+		t.Fatalf("token with credentials at an open cache: %d %s", w.Code, w.Body)
+	}
+	g := NewGuard(signer, true, "", "t")
+	v2 := httptest.NewRequest(http.MethodGet, "/v2/a/manifests/x", nil)
+	v2.SetBasicAuth("someone", "whatever")
+	if err := g.Authorize(v2, "a"); err != nil {
+		t.Fatalf("Basic credentials at an open cache: %v", err)
+	}
+	v2.Header.Set("Authorization", "Bearer forged")
+	if err := g.Authorize(v2, "a"); err == nil {
+		t.Fatal("a forged bearer token passed at an open cache")
+	}
+}
