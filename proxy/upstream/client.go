@@ -81,6 +81,12 @@ type Option func(*Client)
 // WithAuth sets the credentials sent to the upstream.
 func WithAuth(a authn.Authenticator) Option { return func(c *Client) { c.auth = a } }
 
+// WithCredentialsDir reads the upstream's credentials from a mounted
+// Secret (see FileCredentials).
+func WithCredentialsDir(dir string) Option {
+	return func(c *Client) { c.auth = FileCredentials(dir, c.registry.RegistryStr()) }
+}
+
 // WithTransport replaces the base HTTP transport.
 func WithTransport(t http.RoundTripper) Option { return func(c *Client) { c.transport = t } }
 
@@ -129,9 +135,6 @@ func defaultTransport() *http.Transport {
 	t.MaxIdleConnsPerHost = 64
 	return t
 }
-
-// Host is the registry's host, as credentials are keyed.
-func (c *Client) Host() string { return c.registry.RegistryStr() }
 
 // Repository maps a client's repository name to the upstream's: Docker Hub
 // serves official images under library/.

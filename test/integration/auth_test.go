@@ -303,7 +303,7 @@ func TestPrivateUpstream(t *testing.T) {
 	os.WriteFile(filepath.Join(creds, "username"), []byte("puller"), 0o600)
 	os.WriteFile(filepath.Join(creds, "password"), []byte("up-pass\n"), 0o600)
 	key, _, _ := token.GenerateKey()
-	withCreds := startTenant(t, "with", reg.URL(), key, nil, upstream.WithAuth(upstream.FileCredentials(creds, reg.Addr)))
+	withCreds := startTenant(t, "with", reg.URL(), key, nil, upstream.WithCredentialsDir(creds))
 	without := startTenant(t, "without", reg.URL(), key, nil)
 
 	if got, _ := pullAll(t, withCreds.URL, repo, "v1"); got != digestOf(t, img).String() {
