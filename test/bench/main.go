@@ -47,10 +47,11 @@ const (
 
 func main() {
 	runs := flag.Int("runs", 3, "repetitions of each measurement; the table shows medians")
+	warmOnly := flag.Bool("warm-only", false, "only the warm pulls")
 	flag.Parse()
 	b := newBench()
 	defer b.cleanup()
-	if err := b.run(*runs); err != nil {
+	if err := b.run(*runs, *warmOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		b.cleanup()
 		os.Exit(1)
@@ -115,7 +116,7 @@ type cache struct {
 	stop func()
 }
 
-func (b *bench) run(runs int) error {
+func (b *bench) run(runs int, warmOnly bool) error {
 	fmt.Fprintln(os.Stderr, "starting upstream, MinIO, building depproxy")
 	b.upstream = testenv.StartRegistry(b)
 	b.front = testenv.StartFront(b, b.upstream.URL())
@@ -134,6 +135,9 @@ func (b *bench) run(runs int) error {
 		"depproxy minio, redirect", "distribution minio, redirect"}
 	var rows []string
 	for _, clients := range []int{8, 32} {
+		if warmOnly {
+			break
+		}
 		for _, what := range []string{"40-layer image", "256 MiB blob"} {
 			for _, kind := range kinds[:2] {
 				var ms []measure
