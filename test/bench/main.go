@@ -276,7 +276,7 @@ type measure struct {
 
 // cold: clients pull at once from an empty cache.
 func (b *bench) cold(c *cache, what string, clients int) measure {
-	resetPeakRSS(c.pid)
+	testenv.ResetPeakRSS(c.pid)
 	size := b.imgBytes
 	if what == "256 MiB blob" {
 		size = bigBlob
@@ -311,7 +311,7 @@ func (b *bench) cold(c *cache, what string, clients int) measure {
 		upstream: float64(b.front.Bytes("blobs")) / float64(size),
 		manGETs:  b.front.Count("GET", "manifests"),
 		tokens:   b.front.Count("GET", "token"),
-		rss:      peakRSS(c.pid),
+		rss:      testenv.PeakRSS(c.pid),
 	}
 }
 
@@ -328,14 +328,14 @@ func (b *bench) warm(c *cache) measure {
 	}
 	// Both caches store in the background after serving: let that end.
 	time.Sleep(3 * time.Second)
-	resetPeakRSS(c.pid)
+	testenv.ResetPeakRSS(c.pid)
 	start := time.Now()
 	var total int64
 	for i := 0; i < warmPulls; i++ {
 		total += b.fetch(c, blobRepo, b.blob)
 	}
 	return measure{wall: time.Since(start), bytes: total, upstream: float64(b.front.Bytes("blobs")) / bigBlob,
-		manGETs: b.front.Count("GET", "manifests"), tokens: b.front.Count("GET", "token"), rss: peakRSS(c.pid)}
+		manGETs: b.front.Count("GET", "manifests"), tokens: b.front.Count("GET", "token"), rss: testenv.PeakRSS(c.pid)}
 }
 
 func (b *bench) pullImage(c *cache) int64 {
@@ -371,23 +371,6 @@ func (b *bench) fetch(c *cache, repo string, d v1.Hash) int64 {
 		b.Fatalf("%s: blob %s: %s %v", c.name, d, resp.Status, err)
 	}
 	return n
-}
-
-// resetPeakRSS zeroes the kernel's high-water mark of a process's RSS.
-func resetPeakRSS(pid int) {
-	os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
-}
-
-// peakRSS is VmHWM, in bytes.
-func peakRSS(pid int) int64 {
-	raw, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	for _, line := range strings.Split(string(raw), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
 }
 
 func median(ms []measure) measure {

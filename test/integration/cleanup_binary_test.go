@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/test/testenv"
 )
 
 // TestCleanupCommandOnManyObjects runs `depproxy cleanup` as built on a
@@ -69,7 +69,7 @@ func TestCleanupCommandOnManyObjects(t *testing.T) {
 			}
 			waiting = false
 		case <-time.After(5 * time.Millisecond):
-			if hwm := vmHWM(cmd.Process.Pid); hwm > rss {
+			if hwm := testenv.PeakRSS(cmd.Process.Pid); hwm > rss {
 				rss = hwm
 			}
 		}
@@ -93,16 +93,4 @@ func TestCleanupCommandOnManyObjects(t *testing.T) {
 	if rss > 100<<20 {
 		t.Errorf("cleanup of %d objects peaked at %d MiB of RSS", n, rss>>20)
 	}
-}
-
-// vmHWM is a process's peak RSS in bytes, 0 if it is gone.
-func vmHWM(pid int) int64 {
-	raw, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	for _, line := range strings.Split(string(raw), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
 }
