@@ -28,6 +28,7 @@ import (
 // Upstream is the registry the cache pulls through.
 type Upstream interface {
 	Repository(repo string) string
+	Mirrors(ns string) bool
 	HeadManifest(ctx context.Context, repo, ref string, accept []string) (upstream.Descriptor, error)
 	GetManifest(ctx context.Context, repo, ref string, accept []string, maxSize int64) (*upstream.Manifest, error)
 	GetBlob(ctx context.Context, repo, digest string) (*upstream.Blob, error)
@@ -118,6 +119,9 @@ func New(up Upstream, store storage.Storage, opts ...Option) *Cache {
 	c.reads = newReadTracker(store, c.now, c.log)
 	return c
 }
+
+// Mirrors reports whether this cache's upstream is the registry ns.
+func (c *Cache) Mirrors(ns string) bool { return c.up.Mirrors(ns) }
 
 // storageFailed logs a storage error that the cache works around.
 func (c *Cache) storageFailed(err error, what string, kv ...any) {

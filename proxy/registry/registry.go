@@ -20,6 +20,7 @@ import (
 
 // Cache is what the registry serves from.
 type Cache interface {
+	Mirrors(ns string) bool
 	Manifest(ctx context.Context, repo, ref string, accept []string) (*cache.Manifest, error)
 	Blob(ctx context.Context, repo string, d digest.Digest) (*cache.Blob, error)
 	StatBlob(ctx context.Context, repo string, d digest.Digest) (int64, error)
@@ -54,6 +55,13 @@ func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt, rerr := parseRoute(r.URL.Path)
 	if rerr != nil {
 		rerr.write(w, r)
+		return
+	}
+	if ns := r.URL.Query().Get("ns"); ns != "" && rt.kind != kindBase && !reg.cache.Mirrors(ns) {
+		// containerd asks a mirror for an image of registry ns: serving
+		// this upstream's image of the same name would be the wrong one.
+		(&regError{Status: http.StatusNotFound, Code: "NAME_UNKNOWN",
+			Message: "this cache does not mirror " + ns + "; configure it as a mirror only for its upstream"}).write(w, r)
 		return
 	}
 	if reg.auth != nil {

@@ -136,6 +136,19 @@ func defaultTransport() *http.Transport {
 	return t
 }
 
+// Mirrors reports whether ns (containerd's ?ns=, the registry a mirrored
+// image comes from) is this upstream.
+func (c *Client) Mirrors(ns string) bool {
+	if c.dockerHub {
+		switch ns {
+		case "docker.io", "index.docker.io", "registry-1.docker.io":
+			return true
+		}
+		return false
+	}
+	return ns == c.base.Host || ns == c.registry.RegistryStr()
+}
+
 // Repository maps a client's repository name to the upstream's: Docker Hub
 // serves official images under library/.
 func (c *Client) Repository(repo string) string {

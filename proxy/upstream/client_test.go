@@ -64,3 +64,20 @@ func TestDockerHubRequestsGoToTheTokenHost(t *testing.T) {
 		}
 	}
 }
+
+func TestMirrors(t *testing.T) {
+	hub, _ := New(DockerHub)
+	own, _ := New("http://127.0.0.1:5001")
+	for _, c := range []struct {
+		c    *Client
+		ns   string
+		want bool
+	}{
+		{hub, "docker.io", true}, {hub, "registry-1.docker.io", true}, {hub, "ghcr.io", false},
+		{own, "127.0.0.1:5001", true}, {own, "docker.io", false},
+	} {
+		if got := c.c.Mirrors(c.ns); got != c.want {
+			t.Errorf("%s mirrors %s: %v, want %v", c.c.base.Host, c.ns, got, c.want)
+		}
+	}
+}

@@ -109,3 +109,23 @@ func TestTagsAndReferrers(t *testing.T) {
 		t.Errorf("referrers: %s %q %s, want 200 and an empty OCI index", resp.Status, resp.Header.Get("Content-Type"), body)
 	}
 }
+
+// TestContainerdNamespace: as a containerd mirror, the cache serves its
+// own upstream's images (?ns= matching) and refuses another registry's,
+// without asking its upstream anything.
+func TestContainerdNamespace(t *testing.T) {
+	e := newEnv(t)
+	repo := repoName(t)
+	pushImage(t, e.registry.Addr, repo, "v1", ociImage(t, 1))
+	p := startProxy(t, e.front.URL(), openStorage(t, "filesystem", nil))
+	resp, body := get(t, p.URL+"/v2/"+repo+"/manifests/v1?ns="+e.front.Addr, acceptAll)
+	if resp.StatusCode != 200 {
+		t.Fatalf("own upstream's ns: %s %s", resp.Status, body)
+	}
+	e.front.Reset()
+	resp, body = get(t, p.URL+"/v2/"+repo+"/manifests/v1?ns=ghcr.io", acceptAll)
+	ociError(t, resp, body, 404, "NAME_UNKNOWN")
+	if n := e.front.Count("GET", "manifests") + e.front.Count("HEAD", "manifests"); n != 0 {
+		t.Errorf("a request for another registry reached the upstream %d times", n)
+	}
+}
