@@ -122,6 +122,14 @@ func (s *S3) Put(ctx context.Context, key string, r io.Reader, size int64) error
 		ContentType: "application/octet-stream",
 		PartSize:    partSize,
 	})
+	if err != nil && minio.ToErrorResponse(err).Code == "NoSuchBucket" {
+		// The bucket could not be made at start (S3 was still coming up):
+		// make it now. The next write of this object succeeds; this one
+		// is lost, as a failed write always is in a cache.
+		if berr := s.EnsureBucket(ctx); berr != nil {
+			err = errors.Join(err, berr)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", key, s3Error(err))
 	}

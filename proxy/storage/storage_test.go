@@ -219,3 +219,21 @@ func TestFilesystemRejectsEscapingKeys(t *testing.T) {
 		}
 	}
 }
+
+// A bucket that could not be made at start is made by the first write
+// that needs it.
+func TestS3MakesAMissingBucketOnWrite(t *testing.T) {
+	m := testenv.StartMinIO(t)
+	s3, err := storage.NewS3("late-bucket", "p", storage.S3Options{Endpoint: m.Addr, Insecure: true, Credentials: m.Credentials()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Storage(t, "warmup", "") // waits until MinIO serves buckets
+	ctx := context.Background()
+	if err := s3.Put(ctx, "k", strings.NewReader("v"), 1); err == nil {
+		t.Fatal("a write to a missing bucket reported success")
+	}
+	if err := s3.Put(ctx, "k", strings.NewReader("v"), 1); err != nil {
+		t.Fatalf("the write after the bucket was made: %v", err)
+	}
+}

@@ -205,8 +205,14 @@ func (m *MinIO) Storage(t T, bucket, prefix string) *storage.S3 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s3.EnsureBucket(context.Background()); err != nil {
-		t.Fatal(err)
+	// MinIO answers "Server not initialized yet" for a moment after its
+	// health checks pass.
+	var err2 error
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if err2 = s3.EnsureBucket(context.Background()); err2 == nil {
+			return s3
+		}
 	}
-	return s3
+	t.Fatal(err2)
+	return nil
 }
