@@ -24,15 +24,27 @@ type Blob struct {
 	// instead; the blob has no content then.
 	Redirect string
 
+	// close and err, when set, release a download and report its
+	// failure; a stored blob needs neither.
 	close func()
 	err   func() error
 }
 
 // Close releases the blob.
-func (b *Blob) Close() error { b.close(); return nil }
+func (b *Blob) Close() error {
+	if b.close != nil {
+		b.close()
+	}
+	return nil
+}
 
 // Err reports a failure of the bytes served so far.
-func (b *Blob) Err() error { return b.err() }
+func (b *Blob) Err() error {
+	if b.err == nil {
+		return nil
+	}
+	return b.err()
+}
 
 // Blob returns the blob with digest d, from storage, or from the upstream
 // download already running for it, or from a new one.
@@ -57,8 +69,7 @@ func (c *Cache) blob(ctx context.Context, repo string, d digest.Digest) (*Blob, 
 	r, info, err := c.store.Open(ctx, blobKey(d))
 	if err == nil {
 		c.metrics.request("blob", "hit")
-		return &Blob{ReadSeeker: r, Size: info.Size, ModTime: info.ModTime,
-			close: func() { r.Close() }, err: func() error { return nil }}, nil
+		return &Blob{ReadSeeker: r, Size: info.Size, ModTime: info.ModTime, close: func() { r.Close() }}, nil
 	}
 	c.storageFailed(err, "open blob", "digest", d)
 	c.metrics.request("blob", "miss")
@@ -81,7 +92,7 @@ func (c *Cache) redirectBlob(ctx context.Context, d digest.Digest) *Blob {
 		c.storageFailed(err, "presign blob", "digest", d)
 		return nil
 	}
-	return &Blob{Size: info.Size, Redirect: u, close: func() {}, err: func() error { return nil }}
+	return &Blob{Size: info.Size, Redirect: u}
 }
 
 // StatBlob returns a blob's size without fetching it.
@@ -121,11 +132,7 @@ func (c *Cache) fillBlob(ctx context.Context, f *fill) (*Blob, error) {
 		return nil, err
 	}
 	r := &fillReader{f: f, ctx: ctx}
-	stop := context.AfterFunc(ctx, func() {
-		f.mu.Lock()
-		f.cond.Broadcast()
-		f.mu.Unlock()
-	})
+	stop := context.AfterFunc(ctx, f.wake)
 	return &Blob{
 		ReadSeeker: r,
 		Size:       f.size,
@@ -219,15 +226,7 @@ func (c *Cache) warmBlob(ctx context.Context, repo string, d digest.Digest) erro
 	if _, err := c.store.Stat(ctx, blobKey(d)); err == nil {
 		return nil
 	}
-	// fillBlob owns the reference from here: Close (or its error path)
-	// releases it.
-	b, err := c.fillBlob(ctx, c.joinOrStartFill(repo, d))
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	if _, err := io.Copy(io.Discard, b); err != nil {
-		return err
-	}
-	return b.Err()
+	f := c.joinOrStartFill(repo, d)
+	defer f.release()
+	return f.wait(ctx)
 }

@@ -52,8 +52,33 @@ func (f *fill) start(file *os.File, size int64) {
 func (f *fill) failEarly(err error) {
 	f.mu.Lock()
 	f.err, f.done = err, true
+	f.cond.Broadcast()
 	f.mu.Unlock()
 	close(f.ready)
+}
+
+// wake rouses everyone waiting on the fill, so that a waiter whose
+// context ended can notice.
+func (f *fill) wake() {
+	f.mu.Lock()
+	f.cond.Broadcast()
+	f.mu.Unlock()
+}
+
+// wait blocks until no more bytes will come, and returns why the fill
+// failed, if it did.
+func (f *fill) wait(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, f.wake)
+	defer stop()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for !f.done {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		f.cond.Wait()
+	}
+	return f.err
 }
 
 func (f *fill) advance(n int) {

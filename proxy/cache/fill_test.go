@@ -69,7 +69,7 @@ func TestFillReaderStopsWithItsContext(t *testing.T) {
 	defer file.Close()
 	f.start(file, 100)
 	ctx, cancel := context.WithCancel(context.Background())
-	stop := context.AfterFunc(ctx, func() { f.mu.Lock(); f.cond.Broadcast(); f.mu.Unlock() })
+	stop := context.AfterFunc(ctx, f.wake)
 	defer stop()
 	done := make(chan error, 1)
 	go func() { _, err := (&fillReader{f: f, ctx: ctx}).Read(make([]byte, 8)); done <- err }()
