@@ -136,20 +136,26 @@ func desiredTokenKey(dp *depproxyv1.DependencyProxy) (*corev1.Secret, error) {
 func secretsHash(secrets ...*corev1.Secret) string {
 	parts := []string{}
 	for _, s := range secrets {
-		if s == nil {
-			continue
-		}
-		keys := make([]string, 0, len(s.Data))
-		for k := range s.Data {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		parts = append(parts, s.Name)
-		for _, k := range keys {
-			parts = append(parts, k, string(s.Data[k]))
+		if s != nil {
+			parts = append(append(parts, s.Name), sortedPairs(s.Data)...)
 		}
 	}
 	return hashOf(parts...)
+}
+
+// sortedPairs flattens a map into key, value, key, value… in key order, so
+// that its hash does not depend on map iteration.
+func sortedPairs[V string | []byte](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, 0, 2*len(keys))
+	for _, k := range keys {
+		parts = append(parts, k, string(m[k]))
+	}
+	return parts
 }
 
 // desiredConfigMap holds the proxy's config file.
@@ -176,18 +182,7 @@ func hashOf(parts ...string) string {
 
 // configHash changes whenever the config file does: it is a pod template
 // annotation, so a new config rolls the pods.
-func configHash(cm *corev1.ConfigMap) string {
-	keys := make([]string, 0, len(cm.Data))
-	for k := range cm.Data {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	parts := []string{}
-	for _, k := range keys {
-		parts = append(parts, k, cm.Data[k])
-	}
-	return hashOf(parts...)
-}
+func configHash(cm *corev1.ConfigMap) string { return hashOf(sortedPairs(cm.Data)...) }
 
 func proxyImage(dp *depproxyv1.DependencyProxy, defaultImage string) string {
 	if dp.Spec.Image != "" {

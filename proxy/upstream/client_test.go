@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -79,5 +81,28 @@ func TestMirrors(t *testing.T) {
 		if got := c.c.Mirrors(c.ns); got != c.want {
 			t.Errorf("%s mirrors %s: %v, want %v", c.c.base.Host, c.ns, got, c.want)
 		}
+	}
+}
+
+// A dockerconfigjson Secret: the entry for the upstream's host is used,
+// Docker Hub also under the key `docker login` writes, and a missing
+// entry is a clear error.
+func TestFileCredentialsDockerConfig(t *testing.T) {
+	dir := t.TempDir()
+	write := func(cfg string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, ".dockerconfigjson"), []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`{"auths":{"quay.io":{"username":"q","password":"qp"},"https://index.docker.io/v1/":{"auth":"aHViOmh1YnA="}}}`)
+	for host, want := range map[string]string{"quay.io": "q", "index.docker.io": "hub"} {
+		ac, err := FileCredentials(dir, host).Authorization()
+		if err != nil || ac.Username != want {
+			t.Errorf("%s: %+v %v, want user %s", host, ac, err, want)
+		}
+	}
+	if _, err := FileCredentials(dir, "ghcr.io").Authorization(); err == nil || !strings.Contains(err.Error(), "no entry for ghcr.io") {
+		t.Errorf("missing entry: %v", err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/docker/cli/cli/config/configfile"
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 )
 
 // FileCredentials reads the upstream's credentials from a mounted Secret:
@@ -25,6 +26,7 @@ type fileCredentials struct {
 	dir, host string
 
 	mu      sync.Mutex
+	loaded  bool
 	version string
 	cfg     *authn.AuthConfig
 	err     error
@@ -34,8 +36,8 @@ type fileCredentials struct {
 func (f *fileCredentials) Authorization() (*authn.AuthConfig, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if v := f.currentVersion(); v != f.version || f.cfg == nil && f.err == nil {
-		f.version = v
+	if v := f.currentVersion(); !f.loaded || v != f.version {
+		f.loaded, f.version = true, v
 		f.cfg, f.err = f.load()
 	}
 	return f.cfg, f.err
@@ -60,10 +62,11 @@ func (f *fileCredentials) load() (*authn.AuthConfig, error) {
 		if err := cf.LoadFromReader(bytes.NewReader(raw)); err != nil {
 			return nil, fmt.Errorf("upstream credentials: .dockerconfigjson: %w", err)
 		}
-		for _, key := range []string{f.host, "https://" + f.host, "http://" + f.host, "https://index.docker.io/v1/"} {
-			if key == "https://index.docker.io/v1/" && f.host != "index.docker.io" {
-				continue
-			}
+		keys := []string{f.host, "https://" + f.host, "http://" + f.host}
+		if f.host == name.DefaultRegistry {
+			keys = append(keys, "https://index.docker.io/v1/") // how docker login names Docker Hub
+		}
+		for _, key := range keys {
 			if _, ok := cf.AuthConfigs[key]; ok {
 				ac, err := cf.GetAuthConfig(key)
 				if err != nil {
