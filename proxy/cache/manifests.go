@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/manifest"
+	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/proxy/upstream"
 )
 
@@ -182,13 +182,7 @@ func upstreamAccept(client []string) []string {
 }
 
 func (c *Cache) loadManifest(ctx context.Context, d digest.Digest) (*Manifest, error) {
-	r, _, err := c.store.Open(ctx, manifestKey(d))
-	if err != nil {
-		c.storageFailed(err, "open manifest", "digest", d)
-		return nil, err
-	}
-	defer r.Close()
-	rec, err := io.ReadAll(io.LimitReader(r, manifest.MaxSize+1024))
+	rec, err := storage.ReadAll(ctx, c.store, manifestKey(d), manifest.MaxSize+1024)
 	if err != nil {
 		c.storageFailed(err, "read manifest", "digest", d)
 		return nil, err
@@ -204,13 +198,7 @@ func (c *Cache) loadManifest(ctx context.Context, d digest.Digest) (*Manifest, e
 
 // loadTag returns the cached manifest a tag points at, or nil.
 func (c *Cache) loadTag(ctx context.Context, repo, tag string) *Manifest {
-	r, _, err := c.store.Open(ctx, tagKey(repo, tag))
-	if err != nil {
-		c.storageFailed(err, "open tag", "repository", repo, "tag", tag)
-		return nil
-	}
-	defer r.Close()
-	raw, err := io.ReadAll(io.LimitReader(r, 1024))
+	raw, err := storage.ReadAll(ctx, c.store, tagKey(repo, tag), 1024)
 	if err != nil {
 		c.storageFailed(err, "read tag", "repository", repo, "tag", tag)
 		return nil

@@ -217,9 +217,7 @@ func (r *run) fresh(ctx context.Context, key string, info storage.Info) bool {
 		return true
 	}
 	last := info.ModTime
-	if rc, _, err := r.store.Open(ctx, layout.LastRead(key)); err == nil {
-		raw, _ := io.ReadAll(io.LimitReader(rc, 64))
-		rc.Close()
+	if raw, err := storage.ReadAll(ctx, r.store, layout.LastRead(key), 64); err == nil {
 		if t, ok := layout.ParseLastRead(raw); ok {
 			last = t
 		}
@@ -241,12 +239,7 @@ func (r *run) delete(ctx context.Context, key string, size int64) error {
 }
 
 func (r *run) readDigest(ctx context.Context, key string) (digest.Digest, error) {
-	rc, _, err := r.store.Open(ctx, key)
-	if err != nil {
-		return "", err
-	}
-	defer rc.Close()
-	raw, err := io.ReadAll(io.LimitReader(rc, 256))
+	raw, err := storage.ReadAll(ctx, r.store, key, 256)
 	if err != nil {
 		return "", err
 	}
@@ -254,12 +247,7 @@ func (r *run) readDigest(ctx context.Context, key string) (digest.Digest, error)
 }
 
 func (r *run) readManifest(ctx context.Context, d digest.Digest) (body []byte, mediaType string, err error) {
-	rc, _, err := r.store.Open(ctx, layout.Manifest(d))
-	if err != nil {
-		return nil, "", err
-	}
-	defer rc.Close()
-	rec, err := io.ReadAll(io.LimitReader(rc, manifest.MaxSize+1024))
+	rec, err := storage.ReadAll(ctx, r.store, layout.Manifest(d), manifest.MaxSize+1024)
 	if err != nil {
 		return nil, "", err
 	}

@@ -3,7 +3,6 @@ package cleanup
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -44,13 +43,12 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	rc, _, err := c.store.Open(ctx, layout.CleanupSummary)
+	raw, err := storage.ReadAll(ctx, c.store, layout.CleanupSummary, 1<<16)
 	if err != nil {
 		return
 	}
-	defer rc.Close()
 	var s Summary
-	if err := json.NewDecoder(io.LimitReader(rc, 1<<16)).Decode(&s); err != nil {
+	if err := json.Unmarshal(raw, &s); err != nil {
 		return
 	}
 	if t, err := time.Parse(time.RFC3339, s.FinishedAt); err == nil {

@@ -51,3 +51,14 @@ type FilePutter interface {
 type Redirector interface {
 	RedirectURL(ctx context.Context, key string) (string, error)
 }
+
+// ReadAll reads at most limit bytes of a small object (a tag, a
+// manifest, a marker) and closes it.
+func ReadAll(ctx context.Context, s Storage, key string, limit int64) ([]byte, error) {
+	r, _, err := s.Open(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return io.ReadAll(io.LimitReader(r, limit))
+}
