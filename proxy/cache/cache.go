@@ -92,9 +92,6 @@ func WithRedirect(on bool) Option { return func(c *Cache) { c.redirect = on } }
 // objects with it).
 func WithClock(now func() time.Time) Option { return func(c *Cache) { c.now = now } }
 
-// WithFillTimeout bounds one upstream blob download.
-func WithFillTimeout(d time.Duration) Option { return func(c *Cache) { c.fillTimeout = d } }
-
 // New returns a cache.
 func New(up Upstream, store storage.Storage, opts ...Option) *Cache {
 	c := &Cache{

@@ -78,9 +78,6 @@ type Client struct {
 // Option configures a Client.
 type Option func(*Client)
 
-// WithAuth sets the credentials sent to the upstream.
-func WithAuth(a authn.Authenticator) Option { return func(c *Client) { c.auth = a } }
-
 // WithCredentialsDir reads the upstream's credentials from a mounted
 // Secret (see FileCredentials).
 func WithCredentialsDir(dir string) Option {
