@@ -55,7 +55,7 @@ func main() {
 	must((&controllers.DependencyProxyReconciler{
 		Client: mgr.GetClient(), Scheme: scheme, Recorder: mgr.GetEventRecorder("depproxy"),
 		ProxyImage: proxyImage, ServiceMonitors: serviceMonitors,
-		Summaries: controllers.HTTPSummaries{}, SummaryInterval: summaryInterval,
+		Summaries: controllers.HTTPSummaries{Services: mgr.GetClient()}, SummaryInterval: summaryInterval,
 	}).SetupWithManager(mgr))
 	must((&controllers.CleanupPolicyReconciler{
 		Client: mgr.GetClient(), Scheme: scheme, Recorder: mgr.GetEventRecorder("depproxy"), ProxyImage: proxyImage,

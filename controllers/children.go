@@ -95,6 +95,7 @@ func proxyConfig(dp *depproxyv1.DependencyProxy) config.File {
 		TokenKey:          tokenKeyDir + "/" + tokenKeyFile,
 		Users:             ifSet(usersSecret(dp), usersDir),
 		UpstreamCreds:     ifSet(upstreamCredsSecret(dp), upstreamDir),
+		UpstreamMirrorOf:  strings.Join(dp.Spec.Upstream.MirrorOf, ","),
 	}
 }
 

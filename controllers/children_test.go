@@ -17,7 +17,7 @@ func testProxy() *depproxyv1.DependencyProxy {
 	return &depproxyv1.DependencyProxy{
 		ObjectMeta: metav1.ObjectMeta{Name: "team-a", Namespace: "tenants"},
 		Spec: depproxyv1.DependencyProxySpec{
-			Upstream: depproxyv1.UpstreamSpec{URL: "https://quay.io"},
+			Upstream: depproxyv1.UpstreamSpec{URL: "https://quay.io", MirrorOf: []string{"quay.io", "mirror.internal:5000"}},
 			Storage: depproxyv1.StorageSpec{Endpoint: "minio:9000", Bucket: "cache", Prefix: "/team-a/", Insecure: true,
 				CredentialsSecretRef: corev1.LocalObjectReference{Name: "creds"}},
 			RecheckInterval:   metav1.Duration{Duration: 90 * time.Second},
@@ -29,7 +29,8 @@ func testProxy() *depproxyv1.DependencyProxy {
 func TestProxyConfig(t *testing.T) {
 	f := proxyConfig(testProxy())
 	if f.Storage != "s3://cache/team-a" || f.Upstream != "https://quay.io" || f.RecheckInterval != "1m30s" ||
-		f.PrefetchPlatforms != "linux/amd64,linux/arm64" || f.Listen != ":5000" || !f.S3Insecure {
+		f.PrefetchPlatforms != "linux/amd64,linux/arm64" || f.Listen != ":5000" || !f.S3Insecure ||
+		f.UpstreamMirrorOf != "quay.io,mirror.internal:5000" {
 		t.Fatalf("%+v", f)
 	}
 }

@@ -5,11 +5,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"strconv"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
 )
@@ -23,8 +27,11 @@ const maxSummaryImages = 50
 // HTTPSummaries reads a proxy's summary over its Service.
 type HTTPSummaries struct {
 	Client *http.Client
-	// BaseURL returns the proxy's address; by default its Service's DNS
-	// name. Tests point it elsewhere.
+	// Services, when set, resolves the proxy's Service to its ClusterIP, so
+	// that the operator needs no cluster DNS; otherwise the Service's DNS
+	// name is dialled.
+	Services client.Reader
+	// BaseURL, when set, replaces both: tests point it elsewhere.
 	BaseURL func(dp *depproxyv1.DependencyProxy) string
 }
 
@@ -48,11 +55,27 @@ type imageWire struct {
 	} `json:"platforms"`
 }
 
+func (h HTTPSummaries) baseURL(ctx context.Context, dp *depproxyv1.DependencyProxy) (string, error) {
+	switch {
+	case h.BaseURL != nil:
+		return h.BaseURL(dp), nil
+	case h.Services != nil:
+		var svc corev1.Service
+		if err := h.Services.Get(ctx, client.ObjectKey{Namespace: dp.Namespace, Name: proxyName(dp)}, &svc); err != nil {
+			return "", fmt.Errorf("proxy summary: %w", err)
+		}
+		if ip := svc.Spec.ClusterIP; ip != "" && ip != corev1.ClusterIPNone {
+			return "http://" + net.JoinHostPort(ip, strconv.Itoa(ProxyPort)), nil
+		}
+	}
+	return "http://" + endpoint(dp), nil
+}
+
 // Summary asks the proxy.
 func (h HTTPSummaries) Summary(ctx context.Context, dp *depproxyv1.DependencyProxy) (*depproxyv1.CacheSummary, error) {
-	base := "http://" + endpoint(dp)
-	if h.BaseURL != nil {
-		base = h.BaseURL(dp)
+	base, err := h.baseURL(ctx, dp)
+	if err != nil {
+		return nil, err
 	}
 	c := h.Client
 	if c == nil {

@@ -39,11 +39,12 @@ go_tool minio github.com/minio/minio "$MINIO_VERSION"
 go_tool controller-gen sigs.k8s.io/controller-tools/cmd/controller-gen "$CONTROLLER_TOOLS_VERSION"
 go_tool kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION"
 
-# throwaway_build NAME VERSION GOMOD PACKAGE... builds packages of a module
-# that cannot be `go install`ed (its go.mod has replace directives) inside a
-# throwaway module that repeats them.
+# throwaway_build VERSION GOMOD PACKAGE... builds packages of a module that
+# cannot be `go install`ed (its go.mod has replace directives) inside a
+# throwaway module that repeats them. $LDFLAGS, if set, is passed to the
+# linker; the stamp records it so a change rebuilds.
 throwaway_build() {
-	local version="$1" gomod="$2"
+	local version="$1${LDFLAGS:+ ldflags-$(printf %s "$LDFLAGS" | sha256sum | cut -c1-12)}" gomod="$2"
 	shift 2
 	local missing=()
 	for pkg in "$@"; do
@@ -60,7 +61,7 @@ throwaway_build() {
 		local name
 		name="$(basename "$pkg")"
 		echo "building $name $version (minutes, once)" >&2
-		(cd "$tmp" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -o "$TOOLS_DIR/bin/$name" "$pkg")
+		(cd "$tmp" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -ldflags "${LDFLAGS:-}" -o "$TOOLS_DIR/bin/$name" "$pkg")
 		echo "$version" >"$TOOLS_DIR/bin/.$name.version"
 	done
 	rm -rf "$tmp"
@@ -76,9 +77,12 @@ for m in api/v3 client/pkg/v3 client/v3 pkg/v3; do
 done
 etcd_mod+="
 )"
-throwaway_build "$ETCD_VERSION" "$etcd_mod" go.etcd.io/etcd/server/v3
 # go build names the binary after the package path's last element: v3.
-[[ -x "$TOOLS_DIR/bin/v3" ]] && mv "$TOOLS_DIR/bin/v3" "$TOOLS_DIR/bin/etcd" && mv "$TOOLS_DIR/bin/.v3.version" "$TOOLS_DIR/bin/.etcd.version"
+if [[ ! -x "$TOOLS_DIR/bin/etcd" || "$(cat "$TOOLS_DIR/bin/.etcd.version" 2>/dev/null)" != "$ETCD_VERSION" ]]; then
+	throwaway_build "$ETCD_VERSION" "$etcd_mod" go.etcd.io/etcd/server/v3
+	mv "$TOOLS_DIR/bin/v3" "$TOOLS_DIR/bin/etcd"
+	mv "$TOOLS_DIR/bin/.v3.version" "$TOOLS_DIR/bin/.etcd.version"
+fi
 
 k8s_gomod="$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
 staging_version="v0${KUBERNETES_VERSION#v1}"
@@ -92,12 +96,31 @@ for m in $(sed -n 's#^[[:space:]]*\(k8s.io/[^ ]*\) => ./staging/.*#\1#p' "$k8s_g
 done
 kube_mod+="
 )"
-throwaway_build "$KUBERNETES_VERSION" "$kube_mod" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
+# Without the version stamped in, the components report
+# v0.0.0-master+$Format:%H$ and anything that parses the server version fails.
+kube_minor="${KUBERNETES_VERSION#v1.}"
+kube_minor="${kube_minor%%.*}"
+LDFLAGS=""
+for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+	LDFLAGS+=" -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$kube_minor -X $p.gitTreeState=clean"
+done
+LDFLAGS="${LDFLAGS# }" throwaway_build "$KUBERNETES_VERSION" "$kube_mod" \
+	k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl \
+	k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler \
+	k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubelet
 
-if ! command -v skopeo >/dev/null; then
-	echo "installing skopeo from Debian" >&2
+# From Debian: skopeo for the client tests; containerd, runc, the CNI plugins
+# and conntrack for the end-to-end cluster's node.
+debian_missing=()
+for pkg in skopeo containerd runc containernetworking-plugins conntrack iptables; do
+	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || debian_missing+=("$pkg")
+done
+if [[ ${#debian_missing[@]} -gt 0 ]]; then
+	echo "installing ${debian_missing[*]} from Debian" >&2
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo >/dev/null
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${debian_missing[@]}" >/dev/null
+	# The package starts a containerd of its own; the cluster runs its own.
+	systemctl disable --now containerd >/dev/null 2>&1 || true
 fi
 
 echo "$TOOLS_DIR/bin"

@@ -39,6 +39,9 @@ func serve(cfg *config.Serve, log logr.Logger) error {
 	if cfg.UpstreamCreds != "" {
 		upOpts = append(upOpts, upstream.WithCredentialsDir(cfg.UpstreamCreds))
 	}
+	if cfg.UpstreamMirrorOf != "" {
+		upOpts = append(upOpts, upstream.WithMirrorOf(strings.Split(cfg.UpstreamMirrorOf, ",")...))
+	}
 	up, err := upstream.New(cfg.Upstream, upOpts...)
 	if err != nil {
 		return err

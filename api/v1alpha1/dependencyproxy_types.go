@@ -65,6 +65,17 @@ type UpstreamSpec struct {
 	// for private registries.
 	// +optional
 	CredentialsSecretRef *corev1.LocalObjectReference `json:"credentialsSecretRef,omitempty"`
+
+	// MirrorOf names the registries this upstream stands in for, as
+	// containerd names them when the proxy is a node's mirror (its ?ns=
+	// parameter), besides the upstream's own host: docker.io when the
+	// upstream is an internal mirror of Docker Hub, say. Requests for any
+	// other registry are refused.
+	// +optional
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:MaxLength=253
+	// +kubebuilder:validation:items:Pattern="^[A-Za-z0-9.-]+(:[0-9]+)?$"
+	MirrorOf []string `json:"mirrorOf,omitempty"`
 }
 
 // StorageSpec is an S3 bucket.

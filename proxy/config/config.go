@@ -30,6 +30,7 @@ type Serve struct {
 	ExternalURL       string
 	Tenant            string
 	UpstreamCreds     string
+	UpstreamMirrorOf  string
 	LogLevel          int
 }
 
@@ -51,6 +52,7 @@ func Flags(fs *flag.FlagSet) *Serve {
 	fs.StringVar(&s.ExternalURL, "external-url", "", "where clients reach this proxy (e.g. https://cache.example); the token realm is under it. Default: the request's host")
 	fs.StringVar(&s.Tenant, "tenant", "depproxy", "the tenant's name: the token audience and the challenge's service; a token of another tenant is refused")
 	fs.StringVar(&s.UpstreamCreds, "upstream-credentials", "", "credentials for the upstream: a directory (a mounted Secret) with .dockerconfigjson, or username and password files; re-read when they change")
+	fs.StringVar(&s.UpstreamMirrorOf, "upstream-mirror-of", "", "comma-separated registries (containerd's ?ns=) the upstream stands in for besides its own host, e.g. docker.io for an internal Docker Hub mirror")
 	fs.IntVar(&s.LogLevel, "log-level", 0, "log verbosity: 0 events, 1 also each request")
 	return s
 }

@@ -19,6 +19,7 @@ type File struct {
 	ExternalURL       string `json:"external-url,omitempty"`
 	Tenant            string `json:"tenant,omitempty"`
 	UpstreamCreds     string `json:"upstream-credentials,omitempty"`
+	UpstreamMirrorOf  string `json:"upstream-mirror-of,omitempty"`
 }
 
 // Marshal renders the file.

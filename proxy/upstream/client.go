@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -70,6 +71,7 @@ type Client struct {
 	auth      authn.Authenticator
 	transport http.RoundTripper
 	dockerHub bool
+	mirrorOf  []string
 
 	mu         sync.Mutex
 	transports map[string]http.RoundTripper // per repository: tokens are scoped
@@ -82,6 +84,12 @@ type Option func(*Client)
 // Secret (see FileCredentials).
 func WithCredentialsDir(dir string) Option {
 	return func(c *Client) { c.auth = FileCredentials(dir, c.registry.RegistryStr()) }
+}
+
+// WithMirrorOf adds registry names (containerd's ?ns=) that the upstream
+// stands in for, such as docker.io for an internal Docker Hub mirror.
+func WithMirrorOf(names ...string) Option {
+	return func(c *Client) { c.mirrorOf = append(c.mirrorOf, names...) }
 }
 
 // WithTransport replaces the base HTTP transport.
@@ -134,8 +142,11 @@ func defaultTransport() *http.Transport {
 }
 
 // Mirrors reports whether ns (containerd's ?ns=, the registry a mirrored
-// image comes from) is this upstream.
+// image comes from) is this upstream or one it stands in for.
 func (c *Client) Mirrors(ns string) bool {
+	if slices.Contains(c.mirrorOf, ns) {
+		return true
+	}
 	if c.dockerHub {
 		switch ns {
 		case "docker.io", "index.docker.io", "registry-1.docker.io":

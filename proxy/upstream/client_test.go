@@ -70,6 +70,7 @@ func TestDockerHubRequestsGoToTheTokenHost(t *testing.T) {
 func TestMirrors(t *testing.T) {
 	hub, _ := New(DockerHub)
 	own, _ := New("http://127.0.0.1:5001")
+	hubMirror, _ := New("http://127.0.0.1:5001", WithMirrorOf("docker.io"))
 	for _, c := range []struct {
 		c    *Client
 		ns   string
@@ -77,6 +78,7 @@ func TestMirrors(t *testing.T) {
 	}{
 		{hub, "docker.io", true}, {hub, "registry-1.docker.io", true}, {hub, "ghcr.io", false},
 		{own, "127.0.0.1:5001", true}, {own, "docker.io", false},
+		{hubMirror, "docker.io", true}, {hubMirror, "127.0.0.1:5001", true}, {hubMirror, "ghcr.io", false},
 	} {
 		if got := c.c.Mirrors(c.ns); got != c.want {
 			t.Errorf("%s mirrors %s: %v, want %v", c.c.base.Host, c.ns, got, c.want)
