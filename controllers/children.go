@@ -292,14 +292,20 @@ func desiredDeployment(dp *depproxyv1.DependencyProxy, defaultImage, cfgHash, se
 }
 
 func desiredService(dp *depproxyv1.DependencyProxy) *corev1.Service {
-	return &corev1.Service{
+	svc := &corev1.Service{
 		ObjectMeta: objectMeta(proxyName(dp), dp.Namespace, proxyLabels(dp)),
 		Spec: corev1.ServiceSpec{
+			Type:     corev1.ServiceTypeClusterIP,
 			Selector: proxyLabels(dp),
 			Ports: []corev1.ServicePort{{Name: "http", Port: ProxyPort, TargetPort: intstr.FromString("http"),
 				Protocol: corev1.ProtocolTCP}},
 		},
 	}
+	if dp.Spec.NodePort != nil {
+		svc.Spec.Type = corev1.ServiceTypeNodePort
+		svc.Spec.Ports[0].NodePort = *dp.Spec.NodePort
+	}
+	return svc
 }
 
 func desiredServiceAccount(dp *depproxyv1.DependencyProxy) *corev1.ServiceAccount {

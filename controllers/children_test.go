@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
 )
@@ -92,5 +93,18 @@ func TestSummaryIsBounded(t *testing.T) {
 	s := toCacheSummary(w, metav1.Now())
 	if len(s.Images) != maxSummaryImages || s.HitRatio != "0.93" || s.Size != "3Gi" || s.ImageCount != 100000 {
 		t.Errorf("images %d, ratio %s, size %s, count %d", len(s.Images), s.HitRatio, s.Size, s.ImageCount)
+	}
+}
+
+// A node port makes the Service reachable from every node's containerd;
+// without one the Service stays cluster-internal.
+func TestServiceNodePort(t *testing.T) {
+	dp := testProxy()
+	if svc := desiredService(dp); svc.Spec.Type != corev1.ServiceTypeClusterIP || svc.Spec.Ports[0].NodePort != 0 {
+		t.Fatalf("default service: %+v", svc.Spec)
+	}
+	dp.Spec.NodePort = ptr.To[int32](30500)
+	if svc := desiredService(dp); svc.Spec.Type != corev1.ServiceTypeNodePort || svc.Spec.Ports[0].NodePort != 30500 {
+		t.Fatalf("node port service: %+v", svc.Spec)
 	}
 }

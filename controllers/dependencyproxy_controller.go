@@ -206,10 +206,11 @@ func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *deppr
 			same: sameDeployment},
 		{obj: desiredService(dp), copy: func(e, d client.Object) {
 			es, ds := e.(*corev1.Service), d.(*corev1.Service)
-			es.Spec.Selector, es.Spec.Ports = ds.Spec.Selector, ds.Spec.Ports
+			es.Spec.Type, es.Spec.Selector, es.Spec.Ports = ds.Spec.Type, ds.Spec.Selector, ds.Spec.Ports
 		}, same: func(e, d client.Object) bool {
 			es, ds := e.(*corev1.Service), d.(*corev1.Service)
-			return equality.Semantic.DeepEqual(es.Spec.Selector, ds.Spec.Selector) && equality.Semantic.DeepEqual(es.Spec.Ports, ds.Spec.Ports)
+			return es.Spec.Type == ds.Spec.Type && equality.Semantic.DeepEqual(es.Spec.Selector, ds.Spec.Selector) &&
+				equality.Semantic.DeepEqual(es.Spec.Ports, ds.Spec.Ports)
 		}},
 	}
 	if r.ServiceMonitors {

@@ -47,6 +47,16 @@ type DependencyProxySpec struct {
 	// +kubebuilder:validation:items:Pattern="^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$"
 	PrefetchPlatforms []string `json:"prefetchPlatforms,omitempty"`
 
+	// NodePort, when set, also serves the proxy on this port of every
+	// node's address, so that the nodes' containerd can use it as their
+	// registry mirror without cluster DNS (hosts.toml:
+	// http://<node address>:<nodePort>). It must lie in the cluster's
+	// NodePort range (30000-32767 by default).
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	NodePort *int32 `json:"nodePort,omitempty"`
+
 	// Image overrides the depproxy image the operator runs.
 	// +optional
 	Image string `json:"image,omitempty"`

@@ -88,10 +88,14 @@ func tarOf(content []byte, at string) ([]byte, error) {
 	for d := path.Dir(at); d != "/" && d != "."; d = path.Dir(d) {
 		dirs = append([]string{d}, dirs...)
 	}
-	for _, d := range append(dirs, "/tmp") {
-		if err := w.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o1777}); err != nil {
+	for _, d := range dirs {
+		if err := w.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o755}); err != nil {
 			return nil, err
 		}
+	}
+	// distroless has a world-writable /tmp; so does this image.
+	if err := w.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: "tmp/", Mode: 0o1777}); err != nil {
+		return nil, err
 	}
 	if err := w.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: strings.TrimPrefix(at, "/"), Mode: 0o755, Size: int64(len(content))}); err != nil {
 		return nil, err
@@ -101,4 +105,3 @@ func tarOf(content []byte, at string) ([]byte, error) {
 	}
 	return buf.Bytes(), w.Close()
 }
-
