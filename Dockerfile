@@ -6,6 +6,7 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
+# The same build as `make images`, which the end-to-end tests use.
 RUN CGO_ENABLED=0 go build -trimpath -ldflags=-s -o /out/manager . && \
     CGO_ENABLED=0 go build -trimpath -ldflags=-s -o /out/depproxy ./proxy
 

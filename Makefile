@@ -10,7 +10,7 @@ TOOLS_BIN := $(DEPPROXY_TOOLS)/bin
 CONTROLLER_GEN := $(TOOLS_BIN)/controller-gen
 KUSTOMIZE := $(TOOLS_BIN)/kustomize
 
-.PHONY: all run build build-manager tools test lint fuzz bench generate manifests bundle verify-generated deploy undeploy install
+.PHONY: all run build build-manager tools test lint fuzz bench generate manifests bundle verify-generated deploy undeploy install images e2e
 
 # Images for `make deploy`.
 IMG ?= ghcr.io/depproxy/manager:latest
@@ -27,6 +27,18 @@ run:
 build:
 	$(GO) build -o bin/depproxy ./proxy
 	$(GO) build -o bin/manager .
+
+# The Dockerfile's build: the same flags, entrypoints and user.
+RELEASE_BUILD := CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s
+REGISTRY ?= localhost:5001
+TAG ?= dev
+
+## images: both images without a Docker engine, pushed to $(REGISTRY)
+images:
+	$(RELEASE_BUILD) -o bin/release/manager .
+	$(RELEASE_BUILD) -o bin/release/depproxy ./proxy
+	$(GO) run ./hack/image -binary bin/release/manager -at /manager -tag $(REGISTRY)/depproxy/manager:$(TAG)
+	$(GO) run ./hack/image -binary bin/release/depproxy -at /depproxy -cmd serve -tag $(REGISTRY)/depproxy/depproxy:$(TAG)
 
 ## generate: deepcopy code for the API types
 generate: tools
@@ -50,10 +62,11 @@ verify-generated: generate manifests bundle
 install: manifests
 	$(KUSTOMIZE) build config/crd | kubectl apply -f -
 
-## deploy: CRDs, RBAC and the manager into the current cluster
+## deploy: CRDs, RBAC and the manager into the current cluster (IMG, PROXY_IMG)
 deploy: manifests
-	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)
-	$(KUSTOMIZE) build config/default | sed 's#--proxy-image=.*#--proxy-image=$(PROXY_IMG)#' | kubectl apply -f -
+	@tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; cp -r config "$$tmp/" && \
+	(cd "$$tmp/config/manager" && $(KUSTOMIZE) edit set image controller=$(IMG)) && \
+	$(KUSTOMIZE) build "$$tmp/config/default" | sed 's#--proxy-image=.*#--proxy-image=$(PROXY_IMG)#' | kubectl apply -f -
 
 ## undeploy: remove what deploy made
 undeploy:
@@ -71,6 +84,10 @@ test: tools lint verify-generated
 lint:
 	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+
+## e2e: a real single-node cluster on this machine, the operator deployed, test/e2e
+e2e: tools
+	hack/e2e.sh
 
 ## fuzz: a short run of each fuzz target
 fuzz:

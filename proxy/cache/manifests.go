@@ -97,6 +97,10 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 		ds := m.Digest.String()
 		if err := c.store.Put(ctx, tagKey(repo, tag), strings.NewReader(ds), int64(len(ds))); err != nil {
 			c.storageFailed(err, "store tag", "repository", repo, "tag", tag)
+		} else if cached == nil || cached.Digest != m.Digest {
+			// A new or moved tag: the next summary shows it rather than
+			// one scanned before it.
+			c.lastSummary.Store(nil)
 		}
 		c.markFresh(repo, tag)
 		if manifest.IsIndex(m.MediaType) && (cached == nil || cached.Digest != m.Digest) && len(c.prefetch) > 0 {

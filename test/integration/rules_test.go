@@ -182,3 +182,29 @@ func TestSummary(t *testing.T) {
 		})
 	}
 }
+
+// A summary is reused for its interval, except that a newly cached tag
+// shows at once: a tenant who just pulled sees it in the status.
+func TestSummaryShowsNewTags(t *testing.T) {
+	e := newEnv(t)
+	repo := repoName(t)
+	pushIndex(t, e.registry.Addr, repo, "v1", ociIndex(t, ociImage(t, 1)))
+	pushIndex(t, e.registry.Addr, repo, "v2", ociIndex(t, ociImage(t, 1)))
+	p := startProxy(t, e.front.URL(), openStorage(t, "filesystem", e.minio))
+	count := func() int64 {
+		s, err := p.cache.Summary(context.Background(), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.ImageCount
+	}
+	pullAll(t, p.URL, repo, "v1")
+	if n := count(); n != 1 {
+		t.Fatalf("after v1: %d images", n)
+	}
+	pullAll(t, p.URL, repo, "v1")
+	pullAll(t, p.URL, repo, "v2")
+	if n := count(); n != 2 {
+		t.Fatalf("after v2, within the reuse interval: %d images, want 2", n)
+	}
+}

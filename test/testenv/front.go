@@ -30,11 +30,17 @@ type Front struct {
 // StartFront starts a front for the registry at target.
 func StartFront(t T, target string) *Front {
 	t.Helper()
+	return StartFrontAt(t, FreeAddr(t), target)
+}
+
+// StartFrontAt is StartFront on addr.
+func StartFrontAt(t T, addr, target string) *Front {
+	t.Helper()
 	u, err := url.Parse(target)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &Front{t: t, Addr: FreeAddr(t), target: u, counts: map[string]int{}, bytes: map[string]int64{}}
+	f := &Front{t: t, Addr: addr, target: u, counts: map[string]int{}, bytes: map[string]int64{}}
 	f.rp = httputil.NewSingleHostReverseProxy(u)
 	f.Start()
 	t.Cleanup(f.Stop)

@@ -60,9 +60,12 @@ func fileExists(p string) bool {
 }
 
 // FreeAddr returns a loopback address with a free port.
-func FreeAddr(t T) string {
+func FreeAddr(t T) string { return FreeAddrOn(t, "127.0.0.1") }
+
+// FreeAddrOn returns an address of host with a free port.
+func FreeAddrOn(t T, host string) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,8 +142,14 @@ type RegistryConfig string
 // test.
 func StartRegistry(t T, extra ...RegistryConfig) *Registry {
 	t.Helper()
+	return StartRegistryAt(t, FreeAddr(t), extra...)
+}
+
+// StartRegistryAt is StartRegistry on addr, for a registry that a
+// cluster's pods must reach at the node's address.
+func StartRegistryAt(t T, addr string, extra ...RegistryConfig) *Registry {
+	t.Helper()
 	dir := t.TempDir()
-	addr := FreeAddr(t)
 	cfg := fmt.Sprintf(`version: 0.1
 log: {level: error, accesslog: {disabled: true}}
 storage: {filesystem: {rootdirectory: %s}, delete: {enabled: true}}

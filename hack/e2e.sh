@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# make e2e: a fresh single-node cluster, the images built and pushed to the
+# node's registry, the operator installed with `make deploy`, then the
+# end-to-end tests in test/e2e. The cluster is torn down however it ends.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DEPPROXY_TOOLS="${DEPPROXY_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/depproxy-tools}"
+export DEPPROXY_CLUSTER_DIR="${DEPPROXY_CLUSTER_DIR:-/var/tmp/depproxy-cluster}"
+export PATH="$DEPPROXY_TOOLS/bin:$PATH"
+REGISTRY=localhost:5001
+TAG="e2e-$(date +%s)"
+
+start=$(date +%s)
+trap 'hack/cluster.sh down; echo "e2e: $(( $(date +%s) - start ))s in all" >&2' EXIT
+KUBECONFIG="$(hack/cluster.sh up)"
+export KUBECONFIG
+
+make images REGISTRY="$REGISTRY" TAG="$TAG"
+# MinIO for the tests, from the pinned binary; it runs as root in its own pod.
+go run ./hack/image -binary "$DEPPROXY_TOOLS/bin/minio" -at /minio -user 0:0 -tag "$REGISTRY/e2e/minio:1"
+
+make deploy IMG="$REGISTRY/depproxy/manager:$TAG" PROXY_IMG="$REGISTRY/depproxy/depproxy:$TAG"
+kubectl -n depproxy-system rollout status deployment/depproxy-controller-manager --timeout=180s
+
+DEPPROXY_E2E_MINIO_IMAGE="$REGISTRY/e2e/minio:1" DEPPROXY_E2E_PAUSE_IMAGE="$REGISTRY/e2e/pause:1" \
+	go test -tags e2e -count=1 -timeout 20m -v ./test/e2e

@@ -1,0 +1,540 @@
+//go:build e2e
+
+// Package e2e runs depproxy on a real single-node cluster: hack/e2e.sh
+// brings the cluster up, pushes the images and installs the operator with
+// `make deploy`; these tests then drive it the way a tenant and a platform
+// team would. Run with `make e2e`.
+package e2e
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/crane"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
+	"github.com/depproxy/depproxy/test/testenv"
+)
+
+const (
+	namespace      = "e2e"
+	proxyNodePort  = 30500
+	minioNodePort  = 30900
+	bucket         = "e2e-cache"
+	minioAccessKey = "e2e-access"
+	minioSecretKey = "e2e-secret-key"
+	bigBlobSize    = 64 << 20
+)
+
+type cluster struct {
+	c      client.Client
+	nodeIP string
+	dir    string // the cluster's state directory (containerd's hosts.toml)
+	front  *testenv.Front
+	proxy  string // the proxy's Service, at its node port
+	minio  *minio.Client
+}
+
+func TestEndToEnd(t *testing.T) {
+	ctx := context.Background()
+	k := connect(t)
+	k.startMinIO(ctx, t)
+	upstream := testenv.StartRegistryAt(t, testenv.FreeAddrOn(t, k.nodeIP))
+	k.front = testenv.StartFrontAt(t, testenv.FreeAddrOn(t, k.nodeIP), upstream.URL())
+	images := pushTestImages(t, upstream.Addr)
+
+	dp := k.applyProxy(ctx, t)
+
+	t.Run("pods become Ready through their probes", func(t *testing.T) {
+		eventually(t, 3*time.Minute, "DependencyProxy Ready", func() error {
+			return ready(ctx, k.c, dp)
+		})
+	})
+
+	t.Run("crane pulls through the Service unchanged", func(t *testing.T) {
+		for ref, want := range images {
+			got, err := crane.Digest(k.proxy+"/"+ref, crane.Insecure)
+			if err != nil || got != want {
+				t.Fatalf("%s: digest %s, %v; upstream %s", ref, got, err, want)
+			}
+			if err := pullAll(k.proxy + "/" + ref); err != nil {
+				t.Fatalf("%s: %v", ref, err)
+			}
+		}
+		eventually(t, 2*time.Minute, "status lists the cached index with its platforms", func() error {
+			if err := k.c.Get(ctx, client.ObjectKeyFromObject(dp), dp); err != nil {
+				return err
+			}
+			if dp.Status.Cache == nil {
+				return fmt.Errorf("no status.cache yet")
+			}
+			for _, img := range dp.Status.Cache.Images {
+				if img.Repository == "e2e/multi" && img.Tag == "oci" && img.Digest == images["e2e/multi:oci"] && len(img.Platforms) == 2 {
+					return nil
+				}
+			}
+			return fmt.Errorf("status.cache: %+v", dp.Status.Cache)
+		})
+	})
+
+	t.Run("a proxy pod deleted mid-pull leaves no partial object", func(t *testing.T) {
+		k.podKilledMidPull(ctx, t, dp)
+	})
+
+	t.Run("the node pulls docker.io images through the proxy as its mirror", func(t *testing.T) {
+		k.nodeMirror(ctx, t)
+	})
+
+	t.Run("a CleanupPolicy's job reports into its status", func(t *testing.T) {
+		k.cleanupRun(ctx, t)
+	})
+
+	t.Run("deleting the DependencyProxy removes its children", func(t *testing.T) {
+		if err := k.c.Delete(ctx, dp); err != nil {
+			t.Fatal(err)
+		}
+		key := client.ObjectKey{Namespace: namespace, Name: dp.Name + "-depproxy"}
+		eventually(t, 2*time.Minute, "children garbage-collected", func() error {
+			for _, obj := range []client.Object{&appsv1.Deployment{}, &corev1.Service{}, &corev1.ConfigMap{}} {
+				if err := k.c.Get(ctx, key, obj); !apierrors.IsNotFound(err) {
+					return fmt.Errorf("%T %s still there (%v)", obj, key.Name, err)
+				}
+			}
+			return nil
+		})
+	})
+}
+
+func connect(t *testing.T) *cluster {
+	t.Helper()
+	cfg, err := clientcmd.BuildConfigFromFlags("", os.Getenv("KUBECONFIG"))
+	if err != nil {
+		t.Fatalf("KUBECONFIG: %v (run with make e2e)", err)
+	}
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, depproxyv1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nodes corev1.NodeList
+	if err := c.List(context.Background(), &nodes); err != nil || len(nodes.Items) != 1 {
+		t.Fatalf("want one node: %v, %d", err, len(nodes.Items))
+	}
+	k := &cluster{c: c, dir: os.Getenv("DEPPROXY_CLUSTER_DIR")}
+	for _, a := range nodes.Items[0].Status.Addresses {
+		if a.Type == corev1.NodeInternalIP {
+			k.nodeIP = a.Address
+		}
+	}
+	k.proxy = net.JoinHostPort(k.nodeIP, strconv.Itoa(proxyNodePort))
+	if err := c.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// startMinIO runs MinIO in the cluster, as a Deployment with a Service
+// that the proxy reaches by ClusterIP and the test by node port.
+func (k *cluster) startMinIO(ctx context.Context, t *testing.T) {
+	labels := map[string]string{"app": "minio"}
+	env := []corev1.EnvVar{{Name: "MINIO_ROOT_USER", Value: minioAccessKey}, {Name: "MINIO_ROOT_PASSWORD", Value: minioSecretKey}}
+	objs := []client.Object{
+		&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "minio", Namespace: namespace}, Spec: appsv1.DeploymentSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: corev1.PodSpec{
+				Containers: []corev1.Container{{Name: "minio", Image: os.Getenv("DEPPROXY_E2E_MINIO_IMAGE"),
+					Args: []string{"server", "/data", "--address", ":9000", "--console-address", ":9001"}, Env: env,
+					Ports: []corev1.ContainerPort{{Name: "s3", ContainerPort: 9000}},
+					ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+						Path: "/minio/health/ready", Port: intstr.FromString("s3")}}, PeriodSeconds: 1},
+					VolumeMounts: []corev1.VolumeMount{{Name: "data", MountPath: "/data"}, {Name: "tmp", MountPath: "/tmp"}},
+				}},
+				Volumes: []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+					{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}},
+			}},
+		}},
+		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "minio", Namespace: namespace}, Spec: corev1.ServiceSpec{
+			Type: corev1.ServiceTypeNodePort, Selector: labels,
+			Ports: []corev1.ServicePort{{Port: 9000, TargetPort: intstr.FromInt32(9000), NodePort: minioNodePort}},
+		}},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "minio-creds", Namespace: namespace},
+			StringData: map[string]string{"AWS_ACCESS_KEY_ID": minioAccessKey, "AWS_SECRET_ACCESS_KEY": minioSecretKey}},
+	}
+	for _, o := range objs {
+		if err := k.c.Create(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mc, err := minio.New(net.JoinHostPort(k.nodeIP, strconv.Itoa(minioNodePort)),
+		&minio.Options{Creds: credentials.NewStaticV4(minioAccessKey, minioSecretKey, "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.minio = mc
+	eventually(t, 2*time.Minute, "MinIO serving", func() error {
+		err := mc.MakeBucket(ctx, bucket, minio.MakeBucketOptions{})
+		if ok, _ := mc.BucketExists(ctx, bucket); ok {
+			return nil
+		}
+		return err
+	})
+}
+
+func (k *cluster) applyProxy(ctx context.Context, t *testing.T) *depproxyv1.DependencyProxy {
+	t.Helper()
+	var svc corev1.Service
+	if err := k.c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: "minio"}, &svc); err != nil {
+		t.Fatal(err)
+	}
+	dp := &depproxyv1.DependencyProxy{
+		ObjectMeta: metav1.ObjectMeta{Name: "team-a", Namespace: namespace},
+		Spec: depproxyv1.DependencyProxySpec{
+			Upstream: depproxyv1.UpstreamSpec{URL: k.front.URL(), MirrorOf: []string{"docker.io"}},
+			Storage: depproxyv1.StorageSpec{Endpoint: net.JoinHostPort(svc.Spec.ClusterIP, "9000"), Bucket: bucket,
+				Insecure: true, CredentialsSecretRef: corev1.LocalObjectReference{Name: "minio-creds"}},
+			Auth:     &depproxyv1.AuthSpec{Anonymous: true},
+			NodePort: ptr.To[int32](proxyNodePort),
+		},
+	}
+	if err := k.c.Create(ctx, dp); err != nil {
+		t.Fatal(err)
+	}
+	return dp
+}
+
+func ready(ctx context.Context, c client.Client, dp *depproxyv1.DependencyProxy) error {
+	if err := c.Get(ctx, client.ObjectKeyFromObject(dp), dp); err != nil {
+		return err
+	}
+	cond := meta.FindStatusCondition(dp.Status.Conditions, depproxyv1.ConditionReady)
+	if cond == nil || cond.Status != metav1.ConditionTrue || cond.ObservedGeneration != dp.Generation {
+		return fmt.Errorf("Ready: %+v", cond)
+	}
+	return nil
+}
+
+// podKilledMidPull deletes the proxy's pod while it downloads a 64 MiB
+// blob that the upstream serves slowly. The client retries until a new pod
+// serves it whole; at no point does the bucket hold a blob whose content
+// does not match its digest.
+func (k *cluster) podKilledMidPull(ctx context.Context, t *testing.T, dp *depproxyv1.DependencyProxy) {
+	// 64 MiB at about 8 MiB/s: the download lasts long enough to be cut.
+	k.front.Fault(k.front.Alter("blob", func(w http.ResponseWriter, resp *http.Response) {
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(resp.StatusCode)
+		buf := make([]byte, 256<<10)
+		for {
+			n, err := resp.Body.Read(buf)
+			if n > 0 {
+				if _, werr := w.Write(buf[:n]); werr != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+				time.Sleep(30 * time.Millisecond)
+			}
+			if err != nil {
+				return
+			}
+		}
+	}))
+	defer k.front.Fault(nil)
+
+	img, err := crane.Pull(k.proxy+"/e2e/big:1", crane.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := img.Layers()
+	layer := layers[0]
+	digest, _ := layer.Digest()
+	url := fmt.Sprintf("http://%s/v2/e2e/big/blobs/%s", k.proxy, digest)
+
+	pods := k.proxyPods(ctx, t, dp)
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.CopyN(io.Discard, resp.Body, 4<<20)
+	if got != 4<<20 {
+		t.Fatalf("read %d bytes before the kill", got)
+	}
+	for _, p := range pods {
+		if err := k.c.Delete(ctx, &p, client.GracePeriodSeconds(0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rest, _ := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	t.Logf("first pull cut after %d of %d bytes", got+rest, bigBlobSize)
+	k.assertNoPartialBlobs(ctx, t)
+
+	eventually(t, 3*time.Minute, "pull retried through a new pod", func() error {
+		resp, err := http.Get(url)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		h := sha256.New()
+		n, err := io.Copy(h, resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s after %d bytes: %v", resp.Status, n, err)
+		}
+		if sum := "sha256:" + hex.EncodeToString(h.Sum(nil)); sum != digest.String() {
+			return fmt.Errorf("got %s, want %s (%d bytes)", sum, digest, n)
+		}
+		return nil
+	})
+	eventually(t, time.Minute, "the blob committed", func() error {
+		info, err := k.minio.StatObject(ctx, bucket, "blobs/"+digest.Algorithm+"/"+digest.Hex, minio.StatObjectOptions{})
+		if err != nil {
+			return err
+		}
+		if info.Size != bigBlobSize {
+			return fmt.Errorf("size %d", info.Size)
+		}
+		return nil
+	})
+	k.assertNoPartialBlobs(ctx, t)
+}
+
+// assertNoPartialBlobs reads every blob in the bucket and checks that its
+// content is its digest.
+func (k *cluster) assertNoPartialBlobs(ctx context.Context, t *testing.T) {
+	t.Helper()
+	n := 0
+	for obj := range k.minio.ListObjects(ctx, bucket, minio.ListObjectsOptions{Prefix: "blobs/", Recursive: true}) {
+		if obj.Err != nil {
+			t.Fatal(obj.Err)
+		}
+		parts := strings.Split(obj.Key, "/")
+		want := parts[len(parts)-1]
+		r, err := k.minio.GetObject(ctx, bucket, obj.Key, minio.GetObjectOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := sha256.New()
+		_, err = io.Copy(h, r)
+		r.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := hex.EncodeToString(h.Sum(nil)); got != want {
+			t.Fatalf("%s holds content with digest %s (%d bytes)", obj.Key, got, obj.Size)
+		}
+		n++
+	}
+	t.Logf("%d blobs in the bucket, each whole", n)
+}
+
+func (k *cluster) proxyPods(ctx context.Context, t *testing.T, dp *depproxyv1.DependencyProxy) []corev1.Pod {
+	t.Helper()
+	var pods corev1.PodList
+	if err := k.c.List(ctx, &pods, client.InNamespace(namespace), client.MatchingLabels{"app.kubernetes.io/instance": dp.Name}); err != nil {
+		t.Fatal(err)
+	}
+	if len(pods.Items) == 0 {
+		t.Fatal("no proxy pods")
+	}
+	return pods.Items
+}
+
+// nodeMirror points the node's containerd at the proxy for docker.io and
+// starts a pod from a docker.io image that exists only in the test's
+// upstream: the proxy is the only way the node can get it.
+func (k *cluster) nodeMirror(ctx context.Context, t *testing.T) {
+	hosts := filepath.Join(k.dir, "containerd", "certs.d", "docker.io")
+	if err := os.MkdirAll(hosts, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	toml := fmt.Sprintf("server = \"https://registry-1.docker.io\"\n\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", k.proxy)
+	if err := os.WriteFile(filepath.Join(hosts, "hosts.toml"), []byte(toml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := k.mirroredManifests(t)
+	k.front.Reset()
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "mirrored", Namespace: namespace}, Spec: corev1.PodSpec{
+		Containers: []corev1.Container{{Name: "app", Image: "docker.io/library/e2e-mirror:1", ImagePullPolicy: corev1.PullAlways}},
+	}}
+	if err := k.c.Create(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Minute, "mirrored pod Running", func() error {
+		if err := k.c.Get(ctx, client.ObjectKeyFromObject(pod), pod); err != nil {
+			return err
+		}
+		if pod.Status.Phase != corev1.PodRunning {
+			return fmt.Errorf("phase %s: %+v", pod.Status.Phase, pod.Status.ContainerStatuses)
+		}
+		return nil
+	})
+	if after := k.mirroredManifests(t); after <= before {
+		t.Fatalf("the proxy served no manifest for the node (%v before, %v after)", before, after)
+	}
+	if k.front.Count(http.MethodGet, "manifest")+k.front.Count(http.MethodHead, "manifest") == 0 {
+		t.Fatal("the upstream saw no request for the mirrored image: it did not come through the proxy")
+	}
+}
+
+// mirroredManifests sums the proxy's manifest requests from its metrics.
+func (k *cluster) mirroredManifests(t *testing.T) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + k.proxy + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var sum float64
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, "depproxy_cache_requests_total{") && strings.Contains(line, `kind="manifest"`) {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			sum += v
+		}
+	}
+	return sum
+}
+
+// cleanupRun triggers the policy's CronJob now, as an operator would.
+func (k *cluster) cleanupRun(ctx context.Context, t *testing.T) {
+	cp := &depproxyv1.CleanupPolicy{ObjectMeta: metav1.ObjectMeta{Name: "nightly", Namespace: namespace},
+		Spec: depproxyv1.CleanupPolicySpec{Target: "team-a", TTLDays: 30, Schedule: "0 3 * * *"}}
+	if err := k.c.Create(ctx, cp); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Minute, "CronJob", func() error {
+		return k.c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: "nightly-cleanup"}, &batchv1.CronJob{})
+	})
+	out, err := exec.Command("kubectl", "-n", namespace, "create", "job", "--from=cronjob/nightly-cleanup", "nightly-now").CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl create job: %v: %s", err, out)
+	}
+	eventually(t, 3*time.Minute, "cleanup result in status", func() error {
+		if err := k.c.Get(ctx, client.ObjectKeyFromObject(cp), cp); err != nil {
+			return err
+		}
+		r := cp.Status.LastResult
+		if r == nil || r.FinishedAt.IsZero() {
+			return fmt.Errorf("no result yet: %+v", cp.Status)
+		}
+		if !r.Succeeded {
+			return fmt.Errorf("cleanup failed: %+v", r)
+		}
+		return nil
+	})
+	t.Logf("cleanup result: %+v", cp.Status.LastResult)
+}
+
+// pushTestImages fills the upstream and returns each reference's digest.
+func pushTestImages(t *testing.T, reg string) map[string]string {
+	t.Helper()
+	digests := map[string]string{}
+	push := func(ref string, write func(name.Reference) error, d func() (v1.Hash, error)) {
+		r, err := name.ParseReference(reg+"/"+ref, name.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := write(r); err != nil {
+			t.Fatalf("push %s: %v", ref, err)
+		}
+		h, err := d()
+		if err != nil {
+			t.Fatal(err)
+		}
+		digests[ref] = h.String()
+	}
+	image := func(layers int64, oci bool) v1.Image {
+		img, err := random.Image(1024, layers)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if oci {
+			img = mutate.MediaType(img, types.OCIManifestSchema1)
+			img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+		}
+		return img
+	}
+	index := func(mt types.MediaType, oci bool) v1.ImageIndex {
+		return mutate.AppendManifests(mutate.IndexMediaType(empty.Index, mt),
+			mutate.IndexAddendum{Add: image(2, oci), Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},
+			mutate.IndexAddendum{Add: image(2, oci), Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}}})
+	}
+	oci, docker := index(types.OCIImageIndex, true), index(types.DockerManifestList, false)
+	push("e2e/multi:oci", func(r name.Reference) error { return remote.WriteIndex(r, oci) }, oci.Digest)
+	push("e2e/multi:docker", func(r name.Reference) error { return remote.WriteIndex(r, docker) }, docker.Digest)
+	big, err := random.Image(bigBlobSize, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := name.ParseReference(reg+"/e2e/big:1", name.Insecure)
+	if err := remote.Write(r, big); err != nil {
+		t.Fatal(err)
+	}
+	// The node's mirrored image: the sandbox image, which runs anywhere.
+	if err := crane.Copy(os.Getenv("DEPPROXY_E2E_PAUSE_IMAGE"), reg+"/library/e2e-mirror:1", crane.Insecure); err != nil {
+		t.Fatal(err)
+	}
+	return digests
+}
+
+// pullAll downloads ref's image for this platform, manifests and blobs,
+// checking each digest on the way.
+func pullAll(ref string) error {
+	img, err := crane.Pull(ref, crane.Insecure)
+	if err != nil {
+		return err
+	}
+	return crane.Save(img, ref, os.DevNull)
+}
+
+func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = f(); err == nil {
+			return
+		}
+		time.Sleep(time.Second)
+	}
+	t.Fatalf("%s: not within %s: %v", what, timeout, err)
+}
