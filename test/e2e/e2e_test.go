@@ -257,7 +257,7 @@ func ready(ctx context.Context, c client.Client, dp *depproxyv1.DependencyProxy)
 // does not match its digest.
 func (k *cluster) podKilledMidPull(ctx context.Context, t *testing.T, dp *depproxyv1.DependencyProxy) {
 	// 64 MiB at about 8 MiB/s: the download lasts long enough to be cut.
-	k.front.Fault(k.front.Alter("blob", func(w http.ResponseWriter, resp *http.Response) {
+	k.front.Fault(k.front.Alter("blobs", func(w http.ResponseWriter, resp *http.Response) {
 		for k, v := range resp.Header {
 			w.Header()[k] = v
 		}
@@ -286,6 +286,7 @@ func (k *cluster) podKilledMidPull(ctx context.Context, t *testing.T, dp *deppro
 	layers, _ := img.Layers()
 	layer := layers[0]
 	digest, _ := layer.Digest()
+	size, _ := layer.Size()
 	url := fmt.Sprintf("http://%s/v2/e2e/big/blobs/%s", k.proxy, digest)
 
 	pods := k.proxyPods(ctx, t, dp)
@@ -304,7 +305,7 @@ func (k *cluster) podKilledMidPull(ctx context.Context, t *testing.T, dp *deppro
 	}
 	rest, _ := io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	t.Logf("first pull cut after %d of %d bytes", got+rest, bigBlobSize)
+	t.Logf("first pull cut after %d of %d bytes", got+rest, size)
 	k.assertNoPartialBlobs(ctx, t)
 
 	eventually(t, 3*time.Minute, "pull retried through a new pod", func() error {
@@ -328,8 +329,8 @@ func (k *cluster) podKilledMidPull(ctx context.Context, t *testing.T, dp *deppro
 		if err != nil {
 			return err
 		}
-		if info.Size != bigBlobSize {
-			return fmt.Errorf("size %d", info.Size)
+		if info.Size != size {
+			return fmt.Errorf("size %d, want %d", info.Size, size)
 		}
 		return nil
 	})
@@ -409,7 +410,7 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T) {
 	if after := k.mirroredManifests(t); after <= before {
 		t.Fatalf("the proxy served no manifest for the node (%v before, %v after)", before, after)
 	}
-	if k.front.Count(http.MethodGet, "manifest")+k.front.Count(http.MethodHead, "manifest") == 0 {
+	if k.front.Count(http.MethodGet, "manifests")+k.front.Count(http.MethodHead, "manifests") == 0 {
 		t.Fatal("the upstream saw no request for the mirrored image: it did not come through the proxy")
 	}
 }
