@@ -76,9 +76,10 @@ undeploy:
 tools:
 	hack/tools.sh
 
-## test: every test, real parts included, with the race detector
+## test: every test, real parts included, with the race detector, then the end-to-end tests
 test: tools lint verify-generated
 	$(GO) test -race -count=1 -timeout 30m ./...
+	hack/e2e.sh
 
 ## lint: formatting and vet
 lint:

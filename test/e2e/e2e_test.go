@@ -56,7 +56,7 @@ const (
 	bucket         = "e2e-cache"
 	minioAccessKey = "e2e-access"
 	minioSecretKey = "e2e-secret-key"
-	bigBlobSize    = 64 << 20
+	bigBlobSize    = 64 << 20 // before compression
 )
 
 type cluster struct {
@@ -305,6 +305,9 @@ func (k *cluster) podKilledMidPull(ctx context.Context, t *testing.T, dp *deppro
 	}
 	rest, _ := io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
+	if got+rest >= size {
+		t.Fatalf("the pod's deletion did not cut the pull (%d bytes read): the test proves nothing", got+rest)
+	}
 	t.Logf("first pull cut after %d of %d bytes", got+rest, size)
 	k.assertNoPartialBlobs(ctx, t)
 
