@@ -85,6 +85,7 @@ test: tools lint verify-generated
 lint:
 	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags e2e ./test/e2e
 
 ## e2e: a real single-node cluster on this machine, the operator deployed, test/e2e
 e2e: tools

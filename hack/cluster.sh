@@ -22,6 +22,7 @@ BRIDGE=depproxy0
 IMAGES_REGISTRY=127.0.0.1:5001 # the node pulls cluster images from here
 PAUSE_IMAGE=localhost:5001/e2e/pause:1
 NODE_NAME=depproxy-node
+BRIDGE_NF=/proc/sys/net/bridge/bridge-nf-call-iptables
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
 node_ip() {
@@ -61,8 +62,13 @@ up() {
 	ip route replace blackhole "$POD_SUPERNET"
 	cat /proc/sys/net/ipv4/ip_forward >"$DIR/run/ip_forward.orig"
 	echo 1 >/proc/sys/net/ipv4/ip_forward
+	# Pods reaching a Service whose endpoint is on the same bridge need the
+	# bridge's traffic to pass through kube-proxy's rules.
 	modprobe br_netfilter 2>/dev/null || true
-	[[ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]] && echo 1 >/proc/sys/net/bridge/bridge-nf-call-iptables
+	if [[ -e "$BRIDGE_NF" ]]; then
+		cat "$BRIDGE_NF" >"$DIR/run/bridge-nf.orig"
+		echo 1 >"$BRIDGE_NF"
+	fi
 
 	pki "$ip"
 
@@ -272,12 +278,20 @@ down() {
 	if [[ -f "$DIR/run/ip_forward.orig" ]]; then
 		cat "$DIR/run/ip_forward.orig" >/proc/sys/net/ipv4/ip_forward
 	fi
+	if [[ -f "$DIR/run/bridge-nf.orig" ]]; then
+		cat "$DIR/run/bridge-nf.orig" >"$BRIDGE_NF"
+	fi
 	# Paths the components use whatever their flags say.
 	rm -rf /var/lib/kubelet/device-plugins /var/log/containers /var/log/pods /var/lib/cni /run/containerd/s \
 		/run/containerd/io.containerd.runtime.v2.task /run/containerd/runc
 	rmdir /var/lib/kubelet 2>/dev/null || true
 	rm -rf "$DIR"
 }
+
+if [[ $EUID -ne 0 ]]; then
+	echo "cluster: must run as root (containerd, kubelet, iptables and routes)" >&2
+	exit 1
+fi
 
 case "${1:-}" in
 up) up ;;
