@@ -95,15 +95,16 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 			return nil, err
 		}
 		ds := m.Digest.String()
+		moved := cached == nil || cached.Digest != m.Digest
 		if err := c.store.Put(ctx, tagKey(repo, tag), strings.NewReader(ds), int64(len(ds))); err != nil {
 			c.storageFailed(err, "store tag", "repository", repo, "tag", tag)
-		} else if cached == nil || cached.Digest != m.Digest {
+		} else if moved {
 			// A new or moved tag: the next summary shows it rather than
 			// one scanned before it.
 			c.lastSummary.Store(nil)
 		}
 		c.markFresh(repo, tag)
-		if manifest.IsIndex(m.MediaType) && (cached == nil || cached.Digest != m.Digest) && len(c.prefetch) > 0 {
+		if moved && manifest.IsIndex(m.MediaType) && len(c.prefetch) > 0 {
 			go c.prefetchIndex(repo, m)
 		}
 		return m, nil
