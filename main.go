@@ -35,8 +35,8 @@ func main() {
 	log := ctrl.Log.WithName("setup")
 
 	scheme := runtime.NewScheme()
-	must(clientgoscheme.AddToScheme(scheme))
-	must(depproxyv1.AddToScheme(scheme))
+	must(clientgoscheme.AddToScheme(scheme), "registering the Kubernetes types")
+	must(depproxyv1.AddToScheme(scheme), "registering the depproxy types")
 
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Scheme:                 scheme,
@@ -45,7 +45,7 @@ func main() {
 		LeaderElection:         leaderElect,
 		LeaderElectionID:       "manager.depproxy.dev",
 	})
-	must(err)
+	must(err, "creating the manager")
 
 	// ServiceMonitors only where the Prometheus operator's CRD is installed.
 	_, err = mgr.GetRESTMapper().RESTMapping(schema.GroupKind{Group: "monitoring.coreos.com", Kind: "ServiceMonitor"}, "v1")
@@ -56,12 +56,12 @@ func main() {
 		Client: mgr.GetClient(), Scheme: scheme, Recorder: mgr.GetEventRecorder("depproxy"),
 		ProxyImage: proxyImage, ServiceMonitors: serviceMonitors,
 		Summaries: controllers.HTTPSummaries{Services: mgr.GetClient()}, SummaryInterval: summaryInterval,
-	}).SetupWithManager(mgr))
+	}).SetupWithManager(mgr), "setting up the DependencyProxy controller")
 	must((&controllers.CleanupPolicyReconciler{
 		Client: mgr.GetClient(), Scheme: scheme, Recorder: mgr.GetEventRecorder("depproxy"), ProxyImage: proxyImage,
-	}).SetupWithManager(mgr))
-	must(mgr.AddHealthzCheck("healthz", healthz.Ping))
-	must(mgr.AddReadyzCheck("readyz", healthz.Ping))
+	}).SetupWithManager(mgr), "setting up the CleanupPolicy controller")
+	must(mgr.AddHealthzCheck("healthz", healthz.Ping), "adding the health check")
+	must(mgr.AddReadyzCheck("readyz", healthz.Ping), "adding the readiness check")
 
 	log.Info("starting manager")
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
@@ -70,9 +70,10 @@ func main() {
 	}
 }
 
-func must(err error) {
+// must stops the manager at start, saying which step failed.
+func must(err error, step string) {
 	if err != nil {
-		ctrl.Log.WithName("setup").Error(err, "cannot start")
+		ctrl.Log.WithName("setup").Error(err, "cannot start", "step", step)
 		os.Exit(1)
 	}
 }

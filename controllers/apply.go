@@ -9,6 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 )
 
@@ -25,14 +26,14 @@ type applier struct {
 // the live object, and what tells whether someone changed them (the hash
 // alone does not see an edit that left its annotation in place).
 type child struct {
-	obj  client.Object
-	copy func(existing, desired client.Object)
-	same func(existing, desired client.Object) bool
+	obj    client.Object
+	update func(existing, desired client.Object)
+	same   func(existing, desired client.Object) bool
 }
 
 // apply makes c.obj exist, owned by owner.
 func (a applier) apply(ctx context.Context, owner client.Object, c child) (controllerutil.OperationResult, error) {
-	desired, copyWanted := c.obj, c.copy
+	desired := c.obj
 	raw, err := json.Marshal(desired)
 	if err != nil {
 		return controllerutil.OperationResultNone, err
@@ -47,7 +48,7 @@ func (a applier) apply(ctx context.Context, owner client.Object, c child) (contr
 	err = a.client.Get(ctx, client.ObjectKeyFromObject(desired), existing)
 	if apierrors.IsNotFound(err) {
 		if err := a.client.Create(ctx, desired); err != nil {
-			return controllerutil.OperationResultNone, fmt.Errorf("creating %T %s: %w", desired, desired.GetName(), err)
+			return controllerutil.OperationResultNone, fmt.Errorf("creating %s %s: %w", kindOf(desired, a.scheme), desired.GetName(), err)
 		}
 		return controllerutil.OperationResultCreated, nil
 	}
@@ -58,7 +59,7 @@ func (a applier) apply(ctx context.Context, owner client.Object, c child) (contr
 		(c.same == nil || c.same(existing, desired)) {
 		return controllerutil.OperationResultNone, nil
 	}
-	copyWanted(existing, desired)
+	c.update(existing, desired)
 	labels := existing.GetLabels()
 	if labels == nil {
 		labels = map[string]string{}
@@ -72,9 +73,18 @@ func (a applier) apply(ctx context.Context, owner client.Object, c child) (contr
 		return controllerutil.OperationResultNone, err
 	}
 	if err := a.client.Update(ctx, existing); err != nil {
-		return controllerutil.OperationResultNone, fmt.Errorf("updating %T %s: %w", existing, existing.GetName(), err)
+		return controllerutil.OperationResultNone, fmt.Errorf("updating %s %s: %w", kindOf(existing, a.scheme), existing.GetName(), err)
 	}
 	return controllerutil.OperationResultUpdated, nil
+}
+
+// kindOf names an object's kind as kubectl does (Deployment), for events
+// and errors.
+func kindOf(obj runtime.Object, scheme *runtime.Scheme) string {
+	if gvk, err := apiutil.GVKForObject(obj, scheme); err == nil {
+		return gvk.Kind
+	}
+	return fmt.Sprintf("%T", obj)
 }
 
 func setAnnotation(obj metav1.Object, key, value string) {

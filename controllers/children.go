@@ -1,13 +1,8 @@
 package controllers
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"fmt"
 	"sort"
 	"strings"
@@ -21,7 +16,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
-	"github.com/depproxy/depproxy/proxy/config"
+	"github.com/depproxy/depproxy/proxy/wire"
 )
 
 const (
@@ -44,6 +39,10 @@ const (
 	usersDir       = configDir + "/users"
 	upstreamDir    = configDir + "/upstream"
 	secretsHashKey = "depproxy.dev/secrets-hash"
+
+	// cleanupAppName is the app.kubernetes.io/name of cleanup CronJobs,
+	// their Jobs and pods.
+	cleanupAppName = "depproxy-cleanup"
 )
 
 // proxyName names every child of a DependencyProxy.
@@ -76,20 +75,21 @@ func usersSecret(dp *depproxyv1.DependencyProxy) string {
 	return ""
 }
 
-// proxyConfig is the proxy's config file for this spec.
-func proxyConfig(dp *depproxyv1.DependencyProxy) config.File {
+// proxySettings are the proxy's settings for this spec, rendered as its
+// config file.
+func proxySettings(dp *depproxyv1.DependencyProxy) wire.Settings {
 	s := dp.Spec.Storage
 	storage := "s3://" + s.Bucket
 	if p := strings.Trim(s.Prefix, "/"); p != "" {
 		storage += "/" + p
 	}
-	return config.File{
+	return wire.Settings{
 		Listen:            fmt.Sprintf(":%d", ProxyPort),
 		Upstream:          dp.Spec.Upstream.URL,
 		Storage:           storage,
 		S3Endpoint:        s.Endpoint,
 		S3Insecure:        s.Insecure,
-		RecheckInterval:   dp.Spec.RecheckInterval.Duration.String(),
+		RecheckInterval:   wire.Duration(dp.Spec.RecheckInterval.Duration),
 		PrefetchPlatforms: strings.Join(dp.Spec.PrefetchPlatforms, ","),
 		Tenant:            tenantName(dp),
 		TokenKey:          tokenKeyDir + "/" + tokenKeyFile,
@@ -117,18 +117,14 @@ func ifSet(cond, v string) string {
 // Secret rotates it (the operator makes a new one and the pods roll), and
 // tokens signed with the old one stop working.
 func desiredTokenKey(dp *depproxyv1.DependencyProxy) (*corev1.Secret, error) {
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	der, err := x509.MarshalECPrivateKey(k)
+	_, pemBytes, err := wire.NewSigningKey()
 	if err != nil {
 		return nil, err
 	}
 	return &corev1.Secret{
 		ObjectMeta: objectMeta(tokenKeyName(dp), dp.Namespace, proxyLabels(dp)),
 		Type:       corev1.SecretTypeOpaque,
-		Data:       map[string][]byte{tokenKeyFile: pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})},
+		Data:       map[string][]byte{tokenKeyFile: pemBytes},
 	}, nil
 }
 
@@ -161,7 +157,7 @@ func sortedPairs[V string | []byte](m map[string]V) []string {
 
 // desiredConfigMap holds the proxy's config file.
 func desiredConfigMap(dp *depproxyv1.DependencyProxy) (*corev1.ConfigMap, error) {
-	raw, err := proxyConfig(dp).Marshal()
+	raw, err := proxySettings(dp).Marshal()
 	if err != nil {
 		return nil, err
 	}
@@ -351,7 +347,7 @@ func cleanupName(cp *depproxyv1.CleanupPolicy) string { return cp.Name + "-clean
 // target's own config file and credentials.
 func desiredCronJob(cp *depproxyv1.CleanupPolicy, dp *depproxyv1.DependencyProxy, defaultImage string) *batchv1.CronJob {
 	labels := map[string]string{
-		"app.kubernetes.io/name":       "depproxy-cleanup",
+		"app.kubernetes.io/name":       cleanupAppName,
 		"app.kubernetes.io/instance":   cp.Name,
 		"app.kubernetes.io/managed-by": "depproxy-operator",
 	}

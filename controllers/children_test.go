@@ -10,6 +10,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
+	"github.com/depproxy/depproxy/proxy/wire"
 )
 
 // The builders are pure: these run without a cluster.
@@ -27,9 +28,9 @@ func testProxy() *depproxyv1.DependencyProxy {
 	}
 }
 
-func TestProxyConfig(t *testing.T) {
-	f := proxyConfig(testProxy())
-	if f.Storage != "s3://cache/team-a" || f.Upstream != "https://quay.io" || f.RecheckInterval != "1m30s" ||
+func TestProxySettings(t *testing.T) {
+	f := proxySettings(testProxy())
+	if f.Storage != "s3://cache/team-a" || f.Upstream != "https://quay.io" || f.RecheckInterval.Std() != 90*time.Second ||
 		f.PrefetchPlatforms != "linux/amd64,linux/arm64" || f.Listen != ":5000" || !f.S3Insecure ||
 		f.UpstreamMirrorOf != "quay.io,mirror.internal:5000" {
 		t.Fatalf("%+v", f)
@@ -85,10 +86,10 @@ func TestCleanupResult(t *testing.T) {
 }
 
 func TestSummaryIsBounded(t *testing.T) {
-	var w summaryWire
+	var w wire.Summary
 	w.Hits, w.Misses, w.Bytes, w.ImageCount = 93, 7, 3<<30, 100000
 	for i := 0; i < 500; i++ {
-		w.Images = append(w.Images, imageWire{Repository: "r", Tag: "t"})
+		w.Images = append(w.Images, wire.SummaryImage{Repository: "r", Tag: "t"})
 	}
 	s := toCacheSummary(w, metav1.Now())
 	if len(s.Images) != maxSummaryImages || s.HitRatio != "0.93" || s.Size != "3Gi" || s.ImageCount != 100000 {

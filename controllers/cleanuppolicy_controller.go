@@ -3,8 +3,6 @@ package controllers
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"strings"
 	"time"
 
@@ -25,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
+	"github.com/depproxy/depproxy/proxy/wire"
 )
 
 // CleanupPolicyReconciler runs a CronJob of `depproxy cleanup` for each
@@ -73,10 +72,10 @@ func (r *CleanupPolicyReconciler) Reconcile(ctx context.Context, req reconcile.R
 	}
 	before := cp.Status.DeepCopy()
 	defer func() {
-		r.computeStatus(cp, retErr)
-		if errors.Is(retErr, errWaiting) {
-			result, retErr = reconcile.Result{RequeueAfter: 30 * time.Second}, nil
-		}
+		outcome := asReconcileError(retErr)
+		r.computeStatus(cp, outcome)
+		outcome.warn(r.Recorder, cp)
+		result, retErr = outcome.result(result)
 		if !equality.Semantic.DeepEqual(before, &cp.Status) {
 			if err := r.Status().Update(ctx, cp); err != nil && retErr == nil {
 				retErr = err
@@ -89,13 +88,12 @@ func (r *CleanupPolicyReconciler) Reconcile(ctx context.Context, req reconcile.R
 		if client.IgnoreNotFound(err) != nil {
 			return reconcile.Result{}, err
 		}
-		msg := fmt.Sprintf("DependencyProxy %q named by spec.target does not exist in namespace %s", cp.Spec.Target, cp.Namespace)
-		r.Recorder.Eventf(cp, nil, corev1.EventTypeWarning, depproxyv1.ReasonTargetNotFound, "Reconcile", msg)
-		return reconcile.Result{}, fmt.Errorf("%w: %s", errWaiting, msg)
+		return reconcile.Result{}, waiting(depproxyv1.ReasonTargetNotFound,
+			"DependencyProxy %q named by spec.target does not exist in namespace %s", cp.Spec.Target, cp.Namespace)
 	}
 	a := applier{client: r.Client, scheme: r.Scheme}
 	cj := desiredCronJob(cp, dp, r.ProxyImage)
-	op, err := a.apply(ctx, cp, child{obj: cj, copy: func(e, d client.Object) {
+	op, err := a.apply(ctx, cp, child{obj: cj, update: func(e, d client.Object) {
 		e.(*batchv1.CronJob).Spec = d.(*batchv1.CronJob).Spec
 	}, same: func(e, d client.Object) bool {
 		es, ds := e.(*batchv1.CronJob).Spec, d.(*batchv1.CronJob).Spec
@@ -130,7 +128,7 @@ func (r *CleanupPolicyReconciler) Reconcile(ctx context.Context, req reconcile.R
 // pod's termination message.
 func (r *CleanupPolicyReconciler) lastResult(ctx context.Context, cp *depproxyv1.CleanupPolicy) (*depproxyv1.CleanupResult, error) {
 	jobs := &batchv1.JobList{}
-	if err := r.List(ctx, jobs, client.InNamespace(cp.Namespace), client.MatchingLabels{"app.kubernetes.io/instance": cp.Name, "app.kubernetes.io/name": "depproxy-cleanup"}); err != nil {
+	if err := r.List(ctx, jobs, client.InNamespace(cp.Namespace), client.MatchingLabels{"app.kubernetes.io/instance": cp.Name, "app.kubernetes.io/name": cleanupAppName}); err != nil {
 		return nil, err
 	}
 	var latest *batchv1.Job
@@ -177,20 +175,12 @@ func jobSucceeded(j *batchv1.Job) bool {
 	return false
 }
 
-// cleanupSummary is the JSON line `depproxy cleanup` ends its output with.
-type cleanupSummary struct {
-	DeletedTags      int64 `json:"deletedTags"`
-	DeletedManifests int64 `json:"deletedManifests"`
-	DeletedBlobs     int64 `json:"deletedBlobs"`
-	FreedBytes       int64 `json:"freedBytes"`
-}
-
 // cleanupResult turns a run's termination message into status. The
 // summary is its last line; anything else is kept as the message.
 func cleanupResult(at metav1.Time, succeeded bool, message string) *depproxyv1.CleanupResult {
 	res := &depproxyv1.CleanupResult{FinishedAt: at, Succeeded: succeeded}
 	lines := strings.Split(strings.TrimSpace(message), "\n")
-	var s cleanupSummary
+	var s wire.CleanupSummary
 	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &s); err == nil {
 		res.DeletedManifests, res.DeletedBlobs, res.FreedBytes = s.DeletedManifests, s.DeletedBlobs, s.FreedBytes
 		res.Deleted = s.DeletedTags + s.DeletedManifests + s.DeletedBlobs
@@ -208,15 +198,13 @@ func truncate(s string, n int) string {
 	return s[:n] + "…"
 }
 
-func (r *CleanupPolicyReconciler) computeStatus(cp *depproxyv1.CleanupPolicy, err error) {
+func (r *CleanupPolicyReconciler) computeStatus(cp *depproxyv1.CleanupPolicy, outcome *reconcileError) {
 	cp.Status.ObservedGeneration = cp.Generation
 	c := metav1.Condition{Type: depproxyv1.ConditionReady, Status: metav1.ConditionTrue, Reason: depproxyv1.ReasonScheduled,
 		Message: "cleanup runs on schedule " + cp.Spec.Schedule, ObservedGeneration: cp.Generation}
 	switch {
-	case err != nil && errors.Is(err, errWaiting):
-		c.Status, c.Reason, c.Message = metav1.ConditionFalse, depproxyv1.ReasonTargetNotFound, err.Error()
-	case err != nil:
-		c.Status, c.Reason, c.Message = metav1.ConditionFalse, depproxyv1.ReasonReconcileFailed, err.Error()
+	case outcome != nil:
+		c.Status, c.Reason, c.Message = metav1.ConditionFalse, outcome.Reason, outcome.Message
 	case cp.Spec.Suspend:
 		c.Reason, c.Message = depproxyv1.ReasonSuspended, "suspended: no new runs are scheduled"
 	}
@@ -227,7 +215,7 @@ func (r *CleanupPolicyReconciler) computeStatus(cp *depproxyv1.CleanupPolicy, er
 // and the targets (a target created later unblocks its policy).
 func (r *CleanupPolicyReconciler) SetupWithManager(mgr manager.Manager) error {
 	byInstance := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
-		if o.GetLabels()["app.kubernetes.io/name"] != "depproxy-cleanup" {
+		if o.GetLabels()["app.kubernetes.io/name"] != cleanupAppName {
 			return nil
 		}
 		return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: o.GetNamespace(), Name: o.GetLabels()["app.kubernetes.io/instance"]}}}

@@ -5,7 +5,6 @@ package controllers
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -48,15 +47,6 @@ type DependencyProxyReconciler struct {
 	SummaryInterval time.Duration
 }
 
-// errWaiting marks a spec that cannot be carried out yet: a Secret it
-// names is missing. The resource is retried later, and watched Secrets
-// are not needed for it.
-var errWaiting = errors.New("waiting")
-
-// errStalled marks a spec that cannot be carried out as it stands; only a
-// change to it helps, so it is not retried.
-var errStalled = errors.New("stalled")
-
 // +kubebuilder:rbac:groups=depproxy.dev,resources=dependencyproxies,verbs=get;list;watch
 // +kubebuilder:rbac:groups=depproxy.dev,resources=dependencyproxies/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;delete
@@ -78,13 +68,10 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	before := dp.Status.DeepCopy()
 	var deploy *appsv1.Deployment
 	defer func() {
-		r.computeStatus(dp, deploy, retErr)
-		switch {
-		case errors.Is(retErr, errWaiting):
-			result, retErr = ctrl.Result{RequeueAfter: 30 * time.Second}, nil
-		case errors.Is(retErr, errStalled):
-			result, retErr = ctrl.Result{}, nil
-		}
+		outcome := asReconcileError(retErr)
+		r.computeStatus(dp, deploy, outcome)
+		outcome.warn(r.Recorder, dp)
+		result, retErr = outcome.result(result)
 		if !equality.Semantic.DeepEqual(before, &dp.Status) {
 			if err := r.Status().Update(ctx, dp); err != nil && retErr == nil {
 				retErr = err
@@ -147,14 +134,12 @@ func (r *DependencyProxyReconciler) checkSecrets(ctx context.Context, dp *deppro
 			return nil, err
 		}
 		if err != nil {
-			msg := fmt.Sprintf("Secret %q named by spec.%s does not exist in namespace %s", name, field, dp.Namespace)
-			r.Recorder.Eventf(dp, nil, corev1.EventTypeWarning, depproxyv1.ReasonSecretNotFound, "Reconcile", msg)
-			return nil, fmt.Errorf("%w: %s", errWaiting, msg)
+			return nil, waiting(depproxyv1.ReasonSecretNotFound,
+				"Secret %q named by spec.%s does not exist in namespace %s", name, field, dp.Namespace)
 		}
 		if field == "auth.usersSecretRef" && len(s.Data) == 0 {
-			msg := fmt.Sprintf("Secret %q named by spec.auth.usersSecretRef has no users: add keys user=password", name)
-			r.Recorder.Eventf(dp, nil, corev1.EventTypeWarning, depproxyv1.ReasonInvalidSecret, "Reconcile", msg)
-			return nil, fmt.Errorf("%w: %s", errStalled, msg)
+			return nil, stalled(depproxyv1.ReasonInvalidSecret,
+				"Secret %q named by spec.auth.usersSecretRef has no users: add keys user=password", name)
 		}
 		if field != "storage.credentialsSecretRef" {
 			out = append(out, s)
@@ -195,16 +180,16 @@ func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *deppr
 	}
 	deploy := desiredDeployment(dp, r.ProxyImage, configHash(cm), secHash)
 	children := []child{
-		{obj: desiredServiceAccount(dp), copy: func(e, d client.Object) {
+		{obj: desiredServiceAccount(dp), update: func(e, d client.Object) {
 			e.(*corev1.ServiceAccount).AutomountServiceAccountToken = d.(*corev1.ServiceAccount).AutomountServiceAccountToken
 		}},
-		{obj: cm, copy: func(e, d client.Object) { e.(*corev1.ConfigMap).Data = d.(*corev1.ConfigMap).Data },
+		{obj: cm, update: func(e, d client.Object) { e.(*corev1.ConfigMap).Data = d.(*corev1.ConfigMap).Data },
 			same: func(e, d client.Object) bool {
 				return equality.Semantic.DeepEqual(e.(*corev1.ConfigMap).Data, d.(*corev1.ConfigMap).Data)
 			}},
-		{obj: deploy, copy: func(e, d client.Object) { e.(*appsv1.Deployment).Spec = d.(*appsv1.Deployment).Spec },
+		{obj: deploy, update: func(e, d client.Object) { e.(*appsv1.Deployment).Spec = d.(*appsv1.Deployment).Spec },
 			same: sameDeployment},
-		{obj: desiredService(dp), copy: func(e, d client.Object) {
+		{obj: desiredService(dp), update: func(e, d client.Object) {
 			es, ds := e.(*corev1.Service), d.(*corev1.Service)
 			es.Spec.Type, es.Spec.Selector, es.Spec.Ports = ds.Spec.Type, ds.Spec.Selector, ds.Spec.Ports
 		}, same: func(e, d client.Object) bool {
@@ -214,7 +199,7 @@ func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *deppr
 		}},
 	}
 	if r.ServiceMonitors {
-		children = append(children, child{obj: desiredServiceMonitor(dp), copy: func(e, d client.Object) {
+		children = append(children, child{obj: desiredServiceMonitor(dp), update: func(e, d client.Object) {
 			e.(*unstructured.Unstructured).Object["spec"] = d.(*unstructured.Unstructured).Object["spec"]
 		}})
 	}
@@ -233,7 +218,7 @@ func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *deppr
 }
 
 func (r *DependencyProxyReconciler) recordChange(dp *depproxyv1.DependencyProxy, obj client.Object, op controllerutil.OperationResult) {
-	kind := fmt.Sprintf("%T", obj)
+	kind := kindOf(obj, r.Scheme)
 	switch {
 	case op == controllerutil.OperationResultCreated:
 		r.Recorder.Eventf(dp, obj, corev1.EventTypeNormal, depproxyv1.ReasonCreated, "Create", "created %s %s", kind, obj.GetName())
@@ -277,22 +262,15 @@ func ready(dp *depproxyv1.DependencyProxy, d *appsv1.Deployment) bool {
 
 // computeStatus sets the conditions from the reconcile's outcome and the
 // Deployment's state.
-func (r *DependencyProxyReconciler) computeStatus(dp *depproxyv1.DependencyProxy, d *appsv1.Deployment, err error) {
+func (r *DependencyProxyReconciler) computeStatus(dp *depproxyv1.DependencyProxy, d *appsv1.Deployment, outcome *reconcileError) {
 	gen := dp.Generation
 	dp.Status.ObservedGeneration = gen
 	set := func(t string, s metav1.ConditionStatus, reason, msg string) {
 		meta.SetStatusCondition(&dp.Status.Conditions, metav1.Condition{Type: t, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen})
 	}
-	if err != nil {
-		reason := depproxyv1.ReasonReconcileFailed
-		switch {
-		case errors.Is(err, errWaiting):
-			reason = depproxyv1.ReasonSecretNotFound
-		case errors.Is(err, errStalled):
-			reason = depproxyv1.ReasonInvalidSecret
-		}
-		set(depproxyv1.ConditionDegraded, metav1.ConditionTrue, reason, err.Error())
-		set(depproxyv1.ConditionReady, metav1.ConditionFalse, reason, err.Error())
+	if outcome != nil {
+		set(depproxyv1.ConditionDegraded, metav1.ConditionTrue, outcome.Reason, outcome.Message)
+		set(depproxyv1.ConditionReady, metav1.ConditionFalse, outcome.Reason, outcome.Message)
 		return
 	}
 	set(depproxyv1.ConditionDegraded, metav1.ConditionFalse, depproxyv1.ReasonReconciled, "children match the spec")

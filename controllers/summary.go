@@ -16,10 +16,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
+	"github.com/depproxy/depproxy/proxy/wire"
 )
-
-// SummaryPath is where a proxy reports what it holds.
-const SummaryPath = "/status/summary"
 
 // maxSummaryImages bounds status.cache.images whatever the proxy sends.
 const maxSummaryImages = 50
@@ -33,26 +31,6 @@ type HTTPSummaries struct {
 	Services client.Reader
 	// BaseURL, when set, replaces both: tests point it elsewhere.
 	BaseURL func(dp *depproxyv1.DependencyProxy) string
-}
-
-// summaryWire is the proxy's JSON; only what the status shows is read.
-type summaryWire struct {
-	Images     []imageWire `json:"images"`
-	ImageCount int64       `json:"imageCount"`
-	Bytes      int64       `json:"bytes"`
-	Hits       int64       `json:"hits"`
-	Misses     int64       `json:"misses"`
-}
-
-type imageWire struct {
-	Repository string `json:"repository"`
-	Tag        string `json:"tag"`
-	Digest     string `json:"digest"`
-	MediaType  string `json:"mediaType"`
-	Platforms  []struct {
-		Platform string `json:"platform"`
-		Digest   string `json:"digest"`
-	} `json:"platforms"`
 }
 
 func (h HTTPSummaries) baseURL(ctx context.Context, dp *depproxyv1.DependencyProxy) (string, error) {
@@ -81,7 +59,7 @@ func (h HTTPSummaries) Summary(ctx context.Context, dp *depproxyv1.DependencyPro
 	if c == nil {
 		c = &http.Client{Timeout: 10 * time.Second}
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+SummaryPath, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+wire.SummaryPath, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -93,7 +71,7 @@ func (h HTTPSummaries) Summary(ctx context.Context, dp *depproxyv1.DependencyPro
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("proxy summary: %s", resp.Status)
 	}
-	var w summaryWire
+	var w wire.Summary
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&w); err != nil {
 		return nil, fmt.Errorf("proxy summary: %w", err)
 	}
@@ -101,7 +79,7 @@ func (h HTTPSummaries) Summary(ctx context.Context, dp *depproxyv1.DependencyPro
 }
 
 // toCacheSummary bounds and shapes the proxy's report for the status.
-func toCacheSummary(w summaryWire, at metav1.Time) *depproxyv1.CacheSummary {
+func toCacheSummary(w wire.Summary, at metav1.Time) *depproxyv1.CacheSummary {
 	s := &depproxyv1.CacheSummary{
 		ImageCount: w.ImageCount,
 		Bytes:      w.Bytes,

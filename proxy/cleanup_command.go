@@ -7,14 +7,13 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
 
 	"github.com/depproxy/depproxy/proxy/cleanup"
-	"github.com/depproxy/depproxy/proxy/config"
+	"github.com/depproxy/depproxy/proxy/server"
+	"github.com/depproxy/depproxy/proxy/wire"
 )
 
 // cleanupFlags are the flags `cleanup` has besides the storage settings it
@@ -35,13 +34,11 @@ func (f *cleanupFlags) register(fs *flag.FlagSet) {
 
 // cleanupCommand runs one cleanup and prints its JSON summary as the last
 // line of its output.
-func cleanupCommand(cfg *config.Serve, f cleanupFlags, log logr.Logger) error {
+func cleanupCommand(ctx context.Context, settings wire.Settings, f cleanupFlags, log logr.Logger) error {
 	if f.ttl <= 0 {
 		return errors.New("--ttl is required, e.g. --ttl 720h for 30 days")
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	store, err := openStorage(ctx, cfg, log)
+	store, err := server.OpenStorage(ctx, settings, log)
 	if err != nil {
 		return err
 	}

@@ -5,14 +5,18 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/go-logr/logr"
 
-	"github.com/depproxy/depproxy/proxy/config"
+	"github.com/depproxy/depproxy/proxy/server"
+	"github.com/depproxy/depproxy/proxy/wire"
 )
 
 const usage = `depproxy is a pull-through cache for container images.
@@ -30,21 +34,24 @@ func main() {
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet("depproxy "+os.Args[1], flag.ExitOnError)
-	cfg := config.Flags(fs)
+	settings := wire.Defaults()
+	settings.Bind(fs)
 	var cl cleanupFlags
 	if os.Args[1] == "cleanup" {
 		cl.register(fs)
 	}
-	if err := config.Load(fs, os.Args[2:]); err != nil {
+	if err := settings.Load(fs, os.Args[2:]); err != nil {
 		fmt.Fprintln(os.Stderr, "depproxy:", err)
 		os.Exit(2)
 	}
-	log := logr.FromSlogHandler(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(-cfg.LogLevel)}))
+	log := logr.FromSlogHandler(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(-settings.LogLevel)}))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
 	var err error
 	if os.Args[1] == "cleanup" {
-		err = cleanupCommand(cfg, cl, log)
+		err = cleanupCommand(ctx, settings, cl, log)
 	} else {
-		err = serve(cfg, log)
+		err = serve(ctx, settings, log)
 	}
 	if err != nil {
 		// One plain line: it is what a person (or a failed Job's
@@ -52,4 +59,12 @@ func main() {
 		fmt.Fprintln(os.Stderr, "depproxy:", err)
 		os.Exit(1)
 	}
+}
+
+func serve(ctx context.Context, settings wire.Settings, log logr.Logger) error {
+	s, err := server.New(ctx, settings, log)
+	if err != nil {
+		return err
+	}
+	return s.Run(ctx)
 }

@@ -12,18 +12,35 @@ const (
 	ConditionDegraded = "Degraded"
 )
 
-// Condition reasons; the same string is used for the event.
+// Condition reasons. The same string is the reason of the event that
+// reports the same outcome.
 const (
-	ReasonAvailable       = "Available"
-	ReasonRollingOut      = "RollingOut"
-	ReasonReconciled      = "Reconciled"
-	ReasonSecretNotFound  = "SecretNotFound"
-	ReasonTargetNotFound  = "TargetNotFound"
-	ReasonInvalidSecret   = "InvalidSecret"
-	ReasonScheduled       = "Scheduled"
-	ReasonSuspended       = "Suspended"
-	ReasonConfigRolled    = "ConfigRolled"
-	ReasonCreated         = "Created"
+	// ReasonAvailable: every replica the spec asks for is serving.
+	ReasonAvailable = "Available"
+	// ReasonRollingOut: the Deployment has not yet made the spec's
+	// replicas available (a new resource, a changed spec, a rolling pod).
+	ReasonRollingOut = "RollingOut"
+	// ReasonReconciled: every child object matches the spec.
+	ReasonReconciled = "Reconciled"
+	// ReasonSecretNotFound: a Secret the spec names does not exist yet;
+	// the operator looks again when it appears.
+	ReasonSecretNotFound = "SecretNotFound"
+	// ReasonTargetNotFound: the DependencyProxy a CleanupPolicy targets
+	// does not exist yet.
+	ReasonTargetNotFound = "TargetNotFound"
+	// ReasonInvalidSecret: a Secret the spec names exists but cannot be
+	// used as it is (a users Secret without users); fix the Secret.
+	ReasonInvalidSecret = "InvalidSecret"
+	// ReasonScheduled: the cleanup CronJob runs on the policy's schedule.
+	ReasonScheduled = "Scheduled"
+	// ReasonSuspended: the policy is suspended; no new runs start.
+	ReasonSuspended = "Suspended"
+	// ReasonConfigRolled: the proxy's config changed and its pods roll.
+	ReasonConfigRolled = "ConfigRolled"
+	// ReasonCreated: the operator created a child object.
+	ReasonCreated = "Created"
+	// ReasonReconcileFailed: a transient failure talking to the API
+	// server; the operator retries with backoff.
 	ReasonReconcileFailed = "ReconcileFailed"
 )
 

@@ -9,17 +9,21 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/storage"
 )
 
 // Blob is a blob ready to serve. When Size is known it can seek, for
-// Range requests. Err tells, after serving, whether the bytes turned out
+// Range requests; when File is set, it is a local file as well, which
+// goes out with sendfile. Err tells, after serving, whether the bytes turned out
 // wrong (a cut or corrupt upstream transfer): the response must then be
 // aborted, never completed.
 type Blob struct {
 	io.ReadSeeker
 	Size    int64
 	ModTime time.Time
+	// File: the ReadSeeker is a stored file (*os.File).
+	File bool
 	// Redirect, when set, is where the client should read the blob
 	// instead; the blob has no content then.
 	Redirect string
@@ -51,14 +55,13 @@ func (b *Blob) Err() error {
 func (c *Cache) Blob(ctx context.Context, repo string, d digest.Digest) (*Blob, error) {
 	b, err := c.blob(ctx, repo, d)
 	if err == nil {
-		c.reads.touch(blobKey(d))
+		c.reads.touch(layout.Blob(d))
 	}
 	return b, err
 }
 
 func (c *Cache) blob(ctx context.Context, repo string, d digest.Digest) (*Blob, error) {
-	repo = c.up.Repository(repo)
-	if f := c.joinFill(d); f != nil {
+	if f := c.fillFor(repo, d, false); f != nil {
 		c.metrics.request("blob", "join")
 		return c.fillBlob(ctx, f)
 	}
@@ -66,14 +69,15 @@ func (c *Cache) blob(ctx context.Context, repo string, d digest.Digest) (*Blob, 
 		c.metrics.request("blob", "hit")
 		return b, nil
 	}
-	r, info, err := c.store.Open(ctx, blobKey(d))
+	r, info, err := c.store.Open(ctx, layout.Blob(d))
 	if err == nil {
 		c.metrics.request("blob", "hit")
-		return &Blob{ReadSeeker: r, Size: info.Size, ModTime: info.ModTime, close: func() { r.Close() }}, nil
+		_, file := r.(*os.File)
+		return &Blob{ReadSeeker: r, Size: info.Size, ModTime: info.ModTime, File: file, close: func() { r.Close() }}, nil
 	}
 	c.storageFailed(err, "open blob", "digest", d)
 	c.metrics.request("blob", "miss")
-	return c.fillBlob(ctx, c.joinOrStartFill(repo, d))
+	return c.fillBlob(ctx, c.fillFor(repo, d, true))
 }
 
 // redirectBlob returns a redirect to a cached blob, when enabled and the
@@ -83,11 +87,11 @@ func (c *Cache) redirectBlob(ctx context.Context, d digest.Digest) *Blob {
 	if !c.redirect || !ok {
 		return nil
 	}
-	info, err := c.store.Stat(ctx, blobKey(d))
+	info, err := c.store.Stat(ctx, layout.Blob(d))
 	if err != nil {
 		return nil
 	}
-	u, err := rd.RedirectURL(ctx, blobKey(d))
+	u, err := rd.RedirectURL(ctx, layout.Blob(d))
 	if err != nil {
 		c.storageFailed(err, "presign blob", "digest", d)
 		return nil
@@ -97,13 +101,12 @@ func (c *Cache) redirectBlob(ctx context.Context, d digest.Digest) *Blob {
 
 // StatBlob returns a blob's size without fetching it.
 func (c *Cache) StatBlob(ctx context.Context, repo string, d digest.Digest) (int64, error) {
-	repo = c.up.Repository(repo)
-	info, err := c.store.Stat(ctx, blobKey(d))
+	info, err := c.store.Stat(ctx, layout.Blob(d))
 	if err == nil {
 		return info.Size, nil
 	}
 	c.storageFailed(err, "stat blob", "digest", d)
-	if f := c.joinFill(d); f != nil {
+	if f := c.fillFor(repo, d, false); f != nil {
 		defer f.release()
 		select {
 		case <-f.ready:
@@ -145,23 +148,16 @@ func (c *Cache) fillBlob(ctx context.Context, f *fill) (*Blob, error) {
 	}, nil
 }
 
-// joinFill returns the running fill for d, with a reference taken.
-func (c *Cache) joinFill(d digest.Digest) *fill {
+// fillFor returns the running fill for d, with a reference taken for the
+// caller; with start, it starts one if none runs, and nil only without.
+func (c *Cache) fillFor(repo string, d digest.Digest, start bool) *fill {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if f := c.fills[d]; f != nil && f.acquire() {
 		return f
 	}
-	return nil
-}
-
-// joinOrStartFill returns the running fill for d or starts one, with a
-// reference taken for the caller.
-func (c *Cache) joinOrStartFill(repo string, d digest.Digest) *fill {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if f := c.fills[d]; f != nil && f.acquire() {
-		return f
+	if !start {
+		return nil
 	}
 	f := newFill(d)
 	f.refs++ // the caller's
@@ -186,14 +182,14 @@ func (c *Cache) runFill(repo string, f *fill) {
 
 	blob, err := c.up.GetBlob(ctx, repo, f.digest.String())
 	if err != nil {
-		f.failEarly(err)
+		f.finish(err)
 		log.Info("upstream blob fetch failed", "error", err.Error())
 		return
 	}
 	defer blob.Body.Close()
 	file, err := os.CreateTemp(c.spoolDir, "blob-")
 	if err != nil {
-		f.failEarly(fmt.Errorf("spooling blob: %w", err))
+		f.finish(fmt.Errorf("spooling blob: %w", err))
 		log.Error(err, "cannot create spool file", "dir", c.spoolDir)
 		return
 	}
@@ -214,7 +210,7 @@ func (c *Cache) runFill(repo string, f *fill) {
 
 // commit moves a verified spool file into storage.
 func (c *Cache) commit(ctx context.Context, f *fill) error {
-	key := blobKey(f.digest)
+	key := layout.Blob(f.digest)
 	if fp, ok := c.store.(storage.FilePutter); ok {
 		return fp.PutFile(ctx, key, f.file.Name())
 	}
@@ -223,10 +219,10 @@ func (c *Cache) commit(ctx context.Context, f *fill) error {
 
 // warmBlob makes sure a blob is cached, without a client.
 func (c *Cache) warmBlob(ctx context.Context, repo string, d digest.Digest) error {
-	if _, err := c.store.Stat(ctx, blobKey(d)); err == nil {
+	if _, err := c.store.Stat(ctx, layout.Blob(d)); err == nil {
 		return nil
 	}
-	f := c.joinOrStartFill(repo, d)
+	f := c.fillFor(repo, d, true)
 	defer f.release()
 	return f.wait(ctx)
 }

@@ -7,11 +7,9 @@ package cache
 import (
 	"context"
 	"errors"
-	"net/http"
 	"net/url"
 	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -25,18 +23,20 @@ import (
 	"github.com/depproxy/depproxy/proxy/upstream"
 )
 
-// Upstream is the registry the cache pulls through.
+// Upstream is the registry the cache pulls through. Repository names are
+// the upstream's own (library/alpine on Docker Hub): the caller resolved
+// them.
 type Upstream interface {
-	Repository(repo string) string
-	Mirrors(ns string) bool
 	HeadManifest(ctx context.Context, repo, ref string, accept []string) (upstream.Descriptor, error)
 	GetManifest(ctx context.Context, repo, ref string, accept []string, maxSize int64) (*upstream.Manifest, error)
 	GetBlob(ctx context.Context, repo, digest string) (*upstream.Blob, error)
 	HeadBlob(ctx context.Context, repo, digest string) (int64, error)
-	Get(ctx context.Context, repo, path string, query url.Values, maxSize int64) ([]byte, http.Header, error)
+	Tags(ctx context.Context, repo string, query url.Values, maxSize int64) ([]byte, error)
+	Referrers(ctx context.Context, repo, digest string, query url.Values, maxSize int64) ([]byte, error)
 }
 
-// Cache is a pull-through cache over one upstream and one storage.
+// Cache is a pull-through cache over one upstream and one storage. Its
+// methods take repository names as the upstream knows them.
 type Cache struct {
 	up       Upstream
 	store    storage.Storage
@@ -55,10 +55,10 @@ type Cache struct {
 	fills   map[digest.Digest]*fill
 	checked map[string]time.Time // tag -> last time the upstream confirmed it
 
-	reads       *readTracker
-	now         func() time.Time
-	lists       listCache
-	lastSummary atomic.Pointer[Summary]
+	reads    *readTracker
+	now      func() time.Time
+	lists    listCache
+	tagMoved func(repo, tag string)
 }
 
 // Option configures a Cache.
@@ -88,6 +88,10 @@ func WithPrefetch(platforms []v1.Platform) Option { return func(c *Cache) { c.pr
 // (presigned S3) when the storage has one, instead of streaming them.
 func WithRedirect(on bool) Option { return func(c *Cache) { c.redirect = on } }
 
+// WithTagMoved calls fn whenever a tag is stored new or pointing
+// elsewhere (the summary rescans then).
+func WithTagMoved(fn func(repo, tag string)) Option { return func(c *Cache) { c.tagMoved = fn } }
+
 // WithClock sets the clock last reads are recorded with (tests age
 // objects with it).
 func WithClock(now func() time.Time) Option { return func(c *Cache) { c.now = now } }
@@ -103,9 +107,10 @@ func New(up Upstream, store storage.Storage, opts ...Option) *Cache {
 		fills:       map[digest.Digest]*fill{},
 		checked:     map[string]time.Time{},
 		now:         time.Now,
+		tagMoved:    func(string, string) {},
 	}
-	if fs, ok := store.(interface{ TempDir() string }); ok {
-		c.spoolDir = fs.TempDir() // same filesystem: storing is a rename
+	if sp, ok := store.(storage.Spooler); ok {
+		c.spoolDir = sp.SpoolDir() // same filesystem: storing is a rename
 	}
 	for _, o := range opts {
 		o(c)
@@ -117,18 +122,17 @@ func New(up Upstream, store storage.Storage, opts ...Option) *Cache {
 	return c
 }
 
-// Mirrors reports whether this cache's upstream is the registry ns.
-func (c *Cache) Mirrors(ns string) bool { return c.up.Mirrors(ns) }
+// HitCounts reports manifest and blob requests since start: served from
+// storage, and the rest.
+func (c *Cache) HitCounts() (hits, misses int64) {
+	return c.metrics.hits.Load(), c.metrics.misses.Load()
+}
 
 // storageFailed logs a storage error that the cache works around.
 func (c *Cache) storageFailed(err error, what string, kv ...any) {
-	if err == nil || errors.Is(err, storage.ErrNotFound) {
+	if err == nil || errors.Is(err, storage.ErrNotFound) || errors.Is(err, layout.ErrDamaged) {
 		return
 	}
 	c.metrics.storageErrors.Inc()
 	c.log.Error(err, "storage unavailable, passing through to upstream", append([]any{"op", what}, kv...)...)
 }
-
-func blobKey(d digest.Digest) string     { return layout.Blob(d) }
-func manifestKey(d digest.Digest) string { return layout.Manifest(d) }
-func tagKey(repo, tag string) string     { return layout.Tag(repo, tag) }

@@ -48,15 +48,6 @@ func (f *fill) start(file *os.File, size int64) {
 	close(f.ready)
 }
 
-// failEarly ends a fill that never got a body.
-func (f *fill) failEarly(err error) {
-	f.mu.Lock()
-	f.err, f.done = err, true
-	f.cond.Broadcast()
-	f.mu.Unlock()
-	close(f.ready)
-}
-
 // wake rouses everyone waiting on the fill, so that a waiter whose
 // context ended can notice.
 func (f *fill) wake() {
@@ -88,11 +79,18 @@ func (f *fill) advance(n int) {
 	f.mu.Unlock()
 }
 
+// finish ends the fill: no more bytes will come, and err says whether the
+// ones that came are the blob. A fill that ends before start (no body)
+// also releases those waiting for it to start.
 func (f *fill) finish(err error) {
 	f.mu.Lock()
 	f.err, f.done = err, true
+	started := f.file != nil
 	f.cond.Broadcast()
 	f.mu.Unlock()
+	if !started {
+		close(f.ready)
+	}
 }
 
 // acquire adds a reader; false if the fill already failed.

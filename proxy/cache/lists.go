@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net/http"
 	"net/url"
 	"strings"
 	"sync"
@@ -56,13 +55,12 @@ func (l *listCache) put(key string, body []byte) {
 // through, reused for a short while and served stale when the upstream
 // fails.
 func (c *Cache) Tags(ctx context.Context, repo string, query url.Values) ([]byte, error) {
-	repo = c.up.Repository(repo)
 	key := "tags " + repo + "?" + query.Encode()
 	e, ok := c.lists.get(key)
 	if ok && time.Since(e.fetched) < listTTL {
 		return e.body, nil
 	}
-	body, _, err := c.up.Get(ctx, repo, "tags/list", query, maxListSize)
+	body, err := c.up.Tags(ctx, repo, query, maxListSize)
 	if err == nil && !json.Valid(body) {
 		err = errors.New("upstream tags/list is not JSON")
 	}
@@ -84,15 +82,13 @@ const emptyIndex = `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.in
 // never an error: an upstream without the referrers API, or an upstream
 // that is down, gives the last known answer or an empty index.
 func (c *Cache) Referrers(ctx context.Context, repo string, d digest.Digest, query url.Values) []byte {
-	repo = c.up.Repository(repo)
 	key := "referrers " + repo + "@" + d.String() + "?" + query.Encode()
-	body, _, err := c.up.Get(ctx, repo, "referrers/"+d.String(), query, maxListSize)
+	body, err := c.up.Referrers(ctx, repo, d.String(), query, maxListSize)
 	if err == nil && validIndex(body) {
 		c.lists.put(key, body)
 		return body
 	}
-	var se *upstream.StatusError
-	if err != nil && !(errors.As(err, &se) && se.StatusCode == http.StatusNotFound) {
+	if err != nil && !errors.Is(err, upstream.ErrNotFound) {
 		c.log.Info("upstream referrers failed", "repository", repo, "digest", d, "error", err.Error())
 	}
 	if e, ok := c.lists.get(key); ok {

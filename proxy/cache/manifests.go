@@ -13,7 +13,6 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/manifest"
-	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/proxy/upstream"
 )
 
@@ -28,17 +27,16 @@ type Manifest struct {
 // accept is the client's Accept list; it is forwarded upstream together
 // with every type depproxy serves.
 func (c *Cache) Manifest(ctx context.Context, repo, ref string, accept []string) (*Manifest, error) {
-	repo = c.up.Repository(repo)
 	if d, err := digest.Parse(ref); err == nil {
 		m, err := c.manifestByDigest(ctx, repo, d, accept)
 		if err == nil {
-			c.reads.touch(manifestKey(m.Digest))
+			c.reads.touch(layout.Manifest(m.Digest))
 		}
 		return m, err
 	}
 	m, err := c.manifestByTag(ctx, repo, ref, accept)
 	if err == nil {
-		c.reads.touch(tagKey(repo, ref), manifestKey(m.Digest))
+		c.reads.touch(layout.Tag(repo, ref), layout.Manifest(m.Digest))
 	}
 	return m, err
 }
@@ -52,7 +50,7 @@ func (c *Cache) manifestByDigest(ctx context.Context, repo string, d digest.Dige
 	}
 	c.metrics.request("manifest", "miss")
 	v, err, _ := c.flight.Do(repo+"@"+d.String(), func() (any, error) {
-		ctx, cancel := shared(ctx)
+		ctx, cancel := detach(ctx)
 		defer cancel()
 		return c.fetchManifest(ctx, repo, d.String(), d, accept)
 	})
@@ -73,7 +71,7 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 	}
 	// Concurrent requests for one tag share one HEAD, and one GET.
 	v, err, _ := c.flight.Do(repo+":"+tag, func() (any, error) {
-		ctx, cancel := shared(ctx)
+		ctx, cancel := detach(ctx)
 		defer cancel()
 		if cached != nil {
 			desc, err := c.up.HeadManifest(ctx, repo, tag, upstreamAccept(accept))
@@ -96,12 +94,10 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 		}
 		ds := m.Digest.String()
 		moved := cached == nil || cached.Digest != m.Digest
-		if err := c.store.Put(ctx, tagKey(repo, tag), strings.NewReader(ds), int64(len(ds))); err != nil {
+		if err := c.store.Put(ctx, layout.Tag(repo, tag), strings.NewReader(ds), int64(len(ds))); err != nil {
 			c.storageFailed(err, "store tag", "repository", repo, "tag", tag)
 		} else if moved {
-			// A new or moved tag: the next summary shows it rather than
-			// one scanned before it.
-			c.lastSummary.Store(nil)
+			c.tagMoved(repo, tag)
 		}
 		c.markFresh(repo, tag)
 		if moved && manifest.IsIndex(m.MediaType) && len(c.prefetch) > 0 {
@@ -121,9 +117,9 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 	return m, nil
 }
 
-// shared detaches work done for several requests from the one that
-// started it: that client hanging up must not fail the others.
-func shared(ctx context.Context) (context.Context, context.CancelFunc) {
+// detach frees work done for several requests from the one that started
+// it: that client hanging up must not fail the others.
+func detach(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 }
 
@@ -139,7 +135,7 @@ func (c *Cache) fetchManifest(ctx context.Context, repo, ref string, want digest
 		return nil, err
 	}
 	rec := layout.ManifestRecord(m.MediaType, m.Body)
-	if err := c.store.Put(ctx, manifestKey(m.Digest), bytes.NewReader(rec), int64(len(rec))); err != nil {
+	if err := c.store.Put(ctx, layout.Manifest(m.Digest), bytes.NewReader(rec), int64(len(rec))); err != nil {
 		c.storageFailed(err, "store manifest", "repository", repo, "digest", m.Digest)
 	}
 	c.log.Info("cached manifest", "repository", repo, "reference", ref, "digest", m.Digest, "mediaType", m.MediaType)
@@ -187,15 +183,13 @@ func upstreamAccept(client []string) []string {
 }
 
 func (c *Cache) loadManifest(ctx context.Context, d digest.Digest) (*Manifest, error) {
-	rec, err := storage.ReadAll(ctx, c.store, manifestKey(d), manifest.MaxSize+1024)
-	if err != nil {
-		c.storageFailed(err, "read manifest", "digest", d)
-		return nil, err
-	}
-	body, mt, err := layout.ParseManifestRecord(rec)
-	if err != nil || d.Algorithm().FromBytes(body) != d {
-		err := fmt.Errorf("cached manifest %s is damaged", d)
+	body, mt, err := layout.ReadManifest(ctx, c.store, d)
+	switch {
+	case errors.Is(err, layout.ErrDamaged):
 		c.log.Error(err, "ignoring damaged cache entry")
+		return nil, err
+	case err != nil:
+		c.storageFailed(err, "read manifest", "digest", d)
 		return nil, err
 	}
 	return &Manifest{MediaType: mt, Digest: d, Body: body}, nil
@@ -203,13 +197,9 @@ func (c *Cache) loadManifest(ctx context.Context, d digest.Digest) (*Manifest, e
 
 // loadTag returns the cached manifest a tag points at, or nil.
 func (c *Cache) loadTag(ctx context.Context, repo, tag string) *Manifest {
-	raw, err := storage.ReadAll(ctx, c.store, tagKey(repo, tag), 1024)
+	d, err := layout.ReadTag(ctx, c.store, repo, tag)
 	if err != nil {
 		c.storageFailed(err, "read tag", "repository", repo, "tag", tag)
-		return nil
-	}
-	d, err := digest.Parse(string(raw))
-	if err != nil {
 		return nil
 	}
 	m, err := c.loadManifest(ctx, d)

@@ -19,6 +19,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/manifest"
 	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/proxy/wire"
 )
 
 // Options of a run.
@@ -37,16 +38,7 @@ type Options struct {
 }
 
 // Summary is what a run did; the CronJob prints it as its last line.
-type Summary struct {
-	DeletedTags      int64   `json:"deletedTags"`
-	DeletedManifests int64   `json:"deletedManifests"`
-	DeletedBlobs     int64   `json:"deletedBlobs"`
-	FreedBytes       int64   `json:"freedBytes"`
-	Kept             int64   `json:"kept"`
-	DryRun           bool    `json:"dryRun"`
-	DurationSeconds  float64 `json:"durationSeconds"`
-	FinishedAt       string  `json:"finishedAt"`
-}
+type Summary = wire.CleanupSummary
 
 type run struct {
 	store  storage.Storage
@@ -97,7 +89,7 @@ func (r *run) tags(ctx context.Context) error {
 		}
 		if r.fresh(ctx, key, info) {
 			r.sum.Kept++
-			if d, err := r.readDigest(ctx, key); err == nil {
+			if d, err := layout.ReadDigest(ctx, r.store, key); err == nil {
 				r.keptManifests[d] = true
 			}
 			return nil
@@ -159,7 +151,7 @@ func (r *run) manifests(ctx context.Context) error {
 // references reads a kept manifest: an index's children are returned (to
 // keep), an image's config and layers are marked referenced.
 func (r *run) references(ctx context.Context, d digest.Digest) []digest.Digest {
-	body, mediaType, err := r.readManifest(ctx, d)
+	body, mediaType, err := layout.ReadManifest(ctx, r.store, d)
 	if err != nil {
 		return nil
 	}
@@ -236,20 +228,4 @@ func (r *run) delete(ctx context.Context, key string, size int64) error {
 		return fmt.Errorf("deleting %s: %w", key, err)
 	}
 	return r.store.Delete(ctx, layout.LastRead(key))
-}
-
-func (r *run) readDigest(ctx context.Context, key string) (digest.Digest, error) {
-	raw, err := storage.ReadAll(ctx, r.store, key, 256)
-	if err != nil {
-		return "", err
-	}
-	return digest.Parse(string(raw))
-}
-
-func (r *run) readManifest(ctx context.Context, d digest.Digest) (body []byte, mediaType string, err error) {
-	rec, err := storage.ReadAll(ctx, r.store, layout.Manifest(d), manifest.MaxSize+1024)
-	if err != nil {
-		return nil, "", err
-	}
-	return layout.ParseManifestRecord(rec)
 }

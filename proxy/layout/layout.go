@@ -13,12 +13,17 @@ package layout
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/depproxy/depproxy/proxy/manifest"
+	"github.com/depproxy/depproxy/proxy/storage"
 )
 
 const (
@@ -97,4 +102,40 @@ func ParseLastRead(b []byte) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	return time.Unix(n, 0), true
+}
+
+// ErrDamaged is returned for a stored manifest or tag that does not read
+// back as what was written (a truncated or altered object).
+var ErrDamaged = errors.New("damaged cache entry")
+
+// ReadManifest returns a stored manifest's bytes and media type, checked
+// against its digest.
+func ReadManifest(ctx context.Context, s storage.Storage, d digest.Digest) (body []byte, mediaType string, err error) {
+	rec, err := storage.ReadAll(ctx, s, Manifest(d), manifest.MaxSize+1024)
+	if err != nil {
+		return nil, "", err
+	}
+	body, mediaType, err = ParseManifestRecord(rec)
+	if err != nil || d.Algorithm().FromBytes(body) != d {
+		return nil, "", fmt.Errorf("%w: manifest %s", ErrDamaged, d)
+	}
+	return body, mediaType, nil
+}
+
+// ReadTag returns the digest a stored tag points at.
+func ReadTag(ctx context.Context, s storage.Storage, repo, tag string) (digest.Digest, error) {
+	return ReadDigest(ctx, s, Tag(repo, tag))
+}
+
+// ReadDigest returns the digest stored under a tag key.
+func ReadDigest(ctx context.Context, s storage.Storage, key string) (digest.Digest, error) {
+	raw, err := storage.ReadAll(ctx, s, key, 256)
+	if err != nil {
+		return "", err
+	}
+	d, err := digest.Parse(string(raw))
+	if err != nil {
+		return "", fmt.Errorf("%w: tag %s: %w", ErrDamaged, key, err)
+	}
+	return d, nil
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"sync"
 
@@ -18,14 +17,29 @@ import (
 	"github.com/depproxy/depproxy/proxy/cache"
 )
 
-// Cache is what the registry serves from.
+// Cache is what the registry serves from: one upstream's cache, taking
+// repository names as that upstream knows them.
 type Cache interface {
-	Mirrors(ns string) bool
 	Manifest(ctx context.Context, repo, ref string, accept []string) (*cache.Manifest, error)
 	Blob(ctx context.Context, repo string, d digest.Digest) (*cache.Blob, error)
 	StatBlob(ctx context.Context, repo string, d digest.Digest) (int64, error)
 	Tags(ctx context.Context, repo string, query url.Values) ([]byte, error)
 	Referrers(ctx context.Context, repo string, d digest.Digest, query url.Values) []byte
+}
+
+// Upstream is what the registry asks of an upstream to route a request
+// to its cache.
+type Upstream interface {
+	// Mirrors reports whether ns (containerd's ?ns=) names this upstream.
+	Mirrors(ns string) bool
+	// Repository maps a client's repository name to the upstream's.
+	Repository(name string) string
+}
+
+// Source is one upstream and the cache in front of it.
+type Source struct {
+	Upstream Upstream
+	Cache    Cache
 }
 
 // Authorizer decides whether a request may read repo ("" for /v2/).
@@ -35,14 +49,27 @@ type Authorizer interface {
 
 // Registry serves the OCI distribution pull API.
 type Registry struct {
-	cache Cache
-	auth  Authorizer
-	log   logr.Logger
+	source Source
+	auth   Authorizer
+	log    logr.Logger
 }
 
-// New returns the /v2 handler. A nil auth lets everyone pull.
-func New(c Cache, auth Authorizer, log logr.Logger) *Registry {
-	return &Registry{cache: c, auth: auth, log: log}
+// New returns the /v2 handler for one source. A nil auth lets everyone
+// pull.
+func New(src Source, auth Authorizer, log logr.Logger) *Registry {
+	return &Registry{source: src, auth: auth, log: log}
+}
+
+// pick chooses the cache for a request, and the repository name as its
+// upstream knows it.
+func (reg *Registry) pick(r *http.Request, rt route) (Cache, string, *regError) {
+	if ns := r.URL.Query().Get("ns"); ns != "" && !reg.source.Upstream.Mirrors(ns) {
+		// containerd asks a mirror for an image of registry ns: serving
+		// this upstream's image of the same name would be the wrong one.
+		return nil, "", &regError{Status: http.StatusNotFound, Code: "NAME_UNKNOWN",
+			Message: "this cache does not mirror " + ns + "; configure it as a mirror only for its upstream"}
+	}
+	return reg.source.Cache, reg.source.Upstream.Repository(rt.name), nil
 }
 
 func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -57,14 +84,16 @@ func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rerr.write(w, r)
 		return
 	}
-	if ns := r.URL.Query().Get("ns"); ns != "" && rt.kind != kindBase && !reg.cache.Mirrors(ns) {
-		// containerd asks a mirror for an image of registry ns: serving
-		// this upstream's image of the same name would be the wrong one.
-		(&regError{Status: http.StatusNotFound, Code: "NAME_UNKNOWN",
-			Message: "this cache does not mirror " + ns + "; configure it as a mirror only for its upstream"}).write(w, r)
-		return
+	var c Cache
+	if rt.kind != kindBase {
+		var perr *regError
+		if c, rt.repo, perr = reg.pick(r, rt); perr != nil {
+			perr.write(w, r)
+			return
+		}
 	}
 	if reg.auth != nil {
+		// Tokens are scoped to the name the client asked for.
 		if err := reg.auth.Authorize(r, rt.name); err != nil {
 			toRegError(err, "").write(w, r)
 			return
@@ -76,13 +105,13 @@ func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, "{}")
 	case kindManifest:
-		err = reg.manifest(w, r, rt)
+		err = reg.manifest(w, r, c, rt)
 	case kindBlob:
-		err = reg.blob(w, r, rt)
+		err = reg.blob(w, r, c, rt)
 	case kindTags:
-		err = reg.tags(w, r, rt)
+		err = reg.tags(w, r, c, rt)
 	case kindReferrers:
-		reg.referrers(w, r, rt)
+		reg.referrers(w, r, c, rt)
 	}
 	if err != nil {
 		notFound := map[kind]string{kindManifest: "MANIFEST_UNKNOWN", kindBlob: "BLOB_UNKNOWN", kindTags: "NAME_UNKNOWN"}[rt.kind]
@@ -94,8 +123,8 @@ func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (reg *Registry) manifest(w http.ResponseWriter, r *http.Request, rt route) error {
-	m, err := reg.cache.Manifest(r.Context(), rt.name, rt.ref, r.Header.Values("Accept"))
+func (reg *Registry) manifest(w http.ResponseWriter, r *http.Request, c Cache, rt route) error {
+	m, err := c.Manifest(r.Context(), rt.repo, rt.ref, r.Header.Values("Accept"))
 	if err != nil {
 		return err
 	}
@@ -111,11 +140,11 @@ func (reg *Registry) manifest(w http.ResponseWriter, r *http.Request, rt route) 
 	return nil
 }
 
-func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, rt route) error {
+func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, c Cache, rt route) error {
 	d := digest.Digest(rt.ref)
 	h := w.Header()
 	if r.Method == http.MethodHead {
-		size, err := reg.cache.StatBlob(r.Context(), rt.name, d)
+		size, err := c.StatBlob(r.Context(), rt.repo, d)
 		if err != nil {
 			return err
 		}
@@ -125,7 +154,7 @@ func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, rt route) erro
 		h.Set("Accept-Ranges", "bytes")
 		return nil
 	}
-	b, err := reg.cache.Blob(r.Context(), rt.name, d)
+	b, err := c.Blob(r.Context(), rt.repo, d)
 	if err != nil {
 		return err
 	}
@@ -137,11 +166,12 @@ func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, rt route) erro
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Docker-Content-Digest", d.String())
 	h.Set("ETag", `"`+d.String()+`"`)
-	_, isFile := b.ReadSeeker.(*os.File)
 	switch {
-	case b.Size >= 0 && (isFile || conditional(r)):
-		// Range, If-Range and If-None-Match, on cached and streaming
-		// blobs alike; a file goes out with sendfile.
+	case b.File:
+		// The file itself, not the Blob around it: sendfile then.
+		http.ServeContent(w, r, "", b.ModTime, b.ReadSeeker)
+	case b.Size >= 0 && conditional(r):
+		// Range, If-Range and If-None-Match, on streaming blobs too.
 		http.ServeContent(w, r, "", b.ModTime, b)
 	default:
 		// A plain GET from S3 or from a running download: 256 KiB copies
@@ -181,8 +211,8 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 256<<10); return
 // 32 KiB pieces and ignore the buffer.
 type writerOnly struct{ io.Writer }
 
-func (reg *Registry) tags(w http.ResponseWriter, r *http.Request, rt route) error {
-	body, err := reg.cache.Tags(r.Context(), rt.name, r.URL.Query())
+func (reg *Registry) tags(w http.ResponseWriter, r *http.Request, c Cache, rt route) error {
+	body, err := c.Tags(r.Context(), rt.repo, r.URL.Query())
 	if err != nil {
 		return err
 	}
@@ -191,8 +221,8 @@ func (reg *Registry) tags(w http.ResponseWriter, r *http.Request, rt route) erro
 	return nil
 }
 
-func (reg *Registry) referrers(w http.ResponseWriter, r *http.Request, rt route) {
-	body := reg.cache.Referrers(r.Context(), rt.name, digest.Digest(rt.ref), r.URL.Query())
+func (reg *Registry) referrers(w http.ResponseWriter, r *http.Request, c Cache, rt route) {
+	body := c.Referrers(r.Context(), rt.repo, digest.Digest(rt.ref), r.URL.Query())
 	w.Header().Set("Content-Type", "application/vnd.oci.image.index.v1+json")
 	w.Write(body)
 }

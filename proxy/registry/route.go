@@ -22,7 +22,9 @@ const (
 // route is a parsed /v2 path.
 type route struct {
 	kind kind
-	name string
+	// name is the repository as the client named it; repo is the same
+	// as the chosen upstream knows it (library/alpine for alpine).
+	name, repo string
 	// ref is a tag or a digest for manifests, a digest for blobs and
 	// referrers.
 	ref string

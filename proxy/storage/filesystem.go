@@ -32,8 +32,9 @@ func NewFilesystem(dir string) (*Filesystem, error) {
 // never crosses a filesystem.
 const tmpDir = ".tmp"
 
-// TempDir is where files being written live until they are put in place.
-func (f *Filesystem) TempDir() string { return filepath.Join(f.root, tmpDir) }
+// SpoolDir is where files being written live until they are put in place:
+// on the same filesystem, so that putting one is a rename.
+func (f *Filesystem) SpoolDir() string { return filepath.Join(f.root, tmpDir) }
 
 func (f *Filesystem) path(key string) (string, error) {
 	clean := filepath.ToSlash(filepath.Clean("/" + key))
@@ -78,7 +79,7 @@ func (f *Filesystem) Put(_ context.Context, key string, r io.Reader, size int64)
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(f.TempDir(), "put-")
+	tmp, err := os.CreateTemp(f.SpoolDir(), "put-")
 	if err != nil {
 		return err
 	}

@@ -46,6 +46,12 @@ type FilePutter interface {
 	PutFile(ctx context.Context, key, path string) error
 }
 
+// Spooler is implemented by backends that keep files being written in a
+// local directory: spooling downloads there makes FilePutter a rename.
+type Spooler interface {
+	SpoolDir() string
+}
+
 // Redirector is implemented by backends that can hand a client a URL to
 // read an object from directly (S3's presigned URLs).
 type Redirector interface {

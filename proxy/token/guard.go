@@ -23,11 +23,20 @@ type Guard struct {
 	service     string
 }
 
-// NewGuard returns the check for one tenant. externalURL, when set, is
-// where clients reach the proxy (the realm is under it); otherwise the
-// request's own host is used.
-func NewGuard(signer *Signer, anonymous bool, externalURL, tenant string) *Guard {
-	return &Guard{signer: signer, anonymous: anonymous, externalURL: strings.TrimRight(externalURL, "/"), service: tenant}
+// GuardOptions say who may pull and how clients are told to log in.
+type GuardOptions struct {
+	// Anonymous lets requests without a token through.
+	Anonymous bool
+	// ExternalURL, when set, is where clients reach the proxy (the realm
+	// is under it); otherwise the request's own host is used.
+	ExternalURL string
+	// Service is the challenge's service: the tenant.
+	Service string
+}
+
+// NewGuard returns the check for one tenant.
+func NewGuard(signer *Signer, o GuardOptions) *Guard {
+	return &Guard{signer: signer, anonymous: o.Anonymous, externalURL: strings.TrimRight(o.ExternalURL, "/"), service: o.Service}
 }
 
 // Authorize lets r through to repo ("" for /v2/ itself) or returns a

@@ -55,7 +55,7 @@ func TestAnonymousIgnoresCredentials(t *testing.T) {
 	if w.Code != http.StatusOK {
 		t.Fatalf("token with credentials at an open cache: %d %s", w.Code, w.Body)
 	}
-	g := NewGuard(signer, true, "", "t")
+	g := NewGuard(signer, GuardOptions{Anonymous: true, Service: "t"})
 	v2 := httptest.NewRequest(http.MethodGet, "/v2/a/manifests/x", nil)
 	v2.SetBasicAuth("someone", "whatever")
 	if err := g.Authorize(v2, "a"); err != nil {

@@ -8,7 +8,6 @@ package token
 import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -169,17 +168,4 @@ func ParseKey(raw []byte) (*ecdsa.PrivateKey, error) {
 		return nil, errors.New("token key: want an ECDSA P-256 key")
 	}
 	return ec, nil
-}
-
-// GenerateKey makes a new P-256 key and its PEM.
-func GenerateKey() (*ecdsa.PrivateKey, []byte, error) {
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	der, err := x509.MarshalECPrivateKey(k)
-	if err != nil {
-		return nil, nil, err
-	}
-	return k, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
 }

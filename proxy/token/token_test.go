@@ -13,11 +13,13 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/depproxy/depproxy/proxy/wire"
 )
 
 func newKey(t testing.TB) *ecdsa.PrivateKey {
 	t.Helper()
-	k, pemBytes, err := GenerateKey()
+	k, pemBytes, err := wire.NewSigningKey()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +121,7 @@ func TestLoadUsers(t *testing.T) {
 // FuzzVerify: whatever the token, verifying never panics and never
 // accepts anything this signer did not sign.
 func FuzzVerify(f *testing.F) {
-	key, _, _ := GenerateKey()
+	key, _, _ := wire.NewSigningKey()
 	s := NewSigner(key, "t", nil)
 	good, _, _ := s.Issue("alice", "access", pull)
 	f.Add(good)

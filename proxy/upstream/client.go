@@ -33,6 +33,9 @@ const DockerHub = "https://registry-1.docker.io"
 // refused, reset, timed out, or an answer that is not a registry's.
 var ErrUnreachable = errors.New("upstream unreachable")
 
+// ErrNotFound matches a 404 from the upstream (errors.Is).
+var ErrNotFound = errors.New("not found upstream")
+
 // StatusError is an upstream answer with an error status.
 type StatusError struct {
 	StatusCode int
@@ -42,6 +45,11 @@ type StatusError struct {
 
 func (e *StatusError) Error() string {
 	return fmt.Sprintf("upstream answered %d %s", e.StatusCode, http.StatusText(e.StatusCode))
+}
+
+// Is makes a 404 match ErrNotFound.
+func (e *StatusError) Is(target error) bool {
+	return target == ErrNotFound && e.StatusCode == http.StatusNotFound
 }
 
 // Descriptor is what a manifest HEAD tells.
@@ -158,7 +166,8 @@ func (c *Client) Mirrors(ns string) bool {
 }
 
 // Repository maps a client's repository name to the upstream's: Docker Hub
-// serves official images under library/.
+// serves official images under library/. Every other method takes names
+// already mapped.
 func (c *Client) Repository(repo string) string {
 	if c.dockerHub && !strings.Contains(repo, "/") {
 		return "library/" + repo
@@ -244,43 +253,51 @@ func (c *Client) HeadBlob(ctx context.Context, repo, digest string) (int64, erro
 	return resp.ContentLength, nil
 }
 
-// Get fetches a small JSON document under the repository (tags/list,
-// referrers/...), passing the query through.
-func (c *Client) Get(ctx context.Context, repo, path string, query url.Values, maxSize int64) ([]byte, http.Header, error) {
-	if len(query) > 0 {
-		path += "?" + query.Encode()
-	}
-	resp, err := c.do(ctx, http.MethodGet, repo, path, nil)
+// Tags returns the repository's tags/list answer, passing the query (n,
+// last) through.
+func (c *Client) Tags(ctx context.Context, repo string, query url.Values, maxSize int64) ([]byte, error) {
+	return c.getSmall(ctx, repo, "tags/list", query, maxSize)
+}
+
+// Referrers returns the OCI referrers index of a digest; ErrNotFound where
+// the upstream has no referrers API.
+func (c *Client) Referrers(ctx context.Context, repo, digest string, query url.Values, maxSize int64) ([]byte, error) {
+	return c.getSmall(ctx, repo, "referrers/"+digest, query, maxSize)
+}
+
+// getSmall fetches a small JSON document under the repository.
+func (c *Client) getSmall(ctx context.Context, repo, path string, query url.Values, maxSize int64) ([]byte, error) {
+	resp, err := c.doQuery(ctx, http.MethodGet, repo, path, query, nil)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if err := registryAnswer(resp); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxSize+1))
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
+		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
 	if int64(len(body)) > maxSize {
-		return nil, nil, fmt.Errorf("%w: over %d bytes", ErrTooLarge, maxSize)
+		return nil, fmt.Errorf("%w: over %d bytes", ErrTooLarge, maxSize)
 	}
-	return body, resp.Header, nil
+	return body, nil
 }
 
 func (c *Client) do(ctx context.Context, method, repo, path string, header http.Header) (*http.Response, error) {
-	repo = c.Repository(repo)
+	return c.doQuery(ctx, method, repo, path, nil, header)
+}
+
+// doQuery sends one request for /v2/<repo>/<path>?<query>.
+func (c *Client) doQuery(ctx context.Context, method, repo, path string, query url.Values, header http.Header) (*http.Response, error) {
 	rt, err := c.transportFor(ctx, repo)
 	if err != nil {
 		return nil, err
 	}
 	u := *c.base
 	u.Path = "/v2/" + repo + "/" + path
-	u.RawQuery = ""
-	if i := strings.IndexByte(path, '?'); i >= 0 {
-		u.Path = "/v2/" + repo + "/" + path[:i]
-		u.RawQuery = path[i+1:]
-	}
+	u.RawQuery = query.Encode()
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
 	if err != nil {
 		return nil, fmt.Errorf("upstream request: %w", err)

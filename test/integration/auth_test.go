@@ -1,8 +1,11 @@
 package integration
 
 import (
+	"context"
 	"crypto/ecdsa"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -17,11 +20,9 @@ import (
 	"github.com/go-logr/logr"
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/depproxy/depproxy/proxy/cache"
-	"github.com/depproxy/depproxy/proxy/registry"
-	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/proxy/server"
 	"github.com/depproxy/depproxy/proxy/token"
-	"github.com/depproxy/depproxy/proxy/upstream"
+	"github.com/depproxy/depproxy/proxy/wire"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -31,28 +32,35 @@ type tenant struct {
 	signer    *token.Signer
 }
 
-func startTenant(t *testing.T, name, upstreamURL string, key *ecdsa.PrivateKey, users *token.Users, opts ...upstream.Option) *tenant {
+// tenantSettings are what a tenant's proxy is started with besides its
+// name, upstream and key.
+type tenantSettings struct {
+	users         map[string]string // nil: anonymous pulls
+	upstreamCreds string
+}
+
+func startTenant(t *testing.T, name, upstreamURL string, key *ecdsa.PrivateKey, ts tenantSettings) *tenant {
 	t.Helper()
-	up, err := upstream.New(upstreamURL, opts...)
+	dir := t.TempDir()
+	der, _ := x509.MarshalECPrivateKey(key)
+	keyFile := filepath.Join(dir, "key.pem")
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600)
+	s := wire.Defaults()
+	s.Upstream, s.Storage, s.Tenant, s.TokenKey, s.UpstreamCreds = upstreamURL, filepath.Join(dir, "data"), name, keyFile, ts.upstreamCreds
+	if ts.users != nil {
+		s.Users = usersFile(t, ts.users)
+	}
+	p, err := server.New(context.Background(), s, logr.Discard())
 	if err != nil {
 		t.Fatal(err)
 	}
-	fs, _ := storage.NewFilesystem(t.TempDir())
-	signer := token.NewSigner(key, name, nil)
-	reg := registry.New(cache.New(up, fs), token.NewGuard(signer, users == nil, "", name), logr.Discard())
-	tokens := token.NewServer(signer, users, nil, logr.Discard())
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/token" {
-			tokens.ServeHTTP(w, r)
-			return
-		}
-		reg.ServeHTTP(w, r)
-	}))
+	srv := httptest.NewServer(p.Handler())
 	t.Cleanup(srv.Close)
-	return &tenant{URL: srv.URL, Host: strings.TrimPrefix(srv.URL, "http://"), signer: signer}
+	return &tenant{URL: srv.URL, Host: strings.TrimPrefix(srv.URL, "http://"), signer: token.NewSigner(key, name, nil)}
 }
 
-func usersFile(t *testing.T, users map[string]string) *token.Users {
+// usersFile writes an htpasswd file of users and their passwords.
+func usersFile(t *testing.T, users map[string]string) string {
 	t.Helper()
 	var lines []string
 	for u, p := range users {
@@ -61,11 +69,7 @@ func usersFile(t *testing.T, users map[string]string) *token.Users {
 	}
 	path := filepath.Join(t.TempDir(), "htpasswd")
 	os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o600)
-	u, err := token.LoadUsers(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u
+	return path
 }
 
 func do(t *testing.T, method, url string, header http.Header, body io.Reader) (*http.Response, []byte) {
@@ -107,8 +111,8 @@ func TestLoginFlow(t *testing.T) {
 	e := newEnv(t)
 	repo := repoName(t)
 	pushImage(t, e.registry.Addr, repo, "v1", ociImage(t, 1))
-	key, _, _ := token.GenerateKey()
-	ten := startTenant(t, "tenants/team-a", e.front.URL(), key, usersFile(t, map[string]string{"alice": "s3cret"}))
+	key, _, _ := wire.NewSigningKey()
+	ten := startTenant(t, "tenants/team-a", e.front.URL(), key, tenantSettings{users: map[string]string{"alice": "s3cret"}})
 
 	resp, body := do(t, "GET", ten.URL+"/v2/", nil, nil)
 	ociError(t, resp, body, 401, "UNAUTHORIZED")
@@ -169,8 +173,8 @@ func TestRealClientsLogIn(t *testing.T) {
 	repo := repoName(t)
 	pushIndex(t, e.registry.Addr, repo, "v1", ociIndex(t, ociImage(t, 1), ociImage(t, 1)))
 	want, _ := pullAll(t, e.registry.URL(), repo, "v1")
-	key, _, _ := token.GenerateKey()
-	ten := startTenant(t, "tenants/team-a", e.front.URL(), key, usersFile(t, map[string]string{"alice": "s3cret"}))
+	key, _, _ := wire.NewSigningKey()
+	ten := startTenant(t, "tenants/team-a", e.front.URL(), key, tenantSettings{users: map[string]string{"alice": "s3cret"}})
 	home := t.TempDir()
 	env := []string{"HOME=" + home, "XDG_RUNTIME_DIR=" + home, "DOCKER_CONFIG=" + filepath.Join(home, ".docker")}
 	runIn := func(name string, args ...string) (string, error) {
@@ -209,8 +213,8 @@ func TestBadCredentialsAndTokens(t *testing.T) {
 	e := newEnv(t)
 	repo := repoName(t)
 	pushImage(t, e.registry.Addr, repo, "v1", ociImage(t, 1))
-	key, _, _ := token.GenerateKey()
-	users := usersFile(t, map[string]string{"alice": "s3cret"})
+	key, _, _ := wire.NewSigningKey()
+	users := tenantSettings{users: map[string]string{"alice": "s3cret"}}
 	a := startTenant(t, "tenants/team-a", e.front.URL(), key, users)
 	b := startTenant(t, "tenants/team-b", e.front.URL(), key, users) // same key, other tenant
 	scope := []token.Access{{Type: "repository", Name: repo, Actions: []string{"pull"}}}
@@ -234,7 +238,7 @@ func TestBadCredentialsAndTokens(t *testing.T) {
 		t.Errorf("the answers tell a wrong password (%s) from an unknown user (%s)", wrongPassword, unknownUser)
 	}
 
-	otherKey, _, _ := token.GenerateKey()
+	otherKey, _, _ := wire.NewSigningKey()
 	expired, _, _ := token.NewSigner(key, "tenants/team-a", func() time.Time { return time.Now().Add(-time.Hour) }).Issue("alice", "access", scope)
 	forged, _, _ := token.NewSigner(otherKey, "tenants/team-a", nil).Issue("alice", "access", scope)
 	good, _, _ := a.signer.Issue("alice", "access", scope)
@@ -262,8 +266,8 @@ func TestBadCredentialsAndTokens(t *testing.T) {
 // TestLoginThrottling: repeated failures from one source are slowed down,
 // and then even the right password waits; the metric counts them.
 func TestLoginThrottling(t *testing.T) {
-	key, _, _ := token.GenerateKey()
-	ten := startTenant(t, "t", "http://127.0.0.1:1", key, usersFile(t, map[string]string{"alice": "s3cret"}))
+	key, _, _ := wire.NewSigningKey()
+	ten := startTenant(t, "t", "http://127.0.0.1:1", key, tenantSettings{users: map[string]string{"alice": "s3cret"}})
 	status := func(pass string) int {
 		req, _ := http.NewRequest("GET", ten.URL+"/token", nil)
 		req.SetBasicAuth("alice", pass)
@@ -302,9 +306,9 @@ func TestPrivateUpstream(t *testing.T) {
 	os.MkdirAll(creds, 0o755)
 	os.WriteFile(filepath.Join(creds, "username"), []byte("puller"), 0o600)
 	os.WriteFile(filepath.Join(creds, "password"), []byte("up-pass\n"), 0o600)
-	key, _, _ := token.GenerateKey()
-	withCreds := startTenant(t, "with", reg.URL(), key, nil, upstream.WithCredentialsDir(creds))
-	without := startTenant(t, "without", reg.URL(), key, nil)
+	key, _, _ := wire.NewSigningKey()
+	withCreds := startTenant(t, "with", reg.URL(), key, tenantSettings{upstreamCreds: creds})
+	without := startTenant(t, "without", reg.URL(), key, tenantSettings{})
 
 	if got, _ := pullAll(t, withCreds.URL, repo, "v1"); got != digestOf(t, img).String() {
 		t.Fatalf("through the tenant with credentials: %s", got)

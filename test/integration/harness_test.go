@@ -5,6 +5,7 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -23,9 +24,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/depproxy/depproxy/proxy/cache"
-	"github.com/depproxy/depproxy/proxy/registry"
+	"github.com/depproxy/depproxy/proxy/server"
 	"github.com/depproxy/depproxy/proxy/storage"
-	"github.com/depproxy/depproxy/proxy/upstream"
+	"github.com/depproxy/depproxy/proxy/summary"
+	"github.com/depproxy/depproxy/proxy/wire"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -47,11 +49,12 @@ func newEnv(t *testing.T) *env {
 
 // proxy is a depproxy under test.
 type proxy struct {
-	cache *cache.Cache
-	URL   string
-	Host  string
-	store storage.Storage
-	logs  *syncBuffer
+	cache   *cache.Cache
+	summary *summary.Scanner
+	URL     string
+	Host    string
+	store   storage.Storage
+	logs    *syncBuffer
 }
 
 func openStorage(t *testing.T, backend string, m *testenv.MinIO) storage.Storage {
@@ -68,16 +71,18 @@ func openStorage(t *testing.T, backend string, m *testenv.MinIO) storage.Storage
 
 func startProxy(t *testing.T, upstreamURL string, store storage.Storage, opts ...cache.Option) *proxy {
 	t.Helper()
-	up, err := upstream.New(upstreamURL)
+	logs := &syncBuffer{}
+	log := funcr.New(func(prefix, args string) { logs.WriteString(prefix + " " + args + "\n") }, funcr.Options{})
+	s := wire.Defaults()
+	s.Upstream = upstreamURL
+	p, err := server.New(context.Background(), s, log, server.WithStorage(store),
+		server.WithCacheOptions(append([]cache.Option{cache.WithLogger(log)}, opts...)...))
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
-	log := funcr.New(func(prefix, args string) { logs.WriteString(prefix + " " + args + "\n") }, funcr.Options{})
-	c := cache.New(up, store, append([]cache.Option{cache.WithLogger(log)}, opts...)...)
-	srv := httptest.NewServer(registry.New(c, nil, log))
+	srv := httptest.NewServer(p.Handler())
 	t.Cleanup(srv.Close)
-	return &proxy{cache: c, URL: srv.URL, Host: strings.TrimPrefix(srv.URL, "http://"), store: store, logs: logs}
+	return &proxy{cache: p.Cache(), summary: p.Summary(), URL: srv.URL, Host: strings.TrimPrefix(srv.URL, "http://"), store: store, logs: logs}
 }
 
 type syncBuffer struct {

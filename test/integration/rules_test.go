@@ -163,7 +163,7 @@ func TestSummary(t *testing.T) {
 			p := startProxy(t, e.front.URL(), openStorage(t, backend, e.minio))
 			pullAll(t, p.URL, repo, "v1")
 			pullAll(t, p.URL, repo, "v1")
-			s, err := p.cache.Summary(context.Background(), 0)
+			s, err := p.summary.Summary(context.Background(), 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -192,7 +192,7 @@ func TestSummaryShowsNewTags(t *testing.T) {
 	pushIndex(t, e.registry.Addr, repo, "v2", ociIndex(t, ociImage(t, 1)))
 	p := startProxy(t, e.front.URL(), openStorage(t, "filesystem", e.minio))
 	count := func() int64 {
-		s, err := p.cache.Summary(context.Background(), time.Hour)
+		s, err := p.summary.Summary(context.Background(), time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}

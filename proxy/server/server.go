@@ -1,0 +1,239 @@
+// Package server assembles a depproxy from its settings: storage, the
+// upstream, the cache in front of it, logins, the cache summary, and the
+// HTTP routes that expose them. `depproxy serve` and the tests build the
+// proxy the same way, here.
+package server
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/depproxy/depproxy/proxy/cache"
+	"github.com/depproxy/depproxy/proxy/cleanup"
+	"github.com/depproxy/depproxy/proxy/registry"
+	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/proxy/summary"
+	"github.com/depproxy/depproxy/proxy/token"
+	"github.com/depproxy/depproxy/proxy/upstream"
+	"github.com/depproxy/depproxy/proxy/wire"
+)
+
+// Server is one depproxy, ready to serve.
+type Server struct {
+	settings wire.Settings
+	log      logr.Logger
+	cache    *cache.Cache
+	summary  *summary.Scanner
+	handler  http.Handler
+}
+
+// Option adjusts what the settings build.
+type Option func(*options)
+
+type options struct {
+	store storage.Storage
+	cache []cache.Option
+}
+
+// WithStorage uses store instead of the storage the settings name.
+func WithStorage(store storage.Storage) Option { return func(o *options) { o.store = store } }
+
+// WithCacheOptions passes options to the cache after those the settings
+// make (tests set a clock).
+func WithCacheOptions(opts ...cache.Option) Option {
+	return func(o *options) { o.cache = append(o.cache, opts...) }
+}
+
+// New builds a proxy from its settings.
+func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) (*Server, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	store := o.store
+	if store == nil {
+		var err error
+		if store, err = OpenStorage(ctx, s, log); err != nil {
+			return nil, err
+		}
+	}
+	up, err := newUpstream(s)
+	if err != nil {
+		return nil, err
+	}
+	platforms, err := parsePlatforms(s.PrefetchPlatforms)
+	if err != nil {
+		return nil, err
+	}
+	metrics := prometheus.NewRegistry()
+	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		cleanup.NewCollector(store))
+	var scanner *summary.Scanner
+	c := cache.New(up, store, append([]cache.Option{
+		cache.WithLogger(log.WithName("cache")),
+		cache.WithRecheckInterval(s.RecheckInterval.Std()),
+		cache.WithPrefetch(platforms),
+		cache.WithRedirect(s.S3Redirect),
+		cache.WithMetrics(metrics),
+		cache.WithTagMoved(func(string, string) { scanner.Invalidate() }),
+	}, o.cache...)...)
+	scanner = summary.New(store, c.HitCounts)
+
+	guard, tokens, err := logins(s, metrics, log)
+	if err != nil {
+		return nil, err
+	}
+	reg := registry.New(registry.Source{Upstream: up, Cache: c}, guard, log.WithName("registry"))
+	handler := routes(reg, promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}),
+		scanner.Handler(s.SummaryInterval.Std(), log.WithName("summary")), tokens)
+	if s.LogLevel >= 1 {
+		handler = accessLog(handler, log.WithName("http"))
+	}
+	return &Server{settings: s, log: log, cache: c, summary: scanner, handler: handler}, nil
+}
+
+// Handler is every route of the proxy.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Cache is the proxy's cache.
+func (s *Server) Cache() *cache.Cache { return s.cache }
+
+// Summary is the proxy's cache summary.
+func (s *Server) Summary() *summary.Scanner { return s.summary }
+
+// Run serves until ctx ends, then shuts down cleanly: requests in flight
+// finish and the last reads are recorded.
+func (s *Server) Run(ctx context.Context) error {
+	trackCtx, stopTracking := context.WithCancel(context.Background())
+	tracked := make(chan struct{})
+	go func() { s.cache.TrackReads(trackCtx, time.Minute); close(tracked) }()
+	defer func() { stopTracking(); <-tracked }() // the last reads are written before exit
+
+	srv := &http.Server{Addr: s.settings.Listen, Handler: s.handler, ReadHeaderTimeout: 30 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe() }()
+	s.log.Info("serving", "listen", s.settings.Listen, "upstream", s.settings.Upstream, "storage", s.settings.Storage,
+		"recheckInterval", s.settings.RecheckInterval.Std().String())
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	s.log.Info("shutting down")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// routes sends every path that is not an operational endpoint to the
+// registry, which answers unknown ones with OCI errors. (http.ServeMux
+// would answer them in plain text, and redirect paths with "..".)
+func routes(reg, metrics, summary, tokens http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/token":
+			tokens.ServeHTTP(w, r)
+		case "/metrics":
+			metrics.ServeHTTP(w, r)
+		case wire.SummaryPath:
+			summary.ServeHTTP(w, r)
+		case "/healthz", "/readyz":
+			w.Write([]byte("ok\n"))
+		default:
+			reg.ServeHTTP(w, r)
+		}
+	})
+}
+
+func newUpstream(s wire.Settings) (*upstream.Client, error) {
+	var opts []upstream.Option
+	if s.UpstreamCreds != "" {
+		opts = append(opts, upstream.WithCredentialsDir(s.UpstreamCreds))
+	}
+	if s.UpstreamMirrorOf != "" {
+		opts = append(opts, upstream.WithMirrorOf(strings.Split(s.UpstreamMirrorOf, ",")...))
+	}
+	return upstream.New(s.Upstream, opts...)
+}
+
+// logins builds the login side: who may pull, and the tokens that say so.
+func logins(s wire.Settings, reg prometheus.Registerer, log logr.Logger) (*token.Guard, *token.Server, error) {
+	var key *ecdsa.PrivateKey
+	var err error
+	if s.TokenKey != "" {
+		if key, err = token.LoadKey(s.TokenKey); err != nil {
+			return nil, nil, err
+		}
+	} else {
+		if key, _, err = wire.NewSigningKey(); err != nil {
+			return nil, nil, err
+		}
+		log.Info("no --token-key: generated a signing key; tokens will not survive a restart or work across replicas")
+	}
+	var users *token.Users
+	if s.Users != "" {
+		if users, err = token.LoadUsers(s.Users); err != nil {
+			return nil, nil, err
+		}
+	}
+	signer := token.NewSigner(key, s.Tenant, nil)
+	return token.NewGuard(signer, token.GuardOptions{Anonymous: users == nil, ExternalURL: s.ExternalURL, Service: s.Tenant}),
+		token.NewServer(signer, users, reg, log.WithName("token")), nil
+}
+
+// OpenStorage opens the storage the settings name. An S3 bucket that is
+// down at start is not an error: the proxy passes through until it is up.
+func OpenStorage(ctx context.Context, s wire.Settings, log logr.Logger) (storage.Storage, error) {
+	if !strings.HasPrefix(s.Storage, "s3://") {
+		return storage.NewFilesystem(s.Storage)
+	}
+	bucket, prefix, err := storage.ParseS3URL(s.Storage)
+	if err != nil {
+		return nil, err
+	}
+	s3, err := storage.NewS3(bucket, prefix, storage.S3Options{Endpoint: s.S3Endpoint, Insecure: s.S3Insecure, Region: s.S3Region})
+	if err != nil {
+		return nil, err
+	}
+	if err := s3.EnsureBucket(ctx); err != nil {
+		log.Error(err, "storage not ready at start; passing through until it is")
+	}
+	return s3, nil
+}
+
+func parsePlatforms(list string) ([]v1.Platform, error) {
+	var out []v1.Platform
+	for _, s := range strings.Split(list, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := v1.ParsePlatform(s)
+		if err != nil {
+			return nil, fmt.Errorf("prefetch-platforms %q: %w", s, err)
+		}
+		out = append(out, *p)
+	}
+	return out, nil
+}
+
+func accessLog(next http.Handler, log logr.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		next.ServeHTTP(w, r)
+		log.V(1).Info("request", "method", r.Method, "path", r.URL.Path, "duration", time.Since(start).String())
+	})
+}

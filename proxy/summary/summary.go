@@ -1,0 +1,151 @@
+// Package summary reports what a cache holds, for the operator's status:
+// counts and bytes of everything stored, and the most recently cached
+// tags with their platform images. It reads storage through layout, as
+// cleanup does, and never the upstream.
+package summary
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/depproxy/depproxy/proxy/layout"
+	"github.com/depproxy/depproxy/proxy/manifest"
+	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/proxy/wire"
+)
+
+// maxImages bounds how many tags a summary lists; counts and bytes cover
+// everything.
+const maxImages = 50
+
+// Counts reports manifest and blob requests since start, for the hit
+// ratio.
+type Counts func() (hits, misses int64)
+
+// Scanner makes summaries by listing storage, and reuses the last one for
+// a while: a scan lists every object.
+type Scanner struct {
+	store  storage.Storage
+	counts Counts
+	last   atomic.Pointer[wire.Summary]
+	flight singleflight.Group
+}
+
+// New returns a scanner of store; counts may be nil.
+func New(store storage.Storage, counts Counts) *Scanner {
+	if counts == nil {
+		counts = func() (int64, int64) { return 0, 0 }
+	}
+	return &Scanner{store: store, counts: counts}
+}
+
+// Invalidate drops the last scan: a new or moved tag shows in the next
+// summary rather than waiting for the interval.
+func (s *Scanner) Invalidate() { s.last.Store(nil) }
+
+// Summary returns a summary no older than maxAge, scanning storage when
+// the last one is older. Concurrent callers share one scan.
+func (s *Scanner) Summary(ctx context.Context, maxAge time.Duration) (*wire.Summary, error) {
+	if last := s.last.Load(); last != nil && time.Since(last.ScannedAt) < maxAge {
+		return s.withCounts(*last), nil
+	}
+	v, err, _ := s.flight.Do("scan", func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
+		defer cancel()
+		return s.scan(ctx)
+	})
+	if err != nil {
+		return nil, err
+	}
+	sum := v.(*wire.Summary)
+	s.last.Store(sum)
+	return s.withCounts(*sum), nil
+}
+
+func (s *Scanner) withCounts(sum wire.Summary) *wire.Summary {
+	sum.Hits, sum.Misses = s.counts()
+	return &sum
+}
+
+// scan lists storage once, page by page, keeping only counters and the
+// newest tags: its memory does not grow with the cache.
+func (s *Scanner) scan(ctx context.Context) (*wire.Summary, error) {
+	sum := &wire.Summary{ScannedAt: time.Now()}
+	var newest []wire.SummaryImage
+	err := s.store.List(ctx, "", func(key string, info storage.Info) error {
+		sum.Bytes += info.Size
+		repo, tag, ok := layout.ParseTag(key)
+		if !ok {
+			return nil
+		}
+		sum.ImageCount++
+		newest = append(newest, wire.SummaryImage{Repository: repo, Tag: tag, CachedAt: info.ModTime})
+		if len(newest) > 2*maxImages {
+			newest = keepNewest(newest)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, img := range keepNewest(newest) {
+		if s.describe(ctx, &img) {
+			sum.Images = append(sum.Images, img)
+		}
+	}
+	return sum, nil
+}
+
+// describe fills in a tag's digest, media type and platforms; false if
+// the tag went since it was listed.
+func (s *Scanner) describe(ctx context.Context, img *wire.SummaryImage) bool {
+	d, err := layout.ReadTag(ctx, s.store, img.Repository, img.Tag)
+	if err != nil {
+		return false
+	}
+	body, mt, err := layout.ReadManifest(ctx, s.store, d)
+	if err != nil {
+		return false
+	}
+	img.Digest, img.MediaType = d.String(), mt
+	if manifest.IsIndex(mt) {
+		children, _ := manifest.Children(body)
+		for _, ch := range children {
+			p := "unknown"
+			if ch.Platform != nil {
+				p = ch.Platform.String()
+			}
+			img.Platforms = append(img.Platforms, wire.SummaryPlatform{Platform: p, Digest: ch.Digest})
+		}
+	}
+	return true
+}
+
+func keepNewest(imgs []wire.SummaryImage) []wire.SummaryImage {
+	sort.Slice(imgs, func(i, j int) bool { return imgs[i].CachedAt.After(imgs[j].CachedAt) })
+	if len(imgs) > maxImages {
+		imgs = imgs[:maxImages]
+	}
+	return imgs
+}
+
+// Handler serves the summary as JSON at wire.SummaryPath.
+func (s *Scanner) Handler(maxAge time.Duration, log logr.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sum, err := s.Summary(r.Context(), maxAge)
+		if err != nil {
+			log.Error(err, "cache summary failed")
+			http.Error(w, "cache summary failed: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(sum)
+	})
+}

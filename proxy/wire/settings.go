@@ -1,0 +1,144 @@
+// Package wire is what crosses between the operator and the proxy: the
+// settings file the operator renders and `depproxy` loads, the signing
+// key it stores, and the JSON reports the proxy gives back (the cache
+// summary and the cleanup summary). It is the one proxy package the
+// operator imports, so both sides read and write the same types.
+package wire
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Settings configure `depproxy serve` (and the storage of `depproxy
+// cleanup`). Each field is a command-line flag and a key of the --config
+// file, with the same name: the json tag. To add a setting, add a field
+// here and its flag in Bind; a test holds the two together.
+type Settings struct {
+	Listen            string   `json:"listen,omitempty"`
+	Upstream          string   `json:"upstream,omitempty"`
+	Storage           string   `json:"storage,omitempty"`
+	S3Endpoint        string   `json:"s3-endpoint,omitempty"`
+	S3Insecure        bool     `json:"s3-insecure,omitempty"`
+	S3Region          string   `json:"s3-region,omitempty"`
+	S3Redirect        bool     `json:"s3-redirect,omitempty"`
+	RecheckInterval   Duration `json:"recheck-interval,omitempty"`
+	PrefetchPlatforms string   `json:"prefetch-platforms,omitempty"`
+	SummaryInterval   Duration `json:"summary-interval,omitempty"`
+	Users             string   `json:"users,omitempty"`
+	TokenKey          string   `json:"token-key,omitempty"`
+	ExternalURL       string   `json:"external-url,omitempty"`
+	Tenant            string   `json:"tenant,omitempty"`
+	UpstreamCreds     string   `json:"upstream-credentials,omitempty"`
+	UpstreamMirrorOf  string   `json:"upstream-mirror-of,omitempty"`
+	LogLevel          int      `json:"log-level,omitempty"`
+}
+
+// Defaults are the settings of a proxy given no flags and no file.
+func Defaults() Settings {
+	return Settings{
+		Listen:          ":5000",
+		Upstream:        "https://registry-1.docker.io",
+		Storage:         "./data",
+		SummaryInterval: Duration(5 * time.Minute),
+		Tenant:          "depproxy",
+	}
+}
+
+// Bind registers a flag for every setting on fs, each defaulting to the
+// setting's current value.
+func (s *Settings) Bind(fs *flag.FlagSet) {
+	fs.StringVar(&s.Listen, "listen", s.Listen, "address to serve the registry API, /metrics, /healthz and /readyz on")
+	fs.StringVar(&s.Upstream, "upstream", s.Upstream, "registry to pull through (scheme and host)")
+	fs.StringVar(&s.Storage, "storage", s.Storage, "where the cache lives: a directory, or s3://BUCKET/PREFIX (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+	fs.StringVar(&s.S3Endpoint, "s3-endpoint", s.S3Endpoint, "S3 endpoint host:port (MinIO); empty for AWS")
+	fs.BoolVar(&s.S3Insecure, "s3-insecure", s.S3Insecure, "talk plain HTTP to the S3 endpoint")
+	fs.StringVar(&s.S3Region, "s3-region", s.S3Region, "S3 region, if the endpoint needs one")
+	fs.BoolVar(&s.S3Redirect, "s3-redirect", s.S3Redirect, "send clients of cached blobs to a presigned S3 URL instead of streaming them; only where clients can reach the S3 endpoint")
+	fs.Var(&s.RecheckInterval, "recheck-interval", "how long a tag checked with the upstream is served without asking again; 0 asks (one HEAD) on every tag request")
+	fs.StringVar(&s.PrefetchPlatforms, "prefetch-platforms", s.PrefetchPlatforms, "comma-separated platforms (linux/amd64,linux/arm64/v8) whose images are cached as soon as their index is")
+	fs.Var(&s.SummaryInterval, "summary-interval", "how long a scan of the whole storage for /status/summary is reused (a scan lists every object)")
+	fs.StringVar(&s.Users, "users", s.Users, "who may log in: an htpasswd file (bcrypt) or a directory with a file per user holding a password or bcrypt hash; without it, pulls are anonymous")
+	fs.StringVar(&s.TokenKey, "token-key", s.TokenKey, "PEM ECDSA P-256 key that signs tokens; without it a key is generated at start (tokens then die with the process)")
+	fs.StringVar(&s.ExternalURL, "external-url", s.ExternalURL, "where clients reach this proxy (e.g. https://cache.example); the token realm is under it. Default: the request's host")
+	fs.StringVar(&s.Tenant, "tenant", s.Tenant, "the tenant's name: the token audience and the challenge's service; a token of another tenant is refused")
+	fs.StringVar(&s.UpstreamCreds, "upstream-credentials", s.UpstreamCreds, "credentials for the upstream: a directory (a mounted Secret) with .dockerconfigjson, or username and password files; re-read when they change")
+	fs.StringVar(&s.UpstreamMirrorOf, "upstream-mirror-of", s.UpstreamMirrorOf, "comma-separated registries (containerd's ?ns=) the upstream stands in for besides its own host, e.g. docker.io for an internal Docker Hub mirror")
+	fs.IntVar(&s.LogLevel, "log-level", s.LogLevel, "log verbosity: 0 events, 1 also each request")
+}
+
+// Marshal renders the settings as a --config file.
+func (s Settings) Marshal() ([]byte, error) { return yaml.Marshal(s) }
+
+// Load parses args into fs, on which s is bound (other flags may be
+// too). A --config file fills every setting that the command line does
+// not set. Unknown keys in the file are errors, so that a typo does not
+// silently fall back to a default.
+func (s *Settings) Load(fs *flag.FlagSet, args []string) error {
+	configFile := fs.String("config", "", "YAML file whose keys are these flags' names; flags on the command line win")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *configFile == "" {
+		return nil
+	}
+	raw, err := os.ReadFile(*configFile)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	fromFile := Defaults()
+	if err := yaml.UnmarshalStrict(raw, &fromFile); err != nil {
+		return fmt.Errorf("config file %s: %w", *configFile, err)
+	}
+	// The command line wins: replay what it set over the file's values.
+	replay := flag.NewFlagSet("replay", flag.ContinueOnError)
+	fromFile.Bind(replay)
+	var errs []error
+	fs.Visit(func(f *flag.Flag) {
+		if replay.Lookup(f.Name) != nil {
+			errs = append(errs, replay.Set(f.Name, f.Value.String()))
+		}
+	})
+	*s = fromFile
+	return errors.Join(errs...)
+}
+
+// Duration is a time.Duration written as "1m30s" in files and flags.
+type Duration time.Duration
+
+// Std is the duration as a time.Duration.
+func (d Duration) Std() time.Duration { return time.Duration(d) }
+
+// String implements flag.Value.
+func (d *Duration) String() string { return time.Duration(*d).String() }
+
+// Set implements flag.Value.
+func (d *Duration) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON reads a duration string ("90s", "1m").
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		s = string(b) // a bare 0 is a duration too
+	}
+	if err := d.Set(s); err != nil {
+		return fmt.Errorf("want a duration such as \"90s\" or \"5m\": %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,115 @@
+package wire
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func load(t *testing.T, file string, args ...string) (*Settings, error) {
+	t.Helper()
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	s := Defaults()
+	s.Bind(fs)
+	if file != "" {
+		path := filepath.Join(t.TempDir(), "config.yaml")
+		os.WriteFile(path, []byte(file), 0o644)
+		args = append([]string{"--config", path}, args...)
+	}
+	err := s.Load(fs, args)
+	return &s, err
+}
+
+func TestDefaults(t *testing.T) {
+	s, err := load(t, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *s != Defaults() || s.Listen != ":5000" || s.Upstream != "https://registry-1.docker.io" || s.Storage != "./data" ||
+		s.RecheckInterval != 0 || s.SummaryInterval.Std() != 5*time.Minute {
+		t.Fatalf("defaults: %+v", s)
+	}
+}
+
+func TestFileKeysAreFlagNamesAndFlagsWin(t *testing.T) {
+	s, err := load(t, `
+listen: 127.0.0.1:6000
+upstream: http://mirror.internal:5000
+storage: s3://cache/team-a
+s3-endpoint: minio:9000
+s3-insecure: true
+recheck-interval: 5m
+`, "--listen", ":7000", "--summary-interval", "1m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Settings{Listen: ":7000", Upstream: "http://mirror.internal:5000", Storage: "s3://cache/team-a",
+		S3Endpoint: "minio:9000", S3Insecure: true, RecheckInterval: Duration(5 * time.Minute), SummaryInterval: Duration(time.Minute), Tenant: "depproxy"}
+	if *s != want {
+		t.Fatalf("got %+v\nwant %+v", *s, want)
+	}
+}
+
+func TestFileErrorsSayWhatIsWrong(t *testing.T) {
+	for file, want := range map[string]string{
+		"lisen: :5000\n":           `unknown field "lisen"`,
+		"recheck-interval: soon\n": "duration",
+		"recheck-interval: 30\n":   "duration",
+		"listen: [\n":              "config file",
+	} {
+		if _, err := load(t, file); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want it to mention %s", file, err, want)
+		}
+	}
+	if s, err := load(t, "recheck-interval: 0\n"); err != nil || s.RecheckInterval != 0 {
+		t.Errorf("a bare 0: %v %v", s, err)
+	}
+}
+
+// Every setting is a flag of the same name and every flag a setting, and
+// a file the operator renders loads back to the same settings.
+func TestSettingsAreFlagsAndRoundTrip(t *testing.T) {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	var s Settings
+	s.Bind(fs)
+	typ := reflect.TypeOf(s)
+	tags := map[string]bool{}
+	for i := 0; i < typ.NumField(); i++ {
+		tag, _, _ := strings.Cut(typ.Field(i).Tag.Get("json"), ",")
+		tags[tag] = true
+		if fs.Lookup(tag) == nil {
+			t.Errorf("setting %s (%s) has no flag", typ.Field(i).Name, tag)
+		}
+	}
+	fs.VisitAll(func(f *flag.Flag) {
+		if !tags[f.Name] {
+			t.Errorf("flag --%s is not a setting", f.Name)
+		}
+	})
+
+	full := Settings{Listen: ":5000", Upstream: "https://quay.io", Storage: "s3://b/p", S3Endpoint: "minio:9000",
+		S3Insecure: true, S3Region: "eu", S3Redirect: true, RecheckInterval: Duration(time.Minute), PrefetchPlatforms: "linux/amd64",
+		SummaryInterval: Duration(5 * time.Second), Users: "/u", TokenKey: "/k.pem", ExternalURL: "https://c.example",
+		Tenant: "ns/a", UpstreamCreds: "/up", UpstreamMirrorOf: "docker.io", LogLevel: 1}
+	v := reflect.ValueOf(full)
+	for i := 0; i < v.NumField(); i++ {
+		if v.Field(i).IsZero() {
+			t.Errorf("the round trip leaves %s untested", typ.Field(i).Name)
+		}
+	}
+	raw, err := full.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := load(t, string(raw))
+	if err != nil {
+		t.Fatalf("the rendered file does not load: %v\n%s", err, raw)
+	}
+	if *got != full {
+		t.Fatalf("got %+v\nwant %+v", *got, full)
+	}
+}

@@ -1,0 +1,50 @@
+package wire
+
+import "time"
+
+// SummaryPath is where the proxy reports what its cache holds, for the
+// operator's status.
+const SummaryPath = "/status/summary"
+
+// Summary is what a cache holds: counts and size of everything, and the
+// most recently cached tags, an index with its platform images.
+type Summary struct {
+	Images     []SummaryImage `json:"images"`
+	ImageCount int64          `json:"imageCount"`
+	Bytes      int64          `json:"bytes"`
+	// Hits and Misses count manifest and blob requests since start.
+	Hits      int64     `json:"hits"`
+	Misses    int64     `json:"misses"`
+	ScannedAt time.Time `json:"scannedAt"`
+}
+
+// SummaryImage is one cached tag.
+type SummaryImage struct {
+	Repository string            `json:"repository"`
+	Tag        string            `json:"tag"`
+	Digest     string            `json:"digest"`
+	MediaType  string            `json:"mediaType"`
+	Platforms  []SummaryPlatform `json:"platforms,omitempty"`
+	// CachedAt is when the tag was last stored.
+	CachedAt time.Time `json:"cachedAt"`
+}
+
+// SummaryPlatform is a child of a cached index.
+type SummaryPlatform struct {
+	Platform string `json:"platform"`
+	Digest   string `json:"digest"`
+}
+
+// CleanupSummary is what one `depproxy cleanup` run did: the last line of
+// its output, its termination message on Kubernetes, and the object it
+// leaves in storage for the proxy's metrics.
+type CleanupSummary struct {
+	DeletedTags      int64   `json:"deletedTags"`
+	DeletedManifests int64   `json:"deletedManifests"`
+	DeletedBlobs     int64   `json:"deletedBlobs"`
+	FreedBytes       int64   `json:"freedBytes"`
+	Kept             int64   `json:"kept"`
+	DryRun           bool    `json:"dryRun"`
+	DurationSeconds  float64 `json:"durationSeconds"`
+	FinishedAt       string  `json:"finishedAt"`
+}
