@@ -190,9 +190,13 @@ func logins(s wire.Settings, reg prometheus.Registerer, log logr.Logger) (*token
 			return nil, nil, err
 		}
 	}
+	sources, err := token.ParseTrustedProxies(s.TrustedProxies)
+	if err != nil {
+		return nil, nil, fmt.Errorf("trusted-proxies: %w", err)
+	}
 	signer := token.NewSigner(key, s.Tenant, nil)
 	return token.NewGuard(signer, token.GuardOptions{Anonymous: users == nil, ExternalURL: s.ExternalURL, Service: s.Tenant}),
-		token.NewServer(signer, users, reg, log.WithName("token")), nil
+		token.NewServer(signer, users, token.WithMetrics(reg), token.WithSources(sources), token.WithLogger(log.WithName("token"))), nil
 }
 
 // OpenStorage opens the storage the settings name. An S3 bucket that is

@@ -3,44 +3,52 @@ package token
 import (
 	"encoding/json"
 	"errors"
-	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/time/rate"
 )
 
 // Server is the /token endpoint.
 type Server struct {
 	signer    *Signer
 	users     *Users // nil: nobody logs in, everyone pulls anonymously
-	bySource  *limiter
-	byUser    *limiter
+	throttle  *throttle
+	sources   Sources
 	failures  *prometheus.CounterVec
 	log       logr.Logger
 	anonymous bool
 }
 
+// ServerOption configures a Server.
+type ServerOption func(*Server)
+
+// WithMetrics registers the failure counter on r.
+func WithMetrics(r prometheus.Registerer) ServerOption {
+	return func(s *Server) { r.MustRegister(s.failures) }
+}
+
+// WithSources sets how a login's source is found (trusted proxies).
+func WithSources(src Sources) ServerOption { return func(s *Server) { s.sources = src } }
+
+// WithLogger sets the logger.
+func WithLogger(l logr.Logger) ServerOption { return func(s *Server) { s.log = l } }
+
 // NewServer returns the token endpoint. Without users, it hands anonymous
 // pull tokens to anyone.
-func NewServer(signer *Signer, users *Users, reg prometheus.Registerer, log logr.Logger) *Server {
+func NewServer(signer *Signer, users *Users, opts ...ServerOption) *Server {
 	s := &Server{
-		signer: signer, users: users, anonymous: users == nil, log: log,
-		// Ten failures, then one more try a minute: slow for a guesser,
-		// invisible to a person who mistyped.
-		bySource: newLimiter(rate.Every(time.Minute), 10),
-		byUser:   newLimiter(rate.Every(time.Minute), 10),
+		signer: signer, users: users, anonymous: users == nil, log: logr.Discard(),
+		throttle: newThrottle(),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "depproxy_auth_failures_total",
 			Help: "Failed logins at the token endpoint, by reason: bad_credentials, throttled, bad_refresh_token.",
 		}, []string{"reason"}),
 	}
-	if reg != nil {
-		reg.MustRegister(s.failures)
+	for _, o := range opts {
+		o(s)
 	}
 	return s
 }
@@ -114,7 +122,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	resp := response{Token: tok, AccessToken: tok, ExpiresIn: int(s.signer.TTL().Seconds()),
 		IssuedAt: issued.UTC().Format(time.RFC3339), Scope: strings.Join(scopes, " "), RefreshToken: refresh}
 	if offline && subject != "anonymous" && refresh == "" {
-		if resp.RefreshToken, _, err = s.signer.Issue(subject, "refresh", nil); err != nil {
+		if resp.RefreshToken, _, err = s.signer.IssueRefresh(subject, s.users.Credential(subject)); err != nil {
 			s.log.Error(err, "signing a refresh token")
 		}
 	}
@@ -132,37 +140,33 @@ func (s *Server) login(r *http.Request, basic bool, user, pass string) (string, 
 	if !basic {
 		return "", errBadCredentials
 	}
-	source := sourceOf(r)
-	if !s.bySource.allowed(source) || !s.byUser.allowed(user) {
+	source := s.sources.Of(r)
+	a, ok := s.throttle.begin(user, source)
+	if !ok {
 		s.failures.WithLabelValues("throttled").Inc()
 		s.log.Info("login throttled", "source", source, "user", user)
 		return "", errThrottled
 	}
 	if !s.users.Check(user, pass) {
-		s.bySource.fail(source)
-		s.byUser.fail(user)
+		a.failed()
 		s.failures.WithLabelValues("bad_credentials").Inc()
 		s.log.Info("login failed", "source", source, "user", user)
 		return "", errBadCredentials
 	}
+	a.succeeded()
 	return user, nil
 }
 
+// refresh accepts a refresh token while its user still exists with the
+// password it was issued for: removing a user or changing a password
+// revokes the user's refresh tokens.
 func (s *Server) refresh(raw string) (string, error) {
 	c, err := s.signer.Verify(raw, "refresh")
-	if err != nil {
+	if err != nil || s.users == nil || c.Credential == "" || c.Credential != s.users.Credential(c.Subject) {
 		s.failures.WithLabelValues("bad_refresh_token").Inc()
 		return "", errBadCredentials
 	}
 	return c.Subject, nil
-}
-
-func sourceOf(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
 }
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
@@ -172,37 +176,3 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 		"errors": []map[string]string{{"code": code, "message": msg}},
 	})
 }
-
-// limiter counts failures per key with a token bucket: a key is refused
-// once its bucket is empty, until it refills.
-type limiter struct {
-	mu      sync.Mutex
-	every   rate.Limit
-	burst   int
-	buckets map[string]*rate.Limiter
-}
-
-// maxLimiterKeys bounds memory under a spray of sources or user names;
-// forgetting only gives the keys a fresh bucket.
-const maxLimiterKeys = 100_000
-
-func newLimiter(every rate.Limit, burst int) *limiter {
-	return &limiter{every: every, burst: burst, buckets: map[string]*rate.Limiter{}}
-}
-
-func (l *limiter) bucket(key string) *rate.Limiter {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	b, ok := l.buckets[key]
-	if !ok {
-		if len(l.buckets) >= maxLimiterKeys {
-			l.buckets = map[string]*rate.Limiter{}
-		}
-		b = rate.NewLimiter(l.every, l.burst)
-		l.buckets[key] = b
-	}
-	return b
-}
-
-func (l *limiter) allowed(key string) bool { return l.bucket(key).Tokens() >= 1 }
-func (l *limiter) fail(key string)         { l.bucket(key).Allow() }

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -21,7 +20,7 @@ func TestFailureMetric(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	s := NewServer(NewSigner(newKey(t), "t", nil), users, reg, logr.Discard())
+	s := NewServer(NewSigner(newKey(t), "t", nil), users, WithMetrics(reg))
 	for i := 0; i < 12; i++ {
 		req := httptest.NewRequest(http.MethodGet, "/token", nil)
 		req.SetBasicAuth("alice", "wrong")
@@ -47,7 +46,7 @@ func TestFailureMetric(t *testing.T) {
 // the host, or set in containerd's hosts.toml).
 func TestAnonymousIgnoresCredentials(t *testing.T) {
 	signer := NewSigner(newKey(t), "t", nil)
-	s := NewServer(signer, nil, nil, logr.Discard())
+	s := NewServer(signer, nil)
 	req := httptest.NewRequest(http.MethodGet, "/token?scope=repository:a:pull", nil)
 	req.SetBasicAuth("someone", "whatever")
 	w := httptest.NewRecorder()

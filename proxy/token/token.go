@@ -39,6 +39,9 @@ type Claims struct {
 	Access []Access `json:"access,omitempty"`
 	// Kind is "access" or "refresh": a refresh token is not a bearer token.
 	Kind string `json:"kind"`
+	// Credential, on a refresh token, fingerprints the password it was
+	// issued for (Users.Credential): a new password revokes it.
+	Credential string `json:"crd,omitempty"`
 }
 
 // ErrInvalid is returned for any token that is not good for this tenant.
@@ -61,8 +64,18 @@ func NewSigner(key *ecdsa.PrivateKey, tenant string, now func() time.Time) *Sign
 	return &Signer{key: key, audience: tenant, ttl: 5 * time.Minute, refreshTTL: 24 * time.Hour, now: now}
 }
 
+// IssueRefresh signs a refresh token for subject, bound to the
+// fingerprint of its current password.
+func (s *Signer) IssueRefresh(subject, credential string) (string, time.Time, error) {
+	return s.issue(subject, "refresh", nil, credential)
+}
+
 // Issue signs a token of kind ("access" or "refresh") for subject.
 func (s *Signer) Issue(subject, kind string, access []Access) (string, time.Time, error) {
+	return s.issue(subject, kind, access, "")
+}
+
+func (s *Signer) issue(subject, kind string, access []Access, credential string) (string, time.Time, error) {
 	now := s.now()
 	ttl := s.ttl
 	if kind == "refresh" {
@@ -74,8 +87,9 @@ func (s *Signer) Issue(subject, kind string, access []Access) (string, time.Time
 			Issuer: Issuer, Subject: subject, Audience: jwt.ClaimStrings{s.audience},
 			IssuedAt: jwt.NewNumericDate(now), NotBefore: jwt.NewNumericDate(now.Add(-time.Second)), ExpiresAt: jwt.NewNumericDate(exp),
 		},
-		Access: access,
-		Kind:   kind,
+		Access:     access,
+		Kind:       kind,
+		Credential: credential,
 	}
 	raw, err := jwt.NewWithClaims(method, c).SignedString(s.key)
 	return raw, now, err

@@ -3,6 +3,8 @@ package token
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -71,8 +73,40 @@ func LoadUsers(path string) (*Users, error) {
 	if len(u.hashes) == 0 {
 		return nil, fmt.Errorf("users: %s has no users", path)
 	}
-	u.dummy, _ = bcrypt.GenerateFromPassword([]byte("no such user"), bcrypt.DefaultCost)
+	// Unknown users are checked against a hash of the cost most users'
+	// hashes have: a failed login takes as long whether or not the user
+	// exists (htpasswd -B makes cost 5, Go's default is 10).
+	u.dummy, _ = bcrypt.GenerateFromPassword([]byte("no such user"), u.commonCost())
 	return u, nil
+}
+
+// commonCost is the bcrypt cost most hashes have; the higher on a tie.
+func (u *Users) commonCost() int {
+	count := map[int]int{}
+	best := bcrypt.DefaultCost
+	for _, h := range u.hashes {
+		c, _ := bcrypt.Cost(h)
+		count[c]++
+		if count[c] > count[best] || (count[c] == count[best] && c > best) {
+			best = c
+		}
+	}
+	return best
+}
+
+// Credential fingerprints a user's current password hash ("" for no such
+// user): refresh tokens carry it, so that a changed password or a removed
+// user revokes them.
+func (u *Users) Credential(user string) string {
+	if u == nil {
+		return ""
+	}
+	hash, ok := u.hashes[user]
+	if !ok {
+		return ""
+	}
+	sum := sha256.Sum256(hash)
+	return hex.EncodeToString(sum[:8])
 }
 
 func (u *Users) add(user string, secret []byte) error {

@@ -34,6 +34,7 @@ type Settings struct {
 	Users             string   `json:"users,omitempty"`
 	TokenKey          string   `json:"token-key,omitempty"`
 	ExternalURL       string   `json:"external-url,omitempty"`
+	TrustedProxies    string   `json:"trusted-proxies,omitempty"`
 	Tenant            string   `json:"tenant,omitempty"`
 	UpstreamCreds     string   `json:"upstream-credentials,omitempty"`
 	UpstreamMirrorOf  string   `json:"upstream-mirror-of,omitempty"`
@@ -67,6 +68,7 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&s.Users, "users", s.Users, "who may log in: an htpasswd file (bcrypt) or a directory with a file per user holding a password or bcrypt hash; without it, pulls are anonymous")
 	fs.StringVar(&s.TokenKey, "token-key", s.TokenKey, "PEM ECDSA P-256 key that signs tokens; without it a key is generated at start (tokens then die with the process)")
 	fs.StringVar(&s.ExternalURL, "external-url", s.ExternalURL, "where clients reach this proxy (e.g. https://cache.example); the token realm is under it. Default: the request's host")
+	fs.StringVar(&s.TrustedProxies, "trusted-proxies", s.TrustedProxies, "comma-separated CIDRs of proxies (an ingress) whose X-Forwarded-For names the client, for the login throttle; off by default")
 	fs.StringVar(&s.Tenant, "tenant", s.Tenant, "the tenant's name: the token audience and the challenge's service; a token of another tenant is refused")
 	fs.StringVar(&s.UpstreamCreds, "upstream-credentials", s.UpstreamCreds, "credentials for the upstream: a directory (a mounted Secret) with .dockerconfigjson, or username and password files; re-read when they change")
 	fs.StringVar(&s.UpstreamMirrorOf, "upstream-mirror-of", s.UpstreamMirrorOf, "comma-separated registries (containerd's ?ns=) the upstream stands in for besides its own host, e.g. docker.io for an internal Docker Hub mirror")

@@ -94,7 +94,7 @@ func TestSettingsAreFlagsAndRoundTrip(t *testing.T) {
 	full := Settings{Listen: ":5000", Upstream: "https://quay.io", Storage: "s3://b/p", S3Endpoint: "minio:9000",
 		S3Insecure: true, S3Region: "eu", S3Redirect: true, RecheckInterval: Duration(time.Minute), PrefetchPlatforms: "linux/amd64",
 		SummaryInterval: Duration(5 * time.Second), Users: "/u", TokenKey: "/k.pem", ExternalURL: "https://c.example",
-		Tenant: "ns/a", UpstreamCreds: "/up", UpstreamMirrorOf: "docker.io", LogLevel: 1}
+		TrustedProxies: "10.0.0.0/8", Tenant: "ns/a", UpstreamCreds: "/up", UpstreamMirrorOf: "docker.io", LogLevel: 1}
 	v := reflect.ValueOf(full)
 	for i := 0; i < v.NumField(); i++ {
 		if v.Field(i).IsZero() {
