@@ -20,8 +20,13 @@ import (
 )
 
 const (
-	// ProxyPort is where the proxy serves, in the pod and on the Service.
+	// ProxyPort is where the proxy serves pulls, in the pod and on the
+	// Service.
 	ProxyPort = 5000
+	// MetricsPort is where the proxy serves /metrics, its summary and its
+	// probes, in the pod and on the Service (for the ServiceMonitor and
+	// the operator's summary reads).
+	MetricsPort = 9090
 	// DefaultImage is the depproxy image run unless spec.image says
 	// otherwise; the manager's --proxy-image flag overrides it.
 	DefaultImage = "ghcr.io/depproxy/depproxy:latest"
@@ -85,6 +90,7 @@ func proxySettings(dp *depproxyv1.DependencyProxy) wire.Settings {
 	}
 	return wire.Settings{
 		Listen:            fmt.Sprintf(":%d", ProxyPort),
+		MetricsListen:     fmt.Sprintf(":%d", MetricsPort),
 		Upstream:          dp.Spec.Upstream.URL,
 		Storage:           storage,
 		S3Endpoint:        s.Endpoint,
@@ -255,7 +261,7 @@ func desiredDeployment(dp *depproxyv1.DependencyProxy, defaultImage, cfgHash, se
 	volumes, mounts = append(volumes, sv...), append(mounts, sm...)
 	probe := func(path string) *corev1.Probe {
 		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-			Path: path, Port: intstr.FromString("http"),
+			Path: path, Port: intstr.FromString("metrics"),
 		}}, PeriodSeconds: 10, TimeoutSeconds: 2}
 	}
 	return &appsv1.Deployment{
@@ -270,11 +276,14 @@ func desiredDeployment(dp *depproxyv1.DependencyProxy, defaultImage, cfgHash, se
 					SecurityContext:    podSec,
 					Volumes:            volumes,
 					Containers: []corev1.Container{{
-						Name:            "depproxy",
-						Image:           proxyImage(dp, defaultImage),
-						Args:            []string{"serve", "--config", configDir + "/" + configKey},
-						Env:             storageEnv(dp),
-						Ports:           []corev1.ContainerPort{{Name: "http", ContainerPort: ProxyPort, Protocol: corev1.ProtocolTCP}},
+						Name:  "depproxy",
+						Image: proxyImage(dp, defaultImage),
+						Args:  []string{"serve", "--config", configDir + "/" + configKey},
+						Env:   storageEnv(dp),
+						Ports: []corev1.ContainerPort{
+							{Name: "http", ContainerPort: ProxyPort, Protocol: corev1.ProtocolTCP},
+							{Name: "metrics", ContainerPort: MetricsPort, Protocol: corev1.ProtocolTCP},
+						},
 						LivenessProbe:   probe("/healthz"),
 						ReadinessProbe:  probe("/readyz"),
 						Resources:       dp.Spec.Resources,
@@ -293,8 +302,10 @@ func desiredService(dp *depproxyv1.DependencyProxy) *corev1.Service {
 		Spec: corev1.ServiceSpec{
 			Type:     corev1.ServiceTypeClusterIP,
 			Selector: proxyLabels(dp),
-			Ports: []corev1.ServicePort{{Name: "http", Port: ProxyPort, TargetPort: intstr.FromString("http"),
-				Protocol: corev1.ProtocolTCP}},
+			Ports: []corev1.ServicePort{
+				{Name: "http", Port: ProxyPort, TargetPort: intstr.FromString("http"), Protocol: corev1.ProtocolTCP},
+				{Name: "metrics", Port: MetricsPort, TargetPort: intstr.FromString("metrics"), Protocol: corev1.ProtocolTCP},
+			},
 		},
 	}
 	if dp.Spec.NodePort != nil {
@@ -316,7 +327,7 @@ func desiredServiceMonitor(dp *depproxyv1.DependencyProxy) *unstructured.Unstruc
 	sm := &unstructured.Unstructured{Object: map[string]any{
 		"spec": map[string]any{
 			"selector":  map[string]any{"matchLabels": toAny(proxyLabels(dp))},
-			"endpoints": []any{map[string]any{"port": "http", "path": "/metrics"}},
+			"endpoints": []any{map[string]any{"port": "metrics", "path": "/metrics"}},
 		},
 	}}
 	sm.SetAPIVersion("monitoring.coreos.com/v1")

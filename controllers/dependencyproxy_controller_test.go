@@ -52,7 +52,8 @@ func TestCreateBuildsOwnedChildren(t *testing.T) {
 	if c.Image != "example.test/depproxy:v1" || strings.Join(c.Args, " ") != "serve --config /etc/depproxy/config.yaml" {
 		t.Errorf("container image %s args %v", c.Image, c.Args)
 	}
-	if c.LivenessProbe.HTTPGet.Path != "/healthz" || c.ReadinessProbe.HTTPGet.Path != "/readyz" {
+	if c.LivenessProbe.HTTPGet.Path != "/healthz" || c.ReadinessProbe.HTTPGet.Path != "/readyz" ||
+		c.ReadinessProbe.HTTPGet.Port.StrVal != "metrics" || !strings.Contains(cm.Data["config.yaml"], "metrics-listen: :9090") {
 		t.Errorf("probes: %+v %+v", c.LivenessProbe, c.ReadinessProbe)
 	}
 	if len(c.Env) != 2 || c.Env[0].ValueFrom.SecretKeyRef.Name != "minio" || c.Env[0].Name != "AWS_ACCESS_KEY_ID" {

@@ -62,9 +62,9 @@ func TestRenderedProxyServes(t *testing.T) {
 	if err := k8sClient.Create(ctx, dp); err != nil {
 		t.Fatal(err)
 	}
-	proxyAddr := testenv.FreeAddr(t)
+	proxyAddr, opsAddr := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	r, _ := newProxyReconciler(k8sClient)
-	r.Summaries = HTTPSummaries{BaseURL: func(*depproxyv1.DependencyProxy) string { return "http://" + proxyAddr }}
+	r.Summaries = HTTPSummaries{BaseURL: func(*depproxyv1.DependencyProxy) string { return "http://" + opsAddr }}
 	reconcileProxy(t, r, dp)
 
 	// Mount what the pod would get: the ConfigMap at its mount path, the
@@ -110,8 +110,8 @@ func TestRenderedProxyServes(t *testing.T) {
 		}
 		args = append(args, a)
 	}
-	// The one change: the pod's port 5000 is this machine's, and may be taken.
-	args = append(args, "--listen", proxyAddr)
+	// The one change: the pod's ports are this machine's, and may be taken.
+	args = append(args, "--listen", proxyAddr, "--metrics-listen", opsAddr)
 	env := os.Environ()
 	secret := &corev1.Secret{}
 	k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "minio"}, secret)

@@ -43,10 +43,10 @@ func (h HTTPSummaries) baseURL(ctx context.Context, dp *depproxyv1.DependencyPro
 			return "", fmt.Errorf("proxy summary: %w", err)
 		}
 		if ip := svc.Spec.ClusterIP; ip != "" && ip != corev1.ClusterIPNone {
-			return "http://" + net.JoinHostPort(ip, strconv.Itoa(ProxyPort)), nil
+			return "http://" + net.JoinHostPort(ip, strconv.Itoa(MetricsPort)), nil
 		}
 	}
-	return "http://" + endpoint(dp), nil
+	return fmt.Sprintf("http://%s.%s.svc:%d", proxyName(dp), dp.Namespace, MetricsPort), nil
 }
 
 // Summary asks the proxy.

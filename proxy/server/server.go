@@ -35,7 +35,8 @@ type Server struct {
 	log      logr.Logger
 	cache    *cache.Cache
 	summary  *summary.Scanner
-	handler  http.Handler
+	handler  http.Handler // the registry port
+	ops      http.Handler // the metrics port
 }
 
 // Option adjusts what the settings build.
@@ -95,16 +96,21 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 		return nil, err
 	}
 	reg := registry.New(registry.Source{Upstream: up, Cache: c}, guard, log.WithName("registry"))
-	handler := routes(reg, promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}),
-		scanner.Handler(s.SummaryInterval.Std(), log.WithName("summary")), tokens)
+	handler := registryRoutes(reg, tokens)
+	ops := opsRoutes(promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}), scanner.Handler(s.SummaryInterval.Std(), log.WithName("summary")))
 	if s.LogLevel >= 1 {
 		handler = accessLog(handler, log.WithName("http"))
 	}
-	return &Server{settings: s, log: log, cache: c, summary: scanner, handler: handler}, nil
+	return &Server{settings: s, log: log, cache: c, summary: scanner, handler: handler, ops: ops}, nil
 }
 
-// Handler is every route of the proxy.
+// Handler is what the registry port serves: the pull API and logins.
 func (s *Server) Handler() http.Handler { return s.handler }
+
+// OpsHandler is what the metrics port serves: /metrics, the summary and
+// the probes. None of it is behind a login, so none of it is on the
+// registry port, which faces the tenants.
+func (s *Server) OpsHandler() http.Handler { return s.ops }
 
 // Cache is the proxy's cache.
 func (s *Server) Cache() *cache.Cache { return s.cache }
@@ -120,43 +126,54 @@ func (s *Server) Run(ctx context.Context) error {
 	go func() { s.cache.TrackReads(trackCtx, time.Minute); close(tracked) }()
 	defer func() { stopTracking(); <-tracked }() // the last reads are written before exit
 
-	srv := &http.Server{Addr: s.settings.Listen, Handler: s.handler, ReadHeaderTimeout: 30 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe() }()
-	s.log.Info("serving", "listen", s.settings.Listen, "upstream", s.settings.Upstream, "storage", s.settings.Storage,
-		"recheckInterval", s.settings.RecheckInterval.Std().String())
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
+	servers := []*http.Server{
+		{Addr: s.settings.Listen, Handler: s.handler, ReadHeaderTimeout: 30 * time.Second},
+		{Addr: s.settings.MetricsListen, Handler: s.ops, ReadHeaderTimeout: 30 * time.Second},
 	}
-	s.log.Info("shutting down")
+	errc := make(chan error, len(servers))
+	for _, srv := range servers {
+		go func() { errc <- srv.ListenAndServe() }()
+	}
+	s.log.Info("serving", "listen", s.settings.Listen, "metricsListen", s.settings.MetricsListen, "upstream", s.settings.Upstream,
+		"storage", s.settings.Storage, "recheckInterval", s.settings.RecheckInterval.Std().String())
+	var err error
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		s.log.Info("shutting down")
+	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
+	for _, srv := range servers {
+		if serr := srv.Shutdown(shutdownCtx); serr != nil && !errors.Is(serr, http.ErrServerClosed) && err == nil {
+			err = serr
+		}
 	}
-	return nil
+	return err
 }
 
-// routes sends every path that is not an operational endpoint to the
-// registry, which answers unknown ones with OCI errors. (http.ServeMux
-// would answer them in plain text, and redirect paths with "..".)
-func routes(reg, metrics, summary, tokens http.Handler) http.Handler {
+// registryRoutes sends everything but /token to the registry, which
+// answers unknown paths with OCI errors. (http.ServeMux would answer them
+// in plain text, and redirect paths with "..".)
+func registryRoutes(reg, tokens http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/token":
+		if r.URL.Path == "/token" {
 			tokens.ServeHTTP(w, r)
-		case "/metrics":
-			metrics.ServeHTTP(w, r)
-		case wire.SummaryPath:
-			summary.ServeHTTP(w, r)
-		case "/healthz", "/readyz":
-			w.Write([]byte("ok\n"))
-		default:
-			reg.ServeHTTP(w, r)
+			return
 		}
+		reg.ServeHTTP(w, r)
 	})
+}
+
+// opsRoutes are the operational endpoints.
+func opsRoutes(metrics, summary http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", metrics)
+	mux.Handle(wire.SummaryPath, summary)
+	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	mux.Handle("/healthz", ok)
+	mux.Handle("/readyz", ok)
+	return mux
 }
 
 func newUpstream(s wire.Settings) (*upstream.Client, error) {

@@ -22,6 +22,7 @@ import (
 // here and its flag in Bind; a test holds the two together.
 type Settings struct {
 	Listen            string   `json:"listen,omitempty"`
+	MetricsListen     string   `json:"metrics-listen,omitempty"`
 	Upstream          string   `json:"upstream,omitempty"`
 	Storage           string   `json:"storage,omitempty"`
 	S3Endpoint        string   `json:"s3-endpoint,omitempty"`
@@ -45,6 +46,7 @@ type Settings struct {
 func Defaults() Settings {
 	return Settings{
 		Listen:          ":5000",
+		MetricsListen:   ":9090",
 		Upstream:        "https://registry-1.docker.io",
 		Storage:         "./data",
 		SummaryInterval: Duration(5 * time.Minute),
@@ -55,7 +57,8 @@ func Defaults() Settings {
 // Bind registers a flag for every setting on fs, each defaulting to the
 // setting's current value.
 func (s *Settings) Bind(fs *flag.FlagSet) {
-	fs.StringVar(&s.Listen, "listen", s.Listen, "address to serve the registry API, /metrics, /healthz and /readyz on")
+	fs.StringVar(&s.Listen, "listen", s.Listen, "address to serve the registry API and logins on")
+	fs.StringVar(&s.MetricsListen, "metrics-listen", s.MetricsListen, "address to serve /metrics, /status/summary, /healthz and /readyz on; keep it off the network tenants reach")
 	fs.StringVar(&s.Upstream, "upstream", s.Upstream, "registry to pull through (scheme and host)")
 	fs.StringVar(&s.Storage, "storage", s.Storage, "where the cache lives: a directory, or s3://BUCKET/PREFIX (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
 	fs.StringVar(&s.S3Endpoint, "s3-endpoint", s.S3Endpoint, "S3 endpoint host:port (MinIO); empty for AWS")

@@ -47,7 +47,7 @@ recheck-interval: 5m
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Settings{Listen: ":7000", Upstream: "http://mirror.internal:5000", Storage: "s3://cache/team-a",
+	want := Settings{Listen: ":7000", MetricsListen: ":9090", Upstream: "http://mirror.internal:5000", Storage: "s3://cache/team-a",
 		S3Endpoint: "minio:9000", S3Insecure: true, RecheckInterval: Duration(5 * time.Minute), SummaryInterval: Duration(time.Minute), Tenant: "depproxy"}
 	if *s != want {
 		t.Fatalf("got %+v\nwant %+v", *s, want)
@@ -91,7 +91,7 @@ func TestSettingsAreFlagsAndRoundTrip(t *testing.T) {
 		}
 	})
 
-	full := Settings{Listen: ":5000", Upstream: "https://quay.io", Storage: "s3://b/p", S3Endpoint: "minio:9000",
+	full := Settings{Listen: ":5000", MetricsListen: ":9091", Upstream: "https://quay.io", Storage: "s3://b/p", S3Endpoint: "minio:9000",
 		S3Insecure: true, S3Region: "eu", S3Redirect: true, RecheckInterval: Duration(time.Minute), PrefetchPlatforms: "linux/amd64",
 		SummaryInterval: Duration(5 * time.Second), Users: "/u", TokenKey: "/k.pem", ExternalURL: "https://c.example",
 		TrustedProxies: "10.0.0.0/8", Tenant: "ns/a", UpstreamCreds: "/up", UpstreamMirrorOf: "docker.io", LogLevel: 1}

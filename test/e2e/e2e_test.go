@@ -418,21 +418,33 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T) {
 	}
 }
 
-// mirroredManifests sums the proxy's manifest requests from its metrics.
+// mirroredManifests sums the proxy pods' manifest requests from their
+// metrics, which each pod serves on its metrics port (pod IPs are this
+// machine's own, on the node's bridge).
 func (k *cluster) mirroredManifests(t *testing.T) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + k.proxy + "/metrics")
-	if err != nil {
+	var pods corev1.PodList
+	if err := k.c.List(context.Background(), &pods, client.InNamespace(namespace),
+		client.MatchingLabels{"app.kubernetes.io/name": "depproxy"}); err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
 	var sum float64
-	for _, line := range strings.Split(string(body), "\n") {
-		if strings.HasPrefix(line, "depproxy_cache_requests_total{") && strings.Contains(line, `kind="manifest"`) {
-			f := strings.Fields(line)
-			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
-			sum += v
+	for _, p := range pods.Items {
+		if p.Status.PodIP == "" || p.DeletionTimestamp != nil {
+			continue
+		}
+		resp, err := http.Get("http://" + net.JoinHostPort(p.Status.PodIP, "9090") + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, line := range strings.Split(string(body), "\n") {
+			if strings.HasPrefix(line, "depproxy_cache_requests_total{") && strings.Contains(line, `kind="manifest"`) {
+				f := strings.Fields(line)
+				v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+				sum += v
+			}
 		}
 	}
 	return sum

@@ -26,9 +26,9 @@ func TestServeBinary(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, "github.com/depproxy/depproxy/proxy").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	addr := testenv.FreeAddr(t)
+	addr, opsAddr := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	cfg := filepath.Join(dir, "config.yaml")
-	os.WriteFile(cfg, []byte("upstream: "+reg.URL()+"\nlisten: 127.0.0.1:1\nrecheck-interval: 1m\n"), 0o644)
+	os.WriteFile(cfg, []byte("upstream: "+reg.URL()+"\nlisten: 127.0.0.1:1\nrecheck-interval: 1m\nmetrics-listen: "+opsAddr+"\n"), 0o644)
 	var logs strings.Builder
 	cmd := exec.Command(bin, "serve", "--config", cfg, "--listen", addr, "--storage", filepath.Join(dir, "data"))
 	cmd.Stderr = &logs
@@ -36,9 +36,9 @@ func TestServeBinary(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-	base := "http://" + addr
+	base, ops := "http://"+addr, "http://"+opsAddr
 	for i := 0; ; i++ {
-		if resp, err := http.Get(base + "/healthz"); err == nil {
+		if resp, err := http.Get(ops + "/healthz"); err == nil {
 			resp.Body.Close()
 			break
 		}
@@ -50,11 +50,15 @@ func TestServeBinary(t *testing.T) {
 	if got, _ := pullAll(t, base, repo, "v1"); got != wantRoot {
 		t.Fatalf("pulled %s, want %s", got, wantRoot)
 	}
-	for _, path := range []string{"/readyz", "/metrics"} {
-		resp, body := get(t, base+path, "")
+	for _, path := range []string{"/readyz", "/metrics", "/status/summary"} {
+		resp, body := get(t, ops+path, "")
 		if resp.StatusCode != 200 {
 			t.Errorf("%s: %s", path, resp.Status)
 		}
+		// Operational endpoints are on the metrics port alone: the
+		// registry port faces tenants and answers them only under /v2.
+		resp, body2 := get(t, base+path, "")
+		ociError(t, resp, body2, http.StatusNotFound, "NOT_FOUND")
 		if path == "/metrics" && !strings.Contains(string(body), `depproxy_cache_requests_total{kind="blob",result="miss"}`) {
 			t.Errorf("/metrics lacks the cache counters:\n%s", body)
 		}
