@@ -192,6 +192,11 @@ func (c *Cache) loadManifest(ctx context.Context, d digest.Digest) (*Manifest, e
 		c.storageFailed(err, "read manifest", "digest", d)
 		return nil, err
 	}
+	if !manifest.Servable(mt) {
+		if mt, err = manifest.MediaType("", body); err != nil {
+			return nil, err
+		}
+	}
 	return &Manifest{MediaType: mt, Digest: d, Body: body}, nil
 }
 

@@ -80,6 +80,9 @@ func ParseDigest(key string) (digest.Digest, bool) {
 // ManifestRecord is what a manifest key holds: the media type to serve it
 // with, a newline, and the manifest's bytes unchanged.
 func ManifestRecord(mediaType string, body []byte) []byte {
+	// The first newline ends the media type: one inside it would move
+	// bytes into the manifest and break its digest.
+	mediaType = strings.NewReplacer("\n", "", "\r", "").Replace(mediaType)
 	return append([]byte(mediaType+"\n"), body...)
 }
 

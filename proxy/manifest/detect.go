@@ -48,9 +48,22 @@ type probe struct {
 	Signatures    json.RawMessage `json:"signatures"`
 }
 
-// MediaType returns the media type to serve a manifest with. A specific
-// Content-Type from upstream is kept as sent; a missing or generic one is
-// replaced by what the body says. The body must be a JSON object.
+// served are the media types a manifest is ever served with. Whatever
+// else an upstream or a manifest's author names (text/html, image/svg+xml)
+// would let a browser take the bytes for a page: it is replaced by what
+// the body's structure says.
+var served = map[string]bool{
+	string(types.OCIImageIndex):                     true,
+	string(types.OCIManifestSchema1):                true,
+	string(types.DockerManifestList):                true,
+	string(types.DockerManifestSchema2):             true,
+	"application/vnd.oci.artifact.manifest.v1+json": true,
+}
+
+// MediaType returns the media type to serve a manifest with: the
+// upstream's Content-Type as sent when it is a manifest type, else the
+// body's mediaType when that is one, else what the body's structure says.
+// The body must be a JSON object.
 func MediaType(contentType string, body []byte) (string, error) {
 	var p probe
 	if err := json.Unmarshal(body, &p); err != nil {
@@ -59,10 +72,10 @@ func MediaType(contentType string, body []byte) (string, error) {
 	if p.SchemaVersion == 1 || p.FSLayers != nil || isSchema1(p.MediaType) || isSchema1(baseType(contentType)) {
 		return "", ErrSchema1
 	}
-	if ct := baseType(contentType); ct != "" && !isGeneric(ct) {
+	if served[baseType(contentType)] && printable(contentType) {
 		return contentType, nil
 	}
-	if p.MediaType != "" {
+	if served[p.MediaType] {
 		return p.MediaType, nil
 	}
 	switch {
@@ -75,6 +88,10 @@ func MediaType(contentType string, body []byte) (string, error) {
 	}
 	return "", fmt.Errorf("%w: neither an index (manifests) nor an image (config and layers)", ErrInvalid)
 }
+
+// Servable reports whether a stored media type may be served as it is
+// (a cache written by an older release may hold others).
+func Servable(mediaType string) bool { return served[baseType(mediaType)] && printable(mediaType) }
 
 // IsIndex reports whether a media type names a list of manifests.
 func IsIndex(mediaType string) bool {
@@ -96,12 +113,15 @@ func baseType(contentType string) string {
 	return mt
 }
 
-func isGeneric(mt string) bool {
-	switch mt {
-	case "application/json", "text/plain", "application/octet-stream", "binary/octet-stream":
-		return true
+// printable: no control characters (a header or a stored record must not
+// be split by one).
+func printable(s string) bool {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
 	}
-	return false
+	return true
 }
 
 func isSchema1(mt string) bool {

@@ -74,6 +74,8 @@ func (reg *Registry) pick(r *http.Request, rt route) (Cache, string, *regError) 
 
 func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	// Nothing served here is a page: a browser must not guess otherwise.
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		(&regError{Status: http.StatusMethodNotAllowed, Code: "UNSUPPORTED",
 			Message: "depproxy is a read-only pull-through cache; push to the upstream registry"}).write(w, r)
@@ -150,7 +152,9 @@ func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, c Cache, rt ro
 		}
 		h.Set("Content-Type", "application/octet-stream")
 		h.Set("Docker-Content-Digest", d.String())
-		h.Set("Content-Length", strconv.FormatInt(size, 10))
+		if size >= 0 { // an upstream HEAD may not say
+			h.Set("Content-Length", strconv.FormatInt(size, 10))
+		}
 		h.Set("Accept-Ranges", "bytes")
 		return nil
 	}
