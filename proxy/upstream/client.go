@@ -18,12 +18,12 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"k8s.io/utils/lru"
 )
 
 // DockerHub is the default upstream.
@@ -81,9 +81,15 @@ type Client struct {
 	dockerHub bool
 	mirrorOf  []string
 
-	mu         sync.Mutex
-	transports map[string]http.RoundTripper // per repository: tokens are scoped
+	// transports holds the authenticated transport of recently used
+	// repositories (tokens are scoped to one), at most maxTransports.
+	transports *lru.Cache
 }
+
+// maxTransports bounds the repositories whose token handshake is kept:
+// a client asking for ever new names costs a new token each, never
+// memory without end.
+const maxTransports = 1024
 
 // Option configures a Client.
 type Option func(*Client)
@@ -131,11 +137,14 @@ func New(rawURL string, opts ...Option) (*Client, error) {
 		auth:       authn.Anonymous,
 		transport:  defaultTransport(),
 		dockerHub:  reg.RegistryStr() == name.DefaultRegistry,
-		transports: map[string]http.RoundTripper{},
+		transports: lru.New(maxTransports),
 	}
 	for _, o := range opts {
 		o(c)
 	}
+	// A handshake per repository pings /v2/ first; the answer is the same
+	// for every repository, so it is asked once a minute, not once a name.
+	c.transport = &pingCache{inner: c.transport, ttl: time.Minute}
 	return c, nil
 }
 
@@ -316,11 +325,8 @@ func (c *Client) doQuery(ctx context.Context, method, repo, path string, query u
 // transportFor returns the authenticated transport for one repository,
 // doing the ping and token handshake once and reusing it after.
 func (c *Client) transportFor(ctx context.Context, repo string) (http.RoundTripper, error) {
-	c.mu.Lock()
-	rt, ok := c.transports[repo]
-	c.mu.Unlock()
-	if ok {
-		return rt, nil
+	if rt, ok := c.transports.Get(repo); ok {
+		return rt.(http.RoundTripper), nil
 	}
 	scope := c.registry.Repo(repo).Scope(transport.PullScope)
 	rt, err := transport.NewWithContext(ctx, c.registry, c.auth, c.transport, []string{scope})
@@ -331,20 +337,17 @@ func (c *Client) transportFor(ctx context.Context, repo string) (http.RoundTripp
 		}
 		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
-	c.mu.Lock()
-	c.transports[repo] = rt
-	c.mu.Unlock()
+	c.transports.Add(repo, rt)
 	return rt, nil
 }
 
 // forget drops a transport after a network failure, so the next request
 // does the handshake again (the upstream may have moved or restarted).
 func (c *Client) forget(repo string, rt http.RoundTripper) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.transports[repo] == rt {
-		delete(c.transports, repo)
+	if got, ok := c.transports.Get(repo); ok && got == rt {
+		c.transports.Remove(repo)
 	}
+	c.transport.(*pingCache).forget()
 }
 
 // registryAnswer turns anything but a registry's success into an error. A

@@ -2,12 +2,20 @@ package upstream
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+
+	"github.com/depproxy/depproxy/test/testenv"
 )
 
 func TestRepositoryShortNames(t *testing.T) {
@@ -107,4 +115,42 @@ func TestFileCredentialsDockerConfig(t *testing.T) {
 	if _, err := FileCredentials(dir, "ghcr.io").Authorization(); err == nil || !strings.Contains(err.Error(), "no entry for ghcr.io") {
 		t.Errorf("missing entry: %v", err)
 	}
+}
+
+// Asking for ever new repository names keeps at most maxTransports
+// handshakes in memory, and pings the registry once, not once a name.
+func TestTransportsAreBounded(t *testing.T) {
+	var pings atomic.Int64
+	reg := testenv.StartRegistry(t)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/" {
+			pings.Add(1)
+		}
+		httputil.NewSingleHostReverseProxy(mustParse(t, reg.URL())).ServeHTTP(w, r)
+	}))
+	defer front.Close()
+	c, err := New(front.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < maxTransports+500; i++ {
+		_, err := c.HeadManifest(context.Background(), fmt.Sprintf("spray/n%d", i), "latest", nil)
+		if !errors.Is(err, ErrNotFound) {
+			t.Fatalf("name %d: %v, want not found", i, err)
+		}
+	}
+	if n := c.transports.Len(); n > maxTransports {
+		t.Errorf("%d transports held, the bound is %d", n, maxTransports)
+	}
+	if n := pings.Load(); n > 2 {
+		t.Errorf("%d pings for %d names", n, maxTransports+500)
+	}
+}
+
+func mustParse(t *testing.T, raw string) *url.URL {
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
 }
