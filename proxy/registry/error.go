@@ -80,6 +80,8 @@ func toRegError(err error, notFound string) *regError {
 		return &regError{Status: http.StatusBadRequest, Code: "MANIFEST_INVALID", Message: "the manifest is larger than 4 MiB, the limit for manifests"}
 	case errors.Is(err, cache.ErrDigestMismatch):
 		return &regError{Status: http.StatusBadGateway, Code: "DIGEST_INVALID", Message: err.Error()}
+	case errors.Is(err, upstream.ErrRedirectRefused):
+		return &regError{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: err.Error()}
 	case errors.Is(err, upstream.ErrUnreachable):
 		return &regError{Status: http.StatusServiceUnavailable, Code: "UNAVAILABLE", Message: "the upstream is unreachable and nothing is cached for this request"}
 	}

@@ -4,7 +4,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 )
 
@@ -68,4 +70,30 @@ func TestBlobHeadWithoutUpstreamLength(t *testing.T) {
 	if cl := resp.Header.Get("Content-Length"); strings.HasPrefix(cl, "-") {
 		t.Fatalf("Content-Length %s", cl)
 	}
+}
+
+// An upstream's redirect to another service on this machine is not
+// followed: its bytes never reach the client, and it sees no request.
+func TestRedirectToLoopbackServiceRefused(t *testing.T) {
+	e := newEnv(t)
+	var hits atomic.Int64
+	secret := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		w.Write([]byte("internal secret: the admin password is hunter2"))
+	}))
+	defer secret.Close()
+	e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
+		if !strings.Contains(r.URL.Path, "/blobs/") {
+			return false
+		}
+		http.Redirect(w, r, secret.URL+"/admin", http.StatusTemporaryRedirect)
+		return true
+	})
+	p := startProxy(t, e.front.URL(), openStorage(t, "filesystem", nil))
+	d := "sha256:" + strings.Repeat("c", 64)
+	resp, body := get(t, p.URL+"/v2/some/repo/blobs/"+d, "")
+	if strings.Contains(string(body), "secret") || hits.Load() != 0 {
+		t.Fatalf("the redirect was followed: %d requests to the other service, the client got %q", hits.Load(), body)
+	}
+	ociError(t, resp, body, http.StatusBadGateway, "UNAVAILABLE")
 }
