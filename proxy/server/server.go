@@ -37,14 +37,23 @@ type Server struct {
 	summary  *summary.Scanner
 	handler  http.Handler // the registry port
 	ops      http.Handler // the metrics port
+
+	idleTimeout, writeTimeout time.Duration
 }
 
 // Option adjusts what the settings build.
 type Option func(*options)
 
 type options struct {
-	store storage.Storage
-	cache []cache.Option
+	store                     storage.Storage
+	cache                     []cache.Option
+	idleTimeout, writeTimeout time.Duration
+}
+
+// WithTimeouts sets how long a keep-alive connection may idle and a
+// response write may take (tests shorten them).
+func WithTimeouts(idle, write time.Duration) Option {
+	return func(o *options) { o.idleTimeout, o.writeTimeout = idle, write }
 }
 
 // WithStorage uses store instead of the storage the settings name.
@@ -58,7 +67,7 @@ func WithCacheOptions(opts ...cache.Option) Option {
 
 // New builds a proxy from its settings.
 func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) (*Server, error) {
-	var o options
+	o := options{idleTimeout: idleTimeout, writeTimeout: writeTimeout}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -101,7 +110,8 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 	if s.LogLevel >= 1 {
 		handler = accessLog(handler, log.WithName("http"))
 	}
-	return &Server{settings: s, log: log, cache: c, summary: scanner, handler: handler, ops: ops}, nil
+	return &Server{settings: s, log: log, cache: c, summary: scanner, handler: handler, ops: ops,
+		idleTimeout: o.idleTimeout, writeTimeout: o.writeTimeout}, nil
 }
 
 // Handler is what the registry port serves: the pull API and logins.
@@ -127,8 +137,8 @@ func (s *Server) Run(ctx context.Context) error {
 	defer func() { stopTracking(); <-tracked }() // the last reads are written before exit
 
 	servers := []*http.Server{
-		{Addr: s.settings.Listen, Handler: s.handler, ReadHeaderTimeout: 30 * time.Second},
-		{Addr: s.settings.MetricsListen, Handler: s.ops, ReadHeaderTimeout: 30 * time.Second},
+		{Addr: s.settings.Listen, Handler: progressDeadlines(s.handler, s.writeTimeout), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: s.idleTimeout},
+		{Addr: s.settings.MetricsListen, Handler: s.ops, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: s.idleTimeout, WriteTimeout: time.Minute},
 	}
 	errc := make(chan error, len(servers))
 	for _, srv := range servers {

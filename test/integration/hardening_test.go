@@ -1,13 +1,25 @@
 package integration
 
 import (
+	"bufio"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	"github.com/depproxy/depproxy/proxy/server"
+	"github.com/depproxy/depproxy/proxy/wire"
+	"github.com/depproxy/depproxy/test/testenv"
 )
 
 // The Content-Type of a manifest is never the upstream's or the author's
@@ -96,4 +108,110 @@ func TestRedirectToLoopbackServiceRefused(t *testing.T) {
 		t.Fatalf("the redirect was followed: %d requests to the other service, the client got %q", hits.Load(), body)
 	}
 	ociError(t, resp, body, http.StatusBadGateway, "UNAVAILABLE")
+}
+
+// runServer runs a whole proxy, as `depproxy serve` does, until the test
+// ends; it returns the registry's and the metrics port's base URLs.
+func runServer(t *testing.T, s wire.Settings, opts ...server.Option) (string, string) {
+	t.Helper()
+	s.Listen, s.MetricsListen = testenv.FreeAddr(t), testenv.FreeAddr(t)
+	srv, err := server.New(context.Background(), s, logr.Discard(), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("server stopped with %v", err)
+		}
+	})
+	for i := 0; ; i++ {
+		if resp, err := http.Get("http://" + s.MetricsListen + "/readyz"); err == nil {
+			resp.Body.Close()
+			return "http://" + s.Listen, "http://" + s.MetricsListen
+		}
+		if i > 200 {
+			t.Fatal("the server did not start")
+		}
+		sleep()
+	}
+}
+
+// Idle keep-alive connections are closed; a client that stops reading a
+// blob is cut, and one that reads slowly but steadily gets all of it.
+func TestConnectionTimeouts(t *testing.T) {
+	e := newEnv(t)
+	repo := repoName(t)
+	blob, h := pushBlob(t, e.registry.Addr, repo, 16<<20)
+	s := wire.Defaults()
+	s.Upstream, s.Storage = e.front.URL(), t.TempDir()
+	base, _ := runServer(t, s, server.WithTimeouts(500*time.Millisecond, time.Second))
+	url := base + "/v2/" + repo + "/blobs/" + h.String()
+	if resp, body := get(t, url, ""); resp.StatusCode != 200 || len(body) != len(blob) {
+		t.Fatalf("warming the cache: %s, %d bytes", resp.Status, len(body))
+	}
+	addr := strings.TrimPrefix(base, "http://")
+
+	t.Run("an idle keep-alive connection is closed", func(t *testing.T) {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		start := time.Now()
+		if _, err := br.ReadByte(); err != io.EOF {
+			t.Fatalf("idle connection: %v, want the server to close it", err)
+		}
+		if waited := time.Since(start); waited > 5*time.Second {
+			t.Fatalf("closed after %v", waited)
+		}
+	})
+
+	t.Run("a client that stops reading is cut", func(t *testing.T) {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.(*net.TCPConn).SetReadBuffer(64 << 10)
+		fmt.Fprintf(conn, "GET /v2/%s/blobs/%s HTTP/1.1\r\nHost: x\r\n\r\n", repo, h)
+		time.Sleep(3 * time.Second) // three write timeouts without reading
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, _ := io.Copy(io.Discard, conn)
+		if n >= int64(len(blob)) {
+			t.Fatalf("read %d bytes: the stalled client was not cut", n)
+		}
+	})
+
+	t.Run("a slow steady client gets the whole blob", func(t *testing.T) {
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		hash := sha256.New()
+		var total int64
+		for {
+			n, err := io.CopyN(hash, resp.Body, 2<<20)
+			total += n
+			if err != nil {
+				break
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+		if total != int64(len(blob)) || "sha256:"+hex.EncodeToString(hash.Sum(nil)) != h.String() {
+			t.Fatalf("slow client got %d of %d bytes", total, len(blob))
+		}
+	})
 }
