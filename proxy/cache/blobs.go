@@ -11,6 +11,7 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/proxy/upstream"
 )
 
 // Blob is a blob ready to serve. When Size is known it can seek, for
@@ -159,34 +160,58 @@ func (c *Cache) fillFor(repo string, d digest.Digest, start bool) *fill {
 	if !start {
 		return nil
 	}
-	f := newFill(d)
+	ctx, cancel := context.WithCancelCause(c.background)
+	f := newFill(d, cancel, c.limits.Abandoned)
 	f.refs++ // the caller's
 	c.fills[d] = f
-	go c.runFill(repo, f)
+	c.running.Add(1)
+	go func() {
+		defer c.running.Done()
+		c.runFill(ctx, repo, f)
+	}()
 	return f
 }
 
 // runFill downloads one blob. It runs detached from any client's request:
-// a client hanging up does not cancel the download others are reading.
-func (c *Cache) runFill(repo string, f *fill) {
+// a client hanging up does not cancel the download others are reading;
+// only everyone leaving does (see fill.release).
+func (c *Cache) runFill(ctx context.Context, repo string, f *fill) {
 	defer f.release()
+	defer f.cancel(nil)
+	ctx, cancel := context.WithTimeout(ctx, c.fillTimeout)
+	defer cancel()
 	defer func() {
 		c.mu.Lock()
 		delete(c.fills, f.digest)
 		c.mu.Unlock()
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), c.fillTimeout)
-	defer cancel()
 	log := c.log.WithValues("repository", repo, "digest", f.digest)
 	start := time.Now()
 
+	select {
+	case c.downloads <- struct{}{}:
+		defer func() { <-c.downloads }()
+	case <-ctx.Done():
+		f.finish(fmt.Errorf("%w: waiting for a download slot: %w", upstream.ErrUnreachable, context.Cause(ctx)))
+		return
+	}
 	blob, err := c.up.GetBlob(ctx, repo, f.digest.String())
+	if err == nil && blob.Size > c.limits.MaxBlobSize {
+		blob.Body.Close()
+		err = fmt.Errorf("%w: the upstream announces %d bytes, over the %d-byte limit", ErrTooLarge, blob.Size, c.limits.MaxBlobSize)
+	}
 	if err != nil {
 		f.finish(err)
 		log.Info("upstream blob fetch failed", "error", err.Error())
 		return
 	}
 	defer blob.Body.Close()
+	body := silenceTimeout(blob.Body, c.limits.Silence, f.cancel)
+	defer body.stop()
+	limit := blob.Size
+	if limit < 0 {
+		limit = c.limits.MaxBlobSize
+	}
 	file, err := os.CreateTemp(c.spoolDir, "blob-")
 	if err != nil {
 		f.finish(fmt.Errorf("spooling blob: %w", err))
@@ -194,11 +219,11 @@ func (c *Cache) runFill(repo string, f *fill) {
 		return
 	}
 	f.start(file, blob.Size)
-	err = f.copyFrom(blob.Body)
+	err = f.copyFrom(body, limit)
 	c.metrics.upstreamBytes.Add(float64(f.written))
 	f.finish(err)
 	if err != nil {
-		log.Info("upstream blob transfer failed, nothing cached", "error", err.Error(), "bytes", f.written)
+		log.Info("upstream blob transfer failed, nothing cached", "error", err.Error(), "cause", fmt.Sprint(context.Cause(ctx)), "bytes", f.written)
 		return
 	}
 	if err := c.commit(ctx, f); err != nil {

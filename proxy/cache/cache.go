@@ -48,6 +48,14 @@ type Cache struct {
 	fillTimeout time.Duration
 	prefetch    []v1.Platform
 	redirect    bool
+	limits      Limits
+	downloads   chan struct{} // a slot per running upstream blob download
+
+	// background is what downloads run under, detached from any one
+	// client; Close cancels it.
+	background context.Context
+	stop       context.CancelFunc
+	running    sync.WaitGroup
 
 	flight singleflight.Group // manifest fetches, by repo and reference
 
@@ -71,8 +79,46 @@ func WithRecheckInterval(d time.Duration) Option { return func(c *Cache) { c.rec
 // WithLogger sets the logger.
 func WithLogger(l logr.Logger) Option { return func(c *Cache) { c.log = l } }
 
-// WithSpoolDir sets where blobs being downloaded are kept until stored.
+// WithSpoolDir sets where blobs being downloaded are kept until stored,
+// for storage that has no spool of its own.
 func WithSpoolDir(dir string) Option { return func(c *Cache) { c.spoolDir = dir } }
+
+// Limits bound every upstream blob download.
+type Limits struct {
+	// MaxDownloads is how many run at once; more wait for a slot.
+	MaxDownloads int
+	// MaxBlobSize refuses larger announced blobs, and cuts a download
+	// that announced no size there.
+	MaxBlobSize int64
+	// Abandoned is how long a download goes on with nobody reading it
+	// (a client or a prefetch) before it is cancelled.
+	Abandoned time.Duration
+	// Silence is how long the upstream may send nothing before the
+	// download is given up.
+	Silence time.Duration
+}
+
+// DefaultLimits are the limits unless WithLimits says otherwise.
+var DefaultLimits = Limits{MaxDownloads: 64, MaxBlobSize: 64 << 30, Abandoned: 30 * time.Second, Silence: time.Minute}
+
+// WithLimits bounds upstream blob downloads; zero fields keep their
+// defaults.
+func WithLimits(l Limits) Option {
+	return func(c *Cache) {
+		if l.MaxDownloads > 0 {
+			c.limits.MaxDownloads = l.MaxDownloads
+		}
+		if l.MaxBlobSize > 0 {
+			c.limits.MaxBlobSize = l.MaxBlobSize
+		}
+		if l.Abandoned > 0 {
+			c.limits.Abandoned = l.Abandoned
+		}
+		if l.Silence > 0 {
+			c.limits.Silence = l.Silence
+		}
+	}
+}
 
 // WithMetrics registers the cache's metrics on r.
 func WithMetrics(r prometheus.Registerer) Option {
@@ -108,7 +154,9 @@ func New(up Upstream, store storage.Storage, opts ...Option) *Cache {
 		checked:     map[string]time.Time{},
 		now:         time.Now,
 		tagMoved:    func(string, string) {},
+		limits:      DefaultLimits,
 	}
+	c.background, c.stop = context.WithCancel(context.Background())
 	if sp, ok := store.(storage.Spooler); ok {
 		c.spoolDir = sp.SpoolDir() // same filesystem: storing is a rename
 	}
@@ -118,8 +166,17 @@ func New(up Upstream, store storage.Storage, opts ...Option) *Cache {
 	if c.metrics == nil {
 		c.metrics = newMetrics(nil)
 	}
+	c.downloads = make(chan struct{}, c.limits.MaxDownloads)
 	c.reads = newReadTracker(store, c.now, c.log)
 	return c
+}
+
+// Close cancels the downloads still running and waits for them to end,
+// their spool files removed. Requests still being served see their
+// downloads fail.
+func (c *Cache) Close() {
+	c.stop()
+	c.running.Wait()
 }
 
 // HitCounts reports manifest and blob requests since start: served from

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -14,6 +15,9 @@ import (
 // ErrDigestMismatch is returned when upstream bytes do not hash to the
 // digest they were asked for (or their length is not the one announced).
 var ErrDigestMismatch = errors.New("upstream blob does not match its digest")
+
+// ErrTooLarge is returned for a blob over the size limit.
+var ErrTooLarge = errors.New("blob too large")
 
 // fill is one upstream download of a blob, shared by every request for
 // that digest while it runs. Bytes land in a spool file as they arrive;
@@ -23,6 +27,10 @@ var ErrDigestMismatch = errors.New("upstream blob does not match its digest")
 type fill struct {
 	digest digest.Digest
 	ready  chan struct{} // closed once size is known or the fetch failed
+	// cancel stops the download; abandoned is how long it may go on
+	// with nobody reading it.
+	cancel    context.CancelCauseFunc
+	abandoned time.Duration
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -34,8 +42,8 @@ type fill struct {
 	refs    int   // the fill itself plus open readers
 }
 
-func newFill(d digest.Digest) *fill {
-	f := &fill{digest: d, ready: make(chan struct{}), size: -1, refs: 1}
+func newFill(d digest.Digest, cancel context.CancelCauseFunc, abandoned time.Duration) *fill {
+	f := &fill{digest: d, ready: make(chan struct{}), size: -1, refs: 1, cancel: cancel, abandoned: abandoned}
 	f.cond = sync.NewCond(&f.mu)
 	return f
 }
@@ -106,23 +114,46 @@ func (f *fill) acquire() bool {
 
 // release drops a reference; the last one closes and removes the spool
 // file (it may have been renamed into storage already, which is fine).
+// When only the download itself is left, it has a grace period for a
+// reader to come back before it is cancelled.
 func (f *fill) release() {
 	f.mu.Lock()
 	f.refs--
 	last := f.refs == 0
+	unread := f.refs == 1 && !f.done
 	file := f.file
 	f.mu.Unlock()
+	if unread {
+		time.AfterFunc(f.abandoned, f.cancelIfUnread)
+	}
 	if last && file != nil {
 		file.Close()
 		os.Remove(file.Name())
 	}
 }
 
+func (f *fill) cancelIfUnread() {
+	f.mu.Lock()
+	unread := f.refs == 1 && !f.done
+	f.mu.Unlock()
+	if unread {
+		f.cancel(errAbandoned)
+	}
+}
+
+var (
+	errAbandoned = errors.New("nobody is reading the download")
+	errSilent    = errors.New("the upstream sent nothing for too long")
+)
+
 // copyFrom writes the upstream body into the spool file, hashing as it
 // goes, and decides whether the bytes are the blob that was asked for.
-func (f *fill) copyFrom(body io.Reader) error {
+// Past limit bytes it stops: a body that does not end is not spooled
+// without end.
+func (f *fill) copyFrom(body io.Reader, limit int64) error {
 	verifier := f.digest.Verifier()
 	buf := make([]byte, 256<<10)
+	body = io.LimitReader(body, limit+1)
 	for {
 		n, rerr := body.Read(buf)
 		if n > 0 {
@@ -142,6 +173,9 @@ func (f *fill) copyFrom(body io.Reader) error {
 	f.mu.Lock()
 	size, written := f.size, f.written
 	f.mu.Unlock()
+	if written > limit {
+		return fmt.Errorf("%w: the upstream sent more than %d bytes", ErrTooLarge, limit)
+	}
 	if size >= 0 && written != size {
 		return fmt.Errorf("%w: got %d bytes, upstream announced %d", ErrDigestMismatch, written, size)
 	}
@@ -217,3 +251,24 @@ func (r *fillReader) Seek(offset int64, whence int) (int64, error) {
 	r.off = offset
 	return offset, nil
 }
+
+// silentReader cancels a download when the upstream sends nothing for a
+// while: a stalled connection would otherwise hold a download slot, a
+// connection and a spool file until the fill's overall timeout.
+type silentReader struct {
+	r     io.Reader
+	timer *time.Timer
+	after time.Duration
+}
+
+func silenceTimeout(r io.Reader, after time.Duration, cancel context.CancelCauseFunc) *silentReader {
+	return &silentReader{r: r, timer: time.AfterFunc(after, func() { cancel(errSilent) }), after: after}
+}
+
+func (s *silentReader) Read(p []byte) (int, error) {
+	s.timer.Reset(s.after)
+	n, err := s.r.Read(p)
+	return n, err
+}
+
+func (s *silentReader) stop() { s.timer.Stop() }

@@ -24,7 +24,7 @@ func TestFillReaderHoldsBackLastByteUntilVerified(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			content := []byte("0123456789")
-			f := newFill(digest.FromBytes(content))
+			f := newFill(digest.FromBytes(content), func(error) {}, time.Minute)
 			file, err := os.CreateTemp(t.TempDir(), "spool")
 			if err != nil {
 				t.Fatal(err)
@@ -64,7 +64,7 @@ func TestFillReaderHoldsBackLastByteUntilVerified(t *testing.T) {
 // A reader waiting for bytes that never come returns when its client
 // goes away.
 func TestFillReaderStopsWithItsContext(t *testing.T) {
-	f := newFill(digest.FromString("x"))
+	f := newFill(digest.FromString("x"), func(error) {}, time.Minute)
 	file, _ := os.CreateTemp(t.TempDir(), "spool")
 	defer file.Close()
 	f.start(file, 100)

@@ -101,7 +101,11 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 		}
 		c.markFresh(repo, tag)
 		if moved && manifest.IsIndex(m.MediaType) && len(c.prefetch) > 0 {
-			go c.prefetchIndex(repo, m)
+			c.running.Add(1)
+			go func() {
+				defer c.running.Done()
+				c.prefetchIndex(repo, m)
+			}()
 		}
 		return m, nil
 	})
@@ -242,7 +246,7 @@ func (c *Cache) markFresh(repo, tag string) {
 // prefetchIndex caches the children of an index for the configured
 // platforms, and their blobs, in the background.
 func (c *Cache) prefetchIndex(repo string, idx *Manifest) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.fillTimeout)
+	ctx, cancel := context.WithTimeout(c.background, c.fillTimeout)
 	defer cancel()
 	children, err := manifest.Children(idx.Body)
 	if err != nil {

@@ -78,6 +78,8 @@ func toRegError(err error, notFound string) *regError {
 		return &regError{Status: http.StatusBadGateway, Code: "MANIFEST_INVALID", Message: err.Error()}
 	case errors.Is(err, upstream.ErrTooLarge):
 		return &regError{Status: http.StatusBadRequest, Code: "MANIFEST_INVALID", Message: "the manifest is larger than 4 MiB, the limit for manifests"}
+	case errors.Is(err, cache.ErrTooLarge):
+		return &regError{Status: http.StatusBadGateway, Code: "SIZE_INVALID", Message: err.Error()}
 	case errors.Is(err, cache.ErrDigestMismatch):
 		return &regError{Status: http.StatusBadGateway, Code: "DIGEST_INVALID", Message: err.Error()}
 	case errors.Is(err, upstream.ErrRedirectRefused):

@@ -9,7 +9,10 @@ import (
 	"crypto/ecdsa"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -35,8 +38,9 @@ type Server struct {
 	log      logr.Logger
 	cache    *cache.Cache
 	summary  *summary.Scanner
-	handler  http.Handler // the registry port
-	ops      http.Handler // the metrics port
+	closers  []func() error // what Run releases at the end
+	handler  http.Handler   // the registry port
+	ops      http.Handler   // the metrics port
 
 	idleTimeout, writeTimeout time.Duration
 }
@@ -71,12 +75,29 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 	for _, opt := range opts {
 		opt(&o)
 	}
+	var closers []func() error
 	store := o.store
 	if store == nil {
 		var err error
 		if store, err = OpenStorage(ctx, s, log); err != nil {
 			return nil, err
 		}
+		if c, ok := store.(io.Closer); ok {
+			closers = append(closers, c.Close)
+		}
+	}
+	var spoolOpt []cache.Option
+	if _, ok := store.(storage.Spooler); !ok {
+		parent := s.SpoolDir
+		if parent == "" {
+			parent = filepath.Join(os.TempDir(), "depproxy")
+		}
+		spool, err := storage.OpenSpool(parent)
+		if err != nil {
+			return nil, err
+		}
+		closers = append(closers, spool.Close)
+		spoolOpt = append(spoolOpt, cache.WithSpoolDir(spool.Dir()))
 	}
 	up, err := newUpstream(s)
 	if err != nil {
@@ -97,7 +118,8 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 		cache.WithRedirect(s.S3Redirect),
 		cache.WithMetrics(metrics),
 		cache.WithTagMoved(func(string, string) { scanner.Invalidate() }),
-	}, o.cache...)...)
+		cache.WithLimits(cache.Limits{MaxDownloads: s.MaxDownloads, MaxBlobSize: int64(s.MaxBlobSize)}),
+	}, append(spoolOpt, o.cache...)...)...)
 	scanner = summary.New(store, c.HitCounts)
 
 	guard, tokens, err := logins(s, metrics, log)
@@ -110,7 +132,8 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 	if s.LogLevel >= 1 {
 		handler = accessLog(handler, log.WithName("http"))
 	}
-	return &Server{settings: s, log: log, cache: c, summary: scanner, handler: handler, ops: ops,
+	closers = append([]func() error{func() error { c.Close(); return nil }}, closers...)
+	return &Server{settings: s, log: log, cache: c, summary: scanner, closers: closers, handler: handler, ops: ops,
 		idleTimeout: o.idleTimeout, writeTimeout: o.writeTimeout}, nil
 }
 
@@ -134,7 +157,6 @@ func (s *Server) Run(ctx context.Context) error {
 	trackCtx, stopTracking := context.WithCancel(context.Background())
 	tracked := make(chan struct{})
 	go func() { s.cache.TrackReads(trackCtx, time.Minute); close(tracked) }()
-	defer func() { stopTracking(); <-tracked }() // the last reads are written before exit
 
 	servers := []*http.Server{
 		{Addr: s.settings.Listen, Handler: progressDeadlines(s.handler, s.writeTimeout), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: s.idleTimeout},
@@ -157,6 +179,15 @@ func (s *Server) Run(ctx context.Context) error {
 	for _, srv := range servers {
 		if serr := srv.Shutdown(shutdownCtx); serr != nil && !errors.Is(serr, http.ErrServerClosed) && err == nil {
 			err = serr
+		}
+	}
+	stopTracking()
+	<-tracked // the last reads are written before exit
+	// Downloads nobody waits for any more are cancelled, and their spool
+	// files go with them.
+	for _, c := range s.closers {
+		if cerr := c(); cerr != nil && err == nil {
+			err = cerr
 		}
 	}
 	return err

@@ -13,7 +13,8 @@ import (
 
 // Filesystem keeps objects as files under a root directory.
 type Filesystem struct {
-	root string
+	root  string
+	spool *Spool
 }
 
 // NewFilesystem returns a backend rooted at dir, creating it if needed.
@@ -22,11 +23,15 @@ func NewFilesystem(dir string) (*Filesystem, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage directory %q: %w", dir, err)
 	}
-	if err := os.MkdirAll(filepath.Join(abs, tmpDir), 0o755); err != nil {
+	spool, err := OpenSpool(filepath.Join(abs, tmpDir))
+	if err != nil {
 		return nil, fmt.Errorf("storage directory %q: %w", dir, err)
 	}
-	return &Filesystem{root: abs}, nil
+	return &Filesystem{root: abs, spool: spool}, nil
 }
+
+// Close removes the writes in progress.
+func (f *Filesystem) Close() error { return f.spool.Close() }
 
 // tmpDir holds writes in progress, inside root so that a rename into place
 // never crosses a filesystem.
@@ -34,7 +39,7 @@ const tmpDir = ".tmp"
 
 // SpoolDir is where files being written live until they are put in place:
 // on the same filesystem, so that putting one is a rename.
-func (f *Filesystem) SpoolDir() string { return filepath.Join(f.root, tmpDir) }
+func (f *Filesystem) SpoolDir() string { return f.spool.Dir() }
 
 func (f *Filesystem) path(key string) (string, error) {
 	clean := filepath.ToSlash(filepath.Clean("/" + key))

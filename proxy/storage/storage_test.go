@@ -237,3 +237,36 @@ func TestS3MakesAMissingBucketOnWrite(t *testing.T) {
 		t.Fatalf("the write after the bucket was made: %v", err)
 	}
 }
+
+// A spool whose owner died is removed by the next process to open one
+// in the same place; one still held is left alone.
+func TestSpoolClearsAbandoned(t *testing.T) {
+	parent := t.TempDir()
+	live, err := storage.OpenSpool(parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead, err := storage.OpenSpool(parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dead.Dir(), "blob-123"), []byte("half a download"), 0o600)
+	os.WriteFile(filepath.Join(live.Dir(), "blob-456"), []byte("a download"), 0o600)
+	storage.AbandonForTest(dead) // as kill -9 would: the lock goes, the files stay
+
+	next, err := storage.OpenSpool(parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dead.Dir()); !os.IsNotExist(err) {
+		t.Errorf("the dead process's spool is still there: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(live.Dir(), "blob-456")); err != nil {
+		t.Errorf("a live process's spool was touched: %v", err)
+	}
+	next.Close()
+	if _, err := os.Stat(next.Dir()); !os.IsNotExist(err) {
+		t.Errorf("Close left the spool: %v", err)
+	}
+	live.Close()
+}

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 )
 
 // ErrRedirectRefused is returned when the upstream redirects somewhere it
@@ -44,8 +45,8 @@ var cgnat = netip.MustParsePrefix("100.64.0.0/10")
 // allowRedirect decides whether a redirect from the upstream at from
 // (resolving to fromIPs) may be followed to to (resolving to toIPs). A
 // public upstream sends blobs to a public CDN; one on a private network
-// may send them to its storage there; only the upstream's own host and
-// port is trusted on loopback, since other services listen there.
+// may send them to its storage there; on loopback, where other services
+// listen, only the upstream's own address is trusted.
 func allowRedirect(from *url.URL, fromIPs []netip.Addr, to *url.URL, toIPs []netip.Addr) error {
 	if from.Scheme == "https" && to.Scheme != "https" {
 		return fmt.Errorf("%w: from https to %s", ErrRedirectRefused, to.Redacted())
@@ -61,7 +62,9 @@ func allowRedirect(from *url.URL, fromIPs []netip.Addr, to *url.URL, toIPs []net
 		switch c := classOf(ip); {
 		case c == public:
 		case c == loopback:
-			return fmt.Errorf("%w: %s is on loopback (%s)", ErrRedirectRefused, to.Host, ip)
+			if !slices.Contains(fromIPs, ip) {
+				return fmt.Errorf("%w: %s is on loopback (%s) and the upstream is not there", ErrRedirectRefused, to.Host, ip)
+			}
 		case !upstreamOn[c]:
 			return fmt.Errorf("%w: %s is a private or link-local address (%s) and the upstream is not", ErrRedirectRefused, to.Host, ip)
 		}

@@ -34,7 +34,8 @@ func TestAllowRedirect(t *testing.T) {
 		{"a private registry to its private storage", "http://harbor.internal/v2/", ips("10.0.0.5"), "http://minio.internal:9000/x", ips("10.0.0.7"), true},
 		{"a private registry to link-local", "http://harbor.internal/v2/", ips("10.0.0.5"), "http://169.254.169.254/", ips("169.254.169.254"), false},
 		{"a loopback registry to itself", "http://127.0.0.1:5001/v2/", ips("127.0.0.1"), "http://127.0.0.1:5001/v2/other", ips("127.0.0.1"), true},
-		{"a loopback registry to another loopback service", "http://127.0.0.1:5001/v2/", ips("127.0.0.1"), "http://127.0.0.1:8080/", ips("127.0.0.1"), false},
+		{"a loopback registry to its storage beside it", "http://127.0.0.1:5001/v2/", ips("127.0.0.1"), "http://127.0.0.1:8080/", ips("127.0.0.1"), true},
+		{"a loopback registry to another loopback address", "http://127.0.0.1:5001/v2/", ips("127.0.0.1"), "http://127.0.0.2:8080/", ips("127.0.0.2"), false},
 		{"an IPv4-mapped loopback", "https://registry.example/v2/", ips("203.0.113.5"), "https://x/", ips("::ffff:127.0.0.1"), false},
 	}
 	for _, c := range cases {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
 )
 
@@ -39,6 +40,9 @@ type Settings struct {
 	Tenant            string   `json:"tenant,omitempty"`
 	UpstreamCreds     string   `json:"upstream-credentials,omitempty"`
 	UpstreamMirrorOf  string   `json:"upstream-mirror-of,omitempty"`
+	MaxDownloads      int      `json:"max-downloads,omitempty"`
+	MaxBlobSize       Size     `json:"max-blob-size,omitempty"`
+	SpoolDir          string   `json:"spool-dir,omitempty"`
 	LogLevel          int      `json:"log-level,omitempty"`
 }
 
@@ -51,6 +55,8 @@ func Defaults() Settings {
 		Storage:         "./data",
 		SummaryInterval: Duration(5 * time.Minute),
 		Tenant:          "depproxy",
+		MaxDownloads:    64,
+		MaxBlobSize:     Size(64 << 30),
 	}
 }
 
@@ -75,6 +81,9 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&s.Tenant, "tenant", s.Tenant, "the tenant's name: the token audience and the challenge's service; a token of another tenant is refused")
 	fs.StringVar(&s.UpstreamCreds, "upstream-credentials", s.UpstreamCreds, "credentials for the upstream: a directory (a mounted Secret) with .dockerconfigjson, or username and password files; re-read when they change")
 	fs.StringVar(&s.UpstreamMirrorOf, "upstream-mirror-of", s.UpstreamMirrorOf, "comma-separated registries (containerd's ?ns=) the upstream stands in for besides its own host, e.g. docker.io for an internal Docker Hub mirror")
+	fs.IntVar(&s.MaxDownloads, "max-downloads", s.MaxDownloads, "how many upstream blob downloads run at once; more wait for a slot")
+	fs.Var(&s.MaxBlobSize, "max-blob-size", "the largest blob downloaded (e.g. 64Gi); a download whose size the upstream does not announce is cut there")
+	fs.StringVar(&s.SpoolDir, "spool-dir", s.SpoolDir, "where blobs being downloaded are kept until stored, for S3 storage (default: the system's temporary directory); abandoned files are removed at start")
 	fs.IntVar(&s.LogLevel, "log-level", s.LogLevel, "log verbosity: 0 events, 1 also each request")
 }
 
@@ -146,4 +155,33 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 		return fmt.Errorf("want a duration such as \"90s\" or \"5m\": %w", err)
 	}
 	return nil
+}
+
+// Size is a number of bytes written as a Kubernetes quantity ("64Gi",
+// "512Mi", "1000") in files and flags.
+type Size int64
+
+// String implements flag.Value.
+func (s *Size) String() string { return resource.NewQuantity(int64(*s), resource.BinarySI).String() }
+
+// Set implements flag.Value.
+func (s *Size) Set(v string) error {
+	q, err := resource.ParseQuantity(v)
+	if err != nil {
+		return fmt.Errorf("want a size such as 512Mi or 64Gi: %w", err)
+	}
+	*s = Size(q.Value())
+	return nil
+}
+
+// MarshalJSON writes the size as a quantity string.
+func (s Size) MarshalJSON() ([]byte, error) { return json.Marshal(s.String()) }
+
+// UnmarshalJSON reads a quantity string or a plain number of bytes.
+func (s *Size) UnmarshalJSON(b []byte) error {
+	var v string
+	if err := json.Unmarshal(b, &v); err != nil {
+		v = string(b)
+	}
+	return s.Set(v)
 }

@@ -47,8 +47,9 @@ recheck-interval: 5m
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Settings{Listen: ":7000", MetricsListen: ":9090", Upstream: "http://mirror.internal:5000", Storage: "s3://cache/team-a",
-		S3Endpoint: "minio:9000", S3Insecure: true, RecheckInterval: Duration(5 * time.Minute), SummaryInterval: Duration(time.Minute), Tenant: "depproxy"}
+	want := Defaults()
+	want.Listen, want.Upstream, want.Storage, want.S3Endpoint, want.S3Insecure = ":7000", "http://mirror.internal:5000", "s3://cache/team-a", "minio:9000", true
+	want.RecheckInterval, want.SummaryInterval = Duration(5*time.Minute), Duration(time.Minute)
 	if *s != want {
 		t.Fatalf("got %+v\nwant %+v", *s, want)
 	}
@@ -94,7 +95,7 @@ func TestSettingsAreFlagsAndRoundTrip(t *testing.T) {
 	full := Settings{Listen: ":5000", MetricsListen: ":9091", Upstream: "https://quay.io", Storage: "s3://b/p", S3Endpoint: "minio:9000",
 		S3Insecure: true, S3Region: "eu", S3Redirect: true, RecheckInterval: Duration(time.Minute), PrefetchPlatforms: "linux/amd64",
 		SummaryInterval: Duration(5 * time.Second), Users: "/u", TokenKey: "/k.pem", ExternalURL: "https://c.example",
-		TrustedProxies: "10.0.0.0/8", Tenant: "ns/a", UpstreamCreds: "/up", UpstreamMirrorOf: "docker.io", LogLevel: 1}
+		TrustedProxies: "10.0.0.0/8", Tenant: "ns/a", UpstreamCreds: "/up", UpstreamMirrorOf: "docker.io", MaxDownloads: 8, MaxBlobSize: Size(512 << 20), SpoolDir: "/spool", LogLevel: 1}
 	v := reflect.ValueOf(full)
 	for i := 0; i < v.NumField(); i++ {
 		if v.Field(i).IsZero() {

@@ -1,17 +1,44 @@
 package integration
 
 import (
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/depproxy/depproxy/test/testenv"
 )
+
+var built struct {
+	once sync.Once
+	path string
+	err  error
+	out  []byte
+}
+
+// depproxyBinary builds `depproxy` once per test run.
+func depproxyBinary(t *testing.T) string {
+	t.Helper()
+	built.once.Do(func() {
+		dir, err := os.MkdirTemp("", "depproxy-bin-")
+		if err != nil {
+			built.err = err
+			return
+		}
+		built.path = filepath.Join(dir, "depproxy")
+		built.out, built.err = exec.Command("go", "build", "-o", built.path, "github.com/depproxy/depproxy/proxy").CombinedOutput()
+	})
+	if built.err != nil {
+		t.Fatalf("go build: %v\n%s", built.err, built.out)
+	}
+	return built.path
+}
 
 // TestServeBinary runs `depproxy serve` as built, configured by a file and
 // a flag, pulls through it, and stops it with SIGTERM.
@@ -22,10 +49,7 @@ func TestServeBinary(t *testing.T) {
 	wantRoot, _ := pullAll(t, reg.URL(), repo, "v1")
 
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "depproxy")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/depproxy/depproxy/proxy").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := depproxyBinary(t)
 	addr, opsAddr := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	cfg := filepath.Join(dir, "config.yaml")
 	os.WriteFile(cfg, []byte("upstream: "+reg.URL()+"\nlisten: 127.0.0.1:1\nrecheck-interval: 1m\nmetrics-listen: "+opsAddr+"\n"), 0o644)
@@ -85,4 +109,83 @@ func TestServeBinary(t *testing.T) {
 	if !strings.Contains(logs.String(), `"recheckInterval":"1m0s"`) {
 		t.Errorf("the config file's recheck-interval was not applied:\n%s", logs.String())
 	}
+}
+
+// startBinary runs `depproxy serve` with args and waits for it to be
+// ready; it returns the registry's base URL and the command.
+func startBinary(t *testing.T, logs *strings.Builder, args ...string) (string, *exec.Cmd) {
+	t.Helper()
+	addr, opsAddr := testenv.FreeAddr(t), testenv.FreeAddr(t)
+	cmd := exec.Command(depproxyBinary(t), append([]string{"serve", "--listen", addr, "--metrics-listen", opsAddr}, args...)...)
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for i := 0; ; i++ {
+		if resp, err := http.Get("http://" + opsAddr + "/readyz"); err == nil {
+			resp.Body.Close()
+			return "http://" + addr, cmd
+		}
+		if i > 400 {
+			t.Fatalf("depproxy did not start:\n%s", logs.String())
+		}
+		sleep()
+	}
+}
+
+// Spool files never outlive their download or a restart: kill -9
+// mid-download leaves them, and the next start removes them; SIGTERM
+// cancels the downloads and removes them itself.
+func TestSpoolFilesDoNotOutliveTheProcess(t *testing.T) {
+	e := newEnv(t)
+	var s slowBlobs
+	e.front.Fault(s.fault(1<<30, false))
+	data := filepath.Join(t.TempDir(), "data")
+	spoolDirs := func() []string {
+		dirs, _ := filepath.Glob(filepath.Join(data, ".tmp", "spool-*"))
+		return dirs
+	}
+	startDownload := func(base string, i int) {
+		resp, err := http.Get(base + "/v2/slow/blob/blobs/" + randomDigest(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.CopyN(io.Discard, resp.Body, 256<<10)
+		resp.Body.Close()
+	}
+
+	var logs strings.Builder
+	base, cmd := startBinary(t, &logs, "--upstream", e.front.URL(), "--storage", data)
+	startDownload(base, 1)
+	if spoolFiles(t, data) == 0 {
+		t.Fatal("no spool file while downloading")
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	crashed := spoolDirs()
+	if spoolFiles(t, data) == 0 || len(crashed) != 1 {
+		t.Fatalf("kill -9 left spools %v: the test shows nothing", crashed)
+	}
+
+	base, cmd = startBinary(t, &logs, "--upstream", e.front.URL(), "--storage", data)
+	if _, err := os.Stat(crashed[0]); !os.IsNotExist(err) {
+		t.Fatalf("the crashed process's spool %s survived the restart", crashed[0])
+	}
+	startDownload(base, 2)
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v\n%s", err, logs.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("depproxy did not stop on SIGTERM while a download ran")
+	}
+	if dirs := spoolDirs(); len(dirs) != 0 {
+		t.Fatalf("SIGTERM left spools %v", dirs)
+	}
+	eventually(t, 5*time.Second, "the upstream download outlived the process", func() bool { return s.running.Load() == 0 })
 }

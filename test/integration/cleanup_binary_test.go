@@ -44,10 +44,7 @@ func TestCleanupCommandOnManyObjects(t *testing.T) {
 			store.Put(ctx, layout.LastRead(key), strings.NewReader(v), int64(len(v)))
 		}
 	}
-	bin := filepath.Join(t.TempDir(), "depproxy")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/depproxy/depproxy/proxy").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := depproxyBinary(t)
 	summaryFile := filepath.Join(dir, "termination-log")
 	cmd := exec.Command(bin, "cleanup", "--storage", filepath.Join(dir, "data"), "--ttl", "720h", "--summary-file", summaryFile)
 	var stdout strings.Builder

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -17,7 +18,9 @@ import (
 
 	"github.com/go-logr/logr"
 
+	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/server"
+	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/proxy/wire"
 	"github.com/depproxy/depproxy/test/testenv"
 )
@@ -84,15 +87,22 @@ func TestBlobHeadWithoutUpstreamLength(t *testing.T) {
 	}
 }
 
-// An upstream's redirect to another service on this machine is not
-// followed: its bytes never reach the client, and it sees no request.
+// An upstream's redirect to another service on this machine, at a
+// loopback address the upstream is not on, is not followed: its bytes
+// never reach the client, and it sees no request.
 func TestRedirectToLoopbackServiceRefused(t *testing.T) {
 	e := newEnv(t)
 	var hits atomic.Int64
-	secret := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	secret := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hits.Add(1)
 		w.Write([]byte("internal secret: the admin password is hunter2"))
 	}))
+	l, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret.Listener = l
+	secret.Start()
 	defer secret.Close()
 	e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
 		if !strings.Contains(r.URL.Path, "/blobs/") {
@@ -213,5 +223,164 @@ func TestConnectionTimeouts(t *testing.T) {
 		if total != int64(len(blob)) || "sha256:"+hex.EncodeToString(hash.Sum(nil)) != h.String() {
 			t.Fatalf("slow client got %d of %d bytes", total, len(blob))
 		}
+	})
+}
+
+// slowBlobs makes the upstream send every blob slowly, counting the
+// downloads running at once and the most seen.
+type slowBlobs struct {
+	running, most, sent atomic.Int64
+}
+
+func (s *slowBlobs) fault(length int64, forever bool) func(http.ResponseWriter, *http.Request) bool {
+	return func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/blobs/") {
+			return false
+		}
+		n := s.running.Add(1)
+		defer s.running.Add(-1)
+		for m := s.most.Load(); n > m && !s.most.CompareAndSwap(m, n); m = s.most.Load() {
+		}
+		if length >= 0 {
+			w.Header().Set("Content-Length", fmt.Sprint(length))
+		}
+		chunk := make([]byte, 64<<10)
+		for {
+			if _, err := w.Write(chunk); err != nil {
+				return true
+			}
+			s.sent.Add(int64(len(chunk)))
+			w.(http.Flusher).Flush()
+			if !forever {
+				select {
+				case <-r.Context().Done():
+					return true
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
+		}
+	}
+}
+
+func randomDigest(i int) string {
+	sum := sha256.Sum256([]byte(fmt.Sprintf("not a real blob %d %d", i, time.Now().UnixNano())))
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// eventually polls cond until it holds or the time is up.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", within, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// spoolFiles counts the download files under a filesystem storage's
+// spool.
+func spoolFiles(t *testing.T, root string) int {
+	files, _ := filepath.Glob(filepath.Join(root, ".tmp", "spool-*", "blob-*"))
+	return len(files)
+}
+
+// Every upstream download is bounded: cut at the size limit when the
+// upstream announces none, cancelled when nobody reads it, limited in
+// number, and given up when the upstream goes silent.
+func TestDownloadsAreBounded(t *testing.T) {
+	t.Run("a body that never ends is cut at the limit", func(t *testing.T) {
+		e := newEnv(t)
+		var s slowBlobs
+		e.front.Fault(s.fault(-1, true))
+		root := t.TempDir()
+		store, _ := storage.NewFilesystem(root)
+		p := startProxy(t, e.front.URL(), store, cache.WithLimits(cache.Limits{MaxBlobSize: 4 << 20}))
+		resp, err := http.Get(p.URL + "/v2/endless/blob/blobs/" + randomDigest(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err == nil || n > 4<<20 {
+			t.Fatalf("the client got %d bytes and %v: the endless body was not cut at 4 MiB", n, err)
+		}
+		eventually(t, 5*time.Second, "the upstream is still sending", func() bool { return s.running.Load() == 0 })
+		if sent := s.sent.Load(); sent > 16<<20 {
+			t.Errorf("the upstream sent %d bytes for a 4 MiB limit", sent)
+		}
+		eventually(t, 5*time.Second, "a spool file is left", func() bool { return spoolFiles(t, root) == 0 })
+	})
+
+	t.Run("downloads nobody reads are cancelled", func(t *testing.T) {
+		e := newEnv(t)
+		var s slowBlobs
+		e.front.Fault(s.fault(1<<30, false))
+		root := t.TempDir()
+		store, _ := storage.NewFilesystem(root)
+		p := startProxy(t, e.front.URL(), store, cache.WithLimits(cache.Limits{Abandoned: 300 * time.Millisecond}))
+		for i := 0; i < 20; i++ {
+			resp, err := http.Get(p.URL + "/v2/slow/blob/blobs/" + randomDigest(i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.CopyN(io.Discard, resp.Body, 1000)
+			resp.Body.Close() // the client leaves
+		}
+		eventually(t, 10*time.Second, fmt.Sprintf("%d abandoned downloads still running", s.running.Load()),
+			func() bool { return s.running.Load() == 0 })
+		eventually(t, 5*time.Second, "spool files of abandoned downloads are left", func() bool { return spoolFiles(t, root) == 0 })
+	})
+
+	t.Run("downloads are limited in number", func(t *testing.T) {
+		e := newEnv(t)
+		var s slowBlobs
+		e.front.Fault(s.fault(1<<30, false))
+		p := startProxy(t, e.front.URL(), openStorage(t, "filesystem", nil), cache.WithLimits(cache.Limits{MaxDownloads: 2}))
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		for i := 0; i < 6; i++ {
+			go func(i int) {
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.URL+"/v2/slow/blob/blobs/"+randomDigest(i), nil)
+				if resp, err := http.DefaultClient.Do(req); err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}(i)
+		}
+		eventually(t, 5*time.Second, "no download started", func() bool { return s.running.Load() > 0 })
+		time.Sleep(time.Second)
+		if most := s.most.Load(); most != 2 {
+			t.Fatalf("%d downloads ran at once, the limit is 2", most)
+		}
+	})
+
+	t.Run("a silent upstream is given up", func(t *testing.T) {
+		e := newEnv(t)
+		var running atomic.Int64
+		e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
+			if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/blobs/") {
+				return false
+			}
+			running.Add(1)
+			defer running.Add(-1)
+			w.Header().Set("Content-Length", fmt.Sprint(1<<20))
+			w.Write(make([]byte, 1024))
+			w.(http.Flusher).Flush()
+			<-r.Context().Done() // and then nothing
+			return true
+		})
+		p := startProxy(t, e.front.URL(), openStorage(t, "filesystem", nil), cache.WithLimits(cache.Limits{Silence: 500 * time.Millisecond}))
+		start := time.Now()
+		resp, err := http.Get(p.URL + "/v2/silent/blob/blobs/" + randomDigest(0))
+		if err == nil { // the headers may have gone out before the cut
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		if err == nil || time.Since(start) > 10*time.Second {
+			t.Fatalf("after %v: %v; want the response cut soon after the upstream went silent", time.Since(start), err)
+		}
+		eventually(t, 5*time.Second, "the silent connection is still open", func() bool { return running.Load() == 0 })
 	})
 }
