@@ -44,6 +44,7 @@ func main() {
 		HealthProbeBindAddress: probeAddr,
 		LeaderElection:         leaderElect,
 		LeaderElectionID:       "manager.depproxy.dev",
+		Cache:                  controllers.CacheOptions(),
 	})
 	must(err, "creating the manager")
 
@@ -53,7 +54,7 @@ func main() {
 	log.Info("ServiceMonitor support", "enabled", serviceMonitors)
 
 	must((&controllers.DependencyProxyReconciler{
-		Client: mgr.GetClient(), Scheme: scheme, Recorder: mgr.GetEventRecorder("depproxy"),
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scheme: scheme, Recorder: mgr.GetEventRecorder("depproxy"),
 		ProxyImage: proxyImage, ServiceMonitors: serviceMonitors,
 		Summaries: controllers.HTTPSummaries{Services: mgr.GetClient()}, SummaryInterval: summaryInterval,
 	}).SetupWithManager(mgr), "setting up the DependencyProxy controller")

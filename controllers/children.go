@@ -53,11 +53,15 @@ const (
 // proxyName names every child of a DependencyProxy.
 func proxyName(dp *depproxyv1.DependencyProxy) string { return dp.Name + "-depproxy" }
 
+// managedByLabel marks what the operator makes; the manager caches only
+// the Secrets that carry it.
+const managedByLabel, managedBy = "app.kubernetes.io/managed-by", "depproxy-operator"
+
 func proxyLabels(dp *depproxyv1.DependencyProxy) map[string]string {
 	return map[string]string{
-		"app.kubernetes.io/name":       "depproxy",
-		"app.kubernetes.io/instance":   dp.Name,
-		"app.kubernetes.io/managed-by": "depproxy-operator",
+		"app.kubernetes.io/name":     "depproxy",
+		"app.kubernetes.io/instance": dp.Name,
+		managedByLabel:               managedBy,
 	}
 }
 
@@ -358,9 +362,9 @@ func cleanupName(cp *depproxyv1.CleanupPolicy) string { return cp.Name + "-clean
 // target's own config file and credentials.
 func desiredCronJob(cp *depproxyv1.CleanupPolicy, dp *depproxyv1.DependencyProxy, defaultImage string) *batchv1.CronJob {
 	labels := map[string]string{
-		"app.kubernetes.io/name":       cleanupAppName,
-		"app.kubernetes.io/instance":   cp.Name,
-		"app.kubernetes.io/managed-by": "depproxy-operator",
+		"app.kubernetes.io/name":     cleanupAppName,
+		"app.kubernetes.io/instance": cp.Name,
+		managedByLabel:               managedBy,
 	}
 	podSec, sec := restrictedSecurity()
 	volumes, mounts := configVolumes(dp)

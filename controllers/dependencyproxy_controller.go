@@ -15,9 +15,11 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
@@ -35,16 +37,45 @@ type SummaryReader interface {
 // DependencyProxyReconciler runs a proxy for each DependencyProxy.
 type DependencyProxyReconciler struct {
 	client.Client
-	Scheme   *runtime.Scheme
-	Recorder events.EventRecorder
+	// APIReader reads the Secrets a spec names straight from the API
+	// server: the manager's cache holds only the Secrets the operator
+	// labels (see CacheOptions). Nil uses Client.
+	APIReader client.Reader
+	Scheme    *runtime.Scheme
+	Recorder  events.EventRecorder
 	// ProxyImage is run unless a resource names its own.
 	ProxyImage string
 	// ServiceMonitors is true where the Prometheus operator's CRD exists.
 	ServiceMonitors bool
 	// Summaries, when set, fills status.cache from the running proxy.
 	Summaries SummaryReader
-	// SummaryInterval is how often a Ready proxy's summary is refreshed.
+	// SummaryInterval is how often a Ready proxy's summary is refreshed,
+	// and how soon a change to a Secret the spec names rolls the pods
+	// (those Secrets are read, not watched).
 	SummaryInterval time.Duration
+}
+
+// CacheOptions are the manager's cache: of Secrets, only those the
+// operator labels (the signing keys it makes); it never holds a copy of
+// every Secret in the cluster.
+func CacheOptions() cache.Options {
+	return cache.Options{ByObject: map[client.Object]cache.ByObject{
+		&corev1.Secret{}: {Label: labels.SelectorFromSet(labels.Set{managedByLabel: managedBy})},
+	}}
+}
+
+func (r *DependencyProxyReconciler) secrets() client.Reader {
+	if r.APIReader != nil {
+		return r.APIReader
+	}
+	return r.Client
+}
+
+func (r *DependencyProxyReconciler) resync() time.Duration {
+	if r.SummaryInterval > 0 {
+		return r.SummaryInterval
+	}
+	return time.Minute
 }
 
 // +kubebuilder:rbac:groups=depproxy.dev,resources=dependencyproxies,verbs=get;list;watch
@@ -79,6 +110,9 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		}
 	}()
 
+	if err := r.checkStorage(ctx, dp); err != nil {
+		return ctrl.Result{}, err
+	}
 	secrets, err := r.checkSecrets(ctx, dp)
 	if err != nil {
 		return ctrl.Result{}, err
@@ -91,17 +125,14 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if r.Summaries == nil {
-		return ctrl.Result{}, nil
-	}
-	if ready(dp, deploy) {
+	if r.Summaries != nil && ready(dp, deploy) {
 		if s, err := r.Summaries.Summary(ctx, dp); err != nil {
 			log.FromContext(ctx).Info("cache summary unavailable", "error", err.Error())
 		} else {
 			dp.Status.Cache = s
 		}
 	}
-	return ctrl.Result{RequeueAfter: r.SummaryInterval}, nil
+	return ctrl.Result{RequeueAfter: r.resync()}, nil
 }
 
 // referencedSecrets are the Secrets a spec names, by the field naming them.
@@ -129,7 +160,7 @@ func (r *DependencyProxyReconciler) checkSecrets(ctx context.Context, dp *deppro
 	for _, field := range fields {
 		name := refs[field]
 		s := &corev1.Secret{}
-		err := r.Get(ctx, client.ObjectKey{Namespace: dp.Namespace, Name: name}, s)
+		err := r.secrets().Get(ctx, client.ObjectKey{Namespace: dp.Namespace, Name: name}, s)
 		if client.IgnoreNotFound(err) != nil {
 			return nil, err
 		}
@@ -285,22 +316,29 @@ func (r *DependencyProxyReconciler) computeStatus(dp *depproxyv1.DependencyProxy
 	set(depproxyv1.ConditionProgressing, metav1.ConditionTrue, depproxyv1.ReasonRollingOut, msg)
 }
 
-// SetupWithManager watches DependencyProxies, the children they own, and
-// the Secrets they name (new users roll the pods; a Secret created late
-// unblocks its proxy).
+// SetupWithManager watches DependencyProxies and the children they own.
+// The Secrets a spec names are not watched (that would cache every
+// Secret in the cluster): each resource is looked at again every
+// SummaryInterval, which rolls the pods on new users and unblocks a
+// resource whose Secret came late. A DependencyProxy going away wakes
+// those whose storage overlapped its own.
 func (r *DependencyProxyReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	bySecret := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+	if r.APIReader == nil {
+		r.APIReader = mgr.GetAPIReader()
+	}
+	byStorage := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		changed, ok := o.(*depproxyv1.DependencyProxy)
+		if !ok {
+			return nil
+		}
 		list := &depproxyv1.DependencyProxyList{}
-		if err := r.List(ctx, list, client.InNamespace(o.GetNamespace())); err != nil {
+		if err := r.List(ctx, list); err != nil {
 			return nil
 		}
 		var reqs []reconcile.Request
 		for i := range list.Items {
-			for _, name := range referencedSecrets(&list.Items[i]) {
-				if name == o.GetName() {
-					reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
-					break
-				}
+			if list.Items[i].UID != changed.UID && overlaps(changed, &list.Items[i]) {
+				reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
 			}
 		}
 		return reqs
@@ -312,6 +350,6 @@ func (r *DependencyProxyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.Service{}).
 		Owns(&corev1.ServiceAccount{}).
 		Owns(&corev1.Secret{}).
-		Watches(&corev1.Secret{}, bySecret).
+		Watches(&depproxyv1.DependencyProxy{}, byStorage).
 		Complete(r)
 }

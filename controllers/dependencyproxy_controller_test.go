@@ -39,7 +39,7 @@ func TestCreateBuildsOwnedChildren(t *testing.T) {
 
 	cm := &corev1.ConfigMap{}
 	k8sClient.Get(ctx, name, cm)
-	for _, line := range []string{"upstream: https://registry-1.docker.io", "storage: s3://cache/team-a", "s3-endpoint: minio.minio:9000", "s3-insecure: true", "listen: :5000"} {
+	for _, line := range []string{"upstream: https://registry-1.docker.io", "storage: s3://cache/" + ns + "/team-a", "s3-endpoint: minio.minio:9000", "s3-insecure: true", "listen: :5000"} {
 		if !strings.Contains(cm.Data["config.yaml"], line) {
 			t.Errorf("config.yaml lacks %q:\n%s", line, cm.Data["config.yaml"])
 		}
@@ -187,7 +187,7 @@ func TestMissingSecretDegrades(t *testing.T) {
 	ns := namespace(t)
 	dp := &depproxyv1.DependencyProxy{
 		ObjectMeta: metav1.ObjectMeta{Name: "nosecret", Namespace: ns},
-		Spec: depproxyv1.DependencyProxySpec{Storage: depproxyv1.StorageSpec{Endpoint: "m:9000", Bucket: "cache",
+		Spec: depproxyv1.DependencyProxySpec{Storage: depproxyv1.StorageSpec{Endpoint: "m:9000", Bucket: "cache", Prefix: ns,
 			CredentialsSecretRef: corev1.LocalObjectReference{Name: "missing"}}},
 	}
 	if err := k8sClient.Create(context.Background(), dp); err != nil {
@@ -221,7 +221,7 @@ func TestLoginsAreWired(t *testing.T) {
 	dp := &depproxyv1.DependencyProxy{
 		ObjectMeta: metav1.ObjectMeta{Name: "locked", Namespace: ns},
 		Spec: depproxyv1.DependencyProxySpec{
-			Storage: depproxyv1.StorageSpec{Endpoint: "m:9000", Bucket: "cache", CredentialsSecretRef: corev1.LocalObjectReference{Name: "minio"}},
+			Storage: depproxyv1.StorageSpec{Endpoint: "m:9000", Bucket: "cache", Prefix: ns, CredentialsSecretRef: corev1.LocalObjectReference{Name: "minio"}},
 			Auth:    &depproxyv1.AuthSpec{UsersSecretRef: &corev1.LocalObjectReference{Name: "users"}},
 		},
 	}
@@ -305,7 +305,7 @@ func TestInvalidSpecsAreRefusedWithAReason(t *testing.T) {
 	valid := func() *depproxyv1.DependencyProxy {
 		return &depproxyv1.DependencyProxy{
 			ObjectMeta: metav1.ObjectMeta{GenerateName: "bad-", Namespace: ns},
-			Spec: depproxyv1.DependencyProxySpec{Storage: depproxyv1.StorageSpec{Endpoint: "m:9000", Bucket: "cache",
+			Spec: depproxyv1.DependencyProxySpec{Storage: depproxyv1.StorageSpec{Endpoint: "m:9000", Bucket: "cache", Prefix: ns,
 				CredentialsSecretRef: corev1.LocalObjectReference{Name: "s"}}},
 		}
 	}
@@ -324,6 +324,8 @@ func TestInvalidSpecsAreRefusedWithAReason(t *testing.T) {
 		{"empty auth", func(d *depproxyv1.DependencyProxy) { d.Spec.Auth = &depproxyv1.AuthSpec{} }, "set exactly one of usersSecretRef"},
 		{"negative replicas", func(d *depproxyv1.DependencyProxy) { d.Spec.Replicas = ptr.To[int32](-1) }, "spec.replicas"},
 		{"bad platform", func(d *depproxyv1.DependencyProxy) { d.Spec.PrefetchPlatforms = []string{"amd64"} }, "spec.prefetchPlatforms"},
+		{"prefix climbing out", func(d *depproxyv1.DependencyProxy) { d.Spec.Storage.Prefix = "team-a/../team-b" }, "storage.prefix may not contain . or .."},
+		{"prefix of ..", func(d *depproxyv1.DependencyProxy) { d.Spec.Storage.Prefix = ".." }, "storage.prefix may not contain . or .."},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -366,4 +368,47 @@ func drain(rec *events.FakeRecorder) string {
 			return strings.Join(out, "\n")
 		}
 	}
+}
+
+// Two caches in overlapping places of one bucket: the later one is
+// refused, naming the earlier; the earlier runs on.
+func TestOverlappingStorageIsRefused(t *testing.T) {
+	nsA, nsB := namespace(t), namespace(t)
+	mk := func(ns, prefix string) *depproxyv1.DependencyProxy {
+		storageSecret(t, ns, "creds-"+strings.ReplaceAll(prefix, "/", "-"), map[string]string{"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"})
+		dp := &depproxyv1.DependencyProxy{ObjectMeta: metav1.ObjectMeta{Name: "cache", Namespace: ns},
+			Spec: depproxyv1.DependencyProxySpec{Storage: depproxyv1.StorageSpec{Endpoint: "shared-minio:9000", Bucket: "shared", Prefix: prefix,
+				CredentialsSecretRef: corev1.LocalObjectReference{Name: "creds-" + strings.ReplaceAll(prefix, "/", "-")}}}}
+		if err := k8sClient.Create(context.Background(), dp); err != nil {
+			t.Fatal(err)
+		}
+		return dp
+	}
+	first := mk(nsA, nsA)
+	time.Sleep(1100 * time.Millisecond) // creation times have a second's resolution
+	second := mk(nsB, nsA+"/inside")
+	r, rec := newProxyReconciler(k8sClient)
+	reconcileProxy(t, r, first)
+	reconcileProxy(t, r, second)
+	k8sClient.Get(context.Background(), client.ObjectKeyFromObject(first), first)
+	k8sClient.Get(context.Background(), client.ObjectKeyFromObject(second), second)
+	assertCondition(t, first, depproxyv1.ConditionDegraded, metav1.ConditionFalse, depproxyv1.ReasonReconciled)
+	c := assertCondition(t, second, depproxyv1.ConditionReady, metav1.ConditionFalse, depproxyv1.ReasonStorageConflict)
+	if !strings.Contains(c.Message, nsA+"/cache") {
+		t.Errorf("the condition does not name the other resource: %q", c.Message)
+	}
+	if !strings.Contains(drain(rec), depproxyv1.ReasonStorageConflict) {
+		t.Error("no StorageConflict event")
+	}
+	if err := k8sClient.Get(context.Background(), client.ObjectKey{Namespace: nsB, Name: "cache-depproxy"}, &appsv1.Deployment{}); err == nil {
+		t.Error("the conflicting cache was rolled out")
+	}
+	// A prefix beside it, not inside it, is fine.
+	second.Spec.Storage.Prefix = nsA + "-other"
+	if err := k8sClient.Update(context.Background(), second); err != nil {
+		t.Fatal(err)
+	}
+	reconcileProxy(t, r, second)
+	k8sClient.Get(context.Background(), client.ObjectKeyFromObject(second), second)
+	assertCondition(t, second, depproxyv1.ConditionDegraded, metav1.ConditionFalse, depproxyv1.ReasonReconciled)
 }

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -91,4 +92,60 @@ func eventually(t *testing.T, what string, ok func() bool) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// The manager holds only the Secrets the operator labels, never every
+// Secret in the cluster; a Secret a spec names is read directly, and a
+// change to it still rolls the pods.
+func TestManagerCachesOnlyItsOwnSecrets(t *testing.T) {
+	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0", Cache: CacheOptions(), Controller: config.Controller{SkipNameValidation: ptr.To(true)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (&DependencyProxyReconciler{Client: mgr.GetClient(), Scheme: scheme, Recorder: mgr.GetEventRecorder("depproxy"),
+		ProxyImage: DefaultImage, SummaryInterval: time.Second}).SetupWithManager(mgr); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	ns := namespace(t)
+	storageSecret(t, ns, "users", map[string]string{"alice": "s3cret"})
+	dp := sampleProxy(t, ns)
+	dp.Spec.Auth = &depproxyv1.AuthSpec{UsersSecretRef: &corev1.LocalObjectReference{Name: "users"}}
+	if err := k8sClient.Update(ctx, dp); err != nil {
+		t.Fatal(err)
+	}
+	key := client.ObjectKey{Namespace: ns, Name: "team-a-depproxy"}
+	d := &appsv1.Deployment{}
+	eventually(t, "the Deployment is created with the users mounted", func() bool {
+		return k8sClient.Get(ctx, key, d) == nil && d.Spec.Template.Annotations[secretsHashKey] != "" && len(d.Spec.Template.Spec.Volumes) > 3
+	})
+	before := d.Spec.Template.Annotations[secretsHashKey]
+
+	var cached corev1.SecretList
+	if err := mgr.GetCache().List(ctx, &cached); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range cached.Items {
+		if s.Labels[managedByLabel] != managedBy {
+			t.Errorf("the manager caches Secret %s/%s, which it does not own", s.Namespace, s.Name)
+		}
+	}
+	if err := mgr.GetCache().Get(ctx, client.ObjectKey{Namespace: ns, Name: "users"}, &corev1.Secret{}); err == nil {
+		t.Error("the tenant's users Secret is in the manager's cache")
+	}
+
+	users := &corev1.Secret{}
+	k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "users"}, users)
+	users.StringData = map[string]string{"bob": "hunter2"}
+	if err := k8sClient.Update(ctx, users); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a new user rolls the pods", func() bool {
+		return k8sClient.Get(ctx, key, d) == nil && d.Spec.Template.Annotations[secretsHashKey] != before
+	})
 }

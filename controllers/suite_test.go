@@ -101,7 +101,7 @@ func sampleProxy(t *testing.T, ns string) *depproxyv1.DependencyProxy {
 	dp := &depproxyv1.DependencyProxy{
 		ObjectMeta: metav1.ObjectMeta{Name: "team-a", Namespace: ns},
 		Spec: depproxyv1.DependencyProxySpec{
-			Storage: depproxyv1.StorageSpec{Endpoint: "minio.minio:9000", Bucket: "cache", Prefix: "team-a", Insecure: true,
+			Storage: depproxyv1.StorageSpec{Endpoint: "minio.minio:9000", Bucket: "cache", Prefix: ns + "/team-a", Insecure: true,
 				CredentialsSecretRef: corev1.LocalObjectReference{Name: "minio"}},
 		},
 	}

@@ -31,6 +31,10 @@ const (
 	// ReasonInvalidSecret: a Secret the spec names exists but cannot be
 	// used as it is (a users Secret without users); fix the Secret.
 	ReasonInvalidSecret = "InvalidSecret"
+	// ReasonStorageConflict: another DependencyProxy, created earlier,
+	// keeps its cache in an overlapping prefix of the same bucket; two
+	// caches there would serve and delete each other's objects.
+	ReasonStorageConflict = "StorageConflict"
 	// ReasonScheduled: the cleanup CronJob runs on the policy's schedule.
 	ReasonScheduled = "Scheduled"
 	// ReasonSuspended: the policy is suspended; no new runs start.

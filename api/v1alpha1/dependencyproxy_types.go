@@ -100,9 +100,13 @@ type StorageSpec struct {
 	// +kubebuilder:validation:Pattern="^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 	Bucket string `json:"bucket"`
 
-	// Prefix keeps this cache apart from others in the same bucket.
+	// Prefix keeps this cache apart from others in the same bucket. No
+	// two caches may use overlapping prefixes of one bucket: the one
+	// created later is refused with a StorageConflict condition.
 	// +optional
+	// +kubebuilder:validation:MaxLength=512
 	// +kubebuilder:validation:Pattern="^[A-Za-z0-9._/-]*$"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('(^|/)[.][.]?(/|$)')",message="storage.prefix may not contain . or .. path segments"
 	Prefix string `json:"prefix,omitempty"`
 
 	// CredentialsSecretRef names a Secret with the keys AWS_ACCESS_KEY_ID and

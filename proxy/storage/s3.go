@@ -44,7 +44,13 @@ func ParseS3URL(raw string) (bucket, prefix string, err error) {
 	if err != nil || u.Scheme != "s3" || u.Host == "" {
 		return "", "", fmt.Errorf("storage %q: want s3://BUCKET/PREFIX", raw)
 	}
-	return u.Host, strings.Trim(u.Path, "/"), nil
+	prefix = strings.Trim(u.Path, "/")
+	for _, seg := range strings.Split(prefix, "/") {
+		if seg == ".." || seg == "." {
+			return "", "", fmt.Errorf("storage %q: the prefix may not contain . or .. segments", raw)
+		}
+	}
+	return u.Host, prefix, nil
 }
 
 // NewS3 returns a backend for bucket.
