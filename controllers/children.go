@@ -43,6 +43,7 @@ const (
 	tokenKeyFile   = "key.pem"
 	usersDir       = configDir + "/users"
 	upstreamDir    = configDir + "/upstream"
+	tlsDir         = configDir + "/tls"
 	secretsHashKey = "depproxy.dev/secrets-hash"
 
 	// cleanupAppName is the app.kubernetes.io/name of cleanup CronJobs,
@@ -106,7 +107,17 @@ func proxySettings(dp *depproxyv1.DependencyProxy) wire.Settings {
 		Users:             ifSet(usersSecret(dp), usersDir),
 		UpstreamCreds:     ifSet(upstreamCredsSecret(dp), upstreamDir),
 		UpstreamMirrorOf:  strings.Join(dp.Spec.Upstream.MirrorOf, ","),
+		TLSCert:           ifSet(tlsSecret(dp), tlsDir+"/"+corev1.TLSCertKey),
+		TLSKey:            ifSet(tlsSecret(dp), tlsDir+"/"+corev1.TLSPrivateKeyKey),
 	}
+}
+
+// tlsSecret is the Secret of the certificate served, if any.
+func tlsSecret(dp *depproxyv1.DependencyProxy) string {
+	if dp.Spec.TLS != nil {
+		return dp.Spec.TLS.SecretRef.Name
+	}
+	return ""
 }
 
 func upstreamCredsSecret(dp *depproxyv1.DependencyProxy) string {
@@ -253,6 +264,7 @@ func secretVolumes(dp *depproxyv1.DependencyProxy) ([]corev1.Volume, []corev1.Vo
 	add("token-key", tokenKeyName(dp), tokenKeyDir)
 	add("users", usersSecret(dp), usersDir)
 	add("upstream-credentials", upstreamCredsSecret(dp), upstreamDir)
+	add("tls", tlsSecret(dp), tlsDir)
 	return vols, mounts
 }
 

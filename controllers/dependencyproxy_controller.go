@@ -144,6 +144,9 @@ func referencedSecrets(dp *depproxyv1.DependencyProxy) map[string]string {
 	if name := usersSecret(dp); name != "" {
 		refs["auth.usersSecretRef"] = name
 	}
+	if name := tlsSecret(dp); name != "" {
+		refs["tls.secretRef"] = name
+	}
 	return refs
 }
 
@@ -172,7 +175,14 @@ func (r *DependencyProxyReconciler) checkSecrets(ctx context.Context, dp *deppro
 			return nil, stalled(depproxyv1.ReasonInvalidSecret,
 				"Secret %q named by spec.auth.usersSecretRef has no users: add keys user=password", name)
 		}
-		if field != "storage.credentialsSecretRef" {
+		if field == "tls.secretRef" && (len(s.Data[corev1.TLSCertKey]) == 0 || len(s.Data[corev1.TLSPrivateKeyKey]) == 0) {
+			return nil, stalled(depproxyv1.ReasonInvalidSecret,
+				"Secret %q named by spec.tls.secretRef lacks tls.crt or tls.key: make it a kubernetes.io/tls Secret", name)
+		}
+		// Storage credentials reach the pods as environment, as they
+		// always have; a renewed certificate is re-read by the proxy
+		// itself. Neither rolls the pods.
+		if field != "storage.credentialsSecretRef" && field != "tls.secretRef" {
 			out = append(out, s)
 		}
 	}

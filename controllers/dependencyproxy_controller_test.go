@@ -412,3 +412,49 @@ func TestOverlappingStorageIsRefused(t *testing.T) {
 	k8sClient.Get(context.Background(), client.ObjectKeyFromObject(second), second)
 	assertCondition(t, second, depproxyv1.ConditionDegraded, metav1.ConditionFalse, depproxyv1.ReasonReconciled)
 }
+
+// spec.tls mounts a kubernetes.io/tls Secret and serves HTTPS from it; a
+// Secret without a certificate is refused with a reason.
+func TestTLSSecret(t *testing.T) {
+	ns := namespace(t)
+	dp := sampleProxy(t, ns)
+	tlsSecret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "cache-tls", Namespace: ns}, Type: corev1.SecretTypeOpaque,
+		Data: map[string][]byte{"ca.crt": []byte("x")}}
+	if err := k8sClient.Create(context.Background(), tlsSecret); err != nil {
+		t.Fatal(err)
+	}
+	dp.Spec.TLS = &depproxyv1.TLSSpec{SecretRef: corev1.LocalObjectReference{Name: "cache-tls"}}
+	if err := k8sClient.Update(context.Background(), dp); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := newProxyReconciler(k8sClient)
+	reconcileProxy(t, r, dp)
+	k8sClient.Get(context.Background(), client.ObjectKeyFromObject(dp), dp)
+	c := assertCondition(t, dp, depproxyv1.ConditionDegraded, metav1.ConditionTrue, depproxyv1.ReasonInvalidSecret)
+	if !strings.Contains(c.Message, "tls.crt") {
+		t.Errorf("the message does not say what is missing: %q", c.Message)
+	}
+
+	tlsSecret.Data = map[string][]byte{corev1.TLSCertKey: []byte("cert"), corev1.TLSPrivateKeyKey: []byte("key")}
+	if err := k8sClient.Update(context.Background(), tlsSecret); err != nil {
+		t.Fatal(err)
+	}
+	reconcileProxy(t, r, dp)
+	key := client.ObjectKey{Namespace: ns, Name: "team-a-depproxy"}
+	cm := &corev1.ConfigMap{}
+	k8sClient.Get(context.Background(), key, cm)
+	for _, line := range []string{"tls-cert: /etc/depproxy/tls/tls.crt", "tls-key: /etc/depproxy/tls/tls.key"} {
+		if !strings.Contains(cm.Data["config.yaml"], line) {
+			t.Errorf("config.yaml lacks %q:\n%s", line, cm.Data["config.yaml"])
+		}
+	}
+	d := &appsv1.Deployment{}
+	k8sClient.Get(context.Background(), key, d)
+	mounted := false
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		mounted = mounted || (v.Secret != nil && v.Secret.SecretName == "cache-tls")
+	}
+	if !mounted {
+		t.Errorf("the TLS Secret is not mounted: %+v", d.Spec.Template.Spec.Volumes)
+	}
+}

@@ -60,6 +60,19 @@ type DependencyProxySpec struct {
 	// Image overrides the depproxy image the operator runs.
 	// +optional
 	Image string `json:"image,omitempty"`
+
+	// TLS serves the registry port with HTTPS, from a kubernetes.io/tls
+	// Secret (cert-manager's, say). A renewed certificate is picked up
+	// without restarting the pods.
+	// +optional
+	TLS *TLSSpec `json:"tls,omitempty"`
+}
+
+// TLSSpec names the certificate a cache serves.
+type TLSSpec struct {
+	// SecretRef names a kubernetes.io/tls Secret (keys tls.crt and
+	// tls.key) in the resource's namespace.
+	SecretRef corev1.LocalObjectReference `json:"secretRef"`
 }
 
 // UpstreamSpec is the registry a cache pulls through.

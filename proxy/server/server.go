@@ -43,6 +43,7 @@ type Server struct {
 	ops      http.Handler   // the metrics port
 
 	idleTimeout, writeTimeout time.Duration
+	certs                     *certReloader // nil: plain HTTP
 }
 
 // Option adjusts what the settings build.
@@ -52,6 +53,7 @@ type options struct {
 	store                     storage.Storage
 	cache                     []cache.Option
 	idleTimeout, writeTimeout time.Duration
+	certs                     *certReloader // nil: plain HTTP
 }
 
 // WithTimeouts sets how long a keep-alive connection may idle and a
@@ -126,6 +128,15 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 	if err != nil {
 		return nil, err
 	}
+	var certs *certReloader
+	if s.TLSCert != "" || s.TLSKey != "" {
+		if s.TLSCert == "" || s.TLSKey == "" {
+			return nil, errors.New("tls: set both --tls-cert and --tls-key")
+		}
+		if certs, err = newCertReloader(s.TLSCert, s.TLSKey, log.WithName("tls")); err != nil {
+			return nil, err
+		}
+	}
 	reg := registry.New(registry.Source{Upstream: up, Cache: c}, guard, log.WithName("registry"))
 	handler := registryRoutes(reg, tokens)
 	ops := opsRoutes(promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}), scanner.Handler(s.SummaryInterval.Std(), log.WithName("summary")))
@@ -134,7 +145,7 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 	}
 	closers = append([]func() error{func() error { c.Close(); return nil }}, closers...)
 	return &Server{settings: s, log: log, cache: c, summary: scanner, closers: closers, handler: handler, ops: ops,
-		idleTimeout: o.idleTimeout, writeTimeout: o.writeTimeout}, nil
+		idleTimeout: o.idleTimeout, writeTimeout: o.writeTimeout, certs: certs}, nil
 }
 
 // Handler is what the registry port serves: the pull API and logins.
@@ -163,8 +174,17 @@ func (s *Server) Run(ctx context.Context) error {
 		{Addr: s.settings.MetricsListen, Handler: s.ops, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: s.idleTimeout, WriteTimeout: time.Minute},
 	}
 	errc := make(chan error, len(servers))
+	if s.certs != nil {
+		servers[0].TLSConfig = s.certs.config()
+	}
 	for _, srv := range servers {
-		go func() { errc <- srv.ListenAndServe() }()
+		go func() {
+			if srv.TLSConfig != nil {
+				errc <- srv.ListenAndServeTLS("", "")
+				return
+			}
+			errc <- srv.ListenAndServe()
+		}()
 	}
 	s.log.Info("serving", "listen", s.settings.Listen, "metricsListen", s.settings.MetricsListen, "upstream", s.settings.Upstream,
 		"storage", s.settings.Storage, "recheckInterval", s.settings.RecheckInterval.Std().String())

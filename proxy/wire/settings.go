@@ -24,6 +24,8 @@ import (
 type Settings struct {
 	Listen            string   `json:"listen,omitempty"`
 	MetricsListen     string   `json:"metrics-listen,omitempty"`
+	TLSCert           string   `json:"tls-cert,omitempty"`
+	TLSKey            string   `json:"tls-key,omitempty"`
 	Upstream          string   `json:"upstream,omitempty"`
 	Storage           string   `json:"storage,omitempty"`
 	S3Endpoint        string   `json:"s3-endpoint,omitempty"`
@@ -65,6 +67,8 @@ func Defaults() Settings {
 func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&s.Listen, "listen", s.Listen, "address to serve the registry API and logins on")
 	fs.StringVar(&s.MetricsListen, "metrics-listen", s.MetricsListen, "address to serve /metrics, /status/summary, /healthz and /readyz on; keep it off the network tenants reach")
+	fs.StringVar(&s.TLSCert, "tls-cert", s.TLSCert, "PEM certificate (chain) to serve the registry port with HTTPS; re-read when the file changes")
+	fs.StringVar(&s.TLSKey, "tls-key", s.TLSKey, "PEM private key of --tls-cert")
 	fs.StringVar(&s.Upstream, "upstream", s.Upstream, "registry to pull through (scheme and host)")
 	fs.StringVar(&s.Storage, "storage", s.Storage, "where the cache lives: a directory, or s3://BUCKET/PREFIX (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
 	fs.StringVar(&s.S3Endpoint, "s3-endpoint", s.S3Endpoint, "S3 endpoint host:port (MinIO); empty for AWS")
