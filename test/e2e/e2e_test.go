@@ -51,6 +51,10 @@ import (
 
 const (
 	namespace      = "e2e"
+	// storageNS runs MinIO, as root; the tenants' namespace enforces the
+	// restricted Pod Security Standard, and everything the operator makes
+	// runs there.
+	storageNS      = "e2e-storage"
 	proxyNodePort  = 30500
 	minioNodePort  = 30900
 	bucket         = "e2e-cache"
@@ -75,6 +79,15 @@ func TestEndToEnd(t *testing.T) {
 	upstream := testenv.StartRegistryAt(t, testenv.FreeAddrOn(t, k.nodeIP))
 	k.front = testenv.StartFrontAt(t, testenv.FreeAddrOn(t, k.nodeIP), upstream.URL())
 	images := pushTestImages(t, upstream.Addr)
+
+	t.Run("the tenants' namespace enforces the restricted Pod Security Standard", func(t *testing.T) {
+		root := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "root", Namespace: namespace}, Spec: corev1.PodSpec{
+			Containers: []corev1.Container{{Name: "c", Image: os.Getenv("DEPPROXY_E2E_PAUSE_IMAGE")}}}}
+		err := k.c.Create(ctx, root)
+		if err == nil || !strings.Contains(err.Error(), "violates PodSecurity") {
+			t.Fatalf("a pod without a restricted security context was admitted: %v", err)
+		}
+	})
 
 	dp := k.applyProxy(ctx, t)
 
@@ -165,8 +178,14 @@ func connect(t *testing.T) *cluster {
 		}
 	}
 	k.proxy = net.JoinHostPort(k.nodeIP, strconv.Itoa(proxyNodePort))
-	if err := c.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
+	restricted := map[string]string{"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
+	for _, ns := range []*corev1.Namespace{
+		{ObjectMeta: metav1.ObjectMeta{Name: namespace, Labels: restricted}},
+		{ObjectMeta: metav1.ObjectMeta{Name: storageNS}},
+	} {
+		if err := c.Create(context.Background(), ns); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
 	}
 	return k
 }
@@ -177,7 +196,7 @@ func (k *cluster) startMinIO(ctx context.Context, t *testing.T) {
 	labels := map[string]string{"app": "minio"}
 	env := []corev1.EnvVar{{Name: "MINIO_ROOT_USER", Value: minioAccessKey}, {Name: "MINIO_ROOT_PASSWORD", Value: minioSecretKey}}
 	objs := []client.Object{
-		&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "minio", Namespace: namespace}, Spec: appsv1.DeploymentSpec{
+		&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "minio", Namespace: storageNS}, Spec: appsv1.DeploymentSpec{
 			Selector: &metav1.LabelSelector{MatchLabels: labels},
 			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: corev1.PodSpec{
 				Containers: []corev1.Container{{Name: "minio", Image: os.Getenv("DEPPROXY_E2E_MINIO_IMAGE"),
@@ -191,7 +210,7 @@ func (k *cluster) startMinIO(ctx context.Context, t *testing.T) {
 					{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}},
 			}},
 		}},
-		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "minio", Namespace: namespace}, Spec: corev1.ServiceSpec{
+		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "minio", Namespace: storageNS}, Spec: corev1.ServiceSpec{
 			Type: corev1.ServiceTypeNodePort, Selector: labels,
 			Ports: []corev1.ServicePort{{Port: 9000, TargetPort: intstr.FromInt32(9000), NodePort: minioNodePort}},
 		}},
@@ -221,7 +240,7 @@ func (k *cluster) startMinIO(ctx context.Context, t *testing.T) {
 func (k *cluster) applyProxy(ctx context.Context, t *testing.T) *depproxyv1.DependencyProxy {
 	t.Helper()
 	var svc corev1.Service
-	if err := k.c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: "minio"}, &svc); err != nil {
+	if err := k.c.Get(ctx, client.ObjectKey{Namespace: storageNS, Name: "minio"}, &svc); err != nil {
 		t.Fatal(err)
 	}
 	dp := &depproxyv1.DependencyProxy{
@@ -396,7 +415,11 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T) {
 	before := k.mirroredManifests(t)
 	k.front.Reset()
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "mirrored", Namespace: namespace}, Spec: corev1.PodSpec{
-		Containers: []corev1.Container{{Name: "app", Image: "docker.io/library/e2e-mirror:1", ImagePullPolicy: corev1.PullAlways}},
+		SecurityContext: &corev1.PodSecurityContext{RunAsNonRoot: ptr.To(true), RunAsUser: ptr.To[int64](65532),
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}},
+		Containers: []corev1.Container{{Name: "app", Image: "docker.io/library/e2e-mirror:1", ImagePullPolicy: corev1.PullAlways,
+			SecurityContext: &corev1.SecurityContext{AllowPrivilegeEscalation: ptr.To(false),
+				Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}}},
 	}}
 	if err := k.c.Create(ctx, pod); err != nil {
 		t.Fatal(err)
