@@ -96,6 +96,8 @@ fuzz:
 	$(GO) test ./proxy/manifest -run '^$$' -fuzz FuzzMediaType -fuzztime 60s
 	$(GO) test ./proxy/registry -run '^$$' -fuzz FuzzParseRoute -fuzztime 60s
 	$(GO) test ./proxy/token -run '^$$' -fuzz FuzzVerify -fuzztime 60s
+	$(GO) test ./proxy/registry -run '^$$' -fuzz FuzzSourceSelection -fuzztime 60s
+	$(GO) test ./proxy/wire -run '^$$' -fuzz FuzzSettingsFile -fuzztime 60s
 
 ## bench: depproxy against CNCF Distribution's proxy mode, printed as a table
 bench: tools

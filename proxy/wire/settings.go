@@ -104,7 +104,7 @@ func (s *Settings) Load(fs *flag.FlagSet, args []string) error {
 		return err
 	}
 	if *configFile == "" {
-		return nil
+		return s.Validate()
 	}
 	raw, err := os.ReadFile(*configFile)
 	if err != nil {
@@ -113,6 +113,15 @@ func (s *Settings) Load(fs *flag.FlagSet, args []string) error {
 	fromFile := Defaults()
 	if err := yaml.UnmarshalStrict(raw, &fromFile); err != nil {
 		return fmt.Errorf("config file %s: %w", *configFile, err)
+	}
+	// JSON field matching ignores case; the file's keys are flag names,
+	// which do not.
+	var keys map[string]any
+	yaml.Unmarshal(raw, &keys)
+	for key := range keys {
+		if f := fs.Lookup(key); f == nil || key == "config" {
+			return fmt.Errorf("config file %s: unknown key %q (keys are the flag names, in lower case)", *configFile, key)
+		}
 	}
 	// The command line wins: replay what it set over the file's values.
 	replay := flag.NewFlagSet("replay", flag.ContinueOnError)
@@ -124,6 +133,33 @@ func (s *Settings) Load(fs *flag.FlagSet, args []string) error {
 		}
 	})
 	*s = fromFile
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return s.Validate()
+}
+
+// Validate refuses settings no proxy can run with.
+func (s *Settings) Validate() error {
+	var errs []error
+	for name, v := range map[string]string{"listen": s.Listen, "metrics-listen": s.MetricsListen, "upstream": s.Upstream,
+		"storage": s.Storage, "tenant": s.Tenant} {
+		if v == "" {
+			errs = append(errs, fmt.Errorf("%s may not be empty", name))
+		}
+	}
+	if s.RecheckInterval < 0 {
+		errs = append(errs, errors.New("recheck-interval may not be negative"))
+	}
+	if s.SummaryInterval <= 0 {
+		errs = append(errs, errors.New("summary-interval must be positive"))
+	}
+	if s.MaxDownloads < 1 {
+		errs = append(errs, errors.New("max-downloads must be at least 1"))
+	}
+	if s.MaxBlobSize < 1 {
+		errs = append(errs, errors.New("max-blob-size must be positive"))
+	}
 	return errors.Join(errs...)
 }
 

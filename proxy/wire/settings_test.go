@@ -58,6 +58,10 @@ recheck-interval: 5m
 func TestFileErrorsSayWhatIsWrong(t *testing.T) {
 	for file, want := range map[string]string{
 		"lisen: :5000\n":           `unknown field "lisen"`,
+		"Listen: :5000\n":          `unknown key "Listen"`,
+		"max-downloads: 0\n":       "max-downloads must be at least 1",
+		"max-blob-size: lots\n":    "want a size",
+		"listen: ''\n":             "listen may not be empty",
 		"recheck-interval: soon\n": "duration",
 		"recheck-interval: 30\n":   "duration",
 		"listen: [\n":              "config file",

@@ -1,0 +1,84 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"testing"
+
+	"github.com/go-logr/logr"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depproxy/depproxy/proxy/cache"
+	"github.com/depproxy/depproxy/proxy/upstream"
+)
+
+// askedCache records what reached it and has nothing.
+type askedCache struct{ repos []string }
+
+func (c *askedCache) Manifest(_ context.Context, repo, _ string, _ []string) (*cache.Manifest, error) {
+	c.repos = append(c.repos, repo)
+	return nil, upstream.ErrNotFound
+}
+
+func (c *askedCache) Blob(_ context.Context, repo string, _ digest.Digest) (*cache.Blob, error) {
+	c.repos = append(c.repos, repo)
+	return nil, upstream.ErrNotFound
+}
+
+func (c *askedCache) StatBlob(_ context.Context, repo string, _ digest.Digest) (int64, error) {
+	c.repos = append(c.repos, repo)
+	return 0, upstream.ErrNotFound
+}
+
+func (c *askedCache) Tags(_ context.Context, repo string, _ url.Values) ([]byte, error) {
+	c.repos = append(c.repos, repo)
+	return nil, upstream.ErrNotFound
+}
+
+func (c *askedCache) Referrers(_ context.Context, repo string, _ digest.Digest, _ url.Values) []byte {
+	c.repos = append(c.repos, repo)
+	return []byte(`{"manifests":[]}`)
+}
+
+// FuzzSourceSelection: whatever the path and containerd's ?ns=, a
+// request reaches a cache only for a registry that cache mirrors, under
+// the name its upstream knows; everything else is an OCI error.
+func FuzzSourceSelection(f *testing.F) {
+	f.Add("/v2/library/alpine/manifests/latest", "docker.io")
+	f.Add("/v2/alpine/manifests/latest", "")
+	f.Add("/v2/alpine/manifests/latest", "127.0.0.1:22")
+	f.Add("/v2/alpine/blobs/sha256:"+"0000000000000000000000000000000000000000000000000000000000000000", "evil.example/..")
+	f.Add("/v2/alpine/tags/list", "ghcr.io")
+	up, err := upstream.New(upstream.DockerHub)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, path, ns string) {
+		c := &askedCache{}
+		reg := New(Source{Upstream: up, Cache: c}, nil, logr.Discard())
+		req := httptest.NewRequest(http.MethodGet, "/", nil)
+		req.URL = &url.URL{Path: path, RawQuery: url.Values{"ns": {ns}}.Encode()}
+		w := httptest.NewRecorder()
+		reg.ServeHTTP(w, req)
+		if len(c.repos) > 0 {
+			if ns != "" && !up.Mirrors(ns) {
+				t.Fatalf("ns %q reached the Docker Hub cache", ns)
+			}
+			rt, _ := parseRoute(path)
+			if c.repos[0] != up.Repository(rt.name) {
+				t.Fatalf("the cache got %q for %q", c.repos[0], rt.name)
+			}
+		}
+		if w.Code != http.StatusOK {
+			var e struct {
+				Errors []struct{ Code string } `json:"errors"`
+			}
+			if err := json.Unmarshal(w.Body.Bytes(), &e); err != nil || len(e.Errors) == 0 {
+				t.Fatalf("%s ns=%q: %d with a body that is no OCI error: %q", path, ns, w.Code, w.Body)
+			}
+		}
+	})
+}
