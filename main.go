@@ -27,7 +27,7 @@ func main() {
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader, for more than one manager replica")
 	flag.StringVar(&proxyImage, "proxy-image", controllers.DefaultImage, "depproxy image run for a DependencyProxy without spec.image")
-	flag.DurationVar(&summaryInterval, "summary-interval", time.Minute, "how often a proxy's cache summary is copied into its status")
+	flag.DurationVar(&summaryInterval, "summary-interval", time.Minute, "how often each DependencyProxy is looked at again: its cache summary copied into its status, and changes to the Secrets it names picked up")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
