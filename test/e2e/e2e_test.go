@@ -50,7 +50,7 @@ import (
 )
 
 const (
-	namespace      = "e2e"
+	namespace = "e2e"
 	// storageNS runs MinIO, as root; the tenants' namespace enforces the
 	// restricted Pod Security Standard, and everything the operator makes
 	// runs there.
