@@ -96,7 +96,7 @@ func proxySettings(dp *depproxyv1.DependencyProxy) wire.Settings {
 	return wire.Settings{
 		Listen:            fmt.Sprintf(":%d", ProxyPort),
 		MetricsListen:     fmt.Sprintf(":%d", MetricsPort),
-		Upstream:          dp.Spec.Upstream.URL,
+		Upstream:          wire.Keys(dp.Spec.Upstream.URL),
 		Storage:           storage,
 		S3Endpoint:        s.Endpoint,
 		S3Insecure:        s.Insecure,
@@ -105,8 +105,8 @@ func proxySettings(dp *depproxyv1.DependencyProxy) wire.Settings {
 		Tenant:            tenantName(dp),
 		TokenKey:          tokenKeyDir + "/" + tokenKeyFile,
 		Users:             ifSet(usersSecret(dp), usersDir),
-		UpstreamCreds:     ifSet(upstreamCredsSecret(dp), upstreamDir),
-		UpstreamMirrorOf:  strings.Join(dp.Spec.Upstream.MirrorOf, ","),
+		UpstreamCreds:     keysIfSet(upstreamCredsSecret(dp), upstreamDir),
+		UpstreamMirrorOf:  keysIfSet(strings.Join(dp.Spec.Upstream.MirrorOf, ","), strings.Join(dp.Spec.Upstream.MirrorOf, ",")),
 		TLSCert:           ifSet(tlsSecret(dp), tlsDir+"/"+corev1.TLSCertKey),
 		TLSKey:            ifSet(tlsSecret(dp), tlsDir+"/"+corev1.TLSPrivateKeyKey),
 	}
@@ -125,6 +125,13 @@ func upstreamCredsSecret(dp *depproxyv1.DependencyProxy) string {
 		return ref.Name
 	}
 	return ""
+}
+
+func keysIfSet(cond, v string) wire.KeyedList {
+	if cond == "" {
+		return wire.KeyedList{}
+	}
+	return wire.Keys(v)
 }
 
 func ifSet(cond, v string) string {

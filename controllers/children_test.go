@@ -30,9 +30,9 @@ func testProxy() *depproxyv1.DependencyProxy {
 
 func TestProxySettings(t *testing.T) {
 	f := proxySettings(testProxy())
-	if f.Storage != "s3://cache/team-a" || f.Upstream != "https://quay.io" || f.RecheckInterval.Std() != 90*time.Second ||
+	if f.Storage != "s3://cache/team-a" || f.Upstream.String() != "https://quay.io" || f.RecheckInterval.Std() != 90*time.Second ||
 		f.PrefetchPlatforms != "linux/amd64,linux/arm64" || f.Listen != ":5000" || !f.S3Insecure ||
-		f.UpstreamMirrorOf != "quay.io,mirror.internal:5000" {
+		f.UpstreamMirrorOf.String() != "quay.io,mirror.internal:5000" {
 		t.Fatalf("%+v", f)
 	}
 }

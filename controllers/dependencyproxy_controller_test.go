@@ -39,7 +39,7 @@ func TestCreateBuildsOwnedChildren(t *testing.T) {
 
 	cm := &corev1.ConfigMap{}
 	k8sClient.Get(ctx, name, cm)
-	for _, line := range []string{"upstream: https://registry-1.docker.io", "storage: s3://cache/" + ns + "/team-a", "s3-endpoint: minio.minio:9000", "s3-insecure: true", "listen: :5000"} {
+	for _, line := range []string{"upstream:\n- https://registry-1.docker.io", "storage: s3://cache/" + ns + "/team-a", "s3-endpoint: minio.minio:9000", "s3-insecure: true", "listen: :5000"} {
 		if !strings.Contains(cm.Data["config.yaml"], line) {
 			t.Errorf("config.yaml lacks %q:\n%s", line, cm.Data["config.yaml"])
 		}

@@ -2,6 +2,7 @@
 //
 //	depproxy serve [flags]
 //	depproxy cleanup --ttl 720h [flags]
+//	depproxy hosts --endpoint URL --registry NAME [flags]
 package main
 
 import (
@@ -24,11 +25,16 @@ const usage = `depproxy is a pull-through cache for container images.
 Usage:
   depproxy serve [flags]               serve the OCI /v2 pull API
   depproxy cleanup --ttl 720h [flags]  delete what was not pulled within the TTL
+  depproxy hosts --endpoint URL --registry docker.io [flags]
+                                       make this node's containerd (or CRI-O, podman) pull through the cache
 
-Run 'depproxy serve --help' or 'depproxy cleanup --help' for the flags.
+Run 'depproxy COMMAND --help' for the flags.
 `
 
 func main() {
+	if len(os.Args) >= 2 && os.Args[1] == "hosts" {
+		exit(hostsCommand(os.Args[2:]))
+	}
 	if len(os.Args) < 2 || (os.Args[1] != "serve" && os.Args[1] != "cleanup") {
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
@@ -53,12 +59,17 @@ func main() {
 	} else {
 		err = serve(ctx, settings, log)
 	}
+	exit(err)
+}
+
+// exit ends the program: one plain line for an error, which is what a
+// person (or a failed Job's termination message) reads.
+func exit(err error) {
 	if err != nil {
-		// One plain line: it is what a person (or a failed Job's
-		// termination message) reads.
 		fmt.Fprintln(os.Stderr, "depproxy:", err)
 		os.Exit(1)
 	}
+	os.Exit(0)
 }
 
 func serve(ctx context.Context, settings wire.Settings, log logr.Logger) error {

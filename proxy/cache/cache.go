@@ -15,7 +15,6 @@ import (
 	"github.com/go-logr/logr"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
-	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/depproxy/depproxy/proxy/layout"
@@ -41,7 +40,7 @@ type Cache struct {
 	up       Upstream
 	store    storage.Storage
 	log      logr.Logger
-	metrics  *metrics
+	metrics  *Metrics
 	spoolDir string
 
 	recheck     time.Duration
@@ -67,6 +66,11 @@ type Cache struct {
 	now      func() time.Time
 	lists    listCache
 	tagMoved func(repo, tag string)
+
+	// registry names the upstream's tags in storage; legacyTags also
+	// reads tags where releases before several upstreams kept them.
+	registry   string
+	legacyTags bool
 }
 
 // Option configures a Cache.
@@ -120,10 +124,8 @@ func WithLimits(l Limits) Option {
 	}
 }
 
-// WithMetrics registers the cache's metrics on r.
-func WithMetrics(r prometheus.Registerer) Option {
-	return func(c *Cache) { c.metrics = newMetrics(r) }
-}
+// WithMetrics counts into m (NewMetrics), which several caches may share.
+func WithMetrics(m *Metrics) Option { return func(c *Cache) { c.metrics = m } }
 
 // WithPrefetch fetches, whenever a tag brings a new index, the children for
 // these platforms and their blobs, so that they pull fast and pull while
@@ -133,6 +135,16 @@ func WithPrefetch(platforms []v1.Platform) Option { return func(c *Cache) { c.pr
 // WithRedirect sends clients of cached blobs to the storage's own URL
 // (presigned S3) when the storage has one, instead of streaming them.
 func WithRedirect(on bool) Option { return func(c *Cache) { c.redirect = on } }
+
+// WithRegistry keeps this cache's tags under its registry's name, apart
+// from other registries' tags (the same repository and tag on two
+// registries are two images). With legacy, tags that releases before
+// several upstreams wrote are served too, and moved to the registry's
+// place when read: set it for the default upstream only, the one those
+// releases pulled through.
+func WithRegistry(name string, legacy bool) Option {
+	return func(c *Cache) { c.registry, c.legacyTags = name, legacy }
+}
 
 // WithTagMoved calls fn whenever a tag is stored new or pointing
 // elsewhere (the summary rescans then).
@@ -164,7 +176,7 @@ func New(up Upstream, store storage.Storage, opts ...Option) *Cache {
 		o(c)
 	}
 	if c.metrics == nil {
-		c.metrics = newMetrics(nil)
+		c.metrics = NewMetrics(nil)
 	}
 	c.downloads = make(chan struct{}, c.limits.MaxDownloads)
 	c.reads = newReadTracker(store, c.now, c.log)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/manifest"
+	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/proxy/upstream"
 )
 
@@ -36,7 +37,7 @@ func (c *Cache) Manifest(ctx context.Context, repo, ref string, accept []string)
 	}
 	m, err := c.manifestByTag(ctx, repo, ref, accept)
 	if err == nil {
-		c.reads.touch(layout.Tag(repo, ref), layout.Manifest(m.Digest))
+		c.reads.touch(layout.Tag(c.registry, repo, ref), layout.Manifest(m.Digest))
 	}
 	return m, err
 }
@@ -92,9 +93,8 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 			}
 			return nil, err
 		}
-		ds := m.Digest.String()
 		moved := cached == nil || cached.Digest != m.Digest
-		if err := c.store.Put(ctx, layout.Tag(repo, tag), strings.NewReader(ds), int64(len(ds))); err != nil {
+		if err := c.storeTag(ctx, repo, tag, m.Digest); err != nil {
 			c.storageFailed(err, "store tag", "repository", repo, "tag", tag)
 		} else if moved {
 			c.tagMoved(repo, tag)
@@ -206,7 +206,21 @@ func (c *Cache) loadManifest(ctx context.Context, d digest.Digest) (*Manifest, e
 
 // loadTag returns the cached manifest a tag points at, or nil.
 func (c *Cache) loadTag(ctx context.Context, repo, tag string) *Manifest {
-	d, err := layout.ReadTag(ctx, c.store, repo, tag)
+	d, err := layout.ReadTag(ctx, c.store, c.registry, repo, tag)
+	if errors.Is(err, storage.ErrNotFound) && c.legacyTags {
+		if d, err = layout.ReadTag(ctx, c.store, "", repo, tag); err == nil {
+			// An older release's tag: it moves to this registry's place.
+			if err := c.storeTag(ctx, repo, tag, d); err != nil {
+				c.storageFailed(err, "move tag", "repository", repo, "tag", tag)
+			} else {
+				for _, key := range []string{layout.Tag("", repo, tag), layout.LastRead(layout.Tag("", repo, tag))} {
+					if err := c.store.Delete(ctx, key); err != nil {
+						c.storageFailed(err, "move tag", "repository", repo, "tag", tag)
+					}
+				}
+			}
+		}
+	}
 	if err != nil {
 		c.storageFailed(err, "read tag", "repository", repo, "tag", tag)
 		return nil
@@ -216,6 +230,11 @@ func (c *Cache) loadTag(ctx context.Context, repo, tag string) *Manifest {
 		return nil
 	}
 	return m
+}
+
+func (c *Cache) storeTag(ctx context.Context, repo, tag string, d digest.Digest) error {
+	ds := d.String()
+	return c.store.Put(ctx, layout.Tag(c.registry, repo, tag), strings.NewReader(ds), int64(len(ds)))
 }
 
 // maxChecked bounds the tags whose last check is remembered.

@@ -6,7 +6,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-type metrics struct {
+// Metrics are the caches' counters; the caches of several upstreams
+// share one set.
+type Metrics struct {
 	requests      *prometheus.CounterVec
 	upstreamBytes prometheus.Counter
 	storageErrors prometheus.Counter
@@ -14,9 +16,9 @@ type metrics struct {
 	hits, misses atomic.Int64
 }
 
-// newMetrics builds the cache's metrics and registers them on r, if any.
-func newMetrics(r prometheus.Registerer) *metrics {
-	m := &metrics{
+// NewMetrics builds the caches' metrics and registers them on r, if any.
+func NewMetrics(r prometheus.Registerer) *Metrics {
+	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "depproxy_cache_requests_total",
 			Help: "Manifest and blob requests by result: hit (from storage), join (shared a running download), miss (downloaded).",
@@ -36,7 +38,7 @@ func newMetrics(r prometheus.Registerer) *metrics {
 	return m
 }
 
-func (m *metrics) request(kind, result string) {
+func (m *Metrics) request(kind, result string) {
 	m.requests.WithLabelValues(kind, result).Inc()
 	if result == "hit" {
 		m.hits.Add(1)

@@ -83,8 +83,18 @@ func Run(ctx context.Context, store storage.Storage, opts Options) (*Summary, er
 
 // tags deletes unread tags; a kept tag keeps its manifest.
 func (r *run) tags(ctx context.Context) error {
-	return r.store.List(ctx, layout.RepositoriesPrefix, func(key string, info storage.Info) error {
-		if _, _, ok := layout.ParseTag(key); !ok {
+	for _, prefix := range layout.TagPrefixes {
+		if err := r.store.List(ctx, prefix, r.tag(ctx)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tag decides one listed tag, of any registry.
+func (r *run) tag(ctx context.Context) func(key string, info storage.Info) error {
+	return func(key string, info storage.Info) error {
+		if _, _, _, ok := layout.ParseTag(key); !ok {
 			return nil
 		}
 		if r.fresh(ctx, key, info) {
@@ -96,7 +106,7 @@ func (r *run) tags(ctx context.Context) error {
 		}
 		r.sum.DeletedTags++
 		return r.delete(ctx, key, info.Size)
-	})
+	}
 }
 
 // manifests keeps those read recently or pointed at by a kept tag, and

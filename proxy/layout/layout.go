@@ -1,14 +1,17 @@
 // Package layout is where a cache keeps things in its storage: one place
 // that the cache, which writes, and the cleanup, which deletes, share.
 //
-//	blobs/<alg>/<hex>                     blob bytes, shared by all repositories
-//	manifests/<alg>/<hex>                 "<media type>\n" + manifest bytes
-//	repositories/<repo>/_tags/<tag>       the digest a tag points at
-//	_lastread/<any of the above>          when it was last pulled (unix seconds)
-//	_cleanup/last.json                    the last cleanup run's summary
+//	blobs/<alg>/<hex>                          blob bytes, shared by all repositories and registries
+//	manifests/<alg>/<hex>                      "<media type>\n" + manifest bytes, likewise
+//	registries/<registry>/<repo>/_tags/<tag>   the digest a tag of that registry points at
+//	repositories/<repo>/_tags/<tag>            a tag as releases before several upstreams kept it
+//	_lastread/<any of the above>               when it was last pulled (unix seconds)
+//	_cleanup/last.json                         the last cleanup run's summary
 //
-// Repository path components never start with "_", so "_tags" and the
-// "_" prefixes cannot collide with a repository name.
+// Tags belong to their registry: library/x on docker.io and on another
+// registry are two images. Repository path components never start with
+// "_", so "_tags" and the "_" prefixes cannot collide with a repository
+// name; a registry name has no "/".
 package layout
 
 import (
@@ -31,7 +34,10 @@ const (
 	BlobsPrefix = "blobs/"
 	// ManifestsPrefix holds manifests.
 	ManifestsPrefix = "manifests/"
-	// RepositoriesPrefix holds tags.
+	// RegistriesPrefix holds tags, by registry.
+	RegistriesPrefix = "registries/"
+	// RepositoriesPrefix holds the tags older releases wrote, of the one
+	// upstream they had.
 	RepositoriesPrefix = "repositories/"
 	// LastReadPrefix holds last-read markers.
 	LastReadPrefix = "_lastread/"
@@ -49,20 +55,34 @@ func Manifest(d digest.Digest) string {
 	return ManifestsPrefix + d.Algorithm().String() + "/" + d.Encoded()
 }
 
-// Tag is the key of a tag.
-func Tag(repo, tag string) string { return RepositoriesPrefix + repo + tagsInfix + tag }
+// TagPrefixes are where tags live.
+var TagPrefixes = []string{RegistriesPrefix, RepositoriesPrefix}
+
+// Tag is the key of a tag of a registry; registry "" is the layout of
+// releases before several upstreams.
+func Tag(registry, repo, tag string) string {
+	if registry == "" {
+		return RepositoriesPrefix + repo + tagsInfix + tag
+	}
+	return RegistriesPrefix + registry + "/" + repo + tagsInfix + tag
+}
 
 // LastRead is the key of an object's last-read marker.
 func LastRead(key string) string { return LastReadPrefix + key }
 
 // ParseTag is the inverse of Tag.
-func ParseTag(key string) (repo, tag string, ok bool) {
-	rest, ok := strings.CutPrefix(key, RepositoriesPrefix)
-	if !ok {
-		return "", "", false
+func ParseTag(key string) (registry, repo, tag string, ok bool) {
+	rest, legacy := strings.CutPrefix(key, RepositoriesPrefix)
+	if !legacy {
+		if rest, ok = strings.CutPrefix(key, RegistriesPrefix); !ok {
+			return "", "", "", false
+		}
+		if registry, rest, ok = strings.Cut(rest, "/"); !ok || registry == "" {
+			return "", "", "", false
+		}
 	}
 	repo, tag, ok = strings.Cut(rest, tagsInfix)
-	return repo, tag, ok && repo != "" && tag != "" && !strings.Contains(tag, "/")
+	return registry, repo, tag, ok && repo != "" && tag != "" && !strings.Contains(tag, "/")
 }
 
 // ParseDigest returns the digest of a blob or manifest key.
@@ -126,8 +146,8 @@ func ReadManifest(ctx context.Context, s storage.Storage, d digest.Digest) (body
 }
 
 // ReadTag returns the digest a stored tag points at.
-func ReadTag(ctx context.Context, s storage.Storage, repo, tag string) (digest.Digest, error) {
-	return ReadDigest(ctx, s, Tag(repo, tag))
+func ReadTag(ctx context.Context, s storage.Storage, registry, repo, tag string) (digest.Digest, error) {
+	return ReadDigest(ctx, s, Tag(registry, repo, tag))
 }
 
 // ReadDigest returns the digest stored under a tag key.

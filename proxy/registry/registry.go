@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/go-logr/logr"
@@ -30,7 +31,8 @@ type Cache interface {
 // Upstream is what the registry asks of an upstream to route a request
 // to its cache.
 type Upstream interface {
-	// Mirrors reports whether ns (containerd's ?ns=) names this upstream.
+	// Mirrors reports whether ns (containerd's ?ns=, or a path prefix)
+	// names this upstream's registry.
 	Mirrors(ns string) bool
 	// Repository maps a client's repository name to the upstream's.
 	Repository(name string) string
@@ -49,27 +51,65 @@ type Authorizer interface {
 
 // Registry serves the OCI distribution pull API.
 type Registry struct {
-	source Source
-	auth   Authorizer
-	log    logr.Logger
+	sources []Source // the first is the default
+	auth    Authorizer
+	log     logr.Logger
 }
 
-// New returns the /v2 handler for one source. A nil auth lets everyone
-// pull.
-func New(src Source, auth Authorizer, log logr.Logger) *Registry {
-	return &Registry{source: src, auth: auth, log: log}
+// New returns the /v2 handler for sources, the first being the default
+// for requests that name no registry. A nil auth lets everyone pull.
+func New(sources []Source, auth Authorizer, log logr.Logger) *Registry {
+	return &Registry{sources: sources, auth: auth, log: log}
 }
 
 // pick chooses the cache for a request, and the repository name as its
-// upstream knows it.
+// upstream knows it. A request names its registry by containerd's ?ns=,
+// or by a path prefix (/v2/ghcr.io/org/app/..., what CRI-O, podman and
+// docker pull cache/ghcr.io/org/app send) whose first element is a host
+// name; otherwise it is the default upstream's. A registry that no
+// source mirrors is refused, and nothing is dialled for it: serving
+// another registry's image of the same name would be the wrong image.
 func (reg *Registry) pick(r *http.Request, rt route) (Cache, string, *regError) {
-	if ns := r.URL.Query().Get("ns"); ns != "" && !reg.source.Upstream.Mirrors(ns) {
-		// containerd asks a mirror for an image of registry ns: serving
-		// this upstream's image of the same name would be the wrong one.
-		return nil, "", &regError{Status: http.StatusNotFound, Code: "NAME_UNKNOWN",
-			Message: "this cache does not mirror " + ns + "; configure it as a mirror only for its upstream"}
+	first, rest, nested := strings.Cut(rt.name, "/")
+	if ns := r.URL.Query().Get("ns"); ns != "" {
+		src, ok := reg.source(ns)
+		if !ok {
+			return nil, "", notMirrored(ns)
+		}
+		name := rt.name
+		if nested && src.Upstream.Mirrors(first) {
+			name = rest // a mirror configured with the path form as well
+		}
+		return src.Cache, src.Upstream.Repository(name), nil
 	}
-	return reg.source.Cache, reg.source.Upstream.Repository(rt.name), nil
+	if nested && looksLikeHost(first) {
+		src, ok := reg.source(first)
+		if !ok {
+			return nil, "", notMirrored(first)
+		}
+		return src.Cache, src.Upstream.Repository(rest), nil
+	}
+	return reg.sources[0].Cache, reg.sources[0].Upstream.Repository(rt.name), nil
+}
+
+func (reg *Registry) source(registry string) (Source, bool) {
+	for _, s := range reg.sources {
+		if s.Upstream.Mirrors(registry) {
+			return s, true
+		}
+	}
+	return Source{}, false
+}
+
+// looksLikeHost is Docker's rule for the first element of an image name:
+// a registry host has a dot or a port, or is localhost.
+func looksLikeHost(s string) bool {
+	return strings.ContainsAny(s, ".:") || s == "localhost"
+}
+
+func notMirrored(registry string) *regError {
+	return &regError{Status: http.StatusNotFound, Code: "NAME_UNKNOWN",
+		Message: "this cache does not mirror " + registry + "; configure it as a mirror only for the registries it pulls through"}
 }
 
 func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {

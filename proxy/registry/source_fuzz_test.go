@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"testing"
 
 	"github.com/go-logr/logr"
@@ -44,32 +45,54 @@ func (c *askedCache) Referrers(_ context.Context, repo string, _ digest.Digest, 
 }
 
 // FuzzSourceSelection: whatever the path and containerd's ?ns=, a
-// request reaches a cache only for a registry that cache mirrors, under
-// the name its upstream knows; everything else is an OCI error.
+// request reaches a cache only for a registry that cache mirrors, named
+// by ?ns=, by a path prefix, or by neither for the default; under the
+// name its upstream knows; everything else is an OCI error.
 func FuzzSourceSelection(f *testing.F) {
 	f.Add("/v2/library/alpine/manifests/latest", "docker.io")
 	f.Add("/v2/alpine/manifests/latest", "")
+	f.Add("/v2/ghcr.io/org/app/manifests/latest", "")
+	f.Add("/v2/quay.io/org/app/manifests/latest", "")
 	f.Add("/v2/alpine/manifests/latest", "127.0.0.1:22")
 	f.Add("/v2/alpine/blobs/sha256:"+"0000000000000000000000000000000000000000000000000000000000000000", "evil.example/..")
-	f.Add("/v2/alpine/tags/list", "ghcr.io")
-	up, err := upstream.New(upstream.DockerHub)
+	f.Add("/v2/ghcr.io/org/app/tags/list", "ghcr.io")
+	hub, err := upstream.New(upstream.DockerHub)
+	if err != nil {
+		f.Fatal(err)
+	}
+	ghcr, err := upstream.New("https://ghcr.io")
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, path, ns string) {
-		c := &askedCache{}
-		reg := New(Source{Upstream: up, Cache: c}, nil, logr.Discard())
+		hubCache, ghcrCache := &askedCache{}, &askedCache{}
+		reg := New([]Source{{Upstream: hub, Cache: hubCache}, {Upstream: ghcr, Cache: ghcrCache}}, nil, logr.Discard())
 		req := httptest.NewRequest(http.MethodGet, "/", nil)
 		req.URL = &url.URL{Path: path, RawQuery: url.Values{"ns": {ns}}.Encode()}
 		w := httptest.NewRecorder()
 		reg.ServeHTTP(w, req)
-		if len(c.repos) > 0 {
-			if ns != "" && !up.Mirrors(ns) {
-				t.Fatalf("ns %q reached the Docker Hub cache", ns)
+		if len(hubCache.repos) > 0 && len(ghcrCache.repos) > 0 {
+			t.Fatalf("%s ns=%q reached both caches", path, ns)
+		}
+		rt, _ := parseRoute(path)
+		first, rest, nested := strings.Cut(rt.name, "/")
+		for _, c := range []struct {
+			up    *upstream.Client
+			asked []string
+		}{{hub, hubCache.repos}, {ghcr, ghcrCache.repos}} {
+			if len(c.asked) == 0 {
+				continue
 			}
-			rt, _ := parseRoute(path)
-			if c.repos[0] != up.Repository(rt.name) {
-				t.Fatalf("the cache got %q for %q", c.repos[0], rt.name)
+			switch {
+			case ns != "" && !c.up.Mirrors(ns):
+				t.Fatalf("ns %q reached the cache of an upstream that does not mirror it", ns)
+			case ns == "" && nested && looksLikeHost(first) && !c.up.Mirrors(first):
+				t.Fatalf("path prefix %q reached the cache of an upstream that does not mirror it", first)
+			case ns == "" && !(nested && looksLikeHost(first)) && c.up != hub:
+				t.Fatalf("%s named no registry and did not go to the default", path)
+			}
+			if want, wantRest := c.up.Repository(rt.name), c.up.Repository(rest); c.asked[0] != want && c.asked[0] != wantRest {
+				t.Fatalf("the cache got %q for %q", c.asked[0], rt.name)
 			}
 		}
 		if w.Code != http.StatusOK {

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -36,7 +37,7 @@ import (
 type Server struct {
 	settings wire.Settings
 	log      logr.Logger
-	cache    *cache.Cache
+	caches   []*cache.Cache // one per upstream, the default first
 	summary  *summary.Scanner
 	closers  []func() error // what Run releases at the end
 	handler  http.Handler   // the registry port
@@ -101,7 +102,7 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 		closers = append(closers, spool.Close)
 		spoolOpt = append(spoolOpt, cache.WithSpoolDir(spool.Dir()))
 	}
-	up, err := newUpstream(s)
+	upstreams, err := s.Upstreams()
 	if err != nil {
 		return nil, err
 	}
@@ -112,17 +113,31 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		cleanup.NewCollector(store))
+	cacheMetrics := cache.NewMetrics(metrics)
 	var scanner *summary.Scanner
-	c := cache.New(up, store, append([]cache.Option{
-		cache.WithLogger(log.WithName("cache")),
-		cache.WithRecheckInterval(s.RecheckInterval.Std()),
-		cache.WithPrefetch(platforms),
-		cache.WithRedirect(s.S3Redirect),
-		cache.WithMetrics(metrics),
-		cache.WithTagMoved(func(string, string) { scanner.Invalidate() }),
-		cache.WithLimits(cache.Limits{MaxDownloads: s.MaxDownloads, MaxBlobSize: int64(s.MaxBlobSize)}),
-	}, append(spoolOpt, o.cache...)...)...)
-	scanner = summary.New(store, c.HitCounts)
+	// One cache per upstream, over the one storage: tags apart by
+	// registry, manifests and blobs shared by digest.
+	var caches []*cache.Cache
+	var sources []registry.Source
+	for _, u := range upstreams {
+		up, err := newUpstream(u)
+		if err != nil {
+			return nil, err
+		}
+		c := cache.New(up, store, append([]cache.Option{
+			cache.WithLogger(log.WithName("cache").WithValues("registry", u.Registry)),
+			cache.WithRegistry(u.Registry, u.Default),
+			cache.WithRecheckInterval(s.RecheckInterval.Std()),
+			cache.WithPrefetch(platforms),
+			cache.WithRedirect(s.S3Redirect),
+			cache.WithMetrics(cacheMetrics),
+			cache.WithTagMoved(func(string, string) { scanner.Invalidate() }),
+			cache.WithLimits(cache.Limits{MaxDownloads: s.MaxDownloads, MaxBlobSize: int64(s.MaxBlobSize)}),
+		}, append(spoolOpt, o.cache...)...)...)
+		caches = append(caches, c)
+		sources = append(sources, registry.Source{Upstream: up, Cache: c})
+	}
+	scanner = summary.New(store, caches[0].HitCounts, upstreams[0].Registry)
 
 	guard, tokens, err := logins(s, metrics, log)
 	if err != nil {
@@ -137,14 +152,16 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 			return nil, err
 		}
 	}
-	reg := registry.New(registry.Source{Upstream: up, Cache: c}, guard, log.WithName("registry"))
+	reg := registry.New(sources, guard, log.WithName("registry"))
 	handler := registryRoutes(reg, tokens)
 	ops := opsRoutes(promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}), scanner.Handler(s.SummaryInterval.Std(), log.WithName("summary")))
 	if s.LogLevel >= 1 {
 		handler = accessLog(handler, log.WithName("http"))
 	}
-	closers = append([]func() error{func() error { c.Close(); return nil }}, closers...)
-	return &Server{settings: s, log: log, cache: c, summary: scanner, closers: closers, handler: handler, ops: ops,
+	for _, c := range caches {
+		closers = append([]func() error{func() error { c.Close(); return nil }}, closers...)
+	}
+	return &Server{settings: s, log: log, caches: caches, summary: scanner, closers: closers, handler: handler, ops: ops,
 		idleTimeout: o.idleTimeout, writeTimeout: o.writeTimeout, certs: certs}, nil
 }
 
@@ -156,8 +173,8 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // registry port, which faces the tenants.
 func (s *Server) OpsHandler() http.Handler { return s.ops }
 
-// Cache is the proxy's cache.
-func (s *Server) Cache() *cache.Cache { return s.cache }
+// Cache is the default upstream's cache.
+func (s *Server) Cache() *cache.Cache { return s.caches[0] }
 
 // Summary is the proxy's cache summary.
 func (s *Server) Summary() *summary.Scanner { return s.summary }
@@ -166,8 +183,10 @@ func (s *Server) Summary() *summary.Scanner { return s.summary }
 // finish and the last reads are recorded.
 func (s *Server) Run(ctx context.Context) error {
 	trackCtx, stopTracking := context.WithCancel(context.Background())
-	tracked := make(chan struct{})
-	go func() { s.cache.TrackReads(trackCtx, time.Minute); close(tracked) }()
+	var tracking sync.WaitGroup
+	for _, c := range s.caches {
+		tracking.Go(func() { c.TrackReads(trackCtx, time.Minute) })
+	}
 
 	servers := []*http.Server{
 		{Addr: s.settings.Listen, Handler: progressDeadlines(s.handler, s.writeTimeout), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: s.idleTimeout},
@@ -186,7 +205,7 @@ func (s *Server) Run(ctx context.Context) error {
 			errc <- srv.ListenAndServe()
 		}()
 	}
-	s.log.Info("serving", "listen", s.settings.Listen, "metricsListen", s.settings.MetricsListen, "upstream", s.settings.Upstream,
+	s.log.Info("serving", "listen", s.settings.Listen, "metricsListen", s.settings.MetricsListen, "upstream", s.settings.Upstream.String(),
 		"storage", s.settings.Storage, "recheckInterval", s.settings.RecheckInterval.Std().String())
 	var err error
 	select {
@@ -202,7 +221,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	stopTracking()
-	<-tracked // the last reads are written before exit
+	tracking.Wait() // the last reads are written before exit
 	// Downloads nobody waits for any more are cancelled, and their spool
 	// files go with them.
 	for _, c := range s.closers {
@@ -237,15 +256,12 @@ func opsRoutes(metrics, summary http.Handler) http.Handler {
 	return mux
 }
 
-func newUpstream(s wire.Settings) (*upstream.Client, error) {
-	var opts []upstream.Option
-	if s.UpstreamCreds != "" {
-		opts = append(opts, upstream.WithCredentialsDir(s.UpstreamCreds))
+func newUpstream(u wire.Upstream) (*upstream.Client, error) {
+	opts := []upstream.Option{upstream.WithRegistry(u.Registry), upstream.WithMirrorOf(u.MirrorOf...)}
+	if u.Credentials != "" {
+		opts = append(opts, upstream.WithCredentialsDir(u.Credentials))
 	}
-	if s.UpstreamMirrorOf != "" {
-		opts = append(opts, upstream.WithMirrorOf(strings.Split(s.UpstreamMirrorOf, ",")...))
-	}
-	return upstream.New(s.Upstream, opts...)
+	return upstream.New(u.URL, opts...)
 }
 
 // logins builds the login side: who may pull, and the tokens that say so.

@@ -34,16 +34,20 @@ type Counts func() (hits, misses int64)
 type Scanner struct {
 	store  storage.Storage
 	counts Counts
-	last   atomic.Pointer[wire.Summary]
-	flight singleflight.Group
+	// legacyRegistry names the registry of tags that releases before
+	// several upstreams wrote: the default upstream's.
+	legacyRegistry string
+	last           atomic.Pointer[wire.Summary]
+	flight         singleflight.Group
 }
 
-// New returns a scanner of store; counts may be nil.
-func New(store storage.Storage, counts Counts) *Scanner {
+// New returns a scanner of store; counts may be nil. legacyRegistry is
+// the registry older releases' tags belong to (the default upstream's).
+func New(store storage.Storage, counts Counts, legacyRegistry string) *Scanner {
 	if counts == nil {
 		counts = func() (int64, int64) { return 0, 0 }
 	}
-	return &Scanner{store: store, counts: counts}
+	return &Scanner{store: store, counts: counts, legacyRegistry: legacyRegistry}
 }
 
 // Invalidate drops the last scan: a new or moved tag shows in the next
@@ -81,12 +85,12 @@ func (s *Scanner) scan(ctx context.Context) (*wire.Summary, error) {
 	var newest []wire.SummaryImage
 	err := s.store.List(ctx, "", func(key string, info storage.Info) error {
 		sum.Bytes += info.Size
-		repo, tag, ok := layout.ParseTag(key)
+		registry, repo, tag, ok := layout.ParseTag(key)
 		if !ok {
 			return nil
 		}
 		sum.ImageCount++
-		newest = append(newest, wire.SummaryImage{Repository: repo, Tag: tag, CachedAt: info.ModTime})
+		newest = append(newest, wire.SummaryImage{Registry: registry, Repository: repo, Tag: tag, CachedAt: info.ModTime})
 		if len(newest) > 2*maxImages {
 			newest = keepNewest(newest)
 		}
@@ -106,9 +110,12 @@ func (s *Scanner) scan(ctx context.Context) (*wire.Summary, error) {
 // describe fills in a tag's digest, media type and platforms; false if
 // the tag went since it was listed.
 func (s *Scanner) describe(ctx context.Context, img *wire.SummaryImage) bool {
-	d, err := layout.ReadTag(ctx, s.store, img.Repository, img.Tag)
+	d, err := layout.ReadTag(ctx, s.store, img.Registry, img.Repository, img.Tag)
 	if err != nil {
 		return false
+	}
+	if img.Registry == "" {
+		img.Registry = s.legacyRegistry
 	}
 	body, mt, err := layout.ReadManifest(ctx, s.store, d)
 	if err != nil {

@@ -78,7 +78,8 @@ type Client struct {
 	registry  name.Registry
 	auth      authn.Authenticator
 	transport http.RoundTripper
-	dockerHub bool
+	dockerHub bool // Docker Hub's naming: nginx is library/nginx
+	name      string
 	mirrorOf  []string
 
 	// transports holds the authenticated transport of recently used
@@ -98,6 +99,18 @@ type Option func(*Client)
 // Secret (see FileCredentials).
 func WithCredentialsDir(dir string) Option {
 	return func(c *Client) { c.auth = FileCredentials(dir, c.registry.RegistryStr()) }
+}
+
+// WithRegistry names the registry this upstream is for clients, where
+// its URL does not say (docker.io for an internal mirror of Docker Hub at
+// http://mirror.internal:5000). docker.io brings Docker Hub's naming.
+func WithRegistry(name string) Option {
+	return func(c *Client) {
+		c.name = name
+		if name == "docker.io" {
+			c.dockerHub = true
+		}
+	}
 }
 
 // WithMirrorOf adds registry names (containerd's ?ns=) that the upstream
@@ -161,7 +174,7 @@ func defaultTransport() *http.Transport {
 // Mirrors reports whether ns (containerd's ?ns=, the registry a mirrored
 // image comes from) is this upstream or one it stands in for.
 func (c *Client) Mirrors(ns string) bool {
-	if slices.Contains(c.mirrorOf, ns) {
+	if slices.Contains(c.mirrorOf, ns) || (ns != "" && ns == c.name) {
 		return true
 	}
 	if c.dockerHub {

@@ -22,30 +22,30 @@ import (
 // file, with the same name: the json tag. To add a setting, add a field
 // here and its flag in Bind; a test holds the two together.
 type Settings struct {
-	Listen            string   `json:"listen,omitempty"`
-	MetricsListen     string   `json:"metrics-listen,omitempty"`
-	TLSCert           string   `json:"tls-cert,omitempty"`
-	TLSKey            string   `json:"tls-key,omitempty"`
-	Upstream          string   `json:"upstream,omitempty"`
-	Storage           string   `json:"storage,omitempty"`
-	S3Endpoint        string   `json:"s3-endpoint,omitempty"`
-	S3Insecure        bool     `json:"s3-insecure,omitempty"`
-	S3Region          string   `json:"s3-region,omitempty"`
-	S3Redirect        bool     `json:"s3-redirect,omitempty"`
-	RecheckInterval   Duration `json:"recheck-interval,omitempty"`
-	PrefetchPlatforms string   `json:"prefetch-platforms,omitempty"`
-	SummaryInterval   Duration `json:"summary-interval,omitempty"`
-	Users             string   `json:"users,omitempty"`
-	TokenKey          string   `json:"token-key,omitempty"`
-	ExternalURL       string   `json:"external-url,omitempty"`
-	TrustedProxies    string   `json:"trusted-proxies,omitempty"`
-	Tenant            string   `json:"tenant,omitempty"`
-	UpstreamCreds     string   `json:"upstream-credentials,omitempty"`
-	UpstreamMirrorOf  string   `json:"upstream-mirror-of,omitempty"`
-	MaxDownloads      int      `json:"max-downloads,omitempty"`
-	MaxBlobSize       Size     `json:"max-blob-size,omitempty"`
-	SpoolDir          string   `json:"spool-dir,omitempty"`
-	LogLevel          int      `json:"log-level,omitempty"`
+	Listen            string    `json:"listen,omitempty"`
+	MetricsListen     string    `json:"metrics-listen,omitempty"`
+	TLSCert           string    `json:"tls-cert,omitempty"`
+	TLSKey            string    `json:"tls-key,omitempty"`
+	Upstream          KeyedList `json:"upstream,omitzero"`
+	Storage           string    `json:"storage,omitempty"`
+	S3Endpoint        string    `json:"s3-endpoint,omitempty"`
+	S3Insecure        bool      `json:"s3-insecure,omitempty"`
+	S3Region          string    `json:"s3-region,omitempty"`
+	S3Redirect        bool      `json:"s3-redirect,omitempty"`
+	RecheckInterval   Duration  `json:"recheck-interval,omitempty"`
+	PrefetchPlatforms string    `json:"prefetch-platforms,omitempty"`
+	SummaryInterval   Duration  `json:"summary-interval,omitempty"`
+	Users             string    `json:"users,omitempty"`
+	TokenKey          string    `json:"token-key,omitempty"`
+	ExternalURL       string    `json:"external-url,omitempty"`
+	TrustedProxies    string    `json:"trusted-proxies,omitempty"`
+	Tenant            string    `json:"tenant,omitempty"`
+	UpstreamCreds     KeyedList `json:"upstream-credentials,omitzero"`
+	UpstreamMirrorOf  KeyedList `json:"upstream-mirror-of,omitzero"`
+	MaxDownloads      int       `json:"max-downloads,omitempty"`
+	MaxBlobSize       Size      `json:"max-blob-size,omitempty"`
+	SpoolDir          string    `json:"spool-dir,omitempty"`
+	LogLevel          int       `json:"log-level,omitempty"`
 }
 
 // Defaults are the settings of a proxy given no flags and no file.
@@ -53,7 +53,7 @@ func Defaults() Settings {
 	return Settings{
 		Listen:          ":5000",
 		MetricsListen:   ":9090",
-		Upstream:        "https://registry-1.docker.io",
+		Upstream:        Keys("https://registry-1.docker.io"),
 		Storage:         "./data",
 		SummaryInterval: Duration(5 * time.Minute),
 		Tenant:          "depproxy",
@@ -69,7 +69,7 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&s.MetricsListen, "metrics-listen", s.MetricsListen, "address to serve /metrics, /status/summary, /healthz and /readyz on; keep it off the network tenants reach")
 	fs.StringVar(&s.TLSCert, "tls-cert", s.TLSCert, "PEM certificate (chain) to serve the registry port with HTTPS; re-read when the file changes")
 	fs.StringVar(&s.TLSKey, "tls-key", s.TLSKey, "PEM private key of --tls-cert")
-	fs.StringVar(&s.Upstream, "upstream", s.Upstream, "registry to pull through (scheme and host)")
+	fs.Var(&s.Upstream, "upstream", "registry to pull through: a URL (scheme and host), or REGISTRY=URL (ghcr.io=https://ghcr.io); repeat it for several, the first is the default for requests that name no registry")
 	fs.StringVar(&s.Storage, "storage", s.Storage, "where the cache lives: a directory, or s3://BUCKET/PREFIX (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
 	fs.StringVar(&s.S3Endpoint, "s3-endpoint", s.S3Endpoint, "S3 endpoint host:port (MinIO); empty for AWS")
 	fs.BoolVar(&s.S3Insecure, "s3-insecure", s.S3Insecure, "talk plain HTTP to the S3 endpoint")
@@ -83,8 +83,8 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&s.ExternalURL, "external-url", s.ExternalURL, "where clients reach this proxy (e.g. https://cache.example); the token realm is under it. Default: the request's host")
 	fs.StringVar(&s.TrustedProxies, "trusted-proxies", s.TrustedProxies, "comma-separated CIDRs of proxies (an ingress) whose X-Forwarded-For names the client, for the login throttle; off by default")
 	fs.StringVar(&s.Tenant, "tenant", s.Tenant, "the tenant's name: the token audience and the challenge's service; a token of another tenant is refused")
-	fs.StringVar(&s.UpstreamCreds, "upstream-credentials", s.UpstreamCreds, "credentials for the upstream: a directory (a mounted Secret) with .dockerconfigjson, or username and password files; re-read when they change")
-	fs.StringVar(&s.UpstreamMirrorOf, "upstream-mirror-of", s.UpstreamMirrorOf, "comma-separated registries (containerd's ?ns=) the upstream stands in for besides its own host, e.g. docker.io for an internal Docker Hub mirror")
+	fs.Var(&s.UpstreamCreds, "upstream-credentials", "credentials for an upstream, DIR or REGISTRY=DIR (a bare DIR is the default upstream's): a directory (a mounted Secret) with .dockerconfigjson, or username and password files; re-read when they change; repeatable")
+	fs.Var(&s.UpstreamMirrorOf, "upstream-mirror-of", "registries (containerd's ?ns=) an upstream stands in for besides its own name, NAMES or REGISTRY=NAMES, comma-separated, e.g. docker.io for an internal Docker Hub mirror; repeatable")
 	fs.IntVar(&s.MaxDownloads, "max-downloads", s.MaxDownloads, "how many upstream blob downloads run at once; more wait for a slot")
 	fs.Var(&s.MaxBlobSize, "max-blob-size", "the largest blob downloaded (e.g. 64Gi); a download whose size the upstream does not announce is cut there")
 	fs.StringVar(&s.SpoolDir, "spool-dir", s.SpoolDir, "where blobs being downloaded are kept until stored, for S3 storage (default: the system's temporary directory); abandoned files are removed at start")
@@ -142,7 +142,7 @@ func (s *Settings) Load(fs *flag.FlagSet, args []string) error {
 // Validate refuses settings no proxy can run with.
 func (s *Settings) Validate() error {
 	var errs []error
-	for name, v := range map[string]string{"listen": s.Listen, "metrics-listen": s.MetricsListen, "upstream": s.Upstream,
+	for name, v := range map[string]string{"listen": s.Listen, "metrics-listen": s.MetricsListen,
 		"storage": s.Storage, "tenant": s.Tenant} {
 		if v == "" {
 			errs = append(errs, fmt.Errorf("%s may not be empty", name))
@@ -159,6 +159,9 @@ func (s *Settings) Validate() error {
 	}
 	if s.MaxBlobSize < 1 {
 		errs = append(errs, errors.New("max-blob-size must be positive"))
+	}
+	if _, err := s.Upstreams(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

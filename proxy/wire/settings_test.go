@@ -29,7 +29,7 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *s != Defaults() || s.Listen != ":5000" || s.Upstream != "https://registry-1.docker.io" || s.Storage != "./data" ||
+	if !reflect.DeepEqual(stripped(*s), Defaults()) || s.Listen != ":5000" || s.Upstream.String() != "https://registry-1.docker.io" || s.Storage != "./data" ||
 		s.RecheckInterval != 0 || s.SummaryInterval.Std() != 5*time.Minute {
 		t.Fatalf("defaults: %+v", s)
 	}
@@ -48,9 +48,9 @@ recheck-interval: 5m
 		t.Fatal(err)
 	}
 	want := Defaults()
-	want.Listen, want.Upstream, want.Storage, want.S3Endpoint, want.S3Insecure = ":7000", "http://mirror.internal:5000", "s3://cache/team-a", "minio:9000", true
+	want.Listen, want.Upstream, want.Storage, want.S3Endpoint, want.S3Insecure = ":7000", Keys("http://mirror.internal:5000"), "s3://cache/team-a", "minio:9000", true
 	want.RecheckInterval, want.SummaryInterval = Duration(5*time.Minute), Duration(time.Minute)
-	if *s != want {
+	if !reflect.DeepEqual(stripped(*s), want) {
 		t.Fatalf("got %+v\nwant %+v", *s, want)
 	}
 }
@@ -96,10 +96,10 @@ func TestSettingsAreFlagsAndRoundTrip(t *testing.T) {
 		}
 	})
 
-	full := Settings{Listen: ":5000", MetricsListen: ":9091", TLSCert: "/tls/tls.crt", TLSKey: "/tls/tls.key", Upstream: "https://quay.io", Storage: "s3://b/p", S3Endpoint: "minio:9000",
+	full := Settings{Listen: ":5000", MetricsListen: ":9091", TLSCert: "/tls/tls.crt", TLSKey: "/tls/tls.key", Upstream: Keys("docker.io=https://registry-1.docker.io", "quay.io=https://quay.io"), Storage: "s3://b/p", S3Endpoint: "minio:9000",
 		S3Insecure: true, S3Region: "eu", S3Redirect: true, RecheckInterval: Duration(time.Minute), PrefetchPlatforms: "linux/amd64",
 		SummaryInterval: Duration(5 * time.Second), Users: "/u", TokenKey: "/k.pem", ExternalURL: "https://c.example",
-		TrustedProxies: "10.0.0.0/8", Tenant: "ns/a", UpstreamCreds: "/up", UpstreamMirrorOf: "docker.io", MaxDownloads: 8, MaxBlobSize: Size(512 << 20), SpoolDir: "/spool", LogLevel: 1}
+		TrustedProxies: "10.0.0.0/8", Tenant: "ns/a", UpstreamCreds: Keys("/up", "quay.io=/quay"), UpstreamMirrorOf: Keys("index.docker.io"), MaxDownloads: 8, MaxBlobSize: Size(512 << 20), SpoolDir: "/spool", LogLevel: 1}
 	v := reflect.ValueOf(full)
 	for i := 0; i < v.NumField(); i++ {
 		if v.Field(i).IsZero() {
@@ -114,7 +114,7 @@ func TestSettingsAreFlagsAndRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the rendered file does not load: %v\n%s", err, raw)
 	}
-	if *got != full {
+	if !reflect.DeepEqual(stripped(*got), full) {
 		t.Fatalf("got %+v\nwant %+v", *got, full)
 	}
 }

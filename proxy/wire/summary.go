@@ -20,6 +20,8 @@ type Summary struct {
 
 // SummaryImage is one cached tag.
 type SummaryImage struct {
+	// Registry is the upstream registry the tag belongs to (docker.io).
+	Registry   string            `json:"registry,omitempty"`
 	Repository string            `json:"repository"`
 	Tag        string            `json:"tag"`
 	Digest     string            `json:"digest"`

@@ -46,7 +46,10 @@ func startTenant(t *testing.T, name, upstreamURL string, key *ecdsa.PrivateKey, 
 	keyFile := filepath.Join(dir, "key.pem")
 	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600)
 	s := wire.Defaults()
-	s.Upstream, s.Storage, s.Tenant, s.TokenKey, s.UpstreamCreds = upstreamURL, filepath.Join(dir, "data"), name, keyFile, ts.upstreamCreds
+	s.Upstream, s.Storage, s.Tenant, s.TokenKey = wire.Keys(upstreamURL), filepath.Join(dir, "data"), name, keyFile
+	if ts.upstreamCreds != "" {
+		s.UpstreamCreds = wire.Keys(ts.upstreamCreds)
+	}
 	if ts.users != nil {
 		s.Users = usersFile(t, ts.users)
 	}

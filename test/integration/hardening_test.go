@@ -157,7 +157,7 @@ func TestConnectionTimeouts(t *testing.T) {
 	repo := repoName(t)
 	blob, h := pushBlob(t, e.registry.Addr, repo, 16<<20)
 	s := wire.Defaults()
-	s.Upstream, s.Storage = e.front.URL(), t.TempDir()
+	s.Upstream, s.Storage = wire.Keys(e.front.URL()), t.TempDir()
 	base, _ := runServer(t, s, server.WithTimeouts(500*time.Millisecond, time.Second))
 	url := base + "/v2/" + repo + "/blobs/" + h.String()
 	if resp, body := get(t, url, ""); resp.StatusCode != 200 || len(body) != len(blob) {

@@ -74,7 +74,7 @@ func startProxy(t *testing.T, upstreamURL string, store storage.Storage, opts ..
 	logs := &syncBuffer{}
 	log := funcr.New(func(prefix, args string) { logs.WriteString(prefix + " " + args + "\n") }, funcr.Options{})
 	s := wire.Defaults()
-	s.Upstream = upstreamURL
+	s.Upstream = wire.Keys(upstreamURL)
 	p, err := server.New(context.Background(), s, log, server.WithStorage(store),
 		server.WithCacheOptions(append([]cache.Option{cache.WithLogger(log)}, opts...)...))
 	if err != nil {

@@ -74,7 +74,7 @@ func TestTLS(t *testing.T) {
 	os.WriteFile(caFile, ca.pem, 0o644)
 
 	s := wire.Defaults()
-	s.Upstream, s.Storage, s.TLSCert, s.TLSKey = e.front.URL(), t.TempDir(), certFile, keyFile
+	s.Upstream, s.Storage, s.TLSCert, s.TLSKey = wire.Keys(e.front.URL()), t.TempDir(), certFile, keyFile
 	base, _ := runServer(t, s)
 	host := strings.TrimPrefix(base, "http://")
 

@@ -1,0 +1,145 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/depproxy/depproxy/test/testenv"
+)
+
+// containerd is a containerd of the test's own: its own root, state and
+// socket, beside whatever else runs on the machine.
+type containerd struct {
+	socket string
+}
+
+func startContainerd(t *testing.T) *containerd {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("containerd needs root: run the tests as root (CI does)")
+	}
+	dir, err := os.MkdirTemp("", "dpctr-") // short: the socket path has a length limit
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cfg := filepath.Join(dir, "config.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`version = 2
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = %q
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), filepath.Join(dir, "c.sock"))), 0o644)
+	var logs strings.Builder
+	cmd := exec.Command(testenv.Tool(t, "containerd"), "--config", cfg)
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		exec.Command("umount", "-R", filepath.Join(dir, "root")).Run()
+	})
+	c := &containerd{socket: filepath.Join(dir, "c.sock")}
+	eventually(t, 30*time.Second, "containerd did not start:\n"+logs.String(), func() bool {
+		return exec.Command(testenv.Tool(t, "ctr"), "--address", c.socket, "version").Run() == nil
+	})
+	return c
+}
+
+// ctr runs ctr against this containerd.
+func (c *containerd) ctr(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	out, err := exec.Command(testenv.Tool(t, "ctr"), append([]string{"--address", c.socket}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// digestOfImage is the digest containerd recorded for ref.
+func (c *containerd) digestOfImage(t *testing.T, ns, ref string) string {
+	t.Helper()
+	out, err := c.ctr(t, "-n", ns, "images", "ls")
+	if err != nil {
+		t.Fatalf("ctr images ls: %v\n%s", err, out)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == ref {
+			return f[2]
+		}
+	}
+	t.Fatalf("%s is not in containerd's images:\n%s", ref, out)
+	return ""
+}
+
+// containerd 1.6, configured by `depproxy hosts`, pulls an image of each
+// of two registries through one cache, and falls back to the registries
+// themselves when the cache is stopped.
+func TestContainerdPullsThroughTheMirror(t *testing.T) {
+	tr := newTwoRegistries(t)
+	ctrd := startContainerd(t)
+	data := t.TempDir()
+	var logs strings.Builder
+	base, proxy := startBinary(t, &logs, "--upstream", "docker.io="+tr.hub.front.URL(), "--upstream", "ghcr.io="+tr.ghcr.front.URL(),
+		"--storage", data)
+
+	hostsDir := t.TempDir()
+	// A hosts.toml that was there before is kept aside, and put back.
+	os.MkdirAll(filepath.Join(hostsDir, "ghcr.io"), 0o755)
+	before := "server = \"https://ghcr.io\"\n"
+	os.WriteFile(filepath.Join(hostsDir, "ghcr.io", "hosts.toml"), []byte(before), 0o644)
+	hosts := func(extra ...string) {
+		args := append([]string{"hosts", "--endpoint", base, "--registry", "docker.io", "--registry", "ghcr.io",
+			"--server", "docker.io=" + tr.hub.front.URL(), "--server", "ghcr.io=" + tr.ghcr.front.URL(), "--dir", hostsDir}, extra...)
+		if out, err := exec.Command(depproxyBinary(t), args...).CombinedOutput(); err != nil {
+			t.Fatalf("depproxy hosts: %v\n%s", err, out)
+		}
+	}
+	hosts()
+
+	refs := map[string]string{"docker.io/" + tr.repo + ":v1": tr.hubImage, "ghcr.io/" + tr.repo + ":v1": tr.ghcrImage}
+	for ref, want := range refs {
+		if out, err := ctrd.ctr(t, "-n", "through", "images", "pull", "--hosts-dir", hostsDir, ref); err != nil {
+			t.Fatalf("ctr pull %s: %v\n%s", ref, err, out)
+		}
+		if got := ctrd.digestOfImage(t, "through", ref); got != want {
+			t.Fatalf("%s: containerd has %s, the registry %s", ref, got, want)
+		}
+	}
+	// Through the cache, each from its own upstream: the tags are the
+	// cache's, by registry.
+	for _, registry := range []string{"docker.io", "ghcr.io"} {
+		if _, err := os.Stat(filepath.Join(data, "registries", registry, tr.repo, "_tags", "v1")); err != nil {
+			t.Errorf("the cache holds no %s tag: the pull did not come through it (%v)", registry, err)
+		}
+	}
+
+	proxy.Process.Kill()
+	proxy.Wait()
+	for ref, want := range refs {
+		start := time.Now()
+		if out, err := ctrd.ctr(t, "-n", "fallback", "images", "pull", "--hosts-dir", hostsDir, ref); err != nil {
+			t.Fatalf("ctr pull %s with the cache stopped: %v\n%s", ref, err, out)
+		}
+		if took := time.Since(start); took > 10*time.Second {
+			t.Errorf("%s: the fallback took %v", ref, took)
+		}
+		if got := ctrd.digestOfImage(t, "fallback", ref); got != want {
+			t.Fatalf("%s from the fallback: %s, want %s", ref, got, want)
+		}
+	}
+
+	hosts("--remove")
+	if got, _ := os.ReadFile(filepath.Join(hostsDir, "ghcr.io", "hosts.toml")); string(got) != before {
+		t.Errorf("the hosts.toml that was there before is not back: %q", got)
+	}
+	if _, err := os.Stat(filepath.Join(hostsDir, "docker.io")); !os.IsNotExist(err) {
+		t.Errorf("--remove left docker.io's directory: %v", err)
+	}
+}
