@@ -13,6 +13,10 @@ KUBERNETES_VERSION="v1.37.2"
 ETCD_VERSION="v3.6.16"
 CONTROLLER_TOOLS_VERSION="v0.23.0"
 KUSTOMIZE_VERSION="v5.8.1"
+# The node side of the cluster mirror: containerd 2.x (its CRI image
+# service, as kubelet uses it) and crictl to drive it.
+CONTAINERD2_VERSION="v2.4.2"
+CRI_TOOLS_VERSION="v1.37.0"
 
 mkdir -p "$TOOLS_DIR/bin"
 
@@ -37,6 +41,8 @@ go_tool crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION"
 go_tool minio github.com/minio/minio "$MINIO_VERSION"
 
 go_tool controller-gen sigs.k8s.io/controller-tools/cmd/controller-gen "$CONTROLLER_TOOLS_VERSION"
+go_tool containerd2 github.com/containerd/containerd/v2/cmd/containerd "$CONTAINERD2_VERSION"
+go_tool crictl sigs.k8s.io/cri-tools/cmd/crictl "$CRI_TOOLS_VERSION"
 go_tool kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION"
 
 # throwaway_build VERSION GOMOD PACKAGE... builds packages of a module that
@@ -109,10 +115,10 @@ LDFLAGS="${LDFLAGS# }" throwaway_build "$KUBERNETES_VERSION" "$kube_mod" \
 	k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler \
 	k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubelet
 
-# From Debian: skopeo for the client tests; containerd, runc, the CNI plugins
-# and conntrack for the end-to-end cluster's node.
+# From Debian: skopeo and podman for the client tests; containerd, runc,
+# the CNI plugins and conntrack for the end-to-end cluster's node.
 debian_missing=()
-for pkg in skopeo containerd runc containernetworking-plugins conntrack iptables; do
+for pkg in skopeo podman containerd runc containernetworking-plugins conntrack iptables; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || debian_missing+=("$pkg")
 done
 if [[ ${#debian_missing[@]} -gt 0 ]]; then
