@@ -3,6 +3,7 @@
 //	depproxy serve [flags]
 //	depproxy cleanup --ttl 720h [flags]
 //	depproxy hosts --endpoint URL --registry NAME [flags]
+//	depproxy node --endpoint URL --registry NAME [flags]
 package main
 
 import (
@@ -27,6 +28,8 @@ Usage:
   depproxy cleanup --ttl 720h [flags]  delete what was not pulled within the TTL
   depproxy hosts --endpoint URL --registry docker.io [flags]
                                        make this node's containerd (or CRI-O, podman) pull through the cache
+  depproxy node --endpoint URL --registry docker.io [flags]
+                                       keep this node pulling through the cache while it answers (the operator's DaemonSet)
 
 Run 'depproxy COMMAND --help' for the flags.
 `
@@ -34,6 +37,9 @@ Run 'depproxy COMMAND --help' for the flags.
 func main() {
 	if len(os.Args) >= 2 && os.Args[1] == "hosts" {
 		exit(hostsCommand(os.Args[2:]))
+	}
+	if len(os.Args) >= 2 && os.Args[1] == "node" {
+		exit(nodeCommand(os.Args[2:]))
 	}
 	if len(os.Args) < 2 || (os.Args[1] != "serve" && os.Args[1] != "cleanup") {
 		fmt.Fprint(os.Stderr, usage)

@@ -143,3 +143,66 @@ func TestContainerdPullsThroughTheMirror(t *testing.T) {
 		t.Errorf("--remove left docker.io's directory: %v", err)
 	}
 }
+
+// `depproxy node` writes the node's files only once the cache answers at
+// the node's address, takes them out while it stays unreachable, puts
+// them back when it answers, and on SIGTERM takes them out and restores
+// what was there before.
+func TestNodeAgentFollowsTheCache(t *testing.T) {
+	tr := newTwoRegistries(t)
+	addr := testenv.FreeAddr(t)
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "ghcr.io"), 0o755)
+	before := "server = \"https://ghcr.io\"\n"
+	os.WriteFile(filepath.Join(dir, "ghcr.io", "hosts.toml"), []byte(before), 0o644)
+	hub, ghcr := filepath.Join(dir, "docker.io", "hosts.toml"), filepath.Join(dir, "ghcr.io", "hosts.toml")
+	ours := func(path string) bool {
+		b, _ := os.ReadFile(path)
+		return strings.HasPrefix(string(b), "# Written by depproxy")
+	}
+
+	var agentLogs strings.Builder
+	agent := exec.Command(depproxyBinary(t), "node", "--endpoint", "http://"+addr, "--registry", "docker.io", "--registry", "ghcr.io",
+		"--dir", dir, "--unreachable", "1s", "--interval", "100ms", "--listen", testenv.FreeAddr(t))
+	agent.Stderr = &agentLogs
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { agent.Process.Kill(); agent.Wait() })
+
+	time.Sleep(1500 * time.Millisecond)
+	if ours(hub) || ours(ghcr) {
+		t.Fatal("the node's files were written before the cache answered")
+	}
+	var logs strings.Builder
+	startProxy := func() *exec.Cmd {
+		_, cmd := startBinary(t, &logs, "--listen", addr, "--upstream", "docker.io="+tr.hub.front.URL(), "--upstream", "ghcr.io="+tr.ghcr.front.URL(),
+			"--storage", t.TempDir())
+		return cmd
+	}
+	proxy := startProxy()
+	eventually(t, 10*time.Second, "the files are not written while the cache answers:\n"+agentLogs.String(), func() bool { return ours(hub) && ours(ghcr) })
+	if b, _ := os.ReadFile(ghcr + ".depproxy-saved"); string(b) != before {
+		t.Errorf("the node's own hosts.toml was not kept aside: %q", b)
+	}
+
+	proxy.Process.Kill()
+	proxy.Wait()
+	eventually(t, 10*time.Second, "the files stay while the cache is unreachable", func() bool { return !ours(hub) && !ours(ghcr) })
+	if b, _ := os.ReadFile(ghcr); string(b) != before {
+		t.Errorf("while the cache is away, the node's own hosts.toml is not back: %q", b)
+	}
+	startProxy()
+	eventually(t, 10*time.Second, "the files do not come back when the cache answers again", func() bool { return ours(hub) && ours(ghcr) })
+
+	agent.Process.Signal(syscall.SIGTERM)
+	if err := agent.Wait(); err != nil {
+		t.Fatalf("the agent exited with %v after SIGTERM:\n%s", err, agentLogs.String())
+	}
+	if ours(hub) || ours(ghcr) {
+		t.Fatal("SIGTERM left the node's files")
+	}
+	if b, _ := os.ReadFile(ghcr); string(b) != before {
+		t.Errorf("after SIGTERM, the node's own hosts.toml is not back: %q", b)
+	}
+}
