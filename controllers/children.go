@@ -96,7 +96,7 @@ func proxySettings(dp *depproxyv1.DependencyProxy) wire.Settings {
 	return wire.Settings{
 		Listen:            fmt.Sprintf(":%d", ProxyPort),
 		MetricsListen:     fmt.Sprintf(":%d", MetricsPort),
-		Upstream:          wire.Keys(dp.Spec.Upstream.URL),
+		Upstream:          upstreamKeys(dp, func(u depproxyv1.RegistryUpstream, _ int) string { return u.URL }),
 		Storage:           storage,
 		S3Endpoint:        s.Endpoint,
 		S3Insecure:        s.Insecure,
@@ -105,8 +105,10 @@ func proxySettings(dp *depproxyv1.DependencyProxy) wire.Settings {
 		Tenant:            tenantName(dp),
 		TokenKey:          tokenKeyDir + "/" + tokenKeyFile,
 		Users:             ifSet(usersSecret(dp), usersDir),
-		UpstreamCreds:     keysIfSet(upstreamCredsSecret(dp), upstreamDir),
-		UpstreamMirrorOf:  keysIfSet(strings.Join(dp.Spec.Upstream.MirrorOf, ","), strings.Join(dp.Spec.Upstream.MirrorOf, ",")),
+		UpstreamCreds: upstreamKeys(dp, func(u depproxyv1.RegistryUpstream, i int) string {
+			return ifSet(secretName(u.CredentialsSecretRef), upstreamCredsDir(dp, i))
+		}),
+		UpstreamMirrorOf:  upstreamKeys(dp, func(u depproxyv1.RegistryUpstream, _ int) string { return strings.Join(u.MirrorOf, ",") }),
 		TLSCert:           ifSet(tlsSecret(dp), tlsDir+"/"+corev1.TLSCertKey),
 		TLSKey:            ifSet(tlsSecret(dp), tlsDir+"/"+corev1.TLSPrivateKeyKey),
 	}
@@ -120,18 +122,41 @@ func tlsSecret(dp *depproxyv1.DependencyProxy) string {
 	return ""
 }
 
-func upstreamCredsSecret(dp *depproxyv1.DependencyProxy) string {
-	if ref := dp.Spec.Upstream.CredentialsSecretRef; ref != nil {
-		return ref.Name
+// upstreams are the registries a spec pulls through: spec.upstreams, or
+// the one spec.upstream (registry "": the proxy names it after its URL).
+func upstreams(dp *depproxyv1.DependencyProxy) []depproxyv1.RegistryUpstream {
+	if len(dp.Spec.Upstreams) > 0 {
+		return dp.Spec.Upstreams
 	}
-	return ""
+	return []depproxyv1.RegistryUpstream{{UpstreamSpec: dp.Spec.Upstream}}
 }
 
-func keysIfSet(cond, v string) wire.KeyedList {
-	if cond == "" {
-		return wire.KeyedList{}
+// upstreamKeys renders one setting for every upstream, REGISTRY=VALUE,
+// or a bare VALUE for the one spec.upstream; empty values are left out.
+func upstreamKeys(dp *depproxyv1.DependencyProxy, value func(u depproxyv1.RegistryUpstream, i int) string) wire.KeyedList {
+	var l wire.KeyedList
+	for i, u := range upstreams(dp) {
+		if v := value(u, i); v != "" {
+			l.Items = append(l.Items, wire.Keyed{Registry: u.Registry, Value: v})
+		}
 	}
-	return wire.Keys(v)
+	return l
+}
+
+// upstreamCredsDir is where an upstream's credentials are mounted: the
+// one spec.upstream's where it always was, spec.upstreams' by index.
+func upstreamCredsDir(dp *depproxyv1.DependencyProxy, i int) string {
+	if len(dp.Spec.Upstreams) == 0 {
+		return upstreamDir
+	}
+	return fmt.Sprintf("%s/%d", upstreamDir, i)
+}
+
+func secretName(ref *corev1.LocalObjectReference) string {
+	if ref == nil {
+		return ""
+	}
+	return ref.Name
 }
 
 func ifSet(cond, v string) string {
@@ -270,7 +295,13 @@ func secretVolumes(dp *depproxyv1.DependencyProxy) ([]corev1.Volume, []corev1.Vo
 	}
 	add("token-key", tokenKeyName(dp), tokenKeyDir)
 	add("users", usersSecret(dp), usersDir)
-	add("upstream-credentials", upstreamCredsSecret(dp), upstreamDir)
+	for i, u := range upstreams(dp) {
+		name := "upstream-credentials"
+		if len(dp.Spec.Upstreams) > 0 {
+			name = fmt.Sprintf("upstream-credentials-%d", i)
+		}
+		add(name, secretName(u.CredentialsSecretRef), upstreamCredsDir(dp, i))
+	}
 	add("tls", tlsSecret(dp), tlsDir)
 	return vols, mounts
 }

@@ -138,8 +138,13 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 // referencedSecrets are the Secrets a spec names, by the field naming them.
 func referencedSecrets(dp *depproxyv1.DependencyProxy) map[string]string {
 	refs := map[string]string{"storage.credentialsSecretRef": dp.Spec.Storage.CredentialsSecretRef.Name}
-	if name := upstreamCredsSecret(dp); name != "" {
+	if name := secretName(dp.Spec.Upstream.CredentialsSecretRef); name != "" {
 		refs["upstream.credentialsSecretRef"] = name
+	}
+	for i, u := range dp.Spec.Upstreams {
+		if name := secretName(u.CredentialsSecretRef); name != "" {
+			refs[fmt.Sprintf("upstreams[%d].credentialsSecretRef", i)] = name
+		}
 	}
 	if name := usersSecret(dp); name != "" {
 		refs["auth.usersSecretRef"] = name

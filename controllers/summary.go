@@ -93,7 +93,7 @@ func toCacheSummary(w wire.Summary, at metav1.Time) *depproxyv1.CacheSummary {
 		if i == maxSummaryImages {
 			break
 		}
-		ci := depproxyv1.CachedImage{Repository: img.Repository, Tag: img.Tag, Digest: img.Digest, MediaType: img.MediaType}
+		ci := depproxyv1.CachedImage{Registry: img.Registry, Repository: img.Repository, Tag: img.Tag, Digest: img.Digest, MediaType: img.MediaType}
 		for j, p := range img.Platforms {
 			if j == 64 {
 				break

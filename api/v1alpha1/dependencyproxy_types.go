@@ -6,11 +6,30 @@ import (
 )
 
 // DependencyProxySpec is a tenant's pull-through cache.
+// +kubebuilder:validation:XValidation:rule="!has(self.upstreams) || size(self.upstreams) == 0 || (self.upstream.url == 'https://registry-1.docker.io' && !has(self.upstream.credentialsSecretRef) && !has(self.upstream.mirrorOf))",message="set either upstream (one registry) or upstreams (several), not both"
+// +kubebuilder:validation:XValidation:rule="!has(self.nodeMirror) || has(self.nodePort)",message="nodeMirror needs spec.nodePort: the nodes reach the cache at their own address on that port"
 type DependencyProxySpec struct {
 	// Upstream is the registry pulled through; Docker Hub by default.
 	// +optional
 	// +kubebuilder:default={}
 	Upstream UpstreamSpec `json:"upstream"`
+
+	// Upstreams are several registries pulled through by one cache; the
+	// first is the default for requests that name no registry. Set this
+	// or upstream, not both.
+	// +optional
+	// +listType=map
+	// +listMapKey=registry
+	// +kubebuilder:validation:MaxItems=16
+	Upstreams []RegistryUpstream `json:"upstreams,omitempty"`
+
+	// NodeMirror makes every node's container runtime pull the
+	// upstreams' registries through this cache: the operator runs a
+	// DaemonSet that writes each node's hosts.toml (or registries.conf.d
+	// drop-in) once the cache answers there, and removes them, restoring
+	// what was there, when this resource goes.
+	// +optional
+	NodeMirror *NodeMirrorSpec `json:"nodeMirror,omitempty"`
 
 	// Storage is the S3 bucket (MinIO) the cache keeps manifests and blobs in.
 	Storage StorageSpec `json:"storage"`
@@ -101,6 +120,62 @@ type UpstreamSpec struct {
 	MirrorOf []string `json:"mirrorOf,omitempty"`
 }
 
+// RegistryUpstream is one of several registries a cache pulls through.
+type RegistryUpstream struct {
+	// Registry is the name images use for it (docker.io, ghcr.io): what
+	// containerd sends as ?ns=, the path prefix, and the directory of its
+	// hosts.toml on the nodes.
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern="^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?$"
+	Registry string `json:"registry"`
+
+	UpstreamSpec `json:",inline"`
+}
+
+// NodeFormat is the node configuration written.
+// +kubebuilder:validation:Enum=hosts.toml;registries.conf
+type NodeFormat string
+
+// NodeMirrorSpec says how the nodes are configured.
+type NodeMirrorSpec struct {
+	// ConfigPath is the directory on the node: containerd's config_path,
+	// or /etc/containers/registries.conf.d for CRI-O.
+	// +optional
+	// +kubebuilder:default="/etc/containerd/certs.d"
+	// +kubebuilder:validation:MaxLength=1024
+	// +kubebuilder:validation:Pattern="^/"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('(^|/)[.][.]?(/|$)')",message="nodeMirror.configPath is an absolute path without . or .. segments"
+	ConfigPath string `json:"configPath,omitempty"`
+
+	// Format: hosts.toml (containerd) or registries.conf (CRI-O, podman).
+	// +optional
+	// +kubebuilder:default="hosts.toml"
+	Format NodeFormat `json:"format,omitempty"`
+
+	// DialTimeout bounds containerd's connect to the cache, so that a
+	// cache that is down costs this long before the fallback.
+	// +optional
+	// +kubebuilder:default="1s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern="^([0-9]+(\\.[0-9]+)?(ms|s|m))+$"
+	DialTimeout metav1.Duration `json:"dialTimeout,omitempty"`
+
+	// Registries limits the node configuration to these of the
+	// upstreams' registries; all of them by default.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=16
+	Registries []string `json:"registries,omitempty"`
+
+	// NodeSelector picks the nodes configured; all by default.
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+
+	// Tolerations let the node agent run on tainted nodes.
+	// +optional
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+}
+
 // StorageSpec is an S3 bucket.
 type StorageSpec struct {
 	// Endpoint is the S3 endpoint's host:port, e.g. minio.storage:9000.
@@ -163,6 +238,24 @@ type DependencyProxyStatus struct {
 	// Cache summarises what the proxy holds, as it last reported.
 	// +optional
 	Cache *CacheSummary `json:"cache,omitempty"`
+
+	// NodeMirror reports the nodes' configuration, with spec.nodeMirror.
+	// +optional
+	NodeMirror *NodeMirrorStatus `json:"nodeMirror,omitempty"`
+}
+
+// NodeMirrorStatus is how far the nodes are configured.
+type NodeMirrorStatus struct {
+	// Configured is how many nodes pull through the cache now.
+	Configured int32 `json:"configured"`
+	// Nodes is how many nodes the agent runs on.
+	Nodes int32 `json:"nodes"`
+	// Summary is Configured/Nodes, for the printer column.
+	Summary string `json:"summary"`
+	// HostsToml is the hosts.toml written for the first registry, with
+	// the node's address as <node>.
+	// +optional
+	HostsToml string `json:"hostsToml,omitempty"`
 }
 
 // CacheSummary is a bounded view of a cache's contents.
@@ -192,6 +285,9 @@ type CacheSummary struct {
 
 // CachedImage is a cached tag; for an index, its platform images too.
 type CachedImage struct {
+	// Registry the tag belongs to, e.g. docker.io.
+	// +optional
+	Registry string `json:"registry,omitempty"`
 	// Repository, e.g. library/alpine.
 	Repository string `json:"repository"`
 	// Tag, e.g. 3.20.
@@ -222,6 +318,7 @@ type PlatformImage struct {
 // +kubebuilder:printcolumn:name="Images",type=integer,JSONPath=`.status.cache.imageCount`
 // +kubebuilder:printcolumn:name="Size",type=string,JSONPath=`.status.cache.size`
 // +kubebuilder:printcolumn:name="Hit Ratio",type=string,JSONPath=`.status.cache.hitRatio`
+// +kubebuilder:printcolumn:name="Nodes Configured",type=string,JSONPath=`.status.nodeMirror.summary`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 
 // DependencyProxy is a tenant's pull-through cache.
