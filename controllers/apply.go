@@ -29,6 +29,9 @@ type child struct {
 	obj    client.Object
 	update func(existing, desired client.Object)
 	same   func(existing, desired client.Object) bool
+	// elsewhere: the child lives in another namespace than its owner,
+	// which no owner reference can span; a finalizer removes it.
+	elsewhere bool
 }
 
 // apply makes c.obj exist, owned by owner.
@@ -40,7 +43,13 @@ func (a applier) apply(ctx context.Context, owner client.Object, c child) (contr
 	}
 	want := hashOf(string(raw))
 	setAnnotation(desired, specHashKey, want)
-	if err := controllerutil.SetControllerReference(owner, desired, a.scheme); err != nil {
+	own := func(obj client.Object) error {
+		if c.elsewhere {
+			return nil
+		}
+		return controllerutil.SetControllerReference(owner, obj, a.scheme)
+	}
+	if err := own(desired); err != nil {
 		return controllerutil.OperationResultNone, err
 	}
 
@@ -55,7 +64,7 @@ func (a applier) apply(ctx context.Context, owner client.Object, c child) (contr
 	if err != nil {
 		return controllerutil.OperationResultNone, err
 	}
-	if existing.GetAnnotations()[specHashKey] == want && metav1.IsControlledBy(existing, owner) &&
+	if existing.GetAnnotations()[specHashKey] == want && (c.elsewhere || metav1.IsControlledBy(existing, owner)) &&
 		(c.same == nil || c.same(existing, desired)) {
 		return controllerutil.OperationResultNone, nil
 	}
@@ -69,7 +78,7 @@ func (a applier) apply(ctx context.Context, owner client.Object, c child) (contr
 	}
 	existing.SetLabels(labels)
 	setAnnotation(existing, specHashKey, want)
-	if err := controllerutil.SetControllerReference(owner, existing, a.scheme); err != nil {
+	if err := own(existing); err != nil {
 		return controllerutil.OperationResultNone, err
 	}
 	if err := a.client.Update(ctx, existing); err != nil {

@@ -108,9 +108,9 @@ func proxySettings(dp *depproxyv1.DependencyProxy) wire.Settings {
 		UpstreamCreds: upstreamKeys(dp, func(u depproxyv1.RegistryUpstream, i int) string {
 			return ifSet(secretName(u.CredentialsSecretRef), upstreamCredsDir(dp, i))
 		}),
-		UpstreamMirrorOf:  upstreamKeys(dp, func(u depproxyv1.RegistryUpstream, _ int) string { return strings.Join(u.MirrorOf, ",") }),
-		TLSCert:           ifSet(tlsSecret(dp), tlsDir+"/"+corev1.TLSCertKey),
-		TLSKey:            ifSet(tlsSecret(dp), tlsDir+"/"+corev1.TLSPrivateKeyKey),
+		UpstreamMirrorOf: upstreamKeys(dp, func(u depproxyv1.RegistryUpstream, _ int) string { return strings.Join(u.MirrorOf, ",") }),
+		TLSCert:          ifSet(tlsSecret(dp), tlsDir+"/"+corev1.TLSCertKey),
+		TLSKey:           ifSet(tlsSecret(dp), tlsDir+"/"+corev1.TLSPrivateKeyKey),
 	}
 }
 

@@ -45,6 +45,9 @@ type DependencyProxyReconciler struct {
 	Recorder  events.EventRecorder
 	// ProxyImage is run unless a resource names its own.
 	ProxyImage string
+	// NodeNamespace runs the node agents of spec.nodeMirror
+	// (DefaultNodeNamespace when empty).
+	NodeNamespace string
 	// ServiceMonitors is true where the Prometheus operator's CRD exists.
 	ServiceMonitors bool
 	// Summaries, when set, fills status.cache from the running proxy.
@@ -78,7 +81,11 @@ func (r *DependencyProxyReconciler) resync() time.Duration {
 	return time.Minute
 }
 
-// +kubebuilder:rbac:groups=depproxy.dev,resources=dependencyproxies,verbs=get;list;watch
+// +kubebuilder:rbac:groups=depproxy.dev,resources=dependencyproxies,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=depproxy.dev,resources=dependencyproxies/finalizers,verbs=update
+// +kubebuilder:rbac:groups=apps,resources=daemonsets,verbs=get;list;watch;create;update;delete
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=create
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups=depproxy.dev,resources=dependencyproxies/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;delete
 // +kubebuilder:rbac:groups="",resources=configmaps;services;serviceaccounts,verbs=get;list;watch;create;update;delete
@@ -94,7 +101,9 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !dp.DeletionTimestamp.IsZero() {
-		return ctrl.Result{}, nil // children go with it, by owner references
+		// Children go with it, by owner references; the nodes' files
+		// only once the node agents have taken them out.
+		return asReconcileError(r.removeNodeMirror(ctx, dp)).result(ctrl.Result{})
 	}
 	before := dp.Status.DeepCopy()
 	var deploy *appsv1.Deployment
@@ -123,6 +132,9 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 	deploy, err = r.applyChildren(ctx, dp, secretsHash(append(secrets, key)...))
 	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.applyNodeMirror(ctx, dp); err != nil {
 		return ctrl.Result{}, err
 	}
 	if r.Summaries != nil && ready(dp, deploy) {
@@ -366,5 +378,11 @@ func (r *DependencyProxyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.ServiceAccount{}).
 		Owns(&corev1.Secret{}).
 		Watches(&depproxyv1.DependencyProxy{}, byStorage).
+		Watches(&appsv1.DaemonSet{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+			if key, ok := nodeAgentOwner(o); ok {
+				return []reconcile.Request{{NamespacedName: key}}
+			}
+			return nil
+		})).
 		Complete(r)
 }

@@ -40,6 +40,7 @@ type reconcileError struct {
 	Reason  string
 	Message string
 	retry   retry
+	after   time.Duration // with retryAfter; waitingDelay when zero
 	err     error
 }
 
@@ -75,6 +76,8 @@ func (e *reconcileError) result(ok ctrl.Result) (ctrl.Result, error) {
 	switch {
 	case e == nil:
 		return ok, nil
+	case e.retry == retryAfter && e.after > 0:
+		return ctrl.Result{RequeueAfter: e.after}, nil
 	case e.retry == retryAfter:
 		return ctrl.Result{RequeueAfter: waitingDelay}, nil
 	case e.retry == retryNever:

@@ -35,6 +35,13 @@ const (
 	// keeps its cache in an overlapping prefix of the same bucket; two
 	// caches there would serve and delete each other's objects.
 	ReasonStorageConflict = "StorageConflict"
+	// ReasonNodeMirrorConflict: another DependencyProxy, created earlier,
+	// writes the nodes' configuration for a registry this one's
+	// nodeMirror names.
+	ReasonNodeMirrorConflict = "NodeMirrorConflict"
+	// ReasonNodesUnconfiguring: the resource is going (or its nodeMirror
+	// was removed), and the node agents are taking the nodes' files out.
+	ReasonNodesUnconfiguring = "NodesUnconfiguring"
 	// ReasonScheduled: the cleanup CronJob runs on the policy's schedule.
 	ReasonScheduled = "Scheduled"
 	// ReasonSuspended: the policy is suspended; no new runs start.

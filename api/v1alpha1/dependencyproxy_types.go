@@ -158,7 +158,7 @@ type NodeMirrorSpec struct {
 	// +kubebuilder:default="1s"
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:Pattern="^([0-9]+(\\.[0-9]+)?(ms|s|m))+$"
-	DialTimeout metav1.Duration `json:"dialTimeout,omitempty"`
+	DialTimeout *metav1.Duration `json:"dialTimeout,omitempty"`
 
 	// Registries limits the node configuration to these of the
 	// upstreams' registries; all of them by default.
