@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -204,5 +205,120 @@ func TestNodeAgentFollowsTheCache(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(ghcr); string(b) != before {
 		t.Errorf("after SIGTERM, the node's own hosts.toml is not back: %q", b)
+	}
+}
+
+// startContainerd2 runs containerd 2.x (built by `make tools`) with its
+// CRI plugin, its registry settings given by registryConfig.
+func startContainerd2(t *testing.T, registryConfig string) *containerd {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("containerd needs root: run the tests as root (CI does)")
+	}
+	dir, err := os.MkdirTemp("", "dpc2-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cfg := filepath.Join(dir, "config.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`version = 3
+root = %q
+state = %q
+[grpc]
+  address = %q
+%s
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), filepath.Join(dir, "c.sock"), registryConfig)), 0o644)
+	var logs strings.Builder
+	cmd := exec.Command(testenv.Tool(t, "containerd2"), "--config", cfg)
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait(); exec.Command("umount", "-R", filepath.Join(dir, "root")).Run() })
+	c := &containerd{socket: filepath.Join(dir, "c.sock")}
+	eventually(t, 30*time.Second, "containerd 2 did not start:\n"+logs.String(), func() bool {
+		_, err := c.crictl(t, "images")
+		return err == nil
+	})
+	return c
+}
+
+// crictl talks to containerd's CRI image service, as kubelet does.
+func (c *containerd) crictl(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	out, err := exec.Command(testenv.Tool(t, "crictl"), append([]string{"--image-endpoint", "unix://" + c.socket, "--timeout", "30s"}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// repoDigest is the digest containerd's CRI image service reports for
+// ref.
+func (c *containerd) repoDigest(t *testing.T, ref string) string {
+	t.Helper()
+	out, err := c.crictl(t, "inspecti", "-o", "json", ref)
+	if err != nil {
+		t.Fatalf("crictl inspecti %s: %v\n%s", ref, err, out)
+	}
+	var img struct {
+		Status struct {
+			RepoDigests []string `json:"repoDigests"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &img); err != nil || len(img.Status.RepoDigests) == 0 {
+		t.Fatalf("crictl inspecti %s: %v\n%s", ref, err, out)
+	}
+	_, d, _ := strings.Cut(img.Status.RepoDigests[0], "@")
+	return d
+}
+
+// containerd 2.x pulls through the cache via its CRI image service, as
+// kubelet does, with the transfer service's defaults and the one setting
+// the README gives; without that setting the same pull bypasses the
+// cache.
+func TestContainerd2PullsThroughCRI(t *testing.T) {
+	tr := newTwoRegistries(t)
+	// A third name for the ghcr upstream, on loopback: a registry that
+	// containerd reaches without asking DNS when the cache is bypassed.
+	local := "localhost:" + tr.ghcr.front.Addr[strings.LastIndex(tr.ghcr.front.Addr, ":")+1:]
+	pushImage(t, tr.ghcr.registry.Addr, tr.repo, "v2", ociImage(t, 1))
+	data := t.TempDir()
+	var logs strings.Builder
+	base, _ := startBinary(t, &logs, "--upstream", "docker.io="+tr.hub.front.URL(), "--upstream", "ghcr.io="+tr.ghcr.front.URL(),
+		"--upstream", local+"="+tr.ghcr.front.URL(), "--storage", data)
+	hostsDir := t.TempDir()
+	out, err := exec.Command(depproxyBinary(t), "hosts", "--endpoint", base, "--registry", "docker.io", "--registry", "ghcr.io", "--registry", local,
+		"--server", "docker.io="+tr.hub.front.URL(), "--server", "ghcr.io="+tr.ghcr.front.URL(), "--server", local+"="+tr.ghcr.front.URL(),
+		"--dir", hostsDir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("depproxy hosts: %v\n%s", err, out)
+	}
+	throughCache := func(registry, tag string) bool {
+		_, err := os.Stat(filepath.Join(data, "registries", registry, tr.repo, "_tags", tag))
+		return err == nil
+	}
+
+	// The setting the README gives for containerd 2.x.
+	setting := fmt.Sprintf("[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = %q\n", hostsDir)
+	c := startContainerd2(t, setting)
+	for ref, want := range map[string]string{"docker.io/" + tr.repo + ":v1": tr.hubImage, "ghcr.io/" + tr.repo + ":v1": tr.ghcrImage, local + "/" + tr.repo + ":v1": tr.ghcrImage} {
+		if out, err := c.crictl(t, "pull", ref); err != nil {
+			t.Fatalf("crictl pull %s: %v\n%s", ref, err, out)
+		}
+		if got := c.repoDigest(t, ref); got != want {
+			t.Fatalf("%s: containerd has %s, the registry %s", ref, got, want)
+		}
+	}
+	for _, registry := range []string{"docker.io", "ghcr.io", local} {
+		if !throughCache(registry, "v1") {
+			t.Errorf("%s's image did not come through the cache", registry)
+		}
+	}
+
+	// Without it, containerd 2.x goes to the registry itself.
+	bare := startContainerd2(t, "")
+	if out, err := bare.crictl(t, "pull", local+"/"+tr.repo+":v2"); err != nil {
+		t.Fatalf("crictl pull without the setting: %v\n%s", err, out)
+	}
+	if throughCache(local, "v2") {
+		t.Fatal("without config_path the pull came through the cache: the setting is not what makes it")
 	}
 }
