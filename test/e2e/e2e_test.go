@@ -68,8 +68,12 @@ type cluster struct {
 	nodeIP string
 	dir    string // the cluster's state directory (containerd's hosts.toml)
 	front  *testenv.Front
-	proxy  string // the proxy's Service, at its node port
-	minio  *minio.Client
+	// ghcr stands in for ghcr.io, and ghcrHosts is the node's own
+	// hosts.toml for it, from before the cache.
+	ghcr      *testenv.Front
+	ghcrHosts string
+	proxy     string // the proxy's Service, at its node port
+	minio     *minio.Client
 }
 
 func TestEndToEnd(t *testing.T) {
@@ -127,8 +131,8 @@ func TestEndToEnd(t *testing.T) {
 		k.podKilledMidPull(ctx, t, dp)
 	})
 
-	t.Run("the node pulls docker.io images through the proxy as its mirror", func(t *testing.T) {
-		k.nodeMirror(ctx, t)
+	t.Run("the operator makes the node pull two registries through the cache", func(t *testing.T) {
+		k.nodeMirror(ctx, t, dp)
 	})
 
 	t.Run("a CleanupPolicy's job reports into its status", func(t *testing.T) {
@@ -146,8 +150,12 @@ func TestEndToEnd(t *testing.T) {
 					return fmt.Errorf("%T %s still there (%v)", obj, key.Name, err)
 				}
 			}
+			if err := k.c.Get(ctx, client.ObjectKeyFromObject(dp), dp); !apierrors.IsNotFound(err) {
+				return fmt.Errorf("the DependencyProxy is still there (%v, finalizers %v)", err, dp.Finalizers)
+			}
 			return nil
 		})
+		k.nodeUnconfigured(ctx, t)
 	})
 }
 
@@ -400,31 +408,105 @@ func (k *cluster) proxyPods(ctx context.Context, t *testing.T, dp *depproxyv1.De
 	return pods.Items
 }
 
-// nodeMirror points the node's containerd at the proxy for docker.io and
-// starts a pod from a docker.io image that exists only in the test's
-// upstream: the proxy is the only way the node can get it.
-func (k *cluster) nodeMirror(ctx context.Context, t *testing.T) {
-	hosts := filepath.Join(k.dir, "containerd", "certs.d", "docker.io")
-	if err := os.MkdirAll(hosts, 0o755); err != nil {
+// nodeMirror turns the cache into the node's mirror of two registries
+// (spec.upstreams and spec.nodeMirror): the operator's node agent writes
+// the node's hosts.toml once the cache answers, keeping aside the one the
+// node had for ghcr.io, and pods whose images exist only in the test's
+// upstreams start through the cache.
+func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.DependencyProxy) {
+	ghcr := testenv.StartRegistryAt(t, testenv.FreeAddrOn(t, k.nodeIP))
+	k.ghcr = testenv.StartFrontAt(t, testenv.FreeAddrOn(t, k.nodeIP), ghcr.URL())
+	for _, tag := range []string{"1", "2"} {
+		if err := crane.Copy(os.Getenv("DEPPROXY_E2E_PAUSE_IMAGE"), ghcr.Addr+"/e2e/app:"+tag, crane.Insecure); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The node's own ghcr.io configuration, which pulls straight from it.
+	certs := filepath.Join(k.dir, "containerd", "certs.d")
+	os.MkdirAll(filepath.Join(certs, "ghcr.io"), 0o755)
+	k.ghcrHosts = fmt.Sprintf("server = %q\n", k.ghcr.URL())
+	if err := os.WriteFile(filepath.Join(certs, "ghcr.io", "hosts.toml"), []byte(k.ghcrHosts), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	toml := fmt.Sprintf("server = \"https://registry-1.docker.io\"\n\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", k.proxy)
-	if err := os.WriteFile(filepath.Join(hosts, "hosts.toml"), []byte(toml), 0o644); err != nil {
+
+	if err := k.c.Get(ctx, client.ObjectKeyFromObject(dp), dp); err != nil {
 		t.Fatal(err)
 	}
+	dp.Spec.Upstream = depproxyv1.UpstreamSpec{URL: "https://registry-1.docker.io"}
+	dp.Spec.Upstreams = []depproxyv1.RegistryUpstream{
+		{Registry: "docker.io", UpstreamSpec: depproxyv1.UpstreamSpec{URL: k.front.URL()}},
+		{Registry: "ghcr.io", UpstreamSpec: depproxyv1.UpstreamSpec{URL: k.ghcr.URL()}},
+	}
+	dp.Spec.NodeMirror = &depproxyv1.NodeMirrorSpec{ConfigPath: certs}
+	if err := k.c.Update(ctx, dp); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 3*time.Minute, "status shows the node configured", func() error {
+		if err := k.c.Get(ctx, client.ObjectKeyFromObject(dp), dp); err != nil {
+			return err
+		}
+		if dp.Status.NodeMirror == nil || dp.Status.NodeMirror.Summary != "1/1" {
+			return fmt.Errorf("status.nodeMirror %+v, conditions %+v", dp.Status.NodeMirror, dp.Status.Conditions)
+		}
+		return nil
+	})
+	for _, registry := range []string{"docker.io", "ghcr.io"} {
+		b, err := os.ReadFile(filepath.Join(certs, registry, "hosts.toml"))
+		if err != nil || !strings.Contains(string(b), fmt.Sprintf("[host.%q]", "http://"+k.proxy)) {
+			t.Fatalf("the node's %s hosts.toml: %v\n%s", registry, err, b)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(certs, "ghcr.io", "hosts.toml.depproxy-saved")); string(b) != k.ghcrHosts {
+		t.Fatalf("the node's own ghcr.io hosts.toml was not kept aside: %q", b)
+	}
+
 	before := k.mirroredManifests(t)
-	k.front.Reset()
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "mirrored", Namespace: namespace}, Spec: corev1.PodSpec{
+	for name, image := range map[string]string{"mirrored": "docker.io/library/e2e-mirror:1", "mirrored-ghcr": "ghcr.io/e2e/app:1"} {
+		k.runPod(ctx, t, name, image)
+	}
+	if after := k.mirroredManifests(t); after <= before {
+		t.Fatalf("the proxy served no manifest for the node (%v before, %v after)", before, after)
+	}
+	for _, key := range []string{"registries/docker.io/library/e2e-mirror/_tags/1", "registries/ghcr.io/e2e/app/_tags/1"} {
+		if _, err := k.minio.StatObject(ctx, bucket, key, minio.StatObjectOptions{}); err != nil {
+			t.Errorf("%s is not in the cache: the node's pull did not come through it (%v)", key, err)
+		}
+	}
+}
+
+// nodeUnconfigured: with the resource gone, the node's files are gone and
+// its own ghcr.io configuration back, and the node pulls straight from
+// the upstream.
+func (k *cluster) nodeUnconfigured(ctx context.Context, t *testing.T) {
+	certs := filepath.Join(k.dir, "containerd", "certs.d")
+	if _, err := os.Stat(filepath.Join(certs, "docker.io", "hosts.toml")); !os.IsNotExist(err) {
+		t.Errorf("the node's docker.io hosts.toml outlived the resource: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(certs, "ghcr.io", "hosts.toml")); string(b) != k.ghcrHosts {
+		t.Fatalf("the node's own ghcr.io hosts.toml is not back: %q", b)
+	}
+	k.ghcr.Reset()
+	k.runPod(ctx, t, "direct-ghcr", "ghcr.io/e2e/app:2")
+	if k.ghcr.Count(http.MethodGet, "manifests")+k.ghcr.Count(http.MethodHead, "manifests") == 0 {
+		t.Fatal("the node did not pull from the upstream itself")
+	}
+}
+
+// runPod starts a pod from image under the restricted Pod Security
+// Standard, and waits for it to run.
+func (k *cluster) runPod(ctx context.Context, t *testing.T, name, image string) {
+	t.Helper()
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace}, Spec: corev1.PodSpec{
 		SecurityContext: &corev1.PodSecurityContext{RunAsNonRoot: ptr.To(true), RunAsUser: ptr.To[int64](65532),
 			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}},
-		Containers: []corev1.Container{{Name: "app", Image: "docker.io/library/e2e-mirror:1", ImagePullPolicy: corev1.PullAlways,
+		Containers: []corev1.Container{{Name: "app", Image: image, ImagePullPolicy: corev1.PullAlways,
 			SecurityContext: &corev1.SecurityContext{AllowPrivilegeEscalation: ptr.To(false),
 				Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}}},
 	}}
 	if err := k.c.Create(ctx, pod); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 2*time.Minute, "mirrored pod Running", func() error {
+	eventually(t, 2*time.Minute, name+" Running", func() error {
 		if err := k.c.Get(ctx, client.ObjectKeyFromObject(pod), pod); err != nil {
 			return err
 		}
@@ -433,12 +515,6 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T) {
 		}
 		return nil
 	})
-	if after := k.mirroredManifests(t); after <= before {
-		t.Fatalf("the proxy served no manifest for the node (%v before, %v after)", before, after)
-	}
-	if k.front.Count(http.MethodGet, "manifests")+k.front.Count(http.MethodHead, "manifests") == 0 {
-		t.Fatal("the upstream saw no request for the mirrored image: it did not come through the proxy")
-	}
 }
 
 // mirroredManifests sums the proxy pods' manifest requests from their

@@ -234,7 +234,11 @@ state = %q
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait(); exec.Command("umount", "-R", filepath.Join(dir, "root")).Run() })
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		exec.Command("umount", "-R", filepath.Join(dir, "root")).Run()
+	})
 	c := &containerd{socket: filepath.Join(dir, "c.sock")}
 	eventually(t, 30*time.Second, "containerd 2 did not start:\n"+logs.String(), func() bool {
 		_, err := c.crictl(t, "images")
