@@ -422,9 +422,11 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.D
 		}
 	}
 	// The node's own ghcr.io configuration, which pulls straight from it.
+	// (containerd 1.6 takes a hosts.toml without a host table for a
+	// broken one, and would go to the real ghcr.io.)
 	certs := filepath.Join(k.dir, "containerd", "certs.d")
 	os.MkdirAll(filepath.Join(certs, "ghcr.io"), 0o755)
-	k.ghcrHosts = fmt.Sprintf("server = %q\n", k.ghcr.URL())
+	k.ghcrHosts = fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", k.ghcr.URL(), k.ghcr.URL())
 	if err := os.WriteFile(filepath.Join(certs, "ghcr.io", "hosts.toml"), []byte(k.ghcrHosts), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -450,6 +452,9 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.D
 		}
 		return nil
 	})
+	// The new config has rolled out: the node's pulls meet a pod that
+	// stays.
+	eventually(t, 3*time.Minute, "DependencyProxy Ready with the upstreams", func() error { return ready(ctx, k.c, dp) })
 	for _, registry := range []string{"docker.io", "ghcr.io"} {
 		b, err := os.ReadFile(filepath.Join(certs, registry, "hosts.toml"))
 		if err != nil || !strings.Contains(string(b), fmt.Sprintf("[host.%q]", "http://"+k.proxy)) {

@@ -14,53 +14,19 @@ import (
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
-// containerd is a containerd of the test's own: its own root, state and
-// socket, beside whatever else runs on the machine.
-type containerd struct {
-	socket string
-}
+// containerd wraps a test's own containerd with the look-ups the tests
+// make.
+type containerd struct{ *testenv.Containerd }
 
 func startContainerd(t *testing.T) *containerd {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("containerd needs root: run the tests as root (CI does)")
-	}
-	dir, err := os.MkdirTemp("", "dpctr-") // short: the socket path has a length limit
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	cfg := filepath.Join(dir, "config.toml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf(`version = 2
-root = %q
-state = %q
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = %q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), filepath.Join(dir, "c.sock"))), 0o644)
-	var logs strings.Builder
-	cmd := exec.Command(testenv.Tool(t, "containerd"), "--config", cfg)
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-		exec.Command("umount", "-R", filepath.Join(dir, "root")).Run()
-	})
-	c := &containerd{socket: filepath.Join(dir, "c.sock")}
-	eventually(t, 30*time.Second, "containerd did not start:\n"+logs.String(), func() bool {
-		return exec.Command(testenv.Tool(t, "ctr"), "--address", c.socket, "version").Run() == nil
-	})
-	return c
+	return &containerd{testenv.StartContainerd(t, "containerd", 2, `disabled_plugins = ["io.containerd.grpc.v1.cri"]`)}
 }
 
-// ctr runs ctr against this containerd.
-func (c *containerd) ctr(t *testing.T, args ...string) (string, error) {
-	t.Helper()
-	out, err := exec.Command(testenv.Tool(t, "ctr"), append([]string{"--address", c.socket}, args...)...).CombinedOutput()
-	return string(out), err
+func (c *containerd) ctr(t *testing.T, args ...string) (string, error) { return c.Ctr(t, args...) }
+
+func (c *containerd) crictl(t *testing.T, args ...string) (string, error) {
+	return c.Crictl(t, args...)
 }
 
 // digestOfImage is the digest containerd recorded for ref.
@@ -212,46 +178,7 @@ func TestNodeAgentFollowsTheCache(t *testing.T) {
 // CRI plugin, its registry settings given by registryConfig.
 func startContainerd2(t *testing.T, registryConfig string) *containerd {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("containerd needs root: run the tests as root (CI does)")
-	}
-	dir, err := os.MkdirTemp("", "dpc2-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	cfg := filepath.Join(dir, "config.toml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf(`version = 3
-root = %q
-state = %q
-[grpc]
-  address = %q
-%s
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), filepath.Join(dir, "c.sock"), registryConfig)), 0o644)
-	var logs strings.Builder
-	cmd := exec.Command(testenv.Tool(t, "containerd2"), "--config", cfg)
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-		exec.Command("umount", "-R", filepath.Join(dir, "root")).Run()
-	})
-	c := &containerd{socket: filepath.Join(dir, "c.sock")}
-	eventually(t, 30*time.Second, "containerd 2 did not start:\n"+logs.String(), func() bool {
-		_, err := c.crictl(t, "images")
-		return err == nil
-	})
-	return c
-}
-
-// crictl talks to containerd's CRI image service, as kubelet does.
-func (c *containerd) crictl(t *testing.T, args ...string) (string, error) {
-	t.Helper()
-	out, err := exec.Command(testenv.Tool(t, "crictl"), append([]string{"--image-endpoint", "unix://" + c.socket, "--timeout", "30s"}, args...)...).CombinedOutput()
-	return string(out), err
+	return &containerd{testenv.StartContainerd(t, "containerd2", 3, registryConfig)}
 }
 
 // repoDigest is the digest containerd's CRI image service reports for
