@@ -37,10 +37,7 @@ func TestManager(t *testing.T) {
 		ProxyImage: DefaultImage}).SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	ctx := startManager(t, mgr)
 
 	ns := namespace(t)
 	cp := &depproxyv1.CleanupPolicy{ObjectMeta: metav1.ObjectMeta{Name: "nightly", Namespace: ns},
@@ -107,10 +104,7 @@ func TestManagerCachesOnlyItsOwnSecrets(t *testing.T) {
 		ProxyImage: DefaultImage, SummaryInterval: time.Second}).SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	ctx := startManager(t, mgr)
 
 	ns := namespace(t)
 	storageSecret(t, ns, "users", map[string]string{"alice": "s3cret"})
@@ -148,4 +142,13 @@ func TestManagerCachesOnlyItsOwnSecrets(t *testing.T) {
 	eventually(t, "a new user rolls the pods", func() bool {
 		return k8sClient.Get(ctx, key, d) == nil && d.Spec.Template.Annotations[secretsHashKey] != before
 	})
+}
+
+// startManager runs mgr until the test ends.
+func startManager(t *testing.T, mgr ctrl.Manager) context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return ctx
 }

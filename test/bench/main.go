@@ -160,6 +160,9 @@ func (b *bench) run(runs int, warmOnly bool) error {
 		}
 		rows = append(rows, row(kind, fmt.Sprintf("warm pull, 256 MiB blob ×%d", warmPulls), median(ms)))
 	}
+	if !warmOnly {
+		rows = append(rows, b.containerdRows(runs)...)
+	}
 	fmt.Println("| cache | scenario | wall time | MB/s | upstream bytes ÷ size | upstream manifest GETs | token fetches | peak RSS |")
 	fmt.Println("|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
@@ -219,7 +222,8 @@ func (b *bench) start(kind string) *cache {
 	var cmd *exec.Cmd
 	switch kind {
 	case "depproxy fs", "depproxy minio", "depproxy minio, redirect":
-		args := []string{"serve", "--listen", addr, "--upstream", b.front.URL(), "--storage", filepath.Join(dir, "data")}
+		args := []string{"serve", "--listen", addr, "--metrics-listen", testenv.FreeAddr(b), "--upstream", "docker.io=" + b.front.URL(),
+			"--storage", filepath.Join(dir, "data")}
 		if kind != "depproxy fs" {
 			args = append(args[:len(args)-1], "s3://"+bucket+"/cache", "--s3-endpoint", b.minio.Addr, "--s3-insecure")
 		}
@@ -389,4 +393,45 @@ func row(kind, scenario string, m measure) string {
 	mbs := float64(m.bytes) / (1 << 20) / m.wall.Seconds()
 	return fmt.Sprintf("| %s | %s | %s | %.0f | %.2f× | %d | %d | %d MiB |",
 		kind, scenario, m.wall.Round(time.Millisecond), mbs, m.upstream, m.manGETs, m.tokens, m.rss>>20)
+}
+
+// containerdRows: containerd (Debian's 1.6, a fresh one each time) fetches
+// the 40-layer image as docker.io/bench/forty, configured by a hosts.toml:
+// straight from the upstream, and through each cache, cold and then warm.
+func (b *bench) containerdRows(runs int) []string {
+	fmt.Fprintln(os.Stderr, "containerd pulls")
+	ref := "docker.io/" + imageRepo + ":" + imageTag
+	fetch := func(mirror string) measure {
+		hosts := b.TempDir()
+		toml := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", b.front.URL(), mirror)
+		os.MkdirAll(filepath.Join(hosts, "docker.io"), 0o755)
+		os.WriteFile(filepath.Join(hosts, "docker.io", "hosts.toml"), []byte(toml), 0o644)
+		ctrd := testenv.StartContainerd(b, "containerd", 2, `disabled_plugins = ["io.containerd.grpc.v1.cri"]`)
+		b.front.Reset()
+		start := time.Now()
+		if out, err := ctrd.Ctr(b, "content", "fetch", "--hosts-dir", hosts, ref); err != nil {
+			b.Fatalf("ctr content fetch through %s: %v\n%s", mirror, err, out)
+		}
+		return measure{wall: time.Since(start), bytes: b.imgBytes, upstream: float64(b.front.Bytes("blobs")) / float64(b.imgBytes),
+			manGETs: b.front.Count("GET", "manifests"), tokens: b.front.Count("GET", "token")}
+	}
+	var rows []string
+	var direct []measure
+	for r := 0; r < runs; r++ {
+		direct = append(direct, fetch(b.front.URL()))
+	}
+	rows = append(rows, row("none (containerd straight from the upstream)", "containerd pull, 40-layer image", median(direct)))
+	for _, kind := range []string{"depproxy fs", "distribution fs"} {
+		var cold, warm []measure
+		for r := 0; r < runs; r++ {
+			c := b.start(kind)
+			cold = append(cold, fetch("http://"+c.addr))
+			time.Sleep(2 * time.Second) // both store in the background after serving
+			warm = append(warm, fetch("http://"+c.addr))
+			c.stop()
+		}
+		rows = append(rows, row(kind, "containerd pull, 40-layer image, cold", median(cold)),
+			row(kind, "containerd pull, 40-layer image, warm", median(warm)))
+	}
+	return rows
 }
