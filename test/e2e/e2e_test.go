@@ -83,6 +83,15 @@ func TestEndToEnd(t *testing.T) {
 	upstream := testenv.StartRegistryAt(t, testenv.FreeAddrOn(t, k.nodeIP))
 	k.front = testenv.StartFrontAt(t, testenv.FreeAddrOn(t, k.nodeIP), upstream.URL())
 	images := pushTestImages(t, upstream.Addr)
+	// A second upstream, standing in for ghcr.io, for the node mirror; it
+	// lives as long as the whole test, its last subtest pulls from it.
+	ghcr := testenv.StartRegistryAt(t, testenv.FreeAddrOn(t, k.nodeIP))
+	k.ghcr = testenv.StartFrontAt(t, testenv.FreeAddrOn(t, k.nodeIP), ghcr.URL())
+	for _, tag := range []string{"1", "2"} {
+		if err := crane.Copy(os.Getenv("DEPPROXY_E2E_PAUSE_IMAGE"), ghcr.Addr+"/e2e/app:"+tag, crane.Insecure); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	t.Run("the tenants' namespace enforces the restricted Pod Security Standard", func(t *testing.T) {
 		root := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "root", Namespace: namespace}, Spec: corev1.PodSpec{
@@ -414,13 +423,6 @@ func (k *cluster) proxyPods(ctx context.Context, t *testing.T, dp *depproxyv1.De
 // node had for ghcr.io, and pods whose images exist only in the test's
 // upstreams start through the cache.
 func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.DependencyProxy) {
-	ghcr := testenv.StartRegistryAt(t, testenv.FreeAddrOn(t, k.nodeIP))
-	k.ghcr = testenv.StartFrontAt(t, testenv.FreeAddrOn(t, k.nodeIP), ghcr.URL())
-	for _, tag := range []string{"1", "2"} {
-		if err := crane.Copy(os.Getenv("DEPPROXY_E2E_PAUSE_IMAGE"), ghcr.Addr+"/e2e/app:"+tag, crane.Insecure); err != nil {
-			t.Fatal(err)
-		}
-	}
 	// The node's own ghcr.io configuration, which pulls straight from it.
 	// (containerd 1.6 takes a hosts.toml without a host table for a
 	// broken one, and would go to the real ghcr.io.)
