@@ -191,10 +191,34 @@ func (r *DependencyProxyReconciler) applyNodeMirror(ctx context.Context, dp *dep
 	if err := r.Get(ctx, client.ObjectKeyFromObject(ds), got); err != nil {
 		return err
 	}
-	st := &depproxyv1.NodeMirrorStatus{Configured: got.Status.NumberReady, Nodes: got.Status.DesiredNumberScheduled}
+	st := &depproxyv1.NodeMirrorStatus{Configured: got.Status.NumberReady, Nodes: got.Status.DesiredNumberScheduled,
+		HostsToml: nodeFilePreview(dp)}
 	st.Summary = fmt.Sprintf("%d/%d", st.Configured, st.Nodes)
 	dp.Status.NodeMirror = st
 	return nil
+}
+
+// nodeFilePreview is the file the agents write for the first registry,
+// with "<node>" for each node's own address.
+func nodeFilePreview(dp *depproxyv1.DependencyProxy) string {
+	regs := nodeRegistries(dp)
+	if len(regs) == 0 {
+		return ""
+	}
+	const placeholder = "node.invalid"
+	scheme := "http"
+	if dp.Spec.TLS != nil {
+		scheme = "https"
+	}
+	o := wire.NodeOptions{Endpoint: fmt.Sprintf("%s://%s:%d", scheme, placeholder, ptr.Deref(dp.Spec.NodePort, 0)), DialTimeout: time.Second}
+	if d := dp.Spec.NodeMirror.DialTimeout; d != nil {
+		o.DialTimeout = d.Duration
+	}
+	_, content, err := wire.RenderNodeFile(wire.NodeFormat(dp.Spec.NodeMirror.Format), "", wire.NodeMirror{Registry: regs[0].Registry, Server: regs[0].Value}, o)
+	if err != nil {
+		return ""
+	}
+	return strings.ReplaceAll(string(content), placeholder, "<node>")
 }
 
 // removeNodeMirror stops the node agents, which take their files out as

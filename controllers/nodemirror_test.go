@@ -78,6 +78,9 @@ func TestNodeMirror(t *testing.T) {
 	if !controllerutil.ContainsFinalizer(dp, nodeMirrorFinalizer) || dp.Status.NodeMirror == nil || dp.Status.NodeMirror.Summary != "0/0" {
 		t.Fatalf("finalizer %v, status %+v", dp.Finalizers, dp.Status.NodeMirror)
 	}
+	if h := dp.Status.NodeMirror.HostsToml; !strings.Contains(h, `server = "https://registry-1.docker.io"`) || !strings.Contains(h, `[host."http://<node>:30511"]`) {
+		t.Errorf("status.nodeMirror.hostsToml:\n%s", h)
+	}
 
 	// Another resource may not write the nodes' docker.io configuration.
 	time.Sleep(1100 * time.Millisecond) // creation times have a second's resolution

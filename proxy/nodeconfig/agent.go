@@ -10,12 +10,6 @@ import (
 	"github.com/go-logr/logr"
 )
 
-// File is one file an agent keeps on the node.
-type File struct {
-	Path    string
-	Content []byte
-}
-
 // Agent keeps a node's files in step with the cache: it writes them only
 // once the cache answers at the address the node's runtime will use,
 // takes them out while the cache stays unreachable, puts them back when

@@ -1,0 +1,91 @@
+package wire
+
+import (
+	"bytes"
+	"fmt"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// NodeFormat is what a node file is for.
+type NodeFormat string
+
+const (
+	// ContainerdHosts is DIR/<registry>/hosts.toml (config_path).
+	ContainerdHosts NodeFormat = "hosts.toml"
+	// ContainersConf is DIR/depproxy-<registry>.conf, a
+	// registries.conf.d drop-in.
+	ContainersConf NodeFormat = "registries.conf"
+)
+
+// NodeFileMarker starts every node file depproxy writes: a file without it is not
+// ours, and is kept aside rather than overwritten.
+const NodeFileMarker = "# Written by depproxy"
+
+// NodeMirror is one registry to pull through the cache.
+type NodeMirror struct {
+	// Registry is the name images use: docker.io, ghcr.io.
+	Registry string
+	// Server is the registry itself, which containerd falls back to
+	// when the cache does not answer (https://<registry> by default;
+	// https://registry-1.docker.io for docker.io).
+	Server string
+}
+
+// NodeOptions are the settings every node file shares.
+type NodeOptions struct {
+	// Endpoint is the cache as the node reaches it: http://10.0.0.5:30500.
+	Endpoint string
+	// DialTimeout bounds containerd's connect to the cache, so that a
+	// dead cache costs that long before the fallback.
+	DialTimeout time.Duration
+	// CA is a CA certificate file for an HTTPS endpoint, if its issuer is
+	// not trusted by the node.
+	CA string
+}
+
+// DefaultServer is where a registry's images come from without a mirror.
+func DefaultServer(registry string) string {
+	if registry == "docker.io" {
+		return "https://registry-1.docker.io"
+	}
+	return "https://" + registry
+}
+
+// RenderNodeFile returns the file for one registry and where it goes
+// under dir. The operator shows it in status; `depproxy hosts` and
+// `depproxy node` write it.
+func RenderNodeFile(f NodeFormat, dir string, m NodeMirror, o NodeOptions) (path string, content []byte, err error) {
+	ep, err := url.Parse(o.Endpoint)
+	if err != nil || ep.Host == "" || (ep.Scheme != "http" && ep.Scheme != "https") || (ep.Path != "" && ep.Path != "/") {
+		return "", nil, fmt.Errorf("endpoint %q: want http(s)://host:port", o.Endpoint)
+	}
+	if m.Registry == "" || strings.ContainsAny(m.Registry, "/\\ \n\"") || m.Registry == "." || m.Registry == ".." {
+		return "", nil, fmt.Errorf("registry %q: want a host name such as docker.io", m.Registry)
+	}
+	if m.Server == "" {
+		m.Server = DefaultServer(m.Registry)
+	}
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "%s: the cache at %s mirrors %s.\n# `depproxy hosts --remove` takes it out and puts back what was here.\n", NodeFileMarker, ep.Host, m.Registry)
+	switch f {
+	case ContainerdHosts:
+		fmt.Fprintf(&b, "server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", m.Server, strings.TrimSuffix(o.Endpoint, "/"))
+		if o.DialTimeout > 0 {
+			fmt.Fprintf(&b, "  dial_timeout = %q\n", o.DialTimeout.String())
+		}
+		if o.CA != "" {
+			fmt.Fprintf(&b, "  ca = %q\n", o.CA)
+		}
+		return filepath.Join(dir, m.Registry, "hosts.toml"), b.Bytes(), nil
+	case ContainersConf:
+		fmt.Fprintf(&b, "[[registry]]\nprefix = %q\nlocation = %q\n\n[[registry.mirror]]\nlocation = %q\n", m.Registry, m.Registry, ep.Host+"/"+m.Registry)
+		if ep.Scheme == "http" {
+			b.WriteString("insecure = true\n")
+		}
+		return filepath.Join(dir, "depproxy-"+m.Registry+".conf"), b.Bytes(), nil
+	}
+	return "", nil, fmt.Errorf("format %q: want %s or %s", f, ContainerdHosts, ContainersConf)
+}

@@ -1,0 +1,37 @@
+package wire
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRenderNodeFile(t *testing.T) {
+	o := NodeOptions{Endpoint: "http://10.0.0.5:30500", DialTimeout: time.Second}
+	path, hosts, err := RenderNodeFile(ContainerdHosts, "/etc/containerd/certs.d", NodeMirror{Registry: "docker.io"}, o)
+	if err != nil || path != "/etc/containerd/certs.d/docker.io/hosts.toml" {
+		t.Fatalf("%s %v", path, err)
+	}
+	for _, line := range []string{`server = "https://registry-1.docker.io"`, `[host."http://10.0.0.5:30500"]`,
+		`capabilities = ["pull", "resolve"]`, `dial_timeout = "1s"`} {
+		if !strings.Contains(string(hosts), line) {
+			t.Errorf("hosts.toml lacks %s:\n%s", line, hosts)
+		}
+	}
+	path, conf, err := RenderNodeFile(ContainersConf, "/etc/containers/registries.conf.d", NodeMirror{Registry: "ghcr.io"}, o)
+	if err != nil || path != "/etc/containers/registries.conf.d/depproxy-ghcr.io.conf" {
+		t.Fatalf("%s %v", path, err)
+	}
+	for _, line := range []string{`prefix = "ghcr.io"`, `location = "10.0.0.5:30500/ghcr.io"`, "insecure = true"} {
+		if !strings.Contains(string(conf), line) {
+			t.Errorf("registries.conf lacks %s:\n%s", line, conf)
+		}
+	}
+	for _, bad := range []struct {
+		registry, endpoint string
+	}{{"docker.io", "cache:5000"}, {"docker.io", "http://cache:5000/v2"}, {"../etc", "http://c:1"}, {"a\"b", "http://c:1"}} {
+		if _, _, err := RenderNodeFile(ContainerdHosts, "/d", NodeMirror{Registry: bad.registry}, NodeOptions{Endpoint: bad.endpoint}); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+}
