@@ -391,8 +391,12 @@ func median(ms []measure) measure {
 
 func row(kind, scenario string, m measure) string {
 	mbs := float64(m.bytes) / (1 << 20) / m.wall.Seconds()
-	return fmt.Sprintf("| %s | %s | %s | %.0f | %.2f× | %d | %d | %d MiB |",
-		kind, scenario, m.wall.Round(time.Millisecond), mbs, m.upstream, m.manGETs, m.tokens, m.rss>>20)
+	rss := "—" // not measured: the client's wall time is the point
+	if m.rss > 0 {
+		rss = fmt.Sprintf("%d MiB", m.rss>>20)
+	}
+	return fmt.Sprintf("| %s | %s | %s | %.0f | %.2f× | %d | %d | %s |",
+		kind, scenario, m.wall.Round(time.Millisecond), mbs, m.upstream, m.manGETs, m.tokens, rss)
 }
 
 // containerdRows: containerd (Debian's 1.6, a fresh one each time) fetches
