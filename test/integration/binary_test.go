@@ -53,7 +53,7 @@ func TestServeBinary(t *testing.T) {
 	addr, opsAddr := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	cfg := filepath.Join(dir, "config.yaml")
 	os.WriteFile(cfg, []byte("upstream: "+reg.URL()+"\nlisten: 127.0.0.1:1\nrecheck-interval: 1m\nmetrics-listen: "+opsAddr+"\n"), 0o644)
-	var logs strings.Builder
+	var logs syncBuffer
 	cmd := exec.Command(bin, "serve", "--config", cfg, "--listen", addr, "--storage", filepath.Join(dir, "data"))
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
@@ -113,7 +113,7 @@ func TestServeBinary(t *testing.T) {
 
 // startBinary runs `depproxy serve` with args and waits for it to be
 // ready; it returns the registry's base URL and the command.
-func startBinary(t *testing.T, logs *strings.Builder, args ...string) (string, *exec.Cmd) {
+func startBinary(t *testing.T, logs *syncBuffer, args ...string) (string, *exec.Cmd) {
 	t.Helper()
 	addr, opsAddr := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	cmd := exec.Command(depproxyBinary(t), append([]string{"serve", "--listen", addr, "--metrics-listen", opsAddr}, args...)...)
@@ -155,7 +155,7 @@ func TestSpoolFilesDoNotOutliveTheProcess(t *testing.T) {
 		resp.Body.Close()
 	}
 
-	var logs strings.Builder
+	var logs syncBuffer
 	base, cmd := startBinary(t, &logs, "--upstream", e.front.URL(), "--storage", data)
 	startDownload(base, 1)
 	if spoolFiles(t, data) == 0 {

@@ -96,6 +96,13 @@ func (s *syncBuffer) WriteString(str string) {
 	s.b.WriteString(str)
 }
 
+// Write lets a process write its output here while the test reads it.
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
 func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()

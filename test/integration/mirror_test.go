@@ -52,7 +52,7 @@ func TestContainerdPullsThroughTheMirror(t *testing.T) {
 	tr := newTwoRegistries(t)
 	ctrd := startContainerd(t)
 	data := t.TempDir()
-	var logs strings.Builder
+	var logs syncBuffer
 	base, proxy := startBinary(t, &logs, "--upstream", "docker.io="+tr.hub.front.URL(), "--upstream", "ghcr.io="+tr.ghcr.front.URL(),
 		"--storage", data)
 
@@ -128,7 +128,7 @@ func TestNodeAgentFollowsTheCache(t *testing.T) {
 		return strings.HasPrefix(string(b), "# Written by depproxy")
 	}
 
-	var agentLogs strings.Builder
+	var agentLogs syncBuffer
 	agent := exec.Command(depproxyBinary(t), "node", "--endpoint", "http://"+addr, "--registry", "docker.io", "--registry", "ghcr.io",
 		"--dir", dir, "--unreachable", "1s", "--interval", "100ms", "--listen", testenv.FreeAddr(t))
 	agent.Stderr = &agentLogs
@@ -141,7 +141,7 @@ func TestNodeAgentFollowsTheCache(t *testing.T) {
 	if ours(hub) || ours(ghcr) {
 		t.Fatal("the node's files were written before the cache answered")
 	}
-	var logs strings.Builder
+	var logs syncBuffer
 	startProxy := func() *exec.Cmd {
 		_, cmd := startBinary(t, &logs, "--listen", addr, "--upstream", "docker.io="+tr.hub.front.URL(), "--upstream", "ghcr.io="+tr.ghcr.front.URL(),
 			"--storage", t.TempDir())
@@ -212,7 +212,7 @@ func TestContainerd2PullsThroughCRI(t *testing.T) {
 	local := "localhost:" + tr.ghcr.front.Addr[strings.LastIndex(tr.ghcr.front.Addr, ":")+1:]
 	pushImage(t, tr.ghcr.registry.Addr, tr.repo, "v2", ociImage(t, 1))
 	data := t.TempDir()
-	var logs strings.Builder
+	var logs syncBuffer
 	base, _ := startBinary(t, &logs, "--upstream", "docker.io="+tr.hub.front.URL(), "--upstream", "ghcr.io="+tr.ghcr.front.URL(),
 		"--upstream", local+"="+tr.ghcr.front.URL(), "--storage", data)
 	hostsDir := t.TempDir()

@@ -19,7 +19,7 @@ func TestPodmanPullsThroughTheMirror(t *testing.T) {
 	}
 	tr := newTwoRegistries(t)
 	data := t.TempDir()
-	var logs strings.Builder
+	var logs syncBuffer
 	base, _ := startBinary(t, &logs, "--upstream", "docker.io="+tr.hub.front.URL(), "--upstream", "ghcr.io="+tr.ghcr.front.URL(), "--storage", data)
 
 	home := t.TempDir()
