@@ -60,7 +60,8 @@ type Cache struct {
 
 	mu      sync.Mutex
 	fills   map[digest.Digest]*fill
-	checked map[string]time.Time // tag -> last time the upstream confirmed it
+	checked map[string]confirmed // tag -> when the upstream last confirmed it, and at what
+	memory  *memory
 
 	reads    *readTracker
 	now      func() time.Time
@@ -136,6 +137,14 @@ func WithPrefetch(platforms []v1.Platform) Option { return func(c *Cache) { c.pr
 // (presigned S3) when the storage has one, instead of streaming them.
 func WithRedirect(on bool) Option { return func(c *Cache) { c.redirect = on } }
 
+// DefaultMemory is the budget of manifests kept in memory.
+const DefaultMemory = 64 << 20
+
+// WithMemory keeps recently served manifests in memory within this many
+// bytes (0 keeps none): within the recheck interval, a warm tag costs no
+// storage round trip.
+func WithMemory(bytes int64) Option { return func(c *Cache) { c.memory = newMemory(bytes) } }
+
 // WithRegistry keeps this cache's tags under its registry's name, apart
 // from other registries' tags (the same repository and tag on two
 // registries are two images). With legacy, tags that releases before
@@ -163,7 +172,8 @@ func New(up Upstream, store storage.Storage, opts ...Option) *Cache {
 		spoolDir:    os.TempDir(),
 		fillTimeout: time.Hour,
 		fills:       map[digest.Digest]*fill{},
-		checked:     map[string]time.Time{},
+		checked:     map[string]confirmed{},
+		memory:      newMemory(DefaultMemory),
 		now:         time.Now,
 		tagMoved:    func(string, string) {},
 		limits:      DefaultLimits,

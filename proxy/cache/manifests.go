@@ -65,11 +65,15 @@ func (c *Cache) manifestByDigest(ctx context.Context, repo string, d digest.Dige
 // not moved, or while the upstream cannot be asked; it downloads only a
 // tag that moved or was never cached.
 func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []string) (*Manifest, error) {
-	cached := c.loadTag(ctx, repo, tag)
-	if cached != nil && c.fresh(repo, tag) {
-		c.metrics.request("manifest", "hit")
-		return cached, nil
+	// Confirmed within the recheck interval: the tag points where it did,
+	// and its manifest is very likely in memory.
+	if d, ok := c.fresh(repo, tag); ok {
+		if m, err := c.loadManifest(ctx, d); err == nil {
+			c.metrics.request("manifest", "hit")
+			return m, nil
+		}
 	}
+	cached := c.loadTag(ctx, repo, tag)
 	// Concurrent requests for one tag share one HEAD, and one GET.
 	v, err, _ := c.flight.Do(repo+":"+tag, func() (any, error) {
 		ctx, cancel := detach(ctx)
@@ -81,7 +85,7 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 				c.log.Info("upstream failed, serving cached tag", "repository", repo, "tag", tag, "error", err.Error())
 				return cached, nil
 			case desc.Digest == cached.Digest.String():
-				c.markFresh(repo, tag)
+				c.markFresh(repo, tag, cached.Digest)
 				return cached, nil
 			}
 		}
@@ -99,7 +103,7 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 		} else if moved {
 			c.tagMoved(repo, tag)
 		}
-		c.markFresh(repo, tag)
+		c.markFresh(repo, tag, m.Digest)
 		if moved && manifest.IsIndex(m.MediaType) && len(c.prefetch) > 0 {
 			c.running.Add(1)
 			go func() {
@@ -138,6 +142,7 @@ func (c *Cache) fetchManifest(ctx context.Context, repo, ref string, want digest
 	if err != nil {
 		return nil, err
 	}
+	c.memory.put(m)
 	rec := layout.ManifestRecord(m.MediaType, m.Body)
 	if err := c.store.Put(ctx, layout.Manifest(m.Digest), bytes.NewReader(rec), int64(len(rec))); err != nil {
 		c.storageFailed(err, "store manifest", "repository", repo, "digest", m.Digest)
@@ -187,6 +192,9 @@ func upstreamAccept(client []string) []string {
 }
 
 func (c *Cache) loadManifest(ctx context.Context, d digest.Digest) (*Manifest, error) {
+	if m := c.memory.get(d); m != nil {
+		return m, nil
+	}
 	body, mt, err := layout.ReadManifest(ctx, c.store, d)
 	switch {
 	case errors.Is(err, layout.ErrDamaged):
@@ -201,7 +209,9 @@ func (c *Cache) loadManifest(ctx context.Context, d digest.Digest) (*Manifest, e
 			return nil, err
 		}
 	}
-	return &Manifest{MediaType: mt, Digest: d, Body: body}, nil
+	m := &Manifest{MediaType: mt, Digest: d, Body: body}
+	c.memory.put(m)
+	return m, nil
 }
 
 // loadTag returns the cached manifest a tag points at, or nil.
@@ -240,16 +250,25 @@ func (c *Cache) storeTag(ctx context.Context, repo, tag string, d digest.Digest)
 // maxChecked bounds the tags whose last check is remembered.
 const maxChecked = 100_000
 
-func (c *Cache) fresh(repo, tag string) bool {
+// confirmed is what the upstream last said of a tag, and when.
+type confirmed struct {
+	at     time.Time
+	digest digest.Digest
+}
+
+// fresh returns the digest the upstream confirmed for a tag less than the
+// recheck interval ago.
+func (c *Cache) fresh(repo, tag string) (digest.Digest, bool) {
 	if c.recheck <= 0 {
-		return false
+		return "", false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return time.Since(c.checked[repo+":"+tag]) < c.recheck
+	got, ok := c.checked[repo+":"+tag]
+	return got.digest, ok && time.Since(got.at) < c.recheck
 }
 
-func (c *Cache) markFresh(repo, tag string) {
+func (c *Cache) markFresh(repo, tag string, d digest.Digest) {
 	if c.recheck <= 0 {
 		return
 	}
@@ -257,9 +276,9 @@ func (c *Cache) markFresh(repo, tag string) {
 	defer c.mu.Unlock()
 	if len(c.checked) >= maxChecked {
 		// Forgetting costs one HEAD per tag; never memory without bound.
-		c.checked = map[string]time.Time{}
+		c.checked = map[string]confirmed{}
 	}
-	c.checked[repo+":"+tag] = time.Now()
+	c.checked[repo+":"+tag] = confirmed{at: time.Now(), digest: d}
 }
 
 // prefetchIndex caches the children of an index for the configured

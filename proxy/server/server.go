@@ -133,6 +133,7 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 			cache.WithMetrics(cacheMetrics),
 			cache.WithTagMoved(func(string, string) { scanner.Invalidate() }),
 			cache.WithLimits(cache.Limits{MaxDownloads: s.MaxDownloads, MaxBlobSize: int64(s.MaxBlobSize)}),
+			cache.WithMemory(int64(s.ManifestMemory)),
 		}, append(spoolOpt, o.cache...)...)...)
 		caches = append(caches, c)
 		sources = append(sources, registry.Source{Upstream: up, Cache: c})

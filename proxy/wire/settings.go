@@ -45,6 +45,7 @@ type Settings struct {
 	MaxDownloads      int       `json:"max-downloads,omitempty"`
 	MaxBlobSize       Size      `json:"max-blob-size,omitempty"`
 	SpoolDir          string    `json:"spool-dir,omitempty"`
+	ManifestMemory    Size      `json:"manifest-memory,omitempty"`
 	LogLevel          int       `json:"log-level,omitempty"`
 }
 
@@ -59,6 +60,7 @@ func Defaults() Settings {
 		Tenant:          "depproxy",
 		MaxDownloads:    64,
 		MaxBlobSize:     Size(64 << 30),
+		ManifestMemory:  Size(64 << 20),
 	}
 }
 
@@ -87,6 +89,7 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.Var(&s.UpstreamMirrorOf, "upstream-mirror-of", "registries (containerd's ?ns=) an upstream stands in for besides its own name, NAMES or REGISTRY=NAMES, comma-separated, e.g. docker.io for an internal Docker Hub mirror; repeatable")
 	fs.IntVar(&s.MaxDownloads, "max-downloads", s.MaxDownloads, "how many upstream blob downloads run at once; more wait for a slot")
 	fs.Var(&s.MaxBlobSize, "max-blob-size", "the largest blob downloaded (e.g. 64Gi); a download whose size the upstream does not announce is cut there")
+	fs.Var(&s.ManifestMemory, "manifest-memory", "memory for recently served manifests (e.g. 64Mi): within the recheck interval a warm tag costs no storage round trip")
 	fs.StringVar(&s.SpoolDir, "spool-dir", s.SpoolDir, "where blobs being downloaded are kept until stored, for S3 storage (default: the system's temporary directory); abandoned files are removed at start")
 	fs.IntVar(&s.LogLevel, "log-level", s.LogLevel, "log verbosity: 0 events, 1 also each request")
 }
@@ -159,6 +162,9 @@ func (s *Settings) Validate() error {
 	}
 	if s.MaxBlobSize < 1 {
 		errs = append(errs, errors.New("max-blob-size must be positive"))
+	}
+	if s.ManifestMemory < 1 {
+		errs = append(errs, errors.New("manifest-memory must be positive"))
 	}
 	if _, err := s.Upstreams(); err != nil {
 		errs = append(errs, err)

@@ -457,6 +457,19 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.D
 	// The new config has rolled out: the node's pulls meet a pod that
 	// stays.
 	eventually(t, 3*time.Minute, "DependencyProxy Ready with the upstreams", func() error { return ready(ctx, k.c, dp) })
+	// kube-proxy may still send the node's connections to the pod that
+	// rolled away for a moment; containerd 1.6 would wait 30 s on one.
+	eventually(t, time.Minute, "the node reaches the cache steadily at its node port", func() error {
+		c := &http.Client{Timeout: time.Second}
+		for i := 0; i < 20; i++ {
+			resp, err := c.Get("http://" + k.proxy + "/v2/")
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+		}
+		return nil
+	})
 	for _, registry := range []string{"docker.io", "ghcr.io"} {
 		b, err := os.ReadFile(filepath.Join(certs, registry, "hosts.toml"))
 		if err != nil || !strings.Contains(string(b), fmt.Sprintf("[host.%q]", "http://"+k.proxy)) {
