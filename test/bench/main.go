@@ -168,7 +168,72 @@ func (b *bench) run(runs int, warmOnly bool) error {
 	for _, r := range rows {
 		fmt.Println(r)
 	}
+	fmt.Println()
+	fmt.Println("| cache | scenario | requests/s | p50 | p99 | upstream manifest requests |")
+	fmt.Println("|---|---|---|---|---|---|")
+	for _, kind := range []string{"depproxy minio", "distribution minio, streamed"} {
+		var ts []tagMeasure
+		for r := 0; r < runs; r++ {
+			c := b.start(kind)
+			ts = append(ts, b.warmTag(c))
+			c.stop()
+		}
+		sort.Slice(ts, func(i, j int) bool { return ts[i].perSecond < ts[j].perSecond })
+		m := ts[len(ts)/2]
+		fmt.Printf("| %s | warm tag manifest, %d clients × %d, within the recheck interval | %.0f | %s | %s | %d |\n",
+			kind, tagClients, tagRequests, m.perSecond, m.p50.Round(10*time.Microsecond), m.p99.Round(10*time.Microsecond), m.upstream)
+	}
 	return nil
+}
+
+const (
+	tagClients  = 32
+	tagRequests = 200 // per client
+)
+
+type tagMeasure struct {
+	perSecond float64
+	p50, p99  time.Duration
+	upstream  int
+}
+
+// warmTag: the tag is cached and confirmed; then tagClients clients ask
+// for it tagRequests times each, as a mirror's nodes do.
+func (b *bench) warmTag(c *cache) tagMeasure {
+	// Keep-alive for every client, as nodes' runtimes keep theirs.
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: tagClients}}
+	get := func() {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+c.addr+"/v2/"+imageRepo+"/manifests/"+imageTag, nil)
+		req.Header.Set("Accept", string(types.OCIManifestSchema1))
+		resp, err := client.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b.Fatalf("%s: manifest: %s", c.name, resp.Status)
+		}
+	}
+	get()
+	b.front.Reset()
+	lat := make([]time.Duration, tagClients*tagRequests)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i := 0; i < tagClients; i++ {
+		wg.Go(func() {
+			for j := 0; j < tagRequests; j++ {
+				t0 := time.Now()
+				get()
+				lat[i*tagRequests+j] = time.Since(t0)
+			}
+		})
+	}
+	wg.Wait()
+	wall := time.Since(start)
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	return tagMeasure{perSecond: float64(len(lat)) / wall.Seconds(), p50: lat[len(lat)/2], p99: lat[len(lat)*99/100],
+		upstream: b.front.Count(http.MethodGet, "manifests") + b.front.Count(http.MethodHead, "manifests")}
 }
 
 func (b *bench) pushFixtures() error {
@@ -223,7 +288,7 @@ func (b *bench) start(kind string) *cache {
 	switch kind {
 	case "depproxy fs", "depproxy minio", "depproxy minio, redirect":
 		args := []string{"serve", "--listen", addr, "--metrics-listen", testenv.FreeAddr(b), "--upstream", "docker.io=" + b.front.URL(),
-			"--storage", filepath.Join(dir, "data")}
+			"--recheck-interval", "1m", "--storage", filepath.Join(dir, "data")}
 		if kind != "depproxy fs" {
 			args = append(args[:len(args)-1], "s3://"+bucket+"/cache", "--s3-endpoint", b.minio.Addr, "--s3-insecure")
 		}
