@@ -460,7 +460,9 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.D
 	// kube-proxy may still send the node's connections to the pod that
 	// rolled away for a moment; containerd 1.6 would wait 30 s on one.
 	eventually(t, time.Minute, "the node reaches the cache steadily at its node port", func() error {
-		c := &http.Client{Timeout: time.Second}
+		// A connection each, as containerd's pulls make: each may meet
+		// any endpoint kube-proxy still has.
+		c := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 		for i := 0; i < 20; i++ {
 			resp, err := c.Get("http://" + k.proxy + "/v2/")
 			if err != nil {
