@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
@@ -45,6 +46,10 @@ const (
 	upstreamDir    = configDir + "/upstream"
 	tlsDir         = configDir + "/tls"
 	secretsHashKey = "depproxy.dev/secrets-hash"
+
+	// shutdownDelay: a stopping proxy pod says it is unready and serves
+	// on this long, while its endpoint leaves every node's kube-proxy.
+	shutdownDelay = 10 * time.Second
 
 	// cleanupAppName is the app.kubernetes.io/name of cleanup CronJobs,
 	// their Jobs and pods.
@@ -96,6 +101,7 @@ func proxySettings(dp *depproxyv1.DependencyProxy) wire.Settings {
 	return wire.Settings{
 		Listen:            fmt.Sprintf(":%d", ProxyPort),
 		MetricsListen:     fmt.Sprintf(":%d", MetricsPort),
+		ShutdownDelay:     wire.Duration(shutdownDelay),
 		Upstream:          upstreamKeys(dp, func(u depproxyv1.RegistryUpstream, _ int) string { return u.URL }),
 		Storage:           storage,
 		S3Endpoint:        s.Endpoint,
@@ -329,6 +335,9 @@ func desiredDeployment(dp *depproxyv1.DependencyProxy, defaultImage, cfgHash, se
 					ServiceAccountName: proxyName(dp),
 					SecurityContext:    podSec,
 					Volumes:            volumes,
+					// The delay while unready, then 30 s for requests in
+					// flight to finish.
+					TerminationGracePeriodSeconds: ptr.To(int64((shutdownDelay + 30*time.Second) / time.Second)),
 					Containers: []corev1.Container{{
 						Name:  "depproxy",
 						Image: proxyImage(dp, defaultImage),

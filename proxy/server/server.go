@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -45,6 +46,9 @@ type Server struct {
 
 	idleTimeout, writeTimeout time.Duration
 	certs                     *certReloader // nil: plain HTTP
+	// stopping: the server was told to stop, and says it is not ready
+	// while it still serves for --shutdown-delay.
+	stopping atomic.Bool
 }
 
 // Option adjusts what the settings build.
@@ -55,6 +59,9 @@ type options struct {
 	cache                     []cache.Option
 	idleTimeout, writeTimeout time.Duration
 	certs                     *certReloader // nil: plain HTTP
+	// stopping: the server was told to stop, and says it is not ready
+	// while it still serves for --shutdown-delay.
+	stopping atomic.Bool
 }
 
 // WithTimeouts sets how long a keep-alive connection may idle and a
@@ -155,15 +162,18 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 	}
 	reg := registry.New(sources, guard, log.WithName("registry"))
 	handler := registryRoutes(reg, tokens)
-	ops := opsRoutes(promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}), scanner.Handler(s.SummaryInterval.Std(), log.WithName("summary")))
+	srv := &Server{}
+	ops := opsRoutes(promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}), scanner.Handler(s.SummaryInterval.Std(), log.WithName("summary")),
+		&srv.stopping)
 	if s.LogLevel >= 1 {
 		handler = accessLog(handler, log.WithName("http"))
 	}
 	for _, c := range caches {
 		closers = append([]func() error{func() error { c.Close(); return nil }}, closers...)
 	}
-	return &Server{settings: s, log: log, caches: caches, summary: scanner, closers: closers, handler: handler, ops: ops,
-		idleTimeout: o.idleTimeout, writeTimeout: o.writeTimeout, certs: certs}, nil
+	*srv = Server{settings: s, log: log, caches: caches, summary: scanner, closers: closers, handler: handler, ops: ops,
+		idleTimeout: o.idleTimeout, writeTimeout: o.writeTimeout, certs: certs}
+	return srv, nil
 }
 
 // Handler is what the registry port serves: the pull API and logins.
@@ -212,7 +222,11 @@ func (s *Server) Run(ctx context.Context) error {
 	select {
 	case err = <-errc:
 	case <-ctx.Done():
-		s.log.Info("shutting down")
+		// Unready first, still serving: load balancers and kube-proxy
+		// stop sending new connections before the listeners close.
+		s.stopping.Store(true)
+		s.log.Info("shutting down", "after", s.settings.ShutdownDelay.Std().String())
+		time.Sleep(s.settings.ShutdownDelay.Std())
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -246,14 +260,20 @@ func registryRoutes(reg, tokens http.Handler) http.Handler {
 	})
 }
 
-// opsRoutes are the operational endpoints.
-func opsRoutes(metrics, summary http.Handler) http.Handler {
+// opsRoutes are the operational endpoints; /readyz fails once the server
+// is stopping.
+func opsRoutes(metrics, summary http.Handler, stopping *atomic.Bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", metrics)
 	mux.Handle(wire.SummaryPath, summary)
-	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
-	mux.Handle("/healthz", ok)
-	mux.Handle("/readyz", ok)
+	mux.Handle("/healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) }))
+	mux.Handle("/readyz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if stopping.Load() {
+			http.Error(w, "stopping", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	}))
 	return mux
 }
 

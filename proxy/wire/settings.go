@@ -46,6 +46,7 @@ type Settings struct {
 	MaxBlobSize       Size      `json:"max-blob-size,omitempty"`
 	SpoolDir          string    `json:"spool-dir,omitempty"`
 	ManifestMemory    Size      `json:"manifest-memory,omitempty"`
+	ShutdownDelay     Duration  `json:"shutdown-delay,omitempty"`
 	LogLevel          int       `json:"log-level,omitempty"`
 }
 
@@ -90,6 +91,7 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.IntVar(&s.MaxDownloads, "max-downloads", s.MaxDownloads, "how many upstream blob downloads run at once; more wait for a slot")
 	fs.Var(&s.MaxBlobSize, "max-blob-size", "the largest blob downloaded (e.g. 64Gi); a download whose size the upstream does not announce is cut there")
 	fs.Var(&s.ManifestMemory, "manifest-memory", "memory for recently served manifests (e.g. 64Mi): within the recheck interval a warm tag costs no storage round trip")
+	fs.Var(&s.ShutdownDelay, "shutdown-delay", "on SIGTERM, how long /readyz fails while everything is still served, before the listeners close (a Service stops sending new connections meanwhile)")
 	fs.StringVar(&s.SpoolDir, "spool-dir", s.SpoolDir, "where blobs being downloaded are kept until stored, for S3 storage (default: the system's temporary directory); abandoned files are removed at start")
 	fs.IntVar(&s.LogLevel, "log-level", s.LogLevel, "log verbosity: 0 events, 1 also each request")
 }
@@ -150,6 +152,9 @@ func (s *Settings) Validate() error {
 		if v == "" {
 			errs = append(errs, fmt.Errorf("%s may not be empty", name))
 		}
+	}
+	if s.ShutdownDelay < 0 {
+		errs = append(errs, errors.New("shutdown-delay may not be negative"))
 	}
 	if s.RecheckInterval < 0 {
 		errs = append(errs, errors.New("recheck-interval may not be negative"))

@@ -384,3 +384,41 @@ func TestDownloadsAreBounded(t *testing.T) {
 		eventually(t, 5*time.Second, "the silent connection is still open", func() bool { return running.Load() == 0 })
 	})
 }
+
+// On SIGTERM (the context ending) the server first says it is not ready,
+// still serving, for --shutdown-delay; only then do the listeners close.
+func TestShutdownDelay(t *testing.T) {
+	e := newEnv(t)
+	s := wire.Defaults()
+	s.Upstream, s.Storage, s.ShutdownDelay = wire.Keys(e.front.URL()), t.TempDir(), wire.Duration(1500*time.Millisecond)
+	s.Listen, s.MetricsListen = testenv.FreeAddr(t), testenv.FreeAddr(t)
+	srv, err := server.New(context.Background(), s, logr.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	ready := func() int {
+		resp, err := http.Get("http://" + s.MetricsListen + "/readyz")
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	eventually(t, 10*time.Second, "the server did not become ready", func() bool { return ready() == 200 })
+	cancel()
+	eventually(t, time.Second, "/readyz still ready after the stop", func() bool { return ready() == http.StatusServiceUnavailable })
+	if resp, _ := get(t, "http://"+s.Listen+"/v2/", ""); resp.StatusCode != 200 {
+		t.Fatalf("the registry stopped serving during the delay: %s", resp.Status)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("the server stopped before its delay: %v", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
