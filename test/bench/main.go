@@ -202,19 +202,7 @@ type tagMeasure struct {
 func (b *bench) warmTag(c *cache) tagMeasure {
 	// Keep-alive for every client, as nodes' runtimes keep theirs.
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: tagClients}}
-	get := func() {
-		req, _ := http.NewRequest(http.MethodGet, "http://"+c.addr+"/v2/"+imageRepo+"/manifests/"+imageTag, nil)
-		req.Header.Set("Accept", string(types.OCIManifestSchema1))
-		resp, err := client.Do(req)
-		if err != nil {
-			b.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			b.Fatalf("%s: manifest: %s", c.name, resp.Status)
-		}
-	}
+	get := func() { b.getManifest(c, client) }
 	get()
 	b.front.Reset()
 	lat := make([]time.Duration, tagClients*tagRequests)
@@ -407,10 +395,11 @@ func (b *bench) warm(c *cache) measure {
 		manGETs: b.front.Count("GET", "manifests"), tokens: b.front.Count("GET", "token"), rss: testenv.PeakRSS(c.pid)}
 }
 
-func (b *bench) pullImage(c *cache) int64 {
+// getManifest fetches the image's tag manifest.
+func (b *bench) getManifest(c *cache, client *http.Client) {
 	req, _ := http.NewRequest(http.MethodGet, "http://"+c.addr+"/v2/"+imageRepo+"/manifests/"+imageTag, nil)
 	req.Header.Set("Accept", string(types.OCIManifestSchema1))
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -419,6 +408,10 @@ func (b *bench) pullImage(c *cache) int64 {
 	if resp.StatusCode != 200 {
 		b.Fatalf("%s: manifest: %s", c.name, resp.Status)
 	}
+}
+
+func (b *bench) pullImage(c *cache) int64 {
+	b.getManifest(c, http.DefaultClient)
 	var n int64
 	for _, d := range b.image {
 		n += b.fetch(c, imageRepo, d)
