@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
@@ -107,5 +108,19 @@ func TestServiceNodePort(t *testing.T) {
 	dp.Spec.NodePort = ptr.To[int32](30500)
 	if svc := desiredService(dp); svc.Spec.Type != corev1.ServiceTypeNodePort || svc.Spec.Ports[0].NodePort != 30500 {
 		t.Fatalf("node port service: %+v", svc.Spec)
+	}
+}
+
+// A rollout is not over while pods of the old spec still serve: they
+// answer with the old config.
+func TestReadyOnlyWhenTheOldPodsAreGone(t *testing.T) {
+	dp := testProxy()
+	d := &appsv1.Deployment{Status: appsv1.DeploymentStatus{Replicas: 2, UpdatedReplicas: 1, AvailableReplicas: 2}}
+	if ready(dp, d) {
+		t.Error("ready with an old pod still serving")
+	}
+	d.Status.Replicas = 1
+	if !ready(dp, d) {
+		t.Error("not ready with only the new pod")
 	}
 }

@@ -307,6 +307,9 @@ func sameDeployment(e, d client.Object) bool {
 	return true
 }
 
+// ready: the spec's pods serve, and only they. While pods of an older
+// spec are still up, requests may meet the old config (another
+// registry's tags, say): the rollout is not over.
 func ready(dp *depproxyv1.DependencyProxy, d *appsv1.Deployment) bool {
 	if d == nil {
 		return false
@@ -315,7 +318,8 @@ func ready(dp *depproxyv1.DependencyProxy, d *appsv1.Deployment) bool {
 	if dp.Spec.Replicas != nil {
 		want = *dp.Spec.Replicas
 	}
-	return d.Status.ObservedGeneration >= d.Generation && d.Status.UpdatedReplicas >= want && d.Status.AvailableReplicas >= want
+	return d.Status.ObservedGeneration >= d.Generation && d.Status.UpdatedReplicas >= want && d.Status.AvailableReplicas >= want &&
+		d.Status.Replicas == d.Status.UpdatedReplicas
 }
 
 // computeStatus sets the conditions from the reconcile's outcome and the
