@@ -489,9 +489,9 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.D
 	if after := k.mirroredManifests(t); after <= before {
 		t.Fatalf("the proxy served no manifest for the node (%v before, %v after)", before, after)
 	}
-	for _, key := range []string{"registries/docker.io/library/e2e-mirror/_tags/1", "registries/ghcr.io/e2e/app/_tags/1"} {
+	for image, key := range map[string]string{"e2e-mirror": "registries/docker.io/library/e2e-mirror/_tags/1", "e2e/app": "registries/ghcr.io/e2e/app/_tags/1"} {
 		if _, err := k.minio.StatObject(ctx, bucket, key, minio.StatObjectOptions{}); err != nil {
-			t.Errorf("%s is not in the cache: the node's pull did not come through it (%v)", key, err)
+			t.Errorf("%s is not in the cache: the node's pull did not come through it (%v)\nthe node's containerd said:\n%s", key, err, k.containerdSaid(image))
 		}
 	}
 }
@@ -674,4 +674,16 @@ func eventually(t *testing.T, timeout time.Duration, what string, f func() error
 		time.Sleep(time.Second)
 	}
 	t.Fatalf("%s: not within %s: %v", what, timeout, err)
+}
+
+// containerdSaid is what the node's containerd logged about an image.
+func (k *cluster) containerdSaid(image string) string {
+	raw, _ := os.ReadFile(filepath.Join(k.dir, "log", "containerd.log"))
+	var lines []string
+	for _, l := range strings.Split(string(raw), "\n") {
+		if strings.Contains(l, image) {
+			lines = append(lines, l)
+		}
+	}
+	return strings.Join(lines, "\n")
 }
