@@ -491,7 +491,14 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.D
 	}
 	for image, key := range map[string]string{"e2e-mirror": "registries/docker.io/library/e2e-mirror/_tags/1", "e2e/app": "registries/ghcr.io/e2e/app/_tags/1"} {
 		if _, err := k.minio.StatObject(ctx, bucket, key, minio.StatObjectOptions{}); err != nil {
-			t.Errorf("%s is not in the cache: the node's pull did not come through it (%v)\nthe node's containerd said:\n%s", key, err, k.containerdSaid(image))
+			var keys []string
+			for obj := range k.minio.ListObjects(ctx, bucket, minio.ListObjectsOptions{Recursive: true}) {
+				if strings.Contains(obj.Key, image) {
+					keys = append(keys, obj.Key)
+				}
+			}
+			t.Errorf("%s is not in the cache: the node's pull did not come through it (%v)\nthe cache has %v\nthe node's containerd said:\n%s",
+				key, err, keys, k.containerdSaid(image))
 		}
 	}
 }
