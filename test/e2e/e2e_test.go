@@ -457,6 +457,21 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.D
 	// The new config has rolled out: the node's pulls meet a pod that
 	// stays.
 	eventually(t, 3*time.Minute, "DependencyProxy Ready with the upstreams", func() error { return ready(ctx, k.c, dp) })
+	// A pod of the old config serves on through its shutdown delay: the
+	// node's first pulls must meet the new config.
+	eventually(t, 2*time.Minute, "only pods of the new config left", func() error {
+		var d appsv1.Deployment
+		if err := k.c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: dp.Name + "-depproxy"}, &d); err != nil {
+			return err
+		}
+		want := d.Spec.Template.Annotations["depproxy.dev/config-hash"]
+		for _, p := range k.proxyPods(ctx, t, dp) {
+			if p.DeletionTimestamp != nil || p.Annotations["depproxy.dev/config-hash"] != want {
+				return fmt.Errorf("pod %s of another config, or stopping", p.Name)
+			}
+		}
+		return nil
+	})
 	// kube-proxy may still send the node's connections to the pod that
 	// rolled away for a moment; containerd 1.6 would wait 30 s on one.
 	eventually(t, time.Minute, "the node reaches the cache steadily at its node port", func() error {
