@@ -162,17 +162,16 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 	}
 	reg := registry.New(sources, guard, log.WithName("registry"))
 	handler := registryRoutes(reg, tokens)
-	srv := &Server{}
-	ops := opsRoutes(promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}), scanner.Handler(s.SummaryInterval.Std(), log.WithName("summary")),
-		&srv.stopping)
 	if s.LogLevel >= 1 {
 		handler = accessLog(handler, log.WithName("http"))
 	}
 	for _, c := range caches {
 		closers = append([]func() error{func() error { c.Close(); return nil }}, closers...)
 	}
-	*srv = Server{settings: s, log: log, caches: caches, summary: scanner, closers: closers, handler: handler, ops: ops,
+	srv := &Server{settings: s, log: log, caches: caches, summary: scanner, closers: closers, handler: handler,
 		idleTimeout: o.idleTimeout, writeTimeout: o.writeTimeout, certs: certs}
+	srv.ops = opsRoutes(promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}), scanner.Handler(s.SummaryInterval.Std(), log.WithName("summary")),
+		&srv.stopping)
 	return srv, nil
 }
 

@@ -61,16 +61,7 @@ func TestServeBinary(t *testing.T) {
 	}
 	defer cmd.Process.Kill()
 	base, ops := "http://"+addr, "http://"+opsAddr
-	for i := 0; ; i++ {
-		if resp, err := http.Get(ops + "/healthz"); err == nil {
-			resp.Body.Close()
-			break
-		}
-		if i > 200 {
-			t.Fatalf("depproxy did not start:\n%s", logs.String())
-		}
-		sleep()
-	}
+	waitReady(t, ops, &logs)
 	if got, _ := pullAll(t, base, repo, "v1"); got != wantRoot {
 		t.Fatalf("pulled %s, want %s", got, wantRoot)
 	}
@@ -90,16 +81,8 @@ func TestServeBinary(t *testing.T) {
 	resp, body := get(t, base+"/nope", "")
 	ociError(t, resp, body, http.StatusNotFound, "NOT_FOUND")
 
-	cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("depproxy exited with %v after SIGTERM:\n%s", err, logs.String())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("depproxy did not stop on SIGTERM")
+	if err := terminate(t, cmd, 30*time.Second); err != nil {
+		t.Errorf("depproxy exited with %v after SIGTERM:\n%s", err, logs.String())
 	}
 	// Reads were noted in memory; a clean stop writes them out.
 	markers, _ := filepath.Glob(filepath.Join(dir, "data", "_lastread", "blobs", "sha256", "*"))
@@ -122,15 +105,38 @@ func startBinary(t *testing.T, logs *syncBuffer, args ...string) (string, *exec.
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitReady(t, "http://"+opsAddr, logs)
+	return "http://" + addr, cmd
+}
+
+// waitReady waits for a depproxy's metrics port to say it is ready.
+func waitReady(t *testing.T, ops string, logs *syncBuffer) {
+	t.Helper()
 	for i := 0; ; i++ {
-		if resp, err := http.Get("http://" + opsAddr + "/readyz"); err == nil {
+		if resp, err := http.Get(ops + "/readyz"); err == nil {
 			resp.Body.Close()
-			return "http://" + addr, cmd
+			return
 		}
 		if i > 400 {
 			t.Fatalf("depproxy did not start:\n%s", logs.String())
 		}
 		sleep()
+	}
+}
+
+// terminate sends SIGTERM and returns how the process exited; it fails
+// the test if the process is still running after within.
+func terminate(t *testing.T, cmd *exec.Cmd, within time.Duration) error {
+	t.Helper()
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(within):
+		t.Fatalf("depproxy did not stop within %v of SIGTERM", within)
+		return nil
 	}
 }
 
@@ -173,16 +179,8 @@ func TestSpoolFilesDoNotOutliveTheProcess(t *testing.T) {
 		t.Fatalf("the crashed process's spool %s survived the restart", crashed[0])
 	}
 	startDownload(base, 2)
-	cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("exit after SIGTERM: %v\n%s", err, logs.String())
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("depproxy did not stop on SIGTERM while a download ran")
+	if err := terminate(t, cmd, 20*time.Second); err != nil {
+		t.Fatalf("exit after SIGTERM while a download ran: %v\n%s", err, logs.String())
 	}
 	if dirs := spoolDirs(); len(dirs) != 0 {
 		t.Fatalf("SIGTERM left spools %v", dirs)

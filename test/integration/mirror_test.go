@@ -23,16 +23,10 @@ func startContainerd(t *testing.T) *containerd {
 	return &containerd{testenv.StartContainerd(t, "containerd", 2, `disabled_plugins = ["io.containerd.grpc.v1.cri"]`)}
 }
 
-func (c *containerd) ctr(t *testing.T, args ...string) (string, error) { return c.Ctr(t, args...) }
-
-func (c *containerd) crictl(t *testing.T, args ...string) (string, error) {
-	return c.Crictl(t, args...)
-}
-
 // digestOfImage is the digest containerd recorded for ref.
 func (c *containerd) digestOfImage(t *testing.T, ns, ref string) string {
 	t.Helper()
-	out, err := c.ctr(t, "-n", ns, "images", "ls")
+	out, err := c.Ctr(t, "-n", ns, "images", "ls")
 	if err != nil {
 		t.Fatalf("ctr images ls: %v\n%s", err, out)
 	}
@@ -72,7 +66,7 @@ func TestContainerdPullsThroughTheMirror(t *testing.T) {
 
 	refs := map[string]string{"docker.io/" + tr.repo + ":v1": tr.hubImage, "ghcr.io/" + tr.repo + ":v1": tr.ghcrImage}
 	for ref, want := range refs {
-		if out, err := ctrd.ctr(t, "-n", "through", "images", "pull", "--hosts-dir", hostsDir, ref); err != nil {
+		if out, err := ctrd.Ctr(t, "-n", "through", "images", "pull", "--hosts-dir", hostsDir, ref); err != nil {
 			t.Fatalf("ctr pull %s: %v\n%s", ref, err, out)
 		}
 		if got := ctrd.digestOfImage(t, "through", ref); got != want {
@@ -91,7 +85,7 @@ func TestContainerdPullsThroughTheMirror(t *testing.T) {
 	proxy.Wait()
 	for ref, want := range refs {
 		start := time.Now()
-		if out, err := ctrd.ctr(t, "-n", "fallback", "images", "pull", "--hosts-dir", hostsDir, ref); err != nil {
+		if out, err := ctrd.Ctr(t, "-n", "fallback", "images", "pull", "--hosts-dir", hostsDir, ref); err != nil {
 			t.Fatalf("ctr pull %s with the cache stopped: %v\n%s", ref, err, out)
 		}
 		if took := time.Since(start); took > 10*time.Second {
@@ -185,7 +179,7 @@ func startContainerd2(t *testing.T, registryConfig string) *containerd {
 // ref.
 func (c *containerd) repoDigest(t *testing.T, ref string) string {
 	t.Helper()
-	out, err := c.crictl(t, "inspecti", "-o", "json", ref)
+	out, err := c.Crictl(t, "inspecti", "-o", "json", ref)
 	if err != nil {
 		t.Fatalf("crictl inspecti %s: %v\n%s", ref, err, out)
 	}
@@ -231,7 +225,7 @@ func TestContainerd2PullsThroughCRI(t *testing.T) {
 	setting := fmt.Sprintf("[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = %q\n", hostsDir)
 	c := startContainerd2(t, setting)
 	for ref, want := range map[string]string{"docker.io/" + tr.repo + ":v1": tr.hubImage, "ghcr.io/" + tr.repo + ":v1": tr.ghcrImage, local + "/" + tr.repo + ":v1": tr.ghcrImage} {
-		if out, err := c.crictl(t, "pull", ref); err != nil {
+		if out, err := c.Crictl(t, "pull", ref); err != nil {
 			t.Fatalf("crictl pull %s: %v\n%s", ref, err, out)
 		}
 		if got := c.repoDigest(t, ref); got != want {
@@ -246,7 +240,7 @@ func TestContainerd2PullsThroughCRI(t *testing.T) {
 
 	// Without it, containerd 2.x goes to the registry itself.
 	bare := startContainerd2(t, "")
-	if out, err := bare.crictl(t, "pull", local+"/"+tr.repo+":v2"); err != nil {
+	if out, err := bare.Crictl(t, "pull", local+"/"+tr.repo+":v2"); err != nil {
 		t.Fatalf("crictl pull without the setting: %v\n%s", err, out)
 	}
 	if throughCache(local, "v2") {

@@ -177,7 +177,7 @@ func TestUpgradeKeepsOldTags(t *testing.T) {
 	s := wire.Defaults()
 	s.Upstream = wire.Keys(e.front.URL(), "ghcr.io=http://127.0.0.1:1")
 	s.Storage = dir
-	srv, err := server.New(ctx, s, discardLog())
+	srv, err := server.New(ctx, s, logr.Discard())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,8 +206,6 @@ func openStorageAt(t *testing.T, dir string) storage.Storage {
 	t.Cleanup(func() { fs.Close() })
 	return fs
 }
-
-func discardLog() logr.Logger { return logr.Discard() }
 
 // startHandler serves a server's registry port on loopback.
 func startHandler(t *testing.T, srv *server.Server) string {
