@@ -8,6 +8,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/utils/ptr"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
@@ -90,10 +91,10 @@ func TestSummaryIsBounded(t *testing.T) {
 	var w wire.Summary
 	w.Hits, w.Misses, w.Bytes, w.ImageCount = 93, 7, 3<<30, 100000
 	for i := 0; i < 500; i++ {
-		w.Images = append(w.Images, wire.SummaryImage{Repository: "r", Tag: "t"})
+		w.Images = append(w.Images, wire.SummaryImage{Registry: "ghcr.io", Repository: "r", Tag: "t"})
 	}
 	s := toCacheSummary(w, metav1.Now())
-	if len(s.Images) != maxSummaryImages || s.HitRatio != "0.93" || s.Size != "3Gi" || s.ImageCount != 100000 {
+	if len(s.Images) != maxSummaryImages || s.Images[0].Registry != "ghcr.io" || s.HitRatio != "0.93" || s.Size != "3Gi" || s.ImageCount != 100000 {
 		t.Errorf("images %d, ratio %s, size %s, count %d", len(s.Images), s.HitRatio, s.Size, s.ImageCount)
 	}
 }
@@ -122,5 +123,31 @@ func TestReadyOnlyWhenTheOldPodsAreGone(t *testing.T) {
 	d.Status.Replicas = 1
 	if !ready(dp, d) {
 		t.Error("not ready with only the new pod")
+	}
+}
+
+// The node agent runs where nodeMirror says, for the registries it
+// names (an upstream's mirrorOf included), and scrapes go to the metrics
+// port.
+func TestNodeAgentAndServiceMonitor(t *testing.T) {
+	dp := testProxy()
+	dp.Spec.NodePort = ptr.To[int32](30500)
+	dp.Spec.NodeMirror = &depproxyv1.NodeMirrorSpec{ConfigPath: "/etc/containers/registries.conf.d", Format: "registries.conf",
+		Registries: []string{"mirror.internal:5000"}, NodeSelector: map[string]string{"pool": "build"},
+		Tolerations: []corev1.Toleration{{Key: "dedicated", Operator: corev1.TolerationOpExists}}}
+	ds := desiredNodeAgent(dp, "img", "nodes")
+	pod := ds.Spec.Template.Spec
+	args := strings.Join(pod.Containers[0].Args, " ")
+	if !strings.Contains(args, "--registry mirror.internal:5000") || strings.Contains(args, "--registry quay.io") ||
+		!strings.Contains(args, "--format registries.conf") || !strings.Contains(args, "--dir /etc/containers/registries.conf.d") {
+		t.Errorf("args %q", args)
+	}
+	if pod.NodeSelector["pool"] != "build" || len(pod.Tolerations) != 1 || pod.Tolerations[0].Key != "dedicated" || ds.Namespace != "nodes" {
+		t.Errorf("placement: %v %v %s", pod.NodeSelector, pod.Tolerations, ds.Namespace)
+	}
+	sm := desiredServiceMonitor(dp)
+	eps, _, _ := unstructured.NestedSlice(sm.Object, "spec", "endpoints")
+	if len(eps) != 1 || eps[0].(map[string]any)["port"] != "metrics" {
+		t.Errorf("ServiceMonitor endpoints %v", eps)
 	}
 }

@@ -18,6 +18,12 @@ func TestRenderNodeFile(t *testing.T) {
 			t.Errorf("hosts.toml lacks %s:\n%s", line, hosts)
 		}
 	}
+	_, tlsHosts, err := RenderNodeFile(ContainerdHosts, "/d", NodeMirror{Registry: "ghcr.io", Server: "https://ghcr.internal"},
+		NodeOptions{Endpoint: "https://cache.example:5000", CA: "/etc/containerd/certs.d/ca.crt"})
+	if err != nil || !strings.Contains(string(tlsHosts), `ca = "/etc/containerd/certs.d/ca.crt"`) || !strings.Contains(string(tlsHosts), `server = "https://ghcr.internal"`) ||
+		strings.Contains(string(tlsHosts), "dial_timeout") {
+		t.Errorf("an https cache with a CA, no dial timeout: %v\n%s", err, tlsHosts)
+	}
 	path, conf, err := RenderNodeFile(ContainersConf, "/etc/containers/registries.conf.d", NodeMirror{Registry: "ghcr.io"}, o)
 	if err != nil || path != "/etc/containers/registries.conf.d/depproxy-ghcr.io.conf" {
 		t.Fatalf("%s %v", path, err)
