@@ -62,7 +62,7 @@ func (c *Cache) Blob(ctx context.Context, repo string, d digest.Digest) (*Blob, 
 }
 
 func (c *Cache) blob(ctx context.Context, repo string, d digest.Digest) (*Blob, error) {
-	if f := c.fillFor(repo, d, false); f != nil {
+	if f := c.fillFor(ctx, repo, d, false); f != nil {
 		c.metrics.request("blob", "join")
 		return c.fillBlob(ctx, f)
 	}
@@ -78,7 +78,7 @@ func (c *Cache) blob(ctx context.Context, repo string, d digest.Digest) (*Blob, 
 	}
 	c.storageFailed(err, "open blob", "digest", d)
 	c.metrics.request("blob", "miss")
-	return c.fillBlob(ctx, c.fillFor(repo, d, true))
+	return c.fillBlob(ctx, c.fillFor(ctx, repo, d, true))
 }
 
 // redirectBlob returns a redirect to a cached blob, when enabled and the
@@ -107,7 +107,7 @@ func (c *Cache) StatBlob(ctx context.Context, repo string, d digest.Digest) (int
 		return info.Size, nil
 	}
 	c.storageFailed(err, "stat blob", "digest", d)
-	if f := c.fillFor(repo, d, false); f != nil {
+	if f := c.fillFor(ctx, repo, d, false); f != nil {
 		defer f.release()
 		select {
 		case <-f.ready:
@@ -151,7 +151,9 @@ func (c *Cache) fillBlob(ctx context.Context, f *fill) (*Blob, error) {
 
 // fillFor returns the running fill for d, with a reference taken for the
 // caller; with start, it starts one if none runs, and nil only without.
-func (c *Cache) fillFor(repo string, d digest.Digest, start bool) *fill {
+// A new fill keeps ctx's values (whether another replica forwarded the
+// request, say), not its end: it runs until Close.
+func (c *Cache) fillFor(ctx context.Context, repo string, d digest.Digest, start bool) *fill {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if f := c.fills[d]; f != nil && f.acquire() {
@@ -160,13 +162,15 @@ func (c *Cache) fillFor(repo string, d digest.Digest, start bool) *fill {
 	if !start {
 		return nil
 	}
-	ctx, cancel := context.WithCancelCause(c.background)
+	ctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+	stopWithCache := context.AfterFunc(c.background, func() { cancel(context.Cause(c.background)) })
 	f := newFill(d, cancel, c.limits.Abandoned)
 	f.refs++ // the caller's
 	c.fills[d] = f
 	c.running.Add(1)
 	go func() {
 		defer c.running.Done()
+		defer stopWithCache()
 		c.runFill(ctx, repo, f)
 	}()
 	return f
@@ -220,11 +224,16 @@ func (c *Cache) runFill(ctx context.Context, repo string, f *fill) {
 	}
 	f.start(file, blob.Size)
 	err = f.copyFrom(body, limit)
-	c.metrics.upstreamBytes.Add(float64(f.written))
+	if !blob.FromReplica {
+		c.metrics.upstreamBytes.Add(float64(f.written))
+	}
 	f.finish(err)
 	if err != nil {
 		log.Info("upstream blob transfer failed, nothing cached", "error", err.Error(), "cause", fmt.Sprint(context.Cause(ctx)), "bytes", f.written)
 		return
+	}
+	if blob.FromReplica {
+		return // the replica it came from stores it
 	}
 	if err := c.commit(ctx, f); err != nil {
 		c.storageFailed(err, "store blob", "digest", f.digest)
@@ -247,7 +256,7 @@ func (c *Cache) warmBlob(ctx context.Context, repo string, d digest.Digest) erro
 	if _, err := c.store.Stat(ctx, layout.Blob(d)); err == nil {
 		return nil
 	}
-	f := c.fillFor(repo, d, true)
+	f := c.fillFor(ctx, repo, d, true)
 	defer f.release()
 	return f.wait(ctx)
 }

@@ -22,6 +22,9 @@ type Manifest struct {
 	MediaType string
 	Digest    digest.Digest
 	Body      []byte
+
+	// fromReplica: another replica fetched it, and stores it and its tag.
+	fromReplica bool
 }
 
 // Manifest returns the manifest for ref (a tag or a digest) of repo.
@@ -97,13 +100,16 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 			}
 			return nil, err
 		}
+		c.markFresh(repo, tag, m.Digest)
+		if m.fromReplica {
+			return m, nil // the replica that fetched it stores it, and prefetches
+		}
 		moved := cached == nil || cached.Digest != m.Digest
 		if err := c.storeTag(ctx, repo, tag, m.Digest); err != nil {
 			c.storageFailed(err, "store tag", "repository", repo, "tag", tag)
 		} else if moved {
 			c.tagMoved(repo, tag)
 		}
-		c.markFresh(repo, tag, m.Digest)
 		if moved && manifest.IsIndex(m.MediaType) && len(c.prefetch) > 0 {
 			c.running.Add(1)
 			go func() {
@@ -143,6 +149,9 @@ func (c *Cache) fetchManifest(ctx context.Context, repo, ref string, want digest
 		return nil, err
 	}
 	c.memory.put(m)
+	if m.fromReplica {
+		return m, nil
+	}
 	rec := layout.ManifestRecord(m.MediaType, m.Body)
 	if err := c.store.Put(ctx, layout.Manifest(m.Digest), bytes.NewReader(rec), int64(len(rec))); err != nil {
 		c.storageFailed(err, "store manifest", "repository", repo, "digest", m.Digest)
@@ -169,7 +178,7 @@ func checkManifest(um *upstream.Manifest, want digest.Digest) (*Manifest, error)
 	if h, err := digest.Parse(um.Digest); err == nil && h.Algorithm().FromBytes(um.Body) != h {
 		return nil, fmt.Errorf("%w: upstream said %s for a manifest that hashes otherwise", ErrDigestMismatch, h)
 	}
-	return &Manifest{MediaType: mt, Digest: got, Body: um.Body}, nil
+	return &Manifest{MediaType: mt, Digest: got, Body: um.Body, fromReplica: um.FromReplica}, nil
 }
 
 // upstreamAccept is the client's Accept list plus every type depproxy

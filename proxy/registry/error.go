@@ -7,6 +7,7 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/manifest"
+	"github.com/depproxy/depproxy/proxy/peers"
 	"github.com/depproxy/depproxy/proxy/token"
 	"github.com/depproxy/depproxy/proxy/upstream"
 )
@@ -48,6 +49,10 @@ func (e *regError) write(w http.ResponseWriter, r *http.Request) {
 	}{[]detail{{e.Code, e.Message}}})
 }
 
+// WriteError writes err as an OCI error, for handlers in front of the
+// registry.
+func WriteError(w http.ResponseWriter, r *http.Request, err error) { toRegError(err, "").write(w, r) }
+
 // toRegError is the one place where an error becomes an OCI error code.
 // notFound is the code for a 404 on this route (MANIFEST_UNKNOWN,
 // BLOB_UNKNOWN, NAME_UNKNOWN).
@@ -60,6 +65,8 @@ func toRegError(err error, notFound string) *regError {
 		return re
 	case errors.As(err, &ch):
 		return &regError{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: ch.Reason, challenge: ch.Header}
+	case errors.Is(err, peers.ErrBadSignature):
+		return &regError{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: err.Error()}
 	case errors.As(err, &se):
 		switch se.StatusCode {
 		case http.StatusNotFound:

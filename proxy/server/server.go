@@ -26,6 +26,7 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/cleanup"
+	"github.com/depproxy/depproxy/proxy/peers"
 	"github.com/depproxy/depproxy/proxy/registry"
 	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/proxy/summary"
@@ -46,6 +47,7 @@ type Server struct {
 
 	idleTimeout, writeTimeout time.Duration
 	certs                     *certReloader // nil: plain HTTP
+	replicas                  *replicas     // nil: this is the only replica
 	// stopping: the server was told to stop, and says it is not ready
 	// while it still serves for --shutdown-delay.
 	stopping atomic.Bool
@@ -117,6 +119,27 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 	if err != nil {
 		return nil, err
 	}
+	key, err := signingKey(s, log)
+	if err != nil {
+		return nil, err
+	}
+	var certs *certReloader
+	if s.TLSCert != "" || s.TLSKey != "" {
+		if s.TLSCert == "" || s.TLSKey == "" {
+			return nil, errors.New("tls: set both --tls-cert and --tls-key")
+		}
+		if certs, err = newCertReloader(s.TLSCert, s.TLSKey, log.WithName("tls")); err != nil {
+			return nil, err
+		}
+	}
+	var peering *replicas
+	if cfg, err := s.Replicas(); err != nil {
+		return nil, err
+	} else if cfg != nil {
+		if peering, err = newReplicas(cfg, key, certs); err != nil {
+			return nil, err
+		}
+	}
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		cleanup.NewCollector(store))
@@ -131,7 +154,12 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 		if err != nil {
 			return nil, err
 		}
-		c := cache.New(up, store, append([]cache.Option{
+		var through cache.Upstream = up
+		if peering != nil {
+			through = peers.NewUpstream(up, u.Registry, peering.ring, peering.signer, peering.tls,
+				log.WithName("replicas").WithValues("registry", u.Registry))
+		}
+		c := cache.New(through, store, append([]cache.Option{
 			cache.WithLogger(log.WithName("cache").WithValues("registry", u.Registry)),
 			cache.WithRegistry(u.Registry, u.Default),
 			cache.WithRecheckInterval(s.RecheckInterval.Std()),
@@ -147,21 +175,19 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 	}
 	scanner = summary.New(store, caches[0].HitCounts, upstreams[0].Registry)
 
-	guard, tokens, err := logins(s, metrics, log)
+	guard, tokens, err := logins(s, key, metrics, log)
 	if err != nil {
 		return nil, err
 	}
-	var certs *certReloader
-	if s.TLSCert != "" || s.TLSKey != "" {
-		if s.TLSCert == "" || s.TLSKey == "" {
-			return nil, errors.New("tls: set both --tls-cert and --tls-key")
-		}
-		if certs, err = newCertReloader(s.TLSCert, s.TLSKey, log.WithName("tls")); err != nil {
-			return nil, err
-		}
+	var auth registry.Authorizer = guard
+	if peering != nil {
+		auth = replicaAuth{guard}
 	}
-	reg := registry.New(sources, guard, log.WithName("registry"))
+	reg := registry.New(sources, auth, log.WithName("registry"))
 	handler := registryRoutes(reg, tokens)
+	if peering != nil {
+		handler = replicaRequests(handler, peering.signer)
+	}
 	if s.LogLevel >= 1 {
 		handler = accessLog(handler, log.WithName("http"))
 	}
@@ -169,7 +195,7 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 		closers = append([]func() error{func() error { c.Close(); return nil }}, closers...)
 	}
 	srv := &Server{settings: s, log: log, caches: caches, summary: scanner, closers: closers, handler: handler,
-		idleTimeout: o.idleTimeout, writeTimeout: o.writeTimeout, certs: certs}
+		idleTimeout: o.idleTimeout, writeTimeout: o.writeTimeout, certs: certs, replicas: peering}
 	srv.ops = opsRoutes(promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}), scanner.Handler(s.SummaryInterval.Std(), log.WithName("summary")),
 		&srv.stopping)
 	return srv, nil
@@ -197,6 +223,7 @@ func (s *Server) Run(ctx context.Context) error {
 	for _, c := range s.caches {
 		tracking.Go(func() { c.TrackReads(trackCtx, time.Minute) })
 	}
+	tracking.Go(func() { s.replicas.watch(trackCtx, s.log.WithName("replicas")) })
 
 	servers := []*http.Server{
 		{Addr: s.settings.Listen, Handler: progressDeadlines(s.handler, s.writeTimeout), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: s.idleTimeout},
@@ -284,21 +311,22 @@ func newUpstream(u wire.Upstream) (*upstream.Client, error) {
 	return upstream.New(u.URL, opts...)
 }
 
-// logins builds the login side: who may pull, and the tokens that say so.
-func logins(s wire.Settings, reg prometheus.Registerer, log logr.Logger) (*token.Guard, *token.Server, error) {
-	var key *ecdsa.PrivateKey
-	var err error
+// signingKey is the --token-key, or one made up for this process.
+func signingKey(s wire.Settings, log logr.Logger) (*ecdsa.PrivateKey, error) {
 	if s.TokenKey != "" {
-		if key, err = token.LoadKey(s.TokenKey); err != nil {
-			return nil, nil, err
-		}
-	} else {
-		if key, _, err = wire.NewSigningKey(); err != nil {
-			return nil, nil, err
-		}
+		return token.LoadKey(s.TokenKey)
+	}
+	key, _, err := wire.NewSigningKey()
+	if err == nil {
 		log.Info("no --token-key: generated a signing key; tokens will not survive a restart or work across replicas")
 	}
+	return key, err
+}
+
+// logins builds the login side: who may pull, and the tokens that say so.
+func logins(s wire.Settings, key *ecdsa.PrivateKey, reg prometheus.Registerer, log logr.Logger) (*token.Guard, *token.Server, error) {
 	var users *token.Users
+	var err error
 	if s.Users != "" {
 		if users, err = token.LoadUsers(s.Users); err != nil {
 			return nil, nil, err

@@ -63,6 +63,9 @@ type Descriptor struct {
 type Manifest struct {
 	Descriptor
 	Body []byte
+	// FromReplica: another replica of the cache got it from the
+	// upstream, and stores it.
+	FromReplica bool
 }
 
 // Blob is an open blob stream; the caller closes Body.
@@ -70,6 +73,9 @@ type Blob struct {
 	Body io.ReadCloser
 	// Size is -1 when the upstream did not say.
 	Size int64
+	// FromReplica: another replica of the cache is downloading it from
+	// the upstream, and stores it.
+	FromReplica bool
 }
 
 // Client talks to one upstream registry. It is safe for concurrent use.

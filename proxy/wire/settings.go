@@ -47,6 +47,10 @@ type Settings struct {
 	SpoolDir          string    `json:"spool-dir,omitempty"`
 	ManifestMemory    Size      `json:"manifest-memory,omitempty"`
 	ShutdownDelay     Duration  `json:"shutdown-delay,omitempty"`
+	Peers             string    `json:"peers,omitempty"`
+	Advertise         string    `json:"advertise,omitempty"`
+	PeerService       string    `json:"peer-service,omitempty"`
+	PeerNamespace     string    `json:"peer-namespace,omitempty"`
 	LogLevel          int       `json:"log-level,omitempty"`
 }
 
@@ -92,6 +96,10 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.Var(&s.MaxBlobSize, "max-blob-size", "the largest blob downloaded (e.g. 64Gi); a download whose size the upstream does not announce is cut there")
 	fs.Var(&s.ManifestMemory, "manifest-memory", "memory for recently served manifests (e.g. 64Mi): within the recheck interval a warm tag costs no storage round trip")
 	fs.Var(&s.ShutdownDelay, "shutdown-delay", "on SIGTERM, how long /readyz fails while everything is still served, before the listeners close (a Service stops sending new connections meanwhile)")
+	fs.StringVar(&s.Peers, "peers", s.Peers, "comma-separated URLs of every replica of this cache (http://10.0.0.1:5000,...), this one included: each cold blob and tag is fetched once, by the replica that owns it; the replicas share the storage and --token-key")
+	fs.StringVar(&s.Advertise, "advertise", s.Advertise, "this replica's own URL, as the other replicas reach it (one of --peers, or its address behind --peer-service)")
+	fs.StringVar(&s.PeerService, "peer-service", s.PeerService, "on Kubernetes, instead of --peers: the headless Service whose ready endpoints (EndpointSlices) are the replicas; they are reached with --advertise's scheme and port")
+	fs.StringVar(&s.PeerNamespace, "peer-namespace", s.PeerNamespace, "the namespace of --peer-service (default: the pod's own)")
 	fs.StringVar(&s.SpoolDir, "spool-dir", s.SpoolDir, "where blobs being downloaded are kept until stored, for S3 storage (default: the system's temporary directory); abandoned files are removed at start")
 	fs.IntVar(&s.LogLevel, "log-level", s.LogLevel, "log verbosity: 0 events, 1 also each request")
 }
@@ -172,6 +180,9 @@ func (s *Settings) Validate() error {
 		errs = append(errs, errors.New("manifest-memory must be positive"))
 	}
 	if _, err := s.Upstreams(); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := s.Replicas(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

@@ -1,0 +1,196 @@
+package peers
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	"github.com/depproxy/depproxy/proxy/cache"
+	"github.com/depproxy/depproxy/proxy/upstream"
+)
+
+// Upstream is an upstream seen through the replicas: a cold blob or
+// manifest comes from the replica that owns it, which downloads it once
+// for everyone (its single-flight fill) and stores it; this replica
+// streams it on without storing it again. What this replica owns, what a
+// replica forwarded to it, and everything else (tags lists, referrers,
+// blob HEADs) go to the upstream directly.
+type Upstream struct {
+	cache.Upstream // the upstream itself
+	registry       string
+	ring           *Ring
+	signer         *Signer
+	client         *http.Client
+	log            logr.Logger
+}
+
+// NewUpstream returns direct seen through ring. registry is the name
+// the replicas' registry routes know direct by (containerd's ?ns=).
+// tlsConfig, when the replicas serve HTTPS, is how they are verified.
+func NewUpstream(direct cache.Upstream, registry string, ring *Ring, signer *Signer, tlsConfig *tls.Config, log logr.Logger) *Upstream {
+	return &Upstream{Upstream: direct, registry: registry, ring: ring, signer: signer, log: log,
+		client: &http.Client{Transport: replicaTransport(tlsConfig)}}
+}
+
+// replicaTransport fails fast on a replica that is gone, so the next
+// one takes over quickly; it has no response deadline, because the owner
+// may be waiting on the upstream itself.
+func replicaTransport(tlsConfig *tls.Config) *http.Transport {
+	return &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:     tlsConfig,
+		TLSHandshakeTimeout: 5 * time.Second,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+		ForceAttemptHTTP2:   false, // one blob per connection: no head-of-line blocking between blobs
+	}
+}
+
+// errTryNext: the replica could not answer; the next in line may.
+var errTryNext = errors.New("replica did not answer")
+
+// GetBlob streams a blob from its owner.
+func (u *Upstream) GetBlob(ctx context.Context, repo, digest string) (*upstream.Blob, error) {
+	var blob *upstream.Blob
+	err := u.forward(ctx, BlobKey(u.registry, digest), func(owner string) error {
+		resp, err := u.send(ctx, http.MethodGet, owner, repo, "blobs/"+digest, nil)
+		if err != nil {
+			return err
+		}
+		blob = &upstream.Blob{Body: resp.Body, Size: resp.ContentLength, FromReplica: true}
+		return nil
+	}, func() (err error) {
+		blob, err = u.Upstream.GetBlob(ctx, repo, digest)
+		return err
+	})
+	return blob, err
+}
+
+// GetManifest gets a manifest from the replica that owns its tag (or
+// digest): one upstream GET for every replica.
+func (u *Upstream) GetManifest(ctx context.Context, repo, ref string, accept []string, maxSize int64) (*upstream.Manifest, error) {
+	var m *upstream.Manifest
+	err := u.forward(ctx, ManifestKey(u.registry, repo, ref), func(owner string) error {
+		resp, err := u.send(ctx, http.MethodGet, owner, repo, "manifests/"+ref, accept)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(io.LimitReader(resp.Body, maxSize+1))
+		if err != nil {
+			return fmt.Errorf("%w: %w", errTryNext, err)
+		}
+		if int64(len(body)) > maxSize {
+			return upstream.ErrTooLarge
+		}
+		m = &upstream.Manifest{Descriptor: describe(resp), Body: body, FromReplica: true}
+		return nil
+	}, func() (err error) {
+		m, err = u.Upstream.GetManifest(ctx, repo, ref, accept, maxSize)
+		return err
+	})
+	return m, err
+}
+
+// HeadManifest asks the owner of a tag where it points: the owner
+// answers from its own recheck interval, so the upstream sees one HEAD
+// per interval whatever the number of replicas.
+func (u *Upstream) HeadManifest(ctx context.Context, repo, ref string, accept []string) (upstream.Descriptor, error) {
+	var d upstream.Descriptor
+	err := u.forward(ctx, ManifestKey(u.registry, repo, ref), func(owner string) error {
+		resp, err := u.send(ctx, http.MethodHead, owner, repo, "manifests/"+ref, accept)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		d = describe(resp)
+		return nil
+	}, func() (err error) {
+		d, err = u.Upstream.HeadManifest(ctx, repo, ref, accept)
+		return err
+	})
+	return d, err
+}
+
+// BlobKey is what decides a blob's owner: its digest, whatever the
+// repository (one blob, one download).
+func BlobKey(registry, digest string) string { return registry + " blob " + digest }
+
+// ManifestKey is what decides a manifest's owner: the tag, or the digest,
+// within its repository.
+func ManifestKey(registry, repo, ref string) string {
+	if strings.Contains(ref, ":") {
+		return registry + " manifest " + repo + "@" + ref
+	}
+	return registry + " manifest " + repo + ":" + ref
+}
+
+// forward tries the owners of key in order; when this replica's turn
+// comes, or the request was itself forwarded, or no replica answers, the
+// upstream is asked directly.
+func (u *Upstream) forward(ctx context.Context, key string, viaReplica func(owner string) error, direct func() error) error {
+	if IsForwarded(ctx) {
+		return direct()
+	}
+	for _, owner := range u.ring.Owners(key) {
+		if owner == u.ring.Self() {
+			break
+		}
+		err := viaReplica(owner)
+		if !errors.Is(err, errTryNext) {
+			return err
+		}
+		u.log.Info("replica did not answer; trying the next", "replica", owner, "key", key, "error", err.Error())
+	}
+	return direct()
+}
+
+// send makes a signed request to a replica. Only an answer that says
+// something about the object (200, or an error the owner's upstream
+// gave) returns without errTryNext.
+func (u *Upstream) send(ctx context.Context, method, owner, repo, path string, accept []string) (*http.Response, error) {
+	target := owner + "/v2/" + repo + "/" + path + "?ns=" + url.QueryEscape(u.registry)
+	req, err := http.NewRequestWithContext(ctx, method, target, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errTryNext, err)
+	}
+	for _, a := range accept {
+		req.Header.Add("Accept", a)
+	}
+	u.signer.Sign(req)
+	resp, err := u.client.Do(req)
+	if err != nil {
+		if ctx.Err() == nil {
+			u.ring.markDown(owner)
+		}
+		return nil, fmt.Errorf("%w: %w", errTryNext, err)
+	}
+	switch {
+	case resp.StatusCode == http.StatusOK:
+		return resp, nil
+	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusForbidden ||
+		resp.StatusCode == http.StatusTooManyRequests:
+		// The upstream's own answer, passed on by the owner.
+		resp.Body.Close()
+		return nil, &upstream.StatusError{StatusCode: resp.StatusCode, RetryAfter: resp.Header.Get("Retry-After")}
+	default:
+		// 401: the replicas' keys differ; 5xx: the owner could not
+		// get it. Either way another replica, or the upstream, may.
+		resp.Body.Close()
+		return nil, fmt.Errorf("%w: %s answered %s", errTryNext, owner, resp.Status)
+	}
+}
+
+func describe(resp *http.Response) upstream.Descriptor {
+	return upstream.Descriptor{MediaType: resp.Header.Get("Content-Type"), Digest: resp.Header.Get("Docker-Content-Digest"),
+		Size: resp.ContentLength}
+}

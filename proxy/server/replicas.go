@@ -1,0 +1,110 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/go-logr/logr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/depproxy/depproxy/proxy/peers"
+	"github.com/depproxy/depproxy/proxy/registry"
+	"github.com/depproxy/depproxy/proxy/wire"
+)
+
+// replicas is what a proxy with several replicas adds: who the others
+// are, and how they prove themselves.
+type replicas struct {
+	config *wire.Replicas
+	kube   kubernetes.Interface // nil: a fixed list of replicas
+	ring   *peers.Ring
+	signer *peers.Signer
+	tls    *tls.Config // how to check the others' HTTPS; nil for HTTP
+}
+
+func newReplicas(cfg *wire.Replicas, key *ecdsa.PrivateKey, certs *certReloader) (*replicas, error) {
+	der, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	r := &replicas{config: cfg, ring: peers.NewRing(cfg.Self, cfg.Static), signer: peers.NewSigner(der)}
+	if certs != nil {
+		r.tls = certs.pinned()
+	}
+	if cfg.Service == "" {
+		return r, nil
+	}
+	kubeConfig, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("peer-service: %w", err)
+	}
+	if r.kube, err = kubernetes.NewForConfig(kubeConfig); err != nil {
+		return nil, fmt.Errorf("peer-service: %w", err)
+	}
+	if r.config.Namespace == "" {
+		if r.config.Namespace, err = peers.PodNamespace(); err != nil {
+			return nil, fmt.Errorf("peer-service: set --peer-namespace outside a pod: %w", err)
+		}
+	}
+	return r, nil
+}
+
+// watch follows the headless Service's endpoints until ctx ends, when
+// membership comes from Kubernetes.
+func (r *replicas) watch(ctx context.Context, log logr.Logger) {
+	if r == nil || r.kube == nil {
+		return
+	}
+	peers.WatchEndpointSlices(ctx, r.kube, r.config.Namespace, r.config.Service, r.ring, log)
+}
+
+// replicaRequests marks requests another replica forwarded, once their
+// signature verifies; a request that claims to be one and is not is
+// refused, never served as an ordinary pull that could be forwarded on.
+func replicaRequests(next http.Handler, signer *peers.Signer) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ok, err := signer.Verify(r)
+		switch {
+		case err != nil:
+			registry.WriteError(w, r, err)
+			return
+		case ok:
+			r = r.WithContext(peers.Forwarded(r.Context()))
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// replicaAuth lets forwarded requests through: the replica that
+// forwarded one checked its client's login.
+type replicaAuth struct{ next registry.Authorizer }
+
+func (a replicaAuth) Authorize(r *http.Request, repo string) error {
+	if peers.IsForwarded(r.Context()) {
+		return nil
+	}
+	return a.next.Authorize(r, repo)
+}
+
+// pinned verifies the other replicas by the certificate they all serve
+// (the one Secret), not by a name: they are dialled by pod IP.
+func (c *certReloader) pinned() *tls.Config {
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, // replaced by VerifyConnection below
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			own, _ := c.GetCertificate(nil)
+			if len(cs.PeerCertificates) == 0 || len(own.Certificate) == 0 || !bytes.Equal(cs.PeerCertificates[0].Raw, own.Certificate[0]) {
+				return errors.New("the replica does not serve this replica's certificate")
+			}
+			return nil
+		},
+	}
+}

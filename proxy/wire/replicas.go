@@ -1,0 +1,68 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+	"strings"
+)
+
+// Replicas is how a replica finds the others: a fixed list, or the
+// ready endpoints of a headless Service.
+type Replicas struct {
+	// Self is this replica's URL (--advertise).
+	Self string
+	// Static lists every replica, Self among them (--peers).
+	Static []string
+	// Service and Namespace name the headless Service whose
+	// EndpointSlices list the replicas (--peer-service).
+	Service, Namespace string
+}
+
+// Replicas returns how this replica finds the others; nil when it runs
+// alone.
+func (s *Settings) Replicas() (*Replicas, error) {
+	if s.Peers == "" && s.PeerService == "" {
+		if s.Advertise != "" {
+			return nil, errors.New("advertise: set it together with --peers or --peer-service")
+		}
+		return nil, nil
+	}
+	if s.Peers != "" && s.PeerService != "" {
+		return nil, errors.New("peers: set --peers or --peer-service, not both")
+	}
+	if s.TokenKey == "" {
+		return nil, errors.New("peers: replicas prove who they are to each other with the token key: set --token-key, the same file on every replica")
+	}
+	self, err := replicaURL("advertise", s.Advertise)
+	if err != nil {
+		return nil, err
+	}
+	r := &Replicas{Self: self, Service: s.PeerService, Namespace: s.PeerNamespace}
+	for _, p := range strings.Split(s.Peers, ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		u, err := replicaURL("peers", p)
+		if err != nil {
+			return nil, err
+		}
+		r.Static = append(r.Static, u)
+	}
+	if s.Peers != "" && !slices.Contains(r.Static, self) {
+		return nil, fmt.Errorf("peers: --advertise %s is not among them; list every replica, this one included", self)
+	}
+	return r, nil
+}
+
+// replicaURL checks a replica's address: scheme and host, nothing else,
+// written without a trailing slash so that every replica spells it alike.
+func replicaURL(flag, raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") ||
+		u.RawQuery != "" || u.User != nil {
+		return "", fmt.Errorf("%s %q: want a replica's URL like http://10.0.0.1:5000", flag, raw)
+	}
+	return u.Scheme + "://" + u.Host, nil
+}
