@@ -104,3 +104,23 @@ func setAnnotation(obj metav1.Object, key, value string) {
 	a[key] = value
 	obj.SetAnnotations(a)
 }
+
+// remove deletes a child the spec no longer asks for, if the owner
+// made it; obj names it.
+func (a applier) remove(ctx context.Context, owner client.Object, obj client.Object) error {
+	existing := obj.DeepCopyObject().(client.Object)
+	err := a.client.Get(ctx, client.ObjectKeyFromObject(obj), existing)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !metav1.IsControlledBy(existing, owner) {
+		return nil
+	}
+	if err := a.client.Delete(ctx, existing); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("deleting %s %s: %w", kindOf(existing, a.scheme), existing.GetName(), err)
+	}
+	return nil
+}

@@ -47,9 +47,16 @@ const (
 	tlsDir         = configDir + "/tls"
 	secretsHashKey = "depproxy.dev/secrets-hash"
 
-	// shutdownDelay: a stopping proxy pod says it is unready and serves
-	// on this long, while its endpoint leaves every node's kube-proxy.
+	// preStopDelay: a stopping proxy pod is told to stop this long after
+	// it is marked terminating, which takes its endpoint out of the
+	// Services (and of the other replicas' view) while it still serves.
+	preStopDelay = 5 * time.Second
+	// shutdownDelay: then it says it is unready and serves on this long,
+	// for kube-proxies that are slow to notice.
 	shutdownDelay = 10 * time.Second
+	// drainTime: then requests in flight, and the downloads they read,
+	// have this long to finish.
+	drainTime = 30 * time.Second
 
 	// cleanupAppName is the app.kubernetes.io/name of cleanup CronJobs,
 	// their Jobs and pods.
@@ -98,7 +105,7 @@ func proxySettings(dp *depproxyv1.DependencyProxy) wire.Settings {
 	if p := strings.Trim(s.Prefix, "/"); p != "" {
 		storage += "/" + p
 	}
-	return wire.Settings{
+	settings := wire.Settings{
 		Listen:            fmt.Sprintf(":%d", ProxyPort),
 		MetricsListen:     fmt.Sprintf(":%d", MetricsPort),
 		ShutdownDelay:     wire.Duration(shutdownDelay),
@@ -118,6 +125,10 @@ func proxySettings(dp *depproxyv1.DependencyProxy) wire.Settings {
 		TLSCert:          ifSet(tlsSecret(dp), tlsDir+"/"+corev1.TLSCertKey),
 		TLSKey:           ifSet(tlsSecret(dp), tlsDir+"/"+corev1.TLSPrivateKeyKey),
 	}
+	if replicated(dp) {
+		settings.PeerService = peersName(dp)
+	}
+	return settings
 }
 
 // tlsSecret is the Secret of the certificate served, if any.
@@ -324,7 +335,7 @@ func desiredDeployment(dp *depproxyv1.DependencyProxy, defaultImage, cfgHash, se
 			Path: path, Port: intstr.FromString("metrics"),
 		}}, PeriodSeconds: 10, TimeoutSeconds: 2}
 	}
-	return &appsv1.Deployment{
+	d := &appsv1.Deployment{
 		ObjectMeta: objectMeta(proxyName(dp), dp.Namespace, labels),
 		Spec: appsv1.DeploymentSpec{
 			Replicas: dp.Spec.Replicas,
@@ -332,12 +343,10 @@ func desiredDeployment(dp *depproxyv1.DependencyProxy, defaultImage, cfgHash, se
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{configHashKey: cfgHash, secretsHashKey: secHash}},
 				Spec: corev1.PodSpec{
-					ServiceAccountName: proxyName(dp),
-					SecurityContext:    podSec,
-					Volumes:            volumes,
-					// The delay while unready, then 30 s for requests in
-					// flight to finish.
-					TerminationGracePeriodSeconds: ptr.To(int64((shutdownDelay + 30*time.Second) / time.Second)),
+					ServiceAccountName:            proxyName(dp),
+					SecurityContext:               podSec,
+					Volumes:                       volumes,
+					TerminationGracePeriodSeconds: ptr.To(int64((preStopDelay + shutdownDelay + drainTime) / time.Second)),
 					Containers: []corev1.Container{{
 						Name:  "depproxy",
 						Image: proxyImage(dp, defaultImage),
@@ -347,8 +356,10 @@ func desiredDeployment(dp *depproxyv1.DependencyProxy, defaultImage, cfgHash, se
 							{Name: "http", ContainerPort: ProxyPort, Protocol: corev1.ProtocolTCP},
 							{Name: "metrics", ContainerPort: MetricsPort, Protocol: corev1.ProtocolTCP},
 						},
-						LivenessProbe:   probe("/healthz"),
-						ReadinessProbe:  probe("/readyz"),
+						LivenessProbe:  probe("/healthz"),
+						ReadinessProbe: probe("/readyz"),
+						Lifecycle: &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{
+							Sleep: &corev1.SleepAction{Seconds: int64(preStopDelay / time.Second)}}},
 						Resources:       dp.Spec.Resources,
 						SecurityContext: sec,
 						VolumeMounts:    mounts,
@@ -357,6 +368,10 @@ func desiredDeployment(dp *depproxyv1.DependencyProxy, defaultImage, cfgHash, se
 			},
 		},
 	}
+	if replicated(dp) {
+		replicate(dp, d)
+	}
+	return d
 }
 
 func desiredService(dp *depproxyv1.DependencyProxy) *corev1.Service {

@@ -10,7 +10,10 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -92,6 +95,10 @@ func (r *DependencyProxyReconciler) resync() time.Duration {
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create
 // +kubebuilder:rbac:groups=monitoring.coreos.com,resources=servicemonitors,verbs=get;list;watch;create;update;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings,verbs=get;list;watch;create;update;delete
+// +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=list;watch
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;delete
+// +kubebuilder:rbac:groups=autoscaling,resources=horizontalpodautoscalers,verbs=get;list;watch;create;update;delete
 
 // Reconcile brings a DependencyProxy's children in line with its spec and
 // reports how they are doing.
@@ -245,8 +252,14 @@ func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *deppr
 			same: func(e, d client.Object) bool {
 				return equality.Semantic.DeepEqual(e.(*corev1.ConfigMap).Data, d.(*corev1.ConfigMap).Data)
 			}},
-		{obj: deploy, update: func(e, d client.Object) { e.(*appsv1.Deployment).Spec = d.(*appsv1.Deployment).Spec },
-			same: sameDeployment},
+		{obj: deploy, update: func(e, d client.Object) {
+			ed, dd := e.(*appsv1.Deployment), d.(*appsv1.Deployment)
+			replicas := ed.Spec.Replicas
+			ed.Spec = dd.Spec
+			if dd.Spec.Replicas == nil {
+				ed.Spec.Replicas = replicas // the autoscaler's: never reset
+			}
+		}, same: sameDeployment},
 		{obj: desiredService(dp), update: func(e, d client.Object) {
 			es, ds := e.(*corev1.Service), d.(*corev1.Service)
 			es.Spec.Type, es.Spec.Selector, es.Spec.Ports = ds.Spec.Type, ds.Spec.Selector, ds.Spec.Ports
@@ -260,6 +273,35 @@ func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *deppr
 		children = append(children, child{obj: desiredServiceMonitor(dp), update: func(e, d client.Object) {
 			e.(*unstructured.Unstructured).Object["spec"] = d.(*unstructured.Unstructured).Object["spec"]
 		}})
+	}
+	// What several replicas need, there only while they may run; the
+	// autoscaler only with spec.autoscaling.
+	optional := []struct {
+		want bool
+		child
+	}{
+		{replicated(dp), child{obj: desiredPeerService(dp), update: func(e, d client.Object) {
+			e.(*corev1.Service).Spec.Selector, e.(*corev1.Service).Spec.Ports = d.(*corev1.Service).Spec.Selector, d.(*corev1.Service).Spec.Ports
+		}}},
+		{replicated(dp), child{obj: desiredPeerRole(dp), update: func(e, d client.Object) { e.(*rbacv1.Role).Rules = d.(*rbacv1.Role).Rules }}},
+		{replicated(dp), child{obj: desiredPeerRoleBinding(dp), update: func(e, d client.Object) {
+			e.(*rbacv1.RoleBinding).Subjects = d.(*rbacv1.RoleBinding).Subjects
+		}}},
+		{replicated(dp), child{obj: desiredPDB(dp), update: func(e, d client.Object) {
+			e.(*policyv1.PodDisruptionBudget).Spec = d.(*policyv1.PodDisruptionBudget).Spec
+		}}},
+		{dp.Spec.Autoscaling != nil, child{obj: desiredHPA(dp), update: func(e, d client.Object) {
+			e.(*autoscalingv2.HorizontalPodAutoscaler).Spec = d.(*autoscalingv2.HorizontalPodAutoscaler).Spec
+		}}},
+	}
+	for _, o := range optional {
+		if o.want {
+			children = append(children, o.child)
+			continue
+		}
+		if err := a.remove(ctx, dp, o.obj); err != nil {
+			return nil, err
+		}
 	}
 	for _, c := range children {
 		op, err := a.apply(ctx, dp, c)
@@ -292,7 +334,7 @@ func (r *DependencyProxyReconciler) recordChange(dp *depproxyv1.DependencyProxy,
 // spec gains server defaults, so whole-spec equality never holds.)
 func sameDeployment(e, d client.Object) bool {
 	es, ds := e.(*appsv1.Deployment).Spec, d.(*appsv1.Deployment).Spec
-	if !equality.Semantic.DeepEqual(es.Replicas, ds.Replicas) ||
+	if (ds.Replicas != nil && !equality.Semantic.DeepEqual(es.Replicas, ds.Replicas)) ||
 		es.Template.Annotations[configHashKey] != ds.Template.Annotations[configHashKey] ||
 		es.Template.Annotations[secretsHashKey] != ds.Template.Annotations[secretsHashKey] ||
 		len(es.Template.Spec.Containers) != len(ds.Template.Spec.Containers) {
@@ -381,6 +423,10 @@ func (r *DependencyProxyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.Service{}).
 		Owns(&corev1.ServiceAccount{}).
 		Owns(&corev1.Secret{}).
+		Owns(&rbacv1.Role{}).
+		Owns(&rbacv1.RoleBinding{}).
+		Owns(&policyv1.PodDisruptionBudget{}).
+		Owns(&autoscalingv2.HorizontalPodAutoscaler{}).
 		Watches(&depproxyv1.DependencyProxy{}, byStorage).
 		Watches(&appsv1.DaemonSet{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
 			if key, ok := nodeAgentOwner(o); ok {

@@ -5,6 +5,24 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
+// AutoscalingSpec scales the proxy on CPU.
+// +kubebuilder:validation:XValidation:rule="self.minReplicas <= self.maxReplicas",message="autoscaling: minReplicas may not exceed maxReplicas"
+type AutoscalingSpec struct {
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=50
+	MinReplicas int32 `json:"minReplicas"`
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=50
+	MaxReplicas int32 `json:"maxReplicas"`
+	// TargetCPUUtilizationPercentage of the containers' CPU request;
+	// set resources.requests.cpu for it to mean something.
+	// +optional
+	// +kubebuilder:default=70
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	TargetCPUUtilizationPercentage int32 `json:"targetCPUUtilizationPercentage,omitempty"`
+}
+
 // DependencyProxySpec is a tenant's pull-through cache.
 // +kubebuilder:validation:XValidation:rule="!has(self.upstreams) || size(self.upstreams) == 0 || (self.upstream.url == 'https://registry-1.docker.io' && !has(self.upstream.credentialsSecretRef) && !has(self.upstream.mirrorOf))",message="set either upstream (one registry) or upstreams (several), not both"
 // +kubebuilder:validation:XValidation:rule="!has(self.nodeMirror) || has(self.nodePort)",message="nodeMirror needs spec.nodePort: the nodes reach the cache at their own address on that port"
@@ -39,12 +57,20 @@ type DependencyProxySpec struct {
 	// +kubebuilder:default={anonymous: true}
 	Auth *AuthSpec `json:"auth,omitempty"`
 
-	// Replicas of the proxy; they share the bucket.
+	// Replicas of the proxy; they share the bucket, and each cold blob
+	// and tag is downloaded once, by the replica that owns it. Ignored
+	// with autoscaling.
 	// +optional
 	// +kubebuilder:default=1
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=50
 	Replicas *int32 `json:"replicas,omitempty"`
+
+	// Autoscaling runs between minReplicas and maxReplicas replicas,
+	// scaled on CPU by a HorizontalPodAutoscaler; the Deployment's
+	// replica count is then the autoscaler's alone.
+	// +optional
+	Autoscaling *AutoscalingSpec `json:"autoscaling,omitempty"`
 
 	// Resources of the proxy container.
 	// +optional

@@ -182,9 +182,8 @@ func (s *Settings) Validate() error {
 	if _, err := s.Upstreams(); err != nil {
 		errs = append(errs, err)
 	}
-	if _, err := s.Replicas(); err != nil {
-		errs = append(errs, err)
-	}
+	// Replicas are checked by serve alone: cleanup reads the same file,
+	// without a replica's own --advertise.
 	return errors.Join(errs...)
 }
 
