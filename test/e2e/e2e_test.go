@@ -33,8 +33,11 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -138,6 +141,10 @@ func TestEndToEnd(t *testing.T) {
 
 	t.Run("a proxy pod deleted mid-pull leaves no partial object", func(t *testing.T) {
 		k.podKilledMidPull(ctx, t, dp)
+	})
+
+	t.Run("three replicas download each blob once, and lose no pull to a deleted replica", func(t *testing.T) {
+		k.replicas(ctx, t, dp, upstream.Addr)
 	})
 
 	t.Run("the operator makes the node pull two registries through the cache", func(t *testing.T) {
@@ -417,6 +424,191 @@ func (k *cluster) proxyPods(ctx context.Context, t *testing.T, dp *depproxyv1.De
 	return pods.Items
 }
 
+// replicas scales the cache to three replicas. Sixteen clients pulling
+// a cold image through the Service, which spreads them over the
+// replicas, cost one upstream download per blob and one manifest GET.
+// A replica deleted mid-pull costs its clients a retry, never a failed
+// pull. With spec.autoscaling the HorizontalPodAutoscaler alone sets the
+// replica count, and a PodDisruptionBudget guards the replicas.
+func (k *cluster) replicas(ctx context.Context, t *testing.T, dp *depproxyv1.DependencyProxy, upstream string) {
+	scale := func(change func()) {
+		t.Helper()
+		if err := k.c.Get(ctx, client.ObjectKeyFromObject(dp), dp); err != nil {
+			t.Fatal(err)
+		}
+		change()
+		if err := k.c.Update(ctx, dp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	readyPods := func(n int) {
+		t.Helper()
+		eventually(t, 3*time.Minute, fmt.Sprintf("%d ready replicas", n), func() error {
+			if err := ready(ctx, k.c, dp); err != nil {
+				return err
+			}
+			var slices discoveryv1.EndpointSliceList
+			if err := k.c.List(ctx, &slices, client.InNamespace(namespace),
+				client.MatchingLabels{discoveryv1.LabelServiceName: dp.Name + "-depproxy-peers"}); err != nil {
+				return err
+			}
+			got := 0
+			for _, s := range slices.Items {
+				for _, e := range s.Endpoints {
+					if ptr.Deref(e.Conditions.Ready, true) {
+						got++
+					}
+				}
+			}
+			if got != n {
+				return fmt.Errorf("%d ready endpoints of the peers Service, want %d", got, n)
+			}
+			return nil
+		})
+	}
+	scale(func() { dp.Spec.Replicas = ptr.To[int32](3) })
+	readyPods(3)
+	pdb := &policyv1.PodDisruptionBudget{}
+	if err := k.c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: dp.Name + "-depproxy"}, pdb); err != nil {
+		t.Fatalf("no PodDisruptionBudget with three replicas: %v", err)
+	}
+
+	img, err := random.Image(8<<20, 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := name.ParseReference(upstream+"/e2e/replicated:1", name.Insecure)
+	if err := remote.Write(r, img); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := img.Manifest()
+	before := k.blobRequestsByPod(t)
+	k.front.Reset()
+	errs := make(chan error, 16)
+	for i := 0; i < 16; i++ {
+		go func() { errs <- pullAll(k.proxy + "/e2e/replicated:1") }()
+	}
+	for i := 0; i < 16; i++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if got, want := k.front.Count("GET", "blobs"), len(m.Layers)+1; got != want {
+		t.Errorf("%d upstream blob GETs for %d blobs pulled by 16 clients over 3 replicas", got, want)
+	}
+	if got := k.front.Count("GET", "manifests"); got != 1 {
+		t.Errorf("%d upstream manifest GETs, want 1", got)
+	}
+	served := 0
+	for pod, n := range k.blobRequestsByPod(t) {
+		if n > before[pod] {
+			served++
+		}
+	}
+	if served < 2 {
+		t.Errorf("the pulls reached %d replica(s): the Service did not spread them, and the test proves nothing", served)
+	}
+
+	// A replica deleted while its clients, and the others' through it,
+	// read a slow cold layer.
+	k.front.Fault(k.front.Alter("blobs", func(w http.ResponseWriter, resp *http.Response) {
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(resp.StatusCode)
+		buf := make([]byte, 256<<10)
+		for {
+			n, err := resp.Body.Read(buf)
+			if n > 0 {
+				if _, werr := w.Write(buf[:n]); werr != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+				time.Sleep(20 * time.Millisecond)
+			}
+			if err != nil {
+				return
+			}
+		}
+	}))
+	defer k.front.Fault(nil)
+	slow, err := random.Image(32<<20, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ = name.ParseReference(upstream+"/e2e/replicated:2", name.Insecure)
+	if err := remote.Write(r, slow); err != nil {
+		t.Fatal(err)
+	}
+	k.front.Reset()
+	for i := 0; i < 8; i++ {
+		go func() {
+			var err error
+			for attempt := 0; attempt < 3; attempt++ {
+				if err = pullAll(k.proxy + "/e2e/replicated:2"); err == nil {
+					break
+				}
+			}
+			errs <- err
+		}()
+	}
+	eventually(t, time.Minute, "the slow download started", func() error {
+		if k.front.Count("GET", "blobs") == 0 {
+			return fmt.Errorf("no blob GET upstream yet")
+		}
+		return nil
+	})
+	time.Sleep(time.Second)
+	victim := k.proxyPods(ctx, t, dp)[0]
+	if err := k.c.Delete(ctx, &victim, client.GracePeriodSeconds(0)); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 8; i++ {
+		if err := <-errs; err != nil {
+			t.Errorf("a pull failed after its retries: %v", err)
+		}
+	}
+	t.Logf("upstream blob GETs with a replica deleted mid-pull: %d", k.front.Count("GET", "blobs"))
+	k.front.Fault(nil)
+	k.assertNoPartialBlobs(ctx, t)
+
+	// The autoscaler owns the replica count: below its minimum it scales
+	// up, and the operator leaves what it set.
+	scale(func() { dp.Spec.Autoscaling = &depproxyv1.AutoscalingSpec{MinReplicas: 4, MaxReplicas: 5} })
+	deployment := &appsv1.Deployment{}
+	eventually(t, 2*time.Minute, "the HorizontalPodAutoscaler scales to its minimum", func() error {
+		hpa := &autoscalingv2.HorizontalPodAutoscaler{}
+		if err := k.c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: dp.Name + "-depproxy"}, hpa); err != nil {
+			return err
+		}
+		if err := k.c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: dp.Name + "-depproxy"}, deployment); err != nil {
+			return err
+		}
+		if got := ptr.Deref(deployment.Spec.Replicas, 0); got != 4 {
+			return fmt.Errorf("the Deployment has %d replicas", got)
+		}
+		return nil
+	})
+	readyPods(4)
+	time.Sleep(3 * time.Second) // reconciles in between would put it back
+	k.c.Get(ctx, client.ObjectKeyFromObject(deployment), deployment)
+	if got := ptr.Deref(deployment.Spec.Replicas, 0); got != 4 {
+		t.Errorf("the Deployment went from the autoscaler's 4 replicas to %d", got)
+	}
+
+	scale(func() { dp.Spec.Autoscaling, dp.Spec.Replicas = nil, ptr.To[int32](1) })
+	readyPods(1)
+}
+
+// blobRequestsByPod reads each proxy pod's count of blob requests from
+// its metrics.
+func (k *cluster) blobRequestsByPod(t *testing.T) map[string]float64 {
+	t.Helper()
+	return k.podMetric(t, func(line string) bool {
+		return strings.HasPrefix(line, "depproxy_cache_requests_total{") && strings.Contains(line, `kind="blob"`)
+	})
+}
+
 // nodeMirror turns the cache into the node's mirror of two registries
 // (spec.upstreams and spec.nodeMirror): the operator's node agent writes
 // the node's hosts.toml once the cache answers, keeping aside the one the
@@ -566,12 +758,25 @@ func (k *cluster) runPod(ctx context.Context, t *testing.T, name, image string) 
 // machine's own, on the node's bridge).
 func (k *cluster) mirroredManifests(t *testing.T) float64 {
 	t.Helper()
+	var sum float64
+	for _, v := range k.podMetric(t, func(line string) bool {
+		return strings.HasPrefix(line, "depproxy_cache_requests_total{") && strings.Contains(line, `kind="manifest"`)
+	}) {
+		sum += v
+	}
+	return sum
+}
+
+// podMetric sums, for each running proxy pod, the samples of the lines
+// of its /metrics that match.
+func (k *cluster) podMetric(t *testing.T, match func(line string) bool) map[string]float64 {
+	t.Helper()
 	var pods corev1.PodList
 	if err := k.c.List(context.Background(), &pods, client.InNamespace(namespace),
 		client.MatchingLabels{"app.kubernetes.io/name": "depproxy"}); err != nil {
 		t.Fatal(err)
 	}
-	var sum float64
+	sums := map[string]float64{}
 	for _, p := range pods.Items {
 		if p.Status.PodIP == "" || p.DeletionTimestamp != nil {
 			continue
@@ -583,14 +788,14 @@ func (k *cluster) mirroredManifests(t *testing.T) float64 {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		for _, line := range strings.Split(string(body), "\n") {
-			if strings.HasPrefix(line, "depproxy_cache_requests_total{") && strings.Contains(line, `kind="manifest"`) {
+			if match(line) {
 				f := strings.Fields(line)
 				v, _ := strconv.ParseFloat(f[len(f)-1], 64)
-				sum += v
+				sums[p.Name] += v
 			}
 		}
 	}
-	return sum
+	return sums
 }
 
 // cleanupRun triggers the policy's CronJob now, as an operator would.
