@@ -32,6 +32,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/minio/minio-go/v7"
 
+	"github.com/depproxy/depproxy/proxy/peers"
+	"github.com/depproxy/depproxy/proxy/wire"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -108,12 +110,31 @@ func (b *bench) cleanup() {
 	os.RemoveAll(b.root)
 }
 
-// cache is one pull-through cache under test, started fresh (empty).
+// cache is one pull-through cache under test, started fresh (empty):
+// one process, or several replicas sharing one bucket.
 type cache struct {
-	name string
-	addr string
-	pid  int
-	stop func()
+	name   string
+	bucket string   // on MinIO
+	addrs  []string // a replica each; clients spread over them
+	pids   []int
+	stop   func()
+}
+
+func (c *cache) addr() string { return c.addrs[0] }
+
+func (c *cache) resetRSS() {
+	for _, pid := range c.pids {
+		testenv.ResetPeakRSS(pid)
+	}
+}
+
+// peakRSS is the replicas' peaks, summed.
+func (c *cache) peakRSS() int64 {
+	var sum int64
+	for _, pid := range c.pids {
+		sum += testenv.PeakRSS(pid)
+	}
+	return sum
 }
 
 func (b *bench) run(runs int, warmOnly bool) error {
@@ -139,10 +160,10 @@ func (b *bench) run(runs int, warmOnly bool) error {
 			break
 		}
 		for _, what := range []string{"40-layer image", "256 MiB blob"} {
-			for _, kind := range kinds[:2] {
+			for _, kind := range append(kinds[:2:2], replicated...) {
 				var ms []measure
 				for r := 0; r < runs; r++ {
-					c := b.start(kind)
+					c := b.startReplicas(strings.TrimSuffix(kind, replicaSuffix), replicasOf(kind))
 					m := b.cold(c, what, clients)
 					c.stop()
 					ms = append(ms, m)
@@ -160,6 +181,7 @@ func (b *bench) run(runs int, warmOnly bool) error {
 		}
 		rows = append(rows, row(kind, fmt.Sprintf("warm pull, 256 MiB blob ×%d", warmPulls), median(ms)))
 	}
+	rows = append(rows, b.warmReplicaRows(runs)...)
 	if !warmOnly {
 		rows = append(rows, b.containerdRows(runs)...)
 	}
@@ -184,6 +206,81 @@ func (b *bench) run(runs int, warmOnly bool) error {
 			kind, tagClients, tagRequests, m.perSecond, m.p50.Round(10*time.Microsecond), m.p99.Round(10*time.Microsecond), m.upstream)
 	}
 	return nil
+}
+
+// replicated are the kinds run as three replicas sharing one bucket,
+// clients spread over them: depproxy's know each other; Distribution's
+// are three proxies on one bucket, as Gardener's HA mode runs them.
+var replicated = []string{"depproxy minio" + replicaSuffix, "distribution minio, streamed" + replicaSuffix}
+
+const replicaSuffix = " ×3 replicas"
+
+func replicasOf(kind string) int {
+	if strings.HasSuffix(kind, replicaSuffix) {
+		return 3
+	}
+	return 1
+}
+
+// warmReplicaRows: a cached 256 MiB blob through three depproxy
+// replicas, from the replica that owns it and from another, and MinIO's
+// own speed for the stored object, in the same run.
+func (b *bench) warmReplicaRows(runs int) []string {
+	var owner, other, direct []measure
+	for r := 0; r < runs; r++ {
+		c := b.startReplicas("depproxy minio", 3)
+		var urls []string
+		for _, a := range c.addrs {
+			urls = append(urls, "http://"+a)
+		}
+		ownerURL := peers.NewRing(urls[0], urls).Owner(peers.BlobKey("docker.io", b.blob.String()))
+		ownerAddr, otherAddr := strings.TrimPrefix(ownerURL, "http://"), ""
+		for _, a := range c.addrs {
+			if a != ownerAddr {
+				otherAddr = a
+			}
+		}
+		b.fetchAt(c.name, otherAddr, blobRepo, b.blob) // cached through the owner
+		time.Sleep(3 * time.Second)                    // stored in the background after serving
+		b.front.Reset()
+		timed := func(get func() int64) measure {
+			start := time.Now()
+			var total int64
+			for i := 0; i < warmPulls; i++ {
+				total += get()
+			}
+			return measure{wall: time.Since(start), bytes: total, upstream: float64(b.front.Bytes("blobs")) / bigBlob}
+		}
+		owner = append(owner, timed(func() int64 { return b.fetchAt(c.name, ownerAddr, blobRepo, b.blob) }))
+		other = append(other, timed(func() int64 { return b.fetchAt(c.name, otherAddr, blobRepo, b.blob) }))
+		direct = append(direct, timed(func() int64 { return b.minioGet(c, "cache/blobs/sha256/"+b.blob.Hex) }))
+		c.stop()
+	}
+	return []string{
+		row("depproxy minio"+replicaSuffix, fmt.Sprintf("warm pull via the blob's owner, 256 MiB blob ×%d", warmPulls), median(owner)),
+		row("depproxy minio"+replicaSuffix, fmt.Sprintf("warm pull via another replica, 256 MiB blob ×%d", warmPulls), median(other)),
+		row("MinIO itself", fmt.Sprintf("direct GET of the stored blob ×%d", warmPulls), median(direct)),
+	}
+}
+
+// minioGet reads an object of the cache's bucket straight from MinIO,
+// as fast as the client here can.
+func (b *bench) minioGet(c *cache, key string) int64 {
+	mc, err := minio.New(b.minio.Addr, &minio.Options{Creds: b.minio.Credentials()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	obj, err := mc.GetObject(context.Background(), c.bucket, key, minio.GetObjectOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer obj.Close()
+	buf := make([]byte, 1<<20)
+	n, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, struct{ io.Reader }{obj}, buf)
+	if err != nil {
+		b.Fatalf("MinIO GET %s: %v", key, err)
+	}
+	return n
 }
 
 const (
@@ -259,7 +356,12 @@ func (b *bench) pushFixtures() error {
 }
 
 // start launches an empty cache of this kind.
-func (b *bench) start(kind string) *cache {
+func (b *bench) start(kind string) *cache { return b.startReplicas(kind, 1) }
+
+// startReplicas launches n replicas of an empty cache of this kind,
+// sharing one bucket (or, on the filesystem, one directory); depproxy's
+// replicas know each other (--peers), Distribution's cannot.
+func (b *bench) startReplicas(kind string, n int) *cache {
 	dir := b.TempDir()
 	bucket := "b" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	mc, err := minio.New(b.minio.Addr, &minio.Options{Creds: b.minio.Credentials()})
@@ -271,55 +373,80 @@ func (b *bench) start(kind string) *cache {
 			b.Fatal(err)
 		}
 	}
-	addr := testenv.FreeAddr(b)
-	var cmd *exec.Cmd
-	switch kind {
-	case "depproxy fs", "depproxy minio", "depproxy minio, redirect":
-		args := []string{"serve", "--listen", addr, "--metrics-listen", testenv.FreeAddr(b), "--upstream", "docker.io=" + b.front.URL(),
-			"--recheck-interval", "1m", "--storage", filepath.Join(dir, "data")}
-		if kind != "depproxy fs" {
-			args = append(args[:len(args)-1], "s3://"+bucket+"/cache", "--s3-endpoint", b.minio.Addr, "--s3-insecure")
-		}
-		if kind == "depproxy minio, redirect" {
-			args = append(args, "--s3-redirect")
-		}
-		cmd = exec.Command(b.depproxy, args...)
-		cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+b.minio.AccessKey, "AWS_SECRET_ACCESS_KEY="+b.minio.SecretKey)
-	default:
-		storage := fmt.Sprintf("{filesystem: {rootdirectory: %s}}", filepath.Join(dir, "data"))
-		if strings.Contains(kind, "minio") {
-			// Distribution redirects to presigned URLs unless told not to.
-			storage = fmt.Sprintf("{s3: {accesskey: %s, secretkey: %s, region: us-east-1, regionendpoint: 'http://%s', bucket: %s, forcepathstyle: true, secure: false, rootdirectory: /cache}, redirect: {disable: %t}}",
-				b.minio.AccessKey, b.minio.SecretKey, b.minio.Addr, bucket, kind == "distribution minio, streamed")
-		}
-		cfg := fmt.Sprintf("version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\nstorage: %s\nhttp: {addr: %s}\nproxy: {remoteurl: %s}\n",
-			storage, addr, b.front.URL())
-		path := filepath.Join(dir, "config.yml")
-		os.WriteFile(path, []byte(cfg), 0o644)
-		cmd = exec.Command(testenv.Tool(b, "registry"), "serve", path)
+	c := &cache{name: kind, bucket: bucket}
+	var peers []string
+	for i := 0; i < n; i++ {
+		c.addrs = append(c.addrs, testenv.FreeAddr(b))
+		peers = append(peers, "http://"+c.addrs[i])
 	}
-	logf, _ := os.Create(filepath.Join(dir, "log"))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
+	key := filepath.Join(dir, "token.pem")
+	_, pem, err := wire.NewSigningKey()
+	if err != nil {
 		b.Fatal(err)
 	}
-	for i := 0; ; i++ {
-		if resp, err := http.Get("http://" + addr + "/v2/"); err == nil {
-			resp.Body.Close()
-			break
+	os.WriteFile(key, pem, 0o600)
+	var stops []func()
+	c.stop = func() {
+		for _, stop := range stops {
+			stop()
 		}
-		if i > 400 {
-			log, _ := os.ReadFile(logf.Name())
-			b.Fatalf("%s did not start:\n%s", kind, log)
+	}
+	for i, addr := range c.addrs {
+		var cmd *exec.Cmd
+		switch {
+		case strings.HasPrefix(kind, "depproxy"):
+			args := []string{"serve", "--listen", addr, "--metrics-listen", testenv.FreeAddr(b), "--upstream", "docker.io=" + b.front.URL(),
+				"--recheck-interval", "1m", "--storage", filepath.Join(dir, "data")}
+			if strings.Contains(kind, "minio") {
+				args = append(args[:len(args)-1], "s3://"+bucket+"/cache", "--s3-endpoint", b.minio.Addr, "--s3-insecure")
+			}
+			if strings.Contains(kind, "redirect") {
+				args = append(args, "--s3-redirect")
+			}
+			if n > 1 {
+				args = append(args, "--peers", strings.Join(peers, ","), "--advertise", peers[i], "--token-key", key)
+			}
+			cmd = exec.Command(b.depproxy, args...)
+			cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+b.minio.AccessKey, "AWS_SECRET_ACCESS_KEY="+b.minio.SecretKey)
+		default:
+			storage := fmt.Sprintf("{filesystem: {rootdirectory: %s}}", filepath.Join(dir, "data"))
+			if strings.Contains(kind, "minio") {
+				// Distribution redirects to presigned URLs unless told not to.
+				storage = fmt.Sprintf("{s3: {accesskey: %s, secretkey: %s, region: us-east-1, regionendpoint: 'http://%s', bucket: %s, forcepathstyle: true, secure: false, rootdirectory: /cache}, redirect: {disable: %t}}",
+					b.minio.AccessKey, b.minio.SecretKey, b.minio.Addr, bucket, !strings.Contains(kind, "redirect"))
+			}
+			cfg := fmt.Sprintf("version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\nstorage: %s\nhttp: {addr: %s}\nproxy: {remoteurl: %s}\n",
+				storage, addr, b.front.URL())
+			path := filepath.Join(dir, fmt.Sprintf("config-%d.yml", i))
+			os.WriteFile(path, []byte(cfg), 0o644)
+			cmd = exec.Command(testenv.Tool(b, "registry"), "serve", path)
 		}
-		time.Sleep(25 * time.Millisecond)
+		logf, _ := os.Create(filepath.Join(dir, fmt.Sprintf("log-%d", i)))
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		c.pids = append(c.pids, cmd.Process.Pid)
+		stops = append(stops, func() {
+			cmd.Process.Kill()
+			cmd.Wait()
+			logf.Close()
+		})
+		for i := 0; ; i++ {
+			if resp, err := http.Get("http://" + addr + "/v2/"); err == nil {
+				resp.Body.Close()
+				break
+			}
+			if i > 400 {
+				log, _ := os.ReadFile(logf.Name())
+				c.stop()
+				b.Fatalf("%s did not start:\n%s", kind, log)
+			}
+			time.Sleep(25 * time.Millisecond)
+		}
 	}
 	b.front.Reset()
-	return &cache{name: kind, addr: addr, pid: cmd.Process.Pid, stop: func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		logf.Close()
-	}}
+	return c
 }
 
 type measure struct {
@@ -333,7 +460,7 @@ type measure struct {
 
 // cold: clients pull at once from an empty cache.
 func (b *bench) cold(c *cache, what string, clients int) measure {
-	testenv.ResetPeakRSS(c.pid)
+	c.resetRSS()
 	size := b.imgBytes
 	if what == "256 MiB blob" {
 		size = bigBlob
@@ -347,10 +474,11 @@ func (b *bench) cold(c *cache, what string, clients int) measure {
 		go func() {
 			defer wg.Done()
 			var n int64
+			addr := c.addrs[i%len(c.addrs)]
 			if what == "256 MiB blob" {
-				n = b.fetch(c, blobRepo, b.blob)
+				n = b.fetchAt(c.name, addr, blobRepo, b.blob)
 			} else {
-				n = b.pullImage(c)
+				n = b.pullImage(c, addr)
 			}
 			mu.Lock()
 			total += n
@@ -368,7 +496,7 @@ func (b *bench) cold(c *cache, what string, clients int) measure {
 		upstream: float64(b.front.Bytes("blobs")) / float64(size),
 		manGETs:  b.front.Count("GET", "manifests"),
 		tokens:   b.front.Count("GET", "token"),
-		rss:      testenv.PeakRSS(c.pid),
+		rss:      c.peakRSS(),
 	}
 }
 
@@ -385,19 +513,21 @@ func (b *bench) warm(c *cache) measure {
 	}
 	// Both caches store in the background after serving: let that end.
 	time.Sleep(3 * time.Second)
-	testenv.ResetPeakRSS(c.pid)
+	c.resetRSS()
 	start := time.Now()
 	var total int64
 	for i := 0; i < warmPulls; i++ {
 		total += b.fetch(c, blobRepo, b.blob)
 	}
 	return measure{wall: time.Since(start), bytes: total, upstream: float64(b.front.Bytes("blobs")) / bigBlob,
-		manGETs: b.front.Count("GET", "manifests"), tokens: b.front.Count("GET", "token"), rss: testenv.PeakRSS(c.pid)}
+		manGETs: b.front.Count("GET", "manifests"), tokens: b.front.Count("GET", "token"), rss: c.peakRSS()}
 }
 
 // getManifest fetches the image's tag manifest.
-func (b *bench) getManifest(c *cache, client *http.Client) {
-	req, _ := http.NewRequest(http.MethodGet, "http://"+c.addr+"/v2/"+imageRepo+"/manifests/"+imageTag, nil)
+func (b *bench) getManifest(c *cache, client *http.Client) { b.getManifestAt(c, c.addr(), client) }
+
+func (b *bench) getManifestAt(c *cache, addr string, client *http.Client) {
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/v2/"+imageRepo+"/manifests/"+imageTag, nil)
 	req.Header.Set("Accept", string(types.OCIManifestSchema1))
 	resp, err := client.Do(req)
 	if err != nil {
@@ -410,17 +540,21 @@ func (b *bench) getManifest(c *cache, client *http.Client) {
 	}
 }
 
-func (b *bench) pullImage(c *cache) int64 {
-	b.getManifest(c, http.DefaultClient)
+func (b *bench) pullImage(c *cache, addr string) int64 {
+	b.getManifestAt(c, addr, http.DefaultClient)
 	var n int64
 	for _, d := range b.image {
-		n += b.fetch(c, imageRepo, d)
+		n += b.fetchAt(c.name, addr, imageRepo, d)
 	}
 	return n
 }
 
 func (b *bench) fetch(c *cache, repo string, d v1.Hash) int64 {
-	resp, err := http.Get("http://" + c.addr + "/v2/" + repo + "/blobs/" + d.String())
+	return b.fetchAt(c.name, c.addr(), repo, d)
+}
+
+func (b *bench) fetchAt(name, addr, repo string, d v1.Hash) int64 {
+	resp, err := http.Get("http://" + addr + "/v2/" + repo + "/blobs/" + d.String())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -430,7 +564,7 @@ func (b *bench) fetch(c *cache, repo string, d v1.Hash) int64 {
 	buf := make([]byte, 1<<20)
 	n, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, struct{ io.Reader }{resp.Body}, buf)
 	if err != nil || resp.StatusCode != 200 {
-		b.Fatalf("%s: blob %s: %s %v", c.name, d, resp.Status, err)
+		b.Fatalf("%s: blob %s: %s %v", name, d, resp.Status, err)
 	}
 	return n
 }
@@ -487,9 +621,9 @@ func (b *bench) containerdRows(runs int) []string {
 		var cold, warm []measure
 		for r := 0; r < runs; r++ {
 			c := b.start(kind)
-			cold = append(cold, fetch("http://"+c.addr))
+			cold = append(cold, fetch("http://"+c.addr()))
 			time.Sleep(2 * time.Second) // both store in the background after serving
-			warm = append(warm, fetch("http://"+c.addr))
+			warm = append(warm, fetch("http://"+c.addr()))
 			c.stop()
 		}
 		rows = append(rows, row(kind, "containerd pull, 40-layer image, cold", median(cold)),

@@ -300,26 +300,7 @@ func ready(ctx context.Context, c client.Client, dp *depproxyv1.DependencyProxy)
 // does not match its digest.
 func (k *cluster) podKilledMidPull(ctx context.Context, t *testing.T, dp *depproxyv1.DependencyProxy) {
 	// 64 MiB at about 8 MiB/s: the download lasts long enough to be cut.
-	k.front.Fault(k.front.Alter("blobs", func(w http.ResponseWriter, resp *http.Response) {
-		for k, v := range resp.Header {
-			w.Header()[k] = v
-		}
-		w.WriteHeader(resp.StatusCode)
-		buf := make([]byte, 256<<10)
-		for {
-			n, err := resp.Body.Read(buf)
-			if n > 0 {
-				if _, werr := w.Write(buf[:n]); werr != nil {
-					return
-				}
-				w.(http.Flusher).Flush()
-				time.Sleep(30 * time.Millisecond)
-			}
-			if err != nil {
-				return
-			}
-		}
-	}))
+	k.slowBlobs(30 * time.Millisecond)
 	defer k.front.Fault(nil)
 
 	img, err := crane.Pull(k.proxy+"/e2e/big:1", crane.Insecure)
@@ -383,6 +364,31 @@ func (k *cluster) podKilledMidPull(ctx context.Context, t *testing.T, dp *deppro
 	k.assertNoPartialBlobs(ctx, t)
 }
 
+// slowBlobs makes the upstream send blobs 256 KiB at a time, pause
+// between pieces, so that a test can act while a download runs.
+func (k *cluster) slowBlobs(pause time.Duration) {
+	k.front.Fault(k.front.Alter("blobs", func(w http.ResponseWriter, resp *http.Response) {
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(resp.StatusCode)
+		buf := make([]byte, 256<<10)
+		for {
+			n, err := resp.Body.Read(buf)
+			if n > 0 {
+				if _, werr := w.Write(buf[:n]); werr != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+				time.Sleep(pause)
+			}
+			if err != nil {
+				return
+			}
+		}
+	}))
+}
+
 // assertNoPartialBlobs reads every blob in the bucket and checks that its
 // content is its digest.
 func (k *cluster) assertNoPartialBlobs(ctx context.Context, t *testing.T) {
@@ -444,8 +450,8 @@ func (k *cluster) replicas(ctx context.Context, t *testing.T, dp *depproxyv1.Dep
 	readyPods := func(n int) {
 		t.Helper()
 		eventually(t, 3*time.Minute, fmt.Sprintf("%d ready replicas", n), func() error {
-			if err := ready(ctx, k.c, dp); err != nil {
-				return err
+			if err := ready(ctx, k.c, dp); err != nil || n == 1 {
+				return err // one replica has no peers Service
 			}
 			var slices discoveryv1.EndpointSliceList
 			if err := k.c.List(ctx, &slices, client.InNamespace(namespace),
@@ -511,26 +517,7 @@ func (k *cluster) replicas(ctx context.Context, t *testing.T, dp *depproxyv1.Dep
 
 	// A replica deleted while its clients, and the others' through it,
 	// read a slow cold layer.
-	k.front.Fault(k.front.Alter("blobs", func(w http.ResponseWriter, resp *http.Response) {
-		for k, v := range resp.Header {
-			w.Header()[k] = v
-		}
-		w.WriteHeader(resp.StatusCode)
-		buf := make([]byte, 256<<10)
-		for {
-			n, err := resp.Body.Read(buf)
-			if n > 0 {
-				if _, werr := w.Write(buf[:n]); werr != nil {
-					return
-				}
-				w.(http.Flusher).Flush()
-				time.Sleep(20 * time.Millisecond)
-			}
-			if err != nil {
-				return
-			}
-		}
-	}))
+	k.slowBlobs(20 * time.Millisecond)
 	defer k.front.Fault(nil)
 	slow, err := random.Image(32<<20, 1)
 	if err != nil {
