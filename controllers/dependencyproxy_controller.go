@@ -149,6 +149,12 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 			log.FromContext(ctx).Info("cache summary unavailable", "error", err.Error())
 		} else {
 			dp.Status.Cache = s
+			cond := throttledCondition(s, dp.Generation)
+			if was := meta.FindStatusCondition(dp.Status.Conditions, cond.Type); cond.Status == metav1.ConditionTrue &&
+				(was == nil || was.Status != metav1.ConditionTrue) {
+				r.Recorder.Eventf(dp, nil, corev1.EventTypeWarning, cond.Reason, "Throttle", "%s", cond.Message)
+			}
+			meta.SetStatusCondition(&dp.Status.Conditions, cond)
 		}
 	}
 	return ctrl.Result{RequeueAfter: r.resync()}, nil

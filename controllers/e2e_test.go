@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,6 +33,7 @@ import (
 func TestRenderedProxyServes(t *testing.T) {
 	ctx := context.Background()
 	reg := testenv.StartRegistry(t)
+	front := testenv.StartFront(t, reg.URL())
 	m := testenv.StartMinIO(t)
 	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
 	for _, arch := range []string{"amd64", "arm64"} {
@@ -53,7 +55,7 @@ func TestRenderedProxyServes(t *testing.T) {
 	dp := &depproxyv1.DependencyProxy{
 		ObjectMeta: metav1.ObjectMeta{Name: "e2e", Namespace: ns},
 		Spec: depproxyv1.DependencyProxySpec{
-			Upstream: depproxyv1.UpstreamSpec{URL: reg.URL()},
+			Upstream: depproxyv1.UpstreamSpec{URL: front.URL()},
 			Storage: depproxyv1.StorageSpec{Endpoint: m.Addr, Bucket: "e2e-cache", Prefix: "team-e2e", Insecure: true,
 				CredentialsSecretRef: corev1.LocalObjectReference{Name: "minio"}},
 			Auth: &depproxyv1.AuthSpec{UsersSecretRef: &corev1.LocalObjectReference{Name: "users"}},
@@ -63,7 +65,7 @@ func TestRenderedProxyServes(t *testing.T) {
 		t.Fatal(err)
 	}
 	proxyAddr, opsAddr := testenv.FreeAddr(t), testenv.FreeAddr(t)
-	r, _ := newProxyReconciler(k8sClient)
+	r, rec := newProxyReconciler(k8sClient)
 	r.Summaries = HTTPSummaries{BaseURL: func(*depproxyv1.DependencyProxy) string { return "http://" + opsAddr }}
 	reconcileProxy(t, r, dp)
 
@@ -174,5 +176,34 @@ func TestRenderedProxyServes(t *testing.T) {
 	}
 	if s.Bytes == 0 || s.HitRatio == "" {
 		t.Errorf("summary size %q (%d bytes), hit ratio %q", s.Size, s.Bytes, s.HitRatio)
+	}
+	assertCondition(t, dp, depproxyv1.ConditionUpstreamThrottled, metav1.ConditionFalse, depproxyv1.ReasonWithinRateLimit)
+
+	// The upstream answers 429 with a Retry-After: the cached tag is
+	// served, and the status says the upstream is spared, and until when.
+	front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
+		if !strings.Contains(r.URL.Path, "/manifests/") {
+			return false
+		}
+		w.Header().Set("Retry-After", "600")
+		w.WriteHeader(http.StatusTooManyRequests)
+		return true
+	})
+	if out, err := crane("digest", "--insecure", proxyAddr+"/library/app:1.0").CombinedOutput(); err != nil {
+		t.Fatalf("a cached tag with the upstream answering 429: %v\n%s", err, out)
+	}
+	drain(rec)
+	reconcileProxy(t, r, dp)
+	k8sClient.Get(ctx, client.ObjectKeyFromObject(dp), dp)
+	c := assertCondition(t, dp, depproxyv1.ConditionUpstreamThrottled, metav1.ConditionTrue, depproxyv1.ReasonRateLimited)
+	th := dp.Status.Cache.Throttled
+	if len(th) != 1 || th[0].Registry != front.Addr || time.Until(th[0].Until.Time) < 9*time.Minute || time.Until(th[0].Until.Time) > 10*time.Minute {
+		t.Fatalf("status.cache.throttled %+v: want %s, until about 10 minutes from now (the Retry-After)", th, front.Addr)
+	}
+	if until := th[0].Until.UTC().Format(time.RFC3339); !strings.Contains(c.Message, front.Addr+" until "+until) {
+		t.Errorf("condition message %q does not say the upstream and until when (%s)", c.Message, until)
+	}
+	if ev := drain(rec); !strings.Contains(ev, "Warning RateLimited") {
+		t.Errorf("no RateLimited warning event: %q", ev)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -89,6 +90,12 @@ func toCacheSummary(w wire.Summary, at metav1.Time) *depproxyv1.CacheSummary {
 	if total := w.Hits + w.Misses; total > 0 {
 		s.HitRatio = fmt.Sprintf("%.2f", float64(w.Hits)/float64(total))
 	}
+	for i, t := range w.Throttled {
+		if i == 16 {
+			break
+		}
+		s.Throttled = append(s.Throttled, depproxyv1.ThrottledUpstream{Registry: t.Registry, Until: metav1.NewTime(t.Until), Remaining: int32(t.Remaining)})
+	}
 	for i, img := range w.Images {
 		if i == maxSummaryImages {
 			break
@@ -103,4 +110,21 @@ func toCacheSummary(w wire.Summary, at metav1.Time) *depproxyv1.CacheSummary {
 		s.Images = append(s.Images, ci)
 	}
 	return s
+}
+
+// throttledCondition says whether an upstream is being spared for its
+// rate limit, and until when.
+func throttledCondition(s *depproxyv1.CacheSummary, generation int64) metav1.Condition {
+	c := metav1.Condition{Type: depproxyv1.ConditionUpstreamThrottled, Status: metav1.ConditionFalse,
+		Reason: depproxyv1.ReasonWithinRateLimit, Message: "no upstream's rate limit is nearly spent", ObservedGeneration: generation}
+	if len(s.Throttled) == 0 {
+		return c
+	}
+	var parts []string
+	for _, t := range s.Throttled {
+		parts = append(parts, fmt.Sprintf("%s until %s (%d left)", t.Registry, t.Until.UTC().Format(time.RFC3339), t.Remaining))
+	}
+	c.Status, c.Reason = metav1.ConditionTrue, depproxyv1.ReasonRateLimited
+	c.Message = "serving cached tags without asking the upstream, whose rate limit is nearly spent or who answered 429: " + strings.Join(parts, "; ")
+	return c
 }

@@ -10,6 +10,10 @@ const (
 	ConditionProgressing = "Progressing"
 	// ConditionDegraded: the spec cannot be carried out as it stands.
 	ConditionDegraded = "Degraded"
+	// ConditionUpstreamThrottled: an upstream's rate limit is nearly
+	// spent, or it answered 429; cached tags are served without asking
+	// it until the time its message gives.
+	ConditionUpstreamThrottled = "UpstreamThrottled"
 )
 
 // Condition reasons. The same string is the reason of the event that
@@ -48,6 +52,11 @@ const (
 	ReasonSuspended = "Suspended"
 	// ReasonConfigRolled: the proxy's config changed and its pods roll.
 	ReasonConfigRolled = "ConfigRolled"
+	// ReasonRateLimited: an upstream's rate limit is down to the reserve,
+	// or it answered 429.
+	ReasonRateLimited = "RateLimited"
+	// ReasonWithinRateLimit: no upstream is being spared.
+	ReasonWithinRateLimit = "WithinRateLimit"
 	// ReasonCreated: the operator created a child object.
 	ReasonCreated = "Created"
 	// ReasonReconcileFailed: a transient failure talking to the API

@@ -307,6 +307,22 @@ type CacheSummary struct {
 
 	// ReportedAt is when the proxy reported this.
 	ReportedAt metav1.Time `json:"reportedAt"`
+
+	// Throttled are the upstreams whose rate limit is nearly spent (or
+	// that answered 429): until the time given, cached tags are served
+	// without asking them.
+	// +optional
+	// +kubebuilder:validation:MaxItems=16
+	Throttled []ThrottledUpstream `json:"throttled,omitempty"`
+}
+
+// ThrottledUpstream is an upstream spared until a time.
+type ThrottledUpstream struct {
+	Registry string      `json:"registry"`
+	Until    metav1.Time `json:"until"`
+	// Remaining is what the upstream said is left of its rate limit.
+	// +optional
+	Remaining int32 `json:"remaining,omitempty"`
 }
 
 // CachedImage is a cached tag; for an index, its platform images too.

@@ -63,21 +63,21 @@ func (c *Cache) Blob(ctx context.Context, repo string, d digest.Digest) (*Blob, 
 
 func (c *Cache) blob(ctx context.Context, repo string, d digest.Digest) (*Blob, error) {
 	if f := c.fillFor(ctx, repo, d, false); f != nil {
-		c.metrics.request("blob", "join")
+		c.count(kindBlob, coalesced)
 		return c.fillBlob(ctx, f)
 	}
 	if b := c.redirectBlob(ctx, d); b != nil {
-		c.metrics.request("blob", "hit")
+		c.count(kindBlob, hit)
 		return b, nil
 	}
 	r, info, err := c.store.Open(ctx, layout.Blob(d))
 	if err == nil {
-		c.metrics.request("blob", "hit")
+		c.count(kindBlob, hit)
 		_, file := r.(*os.File)
 		return &Blob{ReadSeeker: r, Size: info.Size, ModTime: info.ModTime, File: file, close: func() { r.Close() }}, nil
 	}
 	c.storageFailed(err, "open blob", "digest", d)
-	c.metrics.request("blob", "miss")
+	c.count(kindBlob, miss)
 	return c.fillBlob(ctx, c.fillFor(ctx, repo, d, true))
 }
 
@@ -225,7 +225,7 @@ func (c *Cache) runFill(ctx context.Context, repo string, f *fill) {
 	f.start(file, blob.Size)
 	err = f.copyFrom(body, limit)
 	if !blob.FromReplica {
-		c.metrics.upstreamBytes.Add(float64(f.written))
+		c.countPulled(kindBlob, f.written)
 	}
 	f.finish(err)
 	if err != nil {

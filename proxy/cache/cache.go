@@ -32,6 +32,9 @@ type Upstream interface {
 	HeadBlob(ctx context.Context, repo, digest string) (int64, error)
 	Tags(ctx context.Context, repo string, query url.Values, maxSize int64) ([]byte, error)
 	Referrers(ctx context.Context, repo, digest string, query url.Values, maxSize int64) ([]byte, error)
+	// Throttled: the upstream's rate limit is nearly spent (or it
+	// answered 429) until then; what is cached is served without asking.
+	Throttled() (until time.Time, ok bool)
 }
 
 // Cache is a pull-through cache over one upstream and one storage. Its
@@ -204,7 +207,7 @@ func (c *Cache) Close() {
 // HitCounts reports manifest and blob requests since start: served from
 // storage, and the rest.
 func (c *Cache) HitCounts() (hits, misses int64) {
-	return c.metrics.hits.Load(), c.metrics.misses.Load()
+	return c.metrics.hitCount.Load(), c.metrics.missCount.Load()
 }
 
 // storageFailed logs a storage error that the cache works around.

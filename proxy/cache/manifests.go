@@ -49,15 +49,15 @@ func (c *Cache) Manifest(ctx context.Context, repo, ref string, accept []string)
 // served without asking the upstream anything.
 func (c *Cache) manifestByDigest(ctx context.Context, repo string, d digest.Digest, accept []string) (*Manifest, error) {
 	if m, err := c.loadManifest(ctx, d); err == nil {
-		c.metrics.request("manifest", "hit")
+		c.count(kindManifest, hit)
 		return m, nil
 	}
-	c.metrics.request("manifest", "miss")
-	v, err, _ := c.flight.Do(repo+"@"+d.String(), func() (any, error) {
+	v, err, shared := c.flight.Do(repo+"@"+d.String(), func() (any, error) {
 		ctx, cancel := detach(ctx)
 		defer cancel()
 		return c.fetchManifest(ctx, repo, d.String(), d, accept)
 	})
+	c.count(kindManifest, missOrShared(shared))
 	if err != nil {
 		return nil, err
 	}
@@ -72,19 +72,27 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 	// and its manifest is very likely in memory.
 	if d, ok := c.fresh(repo, tag); ok {
 		if m, err := c.loadManifest(ctx, d); err == nil {
-			c.metrics.request("manifest", "hit")
+			c.count(kindManifest, hit)
 			return m, nil
 		}
 	}
 	cached := c.loadTag(ctx, repo, tag)
 	// Concurrent requests for one tag share one HEAD, and one GET.
-	v, err, _ := c.flight.Do(repo+":"+tag, func() (any, error) {
+	v, err, shared := c.flight.Do(repo+":"+tag, func() (any, error) {
 		ctx, cancel := detach(ctx)
 		defer cancel()
 		if cached != nil {
+			if until, throttled := c.up.Throttled(); throttled {
+				// What is left of the upstream's rate limit is kept for
+				// what is not cached.
+				c.countStale(upstream.ReasonRateLimit)
+				c.log.V(1).Info("upstream rate limit nearly spent, serving cached tag", "repository", repo, "tag", tag, "until", until)
+				return cached, nil
+			}
 			desc, err := c.up.HeadManifest(ctx, repo, tag, upstreamAccept(accept))
 			switch {
 			case err != nil:
+				c.countStale(upstream.Reason(err))
 				c.log.Info("upstream failed, serving cached tag", "repository", repo, "tag", tag, "error", err.Error())
 				return cached, nil
 			case desc.Digest == cached.Digest.String():
@@ -95,6 +103,7 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 		m, err := c.fetchManifest(ctx, repo, tag, "", accept)
 		if err != nil {
 			if cached != nil {
+				c.countStale(upstream.Reason(err))
 				c.log.Info("upstream failed, serving cached tag", "repository", repo, "tag", tag, "error", err.Error())
 				return cached, nil
 			}
@@ -123,10 +132,13 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 		return nil, err
 	}
 	m := v.(*Manifest)
-	if cached != nil && m.Digest == cached.Digest {
-		c.metrics.request("manifest", "hit")
-	} else {
-		c.metrics.request("manifest", "miss")
+	switch {
+	case cached != nil && m.Digest == cached.Digest:
+		c.count(kindManifest, hit)
+	case shared:
+		c.count(kindManifest, coalesced)
+	default:
+		c.count(kindManifest, miss)
 	}
 	return m, nil
 }
@@ -143,6 +155,9 @@ func (c *Cache) fetchManifest(ctx context.Context, repo, ref string, want digest
 	um, err := c.up.GetManifest(ctx, repo, ref, upstreamAccept(accept), manifest.MaxSize)
 	if err != nil {
 		return nil, err
+	}
+	if !um.FromReplica {
+		c.countPulled(kindManifest, int64(len(um.Body)))
 	}
 	m, err := checkManifest(um, want)
 	if err != nil {

@@ -6,43 +6,92 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Metrics are the caches' counters; the caches of several upstreams
-// share one set.
+// Metrics are the caches' counters, named as Distribution's proxy names
+// its own so that its dashboards port over; the caches of several
+// upstreams share one set, apart by the upstream label (the registry).
+// type is manifest or blob.
 type Metrics struct {
-	requests      *prometheus.CounterVec
-	upstreamBytes prometheus.Counter
-	storageErrors prometheus.Counter
-	// hits and misses feed the hit ratio of the summary.
-	hits, misses atomic.Int64
+	requests, hits, misses, coalesced *prometheus.CounterVec // {upstream, type}
+	pulled, served                    *prometheus.CounterVec // bytes {upstream, type}
+	stale                             *prometheus.CounterVec // {upstream, reason}
+	storageErrors                     prometheus.Counter
+	// hitCount and missCount feed the hit ratio of the summary.
+	hitCount, missCount atomic.Int64
 }
 
 // NewMetrics builds the caches' metrics and registers them on r, if any.
 func NewMetrics(r prometheus.Registerer) *Metrics {
+	byType := func(name, help string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{"upstream", "type"})
+	}
 	m := &Metrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "depproxy_cache_requests_total",
-			Help: "Manifest and blob requests by result: hit (from storage), join (shared a running download), miss (downloaded).",
-		}, []string{"kind", "result"}),
-		upstreamBytes: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "depproxy_upstream_blob_bytes_total",
-			Help: "Blob bytes downloaded from the upstream.",
-		}),
+		requests:  byType("depproxy_proxy_requests_total", "Manifest and blob requests served (a blob HEAD is not counted)."),
+		hits:      byType("depproxy_proxy_hits_total", "Requests served from storage (or memory) without asking the upstream for the bytes."),
+		misses:    byType("depproxy_proxy_misses_total", "Requests whose bytes came from the upstream (or from the replica that owns them)."),
+		coalesced: byType("depproxy_proxy_coalesced_total", "Misses that shared a download already running for another request instead of starting their own."),
+		pulled:    byType("depproxy_proxy_pulled_bytes_total", "Bytes downloaded from the upstream."),
+		served:    byType("depproxy_proxy_served_bytes_total", "Bytes sent to clients."),
+		stale: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "depproxy_proxy_stale_serves_total",
+			Help: "Cached tags served without the upstream's word, by why: refused, timeout, 5xx, 429, html (an error page), ratelimit (the upstream's rate limit is nearly spent), other.",
+		}, []string{"upstream", "reason"}),
 		storageErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "depproxy_storage_errors_total",
 			Help: "Storage operations that failed and were worked around by passing through.",
 		}),
 	}
 	if r != nil {
-		r.MustRegister(m.requests, m.upstreamBytes, m.storageErrors)
+		r.MustRegister(m.requests, m.hits, m.misses, m.coalesced, m.pulled, m.served, m.stale, m.storageErrors)
 	}
 	return m
 }
 
-func (m *Metrics) request(kind, result string) {
-	m.requests.WithLabelValues(kind, result).Inc()
-	if result == "hit" {
-		m.hits.Add(1)
-	} else {
-		m.misses.Add(1)
+const (
+	kindManifest = "manifest"
+	kindBlob     = "blob"
+)
+
+// result is how a request was served.
+type result int
+
+const (
+	hit       result = iota // from storage or memory
+	miss                    // downloaded for it
+	coalesced               // shared a running download
+)
+
+func missOrShared(shared bool) result {
+	if shared {
+		return coalesced
 	}
+	return miss
+}
+
+func (c *Cache) count(kind string, r result) {
+	m := c.metrics
+	m.requests.WithLabelValues(c.registry, kind).Inc()
+	if r == hit {
+		m.hits.WithLabelValues(c.registry, kind).Inc()
+		m.hitCount.Add(1)
+		return
+	}
+	m.misses.WithLabelValues(c.registry, kind).Inc()
+	m.missCount.Add(1)
+	if r == coalesced {
+		m.coalesced.WithLabelValues(c.registry, kind).Inc()
+	}
+}
+
+// CountServed adds bytes sent to a client, for the served-bytes counter
+// (the registry writes the responses, and knows how much went out).
+func (c *Cache) CountServed(kind string, bytes int64) {
+	c.metrics.served.WithLabelValues(c.registry, kind).Add(float64(bytes))
+}
+
+func (c *Cache) countPulled(kind string, bytes int64) {
+	c.metrics.pulled.WithLabelValues(c.registry, kind).Add(float64(bytes))
+}
+
+func (c *Cache) countStale(reason string) {
+	c.metrics.stale.WithLabelValues(c.registry, reason).Inc()
 }

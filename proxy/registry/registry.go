@@ -26,6 +26,8 @@ type Cache interface {
 	StatBlob(ctx context.Context, repo string, d digest.Digest) (int64, error)
 	Tags(ctx context.Context, repo string, query url.Values) ([]byte, error)
 	Referrers(ctx context.Context, repo string, d digest.Digest, query url.Values) []byte
+	// CountServed adds bytes sent to a client (kind: manifest or blob).
+	CountServed(kind string, bytes int64)
 }
 
 // Upstream is what the registry asks of an upstream to route a request
@@ -178,7 +180,8 @@ func (reg *Registry) manifest(w http.ResponseWriter, r *http.Request, c Cache, r
 	if r.Method == http.MethodHead {
 		return nil
 	}
-	w.Write(m.Body)
+	n, _ := w.Write(m.Body)
+	c.CountServed("manifest", int64(n))
 	return nil
 }
 
@@ -207,6 +210,9 @@ func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, c Cache, rt ro
 		http.Redirect(w, r, b.Redirect, http.StatusTemporaryRedirect)
 		return nil
 	}
+	counted := &countingWriter{ResponseWriter: w}
+	defer func() { c.CountServed("blob", counted.n) }() // an aborted response too
+	w = counted
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Docker-Content-Digest", d.String())
 	h.Set("ETag", `"`+d.String()+`"`)
@@ -250,6 +256,25 @@ func conditional(r *http.Request) bool {
 
 // copyBuffers bound memory: one buffer per blob being served.
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+// countingWriter counts the bytes of a response, passing ReadFrom on so
+// that a file still goes out with sendfile.
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
+	n, err := io.Copy(c.ResponseWriter, r)
+	c.n += n
+	return n, err
+}
 
 // writerOnly hides the ResponseWriter's ReadFrom, which would copy in
 // 32 KiB pieces and ignore the buffer.

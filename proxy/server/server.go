@@ -144,13 +144,15 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		cleanup.NewCollector(store))
 	cacheMetrics := cache.NewMetrics(metrics)
+	upstreamMetrics := upstream.NewMetrics(metrics)
 	var scanner *summary.Scanner
 	// One cache per upstream, over the one storage: tags apart by
 	// registry, manifests and blobs shared by digest.
 	var caches []*cache.Cache
 	var sources []registry.Source
+	var clients []*upstream.Client
 	for _, u := range upstreams {
-		up, err := newUpstream(u)
+		up, err := newUpstream(u, upstream.WithMetrics(upstreamMetrics), upstream.WithRateLimitReserve(s.RateLimitReserve))
 		if err != nil {
 			return nil, err
 		}
@@ -171,9 +173,13 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 			cache.WithMemory(int64(s.ManifestMemory)),
 		}, append(spoolOpt, o.cache...)...)...)
 		caches = append(caches, c)
+		clients = append(clients, up)
 		sources = append(sources, registry.Source{Upstream: up, Cache: c})
 	}
-	scanner = summary.New(store, caches[0].HitCounts, upstreams[0].Registry)
+	scanner = summary.New(store, func(sum *wire.Summary) {
+		sum.Hits, sum.Misses = caches[0].HitCounts()
+		sum.Throttled = throttled(upstreams, clients)
+	}, upstreams[0].Registry)
 
 	guard, tokens, err := logins(s, key, metrics, log)
 	if err != nil {
@@ -303,8 +309,8 @@ func opsRoutes(metrics, summary http.Handler, stopping *atomic.Bool) http.Handle
 	return mux
 }
 
-func newUpstream(u wire.Upstream) (*upstream.Client, error) {
-	opts := []upstream.Option{upstream.WithRegistry(u.Registry), upstream.WithMirrorOf(u.MirrorOf...)}
+func newUpstream(u wire.Upstream, extra ...upstream.Option) (*upstream.Client, error) {
+	opts := append([]upstream.Option{upstream.WithRegistry(u.Registry), upstream.WithMirrorOf(u.MirrorOf...)}, extra...)
 	if u.Credentials != "" {
 		opts = append(opts, upstream.WithCredentialsDir(u.Credentials))
 	}
@@ -321,6 +327,23 @@ func signingKey(s wire.Settings, log logr.Logger) (*ecdsa.PrivateKey, error) {
 		log.Info("no --token-key: generated a signing key; tokens will not survive a restart or work across replicas")
 	}
 	return key, err
+}
+
+// throttled lists the upstreams spared for their rate limit.
+func throttled(upstreams []wire.Upstream, clients []*upstream.Client) []wire.ThrottledUpstream {
+	var out []wire.ThrottledUpstream
+	for i, c := range clients {
+		until, ok := c.Throttled()
+		if !ok {
+			continue
+		}
+		t := wire.ThrottledUpstream{Registry: upstreams[i].Registry, Until: until.UTC().Truncate(time.Second)}
+		if l := c.RateLimit(); l.Limit >= 0 {
+			t.Limit, t.Remaining = l.Limit, l.Remaining
+		}
+		out = append(out, t)
+	}
+	return out
 }
 
 // logins builds the login side: who may pull, and the tokens that say so.

@@ -25,15 +25,15 @@ import (
 // everything.
 const maxImages = 50
 
-// Counts reports manifest and blob requests since start, for the hit
-// ratio.
-type Counts func() (hits, misses int64)
+// Live adds to a summary what is not in storage but in the running
+// proxy, fresh on every request: request counts, throttled upstreams.
+type Live func(*wire.Summary)
 
 // Scanner makes summaries by listing storage, and reuses the last one for
 // a while: a scan lists every object.
 type Scanner struct {
 	store  storage.Storage
-	counts Counts
+	live   Live
 	// legacyRegistry names the registry of tags that releases before
 	// several upstreams wrote: the default upstream's.
 	legacyRegistry string
@@ -41,13 +41,13 @@ type Scanner struct {
 	flight         singleflight.Group
 }
 
-// New returns a scanner of store; counts may be nil. legacyRegistry is
+// New returns a scanner of store; live may be nil. legacyRegistry is
 // the registry older releases' tags belong to (the default upstream's).
-func New(store storage.Storage, counts Counts, legacyRegistry string) *Scanner {
-	if counts == nil {
-		counts = func() (int64, int64) { return 0, 0 }
+func New(store storage.Storage, live Live, legacyRegistry string) *Scanner {
+	if live == nil {
+		live = func(*wire.Summary) {}
 	}
-	return &Scanner{store: store, counts: counts, legacyRegistry: legacyRegistry}
+	return &Scanner{store: store, live: live, legacyRegistry: legacyRegistry}
 }
 
 // Invalidate drops the last scan: a new or moved tag shows in the next
@@ -58,7 +58,7 @@ func (s *Scanner) Invalidate() { s.last.Store(nil) }
 // the last one is older. Concurrent callers share one scan.
 func (s *Scanner) Summary(ctx context.Context, maxAge time.Duration) (*wire.Summary, error) {
 	if last := s.last.Load(); last != nil && time.Since(last.ScannedAt) < maxAge {
-		return s.withCounts(*last), nil
+		return s.withLive(*last), nil
 	}
 	v, err, _ := s.flight.Do("scan", func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
@@ -70,11 +70,11 @@ func (s *Scanner) Summary(ctx context.Context, maxAge time.Duration) (*wire.Summ
 	}
 	sum := v.(*wire.Summary)
 	s.last.Store(sum)
-	return s.withCounts(*sum), nil
+	return s.withLive(*sum), nil
 }
 
-func (s *Scanner) withCounts(sum wire.Summary) *wire.Summary {
-	sum.Hits, sum.Misses = s.counts()
+func (s *Scanner) withLive(sum wire.Summary) *wire.Summary {
+	s.live(&sum)
 	return &sum
 }
 

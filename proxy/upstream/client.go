@@ -33,6 +33,10 @@ const DockerHub = "https://registry-1.docker.io"
 // refused, reset, timed out, or an answer that is not a registry's.
 var ErrUnreachable = errors.New("upstream unreachable")
 
+// ErrNotRegistry is an answer that is not a registry's: an HTML page (a
+// captive portal, an error page) where a manifest should be.
+var ErrNotRegistry = errors.New("the upstream answered with an HTML page")
+
 // ErrNotFound matches a 404 from the upstream (errors.Is).
 var ErrNotFound = errors.New("not found upstream")
 
@@ -91,6 +95,10 @@ type Client struct {
 	// transports holds the authenticated transport of recently used
 	// repositories (tokens are scoped to one), at most maxTransports.
 	transports *lru.Cache
+
+	limits  rateLimit
+	reserve int
+	metrics *Metrics
 }
 
 // maxTransports bounds the repositories whose token handshake is kept:
@@ -125,6 +133,11 @@ func WithMirrorOf(names ...string) Option {
 	return func(c *Client) { c.mirrorOf = append(c.mirrorOf, names...) }
 }
 
+// WithRateLimitReserve keeps this many requests of the upstream's rate
+// limit for content that is not cached: once no more are left, cached
+// tags are served without asking (see Throttled).
+func WithRateLimitReserve(n int) Option { return func(c *Client) { c.reserve = n } }
+
 // WithTransport replaces the base HTTP transport.
 func WithTransport(t http.RoundTripper) Option { return func(c *Client) { c.transport = t } }
 
@@ -157,13 +170,15 @@ func New(rawURL string, opts ...Option) (*Client, error) {
 		transport:  defaultTransport(),
 		dockerHub:  reg.RegistryStr() == name.DefaultRegistry,
 		transports: lru.New(maxTransports),
+		limits:     rateLimit{limit: -1},
+		reserve:    DefaultRateLimitReserve,
 	}
 	for _, o := range opts {
 		o(c)
 	}
 	// A handshake per repository pings /v2/ first; the answer is the same
 	// for every repository, so it is asked once a minute, not once a name.
-	c.transport = &pingCache{inner: c.transport, ttl: time.Minute}
+	c.transport = &pingCache{inner: observed{inner: c.transport, client: c}, ttl: time.Minute}
 	return c, nil
 }
 
@@ -191,6 +206,14 @@ func (c *Client) Mirrors(ns string) bool {
 		return false
 	}
 	return ns == c.base.Host || ns == c.registry.RegistryStr()
+}
+
+// label names the upstream in metrics: its registry.
+func (c *Client) label() string {
+	if c.name != "" {
+		return c.name
+	}
+	return c.registry.RegistryStr()
 }
 
 // Repository maps a client's repository name to the upstream's: Docker Hub
@@ -377,7 +400,7 @@ func registryAnswer(resp *http.Response) error {
 		return &StatusError{StatusCode: resp.StatusCode, RetryAfter: resp.Header.Get("Retry-After")}
 	}
 	if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt == "text/html" {
-		return fmt.Errorf("%w: answered with an HTML page", ErrUnreachable)
+		return fmt.Errorf("%w: %w", ErrUnreachable, ErrNotRegistry)
 	}
 	return nil
 }

@@ -43,6 +43,7 @@ type Settings struct {
 	UpstreamCreds     KeyedList `json:"upstream-credentials,omitzero"`
 	UpstreamMirrorOf  KeyedList `json:"upstream-mirror-of,omitzero"`
 	MaxDownloads      int       `json:"max-downloads,omitempty"`
+	RateLimitReserve  int       `json:"ratelimit-reserve,omitempty"`
 	MaxBlobSize       Size      `json:"max-blob-size,omitempty"`
 	SpoolDir          string    `json:"spool-dir,omitempty"`
 	ManifestMemory    Size      `json:"manifest-memory,omitempty"`
@@ -57,15 +58,16 @@ type Settings struct {
 // Defaults are the settings of a proxy given no flags and no file.
 func Defaults() Settings {
 	return Settings{
-		Listen:          ":5000",
-		MetricsListen:   ":9090",
-		Upstream:        Keys("https://registry-1.docker.io"),
-		Storage:         "./data",
-		SummaryInterval: Duration(5 * time.Minute),
-		Tenant:          "depproxy",
-		MaxDownloads:    64,
-		MaxBlobSize:     Size(64 << 30),
-		ManifestMemory:  Size(64 << 20),
+		Listen:           ":5000",
+		MetricsListen:    ":9090",
+		Upstream:         Keys("https://registry-1.docker.io"),
+		Storage:          "./data",
+		SummaryInterval:  Duration(5 * time.Minute),
+		Tenant:           "depproxy",
+		MaxDownloads:     64,
+		RateLimitReserve: 10,
+		MaxBlobSize:      Size(64 << 30),
+		ManifestMemory:   Size(64 << 20),
 	}
 }
 
@@ -93,6 +95,7 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.Var(&s.UpstreamCreds, "upstream-credentials", "credentials for an upstream, DIR or REGISTRY=DIR (a bare DIR is the default upstream's): a directory (a mounted Secret) with .dockerconfigjson, or username and password files; re-read when they change; repeatable")
 	fs.Var(&s.UpstreamMirrorOf, "upstream-mirror-of", "registries (containerd's ?ns=) an upstream stands in for besides its own name, NAMES or REGISTRY=NAMES, comma-separated, e.g. docker.io for an internal Docker Hub mirror; repeatable")
 	fs.IntVar(&s.MaxDownloads, "max-downloads", s.MaxDownloads, "how many upstream blob downloads run at once; more wait for a slot")
+	fs.IntVar(&s.RateLimitReserve, "ratelimit-reserve", s.RateLimitReserve, "requests of the upstream's rate limit (its ratelimit-remaining header) kept for what is not cached: at or below it, and after a 429 until its Retry-After, cached tags are served without asking the upstream")
 	fs.Var(&s.MaxBlobSize, "max-blob-size", "the largest blob downloaded (e.g. 64Gi); a download whose size the upstream does not announce is cut there")
 	fs.Var(&s.ManifestMemory, "manifest-memory", "memory for recently served manifests (e.g. 64Mi): within the recheck interval a warm tag costs no storage round trip")
 	fs.Var(&s.ShutdownDelay, "shutdown-delay", "on SIGTERM, how long /readyz fails while everything is still served, before the listeners close (a Service stops sending new connections meanwhile)")
@@ -169,6 +172,9 @@ func (s *Settings) Validate() error {
 	}
 	if s.SummaryInterval <= 0 {
 		errs = append(errs, errors.New("summary-interval must be positive"))
+	}
+	if s.RateLimitReserve < 0 {
+		errs = append(errs, errors.New("ratelimit-reserve may not be negative"))
 	}
 	if s.MaxDownloads < 1 {
 		errs = append(errs, errors.New("max-downloads must be at least 1"))

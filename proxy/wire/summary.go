@@ -16,6 +16,18 @@ type Summary struct {
 	Hits      int64     `json:"hits"`
 	Misses    int64     `json:"misses"`
 	ScannedAt time.Time `json:"scannedAt"`
+	// Throttled are the upstreams whose rate limit is nearly spent (or
+	// that answered 429): cached tags are served without asking them.
+	Throttled []ThrottledUpstream `json:"throttled,omitempty"`
+}
+
+// ThrottledUpstream is an upstream the proxy spares until a time.
+type ThrottledUpstream struct {
+	Registry string    `json:"registry"`
+	Until    time.Time `json:"until"`
+	// Limit and Remaining are its rate-limit headers, when it sent them.
+	Limit     int `json:"limit,omitempty"`
+	Remaining int `json:"remaining,omitempty"`
 }
 
 // SummaryImage is one cached tag.

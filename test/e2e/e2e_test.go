@@ -592,7 +592,7 @@ func (k *cluster) replicas(ctx context.Context, t *testing.T, dp *depproxyv1.Dep
 func (k *cluster) blobRequestsByPod(t *testing.T) map[string]float64 {
 	t.Helper()
 	return k.podMetric(t, func(line string) bool {
-		return strings.HasPrefix(line, "depproxy_cache_requests_total{") && strings.Contains(line, `kind="blob"`)
+		return strings.HasPrefix(line, "depproxy_proxy_requests_total{") && strings.Contains(line, `type="blob"`)
 	})
 }
 
@@ -747,7 +747,7 @@ func (k *cluster) mirroredManifests(t *testing.T) float64 {
 	t.Helper()
 	var sum float64
 	for _, v := range k.podMetric(t, func(line string) bool {
-		return strings.HasPrefix(line, "depproxy_cache_requests_total{") && strings.Contains(line, `kind="manifest"`)
+		return strings.HasPrefix(line, "depproxy_proxy_requests_total{") && strings.Contains(line, `type="manifest"`)
 	}) {
 		sum += v
 	}

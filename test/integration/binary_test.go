@@ -74,7 +74,7 @@ func TestServeBinary(t *testing.T) {
 		// registry port faces tenants and answers them only under /v2.
 		resp, body2 := get(t, base+path, "")
 		ociError(t, resp, body2, http.StatusNotFound, "NOT_FOUND")
-		if path == "/metrics" && !strings.Contains(string(body), `depproxy_cache_requests_total{kind="blob",result="miss"}`) {
+		if path == "/metrics" && !strings.Contains(string(body), `depproxy_proxy_misses_total{type="blob"`) {
 			t.Errorf("/metrics lacks the cache counters:\n%s", body)
 		}
 	}

@@ -53,6 +53,7 @@ type proxy struct {
 	summary *summary.Scanner
 	URL     string
 	Host    string
+	Ops     string // the metrics port
 	store   storage.Storage
 	logs    *syncBuffer
 }
@@ -82,7 +83,9 @@ func startProxy(t *testing.T, upstreamURL string, store storage.Storage, opts ..
 	}
 	srv := httptest.NewServer(p.Handler())
 	t.Cleanup(srv.Close)
-	return &proxy{cache: p.Cache(), summary: p.Summary(), URL: srv.URL, Host: strings.TrimPrefix(srv.URL, "http://"), store: store, logs: logs}
+	ops := httptest.NewServer(p.OpsHandler())
+	t.Cleanup(ops.Close)
+	return &proxy{cache: p.Cache(), summary: p.Summary(), URL: srv.URL, Host: strings.TrimPrefix(srv.URL, "http://"), Ops: ops.URL, store: store, logs: logs}
 }
 
 type syncBuffer struct {
