@@ -32,8 +32,8 @@ type Live func(*wire.Summary)
 // Scanner makes summaries by listing storage, and reuses the last one for
 // a while: a scan lists every object.
 type Scanner struct {
-	store  storage.Storage
-	live   Live
+	store storage.Storage
+	live  Live
 	// legacyRegistry names the registry of tags that releases before
 	// several upstreams wrote: the default upstream's.
 	legacyRegistry string

@@ -209,4 +209,3 @@ func TestRateLimitReserve(t *testing.T) {
 		t.Errorf("stale serves for a 429: %v, want 1", v)
 	}
 }
-
