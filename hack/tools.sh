@@ -115,10 +115,11 @@ LDFLAGS="${LDFLAGS# }" throwaway_build "$KUBERNETES_VERSION" "$kube_mod" \
 	k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler \
 	k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubelet
 
-# From Debian: skopeo and podman for the client tests; containerd, runc,
-# the CNI plugins and conntrack for the end-to-end cluster's node.
+# From Debian: skopeo and podman for the client tests; chromium for the
+# cache browser's test; containerd, runc, the CNI plugins and conntrack
+# for the end-to-end cluster's node.
 debian_missing=()
-for pkg in skopeo podman containerd runc containernetworking-plugins conntrack iptables; do
+for pkg in skopeo podman chromium containerd runc containernetworking-plugins conntrack iptables; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || debian_missing+=("$pkg")
 done
 if [[ ${#debian_missing[@]} -gt 0 ]]; then

@@ -27,9 +27,9 @@ func Children(body []byte) ([]Child, error) {
 	return idx.Manifests, nil
 }
 
-// References lists the blob digests an image manifest points at: its
-// config and its layers.
-func References(body []byte) ([]string, error) {
+// Blobs lists the blobs an image manifest points at, as it states them:
+// its config and its layers.
+func Blobs(body []byte) ([]v1.Descriptor, error) {
 	var m struct {
 		Config v1.Descriptor   `json:"config"`
 		Layers []v1.Descriptor `json:"layers"`
@@ -37,12 +37,23 @@ func References(body []byte) ([]string, error) {
 	if err := json.Unmarshal(body, &m); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	refs := make([]string, 0, len(m.Layers)+1)
+	blobs := make([]v1.Descriptor, 0, len(m.Layers)+1)
 	if m.Config.Digest.Hex != "" {
-		refs = append(refs, m.Config.Digest.String())
+		blobs = append(blobs, m.Config)
 	}
-	for _, l := range m.Layers {
-		refs = append(refs, l.Digest.String())
+	return append(blobs, m.Layers...), nil
+}
+
+// References lists the blob digests an image manifest points at: its
+// config and its layers.
+func References(body []byte) ([]string, error) {
+	blobs, err := Blobs(body)
+	if err != nil {
+		return nil, err
+	}
+	refs := make([]string, 0, len(blobs))
+	for _, b := range blobs {
+		refs = append(refs, b.Digest.String())
 	}
 	return refs, nil
 }

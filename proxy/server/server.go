@@ -31,6 +31,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/proxy/summary"
 	"github.com/depproxy/depproxy/proxy/token"
+	"github.com/depproxy/depproxy/proxy/ui"
 	"github.com/depproxy/depproxy/proxy/upstream"
 	"github.com/depproxy/depproxy/proxy/wire"
 )
@@ -190,7 +191,12 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 		auth = replicaAuth{guard}
 	}
 	reg := registry.New(sources, auth, log.WithName("registry"))
-	handler := registryRoutes(reg, tokens)
+	browser := ui.New(scanner, tokens, caches[0].HitCounts, func(ctx context.Context) {
+		for _, c := range caches {
+			c.FlushReads(ctx)
+		}
+	}, log.WithName("ui"))
+	handler := registryRoutes(reg, tokens, browser)
 	if peering != nil {
 		handler = replicaRequests(handler, peering.signer)
 	}
@@ -279,16 +285,20 @@ func (s *Server) Run(ctx context.Context) error {
 	return err
 }
 
-// registryRoutes sends everything but /token to the registry, which
-// answers unknown paths with OCI errors. (http.ServeMux would answer them
-// in plain text, and redirect paths with "..".)
-func registryRoutes(reg, tokens http.Handler) http.Handler {
+// registryRoutes sends everything but /token and the cache browser to
+// the registry, which answers unknown paths with OCI errors.
+// (http.ServeMux would answer them in plain text, and redirect paths
+// with "..".)
+func registryRoutes(reg, tokens, browser http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/token" {
+		switch {
+		case r.URL.Path == "/token":
 			tokens.ServeHTTP(w, r)
-			return
+		case r.URL.Path == strings.TrimSuffix(ui.Path, "/") || strings.HasPrefix(r.URL.Path, ui.Path):
+			browser.ServeHTTP(w, r)
+		default:
+			reg.ServeHTTP(w, r)
 		}
-		reg.ServeHTTP(w, r)
 	})
 }
 

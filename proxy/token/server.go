@@ -131,6 +131,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(w).Encode(resp)
 }
 
+// ErrLoginThrottled is a login refused for too many failures, before its
+// password was checked.
+var ErrLoginThrottled = errThrottled
+
+// CheckBasic checks a request's HTTP Basic credentials as /token checks
+// them (the same users, the same limits on guessing): for pages a
+// browser logs in to. It returns the user, "anonymous" where pulls are.
+func (s *Server) CheckBasic(r *http.Request) (string, error) {
+	user, pass, basic := r.BasicAuth()
+	return s.login(r, basic, user, pass)
+}
+
 // login checks credentials, or allows anonymous pulls where they are.
 func (s *Server) login(r *http.Request, basic bool, user, pass string) (string, error) {
 	if s.anonymous {
