@@ -100,7 +100,10 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 		}
 	}
 	var spoolOpt []cache.Option
-	if _, ok := store.(storage.Spooler); !ok {
+	spoolDir := ""
+	if sp, ok := store.(storage.Spooler); ok {
+		spoolDir = sp.SpoolDir()
+	} else {
 		parent := s.SpoolDir
 		if parent == "" {
 			parent = filepath.Join(os.TempDir(), "depproxy")
@@ -111,6 +114,7 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 		}
 		closers = append(closers, spool.Close)
 		spoolOpt = append(spoolOpt, cache.WithSpoolDir(spool.Dir()))
+		spoolDir = spool.Dir()
 	}
 	upstreams, err := s.Upstreams()
 	if err != nil {
@@ -143,7 +147,7 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 	}
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		cleanup.NewCollector(store))
+		cleanup.NewCollector(store), storage.NewSpoolCollector(spoolDir))
 	cacheMetrics := cache.NewMetrics(metrics)
 	upstreamMetrics := upstream.NewMetrics(metrics)
 	var scanner *summary.Scanner

@@ -120,11 +120,11 @@ func getBlob(url, want string, retries int) (int, error) {
 	return retries + 1, last
 }
 
-// throttleBlobs makes the upstream send real blobs in 256 KiB pieces every 10
-// ms (25 MiB/s), so that a test can act while a download runs; sent
-// counts the bytes as they go.
-func throttleBlobs(f *testenv.Front, sent *atomic.Int64) {
-	f.Fault(f.Alter("blobs", func(w http.ResponseWriter, resp *http.Response) {
+// throttledBlobs is a fault that makes the upstream send real blobs in
+// 256 KiB pieces every 10 ms (25 MiB/s), so that a test can act while a
+// download runs; sent counts the bytes as they go.
+func throttledBlobs(f *testenv.Front, sent *atomic.Int64) func(http.ResponseWriter, *http.Request) bool {
+	return f.Alter("blobs", func(w http.ResponseWriter, resp *http.Response) {
 		for k, v := range resp.Header {
 			w.Header()[k] = v
 		}
@@ -144,7 +144,7 @@ func throttleBlobs(f *testenv.Front, sent *atomic.Int64) {
 				return
 			}
 		}
-	}))
+	})
 }
 
 // TestReplicasDownloadOnce: three replicas with --peers, one MinIO
@@ -229,7 +229,7 @@ func TestReplicasDownloadOnce(t *testing.T) {
 func TestReplicaLost(t *testing.T) {
 	e := newEnv(t)
 	var sent atomic.Int64
-	throttleBlobs(e.front, &sent)
+	e.front.Fault(throttledBlobs(e.front, &sent))
 	rs := startReplicas(t, 3, e.front.URL(), e.minio, "replicas-lost", "--shutdown-delay", "1s")
 	store := e.minio.Storage(t, "cache", "replicas-lost")
 

@@ -1,0 +1,183 @@
+package integration
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/prometheus/prometheus/promql/parser"
+	"sigs.k8s.io/yaml"
+
+	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/test/testenv"
+)
+
+// The PrometheusRule's alerts and the Grafana dashboard's queries in
+// config/prometheus: every expression parses as PromQL, and every metric
+// it names is one a running proxy exports, in a real scrape after pulls,
+// shared downloads, a rate-limited upstream, a stale serve and a failing
+// storage.
+func TestDashboardsAndRules(t *testing.T) {
+	exprs := promExpressions(t)
+	if len(exprs) < 15 {
+		t.Fatalf("only %d expressions found in config/prometheus", len(exprs))
+	}
+	exported := exportedSeries(t)
+	p := parser.NewParser(parser.Options{})
+	for where, expr := range exprs {
+		// Grafana's variables, as Grafana fills them in.
+		q := strings.NewReplacer("$__rate_interval", "5m", "$namespace", "team-a", "$service", "team-a-depproxy").Replace(expr)
+		node, err := p.ParseExpr(q)
+		if err != nil {
+			t.Errorf("%s: %v\n%s", where, err, expr)
+			continue
+		}
+		parser.Inspect(node, func(n parser.Node, _ []parser.Node) error {
+			vs, ok := n.(*parser.VectorSelector)
+			if !ok {
+				return nil
+			}
+			// up is Prometheus' own, for every target it scrapes.
+			if vs.Name != "up" && !exported[vs.Name] {
+				t.Errorf("%s uses %s, which the proxy does not export", where, vs.Name)
+			}
+			return nil
+		})
+	}
+	out, err := exec.Command(testenv.Tool(t, "kustomize"), "build", filepath.Join("..", "..", "config", "prometheus")).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "kind: PrometheusRule") || !strings.Contains(string(out), "grafana_dashboard") {
+		t.Errorf("kustomize build config/prometheus: %v\n%s", err, out)
+	}
+}
+
+// promExpressions are the rules' and the dashboard's PromQL, by where
+// they are.
+func promExpressions(t *testing.T) map[string]string {
+	t.Helper()
+	dir := filepath.Join("..", "..", "config", "prometheus")
+	exprs := map[string]string{}
+	raw, err := os.ReadFile(filepath.Join(dir, "rules.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rule struct {
+		Spec struct {
+			Groups []struct {
+				Rules []struct{ Alert, Expr string }
+			}
+		}
+	}
+	if err := yaml.Unmarshal(raw, &rule); err != nil {
+		t.Fatalf("rules.yaml: %v", err)
+	}
+	for _, g := range rule.Spec.Groups {
+		for _, r := range g.Rules {
+			exprs["rules.yaml alert "+r.Alert] = r.Expr
+		}
+	}
+	raw, err = os.ReadFile(filepath.Join(dir, "dashboard.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Templating struct {
+			List []struct{ Name, Query string }
+		}
+		Panels []struct {
+			Title   string
+			Targets []struct{ RefID, Expr string }
+		}
+	}
+	if err := json.Unmarshal(raw, &dash); err != nil {
+		t.Fatalf("dashboard.json: %v", err)
+	}
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			exprs[fmt.Sprintf("dashboard panel %q query %s", p.Title, tg.RefID)] = tg.Expr
+		}
+	}
+	// label_values(metric{...}, label) is Grafana's; its selector is PromQL.
+	labelValues := regexp.MustCompile(`^label_values\((.*), *\w+\)$`)
+	for _, v := range dash.Templating.List {
+		if m := labelValues.FindStringSubmatch(v.Query); m != nil {
+			exprs["dashboard variable "+v.Name] = m[1]
+		}
+	}
+	return exprs
+}
+
+// exportedSeries runs proxies through what makes every series appear,
+// and returns the names in their scrapes.
+func exportedSeries(t *testing.T) map[string]bool {
+	t.Helper()
+	e := newEnv(t)
+	repo := repoName(t)
+	pushImage(t, e.registry.Addr, repo, "v1", ociImage(t, 2))
+	_, blob := pushBlob(t, e.registry.Addr, repo, 4<<20)
+	var sent atomic.Int64
+	slow, limited := throttledBlobs(e.front, &sent), rateLimited(e.front, 5)
+	e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool { return limited(w, r) || slow(w, r) })
+	p := startProxy(t, e.front.URL(), openStorage(t, "filesystem", e.minio))
+	pullAll(t, p.URL, repo, "v1")
+	pullAll(t, p.URL, repo, "v1")
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() { get(t, p.URL+"/v2/"+repo+"/blobs/"+blob.String(), "") })
+	}
+	wg.Wait()
+	e.front.Stop()
+	pullAll(t, p.URL, repo, "v1")
+
+	// A storage that is down: reads and writes fail, pulls pass through.
+	s3, err := storage.NewS3("down", "x", storage.S3Options{Endpoint: testenv.FreeAddr(t), Insecure: true, Credentials: e.minio.Credentials()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e2 := newEnv(t)
+	pushImage(t, e2.registry.Addr, repo, "v1", ociImage(t, 1))
+	broken := startProxy(t, e2.front.URL(), s3)
+	pullAll(t, broken.URL, repo, "v1")
+
+	names := map[string]bool{}
+	for _, ops := range []string{p.Ops, broken.Ops} {
+		resp, err := http.Get(ops + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			line := sc.Text()
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			name, _, _ := strings.Cut(line, "{")
+			name, _, _ = strings.Cut(name, " ")
+			names[name] = true
+		}
+		resp.Body.Close()
+	}
+	return names
+}
+
+// rateLimited adds Docker Hub's rate-limit headers to manifest answers.
+func rateLimited(f *testenv.Front, remaining int) func(http.ResponseWriter, *http.Request) bool {
+	return f.Alter("manifests", func(w http.ResponseWriter, resp *http.Response) {
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		w.Header().Set("Ratelimit-Limit", "100;w=21600")
+		w.Header().Set("Ratelimit-Remaining", fmt.Sprintf("%d;w=21600", remaining))
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
+	})
+}
