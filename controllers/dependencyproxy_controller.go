@@ -363,7 +363,12 @@ func ready(dp *depproxyv1.DependencyProxy, d *appsv1.Deployment) bool {
 		return false
 	}
 	want := int32(1)
-	if dp.Spec.Replicas != nil {
+	switch {
+	case dp.Spec.Autoscaling != nil && d.Spec.Replicas != nil:
+		// Serving once the autoscaler's minimum is (scaling up beyond it is
+		// not a rollout).
+		want = min(*d.Spec.Replicas, dp.Spec.Autoscaling.MinReplicas)
+	case dp.Spec.Replicas != nil:
 		want = *dp.Spec.Replicas
 	}
 	return d.Status.ObservedGeneration >= d.Generation && d.Status.UpdatedReplicas >= want && d.Status.AvailableReplicas >= want &&
@@ -378,9 +383,22 @@ func (r *DependencyProxyReconciler) computeStatus(dp *depproxyv1.DependencyProxy
 	set := func(t string, s metav1.ConditionStatus, reason, msg string) {
 		meta.SetStatusCondition(&dp.Status.Conditions, metav1.Condition{Type: t, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen})
 	}
+	// kstatus' pair: at most one of them, and only while True.
+	kstatus := func(t, reason, msg string) {
+		meta.RemoveStatusCondition(&dp.Status.Conditions, depproxyv1.ConditionReconciling)
+		meta.RemoveStatusCondition(&dp.Status.Conditions, depproxyv1.ConditionStalled)
+		if t != "" {
+			set(t, metav1.ConditionTrue, reason, msg)
+		}
+	}
 	if outcome != nil {
 		set(depproxyv1.ConditionDegraded, metav1.ConditionTrue, outcome.Reason, outcome.Message)
 		set(depproxyv1.ConditionReady, metav1.ConditionFalse, outcome.Reason, outcome.Message)
+		if outcome.retry == retryNever {
+			kstatus(depproxyv1.ConditionStalled, outcome.Reason, outcome.Message)
+		} else {
+			kstatus(depproxyv1.ConditionReconciling, outcome.Reason, outcome.Message)
+		}
 		return
 	}
 	set(depproxyv1.ConditionDegraded, metav1.ConditionFalse, depproxyv1.ReasonReconciled, "children match the spec")
@@ -388,11 +406,13 @@ func (r *DependencyProxyReconciler) computeStatus(dp *depproxyv1.DependencyProxy
 	if ready(dp, d) {
 		set(depproxyv1.ConditionReady, metav1.ConditionTrue, depproxyv1.ReasonAvailable, "the proxy is serving")
 		set(depproxyv1.ConditionProgressing, metav1.ConditionFalse, depproxyv1.ReasonAvailable, "rollout complete")
+		kstatus("", "", "")
 		return
 	}
 	msg := "waiting for the proxy's pods to become available"
 	set(depproxyv1.ConditionReady, metav1.ConditionFalse, depproxyv1.ReasonRollingOut, msg)
 	set(depproxyv1.ConditionProgressing, metav1.ConditionTrue, depproxyv1.ReasonRollingOut, msg)
+	kstatus(depproxyv1.ConditionReconciling, depproxyv1.ReasonRollingOut, msg)
 }
 
 // SetupWithManager watches DependencyProxies and the children they own.

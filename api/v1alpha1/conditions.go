@@ -10,6 +10,13 @@ const (
 	ConditionProgressing = "Progressing"
 	// ConditionDegraded: the spec cannot be carried out as it stands.
 	ConditionDegraded = "Degraded"
+	// ConditionReconciling and ConditionStalled are what kstatus (Flux,
+	// Argo CD, kubectl wait) reads: Reconciling is True while a change
+	// rolls out or the operator waits for something the spec names;
+	// Stalled is True when the spec cannot work until someone changes it.
+	// Both are absent otherwise.
+	ConditionReconciling = "Reconciling"
+	ConditionStalled     = "Stalled"
 	// ConditionUpstreamThrottled: an upstream's rate limit is nearly
 	// spent, or it answered 429; cached tags are served without asking
 	// it until the time its message gives.
