@@ -2,9 +2,12 @@ package controllers
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	lua "github.com/yuin/gopher-lua"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -47,6 +50,12 @@ func TestKstatus(t *testing.T) {
 		if res.Status != want || !strings.Contains(res.Message, says) {
 			t.Errorf("kstatus %s %q, want %s saying %q", res.Status, res.Message, want, says)
 		}
+		// Argo CD, with the README's health check, agrees.
+		health, msg := argoHealth(t, dp)
+		if argo := map[status.Status]string{status.InProgressStatus: "Progressing", status.CurrentStatus: "Healthy",
+			status.FailedStatus: "Degraded"}[want]; health != argo || !strings.Contains(msg, says) {
+			t.Errorf("Argo CD health %s %q, want %s saying %q", health, msg, argo, says)
+		}
 	}
 
 	reconcileProxy(t, r, dp)
@@ -74,4 +83,56 @@ func TestKstatus(t *testing.T) {
 	markAvailable(t, ns, "team-a-depproxy", 1)
 	reconcileProxy(t, r, dp)
 	expect(status.CurrentStatus, "")
+}
+
+// argoHealth runs config/argocd/health.lua as Argo CD does (gopher-lua,
+// the object as a table in obj).
+func argoHealth(t *testing.T, dp *depproxyv1.DependencyProxy) (string, string) {
+	t.Helper()
+	script, err := os.ReadFile(filepath.Join("..", "config", "argocd", "health.lua"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(dp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	L := lua.NewState()
+	defer L.Close()
+	L.SetGlobal("obj", luaValue(L, obj))
+	if err := L.DoString(string(script)); err != nil {
+		t.Fatalf("health.lua: %v", err)
+	}
+	hs, ok := L.Get(-1).(*lua.LTable)
+	if !ok {
+		t.Fatalf("health.lua returned %v", L.Get(-1))
+	}
+	return hs.RawGetString("status").String(), hs.RawGetString("message").String()
+}
+
+// luaValue turns JSON-shaped Go values into Lua's, as Argo CD does.
+func luaValue(L *lua.LState, v any) lua.LValue {
+	switch v := v.(type) {
+	case map[string]any:
+		t := L.NewTable()
+		for k, x := range v {
+			t.RawSetString(k, luaValue(L, x))
+		}
+		return t
+	case []any:
+		t := L.NewTable()
+		for _, x := range v {
+			t.Append(luaValue(L, x))
+		}
+		return t
+	case string:
+		return lua.LString(v)
+	case bool:
+		return lua.LBool(v)
+	case int64:
+		return lua.LNumber(v)
+	case float64:
+		return lua.LNumber(v)
+	}
+	return lua.LNil
 }
