@@ -50,9 +50,11 @@ const (
 func main() {
 	runs := flag.Int("runs", 3, "repetitions of each measurement; the table shows medians")
 	warmOnly := flag.Bool("warm-only", false, "only the warm pulls")
+	plotPath := flag.String("plot", "docs/bench.png", "where to write the plot of cold pulls by concurrent clients (empty: none)")
 	flag.Parse()
 	b := newBench()
 	defer b.cleanup()
+	b.plot = *plotPath
 	if err := b.run(*runs, *warmOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		b.cleanup()
@@ -74,7 +76,11 @@ type bench struct {
 	image    []v1.Hash
 	imgBytes int64
 	blob     v1.Hash
+	plot     string // the PNG's path
 }
+
+// plotClients are the points of the plot.
+var plotClients = []int{1, 8, 32, 64}
 
 func newBench() *bench {
 	root, err := os.MkdirTemp("", "depproxy-bench-")
@@ -155,22 +161,43 @@ func (b *bench) run(runs int, warmOnly bool) error {
 		"depproxy minio", "distribution minio, streamed",
 		"depproxy minio, redirect", "distribution minio, redirect"}
 	var rows []string
-	for _, clients := range []int{8, 32} {
+	coldMedian := func(kind, what string, clients int) measure {
+		var ms []measure
+		for r := 0; r < runs; r++ {
+			c := b.startReplicas(strings.TrimSuffix(kind, replicaSuffix), replicasOf(kind))
+			ms = append(ms, b.cold(c, what, clients))
+			c.stop()
+		}
+		return median(ms)
+	}
+	plotted := []series{{name: "depproxy", byCli: map[int]measure{}}, {name: "Distribution (proxy mode)", byCli: map[int]measure{}}}
+	for _, clients := range plotClients {
 		if warmOnly {
 			break
 		}
 		for _, what := range []string{"40-layer image", "256 MiB blob"} {
-			for _, kind := range append(kinds[:2:2], replicated...) {
-				var ms []measure
-				for r := 0; r < runs; r++ {
-					c := b.startReplicas(strings.TrimSuffix(kind, replicaSuffix), replicasOf(kind))
-					m := b.cold(c, what, clients)
-					c.stop()
-					ms = append(ms, m)
+			if clients != 8 && clients != 32 && what != "40-layer image" {
+				continue // the plot's extra points: the image only
+			}
+			for i, kind := range append(kinds[:2:2], replicated...) {
+				if clients != 8 && clients != 32 && i >= 2 {
+					continue
 				}
-				rows = append(rows, row(kind, fmt.Sprintf("%d cold pulls, %s", clients, what), median(ms)))
+				m := coldMedian(kind, what, clients)
+				if what == "40-layer image" && i < 2 {
+					plotted[i].byCli[clients] = m
+				}
+				if clients == 8 || clients == 32 {
+					rows = append(rows, row(kind, fmt.Sprintf("%d cold pulls, %s", clients, what), m))
+				}
 			}
 		}
+	}
+	if !warmOnly && b.plot != "" {
+		if err := writePlot(b.plot, "cold pulls of a 40-layer image (80 MiB), filesystem storage, medians of "+strconv.Itoa(runs), plotted); err != nil {
+			return err
+		}
+		fmt.Fprintln(os.Stderr, "plot written to", b.plot)
 	}
 	for _, kind := range kinds {
 		var ms []measure
