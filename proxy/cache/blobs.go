@@ -239,6 +239,7 @@ func (c *Cache) runFill(ctx context.Context, repo string, f *fill) {
 		c.storageFailed(err, "store blob", "digest", f.digest)
 		return
 	}
+	c.stored(Stored{Bytes: f.written})
 	log.Info("cached blob", "bytes", f.written, "duration", time.Since(start).Round(time.Millisecond).String())
 }
 

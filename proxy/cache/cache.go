@@ -69,7 +69,7 @@ type Cache struct {
 	reads    *readTracker
 	now      func() time.Time
 	lists    listCache
-	tagMoved func(repo, tag string)
+	stored   func(Stored)
 
 	// registry names the upstream's tags in storage; legacyTags also
 	// reads tags where releases before several upstreams kept them.
@@ -158,9 +158,19 @@ func WithRegistry(name string, legacy bool) Option {
 	return func(c *Cache) { c.registry, c.legacyTags = name, legacy }
 }
 
-// WithTagMoved calls fn whenever a tag is stored new or pointing
-// elsewhere (the summary rescans then).
-func WithTagMoved(fn func(repo, tag string)) Option { return func(c *Cache) { c.tagMoved = fn } }
+// Stored is what one write added to storage: bytes of a blob or a
+// manifest, or a tag stored new or pointing elsewhere.
+type Stored struct {
+	Bytes int64
+	// Tag, when set, was stored; NewTag when it was not there before.
+	Tag    string
+	Repo   string
+	NewTag bool
+}
+
+// WithStored calls fn after every write to storage (the summary keeps
+// count with it).
+func WithStored(fn func(Stored)) Option { return func(c *Cache) { c.stored = fn } }
 
 // WithClock sets the clock last reads are recorded with (tests age
 // objects with it).
@@ -178,7 +188,7 @@ func New(up Upstream, store storage.Storage, opts ...Option) *Cache {
 		checked:     map[string]confirmed{},
 		memory:      newMemory(DefaultMemory),
 		now:         time.Now,
-		tagMoved:    func(string, string) {},
+		stored:      func(Stored) {},
 		limits:      DefaultLimits,
 	}
 	c.background, c.stop = context.WithCancel(context.Background())

@@ -117,7 +117,7 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 		if err := c.storeTag(ctx, repo, tag, m.Digest); err != nil {
 			c.storageFailed(err, "store tag", "repository", repo, "tag", tag)
 		} else if moved {
-			c.tagMoved(repo, tag)
+			c.stored(Stored{Repo: repo, Tag: tag, NewTag: cached == nil})
 		}
 		if moved && manifest.IsIndex(m.MediaType) && len(c.prefetch) > 0 {
 			c.running.Add(1)
@@ -170,6 +170,8 @@ func (c *Cache) fetchManifest(ctx context.Context, repo, ref string, want digest
 	rec := layout.ManifestRecord(m.MediaType, m.Body)
 	if err := c.store.Put(ctx, layout.Manifest(m.Digest), bytes.NewReader(rec), int64(len(rec))); err != nil {
 		c.storageFailed(err, "store manifest", "repository", repo, "digest", m.Digest)
+	} else {
+		c.stored(Stored{Bytes: int64(len(rec))})
 	}
 	c.log.Info("cached manifest", "repository", repo, "reference", ref, "digest", m.Digest, "mediaType", m.MediaType)
 	return m, nil

@@ -19,6 +19,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/manifest"
 	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/proxy/summary"
 	"github.com/depproxy/depproxy/proxy/wire"
 )
 
@@ -76,6 +77,13 @@ func Run(ctx context.Context, store storage.Storage, opts Options) (*Summary, er
 		raw, _ := json.Marshal(r.sum)
 		if err := store.Put(ctx, layout.CleanupSummary, bytes.NewReader(raw), int64(len(raw))); err != nil {
 			return &r.sum, fmt.Errorf("storing the summary: %w", err)
+		}
+		if r.sum.DeletedTags+r.sum.DeletedManifests+r.sum.DeletedBlobs > 0 {
+			// The proxies' summaries count what is stored from their
+			// journal, which has none of this.
+			if err := summary.AskRescan(ctx, store); err != nil {
+				return &r.sum, fmt.Errorf("asking the summaries to rescan: %w", err)
+			}
 		}
 	}
 	return &r.sum, nil

@@ -7,6 +7,7 @@
 //	repositories/<repo>/_tags/<tag>            a tag as releases before several upstreams kept it
 //	_lastread/<any of the above>               when it was last pulled (unix seconds)
 //	_cleanup/last.json                         the last cleanup run's summary
+//	_journal/<unix nanoseconds>-<random>       what a replica or a cleanup changed, for the summaries
 //
 // Tags belong to their registry: library/x on docker.io and on another
 // registry are two images. Repository path components never start with
@@ -43,6 +44,8 @@ const (
 	LastReadPrefix = "_lastread/"
 	// CleanupSummary is the last cleanup run's JSON summary.
 	CleanupSummary = "_cleanup/last.json"
+	// JournalPrefix holds the summaries' journal.
+	JournalPrefix = "_journal/"
 
 	tagsInfix = "/_tags/"
 )

@@ -150,7 +150,7 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 		cleanup.NewCollector(store), storage.NewSpoolCollector(spoolDir))
 	cacheMetrics := cache.NewMetrics(metrics)
 	upstreamMetrics := upstream.NewMetrics(metrics)
-	var scanner *summary.Scanner
+	scanner := summary.New(store, nil, upstreams[0].Registry).WithLogger(log.WithName("summary"))
 	// One cache per upstream, over the one storage: tags apart by
 	// registry, manifests and blobs shared by digest.
 	var caches []*cache.Cache
@@ -173,7 +173,7 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 			cache.WithPrefetch(platforms),
 			cache.WithRedirect(s.S3Redirect),
 			cache.WithMetrics(cacheMetrics),
-			cache.WithTagMoved(func(string, string) { scanner.Invalidate() }),
+			cache.WithStored(func(st cache.Stored) { scanner.Record(summaryChange(u.Registry, st)) }),
 			cache.WithLimits(cache.Limits{MaxDownloads: s.MaxDownloads, MaxBlobSize: int64(s.MaxBlobSize)}),
 			cache.WithMemory(int64(s.ManifestMemory)),
 		}, append(spoolOpt, o.cache...)...)...)
@@ -181,10 +181,10 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 		clients = append(clients, up)
 		sources = append(sources, registry.Source{Upstream: up, Cache: c})
 	}
-	scanner = summary.New(store, func(sum *wire.Summary) {
+	scanner.SetLive(func(sum *wire.Summary) {
 		sum.Hits, sum.Misses = caches[0].HitCounts()
 		sum.Throttled = throttled(upstreams, clients)
-	}, upstreams[0].Registry)
+	})
 
 	guard, tokens, err := logins(s, key, metrics, log)
 	if err != nil {
@@ -240,6 +240,7 @@ func (s *Server) Run(ctx context.Context) error {
 		tracking.Go(func() { c.TrackReads(trackCtx, time.Minute) })
 	}
 	tracking.Go(func() { s.replicas.watch(trackCtx, s.log.WithName("replicas")) })
+	tracking.Go(func() { s.summary.Journal(trackCtx) })
 
 	servers := []*http.Server{
 		{Addr: s.settings.Listen, Handler: progressDeadlines(s.handler, s.writeTimeout), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: s.idleTimeout},
@@ -341,6 +342,18 @@ func signingKey(s wire.Settings, log logr.Logger) (*ecdsa.PrivateKey, error) {
 		log.Info("no --token-key: generated a signing key; tokens will not survive a restart or work across replicas")
 	}
 	return key, err
+}
+
+// summaryChange is what a cache's write changes in the summary.
+func summaryChange(registry string, st cache.Stored) summary.Change {
+	c := summary.Change{Bytes: st.Bytes}
+	if st.Tag != "" {
+		c.Tag = &wire.SummaryImage{Registry: registry, Repository: st.Repo, Tag: st.Tag, CachedAt: time.Now().UTC()}
+		if st.NewTag {
+			c.Images = 1
+		}
+	}
+	return c
 }
 
 // throttled lists the upstreams spared for their rate limit.

@@ -179,9 +179,18 @@ func (s *S3) Delete(ctx context.Context, key string) error {
 }
 
 func (s *S3) List(ctx context.Context, prefix string, fn func(key string, info Info) error) error {
+	return s.ListAfter(ctx, prefix, "", fn)
+}
+
+// ListAfter lists from after on (StartAfter): S3 sorts keys.
+func (s *S3) ListAfter(ctx context.Context, prefix, after string, fn func(key string, info Info) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // stops minio-go's lister if fn returns early
-	for obj := range s.client.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: s.prefix + prefix, Recursive: true}) {
+	opts := minio.ListObjectsOptions{Prefix: s.prefix + prefix, Recursive: true}
+	if after != "" {
+		opts.StartAfter = s.prefix + after
+	}
+	for obj := range s.client.ListObjects(ctx, s.bucket, opts) {
 		if obj.Err != nil {
 			return fmt.Errorf("listing %s: %w", prefix, obj.Err)
 		}

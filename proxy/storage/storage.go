@@ -68,3 +68,25 @@ func ReadAll(ctx context.Context, s Storage, key string, limit int64) ([]byte, e
 	defer r.Close()
 	return io.ReadAll(io.LimitReader(r, limit))
 }
+
+// AfterLister is implemented by backends that can list from a key on
+// (S3's StartAfter), so that a listing costs what comes after it.
+type AfterLister interface {
+	// ListAfter calls fn for every object under prefix whose key sorts
+	// after after.
+	ListAfter(ctx context.Context, prefix, after string, fn func(key string, info Info) error) error
+}
+
+// ListAfter lists the objects under prefix whose keys sort after after,
+// with the backend's own means where it has them.
+func ListAfter(ctx context.Context, s Storage, prefix, after string, fn func(key string, info Info) error) error {
+	if al, ok := s.(AfterLister); ok {
+		return al.ListAfter(ctx, prefix, after, fn)
+	}
+	return s.List(ctx, prefix, func(key string, info Info) error {
+		if key <= after {
+			return nil
+		}
+		return fn(key, info)
+	})
+}

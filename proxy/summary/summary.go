@@ -7,13 +7,15 @@ package summary
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
+	"slices"
 	"sort"
-	"sync/atomic"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/manifest"
@@ -29,17 +31,51 @@ const maxImages = 50
 // proxy, fresh on every request: request counts, throttled upstreams.
 type Live func(*wire.Summary)
 
-// Scanner makes summaries by listing storage, and reuses the last one for
-// a while: a scan lists every object.
+// Scanner makes summaries. The first lists all of storage; later ones
+// read only the journal written since, so that a summary costs what
+// changed, not what is stored. A full scan runs again every fullEvery,
+// after a cleanup run, and whenever the journal may have gaps.
 type Scanner struct {
 	store storage.Storage
 	live  Live
+	log   logr.Logger
+	now   func() time.Time
 	// legacyRegistry names the registry of tags that releases before
 	// several upstreams wrote: the default upstream's.
 	legacyRegistry string
-	last           atomic.Pointer[wire.Summary]
-	flight         singleflight.Group
+
+	mu      sync.Mutex
+	pending journalEntry // recorded, not yet written
+	// flushing keeps flushes in order.
+	flushing sync.Mutex
+
+	// reading: one summary is made at a time; the others wait for it.
+	reading sync.Mutex
+	state   *state
 }
+
+// state is a scanner's running summary.
+type state struct {
+	sum    wire.Summary        // Images: the newest tags, described
+	fullAt time.Time           // when the last full scan started
+	after  time.Time           // journal objects from before this are in sum
+	seen   map[string]time.Time // journal objects within overlap of after, already applied
+	rescan bool
+	// Stats of the last summary: what it cost.
+	stats Stats
+}
+
+// Stats are what making a summary cost.
+type Stats struct {
+	Full           bool
+	ObjectsListed  int64
+	JournalObjects int64
+	Duration       time.Duration
+}
+
+// fullEvery bounds drift: a full scan puts right what a lost journal
+// object or a crash left out.
+const fullEvery = 6 * time.Hour
 
 // New returns a scanner of store; live may be nil. legacyRegistry is
 // the registry older releases' tags belong to (the default upstream's).
@@ -47,49 +83,96 @@ func New(store storage.Storage, live Live, legacyRegistry string) *Scanner {
 	if live == nil {
 		live = func(*wire.Summary) {}
 	}
-	return &Scanner{store: store, live: live, legacyRegistry: legacyRegistry}
+	return &Scanner{store: store, live: live, legacyRegistry: legacyRegistry, log: logr.Discard(), now: time.Now}
 }
 
-// Invalidate drops the last scan: a new or moved tag shows in the next
-// summary rather than waiting for the interval.
-func (s *Scanner) Invalidate() { s.last.Store(nil) }
+// SetLive sets what a summary takes from the running proxy; call it
+// before the first summary.
+func (s *Scanner) SetLive(live Live) { s.live = live }
 
-// Summary returns a summary no older than maxAge, scanning storage when
-// the last one is older. Concurrent callers share one scan.
+// WithLogger sets the logger.
+func (s *Scanner) WithLogger(l logr.Logger) *Scanner { s.log = l; return s }
+
+// Summary returns the summary, no older than maxAge: what this replica
+// recorded is written out, and the journal read since the last one.
 func (s *Scanner) Summary(ctx context.Context, maxAge time.Duration) (*wire.Summary, error) {
-	if last := s.last.Load(); last != nil && time.Since(last.ScannedAt) < maxAge {
-		return s.withLive(*last), nil
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
+	defer cancel()
+	s.reading.Lock()
+	defer s.reading.Unlock()
+	s.mu.Lock()
+	changed := len(s.pending.Changes) > 0 || s.pending.Rescan
+	s.mu.Unlock()
+	if st := s.state; st != nil && !changed && s.now().Sub(st.sum.ScannedAt) < maxAge {
+		return s.withLive(st.sum), nil
 	}
-	v, err, _ := s.flight.Do("scan", func() (any, error) {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
-		defer cancel()
-		return s.scan(ctx)
-	})
+	if err := s.flush(ctx); err != nil {
+		s.log.Error(err, "summary journal lost")
+	}
+	start := s.now()
+	st := s.state
+	var err error
+	if st == nil || st.rescan || start.Sub(st.fullAt) > fullEvery || start.Sub(st.after) > keepJournal-overlap {
+		st, err = s.scan(ctx)
+	} else {
+		err = s.catchUp(ctx, st)
+	}
 	if err != nil {
 		return nil, err
 	}
-	sum := v.(*wire.Summary)
-	s.last.Store(sum)
-	return s.withLive(*sum), nil
+	st.stats.Duration = s.now().Sub(start)
+	st.sum.ScannedAt = s.now()
+	s.state = st
+	return s.withLive(st.sum), nil
+}
+
+// LastStats is what the last summary cost.
+func (s *Scanner) LastStats() Stats {
+	s.reading.Lock()
+	defer s.reading.Unlock()
+	if s.state == nil {
+		return Stats{}
+	}
+	return s.state.stats
 }
 
 func (s *Scanner) withLive(sum wire.Summary) *wire.Summary {
+	sum.Images = slices.Clone(sum.Images)
+	if len(sum.Images) > maxImages {
+		sum.Images = sum.Images[:maxImages]
+	}
 	s.live(&sum)
 	return &sum
 }
 
 // scan lists storage once, page by page, keeping only counters and the
-// newest tags: its memory does not grow with the cache.
-func (s *Scanner) scan(ctx context.Context) (*wire.Summary, error) {
-	sum := &wire.Summary{ScannedAt: time.Now()}
+// newest tags: its memory does not grow with the cache. Journal objects
+// it meets count as read (what they say is in what it lists), and those
+// older than keepJournal are deleted.
+func (s *Scanner) scan(ctx context.Context) (*state, error) {
+	start := s.now()
+	st := &state{fullAt: start, after: start.Add(-overlap), seen: map[string]time.Time{}, stats: Stats{Full: true}}
 	var newest []wire.SummaryImage
+	var old []string
 	err := s.store.List(ctx, "", func(key string, info storage.Info) error {
-		sum.Bytes += info.Size
+		st.stats.ObjectsListed++
+		if at, ok := journalTime(key); ok {
+			if start.Sub(at) > keepJournal {
+				old = append(old, key)
+			} else if !at.Before(st.after) {
+				st.seen[key] = at
+			}
+			return nil
+		}
+		if strings.HasPrefix(key, layout.BlobsPrefix) || strings.HasPrefix(key, layout.ManifestsPrefix) {
+			st.sum.Bytes += info.Size
+			return nil
+		}
 		registry, repo, tag, ok := layout.ParseTag(key)
 		if !ok {
 			return nil
 		}
-		sum.ImageCount++
+		st.sum.ImageCount++
 		newest = append(newest, wire.SummaryImage{Registry: registry, Repository: repo, Tag: tag, CachedAt: info.ModTime})
 		if len(newest) > 2*maxImages {
 			newest = keepNewest(newest)
@@ -101,10 +184,92 @@ func (s *Scanner) scan(ctx context.Context) (*wire.Summary, error) {
 	}
 	for _, img := range keepNewest(newest) {
 		if s.describe(ctx, &img) {
-			sum.Images = append(sum.Images, img)
+			st.sum.Images = append(st.sum.Images, img)
 		}
 	}
-	return sum, nil
+	for _, key := range old {
+		if err := s.store.Delete(ctx, key); err != nil {
+			s.log.Error(err, "deleting an old summary journal object", "key", key)
+			break
+		}
+	}
+	return st, nil
+}
+
+// catchUp applies the journal objects written since the last summary.
+func (s *Scanner) catchUp(ctx context.Context, st *state) error {
+	st.stats = Stats{}
+	from := journalKey(st.after)[:len(layout.JournalPrefix)+20]
+	var keys []string
+	err := storage.ListAfter(ctx, s.store, layout.JournalPrefix, from, func(key string, _ storage.Info) error {
+		st.stats.ObjectsListed++
+		if _, done := st.seen[key]; !done {
+			keys = append(keys, key)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	sort.Strings(keys)
+	var moved []wire.SummaryImage
+	for _, key := range keys {
+		at, ok := journalTime(key)
+		if !ok {
+			continue
+		}
+		e, err := s.readJournal(ctx, key)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		st.stats.JournalObjects++
+		st.seen[key] = at
+		if e.Rescan {
+			st.rescan = true
+		}
+		for _, c := range e.Changes {
+			st.sum.Bytes += c.Bytes
+			st.sum.ImageCount += c.Images
+			if c.Tag != nil {
+				moved = append(moved, *c.Tag)
+			}
+		}
+	}
+	// Journal objects may land late, by up to overlap: look that far back
+	// next time, and forget what is older.
+	newest := st.after
+	for _, at := range st.seen {
+		if at.After(newest) {
+			newest = at
+		}
+	}
+	st.after = newest.Add(-overlap)
+	for key, at := range st.seen {
+		if at.Before(st.after) {
+			delete(st.seen, key)
+		}
+	}
+	if st.rescan {
+		fresh, err := s.scan(ctx)
+		if err != nil {
+			return err
+		}
+		*st = *fresh
+		return nil
+	}
+	for _, img := range moved {
+		if s.describe(ctx, &img) {
+			st.sum.Images = slices.DeleteFunc(st.sum.Images, func(x wire.SummaryImage) bool {
+				return x.Registry == img.Registry && x.Repository == img.Repository && x.Tag == img.Tag
+			})
+			st.sum.Images = append(st.sum.Images, img)
+		}
+	}
+	st.sum.Images = keepNewest(st.sum.Images)
+	return nil
 }
 
 // describe fills in a tag's digest, media type and platforms; false if
@@ -121,7 +286,7 @@ func (s *Scanner) describe(ctx context.Context, img *wire.SummaryImage) bool {
 	if err != nil {
 		return false
 	}
-	img.Digest, img.MediaType = d.String(), mt
+	img.Digest, img.MediaType, img.Platforms = d.String(), mt, nil
 	if manifest.IsIndex(mt) {
 		children, _ := manifest.Children(body)
 		for _, ch := range children {
