@@ -66,10 +66,10 @@ type Cache struct {
 	checked map[string]confirmed // tag -> when the upstream last confirmed it, and at what
 	memory  *memory
 
-	reads    *readTracker
-	now      func() time.Time
-	lists    listCache
-	stored   func(Stored)
+	reads  *readTracker
+	now    func() time.Time
+	lists  listCache
+	stored func(Stored)
 
 	// registry names the upstream's tags in storage; legacyTags also
 	// reads tags where releases before several upstreams kept them.

@@ -56,9 +56,9 @@ type Scanner struct {
 
 // state is a scanner's running summary.
 type state struct {
-	sum    wire.Summary        // Images: the newest tags, described
-	fullAt time.Time           // when the last full scan started
-	after  time.Time           // journal objects from before this are in sum
+	sum    wire.Summary         // Images: the newest tags, described
+	fullAt time.Time            // when the last full scan started
+	after  time.Time            // journal objects from before this are in sum
 	seen   map[string]time.Time // journal objects within overlap of after, already applied
 	rescan bool
 	// Stats of the last summary: what it cost.
