@@ -230,6 +230,11 @@ func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, c Cache, rt ro
 			h.Set("Content-Length", strconv.FormatInt(b.Size, 10))
 		}
 		h.Set("Accept-Ranges", "bytes")
+		if wt, ok := b.ReadSeeker.(io.WriterTo); ok {
+			// The storage sends it itself (S3: socket to socket).
+			wt.WriteTo(w)
+			break
+		}
 		buf := copyBuffers.Get().(*[]byte)
 		io.CopyBuffer(writerOnly{w}, b, *buf)
 		copyBuffers.Put(buf)

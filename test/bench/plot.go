@@ -58,14 +58,14 @@ func writePlot(path, title string, all []series) error {
 	}
 	img := vgimg.New(vg.Points(900), vg.Points(380))
 	dc := draw.New(img)
-	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Points(24), PadTop: vg.Points(30), PadBottom: vg.Points(8), PadLeft: vg.Points(8), PadRight: vg.Points(8)}
+	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Points(24), PadTop: vg.Points(50), PadBottom: vg.Points(8), PadLeft: vg.Points(8), PadRight: vg.Points(8)}
 	plots := [][]*plot.Plot{{bytes, wall}}
 	canvases := plot.Align(plots, tiles, dc)
 	bytes.Draw(canvases[0][0])
 	wall.Draw(canvases[0][1])
 	heading := bytes.Title.TextStyle
 	heading.XAlign = draw.XCenter
-	dc.FillText(heading, vg.Point{X: vg.Points(450), Y: vg.Points(362)}, title)
+	dc.FillText(heading, vg.Point{X: vg.Points(450), Y: vg.Points(358)}, title)
 	f, err := os.Create(path)
 	if err != nil {
 		return err

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -242,5 +244,54 @@ func TestS3Redirect(t *testing.T) {
 	_, body = get(t, url, "")
 	if sha(body) != sha(data) {
 		t.Fatalf("following the redirect gave %d bytes hashing to %s", len(body), sha(body))
+	}
+}
+
+// A warm blob on S3 goes from the storage's connection to the client's
+// (splice) whole and unchanged: a plain GET, a Range, and a client that
+// hangs up halfway leaving nothing stuck.
+func TestWarmBlobFromS3(t *testing.T) {
+	e := newEnv(t)
+	repo := repoName(t)
+	data, d := pushBlob(t, e.registry.Addr, repo, 24<<20)
+	p := startProxy(t, e.front.URL(), openStorage(t, "minio", e.minio))
+	url := p.URL + "/v2/" + repo + "/blobs/" + d.String()
+	get(t, url, "")
+	waitNoFill(t, p, d)
+	eventually(t, 10*time.Second, "the blob was not stored", func() bool {
+		_, err := p.store.Stat(context.Background(), blobKey(d))
+		return err == nil
+	})
+	e.front.Reset()
+	for i := 0; i < 3; i++ {
+		resp, body := get(t, url, "")
+		if resp.StatusCode != 200 || !bytes.Equal(body, data) || resp.ContentLength != int64(len(data)) {
+			t.Fatalf("warm GET %d: %s, %d bytes (Content-Length %d), equal %v", i, resp.Status, len(body), resp.ContentLength, bytes.Equal(body, data))
+		}
+	}
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	req.Header.Set("Range", "bytes=1000-")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(body, data[1000:]) {
+		t.Fatalf("Range: %s, %d bytes", resp.Status, len(body))
+	}
+	for i := 0; i < 4; i++ {
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.CopyN(io.Discard, resp.Body, 1<<20)
+		resp.Body.Close() // hangs up
+	}
+	if resp, body := get(t, url, ""); resp.StatusCode != 200 || !bytes.Equal(body, data) {
+		t.Fatalf("after clients hung up: %s, %d bytes", resp.Status, len(body))
+	}
+	if n := e.front.Count("GET", "blobs"); n != 0 {
+		t.Errorf("warm GETs asked the upstream %d times", n)
 	}
 }
