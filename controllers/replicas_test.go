@@ -18,7 +18,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -186,7 +186,7 @@ func TestReplicasFollowEndpointSlices(t *testing.T) {
 	// The watch runs as the ServiceAccount, as in the pod.
 	asProxy := rest.CopyConfig(restConfig)
 	asProxy.Impersonate = rest.ImpersonationConfig{UserName: sa, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"}}
-	clientset, err := kubernetes.NewForConfig(asProxy)
+	clientset, err := dynamic.NewForConfig(asProxy)
 	if err != nil {
 		t.Fatal(err)
 	}

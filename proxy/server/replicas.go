@@ -11,7 +11,7 @@ import (
 	"net/http"
 
 	"github.com/go-logr/logr"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 
 	"github.com/depproxy/depproxy/proxy/peers"
@@ -23,7 +23,7 @@ import (
 // are, and how they prove themselves.
 type replicas struct {
 	config *wire.Replicas
-	kube   kubernetes.Interface // nil: a fixed list of replicas
+	kube   dynamic.Interface // nil: a fixed list of replicas
 	ring   *peers.Ring
 	signer *peers.Signer
 	tls    *tls.Config // how to check the others' HTTPS; nil for HTTP
@@ -45,7 +45,7 @@ func newReplicas(cfg *wire.Replicas, key *ecdsa.PrivateKey, certs *certReloader)
 	if err != nil {
 		return nil, fmt.Errorf("peer-service: %w", err)
 	}
-	if r.kube, err = kubernetes.NewForConfig(kubeConfig); err != nil {
+	if r.kube, err = dynamic.NewForConfig(kubeConfig); err != nil {
 		return nil, fmt.Errorf("peer-service: %w", err)
 	}
 	if r.config.Namespace == "" {
