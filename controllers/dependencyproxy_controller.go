@@ -385,10 +385,13 @@ func (r *DependencyProxyReconciler) computeStatus(dp *depproxyv1.DependencyProxy
 	}
 	// kstatus' pair: at most one of them, and only while True.
 	kstatus := func(t, reason, msg string) {
-		meta.RemoveStatusCondition(&dp.Status.Conditions, depproxyv1.ConditionReconciling)
-		meta.RemoveStatusCondition(&dp.Status.Conditions, depproxyv1.ConditionStalled)
+		for _, other := range []string{depproxyv1.ConditionReconciling, depproxyv1.ConditionStalled} {
+			if other != t {
+				meta.RemoveStatusCondition(&dp.Status.Conditions, other)
+			}
+		}
 		if t != "" {
-			set(t, metav1.ConditionTrue, reason, msg)
+			set(t, metav1.ConditionTrue, reason, msg) // keeps its transition time while it holds
 		}
 	}
 	if outcome != nil {
