@@ -255,6 +255,7 @@ func TestReplicaLost(t *testing.T) {
 		}
 		eventually(t, 20*time.Second, "the download never started", func() bool { return sent.Load() > 4<<20 })
 		owner.cmd.Process.Kill()
+		owner.cmd.Wait() // reaped: its ProcessState says it is gone
 		wg.Wait()
 		close(errs)
 		for err := range errs {
