@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -194,7 +195,8 @@ func TestReplicasFollowEndpointSlices(t *testing.T) {
 	ring := peers.NewRing(self, nil)
 	watchCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	go peers.WatchEndpointSlices(watchCtx, clientset, ns, "team-a-depproxy-peers", ring, logr.Discard())
+	var synced atomic.Bool
+	go peers.WatchEndpointSlices(watchCtx, clientset, ns, "team-a-depproxy-peers", ring, func() { synced.Store(true) }, logr.Discard())
 
 	slice := &discoveryv1.EndpointSlice{
 		ObjectMeta:  metav1.ObjectMeta{Name: "team-a-depproxy-peers-abc", Namespace: ns, Labels: map[string]string{discoveryv1.LabelServiceName: "team-a-depproxy-peers"}},
@@ -226,6 +228,11 @@ func TestReplicasFollowEndpointSlices(t *testing.T) {
 		}
 	}
 	members("http://10.0.0.1:5000", "http://10.0.0.2:5000")
+	for deadline := time.Now().Add(10 * time.Second); !synced.Load(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the replicas are known, and the watch never said it synced (the replica would stay unready)")
+		}
+	}
 	keys := make([]string, 300)
 	for i := range keys {
 		keys[i] = peers.BlobKey("docker.io", fmt.Sprintf("sha256:%064d", i))

@@ -63,21 +63,21 @@ func (c *Cache) Blob(ctx context.Context, repo string, d digest.Digest) (*Blob, 
 
 func (c *Cache) blob(ctx context.Context, repo string, d digest.Digest) (*Blob, error) {
 	if f := c.fillFor(ctx, repo, d, false); f != nil {
-		c.count(kindBlob, coalesced)
+		c.count(ctx, kindBlob, coalesced)
 		return c.fillBlob(ctx, f)
 	}
 	if b := c.redirectBlob(ctx, d); b != nil {
-		c.count(kindBlob, hit)
+		c.count(ctx, kindBlob, hit)
 		return b, nil
 	}
 	r, info, err := c.store.Open(ctx, layout.Blob(d))
 	if err == nil {
-		c.count(kindBlob, hit)
+		c.count(ctx, kindBlob, hit)
 		_, file := r.(*os.File)
 		return &Blob{ReadSeeker: r, Size: info.Size, ModTime: info.ModTime, File: file, close: func() { r.Close() }}, nil
 	}
 	c.storageFailed(err, "open blob", "digest", d)
-	c.count(kindBlob, miss)
+	c.count(ctx, kindBlob, miss)
 	return c.fillBlob(ctx, c.fillFor(ctx, repo, d, true))
 }
 

@@ -49,7 +49,7 @@ func (c *Cache) Manifest(ctx context.Context, repo, ref string, accept []string)
 // served without asking the upstream anything.
 func (c *Cache) manifestByDigest(ctx context.Context, repo string, d digest.Digest, accept []string) (*Manifest, error) {
 	if m, err := c.loadManifest(ctx, d); err == nil {
-		c.count(kindManifest, hit)
+		c.count(ctx, kindManifest, hit)
 		return m, nil
 	}
 	v, err, shared := c.flight.Do(repo+"@"+d.String(), func() (any, error) {
@@ -57,7 +57,7 @@ func (c *Cache) manifestByDigest(ctx context.Context, repo string, d digest.Dige
 		defer cancel()
 		return c.fetchManifest(ctx, repo, d.String(), d, accept)
 	})
-	c.count(kindManifest, missOrShared(shared))
+	c.count(ctx, kindManifest, missOrShared(shared))
 	if err != nil {
 		return nil, err
 	}
@@ -72,7 +72,7 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 	// and its manifest is very likely in memory.
 	if d, ok := c.fresh(repo, tag); ok {
 		if m, err := c.loadManifest(ctx, d); err == nil {
-			c.count(kindManifest, hit)
+			c.count(ctx, kindManifest, hit)
 			return m, nil
 		}
 	}
@@ -134,11 +134,11 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 	m := v.(*Manifest)
 	switch {
 	case cached != nil && m.Digest == cached.Digest:
-		c.count(kindManifest, hit)
+		c.count(ctx, kindManifest, hit)
 	case shared:
-		c.count(kindManifest, coalesced)
+		c.count(ctx, kindManifest, coalesced)
 	default:
-		c.count(kindManifest, miss)
+		c.count(ctx, kindManifest, miss)
 	}
 	return m, nil
 }

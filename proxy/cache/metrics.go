@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"context"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -67,7 +68,20 @@ func missOrShared(shared bool) result {
 	return miss
 }
 
-func (c *Cache) count(kind string, r result) {
+type uncountedKey struct{}
+
+// Uncounted marks ctx as serving a request that another replica
+// forwarded: that replica counts it, for its client.
+func Uncounted(ctx context.Context) context.Context {
+	return context.WithValue(ctx, uncountedKey{}, true)
+}
+
+func counted(ctx context.Context) bool { return ctx.Value(uncountedKey{}) == nil }
+
+func (c *Cache) count(ctx context.Context, kind string, r result) {
+	if !counted(ctx) {
+		return
+	}
 	m := c.metrics
 	m.requests.WithLabelValues(c.registry, kind).Inc()
 	if r == hit {
@@ -84,7 +98,10 @@ func (c *Cache) count(kind string, r result) {
 
 // CountServed adds bytes sent to a client, for the served-bytes counter
 // (the registry writes the responses, and knows how much went out).
-func (c *Cache) CountServed(kind string, bytes int64) {
+func (c *Cache) CountServed(ctx context.Context, kind string, bytes int64) {
+	if !counted(ctx) {
+		return
+	}
 	c.metrics.served.WithLabelValues(c.registry, kind).Add(float64(bytes))
 }
 

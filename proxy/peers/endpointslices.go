@@ -38,7 +38,9 @@ var endpointSlices = discoveryv1.SchemeGroupVersion.WithResource("endpointslices
 // replicas are ready, and tells it without DNS. Each endpoint is reached
 // with the scheme and port of the ring's own URL. It needs list and
 // watch of EndpointSlices in namespace, nothing else.
-func WatchEndpointSlices(ctx context.Context, client dynamic.Interface, namespace, service string, ring *Ring, log logr.Logger) {
+// synced is called once the first list is in: until then the replica
+// does not know the others.
+func WatchEndpointSlices(ctx context.Context, client dynamic.Interface, namespace, service string, ring *Ring, synced func(), log logr.Logger) {
 	self, err := url.Parse(ring.Self())
 	if err != nil {
 		return // wire.Settings checked it
@@ -78,6 +80,12 @@ func WatchEndpointSlices(ctx context.Context, client dynamic.Interface, namespac
 		UpdateFunc: func(any, any) { update() },
 		DeleteFunc: func(any) { update() },
 	})
+	go func() {
+		if cache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
+			update()
+			synced()
+		}
+	}()
 	informer.RunWithContext(ctx)
 }
 

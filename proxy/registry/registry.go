@@ -27,7 +27,7 @@ type Cache interface {
 	Tags(ctx context.Context, repo string, query url.Values) ([]byte, error)
 	Referrers(ctx context.Context, repo string, d digest.Digest, query url.Values) []byte
 	// CountServed adds bytes sent to a client (kind: manifest or blob).
-	CountServed(kind string, bytes int64)
+	CountServed(ctx context.Context, kind string, bytes int64)
 }
 
 // Upstream is what the registry asks of an upstream to route a request
@@ -181,7 +181,7 @@ func (reg *Registry) manifest(w http.ResponseWriter, r *http.Request, c Cache, r
 		return nil
 	}
 	n, _ := w.Write(m.Body)
-	c.CountServed("manifest", int64(n))
+	c.CountServed(r.Context(), "manifest", int64(n))
 	return nil
 }
 
@@ -211,7 +211,7 @@ func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, c Cache, rt ro
 		return nil
 	}
 	counted := &countingWriter{ResponseWriter: w}
-	defer func() { c.CountServed("blob", counted.n) }() // an aborted response too
+	defer func() { c.CountServed(r.Context(), "blob", counted.n) }() // an aborted response too
 	w = counted
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Docker-Content-Digest", d.String())

@@ -19,7 +19,7 @@ import (
 // askedCache records what reached it and has nothing.
 type askedCache struct{ repos []string }
 
-func (c *askedCache) CountServed(string, int64) {}
+func (c *askedCache) CountServed(context.Context, string, int64) {}
 
 func (c *askedCache) Manifest(_ context.Context, repo, _ string, _ []string) (*cache.Manifest, error) {
 	c.repos = append(c.repos, repo)

@@ -9,11 +9,15 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/go-logr/logr"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 
+	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/peers"
 	"github.com/depproxy/depproxy/proxy/registry"
 	"github.com/depproxy/depproxy/proxy/wire"
@@ -27,6 +31,9 @@ type replicas struct {
 	ring   *peers.Ring
 	signer *peers.Signer
 	tls    *tls.Config // how to check the others' HTTPS; nil for HTTP
+	// known: the replica knows the others (its first list of the
+	// endpoints is in); it is not ready before.
+	known atomic.Bool
 }
 
 func newReplicas(cfg *wire.Replicas, key *ecdsa.PrivateKey, certs *certReloader) (*replicas, error) {
@@ -39,6 +46,7 @@ func newReplicas(cfg *wire.Replicas, key *ecdsa.PrivateKey, certs *certReloader)
 		r.tls = certs.pinned()
 	}
 	if cfg.Service == "" {
+		r.known.Store(true)
 		return r, nil
 	}
 	kubeConfig, err := rest.InClusterConfig()
@@ -62,7 +70,19 @@ func (r *replicas) watch(ctx context.Context, log logr.Logger) {
 	if r == nil || r.kube == nil {
 		return
 	}
-	peers.WatchEndpointSlices(ctx, r.kube, r.config.Namespace, r.config.Service, r.ring, log)
+	peers.WatchEndpointSlices(ctx, r.kube, r.config.Namespace, r.config.Service, r.ring, func() { r.known.Store(true) }, log)
+}
+
+// ready: a replica that does not know the others yet would download
+// what they own; it takes no clients until it does.
+func (r *replicas) ready() bool { return r == nil || r.known.Load() }
+
+// collector reports how many replicas this one knows, itself included.
+func (r *replicas) collector() prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "depproxy_replicas",
+		Help: "Replicas of this cache that this one knows of (ready ones, itself included): who owns what is decided among them.",
+	}, func() float64 { return float64(len(r.ring.Members())) })
 }
 
 // replicaRequests marks requests another replica forwarded, once their
@@ -76,7 +96,9 @@ func replicaRequests(next http.Handler, signer *peers.Signer) http.Handler {
 			registry.WriteError(w, r, err)
 			return
 		case ok:
-			r = r.WithContext(peers.Forwarded(r.Context()))
+			// Served from the upstream, and counted by the replica
+			// that forwarded it.
+			r = r.WithContext(peers.Forwarded(cache.Uncounted(r.Context())))
 		}
 		next.ServeHTTP(w, r)
 	})

@@ -148,6 +148,9 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		cleanup.NewCollector(store), storage.NewSpoolCollector(spoolDir))
+	if peering != nil {
+		metrics.MustRegister(peering.collector())
+	}
 	cacheMetrics := cache.NewMetrics(metrics)
 	upstreamMetrics := upstream.NewMetrics(metrics)
 	scanner := summary.New(store, nil, upstreams[0].Registry).WithLogger(log.WithName("summary"))
@@ -213,7 +216,7 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 	srv := &Server{settings: s, log: log, caches: caches, summary: scanner, closers: closers, handler: handler,
 		idleTimeout: o.idleTimeout, writeTimeout: o.writeTimeout, certs: certs, replicas: peering}
 	srv.ops = opsRoutes(promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}), scanner.Handler(s.SummaryInterval.Std(), log.WithName("summary")),
-		&srv.stopping)
+		func() bool { return !srv.stopping.Load() && peering.ready() })
 	return srv, nil
 }
 
@@ -307,16 +310,16 @@ func registryRoutes(reg, tokens, browser http.Handler) http.Handler {
 	})
 }
 
-// opsRoutes are the operational endpoints; /readyz fails once the server
-// is stopping.
-func opsRoutes(metrics, summary http.Handler, stopping *atomic.Bool) http.Handler {
+// opsRoutes are the operational endpoints; /readyz fails until the
+// replica knows the others, and once the server is stopping.
+func opsRoutes(metrics, summary http.Handler, ready func() bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", metrics)
 	mux.Handle(wire.SummaryPath, summary)
 	mux.Handle("/healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) }))
 	mux.Handle("/readyz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if stopping.Load() {
-			http.Error(w, "stopping", http.StatusServiceUnavailable)
+		if !ready() {
+			http.Error(w, "not ready: stopping, or not knowing the other replicas yet", http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("ok\n"))

@@ -80,6 +80,7 @@ func journalTime(key string) (time.Time, bool) {
 func (s *Scanner) Record(c Change) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.dirty = true
 	if len(s.pending.Changes) >= maxPending {
 		s.pending.Changes, s.pending.Rescan = nil, true
 		return

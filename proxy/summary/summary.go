@@ -46,6 +46,7 @@ type Scanner struct {
 
 	mu      sync.Mutex
 	pending journalEntry // recorded, not yet written
+	dirty   bool         // recorded since the last summary
 	// flushing keeps flushes in order.
 	flushing sync.Mutex
 
@@ -101,7 +102,8 @@ func (s *Scanner) Summary(ctx context.Context, maxAge time.Duration) (*wire.Summ
 	s.reading.Lock()
 	defer s.reading.Unlock()
 	s.mu.Lock()
-	changed := len(s.pending.Changes) > 0 || s.pending.Rescan
+	changed := s.dirty
+	s.dirty = false
 	s.mu.Unlock()
 	if st := s.state; st != nil && !changed && s.now().Sub(st.sum.ScannedAt) < maxAge {
 		return s.withLive(st.sum), nil

@@ -62,7 +62,7 @@ func Defaults() Settings {
 		MetricsListen:    ":9090",
 		Upstream:         Keys("https://registry-1.docker.io"),
 		Storage:          "./data",
-		SummaryInterval:  Duration(5 * time.Minute),
+		SummaryInterval:  Duration(30 * time.Second),
 		Tenant:           "depproxy",
 		MaxDownloads:     64,
 		RateLimitReserve: 10,
@@ -86,7 +86,7 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.BoolVar(&s.S3Redirect, "s3-redirect", s.S3Redirect, "send clients of cached blobs to a presigned S3 URL instead of streaming them; only where clients can reach the S3 endpoint")
 	fs.Var(&s.RecheckInterval, "recheck-interval", "how long a tag checked with the upstream is served without asking again; 0 asks (one HEAD) on every tag request")
 	fs.StringVar(&s.PrefetchPlatforms, "prefetch-platforms", s.PrefetchPlatforms, "comma-separated platforms (linux/amd64,linux/arm64/v8) whose images are cached as soon as their index is")
-	fs.Var(&s.SummaryInterval, "summary-interval", "how long a scan of the whole storage for /status/summary is reused (a scan lists every object)")
+	fs.Var(&s.SummaryInterval, "summary-interval", "how long a /status/summary is reused unless this replica cached something since (each reads only the journal of what changed: one LIST)")
 	fs.StringVar(&s.Users, "users", s.Users, "who may log in: an htpasswd file (bcrypt) or a directory with a file per user holding a password or bcrypt hash; without it, pulls are anonymous")
 	fs.StringVar(&s.TokenKey, "token-key", s.TokenKey, "PEM ECDSA P-256 key that signs tokens; without it a key is generated at start (tokens then die with the process)")
 	fs.StringVar(&s.ExternalURL, "external-url", s.ExternalURL, "where clients reach this proxy (e.g. https://cache.example); the token realm is under it. Default: the request's host")

@@ -30,7 +30,7 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !reflect.DeepEqual(stripped(*s), Defaults()) || s.Listen != ":5000" || s.Upstream.String() != "https://registry-1.docker.io" || s.Storage != "./data" ||
-		s.RecheckInterval != 0 || s.SummaryInterval.Std() != 5*time.Minute {
+		s.RecheckInterval != 0 || s.SummaryInterval.Std() != 30*time.Second {
 		t.Fatalf("defaults: %+v", s)
 	}
 }

@@ -469,6 +469,12 @@ func (k *cluster) replicas(ctx context.Context, t *testing.T, dp *depproxyv1.Dep
 			if got != n {
 				return fmt.Errorf("%d ready endpoints of the peers Service, want %d", got, n)
 			}
+			// And each replica has heard of the others.
+			for pod, known := range k.podMetric(t, func(line string) bool { return strings.HasPrefix(line, "depproxy_replicas ") }) {
+				if int(known) != n {
+					return fmt.Errorf("pod %s knows %v replicas, want %d", pod, known, n)
+				}
+			}
 			return nil
 		})
 	}

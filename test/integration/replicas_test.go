@@ -176,6 +176,17 @@ func TestReplicasDownloadOnce(t *testing.T) {
 		if n, b := e.front.Count("GET", "blobs"), e.front.Bytes("blobs"); n != 1 || b != int64(len(data)) {
 			t.Errorf("the upstream sent the blob %d times (%d bytes, %.2f× its size); want once", n, b, float64(b)/float64(len(data)))
 		}
+		// Each request is counted once, by the replica its client asked,
+		// not again by the owner it was forwarded to.
+		var requests, pulled float64
+		for _, r := range rs {
+			m := scrape(t, r.ops)
+			requests += sample(m, "depproxy_proxy_requests_total", "type", "blob")
+			pulled += sample(m, "depproxy_proxy_pulled_bytes_total", "type", "blob")
+		}
+		if requests != 24 || pulled != float64(len(data)) {
+			t.Errorf("the replicas count %v blob requests and %v bytes pulled, want 24 and %d", requests, pulled, len(data))
+		}
 	})
 
 	t.Run("a cold 40-layer image, one crane per replica", func(t *testing.T) {
