@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/upstream"
@@ -31,13 +32,33 @@ type Upstream struct {
 	signer         *Signer
 	client         *http.Client
 	log            logr.Logger
+	metrics        *Metrics
+}
+
+// Metrics count where cold objects came from.
+type Metrics struct{ fetches *prometheus.CounterVec }
+
+// NewMetrics builds the replicas' metrics and registers them on r.
+func NewMetrics(r prometheus.Registerer) *Metrics {
+	m := &Metrics{fetches: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "depproxy_replica_fetches_total",
+		Help: "Cold blobs and manifests by where this replica got them: owner (another replica, which downloads it), upstream (this replica owns it, or was forwarded the request), fallback (the owners did not answer), and unanswered (a replica that did not answer).",
+	}, []string{"upstream", "from"})}
+	r.MustRegister(m.fetches)
+	return m
+}
+
+func (u *Upstream) count(from string) {
+	if u.metrics != nil {
+		u.metrics.fetches.WithLabelValues(u.registry, from).Inc()
+	}
 }
 
 // NewUpstream returns direct seen through ring. registry is the name
 // the replicas' registry routes know direct by (containerd's ?ns=).
 // tlsConfig, when the replicas serve HTTPS, is how they are verified.
-func NewUpstream(direct cache.Upstream, registry string, ring *Ring, signer *Signer, tlsConfig *tls.Config, log logr.Logger) *Upstream {
-	return &Upstream{Upstream: direct, registry: registry, ring: ring, signer: signer, log: log,
+func NewUpstream(direct cache.Upstream, registry string, ring *Ring, signer *Signer, tlsConfig *tls.Config, m *Metrics, log logr.Logger) *Upstream {
+	return &Upstream{Upstream: direct, registry: registry, ring: ring, signer: signer, log: log, metrics: m,
 		client: &http.Client{Transport: replicaTransport(tlsConfig)}}
 }
 
@@ -139,18 +160,24 @@ func ManifestKey(registry, repo, ref string) string {
 // upstream is asked directly.
 func (u *Upstream) forward(ctx context.Context, key string, viaReplica func(owner string) error, direct func() error) error {
 	if IsForwarded(ctx) {
+		u.count("upstream")
 		return direct()
 	}
+	from := "upstream"
 	for _, owner := range u.ring.Owners(key) {
 		if owner == u.ring.Self() {
 			break
 		}
 		err := viaReplica(owner)
 		if !errors.Is(err, errTryNext) {
+			u.count("owner")
 			return err
 		}
+		u.count("unanswered")
+		from = "fallback"
 		u.log.Info("replica did not answer; trying the next", "replica", owner, "key", key, "error", err.Error())
 	}
+	u.count(from)
 	return direct()
 }
 

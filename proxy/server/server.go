@@ -148,8 +148,10 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		cleanup.NewCollector(store), storage.NewSpoolCollector(spoolDir))
+	var replicaMetrics *peers.Metrics
 	if peering != nil {
 		metrics.MustRegister(peering.collector())
+		replicaMetrics = peers.NewMetrics(metrics)
 	}
 	cacheMetrics := cache.NewMetrics(metrics)
 	upstreamMetrics := upstream.NewMetrics(metrics)
@@ -166,7 +168,7 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 		}
 		var through cache.Upstream = up
 		if peering != nil {
-			through = peers.NewUpstream(up, u.Registry, peering.ring, peering.signer, peering.tls,
+			through = peers.NewUpstream(up, u.Registry, peering.ring, peering.signer, peering.tls, replicaMetrics,
 				log.WithName("replicas").WithValues("registry", u.Registry))
 		}
 		c := cache.New(through, store, append([]cache.Option{

@@ -507,6 +507,12 @@ func (k *cluster) replicas(ctx context.Context, t *testing.T, dp *depproxyv1.Dep
 	}
 	if got, want := k.front.Count("GET", "blobs"), len(m.Layers)+1; got != want {
 		t.Errorf("%d upstream blob GETs for %d blobs pulled by 16 clients over 3 replicas", got, want)
+		for _, from := range []string{"owner", "upstream", "fallback", "unanswered"} {
+			t.Logf("fetches from %s, by pod: %v", from, k.podMetric(t, func(line string) bool {
+				return strings.HasPrefix(line, "depproxy_replica_fetches_total{") && strings.Contains(line, `from="`+from+`"`)
+			}))
+		}
+		t.Logf("replicas known, by pod: %v", k.podMetric(t, func(line string) bool { return strings.HasPrefix(line, "depproxy_replicas ") }))
 	}
 	if got := k.front.Count("GET", "manifests"); got != 1 {
 		t.Errorf("%d upstream manifest GETs, want 1", got)
