@@ -450,8 +450,21 @@ func (k *cluster) replicas(ctx context.Context, t *testing.T, dp *depproxyv1.Dep
 	readyPods := func(n int) {
 		t.Helper()
 		eventually(t, 3*time.Minute, fmt.Sprintf("%d ready replicas", n), func() error {
-			if err := ready(ctx, k.c, dp); err != nil || n == 1 {
-				return err // one replica has no peers Service
+			if err := ready(ctx, k.c, dp); err != nil {
+				return err
+			}
+			// No pod of the old config is left, stopping ones included:
+			// until kube-proxy drops it, a pod without the others would
+			// still get clients and download on its own.
+			var pods corev1.PodList
+			if err := k.c.List(ctx, &pods, client.InNamespace(namespace), client.MatchingLabels{"app.kubernetes.io/instance": dp.Name}); err != nil {
+				return err
+			}
+			if len(pods.Items) != n {
+				return fmt.Errorf("%d proxy pods, stopping ones included; want %d", len(pods.Items), n)
+			}
+			if n == 1 {
+				return nil // one replica has no peers Service
 			}
 			var slices discoveryv1.EndpointSliceList
 			if err := k.c.List(ctx, &slices, client.InNamespace(namespace),
