@@ -154,8 +154,14 @@ func (f *fill) copyFrom(body io.Reader, limit int64) error {
 	verifier := f.digest.Verifier()
 	buf := make([]byte, 256<<10)
 	body = io.LimitReader(body, limit+1)
+	var total int64
 	for {
 		n, rerr := body.Read(buf)
+		if total += int64(n); total > limit {
+			// Not one byte past the limit reaches the spool, where
+			// readers would pass it on.
+			return fmt.Errorf("%w: the upstream sent more than %d bytes", ErrTooLarge, limit)
+		}
 		if n > 0 {
 			if _, err := f.file.Write(buf[:n]); err != nil {
 				return fmt.Errorf("spooling blob: %w", err)
@@ -173,9 +179,6 @@ func (f *fill) copyFrom(body io.Reader, limit int64) error {
 	f.mu.Lock()
 	size, written := f.size, f.written
 	f.mu.Unlock()
-	if written > limit {
-		return fmt.Errorf("%w: the upstream sent more than %d bytes", ErrTooLarge, limit)
-	}
 	if size >= 0 && written != size {
 		return fmt.Errorf("%w: got %d bytes, upstream announced %d", ErrDigestMismatch, written, size)
 	}
