@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/depproxy/depproxy/proxy/layout"
+	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/proxy/wire"
 )
 
@@ -55,11 +56,17 @@ const (
 	maxPending = 10_000
 )
 
-// journalKey names a journal object written at t: names sort by time.
+// journalPosition is where in the journal time t is: names of objects
+// written at t or later sort after it.
+func journalPosition(t time.Time) string {
+	return fmt.Sprintf("%s%020d", layout.JournalPrefix, t.UnixNano())
+}
+
+// journalKey names a journal object written at t.
 func journalKey(t time.Time) string {
 	var r [4]byte
 	rand.Read(r[:])
-	return fmt.Sprintf("%s%020d-%s", layout.JournalPrefix, t.UnixNano(), hex.EncodeToString(r[:]))
+	return journalPosition(t) + "-" + hex.EncodeToString(r[:])
 }
 
 // journalTime is when a journal object was written, from its name.
@@ -109,9 +116,7 @@ func (s *Scanner) flush(ctx context.Context) error {
 	return nil
 }
 
-func writeJournal(ctx context.Context, store interface {
-	Put(ctx context.Context, key string, r io.Reader, size int64) error
-}, e journalEntry, now time.Time) error {
+func writeJournal(ctx context.Context, store storage.Storage, e journalEntry, now time.Time) error {
 	raw, err := json.Marshal(e)
 	if err != nil {
 		return err
@@ -156,8 +161,6 @@ func (s *Scanner) readJournal(ctx context.Context, key string) (journalEntry, er
 // AskRescan writes a journal object that makes every summary scan the
 // whole storage again: for writers that change it in bulk (a cleanup
 // run).
-func AskRescan(ctx context.Context, store interface {
-	Put(ctx context.Context, key string, r io.Reader, size int64) error
-}) error {
+func AskRescan(ctx context.Context, store storage.Storage) error {
 	return writeJournal(ctx, store, journalEntry{Rescan: true}, time.Now())
 }

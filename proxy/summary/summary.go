@@ -201,7 +201,7 @@ func (s *Scanner) scan(ctx context.Context) (*state, error) {
 // catchUp applies the journal objects written since the last summary.
 func (s *Scanner) catchUp(ctx context.Context, st *state) error {
 	st.stats = Stats{}
-	from := journalKey(st.after)[:len(layout.JournalPrefix)+20]
+	from := journalPosition(st.after)
 	var keys []string
 	err := storage.ListAfter(ctx, s.store, layout.JournalPrefix, from, func(key string, _ storage.Info) error {
 		st.stats.ObjectsListed++
