@@ -1,5 +1,6 @@
 // Command manager is the depproxy operator: it runs a pull-through cache
-// for each DependencyProxy and a cleanup CronJob for each CleanupPolicy.
+// for each DependencyProxy, a cleanup CronJob for each CleanupPolicy and
+// node agents for each NodeMirror.
 package main
 
 import (
@@ -26,8 +27,8 @@ func main() {
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the metrics endpoint; 0 disables it")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader, for more than one manager replica")
-	flag.StringVar(&proxyImage, "proxy-image", controllers.DefaultImage, "depproxy image run for a DependencyProxy without spec.image")
-	flag.StringVar(&nodeNamespace, "node-namespace", controllers.DefaultNodeNamespace, "namespace of the node agents of spec.nodeMirror; made, admitting hostPath volumes, where missing")
+	flag.StringVar(&proxyImage, "proxy-image", controllers.DefaultImage, "depproxy image run by every NodeMirror's node agents, and for a DependencyProxy without spec.image")
+	flag.StringVar(&nodeNamespace, "node-namespace", controllers.DefaultNodeNamespace, "namespace of the NodeMirrors' node agents and registry claims; made, admitting hostPath volumes, where missing")
 	flag.DurationVar(&summaryInterval, "summary-interval", time.Minute, "how often each DependencyProxy is looked at again: its cache summary copied into its status, and changes to the Secrets it names picked up")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
@@ -56,9 +57,13 @@ func main() {
 
 	must((&controllers.DependencyProxyReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scheme: scheme, Recorder: mgr.GetEventRecorder("depproxy"),
-		ProxyImage: proxyImage, ServiceMonitors: serviceMonitors, NodeNamespace: nodeNamespace,
+		ProxyImage: proxyImage, ServiceMonitors: serviceMonitors,
 		Summaries: controllers.HTTPSummaries{Services: mgr.GetClient()}, SummaryInterval: summaryInterval,
 	}).SetupWithManager(mgr), "setting up the DependencyProxy controller")
+	must((&controllers.NodeMirrorReconciler{
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scheme: scheme, Recorder: mgr.GetEventRecorder("depproxy"),
+		ProxyImage: proxyImage, NodeNamespace: nodeNamespace,
+	}).SetupWithManager(mgr), "setting up the NodeMirror controller")
 	must((&controllers.CleanupPolicyReconciler{
 		Client: mgr.GetClient(), Scheme: scheme, Recorder: mgr.GetEventRecorder("depproxy"), ProxyImage: proxyImage,
 	}).SetupWithManager(mgr), "setting up the CleanupPolicy controller")

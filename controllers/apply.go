@@ -11,6 +11,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
 )
 
 // applier creates or updates owned children. Each child carries a hash of
@@ -29,9 +31,6 @@ type child struct {
 	obj    client.Object
 	update func(existing, desired client.Object)
 	same   func(existing, desired client.Object) bool
-	// elsewhere: the child lives in another namespace than its owner,
-	// which no owner reference can span; a finalizer removes it.
-	elsewhere bool
 }
 
 // apply makes c.obj exist, owned by owner.
@@ -43,13 +42,7 @@ func (a applier) apply(ctx context.Context, owner client.Object, c child) (contr
 	}
 	want := hashOf(string(raw))
 	setAnnotation(desired, specHashKey, want)
-	own := func(obj client.Object) error {
-		if c.elsewhere {
-			return nil
-		}
-		return controllerutil.SetControllerReference(owner, obj, a.scheme)
-	}
-	if err := own(desired); err != nil {
+	if err := controllerutil.SetControllerReference(owner, desired, a.scheme); err != nil {
 		return controllerutil.OperationResultNone, err
 	}
 
@@ -64,8 +57,14 @@ func (a applier) apply(ctx context.Context, owner client.Object, c child) (contr
 	if err != nil {
 		return controllerutil.OperationResultNone, err
 	}
-	if existing.GetAnnotations()[specHashKey] == want && (c.elsewhere || metav1.IsControlledBy(existing, owner)) &&
-		(c.same == nil || c.same(existing, desired)) {
+	if !metav1.IsControlledBy(existing, owner) {
+		// Someone else's object of the same name: never taken over,
+		// changed or deleted.
+		return controllerutil.OperationResultNone, stalled(depproxyv1.ReasonNameTaken,
+			"%s %s/%s exists and is not this resource's: remove or rename it, and the operator makes its own",
+			kindOf(existing, a.scheme), existing.GetNamespace(), existing.GetName())
+	}
+	if existing.GetAnnotations()[specHashKey] == want && (c.same == nil || c.same(existing, desired)) {
 		return controllerutil.OperationResultNone, nil
 	}
 	c.update(existing, desired)
@@ -78,9 +77,6 @@ func (a applier) apply(ctx context.Context, owner client.Object, c child) (contr
 	}
 	existing.SetLabels(labels)
 	setAnnotation(existing, specHashKey, want)
-	if err := own(existing); err != nil {
-		return controllerutil.OperationResultNone, err
-	}
 	if err := a.client.Update(ctx, existing); err != nil {
 		return controllerutil.OperationResultNone, fmt.Errorf("updating %s %s: %w", kindOf(existing, a.scheme), existing.GetName(), err)
 	}
@@ -106,8 +102,8 @@ func setAnnotation(obj metav1.Object, key, value string) {
 }
 
 // remove deletes a child the spec no longer asks for, if the owner
-// made it; obj names it.
-func (a applier) remove(ctx context.Context, owner client.Object, obj client.Object) error {
+// controls it (anything else of that name is left alone); obj names it.
+func (a applier) remove(ctx context.Context, owner client.Object, obj client.Object, opts ...client.DeleteOption) error {
 	existing := obj.DeepCopyObject().(client.Object)
 	err := a.client.Get(ctx, client.ObjectKeyFromObject(obj), existing)
 	if apierrors.IsNotFound(err) {
@@ -119,7 +115,7 @@ func (a applier) remove(ctx context.Context, owner client.Object, obj client.Obj
 	if !metav1.IsControlledBy(existing, owner) {
 		return nil
 	}
-	if err := a.client.Delete(ctx, existing); err != nil && !apierrors.IsNotFound(err) {
+	if err := a.client.Delete(ctx, existing, opts...); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("deleting %s %s: %w", kindOf(existing, a.scheme), existing.GetName(), err)
 	}
 	return nil

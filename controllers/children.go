@@ -386,10 +386,6 @@ func desiredService(dp *depproxyv1.DependencyProxy) *corev1.Service {
 			},
 		},
 	}
-	if dp.Spec.NodePort != nil {
-		svc.Spec.Type = corev1.ServiceTypeNodePort
-		svc.Spec.Ports[0].NodePort = *dp.Spec.NodePort
-	}
 	return svc
 }
 

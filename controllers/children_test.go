@@ -9,7 +9,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/utils/ptr"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
 	"github.com/depproxy/depproxy/proxy/wire"
@@ -99,16 +98,11 @@ func TestSummaryIsBounded(t *testing.T) {
 	}
 }
 
-// A node port makes the Service reachable from every node's containerd;
-// without one the Service stays cluster-internal.
-func TestServiceNodePort(t *testing.T) {
-	dp := testProxy()
-	if svc := desiredService(dp); svc.Spec.Type != corev1.ServiceTypeClusterIP || svc.Spec.Ports[0].NodePort != 0 {
-		t.Fatalf("default service: %+v", svc.Spec)
-	}
-	dp.Spec.NodePort = ptr.To[int32](30500)
-	if svc := desiredService(dp); svc.Spec.Type != corev1.ServiceTypeNodePort || svc.Spec.Ports[0].NodePort != 30500 {
-		t.Fatalf("node port service: %+v", svc.Spec)
+// The cache's own Service stays cluster-internal: only a NodeMirror
+// opens a port on the nodes.
+func TestServiceIsClusterInternal(t *testing.T) {
+	if svc := desiredService(testProxy()); svc.Spec.Type != corev1.ServiceTypeClusterIP || svc.Spec.Ports[0].NodePort != 0 {
+		t.Fatalf("service: %+v", svc.Spec)
 	}
 }
 
@@ -126,24 +120,51 @@ func TestReadyOnlyWhenTheOldPodsAreGone(t *testing.T) {
 	}
 }
 
-// The node agent runs where nodeMirror says, for the registries it
-// names (an upstream's mirrorOf included), and scrapes go to the metrics
-// port.
+// The node agent runs where the NodeMirror says, for the registries it
+// holds (an upstream's mirrorOf included), with the operator's image
+// whatever the cache's spec.image, mounting the runtime's directory only;
+// its NodePort Service selects the cache's pods; scrapes go to the
+// metrics port.
 func TestNodeAgentAndServiceMonitor(t *testing.T) {
 	dp := testProxy()
-	dp.Spec.NodePort = ptr.To[int32](30500)
-	dp.Spec.NodeMirror = &depproxyv1.NodeMirrorSpec{ConfigPath: "/etc/containers/registries.conf.d", Format: "registries.conf",
-		Registries: []string{"mirror.internal:5000"}, NodeSelector: map[string]string{"pool": "build"},
-		Tolerations: []corev1.Toleration{{Key: "dedicated", Operator: corev1.TolerationOpExists}}}
-	ds := desiredNodeAgent(dp, "img", "nodes")
+	dp.Spec.Image = "attacker.example/rootkit:1"
+	nm := &depproxyv1.NodeMirror{ObjectMeta: metav1.ObjectMeta{Name: "build-pool", UID: "u1"}, Spec: depproxyv1.NodeMirrorSpec{
+		Cache: depproxyv1.CacheReference{Namespace: dp.Namespace, Name: dp.Name}, Registries: []string{"mirror.internal:5000"},
+		NodePort: 30500, Runtime: depproxyv1.RuntimeCRIO, NodeSelector: map[string]string{"pool": "build"},
+		Tolerations: []corev1.Toleration{{Key: "dedicated", Operator: corev1.TolerationOpExists}}}}
+	held, ok := servedRegistry(dp, "mirror.internal:5000")
+	if !ok || held.Value != "" {
+		t.Fatalf("mirrorOf registry %+v %v", held, ok)
+	}
+	if _, ok := servedRegistry(dp, "registry.k8s.io"); ok {
+		t.Fatal("a registry the cache does not serve was found")
+	}
+	ds := desiredNodeAgent(nm, dp, []wire.Keyed{held}, "operator.example/depproxy:v1", "nodes")
 	pod := ds.Spec.Template.Spec
 	args := strings.Join(pod.Containers[0].Args, " ")
 	if !strings.Contains(args, "--registry mirror.internal:5000") || strings.Contains(args, "--registry quay.io") ||
-		!strings.Contains(args, "--format registries.conf") || !strings.Contains(args, "--dir /etc/containers/registries.conf.d") {
+		!strings.Contains(args, "--format registries.conf") || !strings.Contains(args, "--dir /etc/containers/registries.conf.d") ||
+		!strings.Contains(args, "--endpoint http://$(NODE_IP):30500") {
 		t.Errorf("args %q", args)
 	}
-	if pod.NodeSelector["pool"] != "build" || len(pod.Tolerations) != 1 || pod.Tolerations[0].Key != "dedicated" || ds.Namespace != "nodes" {
-		t.Errorf("placement: %v %v %s", pod.NodeSelector, pod.Tolerations, ds.Namespace)
+	if pod.Containers[0].Image != "operator.example/depproxy:v1" {
+		t.Errorf("the node agent runs %s", pod.Containers[0].Image)
+	}
+	if len(pod.Volumes) != 1 || pod.Volumes[0].HostPath.Path != "/etc/containers/registries.conf.d" {
+		t.Errorf("volumes %+v", pod.Volumes)
+	}
+	if pod.NodeSelector["pool"] != "build" || len(pod.Tolerations) != 1 || pod.Tolerations[0].Key != "dedicated" ||
+		ds.Namespace != "nodes" || ds.Name != "nodemirror-build-pool" {
+		t.Errorf("placement: %v %v %s/%s", pod.NodeSelector, pod.Tolerations, ds.Namespace, ds.Name)
+	}
+	svc := desiredNodePortService(nm, dp)
+	if svc.Namespace != dp.Namespace || svc.Spec.Type != corev1.ServiceTypeNodePort || svc.Spec.Ports[0].NodePort != 30500 ||
+		svc.Spec.Selector["app.kubernetes.io/instance"] != dp.Name {
+		t.Errorf("node port service %s/%s %+v", svc.Namespace, svc.Name, svc.Spec)
+	}
+	nm.Spec.Runtime, nm.Spec.ConfigPath = depproxyv1.RuntimeContainerd, ""
+	if dir := nm.Spec.ConfigDir(); dir != "/etc/containerd/certs.d" {
+		t.Errorf("containerd's directory: %s", dir)
 	}
 	sm := desiredServiceMonitor(dp)
 	eps, _, _ := unstructured.NestedSlice(sm.Object, "spec", "endpoints")

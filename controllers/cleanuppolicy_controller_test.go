@@ -164,7 +164,7 @@ func TestKubectl(t *testing.T) {
 	sampleProxy(t, ns)
 	out := run("get", "dp", "-n", ns)
 	header := strings.Fields(strings.SplitN(out, "\n", 2)[0])
-	if got := strings.Join(header, " "); got != "NAME READY ENDPOINT IMAGES SIZE HIT RATIO NODES CONFIGURED AGE" {
+	if got := strings.Join(header, " "); got != "NAME READY ENDPOINT IMAGES SIZE HIT RATIO AGE" {
 		t.Errorf("kubectl get dp columns: %q", got)
 	}
 	cp := &depproxyv1.CleanupPolicy{ObjectMeta: metav1.ObjectMeta{Name: "nightly", Namespace: ns},
@@ -175,5 +175,14 @@ func TestKubectl(t *testing.T) {
 	out = run("get", "cleanup", "-n", ns)
 	if got := strings.Join(strings.Fields(strings.SplitN(out, "\n", 2)[0]), " "); got != "NAME TARGET TTL DAYS SCHEDULE LAST RUN DELETED FREED NEXT RUN" {
 		t.Errorf("kubectl get cleanup columns: %q", got)
+	}
+	nm := nodeMirror(t, "kubectl-"+ns, &depproxyv1.DependencyProxy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "team-a"}}, 30561, "docker.io", "ghcr.io")
+	out = run("get", "nodemirror", nm.Name)
+	lines := strings.Split(out, "\n")
+	if got := strings.Join(strings.Fields(lines[0]), " "); got != "NAME CACHE CACHE NAMESPACE REGISTRIES NODES CONFIGURED READY AGE" {
+		t.Errorf("kubectl get nodemirror columns: %q", got)
+	}
+	if row := strings.Fields(lines[1]); len(row) < 4 || row[1] != "team-a" || row[2] != ns || row[3] != `["docker.io","ghcr.io"]` {
+		t.Errorf("kubectl get nodemirror: %q", lines[1])
 	}
 }

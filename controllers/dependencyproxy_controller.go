@@ -48,9 +48,6 @@ type DependencyProxyReconciler struct {
 	Recorder  events.EventRecorder
 	// ProxyImage is run unless a resource names its own.
 	ProxyImage string
-	// NodeNamespace runs the node agents of spec.nodeMirror
-	// (DefaultNodeNamespace when empty).
-	NodeNamespace string
 	// ServiceMonitors is true where the Prometheus operator's CRD exists.
 	ServiceMonitors bool
 	// Summaries, when set, fills status.cache from the running proxy.
@@ -86,9 +83,6 @@ func (r *DependencyProxyReconciler) resync() time.Duration {
 
 // +kubebuilder:rbac:groups=depproxy.dev,resources=dependencyproxies,verbs=get;list;watch;update;patch
 // +kubebuilder:rbac:groups=depproxy.dev,resources=dependencyproxies/finalizers,verbs=update
-// +kubebuilder:rbac:groups=apps,resources=daemonsets,verbs=get;list;watch;create;update;delete
-// +kubebuilder:rbac:groups="",resources=namespaces,verbs=create
-// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups=depproxy.dev,resources=dependencyproxies/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;delete
 // +kubebuilder:rbac:groups="",resources=configmaps;services;serviceaccounts,verbs=get;list;watch;create;update;delete
@@ -108,9 +102,8 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !dp.DeletionTimestamp.IsZero() {
-		// Children go with it, by owner references; the nodes' files
-		// only once the node agents have taken them out.
-		return asReconcileError(r.removeNodeMirror(ctx, dp)).result(ctrl.Result{})
+		// Children go with it, by owner references.
+		return ctrl.Result{}, nil
 	}
 	before := dp.Status.DeepCopy()
 	var deploy *appsv1.Deployment
@@ -139,9 +132,6 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 	deploy, err = r.applyChildren(ctx, dp, secretsHash(append(secrets, key)...))
 	if err != nil {
-		return ctrl.Result{}, err
-	}
-	if err := r.applyNodeMirror(ctx, dp); err != nil {
 		return ctrl.Result{}, err
 	}
 	if r.Summaries != nil && ready(dp, deploy) {
@@ -439,7 +429,9 @@ func (r *DependencyProxyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		}
 		var reqs []reconcile.Request
 		for i := range list.Items {
-			if list.Items[i].UID != changed.UID && overlaps(changed, &list.Items[i]) {
+			// The same bucket is enough to look again: each checks
+			// its own place.
+			if list.Items[i].UID != changed.UID && list.Items[i].Spec.Storage.Bucket == changed.Spec.Storage.Bucket {
 				reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
 			}
 		}
@@ -457,11 +449,5 @@ func (r *DependencyProxyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&policyv1.PodDisruptionBudget{}).
 		Owns(&autoscalingv2.HorizontalPodAutoscaler{}).
 		Watches(&depproxyv1.DependencyProxy{}, byStorage).
-		Watches(&appsv1.DaemonSet{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
-			if key, ok := nodeAgentOwner(o); ok {
-				return []reconcile.Request{{NamespacedName: key}}
-			}
-			return nil
-		})).
 		Complete(r)
 }

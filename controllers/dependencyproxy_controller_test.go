@@ -377,7 +377,7 @@ func TestOverlappingStorageIsRefused(t *testing.T) {
 	mk := func(ns, prefix string) *depproxyv1.DependencyProxy {
 		storageSecret(t, ns, "creds-"+strings.ReplaceAll(prefix, "/", "-"), map[string]string{"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"})
 		dp := &depproxyv1.DependencyProxy{ObjectMeta: metav1.ObjectMeta{Name: "cache", Namespace: ns},
-			Spec: depproxyv1.DependencyProxySpec{Storage: depproxyv1.StorageSpec{Endpoint: "shared-minio:9000", Bucket: "shared", Prefix: prefix,
+			Spec: depproxyv1.DependencyProxySpec{Storage: depproxyv1.StorageSpec{Endpoint: "shared-minio.storage:9000", Bucket: "shared", Prefix: prefix,
 				CredentialsSecretRef: corev1.LocalObjectReference{Name: "creds-" + strings.ReplaceAll(prefix, "/", "-")}}}}
 		if err := k8sClient.Create(context.Background(), dp); err != nil {
 			t.Fatal(err)

@@ -46,13 +46,24 @@ const (
 	// keeps its cache in an overlapping prefix of the same bucket; two
 	// caches there would serve and delete each other's objects.
 	ReasonStorageConflict = "StorageConflict"
-	// ReasonNodeMirrorConflict: another DependencyProxy, created earlier,
-	// writes the nodes' configuration for a registry this one's
-	// nodeMirror names.
+	// ReasonNodeMirrorConflict: another NodeMirror holds the claim on a
+	// registry this one names; the message names the holder.
 	ReasonNodeMirrorConflict = "NodeMirrorConflict"
-	// ReasonNodesUnconfiguring: the resource is going (or its nodeMirror
-	// was removed), and the node agents are taking the nodes' files out.
+	// ReasonNodesUnconfiguring: the NodeMirror is going (or its cache
+	// is), and the node agents are taking the nodes' files out.
 	ReasonNodesUnconfiguring = "NodesUnconfiguring"
+	// ReasonNodesConfiguring: the node agents run, and not every
+	// selected node pulls through the cache yet (it must answer first).
+	ReasonNodesConfiguring = "NodesConfiguring"
+	// ReasonNodesConfigured: every selected node pulls every registry
+	// the NodeMirror holds through the cache.
+	ReasonNodesConfigured = "NodesConfigured"
+	// ReasonCacheNotFound: the DependencyProxy a NodeMirror names does
+	// not exist (or is going); no node is configured.
+	ReasonCacheNotFound = "CacheNotFound"
+	// ReasonRegistryNotServed: a registry a NodeMirror names is not one
+	// of its cache's upstreams or their mirrorOf.
+	ReasonRegistryNotServed = "RegistryNotServed"
 	// ReasonScheduled: the cleanup CronJob runs on the policy's schedule.
 	ReasonScheduled = "Scheduled"
 	// ReasonSuspended: the policy is suspended; no new runs start.
@@ -64,6 +75,9 @@ const (
 	ReasonRateLimited = "RateLimited"
 	// ReasonWithinRateLimit: no upstream is being spared.
 	ReasonWithinRateLimit = "WithinRateLimit"
+	// ReasonNameTaken: an object of the name a child would have exists
+	// and is not the resource's; the operator leaves it alone.
+	ReasonNameTaken = "NameTaken"
 	// ReasonCreated: the operator created a child object.
 	ReasonCreated = "Created"
 	// ReasonReconcileFailed: a transient failure talking to the API

@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -25,7 +26,8 @@ type AutoscalingSpec struct {
 
 // DependencyProxySpec is a tenant's pull-through cache.
 // +kubebuilder:validation:XValidation:rule="!has(self.upstreams) || size(self.upstreams) == 0 || (self.upstream.url == 'https://registry-1.docker.io' && !has(self.upstream.credentialsSecretRef) && !has(self.upstream.mirrorOf))",message="set either upstream (one registry) or upstreams (several), not both"
-// +kubebuilder:validation:XValidation:rule="!has(self.nodeMirror) || has(self.nodePort)",message="nodeMirror needs spec.nodePort: the nodes reach the cache at their own address on that port"
+// +kubebuilder:validation:XValidation:rule="!has(self.nodeMirror)",message="spec.nodeMirror is no longer a DependencyProxy's: what the nodes pull through is a cluster admin's decision, made with a cluster-scoped NodeMirror whose spec.cache names this DependencyProxy; remove spec.nodeMirror"
+// +kubebuilder:validation:XValidation:rule="!has(self.nodePort)",message="spec.nodePort is no longer a DependencyProxy's: a cluster admin's NodeMirror (spec.nodePort) serves the cache on the nodes; remove spec.nodePort"
 type DependencyProxySpec struct {
 	// Upstream is the registry pulled through; Docker Hub by default.
 	// +optional
@@ -41,13 +43,20 @@ type DependencyProxySpec struct {
 	// +kubebuilder:validation:MaxItems=16
 	Upstreams []RegistryUpstream `json:"upstreams,omitempty"`
 
-	// NodeMirror makes every node's container runtime pull the
-	// upstreams' registries through this cache: the operator runs a
-	// DaemonSet that writes each node's hosts.toml (or registries.conf.d
-	// drop-in) once the cache answers there, and removes them, restoring
-	// what was there, when this resource goes.
+	// NodeMirror is refused: node mirroring is the cluster-scoped
+	// NodeMirror kind's. The field stays in the schema only so that a
+	// resource still carrying it gets a message saying so, not a silent
+	// prune.
 	// +optional
-	NodeMirror *NodeMirrorSpec `json:"nodeMirror,omitempty"`
+	// +kubebuilder:pruning:PreserveUnknownFields
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:validation:Type=object
+	RemovedNodeMirror *apiextensionsv1.JSON `json:"nodeMirror,omitempty"`
+
+	// NodePort is refused, as nodeMirror is: a NodeMirror serves the
+	// cache on the nodes' port.
+	// +optional
+	RemovedNodePort *int32 `json:"nodePort,omitempty"`
 
 	// Storage is the S3 bucket (MinIO) the cache keeps manifests and blobs in.
 	Storage StorageSpec `json:"storage"`
@@ -92,17 +101,9 @@ type DependencyProxySpec struct {
 	// +kubebuilder:validation:items:Pattern="^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$"
 	PrefetchPlatforms []string `json:"prefetchPlatforms,omitempty"`
 
-	// NodePort, when set, also serves the proxy on this port of every
-	// node's address, so that the nodes' containerd can use it as their
-	// registry mirror without cluster DNS (hosts.toml:
-	// http://<node address>:<nodePort>). It must lie in the cluster's
-	// NodePort range (30000-32767 by default).
-	// +optional
-	// +kubebuilder:validation:Minimum=1
-	// +kubebuilder:validation:Maximum=65535
-	NodePort *int32 `json:"nodePort,omitempty"`
-
-	// Image overrides the depproxy image the operator runs.
+	// Image overrides the depproxy image of the cache's own pods and
+	// cleanup jobs, in this namespace; the node agents of a NodeMirror
+	// always run the operator's.
 	// +optional
 	Image string `json:"image,omitempty"`
 
@@ -158,50 +159,6 @@ type RegistryUpstream struct {
 	UpstreamSpec `json:",inline"`
 }
 
-// NodeFormat is the node configuration written.
-// +kubebuilder:validation:Enum=hosts.toml;registries.conf
-type NodeFormat string
-
-// NodeMirrorSpec says how the nodes are configured.
-type NodeMirrorSpec struct {
-	// ConfigPath is the directory on the node: containerd's config_path,
-	// or /etc/containers/registries.conf.d for CRI-O.
-	// +optional
-	// +kubebuilder:default="/etc/containerd/certs.d"
-	// +kubebuilder:validation:MaxLength=1024
-	// +kubebuilder:validation:Pattern="^/"
-	// +kubebuilder:validation:XValidation:rule="!self.matches('(^|/)[.][.]?(/|$)')",message="nodeMirror.configPath is an absolute path without . or .. segments"
-	ConfigPath string `json:"configPath,omitempty"`
-
-	// Format: hosts.toml (containerd) or registries.conf (CRI-O, podman).
-	// +optional
-	// +kubebuilder:default="hosts.toml"
-	Format NodeFormat `json:"format,omitempty"`
-
-	// DialTimeout bounds containerd's connect to the cache, so that a
-	// cache that is down costs this long before the fallback.
-	// +optional
-	// +kubebuilder:default="1s"
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern="^([0-9]+(\\.[0-9]+)?(ms|s|m))+$"
-	DialTimeout *metav1.Duration `json:"dialTimeout,omitempty"`
-
-	// Registries limits the node configuration to these of the
-	// upstreams' registries; all of them by default.
-	// +optional
-	// +listType=set
-	// +kubebuilder:validation:MaxItems=16
-	Registries []string `json:"registries,omitempty"`
-
-	// NodeSelector picks the nodes configured; all by default.
-	// +optional
-	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
-
-	// Tolerations let the node agent run on tainted nodes.
-	// +optional
-	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
-}
-
 // StorageSpec is an S3 bucket.
 type StorageSpec struct {
 	// Endpoint is the S3 endpoint's host:port, e.g. minio.storage:9000.
@@ -251,7 +208,8 @@ type DependencyProxyStatus struct {
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
-	// Conditions: Ready, Progressing, Degraded.
+	// Conditions: Ready, Progressing, Degraded, UpstreamThrottled, and
+	// kstatus' Reconciling and Stalled.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -265,23 +223,6 @@ type DependencyProxyStatus struct {
 	// +optional
 	Cache *CacheSummary `json:"cache,omitempty"`
 
-	// NodeMirror reports the nodes' configuration, with spec.nodeMirror.
-	// +optional
-	NodeMirror *NodeMirrorStatus `json:"nodeMirror,omitempty"`
-}
-
-// NodeMirrorStatus is how far the nodes are configured.
-type NodeMirrorStatus struct {
-	// Configured is how many nodes pull through the cache now.
-	Configured int32 `json:"configured"`
-	// Nodes is how many nodes the agent runs on.
-	Nodes int32 `json:"nodes"`
-	// Summary is Configured/Nodes, for the printer column.
-	Summary string `json:"summary"`
-	// HostsToml is the hosts.toml written for the first registry, with
-	// the node's address as <node>.
-	// +optional
-	HostsToml string `json:"hostsToml,omitempty"`
 }
 
 // CacheSummary is a bounded view of a cache's contents.
@@ -360,7 +301,6 @@ type PlatformImage struct {
 // +kubebuilder:printcolumn:name="Images",type=integer,JSONPath=`.status.cache.imageCount`
 // +kubebuilder:printcolumn:name="Size",type=string,JSONPath=`.status.cache.size`
 // +kubebuilder:printcolumn:name="Hit Ratio",type=string,JSONPath=`.status.cache.hitRatio`
-// +kubebuilder:printcolumn:name="Nodes Configured",type=string,JSONPath=`.status.nodeMirror.summary`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 
 // DependencyProxy is a tenant's pull-through cache.

@@ -1,0 +1,190 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// NodeRuntime is the container runtime whose configuration the node
+// agents write.
+// +kubebuilder:validation:Enum=containerd;cri-o
+type NodeRuntime string
+
+const (
+	// RuntimeContainerd writes hosts.toml files under containerd's
+	// config_path (/etc/containerd/certs.d by default).
+	RuntimeContainerd NodeRuntime = "containerd"
+	// RuntimeCRIO writes registries.conf.d drop-ins (CRI-O, podman),
+	// under /etc/containers/registries.conf.d by default.
+	RuntimeCRIO NodeRuntime = "cri-o"
+)
+
+// CacheReference names the DependencyProxy that serves the nodes.
+type CacheReference struct {
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	Namespace string `json:"namespace"`
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+}
+
+// NodeMirrorSpec says which cache the nodes pull through, for which
+// registries, on which nodes. It is a cluster admin's: nothing a tenant
+// writes in its own namespace reaches the nodes.
+type NodeMirrorSpec struct {
+	// Cache is the DependencyProxy the nodes pull through.
+	Cache CacheReference `json:"cache"`
+
+	// Registries the nodes pull through the cache: each one of the
+	// cache's upstreams' registries (spec.upstreams[].registry, or the
+	// host of spec.upstream.url) or their mirrorOf. A registry is
+	// configured by one NodeMirror only: the first to claim it keeps it.
+	// +listType=set
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:MaxLength=253
+	// +kubebuilder:validation:items:Pattern="^[A-Za-z0-9.-]+(:[0-9]+)?$"
+	Registries []string `json:"registries"`
+
+	// NodePort serves the cache on this port of every node's address,
+	// where the nodes' runtime reaches it without cluster DNS. It must
+	// lie in the cluster's NodePort range (30000-32767 by default).
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	NodePort int32 `json:"nodePort"`
+
+	// Runtime is the nodes' container runtime: containerd (hosts.toml)
+	// or cri-o (registries.conf.d drop-ins, which podman reads too).
+	// +optional
+	// +kubebuilder:default=containerd
+	Runtime NodeRuntime `json:"runtime,omitempty"`
+
+	// ConfigPath is the node directory the agents write, the only one
+	// they mount: containerd's config_path (default
+	// /etc/containerd/certs.d) or /etc/containers/registries.conf.d.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	// +kubebuilder:validation:Pattern="^/"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('(^|/)[.][.]?(/|$)')",message="configPath is an absolute path without . or .. segments"
+	// +kubebuilder:validation:XValidation:rule="self != '/'",message="configPath may not be the node's root directory"
+	ConfigPath string `json:"configPath,omitempty"`
+
+	// DialTimeout bounds the runtime's connect to the cache, so that a
+	// cache that is down costs this long before the fallback to the
+	// registry itself.
+	// +optional
+	// +kubebuilder:default="1s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern="^([0-9]+(\\.[0-9]+)?(ms|s|m))+$"
+	DialTimeout *metav1.Duration `json:"dialTimeout,omitempty"`
+
+	// NodeSelector picks the nodes configured; all by default.
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+
+	// Tolerations let the node agents run on tainted nodes.
+	// +optional
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+}
+
+// ConfigDir is the node directory written: spec.configPath, else the
+// runtime's own.
+func (s *NodeMirrorSpec) ConfigDir() string {
+	switch {
+	case s.ConfigPath != "":
+		return s.ConfigPath
+	case s.Runtime == RuntimeCRIO:
+		return "/etc/containers/registries.conf.d"
+	default:
+		return "/etc/containerd/certs.d"
+	}
+}
+
+// RegistryMirrorStatus is how one registry of a NodeMirror fares.
+type RegistryMirrorStatus struct {
+	// Registry, as in spec.registries.
+	Registry string `json:"registry"`
+	// Configured is how many nodes pull it through the cache now.
+	Configured int32 `json:"configured"`
+	// HeldBy names the NodeMirror that configures this registry on the
+	// nodes instead of this one; empty when this one does.
+	// +optional
+	HeldBy string `json:"heldBy,omitempty"`
+	// Message says why the registry is not configured, when it is not.
+	// +optional
+	Message string `json:"message,omitempty"`
+}
+
+// NodeMirrorStatus is how far the nodes are configured.
+type NodeMirrorStatus struct {
+	// ObservedGeneration is the generation the status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// Conditions: Ready (every selected node is configured for every
+	// registry), Degraded, and kstatus' Reconciling and Stalled.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// Nodes is how many nodes the agents run on.
+	Nodes int32 `json:"nodes"`
+	// Configured is how many of them pull through the cache now.
+	Configured int32 `json:"configured"`
+	// Summary is Configured/Nodes, for the printer column.
+	Summary string `json:"summary"`
+
+	// Registries, one entry per spec.registries.
+	// +optional
+	// +listType=map
+	// +listMapKey=registry
+	Registries []RegistryMirrorStatus `json:"registries,omitempty"`
+
+	// HostsToml is the file written for the first configured registry,
+	// with the node's address as <node>.
+	// +optional
+	HostsToml string `json:"hostsToml,omitempty"`
+}
+
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName=nm,categories=depproxy
+// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 52",message="a NodeMirror's name is at most 52 characters: its node agent DaemonSet and NodePort Service are named after it"
+// +kubebuilder:printcolumn:name="Cache",type=string,JSONPath=`.spec.cache.name`
+// +kubebuilder:printcolumn:name="Cache Namespace",type=string,JSONPath=`.spec.cache.namespace`
+// +kubebuilder:printcolumn:name="Registries",type=string,JSONPath=`.spec.registries`
+// +kubebuilder:printcolumn:name="Nodes Configured",type=string,JSONPath=`.status.summary`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+
+// NodeMirror makes the nodes' container runtime pull registries through a
+// DependencyProxy: the operator runs a node agent DaemonSet that writes
+// each node's hosts.toml (or registries.conf.d drop-in) once the cache
+// answers there, takes it out while the cache stays unreachable, and
+// restores what was there when the NodeMirror goes. Cluster-scoped: only
+// cluster admins decide what the nodes pull through.
+type NodeMirror struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   NodeMirrorSpec   `json:"spec,omitempty"`
+	Status NodeMirrorStatus `json:"status,omitempty"`
+}
+
+// +kubebuilder:object:root=true
+
+// NodeMirrorList is a list of NodeMirror.
+type NodeMirrorList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []NodeMirror `json:"items"`
+}
+
+// GetConditions returns the status conditions.
+func (nm *NodeMirror) GetConditions() []metav1.Condition { return nm.Status.Conditions }
+
+func init() {
+	SchemeBuilder.Register(&NodeMirror{}, &NodeMirrorList{})
+}

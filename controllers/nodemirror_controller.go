@@ -1,0 +1,458 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
+	"github.com/depproxy/depproxy/proxy/wire"
+)
+
+// NodeMirrorReconciler runs the node agents of each NodeMirror.
+type NodeMirrorReconciler struct {
+	client.Client
+	// APIReader reads claims and agent pods straight from the API
+	// server: a claim must be seen the moment it is made, and the
+	// manager caches no Pods. Nil uses Client.
+	APIReader client.Reader
+	Scheme    *runtime.Scheme
+	Recorder  events.EventRecorder
+	// ProxyImage is what the node agents run, always: the operator's
+	// own choice, never a tenant's.
+	ProxyImage string
+	// NodeNamespace runs the node agents (DefaultNodeNamespace when
+	// empty).
+	NodeNamespace string
+}
+
+func (r *NodeMirrorReconciler) live() client.Reader {
+	if r.APIReader != nil {
+		return r.APIReader
+	}
+	return r.Client
+}
+
+func (r *NodeMirrorReconciler) nodeNamespace() string {
+	if r.NodeNamespace != "" {
+		return r.NodeNamespace
+	}
+	return DefaultNodeNamespace
+}
+
+// +kubebuilder:rbac:groups=depproxy.dev,resources=nodemirrors,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=depproxy.dev,resources=nodemirrors/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=depproxy.dev,resources=nodemirrors/finalizers,verbs=update
+// +kubebuilder:rbac:groups=apps,resources=daemonsets,verbs=get;list;watch;create;update;delete
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=create
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list
+
+// Reconcile runs the agents for the registries a NodeMirror holds, and
+// takes them out, restoring the nodes' files, when it goes.
+func (r *NodeMirrorReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
+	nm := &depproxyv1.NodeMirror{}
+	if err := r.Get(ctx, req.NamespacedName, nm); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !nm.DeletionTimestamp.IsZero() {
+		return asReconcileError(r.finalize(ctx, nm)).result(ctrl.Result{})
+	}
+	before := nm.Status.DeepCopy()
+	var agents *appsv1.DaemonSet
+	defer func() {
+		outcome := asReconcileError(retErr)
+		computeNodeMirrorStatus(nm, agents, outcome)
+		outcome.warn(r.Recorder, nm)
+		result, retErr = outcome.result(result)
+		if !equality.Semantic.DeepEqual(before, &nm.Status) {
+			if err := r.Status().Update(ctx, nm); err != nil && retErr == nil {
+				retErr = err
+			}
+		}
+	}()
+
+	if controllerutil.AddFinalizer(nm, nodeMirrorFinalizer) {
+		if err := r.Update(ctx, nm); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	dp := &depproxyv1.DependencyProxy{}
+	err := r.Get(ctx, client.ObjectKey{Namespace: nm.Spec.Cache.Namespace, Name: nm.Spec.Cache.Name}, dp)
+	if client.IgnoreNotFound(err) != nil {
+		return ctrl.Result{}, err
+	}
+	nm.Status.Registries = nil
+	if err != nil || !dp.DeletionTimestamp.IsZero() {
+		// No cache, no agents: they would only take the files out again.
+		if err := r.stopAgents(ctx, nm); err != nil {
+			return ctrl.Result{}, err
+		}
+		return ctrl.Result{}, waiting(depproxyv1.ReasonCacheNotFound,
+			"DependencyProxy %s/%s named by spec.cache does not exist: no node is configured", nm.Spec.Cache.Namespace, nm.Spec.Cache.Name)
+	}
+	if err := r.ensureNodeNamespace(ctx); err != nil {
+		return ctrl.Result{}, err
+	}
+	held, err := r.claim(ctx, nm, dp)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if agents, err = r.applyAgents(ctx, nm, dp, held); err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.releaseDropped(ctx, nm, held); err != nil {
+		return ctrl.Result{}, err
+	}
+	if len(held) > 0 {
+		nm.Status.HostsToml = nodeFilePreview(nm, dp, held[0])
+	}
+	return ctrl.Result{RequeueAfter: waitingDelay}, nil
+}
+
+// claim takes, for each registry of the spec that the cache serves, the
+// registry's claim, unless another NodeMirror holds it; it returns the
+// registries this one holds, and records the others' fate in status.
+func (r *NodeMirrorReconciler) claim(ctx context.Context, nm *depproxyv1.NodeMirror, dp *depproxyv1.DependencyProxy) ([]wire.Keyed, error) {
+	var held []wire.Keyed
+	for _, registry := range nm.Spec.Registries {
+		st := depproxyv1.RegistryMirrorStatus{Registry: registry}
+		served, ok := servedRegistry(dp, registry)
+		if !ok {
+			st.Message = fmt.Sprintf("%s is not a registry of DependencyProxy %s/%s: add it to its upstreams (or their mirrorOf), or leave it out of spec.registries",
+				registry, dp.Namespace, dp.Name)
+			nm.Status.Registries = append(nm.Status.Registries, st)
+			continue
+		}
+		holder, err := r.claimOne(ctx, nm, registry)
+		if err != nil {
+			return nil, err
+		}
+		if holder != "" {
+			st.HeldBy = holder
+			st.Message = fmt.Sprintf("the nodes' configuration for %s is NodeMirror %s's, which claimed it first: leave %s out of spec.registries, or remove it from %s",
+				registry, holder, registry, holder)
+		} else {
+			held = append(held, served)
+		}
+		nm.Status.Registries = append(nm.Status.Registries, st)
+	}
+	return held, nil
+}
+
+// claimOne makes nm the holder of registry's claim if nobody holds it;
+// it returns the holder's name when that is another NodeMirror. A claim
+// whose holder is gone is removed, and taken on a later reconcile.
+func (r *NodeMirrorReconciler) claimOne(ctx context.Context, nm *depproxyv1.NodeMirror, registry string) (string, error) {
+	want := desiredClaim(nm, registry, r.nodeNamespace())
+	if err := controllerutil.SetControllerReference(nm, want, r.Scheme); err != nil {
+		return "", err
+	}
+	err := r.Create(ctx, want)
+	if err == nil {
+		r.Recorder.Eventf(nm, want, corev1.EventTypeNormal, depproxyv1.ReasonCreated, "Claim", "claimed the nodes' configuration for %s", registry)
+		return "", nil
+	}
+	if !apierrors.IsAlreadyExists(err) {
+		return "", fmt.Errorf("claiming %s: %w", registry, err)
+	}
+	got := &corev1.ConfigMap{}
+	if err := r.live().Get(ctx, client.ObjectKeyFromObject(want), got); err != nil {
+		return "", err
+	}
+	if got.Data[claimUIDKey] == string(nm.UID) {
+		return "", nil
+	}
+	holder := &depproxyv1.NodeMirror{}
+	err = r.live().Get(ctx, client.ObjectKey{Name: got.Data[claimHolderKey]}, holder)
+	if client.IgnoreNotFound(err) != nil {
+		return "", err
+	}
+	if err != nil || string(holder.UID) != got.Data[claimUIDKey] {
+		// The holder is gone without releasing it (deleted while the
+		// operator was down, its finalizer removed by hand).
+		uid := got.UID
+		if err := r.Delete(ctx, got, client.Preconditions{UID: &uid}); client.IgnoreNotFound(err) != nil {
+			return "", err
+		}
+	}
+	return got.Data[claimHolderKey], nil
+}
+
+// claims are the claim ConfigMaps nm holds.
+func (r *NodeMirrorReconciler) claims(ctx context.Context, nm *depproxyv1.NodeMirror) ([]corev1.ConfigMap, error) {
+	list := &corev1.ConfigMapList{}
+	if err := r.live().List(ctx, list, client.InNamespace(r.nodeNamespace()),
+		client.MatchingLabels{claimLabel: "true", nodeMirrorUIDLabel: string(nm.UID)}); err != nil {
+		return nil, err
+	}
+	return list.Items, nil
+}
+
+// agentPods are nm's node agents, stopping ones included.
+func (r *NodeMirrorReconciler) agentPods(ctx context.Context, nm *depproxyv1.NodeMirror) ([]corev1.Pod, error) {
+	pods := &corev1.PodList{}
+	if err := r.live().List(ctx, pods, client.InNamespace(r.nodeNamespace()), client.MatchingLabels(nodeAgentLabels(nm))); err != nil {
+		return nil, err
+	}
+	return pods.Items, nil
+}
+
+// releaseDropped gives up the claims on registries nm no longer holds,
+// once no agent pod of it may still write or remove their files (the
+// next holder's agents would fight it).
+func (r *NodeMirrorReconciler) releaseDropped(ctx context.Context, nm *depproxyv1.NodeMirror, held []wire.Keyed) error {
+	claims, err := r.claims(ctx, nm)
+	if err != nil {
+		return err
+	}
+	pods, err := r.agentPods(ctx, nm)
+	if err != nil {
+		return err
+	}
+	for i := range claims {
+		registry := claims[i].Data[claimRegistryKey]
+		if slices.ContainsFunc(held, func(k wire.Keyed) bool { return k.Registry == registry }) {
+			continue
+		}
+		if slices.ContainsFunc(pods, func(p corev1.Pod) bool {
+			return slices.Contains(strings.Split(p.Annotations[registriesAnnotation], ","), registry)
+		}) {
+			continue // released on a later reconcile, when that pod is gone
+		}
+		if err := r.Delete(ctx, &claims[i]); client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("releasing the claim on %s: %w", registry, err)
+		}
+	}
+	return nil
+}
+
+// applyAgents makes the NodePort Service and the agents' DaemonSet match
+// what nm holds; with nothing held, neither runs.
+func (r *NodeMirrorReconciler) applyAgents(ctx context.Context, nm *depproxyv1.NodeMirror, dp *depproxyv1.DependencyProxy, held []wire.Keyed) (*appsv1.DaemonSet, error) {
+	if len(held) == 0 {
+		return nil, r.stopAgents(ctx, nm)
+	}
+	a := applier{client: r.Client, scheme: r.Scheme}
+	svc := desiredNodePortService(nm, dp)
+	if err := r.removeStaleServices(ctx, nm, svc); err != nil {
+		return nil, err
+	}
+	ds := desiredNodeAgent(nm, dp, held, r.ProxyImage, r.nodeNamespace())
+	for _, c := range []child{
+		{obj: svc, update: func(e, d client.Object) {
+			es, ds := e.(*corev1.Service), d.(*corev1.Service)
+			es.Spec.Type, es.Spec.Selector, es.Spec.Ports = ds.Spec.Type, ds.Spec.Selector, ds.Spec.Ports
+		}},
+		{obj: ds, update: func(e, d client.Object) { e.(*appsv1.DaemonSet).Spec = d.(*appsv1.DaemonSet).Spec }},
+	} {
+		op, err := a.apply(ctx, nm, c)
+		if err != nil {
+			return nil, err
+		}
+		if op == controllerutil.OperationResultCreated {
+			r.Recorder.Eventf(nm, c.obj, corev1.EventTypeNormal, depproxyv1.ReasonCreated, "Create", "created %s %s/%s",
+				kindOf(c.obj, r.Scheme), c.obj.GetNamespace(), c.obj.GetName())
+		}
+	}
+	got := &appsv1.DaemonSet{}
+	if err := r.Get(ctx, client.ObjectKeyFromObject(ds), got); err != nil {
+		return nil, err
+	}
+	return got, nil
+}
+
+// removeStaleServices deletes nm's NodePort Service in any namespace but
+// the cache's: spec.cache was changed to another namespace.
+func (r *NodeMirrorReconciler) removeStaleServices(ctx context.Context, nm *depproxyv1.NodeMirror, keep *corev1.Service) error {
+	list := &corev1.ServiceList{}
+	if err := r.List(ctx, list, client.MatchingLabels{nodeMirrorUIDLabel: string(nm.UID)}); err != nil {
+		return err
+	}
+	a := applier{client: r.Client, scheme: r.Scheme}
+	for i := range list.Items {
+		if list.Items[i].Namespace != keep.Namespace {
+			if err := a.remove(ctx, nm, &list.Items[i]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// stopAgents deletes nm's agents and NodePort Services; the agents take
+// their files out as they stop. It returns a waiting error while any
+// agent pod remains.
+func (r *NodeMirrorReconciler) stopAgents(ctx context.Context, nm *depproxyv1.NodeMirror) error {
+	a := applier{client: r.Client, scheme: r.Scheme}
+	ds := &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: r.nodeNamespace(), Name: nodeMirrorName(nm)}}
+	if err := a.remove(ctx, nm, ds, client.PropagationPolicy(metav1.DeletePropagationBackground)); err != nil {
+		return err
+	}
+	if err := r.removeStaleServices(ctx, nm, &corev1.Service{}); err != nil {
+		return err
+	}
+	pods, err := r.agentPods(ctx, nm)
+	if err != nil {
+		return err
+	}
+	if len(pods) > 0 {
+		e := waiting(depproxyv1.ReasonNodesUnconfiguring, "taking the nodes' configuration out: %d node agents still stopping", len(pods))
+		e.after = 2 * time.Second
+		return e
+	}
+	return nil
+}
+
+// finalize stops the agents, then releases the claims and lets the
+// NodeMirror go.
+func (r *NodeMirrorReconciler) finalize(ctx context.Context, nm *depproxyv1.NodeMirror) error {
+	if !controllerutil.ContainsFinalizer(nm, nodeMirrorFinalizer) {
+		return nil
+	}
+	if err := r.stopAgents(ctx, nm); err != nil {
+		return err
+	}
+	if err := r.releaseDropped(ctx, nm, nil); err != nil {
+		return err
+	}
+	controllerutil.RemoveFinalizer(nm, nodeMirrorFinalizer)
+	return r.Update(ctx, nm)
+}
+
+// ensureNodeNamespace makes the node agents' namespace where it is
+// missing, admitting the hostPath volume they need; an existing one is
+// left as the cluster admin has it.
+func (r *NodeMirrorReconciler) ensureNodeNamespace(ctx context.Context) error {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: r.nodeNamespace(), Labels: map[string]string{
+		"pod-security.kubernetes.io/enforce": "privileged", managedByLabel: managedBy}}}
+	if err := r.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating namespace %s for the node agents: %w", ns.Name, err)
+	}
+	return nil
+}
+
+// computeNodeMirrorStatus sets the conditions and counts from the
+// reconcile's outcome, the registries' fate and the agents' state.
+func computeNodeMirrorStatus(nm *depproxyv1.NodeMirror, ds *appsv1.DaemonSet, outcome *reconcileError) {
+	gen := nm.Generation
+	st := &nm.Status
+	st.ObservedGeneration = gen
+	st.Nodes, st.Configured = 0, 0
+	if ds != nil {
+		st.Nodes, st.Configured = ds.Status.DesiredNumberScheduled, ds.Status.NumberReady
+	}
+	st.Summary = fmt.Sprintf("%d/%d", st.Configured, st.Nodes)
+	for i := range st.Registries {
+		st.Registries[i].Configured = 0
+		if st.Registries[i].Message == "" {
+			st.Registries[i].Configured = st.Configured
+		}
+	}
+	if ds == nil {
+		st.HostsToml = ""
+	}
+	if outcome == nil {
+		outcome = registriesOutcome(st.Registries)
+	}
+	settled := ds != nil && ds.Status.ObservedGeneration >= ds.Generation && st.Configured == st.Nodes
+	switch {
+	case outcome != nil:
+	case !settled:
+		outcome = waiting(depproxyv1.ReasonNodesConfiguring, "%d of %d nodes pull through the cache; a node is configured once the cache answers at its address", st.Configured, st.Nodes)
+	}
+	setKstatusConditions(&st.Conditions, gen, outcome, fmt.Sprintf("%d of %d nodes pull %s through the cache", st.Configured, st.Nodes,
+		strings.Join(nm.Spec.Registries, ", ")), depproxyv1.ReasonNodesConfigured)
+}
+
+// registriesOutcome: a registry refused makes the NodeMirror Degraded,
+// whatever the others do; the spec must change for it to work.
+func registriesOutcome(regs []depproxyv1.RegistryMirrorStatus) *reconcileError {
+	for _, r := range regs {
+		switch {
+		case r.HeldBy != "":
+			return &reconcileError{Reason: depproxyv1.ReasonNodeMirrorConflict, Message: r.Message, retry: retryAfter}
+		case r.Message != "":
+			return &reconcileError{Reason: depproxyv1.ReasonRegistryNotServed, Message: r.Message, retry: retryAfter}
+		}
+	}
+	return nil
+}
+
+// setKstatusConditions sets Ready, Degraded and kstatus' Reconciling or
+// Stalled from outcome: nil is Ready with readyReason and readyMsg; a
+// waiting outcome is Reconciling, a stalled one Stalled.
+func setKstatusConditions(conds *[]metav1.Condition, gen int64, outcome *reconcileError, readyMsg, readyReason string) {
+	set := func(t string, s metav1.ConditionStatus, reason, msg string) {
+		meta.SetStatusCondition(conds, metav1.Condition{Type: t, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen})
+	}
+	for _, t := range []string{depproxyv1.ConditionReconciling, depproxyv1.ConditionStalled} {
+		meta.RemoveStatusCondition(conds, t)
+	}
+	if outcome == nil {
+		set(depproxyv1.ConditionReady, metav1.ConditionTrue, readyReason, readyMsg)
+		set(depproxyv1.ConditionDegraded, metav1.ConditionFalse, readyReason, readyMsg)
+		return
+	}
+	set(depproxyv1.ConditionReady, metav1.ConditionFalse, outcome.Reason, outcome.Message)
+	degraded := metav1.ConditionTrue
+	if outcome.Reason == depproxyv1.ReasonNodesConfiguring || outcome.Reason == depproxyv1.ReasonNodesUnconfiguring {
+		degraded = metav1.ConditionFalse // on its way, nothing wrong
+	}
+	set(depproxyv1.ConditionDegraded, degraded, outcome.Reason, outcome.Message)
+	if outcome.retry == retryNever {
+		set(depproxyv1.ConditionStalled, metav1.ConditionTrue, outcome.Reason, outcome.Message)
+	} else {
+		set(depproxyv1.ConditionReconciling, metav1.ConditionTrue, outcome.Reason, outcome.Message)
+	}
+}
+
+// SetupWithManager watches NodeMirrors, their children, the caches they
+// name and the registry claims (a released claim wakes those refused).
+func (r *NodeMirrorReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.APIReader == nil {
+		r.APIReader = mgr.GetAPIReader()
+	}
+	enqueue := func(match func(nm *depproxyv1.NodeMirror, o client.Object) bool) handler.EventHandler {
+		return handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+			list := &depproxyv1.NodeMirrorList{}
+			if err := r.List(ctx, list); err != nil {
+				return nil
+			}
+			var reqs []reconcile.Request
+			for i := range list.Items {
+				if match(&list.Items[i], o) {
+					reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+				}
+			}
+			return reqs
+		})
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&depproxyv1.NodeMirror{}).
+		Owns(&appsv1.DaemonSet{}).
+		Owns(&corev1.Service{}).
+		Watches(&corev1.ConfigMap{}, enqueue(func(*depproxyv1.NodeMirror, client.Object) bool { return true }),
+			builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetLabels()[claimLabel] == "true" }))).
+		Watches(&depproxyv1.DependencyProxy{}, enqueue(func(nm *depproxyv1.NodeMirror, o client.Object) bool {
+			return nm.Spec.Cache.Namespace == o.GetNamespace() && nm.Spec.Cache.Name == o.GetName()
+		})).
+		Complete(r)
+}
