@@ -222,7 +222,6 @@ type DependencyProxyStatus struct {
 	// Cache summarises what the proxy holds, as it last reported.
 	// +optional
 	Cache *CacheSummary `json:"cache,omitempty"`
-
 }
 
 // CacheSummary is a bounded view of a cache's contents.
