@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -457,4 +458,55 @@ func TestTLSSecret(t *testing.T) {
 	if !mounted {
 		t.Errorf("the TLS Secret is not mounted: %+v", d.Spec.Template.Spec.Volumes)
 	}
+}
+
+// One MinIO Service under its other names (the namespace-relative one,
+// .svc, the cluster domain with a trailing dot, its ClusterIP): the same
+// bucket and prefix is the same place, and each later cache is refused
+// with StorageConflict and gets no Deployment.
+func TestStorageConflictThroughAliases(t *testing.T) {
+	ctx := context.Background()
+	storageNS := namespace(t)
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "minio", Namespace: storageNS},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 9000}}, Selector: map[string]string{"app": "minio"}}}
+	if err := k8sClient.Create(ctx, svc); err != nil || svc.Spec.ClusterIP == "" {
+		t.Fatalf("a Service with a ClusterIP: %v %q", err, svc.Spec.ClusterIP)
+	}
+	mk := func(ns, name, endpoint string) *depproxyv1.DependencyProxy {
+		storageSecret(t, ns, name+"-creds", map[string]string{"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"})
+		dp := &depproxyv1.DependencyProxy{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Spec: depproxyv1.DependencyProxySpec{Storage: depproxyv1.StorageSpec{Endpoint: endpoint, Bucket: "aliased", Prefix: "team",
+				CredentialsSecretRef: corev1.LocalObjectReference{Name: name + "-creds"}}}}
+		if err := k8sClient.Create(ctx, dp); err != nil {
+			t.Fatal(err)
+		}
+		return dp
+	}
+	first := mk(namespace(t), "first", "minio."+storageNS+":9000")
+	time.Sleep(1100 * time.Millisecond) // creation times have a second's resolution
+	r, _ := newProxyReconciler(k8sClient)
+	reconcileProxy(t, r, first)
+	for i, endpoint := range []string{"minio." + storageNS + ".svc:9000", "MINIO." + storageNS + ".svc.cluster.local.:9000",
+		svc.Spec.ClusterIP + ":9000", "minio:9000"} {
+		ns := namespace(t)
+		if endpoint == "minio:9000" {
+			ns = storageNS // the bare name, from the Service's own namespace
+		}
+		alias := mk(ns, fmt.Sprintf("alias-%d", i), endpoint)
+		reconcileProxy(t, r, alias)
+		k8sClient.Get(ctx, client.ObjectKeyFromObject(alias), alias)
+		c := assertCondition(t, alias, depproxyv1.ConditionReady, metav1.ConditionFalse, depproxyv1.ReasonStorageConflict)
+		if !strings.Contains(c.Message, first.Namespace+"/first") {
+			t.Errorf("%s: the condition does not name the first cache: %q", endpoint, c.Message)
+		}
+		if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: alias.Name + "-depproxy"}, &appsv1.Deployment{}); err == nil {
+			t.Errorf("%s: the aliased cache was rolled out", endpoint)
+		}
+	}
+	// Another Service of the same name in another namespace is another
+	// place.
+	elsewhere := mk(namespace(t), "elsewhere", "minio:9000")
+	reconcileProxy(t, r, elsewhere)
+	k8sClient.Get(ctx, client.ObjectKeyFromObject(elsewhere), elsewhere)
+	assertCondition(t, elsewhere, depproxyv1.ConditionDegraded, metav1.ConditionFalse, depproxyv1.ReasonReconciled)
 }
