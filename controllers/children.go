@@ -126,7 +126,7 @@ func proxySettings(dp *depproxyv1.DependencyProxy) wire.Settings {
 		TLSKey:           ifSet(tlsSecret(dp), tlsDir+"/"+corev1.TLSPrivateKeyKey),
 	}
 	if replicated(dp) {
-		settings.PeerService = peersName(dp)
+		settings.PeerService, settings.PeerDeployment = peersName(dp), proxyName(dp)
 	}
 	return settings
 }

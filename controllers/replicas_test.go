@@ -196,23 +196,37 @@ func TestReplicasFollowEndpointSlices(t *testing.T) {
 	watchCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	var synced atomic.Bool
-	go peers.WatchEndpointSlices(watchCtx, clientset, ns, "team-a-depproxy-peers", ring, func() { synced.Store(true) }, logr.Discard())
+	go peers.WatchEndpointSlices(watchCtx, clientset, ns, "team-a-depproxy-peers", "team-a-depproxy", ring, func() { synced.Store(true) }, logr.Discard())
 
+	managed := func(service string) map[string]string {
+		return map[string]string{discoveryv1.LabelServiceName: service, discoveryv1.LabelManagedBy: "endpointslice-controller.k8s.io"}
+	}
+	pod := func(name string) *corev1.ObjectReference { return &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: name} }
 	slice := &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: "team-a-depproxy-peers-abc", Namespace: ns, Labels: map[string]string{discoveryv1.LabelServiceName: "team-a-depproxy-peers"}},
+		ObjectMeta:  metav1.ObjectMeta{Name: "team-a-depproxy-peers-abc", Namespace: ns, Labels: managed("team-a-depproxy-peers")},
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Endpoints: []discoveryv1.Endpoint{
-			{Addresses: []string{"10.0.0.1"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}},
-			{Addresses: []string{"10.0.0.2"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}},
-			{Addresses: []string{"10.0.0.3"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(false)}},
+			{Addresses: []string{"10.0.0.1"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}, TargetRef: pod("team-a-depproxy-6b7c9d8f5-a1b2c")},
+			{Addresses: []string{"10.0.0.2"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}, TargetRef: pod("team-a-depproxy-6b7c9d8f5-d3e4f")},
+			{Addresses: []string{"10.0.0.3"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(false)}, TargetRef: pod("team-a-depproxy-6b7c9d8f5-g5h6i")},
+			// A pod that only carries the proxy's labels, and an
+			// endpoint that is no pod.
+			{Addresses: []string{"10.6.6.6"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}, TargetRef: pod("rogue")},
+			{Addresses: []string{"10.6.6.7"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}},
 		},
 	}
 	other := &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: "someone-else", Namespace: ns, Labels: map[string]string{discoveryv1.LabelServiceName: "another-service"}},
+		ObjectMeta:  metav1.ObjectMeta{Name: "someone-else", Namespace: ns, Labels: managed("another-service")},
 		AddressType: discoveryv1.AddressTypeIPv4,
-		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.9.9.9"}}},
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.9.9.9"}, TargetRef: pod("team-a-depproxy-6b7c9d8f5-zzzzz")}},
 	}
-	for _, s := range []*discoveryv1.EndpointSlice{slice, other} {
+	// A slice made by hand, labelled with the peers Service's name.
+	forged := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "forged", Namespace: ns, Labels: map[string]string{discoveryv1.LabelServiceName: "team-a-depproxy-peers"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.6.6.8"}, TargetRef: pod("team-a-depproxy-6b7c9d8f5-yyyyy")}},
+	}
+	for _, s := range []*discoveryv1.EndpointSlice{slice, other, forged} {
 		if err := k8sClient.Create(ctx, s); err != nil {
 			t.Fatal(err)
 		}

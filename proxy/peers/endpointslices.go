@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
@@ -34,19 +35,22 @@ func PodNamespace() (string, error) {
 var endpointSlices = discoveryv1.SchemeGroupVersion.WithResource("endpointslices")
 
 // WatchEndpointSlices keeps ring's members the ready endpoints of a
-// headless Service, until ctx ends: Kubernetes already knows which
-// replicas are ready, and tells it without DNS. Each endpoint is reached
-// with the scheme and port of the ring's own URL. It needs list and
-// watch of EndpointSlices in namespace, nothing else.
-// synced is called once the first list is in: until then the replica
-// does not know the others.
-func WatchEndpointSlices(ctx context.Context, client dynamic.Interface, namespace, service string, ring *Ring, synced func(), log logr.Logger) {
+// headless Service that are pods of deployment, until ctx ends:
+// Kubernetes already knows which replicas are ready, and tells it without
+// DNS. Only slices the EndpointSlice controller made count (anyone may
+// label a slice with a Service's name), and of their endpoints only pods
+// named as deployment's are (a pod that merely carries the proxy's
+// labels is not a replica). Each endpoint is reached with the scheme and
+// port of the ring's own URL. It needs list and watch of EndpointSlices
+// in namespace, nothing else. synced is called once the first list is
+// in: until then the replica does not know the others.
+func WatchEndpointSlices(ctx context.Context, client dynamic.Interface, namespace, service, deployment string, ring *Ring, synced func(), log logr.Logger) {
 	self, err := url.Parse(ring.Self())
 	if err != nil {
 		return // wire.Settings checked it
 	}
 	slices := client.Resource(endpointSlices).Namespace(namespace)
-	selector := discoveryv1.LabelServiceName + "=" + service
+	selector := discoveryv1.LabelServiceName + "=" + service + "," + discoveryv1.LabelManagedBy + "=" + endpointSliceController
 	informer := cache.NewSharedIndexInformer(&cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			o.LabelSelector = selector
@@ -69,7 +73,7 @@ func WatchEndpointSlices(ctx context.Context, client dynamic.Interface, namespac
 				log.Error(err, "an EndpointSlice does not read", "name", u.GetName())
 				continue
 			}
-			members = append(members, readyURLs(&s, self.Scheme, self.Port())...)
+			members = append(members, readyURLs(&s, deployment, self.Scheme, self.Port())...)
 		}
 		if ring.Set(members) {
 			log.Info("replicas changed", "replicas", ring.Members())
@@ -89,12 +93,20 @@ func WatchEndpointSlices(ctx context.Context, client dynamic.Interface, namespac
 	informer.RunWithContext(ctx)
 }
 
-// readyURLs are the replicas an EndpointSlice names as ready. A missing
-// ready condition means ready, as the API documents.
-func readyURLs(s *discoveryv1.EndpointSlice, scheme, port string) []string {
+// endpointSliceController is the managed-by label of the slices
+// Kubernetes makes for a Service.
+const endpointSliceController = "endpointslice-controller.k8s.io"
+
+// readyURLs are the replicas an EndpointSlice names as ready: pods of
+// deployment. A missing ready condition means ready, as the API
+// documents.
+func readyURLs(s *discoveryv1.EndpointSlice, deployment, scheme, port string) []string {
 	var out []string
 	for _, e := range s.Endpoints {
 		if e.Conditions.Ready != nil && !*e.Conditions.Ready {
+			continue
+		}
+		if e.TargetRef == nil || e.TargetRef.Kind != "Pod" || !podOf(e.TargetRef.Name, deployment) {
 			continue
 		}
 		for _, addr := range e.Addresses {
@@ -103,3 +115,23 @@ func readyURLs(s *discoveryv1.EndpointSlice, scheme, port string) []string {
 	}
 	return out
 }
+
+// podOf reports whether pod is named as deployment's ReplicaSets name
+// their pods: <deployment>-<pod-template-hash>-<5 random characters>,
+// where the part before the random ones is cut at 58 characters.
+func podOf(pod, deployment string) bool {
+	const random, maxBase = 5, 58
+	if deployment == "" || len(pod) <= random {
+		return false
+	}
+	base, want := pod[:len(pod)-random], deployment+"-"
+	if rest, ok := strings.CutPrefix(base, want); ok {
+		return templateHash.MatchString(rest) || (len(base) == maxBase && cutTemplateHash.MatchString(rest))
+	}
+	return len(base) == maxBase && strings.HasPrefix(want, base)
+}
+
+var (
+	templateHash    = regexp.MustCompile(`^[a-z0-9]{1,10}-$`)
+	cutTemplateHash = regexp.MustCompile(`^[a-z0-9]{0,10}-?$`)
+)

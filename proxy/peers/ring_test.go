@@ -2,8 +2,10 @@ package peers
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 )
@@ -82,40 +84,122 @@ func TestRingPassesOverADownReplica(t *testing.T) {
 	}
 }
 
-// A forwarded request verifies under the same key and no other, for its
-// own method and URI only, and not long after.
+// A forwarded request verifies under the same key and no other, at the
+// replica it names only, for its own method and URI only, once, and not
+// seconds later.
 func TestSignature(t *testing.T) {
+	const self, other = "http://10.0.0.1:5000", "http://10.0.0.2:5000"
+	signed := func(s *Signer, target, method, uri string) (*http.Request, Forward) {
+		req := httptest.NewRequest(method, uri, nil)
+		return req, s.Sign(req, target, true)
+	}
+	copyOf := func(req *http.Request) *http.Request {
+		c := httptest.NewRequest(req.Method, req.URL.RequestURI(), nil)
+		c.Header.Set(Header, req.Header.Get(Header))
+		return c
+	}
+	const uri = "/v2/library/alpine/manifests/3.20?ns=docker.io"
 	a, b := NewSigner([]byte("key one")), NewSigner([]byte("key two"))
-	req := httptest.NewRequest(http.MethodGet, "/v2/library/alpine/blobs/sha256:abc?ns=docker.io", nil)
-	if ok, err := a.Verify(req); ok || err != nil {
+	if _, ok, err := a.Verify(httptest.NewRequest(http.MethodGet, uri, nil), self); ok || err != nil {
 		t.Fatalf("an ordinary request: %v %v", ok, err)
 	}
-	a.Sign(req)
-	if ok, err := a.Verify(req); !ok || err != nil {
-		t.Fatalf("a signed request: %v %v", ok, err)
+	req, f := signed(a, self, http.MethodGet, uri)
+	replay := copyOf(req)
+	if got, ok, err := a.Verify(req, self); !ok || err != nil || got != f {
+		t.Fatalf("a signed request: %+v %v %v, want %+v", got, ok, err, f)
 	}
-	if ok, err := b.Verify(req); ok || err == nil {
-		t.Fatal("verified under another key")
+	if _, ok, err := a.Verify(replay, self); ok || err == nil {
+		t.Fatal("a replayed signature verified again")
 	}
-	other := httptest.NewRequest(http.MethodGet, "/v2/library/alpine/blobs/sha256:abd?ns=docker.io", nil)
-	other.Header.Set(Header, req.Header.Get(Header))
-	if ok, _ := a.Verify(other); ok {
-		t.Fatal("a signature verified for another path")
+	for name, tc := range map[string]struct {
+		s      *Signer
+		target string
+		method string
+		uri    string
+	}{
+		"another key":     {b, self, http.MethodGet, uri},
+		"another replica": {a, other, http.MethodGet, uri},
+		"another path":    {a, self, http.MethodGet, "/v2/library/alpine/manifests/3.21?ns=docker.io"},
+		"a HEAD":          {a, self, http.MethodHead, uri},
+	} {
+		req, _ := signed(a, self, http.MethodGet, uri)
+		moved := httptest.NewRequest(tc.method, tc.uri, nil)
+		moved.Header.Set(Header, req.Header.Get(Header))
+		if _, ok, err := tc.s.Verify(moved, tc.target); ok || err == nil {
+			t.Errorf("%s: verified", name)
+		}
 	}
-	head := httptest.NewRequest(http.MethodHead, req.URL.RequestURI(), nil)
-	head.Header.Set(Header, req.Header.Get(Header))
-	if ok, _ := a.Verify(head); ok {
-		t.Fatal("a GET's signature verified for a HEAD")
+	late := NewSigner([]byte("key one"))
+	late.now = func() time.Time { return time.Now().Add(10 * time.Second) }
+	if req, _ := signed(a, self, http.MethodGet, uri); func() bool { _, ok, _ := late.Verify(req, self); return ok }() {
+		t.Fatal("a ten-second-old signature verified")
 	}
-	late := *a
-	late.now = func() time.Time { return time.Now().Add(10 * time.Minute) }
-	if ok, _ := late.Verify(req); ok {
-		t.Fatal("a ten-minute-old signature verified")
-	}
-	for _, bad := range []string{"x", "123", "abc:def", ":"} {
+	for _, bad := range []string{"x", "123", "abc:def", ":", "1:2:3:4", strings.Repeat(":", 3)} {
+		req := httptest.NewRequest(http.MethodGet, uri, nil)
 		req.Header.Set(Header, bad)
-		if ok, err := a.Verify(req); ok || err == nil {
+		if _, ok, err := a.Verify(req, self); ok || err == nil {
 			t.Errorf("header %q: %v %v", bad, ok, err)
+		}
+	}
+}
+
+// An answer proves itself to the request it answers, under the same
+// key: its status, digest, type and (bound) body.
+func TestAnswerProof(t *testing.T) {
+	a, b := NewSigner([]byte("key one")), NewSigner([]byte("key two"))
+	req := httptest.NewRequest(http.MethodGet, "/v2/x/manifests/1", nil)
+	f := a.Sign(req, "http://owner", true)
+	answer := func(s *Signer, f Forward, body string, status int) *http.Response {
+		rec := httptest.NewRecorder()
+		w, done := s.ProveAnswer(rec, f)
+		w.Header().Set("Docker-Content-Digest", "sha256:aaa")
+		w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+		w.WriteHeader(status)
+		io.WriteString(w, body)
+		done()
+		return rec.Result()
+	}
+	if err := a.verifyAnswer(f, answer(a, f, "manifest", 200), []byte("manifest")); err != nil {
+		t.Fatalf("a proven answer: %v", err)
+	}
+	for name, resp := range map[string]*http.Response{
+		"another key":     answer(b, f, "manifest", 200),
+		"another request": answer(a, Forward{Nonce: strings.Repeat("0", 32), BindBody: true}, "manifest", 200),
+		"another status":  func() *http.Response { r := answer(a, f, "manifest", 200); r.StatusCode = 404; return r }(),
+		"another digest":  func() *http.Response { r := answer(a, f, "manifest", 200); r.Header.Set("Docker-Content-Digest", "sha256:bbb"); return r }(),
+		"no proof":        func() *http.Response { r := answer(a, f, "manifest", 200); r.Header.Del(AnswerHeader); return r }(),
+	} {
+		if err := a.verifyAnswer(f, resp, []byte("manifest")); err == nil {
+			t.Errorf("%s: verified", name)
+		}
+	}
+	if err := a.verifyAnswer(f, answer(a, f, "manifest", 200), []byte("poisoned")); err == nil {
+		t.Error("another body verified")
+	}
+}
+
+// Only pods named as a Deployment's ReplicaSets name them are replicas,
+// long names cut as the API server cuts them included.
+func TestPodOf(t *testing.T) {
+	const d = "team-a-depproxy"
+	long := strings.Repeat("a", 60) + "-depproxy"
+	for _, c := range []struct {
+		pod, deployment string
+		want            bool
+	}{
+		{"team-a-depproxy-7d9f8c6b5-x2k9p", d, true},
+		{"team-a-depproxy-5f4d-abcde", d, true},
+		{"team-a-depproxy-x2k9p", d, false}, // no template hash
+		{"team-a-depproxy-peers-7d9f8c-x2k9p", d, false},
+		{"rogue-7d9f8c6b5-x2k9p", d, false},
+		{"team-a-depproxy", d, false},
+		{"team-a-depproxy-7d9f8c6b5-x2k9p-1", d, false},
+		{"team-a-depproxy-7d9f8c6b5-x2k9p", "", false},
+		{long[:58] + "x2k9p", long, true},
+		{"b" + long[1:58] + "x2k9p", long, false},
+	} {
+		if got := podOf(c.pod, c.deployment); got != c.want {
+			t.Errorf("podOf(%q, %q): %v, want %v", c.pod, c.deployment, got, c.want)
 		}
 	}
 }

@@ -79,39 +79,38 @@ func replicaTransport(tlsConfig *tls.Config) *http.Transport {
 // errTryNext: the replica could not answer; the next in line may.
 var errTryNext = errors.New("replica did not answer")
 
-// GetBlob streams a blob from its owner.
-func (u *Upstream) GetBlob(ctx context.Context, repo, digest string) (*upstream.Blob, error) {
+// GetBlob streams a blob from its owner. The owner's answer is proven
+// before it is used; its bytes are checked against the digest by the
+// fill that reads them.
+func (u *Upstream) GetBlob(ctx context.Context, repo, d string) (*upstream.Blob, error) {
 	var blob *upstream.Blob
-	err := u.forward(ctx, BlobKey(u.registry, digest), func(owner string) error {
-		resp, err := u.send(ctx, http.MethodGet, owner, repo, "blobs/"+digest, nil)
+	err := u.forward(ctx, BlobKey(u.registry, d), func(owner string) error {
+		resp, _, err := u.send(ctx, http.MethodGet, owner, repo, "blobs/"+d, nil, false, 0)
 		if err != nil {
 			return err
+		}
+		if got := resp.Header.Get("Docker-Content-Digest"); got != "" && got != d {
+			resp.Body.Close()
+			return fmt.Errorf("%w: %s answered blob %s with %s", errTryNext, owner, d, got)
 		}
 		blob = &upstream.Blob{Body: resp.Body, Size: resp.ContentLength, FromReplica: true}
 		return nil
 	}, func() (err error) {
-		blob, err = u.Upstream.GetBlob(ctx, repo, digest)
+		blob, err = u.Upstream.GetBlob(ctx, repo, d)
 		return err
 	})
 	return blob, err
 }
 
 // GetManifest gets a manifest from the replica that owns its tag (or
-// digest): one upstream GET for every replica.
+// digest): one upstream GET for every replica. The owner's answer, body
+// included, is proven before anything uses or stores it.
 func (u *Upstream) GetManifest(ctx context.Context, repo, ref string, accept []string, maxSize int64) (*upstream.Manifest, error) {
 	var m *upstream.Manifest
 	err := u.forward(ctx, ManifestKey(u.registry, repo, ref), func(owner string) error {
-		resp, err := u.send(ctx, http.MethodGet, owner, repo, "manifests/"+ref, accept)
+		resp, body, err := u.send(ctx, http.MethodGet, owner, repo, "manifests/"+ref, accept, true, maxSize)
 		if err != nil {
 			return err
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(io.LimitReader(resp.Body, maxSize+1))
-		if err != nil {
-			return fmt.Errorf("%w: %w", errTryNext, err)
-		}
-		if int64(len(body)) > maxSize {
-			return upstream.ErrTooLarge
 		}
 		m = &upstream.Manifest{Descriptor: describe(resp), Body: body, FromReplica: true}
 		return nil
@@ -128,11 +127,10 @@ func (u *Upstream) GetManifest(ctx context.Context, repo, ref string, accept []s
 func (u *Upstream) HeadManifest(ctx context.Context, repo, ref string, accept []string) (upstream.Descriptor, error) {
 	var d upstream.Descriptor
 	err := u.forward(ctx, ManifestKey(u.registry, repo, ref), func(owner string) error {
-		resp, err := u.send(ctx, http.MethodHead, owner, repo, "manifests/"+ref, accept)
+		resp, _, err := u.send(ctx, http.MethodHead, owner, repo, "manifests/"+ref, accept, true, 0)
 		if err != nil {
 			return err
 		}
-		resp.Body.Close()
 		d = describe(resp)
 		return nil
 	}, func() (err error) {
@@ -181,39 +179,59 @@ func (u *Upstream) forward(ctx context.Context, key string, viaReplica func(owne
 	return direct()
 }
 
-// send makes a signed request to a replica. Only an answer that says
-// something about the object (200, or an error the owner's upstream
-// gave) returns without errTryNext.
-func (u *Upstream) send(ctx context.Context, method, owner, repo, path string, accept []string) (*http.Response, error) {
+// send makes a signed request to a replica and proves its answer. With
+// bindBody the body (at most maxSize bytes) is read, proven and returned,
+// and the response's body is closed; else the body is left to stream.
+// Only a proven answer that says something about the object (200, or an
+// error the owner's upstream gave) returns without errTryNext.
+func (u *Upstream) send(ctx context.Context, method, owner, repo, path string, accept []string, bindBody bool, maxSize int64) (*http.Response, []byte, error) {
 	target := owner + "/v2/" + repo + "/" + path + "?ns=" + url.QueryEscape(u.registry)
 	req, err := http.NewRequestWithContext(ctx, method, target, nil)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", errTryNext, err)
+		return nil, nil, fmt.Errorf("%w: %w", errTryNext, err)
 	}
 	for _, a := range accept {
 		req.Header.Add("Accept", a)
 	}
-	u.signer.Sign(req)
+	f := u.signer.Sign(req, owner, bindBody)
 	resp, err := u.client.Do(req)
 	if err != nil {
 		if ctx.Err() == nil {
 			u.ring.markDown(owner)
 		}
-		return nil, fmt.Errorf("%w: %w", errTryNext, err)
+		return nil, nil, fmt.Errorf("%w: %w", errTryNext, err)
+	}
+	var body []byte
+	if bindBody {
+		body, err = io.ReadAll(io.LimitReader(resp.Body, maxSize+1))
+		resp.Body.Close()
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: %w", errTryNext, err)
+		}
+		if int64(len(body)) > maxSize && resp.StatusCode == http.StatusOK {
+			return nil, nil, upstream.ErrTooLarge
+		}
+	}
+	if err := u.signer.verifyAnswer(f, resp, body); err != nil {
+		// Not a replica of this cache, or not this request's answer:
+		// nothing of it is used, and the replica is passed over.
+		resp.Body.Close()
+		u.ring.markDown(owner)
+		return nil, nil, fmt.Errorf("%w: %s: %w", errTryNext, owner, err)
 	}
 	switch {
 	case resp.StatusCode == http.StatusOK:
-		return resp, nil
+		return resp, body, nil
 	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusForbidden ||
 		resp.StatusCode == http.StatusTooManyRequests:
 		// The upstream's own answer, passed on by the owner.
 		resp.Body.Close()
-		return nil, &upstream.StatusError{StatusCode: resp.StatusCode, RetryAfter: resp.Header.Get("Retry-After")}
+		return nil, nil, &upstream.StatusError{StatusCode: resp.StatusCode, RetryAfter: resp.Header.Get("Retry-After")}
 	default:
 		// 401: the replicas' keys differ; 5xx: the owner could not
 		// get it. Either way another replica, or the upstream, may.
 		resp.Body.Close()
-		return nil, fmt.Errorf("%w: %s answered %s", errTryNext, owner, resp.Status)
+		return nil, nil, fmt.Errorf("%w: %s answered %s", errTryNext, owner, resp.Status)
 	}
 }
 

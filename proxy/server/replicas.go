@@ -70,7 +70,7 @@ func (r *replicas) watch(ctx context.Context, log logr.Logger) {
 	if r == nil || r.kube == nil {
 		return
 	}
-	peers.WatchEndpointSlices(ctx, r.kube, r.config.Namespace, r.config.Service, r.ring, func() { r.known.Store(true) }, log)
+	peers.WatchEndpointSlices(ctx, r.kube, r.config.Namespace, r.config.Service, r.config.Deployment, r.ring, func() { r.known.Store(true) }, log)
 }
 
 // ready: a replica that does not know the others yet would download
@@ -85,12 +85,14 @@ func (r *replicas) collector() prometheus.Collector {
 	}, func() float64 { return float64(len(r.ring.Members())) })
 }
 
-// replicaRequests marks requests another replica forwarded, once their
-// signature verifies; a request that claims to be one and is not is
-// refused, never served as an ordinary pull that could be forwarded on.
-func replicaRequests(next http.Handler, signer *peers.Signer) http.Handler {
+// replicaRequests marks requests another replica forwarded to this one,
+// once their signature verifies, and proves this replica's answers to
+// them; a request that claims to be one and is not (forged, replayed,
+// meant for another replica) is refused, never served as an ordinary pull
+// that could be forwarded on.
+func replicaRequests(next http.Handler, signer *peers.Signer, self string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ok, err := signer.Verify(r)
+		f, ok, err := signer.Verify(r, self)
 		switch {
 		case err != nil:
 			registry.WriteError(w, r, err)
@@ -99,6 +101,9 @@ func replicaRequests(next http.Handler, signer *peers.Signer) http.Handler {
 			// Served from the upstream, and counted by the replica
 			// that forwarded it.
 			r = r.WithContext(peers.Forwarded(cache.Uncounted(r.Context())))
+			var done func()
+			w, done = signer.ProveAnswer(w, f)
+			defer done()
 		}
 		next.ServeHTTP(w, r)
 	})

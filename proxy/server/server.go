@@ -207,7 +207,7 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 	}, log.WithName("ui"))
 	handler := registryRoutes(reg, tokens, browser)
 	if peering != nil {
-		handler = replicaRequests(handler, peering.signer)
+		handler = replicaRequests(handler, peering.signer, peering.ring.Self())
 	}
 	if s.LogLevel >= 1 {
 		handler = accessLog(handler, log.WithName("http"))

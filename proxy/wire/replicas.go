@@ -18,6 +18,9 @@ type Replicas struct {
 	// Service and Namespace name the headless Service whose
 	// EndpointSlices list the replicas (--peer-service).
 	Service, Namespace string
+	// Deployment is the one whose pods alone are replicas
+	// (--peer-deployment).
+	Deployment string
 }
 
 // Replicas returns how this replica finds the others; nil when it runs
@@ -32,6 +35,9 @@ func (s *Settings) Replicas() (*Replicas, error) {
 	if s.Peers != "" && s.PeerService != "" {
 		return nil, errors.New("peers: set --peers or --peer-service, not both")
 	}
+	if s.PeerService != "" && s.PeerDeployment == "" {
+		return nil, errors.New("peer-service: set --peer-deployment too, the Deployment whose pods are the replicas: no other pod may join them")
+	}
 	if s.TokenKey == "" {
 		return nil, errors.New("peers: replicas prove who they are to each other with the token key: set --token-key, the same file on every replica")
 	}
@@ -39,7 +45,7 @@ func (s *Settings) Replicas() (*Replicas, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Replicas{Self: self, Service: s.PeerService, Namespace: s.PeerNamespace}
+	r := &Replicas{Self: self, Service: s.PeerService, Namespace: s.PeerNamespace, Deployment: s.PeerDeployment}
 	for _, p := range strings.Split(s.Peers, ",") {
 		if p = strings.TrimSpace(p); p == "" {
 			continue

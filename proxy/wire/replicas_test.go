@@ -23,8 +23,8 @@ func TestReplicas(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %+v, want %+v", got, want)
 	}
-	s.Peers, s.PeerService, s.PeerNamespace = "", "cache-peers", "team-a"
-	if got, err = s.Replicas(); err != nil || got.Service != "cache-peers" || got.Namespace != "team-a" {
+	s.Peers, s.PeerService, s.PeerNamespace, s.PeerDeployment = "", "cache-peers", "team-a", "cache"
+	if got, err = s.Replicas(); err != nil || got.Service != "cache-peers" || got.Namespace != "team-a" || got.Deployment != "cache" {
 		t.Fatalf("service: %+v %v", got, err)
 	}
 	for _, bad := range []struct {
@@ -39,9 +39,13 @@ func TestReplicas(t *testing.T) {
 		{"http://a:5000/v2", "", "http://a:5000", "/key", "want a replica's URL"},
 	} {
 		s := Defaults()
-		s.Peers, s.PeerService, s.Advertise, s.TokenKey = bad.peers, bad.service, bad.advertise, bad.key
+		s.Peers, s.PeerService, s.Advertise, s.TokenKey, s.PeerDeployment = bad.peers, bad.service, bad.advertise, bad.key, "cache"
 		if _, err := s.Replicas(); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("%+v: got %v, want an error saying %q", bad, err, bad.want)
 		}
+	}
+	s.PeerDeployment = ""
+	if _, err := s.Replicas(); err == nil || !strings.Contains(err.Error(), "--peer-deployment") {
+		t.Errorf("--peer-service without --peer-deployment: %v", err)
 	}
 }

@@ -52,6 +52,7 @@ type Settings struct {
 	Advertise         string    `json:"advertise,omitempty"`
 	PeerService       string    `json:"peer-service,omitempty"`
 	PeerNamespace     string    `json:"peer-namespace,omitempty"`
+	PeerDeployment    string    `json:"peer-deployment,omitempty"`
 	LogLevel          int       `json:"log-level,omitempty"`
 }
 
@@ -103,6 +104,7 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&s.Advertise, "advertise", s.Advertise, "this replica's own URL, as the other replicas reach it (one of --peers, or its address behind --peer-service)")
 	fs.StringVar(&s.PeerService, "peer-service", s.PeerService, "on Kubernetes, instead of --peers: the headless Service whose ready endpoints (EndpointSlices) are the replicas; they are reached with --advertise's scheme and port")
 	fs.StringVar(&s.PeerNamespace, "peer-namespace", s.PeerNamespace, "the namespace of --peer-service (default: the pod's own)")
+	fs.StringVar(&s.PeerDeployment, "peer-deployment", s.PeerDeployment, "with --peer-service: the Deployment whose pods alone are replicas (required with it); endpoints of other pods, and slices the EndpointSlice controller did not make, are ignored")
 	fs.StringVar(&s.SpoolDir, "spool-dir", s.SpoolDir, "where blobs being downloaded are kept until stored, for S3 storage (default: the system's temporary directory); abandoned files are removed at start")
 	fs.IntVar(&s.LogLevel, "log-level", s.LogLevel, "log verbosity: 0 events, 1 also each request")
 }

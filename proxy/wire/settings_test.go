@@ -103,7 +103,7 @@ func TestSettingsAreFlagsAndRoundTrip(t *testing.T) {
 		Peers: "http://10.0.0.1:5000,http://10.0.0.2:5000", Advertise: "http://10.0.0.1:5000", PeerNamespace: "team-a"}
 	// --peers and --peer-service exclude each other: one round trip each.
 	withService := full
-	withService.Peers, withService.PeerService = "", "cache-peers"
+	withService.Peers, withService.PeerService, withService.PeerDeployment = "", "cache-peers", "cache"
 	covered := map[int]bool{}
 	for _, s := range []Settings{full, withService} {
 		v := reflect.ValueOf(s)

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,6 +38,13 @@ type replica struct {
 // sharing an S3 prefix of m and a token key.
 func startReplicas(t *testing.T, n int, upstreamURL string, m *testenv.MinIO, prefix string, extra ...string) []*replica {
 	t.Helper()
+	return startReplicasAmong(t, n, nil, upstreamURL, m, prefix, extra...)
+}
+
+// startReplicasAmong is startReplicas with more members in --peers that
+// are not replicas of this cache (a rogue process).
+func startReplicasAmong(t *testing.T, n int, strangers []string, upstreamURL string, m *testenv.MinIO, prefix string, extra ...string) []*replica {
+	t.Helper()
 	m.Storage(t, "cache", prefix) // the bucket
 	_, keyPEM, err := wire.NewSigningKey()
 	if err != nil {
@@ -44,7 +53,7 @@ func startReplicas(t *testing.T, n int, upstreamURL string, m *testenv.MinIO, pr
 	key := filepath.Join(t.TempDir(), "token.key")
 	os.WriteFile(key, keyPEM, 0o600)
 	var rs []*replica
-	var urls []string
+	urls := slices.Clone(strangers)
 	for i := 0; i < n; i++ {
 		addr := testenv.FreeAddr(t)
 		rs = append(rs, &replica{URL: "http://" + addr, Host: addr, ops: "http://" + testenv.FreeAddr(t), logs: &syncBuffer{}})
@@ -77,7 +86,13 @@ func startReplicas(t *testing.T, n int, upstreamURL string, m *testenv.MinIO, pr
 
 // ownerOf is the replica that owns key, as every replica computes it.
 func ownerOf(rs []*replica, key string) (owner *replica, others []*replica) {
-	var urls []string
+	return ownerAmong(rs, nil, key)
+}
+
+// ownerAmong is ownerOf in a ring with strangers too: owner is nil when
+// one of them owns key.
+func ownerAmong(rs []*replica, strangers []string, key string) (owner *replica, others []*replica) {
+	urls := slices.Clone(strangers)
 	for _, r := range rs {
 		urls = append(urls, r.URL)
 	}
@@ -315,4 +330,100 @@ func TestReplicaLost(t *testing.T) {
 			t.Errorf("the stream in flight at SIGTERM: %v", err)
 		}
 	})
+}
+
+// TestRogueReplica: a process in the ring that is no replica of this
+// cache answers every manifest and HEAD with its own. No replica uses,
+// stores or serves its answers (it cannot prove them), pulls still get
+// the upstream's bytes, and the signatures it was sent work nowhere
+// else.
+func TestRogueReplica(t *testing.T) {
+	e := newEnv(t)
+	var mu sync.Mutex
+	var captured []*http.Request
+	poison := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:` + strings.Repeat("6", 64) + `","size":2},"layers":[]}`)
+	rogue := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		captured = append(captured, r.Clone(context.Background()))
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+		w.Header().Set("Docker-Content-Digest", "sha256:"+sha(poison))
+		w.Header().Set(peers.AnswerHeader, strings.Repeat("0", 64))
+		w.Header().Set("Content-Length", strconv.Itoa(len(poison)))
+		if r.Method == http.MethodGet {
+			w.Write(poison)
+		}
+	}))
+	t.Cleanup(rogue.Close)
+	strangers := []string{rogue.URL}
+	rs := startReplicasAmong(t, 2, strangers, e.front.URL(), e.minio, "replicas-rogue", "--recheck-interval", "0s")
+
+	repo := repoName(t)
+	registry := wire.RegistryOf(e.front.URL())
+	img := ociImage(t, 1)
+	want := digestOf(t, img).String()
+	var tags []string
+	for i := 0; len(tags) < 3 && i < 200; i++ {
+		tag := fmt.Sprintf("t%d", i)
+		if owner, _ := ownerAmong(rs, strangers, peers.ManifestKey(registry, repo, tag)); owner == nil {
+			pushImage(t, e.registry.Addr, repo, tag, img)
+			tags = append(tags, tag)
+		}
+	}
+	for _, tag := range tags {
+		for _, r := range rs {
+			// Twice: a cold GET, then a HEAD of the cached tag.
+			for range 2 {
+				resp, err := http.Get(r.URL + "/v2/" + repo + "/manifests/" + tag)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK || "sha256:"+sha(body) != want || resp.Header.Get("Docker-Content-Digest") != want {
+					t.Fatalf("%s:%s via %s: %s, digest %s (header %s), want %s: the rogue's answer was served",
+						repo, tag, r.URL, resp.Status, "sha256:"+sha(body), resp.Header.Get("Docker-Content-Digest"), want)
+				}
+			}
+		}
+	}
+	mu.Lock()
+	asked := slices.Clone(captured)
+	mu.Unlock()
+	var heads, gets int
+	for _, r := range asked {
+		if r.Method == http.MethodHead {
+			heads++
+		} else {
+			gets++
+		}
+	}
+	if gets == 0 || heads == 0 {
+		t.Fatalf("the rogue was asked %d GETs and %d HEADs: the test proves nothing", gets, heads)
+	}
+	store := e.minio.Storage(t, "cache", "replicas-rogue")
+	if _, _, err := store.Open(context.Background(), layout.Manifest(digest.Digest("sha256:"+sha(poison)))); err == nil {
+		t.Error("the rogue's manifest was stored")
+	}
+
+	// What the rogue was sent, replayed to the replicas themselves.
+	for _, req := range asked[:1] {
+		for _, r := range rs {
+			replay, _ := http.NewRequest(req.Method, r.URL+req.URL.RequestURI(), nil)
+			replay.Header.Set(peers.Header, req.Header.Get(peers.Header))
+			resp, err := http.DefaultClient.Do(replay)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if req.Method == http.MethodHead {
+				if resp.StatusCode != http.StatusUnauthorized {
+					t.Errorf("a replayed HEAD signature: %s", resp.Status)
+				}
+				continue
+			}
+			ociError(t, resp, body, http.StatusUnauthorized, "UNAUTHORIZED")
+		}
+	}
 }
