@@ -201,7 +201,9 @@ func TestReplicasFollowEndpointSlices(t *testing.T) {
 	managed := func(service string) map[string]string {
 		return map[string]string{discoveryv1.LabelServiceName: service, discoveryv1.LabelManagedBy: "endpointslice-controller.k8s.io"}
 	}
-	pod := func(name string) *corev1.ObjectReference { return &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: name} }
+	pod := func(name string) *corev1.ObjectReference {
+		return &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: name}
+	}
 	slice := &discoveryv1.EndpointSlice{
 		ObjectMeta:  metav1.ObjectMeta{Name: "team-a-depproxy-peers-abc", Namespace: ns, Labels: managed("team-a-depproxy-peers")},
 		AddressType: discoveryv1.AddressTypeIPv4,

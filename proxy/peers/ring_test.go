@@ -166,8 +166,12 @@ func TestAnswerProof(t *testing.T) {
 		"another key":     answer(b, f, "manifest", 200),
 		"another request": answer(a, Forward{Nonce: strings.Repeat("0", 32), BindBody: true}, "manifest", 200),
 		"another status":  func() *http.Response { r := answer(a, f, "manifest", 200); r.StatusCode = 404; return r }(),
-		"another digest":  func() *http.Response { r := answer(a, f, "manifest", 200); r.Header.Set("Docker-Content-Digest", "sha256:bbb"); return r }(),
-		"no proof":        func() *http.Response { r := answer(a, f, "manifest", 200); r.Header.Del(AnswerHeader); return r }(),
+		"another digest": func() *http.Response {
+			r := answer(a, f, "manifest", 200)
+			r.Header.Set("Docker-Content-Digest", "sha256:bbb")
+			return r
+		}(),
+		"no proof": func() *http.Response { r := answer(a, f, "manifest", 200); r.Header.Del(AnswerHeader); return r }(),
 	} {
 		if err := a.verifyAnswer(f, resp, []byte("manifest")); err == nil {
 			t.Errorf("%s: verified", name)
