@@ -160,6 +160,7 @@ func TestKubectl(t *testing.T) {
 	// create; the namespace is made for real first.
 	run("create", "namespace", "depproxy-system")
 	run("apply", "--dry-run=server", "-k", filepath.Join("..", "config", "default"))
+	run("apply", "--dry-run=server", "-n", "default", "-k", filepath.Join("..", "config", "samples"))
 	ns := namespace(t)
 	sampleProxy(t, ns)
 	out := run("get", "dp", "-n", ns)

@@ -33,9 +33,11 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -58,7 +60,8 @@ const (
 	// restricted Pod Security Standard, and everything the operator makes
 	// runs there.
 	storageNS      = "e2e-storage"
-	proxyNodePort  = 30500
+	proxyNodePort  = 30500 // the test's own Service of the proxy
+	mirrorNodePort = 30501 // the NodeMirror's
 	minioNodePort  = 30900
 	bucket         = "e2e-cache"
 	minioAccessKey = "e2e-access"
@@ -75,7 +78,8 @@ type cluster struct {
 	// hosts.toml for it, from before the cache.
 	ghcr      *testenv.Front
 	ghcrHosts string
-	proxy     string // the proxy's Service, at its node port
+	proxy     string // the proxy, through the test's Service at its node port
+	mirror    string // the proxy, at the NodeMirror's node port
 	minio     *minio.Client
 }
 
@@ -147,7 +151,11 @@ func TestEndToEnd(t *testing.T) {
 		k.replicas(ctx, t, dp, upstream.Addr)
 	})
 
-	t.Run("the operator makes the node pull two registries through the cache", func(t *testing.T) {
+	t.Run("a namespace admin manages caches through the built-in admin role, and no NodeMirror", func(t *testing.T) {
+		k.aggregatedRoles(ctx, t)
+	})
+
+	t.Run("a NodeMirror makes the node pull two registries through the cache, and its deletion restores the node's files", func(t *testing.T) {
 		k.nodeMirror(ctx, t, dp)
 	})
 
@@ -171,7 +179,6 @@ func TestEndToEnd(t *testing.T) {
 			}
 			return nil
 		})
-		k.nodeUnconfigured(ctx, t)
 	})
 }
 
@@ -202,6 +209,7 @@ func connect(t *testing.T) *cluster {
 		}
 	}
 	k.proxy = net.JoinHostPort(k.nodeIP, strconv.Itoa(proxyNodePort))
+	k.mirror = net.JoinHostPort(k.nodeIP, strconv.Itoa(mirrorNodePort))
 	restricted := map[string]string{"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
 	for _, ns := range []*corev1.Namespace{
 		{ObjectMeta: metav1.ObjectMeta{Name: namespace, Labels: restricted}},
@@ -263,22 +271,30 @@ func (k *cluster) startMinIO(ctx context.Context, t *testing.T) {
 
 func (k *cluster) applyProxy(ctx context.Context, t *testing.T) *depproxyv1.DependencyProxy {
 	t.Helper()
-	var svc corev1.Service
-	if err := k.c.Get(ctx, client.ObjectKey{Namespace: storageNS, Name: "minio"}, &svc); err != nil {
+	var minioSvc corev1.Service
+	if err := k.c.Get(ctx, client.ObjectKey{Namespace: storageNS, Name: "minio"}, &minioSvc); err != nil {
 		t.Fatal(err)
 	}
 	dp := &depproxyv1.DependencyProxy{
 		ObjectMeta: metav1.ObjectMeta{Name: "team-a", Namespace: namespace},
 		Spec: depproxyv1.DependencyProxySpec{
 			Upstream: depproxyv1.UpstreamSpec{URL: k.front.URL(), MirrorOf: []string{"docker.io"}},
-			Storage: depproxyv1.StorageSpec{Endpoint: net.JoinHostPort(svc.Spec.ClusterIP, "9000"), Bucket: bucket,
+			Storage: depproxyv1.StorageSpec{Endpoint: net.JoinHostPort(minioSvc.Spec.ClusterIP, "9000"), Bucket: bucket,
 				Insecure: true, CredentialsSecretRef: corev1.LocalObjectReference{Name: "minio-creds"}},
-			Auth:     &depproxyv1.AuthSpec{Anonymous: true},
-			NodePort: ptr.To[int32](proxyNodePort),
+			Auth: &depproxyv1.AuthSpec{Anonymous: true},
 		},
 	}
-	if err := k.c.Create(ctx, dp); err != nil {
-		t.Fatal(err)
+	// The test reaches the proxy at a node port of its own: a tenant's
+	// cache opens none.
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "e2e-proxy", Namespace: namespace}, Spec: corev1.ServiceSpec{
+		Type:     corev1.ServiceTypeNodePort,
+		Selector: map[string]string{"app.kubernetes.io/name": "depproxy", "app.kubernetes.io/instance": dp.Name},
+		Ports:    []corev1.ServicePort{{Port: 5000, TargetPort: intstr.FromString("http"), NodePort: proxyNodePort}},
+	}}
+	for _, o := range []client.Object{dp, svc} {
+		if err := k.c.Create(ctx, o); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return dp
 }
@@ -622,10 +638,11 @@ func (k *cluster) blobRequestsByPod(t *testing.T) map[string]float64 {
 }
 
 // nodeMirror turns the cache into the node's mirror of two registries
-// (spec.upstreams and spec.nodeMirror): the operator's node agent writes
-// the node's hosts.toml once the cache answers, keeping aside the one the
-// node had for ghcr.io, and pods whose images exist only in the test's
-// upstreams start through the cache.
+// (spec.upstreams, and a cluster admin's NodeMirror): the operator's node
+// agent writes the node's hosts.toml once the cache answers, keeping
+// aside the one the node had for ghcr.io, and pods whose images exist
+// only in the test's upstreams start through the cache. Deleting the
+// NodeMirror restores the node's files.
 func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.DependencyProxy) {
 	// The node's own ghcr.io configuration, which pulls straight from it.
 	// (containerd 1.6 takes a hosts.toml without a host table for a
@@ -645,16 +662,23 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.D
 		{Registry: "docker.io", UpstreamSpec: depproxyv1.UpstreamSpec{URL: k.front.URL()}},
 		{Registry: "ghcr.io", UpstreamSpec: depproxyv1.UpstreamSpec{URL: k.ghcr.URL()}},
 	}
-	dp.Spec.NodeMirror = &depproxyv1.NodeMirrorSpec{ConfigPath: certs}
 	if err := k.c.Update(ctx, dp); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 3*time.Minute, "status shows the node configured", func() error {
-		if err := k.c.Get(ctx, client.ObjectKeyFromObject(dp), dp); err != nil {
+	nm := &depproxyv1.NodeMirror{ObjectMeta: metav1.ObjectMeta{Name: "e2e-mirror"}, Spec: depproxyv1.NodeMirrorSpec{
+		Cache:      depproxyv1.CacheReference{Namespace: dp.Namespace, Name: dp.Name},
+		Registries: []string{"docker.io", "ghcr.io"}, NodePort: mirrorNodePort, ConfigPath: certs,
+	}}
+	if err := k.c.Create(ctx, nm); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 3*time.Minute, "the NodeMirror shows the node configured", func() error {
+		if err := k.c.Get(ctx, client.ObjectKeyFromObject(nm), nm); err != nil {
 			return err
 		}
-		if dp.Status.NodeMirror == nil || dp.Status.NodeMirror.Summary != "1/1" {
-			return fmt.Errorf("status.nodeMirror %+v, conditions %+v", dp.Status.NodeMirror, dp.Status.Conditions)
+		cond := meta.FindStatusCondition(nm.Status.Conditions, depproxyv1.ConditionReady)
+		if nm.Status.Summary != "1/1" || cond == nil || cond.Status != metav1.ConditionTrue {
+			return fmt.Errorf("status %+v", nm.Status)
 		}
 		return nil
 	})
@@ -683,7 +707,7 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.D
 		// any endpoint kube-proxy still has.
 		c := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 		for i := 0; i < 20; i++ {
-			resp, err := c.Get("http://" + k.proxy + "/v2/")
+			resp, err := c.Get("http://" + k.mirror + "/v2/")
 			if err != nil {
 				return err
 			}
@@ -693,7 +717,7 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.D
 	})
 	for _, registry := range []string{"docker.io", "ghcr.io"} {
 		b, err := os.ReadFile(filepath.Join(certs, registry, "hosts.toml"))
-		if err != nil || !strings.Contains(string(b), fmt.Sprintf("[host.%q]", "http://"+k.proxy)) {
+		if err != nil || !strings.Contains(string(b), fmt.Sprintf("[host.%q]", "http://"+k.mirror)) {
 			t.Fatalf("the node's %s hosts.toml: %v\n%s", registry, err, b)
 		}
 	}
@@ -720,9 +744,20 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.D
 				key, err, keys, k.containerdSaid(image))
 		}
 	}
+
+	if err := k.c.Delete(ctx, nm); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Minute, "the NodeMirror gone once its agents stopped", func() error {
+		if err := k.c.Get(ctx, client.ObjectKeyFromObject(nm), nm); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("still there (%v), finalizers %v, status %+v", err, nm.Finalizers, nm.Status.Conditions)
+		}
+		return nil
+	})
+	k.nodeUnconfigured(ctx, t)
 }
 
-// nodeUnconfigured: with the resource gone, the node's files are gone and
+// nodeUnconfigured: with the NodeMirror gone, the node's files are gone and
 // its own ghcr.io configuration back, and the node pulls straight from
 // the upstream.
 func (k *cluster) nodeUnconfigured(ctx context.Context, t *testing.T) {
@@ -925,4 +960,47 @@ func (k *cluster) containerdSaid(image string) string {
 		}
 	}
 	return strings.Join(lines, "\n")
+}
+
+// aggregatedRoles: kube-controller-manager folds the project's tenant
+// roles into the built-in admin, edit and view; a user bound to admin in
+// one namespace may manage caches and cleanup policies there, and may
+// not touch NodeMirrors.
+func (k *cluster) aggregatedRoles(ctx context.Context, t *testing.T) {
+	can := func(user string, attrs authorizationv1.ResourceAttributes) bool {
+		sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{User: user,
+			Groups: []string{"system:authenticated"}, ResourceAttributes: &attrs}}
+		if err := k.c.Create(ctx, sar); err != nil {
+			t.Fatal(err)
+		}
+		return sar.Status.Allowed
+	}
+	for _, role := range []string{"admin", "edit", "view"} {
+		user := "e2e-namespace-" + role
+		rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: user, Namespace: namespace},
+			Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, Name: user}}, RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role}}
+		if err := k.c.Create(ctx, rb); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+		write := role != "view"
+		eventually(t, time.Minute, "the built-in "+role+" role aggregates the project's", func() error {
+			for _, resource := range []string{"dependencyproxies", "cleanuppolicies"} {
+				if got := can(user, authorizationv1.ResourceAttributes{Namespace: namespace, Verb: "list", Group: "depproxy.dev", Resource: resource}); !got {
+					return fmt.Errorf("%s may not list %s", role, resource)
+				}
+				if got := can(user, authorizationv1.ResourceAttributes{Namespace: namespace, Verb: "create", Group: "depproxy.dev", Resource: resource}); got != write {
+					return fmt.Errorf("%s may create %s: %v", role, resource, got)
+				}
+			}
+			return nil
+		})
+		for _, verb := range []string{"get", "list", "create", "update", "delete"} {
+			if can(user, authorizationv1.ResourceAttributes{Verb: verb, Group: "depproxy.dev", Resource: "nodemirrors"}) {
+				t.Errorf("a namespace %s may %s nodemirrors", role, verb)
+			}
+		}
+		if can(user, authorizationv1.ResourceAttributes{Namespace: "other", Verb: "list", Group: "depproxy.dev", Resource: "dependencyproxies"}) {
+			t.Errorf("a namespace %s may list dependencyproxies in another namespace", role)
+		}
+	}
 }
