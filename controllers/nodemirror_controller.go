@@ -124,7 +124,8 @@ func (r *NodeMirrorReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	if len(held) > 0 {
 		nm.Status.HostsToml = nodeFilePreview(nm, dp, held[0])
 	}
-	return ctrl.Result{RequeueAfter: waitingDelay}, nil
+	// The agents' DaemonSet reports the nodes: its changes wake this.
+	return ctrl.Result{}, nil
 }
 
 // claim takes, for each registry of the spec that the cache serves, the

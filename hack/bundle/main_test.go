@@ -9,8 +9,9 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// The committed bundle lists both CRDs, a sample of each, and installs the
-// manager with its permissions.
+// The committed bundle lists the three CRDs, a sample of each, installs
+// the manager with its permissions, and ships the tenants' aggregated
+// roles as they are (not as the manager's permissions).
 func TestCommittedBundle(t *testing.T) {
 	root := filepath.Join("..", "..", "bundle")
 	raw, err := os.ReadFile(filepath.Join(root, "manifests", "depproxy.clusterserviceversion.yaml"))
@@ -56,12 +57,27 @@ func TestCommittedBundle(t *testing.T) {
 		}
 		delete(kinds, e.Kind)
 	}
-	if len(csv.Spec.CRDs.Owned) != 2 || len(kinds) != 0 {
+	if len(csv.Spec.CRDs.Owned) != 3 || len(kinds) != 0 {
 		t.Errorf("owned %+v; kinds without a sample: %v", csv.Spec.CRDs.Owned, kinds)
 	}
 	d := csv.Spec.Install.Spec
 	if len(d.Deployments) != 1 || d.Deployments[0].Name != "depproxy-controller-manager" ||
 		len(d.ClusterPermissions) != 1 || d.ClusterPermissions[0].ServiceAccountName != "depproxy-controller-manager" || len(d.ClusterPermissions[0].Rules) == 0 {
 		t.Errorf("install strategy: %+v", d)
+	}
+	for _, role := range []string{"depproxy-tenant-edit", "depproxy-tenant-view"} {
+		var cr struct {
+			Kind     string `json:"kind"`
+			Metadata struct {
+				Labels map[string]string `json:"labels"`
+			} `json:"metadata"`
+		}
+		raw, err := os.ReadFile(filepath.Join(root, "manifests", role+".clusterrole.yaml"))
+		if err == nil {
+			err = yaml.Unmarshal(raw, &cr)
+		}
+		if err != nil || cr.Kind != "ClusterRole" || len(cr.Metadata.Labels) == 0 {
+			t.Errorf("%s: %v %+v", role, err, cr)
+		}
 	}
 }
