@@ -15,13 +15,14 @@ import (
 // nodeFlags are what `hosts` and `node` both take: which registries, the
 // cache's address as the node reaches it, and the files' form.
 type nodeFlags struct {
-	endpoint    string
-	registries  stringList
-	servers     wire.KeyedList
-	dir         string
-	format      string
-	dialTimeout time.Duration
-	ca          string
+	endpoint     string
+	registries   stringList
+	servers      wire.KeyedList
+	dir          string
+	format       string
+	dialTimeout  time.Duration
+	ca           string
+	allowDefault bool
 }
 
 func (f *nodeFlags) register(fs *flag.FlagSet) {
@@ -32,6 +33,7 @@ func (f *nodeFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.format, "format", string(wire.ContainerdHosts), "hosts.toml (containerd) or registries.conf (CRI-O, podman)")
 	fs.DurationVar(&f.dialTimeout, "dial-timeout", time.Second, "how long containerd waits to connect to the cache before falling back")
 	fs.StringVar(&f.ca, "ca", "", "CA certificate file, as the node's runtime sees it, for an https endpoint whose issuer the node does not trust")
+	fs.BoolVar(&f.allowDefault, "allow-default", false, "allow --registry _default, containerd's catch-all: every registry without a file of its own pulls through the cache")
 }
 
 // files renders every registry's file.
@@ -44,7 +46,7 @@ func (f *nodeFlags) files() ([]nodeconfig.File, error) {
 			return nil, fmt.Errorf("--server %s: %s is not a --registry", k, k.Registry)
 		}
 	}
-	o := wire.NodeOptions{Endpoint: f.endpoint, DialTimeout: f.dialTimeout, CA: f.ca}
+	o := wire.NodeOptions{Endpoint: f.endpoint, DialTimeout: f.dialTimeout, CA: f.ca, AllowDefault: f.allowDefault}
 	var out []nodeconfig.File
 	for _, r := range f.registries {
 		path, content, err := wire.RenderNodeFile(wire.NodeFormat(f.format), f.dir, wire.NodeMirror{Registry: r, Server: f.servers.For(r, false)}, o)

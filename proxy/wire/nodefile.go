@@ -44,7 +44,14 @@ type NodeOptions struct {
 	// CA is a CA certificate file for an HTTPS endpoint, if its issuer is
 	// not trusted by the node.
 	CA string
+	// AllowDefault lets the registry be containerd's _default, the
+	// catch-all that sends every registry without a file of its own
+	// through the cache.
+	AllowDefault bool
 }
+
+// DefaultRegistry is containerd's catch-all hosts directory.
+const DefaultRegistry = "_default"
 
 // DefaultServer is where a registry's images come from without a mirror.
 func DefaultServer(registry string) string {
@@ -62,17 +69,33 @@ func RenderNodeFile(f NodeFormat, dir string, m NodeMirror, o NodeOptions) (path
 	if err != nil || ep.Host == "" || (ep.Scheme != "http" && ep.Scheme != "https") || (ep.Path != "" && ep.Path != "/") {
 		return "", nil, fmt.Errorf("endpoint %q: want http(s)://host:port", o.Endpoint)
 	}
-	if m.Registry == "" || strings.ContainsAny(m.Registry, "/\\ \n\"") || m.Registry == "." || m.Registry == ".." {
-		return "", nil, fmt.Errorf("registry %q: want a host name such as docker.io", m.Registry)
+	catchAll := m.Registry == DefaultRegistry
+	switch {
+	case catchAll && !o.AllowDefault:
+		return "", nil, fmt.Errorf("registry %s is containerd's catch-all: every registry without a file of its own would pull through the cache; ask for it with --allow-default", DefaultRegistry)
+	case catchAll && f != ContainerdHosts:
+		return "", nil, fmt.Errorf("registry %s is containerd's alone: %s has no catch-all", DefaultRegistry, f)
+	case !catchAll && !validRegistryName(m.Registry):
+		return "", nil, fmt.Errorf("registry %q: want a host name, optionally with a port, such as docker.io or registry.internal:5000", m.Registry)
 	}
-	if m.Server == "" {
+	for what, v := range map[string]string{"endpoint": o.Endpoint, "server": m.Server, "ca": o.CA} {
+		if strings.IndexFunc(v, func(r rune) bool { return r < 0x20 || r == 0x7f || r == '"' || r == '\\' }) >= 0 {
+			return "", nil, fmt.Errorf("%s %q: control characters, quotes and backslashes have no place in it", what, v)
+		}
+	}
+	if m.Server == "" && !catchAll {
 		m.Server = DefaultServer(m.Registry)
 	}
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "%s: the cache at %s mirrors %s.\n# `depproxy hosts --remove` takes it out and puts back what was here.\n", NodeFileMarker, ep.Host, m.Registry)
 	switch f {
 	case ContainerdHosts:
-		fmt.Fprintf(&b, "server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", m.Server, strings.TrimSuffix(o.Endpoint, "/"))
+		if m.Server != "" {
+			// The catch-all has none: each pull falls back to its own
+			// registry.
+			fmt.Fprintf(&b, "server = %q\n\n", m.Server)
+		}
+		fmt.Fprintf(&b, "[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", strings.TrimSuffix(o.Endpoint, "/"))
 		if o.DialTimeout > 0 {
 			fmt.Fprintf(&b, "  dial_timeout = %q\n", o.DialTimeout.String())
 		}

@@ -35,9 +35,19 @@ func TestRenderNodeFile(t *testing.T) {
 	}
 	for _, bad := range []struct {
 		registry, endpoint string
-	}{{"docker.io", "cache:5000"}, {"docker.io", "http://cache:5000/v2"}, {"../etc", "http://c:1"}, {"a\"b", "http://c:1"}} {
+	}{{"docker.io", "cache:5000"}, {"docker.io", "http://cache:5000/v2"}, {"../etc", "http://c:1"}, {"a\"b", "http://c:1"},
+		{"_default", "http://c:1"}, {"docker.io\x01", "http://c:1"}, {"docker.io\n[host.\"x\"]", "http://c:1"}, {"a_b.io", "http://c:1"},
+		{"docker.io", "http://c:1/\x7f"}} {
 		if _, _, err := RenderNodeFile(ContainerdHosts, "/d", NodeMirror{Registry: bad.registry}, NodeOptions{Endpoint: bad.endpoint}); err == nil {
 			t.Errorf("%+v accepted", bad)
 		}
+	}
+	// The catch-all, when asked for: no server of its own.
+	_, all, err := RenderNodeFile(ContainerdHosts, "/d", NodeMirror{Registry: DefaultRegistry}, NodeOptions{Endpoint: "http://c:1", AllowDefault: true})
+	if err != nil || strings.Contains(string(all), "server =") || !strings.Contains(string(all), `[host."http://c:1"]`) {
+		t.Errorf("_default: %v\n%s", err, all)
+	}
+	if _, _, err := RenderNodeFile(ContainersConf, "/d", NodeMirror{Registry: DefaultRegistry}, NodeOptions{Endpoint: "http://c:1", AllowDefault: true}); err == nil {
+		t.Error("a registries.conf catch-all was rendered")
 	}
 }

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -245,5 +246,61 @@ func TestContainerd2PullsThroughCRI(t *testing.T) {
 	}
 	if throughCache(local, "v2") {
 		t.Fatal("without config_path the pull came through the cache: the setting is not what makes it")
+	}
+}
+
+// The node commands refuse what would make a broken or too wide node
+// configuration: containerd's catch-all unless asked for, and names a
+// hosts.toml cannot hold. Nothing is written.
+func TestNodeCommandsRefuseBadRegistries(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--registry", "_default"}, "--allow-default"},
+		{[]string{"--registry", "docker.io\x01"}, "want a host name"},
+		{[]string{"--registry", "ghcr.io", "--ca", "/etc/ca.pem\n[host.\"x\"]"}, "control characters"},
+		{[]string{"--registry", "_default", "--allow-default", "--format", "registries.conf"}, "no catch-all"},
+	} {
+		for _, command := range []string{"hosts", "node"} {
+			dir := t.TempDir()
+			args := append([]string{command, "--endpoint", "http://127.0.0.1:1", "--dir", dir, "--listen", "127.0.0.1:0"}, c.args...)
+			if command == "hosts" {
+				args = append([]string{command, "--endpoint", "http://127.0.0.1:1", "--dir", dir}, c.args...)
+			}
+			cmd := exec.Command(depproxyBinary(t), args...)
+			out, err := runFor(cmd, 10*time.Second)
+			if err == nil || !strings.Contains(out, c.want) {
+				t.Errorf("depproxy %s %q: %v, want a refusal saying %q:\n%s", command, c.args, err, c.want, out)
+			}
+			if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+				t.Errorf("depproxy %s %q wrote %v", command, c.args, entries)
+			}
+		}
+	}
+	dir := t.TempDir()
+	out, err := exec.Command(depproxyBinary(t), "hosts", "--endpoint", "http://127.0.0.1:1", "--dir", dir, "--registry", "_default", "--allow-default").CombinedOutput()
+	if b, rerr := os.ReadFile(filepath.Join(dir, "_default", "hosts.toml")); err != nil || rerr != nil || strings.Contains(string(b), "server =") {
+		t.Errorf("the catch-all, asked for: %v %v\n%s\n%s", err, rerr, out, b)
+	}
+}
+
+// runFor runs cmd and returns its output; a command still running after
+// d is killed, and that is an error.
+func runFor(cmd *exec.Cmd, d time.Duration) (string, error) {
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return out.String(), err
+	case <-time.After(d):
+		cmd.Process.Kill()
+		<-done
+		return out.String(), fmt.Errorf("still running after %s", d)
 	}
 }
