@@ -7,6 +7,7 @@ package server
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -383,7 +384,11 @@ func logins(s wire.Settings, key *ecdsa.PrivateKey, reg prometheus.Registerer, l
 	var users *token.Users
 	var err error
 	if s.Users != "" {
-		if users, err = token.LoadUsers(s.Users); err != nil {
+		der, err := x509.MarshalECPrivateKey(key)
+		if err != nil {
+			return nil, nil, err
+		}
+		if users, err = token.LoadUsers(s.Users, der); err != nil {
 			return nil, nil, err
 		}
 	}

@@ -15,7 +15,7 @@ import (
 func TestFailureMetric(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "alice"), []byte("s3cret"), 0o600)
-	users, err := LoadUsers(dir)
+	users, err := LoadUsers(dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,7 +31,7 @@ func htpasswdUsers(t *testing.T, cost int, users map[string]string) *Users {
 	}
 	path := filepath.Join(t.TempDir(), "htpasswd")
 	os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o600)
-	u, err := LoadUsers(path)
+	u, err := LoadUsers(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -97,7 +97,7 @@ func TestLoadUsers(t *testing.T) {
 	os.WriteFile(filepath.Join(secret, "alice"), []byte("alice-pw\n"), 0o600)
 	os.WriteFile(filepath.Join(secret, "bob"), hash, 0o600)
 	for _, path := range []string{htpasswd, secret} {
-		u, err := LoadUsers(path)
+		u, err := LoadUsers(path, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -105,7 +105,7 @@ func TestLoadUsers(t *testing.T) {
 			t.Errorf("%s: checks wrong", path)
 		}
 	}
-	u, _ := LoadUsers(secret)
+	u, _ := LoadUsers(secret, nil)
 	if !u.Check("alice", "alice-pw") {
 		t.Error("a plain password from a Secret does not work")
 	}
@@ -113,7 +113,7 @@ func TestLoadUsers(t *testing.T) {
 		t.Error("a plain password is kept in memory")
 	}
 	os.WriteFile(htpasswd, []byte("bob:plain\n"), 0o600)
-	if _, err := LoadUsers(htpasswd); err == nil || !strings.Contains(err.Error(), "htpasswd -B") {
+	if _, err := LoadUsers(htpasswd, nil); err == nil || !strings.Contains(err.Error(), "htpasswd -B") {
 		t.Errorf("an htpasswd line without bcrypt: %v", err)
 	}
 }

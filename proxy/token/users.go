@@ -3,6 +3,7 @@ package token
 import (
 	"bufio"
 	"bytes"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -18,6 +19,12 @@ import (
 // passwords.
 type Users struct {
 	hashes map[string][]byte
+	// credentials fingerprint each user's secret as it was given (a
+	// plain password, or a hash from htpasswd), keyed: the same on every
+	// replica and after a restart, whatever salt a plain password got
+	// when it was hashed here, and of no use to guess it from.
+	credentials map[string]string
+	credKey     []byte
 	// dummy is compared against for unknown users, so that a failed
 	// login takes as long whether or not the user exists.
 	dummy []byte
@@ -26,13 +33,16 @@ type Users struct {
 // LoadUsers reads an htpasswd file (user:bcrypt-hash lines) or a
 // directory holding one file per user (a mounted Secret), whose content is
 // a bcrypt hash or a plain password; plain ones are hashed on load and
-// never kept.
-func LoadUsers(path string) (*Users, error) {
+// never kept. credentialKey keys the fingerprints refresh tokens carry:
+// replicas that share it (the token key's bytes) accept each other's.
+func LoadUsers(path string, credentialKey []byte) (*Users, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("users: %w", err)
 	}
-	u := &Users{hashes: map[string][]byte{}}
+	mac := hmac.New(sha256.New, []byte("depproxy credentials"))
+	mac.Write(credentialKey)
+	u := &Users{hashes: map[string][]byte{}, credentials: map[string]string{}, credKey: mac.Sum(nil)}
 	if st.IsDir() {
 		entries, err := os.ReadDir(path)
 		if err != nil {
@@ -94,25 +104,24 @@ func (u *Users) commonCost() int {
 	return best
 }
 
-// Credential fingerprints a user's current password hash ("" for no such
+// Credential fingerprints a user's current secret ("" for no such
 // user): refresh tokens carry it, so that a changed password or a removed
 // user revokes them.
 func (u *Users) Credential(user string) string {
 	if u == nil {
 		return ""
 	}
-	hash, ok := u.hashes[user]
-	if !ok {
-		return ""
-	}
-	sum := sha256.Sum256(hash)
-	return hex.EncodeToString(sum[:8])
+	return u.credentials[user]
 }
 
 func (u *Users) add(user string, secret []byte) error {
 	if user == "" || len(secret) == 0 {
 		return errors.New("users: an empty user name or password")
 	}
+	mac := hmac.New(sha256.New, u.credKey)
+	mac.Write([]byte(user + "\n"))
+	mac.Write(secret)
+	u.credentials[user] = hex.EncodeToString(mac.Sum(nil)[:8])
 	if isBcrypt(secret) {
 		u.hashes[user] = secret
 		return nil

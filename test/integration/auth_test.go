@@ -333,3 +333,59 @@ func TestPrivateUpstream(t *testing.T) {
 		t.Fatal("a rotated (now wrong) upstream password still worked: the Secret was not re-read")
 	}
 }
+
+// Refresh tokens of users from a mounted Secret (plain passwords, hashed
+// at load with a fresh salt each time) work on every replica that shares
+// the token key and after a restart; removing the user revokes them on
+// every replica.
+func TestRefreshTokensAcrossReplicas(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	users := filepath.Join(dir, "users")
+	os.MkdirAll(users, 0o755)
+	os.WriteFile(filepath.Join(users, "alice"), []byte("s3cret\n"), 0o600)
+	os.WriteFile(filepath.Join(users, "bob"), []byte("hunter2\n"), 0o600)
+	_, keyPEM, _ := wire.NewSigningKey()
+	keyFile := filepath.Join(dir, "key.pem")
+	os.WriteFile(keyFile, keyPEM, 0o600)
+	start := func() string {
+		s := wire.Defaults()
+		s.Upstream, s.Storage, s.Tenant, s.TokenKey, s.Users = wire.Keys(e.front.URL()), t.TempDir(), "tenants/team-a", keyFile, users
+		p, err := server.New(context.Background(), s, logr.Discard())
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := httptest.NewServer(p.Handler())
+		t.Cleanup(srv.Close)
+		return srv.URL
+	}
+	grant := func(base string, form url.Values) (int, tokenResponse) {
+		form.Set("service", "tenants/team-a")
+		form.Set("scope", "repository:library/alpine:pull")
+		resp, body := do(t, "POST", base+"/token", http.Header{"Content-Type": {"application/x-www-form-urlencoded"}}, strings.NewReader(form.Encode()))
+		var tr tokenResponse
+		json.Unmarshal(body, &tr)
+		return resp.StatusCode, tr
+	}
+	a, b := start(), start()
+	status, tr := grant(a, url.Values{"grant_type": {"password"}, "username": {"alice"}, "password": {"s3cret"}, "access_type": {"offline"}, "client_id": {"test"}})
+	if status != 200 || tr.RefreshToken == "" {
+		t.Fatalf("password grant: %d %+v", status, tr)
+	}
+	refresh := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {tr.RefreshToken}}
+	for name, base := range map[string]string{"the replica that issued it": a, "another replica": b, "a restarted replica": start()} {
+		if status, got := grant(base, refresh); status != 200 || got.AccessToken == "" {
+			t.Errorf("refresh on %s: %d", name, status)
+		}
+	}
+	os.Remove(filepath.Join(users, "alice"))
+	for _, base := range []string{start(), start()} {
+		if status, _ := grant(base, refresh); status != 401 {
+			t.Errorf("a removed user's refresh token: %d, want 401", status)
+		}
+	}
+	os.WriteFile(filepath.Join(users, "alice"), []byte("changed\n"), 0o600)
+	if status, _ := grant(start(), refresh); status != 401 {
+		t.Errorf("a changed password's refresh token: %d, want 401", status)
+	}
+}
