@@ -35,41 +35,33 @@ type CatalogPlatform struct {
 	Cached           bool // its manifest is in the cache
 }
 
+// catalogReuse is how long one listing of the tag space serves every
+// page view: a person browsing (or a page left to reload) costs one LIST
+// of all tags per this long, not one per view.
+const catalogReuse = 5 * time.Second
+
+// tagList is the tag space as last listed, in name order.
+type tagList struct {
+	mu   sync.Mutex // one listing at a time; the others wait for it
+	tags []CatalogImage
+	at   time.Time
+}
+
 // Catalog lists the cached tags whose registry/repository:tag contains
 // filter (any case), in name order: the first limit of them described,
 // and how many match in all. It lists the tags alone, not the blobs.
 func (s *Scanner) Catalog(ctx context.Context, filter string, limit int) ([]CatalogImage, int, error) {
 	filter = strings.ToLower(strings.TrimSpace(filter))
+	all, err := s.listTags(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
 	var found []CatalogImage
-	for _, prefix := range layout.TagPrefixes {
-		err := s.store.List(ctx, prefix, func(key string, info storage.Info) error {
-			registry, repo, tag, ok := layout.ParseTag(key)
-			if !ok {
-				return nil
-			}
-			if registry == "" {
-				registry = s.legacyRegistry
-			}
-			if filter != "" && !strings.Contains(strings.ToLower(registry+"/"+repo+":"+tag), filter) {
-				return nil
-			}
-			found = append(found, CatalogImage{Registry: registry, Repository: repo, Tag: tag, CachedAt: info.ModTime})
-			return nil
-		})
-		if err != nil {
-			return nil, 0, err
+	for _, img := range all {
+		if filter == "" || strings.Contains(strings.ToLower(img.Registry+"/"+img.Repository+":"+img.Tag), filter) {
+			found = append(found, img)
 		}
 	}
-	sort.Slice(found, func(i, j int) bool {
-		a, b := found[i], found[j]
-		if a.Registry != b.Registry {
-			return a.Registry < b.Registry
-		}
-		if a.Repository != b.Repository {
-			return a.Repository < b.Repository
-		}
-		return a.Tag < b.Tag
-	})
 	total := len(found)
 	if len(found) > limit {
 		found = found[:limit]
@@ -90,6 +82,47 @@ func (s *Scanner) Catalog(ctx context.Context, filter string, limit int) ([]Cata
 	close(work)
 	wg.Wait()
 	return found, total, nil
+}
+
+// listTags returns every cached tag, listed at most once per
+// catalogReuse.
+func (s *Scanner) listTags(ctx context.Context) ([]CatalogImage, error) {
+	l := &s.catalog
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.tags != nil && s.now().Sub(l.at) < catalogReuse {
+		return l.tags, nil
+	}
+	at := s.now()
+	found := []CatalogImage{}
+	for _, prefix := range layout.TagPrefixes {
+		err := s.store.List(ctx, prefix, func(key string, info storage.Info) error {
+			registry, repo, tag, ok := layout.ParseTag(key)
+			if !ok {
+				return nil
+			}
+			if registry == "" {
+				registry = s.legacyRegistry
+			}
+			found = append(found, CatalogImage{Registry: registry, Repository: repo, Tag: tag, CachedAt: info.ModTime})
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	sort.Slice(found, func(i, j int) bool {
+		a, b := found[i], found[j]
+		if a.Registry != b.Registry {
+			return a.Registry < b.Registry
+		}
+		if a.Repository != b.Repository {
+			return a.Repository < b.Repository
+		}
+		return a.Tag < b.Tag
+	})
+	l.tags, l.at = found, at
+	return found, nil
 }
 
 func (s *Scanner) describeForCatalog(ctx context.Context, img *CatalogImage) {

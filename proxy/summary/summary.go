@@ -53,6 +53,9 @@ type Scanner struct {
 	// reading: one summary is made at a time; the others wait for it.
 	reading sync.Mutex
 	state   *state
+
+	// catalog is the tag space the cache browser last listed.
+	catalog tagList
 }
 
 // state is a scanner's running summary.
