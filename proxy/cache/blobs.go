@@ -200,7 +200,13 @@ func (c *Cache) runFill(ctx context.Context, repo string, f *fill) {
 		return
 	}
 	blob, err := c.up.GetBlob(ctx, repo, f.digest.String())
-	if err == nil && blob.Size > c.limits.MaxBlobSize {
+	declared, known := c.declared.size(f.digest)
+	switch {
+	case err != nil:
+	case known && blob.Size >= 0 && blob.Size != declared:
+		blob.Body.Close()
+		err = fmt.Errorf("%w: the upstream announces %d bytes for a blob the cached manifest gives %d", ErrTooLarge, blob.Size, declared)
+	case blob.Size > c.limits.MaxBlobSize:
 		blob.Body.Close()
 		err = fmt.Errorf("%w: the upstream announces %d bytes, over the %d-byte limit", ErrTooLarge, blob.Size, c.limits.MaxBlobSize)
 	}
@@ -212,8 +218,13 @@ func (c *Cache) runFill(ctx context.Context, repo string, f *fill) {
 	defer blob.Body.Close()
 	body := silenceTimeout(blob.Body, c.limits.Silence, f.cancel)
 	defer body.stop()
+	// Cut at the manifest's size, else the upstream's, else the limit.
 	limit := blob.Size
-	if limit < 0 {
+	switch {
+	case known:
+		limit = declared
+		blob.Size = declared
+	case limit < 0:
 		limit = c.limits.MaxBlobSize
 	}
 	file, err := os.CreateTemp(c.spoolDir, "blob-")

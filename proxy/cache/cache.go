@@ -65,6 +65,9 @@ type Cache struct {
 	fills   map[digest.Digest]*fill
 	checked map[string]confirmed // tag -> when the upstream last confirmed it, and at what
 	memory  *memory
+	// declared: the blob sizes the cached manifests give, which cut
+	// downloads.
+	declared *declared
 
 	reads  *readTracker
 	now    func() time.Time
@@ -187,6 +190,7 @@ func New(up Upstream, store storage.Storage, opts ...Option) *Cache {
 		fills:       map[digest.Digest]*fill{},
 		checked:     map[string]confirmed{},
 		memory:      newMemory(DefaultMemory),
+		declared:    newDeclared(),
 		now:         time.Now,
 		stored:      func(Stored) {},
 		limits:      DefaultLimits,

@@ -164,6 +164,7 @@ func (c *Cache) fetchManifest(ctx context.Context, repo, ref string, want digest
 		return nil, err
 	}
 	c.memory.put(m)
+	c.declared.learn(m)
 	if m.fromReplica {
 		return m, nil
 	}
@@ -237,6 +238,7 @@ func (c *Cache) loadManifest(ctx context.Context, d digest.Digest) (*Manifest, e
 	}
 	m := &Manifest{MediaType: mt, Digest: d, Body: body}
 	c.memory.put(m)
+	c.declared.learn(m)
 	return m, nil
 }
 

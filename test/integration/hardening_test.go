@@ -228,6 +228,18 @@ func TestConnectionTimeouts(t *testing.T) {
 
 // slowBlobs makes the upstream send every blob slowly, counting the
 // downloads running at once and the most seen.
+// readAll GETs url and reads the body; a response cut before its
+// headers (the download failed before any byte went out) is an error
+// with nothing read, as for the client.
+func readAll(url string) (int64, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	return io.Copy(io.Discard, resp.Body)
+}
+
 type slowBlobs struct {
 	running, most, sent atomic.Int64
 }
@@ -297,12 +309,7 @@ func TestDownloadsAreBounded(t *testing.T) {
 		root := t.TempDir()
 		store, _ := storage.NewFilesystem(root)
 		p := startProxy(t, e.front.URL(), store, cache.WithLimits(cache.Limits{MaxBlobSize: 4 << 20}))
-		resp, err := http.Get(p.URL + "/v2/endless/blob/blobs/" + randomDigest(0))
-		if err != nil {
-			t.Fatal(err)
-		}
-		n, err := io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+		n, err := readAll(p.URL + "/v2/endless/blob/blobs/" + randomDigest(0))
 		if err == nil || n > 4<<20 {
 			t.Fatalf("the client got %d bytes and %v: the endless body was not cut at 4 MiB", n, err)
 		}
@@ -311,6 +318,35 @@ func TestDownloadsAreBounded(t *testing.T) {
 			t.Errorf("the upstream sent %d bytes for a 4 MiB limit", sent)
 		}
 		eventually(t, 5*time.Second, "a spool file is left", func() bool { return spoolFiles(t, root) == 0 })
+	})
+
+	t.Run("a body longer than the cached manifest says is cut at its size", func(t *testing.T) {
+		e := newEnv(t)
+		repo := repoName(t)
+		img := ociImage(t, 1)
+		pushImage(t, e.registry.Addr, repo, "v1", img)
+		m, _ := img.Manifest()
+		layer := m.Layers[0]
+		root := t.TempDir()
+		store, _ := storage.NewFilesystem(root)
+		p := startProxy(t, e.front.URL(), store) // the default limit: 64 GiB
+		if resp, body := do(t, "GET", p.URL+"/v2/"+repo+"/manifests/v1", http.Header{"Accept": {acceptAll}}, nil); resp.StatusCode != 200 {
+			t.Fatalf("manifest: %s %s", resp.Status, body)
+		}
+		var s slowBlobs
+		e.front.Fault(s.fault(-1, true))
+		n, err := readAll(p.URL + "/v2/" + repo + "/blobs/" + layer.Digest.String())
+		if err == nil || n > layer.Size {
+			t.Fatalf("the client got %d bytes and %v for a layer the manifest gives %d bytes", n, err, layer.Size)
+		}
+		// The upstream's writes fail once the connection is closed; what
+		// it counts before that went into loopback's socket buffers.
+		eventually(t, 5*time.Second, "the upstream is still sending", func() bool { return s.running.Load() == 0 })
+		if sent := s.sent.Load(); sent > 16<<20 {
+			t.Errorf("the upstream sent %d bytes for a %d-byte layer", sent, layer.Size)
+		}
+		eventually(t, 5*time.Second, "a spool file is left", func() bool { return spoolFiles(t, root) == 0 })
+		t.Logf("layer of %d bytes: the client got %d, the upstream sent %d", layer.Size, n, s.sent.Load())
 	})
 
 	t.Run("downloads nobody reads are cancelled", func(t *testing.T) {
