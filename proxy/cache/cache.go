@@ -32,9 +32,13 @@ type Upstream interface {
 	HeadBlob(ctx context.Context, repo, digest string) (int64, error)
 	Tags(ctx context.Context, repo string, query url.Values, maxSize int64) ([]byte, error)
 	Referrers(ctx context.Context, repo, digest string, query url.Values, maxSize int64) ([]byte, error)
-	// Throttled: the upstream's rate limit is nearly spent (or it
-	// answered 429) until then; what is cached is served without asking.
-	Throttled() (until time.Time, ok bool)
+	// Waiting: the upstream answered 429 and asked to wait until then;
+	// cached tags are served without asking it.
+	Waiting() (until time.Time, ok bool)
+	// Sparing: what is left of the upstream's rate limit is down to the
+	// reserve; cached tags are still checked with a HEAD (free on Docker
+	// Hub), and a moved one is served as cached rather than spend a GET.
+	Sparing() bool
 }
 
 // Cache is a pull-through cache over one upstream and one storage. Its

@@ -82,11 +82,9 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 		ctx, cancel := detach(ctx)
 		defer cancel()
 		if cached != nil {
-			if until, throttled := c.up.Throttled(); throttled {
-				// What is left of the upstream's rate limit is kept for
-				// what is not cached.
-				c.countStale(upstream.ReasonRateLimit)
-				c.log.V(1).Info("upstream rate limit nearly spent, serving cached tag", "repository", repo, "tag", tag, "until", until)
+			if until, waiting := c.up.Waiting(); waiting {
+				c.countStale(upstream.Reason429)
+				c.log.V(1).Info("upstream asked to wait, serving cached tag", "repository", repo, "tag", tag, "until", until)
 				return cached, nil
 			}
 			desc, err := c.up.HeadManifest(ctx, repo, tag, upstreamAccept(accept))
@@ -97,6 +95,12 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 				return cached, nil
 			case desc.Digest == cached.Digest.String():
 				c.markFresh(repo, tag, cached.Digest)
+				return cached, nil
+			case c.up.Sparing():
+				// Moved, but what is left of the rate limit is kept for
+				// what is not cached; the next recheck tries again.
+				c.countStale(upstream.ReasonRateLimit)
+				c.log.V(1).Info("upstream rate limit nearly spent, serving the cached tag although it moved", "repository", repo, "tag", tag)
 				return cached, nil
 			}
 		}

@@ -3,6 +3,7 @@ package upstream
 import (
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,7 +55,11 @@ func (o observed) RoundTrip(r *http.Request) (*http.Response, error) {
 	status := "error"
 	if err == nil {
 		status = strconv.Itoa(resp.StatusCode/100) + "xx"
-		o.client.limits.observe(resp, time.Now())
+		if r.URL.Host == o.client.base.Host && strings.HasPrefix(r.URL.Path, "/v2/") {
+			// The registry's own answers; a CDN's or the token
+			// realm's say nothing of its limit.
+			o.client.limits.observe(resp, time.Now())
+		}
 	}
 	if m := o.client.metrics; m != nil {
 		name := o.client.label()

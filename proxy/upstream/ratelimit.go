@@ -17,41 +17,64 @@ import (
 // WithRateLimitReserve says otherwise.
 const DefaultRateLimitReserve = 10
 
-// rateLimit is what the upstream last said of its rate limit (Docker
+// Bounds on what an upstream can make the cache wait: a hostile or
+// broken Retry-After, Ratelimit-Reset or window never freezes rechecks
+// for longer.
+const (
+	// maxRetryAfter caps a 429's wait.
+	maxRetryAfter = time.Hour
+	// defaultRetryAfter is a 429's wait when it gives none: short, for
+	// the next answer tells more.
+	defaultRetryAfter = 5 * time.Second
+	// maxReset caps how far off a window's end is believed.
+	maxReset = 6 * time.Hour
+)
+
+// rateLimit is what the registry last said of its rate limit (Docker
 // Hub's ratelimit-limit and ratelimit-remaining headers, "100;w=21600"),
-// and until when a 429 asked to wait.
+// and until when a 429 asked to wait. Only the registry's own answers
+// move it: not a CDN's it redirects to, not the token realm's.
 type rateLimit struct {
 	mu        sync.Mutex
-	limit     int // -1: never said
+	limit     int // -1: not said by the last answer
 	remaining int
 	resetAt   time.Time // when the window is over, as far as is known
 	waitUntil time.Time // a 429's Retry-After
 }
 
 // RateLimit is the upstream's rate limit as last heard; Limit is -1 when
-// it never said.
+// its last answer did not say.
 type RateLimit struct {
 	Limit, Remaining int
 	// Reset is when the window ends, as far as is known.
 	Reset time.Time
 }
 
-// observe reads a response's rate-limit headers.
+// observe reads an answer of the registry's. The figure is the last
+// answer's: Docker Hub's window is rolling, and its HEADs (free) keep
+// saying what is left; an answer without the headers forgets it. A 429
+// waits its Retry-After, capped; any other answer ends a wait.
 func (l *rateLimit) observe(resp *http.Response, now time.Time) {
 	limit, _, okLimit := rateHeader(resp.Header.Get("Ratelimit-Limit"))
 	remaining, window, okRemaining := rateHeader(resp.Header.Get("Ratelimit-Remaining"))
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if okLimit && okRemaining {
+	switch {
+	case okLimit && okRemaining:
 		l.limit, l.remaining = limit, remaining
 		reset := window
 		if s, err := strconv.Atoi(resp.Header.Get("Ratelimit-Reset")); err == nil && s >= 0 {
-			reset = time.Duration(s) * time.Second
+			reset = time.Duration(min(int64(s), int64(maxReset/time.Second))) * time.Second
 		}
-		l.resetAt = now.Add(reset)
+		l.resetAt = now.Add(min(reset, maxReset))
+	case resp.StatusCode < 400:
+		l.limit = -1
 	}
-	if resp.StatusCode == http.StatusTooManyRequests {
+	switch {
+	case resp.StatusCode == http.StatusTooManyRequests:
 		l.waitUntil = now.Add(retryAfter(resp.Header.Get("Retry-After"), now))
+	case resp.StatusCode < 400:
+		l.waitUntil = time.Time{}
 	}
 }
 
@@ -69,23 +92,23 @@ func rateHeader(v string) (int, time.Duration, bool) {
 	for _, p := range parts[1:] {
 		if k, val, ok := strings.Cut(strings.TrimSpace(p), "="); ok && k == "w" {
 			if s, err := strconv.Atoi(val); err == nil && s > 0 {
-				window = time.Duration(s) * time.Second
+				window = time.Duration(min(int64(s), int64(maxReset/time.Second))) * time.Second
 			}
 		}
 	}
 	return n, window, true
 }
 
-// retryAfter reads a Retry-After header (seconds or an HTTP date); a
-// 429 without one waits a minute.
+// retryAfter reads a Retry-After header (seconds or an HTTP date),
+// capped at maxRetryAfter; a 429 without one waits defaultRetryAfter.
 func retryAfter(v string, now time.Time) time.Duration {
-	if s, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && s >= 0 {
-		return time.Duration(s) * time.Second
+	if s, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil && s >= 0 {
+		return time.Duration(min(s, int64(maxRetryAfter/time.Second))) * time.Second
 	}
 	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return t.Sub(now)
+		return min(t.Sub(now), maxRetryAfter)
 	}
-	return time.Minute
+	return defaultRetryAfter
 }
 
 func (l *rateLimit) state() RateLimit {
@@ -94,26 +117,41 @@ func (l *rateLimit) state() RateLimit {
 	return RateLimit{Limit: l.limit, Remaining: l.remaining, Reset: l.resetAt}
 }
 
-// throttled: a 429 asked to wait, or no more than reserve requests are
-// left of the window. It ends when the wait or the window does.
-func (l *rateLimit) throttled(reserve int, now time.Time) (time.Time, bool) {
+// waiting: a 429 asked to wait, until the time given.
+func (l *rateLimit) waiting(now time.Time) (time.Time, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	until := time.Time{}
-	if now.Before(l.waitUntil) {
-		until = l.waitUntil
-	}
-	if l.limit >= 0 && l.remaining <= reserve && now.Before(l.resetAt) && l.resetAt.After(until) {
-		until = l.resetAt
-	}
-	return until, !until.IsZero()
+	return l.waitUntil, now.Before(l.waitUntil)
 }
 
-// Throttled reports whether requests that can do without the upstream
-// should, and until when: the upstream answered 429, or what is left of
-// its rate limit is down to the reserve.
+// sparing: the last answer left no more than reserve requests.
+func (l *rateLimit) sparing(reserve int, now time.Time) (time.Time, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.resetAt, l.limit >= 0 && l.remaining <= reserve && now.Before(l.resetAt)
+}
+
+// Waiting reports whether a 429 asked to wait, and until when: cached
+// tags are then served without asking the upstream at all.
+func (c *Client) Waiting() (until time.Time, ok bool) { return c.limits.waiting(time.Now()) }
+
+// Sparing reports whether what is left of the upstream's rate limit is
+// down to the reserve: HEADs (free on Docker Hub) still go, and keep the
+// figure fresh; GETs are kept for what is not cached.
+func (c *Client) Sparing() bool {
+	_, ok := c.limits.sparing(c.reserve, time.Now())
+	return ok
+}
+
+// Throttled reports whether the upstream is being spared, for the
+// status: a 429's wait, or a rate limit down to the reserve (until the
+// window's end, as far as is known).
 func (c *Client) Throttled() (until time.Time, ok bool) {
-	return c.limits.throttled(c.reserve, time.Now())
+	now := time.Now()
+	if until, ok := c.limits.waiting(now); ok {
+		return until, true
+	}
+	return c.limits.sparing(c.reserve, now)
 }
 
 // RateLimit is the upstream's rate limit as last heard.

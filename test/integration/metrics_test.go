@@ -1,8 +1,12 @@
 package integration
 
 import (
+	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -119,10 +123,12 @@ func TestMetricsCountExactly(t *testing.T) {
 	}
 }
 
-// Docker Hub's rate-limit headers are exported, and once what is left
-// falls to --ratelimit-reserve, or after a 429 until its Retry-After, a
-// cached tag is served without asking the upstream; what is not cached
-// still goes through.
+// Docker Hub's rate-limit headers are exported. Once what is left falls
+// to --ratelimit-reserve, cached tags are still checked with a HEAD (free
+// on Docker Hub, and what keeps the figure fresh), and a moved one is
+// served as cached rather than spend a GET; what is not cached still goes
+// through. After a 429, until its Retry-After, cached tags are served
+// without asking.
 func TestRateLimitReserve(t *testing.T) {
 	e := newEnv(t)
 	repo := repoName(t)
@@ -148,64 +154,166 @@ func TestRateLimitReserve(t *testing.T) {
 			}
 		}))
 	}
-	headTag := func(tag string) int {
+	digestOfTag := func(tag string) string {
 		resp, _ := get(t, p.URL+"/v2/"+repo+"/manifests/"+tag, acceptAll)
-		return resp.StatusCode
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %s", tag, resp.Status)
+		}
+		return resp.Header.Get("Docker-Content-Digest")
 	}
 
 	remaining = "50"
 	answer(http.StatusOK)
-	headTag("v1")
+	first := digestOfTag("v1")
 	got := scrape(t, p.Ops)
 	if l, r := sample(got, "depproxy_upstream_ratelimit_limit", "upstream", up), sample(got, "depproxy_upstream_ratelimit_remaining", "upstream", up); l != 100 || r != 50 {
 		t.Fatalf("rate limit %v, remaining %v; want 100 and 50", l, r)
 	}
-	e.front.Reset()
-	headTag("v1")
-	if n := e.front.Count("HEAD", "manifests"); n != 1 {
-		t.Fatalf("with 50 left, %d HEADs for a cached tag, want 1", n)
-	}
 
 	remaining = "10" // the default reserve
-	headTag("v1")
+	digestOfTag("v1")
+	pushImage(t, e.registry.Addr, repo, "v1", ociImage(t, 2)) // the tag moves
 	e.front.Reset()
 	for i := 0; i < 5; i++ {
-		if s := headTag("v1"); s != 200 {
-			t.Fatalf("cached tag at the reserve: %d", s)
+		if d := digestOfTag("v1"); d != first {
+			t.Fatalf("at the reserve, a moved tag was fetched (%s): the GET is kept for what is not cached", d)
 		}
 	}
-	if n := e.front.Count("HEAD", "manifests") + e.front.Count("GET", "manifests"); n != 0 {
-		t.Errorf("at the reserve, the upstream was asked %d times about a cached tag", n)
+	if h, g := e.front.Count("HEAD", "manifests"), e.front.Count("GET", "manifests"); h != 5 || g != 0 {
+		t.Errorf("at the reserve, %d HEADs and %d GETs for a cached tag; want a HEAD each, no GET", h, g)
 	}
-	if s := headTag("v2"); s != 200 || e.front.Count("GET", "manifests") != 1 {
-		t.Errorf("an uncached tag at the reserve: %d, %d upstream GETs; want it fetched", s, e.front.Count("GET", "manifests"))
+	digestOfTag("v2")
+	if n := e.front.Count("GET", "manifests"); n != 1 {
+		t.Errorf("an uncached tag at the reserve: %d upstream GETs; want it fetched", n)
 	}
 	if v := sample(scrape(t, p.Ops), "depproxy_proxy_stale_serves_total", "upstream", up, "reason", "ratelimit"); v != 5 {
 		t.Errorf("stale serves for the rate limit: %v, want 5", v)
 	}
 
-	// The window moves on: an uncached tag's answer says so.
+	// The window rolls on: the next answer says so, and the moved tag is
+	// fetched.
 	remaining = "90"
-	if s := headTag("v3"); s != 200 {
-		t.Fatalf("v3: %d", s)
+	if d := digestOfTag("v1"); d == first {
+		t.Fatal("with 90 left, the moved tag is still served as it was")
 	}
 	// A 429 with Retry-After: 2 s without asking, then asking again.
 	retryAfter = "2"
 	answer(http.StatusTooManyRequests)
-	headTag("v1") // a HEAD, answered 429: the cached copy is served
+	digestOfTag("v1") // a HEAD, answered 429: the cached copy is served
 	answer(http.StatusOK)
 	e.front.Reset()
-	headTag("v1")
-	headTag("v2")
+	digestOfTag("v1")
+	digestOfTag("v2")
 	if n := e.front.Count("HEAD", "manifests"); n != 0 {
 		t.Errorf("after a 429 asking to wait 2 s, %d HEADs", n)
 	}
 	time.Sleep(2100 * time.Millisecond)
-	headTag("v1")
+	digestOfTag("v1")
 	if n := e.front.Count("HEAD", "manifests"); n != 1 {
 		t.Errorf("after the Retry-After, %d HEADs, want 1", n)
 	}
-	if v := sample(scrape(t, p.Ops), "depproxy_proxy_stale_serves_total", "upstream", up, "reason", "429"); v != 1 {
-		t.Errorf("stale serves for a 429: %v, want 1", v)
+	if v := sample(scrape(t, p.Ops), "depproxy_proxy_stale_serves_total", "upstream", up, "reason", "429"); v != 3 {
+		t.Errorf("stale serves for a 429: %v, want 3 (the answer, and two while waiting)", v)
 	}
+}
+
+// What one 429 costs: with "0 left of a 6 h window" and no Retry-After,
+// a tag moved upstream is seen seconds after the upstream answers again;
+// a Retry-After of decades is capped and ended by the next good answer;
+// and a CDN the registry redirects to says nothing of its rate limit.
+func TestRateLimitWindowsAndWaits(t *testing.T) {
+	e := newEnv(t)
+	repo := repoName(t)
+	pushImage(t, e.registry.Addr, repo, "v1", ociImage(t, 1))
+	pushImage(t, e.registry.Addr, repo, "other", ociImage(t, 1))
+	p := startProxy(t, e.front.URL(), openStorage(t, "filesystem", e.minio))
+	digestOfTag := func(tag string) string {
+		resp, _ := get(t, p.URL+"/v2/"+repo+"/manifests/"+tag, acceptAll)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %s", tag, resp.Status)
+		}
+		return resp.Header.Get("Docker-Content-Digest")
+	}
+	once := func(header http.Header) {
+		var done atomic.Bool
+		e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
+			if !strings.Contains(r.URL.Path, "/manifests/") || !done.CompareAndSwap(false, true) {
+				return false
+			}
+			for k, v := range header {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(http.StatusTooManyRequests)
+			return true
+		})
+	}
+	seenWithin := func(what string, within time.Duration, old string) {
+		t.Helper()
+		start := time.Now()
+		for digestOfTag("v1") == old {
+			if time.Since(start) > within {
+				t.Fatalf("%s: the moved tag was not seen within %v", what, within)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Logf("%s: the moved tag was seen after %v", what, time.Since(start).Round(100*time.Millisecond))
+	}
+
+	t.Run("one 429 with 0 left of the window and no Retry-After", func(t *testing.T) {
+		old := digestOfTag("v1")
+		once(http.Header{"Ratelimit-Limit": {"100;w=21600"}, "Ratelimit-Remaining": {"0;w=21600"}})
+		if d := digestOfTag("v1"); d != old {
+			t.Fatalf("the 429 was not answered from the cache: %s", d)
+		}
+		pushImage(t, e.registry.Addr, repo, "v1", ociImage(t, 2))
+		seenWithin("after one 429", 10*time.Second, old)
+	})
+
+	t.Run("Retry-After of decades from the registry", func(t *testing.T) {
+		old := digestOfTag("v1")
+		once(http.Header{"Retry-After": {"999999999"}})
+		digestOfTag("v1")
+		pushImage(t, e.registry.Addr, repo, "v1", ociImage(t, 3))
+		e.front.Reset()
+		digestOfTag("v1")
+		if n := e.front.Count("HEAD", "manifests"); n != 0 {
+			t.Fatalf("%d HEADs while the 429's wait holds", n)
+		}
+		var sum wire.Summary
+		resp, body := do(t, "GET", p.Ops+"/status/summary", nil, nil)
+		if err := json.Unmarshal(body, &sum); err != nil || resp.StatusCode != 200 || len(sum.Throttled) != 1 ||
+			sum.Throttled[0].Until.After(time.Now().Add(time.Hour+time.Minute)) {
+			t.Fatalf("the wait is not capped at an hour: %s %s", resp.Status, body)
+		}
+		digestOfTag("other") // uncached: asked, and answered
+		seenWithin("after a good answer", 5*time.Second, old)
+	})
+
+	t.Run("a CDN's 429", func(t *testing.T) {
+		cdn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Retry-After", "999999999")
+			w.Header().Set("Ratelimit-Limit", "100;w=21600")
+			w.Header().Set("Ratelimit-Remaining", "0;w=21600")
+			w.WriteHeader(http.StatusTooManyRequests)
+		}))
+		defer cdn.Close()
+		e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
+			if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/blobs/") {
+				return false
+			}
+			http.Redirect(w, r, cdn.URL+"/layer", http.StatusTemporaryRedirect)
+			return true
+		})
+		if resp, _ := get(t, p.URL+"/v2/"+repo+"/blobs/"+randomDigest(7), ""); resp.StatusCode == 200 {
+			t.Fatal("the CDN's 429 was a blob")
+		}
+		e.front.Fault(nil)
+		old := digestOfTag("v1")
+		pushImage(t, e.registry.Addr, repo, "v1", ociImage(t, 4))
+		e.front.Reset()
+		seenWithin("after a CDN's 429", 2*time.Second, old)
+		if e.front.Count("HEAD", "manifests") == 0 {
+			t.Error("no HEAD after the CDN's 429")
+		}
+	})
 }
