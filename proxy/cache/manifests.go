@@ -265,13 +265,30 @@ func (c *Cache) loadTag(ctx context.Context, repo, tag string) *Manifest {
 	}
 	if err != nil {
 		c.storageFailed(err, "read tag", "repository", repo, "tag", tag)
+		if !errors.Is(err, storage.ErrNotFound) {
+			// The storage does not answer: what this replica last
+			// confirmed, if it still has the manifest in memory.
+			return c.remembered(repo, tag)
+		}
 		return nil
 	}
 	m, err := c.loadManifest(ctx, d)
 	if err != nil {
-		return nil
+		return c.remembered(repo, tag)
 	}
 	return m
+}
+
+// remembered is the manifest a tag pointed at when the upstream last
+// confirmed it, from memory alone; nil when either is forgotten.
+func (c *Cache) remembered(repo, tag string) *Manifest {
+	c.mu.Lock()
+	got, ok := c.checked[repo+":"+tag]
+	c.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	return c.memory.get(got.digest)
 }
 
 func (c *Cache) storeTag(ctx context.Context, repo, tag string, d digest.Digest) error {
@@ -289,7 +306,8 @@ type confirmed struct {
 }
 
 // fresh returns the digest the upstream confirmed for a tag less than the
-// recheck interval ago.
+// recheck interval ago. (What it confirmed longer ago is remembered too,
+// for when storage does not answer.)
 func (c *Cache) fresh(repo, tag string) (digest.Digest, bool) {
 	if c.recheck <= 0 {
 		return "", false
@@ -301,9 +319,6 @@ func (c *Cache) fresh(repo, tag string) (digest.Digest, bool) {
 }
 
 func (c *Cache) markFresh(repo, tag string, d digest.Digest) {
-	if c.recheck <= 0 {
-		return
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.checked) >= maxChecked {

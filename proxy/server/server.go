@@ -149,6 +149,9 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		cleanup.NewCollector(store), storage.NewSpoolCollector(spoolDir))
+	if s3, ok := store.(*storage.S3); ok {
+		metrics.MustRegister(s3.Collector())
+	}
 	var replicaMetrics *peers.Metrics
 	if peering != nil {
 		metrics.MustRegister(peering.collector())
@@ -411,7 +414,8 @@ func OpenStorage(ctx context.Context, s wire.Settings, log logr.Logger) (storage
 	if err != nil {
 		return nil, err
 	}
-	s3, err := storage.NewS3(bucket, prefix, storage.S3Options{Endpoint: s.S3Endpoint, Insecure: s.S3Insecure, Region: s.S3Region})
+	s3, err := storage.NewS3(bucket, prefix, storage.S3Options{Endpoint: s.S3Endpoint, Insecure: s.S3Insecure, Region: s.S3Region,
+		Timeout: s.StorageTimeout.Std()})
 	if err != nil {
 		return nil, err
 	}

@@ -24,6 +24,7 @@ type S3 struct {
 	bucket string
 	prefix string
 	secure bool // HTTPS to the endpoint
+	health *health
 }
 
 // S3Options says how to reach the bucket.
@@ -36,6 +37,9 @@ type S3Options struct {
 	Region string
 	// Credentials default to AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
 	Credentials *credentials.Credentials
+	// Timeout bounds each call (DefaultTimeout when zero); uploads and
+	// listings may be silent for that long.
+	Timeout time.Duration
 }
 
 // partSize bounds the memory a multipart upload uses per part.
@@ -89,22 +93,25 @@ func NewS3(bucket, prefix string, o S3Options) (*S3, error) {
 	if prefix != "" {
 		prefix = strings.Trim(prefix, "/") + "/"
 	}
-	return &S3{client: client, core: minio.Core{Client: client}, bucket: bucket, prefix: prefix, secure: secure}, nil
+	return &S3{client: client, core: minio.Core{Client: client}, bucket: bucket, prefix: prefix, secure: secure,
+		health: newHealth(o.Timeout)}, nil
 }
 
 // EnsureBucket creates the bucket when it does not exist.
 func (s *S3) EnsureBucket(ctx context.Context) error {
-	ok, err := s.client.BucketExists(ctx, s.bucket)
-	if err != nil {
-		return fmt.Errorf("bucket %s: %w", s.bucket, err)
-	}
-	if ok {
+	return s.health.call(ctx, "bucket "+s.bucket, func(ctx context.Context) error {
+		ok, err := s.client.BucketExists(ctx, s.bucket)
+		if err != nil {
+			return fmt.Errorf("bucket %s: %w", s.bucket, err)
+		}
+		if ok {
+			return nil
+		}
+		if err := s.client.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{}); err != nil {
+			return fmt.Errorf("creating bucket %s: %w", s.bucket, err)
+		}
 		return nil
-	}
-	if err := s.client.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{}); err != nil {
-		return fmt.Errorf("creating bucket %s: %w", s.bucket, err)
-	}
-	return nil
+	})
 }
 
 func (s *S3) Open(ctx context.Context, key string) (io.ReadSeekCloser, Info, error) {
@@ -116,17 +123,28 @@ func (s *S3) Open(ctx context.Context, key string) (io.ReadSeekCloser, Info, err
 }
 
 func (s *S3) Stat(ctx context.Context, key string) (Info, error) {
-	st, err := s.client.StatObject(ctx, s.bucket, s.prefix+key, minio.StatObjectOptions{})
-	if err != nil {
-		return Info{}, s3Error(err)
-	}
-	return Info{Size: st.Size, ModTime: st.LastModified}, nil
+	var info Info
+	err := s.health.call(ctx, "stat "+key, func(ctx context.Context) error {
+		st, err := s.client.StatObject(ctx, s.bucket, s.prefix+key, minio.StatObjectOptions{})
+		if err != nil {
+			return s3Error(err)
+		}
+		info = Info{Size: st.Size, ModTime: st.LastModified}
+		return nil
+	})
+	return info, err
 }
 
 // Put relies on S3's own atomicity: an object appears only when its
 // single PUT or its multipart upload completes, and a reader error aborts
 // either.
 func (s *S3) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	return s.health.guarded(ctx, "write "+key, func(ctx context.Context, w *watchdog) error {
+		return s.put(ctx, key, withProgress(r, w), size)
+	})
+}
+
+func (s *S3) put(ctx context.Context, key string, r io.Reader, size int64) error {
 	_, err := s.client.PutObject(ctx, s.bucket, s.prefix+key, r, size, minio.PutObjectOptions{
 		ContentType: "application/octet-stream",
 		PartSize:    partSize,
@@ -174,11 +192,13 @@ func (s *S3) RedirectURL(ctx context.Context, key string) (string, error) {
 }
 
 func (s *S3) Delete(ctx context.Context, key string) error {
-	err := s.client.RemoveObject(ctx, s.bucket, s.prefix+key, minio.RemoveObjectOptions{})
-	if err != nil && !errors.Is(s3Error(err), ErrNotFound) {
-		return fmt.Errorf("deleting %s: %w", key, err)
-	}
-	return nil
+	return s.health.call(ctx, "delete "+key, func(ctx context.Context) error {
+		err := s.client.RemoveObject(ctx, s.bucket, s.prefix+key, minio.RemoveObjectOptions{})
+		if err != nil && !errors.Is(s3Error(err), ErrNotFound) {
+			return fmt.Errorf("deleting %s: %w", key, err)
+		}
+		return nil
+	})
 }
 
 func (s *S3) List(ctx context.Context, prefix string, fn func(key string, info Info) error) error {
@@ -186,22 +206,32 @@ func (s *S3) List(ctx context.Context, prefix string, fn func(key string, info I
 }
 
 // ListAfter lists from after on (StartAfter): S3 sorts keys.
+// The deadline moves with every object listed, and waits while fn
+// works: a listing may be as long as the bucket is large, but the storage
+// may not be silent for longer than its timeout.
 func (s *S3) ListAfter(ctx context.Context, prefix, after string, fn func(key string, info Info) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel() // stops minio-go's lister if fn returns early
-	opts := minio.ListObjectsOptions{Prefix: s.prefix + prefix, Recursive: true}
-	if after != "" {
-		opts.StartAfter = s.prefix + after
-	}
-	for obj := range s.client.ListObjects(ctx, s.bucket, opts) {
-		if obj.Err != nil {
-			return fmt.Errorf("listing %s: %w", prefix, obj.Err)
+	return s.health.guarded(ctx, "list "+prefix, func(ctx context.Context, w *watchdog) error {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel() // stops minio-go's lister if fn returns early
+		opts := minio.ListObjectsOptions{Prefix: s.prefix + prefix, Recursive: true}
+		if after != "" {
+			opts.StartAfter = s.prefix + after
 		}
-		if err := fn(strings.TrimPrefix(obj.Key, s.prefix), Info{Size: obj.Size, ModTime: obj.LastModified}); err != nil {
-			return err
+		for obj := range s.client.ListObjects(ctx, s.bucket, opts) {
+			if obj.Err != nil {
+				return fmt.Errorf("listing %s: %w", prefix, obj.Err)
+			}
+			w.pause()
+			err := fn(strings.TrimPrefix(obj.Key, s.prefix), Info{Size: obj.Size, ModTime: obj.LastModified})
+			w.progress()
+			if err != nil {
+				return err
+			}
 		}
-	}
-	return nil
+		// A listing cut by a cancel may end without an error: never
+		// take it for a whole one.
+		return ctx.Err()
+	})
 }
 
 func s3Error(err error) error {

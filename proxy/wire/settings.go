@@ -31,6 +31,7 @@ type Settings struct {
 	S3Endpoint        string    `json:"s3-endpoint,omitempty"`
 	S3Insecure        bool      `json:"s3-insecure,omitempty"`
 	S3Region          string    `json:"s3-region,omitempty"`
+	StorageTimeout    Duration  `json:"storage-timeout,omitempty"`
 	S3Redirect        bool      `json:"s3-redirect,omitempty"`
 	RecheckInterval   Duration  `json:"recheck-interval,omitempty"`
 	PrefetchPlatforms string    `json:"prefetch-platforms,omitempty"`
@@ -66,6 +67,7 @@ func Defaults() Settings {
 		SummaryInterval:  Duration(30 * time.Second),
 		Tenant:           "depproxy",
 		MaxDownloads:     64,
+		StorageTimeout:   Duration(5 * time.Second),
 		RateLimitReserve: 10,
 		MaxBlobSize:      Size(64 << 30),
 		ManifestMemory:   Size(64 << 20),
@@ -84,6 +86,7 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&s.S3Endpoint, "s3-endpoint", s.S3Endpoint, "S3 endpoint host:port (MinIO); empty for AWS")
 	fs.BoolVar(&s.S3Insecure, "s3-insecure", s.S3Insecure, "talk plain HTTP to the S3 endpoint")
 	fs.StringVar(&s.S3Region, "s3-region", s.S3Region, "S3 region, if the endpoint needs one")
+	fs.Var(&s.StorageTimeout, "storage-timeout", "how long an S3 call may take (an upload or a listing: stay silent) before the storage counts as down for a few seconds, and the cache passes through to the upstream")
 	fs.BoolVar(&s.S3Redirect, "s3-redirect", s.S3Redirect, "send clients of cached blobs to a presigned S3 URL instead of streaming them; only where clients can reach the S3 endpoint")
 	fs.Var(&s.RecheckInterval, "recheck-interval", "how long a tag checked with the upstream is served without asking again; 0 asks (one HEAD) on every tag request")
 	fs.StringVar(&s.PrefetchPlatforms, "prefetch-platforms", s.PrefetchPlatforms, "comma-separated platforms (linux/amd64,linux/arm64/v8) whose images are cached as soon as their index is")

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -123,6 +124,24 @@ func (p *process) Stop() {
 	p.cmd.Process.Kill()
 	p.cmd.Wait()
 	p.cmd = nil
+}
+
+// Pause stops the process where it stands (SIGSTOP): its sockets stay
+// open and nothing answers, as with a hung server or a partition.
+// Resume (SIGCONT) lets it go on. Both are undone when the test ends.
+func (p *process) Pause() {
+	p.t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		p.t.Fatal(err)
+	}
+	p.t.Cleanup(p.Resume)
+}
+
+// Resume lets a paused process go on.
+func (p *process) Resume() {
+	if p.cmd != nil && p.cmd.Process != nil {
+		p.cmd.Process.Signal(syscall.SIGCONT)
+	}
 }
 
 // Registry is a CNCF Distribution registry.
