@@ -2,9 +2,11 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -64,7 +66,7 @@ func (c *Cache) Blob(ctx context.Context, repo string, d digest.Digest) (*Blob, 
 func (c *Cache) blob(ctx context.Context, repo string, d digest.Digest) (*Blob, error) {
 	if f := c.fillFor(ctx, repo, d, false); f != nil {
 		c.count(ctx, kindBlob, coalesced)
-		return c.fillBlob(ctx, f)
+		return c.fillBlob(ctx, repo, f)
 	}
 	if b := c.redirectBlob(ctx, d); b != nil {
 		c.count(ctx, kindBlob, hit)
@@ -78,7 +80,7 @@ func (c *Cache) blob(ctx context.Context, repo string, d digest.Digest) (*Blob, 
 	}
 	c.storageFailed(err, "open blob", "digest", d)
 	c.count(ctx, kindBlob, miss)
-	return c.fillBlob(ctx, c.fillFor(ctx, repo, d, true))
+	return c.fillBlob(ctx, repo, c.fillFor(ctx, repo, d, true))
 }
 
 // redirectBlob returns a redirect to a cached blob, when enabled and the
@@ -121,7 +123,7 @@ func (c *Cache) StatBlob(ctx context.Context, repo string, d digest.Digest) (int
 	return c.up.HeadBlob(ctx, repo, d.String())
 }
 
-func (c *Cache) fillBlob(ctx context.Context, f *fill) (*Blob, error) {
+func (c *Cache) fillBlob(ctx context.Context, repo string, f *fill) (*Blob, error) {
 	select {
 	case <-f.ready:
 	case <-ctx.Done():
@@ -129,8 +131,15 @@ func (c *Cache) fillBlob(ctx context.Context, f *fill) (*Blob, error) {
 		return nil, ctx.Err()
 	}
 	f.mu.Lock()
-	err := f.err
+	err, stream := f.err, f.stream
 	f.mu.Unlock()
+	if stream != nil {
+		if f.claimStream() {
+			return c.streamBlob(f), nil
+		}
+		f.release()
+		return c.directBlob(ctx, repo, f.digest)
+	}
 	if err != nil && f.file == nil {
 		f.release()
 		return nil, err
@@ -228,7 +237,18 @@ func (c *Cache) runFill(ctx context.Context, repo string, f *fill) {
 		limit = c.limits.MaxBlobSize
 	}
 	file, err := os.CreateTemp(c.spoolDir, "blob-")
-	if err != nil {
+	if err == nil {
+		if err = storage.Reserve(file, blob.Size); err != nil {
+			file.Close()
+			os.Remove(file.Name())
+		}
+	}
+	switch {
+	case errors.Is(err, storage.ErrNoSpace) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT):
+		log.Info("the spool has no room for the blob: streaming it through uncached", "bytes", blob.Size, "dir", c.spoolDir)
+		c.passThrough(ctx, f, io.LimitReader(body, limit+1), blob.Size)
+		return
+	case err != nil:
 		f.finish(fmt.Errorf("spooling blob: %w", err))
 		log.Error(err, "cannot create spool file", "dir", c.spoolDir)
 		return

@@ -40,6 +40,11 @@ type fill struct {
 	done    bool  // no more bytes will come
 	err     error // why the fill failed; nil on success
 	refs    int   // the fill itself plus open readers
+	// stream, when the spool had no room, is the upstream body itself,
+	// for the one reader that claims it; streamed closes when it is done.
+	stream   io.Reader
+	claimed  bool
+	streamed chan struct{}
 }
 
 func newFill(d digest.Digest, cancel context.CancelCauseFunc, abandoned time.Duration) *fill {
@@ -93,7 +98,7 @@ func (f *fill) advance(n int) {
 func (f *fill) finish(err error) {
 	f.mu.Lock()
 	f.err, f.done = err, true
-	started := f.file != nil
+	started := f.file != nil || f.stream != nil
 	f.cond.Broadcast()
 	f.mu.Unlock()
 	if !started {

@@ -16,6 +16,7 @@ type Metrics struct {
 	pulled, served                    *prometheus.CounterVec // bytes {upstream, type}
 	stale                             *prometheus.CounterVec // {upstream, reason}
 	storageErrors                     prometheus.Counter
+	passedThrough                     prometheus.Counter
 	// hitCount and missCount feed the hit ratio of the summary.
 	hitCount, missCount atomic.Int64
 }
@@ -40,9 +41,13 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 			Name: "depproxy_storage_errors_total",
 			Help: "Storage operations that failed and were worked around by passing through.",
 		}),
+		passedThrough: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "depproxy_spool_full_total",
+			Help: "Blob downloads the spool had no room for: streamed through to the client, uncached.",
+		}),
 	}
 	if r != nil {
-		r.MustRegister(m.requests, m.hits, m.misses, m.coalesced, m.pulled, m.served, m.stale, m.storageErrors)
+		r.MustRegister(m.requests, m.hits, m.misses, m.coalesced, m.pulled, m.served, m.stale, m.storageErrors, m.passedThrough)
 	}
 	return m
 }

@@ -15,6 +15,10 @@ import (
 // ErrNotFound is returned when a key holds no object.
 var ErrNotFound = errors.New("not found")
 
+// ErrNoSpace is a spool (or disk) that cannot take an object of the size
+// asked for.
+var ErrNoSpace = errors.New("no space left for it")
+
 // Info describes a stored object.
 type Info struct {
 	Size    int64

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/depproxy/depproxy/proxy/layout"
+	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/test/testenv"
 	"github.com/opencontainers/go-digest"
 )
@@ -92,5 +93,44 @@ func TestStorageThatHangs(t *testing.T) {
 	e.front.Stop()
 	if err := cranePull(t, p.Host+"/"+repo+":v1"); err != nil {
 		t.Errorf("with the upstream down, after the storage came back: %v", err)
+	}
+}
+
+// A spool that cannot take a blob (the storage directory on a 40 MiB
+// tmpfs, a 64 MiB blob): the client gets the blob's bytes, streamed
+// through uncached; a second client at once gets them too; nothing
+// partial is left, and the metric says so.
+func TestSpoolWithoutRoom(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("mounting a small tmpfs needs root: run the tests as root (CI does)")
+	}
+	e := newEnv(t)
+	repo := repoName(t)
+	data, d := pushBlob(t, e.registry.Addr, repo, 64<<20)
+	root := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", root).CombinedOutput(); err != nil {
+		t.Fatalf("mount: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", root).Run() })
+	store, err := storage.NewFilesystem(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, e.front.URL(), store)
+	var wg sync.WaitGroup
+	for i := range 2 {
+		wg.Go(func() {
+			if _, err := getBlob(p.URL+"/v2/"+repo+"/blobs/"+d.String(), sha(data), 0); err != nil {
+				t.Errorf("client %d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := sample(scrape(t, p.Ops), "depproxy_spool_full_total"); n < 1 {
+		t.Errorf("depproxy_spool_full_total %v: the full spool is not visible", n)
+	}
+	eventually(t, 5*time.Second, "a spool file is left", func() bool { return spoolFiles(t, root) == 0 })
+	if _, err := store.Stat(context.Background(), layout.Blob(digest.Digest(d.String()))); err == nil {
+		t.Error("a blob larger than the disk was stored")
 	}
 }

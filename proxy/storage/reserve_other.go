@@ -1,0 +1,9 @@
+//go:build !linux
+
+package storage
+
+import "os"
+
+// Reserve is a no-op where the disk cannot be reserved ahead: the
+// writes find out.
+func Reserve(*os.File, int64) error { return nil }
