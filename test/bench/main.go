@@ -210,6 +210,7 @@ func (b *bench) run(runs int, warmOnly bool) error {
 	}
 	rows = append(rows, b.warmReplicaRows(runs)...)
 	if !warmOnly {
+		rows = append(rows, b.hungStorageRows(runs)...)
 		rows = append(rows, b.containerdRows(runs)...)
 	}
 	fmt.Println("| cache | scenario | wall time | MB/s | upstream bytes ÷ size | upstream manifest GETs | token fetches | peak RSS |")
@@ -287,6 +288,29 @@ func (b *bench) warmReplicaRows(runs int) []string {
 		row("depproxy minio"+replicaSuffix, fmt.Sprintf("warm pull via the blob's owner, 256 MiB blob ×%d", warmPulls), median(owner)),
 		row("depproxy minio"+replicaSuffix, fmt.Sprintf("warm pull via another replica, 256 MiB blob ×%d", warmPulls), median(other)),
 		row("MinIO itself", fmt.Sprintf("direct GET of the stored blob ×%d", warmPulls), median(direct)),
+	}
+}
+
+// hungStorageRows: 16 cold pulls of the 40-layer image through depproxy
+// on MinIO, with MinIO up and with MinIO stopped where it stands
+// (SIGSTOP: connections open, nothing answers), which the cache must
+// take for an outage and pass through.
+func (b *bench) hungStorageRows(runs int) []string {
+	const clients = 16
+	var up, hung []measure
+	for r := 0; r < runs; r++ {
+		c := b.start("depproxy minio")
+		up = append(up, b.cold(c, "40-layer image", clients))
+		c.stop()
+		c = b.start("depproxy minio")
+		b.minio.Pause()
+		hung = append(hung, b.cold(c, "40-layer image", clients))
+		b.minio.Resume()
+		c.stop()
+	}
+	return []string{
+		row("depproxy minio", fmt.Sprintf("%d cold pulls, 40-layer image, storage up", clients), median(up)),
+		row("depproxy minio", fmt.Sprintf("%d cold pulls, 40-layer image, storage hung (SIGSTOP)", clients), median(hung)),
 	}
 }
 
