@@ -50,11 +50,13 @@ const (
 func main() {
 	runs := flag.Int("runs", 3, "repetitions of each measurement; the table shows medians")
 	warmOnly := flag.Bool("warm-only", false, "only the warm pulls")
+	faultsOnly := flag.Bool("faults-only", false, "only the cold pulls with the storage up and hung")
 	plotPath := flag.String("plot", "docs/bench.png", "where to write the plot of cold pulls by concurrent clients (empty: none)")
 	flag.Parse()
 	b := newBench()
 	defer b.cleanup()
 	b.plot = *plotPath
+	b.faultsOnly = *faultsOnly
 	if err := b.run(*runs, *warmOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		b.cleanup()
@@ -77,6 +79,8 @@ type bench struct {
 	imgBytes int64
 	blob     v1.Hash
 	plot     string // the PNG's path
+	// faultsOnly runs the fault rows alone.
+	faultsOnly bool
 }
 
 // plotClients are the points of the plot.
@@ -157,6 +161,10 @@ func (b *bench) run(runs int, warmOnly bool) error {
 		return err
 	}
 
+	if b.faultsOnly {
+		printRows(b.hungStorageRows(runs))
+		return nil
+	}
 	kinds := []string{"depproxy fs", "distribution fs",
 		"depproxy minio", "distribution minio, streamed",
 		"depproxy minio, redirect", "distribution minio, redirect"}
@@ -213,11 +221,7 @@ func (b *bench) run(runs int, warmOnly bool) error {
 		rows = append(rows, b.hungStorageRows(runs)...)
 		rows = append(rows, b.containerdRows(runs)...)
 	}
-	fmt.Println("| cache | scenario | wall time | MB/s | upstream bytes ÷ size | upstream manifest GETs | token fetches | peak RSS |")
-	fmt.Println("|---|---|---|---|---|---|---|---|")
-	for _, r := range rows {
-		fmt.Println(r)
-	}
+	printRows(rows)
 	fmt.Println()
 	fmt.Println("| cache | scenario | requests/s | p50 | p99 | upstream manifest requests |")
 	fmt.Println("|---|---|---|---|---|---|")
@@ -234,6 +238,15 @@ func (b *bench) run(runs int, warmOnly bool) error {
 			kind, tagClients, tagRequests, m.perSecond, m.p50.Round(10*time.Microsecond), m.p99.Round(10*time.Microsecond), m.upstream)
 	}
 	return nil
+}
+
+// printRows prints the main table.
+func printRows(rows []string) {
+	fmt.Println("| cache | scenario | wall time | MB/s | upstream bytes ÷ size | upstream manifest GETs | token fetches | peak RSS |")
+	fmt.Println("|---|---|---|---|---|---|---|---|")
+	for _, r := range rows {
+		fmt.Println(r)
+	}
 }
 
 // replicated are the kinds run as three replicas sharing one bucket,
