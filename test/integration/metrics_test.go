@@ -123,6 +123,16 @@ func TestMetricsCountExactly(t *testing.T) {
 	}
 }
 
+// tagDigest is the digest a tag is served with through p.
+func tagDigest(t *testing.T, p *proxy, repo, tag string) string {
+	t.Helper()
+	resp, _ := get(t, p.URL+"/v2/"+repo+"/manifests/"+tag, acceptAll)
+	if resp.StatusCode != 200 {
+		t.Fatalf("%s: %s", tag, resp.Status)
+	}
+	return resp.Header.Get("Docker-Content-Digest")
+}
+
 // Docker Hub's rate-limit headers are exported. Once what is left falls
 // to --ratelimit-reserve, cached tags are still checked with a HEAD (free
 // on Docker Hub, and what keeps the figure fresh), and a moved one is
@@ -154,13 +164,7 @@ func TestRateLimitReserve(t *testing.T) {
 			}
 		}))
 	}
-	digestOfTag := func(tag string) string {
-		resp, _ := get(t, p.URL+"/v2/"+repo+"/manifests/"+tag, acceptAll)
-		if resp.StatusCode != 200 {
-			t.Fatalf("%s: %s", tag, resp.Status)
-		}
-		return resp.Header.Get("Docker-Content-Digest")
-	}
+	digestOfTag := func(tag string) string { return tagDigest(t, p, repo, tag) }
 
 	remaining = "50"
 	answer(http.StatusOK)
@@ -227,13 +231,7 @@ func TestRateLimitWindowsAndWaits(t *testing.T) {
 	pushImage(t, e.registry.Addr, repo, "v1", ociImage(t, 1))
 	pushImage(t, e.registry.Addr, repo, "other", ociImage(t, 1))
 	p := startProxy(t, e.front.URL(), openStorage(t, "filesystem", e.minio))
-	digestOfTag := func(tag string) string {
-		resp, _ := get(t, p.URL+"/v2/"+repo+"/manifests/"+tag, acceptAll)
-		if resp.StatusCode != 200 {
-			t.Fatalf("%s: %s", tag, resp.Status)
-		}
-		return resp.Header.Get("Docker-Content-Digest")
-	}
+	digestOfTag := func(tag string) string { return tagDigest(t, p, repo, tag) }
 	once := func(header http.Header) {
 		var done atomic.Bool
 		e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
