@@ -45,8 +45,9 @@ type Signer struct {
 	key []byte
 	now func() time.Time
 
-	mu   sync.Mutex
-	seen map[string]time.Time // nonces accepted, until they could no longer verify
+	mu       sync.Mutex
+	seen     map[string]time.Time // nonces accepted, until they could no longer verify
+	prunedAt time.Time
 }
 
 // NewSigner derives the replicas' HMAC key from secret (the token
@@ -120,10 +121,15 @@ func (s *Signer) Verify(r *http.Request, self string) (f Forward, ok bool, err e
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for n, until := range s.seen {
-		if now.After(until) {
-			delete(s.seen, n)
+	if now.Sub(s.prunedAt) > time.Second {
+		// Once a second: a busy replica sees thousands of nonces in a
+		// window, and checks one per request.
+		for n, until := range s.seen {
+			if now.After(until) {
+				delete(s.seen, n)
+			}
 		}
+		s.prunedAt = now
 	}
 	if _, replayed := s.seen[nonce]; replayed {
 		return Forward{}, false, ErrBadSignature
