@@ -8,7 +8,7 @@ RUN go mod download
 COPY . .
 # The same build as `make images`, which the end-to-end tests use.
 RUN CGO_ENABLED=0 go build -trimpath -ldflags=-s -o /out/manager . && \
-    CGO_ENABLED=0 go build -trimpath -ldflags=-s -o /out/depproxy ./proxy
+    CGO_ENABLED=0 go build -trimpath -ldflags=-s -o /out/depproxy ./proxy/cmd/depproxy
 
 FROM gcr.io/distroless/static:nonroot AS manager
 COPY --from=build /out/manager /manager

@@ -21,11 +21,11 @@ all: build
 
 ## run: a cache on :5000 in front of Docker Hub, stored in ./data
 run:
-	$(GO) run ./proxy serve $(ARGS)
+	$(GO) run ./proxy/cmd/depproxy serve $(ARGS)
 
 ## build: bin/depproxy and bin/manager
 build:
-	$(GO) build -o bin/depproxy ./proxy
+	$(GO) build -o bin/depproxy ./proxy/cmd/depproxy
 	$(GO) build -o bin/manager .
 
 # The Dockerfile's build: the same flags, entrypoints and user.
@@ -36,7 +36,7 @@ TAG ?= dev
 ## images: both images without a Docker engine, pushed to $(REGISTRY)
 images:
 	$(RELEASE_BUILD) -o bin/release/manager .
-	$(RELEASE_BUILD) -o bin/release/depproxy ./proxy
+	$(RELEASE_BUILD) -o bin/release/depproxy ./proxy/cmd/depproxy
 	$(GO) run ./hack/image -binary bin/release/manager -at /manager -tag $(REGISTRY)/depproxy/manager:$(TAG)
 	$(GO) run ./hack/image -binary bin/release/depproxy -at /depproxy -cmd serve -tag $(REGISTRY)/depproxy/depproxy:$(TAG)
 

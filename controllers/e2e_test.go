@@ -121,7 +121,7 @@ func TestRenderedProxyServes(t *testing.T) {
 		env = append(env, e.Name+"="+string(secret.Data[e.ValueFrom.SecretKeyRef.Key]))
 	}
 	bin := filepath.Join(t.TempDir(), "depproxy")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/depproxy/depproxy/proxy").CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/depproxy/depproxy/proxy/cmd/depproxy").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	var logs strings.Builder

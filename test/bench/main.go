@@ -154,7 +154,7 @@ func (b *bench) run(runs int, warmOnly bool) error {
 	b.front.RequireToken()
 	b.minio = testenv.StartMinIO(b)
 	b.depproxy = filepath.Join(b.root, "depproxy")
-	if out, err := exec.Command("go", "build", "-o", b.depproxy, "github.com/depproxy/depproxy/proxy").CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-o", b.depproxy, "github.com/depproxy/depproxy/proxy/cmd/depproxy").CombinedOutput(); err != nil {
 		return fmt.Errorf("go build: %v\n%s", err, out)
 	}
 	if err := b.pushFixtures(); err != nil {

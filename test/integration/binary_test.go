@@ -32,7 +32,7 @@ func depproxyBinary(t *testing.T) string {
 			return
 		}
 		built.path = filepath.Join(dir, "depproxy")
-		built.out, built.err = exec.Command("go", "build", "-o", built.path, "github.com/depproxy/depproxy/proxy").CombinedOutput()
+		built.out, built.err = exec.Command("go", "build", "-o", built.path, "github.com/depproxy/depproxy/proxy/cmd/depproxy").CombinedOutput()
 	})
 	if built.err != nil {
 		t.Fatalf("go build: %v\n%s", built.err, built.out)
