@@ -92,15 +92,21 @@ func (r *DependencyProxyReconciler) checkStorage(ctx context.Context, dp *deppro
 		return err
 	}
 	mine := storagePlace(ctx, r.Client, dp)
+	// The oldest of those in the same place holds it: name that one,
+	// not another that was refused too.
+	var holder *depproxyv1.DependencyProxy
 	for i := range all.Items {
 		other := &all.Items[i]
 		if other.UID == dp.UID || !other.DeletionTimestamp.IsZero() || other.Spec.Storage.Bucket != dp.Spec.Storage.Bucket ||
-			!older(other, dp) || !mine.overlaps(storagePlace(ctx, r.Client, other)) {
+			!older(other, dp) || (holder != nil && !older(other, holder)) || !mine.overlaps(storagePlace(ctx, r.Client, other)) {
 			continue
 		}
+		holder = other
+	}
+	if holder != nil {
 		return waiting(depproxyv1.ReasonStorageConflict,
 			"spec.storage (endpoint %q, bucket %q, prefix %q) is the storage of DependencyProxy %s/%s (endpoint %q, prefix %q), created earlier: give this cache a prefix of its own",
-			dp.Spec.Storage.Endpoint, dp.Spec.Storage.Bucket, dp.Spec.Storage.Prefix, other.Namespace, other.Name, other.Spec.Storage.Endpoint, other.Spec.Storage.Prefix)
+			dp.Spec.Storage.Endpoint, dp.Spec.Storage.Bucket, dp.Spec.Storage.Prefix, holder.Namespace, holder.Name, holder.Spec.Storage.Endpoint, holder.Spec.Storage.Prefix)
 	}
 	return nil
 }
