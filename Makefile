@@ -10,7 +10,7 @@ TOOLS_BIN := $(DEPPROXY_TOOLS)/bin
 CONTROLLER_GEN := $(TOOLS_BIN)/controller-gen
 KUSTOMIZE := $(TOOLS_BIN)/kustomize
 
-.PHONY: all run build build-manager tools test lint fuzz bench generate manifests bundle verify-generated deploy undeploy install images e2e
+.PHONY: all run build build-manager tools test lint fuzz bench generate manifests bundle verify-generated deploy undeploy install images e2e docs
 
 # Images for `make deploy`.
 IMG ?= ghcr.io/depproxy/manager:latest
@@ -98,6 +98,10 @@ fuzz:
 	$(GO) test ./proxy/token -run '^$$' -fuzz FuzzVerify -fuzztime 60s
 	$(GO) test ./proxy/registry -run '^$$' -fuzz FuzzSourceSelection -fuzztime 60s
 	$(GO) test ./proxy/wire -run '^$$' -fuzz FuzzSettingsFile -fuzztime 60s
+
+## docs: the generated parts of docs/ (the configuration page's flag table)
+docs:
+	DEPPROXY_UPDATE_DOCS=1 $(GO) test ./proxy/wire -run TestConfigurationPageFlags -count=1
 
 ## bench: depproxy against CNCF Distribution's proxy mode, printed as a table
 bench: tools

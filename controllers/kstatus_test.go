@@ -50,7 +50,7 @@ func TestKstatus(t *testing.T) {
 		if res.Status != want || !strings.Contains(res.Message, says) {
 			t.Errorf("kstatus %s %q, want %s saying %q", res.Status, res.Message, want, says)
 		}
-		// Argo CD, with the README's health check, agrees.
+		// Argo CD, with the health check docs/operator.md gives, agrees.
 		health, msg := argoHealth(t, dp)
 		if argo := map[status.Status]string{status.InProgressStatus: "Progressing", status.CurrentStatus: "Healthy",
 			status.FailedStatus: "Degraded"}[want]; health != argo || !strings.Contains(msg, says) {

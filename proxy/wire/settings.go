@@ -112,6 +112,8 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.IntVar(&s.LogLevel, "log-level", s.LogLevel, "log verbosity: 0 events, 1 also each request")
 }
 
+const configUsage = "YAML file whose keys are these flags' names; flags on the command line win"
+
 // Marshal renders the settings as a --config file.
 func (s Settings) Marshal() ([]byte, error) { return yaml.Marshal(s) }
 
@@ -120,7 +122,7 @@ func (s Settings) Marshal() ([]byte, error) { return yaml.Marshal(s) }
 // not set. Unknown keys in the file are errors, so that a typo does not
 // silently fall back to a default.
 func (s *Settings) Load(fs *flag.FlagSet, args []string) error {
-	configFile := fs.String("config", "", "YAML file whose keys are these flags' names; flags on the command line win")
+	configFile := fs.String("config", "", configUsage)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -21,7 +21,7 @@ import (
 // TestCleanupCommandOnManyObjects runs `depproxy cleanup` as built on a
 // cache of 100k objects: it deletes the unread ones, prints its summary as
 // the last line, and its memory stays bounded. (The RSS is also in the
-// README's performance section, from `make bench`.)
+// docs/performance.md, from `make bench`.)
 func TestCleanupCommandOnManyObjects(t *testing.T) {
 	dir := t.TempDir()
 	store, err := storage.NewFilesystem(filepath.Join(dir, "data"))

@@ -198,7 +198,7 @@ func (c *containerd) repoDigest(t *testing.T, ref string) string {
 
 // containerd 2.x pulls through the cache via its CRI image service, as
 // kubelet does, with the transfer service's defaults and the one setting
-// the README gives; without that setting the same pull bypasses the
+// docs/cluster-mirror.md gives; without that setting the same pull bypasses the
 // cache.
 func TestContainerd2PullsThroughCRI(t *testing.T) {
 	tr := newTwoRegistries(t)
@@ -222,7 +222,7 @@ func TestContainerd2PullsThroughCRI(t *testing.T) {
 		return err == nil
 	}
 
-	// The setting the README gives for containerd 2.x.
+	// The setting docs/cluster-mirror.md gives for containerd 2.x.
 	setting := fmt.Sprintf("[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = %q\n", hostsDir)
 	c := startContainerd2(t, setting)
 	for ref, want := range map[string]string{"docker.io/" + tr.repo + ":v1": tr.hubImage, "ghcr.io/" + tr.repo + ":v1": tr.ghcrImage, local + "/" + tr.repo + ":v1": tr.ghcrImage} {

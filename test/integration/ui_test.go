@@ -26,7 +26,7 @@ import (
 // cached tag with its digest, an index with its platform images, sizes,
 // last pulled, the hit ratio, a filter that narrows the list, and a
 // layout that fits a phone. The test leaves a screenshot
-// (DEPPROXY_UI_SCREENSHOT names where; the README's comes from it).
+// (DEPPROXY_UI_SCREENSHOT names where; docs/cache-browser.png comes from it).
 func TestCacheBrowser(t *testing.T) {
 	e := newEnv(t)
 	repo := repoName(t)
