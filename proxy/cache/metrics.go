@@ -73,15 +73,21 @@ func missOrShared(shared bool) result {
 	return miss
 }
 
-type uncountedKey struct{}
+type forwardedKey struct{}
 
-// Uncounted marks ctx as serving a request that another replica
-// forwarded: that replica counts it, for its client.
-func Uncounted(ctx context.Context) context.Context {
-	return context.WithValue(ctx, uncountedKey{}, true)
+// Forwarded marks ctx as serving a request that another replica of this
+// cache forwarded, once it proved so: the replica that forwarded it
+// counts it, for its client, and whatever it needs comes from the
+// upstream, never from a third replica (no request goes round in circles
+// while replicas disagree about who owns what).
+func Forwarded(ctx context.Context) context.Context {
+	return context.WithValue(ctx, forwardedKey{}, true)
 }
 
-func counted(ctx context.Context) bool { return ctx.Value(uncountedKey{}) == nil }
+// IsForwarded reports whether ctx serves a forwarded request.
+func IsForwarded(ctx context.Context) bool { return ctx.Value(forwardedKey{}) != nil }
+
+func counted(ctx context.Context) bool { return !IsForwarded(ctx) }
 
 func (c *Cache) count(ctx context.Context, kind string, r result) {
 	if !counted(ctx) {

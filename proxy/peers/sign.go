@@ -1,7 +1,6 @@
 package peers
 
 import (
-	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -163,20 +162,4 @@ func (s *Signer) verifyAnswer(f Forward, resp *http.Response, body []byte) error
 		return errBadAnswer
 	}
 	return nil
-}
-
-type forwardedKey struct{}
-
-// Forwarded marks ctx as serving a request another replica forwarded:
-// whatever it needs comes from the upstream, never from a third replica,
-// so no request goes round in circles while replicas disagree about who
-// owns what.
-func Forwarded(ctx context.Context) context.Context {
-	return context.WithValue(ctx, forwardedKey{}, true)
-}
-
-// IsForwarded reports whether ctx serves a forwarded request.
-func IsForwarded(ctx context.Context) bool {
-	v, _ := ctx.Value(forwardedKey{}).(bool)
-	return v
 }

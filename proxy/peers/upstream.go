@@ -157,7 +157,7 @@ func ManifestKey(registry, repo, ref string) string {
 // comes, or the request was itself forwarded, or no replica answers, the
 // upstream is asked directly.
 func (u *Upstream) forward(ctx context.Context, key string, viaReplica func(owner string) error, direct func() error) error {
-	if IsForwarded(ctx) {
+	if cache.IsForwarded(ctx) {
 		u.count("upstream")
 		return direct()
 	}

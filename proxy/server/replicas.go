@@ -100,7 +100,7 @@ func replicaRequests(next http.Handler, signer *peers.Signer, self string) http.
 		case ok:
 			// Served from the upstream, and counted by the replica
 			// that forwarded it.
-			r = r.WithContext(peers.Forwarded(cache.Uncounted(r.Context())))
+			r = r.WithContext(cache.Forwarded(r.Context()))
 			var done func()
 			w, done = signer.ProveAnswer(w, f)
 			defer done()
@@ -114,7 +114,7 @@ func replicaRequests(next http.Handler, signer *peers.Signer, self string) http.
 type replicaAuth struct{ next registry.Authorizer }
 
 func (a replicaAuth) Authorize(r *http.Request, repo string) error {
-	if peers.IsForwarded(r.Context()) {
+	if cache.IsForwarded(r.Context()) {
 		return nil
 	}
 	return a.next.Authorize(r, repo)
