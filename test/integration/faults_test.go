@@ -43,8 +43,10 @@ func TestStorageThatHangs(t *testing.T) {
 	repo := repoName(t)
 	img := ociImage(t, 40)
 	pushImage(t, e.registry.Addr, repo, "v1", img)
+	pushImage(t, e.registry.Addr, repo, "warm", ociImage(t, 1))
 	store := openStorage(t, "s3", e.minio)
 	p := startProxy(t, e.front.URL(), store)
+	warm := tagDigest(t, p, repo, "warm") // cached, and confirmed by this replica
 
 	e.minio.Pause()
 	start := time.Now()
@@ -74,6 +76,13 @@ func TestStorageThatHangs(t *testing.T) {
 	if resp, _ := get(t, p.Ops+"/readyz", ""); resp.StatusCode != 200 {
 		t.Errorf("/readyz %s with the storage hung: the cache still serves", resp.Status)
 	}
+	// A tag this replica confirmed comes from memory, with the upstream
+	// down too.
+	e.front.Stop()
+	if got := tagDigest(t, p, repo, "warm"); got != warm {
+		t.Errorf("a confirmed tag with the storage hung and the upstream down: %s, want %s", got, warm)
+	}
+	e.front.Start()
 
 	e.minio.Resume()
 	eventually(t, 20*time.Second, "the storage is not seen again", func() bool {
