@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -17,6 +18,10 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/server"
@@ -323,15 +328,28 @@ func TestDownloadsAreBounded(t *testing.T) {
 	t.Run("a body longer than the cached manifest says is cut at its size", func(t *testing.T) {
 		e := newEnv(t)
 		repo := repoName(t)
-		img := ociImage(t, 1)
-		pushImage(t, e.registry.Addr, repo, "v1", img)
+		// An index whose image's layer descriptor says 65,536 bytes.
+		content := make([]byte, 65536)
+		rand.Read(content)
+		img, err := mutate.AppendLayers(mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON),
+			static.NewLayer(content, types.OCILayer))
+		if err != nil {
+			t.Fatal(err)
+		}
+		idx := ociIndex(t, img)
+		pushIndex(t, e.registry.Addr, repo, "v1", idx)
 		m, _ := img.Manifest()
 		layer := m.Layers[0]
+		if layer.Size != 65536 {
+			t.Fatalf("the layer descriptor says %d bytes", layer.Size)
+		}
 		root := t.TempDir()
 		store, _ := storage.NewFilesystem(root)
 		p := startProxy(t, e.front.URL(), store) // the default limit: 64 GiB
-		if resp, body := do(t, "GET", p.URL+"/v2/"+repo+"/manifests/v1", http.Header{"Accept": {acceptAll}}, nil); resp.StatusCode != 200 {
-			t.Fatalf("manifest: %s %s", resp.Status, body)
+		for _, ref := range []string{"v1", digestOf(t, img).String()} {
+			if resp, body := do(t, "GET", p.URL+"/v2/"+repo+"/manifests/"+ref, http.Header{"Accept": {acceptAll}}, nil); resp.StatusCode != 200 {
+				t.Fatalf("manifest %s: %s %s", ref, resp.Status, body)
+			}
 		}
 		var s slowBlobs
 		e.front.Fault(s.fault(-1, true))
