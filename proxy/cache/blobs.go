@@ -214,7 +214,11 @@ func (c *Cache) runFill(ctx context.Context, repo string, f *fill) {
 	case err != nil:
 	case known && blob.Size >= 0 && blob.Size != declared:
 		blob.Body.Close()
-		err = fmt.Errorf("%w: the upstream announces %d bytes for a blob the cached manifest gives %d", ErrTooLarge, blob.Size, declared)
+		wrong := ErrDigestMismatch
+		if blob.Size > declared {
+			wrong = ErrTooLarge
+		}
+		err = fmt.Errorf("%w: the upstream announces %d bytes for a blob the cached manifest gives %d", wrong, blob.Size, declared)
 	case blob.Size > c.limits.MaxBlobSize:
 		blob.Body.Close()
 		err = fmt.Errorf("%w: the upstream announces %d bytes, over the %d-byte limit", ErrTooLarge, blob.Size, c.limits.MaxBlobSize)
