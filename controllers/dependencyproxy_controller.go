@@ -373,17 +373,7 @@ func (r *DependencyProxyReconciler) computeStatus(dp *depproxyv1.DependencyProxy
 	set := func(t string, s metav1.ConditionStatus, reason, msg string) {
 		meta.SetStatusCondition(&dp.Status.Conditions, metav1.Condition{Type: t, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen})
 	}
-	// kstatus' pair: at most one of them, and only while True.
-	kstatus := func(t, reason, msg string) {
-		for _, other := range []string{depproxyv1.ConditionReconciling, depproxyv1.ConditionStalled} {
-			if other != t {
-				meta.RemoveStatusCondition(&dp.Status.Conditions, other)
-			}
-		}
-		if t != "" {
-			set(t, metav1.ConditionTrue, reason, msg) // keeps its transition time while it holds
-		}
-	}
+	kstatus := func(t, reason, msg string) { setKstatus(&dp.Status.Conditions, gen, t, reason, msg) }
 	if outcome != nil {
 		set(depproxyv1.ConditionDegraded, metav1.ConditionTrue, outcome.Reason, outcome.Message)
 		set(depproxyv1.ConditionReady, metav1.ConditionFalse, outcome.Reason, outcome.Message)
@@ -406,6 +396,21 @@ func (r *DependencyProxyReconciler) computeStatus(dp *depproxyv1.DependencyProxy
 	set(depproxyv1.ConditionReady, metav1.ConditionFalse, depproxyv1.ReasonRollingOut, msg)
 	set(depproxyv1.ConditionProgressing, metav1.ConditionTrue, depproxyv1.ReasonRollingOut, msg)
 	kstatus(depproxyv1.ConditionReconciling, depproxyv1.ReasonRollingOut, msg)
+}
+
+// setKstatus keeps kstatus' pair: at most one of Reconciling and Stalled
+// (t; "" for neither), and only while True. The one that stays keeps its
+// transition time while it holds, so that an unchanged resource's status
+// is not written again.
+func setKstatus(conds *[]metav1.Condition, gen int64, t, reason, msg string) {
+	for _, other := range []string{depproxyv1.ConditionReconciling, depproxyv1.ConditionStalled} {
+		if other != t {
+			meta.RemoveStatusCondition(conds, other)
+		}
+	}
+	if t != "" {
+		meta.SetStatusCondition(conds, metav1.Condition{Type: t, Status: metav1.ConditionTrue, Reason: reason, Message: msg, ObservedGeneration: gen})
+	}
 }
 
 // SetupWithManager watches DependencyProxies and the children they own.

@@ -404,12 +404,10 @@ func setKstatusConditions(conds *[]metav1.Condition, gen int64, outcome *reconci
 	set := func(t string, s metav1.ConditionStatus, reason, msg string) {
 		meta.SetStatusCondition(conds, metav1.Condition{Type: t, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen})
 	}
-	for _, t := range []string{depproxyv1.ConditionReconciling, depproxyv1.ConditionStalled} {
-		meta.RemoveStatusCondition(conds, t)
-	}
 	if outcome == nil {
 		set(depproxyv1.ConditionReady, metav1.ConditionTrue, readyReason, readyMsg)
 		set(depproxyv1.ConditionDegraded, metav1.ConditionFalse, readyReason, readyMsg)
+		setKstatus(conds, gen, "", "", "")
 		return
 	}
 	set(depproxyv1.ConditionReady, metav1.ConditionFalse, outcome.Reason, outcome.Message)
@@ -419,9 +417,9 @@ func setKstatusConditions(conds *[]metav1.Condition, gen int64, outcome *reconci
 	}
 	set(depproxyv1.ConditionDegraded, degraded, outcome.Reason, outcome.Message)
 	if outcome.retry == retryNever {
-		set(depproxyv1.ConditionStalled, metav1.ConditionTrue, outcome.Reason, outcome.Message)
+		setKstatus(conds, gen, depproxyv1.ConditionStalled, outcome.Reason, outcome.Message)
 	} else {
-		set(depproxyv1.ConditionReconciling, metav1.ConditionTrue, outcome.Reason, outcome.Message)
+		setKstatus(conds, gen, depproxyv1.ConditionReconciling, outcome.Reason, outcome.Message)
 	}
 }
 

@@ -166,6 +166,14 @@ func TestNodeMirror(t *testing.T) {
 	}
 	reconcileMirror(t, r, nm)
 	cond := assertCondition(t, nm, depproxyv1.ConditionReady, metav1.ConditionFalse, depproxyv1.ReasonRegistryNotServed)
+	// Nothing changed: the next reconcile writes nothing (the conditions
+	// keep their transition times, no hot loop on the status).
+	time.Sleep(1100 * time.Millisecond) // a transition time has a second's resolution
+	rv := nm.ResourceVersion
+	reconcileMirror(t, r, nm)
+	if nm.ResourceVersion != rv {
+		t.Errorf("an unchanged NodeMirror was written again: %+v", nm.Status.Conditions)
+	}
 	if !strings.Contains(cond.Message, "registry.k8s.io") || len(agentsFor(t, "registry.k8s.io")) != 0 {
 		t.Errorf("condition %q, agents %v", cond.Message, agentsFor(t, "registry.k8s.io"))
 	}
