@@ -208,8 +208,11 @@ func (u *Upstream) send(ctx context.Context, method, owner, repo, path string, a
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w: %w", errTryNext, err)
 		}
-		if int64(len(body)) > maxSize && resp.StatusCode == http.StatusOK {
-			return nil, nil, upstream.ErrTooLarge
+		if int64(len(body)) > maxSize {
+			// An owner keeps to the same limit: this answer cannot be
+			// one of a replica's, and is never proven.
+			u.ring.markDown(owner)
+			return nil, nil, fmt.Errorf("%w: %s answered more than %d bytes", errTryNext, owner, maxSize)
 		}
 	}
 	if err := u.signer.verifyAnswer(f, resp, body); err != nil {
