@@ -78,10 +78,8 @@ type Cache struct {
 	lists  listCache
 	stored func(Stored)
 
-	// registry names the upstream's tags in storage; legacyTags also
-	// reads tags where releases before several upstreams kept them.
-	registry   string
-	legacyTags bool
+	// registry names the upstream's tags in storage.
+	registry string
 }
 
 // Option configures a Cache.
@@ -157,13 +155,8 @@ func WithMemory(bytes int64) Option { return func(c *Cache) { c.memory = newMemo
 
 // WithRegistry keeps this cache's tags under its registry's name, apart
 // from other registries' tags (the same repository and tag on two
-// registries are two images). With legacy, tags that releases before
-// several upstreams wrote are served too, and moved to the registry's
-// place when read: set it for the default upstream only, the one those
-// releases pulled through.
-func WithRegistry(name string, legacy bool) Option {
-	return func(c *Cache) { c.registry, c.legacyTags = name, legacy }
-}
+// registries are two images).
+func WithRegistry(name string) Option { return func(c *Cache) { c.registry = name } }
 
 // Stored is what one write added to storage: bytes of a blob or a
 // manifest, or a tag stored new or pointing elsewhere.

@@ -249,20 +249,6 @@ func (c *Cache) loadManifest(ctx context.Context, d digest.Digest) (*Manifest, e
 // loadTag returns the cached manifest a tag points at, or nil.
 func (c *Cache) loadTag(ctx context.Context, repo, tag string) *Manifest {
 	d, err := layout.ReadTag(ctx, c.store, c.registry, repo, tag)
-	if errors.Is(err, storage.ErrNotFound) && c.legacyTags {
-		if d, err = layout.ReadTag(ctx, c.store, "", repo, tag); err == nil {
-			// An older release's tag: it moves to this registry's place.
-			if err := c.storeTag(ctx, repo, tag, d); err != nil {
-				c.storageFailed(err, "move tag", "repository", repo, "tag", tag)
-			} else {
-				for _, key := range []string{layout.Tag("", repo, tag), layout.LastRead(layout.Tag("", repo, tag))} {
-					if err := c.store.Delete(ctx, key); err != nil {
-						c.storageFailed(err, "move tag", "repository", repo, "tag", tag)
-					}
-				}
-			}
-		}
-	}
 	if err != nil {
 		c.storageFailed(err, "read tag", "repository", repo, "tag", tag)
 		if !errors.Is(err, storage.ErrNotFound) {

@@ -91,12 +91,7 @@ func Run(ctx context.Context, store storage.Storage, opts Options) (*Summary, er
 
 // tags deletes unread tags; a kept tag keeps its manifest.
 func (r *run) tags(ctx context.Context) error {
-	for _, prefix := range layout.TagPrefixes {
-		if err := r.store.List(ctx, prefix, r.tag(ctx)); err != nil {
-			return err
-		}
-	}
-	return nil
+	return r.store.List(ctx, layout.RegistriesPrefix, r.tag(ctx))
 }
 
 // tag decides one listed tag, of any registry.

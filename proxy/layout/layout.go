@@ -4,7 +4,6 @@
 //	blobs/<alg>/<hex>                          blob bytes, shared by all repositories and registries
 //	manifests/<alg>/<hex>                      "<media type>\n" + manifest bytes, likewise
 //	registries/<registry>/<repo>/_tags/<tag>   the digest a tag of that registry points at
-//	repositories/<repo>/_tags/<tag>            a tag as releases before several upstreams kept it
 //	_lastread/<any of the above>               when it was last pulled (unix seconds)
 //	_cleanup/last.json                         the last cleanup run's summary
 //	_journal/<unix nanoseconds>-<random>       what a replica or a cleanup changed, for the summaries
@@ -37,9 +36,6 @@ const (
 	ManifestsPrefix = "manifests/"
 	// RegistriesPrefix holds tags, by registry.
 	RegistriesPrefix = "registries/"
-	// RepositoriesPrefix holds the tags older releases wrote, of the one
-	// upstream they had.
-	RepositoriesPrefix = "repositories/"
 	// LastReadPrefix holds last-read markers.
 	LastReadPrefix = "_lastread/"
 	// CleanupSummary is the last cleanup run's JSON summary.
@@ -58,15 +54,8 @@ func Manifest(d digest.Digest) string {
 	return ManifestsPrefix + d.Algorithm().String() + "/" + d.Encoded()
 }
 
-// TagPrefixes are where tags live.
-var TagPrefixes = []string{RegistriesPrefix, RepositoriesPrefix}
-
-// Tag is the key of a tag of a registry; registry "" is the layout of
-// releases before several upstreams.
+// Tag is the key of a tag of a registry.
 func Tag(registry, repo, tag string) string {
-	if registry == "" {
-		return RepositoriesPrefix + repo + tagsInfix + tag
-	}
 	return RegistriesPrefix + registry + "/" + repo + tagsInfix + tag
 }
 
@@ -75,14 +64,12 @@ func LastRead(key string) string { return LastReadPrefix + key }
 
 // ParseTag is the inverse of Tag.
 func ParseTag(key string) (registry, repo, tag string, ok bool) {
-	rest, legacy := strings.CutPrefix(key, RepositoriesPrefix)
-	if !legacy {
-		if rest, ok = strings.CutPrefix(key, RegistriesPrefix); !ok {
-			return "", "", "", false
-		}
-		if registry, rest, ok = strings.Cut(rest, "/"); !ok || registry == "" {
-			return "", "", "", false
-		}
+	rest, ok := strings.CutPrefix(key, RegistriesPrefix)
+	if !ok {
+		return "", "", "", false
+	}
+	if registry, rest, ok = strings.Cut(rest, "/"); !ok || registry == "" {
+		return "", "", "", false
 	}
 	repo, tag, ok = strings.Cut(rest, tagsInfix)
 	return registry, repo, tag, ok && repo != "" && tag != "" && !strings.Contains(tag, "/")

@@ -159,7 +159,7 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 	}
 	cacheMetrics := cache.NewMetrics(metrics)
 	upstreamMetrics := upstream.NewMetrics(metrics)
-	scanner := summary.New(store, nil, upstreams[0].Registry).WithLogger(log.WithName("summary"))
+	scanner := summary.New(store, nil).WithLogger(log.WithName("summary"))
 	// One cache per upstream, over the one storage: tags apart by
 	// registry, manifests and blobs shared by digest.
 	var caches []*cache.Cache
@@ -177,7 +177,7 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 		}
 		c := cache.New(through, store, append([]cache.Option{
 			cache.WithLogger(log.WithName("cache").WithValues("registry", u.Registry)),
-			cache.WithRegistry(u.Registry, u.Default),
+			cache.WithRegistry(u.Registry),
 			cache.WithRecheckInterval(s.RecheckInterval.Std()),
 			cache.WithPrefetch(platforms),
 			cache.WithRedirect(s.S3Redirect),

@@ -23,9 +23,6 @@ type Spool struct {
 const (
 	spoolPrefix = "spool-"
 	spoolLock   = ".lock"
-	// legacyAge: loose files of older releases, which spooled straight
-	// into the parent, are removed once surely abandoned.
-	legacyAge = time.Hour
 )
 
 // OpenSpool clears the abandoned spools under parent and makes this
@@ -59,8 +56,7 @@ func (s *Spool) Close() error {
 	return errors.Join(err, s.lock.Close())
 }
 
-// clearAbandoned removes spools no live process holds, and old loose
-// files.
+// clearAbandoned removes spools no live process holds.
 func clearAbandoned(parent string) {
 	entries, err := os.ReadDir(parent)
 	if err != nil {
@@ -68,15 +64,8 @@ func clearAbandoned(parent string) {
 	}
 	for _, e := range entries {
 		path := filepath.Join(parent, e.Name())
-		switch {
-		case e.IsDir() && strings.HasPrefix(e.Name(), spoolPrefix):
-			if abandoned(path) {
-				os.RemoveAll(path)
-			}
-		case !e.IsDir() && (strings.HasPrefix(e.Name(), "blob-") || strings.HasPrefix(e.Name(), "put-")):
-			if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > legacyAge {
-				os.Remove(path)
-			}
+		if e.IsDir() && strings.HasPrefix(e.Name(), spoolPrefix) && abandoned(path) {
+			os.RemoveAll(path)
 		}
 	}
 }

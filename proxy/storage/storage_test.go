@@ -64,7 +64,7 @@ func suite(t *testing.T, open func(t *testing.T) storage.Storage) {
 	})
 	t.Run("put, stat, open, seek, overwrite, delete", func(t *testing.T) {
 		s := open(t)
-		key := "repositories/library/alpine/_tags/3.20"
+		key := "registries/docker.io/library/alpine/_tags/3.20"
 		if err := s.Put(ctx, key, strings.NewReader("hello world"), 11); err != nil {
 			t.Fatal(err)
 		}
@@ -159,7 +159,7 @@ func suite(t *testing.T, open func(t *testing.T) storage.Storage) {
 	})
 	t.Run("list", func(t *testing.T) {
 		s := open(t)
-		want := map[string]int64{"blobs/sha256/aa": 1, "blobs/sha256/bb": 2, "repositories/x/y/_tags/v1": 3}
+		want := map[string]int64{"blobs/sha256/aa": 1, "blobs/sha256/bb": 2, "registries/docker.io/x/y/_tags/v1": 3}
 		for k, n := range want {
 			if err := s.Put(ctx, k, strings.NewReader(strings.Repeat("x", int(n))), n); err != nil {
 				t.Fatal(err)

@@ -2,7 +2,6 @@ package summary
 
 import (
 	"context"
-	"errors"
 	"sort"
 	"strings"
 	"sync"
@@ -95,21 +94,16 @@ func (s *Scanner) listTags(ctx context.Context) ([]CatalogImage, error) {
 	}
 	at := s.now()
 	found := []CatalogImage{}
-	for _, prefix := range layout.TagPrefixes {
-		err := s.store.List(ctx, prefix, func(key string, info storage.Info) error {
-			registry, repo, tag, ok := layout.ParseTag(key)
-			if !ok {
-				return nil
-			}
-			if registry == "" {
-				registry = s.legacyRegistry
-			}
-			found = append(found, CatalogImage{Registry: registry, Repository: repo, Tag: tag, CachedAt: info.ModTime})
+	err := s.store.List(ctx, layout.RegistriesPrefix, func(key string, info storage.Info) error {
+		registry, repo, tag, ok := layout.ParseTag(key)
+		if !ok {
 			return nil
-		})
-		if err != nil {
-			return nil, err
 		}
+		found = append(found, CatalogImage{Registry: registry, Repository: repo, Tag: tag, CachedAt: info.ModTime})
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	sort.Slice(found, func(i, j int) bool {
 		a, b := found[i], found[j]
@@ -126,13 +120,7 @@ func (s *Scanner) listTags(ctx context.Context) ([]CatalogImage, error) {
 }
 
 func (s *Scanner) describeForCatalog(ctx context.Context, img *CatalogImage) {
-	registry := img.Registry
-	if registry == s.legacyRegistry {
-		if _, err := layout.ReadTag(ctx, s.store, registry, img.Repository, img.Tag); errors.Is(err, storage.ErrNotFound) {
-			registry = "" // kept where releases before several upstreams kept it
-		}
-	}
-	tagKey := layout.Tag(registry, img.Repository, img.Tag)
+	tagKey := layout.Tag(img.Registry, img.Repository, img.Tag)
 	d, err := layout.ReadDigest(ctx, s.store, tagKey)
 	if err != nil {
 		return

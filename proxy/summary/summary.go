@@ -40,9 +40,6 @@ type Scanner struct {
 	live  Live
 	log   logr.Logger
 	now   func() time.Time
-	// legacyRegistry names the registry of tags that releases before
-	// several upstreams wrote: the default upstream's.
-	legacyRegistry string
 
 	mu      sync.Mutex
 	pending journalEntry // recorded, not yet written
@@ -81,13 +78,12 @@ type Stats struct {
 // object or a crash left out.
 const fullEvery = 6 * time.Hour
 
-// New returns a scanner of store; live may be nil. legacyRegistry is
-// the registry older releases' tags belong to (the default upstream's).
-func New(store storage.Storage, live Live, legacyRegistry string) *Scanner {
+// New returns a scanner of store; live may be nil.
+func New(store storage.Storage, live Live) *Scanner {
 	if live == nil {
 		live = func(*wire.Summary) {}
 	}
-	return &Scanner{store: store, live: live, legacyRegistry: legacyRegistry, log: logr.Discard(), now: time.Now}
+	return &Scanner{store: store, live: live, log: logr.Discard(), now: time.Now}
 }
 
 // SetLive sets what a summary takes from the running proxy; call it
@@ -283,9 +279,6 @@ func (s *Scanner) describe(ctx context.Context, img *wire.SummaryImage) bool {
 	d, err := layout.ReadTag(ctx, s.store, img.Registry, img.Repository, img.Tag)
 	if err != nil {
 		return false
-	}
-	if img.Registry == "" {
-		img.Registry = s.legacyRegistry
 	}
 	body, mt, err := layout.ReadManifest(ctx, s.store, d)
 	if err != nil {

@@ -61,7 +61,7 @@ func TestSummaryCostsWhatChanged(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		replicaA, replicaB := summary.New(store, nil, "docker.io"), summary.New(store, nil, "docker.io")
+		replicaA, replicaB := summary.New(store, nil), summary.New(store, nil)
 		full, err := replicaA.Summary(ctx, 0)
 		if err != nil {
 			t.Fatal(err)
@@ -137,7 +137,7 @@ func TestSummaryCostsWhatChanged(t *testing.T) {
 		}
 		close(keys)
 		wg.Wait()
-		s := summary.New(store, nil, "docker.io")
+		s := summary.New(store, nil)
 		lists.Store(0)
 		if _, err := s.Summary(ctx, 0); err != nil {
 			t.Fatal(err)
