@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/opencontainers/go-digest"
 	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
@@ -251,7 +252,7 @@ func TestReplicasFollowEndpointSlices(t *testing.T) {
 	}
 	keys := make([]string, 300)
 	for i := range keys {
-		keys[i] = peers.BlobKey("docker.io", fmt.Sprintf("sha256:%064d", i))
+		keys[i] = peers.BlobKey("docker.io", digest.Digest(fmt.Sprintf("sha256:%064d", i)))
 	}
 	owners := func() map[string]int {
 		n := map[string]int{}

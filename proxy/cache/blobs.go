@@ -120,7 +120,7 @@ func (c *Cache) StatBlob(ctx context.Context, repo string, d digest.Digest) (int
 			return f.size, nil
 		}
 	}
-	return c.up.HeadBlob(ctx, repo, d.String())
+	return c.up.HeadBlob(ctx, repo, d)
 }
 
 func (c *Cache) fillBlob(ctx context.Context, repo string, f *fill) (*Blob, error) {
@@ -208,7 +208,7 @@ func (c *Cache) runFill(ctx context.Context, repo string, f *fill) {
 		f.finish(fmt.Errorf("%w: waiting for a download slot: %w", upstream.ErrUnreachable, context.Cause(ctx)))
 		return
 	}
-	blob, err := c.up.GetBlob(ctx, repo, f.digest.String())
+	blob, err := c.up.GetBlob(ctx, repo, f.digest)
 	declared, known := c.declared.size(f.digest)
 	switch {
 	case err != nil:

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/depproxy/depproxy/proxy/layout"
+	"github.com/depproxy/depproxy/proxy/manifest"
 	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/proxy/upstream"
 )
@@ -26,12 +27,12 @@ import (
 // the upstream's own (library/alpine on Docker Hub): the caller resolved
 // them.
 type Upstream interface {
-	HeadManifest(ctx context.Context, repo, ref string, accept []string) (upstream.Descriptor, error)
-	GetManifest(ctx context.Context, repo, ref string, accept []string, maxSize int64) (*upstream.Manifest, error)
-	GetBlob(ctx context.Context, repo, digest string) (*upstream.Blob, error)
-	HeadBlob(ctx context.Context, repo, digest string) (int64, error)
+	HeadManifest(ctx context.Context, repo string, ref manifest.Ref, accept []string) (upstream.Descriptor, error)
+	GetManifest(ctx context.Context, repo string, ref manifest.Ref, accept []string, maxSize int64) (*upstream.Manifest, error)
+	GetBlob(ctx context.Context, repo string, d digest.Digest) (*upstream.Blob, error)
+	HeadBlob(ctx context.Context, repo string, d digest.Digest) (int64, error)
 	Tags(ctx context.Context, repo string, query url.Values, maxSize int64) ([]byte, error)
-	Referrers(ctx context.Context, repo, digest string, query url.Values, maxSize int64) ([]byte, error)
+	Referrers(ctx context.Context, repo string, d digest.Digest, query url.Values, maxSize int64) ([]byte, error)
 	// Waiting: the upstream answered 429 and asked to wait until then;
 	// cached tags are served without asking it.
 	Waiting() (until time.Time, ok bool)
@@ -92,8 +93,8 @@ func WithRecheckInterval(d time.Duration) Option { return func(c *Cache) { c.rec
 // WithLogger sets the logger.
 func WithLogger(l logr.Logger) Option { return func(c *Cache) { c.log = l } }
 
-// WithSpoolDir sets where blobs being downloaded are kept until stored,
-// for storage that has no spool of its own.
+// WithSpoolDir sets where blobs being downloaded are kept until stored
+// (storage.SpoolFor decides it).
 func WithSpoolDir(dir string) Option { return func(c *Cache) { c.spoolDir = dir } }
 
 // Limits bound every upstream blob download.
@@ -193,9 +194,6 @@ func New(up Upstream, store storage.Storage, opts ...Option) *Cache {
 		limits:      DefaultLimits,
 	}
 	c.background, c.stop = context.WithCancel(context.Background())
-	if sp, ok := store.(storage.Spooler); ok {
-		c.spoolDir = sp.SpoolDir() // same filesystem: storing is a rename
-	}
 	for _, o := range opts {
 		o(c)
 	}

@@ -83,7 +83,7 @@ const emptyIndex = `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.in
 // that is down, gives the last known answer or an empty index.
 func (c *Cache) Referrers(ctx context.Context, repo string, d digest.Digest, query url.Values) []byte {
 	key := "referrers " + repo + "@" + d.String() + "?" + query.Encode()
-	body, err := c.up.Referrers(ctx, repo, d.String(), query, maxListSize)
+	body, err := c.up.Referrers(ctx, repo, d, query, maxListSize)
 	if err == nil && validIndex(body) {
 		c.lists.put(key, body)
 		return body

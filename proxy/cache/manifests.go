@@ -27,20 +27,20 @@ type Manifest struct {
 	fromReplica bool
 }
 
-// Manifest returns the manifest for ref (a tag or a digest) of repo.
-// accept is the client's Accept list; it is forwarded upstream together
-// with every type depproxy serves.
-func (c *Cache) Manifest(ctx context.Context, repo, ref string, accept []string) (*Manifest, error) {
-	if d, err := digest.Parse(ref); err == nil {
+// Manifest returns the manifest ref names in repo. accept is the
+// client's Accept list; it is forwarded upstream together with every type
+// depproxy serves.
+func (c *Cache) Manifest(ctx context.Context, repo string, ref manifest.Ref, accept []string) (*Manifest, error) {
+	if d, ok := ref.Digest(); ok {
 		m, err := c.manifestByDigest(ctx, repo, d, accept)
 		if err == nil {
 			c.reads.touch(layout.Manifest(m.Digest))
 		}
 		return m, err
 	}
-	m, err := c.manifestByTag(ctx, repo, ref, accept)
+	m, err := c.manifestByTag(ctx, repo, ref.Tag(), accept)
 	if err == nil {
-		c.reads.touch(layout.Tag(c.registry, repo, ref), layout.Manifest(m.Digest))
+		c.reads.touch(layout.Tag(c.registry, repo, ref.Tag()), layout.Manifest(m.Digest))
 	}
 	return m, err
 }
@@ -55,7 +55,7 @@ func (c *Cache) manifestByDigest(ctx context.Context, repo string, d digest.Dige
 	v, err, shared := c.flight.Do(repo+"@"+d.String(), func() (any, error) {
 		ctx, cancel := detach(ctx)
 		defer cancel()
-		return c.fetchManifest(ctx, repo, d.String(), d, accept)
+		return c.fetchManifest(ctx, repo, manifest.DigestRef(d), accept)
 	})
 	c.count(ctx, kindManifest, missOrShared(shared))
 	if err != nil {
@@ -87,13 +87,13 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 				c.log.V(1).Info("upstream asked to wait, serving cached tag", "repository", repo, "tag", tag, "until", until)
 				return cached, nil
 			}
-			desc, err := c.up.HeadManifest(ctx, repo, tag, upstreamAccept(accept))
+			desc, err := c.up.HeadManifest(ctx, repo, manifest.TagRef(tag), upstreamAccept(accept))
 			switch {
 			case err != nil:
 				c.countStale(upstream.Reason(err))
 				c.log.Info("upstream failed, serving cached tag", "repository", repo, "tag", tag, "error", err.Error())
 				return cached, nil
-			case desc.Digest == cached.Digest.String():
+			case desc.Digest == cached.Digest:
 				c.markFresh(repo, tag, cached.Digest)
 				return cached, nil
 			case c.up.Sparing():
@@ -104,7 +104,7 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 				return cached, nil
 			}
 		}
-		m, err := c.fetchManifest(ctx, repo, tag, "", accept)
+		m, err := c.fetchManifest(ctx, repo, manifest.TagRef(tag), accept)
 		if err != nil {
 			if cached != nil {
 				c.countStale(upstream.Reason(err))
@@ -153,9 +153,8 @@ func detach(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 }
 
-// fetchManifest downloads a manifest, checks it and stores it. want is the
-// digest asked for, empty for a tag.
-func (c *Cache) fetchManifest(ctx context.Context, repo, ref string, want digest.Digest, accept []string) (*Manifest, error) {
+// fetchManifest downloads a manifest, checks it and stores it.
+func (c *Cache) fetchManifest(ctx context.Context, repo string, ref manifest.Ref, accept []string) (*Manifest, error) {
 	um, err := c.up.GetManifest(ctx, repo, ref, upstreamAccept(accept), manifest.MaxSize)
 	if err != nil {
 		return nil, err
@@ -163,6 +162,7 @@ func (c *Cache) fetchManifest(ctx context.Context, repo, ref string, want digest
 	if !um.FromReplica {
 		c.countPulled(kindManifest, int64(len(um.Body)))
 	}
+	want, _ := ref.Digest()
 	m, err := checkManifest(um, want)
 	if err != nil {
 		return nil, err
@@ -178,7 +178,7 @@ func (c *Cache) fetchManifest(ctx context.Context, repo, ref string, want digest
 	} else {
 		c.stored(Stored{Bytes: int64(len(rec))})
 	}
-	c.log.Info("cached manifest", "repository", repo, "reference", ref, "digest", m.Digest, "mediaType", m.MediaType)
+	c.log.Info("cached manifest", "repository", repo, "reference", ref.String(), "digest", m.Digest, "mediaType", m.MediaType)
 	return m, nil
 }
 
@@ -197,7 +197,7 @@ func checkManifest(um *upstream.Manifest, want digest.Digest) (*Manifest, error)
 	if want != "" && got != want {
 		return nil, fmt.Errorf("%w: manifest %s hashes to %s", ErrDigestMismatch, want, got)
 	}
-	if h, err := digest.Parse(um.Digest); err == nil && h.Algorithm().FromBytes(um.Body) != h {
+	if h := um.Digest; h != "" && h.Algorithm().FromBytes(um.Body) != h {
 		return nil, fmt.Errorf("%w: upstream said %s for a manifest that hashes otherwise", ErrDigestMismatch, h)
 	}
 	return &Manifest{MediaType: mt, Digest: got, Body: um.Body, fromReplica: um.FromReplica}, nil

@@ -58,7 +58,7 @@ func (c *Cache) streamBlob(f *fill) *Blob {
 
 // directBlob downloads a blob for one request alone, uncached.
 func (c *Cache) directBlob(ctx context.Context, repo string, d digest.Digest) (*Blob, error) {
-	blob, err := c.up.GetBlob(ctx, repo, d.String())
+	blob, err := c.up.GetBlob(ctx, repo, d)
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/opencontainers/go-digest"
 )
 
 func replicaURLs(n int) []string {
@@ -28,7 +30,7 @@ func TestRingOwnersAgreeAndMoveLittle(t *testing.T) {
 	owned := map[string]int{}
 	before := map[string]string{}
 	for i := 0; i < keys; i++ {
-		key := BlobKey("docker.io", fmt.Sprintf("sha256:%064d", i))
+		key := BlobKey("docker.io", digest.Digest(fmt.Sprintf("sha256:%064d", i)))
 		owner := rings[0].Owner(key)
 		for _, r := range rings[1:] {
 			if got := r.Owner(key); got != owner {
@@ -72,7 +74,7 @@ func TestRingOwnersAgreeAndMoveLittle(t *testing.T) {
 func TestRingPassesOverADownReplica(t *testing.T) {
 	members := replicaURLs(3)
 	r := NewRing(members[0], members)
-	key := BlobKey("docker.io", "sha256:abc")
+	key := BlobKey("docker.io", digest.FromString("abc"))
 	owners := r.Owners(key)
 	r.markDown(owners[0])
 	got := r.Owners(key)

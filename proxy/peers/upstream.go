@@ -9,13 +9,14 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/depproxy/depproxy/proxy/cache"
+	"github.com/depproxy/depproxy/proxy/manifest"
 	"github.com/depproxy/depproxy/proxy/upstream"
 )
 
@@ -82,14 +83,14 @@ var errTryNext = errors.New("replica did not answer")
 // GetBlob streams a blob from its owner. The owner's answer is proven
 // before it is used; its bytes are checked against the digest by the
 // fill that reads them.
-func (u *Upstream) GetBlob(ctx context.Context, repo, d string) (*upstream.Blob, error) {
+func (u *Upstream) GetBlob(ctx context.Context, repo string, d digest.Digest) (*upstream.Blob, error) {
 	var blob *upstream.Blob
 	err := u.forward(ctx, BlobKey(u.registry, d), func(owner string) error {
-		resp, _, err := u.send(ctx, http.MethodGet, owner, repo, "blobs/"+d, nil, false, 0)
+		resp, _, err := u.send(ctx, http.MethodGet, owner, repo, "blobs/"+d.String(), nil, false, 0)
 		if err != nil {
 			return err
 		}
-		if got := resp.Header.Get("Docker-Content-Digest"); got != "" && got != d {
+		if got := resp.Header.Get("Docker-Content-Digest"); got != "" && got != d.String() {
 			resp.Body.Close()
 			return fmt.Errorf("%w: %s answered blob %s with %s", errTryNext, owner, d, got)
 		}
@@ -105,14 +106,14 @@ func (u *Upstream) GetBlob(ctx context.Context, repo, d string) (*upstream.Blob,
 // GetManifest gets a manifest from the replica that owns its tag (or
 // digest): one upstream GET for every replica. The owner's answer, body
 // included, is proven before anything uses or stores it.
-func (u *Upstream) GetManifest(ctx context.Context, repo, ref string, accept []string, maxSize int64) (*upstream.Manifest, error) {
+func (u *Upstream) GetManifest(ctx context.Context, repo string, ref manifest.Ref, accept []string, maxSize int64) (*upstream.Manifest, error) {
 	var m *upstream.Manifest
 	err := u.forward(ctx, ManifestKey(u.registry, repo, ref), func(owner string) error {
-		resp, body, err := u.send(ctx, http.MethodGet, owner, repo, "manifests/"+ref, accept, true, maxSize)
+		resp, body, err := u.send(ctx, http.MethodGet, owner, repo, "manifests/"+ref.String(), accept, true, maxSize)
 		if err != nil {
 			return err
 		}
-		m = &upstream.Manifest{Descriptor: describe(resp), Body: body, FromReplica: true}
+		m = &upstream.Manifest{Descriptor: upstream.Describe(resp), Body: body, FromReplica: true}
 		return nil
 	}, func() (err error) {
 		m, err = u.Upstream.GetManifest(ctx, repo, ref, accept, maxSize)
@@ -124,14 +125,14 @@ func (u *Upstream) GetManifest(ctx context.Context, repo, ref string, accept []s
 // HeadManifest asks the owner of a tag where it points: the owner
 // answers from its own recheck interval, so the upstream sees one HEAD
 // per interval whatever the number of replicas.
-func (u *Upstream) HeadManifest(ctx context.Context, repo, ref string, accept []string) (upstream.Descriptor, error) {
+func (u *Upstream) HeadManifest(ctx context.Context, repo string, ref manifest.Ref, accept []string) (upstream.Descriptor, error) {
 	var d upstream.Descriptor
 	err := u.forward(ctx, ManifestKey(u.registry, repo, ref), func(owner string) error {
-		resp, _, err := u.send(ctx, http.MethodHead, owner, repo, "manifests/"+ref, accept, true, 0)
+		resp, _, err := u.send(ctx, http.MethodHead, owner, repo, "manifests/"+ref.String(), accept, true, 0)
 		if err != nil {
 			return err
 		}
-		d = describe(resp)
+		d = upstream.Describe(resp)
 		return nil
 	}, func() (err error) {
 		d, err = u.Upstream.HeadManifest(ctx, repo, ref, accept)
@@ -142,15 +143,15 @@ func (u *Upstream) HeadManifest(ctx context.Context, repo, ref string, accept []
 
 // BlobKey is what decides a blob's owner: its digest, whatever the
 // repository (one blob, one download).
-func BlobKey(registry, digest string) string { return registry + " blob " + digest }
+func BlobKey(registry string, d digest.Digest) string { return registry + " blob " + d.String() }
 
 // ManifestKey is what decides a manifest's owner: the tag, or the digest,
 // within its repository.
-func ManifestKey(registry, repo, ref string) string {
-	if strings.Contains(ref, ":") {
-		return registry + " manifest " + repo + "@" + ref
+func ManifestKey(registry, repo string, ref manifest.Ref) string {
+	if d, ok := ref.Digest(); ok {
+		return registry + " manifest " + repo + "@" + d.String()
 	}
-	return registry + " manifest " + repo + ":" + ref
+	return registry + " manifest " + repo + ":" + ref.Tag()
 }
 
 // forward tries the owners of key in order; when this replica's turn
@@ -236,9 +237,4 @@ func (u *Upstream) send(ctx context.Context, method, owner, repo, path string, a
 		resp.Body.Close()
 		return nil, nil, fmt.Errorf("%w: %s answered %s", errTryNext, owner, resp.Status)
 	}
-}
-
-func describe(resp *http.Response) upstream.Descriptor {
-	return upstream.Descriptor{MediaType: resp.Header.Get("Content-Type"), Digest: resp.Header.Get("Docker-Content-Digest"),
-		Size: resp.ContentLength}
 }

@@ -16,12 +16,13 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depproxy/depproxy/proxy/cache"
+	"github.com/depproxy/depproxy/proxy/manifest"
 )
 
 // Cache is what the registry serves from: one upstream's cache, taking
 // repository names as that upstream knows them.
 type Cache interface {
-	Manifest(ctx context.Context, repo, ref string, accept []string) (*cache.Manifest, error)
+	Manifest(ctx context.Context, repo string, ref manifest.Ref, accept []string) (*cache.Manifest, error)
 	Blob(ctx context.Context, repo string, d digest.Digest) (*cache.Blob, error)
 	StatBlob(ctx context.Context, repo string, d digest.Digest) (int64, error)
 	Tags(ctx context.Context, repo string, query url.Values) ([]byte, error)
@@ -186,7 +187,7 @@ func (reg *Registry) manifest(w http.ResponseWriter, r *http.Request, c Cache, r
 }
 
 func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, c Cache, rt route) error {
-	d := digest.Digest(rt.ref)
+	d := rt.digest
 	h := w.Header()
 	if r.Method == http.MethodHead {
 		size, err := c.StatBlob(r.Context(), rt.repo, d)
@@ -296,7 +297,7 @@ func (reg *Registry) tags(w http.ResponseWriter, r *http.Request, c Cache, rt ro
 }
 
 func (reg *Registry) referrers(w http.ResponseWriter, r *http.Request, c Cache, rt route) {
-	body := c.Referrers(r.Context(), rt.repo, digest.Digest(rt.ref), r.URL.Query())
+	body := c.Referrers(r.Context(), rt.repo, rt.digest, r.URL.Query())
 	w.Header().Set("Content-Type", "application/vnd.oci.image.index.v1+json")
 	w.Write(body)
 }

@@ -6,6 +6,8 @@ import (
 
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/depproxy/depproxy/proxy/manifest"
 )
 
 // kind is what a /v2 path asks for.
@@ -25,9 +27,10 @@ type route struct {
 	// name is the repository as the client named it; repo is the same
 	// as the chosen upstream knows it (library/alpine for alpine).
 	name, repo string
-	// ref is a tag or a digest for manifests, a digest for blobs and
-	// referrers.
-	ref string
+	// ref is the manifest asked for; digest the blob, or the subject
+	// of referrers.
+	ref    manifest.Ref
+	digest digest.Digest
 }
 
 // parseRoute splits a /v2 path into what it asks for and validates every
@@ -48,7 +51,7 @@ func parseRoute(path string) (route, *regError) {
 	if !ok1 || !ok2 {
 		return route{}, errUnknownRoute
 	}
-	rt := route{name: name, ref: ref}
+	rt := route{name: name}
 	switch {
 	case k == "manifests":
 		rt.kind = kindManifest
@@ -57,7 +60,7 @@ func parseRoute(path string) (route, *regError) {
 	case k == "referrers":
 		rt.kind = kindReferrers
 	case k == "tags" && ref == "list":
-		rt.kind, rt.ref = kindTags, ""
+		rt.kind = kindTags
 	default:
 		return route{}, errUnknownRoute
 	}
@@ -67,7 +70,7 @@ func parseRoute(path string) (route, *regError) {
 	if rt.kind == kindTags {
 		return rt, nil
 	}
-	if err := checkRef(rt); err != nil {
+	if err := rt.parseRef(ref); err != nil {
 		return route{}, err
 	}
 	return rt, nil
@@ -92,15 +95,23 @@ func checkName(name string) *regError {
 	return nil
 }
 
-func checkRef(rt route) *regError {
-	if rt.kind == kindManifest && anchoredTag.MatchString(rt.ref) {
+// parseRef takes the path's last element: a tag or a digest for a
+// manifest, a digest otherwise.
+func (rt *route) parseRef(ref string) *regError {
+	if rt.kind == kindManifest && anchoredTag.MatchString(ref) {
+		rt.ref = manifest.TagRef(ref)
 		return nil
 	}
-	if _, err := digest.Parse(rt.ref); err != nil {
-		if rt.kind == kindManifest {
-			return &regError{Status: 400, Code: "MANIFEST_INVALID", Message: fmt.Sprintf("%q is neither a tag nor a digest", rt.ref)}
-		}
-		return &regError{Status: 400, Code: "DIGEST_INVALID", Message: fmt.Sprintf("invalid digest %q: %v", rt.ref, err)}
+	d, err := digest.Parse(ref)
+	switch {
+	case err != nil && rt.kind == kindManifest:
+		return &regError{Status: 400, Code: "MANIFEST_INVALID", Message: fmt.Sprintf("%q is neither a tag nor a digest", ref)}
+	case err != nil:
+		return &regError{Status: 400, Code: "DIGEST_INVALID", Message: fmt.Sprintf("invalid digest %q: %v", ref, err)}
+	case rt.kind == kindManifest:
+		rt.ref = manifest.DigestRef(d)
+	default:
+		rt.digest = d
 	}
 	return nil
 }

@@ -3,6 +3,10 @@ package registry
 import (
 	"strings"
 	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depproxy/depproxy/proxy/manifest"
 )
 
 func TestParseRoute(t *testing.T) {
@@ -14,13 +18,13 @@ func TestParseRoute(t *testing.T) {
 	}{
 		{"/v2/", route{kind: kindBase}, ""},
 		{"/v2", route{kind: kindBase}, ""},
-		{"/v2/alpine/manifests/3.20", route{kind: kindManifest, name: "alpine", ref: "3.20"}, ""},
-		{"/v2/grafana/mimir/manifests/" + d, route{kind: kindManifest, name: "grafana/mimir", ref: d}, ""},
-		{"/v2/a/b/c/blobs/" + d, route{kind: kindBlob, name: "a/b/c", ref: d}, ""},
-		{"/v2/a/manifests/x/blobs/" + d, route{kind: kindBlob, name: "a/manifests/x", ref: d}, ""},
+		{"/v2/alpine/manifests/3.20", route{kind: kindManifest, name: "alpine", ref: manifest.TagRef("3.20")}, ""},
+		{"/v2/grafana/mimir/manifests/" + d, route{kind: kindManifest, name: "grafana/mimir", ref: manifest.DigestRef(digest.Digest(d))}, ""},
+		{"/v2/a/b/c/blobs/" + d, route{kind: kindBlob, name: "a/b/c", digest: digest.Digest(d)}, ""},
+		{"/v2/a/manifests/x/blobs/" + d, route{kind: kindBlob, name: "a/manifests/x", digest: digest.Digest(d)}, ""},
 		{"/v2/library/alpine/tags/list", route{kind: kindTags, name: "library/alpine"}, ""},
-		{"/v2/library/alpine/referrers/" + d, route{kind: kindReferrers, name: "library/alpine", ref: d}, ""},
-		{"/v2/foo__bar/manifests/latest", route{kind: kindManifest, name: "foo__bar", ref: "latest"}, ""},
+		{"/v2/library/alpine/referrers/" + d, route{kind: kindReferrers, name: "library/alpine", digest: digest.Digest(d)}, ""},
+		{"/v2/foo__bar/manifests/latest", route{kind: kindManifest, name: "foo__bar", ref: manifest.TagRef("latest")}, ""},
 		{"/v2/../x/manifests/latest", route{}, "NAME_INVALID"},
 		{"/v2/x/../../y/manifests/latest", route{}, "NAME_INVALID"},
 		{"/v2/.x/manifests/latest", route{}, "NAME_INVALID"},
@@ -65,7 +69,7 @@ func FuzzParseRoute(f *testing.F) {
 				t.Fatalf("%q: accepted name %q with component %q", path, rt.name, part)
 			}
 		}
-		if len(rt.name) > 255 || strings.ContainsAny(rt.name+rt.ref, "?#%\\ \x00") {
+		if len(rt.name) > 255 || strings.ContainsAny(rt.name+rt.ref.String()+rt.digest.String(), "?#%\\ \x00") {
 			t.Fatalf("%q: accepted %+v", path, rt)
 		}
 	})

@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depproxy/depproxy/proxy/cache"
+	"github.com/depproxy/depproxy/proxy/manifest"
 	"github.com/depproxy/depproxy/proxy/upstream"
 )
 
@@ -21,7 +22,7 @@ type askedCache struct{ repos []string }
 
 func (c *askedCache) CountServed(context.Context, string, int64) {}
 
-func (c *askedCache) Manifest(_ context.Context, repo, _ string, _ []string) (*cache.Manifest, error) {
+func (c *askedCache) Manifest(_ context.Context, repo string, _ manifest.Ref, _ []string) (*cache.Manifest, error) {
 	c.repos = append(c.repos, repo)
 	return nil, upstream.ErrNotFound
 }

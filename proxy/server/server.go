@@ -100,23 +100,15 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 			closers = append(closers, c.Close)
 		}
 	}
-	var spoolOpt []cache.Option
-	spoolDir := ""
-	if sp, ok := store.(storage.Spooler); ok {
-		spoolDir = sp.SpoolDir()
-	} else {
-		parent := s.SpoolDir
-		if parent == "" {
-			parent = filepath.Join(os.TempDir(), "depproxy")
-		}
-		spool, err := storage.OpenSpool(parent)
-		if err != nil {
-			return nil, err
-		}
-		closers = append(closers, spool.Close)
-		spoolOpt = append(spoolOpt, cache.WithSpoolDir(spool.Dir()))
-		spoolDir = spool.Dir()
+	spoolParent := s.SpoolDir
+	if spoolParent == "" {
+		spoolParent = filepath.Join(os.TempDir(), "depproxy")
 	}
+	spoolDir, closeSpool, err := storage.SpoolFor(store, spoolParent)
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, closeSpool)
 	upstreams, err := s.Upstreams()
 	if err != nil {
 		return nil, err
@@ -185,7 +177,8 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 			cache.WithStored(func(st cache.Stored) { scanner.Record(summaryChange(u.Registry, st)) }),
 			cache.WithLimits(cache.Limits{MaxDownloads: s.MaxDownloads, MaxBlobSize: int64(s.MaxBlobSize)}),
 			cache.WithMemory(int64(s.ManifestMemory)),
-		}, append(spoolOpt, o.cache...)...)...)
+			cache.WithSpoolDir(spoolDir),
+		}, o.cache...)...)
 		caches = append(caches, c)
 		clients = append(clients, up)
 		sources = append(sources, registry.Source{Upstream: up, Cache: c})

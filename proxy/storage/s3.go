@@ -122,6 +122,21 @@ func (s *S3) Open(ctx context.Context, key string) (io.ReadSeekCloser, Info, err
 	return &s3Reader{ctx: ctx, s: s, key: s.prefix + key, size: info.Size}, info, nil
 }
 
+// ReadAll reads a small object with one GET.
+func (s *S3) ReadAll(ctx context.Context, key string, limit int64) ([]byte, error) {
+	var b []byte
+	err := s.health.call(ctx, "read "+key, func(ctx context.Context) error {
+		body, _, _, err := s.core.GetObject(ctx, s.bucket, s.prefix+key, minio.GetObjectOptions{})
+		if err != nil {
+			return s3Error(err)
+		}
+		defer body.Close()
+		b, err = io.ReadAll(io.LimitReader(body, limit))
+		return err
+	})
+	return b, err
+}
+
 func (s *S3) Stat(ctx context.Context, key string) (Info, error) {
 	var info Info
 	err := s.health.call(ctx, "stat "+key, func(ctx context.Context) error {

@@ -47,6 +47,21 @@ func OpenSpool(parent string) (*Spool, error) {
 	return &Spool{dir: dir, lock: lock}, nil
 }
 
+// SpoolFor is where downloads into store wait until they are stored: the
+// backend's own spool when it has one (the same filesystem, so storing is
+// a rename), else a spool of this process's own under parent, which
+// close removes.
+func SpoolFor(store Storage, parent string) (dir string, close func() error, err error) {
+	if sp, ok := store.(Spooler); ok {
+		return sp.SpoolDir(), func() error { return nil }, nil
+	}
+	spool, err := OpenSpool(parent)
+	if err != nil {
+		return "", nil, err
+	}
+	return spool.Dir(), spool.Close, nil
+}
+
 // Dir is where to create files.
 func (s *Spool) Dir() string { return s.dir }
 

@@ -62,9 +62,18 @@ type Redirector interface {
 	RedirectURL(ctx context.Context, key string) (string, error)
 }
 
+// WholeReader is implemented by backends that read a small object in one
+// request, where Open costs two (S3: a HEAD for its size, then a GET).
+type WholeReader interface {
+	ReadAll(ctx context.Context, key string, limit int64) ([]byte, error)
+}
+
 // ReadAll reads at most limit bytes of a small object (a tag, a
 // manifest, a marker) and closes it.
 func ReadAll(ctx context.Context, s Storage, key string, limit int64) ([]byte, error) {
+	if wr, ok := s.(WholeReader); ok {
+		return wr.ReadAll(ctx, key, limit)
+	}
 	r, _, err := s.Open(ctx, key)
 	if err != nil {
 		return nil, err

@@ -58,6 +58,9 @@ func suite(t *testing.T, open func(t *testing.T) storage.Storage) {
 		if _, err := s.Stat(ctx, "blobs/sha256/nothing"); !errors.Is(err, storage.ErrNotFound) {
 			t.Errorf("Stat: %v", err)
 		}
+		if _, err := storage.ReadAll(ctx, s, "blobs/sha256/nothing", 10); !errors.Is(err, storage.ErrNotFound) {
+			t.Errorf("ReadAll: %v", err)
+		}
 		if err := s.Delete(ctx, "blobs/sha256/nothing"); err != nil {
 			t.Errorf("Delete of a missing key: %v", err)
 		}
@@ -235,6 +238,33 @@ func TestS3MakesAMissingBucketOnWrite(t *testing.T) {
 	}
 	if err := s3.Put(ctx, "k", strings.NewReader("v"), 1); err != nil {
 		t.Fatalf("the write after the bucket was made: %v", err)
+	}
+}
+
+// A tag, a manifest or a marker costs one request to read on S3, not a
+// HEAD for its size and then a GET.
+func TestS3ReadsASmallObjectWithOneGet(t *testing.T) {
+	m := testenv.StartMinIO(t)
+	m.Storage(t, "small", "") // waits until MinIO serves buckets
+	front := testenv.StartFront(t, "http://"+m.Addr)
+	s3, err := storage.NewS3("small", "p", storage.S3Options{Endpoint: front.Addr, Insecure: true, Credentials: m.Credentials()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := s3.Put(ctx, "k", strings.NewReader("sha256:abc"), 10); err != nil {
+		t.Fatal(err)
+	}
+	front.Reset()
+	got, err := storage.ReadAll(ctx, s3, "k", 256)
+	if err != nil || string(got) != "sha256:abc" {
+		t.Fatalf("ReadAll: %q, %v", got, err)
+	}
+	if gets, heads := front.Count("GET", "other"), front.Count("HEAD", "other"); gets != 1 || heads != 0 {
+		t.Fatalf("a small read cost %d GETs and %d HEADs, want one GET", gets, heads)
+	}
+	if got, err := storage.ReadAll(ctx, s3, "k", 6); err != nil || string(got) != "sha256" {
+		t.Fatalf("ReadAll within a limit: %q, %v", got, err)
 	}
 }
 

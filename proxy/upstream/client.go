@@ -23,7 +23,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/opencontainers/go-digest"
 	"k8s.io/utils/lru"
+
+	"github.com/depproxy/depproxy/proxy/manifest"
 )
 
 // DockerHub is the default upstream.
@@ -59,8 +62,19 @@ func (e *StatusError) Is(target error) bool {
 // Descriptor is what a manifest HEAD tells.
 type Descriptor struct {
 	MediaType string
-	Digest    string
-	Size      int64
+	// Digest is empty when the upstream did not say, or said something
+	// that is not a digest.
+	Digest digest.Digest
+	Size   int64
+}
+
+// Describe reads a manifest answer's headers.
+func Describe(resp *http.Response) Descriptor {
+	d, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
+	if err != nil {
+		d = ""
+	}
+	return Descriptor{MediaType: resp.Header.Get("Content-Type"), Digest: d, Size: resp.ContentLength}
 }
 
 // Manifest is a manifest body exactly as the upstream sent it.
@@ -228,8 +242,8 @@ func (c *Client) Repository(repo string) string {
 
 // HeadManifest asks for a manifest's digest without downloading it
 // (free of rate limits on Docker Hub).
-func (c *Client) HeadManifest(ctx context.Context, repo, ref string, accept []string) (Descriptor, error) {
-	resp, err := c.do(ctx, http.MethodHead, repo, "manifests/"+ref, http.Header{"Accept": {strings.Join(accept, ", ")}})
+func (c *Client) HeadManifest(ctx context.Context, repo string, ref manifest.Ref, accept []string) (Descriptor, error) {
+	resp, err := c.do(ctx, http.MethodHead, repo, "manifests/"+ref.String(), http.Header{"Accept": {strings.Join(accept, ", ")}})
 	if err != nil {
 		return Descriptor{}, err
 	}
@@ -237,19 +251,15 @@ func (c *Client) HeadManifest(ctx context.Context, repo, ref string, accept []st
 	if err := registryAnswer(resp); err != nil {
 		return Descriptor{}, err
 	}
-	return Descriptor{
-		MediaType: resp.Header.Get("Content-Type"),
-		Digest:    resp.Header.Get("Docker-Content-Digest"),
-		Size:      resp.ContentLength,
-	}, nil
+	return Describe(resp), nil
 }
 
 // ErrTooLarge is returned for a manifest body over the limit.
 var ErrTooLarge = errors.New("manifest too large")
 
 // GetManifest downloads a manifest, refusing bodies over maxSize.
-func (c *Client) GetManifest(ctx context.Context, repo, ref string, accept []string, maxSize int64) (*Manifest, error) {
-	resp, err := c.do(ctx, http.MethodGet, repo, "manifests/"+ref, http.Header{"Accept": {strings.Join(accept, ", ")}})
+func (c *Client) GetManifest(ctx context.Context, repo string, ref manifest.Ref, accept []string, maxSize int64) (*Manifest, error) {
+	resp, err := c.do(ctx, http.MethodGet, repo, "manifests/"+ref.String(), http.Header{"Accept": {strings.Join(accept, ", ")}})
 	if err != nil {
 		return nil, err
 	}
@@ -267,20 +277,15 @@ func (c *Client) GetManifest(ctx context.Context, repo, ref string, accept []str
 	if int64(len(body)) > maxSize {
 		return nil, fmt.Errorf("%w: over %d bytes", ErrTooLarge, maxSize)
 	}
-	return &Manifest{
-		Descriptor: Descriptor{
-			MediaType: resp.Header.Get("Content-Type"),
-			Digest:    resp.Header.Get("Docker-Content-Digest"),
-			Size:      int64(len(body)),
-		},
-		Body: body,
-	}, nil
+	desc := Describe(resp)
+	desc.Size = int64(len(body))
+	return &Manifest{Descriptor: desc, Body: body}, nil
 }
 
 // GetBlob opens a blob stream. Redirects (Docker Hub sends blobs from a
 // CDN) are followed without the registry's token.
-func (c *Client) GetBlob(ctx context.Context, repo, digest string) (*Blob, error) {
-	resp, err := c.do(ctx, http.MethodGet, repo, "blobs/"+digest, nil)
+func (c *Client) GetBlob(ctx context.Context, repo string, d digest.Digest) (*Blob, error) {
+	resp, err := c.do(ctx, http.MethodGet, repo, "blobs/"+d.String(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -292,8 +297,8 @@ func (c *Client) GetBlob(ctx context.Context, repo, digest string) (*Blob, error
 }
 
 // HeadBlob returns a blob's size.
-func (c *Client) HeadBlob(ctx context.Context, repo, digest string) (int64, error) {
-	resp, err := c.do(ctx, http.MethodHead, repo, "blobs/"+digest, nil)
+func (c *Client) HeadBlob(ctx context.Context, repo string, d digest.Digest) (int64, error) {
+	resp, err := c.do(ctx, http.MethodHead, repo, "blobs/"+d.String(), nil)
 	if err != nil {
 		return 0, err
 	}
@@ -312,8 +317,8 @@ func (c *Client) Tags(ctx context.Context, repo string, query url.Values, maxSiz
 
 // Referrers returns the OCI referrers index of a digest; ErrNotFound where
 // the upstream has no referrers API.
-func (c *Client) Referrers(ctx context.Context, repo, digest string, query url.Values, maxSize int64) ([]byte, error) {
-	return c.getSmall(ctx, repo, "referrers/"+digest, query, maxSize)
+func (c *Client) Referrers(ctx context.Context, repo string, d digest.Digest, query url.Values, maxSize int64) ([]byte, error) {
+	return c.getSmall(ctx, repo, "referrers/"+d.String(), query, maxSize)
 }
 
 // getSmall fetches a small JSON document under the repository.

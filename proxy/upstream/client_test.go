@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/depproxy/depproxy/proxy/manifest"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -64,7 +65,7 @@ func TestDockerHubRequestsGoToTheTokenHost(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.HeadManifest(context.Background(), "alpine", "3.20", nil); err != nil {
+		if _, err := c.HeadManifest(context.Background(), "alpine", manifest.TagRef("3.20"), nil); err != nil {
 			t.Fatal(err)
 		}
 		for _, h := range rec.hosts {
@@ -134,7 +135,7 @@ func TestTransportsAreBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 0; i < maxTransports+500; i++ {
-		_, err := c.HeadManifest(context.Background(), fmt.Sprintf("spray/n%d", i), "latest", nil)
+		_, err := c.HeadManifest(context.Background(), fmt.Sprintf("spray/n%d", i), manifest.TagRef("latest"), nil)
 		if !errors.Is(err, ErrNotFound) {
 			t.Fatalf("name %d: %v, want not found", i, err)
 		}

@@ -31,6 +31,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/minio/minio-go/v7"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/depproxy/depproxy/proxy/peers"
 	"github.com/depproxy/depproxy/proxy/wire"
@@ -274,7 +275,7 @@ func (b *bench) warmReplicaRows(runs int) []string {
 		for _, a := range c.addrs {
 			urls = append(urls, "http://"+a)
 		}
-		ownerURL := peers.NewRing(urls[0], urls).Owner(peers.BlobKey("docker.io", b.blob.String()))
+		ownerURL := peers.NewRing(urls[0], urls).Owner(peers.BlobKey("docker.io", digest.Digest(b.blob.String())))
 		ownerAddr, otherAddr := strings.TrimPrefix(ownerURL, "http://"), ""
 		for _, a := range c.addrs {
 			if a != ownerAddr {

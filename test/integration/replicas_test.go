@@ -18,11 +18,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/depproxy/depproxy/proxy/layout"
+	"github.com/depproxy/depproxy/proxy/manifest"
 	"github.com/depproxy/depproxy/proxy/peers"
 	"github.com/depproxy/depproxy/proxy/wire"
 	"github.com/depproxy/depproxy/test/testenv"
-	"github.com/opencontainers/go-digest"
 )
 
 // replica is one `depproxy serve` process of a set that shares one
@@ -263,7 +265,7 @@ func TestReplicaLost(t *testing.T) {
 		repo := repoName(t)
 		data, d := pushBlob(t, e.registry.Addr, repo, 32<<20)
 		want := sha(data)
-		owner, others := ownerOf(rs, peers.BlobKey(wire.RegistryOf(e.front.URL()), d.String()))
+		owner, others := ownerOf(rs, peers.BlobKey(wire.RegistryOf(e.front.URL()), digest.Digest(d.String())))
 		e.front.Reset()
 		sent.Store(0)
 		var wg sync.WaitGroup
@@ -365,7 +367,7 @@ func TestRogueReplica(t *testing.T) {
 	var tags []string
 	for i := 0; len(tags) < 3 && i < 200; i++ {
 		tag := fmt.Sprintf("t%d", i)
-		if owner, _ := ownerAmong(rs, strangers, peers.ManifestKey(registry, repo, tag)); owner == nil {
+		if owner, _ := ownerAmong(rs, strangers, peers.ManifestKey(registry, repo, manifest.TagRef(tag))); owner == nil {
 			pushImage(t, e.registry.Addr, repo, tag, img)
 			tags = append(tags, tag)
 		}

@@ -1,20 +1,12 @@
 package integration
 
 import (
-	"context"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
 
-	"github.com/go-logr/logr"
-	"github.com/opencontainers/go-digest"
-
-	"github.com/depproxy/depproxy/proxy/layout"
-	"github.com/depproxy/depproxy/proxy/server"
-	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/proxy/wire"
 	"github.com/depproxy/depproxy/test/testenv"
 )
