@@ -97,11 +97,11 @@ fuzz:
 	$(GO) test ./proxy/registry -run '^$$' -fuzz FuzzParseRoute -fuzztime 60s
 	$(GO) test ./proxy/token -run '^$$' -fuzz FuzzVerify -fuzztime 60s
 	$(GO) test ./proxy/registry -run '^$$' -fuzz FuzzSourceSelection -fuzztime 60s
-	$(GO) test ./proxy/wire -run '^$$' -fuzz FuzzSettingsFile -fuzztime 60s
+	$(GO) test ./proxy/settings -run '^$$' -fuzz FuzzSettingsFile -fuzztime 60s
 
 ## docs: the generated parts of docs/ (the configuration page's flag table)
 docs:
-	DEPPROXY_UPDATE_DOCS=1 $(GO) test ./proxy/wire -run TestConfigurationPageFlags -count=1
+	DEPPROXY_UPDATE_DOCS=1 $(GO) test ./proxy/settings -run TestConfigurationPageFlags -count=1
 
 ## bench: depproxy against CNCF Distribution's proxy mode, printed as a table
 bench: tools

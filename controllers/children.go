@@ -17,7 +17,8 @@ import (
 	"k8s.io/utils/ptr"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
-	"github.com/depproxy/depproxy/proxy/wire"
+	"github.com/depproxy/depproxy/proxy/settings"
+	"github.com/depproxy/depproxy/proxy/token"
 )
 
 const (
@@ -99,21 +100,21 @@ func usersSecret(dp *depproxyv1.DependencyProxy) string {
 
 // proxySettings are the proxy's settings for this spec, rendered as its
 // config file.
-func proxySettings(dp *depproxyv1.DependencyProxy) wire.Settings {
+func proxySettings(dp *depproxyv1.DependencyProxy) settings.Settings {
 	s := dp.Spec.Storage
 	storage := "s3://" + s.Bucket
 	if p := strings.Trim(s.Prefix, "/"); p != "" {
 		storage += "/" + p
 	}
-	settings := wire.Settings{
+	conf := settings.Settings{
 		Listen:            fmt.Sprintf(":%d", ProxyPort),
 		MetricsListen:     fmt.Sprintf(":%d", MetricsPort),
-		ShutdownDelay:     wire.Duration(shutdownDelay),
+		ShutdownDelay:     settings.Duration(shutdownDelay),
 		Upstream:          upstreamKeys(dp, func(u depproxyv1.RegistryUpstream, _ int) string { return u.URL }),
 		Storage:           storage,
 		S3Endpoint:        s.Endpoint,
 		S3Insecure:        s.Insecure,
-		RecheckInterval:   wire.Duration(dp.Spec.RecheckInterval.Duration),
+		RecheckInterval:   settings.Duration(dp.Spec.RecheckInterval.Duration),
 		PrefetchPlatforms: strings.Join(dp.Spec.PrefetchPlatforms, ","),
 		Tenant:            tenantName(dp),
 		TokenKey:          tokenKeyDir + "/" + tokenKeyFile,
@@ -126,9 +127,9 @@ func proxySettings(dp *depproxyv1.DependencyProxy) wire.Settings {
 		TLSKey:           ifSet(tlsSecret(dp), tlsDir+"/"+corev1.TLSPrivateKeyKey),
 	}
 	if replicated(dp) {
-		settings.PeerService, settings.PeerDeployment = peersName(dp), proxyName(dp)
+		conf.PeerService, conf.PeerDeployment = peersName(dp), proxyName(dp)
 	}
-	return settings
+	return conf
 }
 
 // tlsSecret is the Secret of the certificate served, if any.
@@ -150,11 +151,11 @@ func upstreams(dp *depproxyv1.DependencyProxy) []depproxyv1.RegistryUpstream {
 
 // upstreamKeys renders one setting for every upstream, REGISTRY=VALUE,
 // or a bare VALUE for the one spec.upstream; empty values are left out.
-func upstreamKeys(dp *depproxyv1.DependencyProxy, value func(u depproxyv1.RegistryUpstream, i int) string) wire.KeyedList {
-	var l wire.KeyedList
+func upstreamKeys(dp *depproxyv1.DependencyProxy, value func(u depproxyv1.RegistryUpstream, i int) string) settings.KeyedList {
+	var l settings.KeyedList
 	for i, u := range upstreams(dp) {
 		if v := value(u, i); v != "" {
-			l.Items = append(l.Items, wire.Keyed{Registry: u.Registry, Value: v})
+			l.Items = append(l.Items, settings.Keyed{Registry: u.Registry, Value: v})
 		}
 	}
 	return l
@@ -187,7 +188,7 @@ func ifSet(cond, v string) string {
 // Secret rotates it (the operator makes a new one and the pods roll), and
 // tokens signed with the old one stop working.
 func desiredTokenKey(dp *depproxyv1.DependencyProxy) (*corev1.Secret, error) {
-	_, pemBytes, err := wire.NewSigningKey()
+	_, pemBytes, err := token.NewSigningKey()
 	if err != nil {
 		return nil, err
 	}
@@ -225,11 +226,20 @@ func sortedPairs[V string | []byte](m map[string]V) []string {
 	return parts
 }
 
-// desiredConfigMap holds the proxy's config file.
+// desiredConfigMap holds the proxy's config file, read back as the proxy
+// will read it: a spec the API server let through but the proxy would
+// refuse stalls here, with the proxy's reason, not in a crash-looping pod.
 func desiredConfigMap(dp *depproxyv1.DependencyProxy) (*corev1.ConfigMap, error) {
 	raw, err := proxySettings(dp).Marshal()
 	if err != nil {
 		return nil, err
+	}
+	read, err := settings.Parse(raw)
+	if err == nil {
+		err = read.Validate()
+	}
+	if err != nil {
+		return nil, stalled(depproxyv1.ReasonInvalidSettings, "the proxy would refuse the settings this spec makes: %v", err)
 	}
 	return &corev1.ConfigMap{
 		ObjectMeta: objectMeta(proxyName(dp), dp.Namespace, proxyLabels(dp)),

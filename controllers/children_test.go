@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -11,7 +12,8 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
-	"github.com/depproxy/depproxy/proxy/wire"
+	"github.com/depproxy/depproxy/proxy/report"
+	"github.com/depproxy/depproxy/proxy/settings"
 )
 
 // The builders are pure: these run without a cluster.
@@ -35,6 +37,33 @@ func TestProxySettings(t *testing.T) {
 		f.PrefetchPlatforms != "linux/amd64,linux/arm64" || f.Listen != ":5000" || !f.S3Insecure ||
 		f.UpstreamMirrorOf.String() != "quay.io,mirror.internal:5000" {
 		t.Fatalf("%+v", f)
+	}
+}
+
+// What the operator renders is read back as the proxy reads it, and a
+// spec the proxy would refuse stalls with the proxy's own reason.
+func TestRenderedSettingsAreReadAsTheProxyReadsThem(t *testing.T) {
+	cm, err := desiredConfigMap(testProxy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	read, err := settings.Parse([]byte(cm.Data[configKey]))
+	if err != nil || read.Validate() != nil {
+		t.Fatalf("the rendered file: %v\n%s", err, cm.Data[configKey])
+	}
+	if read.Storage != "s3://cache/team-a" || read.MaxDownloads != settings.Defaults().MaxDownloads {
+		t.Fatalf("read back: %+v", read)
+	}
+	dp := testProxy()
+	dp.Spec.Upstreams = []depproxyv1.RegistryUpstream{
+		{Registry: "ghcr.io", UpstreamSpec: depproxyv1.UpstreamSpec{URL: "https://ghcr.io"}},
+		{Registry: "ghcr.io", UpstreamSpec: depproxyv1.UpstreamSpec{URL: "https://ghcr.example"}},
+	}
+	_, err = desiredConfigMap(dp)
+	var re *reconcileError
+	if !errors.As(err, &re) || re.Reason != depproxyv1.ReasonInvalidSettings || re.retry != retryNever ||
+		!strings.Contains(re.Message, "ghcr.io is configured twice") {
+		t.Fatalf("a spec the proxy refuses: %v", err)
 	}
 }
 
@@ -87,10 +116,10 @@ func TestCleanupResult(t *testing.T) {
 }
 
 func TestSummaryIsBounded(t *testing.T) {
-	var w wire.Summary
+	var w report.Summary
 	w.Hits, w.Misses, w.Bytes, w.ImageCount = 93, 7, 3<<30, 100000
 	for i := 0; i < 500; i++ {
-		w.Images = append(w.Images, wire.SummaryImage{Registry: "ghcr.io", Repository: "r", Tag: "t"})
+		w.Images = append(w.Images, report.SummaryImage{Registry: "ghcr.io", Repository: "r", Tag: "t"})
 	}
 	s := toCacheSummary(w, metav1.Now())
 	if len(s.Images) != maxSummaryImages || s.Images[0].Registry != "ghcr.io" || s.HitRatio != "0.93" || s.Size != "3Gi" || s.ImageCount != 100000 {
@@ -139,7 +168,7 @@ func TestNodeAgentAndServiceMonitor(t *testing.T) {
 	if _, ok := servedRegistry(dp, "registry.k8s.io"); ok {
 		t.Fatal("a registry the cache does not serve was found")
 	}
-	ds := desiredNodeAgent(nm, dp, []wire.Keyed{held}, "operator.example/depproxy:v1", "nodes")
+	ds := desiredNodeAgent(nm, dp, []settings.Keyed{held}, "operator.example/depproxy:v1", "nodes")
 	pod := ds.Spec.Template.Spec
 	args := strings.Join(pod.Containers[0].Args, " ")
 	if !strings.Contains(args, "--registry mirror.internal:5000") || strings.Contains(args, "--registry quay.io") ||

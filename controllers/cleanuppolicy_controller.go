@@ -23,7 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
-	"github.com/depproxy/depproxy/proxy/wire"
+	"github.com/depproxy/depproxy/proxy/report"
 )
 
 // CleanupPolicyReconciler runs a CronJob of `depproxy cleanup` for each
@@ -180,7 +180,7 @@ func jobSucceeded(j *batchv1.Job) bool {
 func cleanupResult(at metav1.Time, succeeded bool, message string) *depproxyv1.CleanupResult {
 	res := &depproxyv1.CleanupResult{FinishedAt: at, Succeeded: succeeded}
 	lines := strings.Split(strings.TrimSpace(message), "\n")
-	var s wire.CleanupSummary
+	var s report.CleanupSummary
 	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &s); err == nil {
 		res.DeletedManifests, res.DeletedBlobs, res.FreedBytes = s.DeletedManifests, s.DeletedBlobs, s.FreedBytes
 		res.Deleted = s.DeletedTags + s.DeletedManifests + s.DeletedBlobs

@@ -16,7 +16,9 @@ import (
 	"k8s.io/utils/ptr"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
-	"github.com/depproxy/depproxy/proxy/wire"
+	"github.com/depproxy/depproxy/proxy/nodeconfig"
+	"github.com/depproxy/depproxy/proxy/registryname"
+	"github.com/depproxy/depproxy/proxy/settings"
 )
 
 // The node agents' pure parts: what a NodeMirror's children are, from the
@@ -63,27 +65,27 @@ func nodeAgentLabels(nm *depproxyv1.NodeMirror) map[string]string {
 // a node falls back to without the cache: its upstreams' registries
 // (the upstream's own URL) and what they stand in for (mirrorOf: the
 // registry's default).
-func servedRegistries(dp *depproxyv1.DependencyProxy) []wire.Keyed {
-	var out []wire.Keyed
+func servedRegistries(dp *depproxyv1.DependencyProxy) []settings.Keyed {
+	var out []settings.Keyed
 	for _, u := range upstreams(dp) {
 		reg := u.Registry
 		if reg == "" {
-			reg = wire.RegistryOf(u.URL)
+			reg = registryname.Of(u.URL)
 		}
-		out = append(out, wire.Keyed{Registry: reg, Value: u.URL})
+		out = append(out, settings.Keyed{Registry: reg, Value: u.URL})
 		for _, m := range u.MirrorOf {
-			out = append(out, wire.Keyed{Registry: m})
+			out = append(out, settings.Keyed{Registry: m})
 		}
 	}
 	return out
 }
 
 // servedRegistry finds registry among a cache's.
-func servedRegistry(dp *depproxyv1.DependencyProxy, registry string) (wire.Keyed, bool) {
+func servedRegistry(dp *depproxyv1.DependencyProxy, registry string) (settings.Keyed, bool) {
 	all := servedRegistries(dp)
-	i := slices.IndexFunc(all, func(k wire.Keyed) bool { return k.Registry == registry })
+	i := slices.IndexFunc(all, func(k settings.Keyed) bool { return k.Registry == registry })
 	if i < 0 {
-		return wire.Keyed{}, false
+		return settings.Keyed{}, false
 	}
 	return all[i], true
 }
@@ -105,11 +107,11 @@ func dialTimeout(nm *depproxyv1.NodeMirror) time.Duration {
 	return time.Second
 }
 
-func nodeFormat(nm *depproxyv1.NodeMirror) wire.NodeFormat {
+func nodeFormat(nm *depproxyv1.NodeMirror) nodeconfig.NodeFormat {
 	if nm.Spec.Runtime == depproxyv1.RuntimeCRIO {
-		return wire.ContainersConf
+		return nodeconfig.ContainersConf
 	}
-	return wire.ContainerdHosts
+	return nodeconfig.ContainerdHosts
 }
 
 // desiredNodePortService serves the cache's pods on the NodeMirror's
@@ -132,7 +134,7 @@ func desiredNodePortService(nm *depproxyv1.NodeMirror, dp *depproxyv1.Dependency
 // cache answers at the node's address and the node port, and removes
 // them when it stops. Its image is the operator's own, and it mounts the
 // runtime's directory and nothing else.
-func desiredNodeAgent(nm *depproxyv1.NodeMirror, dp *depproxyv1.DependencyProxy, held []wire.Keyed, image, namespace string) *appsv1.DaemonSet {
+func desiredNodeAgent(nm *depproxyv1.NodeMirror, dp *depproxyv1.DependencyProxy, held []settings.Keyed, image, namespace string) *appsv1.DaemonSet {
 	dir := nm.Spec.ConfigDir()
 	args := []string{"node", "--endpoint", nodeEndpoint(nm, dp, "$(NODE_IP)"),
 		"--dir", dir, "--format", string(nodeFormat(nm)), "--dial-timeout", dialTimeout(nm).String(),
@@ -187,10 +189,10 @@ func desiredNodeAgent(nm *depproxyv1.NodeMirror, dp *depproxyv1.DependencyProxy,
 
 // nodeFilePreview is the file the agents write for registry, with
 // "<node>" for each node's own address.
-func nodeFilePreview(nm *depproxyv1.NodeMirror, dp *depproxyv1.DependencyProxy, registry wire.Keyed) string {
+func nodeFilePreview(nm *depproxyv1.NodeMirror, dp *depproxyv1.DependencyProxy, registry settings.Keyed) string {
 	const placeholder = "node.invalid"
-	o := wire.NodeOptions{Endpoint: nodeEndpoint(nm, dp, placeholder), DialTimeout: dialTimeout(nm)}
-	_, content, err := wire.RenderNodeFile(nodeFormat(nm), "", wire.NodeMirror{Registry: registry.Registry, Server: registry.Value}, o)
+	o := nodeconfig.NodeOptions{Endpoint: nodeEndpoint(nm, dp, placeholder), DialTimeout: dialTimeout(nm)}
+	_, content, err := nodeconfig.RenderNodeFile(nodeFormat(nm), "", nodeconfig.NodeMirror{Registry: registry.Registry, Server: registry.Value}, o)
 	if err != nil {
 		return ""
 	}

@@ -24,7 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
-	"github.com/depproxy/depproxy/proxy/wire"
+	"github.com/depproxy/depproxy/proxy/settings"
 )
 
 // NodeMirrorReconciler runs the node agents of each NodeMirror.
@@ -131,8 +131,8 @@ func (r *NodeMirrorReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 // claim takes, for each registry of the spec that the cache serves, the
 // registry's claim, unless another NodeMirror holds it; it returns the
 // registries this one holds, and records the others' fate in status.
-func (r *NodeMirrorReconciler) claim(ctx context.Context, nm *depproxyv1.NodeMirror, dp *depproxyv1.DependencyProxy) ([]wire.Keyed, error) {
-	var held []wire.Keyed
+func (r *NodeMirrorReconciler) claim(ctx context.Context, nm *depproxyv1.NodeMirror, dp *depproxyv1.DependencyProxy) ([]settings.Keyed, error) {
+	var held []settings.Keyed
 	for _, registry := range nm.Spec.Registries {
 		st := depproxyv1.RegistryMirrorStatus{Registry: registry}
 		served, ok := servedRegistry(dp, registry)
@@ -219,7 +219,7 @@ func (r *NodeMirrorReconciler) agentPods(ctx context.Context, nm *depproxyv1.Nod
 // releaseDropped gives up the claims on registries nm no longer holds,
 // once no agent pod of it may still write or remove their files (the
 // next holder's agents would fight it).
-func (r *NodeMirrorReconciler) releaseDropped(ctx context.Context, nm *depproxyv1.NodeMirror, held []wire.Keyed) error {
+func (r *NodeMirrorReconciler) releaseDropped(ctx context.Context, nm *depproxyv1.NodeMirror, held []settings.Keyed) error {
 	claims, err := r.claims(ctx, nm)
 	if err != nil {
 		return err
@@ -230,7 +230,7 @@ func (r *NodeMirrorReconciler) releaseDropped(ctx context.Context, nm *depproxyv
 	}
 	for i := range claims {
 		registry := claims[i].Data[claimRegistryKey]
-		if slices.ContainsFunc(held, func(k wire.Keyed) bool { return k.Registry == registry }) {
+		if slices.ContainsFunc(held, func(k settings.Keyed) bool { return k.Registry == registry }) {
 			continue
 		}
 		if slices.ContainsFunc(pods, func(p corev1.Pod) bool {
@@ -247,7 +247,7 @@ func (r *NodeMirrorReconciler) releaseDropped(ctx context.Context, nm *depproxyv
 
 // applyAgents makes the NodePort Service and the agents' DaemonSet match
 // what nm holds; with nothing held, neither runs.
-func (r *NodeMirrorReconciler) applyAgents(ctx context.Context, nm *depproxyv1.NodeMirror, dp *depproxyv1.DependencyProxy, held []wire.Keyed) (*appsv1.DaemonSet, error) {
+func (r *NodeMirrorReconciler) applyAgents(ctx context.Context, nm *depproxyv1.NodeMirror, dp *depproxyv1.DependencyProxy, held []settings.Keyed) (*appsv1.DaemonSet, error) {
 	if len(held) == 0 {
 		return nil, r.stopAgents(ctx, nm)
 	}

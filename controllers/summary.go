@@ -17,7 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
-	"github.com/depproxy/depproxy/proxy/wire"
+	"github.com/depproxy/depproxy/proxy/report"
 )
 
 // maxSummaryImages bounds status.cache.images whatever the proxy sends.
@@ -60,7 +60,7 @@ func (h HTTPSummaries) Summary(ctx context.Context, dp *depproxyv1.DependencyPro
 	if c == nil {
 		c = &http.Client{Timeout: 10 * time.Second}
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+wire.SummaryPath, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+report.SummaryPath, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -72,7 +72,7 @@ func (h HTTPSummaries) Summary(ctx context.Context, dp *depproxyv1.DependencyPro
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("proxy summary: %s", resp.Status)
 	}
-	var w wire.Summary
+	var w report.Summary
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&w); err != nil {
 		return nil, fmt.Errorf("proxy summary: %w", err)
 	}
@@ -80,7 +80,7 @@ func (h HTTPSummaries) Summary(ctx context.Context, dp *depproxyv1.DependencyPro
 }
 
 // toCacheSummary bounds and shapes the proxy's report for the status.
-func toCacheSummary(w wire.Summary, at metav1.Time) *depproxyv1.CacheSummary {
+func toCacheSummary(w report.Summary, at metav1.Time) *depproxyv1.CacheSummary {
 	s := &depproxyv1.CacheSummary{
 		ImageCount: w.ImageCount,
 		Bytes:      w.Bytes,

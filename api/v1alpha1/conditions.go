@@ -78,6 +78,9 @@ const (
 	// ReasonNameTaken: an object of the name a child would have exists
 	// and is not the resource's; the operator leaves it alone.
 	ReasonNameTaken = "NameTaken"
+	// ReasonInvalidSettings: the spec passed the API server's checks
+	// but makes settings the proxy refuses; the message says why.
+	ReasonInvalidSettings = "InvalidSettings"
 	// ReasonCreated: the operator created a child object.
 	ReasonCreated = "Created"
 	// ReasonReconcileFailed: a transient failure talking to the API

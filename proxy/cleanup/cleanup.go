@@ -18,9 +18,9 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/manifest"
+	"github.com/depproxy/depproxy/proxy/report"
 	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/proxy/summary"
-	"github.com/depproxy/depproxy/proxy/wire"
 )
 
 // Options of a run.
@@ -39,7 +39,7 @@ type Options struct {
 }
 
 // Summary is what a run did; the CronJob prints it as its last line.
-type Summary = wire.CleanupSummary
+type Summary = report.CleanupSummary
 
 type run struct {
 	store  storage.Storage

@@ -1,5 +1,5 @@
 // Package nodeconfig puts on a node what makes its container runtime pull
-// through the cache (the files wire.RenderNodeFile renders): written
+// through the cache (the files RenderNodeFile renders): written
 // atomically and marked as depproxy's, a file that was there before kept
 // aside and put back when depproxy's is removed; and the agent that keeps
 // them in step with the cache.
@@ -11,8 +11,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-
-	"github.com/depproxy/depproxy/proxy/wire"
 )
 
 // savedSuffix names a file kept aside.
@@ -90,4 +88,4 @@ func Present(path string) bool {
 	return err == nil && ours(b)
 }
 
-func ours(b []byte) bool { return bytes.HasPrefix(b, []byte(wire.NodeFileMarker)) }
+func ours(b []byte) bool { return bytes.HasPrefix(b, []byte(NodeFileMarker)) }

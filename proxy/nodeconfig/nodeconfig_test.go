@@ -4,8 +4,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-
-	"github.com/depproxy/depproxy/proxy/wire"
 )
 
 // A file that is not depproxy's is kept aside, never overwritten or
@@ -14,7 +12,7 @@ func TestWriteKeepsAsideAndRemoveRestores(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "docker.io", "hosts.toml")
 	os.MkdirAll(filepath.Dir(path), 0o755)
 	os.WriteFile(path, []byte("server = \"https://mirror.corp\"\n"), 0o644)
-	_, content, _ := wire.RenderNodeFile(wire.ContainerdHosts, "", wire.NodeMirror{Registry: "docker.io"}, wire.NodeOptions{Endpoint: "http://c:1"})
+	_, content, _ := RenderNodeFile(ContainerdHosts, "", NodeMirror{Registry: "docker.io"}, NodeOptions{Endpoint: "http://c:1"})
 	for i := 0; i < 2; i++ { // writing again keeps the original aside, not ours
 		if err := Write(path, content); err != nil {
 			t.Fatal(err)

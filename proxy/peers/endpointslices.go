@@ -47,7 +47,7 @@ var endpointSlices = discoveryv1.SchemeGroupVersion.WithResource("endpointslices
 func WatchEndpointSlices(ctx context.Context, client dynamic.Interface, namespace, service, deployment string, ring *Ring, synced func(), log logr.Logger) {
 	self, err := url.Parse(ring.Self())
 	if err != nil {
-		return // wire.Settings checked it
+		return // settings.Settings checked it
 	}
 	slices := client.Resource(endpointSlices).Namespace(namespace)
 	selector := discoveryv1.LabelServiceName + "=" + service + "," + discoveryv1.LabelManagedBy + "=" + endpointSliceController

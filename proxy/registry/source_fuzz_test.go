@@ -14,6 +14,7 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/manifest"
+	"github.com/depproxy/depproxy/proxy/registryname"
 	"github.com/depproxy/depproxy/proxy/upstream"
 )
 
@@ -59,7 +60,7 @@ func FuzzSourceSelection(f *testing.F) {
 	f.Add("/v2/alpine/manifests/latest", "127.0.0.1:22")
 	f.Add("/v2/alpine/blobs/sha256:"+"0000000000000000000000000000000000000000000000000000000000000000", "evil.example/..")
 	f.Add("/v2/ghcr.io/org/app/tags/list", "ghcr.io")
-	hub, err := upstream.New(upstream.DockerHub)
+	hub, err := upstream.New(registryname.DockerHubURL)
 	if err != nil {
 		f.Fatal(err)
 	}

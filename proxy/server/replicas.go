@@ -20,13 +20,13 @@ import (
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/peers"
 	"github.com/depproxy/depproxy/proxy/registry"
-	"github.com/depproxy/depproxy/proxy/wire"
+	"github.com/depproxy/depproxy/proxy/settings"
 )
 
 // replicas is what a proxy with several replicas adds: who the others
 // are, and how they prove themselves.
 type replicas struct {
-	config *wire.Replicas
+	config *settings.Replicas
 	kube   dynamic.Interface // nil: a fixed list of replicas
 	ring   *peers.Ring
 	signer *peers.Signer
@@ -36,7 +36,7 @@ type replicas struct {
 	known atomic.Bool
 }
 
-func newReplicas(cfg *wire.Replicas, key *ecdsa.PrivateKey, certs *certReloader) (*replicas, error) {
+func newReplicas(cfg *settings.Replicas, key *ecdsa.PrivateKey, certs *certReloader) (*replicas, error) {
 	der, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
 		return nil, err

@@ -29,17 +29,18 @@ import (
 	"github.com/depproxy/depproxy/proxy/cleanup"
 	"github.com/depproxy/depproxy/proxy/peers"
 	"github.com/depproxy/depproxy/proxy/registry"
+	"github.com/depproxy/depproxy/proxy/report"
+	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/proxy/summary"
 	"github.com/depproxy/depproxy/proxy/token"
 	"github.com/depproxy/depproxy/proxy/ui"
 	"github.com/depproxy/depproxy/proxy/upstream"
-	"github.com/depproxy/depproxy/proxy/wire"
 )
 
 // Server is one depproxy, ready to serve.
 type Server struct {
-	settings wire.Settings
+	settings settings.Settings
 	log      logr.Logger
 	caches   []*cache.Cache // one per upstream, the default first
 	summary  *summary.Scanner
@@ -84,7 +85,7 @@ func WithCacheOptions(opts ...cache.Option) Option {
 }
 
 // New builds a proxy from its settings.
-func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) (*Server, error) {
+func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Option) (*Server, error) {
 	o := options{idleTimeout: idleTimeout, writeTimeout: writeTimeout}
 	for _, opt := range opts {
 		opt(&o)
@@ -183,7 +184,7 @@ func New(ctx context.Context, s wire.Settings, log logr.Logger, opts ...Option) 
 		clients = append(clients, up)
 		sources = append(sources, registry.Source{Upstream: up, Cache: c})
 	}
-	scanner.SetLive(func(sum *wire.Summary) {
+	scanner.SetLive(func(sum *report.Summary) {
 		sum.Hits, sum.Misses = caches[0].HitCounts()
 		sum.Throttled = throttled(upstreams, clients)
 	})
@@ -314,7 +315,7 @@ func registryRoutes(reg, tokens, browser http.Handler) http.Handler {
 func opsRoutes(metrics, summary http.Handler, ready func() bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", metrics)
-	mux.Handle(wire.SummaryPath, summary)
+	mux.Handle(report.SummaryPath, summary)
 	mux.Handle("/healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) }))
 	mux.Handle("/readyz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !ready() {
@@ -326,7 +327,7 @@ func opsRoutes(metrics, summary http.Handler, ready func() bool) http.Handler {
 	return mux
 }
 
-func newUpstream(u wire.Upstream, extra ...upstream.Option) (*upstream.Client, error) {
+func newUpstream(u settings.Upstream, extra ...upstream.Option) (*upstream.Client, error) {
 	opts := append([]upstream.Option{upstream.WithRegistry(u.Registry), upstream.WithMirrorOf(u.MirrorOf...)}, extra...)
 	if u.Credentials != "" {
 		opts = append(opts, upstream.WithCredentialsDir(u.Credentials))
@@ -335,11 +336,11 @@ func newUpstream(u wire.Upstream, extra ...upstream.Option) (*upstream.Client, e
 }
 
 // signingKey is the --token-key, or one made up for this process.
-func signingKey(s wire.Settings, log logr.Logger) (*ecdsa.PrivateKey, error) {
+func signingKey(s settings.Settings, log logr.Logger) (*ecdsa.PrivateKey, error) {
 	if s.TokenKey != "" {
 		return token.LoadKey(s.TokenKey)
 	}
-	key, _, err := wire.NewSigningKey()
+	key, _, err := token.NewSigningKey()
 	if err == nil {
 		log.Info("no --token-key: generated a signing key; tokens will not survive a restart or work across replicas")
 	}
@@ -350,7 +351,7 @@ func signingKey(s wire.Settings, log logr.Logger) (*ecdsa.PrivateKey, error) {
 func summaryChange(registry string, st cache.Stored) summary.Change {
 	c := summary.Change{Bytes: st.Bytes}
 	if st.Tag != "" {
-		c.Tag = &wire.SummaryImage{Registry: registry, Repository: st.Repo, Tag: st.Tag, CachedAt: time.Now().UTC()}
+		c.Tag = &report.SummaryImage{Registry: registry, Repository: st.Repo, Tag: st.Tag, CachedAt: time.Now().UTC()}
 		if st.NewTag {
 			c.Images = 1
 		}
@@ -359,14 +360,14 @@ func summaryChange(registry string, st cache.Stored) summary.Change {
 }
 
 // throttled lists the upstreams spared for their rate limit.
-func throttled(upstreams []wire.Upstream, clients []*upstream.Client) []wire.ThrottledUpstream {
-	var out []wire.ThrottledUpstream
+func throttled(upstreams []settings.Upstream, clients []*upstream.Client) []report.ThrottledUpstream {
+	var out []report.ThrottledUpstream
 	for i, c := range clients {
 		until, ok := c.Throttled()
 		if !ok {
 			continue
 		}
-		t := wire.ThrottledUpstream{Registry: upstreams[i].Registry, Until: until.UTC().Truncate(time.Second)}
+		t := report.ThrottledUpstream{Registry: upstreams[i].Registry, Until: until.UTC().Truncate(time.Second)}
 		if l := c.RateLimit(); l.Limit >= 0 {
 			t.Limit, t.Remaining = l.Limit, l.Remaining
 		}
@@ -376,7 +377,7 @@ func throttled(upstreams []wire.Upstream, clients []*upstream.Client) []wire.Thr
 }
 
 // logins builds the login side: who may pull, and the tokens that say so.
-func logins(s wire.Settings, key *ecdsa.PrivateKey, reg prometheus.Registerer, log logr.Logger) (*token.Guard, *token.Server, error) {
+func logins(s settings.Settings, key *ecdsa.PrivateKey, reg prometheus.Registerer, log logr.Logger) (*token.Guard, *token.Server, error) {
 	var users *token.Users
 	var err error
 	if s.Users != "" {
@@ -399,7 +400,7 @@ func logins(s wire.Settings, key *ecdsa.PrivateKey, reg prometheus.Registerer, l
 
 // OpenStorage opens the storage the settings name. An S3 bucket that is
 // down at start is not an error: the proxy passes through until it is up.
-func OpenStorage(ctx context.Context, s wire.Settings, log logr.Logger) (storage.Storage, error) {
+func OpenStorage(ctx context.Context, s settings.Settings, log logr.Logger) (storage.Storage, error) {
 	if !strings.HasPrefix(s.Storage, "s3://") {
 		return storage.NewFilesystem(s.Storage)
 	}

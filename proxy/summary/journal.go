@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/depproxy/depproxy/proxy/layout"
+	"github.com/depproxy/depproxy/proxy/report"
 	"github.com/depproxy/depproxy/proxy/storage"
-	"github.com/depproxy/depproxy/proxy/wire"
 )
 
 // The journal is how a summary keeps up with the cache without listing
@@ -30,7 +30,7 @@ type Change struct {
 	// Images: tags stored new.
 	Images int64 `json:"images,omitempty"`
 	// Tag stored new, or pointing elsewhere.
-	Tag *wire.SummaryImage `json:"tag,omitempty"`
+	Tag *report.SummaryImage `json:"tag,omitempty"`
 }
 
 // journalEntry is one journal object.

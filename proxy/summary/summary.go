@@ -19,8 +19,8 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/manifest"
+	"github.com/depproxy/depproxy/proxy/report"
 	"github.com/depproxy/depproxy/proxy/storage"
-	"github.com/depproxy/depproxy/proxy/wire"
 )
 
 // maxImages bounds how many tags a summary lists; counts and bytes cover
@@ -29,7 +29,7 @@ const maxImages = 50
 
 // Live adds to a summary what is not in storage but in the running
 // proxy, fresh on every request: request counts, throttled upstreams.
-type Live func(*wire.Summary)
+type Live func(*report.Summary)
 
 // Scanner makes summaries. The first lists all of storage; later ones
 // read only the journal written since, so that a summary costs what
@@ -57,7 +57,7 @@ type Scanner struct {
 
 // state is a scanner's running summary.
 type state struct {
-	sum    wire.Summary         // Images: the newest tags, described
+	sum    report.Summary       // Images: the newest tags, described
 	fullAt time.Time            // when the last full scan started
 	after  time.Time            // journal objects from before this are in sum
 	seen   map[string]time.Time // journal objects within overlap of after, already applied
@@ -81,7 +81,7 @@ const fullEvery = 6 * time.Hour
 // New returns a scanner of store; live may be nil.
 func New(store storage.Storage, live Live) *Scanner {
 	if live == nil {
-		live = func(*wire.Summary) {}
+		live = func(*report.Summary) {}
 	}
 	return &Scanner{store: store, live: live, log: logr.Discard(), now: time.Now}
 }
@@ -95,7 +95,7 @@ func (s *Scanner) WithLogger(l logr.Logger) *Scanner { s.log = l; return s }
 
 // Summary returns the summary, no older than maxAge: what this replica
 // recorded is written out, and the journal read since the last one.
-func (s *Scanner) Summary(ctx context.Context, maxAge time.Duration) (*wire.Summary, error) {
+func (s *Scanner) Summary(ctx context.Context, maxAge time.Duration) (*report.Summary, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
 	defer cancel()
 	s.reading.Lock()
@@ -137,7 +137,7 @@ func (s *Scanner) LastStats() Stats {
 	return s.state.stats
 }
 
-func (s *Scanner) withLive(sum wire.Summary) *wire.Summary {
+func (s *Scanner) withLive(sum report.Summary) *report.Summary {
 	sum.Images = slices.Clone(sum.Images)
 	if len(sum.Images) > maxImages {
 		sum.Images = sum.Images[:maxImages]
@@ -153,7 +153,7 @@ func (s *Scanner) withLive(sum wire.Summary) *wire.Summary {
 func (s *Scanner) scan(ctx context.Context) (*state, error) {
 	start := s.now()
 	st := &state{fullAt: start, after: start.Add(-overlap), seen: map[string]time.Time{}, stats: Stats{Full: true}}
-	var newest []wire.SummaryImage
+	var newest []report.SummaryImage
 	var old []string
 	err := s.store.List(ctx, "", func(key string, info storage.Info) error {
 		st.stats.ObjectsListed++
@@ -174,7 +174,7 @@ func (s *Scanner) scan(ctx context.Context) (*state, error) {
 			return nil
 		}
 		st.sum.ImageCount++
-		newest = append(newest, wire.SummaryImage{Registry: registry, Repository: repo, Tag: tag, CachedAt: info.ModTime})
+		newest = append(newest, report.SummaryImage{Registry: registry, Repository: repo, Tag: tag, CachedAt: info.ModTime})
 		if len(newest) > 2*maxImages {
 			newest = keepNewest(newest)
 		}
@@ -213,7 +213,7 @@ func (s *Scanner) catchUp(ctx context.Context, st *state) error {
 		return err
 	}
 	sort.Strings(keys)
-	var moved []wire.SummaryImage
+	var moved []report.SummaryImage
 	for _, key := range keys {
 		at, ok := journalTime(key)
 		if !ok {
@@ -263,7 +263,7 @@ func (s *Scanner) catchUp(ctx context.Context, st *state) error {
 	}
 	for _, img := range moved {
 		if s.describe(ctx, &img) {
-			st.sum.Images = slices.DeleteFunc(st.sum.Images, func(x wire.SummaryImage) bool {
+			st.sum.Images = slices.DeleteFunc(st.sum.Images, func(x report.SummaryImage) bool {
 				return x.Registry == img.Registry && x.Repository == img.Repository && x.Tag == img.Tag
 			})
 			st.sum.Images = append(st.sum.Images, img)
@@ -275,7 +275,7 @@ func (s *Scanner) catchUp(ctx context.Context, st *state) error {
 
 // describe fills in a tag's digest, media type and platforms; false if
 // the tag went since it was listed.
-func (s *Scanner) describe(ctx context.Context, img *wire.SummaryImage) bool {
+func (s *Scanner) describe(ctx context.Context, img *report.SummaryImage) bool {
 	d, err := layout.ReadTag(ctx, s.store, img.Registry, img.Repository, img.Tag)
 	if err != nil {
 		return false
@@ -292,13 +292,13 @@ func (s *Scanner) describe(ctx context.Context, img *wire.SummaryImage) bool {
 			if ch.Platform != nil {
 				p = ch.Platform.String()
 			}
-			img.Platforms = append(img.Platforms, wire.SummaryPlatform{Platform: p, Digest: ch.Digest})
+			img.Platforms = append(img.Platforms, report.SummaryPlatform{Platform: p, Digest: ch.Digest})
 		}
 	}
 	return true
 }
 
-func keepNewest(imgs []wire.SummaryImage) []wire.SummaryImage {
+func keepNewest(imgs []report.SummaryImage) []report.SummaryImage {
 	sort.Slice(imgs, func(i, j int) bool { return imgs[i].CachedAt.After(imgs[j].CachedAt) })
 	if len(imgs) > maxImages {
 		imgs = imgs[:maxImages]
@@ -306,7 +306,7 @@ func keepNewest(imgs []wire.SummaryImage) []wire.SummaryImage {
 	return imgs
 }
 
-// Handler serves the summary as JSON at wire.SummaryPath.
+// Handler serves the summary as JSON at report.SummaryPath.
 func (s *Scanner) Handler(maxAge time.Duration, log logr.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sum, err := s.Summary(r.Context(), maxAge)

@@ -13,13 +13,11 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"golang.org/x/crypto/bcrypt"
-
-	"github.com/depproxy/depproxy/proxy/wire"
 )
 
 func newKey(t testing.TB) *ecdsa.PrivateKey {
 	t.Helper()
-	k, pemBytes, err := wire.NewSigningKey()
+	k, pemBytes, err := NewSigningKey()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +119,7 @@ func TestLoadUsers(t *testing.T) {
 // FuzzVerify: whatever the token, verifying never panics and never
 // accepts anything this signer did not sign.
 func FuzzVerify(f *testing.F) {
-	key, _, _ := wire.NewSigningKey()
+	key, _, _ := NewSigningKey()
 	s := NewSigner(key, "t", nil)
 	good, _, _ := s.Issue("alice", "access", pull)
 	f.Add(good)

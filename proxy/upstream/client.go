@@ -27,10 +27,8 @@ import (
 	"k8s.io/utils/lru"
 
 	"github.com/depproxy/depproxy/proxy/manifest"
+	"github.com/depproxy/depproxy/proxy/registryname"
 )
-
-// DockerHub is the default upstream.
-const DockerHub = "https://registry-1.docker.io"
 
 // ErrUnreachable wraps every failure to get an answer from the upstream:
 // refused, reset, timed out, or an answer that is not a registry's.
@@ -135,7 +133,7 @@ func WithCredentialsDir(dir string) Option {
 func WithRegistry(name string) Option {
 	return func(c *Client) {
 		c.name = name
-		if name == "docker.io" {
+		if registryname.IsDockerHub(name) {
 			c.dockerHub = true
 		}
 	}
@@ -158,16 +156,16 @@ func WithTransport(t http.RoundTripper) Option { return func(c *Client) { c.tran
 // New returns a client for the registry at rawURL (scheme and host; a
 // plain-http URL is allowed, for registries on a private network).
 func New(rawURL string, opts ...Option) (*Client, error) {
-	u, err := url.Parse(rawURL)
-	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-		return nil, fmt.Errorf("upstream %q: want a URL like https://registry-1.docker.io", rawURL)
+	u, ok := registryname.ServerURL(rawURL)
+	if !ok {
+		return nil, fmt.Errorf("upstream %q: want a URL like %s", rawURL, registryname.DockerHubURL)
 	}
 	var nameOpts []name.Option
 	if u.Scheme == "http" {
 		nameOpts = append(nameOpts, name.Insecure)
 	}
 	host := u.Host
-	if host == "registry-1.docker.io" || host == "docker.io" || host == "index.docker.io" {
+	if registryname.IsDockerHub(host) {
 		host = name.DefaultRegistry
 	}
 	reg, err := name.NewRegistry(host, nameOpts...)
@@ -213,11 +211,7 @@ func (c *Client) Mirrors(ns string) bool {
 		return true
 	}
 	if c.dockerHub {
-		switch ns {
-		case "docker.io", "index.docker.io", "registry-1.docker.io":
-			return true
-		}
-		return false
+		return registryname.IsDockerHub(ns)
 	}
 	return ns == c.base.Host || ns == c.registry.RegistryStr()
 }
@@ -234,10 +228,7 @@ func (c *Client) label() string {
 // serves official images under library/. Every other method takes names
 // already mapped.
 func (c *Client) Repository(repo string) string {
-	if c.dockerHub && !strings.Contains(repo, "/") {
-		return "library/" + repo
-	}
-	return repo
+	return registryname.Repository(c.dockerHub, repo)
 }
 
 // HeadManifest asks for a manifest's digest without downloading it

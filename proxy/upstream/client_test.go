@@ -16,15 +16,16 @@ import (
 	"testing"
 
 	"github.com/depproxy/depproxy/proxy/manifest"
+	"github.com/depproxy/depproxy/proxy/registryname"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
 func TestRepositoryShortNames(t *testing.T) {
 	for _, c := range []struct{ upstream, repo, want string }{
-		{DockerHub, "nginx", "library/nginx"},
+		{registryname.DockerHubURL, "nginx", "library/nginx"},
 		{"https://docker.io", "nginx", "library/nginx"},
-		{DockerHub, "library/nginx", "library/nginx"},
-		{DockerHub, "grafana/mimir", "grafana/mimir"},
+		{registryname.DockerHubURL, "library/nginx", "library/nginx"},
+		{registryname.DockerHubURL, "grafana/mimir", "grafana/mimir"},
 		{"https://quay.io", "nginx", "nginx"},
 		{"http://127.0.0.1:5001", "alpine", "alpine"},
 	} {
@@ -59,7 +60,7 @@ func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 // Every request to Docker Hub goes to the host the token transport
 // attaches credentials for, whichever spelling of Docker Hub was given.
 func TestDockerHubRequestsGoToTheTokenHost(t *testing.T) {
-	for _, u := range []string{DockerHub, "https://docker.io", "https://index.docker.io"} {
+	for _, u := range []string{registryname.DockerHubURL, "https://docker.io", "https://index.docker.io"} {
 		rec := &recorder{}
 		c, err := New(u, WithTransport(rec))
 		if err != nil {
@@ -77,7 +78,7 @@ func TestDockerHubRequestsGoToTheTokenHost(t *testing.T) {
 }
 
 func TestMirrors(t *testing.T) {
-	hub, _ := New(DockerHub)
+	hub, _ := New(registryname.DockerHubURL)
 	own, _ := New("http://127.0.0.1:5001")
 	hubMirror, _ := New("http://127.0.0.1:5001", WithMirrorOf("docker.io"))
 	for _, c := range []struct {

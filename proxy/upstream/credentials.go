@@ -1,6 +1,8 @@
 package upstream
 
 import (
+	"github.com/depproxy/depproxy/proxy/registryname"
+
 	"bytes"
 	"errors"
 	"fmt"
@@ -64,7 +66,7 @@ func (f *fileCredentials) load() (*authn.AuthConfig, error) {
 		}
 		keys := []string{f.host, "https://" + f.host, "http://" + f.host}
 		if f.host == name.DefaultRegistry {
-			keys = append(keys, "https://index.docker.io/v1/") // how docker login names Docker Hub
+			keys = append(keys, registryname.DockerLoginKey)
 		}
 		for _, key := range keys {
 			if _, ok := cf.AuthConfigs[key]; ok {

@@ -34,7 +34,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depproxy/depproxy/proxy/peers"
-	"github.com/depproxy/depproxy/proxy/wire"
+	"github.com/depproxy/depproxy/proxy/token"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -445,7 +445,7 @@ func (b *bench) startReplicas(kind string, n int) *cache {
 		peers = append(peers, "http://"+c.addrs[i])
 	}
 	key := filepath.Join(dir, "token.pem")
-	_, pem, err := wire.NewSigningKey()
+	_, pem, err := token.NewSigningKey()
 	if err != nil {
 		b.Fatal(err)
 	}

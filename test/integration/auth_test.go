@@ -21,8 +21,8 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/depproxy/depproxy/proxy/server"
+	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/token"
-	"github.com/depproxy/depproxy/proxy/wire"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -45,10 +45,10 @@ func startTenant(t *testing.T, name, upstreamURL string, key *ecdsa.PrivateKey, 
 	der, _ := x509.MarshalECPrivateKey(key)
 	keyFile := filepath.Join(dir, "key.pem")
 	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600)
-	s := wire.Defaults()
-	s.Upstream, s.Storage, s.Tenant, s.TokenKey = wire.Keys(upstreamURL), filepath.Join(dir, "data"), name, keyFile
+	s := settings.Defaults()
+	s.Upstream, s.Storage, s.Tenant, s.TokenKey = settings.Keys(upstreamURL), filepath.Join(dir, "data"), name, keyFile
 	if ts.upstreamCreds != "" {
-		s.UpstreamCreds = wire.Keys(ts.upstreamCreds)
+		s.UpstreamCreds = settings.Keys(ts.upstreamCreds)
 	}
 	if ts.users != nil {
 		s.Users = usersFile(t, ts.users)
@@ -114,7 +114,7 @@ func TestLoginFlow(t *testing.T) {
 	e := newEnv(t)
 	repo := repoName(t)
 	pushImage(t, e.registry.Addr, repo, "v1", ociImage(t, 1))
-	key, _, _ := wire.NewSigningKey()
+	key, _, _ := token.NewSigningKey()
 	ten := startTenant(t, "tenants/team-a", e.front.URL(), key, tenantSettings{users: map[string]string{"alice": "s3cret"}})
 
 	resp, body := do(t, "GET", ten.URL+"/v2/", nil, nil)
@@ -176,7 +176,7 @@ func TestRealClientsLogIn(t *testing.T) {
 	repo := repoName(t)
 	pushIndex(t, e.registry.Addr, repo, "v1", ociIndex(t, ociImage(t, 1), ociImage(t, 1)))
 	want, _ := pullAll(t, e.registry.URL(), repo, "v1")
-	key, _, _ := wire.NewSigningKey()
+	key, _, _ := token.NewSigningKey()
 	ten := startTenant(t, "tenants/team-a", e.front.URL(), key, tenantSettings{users: map[string]string{"alice": "s3cret"}})
 	home := t.TempDir()
 	env := []string{"HOME=" + home, "XDG_RUNTIME_DIR=" + home, "DOCKER_CONFIG=" + filepath.Join(home, ".docker")}
@@ -216,7 +216,7 @@ func TestBadCredentialsAndTokens(t *testing.T) {
 	e := newEnv(t)
 	repo := repoName(t)
 	pushImage(t, e.registry.Addr, repo, "v1", ociImage(t, 1))
-	key, _, _ := wire.NewSigningKey()
+	key, _, _ := token.NewSigningKey()
 	users := tenantSettings{users: map[string]string{"alice": "s3cret"}}
 	a := startTenant(t, "tenants/team-a", e.front.URL(), key, users)
 	b := startTenant(t, "tenants/team-b", e.front.URL(), key, users) // same key, other tenant
@@ -241,7 +241,7 @@ func TestBadCredentialsAndTokens(t *testing.T) {
 		t.Errorf("the answers tell a wrong password (%s) from an unknown user (%s)", wrongPassword, unknownUser)
 	}
 
-	otherKey, _, _ := wire.NewSigningKey()
+	otherKey, _, _ := token.NewSigningKey()
 	expired, _, _ := token.NewSigner(key, "tenants/team-a", func() time.Time { return time.Now().Add(-time.Hour) }).Issue("alice", "access", scope)
 	forged, _, _ := token.NewSigner(otherKey, "tenants/team-a", nil).Issue("alice", "access", scope)
 	good, _, _ := a.signer.Issue("alice", "access", scope)
@@ -269,7 +269,7 @@ func TestBadCredentialsAndTokens(t *testing.T) {
 // TestLoginThrottling: repeated failures from one source are slowed down,
 // and then even the right password waits; the metric counts them.
 func TestLoginThrottling(t *testing.T) {
-	key, _, _ := wire.NewSigningKey()
+	key, _, _ := token.NewSigningKey()
 	ten := startTenant(t, "t", "http://127.0.0.1:1", key, tenantSettings{users: map[string]string{"alice": "s3cret"}})
 	status := func(pass string) int {
 		req, _ := http.NewRequest("GET", ten.URL+"/token", nil)
@@ -309,7 +309,7 @@ func TestPrivateUpstream(t *testing.T) {
 	os.MkdirAll(creds, 0o755)
 	os.WriteFile(filepath.Join(creds, "username"), []byte("puller"), 0o600)
 	os.WriteFile(filepath.Join(creds, "password"), []byte("up-pass\n"), 0o600)
-	key, _, _ := wire.NewSigningKey()
+	key, _, _ := token.NewSigningKey()
 	withCreds := startTenant(t, "with", reg.URL(), key, tenantSettings{upstreamCreds: creds})
 	without := startTenant(t, "without", reg.URL(), key, tenantSettings{})
 
@@ -345,12 +345,12 @@ func TestRefreshTokensAcrossReplicas(t *testing.T) {
 	os.MkdirAll(users, 0o755)
 	os.WriteFile(filepath.Join(users, "alice"), []byte("s3cret\n"), 0o600)
 	os.WriteFile(filepath.Join(users, "bob"), []byte("hunter2\n"), 0o600)
-	_, keyPEM, _ := wire.NewSigningKey()
+	_, keyPEM, _ := token.NewSigningKey()
 	keyFile := filepath.Join(dir, "key.pem")
 	os.WriteFile(keyFile, keyPEM, 0o600)
 	start := func() string {
-		s := wire.Defaults()
-		s.Upstream, s.Storage, s.Tenant, s.TokenKey, s.Users = wire.Keys(e.front.URL()), t.TempDir(), "tenants/team-a", keyFile, users
+		s := settings.Defaults()
+		s.Upstream, s.Storage, s.Tenant, s.TokenKey, s.Users = settings.Keys(e.front.URL()), t.TempDir(), "tenants/team-a", keyFile, users
 		p, err := server.New(context.Background(), s, logr.Discard())
 		if err != nil {
 			t.Fatal(err)

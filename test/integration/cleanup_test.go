@@ -18,8 +18,8 @@ import (
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/cleanup"
 	"github.com/depproxy/depproxy/proxy/layout"
+	"github.com/depproxy/depproxy/proxy/registryname"
 	"github.com/depproxy/depproxy/proxy/storage"
-	"github.com/depproxy/depproxy/proxy/wire"
 )
 
 // clock is a settable clock for the proxy: objects are aged with it, not
@@ -97,7 +97,7 @@ func TestCleanup(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !exists(t, store, layout.Tag(wire.RegistryOf(e.front.URL()), repo, "old-a")) {
+			if !exists(t, store, layout.Tag(registryname.Of(e.front.URL()), repo, "old-a")) {
 				t.Fatal("the dry run deleted a tag")
 			}
 			sum, err := cleanup.Run(ctx, store, opts)
@@ -116,7 +116,7 @@ func TestCleanup(t *testing.T) {
 			for tag, img := range imgs {
 				gone := tag != "kept"
 				d := digestOf(t, img)
-				if exists(t, store, layout.Tag(wire.RegistryOf(e.front.URL()), repo, tag)) == gone || exists(t, store, layout.Manifest(digest.Digest(d.String()))) == gone {
+				if exists(t, store, layout.Tag(registryname.Of(e.front.URL()), repo, tag)) == gone || exists(t, store, layout.Manifest(digest.Digest(d.String()))) == gone {
 					t.Errorf("%s: tag or manifest present = %v, want %v", tag, !gone, !gone)
 				}
 				for _, b := range blobsOf(t, img) {

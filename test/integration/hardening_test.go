@@ -25,8 +25,8 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/server"
+	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/storage"
-	"github.com/depproxy/depproxy/proxy/wire"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -127,7 +127,7 @@ func TestRedirectToLoopbackServiceRefused(t *testing.T) {
 
 // runServer runs a whole proxy, as `depproxy serve` does, until the test
 // ends; it returns the registry's and the metrics port's base URLs.
-func runServer(t *testing.T, s wire.Settings, opts ...server.Option) (string, string) {
+func runServer(t *testing.T, s settings.Settings, opts ...server.Option) (string, string) {
 	t.Helper()
 	s.Listen, s.MetricsListen = testenv.FreeAddr(t), testenv.FreeAddr(t)
 	srv, err := server.New(context.Background(), s, logr.Discard(), opts...)
@@ -161,8 +161,8 @@ func TestConnectionTimeouts(t *testing.T) {
 	e := newEnv(t)
 	repo := repoName(t)
 	blob, h := pushBlob(t, e.registry.Addr, repo, 16<<20)
-	s := wire.Defaults()
-	s.Upstream, s.Storage = wire.Keys(e.front.URL()), t.TempDir()
+	s := settings.Defaults()
+	s.Upstream, s.Storage = settings.Keys(e.front.URL()), t.TempDir()
 	base, _ := runServer(t, s, server.WithTimeouts(500*time.Millisecond, time.Second))
 	url := base + "/v2/" + repo + "/blobs/" + h.String()
 	if resp, body := get(t, url, ""); resp.StatusCode != 200 || len(body) != len(blob) {
@@ -443,8 +443,8 @@ func TestDownloadsAreBounded(t *testing.T) {
 // still serving, for --shutdown-delay; only then do the listeners close.
 func TestShutdownDelay(t *testing.T) {
 	e := newEnv(t)
-	s := wire.Defaults()
-	s.Upstream, s.Storage, s.ShutdownDelay = wire.Keys(e.front.URL()), t.TempDir(), wire.Duration(1500*time.Millisecond)
+	s := settings.Defaults()
+	s.Upstream, s.Storage, s.ShutdownDelay = settings.Keys(e.front.URL()), t.TempDir(), settings.Duration(1500*time.Millisecond)
 	s.Listen, s.MetricsListen = testenv.FreeAddr(t), testenv.FreeAddr(t)
 	srv, err := server.New(context.Background(), s, logr.Discard())
 	if err != nil {

@@ -25,9 +25,9 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/server"
+	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/proxy/summary"
-	"github.com/depproxy/depproxy/proxy/wire"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -74,8 +74,8 @@ func startProxy(t *testing.T, upstreamURL string, store storage.Storage, opts ..
 	t.Helper()
 	logs := &syncBuffer{}
 	log := funcr.New(func(prefix, args string) { logs.WriteString(prefix + " " + args + "\n") }, funcr.Options{})
-	s := wire.Defaults()
-	s.Upstream = wire.Keys(upstreamURL)
+	s := settings.Defaults()
+	s.Upstream = settings.Keys(upstreamURL)
 	p, err := server.New(context.Background(), s, log, server.WithStorage(store),
 		server.WithCacheOptions(append([]cache.Option{cache.WithLogger(log)}, opts...)...))
 	if err != nil {

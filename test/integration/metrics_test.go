@@ -14,7 +14,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/depproxy/depproxy/proxy/wire"
+	"github.com/depproxy/depproxy/proxy/registryname"
+	"github.com/depproxy/depproxy/proxy/report"
 )
 
 // scrape reads a proxy's /metrics as Prometheus does.
@@ -78,7 +79,7 @@ func TestMetricsCountExactly(t *testing.T) {
 		blobBytes += l.Size
 	}
 	p := startProxy(t, e.front.URL(), openStorage(t, "filesystem", e.minio))
-	up := wire.RegistryOf(e.front.URL())
+	up := registryname.Of(e.front.URL())
 
 	pullAll(t, p.URL, repo, "v1")
 	pullAll(t, p.URL, repo, "v1")
@@ -146,7 +147,7 @@ func TestRateLimitReserve(t *testing.T) {
 	pushImage(t, e.registry.Addr, repo, "v2", ociImage(t, 1))
 	pushImage(t, e.registry.Addr, repo, "v3", ociImage(t, 1))
 	p := startProxy(t, e.front.URL(), openStorage(t, "filesystem", e.minio))
-	up := wire.RegistryOf(e.front.URL())
+	up := registryname.Of(e.front.URL())
 	var remaining, retryAfter string
 	answer := func(status int) {
 		e.front.Fault(e.front.Alter("manifests", func(w http.ResponseWriter, resp *http.Response) {
@@ -277,7 +278,7 @@ func TestRateLimitWindowsAndWaits(t *testing.T) {
 		if n := e.front.Count("HEAD", "manifests"); n != 0 {
 			t.Fatalf("%d HEADs while the 429's wait holds", n)
 		}
-		var sum wire.Summary
+		var sum report.Summary
 		resp, body := do(t, "GET", p.Ops+"/status/summary", nil, nil)
 		if err := json.Unmarshal(body, &sum); err != nil || resp.StatusCode != 200 || len(sum.Throttled) != 1 ||
 			sum.Throttled[0].Until.After(time.Now().Add(time.Hour+time.Minute)) {

@@ -23,7 +23,8 @@ import (
 	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/manifest"
 	"github.com/depproxy/depproxy/proxy/peers"
-	"github.com/depproxy/depproxy/proxy/wire"
+	"github.com/depproxy/depproxy/proxy/registryname"
+	"github.com/depproxy/depproxy/proxy/token"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -48,7 +49,7 @@ func startReplicas(t *testing.T, n int, upstreamURL string, m *testenv.MinIO, pr
 func startReplicasAmong(t *testing.T, n int, strangers []string, upstreamURL string, m *testenv.MinIO, prefix string, extra ...string) []*replica {
 	t.Helper()
 	m.Storage(t, "cache", prefix) // the bucket
-	_, keyPEM, err := wire.NewSigningKey()
+	_, keyPEM, err := token.NewSigningKey()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +266,7 @@ func TestReplicaLost(t *testing.T) {
 		repo := repoName(t)
 		data, d := pushBlob(t, e.registry.Addr, repo, 32<<20)
 		want := sha(data)
-		owner, others := ownerOf(rs, peers.BlobKey(wire.RegistryOf(e.front.URL()), digest.Digest(d.String())))
+		owner, others := ownerOf(rs, peers.BlobKey(registryname.Of(e.front.URL()), digest.Digest(d.String())))
 		e.front.Reset()
 		sent.Store(0)
 		var wg sync.WaitGroup
@@ -361,7 +362,7 @@ func TestRogueReplica(t *testing.T) {
 	rs := startReplicasAmong(t, 2, strangers, e.front.URL(), e.minio, "replicas-rogue", "--recheck-interval", "0s")
 
 	repo := repoName(t)
-	registry := wire.RegistryOf(e.front.URL())
+	registry := registryname.Of(e.front.URL())
 	img := ociImage(t, 1)
 	want := digestOf(t, img).String()
 	var tags []string

@@ -15,9 +15,9 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/cleanup"
 	"github.com/depproxy/depproxy/proxy/layout"
+	"github.com/depproxy/depproxy/proxy/report"
 	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/proxy/summary"
-	"github.com/depproxy/depproxy/proxy/wire"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -36,7 +36,7 @@ func addTag(t *testing.T, store storage.Storage, s *summary.Scanner, repo, tag s
 		}
 	}
 	s.Record(summary.Change{Bytes: int64(len(rec))})
-	s.Record(summary.Change{Images: 1, Tag: &wire.SummaryImage{Registry: "docker.io", Repository: repo, Tag: tag}})
+	s.Record(summary.Change{Images: 1, Tag: &report.SummaryImage{Registry: "docker.io", Repository: repo, Tag: tag}})
 }
 
 // A summary costs what changed, not what is stored: the first one lists

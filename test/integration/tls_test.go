@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/depproxy/depproxy/proxy/wire"
+	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -73,8 +73,8 @@ func TestTLS(t *testing.T) {
 	ca.issue(t, 100, certFile, keyFile)
 	os.WriteFile(caFile, ca.pem, 0o644)
 
-	s := wire.Defaults()
-	s.Upstream, s.Storage, s.TLSCert, s.TLSKey = wire.Keys(e.front.URL()), t.TempDir(), certFile, keyFile
+	s := settings.Defaults()
+	s.Upstream, s.Storage, s.TLSCert, s.TLSKey = settings.Keys(e.front.URL()), t.TempDir(), certFile, keyFile
 	base, _ := runServer(t, s)
 	host := strings.TrimPrefix(base, "http://")
 

@@ -17,7 +17,7 @@ import (
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 
-	"github.com/depproxy/depproxy/proxy/wire"
+	"github.com/depproxy/depproxy/proxy/token"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -35,7 +35,7 @@ func TestCacheBrowser(t *testing.T) {
 	pushImage(t, e.registry.Addr, repo, "single", ociImage(t, 3))
 	idxDigest, _ := idx.Digest()
 	im, _ := idx.IndexManifest()
-	key, _, _ := wire.NewSigningKey()
+	key, _, _ := token.NewSigningKey()
 	ten := startTenant(t, "tenants/team-a", e.front.URL(), key, tenantSettings{users: map[string]string{"alice": "s3cret"}})
 
 	home := t.TempDir()

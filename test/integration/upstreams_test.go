@@ -7,7 +7,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/depproxy/depproxy/proxy/wire"
+	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -31,9 +31,9 @@ func newTwoRegistries(t *testing.T) *twoRegistries {
 	return tr
 }
 
-func (tr *twoRegistries) settings(t *testing.T) wire.Settings {
-	s := wire.Defaults()
-	s.Upstream = wire.Keys("docker.io="+tr.hub.front.URL(), "ghcr.io="+tr.ghcr.front.URL())
+func (tr *twoRegistries) settings(t *testing.T) settings.Settings {
+	s := settings.Defaults()
+	s.Upstream = settings.Keys("docker.io="+tr.hub.front.URL(), "ghcr.io="+tr.ghcr.front.URL())
 	s.Storage = t.TempDir()
 	return s
 }

@@ -13,7 +13,7 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/cleanup"
 	"github.com/depproxy/depproxy/proxy/server"
-	"github.com/depproxy/depproxy/proxy/wire"
+	"github.com/depproxy/depproxy/proxy/settings"
 )
 
 // cleanupFlags are the flags `cleanup` has besides the storage settings it
@@ -34,11 +34,11 @@ func (f *cleanupFlags) register(fs *flag.FlagSet) {
 
 // cleanupCommand runs one cleanup and prints its JSON summary as the last
 // line of its output.
-func cleanupCommand(ctx context.Context, settings wire.Settings, f cleanupFlags, log logr.Logger) error {
+func cleanupCommand(ctx context.Context, conf settings.Settings, f cleanupFlags, log logr.Logger) error {
 	if f.ttl <= 0 {
 		return errors.New("--ttl is required, e.g. --ttl 720h for 30 days")
 	}
-	store, err := server.OpenStorage(ctx, settings, log)
+	store, err := server.OpenStorage(ctx, conf, log)
 	if err != nil {
 		return err
 	}

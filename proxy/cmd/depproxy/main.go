@@ -18,7 +18,7 @@ import (
 	"github.com/go-logr/logr"
 
 	"github.com/depproxy/depproxy/proxy/server"
-	"github.com/depproxy/depproxy/proxy/wire"
+	"github.com/depproxy/depproxy/proxy/settings"
 )
 
 const usage = `depproxy is a pull-through cache for container images.
@@ -46,24 +46,24 @@ func main() {
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet("depproxy "+os.Args[1], flag.ExitOnError)
-	settings := wire.Defaults()
-	settings.Bind(fs)
+	conf := settings.Defaults()
+	conf.Bind(fs)
 	var cl cleanupFlags
 	if os.Args[1] == "cleanup" {
 		cl.register(fs)
 	}
-	if err := settings.Load(fs, os.Args[2:]); err != nil {
+	if err := conf.Load(fs, os.Args[2:]); err != nil {
 		fmt.Fprintln(os.Stderr, "depproxy:", err)
 		os.Exit(2)
 	}
-	log := logr.FromSlogHandler(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(-settings.LogLevel)}))
+	log := logr.FromSlogHandler(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(-conf.LogLevel)}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	var err error
 	if os.Args[1] == "cleanup" {
-		err = cleanupCommand(ctx, settings, cl, log)
+		err = cleanupCommand(ctx, conf, cl, log)
 	} else {
-		err = serve(ctx, settings, log)
+		err = serve(ctx, conf, log)
 	}
 	exit(err)
 }
@@ -78,8 +78,8 @@ func exit(err error) {
 	os.Exit(0)
 }
 
-func serve(ctx context.Context, settings wire.Settings, log logr.Logger) error {
-	s, err := server.New(ctx, settings, log)
+func serve(ctx context.Context, conf settings.Settings, log logr.Logger) error {
+	s, err := server.New(ctx, conf, log)
 	if err != nil {
 		return err
 	}

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/depproxy/depproxy/proxy/nodeconfig"
-	"github.com/depproxy/depproxy/proxy/wire"
+	"github.com/depproxy/depproxy/proxy/settings"
 )
 
 // nodeFlags are what `hosts` and `node` both take: which registries, the
@@ -17,7 +17,7 @@ import (
 type nodeFlags struct {
 	endpoint     string
 	registries   stringList
-	servers      wire.KeyedList
+	servers      settings.KeyedList
 	dir          string
 	format       string
 	dialTimeout  time.Duration
@@ -30,7 +30,7 @@ func (f *nodeFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.registries, "registry", "a registry to pull through the cache, e.g. docker.io; repeatable (required)")
 	fs.Var(&f.servers, "server", "REGISTRY=URL: where the runtime falls back to when the cache does not answer (default https://REGISTRY, https://registry-1.docker.io for docker.io); repeatable")
 	fs.StringVar(&f.dir, "dir", "/etc/containerd/certs.d", "where the files go: containerd's config_path, or /etc/containers/registries.conf.d")
-	fs.StringVar(&f.format, "format", string(wire.ContainerdHosts), "hosts.toml (containerd) or registries.conf (CRI-O, podman)")
+	fs.StringVar(&f.format, "format", string(nodeconfig.ContainerdHosts), "hosts.toml (containerd) or registries.conf (CRI-O, podman)")
 	fs.DurationVar(&f.dialTimeout, "dial-timeout", time.Second, "how long containerd waits to connect to the cache before falling back")
 	fs.StringVar(&f.ca, "ca", "", "CA certificate file, as the node's runtime sees it, for an https endpoint whose issuer the node does not trust")
 	fs.BoolVar(&f.allowDefault, "allow-default", false, "allow --registry _default, containerd's catch-all: every registry without a file of its own pulls through the cache")
@@ -46,10 +46,10 @@ func (f *nodeFlags) files() ([]nodeconfig.File, error) {
 			return nil, fmt.Errorf("--server %s: %s is not a --registry", k, k.Registry)
 		}
 	}
-	o := wire.NodeOptions{Endpoint: f.endpoint, DialTimeout: f.dialTimeout, CA: f.ca, AllowDefault: f.allowDefault}
+	o := nodeconfig.NodeOptions{Endpoint: f.endpoint, DialTimeout: f.dialTimeout, CA: f.ca, AllowDefault: f.allowDefault}
 	var out []nodeconfig.File
 	for _, r := range f.registries {
-		path, content, err := wire.RenderNodeFile(wire.NodeFormat(f.format), f.dir, wire.NodeMirror{Registry: r, Server: f.servers.For(r, false)}, o)
+		path, content, err := nodeconfig.RenderNodeFile(nodeconfig.NodeFormat(f.format), f.dir, nodeconfig.NodeMirror{Registry: r, Server: f.servers.For(r, false)}, o)
 		if err != nil {
 			return nil, err
 		}

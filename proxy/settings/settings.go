@@ -1,11 +1,15 @@
-// Package wire is what crosses between the operator and the proxy: the
-// settings file the operator renders and `depproxy` loads, the signing
-// key it stores, and the JSON reports the proxy gives back (the cache
-// summary and the cleanup summary). It is the one proxy package the
-// operator imports, so both sides read and write the same types.
-package wire
+// Package settings are the proxy's settings: every flag of `depproxy
+// serve`, every key of its --config file (which the operator renders),
+// their defaults and their validation, in one place, so that the
+// operator checks what it renders as the proxy will.
+package settings
 
 import (
+	"github.com/depproxy/depproxy/proxy/cache"
+	"github.com/depproxy/depproxy/proxy/registryname"
+	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/proxy/upstream"
+
 	"encoding/json"
 	"errors"
 	"flag"
@@ -57,20 +61,22 @@ type Settings struct {
 	LogLevel          int       `json:"log-level,omitempty"`
 }
 
-// Defaults are the settings of a proxy given no flags and no file.
+// Defaults are the settings of a proxy given no flags and no file; those
+// of a part (the cache, the storage, the upstream client) are that part's
+// own defaults.
 func Defaults() Settings {
 	return Settings{
 		Listen:           ":5000",
 		MetricsListen:    ":9090",
-		Upstream:         Keys("https://registry-1.docker.io"),
+		Upstream:         Keys(registryname.DockerHubURL),
 		Storage:          "./data",
 		SummaryInterval:  Duration(30 * time.Second),
 		Tenant:           "depproxy",
-		MaxDownloads:     64,
-		StorageTimeout:   Duration(5 * time.Second),
-		RateLimitReserve: 10,
-		MaxBlobSize:      Size(64 << 30),
-		ManifestMemory:   Size(64 << 20),
+		MaxDownloads:     cache.DefaultLimits.MaxDownloads,
+		StorageTimeout:   Duration(storage.DefaultTimeout),
+		RateLimitReserve: upstream.DefaultRateLimitReserve,
+		MaxBlobSize:      Size(cache.DefaultLimits.MaxBlobSize),
+		ManifestMemory:   Size(cache.DefaultMemory),
 	}
 }
 
@@ -133,18 +139,9 @@ func (s *Settings) Load(fs *flag.FlagSet, args []string) error {
 	if err != nil {
 		return fmt.Errorf("config file: %w", err)
 	}
-	fromFile := Defaults()
-	if err := yaml.UnmarshalStrict(raw, &fromFile); err != nil {
+	fromFile, err := Parse(raw)
+	if err != nil {
 		return fmt.Errorf("config file %s: %w", *configFile, err)
-	}
-	// JSON field matching ignores case; the file's keys are flag names,
-	// which do not.
-	var keys map[string]any
-	yaml.Unmarshal(raw, &keys)
-	for key := range keys {
-		if f := fs.Lookup(key); f == nil || key == "config" {
-			return fmt.Errorf("config file %s: unknown key %q (keys are the flag names, in lower case)", *configFile, key)
-		}
 	}
 	// The command line wins: replay what it set over the file's values.
 	replay := flag.NewFlagSet("replay", flag.ContinueOnError)
@@ -160,6 +157,28 @@ func (s *Settings) Load(fs *flag.FlagSet, args []string) error {
 		return err
 	}
 	return s.Validate()
+}
+
+// Parse reads a --config file over the defaults. Unknown keys are
+// errors, so that a typo does not silently fall back to a default. The
+// operator parses what it renders with it, as the proxy will.
+func Parse(raw []byte) (Settings, error) {
+	s := Defaults()
+	if err := yaml.UnmarshalStrict(raw, &s); err != nil {
+		return Settings{}, err
+	}
+	// JSON field matching ignores case; the file's keys are flag names,
+	// which do not.
+	var keys map[string]any
+	yaml.Unmarshal(raw, &keys)
+	names, bound := flag.NewFlagSet("keys", flag.ContinueOnError), Defaults()
+	bound.Bind(names)
+	for key := range keys {
+		if names.Lookup(key) == nil {
+			return Settings{}, fmt.Errorf("unknown key %q (keys are the flag names, in lower case)", key)
+		}
+	}
+	return s, nil
 }
 
 // Validate refuses settings no proxy can run with.

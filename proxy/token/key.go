@@ -1,4 +1,4 @@
-package wire
+package token
 
 import (
 	"crypto/ecdsa"

@@ -1,11 +1,12 @@
-package wire
+package settings
 
 import (
 	"errors"
 	"fmt"
-	"net/url"
 	"slices"
 	"strings"
+
+	"github.com/depproxy/depproxy/proxy/registryname"
 )
 
 // Replicas is how a replica finds the others: a fixed list, or the
@@ -65,9 +66,8 @@ func (s *Settings) Replicas() (*Replicas, error) {
 // replicaURL checks a replica's address: scheme and host, nothing else,
 // written without a trailing slash so that every replica spells it alike.
 func replicaURL(flag, raw string) (string, error) {
-	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") ||
-		u.RawQuery != "" || u.User != nil {
+	u, ok := registryname.ServerURL(raw)
+	if !ok {
 		return "", fmt.Errorf("%s %q: want a replica's URL like http://10.0.0.1:5000", flag, raw)
 	}
 	return u.Scheme + "://" + u.Host, nil

@@ -1,4 +1,7 @@
-package wire
+// Package report is what the proxy and the cleanup tell the operator:
+// the cache summary the proxy serves and the summary a cleanup run
+// leaves, as JSON both sides read with these types.
+package report
 
 import "time"
 

@@ -1,10 +1,11 @@
-package wire
+package settings
 
 import (
+	"github.com/depproxy/depproxy/proxy/registryname"
+
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
 	"strings"
 )
 
@@ -124,35 +125,20 @@ type Upstream struct {
 	Default bool
 }
 
-// RegistryOf is the registry name of an upstream URL: its host, with
-// Docker Hub's API hosts named docker.io.
-func RegistryOf(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return ""
-	}
-	switch u.Host {
-	case "registry-1.docker.io", "index.docker.io":
-		return "docker.io"
-	}
-	return u.Host
-}
-
 // Upstreams resolves the upstream settings: each registry with its URL,
 // credentials and the registries it stands in for, the first the default.
 func (s *Settings) Upstreams() ([]Upstream, error) {
 	var out []Upstream
 	seen := map[string]bool{}
 	for i, k := range s.Upstream.Items {
-		u, err := url.Parse(k.Value)
-		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") || (u.Path != "" && u.Path != "/") {
-			return nil, fmt.Errorf("upstream %q: want a URL like https://registry-1.docker.io, or REGISTRY=URL", k)
+		if _, ok := registryname.ServerURL(k.Value); !ok {
+			return nil, fmt.Errorf("upstream %q: want a URL like %s, or REGISTRY=URL", k, registryname.DockerHubURL)
 		}
 		reg := k.Registry
 		if reg == "" {
-			reg = RegistryOf(k.Value)
+			reg = registryname.Of(k.Value)
 		}
-		if !validRegistryName(reg) {
+		if !registryname.Valid(reg) {
 			return nil, fmt.Errorf("upstream %q: %q is not a registry host name", k, reg)
 		}
 		if seen[reg] {
@@ -184,20 +170,4 @@ func (s *Settings) Upstreams() ([]Upstream, error) {
 		}
 	}
 	return out, nil
-}
-
-// validRegistryName: a host name, optionally with a port; what can be a
-// directory name and a path prefix.
-func validRegistryName(s string) bool {
-	host, port, hasPort := strings.Cut(s, ":")
-	if host == "" || len(s) > 253 || (hasPort && (port == "" || strings.Trim(port, "0123456789") != "")) {
-		return false
-	}
-	for _, label := range strings.Split(host, ".") {
-		if label == "" || strings.Trim(strings.ToLower(label), "abcdefghijklmnopqrstuvwxyz0123456789-") != "" ||
-			strings.HasPrefix(label, "-") || strings.HasSuffix(label, "-") {
-			return false
-		}
-	}
-	return true
 }

@@ -1,9 +1,10 @@
-package wire
+package nodeconfig
 
 import (
+	"github.com/depproxy/depproxy/proxy/registryname"
+
 	"bytes"
 	"fmt"
-	"net/url"
 	"path/filepath"
 	"strings"
 	"time"
@@ -53,20 +54,12 @@ type NodeOptions struct {
 // DefaultRegistry is containerd's catch-all hosts directory.
 const DefaultRegistry = "_default"
 
-// DefaultServer is where a registry's images come from without a mirror.
-func DefaultServer(registry string) string {
-	if registry == "docker.io" {
-		return "https://registry-1.docker.io"
-	}
-	return "https://" + registry
-}
-
 // RenderNodeFile returns the file for one registry and where it goes
 // under dir. The operator shows it in status; `depproxy hosts` and
 // `depproxy node` write it.
 func RenderNodeFile(f NodeFormat, dir string, m NodeMirror, o NodeOptions) (path string, content []byte, err error) {
-	ep, err := url.Parse(o.Endpoint)
-	if err != nil || ep.Host == "" || (ep.Scheme != "http" && ep.Scheme != "https") || (ep.Path != "" && ep.Path != "/") {
+	ep, ok := registryname.ServerURL(o.Endpoint)
+	if !ok {
 		return "", nil, fmt.Errorf("endpoint %q: want http(s)://host:port", o.Endpoint)
 	}
 	catchAll := m.Registry == DefaultRegistry
@@ -75,7 +68,7 @@ func RenderNodeFile(f NodeFormat, dir string, m NodeMirror, o NodeOptions) (path
 		return "", nil, fmt.Errorf("registry %s is containerd's catch-all: every registry without a file of its own would pull through the cache; ask for it with --allow-default", DefaultRegistry)
 	case catchAll && f != ContainerdHosts:
 		return "", nil, fmt.Errorf("registry %s is containerd's alone: %s has no catch-all", DefaultRegistry, f)
-	case !catchAll && !validRegistryName(m.Registry):
+	case !catchAll && !registryname.Valid(m.Registry):
 		return "", nil, fmt.Errorf("registry %q: want a host name, optionally with a port, such as docker.io or registry.internal:5000", m.Registry)
 	}
 	for what, v := range map[string]string{"endpoint": o.Endpoint, "server": m.Server, "ca": o.CA} {
@@ -84,7 +77,7 @@ func RenderNodeFile(f NodeFormat, dir string, m NodeMirror, o NodeOptions) (path
 		}
 	}
 	if m.Server == "" && !catchAll {
-		m.Server = DefaultServer(m.Registry)
+		m.Server = registryname.Server(m.Registry)
 	}
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "%s: the cache at %s mirrors %s.\n# `depproxy hosts --remove` takes it out and puts back what was here.\n", NodeFileMarker, ep.Host, m.Registry)
