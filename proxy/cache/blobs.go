@@ -189,6 +189,9 @@ func (c *Cache) fillFor(ctx context.Context, repo string, d digest.Digest, start
 // a client hanging up does not cancel the download others are reading;
 // only everyone leaving does (see fill.release).
 func (c *Cache) runFill(ctx context.Context, repo string, f *fill) {
+	running := c.metrics.downloads.WithLabelValues(c.registry)
+	running.Inc()
+	defer running.Dec() // last: the blob is stored, or given up, and forgotten
 	defer f.release()
 	defer f.cancel(nil)
 	ctx, cancel := context.WithTimeout(ctx, c.fillTimeout)

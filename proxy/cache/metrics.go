@@ -15,6 +15,7 @@ type Metrics struct {
 	requests, hits, misses, coalesced *prometheus.CounterVec // {upstream, type}
 	pulled, served                    *prometheus.CounterVec // bytes {upstream, type}
 	stale                             *prometheus.CounterVec // {upstream, reason}
+	downloads                         *prometheus.GaugeVec   // {upstream}
 	storageErrors                     prometheus.Counter
 	passedThrough                     prometheus.Counter
 	// hitCount and missCount feed the hit ratio of the summary.
@@ -37,6 +38,10 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 			Name: "depproxy_proxy_stale_serves_total",
 			Help: "Cached tags served without the upstream's word, by why: refused, timeout, 5xx, 429, html (an error page), ratelimit (the upstream's rate limit is nearly spent), other.",
 		}, []string{"upstream", "reason"}),
+		downloads: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "depproxy_proxy_downloads",
+			Help: "Upstream blob downloads under way, waiting for a slot and being stored included (at most --max-downloads transfer at once).",
+		}, []string{"upstream"}),
 		storageErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "depproxy_storage_errors_total",
 			Help: "Storage operations that failed and were worked around by passing through.",
@@ -47,7 +52,7 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 		}),
 	}
 	if r != nil {
-		r.MustRegister(m.requests, m.hits, m.misses, m.coalesced, m.pulled, m.served, m.stale, m.storageErrors, m.passedThrough)
+		r.MustRegister(m.requests, m.hits, m.misses, m.coalesced, m.pulled, m.served, m.stale, m.downloads, m.storageErrors, m.passedThrough)
 	}
 	return m
 }

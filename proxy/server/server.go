@@ -43,6 +43,7 @@ type Server struct {
 	settings settings.Settings
 	log      logr.Logger
 	caches   []*cache.Cache // one per upstream, the default first
+	store    storage.Storage
 	summary  *summary.Scanner
 	closers  []func() error // what Run releases at the end
 	handler  http.Handler   // the registry port
@@ -213,7 +214,7 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 	for _, c := range caches {
 		closers = append([]func() error{func() error { c.Close(); return nil }}, closers...)
 	}
-	srv := &Server{settings: s, log: log, caches: caches, summary: scanner, closers: closers, handler: handler,
+	srv := &Server{settings: s, log: log, caches: caches, store: store, summary: scanner, closers: closers, handler: handler,
 		idleTimeout: o.idleTimeout, writeTimeout: o.writeTimeout, certs: certs, replicas: peering}
 	srv.ops = opsRoutes(promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}), scanner.Handler(s.SummaryInterval.Std(), log.WithName("summary")),
 		func() bool { return !srv.stopping.Load() && peering.ready() })
@@ -230,6 +231,9 @@ func (s *Server) OpsHandler() http.Handler { return s.ops }
 
 // Cache is the default upstream's cache.
 func (s *Server) Cache() *cache.Cache { return s.caches[0] }
+
+// Storage is where the proxy keeps the cache.
+func (s *Server) Storage() storage.Storage { return s.store }
 
 // Summary is the proxy's cache summary.
 func (s *Server) Summary() *summary.Scanner { return s.summary }

@@ -1,14 +1,12 @@
 package integration
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -17,10 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/depproxy/depproxy/proxy/server"
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/token"
 	"github.com/depproxy/depproxy/test/testenv"
@@ -53,13 +49,8 @@ func startTenant(t *testing.T, name, upstreamURL string, key *ecdsa.PrivateKey, 
 	if ts.users != nil {
 		s.Users = usersFile(t, ts.users)
 	}
-	p, err := server.New(context.Background(), s, logr.Discard())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(p.Handler())
-	t.Cleanup(srv.Close)
-	return &tenant{URL: srv.URL, Host: strings.TrimPrefix(srv.URL, "http://"), signer: token.NewSigner(key, name, nil)}
+	p := start(t, s)
+	return &tenant{URL: p.URL, Host: p.Host, signer: token.NewSigner(key, name, nil)}
 }
 
 // usersFile writes an htpasswd file of users and their passwords.
@@ -351,13 +342,7 @@ func TestRefreshTokensAcrossReplicas(t *testing.T) {
 	start := func() string {
 		s := settings.Defaults()
 		s.Upstream, s.Storage, s.Tenant, s.TokenKey, s.Users = settings.Keys(e.front.URL()), t.TempDir(), "tenants/team-a", keyFile, users
-		p, err := server.New(context.Background(), s, logr.Discard())
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv := httptest.NewServer(p.Handler())
-		t.Cleanup(srv.Close)
-		return srv.URL
+		return start(t, s).URL
 	}
 	grant := func(base string, form url.Values) (int, tokenResponse) {
 		form.Set("service", "tenants/team-a")

@@ -8,10 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/test/testenv"
-	"github.com/opencontainers/go-digest"
 )
 
 // cranePull pulls ref from a plain-HTTP registry into a fresh directory.

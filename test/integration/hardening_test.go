@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/static"
@@ -27,7 +26,6 @@ import (
 	"github.com/depproxy/depproxy/proxy/server"
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/storage"
-	"github.com/depproxy/depproxy/test/testenv"
 )
 
 // The Content-Type of a manifest is never the upstream's or the author's
@@ -125,36 +123,6 @@ func TestRedirectToLoopbackServiceRefused(t *testing.T) {
 	ociError(t, resp, body, http.StatusBadGateway, "UNAVAILABLE")
 }
 
-// runServer runs a whole proxy, as `depproxy serve` does, until the test
-// ends; it returns the registry's and the metrics port's base URLs.
-func runServer(t *testing.T, s settings.Settings, opts ...server.Option) (string, string) {
-	t.Helper()
-	s.Listen, s.MetricsListen = testenv.FreeAddr(t), testenv.FreeAddr(t)
-	srv, err := server.New(context.Background(), s, logr.Discard(), opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("server stopped with %v", err)
-		}
-	})
-	for i := 0; ; i++ {
-		if resp, err := http.Get("http://" + s.MetricsListen + "/readyz"); err == nil {
-			resp.Body.Close()
-			return "http://" + s.Listen, "http://" + s.MetricsListen
-		}
-		if i > 200 {
-			t.Fatal("the server did not start")
-		}
-		sleep()
-	}
-}
-
 // Idle keep-alive connections are closed; a client that stops reading a
 // blob is cut, and one that reads slowly but steadily gets all of it.
 func TestConnectionTimeouts(t *testing.T) {
@@ -163,7 +131,7 @@ func TestConnectionTimeouts(t *testing.T) {
 	blob, h := pushBlob(t, e.registry.Addr, repo, 16<<20)
 	s := settings.Defaults()
 	s.Upstream, s.Storage = settings.Keys(e.front.URL()), t.TempDir()
-	base, _ := runServer(t, s, server.WithTimeouts(500*time.Millisecond, time.Second))
+	base := start(t, s, server.WithTimeouts(500*time.Millisecond, time.Second)).URL
 	url := base + "/v2/" + repo + "/blobs/" + h.String()
 	if resp, body := get(t, url, ""); resp.StatusCode != 200 || len(body) != len(blob) {
 		t.Fatalf("warming the cache: %s, %d bytes", resp.Status, len(body))
@@ -444,35 +412,28 @@ func TestDownloadsAreBounded(t *testing.T) {
 func TestShutdownDelay(t *testing.T) {
 	e := newEnv(t)
 	s := settings.Defaults()
-	s.Upstream, s.Storage, s.ShutdownDelay = settings.Keys(e.front.URL()), t.TempDir(), settings.Duration(1500*time.Millisecond)
-	s.Listen, s.MetricsListen = testenv.FreeAddr(t), testenv.FreeAddr(t)
-	srv, err := server.New(context.Background(), s, logr.Discard())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
+	s.Upstream, s.ShutdownDelay = settings.Keys(e.front.URL()), settings.Duration(1500*time.Millisecond)
+	p := start(t, s)
 	ready := func() int {
-		resp, err := http.Get("http://" + s.MetricsListen + "/readyz")
+		resp, err := http.Get(p.Ops + "/readyz")
 		if err != nil {
 			return 0
 		}
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	eventually(t, 10*time.Second, "the server did not become ready", func() bool { return ready() == 200 })
-	cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- p.Stop() }()
 	eventually(t, time.Second, "/readyz still ready after the stop", func() bool { return ready() == http.StatusServiceUnavailable })
-	if resp, _ := get(t, "http://"+s.Listen+"/v2/", ""); resp.StatusCode != 200 {
+	if resp, _ := get(t, p.URL+"/v2/", ""); resp.StatusCode != 200 {
 		t.Fatalf("the registry stopped serving during the delay: %s", resp.Status)
 	}
 	select {
-	case err := <-done:
+	case err := <-stopped:
 		t.Fatalf("the server stopped before its delay: %v", err)
 	case <-time.After(500 * time.Millisecond):
 	}
-	if err := <-done; err != nil {
+	if err := <-stopped; err != nil {
 		t.Fatal(err)
 	}
 }

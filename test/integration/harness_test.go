@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"regexp"
 	"strings"
 	"sync"
@@ -47,15 +46,75 @@ func newEnv(t *testing.T) *env {
 	return &env{registry: reg, front: testenv.StartFront(t, reg.URL()), minio: testenv.StartMinIO(t)}
 }
 
-// proxy is a depproxy under test.
+// proxy is a depproxy under test, run in this process as `depproxy
+// serve` runs it: its registry and metrics ports listen on loopback.
 type proxy struct {
+	URL   string // the registry port's base URL (https with --tls-cert)
+	Host  string // its host:port, as clients name the registry
+	Ops   string // the metrics port's base URL
+	store storage.Storage
+	// cache and summary are the server's own, for the few tests that
+	// wait on them.
 	cache   *cache.Cache
 	summary *summary.Scanner
-	URL     string
-	Host    string
-	Ops     string // the metrics port
-	store   storage.Storage
-	logs    *syncBuffer
+
+	stop     context.CancelFunc
+	done     chan error
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// start runs the proxy of s until the test ends: the one way tests here
+// start a proxy in process. Its listen addresses are picked on loopback;
+// its logs are shown only if the test fails.
+func start(t *testing.T, s settings.Settings, opts ...server.Option) *proxy {
+	t.Helper()
+	s.Listen, s.MetricsListen = testenv.FreeAddr(t), testenv.FreeAddr(t)
+	if s.Storage == settings.Defaults().Storage {
+		s.Storage = t.TempDir() // never ./data in the test's directory
+	}
+	logs := &syncBuffer{}
+	log := funcr.New(func(prefix, args string) { logs.WriteString(prefix + " " + args + "\n") }, funcr.Options{})
+	srv, err := server.New(context.Background(), s, log, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &proxy{Host: s.Listen, Ops: "http://" + s.MetricsListen, store: srv.Storage(),
+		cache: srv.Cache(), summary: srv.Summary(), stop: cancel, done: make(chan error, 1)}
+	p.URL = "http://" + s.Listen
+	if s.TLSCert != "" {
+		p.URL = "https://" + s.Listen
+	}
+	go func() { p.done <- srv.Run(ctx) }()
+	t.Cleanup(func() {
+		if err := p.Stop(); err != nil {
+			t.Errorf("the proxy stopped with %v", err)
+		}
+		if t.Failed() {
+			t.Logf("the proxy's logs:\n%s", logs.String())
+		}
+	})
+	for deadline := time.Now().Add(20 * time.Second); ; sleep() {
+		if resp, err := http.Get(p.Ops + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the proxy did not become ready; logs:\n%s", logs.String())
+		}
+	}
+}
+
+// Stop ends the proxy as SIGTERM does, and returns what Run returned.
+func (p *proxy) Stop() error {
+	p.stopOnce.Do(func() {
+		p.stop()
+		p.stopErr = <-p.done
+	})
+	return p.stopErr
 }
 
 func openStorage(t *testing.T, backend string, m *testenv.MinIO) storage.Storage {
@@ -70,22 +129,13 @@ func openStorage(t *testing.T, backend string, m *testenv.MinIO) storage.Storage
 	return m.Storage(t, "cache", nonName.ReplaceAllString(t.Name(), "-"))
 }
 
+// startProxy starts the proxy of one upstream over store, the settings
+// otherwise the defaults; opts go to its cache.
 func startProxy(t *testing.T, upstreamURL string, store storage.Storage, opts ...cache.Option) *proxy {
 	t.Helper()
-	logs := &syncBuffer{}
-	log := funcr.New(func(prefix, args string) { logs.WriteString(prefix + " " + args + "\n") }, funcr.Options{})
 	s := settings.Defaults()
 	s.Upstream = settings.Keys(upstreamURL)
-	p, err := server.New(context.Background(), s, log, server.WithStorage(store),
-		server.WithCacheOptions(append([]cache.Option{cache.WithLogger(log)}, opts...)...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(p.Handler())
-	t.Cleanup(srv.Close)
-	ops := httptest.NewServer(p.OpsHandler())
-	t.Cleanup(ops.Close)
-	return &proxy{cache: p.Cache(), summary: p.Summary(), URL: srv.URL, Host: strings.TrimPrefix(srv.URL, "http://"), Ops: ops.URL, store: store, logs: logs}
+	return start(t, s, server.WithStorage(store), server.WithCacheOptions(opts...))
 }
 
 type syncBuffer struct {

@@ -28,11 +28,13 @@ func TestPrefetch(t *testing.T) {
 	pullManifest0(t, p.URL, repo, "v1")
 	m, _ := amd.Manifest()
 	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(p.logs.String(), m.Layers[1].Digest.String()) {
-		if time.Now().After(deadline) {
-			t.Fatalf("prefetch did not cache the amd64 image; logs:\n%s", p.logs.String())
+	for _, l := range m.Layers {
+		for _, err := p.store.Stat(context.Background(), blobKey(l.Digest)); err != nil; _, err = p.store.Stat(context.Background(), blobKey(l.Digest)) {
+			if time.Now().After(deadline) {
+				t.Fatalf("prefetch did not cache the amd64 image's layer %s: %v", l.Digest, err)
+			}
+			sleep()
 		}
-		sleep()
 	}
 	e.front.Stop()
 	defer e.front.Start()

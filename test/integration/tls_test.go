@@ -75,8 +75,7 @@ func TestTLS(t *testing.T) {
 
 	s := settings.Defaults()
 	s.Upstream, s.Storage, s.TLSCert, s.TLSKey = settings.Keys(e.front.URL()), t.TempDir(), certFile, keyFile
-	base, _ := runServer(t, s)
-	host := strings.TrimPrefix(base, "http://")
+	host := start(t, s).Host
 
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(ca.pem)
@@ -92,7 +91,7 @@ func TestTLS(t *testing.T) {
 	if got := serial(); got != 100 {
 		t.Fatalf("serving certificate %d, want 100", got)
 	}
-	if resp, err := http.Get(base + "/v2/"); err == nil && resp.StatusCode == 200 {
+	if resp, err := http.Get("http://" + host + "/v2/"); err == nil && resp.StatusCode == 200 {
 		t.Fatal("the registry port also answers plain HTTP")
 	}
 

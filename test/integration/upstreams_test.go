@@ -55,7 +55,7 @@ func (tr *twoRegistries) upstreamRequests() int {
 // same repository name on the two is two images.
 func TestSeveralUpstreams(t *testing.T) {
 	tr := newTwoRegistries(t)
-	base, _ := runServer(t, tr.settings(t))
+	base := start(t, tr.settings(t)).URL
 	cases := []struct {
 		name, path, ns, want string
 		front                *testenv.Front
@@ -111,7 +111,7 @@ func TestUnknownRegistriesDialNothing(t *testing.T) {
 			c.Close()
 		}
 	}()
-	base, _ := runServer(t, tr.settings(t))
+	base := start(t, tr.settings(t)).URL
 	before := tr.upstreamRequests()
 	d := "sha256:" + strings.Repeat("0", 64)
 	for _, path := range []string{
