@@ -10,7 +10,7 @@ TOOLS_BIN := $(DEPPROXY_TOOLS)/bin
 CONTROLLER_GEN := $(TOOLS_BIN)/controller-gen
 KUSTOMIZE := $(TOOLS_BIN)/kustomize
 
-.PHONY: all run build build-manager tools test lint fuzz bench generate manifests bundle verify-generated deploy undeploy install images e2e docs
+.PHONY: all run build build-manager tools test unit lint fuzz bench generate manifests bundle verify-generated deploy undeploy install images e2e docs
 
 # Images for `make deploy`.
 IMG ?= ghcr.io/depproxy/manager:latest
@@ -80,6 +80,11 @@ tools:
 test: tools lint verify-generated
 	$(GO) test -race -count=1 -timeout 30m ./...
 	hack/e2e.sh
+
+## unit: the fast tiers, in seconds: the proxy's packages in process (an
+## in-memory registry upstream, in-memory storage); no root, no tools
+unit:
+	$(GO) test -count=1 ./proxy/...
 
 ## lint: formatting and vet
 lint:

@@ -5,19 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/registry"
+
 	"github.com/depproxy/depproxy/proxy/manifest"
 	"github.com/depproxy/depproxy/proxy/registryname"
-	"github.com/depproxy/depproxy/test/testenv"
 )
 
 func TestRepositoryShortNames(t *testing.T) {
@@ -123,12 +123,12 @@ func TestFileCredentialsDockerConfig(t *testing.T) {
 // handshakes in memory, and pings the registry once, not once a name.
 func TestTransportsAreBounded(t *testing.T) {
 	var pings atomic.Int64
-	reg := testenv.StartRegistry(t)
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/v2/" {
 			pings.Add(1)
 		}
-		httputil.NewSingleHostReverseProxy(mustParse(t, reg.URL())).ServeHTTP(w, r)
+		reg.ServeHTTP(w, r)
 	}))
 	defer front.Close()
 	c, err := New(front.URL)
@@ -147,12 +147,4 @@ func TestTransportsAreBounded(t *testing.T) {
 	if n := pings.Load(); n > 2 {
 		t.Errorf("%d pings for %d names", n, maxTransports+500)
 	}
-}
-
-func mustParse(t *testing.T, raw string) *url.URL {
-	u, err := url.Parse(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u
 }

@@ -1,0 +1,287 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/go-logr/logr"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/depproxy/depproxy/proxy/server"
+	"github.com/depproxy/depproxy/proxy/settings"
+	"github.com/depproxy/depproxy/proxy/storage"
+)
+
+// The fast tier: a whole proxy in this process, in front of
+// go-containerregistry's in-memory registry, on in-memory storage. No
+// tool, no disk but a spool directory, and each case in milliseconds.
+// The real parts (CNCF Distribution, MinIO, real clients) are in
+// test/integration.
+
+// upstream is the registry the proxy pulls through. It counts what it is
+// asked, and a case can make it refuse connections or answer 429.
+type upstream struct {
+	registry http.Handler
+	mu       sync.Mutex
+	calls    map[string]int // "GET manifests", "HEAD blobs", ...
+	state    string         // "up", "down" or "429"
+}
+
+func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	kind := pathKind(r.URL.Path)
+	u.mu.Lock()
+	state := u.state
+	if kind != "ping" {
+		u.calls[r.Method+" "+kind]++
+	}
+	u.mu.Unlock()
+	switch {
+	case state == "down" && kind != "ping":
+		// A connection cut before any answer, as a registry that went
+		// away leaves it.
+		if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			conn.(*net.TCPConn).SetLinger(0)
+			conn.Close()
+		}
+		return
+	case state == "429" && kind != "ping":
+		w.Header().Set("Retry-After", "60")
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusTooManyRequests)
+		io.WriteString(w, `{"errors":[{"code":"TOOMANYREQUESTS","message":"rate limited"}]}`)
+		return
+	}
+	u.registry.ServeHTTP(w, r)
+}
+
+func (u *upstream) set(state string) {
+	u.mu.Lock()
+	u.state, u.calls = state, map[string]int{}
+	u.mu.Unlock()
+}
+
+func (u *upstream) asked() map[string]int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	out := map[string]int{}
+	for k, v := range u.calls {
+		out[k] = v
+	}
+	return out
+}
+
+func pathKind(p string) string {
+	for _, k := range []string{"manifests", "blobs", "referrers"} {
+		if strings.Contains(p, "/"+k+"/") {
+			return k
+		}
+	}
+	if strings.HasSuffix(p, "/tags/list") {
+		return "tags"
+	}
+	return "ping"
+}
+
+// fixture is an upstream holding team/app:v1, and a proxy in front of it.
+type fixture struct {
+	up    *upstream
+	proxy string
+	image v1.Image
+	vars  map[string]string // what a case's path and headers may name: {manifest}, {layer}, ...
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	up := &upstream{registry: registry.New(registry.Logger(log.New(io.Discard, "", 0))), state: "up", calls: map[string]int{}}
+	us := httptest.NewServer(up)
+	t.Cleanup(us.Close)
+	img, err := random.Image(4096, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(strings.TrimPrefix(us.URL, "http://") + "/team/app:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	s := settings.Defaults()
+	s.Upstream, s.SpoolDir = settings.Keys(us.URL), t.TempDir()
+	srv, err := server.New(context.Background(), s, logr.Discard(), server.WithStorage(storage.NewMemory()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := httptest.NewServer(srv.Handler())
+	t.Cleanup(ps.Close)
+	digest, _ := img.Digest()
+	mt, _ := img.MediaType()
+	layers, _ := img.Layers()
+	layer, _ := layers[0].Digest()
+	size, _ := layers[0].Size()
+	return &fixture{up: up, proxy: ps.URL, image: img, vars: map[string]string{
+		"{manifest}": digest.String(), "{mediaType}": string(mt), "{layer}": layer.String(),
+		"{layerSize}": strconv.FormatInt(size, 10), "{layerEnd}": strconv.FormatInt(size-1, 10),
+	}}
+}
+
+func (f *fixture) expand(s string) string {
+	for k, v := range f.vars {
+		s = strings.ReplaceAll(s, k, v)
+	}
+	return s
+}
+
+func (f *fixture) do(t *testing.T, method, path string, header map[string]string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(method, f.proxy+f.expand(path), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
+	for k, v := range header {
+		req.Header.Set(k, f.expand(v))
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+const (
+	tagPath      = "/v2/team/app/manifests/v1"
+	manifestPath = "/v2/team/app/manifests/{manifest}"
+	layerPath    = "/v2/team/app/blobs/{layer}"
+)
+
+// What a client sees for each request, with what was cached before, the
+// upstream's state, and what the upstream was asked meanwhile.
+func TestPulls(t *testing.T) {
+	cases := []struct {
+		name     string
+		warm     []string // pulled first, with the upstream up
+		upstream string   // up, down, 429
+		method   string
+		path     string
+		header   map[string]string
+		status   int
+		want     map[string]string // response headers
+		code     string            // the OCI error code
+		asked    map[string]int    // the upstream's requests, exactly
+	}{
+		{name: "the API answers", method: "GET", path: "/v2/", status: 200, asked: map[string]int{}},
+		{name: "a cold tag is fetched once", method: "GET", path: tagPath, status: 200,
+			want:  map[string]string{"Docker-Content-Digest": "{manifest}", "Content-Type": "{mediaType}"},
+			asked: map[string]int{"GET manifests": 1}},
+		{name: "a cached tag costs one HEAD", warm: []string{tagPath}, method: "GET", path: tagPath, status: 200,
+			want: map[string]string{"Docker-Content-Digest": "{manifest}"}, asked: map[string]int{"HEAD manifests": 1}},
+		{name: "a cached tag is served with the upstream down", warm: []string{tagPath}, upstream: "down",
+			method: "GET", path: tagPath, status: 200, want: map[string]string{"Docker-Content-Digest": "{manifest}"}},
+		{name: "a cached tag is served while the upstream asks to wait", warm: []string{tagPath}, upstream: "429",
+			method: "GET", path: tagPath, status: 200, want: map[string]string{"Docker-Content-Digest": "{manifest}"},
+			asked: map[string]int{"HEAD manifests": 1}},
+		{name: "a cached digest asks the upstream nothing", warm: []string{tagPath}, upstream: "down",
+			method: "GET", path: manifestPath, status: 200, want: map[string]string{"Docker-Content-Digest": "{manifest}"},
+			asked: map[string]int{}},
+		{name: "a HEAD of a cached tag", warm: []string{tagPath}, method: "HEAD", path: tagPath, status: 200,
+			want: map[string]string{"Docker-Content-Digest": "{manifest}"}, asked: map[string]int{"HEAD manifests": 1}},
+		{name: "an uncached tag with the upstream down", upstream: "down", method: "GET", path: tagPath,
+			status: 503, code: "UNAVAILABLE"},
+		{name: "an uncached tag while the upstream asks to wait", upstream: "429", method: "GET", path: tagPath,
+			status: 429, code: "TOOMANYREQUESTS", want: map[string]string{"Retry-After": "60"}, asked: map[string]int{"GET manifests": 1}},
+		{name: "a tag the upstream does not have", method: "GET", path: "/v2/team/app/manifests/nope",
+			status: 404, code: "MANIFEST_UNKNOWN", asked: map[string]int{"GET manifests": 1}},
+		{name: "a cold blob is fetched once", method: "GET", path: layerPath, status: 200,
+			want:  map[string]string{"Docker-Content-Digest": "{layer}", "Content-Length": "{layerSize}"},
+			asked: map[string]int{"GET blobs": 1}},
+		{name: "a cached blob asks the upstream nothing", warm: []string{layerPath}, upstream: "down",
+			method: "GET", path: layerPath, status: 200, want: map[string]string{"Content-Length": "{layerSize}"},
+			asked: map[string]int{}},
+		{name: "a range of a cached blob", warm: []string{layerPath}, method: "GET", path: layerPath,
+			header: map[string]string{"Range": "bytes=10-19"}, status: 206,
+			want: map[string]string{"Content-Range": "bytes 10-19/{layerSize}", "Content-Length": "10"}, asked: map[string]int{}},
+		{name: "a HEAD of a cached blob", warm: []string{layerPath}, method: "HEAD", path: layerPath, status: 200,
+			want: map[string]string{"Content-Length": "{layerSize}", "Docker-Content-Digest": "{layer}"}, asked: map[string]int{}},
+		{name: "a blob the upstream does not have", method: "GET",
+			path:   "/v2/team/app/blobs/sha256:" + strings.Repeat("0", 64),
+			status: 404, code: "BLOB_UNKNOWN", asked: map[string]int{"GET blobs": 1}},
+		{name: "a registry nobody mirrors dials nothing", method: "GET", path: tagPath + "?ns=quay.io",
+			status: 404, code: "NAME_UNKNOWN", asked: map[string]int{}},
+		{name: "a push is refused", method: "PUT", path: tagPath, status: 405, code: "UNSUPPORTED", asked: map[string]int{}},
+		{name: "a malformed digest", method: "GET", path: "/v2/team/app/blobs/sha256:zz", status: 400,
+			code: "DIGEST_INVALID", asked: map[string]int{}},
+		{name: "a malformed tag", method: "GET", path: "/v2/team/app/manifests/-v1", status: 400,
+			code: "MANIFEST_INVALID", asked: map[string]int{}},
+		{name: "a name outside the grammar", method: "GET", path: "/v2/Team/app/manifests/v1", status: 400,
+			code: "NAME_INVALID", asked: map[string]int{}},
+		{name: "the tags list is the upstream's", method: "GET", path: "/v2/team/app/tags/list", status: 200,
+			want: map[string]string{"Content-Type": "application/json"}, asked: map[string]int{"GET tags": 1}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFixture(t)
+			for _, p := range c.warm {
+				resp := f.do(t, "GET", p, nil)
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					t.Fatalf("warming %s: %s", p, resp.Status)
+				}
+			}
+			f.up.set(map[bool]string{true: "up", false: c.upstream}[c.upstream == ""])
+			resp := f.do(t, c.method, c.path, c.header)
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != c.status {
+				t.Fatalf("%s %s: %s %s, want %d", c.method, c.path, resp.Status, body, c.status)
+			}
+			for h, v := range c.want {
+				if got := resp.Header.Get(h); got != f.expand(v) {
+					t.Errorf("%s: %q, want %q", h, got, f.expand(v))
+				}
+			}
+			if c.status >= 400 && c.method != "HEAD" {
+				var e struct {
+					Errors []struct{ Code, Message string }
+				}
+				if err := json.Unmarshal(body, &e); err != nil || len(e.Errors) == 0 || e.Errors[0].Code != c.code || e.Errors[0].Message == "" {
+					t.Errorf("error body %s, want OCI error %s with a message", body, c.code)
+				}
+				if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+					t.Errorf("error Content-Type %q", ct)
+				}
+			}
+			if c.asked != nil {
+				if got := f.up.asked(); !equal(got, c.asked) {
+					t.Errorf("the upstream was asked %v, want %v", got, c.asked)
+				}
+			}
+		})
+	}
+}
+
+func equal(a, b map[string]int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
