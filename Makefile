@@ -10,7 +10,7 @@ TOOLS_BIN := $(DEPPROXY_TOOLS)/bin
 CONTROLLER_GEN := $(TOOLS_BIN)/controller-gen
 KUSTOMIZE := $(TOOLS_BIN)/kustomize
 
-.PHONY: all run build build-manager tools test unit lint fuzz bench generate manifests bundle verify-generated deploy undeploy install images e2e docs
+.PHONY: all run build build-manager tools test unit lint fuzz bench generate manifests bundle chart verify-generated deploy undeploy install images e2e docs
 
 # Images for `make deploy`.
 IMG ?= ghcr.io/depproxy/manager:latest
@@ -53,9 +53,14 @@ manifests: tools
 bundle: manifests
 	$(GO) run ./hack/bundle -kustomize $(KUSTOMIZE) -version $(VERSION)
 
+## chart: the generated part of the Helm chart (dist/chart), from config/
+chart: manifests
+	$(GO) run ./hack/chart -kustomize $(KUSTOMIZE) -version $(VERSION)
+
 ## verify-generated: generated files are up to date (CI)
-verify-generated: generate manifests bundle
-	@git diff --exit-code -- api config bundle || { echo "generated files are stale: run make generate manifests bundle and commit"; exit 1; }
+verify-generated: generate manifests bundle chart
+	@git diff --exit-code -- api config bundle dist || { echo "generated files are stale: run make generate manifests bundle chart and commit"; exit 1; }
+	@untracked="$$(git ls-files --others --exclude-standard -- api config bundle dist)"; if [ -n "$$untracked" ]; then echo "generated files not committed:"; echo "$$untracked"; exit 1; fi
 	@test -z "$$(git status --porcelain -- api config bundle)" || { echo "untracked generated files:"; git status --porcelain -- api config bundle; exit 1; }
 
 ## install: the CRDs into the current cluster

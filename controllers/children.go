@@ -129,6 +129,9 @@ func proxySettings(dp *depproxyv1.DependencyProxy) settings.Settings {
 	if replicated(dp) {
 		conf.PeerService, conf.PeerDeployment = peersName(dp), proxyName(dp)
 	}
+	if a := dp.Spec.Audit; a != nil && a.Enabled {
+		conf.AuditLog, conf.AuditBlobs = "-", a.Blobs
+	}
 	return conf
 }
 

@@ -67,6 +67,18 @@ func TestRenderedSettingsAreReadAsTheProxyReadsThem(t *testing.T) {
 	}
 }
 
+// spec.audit writes the audit log to the proxy's standard output.
+func TestAuditSettings(t *testing.T) {
+	dp := testProxy()
+	if f := proxySettings(dp); f.AuditLog != "" {
+		t.Fatalf("audit log %q without spec.audit", f.AuditLog)
+	}
+	dp.Spec.Audit = &depproxyv1.AuditSpec{Enabled: true, Blobs: true}
+	if f := proxySettings(dp); f.AuditLog != "-" || !f.AuditBlobs {
+		t.Fatalf("spec.audit: %q %v", f.AuditLog, f.AuditBlobs)
+	}
+}
+
 func TestConfigHashFollowsTheConfig(t *testing.T) {
 	a, _ := desiredConfigMap(testProxy())
 	b, _ := desiredConfigMap(testProxy())

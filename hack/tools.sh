@@ -17,6 +17,8 @@ KUSTOMIZE_VERSION="v5.8.1"
 # service, as kubelet uses it) and crictl to drive it.
 CONTAINERD2_VERSION="v2.4.2"
 CRI_TOOLS_VERSION="v1.37.0"
+# The chart's tests: helm lint, template, install, upgrade, uninstall.
+HELM_VERSION="v4.3.1"
 
 mkdir -p "$TOOLS_DIR/bin"
 
@@ -44,6 +46,7 @@ go_tool controller-gen sigs.k8s.io/controller-tools/cmd/controller-gen "$CONTROL
 go_tool containerd2 github.com/containerd/containerd/v2/cmd/containerd "$CONTAINERD2_VERSION"
 go_tool crictl sigs.k8s.io/cri-tools/cmd/crictl "$CRI_TOOLS_VERSION"
 go_tool kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION"
+go_tool helm helm.sh/helm/v4/cmd/helm "$HELM_VERSION"
 
 # throwaway_build VERSION GOMOD PACKAGE... builds packages of a module that
 # cannot be `go install`ed (its go.mod has replace directives) inside a

@@ -112,6 +112,22 @@ type DependencyProxySpec struct {
 	// without restarting the pods.
 	// +optional
 	TLS *TLSSpec `json:"tls,omitempty"`
+
+	// Audit writes the pull audit log to the proxy's standard output, a
+	// JSON line each with "stream":"audit" (its own logs go to standard
+	// error): who pulled which tag and digest, from where, and whether
+	// the cache or the upstream answered; refused requests too.
+	// +optional
+	Audit *AuditSpec `json:"audit,omitempty"`
+}
+
+// AuditSpec says what the audit log holds.
+type AuditSpec struct {
+	// Enabled writes the audit log.
+	Enabled bool `json:"enabled"`
+	// Blobs logs every blob request too (many per pull).
+	// +optional
+	Blobs bool `json:"blobs,omitempty"`
 }
 
 // TLSSpec names the certificate a cache serves.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/depproxy/depproxy/proxy/audit"
 	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/proxy/upstream"
@@ -106,6 +107,7 @@ func (c *Cache) redirectBlob(ctx context.Context, d digest.Digest) *Blob {
 func (c *Cache) StatBlob(ctx context.Context, repo string, d digest.Digest) (int64, error) {
 	info, err := c.store.Stat(ctx, layout.Blob(d))
 	if err == nil {
+		setOutcome(ctx, audit.Hit, "")
 		return info.Size, nil
 	}
 	c.storageFailed(err, "stat blob", "digest", d)
@@ -117,9 +119,11 @@ func (c *Cache) StatBlob(ctx context.Context, repo string, d digest.Digest) (int
 			return 0, ctx.Err()
 		}
 		if f.size >= 0 {
+			setOutcome(ctx, audit.Coalesced, "")
 			return f.size, nil
 		}
 	}
+	setOutcome(ctx, audit.Miss, "")
 	return c.up.HeadBlob(ctx, repo, d)
 }
 

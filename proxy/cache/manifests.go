@@ -11,6 +11,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/depproxy/depproxy/proxy/audit"
 	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/manifest"
 	"github.com/depproxy/depproxy/proxy/storage"
@@ -52,12 +53,14 @@ func (c *Cache) manifestByDigest(ctx context.Context, repo string, d digest.Dige
 		c.count(ctx, kindManifest, hit)
 		return m, nil
 	}
+	started := false
 	v, err, shared := c.flight.Do(repo+"@"+d.String(), func() (any, error) {
+		started = true
 		ctx, cancel := detach(ctx)
 		defer cancel()
 		return c.fetchManifest(ctx, repo, manifest.DigestRef(d), accept)
 	})
-	c.count(ctx, kindManifest, missOrShared(shared))
+	c.count(ctx, kindManifest, missOrShared(shared && !started))
 	if err != nil {
 		return nil, err
 	}
@@ -78,44 +81,44 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 	}
 	cached := c.loadTag(ctx, repo, tag)
 	// Concurrent requests for one tag share one HEAD, and one GET.
+	// started: this request's flight ran (Do runs it in the goroutine of
+	// the first caller); the others shared it.
+	started := false
 	v, err, shared := c.flight.Do(repo+":"+tag, func() (any, error) {
+		started = true
 		ctx, cancel := detach(ctx)
 		defer cancel()
 		if cached != nil {
 			if until, waiting := c.up.Waiting(); waiting {
-				c.countStale(upstream.Reason429)
 				c.log.V(1).Info("upstream asked to wait, serving cached tag", "repository", repo, "tag", tag, "until", until)
-				return cached, nil
+				return c.serveStale(cached, upstream.Reason429), nil
 			}
 			desc, err := c.up.HeadManifest(ctx, repo, manifest.TagRef(tag), upstreamAccept(accept))
 			switch {
 			case err != nil:
-				c.countStale(upstream.Reason(err))
 				c.log.Info("upstream failed, serving cached tag", "repository", repo, "tag", tag, "error", err.Error())
-				return cached, nil
+				return c.serveStale(cached, upstream.Reason(err)), nil
 			case desc.Digest == cached.Digest:
 				c.markFresh(repo, tag, cached.Digest)
-				return cached, nil
+				return tagAnswer{m: cached}, nil
 			case c.up.Sparing():
 				// Moved, but what is left of the rate limit is kept for
 				// what is not cached; the next recheck tries again.
-				c.countStale(upstream.ReasonRateLimit)
 				c.log.V(1).Info("upstream rate limit nearly spent, serving the cached tag although it moved", "repository", repo, "tag", tag)
-				return cached, nil
+				return c.serveStale(cached, upstream.ReasonRateLimit), nil
 			}
 		}
 		m, err := c.fetchManifest(ctx, repo, manifest.TagRef(tag), accept)
 		if err != nil {
 			if cached != nil {
-				c.countStale(upstream.Reason(err))
 				c.log.Info("upstream failed, serving cached tag", "repository", repo, "tag", tag, "error", err.Error())
-				return cached, nil
+				return c.serveStale(cached, upstream.Reason(err)), nil
 			}
 			return nil, err
 		}
 		c.markFresh(repo, tag, m.Digest)
 		if m.fromReplica {
-			return m, nil // the replica that fetched it stores it, and prefetches
+			return tagAnswer{m: m}, nil // the replica that fetched it stores it, and prefetches
 		}
 		moved := cached == nil || cached.Digest != m.Digest
 		if err := c.storeTag(ctx, repo, tag, m.Digest); err != nil {
@@ -130,21 +133,39 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 				c.prefetchIndex(repo, m)
 			}()
 		}
-		return m, nil
+		return tagAnswer{m: m}, nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	m := v.(*Manifest)
+	answer := v.(tagAnswer)
+	m := answer.m
 	switch {
 	case cached != nil && m.Digest == cached.Digest:
 		c.count(ctx, kindManifest, hit)
-	case shared:
+	case shared && !started:
 		c.count(ctx, kindManifest, coalesced)
 	default:
 		c.count(ctx, kindManifest, miss)
 	}
+	if answer.stale != "" {
+		setOutcome(ctx, audit.Stale, answer.stale)
+	}
 	return m, nil
+}
+
+// tagAnswer is what one flight for a tag found: the manifest to serve,
+// and why it is served without the upstream's word, if it is.
+type tagAnswer struct {
+	m     *Manifest
+	stale string
+}
+
+// serveStale counts a cached tag served without the upstream's word,
+// and says why.
+func (c *Cache) serveStale(cached *Manifest, reason string) tagAnswer {
+	c.countStale(reason)
+	return tagAnswer{m: cached, stale: reason}
 }
 
 // detach frees work done for several requests from the one that started

@@ -5,6 +5,8 @@ import (
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/depproxy/depproxy/proxy/audit"
 )
 
 // Metrics are the caches' counters, named as Distribution's proxy names
@@ -71,6 +73,7 @@ const (
 	coalesced               // shared a running download
 )
 
+// missOrShared: shared is a request that waited on another's download.
 func missOrShared(shared bool) result {
 	if shared {
 		return coalesced
@@ -94,10 +97,29 @@ func IsForwarded(ctx context.Context) bool { return ctx.Value(forwardedKey{}) !=
 
 func counted(ctx context.Context) bool { return !IsForwarded(ctx) }
 
+type outcomeKey struct{}
+
+// Outcome is how the cache answered one request, for the audit log: an
+// audit answer (hit, miss, coalesced, stale) and, for a stale one, why.
+type Outcome struct{ Answer, Reason string }
+
+// WithOutcome returns ctx carrying o, which the cache fills in as it
+// answers the request.
+func WithOutcome(ctx context.Context, o *Outcome) context.Context {
+	return context.WithValue(ctx, outcomeKey{}, o)
+}
+
+func setOutcome(ctx context.Context, answer, reason string) {
+	if o, ok := ctx.Value(outcomeKey{}).(*Outcome); ok {
+		o.Answer, o.Reason = answer, reason
+	}
+}
+
 func (c *Cache) count(ctx context.Context, kind string, r result) {
 	if !counted(ctx) {
 		return
 	}
+	setOutcome(ctx, [...]string{hit: audit.Hit, miss: audit.Miss, coalesced: audit.Coalesced}[r], "")
 	m := c.metrics
 	m.requests.WithLabelValues(c.registry, kind).Inc()
 	if r == hit {

@@ -15,6 +15,7 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/depproxy/depproxy/proxy/audit"
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/manifest"
 )
@@ -43,26 +44,38 @@ type Upstream interface {
 
 // Source is one upstream and the cache in front of it.
 type Source struct {
+	// Registry is the upstream's name (docker.io), for the audit log.
+	Registry string
 	Upstream Upstream
 	Cache    Cache
 }
 
-// Authorizer decides whether a request may read repo ("" for /v2/).
+// Authorizer decides whether a request may read repo ("" for /v2/), and
+// who is asking ("anonymous" without a login).
 type Authorizer interface {
-	Authorize(r *http.Request, repo string) error
+	Authorize(r *http.Request, repo string) (user string, err error)
+}
+
+// Auditor is the audit log: what was pulled, and what was refused.
+type Auditor interface {
+	Record(r *http.Request, e audit.Entry)
+	// Blobs: blob requests are logged too.
+	Blobs() bool
 }
 
 // Registry serves the OCI distribution pull API.
 type Registry struct {
 	sources []Source // the first is the default
 	auth    Authorizer
+	audit   Auditor
 	log     logr.Logger
 }
 
 // New returns the /v2 handler for sources, the first being the default
-// for requests that name no registry. A nil auth lets everyone pull.
-func New(sources []Source, auth Authorizer, log logr.Logger) *Registry {
-	return &Registry{sources: sources, auth: auth, log: log}
+// for requests that name no registry. A nil auth lets everyone pull; a
+// nil audit logs nothing.
+func New(sources []Source, auth Authorizer, audit Auditor, log logr.Logger) *Registry {
+	return &Registry{sources: sources, auth: auth, audit: audit, log: log}
 }
 
 // pick chooses the cache for a request, and the repository name as its
@@ -72,27 +85,27 @@ func New(sources []Source, auth Authorizer, log logr.Logger) *Registry {
 // name; otherwise it is the default upstream's. A registry that no
 // source mirrors is refused, and nothing is dialled for it: serving
 // another registry's image of the same name would be the wrong image.
-func (reg *Registry) pick(r *http.Request, rt route) (Cache, string, *regError) {
+func (reg *Registry) pick(r *http.Request, rt route) (Source, string, *regError) {
 	first, rest, nested := strings.Cut(rt.name, "/")
 	if ns := r.URL.Query().Get("ns"); ns != "" {
 		src, ok := reg.source(ns)
 		if !ok {
-			return nil, "", notMirrored(ns)
+			return Source{}, "", notMirrored(ns)
 		}
 		name := rt.name
 		if nested && src.Upstream.Mirrors(first) {
 			name = rest // a mirror configured with the path form as well
 		}
-		return src.Cache, src.Upstream.Repository(name), nil
+		return src, src.Upstream.Repository(name), nil
 	}
 	if nested && looksLikeHost(first) {
 		src, ok := reg.source(first)
 		if !ok {
-			return nil, "", notMirrored(first)
+			return Source{}, "", notMirrored(first)
 		}
-		return src.Cache, src.Upstream.Repository(rest), nil
+		return src, src.Upstream.Repository(rest), nil
 	}
-	return reg.sources[0].Cache, reg.sources[0].Upstream.Repository(rt.name), nil
+	return reg.sources[0], reg.sources[0].Upstream.Repository(rt.name), nil
 }
 
 func (reg *Registry) source(registry string) (Source, bool) {
@@ -119,6 +132,15 @@ func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	// Nothing served here is a page: a browser must not guess otherwise.
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+	if reg.audit == nil {
+		reg.serve(w, r, &audit.Entry{})
+		return
+	}
+	reg.serveAudited(w, r)
+}
+
+// serve answers one request, noting in e what the audit log says of it.
+func (reg *Registry) serve(w http.ResponseWriter, r *http.Request, e *audit.Entry) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		(&regError{Status: http.StatusMethodNotAllowed, Code: "UNSUPPORTED",
 			Message: "depproxy is a read-only pull-through cache; push to the upstream registry"}).write(w, r)
@@ -129,18 +151,28 @@ func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rerr.write(w, r)
 		return
 	}
+	e.Kind, e.Repository, e.Tag, e.Digest = rt.kind.String(), rt.name, rt.ref.Tag(), rt.digest.String()
+	if d, ok := rt.ref.Digest(); ok {
+		e.Digest = d.String()
+	}
 	var c Cache
 	if rt.kind != kindBase {
-		var perr *regError
-		if c, rt.repo, perr = reg.pick(r, rt); perr != nil {
+		src, repo, perr := reg.pick(r, rt)
+		if perr != nil {
+			e.Answer, e.Reason = audit.Failed, perr.Code
 			perr.write(w, r)
 			return
 		}
+		c, rt.repo, e.Registry, e.Repository = src.Cache, repo, src.Registry, repo
 	}
 	if reg.auth != nil {
 		// Tokens are scoped to the name the client asked for.
-		if err := reg.auth.Authorize(r, rt.name); err != nil {
-			toRegError(err, "").write(w, r)
+		user, err := reg.auth.Authorize(r, rt.name)
+		e.User = user
+		if err != nil {
+			re := toRegError(err, "")
+			e.Answer, e.Reason = audit.Refused, refusal(err, re)
+			re.write(w, r)
 			return
 		}
 	}
@@ -164,6 +196,7 @@ func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if re.Status >= 500 {
 			reg.log.Error(err, "request failed", "method", r.Method, "path", r.URL.Path)
 		}
+		e.Answer, e.Reason = audit.Failed, re.Code
 		re.write(w, r)
 	}
 }

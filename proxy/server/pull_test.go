@@ -97,13 +97,14 @@ func pathKind(p string) string {
 
 // fixture is an upstream holding team/app:v1, and a proxy in front of it.
 type fixture struct {
-	up    *upstream
-	proxy string
-	image v1.Image
-	vars  map[string]string // what a case's path and headers may name: {manifest}, {layer}, ...
+	up          *upstream
+	upstreamURL string
+	proxy       string
+	image       v1.Image
+	vars        map[string]string // what a case's path and headers may name: {manifest}, {layer}, ...
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	up := &upstream{registry: registry.New(registry.Logger(log.New(io.Discard, "", 0))), state: "up", calls: map[string]int{}}
 	us := httptest.NewServer(up)
@@ -132,7 +133,7 @@ func newFixture(t *testing.T) *fixture {
 	layers, _ := img.Layers()
 	layer, _ := layers[0].Digest()
 	size, _ := layers[0].Size()
-	return &fixture{up: up, proxy: ps.URL, image: img, vars: map[string]string{
+	return &fixture{up: up, upstreamURL: us.URL, proxy: ps.URL, image: img, vars: map[string]string{
 		"{manifest}": digest.String(), "{mediaType}": string(mt), "{layer}": layer.String(),
 		"{layerSize}": strconv.FormatInt(size, 10), "{layerEnd}": strconv.FormatInt(size-1, 10),
 	}}

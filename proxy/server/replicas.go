@@ -113,9 +113,9 @@ func replicaRequests(next http.Handler, signer *peers.Signer, self string) http.
 // forwarded one checked its client's login.
 type replicaAuth struct{ next registry.Authorizer }
 
-func (a replicaAuth) Authorize(r *http.Request, repo string) error {
+func (a replicaAuth) Authorize(r *http.Request, repo string) (string, error) {
 	if cache.IsForwarded(r.Context()) {
-		return nil
+		return "replica", nil
 	}
 	return a.next.Authorize(r, repo)
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/depproxy/depproxy/proxy/audit"
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/cleanup"
 	"github.com/depproxy/depproxy/proxy/peers"
@@ -157,7 +158,7 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 	// One cache per upstream, over the one storage: tags apart by
 	// registry, manifests and blobs shared by digest.
 	var caches []*cache.Cache
-	var sources []registry.Source
+	var registries []registry.Source
 	var clients []*upstream.Client
 	for _, u := range upstreams {
 		up, err := newUpstream(u, upstream.WithMetrics(upstreamMetrics), upstream.WithRateLimitReserve(s.RateLimitReserve))
@@ -183,14 +184,25 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 		}, o.cache...)...)
 		caches = append(caches, c)
 		clients = append(clients, up)
-		sources = append(sources, registry.Source{Upstream: up, Cache: c})
+		registries = append(registries, registry.Source{Registry: u.Registry, Upstream: up, Cache: c})
 	}
 	scanner.SetLive(func(sum *report.Summary) {
 		sum.Hits, sum.Misses = caches[0].HitCounts()
 		sum.Throttled = throttled(upstreams, clients)
 	})
 
-	guard, tokens, err := logins(s, key, metrics, log)
+	sources, err := token.ParseTrustedProxies(s.TrustedProxies)
+	if err != nil {
+		return nil, fmt.Errorf("trusted-proxies: %w", err)
+	}
+	var auditLog *audit.Log
+	if s.AuditLog != "" {
+		if auditLog, err = audit.Open(s.AuditLog, audit.Options{Tenant: s.Tenant, Blobs: s.AuditBlobs, ClientOf: sources.Of}); err != nil {
+			return nil, err
+		}
+		closers = append(closers, auditLog.Close)
+	}
+	guard, tokens, err := logins(s, key, sources, auditLog, metrics, log)
 	if err != nil {
 		return nil, err
 	}
@@ -198,7 +210,11 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 	if peering != nil {
 		auth = replicaAuth{guard}
 	}
-	reg := registry.New(sources, auth, log.WithName("registry"))
+	var auditor registry.Auditor
+	if auditLog != nil {
+		auditor = auditLog
+	}
+	reg := registry.New(registries, auth, auditor, log.WithName("registry"))
 	browser := ui.New(scanner, tokens, caches[0].HitCounts, func(ctx context.Context) {
 		for _, c := range caches {
 			c.FlushReads(ctx)
@@ -381,9 +397,8 @@ func throttled(upstreams []settings.Upstream, clients []*upstream.Client) []repo
 }
 
 // logins builds the login side: who may pull, and the tokens that say so.
-func logins(s settings.Settings, key *ecdsa.PrivateKey, reg prometheus.Registerer, log logr.Logger) (*token.Guard, *token.Server, error) {
+func logins(s settings.Settings, key *ecdsa.PrivateKey, sources token.Sources, auditLog *audit.Log, reg prometheus.Registerer, log logr.Logger) (*token.Guard, *token.Server, error) {
 	var users *token.Users
-	var err error
 	if s.Users != "" {
 		der, err := x509.MarshalECPrivateKey(key)
 		if err != nil {
@@ -393,13 +408,13 @@ func logins(s settings.Settings, key *ecdsa.PrivateKey, reg prometheus.Registere
 			return nil, nil, err
 		}
 	}
-	sources, err := token.ParseTrustedProxies(s.TrustedProxies)
-	if err != nil {
-		return nil, nil, fmt.Errorf("trusted-proxies: %w", err)
-	}
 	signer := token.NewSigner(key, s.Tenant, nil)
+	opts := []token.ServerOption{token.WithMetrics(reg), token.WithSources(sources), token.WithLogger(log.WithName("token"))}
+	if auditLog != nil {
+		opts = append(opts, token.WithAudit(auditLog))
+	}
 	return token.NewGuard(signer, token.GuardOptions{Anonymous: users == nil, ExternalURL: s.ExternalURL, Service: s.Tenant}),
-		token.NewServer(signer, users, token.WithMetrics(reg), token.WithSources(sources), token.WithLogger(log.WithName("token"))), nil
+		token.NewServer(signer, users, opts...), nil
 }
 
 // OpenStorage opens the storage the settings name. An S3 bucket that is

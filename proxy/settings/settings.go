@@ -59,6 +59,8 @@ type Settings struct {
 	PeerNamespace     string    `json:"peer-namespace,omitempty"`
 	PeerDeployment    string    `json:"peer-deployment,omitempty"`
 	LogLevel          int       `json:"log-level,omitempty"`
+	AuditLog          string    `json:"audit-log,omitempty"`
+	AuditBlobs        bool      `json:"audit-blobs,omitempty"`
 }
 
 // Defaults are the settings of a proxy given no flags and no file; those
@@ -116,6 +118,8 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&s.PeerDeployment, "peer-deployment", s.PeerDeployment, "with --peer-service: the Deployment whose pods alone are replicas (required with it); endpoints of other pods, and slices the EndpointSlice controller did not make, are ignored")
 	fs.StringVar(&s.SpoolDir, "spool-dir", s.SpoolDir, "where blobs being downloaded are kept until stored, for S3 storage (default: the system's temporary directory); abandoned files are removed at start")
 	fs.IntVar(&s.LogLevel, "log-level", s.LogLevel, "log verbosity: 0 events, 1 also each request")
+	fs.StringVar(&s.AuditLog, "audit-log", s.AuditLog, "write the pull audit log here, - for standard output: a JSON line per manifest answered and per request refused (who, from where, what, tag and digest, hit, miss or stale, status, bytes); never a password or a token")
+	fs.BoolVar(&s.AuditBlobs, "audit-blobs", s.AuditBlobs, "with --audit-log: a line per blob request too")
 }
 
 const configUsage = "YAML file whose keys are these flags' names; flags on the command line win"

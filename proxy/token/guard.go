@@ -39,25 +39,30 @@ func NewGuard(signer *Signer, o GuardOptions) *Guard {
 	return &Guard{signer: signer, anonymous: o.Anonymous, externalURL: strings.TrimRight(o.ExternalURL, "/"), service: o.Service}
 }
 
-// Authorize lets r through to repo ("" for /v2/ itself) or returns a
+// ReasonNoToken is a Challenge's reason for a request without a token:
+// a client's first step of logging in.
+const ReasonNoToken = "no bearer token"
+
+// Authorize lets r through to repo ("" for /v2/ itself), returning the
+// token's subject ("anonymous" for an open cache), or returns a
 // *Challenge.
-func (g *Guard) Authorize(r *http.Request, repo string) error {
+func (g *Guard) Authorize(r *http.Request, repo string) (string, error) {
 	h := r.Header.Get("Authorization")
 	raw, ok := strings.CutPrefix(h, "Bearer ")
 	if !ok {
 		if g.anonymous {
-			return nil // an open cache: credentials a client sends anyway are not needed
+			return "anonymous", nil // an open cache: credentials a client sends anyway are not needed
 		}
-		return g.challenge(r, repo, "", "no bearer token")
+		return "", g.challenge(r, repo, "", ReasonNoToken)
 	}
 	c, err := g.signer.Verify(strings.TrimSpace(raw), "access")
 	if err != nil {
-		return g.challenge(r, repo, "invalid_token", err.Error())
+		return "", g.challenge(r, repo, "invalid_token", err.Error())
 	}
 	if repo != "" && !c.Allows(repo) {
-		return g.challenge(r, repo, "insufficient_scope", "the token does not grant pull on "+repo)
+		return c.Subject, g.challenge(r, repo, "insufficient_scope", "the token does not grant pull on "+repo)
 	}
-	return nil
+	return c.Subject, nil
 }
 
 func (g *Guard) challenge(r *http.Request, repo, errCode, reason string) *Challenge {

@@ -9,6 +9,8 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/depproxy/depproxy/proxy/audit"
 )
 
 // Server is the /token endpoint.
@@ -20,6 +22,12 @@ type Server struct {
 	failures  *prometheus.CounterVec
 	log       logr.Logger
 	anonymous bool
+	audit     Auditor
+}
+
+// Auditor is the audit log, which a refused login goes to.
+type Auditor interface {
+	Record(r *http.Request, e audit.Entry)
 }
 
 // ServerOption configures a Server.
@@ -32,6 +40,9 @@ func WithMetrics(r prometheus.Registerer) ServerOption {
 
 // WithSources sets how a login's source is found (trusted proxies).
 func WithSources(src Sources) ServerOption { return func(s *Server) { s.sources = src } }
+
+// WithAudit records refused logins in a.
+func WithAudit(a Auditor) ServerOption { return func(s *Server) { s.audit = a } }
 
 // WithLogger sets the logger.
 func WithLogger(l logr.Logger) ServerOption { return func(s *Server) { s.log = l } }
@@ -68,7 +79,8 @@ type response struct {
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	var subject string
+	start := time.Now()
+	var subject, attempted string // attempted: the user a login names
 	var scopes []string
 	var err error
 	offline := false
@@ -78,6 +90,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		scopes, offline = q["scope"], q.Get("offline_token") == "true"
 		user, pass, basic := r.BasicAuth()
+		attempted = user
 		subject, err = s.login(r, basic, user, pass)
 	case http.MethodPost:
 		r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
@@ -88,7 +101,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		scopes, offline = strings.Fields(r.PostForm.Get("scope")), r.PostForm.Get("access_type") == "offline"
 		switch r.PostForm.Get("grant_type") {
 		case "password":
-			subject, err = s.login(r, true, r.PostForm.Get("username"), r.PostForm.Get("password"))
+			attempted = r.PostForm.Get("username")
+			subject, err = s.login(r, true, attempted, r.PostForm.Get("password"))
 		case "refresh_token":
 			refresh = r.PostForm.Get("refresh_token")
 			subject, err = s.refresh(refresh)
@@ -103,10 +117,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case errors.Is(err, errThrottled):
+		s.refused(r, attempted, "login throttled", http.StatusTooManyRequests, start)
 		w.Header().Set("Retry-After", "60")
 		writeError(w, http.StatusTooManyRequests, "TOOMANYREQUESTS", "too many failed logins; try again in a minute")
 		return
 	case err != nil:
+		reason := "login failed"
+		if refresh != "" {
+			reason = "refresh token refused"
+		}
+		s.refused(r, attempted, reason, http.StatusUnauthorized, start)
 		// The same answer whether the user exists or not.
 		w.Header().Set("WWW-Authenticate", `Basic realm="depproxy"`)
 		writeError(w, http.StatusUnauthorized, "UNAUTHORIZED", "authentication failed")
@@ -129,6 +149,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	json.NewEncoder(w).Encode(resp)
+}
+
+func (s *Server) refused(r *http.Request, user, reason string, status int, start time.Time) {
+	if s.audit != nil {
+		s.audit.Record(r, audit.Entry{Kind: "login", User: user, Answer: audit.Refused, Reason: reason, Status: status,
+			DurationSeconds: time.Since(start).Seconds()})
+	}
 }
 
 // ErrLoginThrottled is a login refused for too many failures, before its

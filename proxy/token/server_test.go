@@ -57,11 +57,11 @@ func TestAnonymousIgnoresCredentials(t *testing.T) {
 	g := NewGuard(signer, GuardOptions{Anonymous: true, Service: "t"})
 	v2 := httptest.NewRequest(http.MethodGet, "/v2/a/manifests/x", nil)
 	v2.SetBasicAuth("someone", "whatever")
-	if err := g.Authorize(v2, "a"); err != nil {
-		t.Fatalf("Basic credentials at an open cache: %v", err)
+	if user, err := g.Authorize(v2, "a"); err != nil || user != "anonymous" {
+		t.Fatalf("Basic credentials at an open cache: %q, %v", user, err)
 	}
 	v2.Header.Set("Authorization", "Bearer forged")
-	if err := g.Authorize(v2, "a"); err == nil {
+	if _, err := g.Authorize(v2, "a"); err == nil {
 		t.Fatal("a forged bearer token passed at an open cache")
 	}
 }

@@ -2,7 +2,7 @@
 
 // Package e2e runs depproxy on a real single-node cluster: hack/e2e.sh
 // brings the cluster up, pushes the images and installs the operator with
-// `make deploy`; these tests then drive it the way a tenant and a platform
+// `helm install` of dist/chart; these tests then drive it the way a tenant and a platform
 // team would. Run with `make e2e`.
 package e2e
 
@@ -179,6 +179,11 @@ func TestEndToEnd(t *testing.T) {
 			}
 			return nil
 		})
+	})
+
+	// Last: it uninstalls the operator.
+	t.Run("helm upgrade changing a value rolls the manager, and helm uninstall leaves nothing of the release but its CRDs", func(t *testing.T) {
+		k.helmLifecycle(ctx, t)
 	})
 }
 

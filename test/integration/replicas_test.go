@@ -35,6 +35,7 @@ type replica struct {
 	ops       string
 	cmd       *exec.Cmd
 	logs      *syncBuffer
+	audit     *syncBuffer // its standard output: the audit log, with --audit-log -
 }
 
 // startReplicas runs n replicas of one cache in front of upstreamURL,
@@ -59,7 +60,7 @@ func startReplicasAmong(t *testing.T, n int, strangers []string, upstreamURL str
 	urls := slices.Clone(strangers)
 	for i := 0; i < n; i++ {
 		addr := testenv.FreeAddr(t)
-		rs = append(rs, &replica{URL: "http://" + addr, Host: addr, ops: "http://" + testenv.FreeAddr(t), logs: &syncBuffer{}})
+		rs = append(rs, &replica{URL: "http://" + addr, Host: addr, ops: "http://" + testenv.FreeAddr(t), logs: &syncBuffer{}, audit: &syncBuffer{}})
 		urls = append(urls, "http://"+addr)
 	}
 	for _, r := range rs {
@@ -69,7 +70,7 @@ func startReplicasAmong(t *testing.T, n int, strangers []string, upstreamURL str
 			"--recheck-interval", "1m", "--spool-dir", t.TempDir()}, extra...)
 		r.cmd = exec.Command(depproxyBinary(t), args...)
 		r.cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+m.AccessKey, "AWS_SECRET_ACCESS_KEY="+m.SecretKey)
-		r.cmd.Stderr = r.logs
+		r.cmd.Stderr, r.cmd.Stdout = r.logs, r.audit
 		if err := r.cmd.Start(); err != nil {
 			t.Fatal(err)
 		}

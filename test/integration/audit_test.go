@@ -1,0 +1,200 @@
+package integration
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/depproxy/depproxy/proxy/audit"
+	"github.com/depproxy/depproxy/proxy/registryname"
+	"github.com/depproxy/depproxy/proxy/settings"
+	"github.com/depproxy/depproxy/test/testenv"
+)
+
+// auditLines reads an audit log, failing on a line that is not JSON.
+func auditLines(t *testing.T, raw string) []audit.Entry {
+	t.Helper()
+	var out []audit.Entry
+	sc := bufio.NewScanner(strings.NewReader(raw))
+	for sc.Scan() {
+		var e audit.Entry
+		dec := json.NewDecoder(strings.NewReader(sc.Text()))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&e); err != nil {
+			t.Fatalf("an audit line is not an entry: %v\n%s", err, sc.Text())
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// what is the part of an entry a case names.
+func what(e audit.Entry) string {
+	return fmt.Sprintf("%s %s %s user=%s tag=%s digest=%s %s/%s %d", e.Method, e.Kind, e.Repository, e.User, e.Tag, e.Digest, e.Answer, e.Reason, e.Status)
+}
+
+// The audit log has one line per pull and per refusal, each field right:
+// by tag (the tag and the digest it served), by digest, an index and a
+// child, a failed login behind a trusted proxy, a stale serve with the
+// upstream down and why, a cold pull coalesced with another; never a
+// password or a token.
+func TestAuditLog(t *testing.T) {
+	e := newEnv(t)
+	repo := repoName(t)
+	amd, arm := ociImage(t, 1), ociImage(t, 1)
+	pushIndex(t, e.registry.Addr, repo, "v1", ociIndex(t, amd, arm))
+	pushImage(t, e.registry.Addr, repo, "v2", ociImage(t, 1))
+	index, _ := pullAll(t, e.registry.URL(), repo, "v1")
+	child, v2 := digestOf(t, amd).String(), ""
+
+	logFile := filepath.Join(t.TempDir(), "audit.log")
+	s := settings.Defaults()
+	s.Upstream, s.Tenant, s.AuditLog = settings.Keys(e.front.URL()), "tenants/team-a", logFile
+	s.Users, s.TrustedProxies = usersFile(t, map[string]string{"alice": "s3cret"}), "127.0.0.0/8"
+	p := start(t, s)
+
+	home := t.TempDir()
+	crane := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(testenv.Tool(t, "crane"), args...)
+		cmd.Env = append(os.Environ(), "HOME="+home, "DOCKER_CONFIG="+filepath.Join(home, ".docker"))
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("crane %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	crane("auth", "login", p.Host, "-u", "alice", "-p", "s3cret")
+	crane("manifest", "--insecure", p.Host+"/"+repo+":v1")     // the index, by tag: from the upstream
+	crane("manifest", "--insecure", p.Host+"/"+repo+"@"+child) // a child, by digest
+	crane("manifest", "--insecure", p.Host+"/"+repo+":v1")     // the tag again: cached, confirmed
+	var token string
+	{
+		req, _ := http.NewRequest("GET", p.URL+"/token?service=tenants/team-a&scope=repository:"+repo+":pull", nil)
+		req.SetBasicAuth("alice", "s3cret")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("a token: %v %v", resp, err)
+		}
+		var tr tokenResponse
+		json.NewDecoder(resp.Body).Decode(&tr)
+		resp.Body.Close()
+		token = tr.Token
+	}
+	// A wrong password, from a client behind a trusted proxy.
+	req, _ := http.NewRequest("GET", p.URL+"/token?service=tenants/team-a", nil)
+	req.SetBasicAuth("alice", "not-her-password")
+	req.Header.Set("X-Forwarded-For", "203.0.113.7")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 401 {
+		t.Fatalf("a wrong password: %v %v", resp, err)
+	}
+	// The upstream down: the cached tag, stale.
+	e.front.Stop()
+	crane("manifest", "--insecure", p.Host+"/"+repo+":v1")
+	e.front.Start()
+	// Two clients at once for a tag nobody pulled: one download.
+	release := make(chan struct{})
+	e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
+		if strings.HasSuffix(r.URL.Path, "/manifests/v2") {
+			<-release
+		}
+		return false
+	})
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			req, _ := http.NewRequest("GET", p.URL+"/v2/"+repo+"/manifests/v2", nil)
+			req.Header.Set("Authorization", "Bearer "+token)
+			req.Header.Set("Accept", acceptAll)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil || resp.StatusCode != 200 {
+				t.Errorf("v2: %v %v", resp, err)
+				return
+			}
+			v2 = resp.Header.Get("Docker-Content-Digest")
+			resp.Body.Close()
+		})
+	}
+	time.Sleep(300 * time.Millisecond) // both are waiting on the one download
+	close(release)
+	wg.Wait()
+	e.front.Fault(nil)
+
+	if err := p.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range []string{"s3cret", "not-her-password", token, "Bearer", "Basic "} {
+		if strings.Contains(string(raw), secret) {
+			t.Fatalf("the audit log holds %q:\n%s", secret, raw)
+		}
+	}
+	lines := auditLines(t, string(raw))
+	got := make([]string, len(lines))
+	for i, l := range lines {
+		got[i] = what(l)
+	}
+	want := []string{
+		"GET manifest " + repo + " user=alice tag=v1 digest=" + index + " miss/ 200",
+		"GET manifest " + repo + " user=alice tag= digest=" + child + " miss/ 200",
+		"GET manifest " + repo + " user=alice tag=v1 digest=" + index + " hit/ 200",
+		"GET login  user=alice tag= digest= refused/login failed 401",
+		"GET manifest " + repo + " user=alice tag=v1 digest=" + index + " stale/refused 200",
+	}
+	pair := []string{
+		"GET manifest " + repo + " user=alice tag=v2 digest=" + v2 + " coalesced/ 200",
+		"GET manifest " + repo + " user=alice tag=v2 digest=" + v2 + " miss/ 200",
+	}
+	if len(got) != len(want)+2 || !slices.Equal(got[:len(want)], want) {
+		t.Fatalf("the audit log:\n%s\nwant:\n%s\n+ %s", strings.Join(got, "\n"), strings.Join(want, "\n"), strings.Join(pair, "\n"))
+	}
+	last := slices.Clone(got[len(want):])
+	slices.Sort(last)
+	if !slices.Equal(last, pair) {
+		t.Fatalf("the coalesced pull: %v, want %v", last, pair)
+	}
+	for i, l := range lines {
+		client := "127.0.0.1"
+		if l.Kind == "login" {
+			client = "203.0.113.7" // behind the trusted proxy
+		}
+		if l.Stream != audit.Stream || l.Tenant != "tenants/team-a" || l.Client != client || time.Since(l.Time) > time.Minute ||
+			l.DurationSeconds <= 0 || (l.Kind == "manifest" && (l.Registry != registryname.Of(e.front.URL()) || l.Bytes <= 0)) {
+			t.Errorf("line %d: %+v", i, l)
+		}
+	}
+}
+
+// A request one replica forwards to another is logged once, by the
+// replica its client asked.
+func TestAuditLogAcrossReplicas(t *testing.T) {
+	e := newEnv(t)
+	repo := repoName(t)
+	pushImage(t, e.registry.Addr, repo, "v1", ociImage(t, 1))
+	rs := startReplicas(t, 3, e.front.URL(), e.minio, repoName(t), "--audit-log", "-")
+	for _, r := range rs {
+		resp, _ := get(t, r.URL+"/v2/"+repo+"/manifests/v1", acceptAll)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %s", r.URL, resp.Status)
+		}
+	}
+	for _, r := range rs {
+		eventually(t, 5*time.Second, "a replica's line", func() bool { return len(auditLines(t, r.audit.String())) >= 1 })
+		lines := auditLines(t, r.audit.String())
+		if len(lines) != 1 || lines[0].Tag != "v1" || lines[0].Kind != "manifest" || lines[0].Status != 200 {
+			t.Errorf("replica %s logged %d lines, want its own client's one: %+v", r.URL, len(lines), lines)
+		}
+	}
+}
