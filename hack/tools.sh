@@ -38,15 +38,17 @@ go_tool() {
 	echo "$version" >"$stamp"
 }
 
-go_tool registry github.com/distribution/distribution/v3/cmd/registry "$DISTRIBUTION_VERSION"
-go_tool crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION"
-go_tool minio github.com/minio/minio "$MINIO_VERSION"
-
-go_tool controller-gen sigs.k8s.io/controller-tools/cmd/controller-gen "$CONTROLLER_TOOLS_VERSION"
-go_tool containerd2 github.com/containerd/containerd/v2/cmd/containerd "$CONTAINERD2_VERSION"
-go_tool crictl sigs.k8s.io/cri-tools/cmd/crictl "$CRI_TOOLS_VERSION"
-go_tool kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION"
-go_tool helm helm.sh/helm/v4/cmd/helm "$HELM_VERSION"
+# go_tools: the tools `go install` builds.
+go_tools() {
+	go_tool registry github.com/distribution/distribution/v3/cmd/registry "$DISTRIBUTION_VERSION"
+	go_tool crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION"
+	go_tool minio github.com/minio/minio "$MINIO_VERSION"
+	go_tool controller-gen sigs.k8s.io/controller-tools/cmd/controller-gen "$CONTROLLER_TOOLS_VERSION"
+	go_tool containerd2 github.com/containerd/containerd/v2/cmd/containerd "$CONTAINERD2_VERSION"
+	go_tool crictl sigs.k8s.io/cri-tools/cmd/crictl "$CRI_TOOLS_VERSION"
+	go_tool kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION"
+	go_tool helm helm.sh/helm/v4/cmd/helm "$HELM_VERSION"
+}
 
 # throwaway_build VERSION GOMOD PACKAGE... builds packages of a module that
 # cannot be `go install`ed (its go.mod has replace directives) inside a
@@ -76,6 +78,9 @@ throwaway_build() {
 	rm -rf "$tmp"
 }
 
+# control_plane: etcd and Kubernetes, built in throwaway modules. (Not
+# indented: the go.mod texts are written as they stand.)
+control_plane() {
 etcd_mod="module tools
 go 1.26
 require go.etcd.io/etcd/server/v3 $ETCD_VERSION
@@ -117,20 +122,40 @@ LDFLAGS="${LDFLAGS# }" throwaway_build "$KUBERNETES_VERSION" "$kube_mod" \
 	k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl \
 	k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler \
 	k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubelet
+}
 
 # From Debian: skopeo and podman for the client tests; chromium for the
 # cache browser's test; containerd, runc, the CNI plugins and conntrack
 # for the end-to-end cluster's node.
-debian_missing=()
-for pkg in skopeo podman chromium containerd runc containernetworking-plugins conntrack iptables; do
-	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || debian_missing+=("$pkg")
+debian() {
+	debian_missing=()
+	for pkg in skopeo podman chromium containerd runc containernetworking-plugins conntrack iptables; do
+		dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || debian_missing+=("$pkg")
+	done
+	if [[ ${#debian_missing[@]} -gt 0 ]]; then
+		echo "installing ${debian_missing[*]} from Debian" >&2
+		apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${debian_missing[@]}" >/dev/null
+		# The package starts a containerd of its own; the cluster runs its own.
+		systemctl disable --now containerd >/dev/null 2>&1 || true
+	fi
+}
+
+# Three lanes at once: the Go builds share the two cores, while the
+# Debian packages download and unpack beside them.
+go_tools &
+lane_go=$!
+control_plane &
+lane_control_plane=$!
+debian &
+lane_debian=$!
+failed=0
+for lane in "$lane_go" "$lane_control_plane" "$lane_debian"; do
+	wait "$lane" || failed=1
 done
-if [[ ${#debian_missing[@]} -gt 0 ]]; then
-	echo "installing ${debian_missing[*]} from Debian" >&2
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${debian_missing[@]}" >/dev/null
-	# The package starts a containerd of its own; the cluster runs its own.
-	systemctl disable --now containerd >/dev/null 2>&1 || true
+if [[ $failed -ne 0 ]]; then
+	echo "make tools: a build failed (above)" >&2
+	exit 1
 fi
 
 echo "$TOOLS_DIR/bin"

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -273,26 +274,30 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.certs != nil {
 		servers[0].TLSConfig = s.certs.config()
 	}
-	for _, srv := range servers {
-		go func() {
-			if srv.TLSConfig != nil {
-				errc <- srv.ListenAndServeTLS("", "")
-				return
-			}
-			errc <- srv.ListenAndServe()
-		}()
-	}
-	s.log.Info("serving", "listen", s.settings.Listen, "metricsListen", s.settings.MetricsListen, "upstream", s.settings.Upstream.String(),
-		"storage", s.settings.Storage, "recheckInterval", s.settings.RecheckInterval.Std().String())
-	var err error
-	select {
-	case err = <-errc:
-	case <-ctx.Done():
-		// Unready first, still serving: load balancers and kube-proxy
-		// stop sending new connections before the listeners close.
-		s.stopping.Store(true)
-		s.log.Info("shutting down", "after", s.settings.ShutdownDelay.Std().String())
-		time.Sleep(s.settings.ShutdownDelay.Std())
+	// Both ports listen before either serves: /readyz never answers
+	// while the registry port still refuses connections.
+	listeners, err := listen(servers)
+	if err == nil {
+		for i, srv := range servers {
+			go func() {
+				if srv.TLSConfig != nil {
+					errc <- srv.ServeTLS(listeners[i], "", "")
+					return
+				}
+				errc <- srv.Serve(listeners[i])
+			}()
+		}
+		s.log.Info("serving", "listen", s.settings.Listen, "metricsListen", s.settings.MetricsListen, "upstream", s.settings.Upstream.String(),
+			"storage", s.settings.Storage, "recheckInterval", s.settings.RecheckInterval.Std().String())
+		select {
+		case err = <-errc:
+		case <-ctx.Done():
+			// Unready first, still serving: load balancers and kube-proxy
+			// stop sending new connections before the listeners close.
+			s.stopping.Store(true)
+			s.log.Info("shutting down", "after", s.settings.ShutdownDelay.Std().String())
+			time.Sleep(s.settings.ShutdownDelay.Std())
+		}
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -311,6 +316,22 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	return err
+}
+
+// listen opens every server's address, or none.
+func listen(servers []*http.Server) ([]net.Listener, error) {
+	var ls []net.Listener
+	for _, srv := range servers {
+		l, err := net.Listen("tcp", srv.Addr)
+		if err != nil {
+			for _, l := range ls {
+				l.Close()
+			}
+			return nil, err
+		}
+		ls = append(ls, l)
+	}
+	return ls, nil
 }
 
 // registryRoutes sends everything but /token and the cache browser to
