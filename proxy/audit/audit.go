@@ -37,8 +37,8 @@ type Entry struct {
 	Time   time.Time `json:"time"`
 	Stream string    `json:"stream"`
 	Tenant string    `json:"tenant"`
-	// User is the token's subject, "anonymous" for an open cache, or the
-	// name a failed login gave.
+	// User is the token's subject, "anonymous" for an open cache, the
+	// name a failed login gave, or "" for a token that proves nobody.
 	User string `json:"user"`
 	// Client is the client's address (the one X-Forwarded-For gives,
 	// behind a trusted proxy).
@@ -161,8 +161,8 @@ func (l *Log) Blobs() bool { return l.o.Blobs }
 func (l *Log) Record(r *http.Request, e Entry) {
 	e.Time, e.Stream, e.Tenant = time.Now().UTC(), Stream, l.o.Tenant
 	e.Client, e.Method = l.o.ClientOf(r), r.Method
-	if e.User == "" {
-		e.User = "anonymous"
+	if e.User == "" && e.Answer != Refused {
+		e.User = "anonymous" // a refused request's user is who it claimed, or nobody
 	}
 	l.mu.Lock()
 	l.pending = append(l.pending, e)

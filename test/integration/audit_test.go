@@ -44,9 +44,9 @@ func what(e audit.Entry) string {
 
 // The audit log has one line per pull and per refusal, each field right:
 // by tag (the tag and the digest it served), by digest, an index and a
-// child, a failed login behind a trusted proxy, a stale serve with the
-// upstream down and why, a cold pull coalesced with another; never a
-// password or a token.
+// child, a failed login behind a trusted proxy, a token denied another
+// repository, a stale serve with the upstream down and why, a cold pull
+// coalesced with another; never a password or a token.
 func TestAuditLog(t *testing.T) {
 	e := newEnv(t)
 	repo := repoName(t)
@@ -96,6 +96,12 @@ func TestAuditLog(t *testing.T) {
 	req.Header.Set("X-Forwarded-For", "203.0.113.7")
 	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 401 {
 		t.Fatalf("a wrong password: %v %v", resp, err)
+	}
+	// A token for this repository only, asked for another: denied.
+	denied, _ := http.NewRequest("GET", p.URL+"/v2/other/app/manifests/v1", nil)
+	denied.Header.Set("Authorization", "Bearer "+token)
+	if resp, err := http.DefaultClient.Do(denied); err != nil || resp.StatusCode != 401 {
+		t.Fatalf("another repository's pull: %v %v", resp, err)
 	}
 	// The upstream down: the cached tag, stale.
 	e.front.Stop()
@@ -151,6 +157,7 @@ func TestAuditLog(t *testing.T) {
 		"GET manifest " + repo + " user=alice tag= digest=" + child + " miss/ 200",
 		"GET manifest " + repo + " user=alice tag=v1 digest=" + index + " hit/ 200",
 		"GET login  user=alice tag= digest= refused/login failed 401",
+		"GET manifest other/app user=alice tag=v1 digest= refused/the token does not grant pull on other/app 401",
 		"GET manifest " + repo + " user=alice tag=v1 digest=" + index + " stale/refused 200",
 	}
 	pair := []string{
