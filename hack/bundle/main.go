@@ -7,20 +7,20 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/depproxy/depproxy/hack/kustomize"
 )
 
-type object = map[string]any
+type object = kustomize.Object
 
 func main() {
 	kustomize := flag.String("kustomize", "kustomize", "kustomize binary")
@@ -33,12 +33,12 @@ func main() {
 	}
 }
 
-func run(kustomize, version, out string) error {
-	install, err := build(kustomize, "config/default")
+func run(bin, version, out string) error {
+	install, err := kustomize.Build(bin, "config/default")
 	if err != nil {
 		return err
 	}
-	samples, err := build(kustomize, "config/samples")
+	samples, err := kustomize.Build(bin, "config/samples")
 	if err != nil {
 		return err
 	}
@@ -55,7 +55,7 @@ func run(kustomize, version, out string) error {
 	var deployments, clusterPerms, perms []any
 	serviceAccount := ""
 	for _, o := range install {
-		kind, name := str(o, "kind"), str(o["metadata"].(object), "name")
+		kind, name := kustomize.Str(o, "kind"), kustomize.Str(o["metadata"].(object), "name")
 		switch kind {
 		case "CustomResourceDefinition":
 			if err := write(filepath.Join(manifests, name+".yaml"), o); err != nil {
@@ -90,7 +90,7 @@ func run(kustomize, version, out string) error {
 	}
 	var examples []any
 	for _, s := range samples {
-		if strings.HasPrefix(str(s, "apiVersion"), "depproxy.dev/") {
+		if strings.HasPrefix(kustomize.Str(s, "apiVersion"), "depproxy.dev/") {
 			examples = append(examples, s)
 		}
 	}
@@ -152,26 +152,6 @@ func run(kustomize, version, out string) error {
 }
 
 // build runs kustomize and splits its output into objects.
-func build(kustomize, dir string) ([]object, error) {
-	var stdout, stderr bytes.Buffer
-	cmd := exec.Command(kustomize, "build", dir)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("kustomize build %s: %w\n%s", dir, err, stderr.String())
-	}
-	var objs []object
-	for _, doc := range strings.Split(stdout.String(), "\n---\n") {
-		if strings.TrimSpace(doc) == "" {
-			continue
-		}
-		var o object
-		if err := yaml.Unmarshal([]byte(doc), &o); err != nil {
-			return nil, fmt.Errorf("kustomize build %s: %w", dir, err)
-		}
-		objs = append(objs, o)
-	}
-	return objs, nil
-}
 
 func write(path string, o object) error {
 	raw, err := yaml.Marshal(o)
@@ -192,5 +172,3 @@ func aggregated(o object) bool {
 	}
 	return false
 }
-
-func str(o object, k string) string { s, _ := o[k].(string); return s }

@@ -14,15 +14,16 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/depproxy/depproxy/hack/kustomize"
 )
 
-type object = map[string]any
+type object = kustomize.Object
 
 // namespace is the one config/default installs into; in the chart it is
 // the release's.
@@ -41,12 +42,12 @@ func main() {
 	}
 }
 
-func run(kustomize, version, out string) error {
-	install, err := build(kustomize, "config/default")
+func run(bin, version, out string) error {
+	install, err := kustomize.Build(bin, "config/default")
 	if err != nil {
 		return err
 	}
-	monitoring, err := build(kustomize, "config/prometheus")
+	monitoring, err := kustomize.Build(bin, "config/prometheus")
 	if err != nil {
 		return err
 	}
@@ -56,7 +57,7 @@ func run(kustomize, version, out string) error {
 		return err
 	}
 	for _, o := range install {
-		kind, name := str(o, "kind"), meta(o, "name")
+		kind, name := kustomize.Str(o, "kind"), kustomize.Meta(o, "name")
 		var guard string
 		switch kind {
 		case "Namespace", "Deployment":
@@ -80,7 +81,7 @@ func run(kustomize, version, out string) error {
 		}
 	}
 	for _, o := range monitoring {
-		kind, name := str(o, "kind"), meta(o, "name")
+		kind, name := kustomize.Str(o, "kind"), kustomize.Meta(o, "name")
 		guard := map[string]string{
 			"ServiceMonitor": ".Values.metrics.serviceMonitor.enabled",
 			"Service":        ".Values.metrics.serviceMonitor.enabled",
@@ -95,7 +96,7 @@ func run(kustomize, version, out string) error {
 			o["metadata"].(object)["name"] = "depproxy-" + name
 		}
 		o["metadata"].(object)["namespace"] = namespace
-		if err := write(filepath.Join(generated, fileName(kind, meta(o, "name"))), o, guard); err != nil {
+		if err := write(filepath.Join(generated, fileName(kind, kustomize.Meta(o, "name"))), o, guard); err != nil {
 			return err
 		}
 	}
@@ -144,32 +145,4 @@ func write(path string, o object, guard string) error {
 
 func fileName(kind, name string) string {
 	return strings.ToLower(kind) + "-" + name + ".yaml"
-}
-
-func build(kustomize, dir string) ([]object, error) {
-	var stdout, stderr bytes.Buffer
-	cmd := exec.Command(kustomize, "build", dir)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("kustomize build %s: %w\n%s", dir, err, stderr.String())
-	}
-	var objs []object
-	for _, doc := range strings.Split(stdout.String(), "\n---\n") {
-		if strings.TrimSpace(doc) == "" {
-			continue
-		}
-		var o object
-		if err := yaml.Unmarshal([]byte(doc), &o); err != nil {
-			return nil, fmt.Errorf("kustomize build %s: %w", dir, err)
-		}
-		objs = append(objs, o)
-	}
-	return objs, nil
-}
-
-func str(o object, key string) string { s, _ := o[key].(string); return s }
-
-func meta(o object, key string) string {
-	m, _ := o["metadata"].(object)
-	return str(m, key)
 }

@@ -90,8 +90,9 @@ func refusal(err error, re *regError) string {
 	return re.Code
 }
 
-// recorder notes a response's status and size, passing ReadFrom on so
-// that a file still goes out with sendfile.
+// recorder notes a response's status and size (for the audit log, and
+// the served-bytes counter), passing ReadFrom on so that a file still
+// goes out with sendfile.
 type recorder struct {
 	http.ResponseWriter
 	status int

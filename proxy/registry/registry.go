@@ -244,7 +244,7 @@ func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, c Cache, rt ro
 		http.Redirect(w, r, b.Redirect, http.StatusTemporaryRedirect)
 		return nil
 	}
-	counted := &countingWriter{ResponseWriter: w}
+	counted := &recorder{ResponseWriter: w}
 	defer func() { c.CountServed(r.Context(), "blob", counted.n) }() // an aborted response too
 	w = counted
 	h.Set("Content-Type", "application/octet-stream")
@@ -295,25 +295,6 @@ func conditional(r *http.Request) bool {
 
 // copyBuffers bound memory: one buffer per blob being served.
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
-
-// countingWriter counts the bytes of a response, passing ReadFrom on so
-// that a file still goes out with sendfile.
-type countingWriter struct {
-	http.ResponseWriter
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.ResponseWriter.Write(p)
-	c.n += int64(n)
-	return n, err
-}
-
-func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
-	n, err := io.Copy(c.ResponseWriter, r)
-	c.n += n
-	return n, err
-}
 
 // writerOnly hides the ResponseWriter's ReadFrom, which would copy in
 // 32 KiB pieces and ignore the buffer.
