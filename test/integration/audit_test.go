@@ -116,7 +116,8 @@ func TestAuditLog(t *testing.T) {
 		return false
 	})
 	var wg sync.WaitGroup
-	for range 2 {
+	var served [2]string
+	for i := range 2 {
 		wg.Go(func() {
 			req, _ := http.NewRequest("GET", p.URL+"/v2/"+repo+"/manifests/v2", nil)
 			req.Header.Set("Authorization", "Bearer "+token)
@@ -126,7 +127,7 @@ func TestAuditLog(t *testing.T) {
 				t.Errorf("v2: %v %v", resp, err)
 				return
 			}
-			v2 = resp.Header.Get("Docker-Content-Digest")
+			served[i] = resp.Header.Get("Docker-Content-Digest")
 			resp.Body.Close()
 		})
 	}
@@ -134,6 +135,9 @@ func TestAuditLog(t *testing.T) {
 	close(release)
 	wg.Wait()
 	e.front.Fault(nil)
+	if v2 = served[0]; served[1] != v2 {
+		t.Fatalf("the two clients got %v", served)
+	}
 
 	if err := p.Stop(); err != nil {
 		t.Fatal(err)
