@@ -79,8 +79,10 @@ type Cache struct {
 	lists  listCache
 	stored func(Stored)
 
-	// registry names the upstream's tags in storage.
+	// registry names the upstream's tags in storage; with origins, the
+	// blobs its manifests name are recorded as its.
 	registry string
+	origins  bool
 }
 
 // Option configures a Cache.
@@ -158,6 +160,12 @@ func WithMemory(bytes int64) Option { return func(c *Cache) { c.memory = newMemo
 // from other registries' tags (the same repository and tag on two
 // registries are two images).
 func WithRegistry(name string) Option { return func(c *Cache) { c.registry = name } }
+
+// WithOrigins records, for each blob a manifest fetched from this
+// upstream names, that it came from this registry: with several
+// upstreams, a blob asked for without a registry (SOCI does that) goes
+// to the upstream whose manifest named it.
+func WithOrigins(on bool) Option { return func(c *Cache) { c.origins = on } }
 
 // Stored is what one write added to storage: bytes of a blob or a
 // manifest, or a tag stored new or pointing elsewhere.

@@ -199,8 +199,35 @@ func (c *Cache) fetchManifest(ctx context.Context, repo string, ref manifest.Ref
 	} else {
 		c.stored(Stored{Bytes: int64(len(rec))})
 	}
+	if c.origins {
+		c.recordOrigins(ctx, m)
+	}
 	c.log.Info("cached manifest", "repository", repo, "reference", ref.String(), "digest", m.Digest, "mediaType", m.MediaType)
 	return m, nil
+}
+
+// recordOrigins notes this registry as where an image manifest's blobs
+// come from: a small write per blob, when the manifest is fetched, never
+// when it is served.
+func (c *Cache) recordOrigins(ctx context.Context, m *Manifest) {
+	if manifest.IsIndex(m.MediaType) {
+		return
+	}
+	blobs, err := manifest.Blobs(m.Body)
+	if err != nil {
+		return
+	}
+	for _, b := range blobs {
+		d, err := digest.Parse(b.Digest.String())
+		if err != nil {
+			continue
+		}
+		key := layout.Origin(d)
+		if err := c.store.Put(ctx, key, strings.NewReader(c.registry), int64(len(c.registry))); err != nil {
+			c.storageFailed(err, "record origin", "digest", d)
+			return
+		}
+	}
 }
 
 // checkManifest decides the type to serve and the digest, and refuses

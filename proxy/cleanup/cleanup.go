@@ -211,7 +211,10 @@ func (r *run) blobs(ctx context.Context) error {
 			return nil
 		}
 		r.sum.DeletedBlobs++
-		return r.delete(ctx, key, info.Size)
+		if err := r.delete(ctx, key, info.Size); err != nil || r.opts.DryRun {
+			return err
+		}
+		return r.store.Delete(ctx, layout.Origin(d))
 	})
 }
 

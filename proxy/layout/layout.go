@@ -5,6 +5,7 @@
 //	manifests/<alg>/<hex>                      "<media type>\n" + manifest bytes, likewise
 //	registries/<registry>/<repo>/_tags/<tag>   the digest a tag of that registry points at
 //	_lastread/<any of the above>               when it was last pulled (unix seconds)
+//	_origin/<alg>/<hex>                        the registry whose manifest named a blob (with several upstreams)
 //	_cleanup/last.json                         the last cleanup run's summary
 //	_journal/<unix nanoseconds>-<random>       what a replica or a cleanup changed, for the summaries
 //
@@ -36,6 +37,9 @@ const (
 	ManifestsPrefix = "manifests/"
 	// RegistriesPrefix holds tags, by registry.
 	RegistriesPrefix = "registries/"
+	// OriginsPrefix holds, for a blob, the registry whose manifest
+	// named it: where a blob asked for without a registry goes.
+	OriginsPrefix = "_origin/"
 	// LastReadPrefix holds last-read markers.
 	LastReadPrefix = "_lastread/"
 	// CleanupSummary is the last cleanup run's JSON summary.
@@ -57,6 +61,12 @@ func Manifest(d digest.Digest) string {
 // Tag is the key of a tag of a registry.
 func Tag(registry, repo, tag string) string {
 	return RegistriesPrefix + registry + "/" + repo + tagsInfix + tag
+}
+
+// Origin is the key of a blob's origin: the registry whose manifest,
+// fetched through the cache, named it.
+func Origin(d digest.Digest) string {
+	return OriginsPrefix + d.Algorithm().String() + "/" + d.Encoded()
 }
 
 // LastRead is the key of an object's last-read marker.

@@ -63,19 +63,37 @@ type Auditor interface {
 	Blobs() bool
 }
 
+// Origins says which registry's manifest named a blob ("" when none
+// did): where a blob asked for without a registry goes.
+type Origins interface {
+	Origin(ctx context.Context, d digest.Digest) string
+}
+
+// Options are what a Registry checks and records besides serving; each
+// may be nil.
+type Options struct {
+	// Auth decides who may pull; nil lets everyone.
+	Auth Authorizer
+	// Audit logs what was pulled and refused; nil logs nothing.
+	Audit Auditor
+	// Origins routes blobs that name no registry; nil sends them to the
+	// default.
+	Origins Origins
+}
+
 // Registry serves the OCI distribution pull API.
 type Registry struct {
 	sources []Source // the first is the default
 	auth    Authorizer
 	audit   Auditor
+	origins Origins
 	log     logr.Logger
 }
 
 // New returns the /v2 handler for sources, the first being the default
-// for requests that name no registry. A nil auth lets everyone pull; a
-// nil audit logs nothing.
-func New(sources []Source, auth Authorizer, audit Auditor, log logr.Logger) *Registry {
-	return &Registry{sources: sources, auth: auth, audit: audit, log: log}
+// for requests that name no registry.
+func New(sources []Source, o Options, log logr.Logger) *Registry {
+	return &Registry{sources: sources, auth: o.Auth, audit: o.Audit, origins: o.Origins, log: log}
 }
 
 // pick chooses the cache for a request, and the repository name as its
@@ -105,10 +123,21 @@ func (reg *Registry) pick(r *http.Request, rt route) (Source, string, *regError)
 		}
 		return src, src.Upstream.Repository(rest), nil
 	}
+	if rt.kind == kindBlob && reg.origins != nil && len(reg.sources) > 1 {
+		// SOCI, and the stargz snapshotter before 2026-08, send ?ns= with
+		// manifests but not with blobs: the blob goes where its manifest
+		// came from.
+		if src, ok := reg.source(reg.origins.Origin(r.Context(), rt.digest)); ok {
+			return src, src.Upstream.Repository(rt.name), nil
+		}
+	}
 	return reg.sources[0], reg.sources[0].Upstream.Repository(rt.name), nil
 }
 
 func (reg *Registry) source(registry string) (Source, bool) {
+	if registry == "" {
+		return Source{}, false
+	}
 	for _, s := range reg.sources {
 		if s.Upstream.Mirrors(registry) {
 			return s, true

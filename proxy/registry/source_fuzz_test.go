@@ -70,7 +70,7 @@ func FuzzSourceSelection(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, path, ns string) {
 		hubCache, ghcrCache := &askedCache{}, &askedCache{}
-		reg := New([]Source{{Upstream: hub, Cache: hubCache}, {Upstream: ghcr, Cache: ghcrCache}}, nil, nil, logr.Discard())
+		reg := New([]Source{{Upstream: hub, Cache: hubCache}, {Upstream: ghcr, Cache: ghcrCache}}, Options{}, logr.Discard())
 		req := httptest.NewRequest(http.MethodGet, "/", nil)
 		req.URL = &url.URL{Path: path, RawQuery: url.Values{"ns": {ns}}.Encode()}
 		w := httptest.NewRecorder()

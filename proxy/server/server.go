@@ -22,6 +22,7 @@ import (
 
 	"github.com/go-logr/logr"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -29,6 +30,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/audit"
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/cleanup"
+	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/peers"
 	"github.com/depproxy/depproxy/proxy/registry"
 	"github.com/depproxy/depproxy/proxy/report"
@@ -182,6 +184,7 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 			cache.WithLimits(cache.Limits{MaxDownloads: s.MaxDownloads, MaxBlobSize: int64(s.MaxBlobSize)}),
 			cache.WithMemory(int64(s.ManifestMemory)),
 			cache.WithSpoolDir(spoolDir),
+			cache.WithOrigins(len(upstreams) > 1),
 		}, o.cache...)...)
 		caches = append(caches, c)
 		clients = append(clients, up)
@@ -215,7 +218,7 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 	if auditLog != nil {
 		auditor = auditLog
 	}
-	reg := registry.New(registries, auth, auditor, log.WithName("registry"))
+	reg := registry.New(registries, registry.Options{Auth: auth, Audit: auditor, Origins: storedOrigins{store}}, log.WithName("registry"))
 	browser := ui.New(scanner, tokens, caches[0].HitCounts, func(ctx context.Context) {
 		for _, c := range caches {
 			c.FlushReads(ctx)
@@ -316,6 +319,18 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	return err
+}
+
+// storedOrigins reads where a blob came from out of the storage, so
+// that every replica, and a restarted one, routes it alike.
+type storedOrigins struct{ store storage.Storage }
+
+func (o storedOrigins) Origin(ctx context.Context, d digest.Digest) string {
+	raw, err := storage.ReadAll(ctx, o.store, layout.Origin(d), 256)
+	if err != nil {
+		return ""
+	}
+	return string(raw)
 }
 
 // listen opens every server's address, or none.

@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -135,5 +137,64 @@ func TestUnknownRegistriesDialNothing(t *testing.T) {
 	}
 	if after := tr.upstreamRequests(); after != before {
 		t.Errorf("the upstreams saw %d requests for registries nobody configured", after-before)
+	}
+}
+
+// A blob asked for with no registry named (SOCI sends ?ns= with manifests
+// only) goes to the upstream whose manifest, fetched through the cache,
+// named it: the GET and the HEAD, after a restart too, and through
+// another replica of the storage that never fetched the manifest.
+func TestBlobsGoWhereTheirManifestCameFrom(t *testing.T) {
+	tr := newTwoRegistries(t)
+	s := tr.settings(t)
+	first := start(t, s)
+	resp, body := get(t, first.URL+"/v2/"+tr.repo+"/manifests/v1?ns=ghcr.io", acceptAll)
+	if resp.StatusCode != 200 || resp.Header.Get("Docker-Content-Digest") != tr.ghcrImage {
+		t.Fatalf("the ghcr.io manifest: %s %s", resp.Status, body)
+	}
+	var m struct {
+		Layers []struct{ Digest string }
+	}
+	if err := json.Unmarshal(body, &m); err != nil || len(m.Layers) != 2 {
+		t.Fatalf("layers: %v %s", err, body)
+	}
+	blob := func(base, method, d string) int {
+		req, _ := http.NewRequest(method, base+"/v2/"+tr.repo+"/blobs/"+d, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if method == http.MethodGet && resp.StatusCode == 200 && "sha256:"+sha(got) != d {
+			t.Fatalf("blob %s: the bytes hash to sha256:%s", d, sha(got))
+		}
+		return resp.StatusCode
+	}
+	if c := blob(first.URL, http.MethodHead, m.Layers[0].Digest); c != 200 {
+		t.Errorf("HEAD without ns: %d", c)
+	}
+	if c := blob(first.URL, http.MethodGet, m.Layers[0].Digest); c != 200 {
+		t.Errorf("GET without ns: %d", c)
+	}
+	if err := first.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	// Restarted, and a second replica of the same storage: neither
+	// fetched the manifest; the second layer is cold for both.
+	again, other := start(t, s), start(t, s)
+	tr.hub.front.Reset()
+	if c := blob(again.URL, http.MethodHead, m.Layers[1].Digest); c != 200 {
+		t.Errorf("HEAD without ns after a restart: %d", c)
+	}
+	if c := blob(other.URL, http.MethodGet, m.Layers[1].Digest); c != 200 {
+		t.Errorf("GET without ns through another replica: %d", c)
+	}
+	if n := tr.hub.front.Count(http.MethodGet, "blobs") + tr.hub.front.Count(http.MethodHead, "blobs"); n != 0 {
+		t.Errorf("the default upstream was asked %d times for ghcr.io's blobs", n)
+	}
+	// A blob no manifest named still goes to the default.
+	if c := blob(again.URL, http.MethodHead, "sha256:"+strings.Repeat("0", 64)); c != 404 || tr.hub.front.Count(http.MethodHead, "blobs") != 1 {
+		t.Errorf("an unknown blob: %d, the default upstream asked %d times", c, tr.hub.front.Count(http.MethodHead, "blobs"))
 	}
 }
