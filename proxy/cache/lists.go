@@ -9,8 +9,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/depproxy/depproxy/proxy/manifest"
 	"github.com/depproxy/depproxy/proxy/upstream"
 )
 
@@ -78,23 +80,73 @@ func (c *Cache) Tags(ctx context.Context, repo string, query url.Values) ([]byte
 // emptyIndex is the answer for a digest nothing is known to refer to.
 const emptyIndex = `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`
 
-// Referrers returns the OCI index of manifests referring to d. It is
-// never an error: an upstream without the referrers API, or an upstream
-// that is down, gives the last known answer or an empty index.
-func (c *Cache) Referrers(ctx context.Context, repo string, d digest.Digest, query url.Values) []byte {
+// Referrers returns the OCI index of manifests referring to d, filtered
+// by the query's artifactType (filtered says so). It is never an error.
+// An upstream with the referrers API gives it; one without it (it
+// answers 404, as CNCF Distribution does) keeps what refers to d in the
+// fallback tag, sha256-<hex>, as the spec has pushers do: the answer is
+// built from that tag, cached like any tag (rechecked, and served while
+// the upstream is down). Only when neither says anything is the index
+// empty.
+func (c *Cache) Referrers(ctx context.Context, repo string, d digest.Digest, query url.Values) (body []byte, filtered bool) {
 	key := "referrers " + repo + "@" + d.String() + "?" + query.Encode()
 	body, err := c.up.Referrers(ctx, repo, d, query, maxListSize)
-	if err == nil && validIndex(body) {
+	switch {
+	case err == nil && validIndex(body):
 		c.lists.put(key, body)
-		return body
+	case errors.Is(err, upstream.ErrNotFound):
+		body = c.fallbackReferrers(ctx, repo, d)
+	default:
+		if err != nil {
+			c.log.Info("upstream referrers failed", "repository", repo, "digest", d, "error", err.Error())
+		}
+		if e, ok := c.lists.get(key); ok {
+			body = e.body
+		} else {
+			body = c.fallbackReferrers(ctx, repo, d)
+		}
 	}
-	if err != nil && !errors.Is(err, upstream.ErrNotFound) {
-		c.log.Info("upstream referrers failed", "repository", repo, "digest", d, "error", err.Error())
+	if t := query.Get("artifactType"); t != "" {
+		return filterReferrers(body, t), true
 	}
-	if e, ok := c.lists.get(key); ok {
-		return e.body
+	return body, false
+}
+
+// FallbackTag is the tag that holds what refers to d on a registry
+// without the referrers API.
+func FallbackTag(d digest.Digest) string { return d.Algorithm().String() + "-" + d.Encoded() }
+
+// fallbackReferrers is the fallback tag's index, or an empty one.
+func (c *Cache) fallbackReferrers(ctx context.Context, repo string, d digest.Digest) []byte {
+	m, err := c.Manifest(ctx, repo, manifest.TagRef(FallbackTag(d)), []string{string(types.OCIImageIndex)})
+	if err != nil || m.MediaType != string(types.OCIImageIndex) || !validIndex(m.Body) {
+		return []byte(emptyIndex)
 	}
-	return []byte(emptyIndex)
+	return m.Body
+}
+
+// filterReferrers keeps the descriptors of one artifact type.
+func filterReferrers(body []byte, artifactType string) []byte {
+	var idx map[string]json.RawMessage
+	var descs []map[string]any
+	if json.Unmarshal(body, &idx) != nil || json.Unmarshal(idx["manifests"], &descs) != nil {
+		return []byte(emptyIndex)
+	}
+	kept := []map[string]any{}
+	for _, d := range descs {
+		if d["artifactType"] == artifactType {
+			kept = append(kept, d)
+		}
+	}
+	out, err := json.Marshal(kept)
+	if err != nil {
+		return []byte(emptyIndex)
+	}
+	idx["manifests"] = out
+	if out, err = json.Marshal(idx); err != nil {
+		return []byte(emptyIndex)
+	}
+	return out
 }
 
 func validIndex(body []byte) bool {

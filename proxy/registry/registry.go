@@ -27,7 +27,7 @@ type Cache interface {
 	Blob(ctx context.Context, repo string, d digest.Digest) (*cache.Blob, error)
 	StatBlob(ctx context.Context, repo string, d digest.Digest) (int64, error)
 	Tags(ctx context.Context, repo string, query url.Values) ([]byte, error)
-	Referrers(ctx context.Context, repo string, d digest.Digest, query url.Values) []byte
+	Referrers(ctx context.Context, repo string, d digest.Digest, query url.Values) (body []byte, filtered bool)
 	// CountServed adds bytes sent to a client (kind: manifest or blob).
 	CountServed(ctx context.Context, kind string, bytes int64)
 }
@@ -340,7 +340,10 @@ func (reg *Registry) tags(w http.ResponseWriter, r *http.Request, c Cache, rt ro
 }
 
 func (reg *Registry) referrers(w http.ResponseWriter, r *http.Request, c Cache, rt route) {
-	body := c.Referrers(r.Context(), rt.repo, rt.digest, r.URL.Query())
+	body, filtered := c.Referrers(r.Context(), rt.repo, rt.digest, r.URL.Query())
+	if filtered {
+		w.Header().Set("OCI-Filters-Applied", "artifactType")
+	}
 	w.Header().Set("Content-Type", "application/vnd.oci.image.index.v1+json")
 	w.Write(body)
 }

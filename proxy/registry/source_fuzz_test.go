@@ -43,9 +43,9 @@ func (c *askedCache) Tags(_ context.Context, repo string, _ url.Values) ([]byte,
 	return nil, upstream.ErrNotFound
 }
 
-func (c *askedCache) Referrers(_ context.Context, repo string, _ digest.Digest, _ url.Values) []byte {
+func (c *askedCache) Referrers(_ context.Context, repo string, _ digest.Digest, _ url.Values) ([]byte, bool) {
 	c.repos = append(c.repos, repo)
-	return []byte(`{"manifests":[]}`)
+	return []byte(`{"manifests":[]}`), false
 }
 
 // FuzzSourceSelection: whatever the path and containerd's ?ns=, a

@@ -2,11 +2,19 @@ package integration
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // TestBadInput: every malformed request gets an OCI error with a 4xx
@@ -128,4 +136,62 @@ func TestContainerdNamespace(t *testing.T) {
 	if n := e.front.Count("GET", "manifests") + e.front.Count("HEAD", "manifests"); n != 0 {
 		t.Errorf("a request for another registry reached the upstream %d times", n)
 	}
+}
+
+// An upstream without the referrers API (CNCF Distribution answers 404)
+// keeps what refers to an image in its fallback tag, as go-containerregistry
+// pushes it there: the cache answers the referrers API from that tag, so
+// a client sees the attached artifact rather than an empty list, and
+// filters by artifactType as the spec says.
+func TestReferrersFromTheFallbackTag(t *testing.T) {
+	e := newEnv(t)
+	repo := repoName(t)
+	img := ociImage(t, 1)
+	pushImage(t, e.registry.Addr, repo, "v1", img)
+	subject := digestOf(t, img)
+	sbom := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), "application/vnd.example.sbom")
+	sbom = mutate.Subject(sbom, v1.Descriptor{MediaType: types.OCIManifestSchema1, Digest: subject, Size: int64(len(mustRaw(t, img)))}).(v1.Image)
+	if err := remote.Write(ref(t, e.registry.Addr, repo, "sbom"), sbom); err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, e.front.URL(), openStorage(t, "filesystem", nil))
+	e.front.Reset()
+	got, err := remote.Referrers(ref(t, p.Host, repo, subject.String()).Context().Digest(subject.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, _ := got.IndexManifest()
+	if len(idx.Manifests) != 1 || idx.Manifests[0].Digest != digestOf(t, sbom) {
+		t.Fatalf("referrers through the cache: %+v, want the SBOM %s", idx.Manifests, digestOf(t, sbom))
+	}
+	if e.front.Count("GET", "referrers") != 1 || e.front.Count("GET", "manifests") != 1 {
+		t.Errorf("the upstream was asked %d referrers and %d manifests", e.front.Count("GET", "referrers"), e.front.Count("GET", "manifests"))
+	}
+	for _, c := range []struct {
+		artifactType string
+		want         int
+	}{{"application/vnd.example.sbom", 1}, {"application/vnd.example.signature", 0}} {
+		resp, body := get(t, p.URL+"/v2/"+repo+"/referrers/"+subject.String()+"?artifactType="+url.QueryEscape(c.artifactType), "")
+		var filtered v1.IndexManifest
+		if err := json.Unmarshal(body, &filtered); err != nil || resp.StatusCode != 200 || len(filtered.Manifests) != c.want ||
+			resp.Header.Get("OCI-Filters-Applied") != "artifactType" {
+			t.Errorf("artifactType %s: %s %q %s, want %d", c.artifactType, resp.Status, resp.Header.Get("OCI-Filters-Applied"), body, c.want)
+		}
+	}
+	// The upstream down: the fallback tag as cached.
+	e.front.Stop()
+	defer e.front.Start()
+	resp, body := get(t, p.URL+"/v2/"+repo+"/referrers/"+subject.String(), "")
+	if resp.StatusCode != 200 || !strings.Contains(string(body), digestOf(t, sbom).String()) {
+		t.Errorf("with the upstream down: %s %s", resp.Status, body)
+	}
+}
+
+func mustRaw(t *testing.T, img v1.Image) []byte {
+	t.Helper()
+	raw, err := img.RawManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
 }
