@@ -148,12 +148,20 @@ func (c *Cache) fillBlob(ctx context.Context, repo string, f *fill) (*Blob, erro
 		f.release()
 		return nil, err
 	}
-	r := &fillReader{f: f, ctx: ctx}
+	r := &fillReader{f: f, ctx: ctx, cold: func(ctx context.Context, off int64) (io.ReadCloser, error) {
+		b, err := c.up.GetBlobRange(ctx, repo, f.digest, off)
+		if err != nil {
+			c.log.V(1).Info("no range from the upstream; waiting for the download", "digest", f.digest, "offset", off, "error", err.Error())
+			return nil, err
+		}
+		c.metrics.coldRanges.WithLabelValues(c.registry).Inc()
+		return b.Body, nil
+	}}
 	stop := context.AfterFunc(ctx, f.wake)
 	return &Blob{
 		ReadSeeker: r,
 		Size:       f.size,
-		close:      func() { stop(); f.release() },
+		close:      func() { stop(); r.closeFar(); f.release() },
 		err: func() error {
 			f.mu.Lock()
 			defer f.mu.Unlock()

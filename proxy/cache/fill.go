@@ -200,7 +200,18 @@ type fillReader struct {
 	f   *fill
 	ctx context.Context
 	off int64
+	// cold opens the upstream from an offset, for a read far ahead of
+	// the download (a lazy-pulling snapshotter reading a layer's footer
+	// first); nil once it failed, or where ranges are not fetched.
+	cold func(ctx context.Context, off int64) (io.ReadCloser, error)
+	// far is the ranged upstream body being read, at farOff.
+	far    io.ReadCloser
+	farOff int64
 }
+
+// coldAhead is how far past the download a read must start to be
+// fetched with a range of its own: closer, the download gets there soon.
+const coldAhead = 4 << 20
 
 func (r *fillReader) Read(p []byte) (int, error) {
 	f := r.f
@@ -228,6 +239,14 @@ func (r *fillReader) Read(p []byte) (int, error) {
 			f.mu.Unlock()
 			return 0, io.EOF
 		}
+		if r.far != nil && r.farOff == r.off || r.cold != nil && f.size >= 0 && r.off < f.size && r.off > f.written+coldAhead {
+			f.mu.Unlock()
+			if n, err, ok := r.readCold(p); ok {
+				return n, err
+			}
+			f.mu.Lock()
+			continue
+		}
 		f.cond.Wait()
 	}
 	f.mu.Unlock()
@@ -237,6 +256,37 @@ func (r *fillReader) Read(p []byte) (int, error) {
 		err = nil
 	}
 	return n, err
+}
+
+// readCold reads from a ranged upstream request at r.off; !ok when one
+// cannot be had, and the read waits for the download instead.
+func (r *fillReader) readCold(p []byte) (int, error, bool) {
+	if r.far == nil || r.farOff != r.off {
+		r.closeFar()
+		body, err := r.cold(r.ctx, r.off)
+		if err != nil {
+			r.cold = nil
+			return 0, nil, false
+		}
+		r.far, r.farOff = body, r.off
+	}
+	n, err := r.far.Read(p)
+	r.off += int64(n)
+	r.farOff = r.off
+	if err == io.EOF {
+		r.closeFar()
+		if r.off < r.f.size {
+			err = io.ErrUnexpectedEOF
+		}
+	}
+	return n, err, true
+}
+
+func (r *fillReader) closeFar() {
+	if r.far != nil {
+		r.far.Close()
+		r.far = nil
+	}
 }
 
 // Seek supports http.ServeContent (size probe and Range), only when the

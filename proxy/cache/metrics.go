@@ -18,6 +18,7 @@ type Metrics struct {
 	pulled, served                    *prometheus.CounterVec // bytes {upstream, type}
 	stale                             *prometheus.CounterVec // {upstream, reason}
 	downloads                         *prometheus.GaugeVec   // {upstream}
+	coldRanges                        *prometheus.CounterVec // {upstream}
 	storageErrors                     prometheus.Counter
 	passedThrough                     prometheus.Counter
 	// hitCount and missCount feed the hit ratio of the summary.
@@ -44,6 +45,10 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 			Name: "depproxy_proxy_downloads",
 			Help: "Upstream blob downloads under way, waiting for a slot and being stored included (at most --max-downloads transfer at once).",
 		}, []string{"upstream"}),
+		coldRanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "depproxy_proxy_cold_ranges_total",
+			Help: "Ranged upstream requests for reads far ahead of a blob's one download (a lazy-pulling snapshotter's footer, say), which the download did not wait for.",
+		}, []string{"upstream"}),
 		storageErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "depproxy_storage_errors_total",
 			Help: "Storage operations that failed and were worked around by passing through.",
@@ -54,7 +59,7 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 		}),
 	}
 	if r != nil {
-		r.MustRegister(m.requests, m.hits, m.misses, m.coalesced, m.pulled, m.served, m.stale, m.downloads, m.storageErrors, m.passedThrough)
+		r.MustRegister(m.requests, m.hits, m.misses, m.coalesced, m.pulled, m.served, m.stale, m.downloads, m.coldRanges, m.storageErrors, m.passedThrough)
 	}
 	return m
 }

@@ -287,6 +287,29 @@ func (c *Client) GetBlob(ctx context.Context, repo string, d digest.Digest) (*Bl
 	return &Blob{Body: resp.Body, Size: resp.ContentLength}, nil
 }
 
+// GetBlobRange opens a blob's bytes from off to its end: an upstream
+// that ignores the Range (a 200) or answers another one is an error, so
+// that no byte is ever served from the wrong offset.
+func (c *Client) GetBlobRange(ctx context.Context, repo string, d digest.Digest, off int64) (*Blob, error) {
+	resp, err := c.do(ctx, http.MethodGet, repo, "blobs/"+d.String(), http.Header{"Range": {fmt.Sprintf("bytes=%d-", off)}})
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusPartialContent {
+		resp.Body.Close()
+		if err := blobAnswer(resp); err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: the upstream answered a range with the whole blob", ErrUnreachable)
+	}
+	var start int64
+	if _, err := fmt.Sscanf(resp.Header.Get("Content-Range"), "bytes %d-", &start); err != nil || start != off {
+		resp.Body.Close()
+		return nil, fmt.Errorf("%w: the upstream answered bytes=%d- with Content-Range %q", ErrUnreachable, off, resp.Header.Get("Content-Range"))
+	}
+	return &Blob{Body: resp.Body, Size: resp.ContentLength}, nil
+}
+
 // HeadBlob returns a blob's size.
 func (c *Client) HeadBlob(ctx context.Context, repo string, d digest.Digest) (int64, error) {
 	resp, err := c.do(ctx, http.MethodHead, repo, "blobs/"+d.String(), nil)

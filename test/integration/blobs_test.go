@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
+	"mime/multipart"
 	"net/http"
 	"strings"
 	"sync"
@@ -294,5 +296,110 @@ func TestWarmBlobFromS3(t *testing.T) {
 	}
 	if n := e.front.Count("GET", "blobs"); n != 0 {
 		t.Errorf("warm GETs asked the upstream %d times", n)
+	}
+}
+
+// A lazy-pulling snapshotter reads a cold layer's footer first. On an
+// upstream sending about 1 MB/s, a range of the last MiB of a 16 MiB
+// blob answers 206 with the right bytes within seconds, from a ranged
+// upstream request, while the one full download goes on and is stored;
+// a multi-range request is answered right as well.
+func TestColdRangeFarAhead(t *testing.T) {
+	e := newEnv(t)
+	repo := repoName(t)
+	const size = 16 << 20
+	data, d := pushBlob(t, e.registry.Addr, repo, size)
+	// The whole-blob download trickles; ranged requests do not.
+	e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
+		if testenv.PathKind(r.URL.Path) != "blobs" || r.Method != http.MethodGet || r.Header.Get("Range") != "" {
+			return false
+		}
+		resp, err := http.Get(e.registry.URL() + r.URL.Path)
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(resp.StatusCode)
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := resp.Body.Read(buf)
+			if _, werr := w.Write(buf[:n]); werr != nil || err != nil {
+				return true
+			}
+			w.(http.Flusher).Flush()
+			time.Sleep(64 * time.Millisecond) // about 1 MB/s
+		}
+	})
+	defer e.front.Fault(nil)
+	p := startProxy(t, e.front.URL(), openStorage(t, "filesystem", nil))
+	url := p.URL + "/v2/" + repo + "/blobs/" + d.String()
+
+	// The download starts (a client reading the head), then the footer.
+	head, _ := http.NewRequest(http.MethodGet, url, nil)
+	head.Header.Set("Range", "bytes=0-1023")
+	resp, err := http.DefaultClient.Do(head)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(got, data[:1024]) {
+		t.Fatalf("the head: %s, %d bytes", resp.Status, len(got))
+	}
+	began := time.Now()
+	tail, _ := http.NewRequest(http.MethodGet, url, nil)
+	tail.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", size-1<<20, size-1))
+	resp, err = http.DefaultClient.Do(tail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	took := time.Since(began)
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(got, data[size-1<<20:]) {
+		t.Fatalf("the tail: %s, %d bytes", resp.Status, len(got))
+	}
+	if took > 5*time.Second {
+		t.Errorf("the cold tail took %v: it waited for the download", took)
+	}
+	// Two ranges at once, one the spool has and one far ahead.
+	multi, _ := http.NewRequest(http.MethodGet, url, nil)
+	multi.Header.Set("Range", fmt.Sprintf("bytes=0-9,%d-%d", size-10, size-1))
+	resp, err = http.DefaultClient.Do(multi)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, params, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	parts := multipart.NewReader(resp.Body, params["boundary"])
+	var ranges [][]byte
+	for {
+		part, err := parts.NextPart()
+		if err != nil {
+			break
+		}
+		b, _ := io.ReadAll(part)
+		ranges = append(ranges, b)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusPartialContent || len(ranges) != 2 || !bytes.Equal(ranges[0], data[:10]) || !bytes.Equal(ranges[1], data[size-10:]) {
+		t.Fatalf("two ranges: %s, %d parts", resp.Status, len(ranges))
+	}
+	if n := sample(scrape(t, p.Ops), "depproxy_proxy_cold_ranges_total"); n < 1 {
+		t.Errorf("depproxy_proxy_cold_ranges_total is %v", n)
+	}
+	// The one download goes on, and is stored.
+	eventually(t, 60*time.Second, "the download stored", func() bool {
+		_, err := p.store.Stat(context.Background(), blobKey(d))
+		return err == nil
+	})
+	if n := e.front.Count(http.MethodGet, "blobs") - int(sample(scrape(t, p.Ops), "depproxy_proxy_cold_ranges_total")); n != 1 {
+		t.Errorf("%d whole downloads of the blob, want 1", n)
+	}
+	_, body := get(t, url, "")
+	if !bytes.Equal(body, data) {
+		t.Fatal("the stored blob is not the blob")
 	}
 }
