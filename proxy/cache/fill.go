@@ -239,7 +239,11 @@ func (r *fillReader) Read(p []byte) (int, error) {
 			f.mu.Unlock()
 			return 0, io.EOF
 		}
-		if r.far != nil && r.farOff == r.off || r.cold != nil && f.size >= 0 && r.off < f.size && r.off > f.written+coldAhead {
+		// Reading a ranged upstream body already, or far enough ahead of
+		// the download to start one.
+		reading := r.far != nil && r.farOff == r.off
+		farAhead := r.cold != nil && f.size >= 0 && r.off < f.size && r.off > f.written+coldAhead
+		if reading || farAhead {
 			f.mu.Unlock()
 			if n, err, ok := r.readCold(p); ok {
 				return n, err

@@ -112,13 +112,13 @@ func (c *Cache) Referrers(ctx context.Context, repo string, d digest.Digest, que
 	return body, false
 }
 
-// FallbackTag is the tag that holds what refers to d on a registry
+// fallbackTag is the tag that holds what refers to d on a registry
 // without the referrers API.
-func FallbackTag(d digest.Digest) string { return d.Algorithm().String() + "-" + d.Encoded() }
+func fallbackTag(d digest.Digest) string { return d.Algorithm().String() + "-" + d.Encoded() }
 
 // fallbackReferrers is the fallback tag's index, or an empty one.
 func (c *Cache) fallbackReferrers(ctx context.Context, repo string, d digest.Digest) []byte {
-	m, err := c.Manifest(ctx, repo, manifest.TagRef(FallbackTag(d)), []string{string(types.OCIImageIndex)})
+	m, err := c.Manifest(ctx, repo, manifest.TagRef(fallbackTag(d)), []string{string(types.OCIImageIndex)})
 	if err != nil || m.MediaType != string(types.OCIImageIndex) || !validIndex(m.Body) {
 		return []byte(emptyIndex)
 	}
