@@ -65,13 +65,32 @@ func (c *Cache) Blob(ctx context.Context, repo string, d digest.Digest) (*Blob, 
 }
 
 func (c *Cache) blob(ctx context.Context, repo string, d digest.Digest) (*Blob, error) {
+	if b := c.hotBlob(d); b != nil {
+		c.count(ctx, kindBlob, hit)
+		return b, nil
+	}
 	if f := c.fillFor(ctx, repo, d, false); f != nil {
-		c.count(ctx, kindBlob, coalesced)
-		return c.fillBlob(ctx, repo, f)
+		b, err := c.fillBlob(ctx, repo, f)
+		switch {
+		case f.fromStorage && err == nil:
+			c.count(ctx, kindBlob, hit)
+			return b, nil
+		case !f.fromStorage:
+			c.count(ctx, kindBlob, coalesced)
+			return b, err
+		}
+		// A copy from storage to the hot tier that could not start:
+		// read the storage itself.
 	}
 	if b := c.redirectBlob(ctx, d); b != nil {
 		c.count(ctx, kindBlob, hit)
 		return b, nil
+	}
+	if f := c.hotFill(ctx, d); f != nil {
+		if b, err := c.fillBlob(ctx, repo, f); err == nil {
+			c.count(ctx, kindBlob, hit)
+			return b, nil
+		}
 	}
 	r, info, err := c.store.Open(ctx, layout.Blob(d))
 	if err == nil {
@@ -82,6 +101,18 @@ func (c *Cache) blob(ctx context.Context, repo string, d digest.Digest) (*Blob, 
 	c.storageFailed(err, "open blob", "digest", d)
 	c.count(ctx, kindBlob, miss)
 	return c.fillBlob(ctx, repo, c.fillFor(ctx, repo, d, true))
+}
+
+// hotBlob is the blob from this replica's own disk, if it is there.
+func (c *Cache) hotBlob(d digest.Digest) *Blob {
+	if c.hot == nil {
+		return nil
+	}
+	f, info, ok := c.hot.Get(d)
+	if !ok {
+		return nil
+	}
+	return &Blob{ReadSeeker: f, Size: info.Size(), ModTime: info.ModTime(), File: true, close: func() { f.Close() }}
 }
 
 // redirectBlob returns a redirect to a cached blob, when enabled and the
@@ -105,6 +136,12 @@ func (c *Cache) redirectBlob(ctx context.Context, d digest.Digest) *Blob {
 
 // StatBlob returns a blob's size without fetching it.
 func (c *Cache) StatBlob(ctx context.Context, repo string, d digest.Digest) (int64, error) {
+	if c.hot != nil {
+		if size, ok := c.hot.Size(d); ok {
+			setOutcome(ctx, audit.Hit, "")
+			return size, nil
+		}
+	}
 	info, err := c.store.Stat(ctx, layout.Blob(d))
 	if err == nil {
 		setOutcome(ctx, audit.Hit, "")
@@ -148,15 +185,7 @@ func (c *Cache) fillBlob(ctx context.Context, repo string, f *fill) (*Blob, erro
 		f.release()
 		return nil, err
 	}
-	r := &fillReader{f: f, ctx: ctx, cold: func(ctx context.Context, off int64) (io.ReadCloser, error) {
-		b, err := c.up.GetBlobRange(ctx, repo, f.digest, off)
-		if err != nil {
-			c.log.V(1).Info("no range from the upstream; waiting for the download", "digest", f.digest, "offset", off, "error", err.Error())
-			return nil, err
-		}
-		c.metrics.coldRanges.WithLabelValues(c.registry).Inc()
-		return b.Body, nil
-	}}
+	r := &fillReader{f: f, ctx: ctx, cold: f.ranged}
 	stop := context.AfterFunc(ctx, f.wake)
 	return &Blob{
 		ReadSeeker: r,
@@ -171,48 +200,72 @@ func (c *Cache) fillBlob(ctx context.Context, repo string, f *fill) (*Blob, erro
 }
 
 // fillFor returns the running fill for d, with a reference taken for the
-// caller; with start, it starts one if none runs, and nil only without.
-// A new fill keeps ctx's values (whether another replica forwarded the
-// request, say), not its end: it runs until Close.
+// caller; with start, it starts an upstream download if none runs, and
+// nil only without.
 func (c *Cache) fillFor(ctx context.Context, repo string, d digest.Digest, start bool) *fill {
+	var run func(context.Context, *fill)
+	if start {
+		run = func(ctx context.Context, f *fill) { c.download(ctx, repo, f) }
+	}
+	return c.startFill(ctx, d, run, func(f *fill) {
+		f.ranged = func(ctx context.Context, off int64) (io.ReadCloser, error) {
+			b, err := c.up.GetBlobRange(ctx, repo, d, off)
+			if err != nil {
+				c.log.V(1).Info("no range from the upstream; waiting for the download", "digest", d, "offset", off, "error", err.Error())
+				return nil, err
+			}
+			c.metrics.coldRanges.WithLabelValues(c.registry).Inc()
+			return b.Body, nil
+		}
+	})
+}
+
+// startFill returns the running fill for d, or, with run, starts one
+// (set up by init) and runs it. A new fill keeps ctx's values (whether
+// another replica forwarded the request, say), not its end: it runs
+// until Close, or until nobody reads it.
+func (c *Cache) startFill(ctx context.Context, d digest.Digest, run func(context.Context, *fill), init func(*fill)) *fill {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if f := c.fills[d]; f != nil && f.acquire() {
 		return f
 	}
-	if !start {
+	if run == nil {
 		return nil
 	}
 	ctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
 	stopWithCache := context.AfterFunc(c.background, func() { cancel(context.Cause(c.background)) })
 	f := newFill(d, cancel, c.limits.Abandoned)
+	init(f)
 	f.refs++ // the caller's
 	c.fills[d] = f
 	c.running.Add(1)
 	go func() {
 		defer c.running.Done()
 		defer stopWithCache()
-		c.runFill(ctx, repo, f)
+		if !f.fromStorage {
+			running := c.metrics.downloads.WithLabelValues(c.registry)
+			running.Inc()
+			defer running.Dec() // last: the blob is stored, or given up, and forgotten
+		}
+		defer f.release()
+		defer f.cancel(nil)
+		ctx, cancel := context.WithTimeout(ctx, c.fillTimeout)
+		defer cancel()
+		defer func() {
+			c.mu.Lock()
+			delete(c.fills, f.digest)
+			c.mu.Unlock()
+		}()
+		run(ctx, f)
 	}()
 	return f
 }
 
-// runFill downloads one blob. It runs detached from any client's request:
-// a client hanging up does not cancel the download others are reading;
-// only everyone leaving does (see fill.release).
-func (c *Cache) runFill(ctx context.Context, repo string, f *fill) {
-	running := c.metrics.downloads.WithLabelValues(c.registry)
-	running.Inc()
-	defer running.Dec() // last: the blob is stored, or given up, and forgotten
-	defer f.release()
-	defer f.cancel(nil)
-	ctx, cancel := context.WithTimeout(ctx, c.fillTimeout)
-	defer cancel()
-	defer func() {
-		c.mu.Lock()
-		delete(c.fills, f.digest)
-		c.mu.Unlock()
-	}()
+// download fetches one blob from the upstream. It runs detached from any
+// client's request: a client hanging up does not cancel the download
+// others are reading; only everyone leaving does (see fill.release).
+func (c *Cache) download(ctx context.Context, repo string, f *fill) {
 	log := c.log.WithValues("repository", repo, "digest", f.digest)
 	start := time.Now()
 
@@ -255,13 +308,7 @@ func (c *Cache) runFill(ctx context.Context, repo string, f *fill) {
 	case limit < 0:
 		limit = c.limits.MaxBlobSize
 	}
-	file, err := os.CreateTemp(c.spoolDir, "blob-")
-	if err == nil {
-		if err = storage.Reserve(file, blob.Size); err != nil {
-			file.Close()
-			os.Remove(file.Name())
-		}
-	}
+	file, err := c.spoolFile(blob.Size)
 	switch {
 	case errors.Is(err, storage.ErrNoSpace) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT):
 		log.Info("the spool has no room for the blob: streaming it through uncached", "bytes", blob.Size, "dir", c.spoolDir)
@@ -283,14 +330,93 @@ func (c *Cache) runFill(ctx context.Context, repo string, f *fill) {
 		return
 	}
 	if blob.FromReplica {
-		return // the replica it came from stores it
+		c.keepHot(f) // the replica it came from stores it
+		return
 	}
 	if err := c.commit(ctx, f); err != nil {
 		c.storageFailed(err, "store blob", "digest", f.digest)
 		return
 	}
+	c.keepHot(f)
 	c.stored(Stored{Bytes: f.written})
 	log.Info("cached blob", "bytes", f.written, "duration", time.Since(start).Round(time.Millisecond).String())
+}
+
+// spoolFile is a new file in the spool with size bytes set aside (a
+// wrapped storage.ErrNoSpace when they cannot be); with a hot tier, it
+// first evicts to make room for them.
+func (c *Cache) spoolFile(size int64) (*os.File, error) {
+	if c.hot != nil {
+		c.hot.Room(size)
+	}
+	file, err := os.CreateTemp(c.spoolDir, "blob-")
+	if err != nil {
+		return nil, err
+	}
+	if err := storage.Reserve(file, size); err != nil {
+		file.Close()
+		os.Remove(file.Name())
+		return nil, err
+	}
+	return file, nil
+}
+
+// keepHot makes a verified download this replica's hot copy.
+func (c *Cache) keepHot(f *fill) {
+	if c.hot != nil {
+		c.hot.Keep(f.digest, f.file.Name(), f.written)
+	}
+}
+
+// hotFill copies a stored blob to this replica's hot tier while it is
+// served, so that the next read of it costs no storage request. Every
+// request for it meanwhile reads the one copy, as they would a download.
+// nil without a hot tier, or when the blob is not stored or does not fit.
+func (c *Cache) hotFill(ctx context.Context, d digest.Digest) *fill {
+	if c.hot == nil {
+		return nil
+	}
+	key := layout.Blob(d)
+	info, err := c.store.Stat(ctx, key)
+	if err != nil || !c.hot.Room(info.Size) {
+		return nil
+	}
+	return c.startFill(ctx, d, func(ctx context.Context, f *fill) { c.copyHot(ctx, f, info.Size) }, func(f *fill) {
+		f.fromStorage = true
+		f.ranged = func(ctx context.Context, off int64) (io.ReadCloser, error) {
+			r, _, err := c.store.Open(ctx, key)
+			if err == nil {
+				_, err = r.Seek(off, io.SeekStart)
+			}
+			return r, err
+		}
+	})
+}
+
+// copyHot reads a stored blob into a spool file, checks its digest and
+// keeps it hot.
+func (c *Cache) copyHot(ctx context.Context, f *fill, size int64) {
+	r, _, err := c.store.Open(ctx, layout.Blob(f.digest))
+	if err != nil {
+		f.finish(err)
+		return
+	}
+	defer r.Close()
+	body := silenceTimeout(r, c.limits.Silence, f.cancel)
+	defer body.stop()
+	file, err := c.spoolFile(size)
+	if err != nil {
+		f.finish(err)
+		return
+	}
+	f.start(file, size)
+	err = f.copyFrom(body, size)
+	f.finish(err)
+	if err != nil {
+		c.log.Info("copying a stored blob to the hot tier failed", "digest", f.digest, "error", err.Error())
+		return
+	}
+	c.keepHot(f)
 }
 
 // commit moves a verified spool file into storage.

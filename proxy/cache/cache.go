@@ -7,6 +7,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"net/url"
 	"os"
 	"sync"
@@ -43,6 +44,20 @@ type Upstream interface {
 	// reserve; cached tags are still checked with a HEAD (free on Docker
 	// Hub), and a moved one is served as cached rather than spend a GET.
 	Sparing() bool
+}
+
+// Hot is a replica's own disk in front of the storage (hot.Tier): blobs
+// are served from it first, and what is downloaded or read from the
+// storage is kept there.
+type Hot interface {
+	// Get opens d's hot copy, checked; false when there is none.
+	Get(d digest.Digest) (*os.File, fs.FileInfo, bool)
+	// Size is d's size when it is hot, without opening it.
+	Size(d digest.Digest) (int64, bool)
+	// Room evicts to make room for size bytes, and says whether they fit.
+	Room(size int64) bool
+	// Keep takes the verified file at path as d's hot copy.
+	Keep(d digest.Digest, path string, size int64)
 }
 
 // Cache is a pull-through cache over one upstream and one storage. Its
@@ -86,6 +101,8 @@ type Cache struct {
 	// blobs its manifests name are recorded as its.
 	registry string
 	origins  bool
+
+	hot Hot // nil: blobs are read from the storage
 }
 
 // Option configures a Cache.
@@ -169,6 +186,11 @@ func WithRegistry(name string) Option { return func(c *Cache) { c.registry = nam
 // upstreams, a blob asked for without a registry (SOCI does that) goes
 // to the upstream whose manifest named it.
 func WithOrigins(on bool) Option { return func(c *Cache) { c.origins = on } }
+
+// WithHot serves blobs from this replica's disk first, and keeps there
+// those it downloads or reads from the storage. Its spool (WithSpoolDir)
+// should be on the same filesystem, so that keeping a download is a link.
+func WithHot(h Hot) Option { return func(c *Cache) { c.hot = h } }
 
 // Stored is what one write added to storage: bytes of a blob or a
 // manifest, or a tag stored new or pointing elsewhere.

@@ -31,6 +31,11 @@ type fill struct {
 	// with nobody reading it.
 	cancel    context.CancelCauseFunc
 	abandoned time.Duration
+	// fromStorage: the bytes come from storage, to the hot tier, not
+	// from the upstream. ranged opens the source from an offset, for a
+	// read far ahead of the fill.
+	fromStorage bool
+	ranged      func(ctx context.Context, off int64) (io.ReadCloser, error)
 
 	mu      sync.Mutex
 	cond    *sync.Cond

@@ -30,6 +30,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/audit"
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/cleanup"
+	"github.com/depproxy/depproxy/proxy/hot"
 	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/peers"
 	"github.com/depproxy/depproxy/proxy/registry"
@@ -107,7 +108,11 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 		}
 	}
 	spoolParent := s.SpoolDir
-	if spoolParent == "" {
+	switch {
+	case spoolParent != "":
+	case s.HotDir != "":
+		spoolParent = s.HotDir // keeping a download hot is then a link
+	default:
 		spoolParent = filepath.Join(os.TempDir(), "depproxy")
 	}
 	spoolDir, closeSpool, err := storage.SpoolFor(store, spoolParent)
@@ -156,6 +161,14 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 		replicaMetrics = peers.NewMetrics(metrics)
 	}
 	cacheMetrics := cache.NewMetrics(metrics)
+	var hotOpts []cache.Option
+	if s.HotDir != "" {
+		tier, err := hot.Open(s.HotDir, int64(s.HotSize), hot.WithLogger(log.WithName("hot")), hot.WithMetrics(hot.NewMetrics(metrics)))
+		if err != nil {
+			return nil, err
+		}
+		hotOpts = append(hotOpts, cache.WithHot(tier))
+	}
 	upstreamMetrics := upstream.NewMetrics(metrics)
 	scanner := summary.New(store, nil).WithLogger(log.WithName("summary"))
 	// One cache per upstream, over the one storage: tags apart by
@@ -185,7 +198,7 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 			cache.WithMemory(int64(s.ManifestMemory)),
 			cache.WithSpoolDir(spoolDir),
 			cache.WithOrigins(len(upstreams) > 1),
-		}, o.cache...)...)
+		}, append(hotOpts, o.cache...)...)...)
 		caches = append(caches, c)
 		clients = append(clients, up)
 		registries = append(registries, registry.Source{Registry: u.Registry, Upstream: up, Cache: c})

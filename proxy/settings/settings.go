@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -51,6 +52,8 @@ type Settings struct {
 	RateLimitReserve  int       `json:"ratelimit-reserve,omitempty"`
 	MaxBlobSize       Size      `json:"max-blob-size,omitempty"`
 	SpoolDir          string    `json:"spool-dir,omitempty"`
+	HotDir            string    `json:"hot-dir,omitempty"`
+	HotSize           Size      `json:"hot-size,omitempty"`
 	ManifestMemory    Size      `json:"manifest-memory,omitempty"`
 	ShutdownDelay     Duration  `json:"shutdown-delay,omitempty"`
 	Peers             string    `json:"peers,omitempty"`
@@ -117,6 +120,8 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&s.PeerNamespace, "peer-namespace", s.PeerNamespace, "the namespace of --peer-service (default: the pod's own)")
 	fs.StringVar(&s.PeerDeployment, "peer-deployment", s.PeerDeployment, "with --peer-service: the Deployment whose pods alone are replicas (required with it); endpoints of other pods, and slices the EndpointSlice controller did not make, are ignored")
 	fs.StringVar(&s.SpoolDir, "spool-dir", s.SpoolDir, "where blobs being downloaded are kept until stored, for S3 storage (default: the system's temporary directory); abandoned files are removed at start")
+	fs.StringVar(&s.HotDir, "hot-dir", s.HotDir, "with S3 storage: a local directory (an emptyDir, a local disk) where this replica keeps the blobs it fetched or served recently and serves them from, with sendfile, S3 staying the truth; kept across restarts, checked on first read. Downloads are spooled there too unless --spool-dir says otherwise")
+	fs.Var(&s.HotSize, "hot-size", "with --hot-dir: the most it keeps there (e.g. 20Gi), least recently read out first; it also leaves 5% of the disk (at most 1 GiB) free")
 	fs.IntVar(&s.LogLevel, "log-level", s.LogLevel, "log verbosity: 0 events, 1 also each request")
 	fs.StringVar(&s.AuditLog, "audit-log", s.AuditLog, "write the pull audit log here, - for standard output: a JSON line per manifest answered and per request refused (who, from where, what, tag and digest, hit, miss or stale, status, bytes); never a password or a token")
 	fs.BoolVar(&s.AuditBlobs, "audit-blobs", s.AuditBlobs, "with --audit-log: a line per blob request too")
@@ -217,6 +222,14 @@ func (s *Settings) Validate() error {
 	}
 	if _, err := s.Upstreams(); err != nil {
 		errs = append(errs, err)
+	}
+	switch {
+	case s.HotDir != "" && !strings.HasPrefix(s.Storage, "s3://"):
+		errs = append(errs, fmt.Errorf("hot-dir is a local tier in front of S3 storage; storage %q is a directory, served from its disk already", s.Storage))
+	case s.HotDir != "" && s.HotSize <= 0:
+		errs = append(errs, errors.New("hot-dir needs hot-size, the most it may keep (e.g. 20Gi)"))
+	case s.HotDir == "" && s.HotSize != 0:
+		errs = append(errs, errors.New("hot-size needs hot-dir, where to keep the hot blobs"))
 	}
 	// Replicas are checked by serve alone: cleanup reads the same file,
 	// without a replica's own --advertise.

@@ -67,7 +67,7 @@ func startReplicasAmong(t *testing.T, n int, strangers []string, upstreamURL str
 		args := append([]string{"serve", "--listen", r.Host, "--metrics-listen", strings.TrimPrefix(r.ops, "http://"),
 			"--advertise", r.URL, "--peers", strings.Join(urls, ","), "--token-key", key,
 			"--upstream", upstreamURL, "--storage", "s3://cache/" + prefix, "--s3-endpoint", m.Addr, "--s3-insecure",
-			"--recheck-interval", "1m", "--spool-dir", t.TempDir()}, extra...)
+			"--recheck-interval", "1m", "--spool-dir", t.TempDir()}, ownDirs(t, extra)...)
 		r.cmd = exec.Command(depproxyBinary(t), args...)
 		r.cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+m.AccessKey, "AWS_SECRET_ACCESS_KEY="+m.SecretKey)
 		r.cmd.Stderr, r.cmd.Stdout = r.logs, r.audit
@@ -86,6 +86,18 @@ func startReplicasAmong(t *testing.T, n int, strangers []string, upstreamURL str
 		waitReady(t, r.ops, r.logs)
 	}
 	return rs
+}
+
+// ownDirs gives each replica its own directory where extra says
+// $REPLICA_DIR (a --hot-dir).
+func ownDirs(t *testing.T, extra []string) []string {
+	out := slices.Clone(extra)
+	for i, arg := range out {
+		if arg == "$REPLICA_DIR" {
+			out[i] = t.TempDir()
+		}
+	}
+	return out
 }
 
 // ownerOf is the replica that owns key, as every replica computes it.

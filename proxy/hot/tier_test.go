@@ -1,0 +1,173 @@
+package hot
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// spooled writes a blob where a download would leave it, and returns
+// its digest and path.
+func spooled(t *testing.T, content []byte) (digest.Digest, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "blob")
+	if err := os.WriteFile(path, content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return digest.FromBytes(content), path
+}
+
+func read(t *testing.T, tier *Tier, d digest.Digest) ([]byte, bool) {
+	t.Helper()
+	f, _, ok := tier.Get(d)
+	if !ok {
+		return nil, false
+	}
+	defer f.Close()
+	b, err := io.ReadAll(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, true
+}
+
+func TestKeepThenGet(t *testing.T) {
+	tier, err := Open(t.TempDir(), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := bytes.Repeat([]byte("a"), 1000)
+	d, path := spooled(t, content)
+	if _, ok := read(t, tier, d); ok {
+		t.Fatal("a blob never kept is hot")
+	}
+	tier.Keep(d, path, int64(len(content)))
+	os.Remove(path) // the spool file goes; the copy stays
+	got, ok := read(t, tier, d)
+	if !ok || !bytes.Equal(got, content) {
+		t.Fatalf("kept blob: %v, %d bytes", ok, len(got))
+	}
+	if hits, misses := testutil.ToFloat64(tier.metrics.hits), testutil.ToFloat64(tier.metrics.misses); hits != 1 || misses != 1 {
+		t.Fatalf("hits %v, misses %v; want 1 and 1", hits, misses)
+	}
+}
+
+func TestLeastRecentlyReadGoesFirst(t *testing.T) {
+	tier, err := Open(t.TempDir(), 2500)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds []digest.Digest
+	for _, c := range "abc" {
+		content := bytes.Repeat([]byte{byte(c)}, 1000)
+		d, path := spooled(t, content)
+		tier.Keep(d, path, 1000)
+		ds = append(ds, d)
+		if c == 'b' {
+			read(t, tier, ds[0]) // a is read again: b is now the oldest
+		}
+	}
+	if _, ok := read(t, tier, ds[1]); ok {
+		t.Fatal("the least recently read blob was kept past the size")
+	}
+	for _, d := range []digest.Digest{ds[0], ds[2]} {
+		if _, ok := read(t, tier, d); !ok {
+			t.Fatalf("%s was evicted", d)
+		}
+	}
+	if got := testutil.ToFloat64(tier.metrics.size); got != 2000 {
+		t.Fatalf("size %v, want 2000", got)
+	}
+	if tier.Room(2501) {
+		t.Fatal("a blob over the tier's size has room")
+	}
+}
+
+func TestRestartKeepsCopiesAndChecksThem(t *testing.T) {
+	dir := t.TempDir()
+	tier, err := Open(dir, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, bad := []byte("good blob"), []byte("blob to be damaged")
+	dGood, p := spooled(t, good)
+	tier.Keep(dGood, p, int64(len(good)))
+	dBad, p := spooled(t, bad)
+	tier.Keep(dBad, p, int64(len(bad)))
+	// Bytes flipped while the process is down, the size unchanged.
+	if err := os.WriteFile(tier.path(dBad), bytes.ToUpper(bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, blobsDir, "sha256", "not-a-digest"), []byte("x"), 0o644)
+
+	again, err := Open(dir, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := read(t, again, dGood); !ok || !bytes.Equal(got, good) {
+		t.Fatal("a restart lost a hot copy")
+	}
+	if _, ok := read(t, again, dBad); ok {
+		t.Fatal("a damaged copy was served after a restart")
+	}
+	if _, err := os.Stat(again.path(dBad)); err == nil {
+		t.Fatal("a damaged copy was left on disk")
+	}
+	if _, err := os.Stat(filepath.Join(dir, blobsDir, "sha256", "not-a-digest")); err == nil {
+		t.Fatal("a file that is not a copy was left in the tier")
+	}
+	if got := testutil.ToFloat64(again.metrics.damaged); got != 1 {
+		t.Fatalf("damaged %v, want 1", got)
+	}
+}
+
+func TestDamageWhileRunningIsNoticed(t *testing.T) {
+	tier, err := Open(t.TempDir(), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := []byte("checked once, then trusted")
+	d, p := spooled(t, content)
+	tier.Keep(d, p, int64(len(content)))
+	if _, ok := read(t, tier, d); !ok {
+		t.Fatal("not hot")
+	}
+	f, err := os.OpenFile(tier.path(d), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("X"), 3)
+	f.Close()
+	if _, ok := read(t, tier, d); ok {
+		t.Fatal("a copy written to after it was checked was served unchecked")
+	}
+}
+
+func TestFreeSpaceFloor(t *testing.T) {
+	tier, err := Open(t.TempDir(), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A 10,000-byte disk holding only the tier, with a 4,000-byte floor.
+	tier.free = func() (int64, int64, error) { return 10_000 - tier.used, 4000, nil }
+	content := bytes.Repeat([]byte("z"), 3000)
+	d, p := spooled(t, content)
+	tier.Keep(d, p, 3000)
+	if !tier.Room(3000) { // 7000 free, 4000 after: at the floor
+		t.Fatal("no room above the floor")
+	}
+	if !tier.Room(5000) { // evicting the copy frees 3000: 10000-5000 ≥ 4000
+		t.Fatal("eviction did not make room")
+	}
+	if _, ok := read(t, tier, d); ok {
+		t.Fatal("the copy was not evicted to keep the floor")
+	}
+	if tier.Room(7000) {
+		t.Fatal("room under the floor")
+	}
+}
