@@ -11,6 +11,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -40,6 +41,7 @@ const (
 	accessKeyEnv   = "AWS_ACCESS_KEY_ID"
 	secretKeyEnv   = "AWS_SECRET_ACCESS_KEY"
 	spoolMountPath = "/tmp"
+	hotMountPath   = "/var/cache/depproxy"
 
 	tokenKeyDir    = configDir + "/token"
 	tokenKeyFile   = "key.pem"
@@ -131,6 +133,11 @@ func proxySettings(dp *depproxyv1.DependencyProxy) settings.Settings {
 	}
 	if a := dp.Spec.Audit; a != nil && a.Enabled {
 		conf.AuditLog, conf.AuditBlobs = "-", a.Blobs
+	}
+	if h := s.Hot; h != nil {
+		// Downloads stay in the spool's own volume, which has no limit;
+		// on the node's disk with the hot volume, keeping one is a link.
+		conf.HotDir, conf.HotSize, conf.SpoolDir = hotMountPath, settings.Size(h.Size.Value()), spoolMountPath+"/depproxy"
 	}
 	return conf
 }
@@ -297,6 +304,38 @@ func restrictedSecurity() (*corev1.PodSecurityContext, *corev1.SecurityContext) 
 		}
 }
 
+// hotVolume is each replica's disk for its hot tier: an emptyDir, or a
+// volume of the class asked for, made with the pod. Its limit leaves room
+// over the tier's size for the one copy being placed at a time.
+func hotVolume(h *depproxyv1.HotTierSpec) corev1.Volume {
+	limit := resource.NewQuantity(h.Size.Value()/4*5, resource.BinarySI)
+	v := corev1.Volume{Name: "hot"}
+	if h.StorageClassName == nil {
+		v.EmptyDir = &corev1.EmptyDirVolumeSource{SizeLimit: limit}
+		return v
+	}
+	v.Ephemeral = &corev1.EphemeralVolumeSource{VolumeClaimTemplate: &corev1.PersistentVolumeClaimTemplate{
+		Spec: corev1.PersistentVolumeClaimSpec{
+			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			StorageClassName: h.StorageClassName,
+			Resources:        corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: *limit}},
+		},
+	}}
+	return v
+}
+
+// proxyVolumes are what the proxy's pods mount: the config, the spool,
+// the hot tier if any, and the Secrets.
+func proxyVolumes(dp *depproxyv1.DependencyProxy) ([]corev1.Volume, []corev1.VolumeMount) {
+	volumes, mounts := configVolumes(dp)
+	if h := dp.Spec.Storage.Hot; h != nil {
+		volumes = append(volumes, hotVolume(h))
+		mounts = append(mounts, corev1.VolumeMount{Name: "hot", MountPath: hotMountPath})
+	}
+	sv, sm := secretVolumes(dp)
+	return append(volumes, sv...), append(mounts, sm...)
+}
+
 func configVolumes(dp *depproxyv1.DependencyProxy) ([]corev1.Volume, []corev1.VolumeMount) {
 	return []corev1.Volume{
 			{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
@@ -340,9 +379,7 @@ func secretVolumes(dp *depproxyv1.DependencyProxy) ([]corev1.Volume, []corev1.Vo
 func desiredDeployment(dp *depproxyv1.DependencyProxy, defaultImage, cfgHash, secHash string) *appsv1.Deployment {
 	labels := proxyLabels(dp)
 	podSec, sec := restrictedSecurity()
-	volumes, mounts := configVolumes(dp)
-	sv, sm := secretVolumes(dp)
-	volumes, mounts = append(volumes, sv...), append(mounts, sm...)
+	volumes, mounts := proxyVolumes(dp)
 	probe := func(path string) *corev1.Probe {
 		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
 			Path: path, Port: intstr.FromString("metrics"),

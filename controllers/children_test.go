@@ -8,8 +8,10 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/utils/ptr"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
 	"github.com/depproxy/depproxy/proxy/report"
@@ -76,6 +78,52 @@ func TestAuditSettings(t *testing.T) {
 	dp.Spec.Audit = &depproxyv1.AuditSpec{Enabled: true, Blobs: true}
 	if f := proxySettings(dp); f.AuditLog != "-" || !f.AuditBlobs {
 		t.Fatalf("spec.audit: %q %v", f.AuditLog, f.AuditBlobs)
+	}
+}
+
+// spec.storage.hot: the proxy keeps hot blobs on a volume of each pod
+// of its own, an emptyDir or a volume of the class asked for.
+func TestHotTier(t *testing.T) {
+	dp := testProxy()
+	dp.Spec.Storage.Hot = &depproxyv1.HotTierSpec{Size: resource.MustParse("20Gi")}
+	cm, err := desiredConfigMap(dp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	read, err := settings.Parse([]byte(cm.Data[configKey]))
+	if err != nil || read.HotDir != hotMountPath || read.HotSize != settings.Size(20<<30) || read.SpoolDir == "" {
+		t.Fatalf("hot tier settings: %+v, %v", read, err)
+	}
+	pod := desiredDeployment(dp, "img", "h", "s").Spec.Template.Spec
+	volume := func(name string) *corev1.Volume {
+		for i := range pod.Volumes {
+			if pod.Volumes[i].Name == name {
+				return &pod.Volumes[i]
+			}
+		}
+		return nil
+	}
+	v := volume("hot")
+	if v == nil || v.EmptyDir == nil || v.EmptyDir.SizeLimit.Value() != 25<<30 {
+		t.Fatalf("hot volume: %+v", v)
+	}
+	mounted := false
+	for _, m := range pod.Containers[0].VolumeMounts {
+		mounted = mounted || (m.Name == "hot" && m.MountPath == read.HotDir)
+	}
+	if !mounted {
+		t.Fatalf("the hot volume is not mounted at %s", read.HotDir)
+	}
+
+	dp.Spec.Storage.Hot.StorageClassName = ptr.To("local-nvme")
+	pod = desiredDeployment(dp, "img", "h", "s").Spec.Template.Spec
+	v = volume("hot")
+	if v == nil || v.Ephemeral == nil || *v.Ephemeral.VolumeClaimTemplate.Spec.StorageClassName != "local-nvme" {
+		t.Fatalf("hot volume of a class: %+v", v)
+	}
+	dp.Spec.Storage.Hot = nil
+	if pod = desiredDeployment(dp, "img", "h", "s").Spec.Template.Spec; volume("hot") != nil {
+		t.Fatal("a hot volume without spec.storage.hot")
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
@@ -327,6 +328,9 @@ func TestInvalidSpecsAreRefusedWithAReason(t *testing.T) {
 		{"bad platform", func(d *depproxyv1.DependencyProxy) { d.Spec.PrefetchPlatforms = []string{"amd64"} }, "spec.prefetchPlatforms"},
 		{"prefix climbing out", func(d *depproxyv1.DependencyProxy) { d.Spec.Storage.Prefix = "team-a/../team-b" }, "storage.prefix may not contain . or .."},
 		{"prefix of ..", func(d *depproxyv1.DependencyProxy) { d.Spec.Storage.Prefix = ".." }, "storage.prefix may not contain . or .."},
+		{"empty hot tier", func(d *depproxyv1.DependencyProxy) {
+			d.Spec.Storage.Hot = &depproxyv1.HotTierSpec{Size: resource.MustParse("0")}
+		}, "storage.hot.size must be more than 0"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -341,6 +345,11 @@ func TestInvalidSpecsAreRefusedWithAReason(t *testing.T) {
 	// The valid base is accepted: the cases above fail for their reason.
 	if err := k8sClient.Create(context.Background(), valid()); err != nil {
 		t.Fatalf("the valid spec was refused: %v", err)
+	}
+	hot := valid()
+	hot.Spec.Storage.Hot = &depproxyv1.HotTierSpec{Size: resource.MustParse("20Gi")}
+	if err := k8sClient.Create(context.Background(), hot); err != nil {
+		t.Fatalf("a hot tier of 20Gi was refused: %v", err)
 	}
 	bad := &depproxyv1.DependencyProxy{ObjectMeta: metav1.ObjectMeta{Name: "x", Namespace: ns}}
 	bad.Spec.RecheckInterval = metav1.Duration{Duration: -time.Second}

@@ -3,6 +3,7 @@ package v1alpha1
 import (
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -203,6 +204,27 @@ type StorageSpec struct {
 	// Insecure talks plain HTTP to the endpoint.
 	// +optional
 	Insecure bool `json:"insecure,omitempty"`
+
+	// Hot keeps the blobs each replica fetched or served recently on its
+	// own disk, and serves them from there: a rollout's nodes pulling one
+	// new image are served at the disk's speed, not the bucket's. The
+	// bucket stays the truth and what the replicas share.
+	// +optional
+	Hot *HotTierSpec `json:"hot,omitempty"`
+}
+
+// HotTierSpec is each replica's local disk in front of the bucket.
+type HotTierSpec struct {
+	// Size is the most each replica keeps there (e.g. 20Gi), least
+	// recently read out first.
+	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).isGreaterThan(quantity('0'))",message="storage.hot.size must be more than 0"
+	Size resource.Quantity `json:"size"`
+
+	// StorageClassName gives each replica a volume of this class (a
+	// generic ephemeral volume, made and deleted with its pod) instead
+	// of an emptyDir on the node's disk.
+	// +optional
+	StorageClassName *string `json:"storageClassName,omitempty"`
 }
 
 // AuthSpec says who may pull from a cache.

@@ -228,7 +228,7 @@ func TestHotTierDiskFull(t *testing.T) {
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
 	p := h.startHot(t, dir, 1<<30, t.TempDir()) // --hot-size over the disk
-	pullBlob(t, p, repo, dBig, sha(big)) // cold
+	pullBlob(t, p, repo, dBig, sha(big))        // cold
 	waitStored(t, p)
 	for i := range 2 {
 		h.storage.Reset()
