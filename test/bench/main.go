@@ -53,12 +53,13 @@ func main() {
 	warmOnly := flag.Bool("warm-only", false, "only the warm pulls")
 	faultsOnly := flag.Bool("faults-only", false, "only the cold pulls with the storage up and hung")
 	tagsOnly := flag.Bool("tags-only", false, "only the warm tag table (the audit log on and off among it)")
+	rolloutOnly := flag.Bool("rollout-only", false, "only the rollout table: 256 nodes pulling one image through three replicas, cold then warm")
 	plotPath := flag.String("plot", "docs/bench.png", "where to write the plot of cold pulls by concurrent clients (empty: none)")
 	flag.Parse()
 	b := newBench()
 	defer b.cleanup()
 	b.plot = *plotPath
-	b.faultsOnly, b.tagsOnly = *faultsOnly, *tagsOnly
+	b.faultsOnly, b.tagsOnly, b.rolloutOnly = *faultsOnly, *tagsOnly, *rolloutOnly
 	if err := b.run(*runs, *warmOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		b.cleanup()
@@ -81,8 +82,10 @@ type bench struct {
 	imgBytes int64
 	blob     v1.Hash
 	plot     string // the PNG's path
-	// faultsOnly runs the fault rows alone; tagsOnly the warm tag table.
-	faultsOnly, tagsOnly bool
+	// faultsOnly runs the fault rows alone; tagsOnly the warm tag table;
+	// rolloutOnly the rollout table.
+	faultsOnly, tagsOnly, rolloutOnly bool
+	rolloutBytes                      int64 // the rollout image's blobs, both platforms
 }
 
 // plotClients are the points of the plot.
@@ -171,9 +174,17 @@ func (b *bench) run(runs int, warmOnly bool) error {
 		b.warmTagTable(runs)
 		return nil
 	}
+	if err := b.pushRollout(); err != nil {
+		return err
+	}
+	if b.rolloutOnly {
+		b.rolloutRows(runs)
+		return nil
+	}
 	kinds := []string{"depproxy fs", "distribution fs",
 		"depproxy minio", "distribution minio, streamed",
-		"depproxy minio, redirect", "distribution minio, redirect"}
+		"depproxy minio, redirect", "distribution minio, redirect",
+		"depproxy minio, hot tier"} // the last: warm rows only
 	var rows []string
 	coldMedian := func(kind, what string, clients int) measure {
 		var ms []measure
@@ -230,6 +241,10 @@ func (b *bench) run(runs int, warmOnly bool) error {
 	printRows(rows)
 	fmt.Println()
 	b.warmTagTable(runs)
+	if !warmOnly {
+		fmt.Println()
+		b.rolloutRows(runs)
+	}
 	return nil
 }
 
@@ -486,6 +501,9 @@ func (b *bench) startReplicas(kind string, n int) *cache {
 			}
 			if strings.Contains(kind, "audit") {
 				args = append(args, "--audit-log", filepath.Join(dir, "audit.log"))
+			}
+			if strings.Contains(kind, "hot tier") {
+				args = append(args, "--hot-dir", filepath.Join(dir, fmt.Sprintf("hot-%d", i)), "--hot-size", "4Gi")
 			}
 			if n > 1 {
 				args = append(args, "--peers", strings.Join(peers, ","), "--advertise", peers[i], "--token-key", key)

@@ -18,6 +18,8 @@ import (
 	"github.com/prometheus/prometheus/promql/parser"
 	"sigs.k8s.io/yaml"
 
+	"github.com/depproxy/depproxy/proxy/server"
+	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/test/testenv"
 )
@@ -145,7 +147,11 @@ func exportedSeries(t *testing.T) map[string]bool {
 	}
 	e2 := newEnv(t)
 	pushImage(t, e2.registry.Addr, repo, "v1", ociImage(t, 1))
-	broken := startProxy(t, e2.front.URL(), s3)
+	// With a hot tier, whose metrics are exported whether or not it was
+	// used.
+	s := settings.Defaults()
+	s.Upstream, s.HotDir, s.HotSize = settings.Keys(e2.front.URL()), t.TempDir(), settings.Size(1<<20)
+	broken := start(t, s, server.WithStorage(s3))
 	pullAll(t, broken.URL, repo, "v1")
 
 	names := map[string]bool{}
