@@ -103,6 +103,11 @@ type Cache struct {
 	origins  bool
 
 	hot Hot // nil: blobs are read from the storage
+
+	// forgetDeleted answers 404 for a cached tag the upstream answers
+	// 404 for, unless pinned says it is kept.
+	forgetDeleted bool
+	pinned        func(repo, tag string) bool
 }
 
 // Option configures a Cache.
@@ -191,6 +196,13 @@ func WithOrigins(on bool) Option { return func(c *Cache) { c.origins = on } }
 // those it downloads or reads from the storage. Its spool (WithSpoolDir)
 // should be on the same filesystem, so that keeping a download is a link.
 func WithHot(h Hot) Option { return func(c *Cache) { c.hot = h } }
+
+// WithUpstreamNotFound says what a cached tag the upstream answers 404
+// for (deleted, pruned) gets: served as cached (serveCached, the
+// default), or a 404 too, unless pinned says the tag is kept.
+func WithUpstreamNotFound(serveCached bool, pinned func(repo, tag string) bool) Option {
+	return func(c *Cache) { c.forgetDeleted, c.pinned = !serveCached, pinned }
+}
 
 // Stored is what one write added to storage: bytes of a blob or a
 // manifest, or a tag stored new or pointing elsewhere.

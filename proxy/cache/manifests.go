@@ -95,6 +95,8 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 			}
 			desc, err := c.up.HeadManifest(ctx, repo, manifest.TagRef(tag), upstreamAccept(accept))
 			switch {
+			case c.deletedUpstream(repo, tag, err):
+				return nil, err
 			case err != nil:
 				c.log.Info("upstream failed, serving cached tag", "repository", repo, "tag", tag, "error", err.Error())
 				return c.serveStale(cached, upstream.Reason(err)), nil
@@ -110,7 +112,7 @@ func (c *Cache) manifestByTag(ctx context.Context, repo, tag string, accept []st
 		}
 		m, err := c.fetchManifest(ctx, repo, manifest.TagRef(tag), accept)
 		if err != nil {
-			if cached != nil {
+			if cached != nil && !c.deletedUpstream(repo, tag, err) {
 				c.log.Info("upstream failed, serving cached tag", "repository", repo, "tag", tag, "error", err.Error())
 				return c.serveStale(cached, upstream.Reason(err)), nil
 			}
@@ -166,6 +168,12 @@ type tagAnswer struct {
 func (c *Cache) serveStale(cached *Manifest, reason string) tagAnswer {
 	c.countStale(reason)
 	return tagAnswer{m: cached, stale: reason}
+}
+
+// deletedUpstream: the upstream says the cached tag is gone, and the
+// cache is to say so too (it is not pinned).
+func (c *Cache) deletedUpstream(repo, tag string, err error) bool {
+	return c.forgetDeleted && errors.Is(err, upstream.ErrNotFound) && (c.pinned == nil || !c.pinned(repo, tag))
 }
 
 // detach frees work done for several requests from the one that started
@@ -408,11 +416,4 @@ func (c *Cache) prefetchImage(ctx context.Context, repo string, d digest.Digest)
 	return errors.Join(errs...)
 }
 
-func (c *Cache) wantPlatform(p v1.Platform) bool {
-	for _, want := range c.prefetch {
-		if p.Satisfies(want) {
-			return true
-		}
-	}
-	return false
-}
+func (c *Cache) wantPlatform(p v1.Platform) bool { return matches(p, c.prefetch) }

@@ -100,7 +100,11 @@ func Forwarded(ctx context.Context) context.Context {
 // IsForwarded reports whether ctx serves a forwarded request.
 func IsForwarded(ctx context.Context) bool { return ctx.Value(forwardedKey{}) != nil }
 
-func counted(ctx context.Context) bool { return !IsForwarded(ctx) }
+// warmingKey marks the work of Warm: no client asked, so nothing is
+// counted as a request.
+type warmingKey struct{}
+
+func counted(ctx context.Context) bool { return !IsForwarded(ctx) && ctx.Value(warmingKey{}) == nil }
 
 type outcomeKey struct{}
 

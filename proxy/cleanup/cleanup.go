@@ -18,6 +18,7 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/manifest"
+	"github.com/depproxy/depproxy/proxy/pins"
 	"github.com/depproxy/depproxy/proxy/report"
 	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/proxy/summary"
@@ -25,8 +26,15 @@ import (
 
 // Options of a run.
 type Options struct {
-	// TTL: what was not read for this long goes.
+	// TTL: what was not read for this long goes; 0 with a MaxSize: no
+	// expiry, only the budget.
 	TTL time.Duration
+	// MaxSize is the storage budget: over it, whole images are evicted,
+	// least recently pulled first, down to 90% of it.
+	MaxSize int64
+	// Pinned are images kept whatever their last pull, besides the set
+	// the proxies stored (pins.Key).
+	Pinned []pins.Ref
 	// Grace protects objects written this recently, whatever their last
 	// read: a blob being cached during the run is not deleted.
 	Grace time.Duration
@@ -36,6 +44,9 @@ type Options struct {
 	Now func() time.Time
 	// Log gets one line per deleted object.
 	Log io.Writer
+	// SummaryKey is where the summary is stored: layout.CleanupSummary
+	// unless set.
+	SummaryKey string
 }
 
 // Summary is what a run did; the CronJob prints it as its last line.
@@ -50,12 +61,15 @@ type run struct {
 	// keptManifests and referenced are what the run must hold in memory.
 	keptManifests map[digest.Digest]bool
 	referenced    map[digest.Digest]bool
+	// pinnedManifests and pinnedTags are never deleted.
+	pinnedManifests map[digest.Digest]bool
+	pinnedTags      map[string]bool
 }
 
 // Run cleans store once.
 func Run(ctx context.Context, store storage.Storage, opts Options) (*Summary, error) {
-	if opts.TTL <= 0 {
-		return nil, errors.New("the TTL must be positive")
+	if opts.TTL < 0 || (opts.TTL == 0 && opts.MaxSize <= 0) {
+		return nil, errors.New("a positive TTL, or a budget (a maximum size), is needed")
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -63,10 +77,24 @@ func Run(ctx context.Context, store storage.Storage, opts Options) (*Summary, er
 	if opts.Log == nil {
 		opts.Log = io.Discard
 	}
-	r := &run{store: store, opts: opts, start: opts.Now(), keptManifests: map[digest.Digest]bool{}, referenced: map[digest.Digest]bool{}}
+	if opts.SummaryKey == "" {
+		opts.SummaryKey = layout.CleanupSummary
+	}
+	r := &run{store: store, opts: opts, start: opts.Now(), keptManifests: map[digest.Digest]bool{}, referenced: map[digest.Digest]bool{},
+		pinnedManifests: map[digest.Digest]bool{}, pinnedTags: map[string]bool{}}
 	r.cutoff = r.start.Add(-opts.TTL)
 	r.sum.DryRun = opts.DryRun
-	for _, step := range []func(context.Context) error{r.tags, r.manifests, r.blobs} {
+	if err := r.pins(ctx); err != nil {
+		return &r.sum, err
+	}
+	var steps []func(context.Context) error
+	if opts.TTL > 0 {
+		steps = append(steps, r.tags, r.manifests, r.blobs)
+	}
+	if opts.MaxSize > 0 {
+		steps = append(steps, r.budget)
+	}
+	for _, step := range steps {
 		if err := step(ctx); err != nil {
 			return &r.sum, err
 		}
@@ -75,7 +103,7 @@ func Run(ctx context.Context, store storage.Storage, opts Options) (*Summary, er
 	r.sum.FinishedAt = opts.Now().UTC().Format(time.RFC3339)
 	if !opts.DryRun {
 		raw, _ := json.Marshal(r.sum)
-		if err := store.Put(ctx, layout.CleanupSummary, bytes.NewReader(raw), int64(len(raw))); err != nil {
+		if err := store.Put(ctx, opts.SummaryKey, bytes.NewReader(raw), int64(len(raw))); err != nil {
 			return &r.sum, fmt.Errorf("storing the summary: %w", err)
 		}
 		if r.sum.DeletedTags+r.sum.DeletedManifests+r.sum.DeletedBlobs > 0 {
@@ -89,6 +117,42 @@ func Run(ctx context.Context, store storage.Storage, opts Options) (*Summary, er
 	return &r.sum, nil
 }
 
+// pins resolves what is pinned, in the file and in the set the proxies
+// stored: the manifests and tags no step deletes.
+func (r *run) pins(ctx context.Context) error {
+	set, err := pins.Load(ctx, r.store)
+	if err != nil {
+		return fmt.Errorf("reading the pinned set: %w", err)
+	}
+	for _, d := range set.Manifests {
+		r.pinnedManifests[d] = true
+	}
+	for _, key := range set.Tags {
+		r.pinnedTags[key] = true
+	}
+	for _, ref := range r.opts.Pinned {
+		if ref.Digest != "" {
+			r.pinnedManifests[ref.Digest] = true
+			continue
+		}
+		key := layout.Tag(ref.Registry, ref.Repo, ref.Tag)
+		r.pinnedTags[key] = true
+		if d, err := layout.ReadDigest(ctx, r.store, key); err == nil {
+			r.pinnedManifests[d] = true
+		}
+	}
+	for key := range r.pinnedTags {
+		if d, err := layout.ReadDigest(ctx, r.store, key); err == nil {
+			r.pinnedManifests[d] = true
+		}
+	}
+	r.sum.PinnedManifests = len(r.pinnedManifests)
+	for d := range r.pinnedManifests {
+		r.keptManifests[d] = true
+	}
+	return nil
+}
+
 // tags deletes unread tags; a kept tag keeps its manifest.
 func (r *run) tags(ctx context.Context) error {
 	return r.store.List(ctx, layout.RegistriesPrefix, r.tag(ctx))
@@ -100,7 +164,7 @@ func (r *run) tag(ctx context.Context) func(key string, info storage.Info) error
 		if _, _, _, ok := layout.ParseTag(key); !ok {
 			return nil
 		}
-		if r.fresh(ctx, key, info) {
+		if r.pinnedTags[key] || r.fresh(ctx, key, info) {
 			r.sum.Kept++
 			if d, err := layout.ReadDigest(ctx, r.store, key); err == nil {
 				r.keptManifests[d] = true
@@ -224,13 +288,7 @@ func (r *run) fresh(ctx context.Context, key string, info storage.Info) bool {
 	if info.ModTime.After(r.start.Add(-r.opts.Grace)) {
 		return true
 	}
-	last := info.ModTime
-	if raw, err := storage.ReadAll(ctx, r.store, layout.LastRead(key), 64); err == nil {
-		if t, ok := layout.ParseLastRead(raw); ok {
-			last = t
-		}
-	}
-	return !last.Before(r.cutoff)
+	return !r.lastRead(ctx, key, info.ModTime).Before(r.cutoff)
 }
 
 func (r *run) delete(ctx context.Context, key string, size int64) error {

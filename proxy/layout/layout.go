@@ -7,6 +7,8 @@
 //	_lastread/<any of the above>               when it was last pulled (unix seconds)
 //	_origin/<alg>/<hex>                        the registry whose manifest named a blob (with several upstreams)
 //	_cleanup/last.json                         the last cleanup run's summary
+//	_cleanup/budget.json                       the last eviction over the budget (serve --max-size)
+//	_pins/set.json                             what the pinned images resolved to (serve --pinned)
 //	_journal/<unix nanoseconds>-<random>       what a replica or a cleanup changed, for the summaries
 //
 // Tags belong to their registry: library/x on docker.io and on another
@@ -44,6 +46,9 @@ const (
 	LastReadPrefix = "_lastread/"
 	// CleanupSummary is the last cleanup run's JSON summary.
 	CleanupSummary = "_cleanup/last.json"
+	// BudgetSummary is the summary of the proxy's last eviction over its
+	// budget (--max-size).
+	BudgetSummary = "_cleanup/budget.json"
 	// JournalPrefix holds the summaries' journal.
 	JournalPrefix = "_journal/"
 

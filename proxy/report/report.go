@@ -22,6 +22,26 @@ type Summary struct {
 	// Throttled are the upstreams whose rate limit is nearly spent (or
 	// that answered 429): cached tags are served without asking them.
 	Throttled []ThrottledUpstream `json:"throttled,omitempty"`
+	// MaxSize is the storage budget, if any; LastEviction what the last
+	// eviction over it did.
+	MaxSize      int64           `json:"maxSize,omitempty"`
+	LastEviction *CleanupSummary `json:"lastEviction,omitempty"`
+	// Pinned are the images of the pins file, and how warming them went.
+	Pinned []PinnedImage `json:"pinned,omitempty"`
+}
+
+// PinnedImage is an image kept whatever its last pull, cached before any
+// client pulled it.
+type PinnedImage struct {
+	Ref string `json:"ref"`
+	// Digest is the manifest it names; Children the children of an
+	// index cached for the nodes' platforms.
+	Digest   string    `json:"digest,omitempty"`
+	Children []string  `json:"children,omitempty"`
+	Warmed   bool      `json:"warmed"`
+	WarmedAt time.Time `json:"warmedAt,omitzero"`
+	// Error is why the last warm failed; it is retried with backoff.
+	Error string `json:"error,omitempty"`
 }
 
 // ThrottledUpstream is an upstream the proxy spares until a time.
@@ -64,4 +84,14 @@ type CleanupSummary struct {
 	DryRun           bool    `json:"dryRun"`
 	DurationSeconds  float64 `json:"durationSeconds"`
 	FinishedAt       string  `json:"finishedAt"`
+	// With a budget (--max-size): the budget, what is stored after the
+	// run, the images evicted (the last few named), and whether what is
+	// left is still over the budget, pinned.
+	MaxSize       int64    `json:"maxSize,omitempty"`
+	StoredBytes   int64    `json:"storedBytes,omitempty"`
+	EvictedImages int64    `json:"evictedImages,omitempty"`
+	Evicted       []string `json:"evicted,omitempty"`
+	OverBudget    bool     `json:"overBudget,omitempty"`
+	// PinnedManifests is how many manifests pins kept.
+	PinnedManifests int `json:"pinnedManifests,omitempty"`
 }

@@ -33,6 +33,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/hot"
 	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/peers"
+	"github.com/depproxy/depproxy/proxy/pins"
 	"github.com/depproxy/depproxy/proxy/registry"
 	"github.com/depproxy/depproxy/proxy/report"
 	"github.com/depproxy/depproxy/proxy/settings"
@@ -50,6 +51,7 @@ type Server struct {
 	caches   []*cache.Cache // one per upstream, the default first
 	store    storage.Storage
 	summary  *summary.Scanner
+	keep     *keeper
 	closers  []func() error // what Run releases at the end
 	handler  http.Handler   // the registry port
 	ops      http.Handler   // the metrics port
@@ -68,6 +70,7 @@ type Option func(*options)
 type options struct {
 	store                     storage.Storage
 	cache                     []cache.Option
+	keepEvery, keepGrace      time.Duration
 	idleTimeout, writeTimeout time.Duration
 	certs                     *certReloader // nil: plain HTTP
 	// stopping: the server was told to stop, and says it is not ready
@@ -80,6 +83,17 @@ type options struct {
 func WithTimeouts(idle, write time.Duration) Option {
 	return func(o *options) { o.idleTimeout, o.writeTimeout = idle, write }
 }
+
+// WithKeepTiming looks at the pins file and the budget this often, and
+// spares from eviction what was written within grace (tests shorten the
+// 5 s, the minute and the minute).
+func WithKeepTiming(every, grace time.Duration) Option {
+	return func(o *options) { o.keepEvery, o.keepGrace = every, grace }
+}
+
+// keeperKey is the key whose owner among the replicas warms the pins and
+// evicts over the budget.
+const keeperKey = "depproxy.dev/keeper"
 
 // WithStorage uses store instead of the storage the settings name.
 func WithStorage(store storage.Storage) Option { return func(o *options) { o.store = store } }
@@ -171,6 +185,17 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 	}
 	upstreamMetrics := upstream.NewMetrics(metrics)
 	scanner := summary.New(store, nil).WithLogger(log.WithName("summary"))
+	if s.Pinned != "" {
+		if _, err := pins.Read(s.Pinned); err != nil {
+			return nil, fmt.Errorf("pinned: %w", err)
+		}
+	}
+	byRegistry := map[string]*cache.Cache{}
+	keep := newKeeper(s.Pinned, int64(s.MaxSize), byRegistry, store, platforms, scanner,
+		func() bool { return peering == nil || peering.ring.Owner(keeperKey) == peering.ring.Self() }, log.WithName("keep"))
+	if o.keepEvery > 0 {
+		keep.every, keep.budgetEvery, keep.grace = o.keepEvery, o.keepEvery, o.keepGrace
+	}
 	// One cache per upstream, over the one storage: tags apart by
 	// registry, manifests and blobs shared by digest.
 	var caches []*cache.Cache
@@ -198,14 +223,17 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 			cache.WithMemory(int64(s.ManifestMemory)),
 			cache.WithSpoolDir(spoolDir),
 			cache.WithOrigins(len(upstreams) > 1),
+			cache.WithUpstreamNotFound(s.OnUpstreamNotFound != settings.NotFound, keep.pinned(u.Registry)),
 		}, append(hotOpts, o.cache...)...)...)
 		caches = append(caches, c)
+		byRegistry[u.Registry] = c
 		clients = append(clients, up)
 		registries = append(registries, registry.Source{Registry: u.Registry, Upstream: up, Cache: c})
 	}
 	scanner.SetLive(func(sum *report.Summary) {
 		sum.Hits, sum.Misses = caches[0].HitCounts()
 		sum.Throttled = throttled(upstreams, clients)
+		keep.report(sum)
 	})
 
 	sources, err := token.ParseTrustedProxies(s.TrustedProxies)
@@ -247,7 +275,7 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 	for _, c := range caches {
 		closers = append([]func() error{func() error { c.Close(); return nil }}, closers...)
 	}
-	srv := &Server{settings: s, log: log, caches: caches, store: store, summary: scanner, closers: closers, handler: handler,
+	srv := &Server{settings: s, log: log, caches: caches, store: store, summary: scanner, keep: keep, closers: closers, handler: handler,
 		idleTimeout: o.idleTimeout, writeTimeout: o.writeTimeout, certs: certs, replicas: peering}
 	srv.ops = opsRoutes(promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}), scanner.Handler(s.SummaryInterval.Std(), log.WithName("summary")),
 		func() bool { return !srv.stopping.Load() && peering.ready() })
@@ -281,6 +309,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	tracking.Go(func() { s.replicas.watch(trackCtx, s.log.WithName("replicas")) })
 	tracking.Go(func() { s.summary.Journal(trackCtx) })
+	tracking.Go(func() { s.keep.run(trackCtx) })
 
 	servers := []*http.Server{
 		{Addr: s.settings.Listen, Handler: progressDeadlines(s.handler, s.writeTimeout), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: s.idleTimeout},

@@ -27,43 +27,46 @@ import (
 // file, with the same name: the json tag. To add a setting, add a field
 // here and its flag in Bind; a test holds the two together.
 type Settings struct {
-	Listen            string    `json:"listen,omitempty"`
-	MetricsListen     string    `json:"metrics-listen,omitempty"`
-	TLSCert           string    `json:"tls-cert,omitempty"`
-	TLSKey            string    `json:"tls-key,omitempty"`
-	Upstream          KeyedList `json:"upstream,omitzero"`
-	Storage           string    `json:"storage,omitempty"`
-	S3Endpoint        string    `json:"s3-endpoint,omitempty"`
-	S3Insecure        bool      `json:"s3-insecure,omitempty"`
-	S3Region          string    `json:"s3-region,omitempty"`
-	StorageTimeout    Duration  `json:"storage-timeout,omitempty"`
-	S3Redirect        bool      `json:"s3-redirect,omitempty"`
-	RecheckInterval   Duration  `json:"recheck-interval,omitempty"`
-	PrefetchPlatforms string    `json:"prefetch-platforms,omitempty"`
-	SummaryInterval   Duration  `json:"summary-interval,omitempty"`
-	Users             string    `json:"users,omitempty"`
-	TokenKey          string    `json:"token-key,omitempty"`
-	ExternalURL       string    `json:"external-url,omitempty"`
-	TrustedProxies    string    `json:"trusted-proxies,omitempty"`
-	Tenant            string    `json:"tenant,omitempty"`
-	UpstreamCreds     KeyedList `json:"upstream-credentials,omitzero"`
-	UpstreamMirrorOf  KeyedList `json:"upstream-mirror-of,omitzero"`
-	MaxDownloads      int       `json:"max-downloads,omitempty"`
-	RateLimitReserve  int       `json:"ratelimit-reserve,omitempty"`
-	MaxBlobSize       Size      `json:"max-blob-size,omitempty"`
-	SpoolDir          string    `json:"spool-dir,omitempty"`
-	HotDir            string    `json:"hot-dir,omitempty"`
-	HotSize           Size      `json:"hot-size,omitempty"`
-	ManifestMemory    Size      `json:"manifest-memory,omitempty"`
-	ShutdownDelay     Duration  `json:"shutdown-delay,omitempty"`
-	Peers             string    `json:"peers,omitempty"`
-	Advertise         string    `json:"advertise,omitempty"`
-	PeerService       string    `json:"peer-service,omitempty"`
-	PeerNamespace     string    `json:"peer-namespace,omitempty"`
-	PeerDeployment    string    `json:"peer-deployment,omitempty"`
-	LogLevel          int       `json:"log-level,omitempty"`
-	AuditLog          string    `json:"audit-log,omitempty"`
-	AuditBlobs        bool      `json:"audit-blobs,omitempty"`
+	Listen             string    `json:"listen,omitempty"`
+	MetricsListen      string    `json:"metrics-listen,omitempty"`
+	TLSCert            string    `json:"tls-cert,omitempty"`
+	TLSKey             string    `json:"tls-key,omitempty"`
+	Upstream           KeyedList `json:"upstream,omitzero"`
+	Storage            string    `json:"storage,omitempty"`
+	S3Endpoint         string    `json:"s3-endpoint,omitempty"`
+	S3Insecure         bool      `json:"s3-insecure,omitempty"`
+	S3Region           string    `json:"s3-region,omitempty"`
+	StorageTimeout     Duration  `json:"storage-timeout,omitempty"`
+	S3Redirect         bool      `json:"s3-redirect,omitempty"`
+	RecheckInterval    Duration  `json:"recheck-interval,omitempty"`
+	PrefetchPlatforms  string    `json:"prefetch-platforms,omitempty"`
+	SummaryInterval    Duration  `json:"summary-interval,omitempty"`
+	Users              string    `json:"users,omitempty"`
+	TokenKey           string    `json:"token-key,omitempty"`
+	ExternalURL        string    `json:"external-url,omitempty"`
+	TrustedProxies     string    `json:"trusted-proxies,omitempty"`
+	Tenant             string    `json:"tenant,omitempty"`
+	UpstreamCreds      KeyedList `json:"upstream-credentials,omitzero"`
+	UpstreamMirrorOf   KeyedList `json:"upstream-mirror-of,omitzero"`
+	MaxDownloads       int       `json:"max-downloads,omitempty"`
+	RateLimitReserve   int       `json:"ratelimit-reserve,omitempty"`
+	MaxBlobSize        Size      `json:"max-blob-size,omitempty"`
+	SpoolDir           string    `json:"spool-dir,omitempty"`
+	HotDir             string    `json:"hot-dir,omitempty"`
+	HotSize            Size      `json:"hot-size,omitempty"`
+	ManifestMemory     Size      `json:"manifest-memory,omitempty"`
+	ShutdownDelay      Duration  `json:"shutdown-delay,omitempty"`
+	Peers              string    `json:"peers,omitempty"`
+	Advertise          string    `json:"advertise,omitempty"`
+	PeerService        string    `json:"peer-service,omitempty"`
+	PeerNamespace      string    `json:"peer-namespace,omitempty"`
+	PeerDeployment     string    `json:"peer-deployment,omitempty"`
+	LogLevel           int       `json:"log-level,omitempty"`
+	AuditLog           string    `json:"audit-log,omitempty"`
+	AuditBlobs         bool      `json:"audit-blobs,omitempty"`
+	Pinned             string    `json:"pinned,omitempty"`
+	OnUpstreamNotFound string    `json:"on-upstream-not-found,omitempty"`
+	MaxSize            Size      `json:"max-size,omitempty"`
 }
 
 // Defaults are the settings of a proxy given no flags and no file; those
@@ -71,33 +74,51 @@ type Settings struct {
 // own defaults.
 func Defaults() Settings {
 	return Settings{
-		Listen:           ":5000",
-		MetricsListen:    ":9090",
-		Upstream:         Keys(registryname.DockerHubURL),
-		Storage:          "./data",
-		SummaryInterval:  Duration(30 * time.Second),
-		Tenant:           "depproxy",
-		MaxDownloads:     cache.DefaultLimits.MaxDownloads,
-		StorageTimeout:   Duration(storage.DefaultTimeout),
-		RateLimitReserve: upstream.DefaultRateLimitReserve,
-		MaxBlobSize:      Size(cache.DefaultLimits.MaxBlobSize),
-		ManifestMemory:   Size(cache.DefaultMemory),
+		Listen:             ":5000",
+		MetricsListen:      ":9090",
+		Upstream:           Keys(registryname.DockerHubURL),
+		Storage:            "./data",
+		SummaryInterval:    Duration(30 * time.Second),
+		Tenant:             "depproxy",
+		MaxDownloads:       cache.DefaultLimits.MaxDownloads,
+		StorageTimeout:     Duration(storage.DefaultTimeout),
+		RateLimitReserve:   upstream.DefaultRateLimitReserve,
+		MaxBlobSize:        Size(cache.DefaultLimits.MaxBlobSize),
+		ManifestMemory:     Size(cache.DefaultMemory),
+		OnUpstreamNotFound: ServeCached,
 	}
 }
 
-// Bind registers a flag for every setting on fs, each defaulting to the
-// setting's current value.
-func (s *Settings) Bind(fs *flag.FlagSet) {
-	fs.StringVar(&s.Listen, "listen", s.Listen, "address to serve the registry API and logins on")
-	fs.StringVar(&s.MetricsListen, "metrics-listen", s.MetricsListen, "address to serve /metrics, /status/summary, /healthz and /readyz on; keep it off the network tenants reach")
-	fs.StringVar(&s.TLSCert, "tls-cert", s.TLSCert, "PEM certificate (chain) to serve the registry port with HTTPS; re-read when the file changes")
-	fs.StringVar(&s.TLSKey, "tls-key", s.TLSKey, "PEM private key of --tls-cert")
-	fs.Var(&s.Upstream, "upstream", "registry to pull through: a URL (scheme and host), or REGISTRY=URL (ghcr.io=https://ghcr.io); repeat it for several, the first is the default for requests that name no registry")
+// What --on-upstream-not-found takes: a cached tag the upstream answers
+// 404 for is served as cached, or answered 404 (a pinned one is always
+// served).
+const (
+	ServeCached = "serve-cached"
+	NotFound    = "not-found"
+)
+
+// BindCleanup registers the settings `depproxy cleanup` uses: the
+// storage, the pins and the budget.
+func (s *Settings) BindCleanup(fs *flag.FlagSet) {
 	fs.StringVar(&s.Storage, "storage", s.Storage, "where the cache lives: a directory, or s3://BUCKET/PREFIX (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
 	fs.StringVar(&s.S3Endpoint, "s3-endpoint", s.S3Endpoint, "S3 endpoint host:port (MinIO); empty for AWS")
 	fs.BoolVar(&s.S3Insecure, "s3-insecure", s.S3Insecure, "talk plain HTTP to the S3 endpoint")
 	fs.StringVar(&s.S3Region, "s3-region", s.S3Region, "S3 region, if the endpoint needs one")
 	fs.Var(&s.StorageTimeout, "storage-timeout", "how long an S3 call may take (an upload or a listing: stay silent) before the storage counts as down for a few seconds, and the cache passes through to the upstream")
+	fs.StringVar(&s.Pinned, "pinned", s.Pinned, "a file of images to keep whatever their last pull, one reference a line (docker.io/library/postgres:16, ghcr.io/org/tool@sha256:...), re-read when it changes; serve caches them at once (warming), and their tags are served when the upstream no longer has them")
+	fs.Var(&s.MaxSize, "max-size", "the storage budget (e.g. 200Gi): over it, whole images are evicted, least recently pulled first and never a pinned one, down to 90% of it; serve checks every minute, cleanup on each run")
+	fs.IntVar(&s.LogLevel, "log-level", s.LogLevel, "log verbosity: 0 events, 1 also each request")
+}
+
+// Bind registers a flag for every setting on fs, each defaulting to the
+// setting's current value.
+func (s *Settings) Bind(fs *flag.FlagSet) {
+	s.BindCleanup(fs)
+	fs.StringVar(&s.Listen, "listen", s.Listen, "address to serve the registry API and logins on")
+	fs.StringVar(&s.MetricsListen, "metrics-listen", s.MetricsListen, "address to serve /metrics, /status/summary, /healthz and /readyz on; keep it off the network tenants reach")
+	fs.StringVar(&s.TLSCert, "tls-cert", s.TLSCert, "PEM certificate (chain) to serve the registry port with HTTPS; re-read when the file changes")
+	fs.StringVar(&s.TLSKey, "tls-key", s.TLSKey, "PEM private key of --tls-cert")
+	fs.Var(&s.Upstream, "upstream", "registry to pull through: a URL (scheme and host), or REGISTRY=URL (ghcr.io=https://ghcr.io); repeat it for several, the first is the default for requests that name no registry")
 	fs.BoolVar(&s.S3Redirect, "s3-redirect", s.S3Redirect, "send clients of cached blobs to a presigned S3 URL instead of streaming them; only where clients can reach the S3 endpoint")
 	fs.Var(&s.RecheckInterval, "recheck-interval", "how long a tag checked with the upstream is served without asking again; 0 asks (one HEAD) on every tag request")
 	fs.StringVar(&s.PrefetchPlatforms, "prefetch-platforms", s.PrefetchPlatforms, "comma-separated platforms (linux/amd64,linux/arm64/v8) whose images are cached as soon as their index is")
@@ -122,9 +143,9 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&s.SpoolDir, "spool-dir", s.SpoolDir, "where blobs being downloaded are kept until stored, for S3 storage (default: the system's temporary directory); abandoned files are removed at start")
 	fs.StringVar(&s.HotDir, "hot-dir", s.HotDir, "with S3 storage: a local directory (an emptyDir, a local disk) where this replica keeps the blobs it fetched or served recently and serves them from, with sendfile, S3 staying the truth; kept across restarts, checked on first read. Downloads are spooled there too unless --spool-dir says otherwise")
 	fs.Var(&s.HotSize, "hot-size", "with --hot-dir: the most it keeps there (e.g. 20Gi), least recently read out first; it also leaves 5% of the disk (at most 1 GiB) free")
-	fs.IntVar(&s.LogLevel, "log-level", s.LogLevel, "log verbosity: 0 events, 1 also each request")
 	fs.StringVar(&s.AuditLog, "audit-log", s.AuditLog, "write the pull audit log here, - for standard output: a JSON line per manifest answered and per request refused (who, from where, what, tag and digest, hit, miss or stale, status, bytes); never a password or a token")
 	fs.BoolVar(&s.AuditBlobs, "audit-blobs", s.AuditBlobs, "with --audit-log: a line per blob request too")
+	fs.StringVar(&s.OnUpstreamNotFound, "on-upstream-not-found", s.OnUpstreamNotFound, "a cached tag the upstream answers 404 for (deleted, pruned): serve-cached serves the cached copy, not-found answers 404; a pinned tag is served either way")
 }
 
 const configUsage = "YAML file whose keys are these flags' names; flags on the command line win"
@@ -222,6 +243,12 @@ func (s *Settings) Validate() error {
 	}
 	if _, err := s.Upstreams(); err != nil {
 		errs = append(errs, err)
+	}
+	if s.OnUpstreamNotFound != ServeCached && s.OnUpstreamNotFound != NotFound {
+		errs = append(errs, fmt.Errorf("on-upstream-not-found is %s or %s, not %q", ServeCached, NotFound, s.OnUpstreamNotFound))
+	}
+	if s.MaxSize < 0 {
+		errs = append(errs, errors.New("max-size may not be negative"))
 	}
 	switch {
 	case s.HotDir != "" && !strings.HasPrefix(s.Storage, "s3://"):

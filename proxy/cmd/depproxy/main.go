@@ -25,7 +25,7 @@ const usage = `depproxy is a pull-through cache for container images.
 
 Usage:
   depproxy serve [flags]               serve the OCI /v2 pull API
-  depproxy cleanup --ttl 720h [flags]  delete what was not pulled within the TTL
+  depproxy cleanup --ttl 720h [flags]  delete what was not pulled within the TTL (or --max-size: over the budget)
   depproxy hosts --endpoint URL --registry docker.io [flags]
                                        make this node's containerd (or CRI-O, podman) pull through the cache
   depproxy node --endpoint URL --registry docker.io [flags]
@@ -47,10 +47,13 @@ func main() {
 	}
 	fs := flag.NewFlagSet("depproxy "+os.Args[1], flag.ExitOnError)
 	conf := settings.Defaults()
-	conf.Bind(fs)
 	var cl cleanupFlags
 	if os.Args[1] == "cleanup" {
+		// Its own flags only; a --config file of serve's is read whole.
+		conf.BindCleanup(fs)
 		cl.register(fs)
+	} else {
+		conf.Bind(fs)
 	}
 	if err := conf.Load(fs, os.Args[2:]); err != nil {
 		fmt.Fprintln(os.Stderr, "depproxy:", err)

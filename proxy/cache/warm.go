@@ -1,0 +1,60 @@
+package cache
+
+import (
+	"context"
+	"errors"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depproxy/depproxy/proxy/manifest"
+)
+
+// Warmed is what warming an image cached: the manifest the reference
+// names and, for an index, the children fetched for the platforms.
+type Warmed struct {
+	Digest   digest.Digest
+	Children []digest.Digest
+}
+
+// Warm caches an image before any client pulls it: the manifest ref
+// names (a tag stored as a pull stores it), for an index its children for
+// platforms (all of them when none is given), and their blobs. Nothing
+// is counted as a request; the reads are recorded, as a pull's are.
+func (c *Cache) Warm(ctx context.Context, repo string, ref manifest.Ref, platforms []v1.Platform) (Warmed, error) {
+	ctx = context.WithValue(ctx, warmingKey{}, true)
+	m, err := c.Manifest(ctx, repo, ref, nil)
+	if err != nil {
+		return Warmed{}, err
+	}
+	w := Warmed{Digest: m.Digest}
+	if !manifest.IsIndex(m.MediaType) {
+		return w, c.prefetchImage(ctx, repo, m.Digest)
+	}
+	children, err := manifest.Children(m.Body)
+	if err != nil {
+		return w, err
+	}
+	var errs []error
+	for _, child := range children {
+		if len(platforms) > 0 && (child.Platform == nil || !matches(*child.Platform, platforms)) {
+			continue
+		}
+		d, err := digest.Parse(child.Digest)
+		if err != nil {
+			continue
+		}
+		w.Children = append(w.Children, d)
+		errs = append(errs, c.prefetchImage(ctx, repo, d))
+	}
+	return w, errors.Join(errs...)
+}
+
+func matches(p v1.Platform, want []v1.Platform) bool {
+	for _, w := range want {
+		if p.Satisfies(w) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,289 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depproxy/depproxy/proxy/cache"
+	"github.com/depproxy/depproxy/proxy/cleanup"
+	"github.com/depproxy/depproxy/proxy/layout"
+	"github.com/depproxy/depproxy/proxy/manifest"
+	"github.com/depproxy/depproxy/proxy/pins"
+	"github.com/depproxy/depproxy/proxy/report"
+	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/proxy/summary"
+)
+
+// keeper keeps what the pins file names: it re-reads the file when it
+// changes, warms every image in it (retrying what failed, with backoff),
+// and stores the set they resolved to for the cleanup and the other
+// replicas. With a budget, it evicts what is over it. One replica does
+// the warming and the evicting (the owner of a fixed key, so that a lost
+// one is replaced); every replica reads the file, for the tags it must
+// serve when the upstream no longer has them.
+type keeper struct {
+	path      string
+	caches    map[string]*cache.Cache // by registry
+	store     storage.Storage
+	platforms []v1.Platform
+	maxSize   int64
+	summary   *summary.Scanner
+	leader    func() bool
+	log       logr.Logger
+	// every is how often the file is looked at, budgetEvery the budget;
+	// grace spares from eviction what was written this recently (an
+	// image being cached right now: its manifest before its blobs).
+	every, budgetEvery, grace time.Duration
+
+	mu      sync.Mutex
+	raw     []byte
+	refs    []pins.Ref
+	tags    map[string]bool // registry/repo:tag
+	status  map[pins.Ref]*report.PinnedImage
+	retry   map[pins.Ref]time.Time // failed warms: not before then
+	backoff map[pins.Ref]time.Duration
+	evicted *report.CleanupSummary // the last budget run
+}
+
+func newKeeper(path string, maxSize int64, caches map[string]*cache.Cache, store storage.Storage, platforms []v1.Platform,
+	scanner *summary.Scanner, leader func() bool, log logr.Logger) *keeper {
+	k := &keeper{path: path, maxSize: maxSize, caches: caches, store: store, platforms: platforms, summary: scanner, leader: leader,
+		log: log, every: 5 * time.Second, budgetEvery: time.Minute, grace: time.Minute, tags: map[string]bool{}, status: map[pins.Ref]*report.PinnedImage{},
+		retry: map[pins.Ref]time.Time{}, backoff: map[pins.Ref]time.Duration{}}
+	if path != "" {
+		k.reload() // the tags are pinned from the first request on
+	}
+	return k
+}
+
+// pinned reports whether a tag of a registry is pinned.
+func (k *keeper) pinned(registry string) func(repo, tag string) bool {
+	return func(repo, tag string) bool {
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		return k.tags[registry+"/"+repo+":"+tag]
+	}
+}
+
+// reload reads the file; true when it changed. A file that does not
+// parse keeps the last good pins, and says why.
+func (k *keeper) reload() bool {
+	raw, err := os.ReadFile(k.path)
+	if err != nil {
+		k.log.Error(err, "cannot read the pins file; keeping the last pins")
+		return false
+	}
+	k.mu.Lock()
+	same := bytes.Equal(raw, k.raw)
+	k.mu.Unlock()
+	if same {
+		return false
+	}
+	refs, err := pins.Parse(raw)
+	if err != nil {
+		k.log.Error(err, "the pins file has lines that are not image references; they are left out", "file", k.path)
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.raw, k.refs = raw, refs
+	k.tags = map[string]bool{}
+	status := map[pins.Ref]*report.PinnedImage{}
+	for _, r := range refs {
+		if r.Tag != "" {
+			k.tags[r.Registry+"/"+r.Repo+":"+r.Tag] = true
+		}
+		if st := k.status[r]; st != nil {
+			status[r] = st
+		} else {
+			status[r] = &report.PinnedImage{Ref: r.String()}
+		}
+		delete(k.retry, r) // a changed file retries everything now
+	}
+	k.status = status
+	k.log.Info("pins read", "file", k.path, "images", len(refs))
+	return true
+}
+
+// run keeps the pins and the budget until ctx ends.
+func (k *keeper) run(ctx context.Context) {
+	if k.path == "" && k.maxSize <= 0 {
+		return
+	}
+	tick := time.NewTicker(k.every)
+	defer tick.Stop()
+	warmed := false
+	var lastBudget time.Time
+	for {
+		changed := k.path != "" && k.reload()
+		if k.leader() {
+			if changed || !warmed || k.due() {
+				k.warm(ctx)
+				warmed = true
+			}
+		}
+		if k.maxSize > 0 && time.Since(lastBudget) >= k.budgetEvery {
+			if k.leader() {
+				k.budget(ctx)
+			} else {
+				k.lastEviction(ctx)
+			}
+			lastBudget = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// due: a failed warm's retry is due.
+func (k *keeper) due() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, at := range k.retry {
+		if !time.Now().Before(at) {
+			return true
+		}
+	}
+	return false
+}
+
+// warm caches every pinned image not warmed yet (or whose tag may have
+// moved: all of them, each time the file changes) and stores the set.
+func (k *keeper) warm(ctx context.Context) {
+	k.mu.Lock()
+	refs := append([]pins.Ref(nil), k.refs...)
+	k.mu.Unlock()
+	var set pinnedSet
+	for _, r := range refs {
+		k.mu.Lock()
+		at, failed := k.retry[r]
+		st := k.status[r]
+		k.mu.Unlock()
+		if st == nil {
+			continue
+		}
+		if failed && time.Now().Before(at) {
+			set.add(r, st)
+			continue
+		}
+		w, err := k.warmOne(ctx, r)
+		k.mu.Lock()
+		st.Digest, st.Children = w.Digest.String(), nil
+		for _, c := range w.Children {
+			st.Children = append(st.Children, c.String())
+		}
+		if err != nil {
+			st.Warmed, st.Error = false, err.Error()
+			next := min(max(2*k.backoff[r], 10*time.Second), 5*time.Minute)
+			k.backoff[r], k.retry[r] = next, time.Now().Add(next)
+			k.log.Info("warming a pinned image failed; retrying", "image", r.String(), "in", next.String(), "error", err.Error())
+		} else {
+			st.Warmed, st.Error, st.WarmedAt = true, "", time.Now().UTC()
+			delete(k.retry, r)
+			delete(k.backoff, r)
+		}
+		k.mu.Unlock()
+		set.add(r, st)
+	}
+	if err := pins.Store(ctx, k.store, set.Set); err != nil {
+		k.log.Error(err, "cannot store the pinned set")
+	}
+}
+
+// warmOne warms one pinned image through its registry's cache.
+func (k *keeper) warmOne(ctx context.Context, r pins.Ref) (cache.Warmed, error) {
+	c := k.caches[r.Registry]
+	if c == nil {
+		return cache.Warmed{}, errNoUpstream(r.Registry)
+	}
+	ref := manifest.TagRef(r.Tag)
+	if r.Digest != "" {
+		ref = manifest.DigestRef(r.Digest)
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Hour)
+	defer cancel()
+	return c.Warm(ctx, r.Repo, ref, k.platforms)
+}
+
+type errNoUpstream string
+
+func (e errNoUpstream) Error() string {
+	return "no upstream for the registry " + string(e) + ": add one with --upstream " + string(e) + "=URL"
+}
+
+// pinnedSet is the pinned set being built.
+type pinnedSet struct{ pins.Set }
+
+func (s *pinnedSet) add(r pins.Ref, st *report.PinnedImage) {
+	if r.Tag != "" {
+		s.Tags = append(s.Tags, layout.Tag(r.Registry, r.Repo, r.Tag))
+	}
+	for _, d := range append([]string{st.Digest}, st.Children...) {
+		if pd, err := digest.Parse(d); err == nil {
+			s.Manifests = append(s.Manifests, pd)
+		}
+	}
+}
+
+// budget evicts what is over the budget, when the summary says the cache
+// is over it.
+func (k *keeper) budget(ctx context.Context) {
+	sum, err := k.summary.Summary(ctx, 0)
+	if err != nil || sum.Bytes <= k.maxSize {
+		return
+	}
+	k.mu.Lock()
+	refs := append([]pins.Ref(nil), k.refs...)
+	k.mu.Unlock()
+	run, err := cleanup.Run(ctx, k.store, cleanup.Options{MaxSize: k.maxSize, Pinned: refs, Grace: k.grace, SummaryKey: layout.BudgetSummary})
+	if err != nil {
+		k.log.Error(err, "evicting over the budget failed")
+		return
+	}
+	k.log.Info("evicted over the budget", "maxSize", k.maxSize, "stored", run.StoredBytes, "images", run.EvictedImages, "freed", run.FreedBytes,
+		"overBudget", run.OverBudget)
+	k.mu.Lock()
+	k.evicted = run
+	k.mu.Unlock()
+}
+
+// lastEviction reads what the replica that evicts last did, for this
+// replica's summary.
+func (k *keeper) lastEviction(ctx context.Context) {
+	raw, err := storage.ReadAll(ctx, k.store, layout.BudgetSummary, 1<<20)
+	if err != nil {
+		return
+	}
+	var run report.CleanupSummary
+	if json.Unmarshal(raw, &run) == nil {
+		k.mu.Lock()
+		k.evicted = &run
+		k.mu.Unlock()
+	}
+}
+
+// report adds the pins and the budget to a summary.
+func (k *keeper) report(sum *report.Summary) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	sum.MaxSize = k.maxSize
+	for _, r := range k.refs {
+		if st := k.status[r]; st != nil {
+			sum.Pinned = append(sum.Pinned, *st)
+		}
+	}
+	if k.evicted != nil {
+		e := *k.evicted
+		sum.LastEviction = &e
+	}
+}
