@@ -91,3 +91,104 @@ func TestCleanupCommandOnManyObjects(t *testing.T) {
 		t.Errorf("cleanup of %d objects peaked at %d MiB of RSS", n, rss>>20)
 	}
 }
+
+// `depproxy cleanup --max-size` on a cache of 100,000 objects (2,000
+// images of 48 blobs, with their manifests and tags, pulled a minute
+// apart) over twice the budget: it evicts the oldest images whole, ends
+// under the budget, and its memory stays bounded. The time and the peak
+// are in docs/performance.md.
+func TestCleanupBudgetOnManyObjects(t *testing.T) {
+	dir := t.TempDir()
+	store, err := storage.NewFilesystem(filepath.Join(dir, "data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const images, blobs, blobSize = 2000, 48, 100
+	ctx := context.Background()
+	put := func(key, value string) {
+		if err := store.Put(ctx, key, strings.NewReader(value), int64(len(value))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := time.Now().Add(-day)
+	var total int64
+	for i := range images {
+		var layers []string
+		for j := range blobs {
+			content := fmt.Sprintf("%0*d", blobSize, i*blobs+j)
+			d := digest.FromString(content)
+			put(layout.Blob(d), content)
+			total += blobSize
+			layers = append(layers, fmt.Sprintf(`{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":%q,"size":%d}`, d, blobSize))
+		}
+		body := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":%s,"layers":[%s]}`,
+			layers[0], strings.Join(layers[1:], ","))
+		d := digest.FromString(body)
+		rec := string(layout.ManifestRecord("application/vnd.oci.image.manifest.v1+json", []byte(body)))
+		put(layout.Manifest(d), rec)
+		total += int64(len(rec))
+		tag := layout.Tag("docker.io", "library/many", fmt.Sprint(i))
+		put(tag, d.String())
+		put(layout.LastRead(tag), layout.LastReadValue(old.Add(time.Duration(i)*time.Minute)))
+	}
+	bin := depproxyBinary(t)
+	cmd := exec.Command(bin, "cleanup", "--storage", filepath.Join(dir, "data"), "--max-size", fmt.Sprint(total/2), "--grace", "0s")
+	var stdout strings.Builder
+	cmd.Stdout = &stdout
+	started := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var rss int64
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	for waiting := true; waiting; {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("depproxy cleanup: %v\n%s", err, stdout.String())
+			}
+			waiting = false
+		case <-time.After(5 * time.Millisecond):
+			if hwm := testenv.PeakRSS(cmd.Process.Pid); hwm > rss {
+				rss = hwm
+			}
+		}
+	}
+	took := time.Since(started)
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	var sum struct {
+		StoredBytes, EvictedImages, DeletedBlobs int64
+		Evicted                                  []string
+		OverBudget                               bool
+	}
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &sum); err != nil {
+		t.Fatalf("the last line is not the JSON summary: %q", lines[len(lines)-1])
+	}
+	if sum.StoredBytes > total/2 || sum.OverBudget || sum.EvictedImages < images/2 || sum.DeletedBlobs != sum.EvictedImages*blobs {
+		t.Errorf("summary %+v of %d bytes with a budget of %d", sum, total, total/2)
+	}
+	// The oldest went: the first tag, and not the newest.
+	if !exists(t, store, layout.Tag("docker.io", "library/many", fmt.Sprint(images-1))) || exists(t, store, layout.Tag("docker.io", "library/many", "0")) {
+		t.Error("the eviction did not take the least recently pulled")
+	}
+	t.Logf("budget eviction over %d objects: %s, peak RSS %d MiB", images*(blobs+3), took.Round(time.Millisecond), rss>>20)
+	if rss > 150<<20 {
+		t.Errorf("the eviction of %d objects peaked at %d MiB of RSS", images*(blobs+3), rss>>20)
+	}
+}
+
+// `depproxy cleanup --help` shows the cleanup's flags, not serve's.
+func TestCleanupHelpListsItsOwnFlags(t *testing.T) {
+	out, _ := exec.Command(depproxyBinary(t), "cleanup", "--help").CombinedOutput()
+	for _, want := range []string{"-ttl", "-max-size", "-pinned", "-grace", "-storage", "-s3-endpoint", "-config"} {
+		if !strings.Contains(string(out), want+" ") && !strings.Contains(string(out), want+"\n") {
+			t.Errorf("cleanup --help lacks %s:\n%s", want, out)
+		}
+	}
+	for _, not := range []string{"-listen", "-peers", "-hot-dir", "-upstream ", "-users"} {
+		if strings.Contains(string(out), not) {
+			t.Errorf("cleanup --help lists serve's %s:\n%s", not, out)
+		}
+	}
+}
