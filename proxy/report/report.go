@@ -26,14 +26,16 @@ type Summary struct {
 	// eviction over it did.
 	MaxSize      int64           `json:"maxSize,omitempty"`
 	LastEviction *CleanupSummary `json:"lastEviction,omitempty"`
-	// Pinned are the images of the pins file, and how warming them went.
-	Pinned []PinnedImage `json:"pinned,omitempty"`
+	// Kept are the images of the pins and warm files, and how warming
+	// them went.
+	Kept []KeptImage `json:"kept,omitempty"`
 }
 
-// PinnedImage is an image kept whatever its last pull, cached before any
-// client pulled it.
-type PinnedImage struct {
-	Ref string `json:"ref"`
+// KeptImage is an image cached before any client pulled it, and, when
+// pinned, kept whatever its last pull.
+type KeptImage struct {
+	Ref    string `json:"ref"`
+	Pinned bool   `json:"pinned"`
 	// Digest is the manifest it names; Children the children of an
 	// index cached for the nodes' platforms.
 	Digest   string    `json:"digest,omitempty"`

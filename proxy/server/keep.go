@@ -30,37 +30,42 @@ import (
 // one is replaced); every replica reads the file, for the tags it must
 // serve when the upstream no longer has them.
 type keeper struct {
-	path      string
-	caches    map[string]*cache.Cache // by registry
-	store     storage.Storage
-	platforms []v1.Platform
-	maxSize   int64
-	summary   *summary.Scanner
-	leader    func() bool
-	log       logr.Logger
-	// every is how often the file is looked at, budgetEvery the budget;
-	// grace spares from eviction what was written this recently (an
-	// image being cached right now: its manifest before its blobs).
+	pinnedPath, warmPath string
+	caches               map[string]*cache.Cache // by registry
+	store                storage.Storage
+	platforms            []v1.Platform
+	maxSize              int64
+	summary              *summary.Scanner
+	leader               func() bool
+	log                  logr.Logger
+	// every is how often the files are looked at, budgetEvery the
+	// budget; grace spares from eviction what was written this recently
+	// (an image being cached right now: its manifest before its blobs).
 	every, budgetEvery, grace time.Duration
 
 	mu      sync.Mutex
-	raw     []byte
-	refs    []pins.Ref
-	tags    map[string]bool // registry/repo:tag
-	status  map[pins.Ref]*report.PinnedImage
-	retry   map[pins.Ref]time.Time // failed warms: not before then
-	backoff map[pins.Ref]time.Duration
+	raw     map[string][]byte // by path
+	refs    []keptRef
+	tags    map[string]bool // registry/repo:tag, pinned
+	status  map[keptRef]*report.KeptImage
+	retry   map[keptRef]time.Time // failed warms: not before then
+	backoff map[keptRef]time.Duration
 	evicted *report.CleanupSummary // the last budget run
 }
 
-func newKeeper(path string, maxSize int64, caches map[string]*cache.Cache, store storage.Storage, platforms []v1.Platform,
+// keptRef is an image of one of the files: pinned, or only warmed.
+type keptRef struct {
+	pins.Ref
+	pinned bool
+}
+
+func newKeeper(pinnedPath, warmPath string, maxSize int64, caches map[string]*cache.Cache, store storage.Storage, platforms []v1.Platform,
 	scanner *summary.Scanner, leader func() bool, log logr.Logger) *keeper {
-	k := &keeper{path: path, maxSize: maxSize, caches: caches, store: store, platforms: platforms, summary: scanner, leader: leader,
-		log: log, every: 5 * time.Second, budgetEvery: time.Minute, grace: time.Minute, tags: map[string]bool{}, status: map[pins.Ref]*report.PinnedImage{},
-		retry: map[pins.Ref]time.Time{}, backoff: map[pins.Ref]time.Duration{}}
-	if path != "" {
-		k.reload() // the tags are pinned from the first request on
-	}
+	k := &keeper{pinnedPath: pinnedPath, warmPath: warmPath, maxSize: maxSize, caches: caches, store: store, platforms: platforms,
+		summary: scanner, leader: leader, log: log, every: 5 * time.Second, budgetEvery: time.Minute, grace: time.Minute,
+		raw: map[string][]byte{}, tags: map[string]bool{}, status: map[keptRef]*report.KeptImage{},
+		retry: map[keptRef]time.Time{}, backoff: map[keptRef]time.Duration{}}
+	k.reload() // the tags are pinned from the first request on
 	return k
 }
 
@@ -73,48 +78,87 @@ func (k *keeper) pinned(registry string) func(repo, tag string) bool {
 	}
 }
 
-// reload reads the file; true when it changed. A file that does not
-// parse keeps the last good pins, and says why.
-func (k *keeper) reload() bool {
-	raw, err := os.ReadFile(k.path)
+// read reads one file, when it changed since: its references, and
+// whether it changed. A file that cannot be read keeps its last pins;
+// lines that are not references are left out, and said.
+func (k *keeper) read(path string) ([]pins.Ref, bool) {
+	if path == "" {
+		return nil, false
+	}
+	raw, err := os.ReadFile(path)
 	if err != nil {
-		k.log.Error(err, "cannot read the pins file; keeping the last pins")
-		return false
+		k.log.Error(err, "cannot read the file; keeping what it said last", "file", path)
+		return nil, false
 	}
 	k.mu.Lock()
-	same := bytes.Equal(raw, k.raw)
+	same := bytes.Equal(raw, k.raw[path])
 	k.mu.Unlock()
 	if same {
-		return false
+		return nil, false
 	}
 	refs, err := pins.Parse(raw)
 	if err != nil {
-		k.log.Error(err, "the pins file has lines that are not image references; they are left out", "file", k.path)
+		k.log.Error(err, "lines that are not image references are left out", "file", path)
+	}
+	k.mu.Lock()
+	k.raw[path] = raw
+	k.mu.Unlock()
+	return refs, true
+}
+
+// reload reads the files; true when one changed.
+func (k *keeper) reload() bool {
+	pinned, pinChanged := k.read(k.pinnedPath)
+	warm, warmChanged := k.read(k.warmPath)
+	if !pinChanged && !warmChanged {
+		return false
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.raw, k.refs = raw, refs
+	if !pinChanged || !warmChanged {
+		// The one that did not change says what it said.
+		for _, r := range k.refs {
+			switch {
+			case r.pinned && !pinChanged:
+				pinned = append(pinned, r.Ref)
+			case !r.pinned && !warmChanged:
+				warm = append(warm, r.Ref)
+			}
+		}
+	}
+	var refs []keptRef
+	isPinned := map[pins.Ref]bool{}
+	for _, r := range pinned {
+		isPinned[r] = true
+		refs = append(refs, keptRef{r, true})
+	}
+	for _, r := range warm {
+		if !isPinned[r] {
+			refs = append(refs, keptRef{r, false})
+		}
+	}
+	k.refs = refs
 	k.tags = map[string]bool{}
-	status := map[pins.Ref]*report.PinnedImage{}
+	status := map[keptRef]*report.KeptImage{}
 	for _, r := range refs {
-		if r.Tag != "" {
+		if r.pinned && r.Tag != "" {
 			k.tags[r.Registry+"/"+r.Repo+":"+r.Tag] = true
 		}
 		if st := k.status[r]; st != nil {
 			status[r] = st
 		} else {
-			status[r] = &report.PinnedImage{Ref: r.String()}
+			status[r] = &report.KeptImage{Ref: r.String(), Pinned: r.pinned}
 		}
 		delete(k.retry, r) // a changed file retries everything now
 	}
 	k.status = status
-	k.log.Info("pins read", "file", k.path, "images", len(refs))
+	k.log.Info("pinned and warmed images read", "pinned", len(pinned), "warmed", len(refs)-len(pinned))
 	return true
 }
 
 // run keeps the pins and the budget until ctx ends.
 func (k *keeper) run(ctx context.Context) {
-	if k.path == "" && k.maxSize <= 0 {
+	if k.pinnedPath == "" && k.warmPath == "" && k.maxSize <= 0 {
 		return
 	}
 	tick := time.NewTicker(k.every)
@@ -122,7 +166,7 @@ func (k *keeper) run(ctx context.Context) {
 	warmed := false
 	var lastBudget time.Time
 	for {
-		changed := k.path != "" && k.reload()
+		changed := k.reload()
 		if k.leader() {
 			if changed || !warmed || k.due() {
 				k.warm(ctx)
@@ -161,7 +205,7 @@ func (k *keeper) due() bool {
 // moved: all of them, each time the file changes) and stores the set.
 func (k *keeper) warm(ctx context.Context) {
 	k.mu.Lock()
-	refs := append([]pins.Ref(nil), k.refs...)
+	refs := append([]keptRef(nil), k.refs...)
 	k.mu.Unlock()
 	var set pinnedSet
 	for _, r := range refs {
@@ -176,7 +220,7 @@ func (k *keeper) warm(ctx context.Context) {
 			set.add(r, st)
 			continue
 		}
-		w, err := k.warmOne(ctx, r)
+		w, err := k.warmOne(ctx, r.Ref)
 		k.mu.Lock()
 		st.Digest, st.Children = w.Digest.String(), nil
 		for _, c := range w.Children {
@@ -186,7 +230,7 @@ func (k *keeper) warm(ctx context.Context) {
 			st.Warmed, st.Error = false, err.Error()
 			next := min(max(2*k.backoff[r], 10*time.Second), 5*time.Minute)
 			k.backoff[r], k.retry[r] = next, time.Now().Add(next)
-			k.log.Info("warming a pinned image failed; retrying", "image", r.String(), "in", next.String(), "error", err.Error())
+			k.log.Info("warming an image failed; retrying", "image", r.String(), "in", next.String(), "error", err.Error())
 		} else {
 			st.Warmed, st.Error, st.WarmedAt = true, "", time.Now().UTC()
 			delete(k.retry, r)
@@ -224,7 +268,10 @@ func (e errNoUpstream) Error() string {
 // pinnedSet is the pinned set being built.
 type pinnedSet struct{ pins.Set }
 
-func (s *pinnedSet) add(r pins.Ref, st *report.PinnedImage) {
+func (s *pinnedSet) add(r keptRef, st *report.KeptImage) {
+	if !r.pinned {
+		return
+	}
 	if r.Tag != "" {
 		s.Tags = append(s.Tags, layout.Tag(r.Registry, r.Repo, r.Tag))
 	}
@@ -243,7 +290,12 @@ func (k *keeper) budget(ctx context.Context) {
 		return
 	}
 	k.mu.Lock()
-	refs := append([]pins.Ref(nil), k.refs...)
+	var refs []pins.Ref
+	for _, r := range k.refs {
+		if r.pinned {
+			refs = append(refs, r.Ref)
+		}
+	}
 	k.mu.Unlock()
 	run, err := cleanup.Run(ctx, k.store, cleanup.Options{MaxSize: k.maxSize, Pinned: refs, Grace: k.grace, SummaryKey: layout.BudgetSummary})
 	if err != nil {
@@ -279,7 +331,7 @@ func (k *keeper) report(sum *report.Summary) {
 	sum.MaxSize = k.maxSize
 	for _, r := range k.refs {
 		if st := k.status[r]; st != nil {
-			sum.Pinned = append(sum.Pinned, *st)
+			sum.Kept = append(sum.Kept, *st)
 		}
 	}
 	if k.evicted != nil {

@@ -185,13 +185,22 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 	}
 	upstreamMetrics := upstream.NewMetrics(metrics)
 	scanner := summary.New(store, nil).WithLogger(log.WithName("summary"))
-	if s.Pinned != "" {
-		if _, err := pins.Read(s.Pinned); err != nil {
-			return nil, fmt.Errorf("pinned: %w", err)
+	for flag, path := range map[string]string{"pinned": s.Pinned, "warm": s.Warm} {
+		if path == "" {
+			continue
+		}
+		if _, err := pins.Read(path); err != nil {
+			return nil, fmt.Errorf("%s: %w", flag, err)
+		}
+	}
+	warmPlatforms := platforms
+	if s.WarmPlatforms != "" {
+		if warmPlatforms, err = parsePlatforms(s.WarmPlatforms); err != nil {
+			return nil, fmt.Errorf("warm-platforms: %w", err)
 		}
 	}
 	byRegistry := map[string]*cache.Cache{}
-	keep := newKeeper(s.Pinned, int64(s.MaxSize), byRegistry, store, platforms, scanner,
+	keep := newKeeper(s.Pinned, s.Warm, int64(s.MaxSize), byRegistry, store, warmPlatforms, scanner,
 		func() bool { return peering == nil || peering.ring.Owner(keeperKey) == peering.ring.Self() }, log.WithName("keep"))
 	if o.keepEvery > 0 {
 		keep.every, keep.budgetEvery, keep.grace = o.keepEvery, o.keepEvery, o.keepGrace

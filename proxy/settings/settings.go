@@ -67,6 +67,8 @@ type Settings struct {
 	Pinned             string    `json:"pinned,omitempty"`
 	OnUpstreamNotFound string    `json:"on-upstream-not-found,omitempty"`
 	MaxSize            Size      `json:"max-size,omitempty"`
+	Warm               string    `json:"warm,omitempty"`
+	WarmPlatforms      string    `json:"warm-platforms,omitempty"`
 }
 
 // Defaults are the settings of a proxy given no flags and no file; those
@@ -145,6 +147,8 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.Var(&s.HotSize, "hot-size", "with --hot-dir: the most it keeps there (e.g. 20Gi), least recently read out first; it also leaves 5% of the disk (at most 1 GiB) free")
 	fs.StringVar(&s.AuditLog, "audit-log", s.AuditLog, "write the pull audit log here, - for standard output: a JSON line per manifest answered and per request refused (who, from where, what, tag and digest, hit, miss or stale, status, bytes); never a password or a token")
 	fs.BoolVar(&s.AuditBlobs, "audit-blobs", s.AuditBlobs, "with --audit-log: a line per blob request too")
+	fs.StringVar(&s.Warm, "warm", s.Warm, "a file of images to cache before any client pulls them, as --pinned but not kept from the cleanup; re-read when it changes")
+	fs.StringVar(&s.WarmPlatforms, "warm-platforms", s.WarmPlatforms, "comma-separated platforms the images of --pinned and --warm are cached for (default: --prefetch-platforms; without either, every platform of an index)")
 	fs.StringVar(&s.OnUpstreamNotFound, "on-upstream-not-found", s.OnUpstreamNotFound, "a cached tag the upstream answers 404 for (deleted, pruned): serve-cached serves the cached copy, not-found answers 404; a pinned tag is served either way")
 }
 

@@ -54,7 +54,7 @@ func startKeeping(t *testing.T, upstreamURL string, store storage.Storage, pinsF
 }
 
 // pinnedStatus is what the proxy's summary says of its pins.
-func pinnedStatus(t *testing.T, p *proxy) []report.PinnedImage {
+func pinnedStatus(t *testing.T, p *proxy) []report.KeptImage {
 	t.Helper()
 	resp, body := get(t, p.Ops+report.SummaryPath, "")
 	if resp.StatusCode != http.StatusOK {
@@ -64,7 +64,7 @@ func pinnedStatus(t *testing.T, p *proxy) []report.PinnedImage {
 	if err := json.Unmarshal(body, &sum); err != nil {
 		t.Fatal(err)
 	}
-	return sum.Pinned
+	return sum.Kept
 }
 
 // A pinned image nobody pulled is cached within seconds: its index, the
@@ -81,7 +81,9 @@ func TestPinnedImagesAreWarmed(t *testing.T) {
 	store := openStorage(t, "minio", e.minio)
 	pinsFile := filepath.Join(t.TempDir(), "pinned")
 	writePins(t, pinsFile, reg+"/"+repo+":v1")
-	p := startKeeping(t, e.front.URL(), store, pinsFile, 0, func(s *settings.Settings) { s.PrefetchPlatforms = "linux/amd64" })
+	warmFile := filepath.Join(t.TempDir(), "warm")
+	writePins(t, warmFile)
+	p := startKeeping(t, e.front.URL(), store, pinsFile, 0, func(s *settings.Settings) { s.WarmPlatforms, s.Warm = "linux/amd64", warmFile })
 
 	waitFor(t, 30*time.Second, "the pinned image is cached", func() bool {
 		for _, b := range blobsOf(t, amd) {
@@ -112,6 +114,32 @@ func TestPinnedImagesAreWarmed(t *testing.T) {
 	waitFor(t, 30*time.Second, "a pin added to the file is cached", func() bool {
 		return exists(t, store, layout.Manifest(digest.Digest(digestOf(t, later).String())))
 	})
+
+	// --warm: cached at once too, but not pinned.
+	warmOnly := ociImage(t, 1)
+	pushImage(t, e.registry.Addr, repo, "warm", warmOnly)
+	writePins(t, warmFile, reg+"/"+repo+":warm")
+	waitFor(t, 30*time.Second, "an image of the warm file is cached", func() bool {
+		return exists(t, store, layout.Manifest(digest.Digest(digestOf(t, warmOnly).String())))
+	})
+	waitFor(t, 10*time.Second, "the pinned set is stored again", func() bool {
+		set, err := pins.Load(context.Background(), store)
+		return err == nil && len(set.Manifests) == 3 && len(set.Tags) == 2
+	})
+	for _, d := range mustLoadPins(t, store).Manifests {
+		if d.String() == digestOf(t, warmOnly).String() {
+			t.Fatal("an image only to warm is in the pinned set")
+		}
+	}
+}
+
+func mustLoadPins(t *testing.T, store storage.Storage) pins.Set {
+	t.Helper()
+	set, err := pins.Load(context.Background(), store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return set
 }
 
 // A pinned image last pulled 40 days ago survives a 30-day TTL cleanup,
