@@ -11,6 +11,7 @@ import (
 	"github.com/go-logr/logr"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/cleanup"
@@ -51,6 +52,7 @@ type keeper struct {
 	retry   map[keptRef]time.Time // failed warms: not before then
 	backoff map[keptRef]time.Duration
 	evicted *report.CleanupSummary // the last budget run
+	used    int64                  // what the summary said was stored, at the last look
 }
 
 // keptRef is an image of one of the files: pinned, or only warmed.
@@ -286,7 +288,13 @@ func (s *pinnedSet) add(r keptRef, st *report.KeptImage) {
 // is over it.
 func (k *keeper) budget(ctx context.Context) {
 	sum, err := k.summary.Summary(ctx, 0)
-	if err != nil || sum.Bytes <= k.maxSize {
+	if err != nil {
+		return
+	}
+	k.mu.Lock()
+	k.used = sum.Bytes
+	k.mu.Unlock()
+	if sum.Bytes <= k.maxSize {
 		return
 	}
 	k.mu.Lock()
@@ -305,8 +313,35 @@ func (k *keeper) budget(ctx context.Context) {
 	k.log.Info("evicted over the budget", "maxSize", k.maxSize, "stored", run.StoredBytes, "images", run.EvictedImages, "freed", run.FreedBytes,
 		"overBudget", run.OverBudget)
 	k.mu.Lock()
-	k.evicted = run
+	k.evicted, k.used = run, run.StoredBytes
 	k.mu.Unlock()
+}
+
+// collector reports the budget and what is stored against it, for the
+// alert above 95%.
+func (k *keeper) collector() prometheus.Collector {
+	return &budgetCollector{k: k,
+		used:   prometheus.NewDesc("depproxy_storage_used_bytes", "With --max-size: manifests and blobs stored, as last looked at (every minute).", nil, nil),
+		budget: prometheus.NewDesc("depproxy_storage_budget_bytes", "The storage budget, --max-size.", nil, nil),
+	}
+}
+
+type budgetCollector struct {
+	k            *keeper
+	used, budget *prometheus.Desc
+}
+
+func (c *budgetCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.used; ch <- c.budget }
+
+func (c *budgetCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.k.maxSize <= 0 {
+		return
+	}
+	c.k.mu.Lock()
+	used := c.k.used
+	c.k.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(c.used, prometheus.GaugeValue, float64(used))
+	ch <- prometheus.MustNewConstMetric(c.budget, prometheus.GaugeValue, float64(c.k.maxSize))
 }
 
 // lastEviction reads what the replica that evicts last did, for this

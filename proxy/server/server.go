@@ -202,6 +202,7 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 	byRegistry := map[string]*cache.Cache{}
 	keep := newKeeper(s.Pinned, s.Warm, int64(s.MaxSize), byRegistry, store, warmPlatforms, scanner,
 		func() bool { return peering == nil || peering.ring.Owner(keeperKey) == peering.ring.Self() }, log.WithName("keep"))
+	metrics.MustRegister(keep.collector())
 	if o.keepEvery > 0 {
 		keep.every, keep.budgetEvery, keep.grace = o.keepEvery, o.keepEvery, o.keepGrace
 	}

@@ -150,7 +150,7 @@ func exportedSeries(t *testing.T) map[string]bool {
 	// With a hot tier, whose metrics are exported whether or not it was
 	// used.
 	s := settings.Defaults()
-	s.Upstream, s.HotDir, s.HotSize = settings.Keys(e2.front.URL()), t.TempDir(), settings.Size(1<<20)
+	s.Upstream, s.HotDir, s.HotSize, s.MaxSize = settings.Keys(e2.front.URL()), t.TempDir(), settings.Size(1<<20), settings.Size(1<<30)
 	broken := start(t, s, server.WithStorage(s3))
 	pullAll(t, broken.URL, repo, "v1")
 
