@@ -145,7 +145,16 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 				r.Recorder.Eventf(dp, nil, corev1.EventTypeWarning, cond.Reason, "Throttle", "%s", cond.Message)
 			}
 			meta.SetStatusCondition(&dp.Status.Conditions, cond)
+			for _, c := range keepConditions(dp, s) {
+				meta.SetStatusCondition(&dp.Status.Conditions, c)
+			}
 		}
+	}
+	if dp.Spec.Storage.MaxSize == nil {
+		meta.RemoveStatusCondition(&dp.Status.Conditions, depproxyv1.ConditionOverBudget)
+	}
+	if dp.Spec.Keep == nil {
+		meta.RemoveStatusCondition(&dp.Status.Conditions, depproxyv1.ConditionWarmed)
 	}
 	return ctrl.Result{RequeueAfter: r.resync()}, nil
 }

@@ -20,8 +20,12 @@ import (
 	"github.com/depproxy/depproxy/proxy/report"
 )
 
-// maxSummaryImages bounds status.cache.images whatever the proxy sends.
-const maxSummaryImages = 50
+// maxSummaryImages and maxKeptImages bound status.cache.images and
+// .kept whatever the proxy sends.
+const (
+	maxSummaryImages = 50
+	maxKeptImages    = 100
+)
 
 // HTTPSummaries reads a proxy's summary over its Service.
 type HTTPSummaries struct {
@@ -96,6 +100,24 @@ func toCacheSummary(w report.Summary, at metav1.Time) *depproxyv1.CacheSummary {
 		}
 		s.Throttled = append(s.Throttled, depproxyv1.ThrottledUpstream{Registry: t.Registry, Until: metav1.NewTime(t.Until), Remaining: int32(t.Remaining)})
 	}
+	if w.MaxSize > 0 {
+		s.BudgetBytes, s.Budget = w.MaxSize, resource.NewQuantity(w.MaxSize, resource.BinarySI).String()
+	}
+	if e := w.LastEviction; e != nil {
+		s.OverBudget = e.OverBudget
+		s.LastEvicted = e.Evicted[:min(len(e.Evicted), 20)]
+		if t, err := time.Parse(time.RFC3339, e.FinishedAt); err == nil {
+			s.LastEvictionTime = &metav1.Time{Time: t}
+		}
+	}
+	s.KeptCount = len(w.Kept)
+	for i, k := range w.Kept {
+		if i == maxKeptImages {
+			break
+		}
+		s.Kept = append(s.Kept, depproxyv1.KeptImage{Image: k.Ref, Pinned: k.Pinned, Digest: k.Digest,
+			Children: k.Children[:min(len(k.Children), 16)], Warmed: k.Warmed, Error: k.Error})
+	}
 	for i, img := range w.Images {
 		if i == maxSummaryImages {
 			break
@@ -110,6 +132,42 @@ func toCacheSummary(w report.Summary, at metav1.Time) *depproxyv1.CacheSummary {
 		s.Images = append(s.Images, ci)
 	}
 	return s
+}
+
+// keepConditions say whether the budget holds and what spec.keep names
+// is cached; nil where the spec asks for neither.
+func keepConditions(dp *depproxyv1.DependencyProxy, s *depproxyv1.CacheSummary) []metav1.Condition {
+	var conds []metav1.Condition
+	if dp.Spec.Storage.MaxSize != nil {
+		c := metav1.Condition{Type: depproxyv1.ConditionOverBudget, Status: metav1.ConditionFalse, Reason: depproxyv1.ReasonWithinBudget,
+			Message: fmt.Sprintf("%s stored of a %s budget", s.Size, dp.Spec.Storage.MaxSize.String()), ObservedGeneration: dp.Generation}
+		if s.OverBudget {
+			c.Status, c.Reason = metav1.ConditionTrue, depproxyv1.ReasonPinnedOverBudget
+			c.Message = fmt.Sprintf("%s stored after evicting every image not pinned, over the %s budget: the budget is too small for what is pinned; raise spec.storage.maxSize or pin less",
+				s.Size, dp.Spec.Storage.MaxSize.String())
+		}
+		conds = append(conds, c)
+	}
+	if k := dp.Spec.Keep; k != nil && (k.InUse || k.Warm || len(k.Images) > 0) {
+		c := metav1.Condition{Type: depproxyv1.ConditionWarmed, Status: metav1.ConditionTrue, Reason: depproxyv1.ReasonAllWarmed,
+			Message: fmt.Sprintf("%d images pinned or warmed, all cached", s.KeptCount), ObservedGeneration: dp.Generation}
+		var failed []string
+		for _, img := range s.Kept {
+			if !img.Warmed {
+				msg := img.Image
+				if img.Error != "" {
+					msg += ": " + img.Error
+				}
+				failed = append(failed, msg)
+			}
+		}
+		if len(failed) > 0 {
+			c.Status, c.Reason = metav1.ConditionFalse, depproxyv1.ReasonWarmFailed
+			c.Message = fmt.Sprintf("%d of %d images not cached yet (tried again with backoff): %s", len(failed), s.KeptCount, strings.Join(failed[:min(len(failed), 5)], "; "))
+		}
+		conds = append(conds, c)
+	}
+	return conds
 }
 
 // throttledCondition says whether an upstream is being spared for its

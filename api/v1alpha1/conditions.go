@@ -21,6 +21,12 @@ const (
 	// spent, or it answered 429; cached tags are served without asking
 	// it until the time its message gives.
 	ConditionUpstreamThrottled = "UpstreamThrottled"
+	// ConditionOverBudget: with spec.storage.maxSize, what is stored is
+	// over the budget after eviction: pinned images alone exceed it.
+	ConditionOverBudget = "OverBudget"
+	// ConditionWarmed: every image spec.keep names is cached; False
+	// names those that are not, and why (each is tried again).
+	ConditionWarmed = "Warmed"
 )
 
 // Condition reasons. The same string is the reason of the event that
@@ -75,6 +81,13 @@ const (
 	ReasonRateLimited = "RateLimited"
 	// ReasonWithinRateLimit: no upstream is being spared.
 	ReasonWithinRateLimit = "WithinRateLimit"
+	// ReasonWithinBudget and ReasonPinnedOverBudget: the storage budget
+	// holds, or pinned images alone exceed it.
+	ReasonWithinBudget     = "WithinBudget"
+	ReasonPinnedOverBudget = "PinnedOverBudget"
+	// ReasonAllWarmed and ReasonWarmFailed: ConditionWarmed's.
+	ReasonAllWarmed  = "AllWarmed"
+	ReasonWarmFailed = "WarmFailed"
 	// ReasonNameTaken: an object of the name a child would have exists
 	// and is not the resource's; the operator leaves it alone.
 	ReasonNameTaken = "NameTaken"

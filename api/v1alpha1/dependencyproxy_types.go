@@ -102,6 +102,11 @@ type DependencyProxySpec struct {
 	// +kubebuilder:validation:items:Pattern="^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$"
 	PrefetchPlatforms []string `json:"prefetchPlatforms,omitempty"`
 
+	// Keep says which images the cache keeps whatever its cleanup says
+	// (pins), and caches before any node pulls them (warming).
+	// +optional
+	Keep *KeepSpec `json:"keep,omitempty"`
+
 	// Image overrides the depproxy image of the cache's own pods and
 	// cleanup jobs, in this namespace; the node agents of a NodeMirror
 	// always run the operator's.
@@ -205,12 +210,52 @@ type StorageSpec struct {
 	// +optional
 	Insecure bool `json:"insecure,omitempty"`
 
+	// MaxSize is the storage budget: over it, whole images are evicted,
+	// least recently pulled first and never a pinned one, down to 90% of
+	// it, within minutes.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).isGreaterThan(quantity('0'))",message="storage.maxSize must be more than 0"
+	MaxSize *resource.Quantity `json:"maxSize,omitempty"`
+
 	// Hot keeps the blobs each replica fetched or served recently on its
 	// own disk, and serves them from there: a rollout's nodes pulling one
 	// new image are served at the disk's speed, not the bucket's. The
 	// bucket stays the truth and what the replicas share.
 	// +optional
 	Hot *HotTierSpec `json:"hot,omitempty"`
+}
+
+// KeepSpec: what the cluster runs stays pullable.
+type KeepSpec struct {
+	// InUse pins the images of the workloads the cache serves: those in
+	// its own namespace whose images name its endpoint, and, when a
+	// NodeMirror names this cache, every workload in the cluster whose
+	// image registry that NodeMirror mirrors. A running Pod pins the
+	// digest its node pulled (status.containerStatuses[].imageID); Pods
+	// not running yet, Deployments, StatefulSets, DaemonSets, Jobs and
+	// CronJobs pin their templates' images.
+	// +optional
+	InUse bool `json:"inUse,omitempty"`
+
+	// Revisions pins also the images of the last this many ReplicaSets
+	// of each Deployment (scaled to 0 or not): a rollback pulls.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	Revisions int32 `json:"revisions,omitempty"`
+
+	// Warm caches the images of those workloads as soon as a workload
+	// appears or its template changes, for the platforms of the
+	// cluster's nodes, before a Pod pulls them.
+	// +optional
+	Warm bool `json:"warm,omitempty"`
+
+	// Images are pinned and warmed by name (docker.io/library/postgres:16,
+	// ghcr.io/org/tool@sha256:...).
+	// +optional
+	// +kubebuilder:validation:MaxItems=1000
+	// +kubebuilder:validation:items:MaxLength=512
+	Images []string `json:"images,omitempty"`
 }
 
 // HotTierSpec is each replica's local disk in front of the bucket.
@@ -292,6 +337,56 @@ type CacheSummary struct {
 	// +optional
 	// +kubebuilder:validation:MaxItems=16
 	Throttled []ThrottledUpstream `json:"throttled,omitempty"`
+
+	// Budget is spec.storage.maxSize for people, when set; BudgetBytes
+	// the same in bytes.
+	// +optional
+	Budget string `json:"budget,omitempty"`
+	// +optional
+	BudgetBytes int64 `json:"budgetBytes,omitempty"`
+
+	// OverBudget: after the last eviction, what is stored is still over
+	// the budget, all of it pinned (or being written). The budget is too
+	// small for what the cluster runs.
+	// +optional
+	OverBudget bool `json:"overBudget,omitempty"`
+
+	// LastEvicted are the images the last eviction took (the last few),
+	// at LastEvictionTime.
+	// +optional
+	// +kubebuilder:validation:MaxItems=20
+	LastEvicted []string `json:"lastEvicted,omitempty"`
+	// +optional
+	LastEvictionTime *metav1.Time `json:"lastEvictionTime,omitempty"`
+
+	// Kept are the images pinned or warmed (spec.keep), at most 100, and
+	// how caching them went.
+	// +optional
+	// +kubebuilder:validation:MaxItems=100
+	Kept []KeptImage `json:"kept,omitempty"`
+	// KeptCount is the number of images pinned or warmed, all of them.
+	// +optional
+	KeptCount int `json:"keptCount,omitempty"`
+}
+
+// KeptImage is an image spec.keep names.
+type KeptImage struct {
+	// Image is the reference (registry/repository:tag or @digest).
+	Image string `json:"image"`
+	// Pinned: kept whatever its last pull; else only warmed.
+	Pinned bool `json:"pinned"`
+	// Digest is the manifest it names, once cached; Children the
+	// children of an index cached for the nodes' platforms.
+	// +optional
+	Digest string `json:"digest,omitempty"`
+	// +optional
+	// +kubebuilder:validation:MaxItems=16
+	Children []string `json:"children,omitempty"`
+	// Warmed: cached, index, children and blobs.
+	Warmed bool `json:"warmed"`
+	// Error is why the last try failed; it is tried again with backoff.
+	// +optional
+	Error string `json:"error,omitempty"`
 }
 
 // ThrottledUpstream is an upstream spared until a time.
@@ -337,6 +432,7 @@ type PlatformImage struct {
 // +kubebuilder:printcolumn:name="Endpoint",type=string,JSONPath=`.status.endpoint`
 // +kubebuilder:printcolumn:name="Images",type=integer,JSONPath=`.status.cache.imageCount`
 // +kubebuilder:printcolumn:name="Size",type=string,JSONPath=`.status.cache.size`
+// +kubebuilder:printcolumn:name="Budget",type=string,JSONPath=`.status.cache.budget`
 // +kubebuilder:printcolumn:name="Hit Ratio",type=string,JSONPath=`.status.cache.hitRatio`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 

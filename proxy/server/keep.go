@@ -32,13 +32,16 @@ import (
 // serve when the upstream no longer has them.
 type keeper struct {
 	pinnedPath, warmPath string
-	caches               map[string]*cache.Cache // by registry
-	store                storage.Storage
-	platforms            []v1.Platform
-	maxSize              int64
-	summary              *summary.Scanner
-	leader               func() bool
-	log                  logr.Logger
+	// resolve finds the cache of an image's registry (its own name or
+	// one it stands in for), the registry's name there and the
+	// repository as its upstream names it (library/ on Docker Hub).
+	resolve   func(registry, repo string) (c *cache.Cache, name, upstreamRepo string, ok bool)
+	store     storage.Storage
+	platforms []v1.Platform
+	maxSize   int64
+	summary   *summary.Scanner
+	leader    func() bool
+	log       logr.Logger
 	// every is how often the files are looked at, budgetEvery the
 	// budget; grace spares from eviction what was written this recently
 	// (an image being cached right now: its manifest before its blobs).
@@ -61,13 +64,12 @@ type keptRef struct {
 	pinned bool
 }
 
-func newKeeper(pinnedPath, warmPath string, maxSize int64, caches map[string]*cache.Cache, store storage.Storage, platforms []v1.Platform,
+func newKeeper(pinnedPath, warmPath string, maxSize int64, store storage.Storage, platforms []v1.Platform,
 	scanner *summary.Scanner, leader func() bool, log logr.Logger) *keeper {
-	k := &keeper{pinnedPath: pinnedPath, warmPath: warmPath, maxSize: maxSize, caches: caches, store: store, platforms: platforms,
+	k := &keeper{pinnedPath: pinnedPath, warmPath: warmPath, maxSize: maxSize, store: store, platforms: platforms,
 		summary: scanner, leader: leader, log: log, every: 5 * time.Second, budgetEvery: time.Minute, grace: time.Minute,
 		raw: map[string][]byte{}, tags: map[string]bool{}, status: map[keptRef]*report.KeptImage{},
 		retry: map[keptRef]time.Time{}, backoff: map[keptRef]time.Duration{}}
-	k.reload() // the tags are pinned from the first request on
 	return k
 }
 
@@ -101,6 +103,13 @@ func (k *keeper) read(path string) ([]pins.Ref, bool) {
 	refs, err := pins.Parse(raw)
 	if err != nil {
 		k.log.Error(err, "lines that are not image references are left out", "file", path)
+	}
+	for i, r := range refs {
+		// As the cache names it: a tag pinned as docker.io/nginx is the
+		// tag the cache stores as docker.io library/nginx.
+		if _, name, repo, ok := k.resolve(r.Registry, r.Repo); ok {
+			refs[i].Registry, refs[i].Repo = name, repo
+		}
 	}
 	k.mu.Lock()
 	k.raw[path] = raw
@@ -248,8 +257,8 @@ func (k *keeper) warm(ctx context.Context) {
 
 // warmOne warms one pinned image through its registry's cache.
 func (k *keeper) warmOne(ctx context.Context, r pins.Ref) (cache.Warmed, error) {
-	c := k.caches[r.Registry]
-	if c == nil {
+	c, _, repo, ok := k.resolve(r.Registry, r.Repo)
+	if !ok {
 		return cache.Warmed{}, errNoUpstream(r.Registry)
 	}
 	ref := manifest.TagRef(r.Tag)
@@ -258,7 +267,7 @@ func (k *keeper) warmOne(ctx context.Context, r pins.Ref) (cache.Warmed, error) 
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Hour)
 	defer cancel()
-	return c.Warm(ctx, r.Repo, ref, k.platforms)
+	return c.Warm(ctx, repo, ref, k.platforms)
 }
 
 type errNoUpstream string

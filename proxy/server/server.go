@@ -199,8 +199,7 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 			return nil, fmt.Errorf("warm-platforms: %w", err)
 		}
 	}
-	byRegistry := map[string]*cache.Cache{}
-	keep := newKeeper(s.Pinned, s.Warm, int64(s.MaxSize), byRegistry, store, warmPlatforms, scanner,
+	keep := newKeeper(s.Pinned, s.Warm, int64(s.MaxSize), store, warmPlatforms, scanner,
 		func() bool { return peering == nil || peering.ring.Owner(keeperKey) == peering.ring.Self() }, log.WithName("keep"))
 	metrics.MustRegister(keep.collector())
 	if o.keepEvery > 0 {
@@ -236,10 +235,18 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 			cache.WithUpstreamNotFound(s.OnUpstreamNotFound != settings.NotFound, keep.pinned(u.Registry)),
 		}, append(hotOpts, o.cache...)...)...)
 		caches = append(caches, c)
-		byRegistry[u.Registry] = c
 		clients = append(clients, up)
 		registries = append(registries, registry.Source{Registry: u.Registry, Upstream: up, Cache: c})
 	}
+	keep.resolve = func(registry, repo string) (*cache.Cache, string, string, bool) {
+		for i, src := range registries {
+			if src.Upstream.Mirrors(registry) {
+				return caches[i], src.Registry, src.Upstream.Repository(repo), true
+			}
+		}
+		return nil, "", "", false
+	}
+	keep.reload() // the tags are pinned from the first request on
 	scanner.SetLive(func(sum *report.Summary) {
 		sum.Hits, sum.Misses = caches[0].HitCounts()
 		sum.Throttled = throttled(upstreams, clients)
