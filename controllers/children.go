@@ -134,6 +134,12 @@ func proxySettings(dp *depproxyv1.DependencyProxy) settings.Settings {
 	if a := dp.Spec.Audit; a != nil && a.Enabled {
 		conf.AuditLog, conf.AuditBlobs = "-", a.Blobs
 	}
+	if keeping(dp) {
+		conf.Pinned, conf.Warm = keepDir+"/"+pinnedKey, keepDir+"/"+warmKey
+	}
+	if m := s.MaxSize; m != nil {
+		conf.MaxSize = settings.Size(m.Value())
+	}
 	if h := s.Hot; h != nil {
 		// Downloads stay in the spool's own volume, which has no limit;
 		// on the node's disk with the hot volume, keeping one is a link.
@@ -239,8 +245,14 @@ func sortedPairs[V string | []byte](m map[string]V) []string {
 // desiredConfigMap holds the proxy's config file, read back as the proxy
 // will read it: a spec the API server let through but the proxy would
 // refuse stalls here, with the proxy's reason, not in a crash-looping pod.
-func desiredConfigMap(dp *depproxyv1.DependencyProxy) (*corev1.ConfigMap, error) {
-	raw, err := proxySettings(dp).Marshal()
+// platforms are the cluster's nodes' (os/arch), which what spec.keep
+// names is cached for.
+func desiredConfigMap(dp *depproxyv1.DependencyProxy, platforms []string) (*corev1.ConfigMap, error) {
+	conf := proxySettings(dp)
+	if keeping(dp) {
+		conf.WarmPlatforms = strings.Join(platforms, ",")
+	}
+	raw, err := conf.Marshal()
 	if err != nil {
 		return nil, err
 	}
@@ -337,6 +349,19 @@ func proxyVolumes(dp *depproxyv1.DependencyProxy) ([]corev1.Volume, []corev1.Vol
 }
 
 func configVolumes(dp *depproxyv1.DependencyProxy) ([]corev1.Volume, []corev1.VolumeMount) {
+	volumes, mounts := baseVolumes(dp)
+	if keeping(dp) {
+		// The pins and warm files, re-read by the proxy when the kubelet
+		// updates them.
+		volumes = append(volumes, corev1.Volume{Name: "keep", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: keepName(dp)},
+		}}})
+		mounts = append(mounts, corev1.VolumeMount{Name: "keep", MountPath: keepDir, ReadOnly: true})
+	}
+	return volumes, mounts
+}
+
+func baseVolumes(dp *depproxyv1.DependencyProxy) ([]corev1.Volume, []corev1.VolumeMount) {
 	return []corev1.Volume{
 			{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
 				LocalObjectReference: corev1.LocalObjectReference{Name: proxyName(dp)},

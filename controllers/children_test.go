@@ -45,7 +45,7 @@ func TestProxySettings(t *testing.T) {
 // What the operator renders is read back as the proxy reads it, and a
 // spec the proxy would refuse stalls with the proxy's own reason.
 func TestRenderedSettingsAreReadAsTheProxyReadsThem(t *testing.T) {
-	cm, err := desiredConfigMap(testProxy())
+	cm, err := desiredConfigMap(testProxy(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestRenderedSettingsAreReadAsTheProxyReadsThem(t *testing.T) {
 		{Registry: "ghcr.io", UpstreamSpec: depproxyv1.UpstreamSpec{URL: "https://ghcr.io"}},
 		{Registry: "ghcr.io", UpstreamSpec: depproxyv1.UpstreamSpec{URL: "https://ghcr.example"}},
 	}
-	_, err = desiredConfigMap(dp)
+	_, err = desiredConfigMap(dp, nil)
 	var re *reconcileError
 	if !errors.As(err, &re) || re.Reason != depproxyv1.ReasonInvalidSettings || re.retry != retryNever ||
 		!strings.Contains(re.Message, "ghcr.io is configured twice") {
@@ -86,7 +86,7 @@ func TestAuditSettings(t *testing.T) {
 func TestHotTier(t *testing.T) {
 	dp := testProxy()
 	dp.Spec.Storage.Hot = &depproxyv1.HotTierSpec{Size: resource.MustParse("20Gi")}
-	cm, err := desiredConfigMap(dp)
+	cm, err := desiredConfigMap(dp, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,14 +128,14 @@ func TestHotTier(t *testing.T) {
 }
 
 func TestConfigHashFollowsTheConfig(t *testing.T) {
-	a, _ := desiredConfigMap(testProxy())
-	b, _ := desiredConfigMap(testProxy())
+	a, _ := desiredConfigMap(testProxy(), nil)
+	b, _ := desiredConfigMap(testProxy(), nil)
 	if configHash(a) != configHash(b) {
 		t.Fatal("the same spec hashes differently")
 	}
 	dp := testProxy()
 	dp.Spec.RecheckInterval.Duration = time.Minute
-	c, _ := desiredConfigMap(dp)
+	c, _ := desiredConfigMap(dp, nil)
 	if configHash(a) == configHash(c) {
 		t.Fatal("a changed config keeps its hash: pods would not roll")
 	}

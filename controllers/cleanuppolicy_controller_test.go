@@ -165,7 +165,7 @@ func TestKubectl(t *testing.T) {
 	sampleProxy(t, ns)
 	out := run("get", "dp", "-n", ns)
 	header := strings.Fields(strings.SplitN(out, "\n", 2)[0])
-	if got := strings.Join(header, " "); got != "NAME READY ENDPOINT IMAGES SIZE HIT RATIO AGE" {
+	if got := strings.Join(header, " "); got != "NAME READY ENDPOINT IMAGES SIZE BUDGET HIT RATIO AGE" {
 		t.Errorf("kubectl get dp columns: %q", got)
 	}
 	cp := &depproxyv1.CleanupPolicy{ObjectMeta: metav1.ObjectMeta{Name: "nightly", Namespace: ns},

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -62,9 +63,11 @@ type DependencyProxyReconciler struct {
 // operator labels (the signing keys it makes); it never holds a copy of
 // every Secret in the cluster.
 func CacheOptions() cache.Options {
-	return cache.Options{ByObject: map[client.Object]cache.ByObject{
+	byObject := map[client.Object]cache.ByObject{
 		&corev1.Secret{}: {Label: labels.SelectorFromSet(labels.Set{managedByLabel: managedBy})},
-	}}
+	}
+	keepCacheOptions(byObject)
+	return cache.Options{ByObject: byObject}
 }
 
 func (r *DependencyProxyReconciler) secrets() client.Reader {
@@ -134,7 +137,7 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if r.Summaries != nil && ready(dp, deploy) {
+	if r.Summaries != nil && ready(dp, deploy) && !recentlyReported(dp) {
 		if s, err := r.Summaries.Summary(ctx, dp); err != nil {
 			log.FromContext(ctx).Info("cache summary unavailable", "error", err.Error())
 		} else {
@@ -157,6 +160,14 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		meta.RemoveStatusCondition(&dp.Status.Conditions, depproxyv1.ConditionWarmed)
 	}
 	return ctrl.Result{RequeueAfter: r.resync()}, nil
+}
+
+// recentlyReported: a keeping cache's summary in the status is under
+// 10 s old. It is woken by every change to the workloads it serves;
+// asking its proxy each time would cost it a summary per Pod event.
+func recentlyReported(dp *depproxyv1.DependencyProxy) bool {
+	c := dp.Status.Cache
+	return keeping(dp) && c != nil && time.Since(c.ReportedAt.Time) < 10*time.Second && dp.Status.ObservedGeneration == dp.Generation
 }
 
 // referencedSecrets are the Secrets a spec names, by the field naming them.
@@ -244,7 +255,16 @@ func (r *DependencyProxyReconciler) ensureTokenKey(ctx context.Context, dp *depp
 // Deployment as the API server has it.
 func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *depproxyv1.DependencyProxy, secHash string) (*appsv1.Deployment, error) {
 	a := applier{client: r.Client, scheme: r.Scheme}
-	cm, err := desiredConfigMap(dp)
+	var platforms, pinned, warm []string
+	if keeping(dp) {
+		w, mirrors, nodes, err := r.observe(ctx, dp)
+		if err != nil {
+			return nil, err
+		}
+		pinned, warm = keptImages(dp, scopeOf(dp, mirrors), w)
+		platforms = nodePlatforms(nodes)
+	}
+	cm, err := desiredConfigMap(dp, platforms)
 	if err != nil {
 		return nil, err
 	}
@@ -294,6 +314,11 @@ func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *deppr
 		}}},
 		{replicated(dp), child{obj: desiredPDB(dp), update: func(e, d client.Object) {
 			e.(*policyv1.PodDisruptionBudget).Spec = d.(*policyv1.PodDisruptionBudget).Spec
+		}}},
+		{keeping(dp), child{obj: desiredKeepConfigMap(dp, pinned, warm), update: func(e, d client.Object) {
+			e.(*corev1.ConfigMap).Data = d.(*corev1.ConfigMap).Data
+		}, same: func(e, d client.Object) bool {
+			return equality.Semantic.DeepEqual(e.(*corev1.ConfigMap).Data, d.(*corev1.ConfigMap).Data)
 		}}},
 		{dp.Spec.Autoscaling != nil, child{obj: desiredHPA(dp), update: func(e, d client.Object) {
 			e.(*autoscalingv2.HorizontalPodAutoscaler).Spec = d.(*autoscalingv2.HorizontalPodAutoscaler).Spec
@@ -463,5 +488,14 @@ func (r *DependencyProxyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&policyv1.PodDisruptionBudget{}).
 		Owns(&autoscalingv2.HorizontalPodAutoscaler{}).
 		Watches(&depproxyv1.DependencyProxy{}, byStorage).
+		Watches(&corev1.Pod{}, r.keepWatches()).
+		Watches(&appsv1.Deployment{}, r.keepWatches()).
+		Watches(&appsv1.ReplicaSet{}, r.keepWatches()).
+		Watches(&appsv1.StatefulSet{}, r.keepWatches()).
+		Watches(&appsv1.DaemonSet{}, r.keepWatches()).
+		Watches(&batchv1.Job{}, r.keepWatches()).
+		Watches(&batchv1.CronJob{}, r.keepWatches()).
+		Watches(&corev1.Node{}, r.keepWatches()).
+		Watches(&depproxyv1.NodeMirror{}, r.keepWatches()).
 		Complete(r)
 }

@@ -1,0 +1,250 @@
+package controllers
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+
+	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
+	"github.com/depproxy/depproxy/proxy/registryname"
+)
+
+// Where the keep ConfigMap's files are, in the proxy's pods and the
+// cleanup's.
+const (
+	keepDir       = configDir + "/keep"
+	pinnedKey     = "pinned"
+	warmKey       = "warm"
+	revisionLabel = "deployment.kubernetes.io/revision"
+	// maxKeptLines bounds each file: a cluster running more distinct
+	// images than this pins the first ones in order.
+	maxKeptLines = 20000
+)
+
+// keeping: the spec asks the cache to pin or warm anything.
+func keeping(dp *depproxyv1.DependencyProxy) bool {
+	k := dp.Spec.Keep
+	return k != nil && (k.InUse || k.Warm || k.Revisions > 0 || len(k.Images) > 0)
+}
+
+func keepName(dp *depproxyv1.DependencyProxy) string { return proxyName(dp) + "-keep" }
+
+// workloads are what runs, or may run, where a cache serves: Pods and
+// the pod templates of the controllers that make them.
+type workloads struct {
+	Pods         []corev1.Pod
+	Deployments  []appsv1.Deployment
+	ReplicaSets  []appsv1.ReplicaSet
+	StatefulSets []appsv1.StatefulSet
+	DaemonSets   []appsv1.DaemonSet
+	Jobs         []batchv1.Job
+	CronJobs     []batchv1.CronJob
+}
+
+// imageScope says which images a cache serves, and how it names them:
+// those naming its endpoint in its own namespace, and those of the
+// registries a NodeMirror sends through it, anywhere.
+type imageScope struct {
+	namespace string
+	endpoints []string // host:port forms of the cache's Service
+	// upstreams are the registries the cache pulls through, the first
+	// the default for a name without one.
+	upstreams []string
+	mirrored  map[string]bool // by a NodeMirror naming this cache
+}
+
+func scopeOf(dp *depproxyv1.DependencyProxy, mirrors []depproxyv1.NodeMirror) imageScope {
+	svc := proxyName(dp) + "." + dp.Namespace
+	port := ":" + strconv.Itoa(ProxyPort)
+	sc := imageScope{namespace: dp.Namespace, endpoints: []string{svc + ".svc" + port, svc + ".svc.cluster.local" + port, svc + port},
+		mirrored: map[string]bool{}}
+	for _, r := range servedRegistries(dp) {
+		sc.upstreams = append(sc.upstreams, r.Registry)
+	}
+	for _, nm := range mirrors {
+		if nm.Spec.Cache.Namespace == dp.Namespace && nm.Spec.Cache.Name == dp.Name {
+			for _, r := range nm.Spec.Registries {
+				sc.mirrored[r] = true
+			}
+		}
+	}
+	return sc
+}
+
+// line is the pins file's line for an image a workload names, as the
+// cache's clients name it (registry/repository:tag or @digest); false
+// when the cache does not serve it.
+func (sc imageScope) line(namespace, image string) (string, bool) {
+	ref, err := name.ParseReference(image)
+	if err != nil {
+		return "", false
+	}
+	host := ref.Context().RegistryStr()
+	if registryname.IsDockerHub(host) {
+		host = registryname.DockerHub
+	}
+	repo := ref.Context().RepositoryStr()
+	registry := ""
+	switch {
+	case namespace == sc.namespace && slices.Contains(sc.endpoints, host):
+		// Through the endpoint: a path that starts with a registry the
+		// cache pulls through is that registry's, else the default's.
+		registry = sc.upstreams[0]
+		if first, rest, ok := strings.Cut(repo, "/"); ok && slices.Contains(sc.upstreams, first) {
+			registry, repo = first, rest
+		}
+	case sc.mirrored[host]:
+		registry = host
+	default:
+		return "", false
+	}
+	if d, ok := ref.(name.Digest); ok {
+		return registry + "/" + repo + "@" + d.DigestStr(), true
+	}
+	return registry + "/" + repo + ":" + ref.Identifier(), true
+}
+
+// keptImages are the pins file and the warm file of a cache: sorted,
+// each image once.
+func keptImages(dp *depproxyv1.DependencyProxy, sc imageScope, w workloads) (pinned, warm []string) {
+	k := dp.Spec.Keep
+	if k == nil {
+		return nil, nil
+	}
+	used := map[string]bool{}
+	add := func(namespace, image string) {
+		if l, ok := sc.line(namespace, image); ok {
+			used[l] = true
+		}
+	}
+	addTemplate := func(namespace string, spec corev1.PodSpec) {
+		for _, c := range allContainers(spec) {
+			add(namespace, c.Image)
+		}
+	}
+	for _, p := range w.Pods {
+		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		pulled := map[string]bool{}
+		for _, cs := range append(append([]corev1.ContainerStatus{}, p.Status.InitContainerStatuses...), p.Status.ContainerStatuses...) {
+			// The digest the node pulled, named as the Pod names its
+			// image: the tag may have moved since.
+			if d := digestOf(cs.ImageID); d != "" {
+				if ref, err := name.ParseReference(cs.Image); err == nil {
+					add(p.Namespace, ref.Context().String()+"@"+d)
+					pulled[cs.Name] = true
+				}
+			}
+		}
+		for _, c := range allContainers(p.Spec) {
+			if !pulled[c.Name] {
+				add(p.Namespace, c.Image)
+			}
+		}
+	}
+	for _, d := range w.Deployments {
+		addTemplate(d.Namespace, d.Spec.Template.Spec)
+	}
+	for _, rs := range lastRevisions(w.ReplicaSets, int(k.Revisions)) {
+		addTemplate(rs.Namespace, rs.Spec.Template.Spec)
+	}
+	for _, s := range w.StatefulSets {
+		addTemplate(s.Namespace, s.Spec.Template.Spec)
+	}
+	for _, d := range w.DaemonSets {
+		addTemplate(d.Namespace, d.Spec.Template.Spec)
+	}
+	for _, j := range w.Jobs {
+		if j.Status.CompletionTime == nil {
+			addTemplate(j.Namespace, j.Spec.Template.Spec)
+		}
+	}
+	for _, c := range w.CronJobs {
+		addTemplate(c.Namespace, c.Spec.JobTemplate.Spec.Template.Spec)
+	}
+	var workloadImages []string
+	for l := range used {
+		workloadImages = append(workloadImages, l)
+	}
+	explicit := map[string]bool{}
+	for _, img := range k.Images {
+		explicit[img] = true
+	}
+	if k.InUse || k.Revisions > 0 {
+		pinned = append(pinned, workloadImages...)
+	}
+	if k.Warm {
+		warm = append(warm, workloadImages...)
+	}
+	for img := range explicit {
+		pinned = append(pinned, img)
+	}
+	return bounded(pinned), bounded(warm)
+}
+
+func bounded(lines []string) []string {
+	sort.Strings(lines)
+	lines = slices.Compact(lines)
+	return lines[:min(len(lines), maxKeptLines)]
+}
+
+// lastRevisions are the n newest ReplicaSets of each Deployment, by the
+// revision the Deployment controller gave them.
+func lastRevisions(rss []appsv1.ReplicaSet, n int) []appsv1.ReplicaSet {
+	if n <= 0 {
+		return nil
+	}
+	byOwner := map[string][]appsv1.ReplicaSet{}
+	for _, rs := range rss {
+		for _, o := range rs.OwnerReferences {
+			if o.Kind == "Deployment" && o.Controller != nil && *o.Controller {
+				byOwner[rs.Namespace+"/"+o.Name] = append(byOwner[rs.Namespace+"/"+o.Name], rs)
+			}
+		}
+	}
+	var out []appsv1.ReplicaSet
+	for _, list := range byOwner {
+		sort.Slice(list, func(i, j int) bool { return revision(list[i]) > revision(list[j]) })
+		out = append(out, list[:min(n, len(list))]...)
+	}
+	return out
+}
+
+func revision(rs appsv1.ReplicaSet) int64 {
+	r, _ := strconv.ParseInt(rs.Annotations[revisionLabel], 10, 64)
+	return r
+}
+
+func allContainers(spec corev1.PodSpec) []corev1.Container {
+	return append(append([]corev1.Container{}, spec.InitContainers...), spec.Containers...)
+}
+
+// digestOf is the digest of a container status' imageID
+// (docker.io/library/nginx@sha256:..., or docker-pullable://...); "" for
+// an image ID that names no repository digest.
+func digestOf(imageID string) string {
+	_, d, ok := strings.Cut(imageID, "@")
+	if !ok || !strings.HasPrefix(d, "sha256:") {
+		return ""
+	}
+	return d
+}
+
+// desiredKeepConfigMap holds the pins file and the warm file.
+func desiredKeepConfigMap(dp *depproxyv1.DependencyProxy, pinned, warm []string) *corev1.ConfigMap {
+	file := func(lines []string) string {
+		return fmt.Sprintf("# written by the depproxy operator from spec.keep: %d images\n", len(lines)) + strings.Join(lines, "\n") + "\n"
+	}
+	return &corev1.ConfigMap{
+		ObjectMeta: objectMeta(keepName(dp), dp.Namespace, proxyLabels(dp)),
+		Data:       map[string]string{pinnedKey: file(pinned), warmKey: file(warm)},
+	}
+}
