@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -69,68 +70,7 @@ func TestRenderedProxyServes(t *testing.T) {
 	r.Summaries = HTTPSummaries{BaseURL: func(*depproxyv1.DependencyProxy) string { return "http://" + opsAddr }}
 	reconcileProxy(t, r, dp)
 
-	// Mount what the pod would get: the ConfigMap at its mount path, the
-	// Secret's keys as env.
-	key := client.ObjectKey{Namespace: ns, Name: "e2e-depproxy"}
-	deploy, cm := &appsv1.Deployment{}, &corev1.ConfigMap{}
-	if err := k8sClient.Get(ctx, key, deploy); err != nil {
-		t.Fatal(err)
-	}
-	if err := k8sClient.Get(ctx, key, cm); err != nil {
-		t.Fatal(err)
-	}
-	root := t.TempDir()
-	container := deploy.Spec.Template.Spec.Containers[0]
-	volumes := map[string]corev1.Volume{}
-	for _, v := range deploy.Spec.Template.Spec.Volumes {
-		volumes[v.Name] = v
-	}
-	for _, vm := range container.VolumeMounts {
-		dir := filepath.Join(root, vm.MountPath)
-		os.MkdirAll(dir, 0o755)
-		switch v := volumes[vm.Name]; {
-		case v.ConfigMap != nil:
-			for k, val := range cm.Data {
-				// Paths in the file point at the other mounts: under root here.
-				val = strings.ReplaceAll(val, configDir, filepath.Join(root, configDir))
-				os.WriteFile(filepath.Join(dir, k), []byte(val), 0o644)
-			}
-		case v.Secret != nil:
-			s := &corev1.Secret{}
-			if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: v.Secret.SecretName}, s); err != nil {
-				t.Fatal(err)
-			}
-			for k, val := range s.Data {
-				os.WriteFile(filepath.Join(dir, k), val, 0o600)
-			}
-		}
-	}
-	args := []string{}
-	for _, a := range container.Args {
-		if strings.HasPrefix(a, "/etc/") {
-			a = filepath.Join(root, a)
-		}
-		args = append(args, a)
-	}
-	// The one change: the pod's ports are this machine's, and may be taken.
-	args = append(args, "--listen", proxyAddr, "--metrics-listen", opsAddr)
-	env := os.Environ()
-	secret := &corev1.Secret{}
-	k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "minio"}, secret)
-	for _, e := range container.Env {
-		env = append(env, e.Name+"="+string(secret.Data[e.ValueFrom.SecretKeyRef.Key]))
-	}
-	bin := filepath.Join(t.TempDir(), "depproxy")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/depproxy/depproxy/proxy/cmd/depproxy").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	var logs strings.Builder
-	cmd := exec.Command(bin, args...)
-	cmd.Env, cmd.Stderr = env, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	logs := runRendered(t, ns, "e2e-depproxy", proxyAddr, opsAddr)
 	home := t.TempDir()
 	crane := func(args ...string) *exec.Cmd {
 		c := exec.Command(testenv.Tool(t, "crane"), args...)
@@ -154,7 +94,7 @@ func TestRenderedProxyServes(t *testing.T) {
 			}
 			loggedIn = true
 		} else if i > 100 {
-			t.Fatalf("the rendered proxy does not serve: %v\n%s\nits log:\n%s", err, out, logs.String())
+			t.Fatalf("the rendered proxy does not serve: %v\n%s\nits log:\n%s", err, out, logs)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -168,7 +108,7 @@ func TestRenderedProxyServes(t *testing.T) {
 	k8sClient.Get(ctx, client.ObjectKeyFromObject(dp), dp)
 	s := dp.Status.Cache
 	if s == nil {
-		t.Fatalf("no cache summary in the status; proxy log:\n%s", logs.String())
+		t.Fatalf("no cache summary in the status; proxy log:\n%s", logs)
 	}
 	if s.ImageCount != 1 || len(s.Images) != 1 || s.Images[0].Repository != "library/app" || s.Images[0].Tag != "1.0" ||
 		s.Images[0].Digest != want.String() || len(s.Images[0].Platforms) != 2 || s.Images[0].Platforms[1].Platform != "linux/arm64" {
@@ -207,3 +147,106 @@ func TestRenderedProxyServes(t *testing.T) {
 		t.Errorf("no RateLimited warning event: %q", ev)
 	}
 }
+
+// runRendered runs the real depproxy exactly as the operator rendered the
+// Deployment name in ns: the container's args, its ConfigMaps and Secrets
+// mounted where the pod would have them (a ConfigMap changed later is
+// written again, as the kubelet does), its Secret env. Only its ports are
+// this machine's. It returns the proxy's log.
+func runRendered(t *testing.T, ns, name, proxyAddr, opsAddr string) *syncLog {
+	t.Helper()
+	ctx := context.Background()
+	deploy := &appsv1.Deployment{}
+	if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, deploy); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	container := deploy.Spec.Template.Spec.Containers[0]
+	volumes := map[string]corev1.Volume{}
+	for _, v := range deploy.Spec.Template.Spec.Volumes {
+		volumes[v.Name] = v
+	}
+	// Paths in the files point at the other mounts: under root here.
+	writeConfigMap := func(cmName, dir string) {
+		cm := &corev1.ConfigMap{}
+		if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: cmName}, cm); err != nil {
+			t.Errorf("ConfigMap %s: %v", cmName, err)
+			return
+		}
+		for k, val := range cm.Data {
+			val = strings.ReplaceAll(val, configDir, filepath.Join(root, configDir))
+			path := filepath.Join(dir, k)
+			if old, err := os.ReadFile(path); err == nil && string(old) == val {
+				continue
+			}
+			os.WriteFile(path+".new", []byte(val), 0o644)
+			os.Rename(path+".new", path)
+		}
+	}
+	var sync []func()
+	for _, vm := range container.VolumeMounts {
+		dir := filepath.Join(root, vm.MountPath)
+		os.MkdirAll(dir, 0o755)
+		switch v := volumes[vm.Name]; {
+		case v.ConfigMap != nil:
+			writeConfigMap(v.ConfigMap.Name, dir)
+			sync = append(sync, func() { writeConfigMap(v.ConfigMap.Name, dir) })
+		case v.Secret != nil:
+			s := &corev1.Secret{}
+			if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: v.Secret.SecretName}, s); err != nil {
+				t.Fatal(err)
+			}
+			for k, val := range s.Data {
+				os.WriteFile(filepath.Join(dir, k), val, 0o600)
+			}
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(500 * time.Millisecond):
+				for _, f := range sync {
+					f()
+				}
+			}
+		}
+	}()
+	args := []string{}
+	for _, a := range container.Args {
+		if strings.HasPrefix(a, "/etc/") {
+			a = filepath.Join(root, a)
+		}
+		args = append(args, a)
+	}
+	args = append(args, "--listen", proxyAddr, "--metrics-listen", opsAddr)
+	env := os.Environ()
+	for _, e := range container.Env {
+		secret := &corev1.Secret{}
+		k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: e.ValueFrom.SecretKeyRef.Name}, secret)
+		env = append(env, e.Name+"="+string(secret.Data[e.ValueFrom.SecretKeyRef.Key]))
+	}
+	bin := filepath.Join(t.TempDir(), "depproxy")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/depproxy/depproxy/proxy/cmd/depproxy").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	logs := &syncLog{}
+	cmd := exec.Command(bin, args...)
+	cmd.Env, cmd.Stderr = env, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { close(done); cmd.Process.Kill(); cmd.Wait() })
+	return logs
+}
+
+// syncLog is a process's log, written and read at once.
+type syncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *syncLog) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
+func (l *syncLog) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }

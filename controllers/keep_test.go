@@ -1,0 +1,214 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
+	"github.com/depproxy/depproxy/proxy/layout"
+	"github.com/depproxy/depproxy/test/testenv"
+)
+
+func podSpec(images ...string) corev1.PodSpec {
+	var cs []corev1.Container
+	for i, img := range images {
+		cs = append(cs, corev1.Container{Name: fmt.Sprintf("c%d", i), Image: img})
+	}
+	return corev1.PodSpec{Containers: cs}
+}
+
+// What a cache pins: the digest a running Pod's node pulled, not its
+// tag; its own namespace's images naming its endpoint and nothing of
+// another namespace's; a NodeMirror's registries cluster-wide; the three
+// newest ReplicaSets of a Deployment rolled through five images.
+func TestKeptImages(t *testing.T) {
+	dp := testProxy() // team-a in tenants, pulling through quay.io
+	dp.Spec.Keep = &depproxyv1.KeepSpec{InUse: true, Revisions: 3, Images: []string{"docker.io/library/postgres:16"}}
+	ep := "team-a-depproxy.tenants.svc:5000"
+	w := workloads{
+		Pods: []corev1.Pod{
+			{ObjectMeta: metav1.ObjectMeta{Namespace: "tenants", Name: "running"}, Spec: podSpec(ep + "/org/app:1"),
+				Status: corev1.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{
+					{Name: "c0", Image: ep + "/org/app:1", ImageID: ep + "/org/app@sha256:" + strings.Repeat("a", 64)}}}},
+			{ObjectMeta: metav1.ObjectMeta{Namespace: "tenants", Name: "pending"}, Spec: podSpec(ep+"/org/pending:2", "nginx:1.25")},
+			{ObjectMeta: metav1.ObjectMeta{Namespace: "other", Name: "hostile"}, Spec: podSpec(ep + "/org/theirs:1")},
+			{ObjectMeta: metav1.ObjectMeta{Namespace: "other", Name: "hub"}, Spec: podSpec("redis:7")},
+		},
+		Deployments: []appsv1.Deployment{{ObjectMeta: metav1.ObjectMeta{Namespace: "tenants", Name: "web"},
+			Spec: appsv1.DeploymentSpec{Replicas: ptr.To[int32](0), Template: corev1.PodTemplateSpec{Spec: podSpec(ep + "/quay.io/org/web:5")}}}},
+	}
+	for rev := 1; rev <= 5; rev++ {
+		w.ReplicaSets = append(w.ReplicaSets, appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "tenants", Name: fmt.Sprintf("web-%d", rev),
+			Annotations:     map[string]string{revisionLabel: fmt.Sprint(rev)},
+			OwnerReferences: []metav1.OwnerReference{{Kind: "Deployment", Name: "web", Controller: ptr.To(true)}}},
+			Spec: appsv1.ReplicaSetSpec{Template: corev1.PodTemplateSpec{Spec: podSpec(fmt.Sprintf("%s/org/web:%d", ep, rev))}}})
+	}
+	pinned, warm := keptImages(dp, scopeOf(dp, nil), w)
+	want := []string{
+		"docker.io/library/postgres:16",
+		"quay.io/org/app@sha256:" + strings.Repeat("a", 64),
+		"quay.io/org/pending:2",
+		"quay.io/org/web:3", "quay.io/org/web:4", "quay.io/org/web:5",
+	}
+	if !slices.Equal(pinned, want) || len(warm) != 0 {
+		t.Fatalf("pinned %q, warm %q; want pinned %q", pinned, warm, want)
+	}
+
+	// A NodeMirror naming the cache for docker.io: docker.io images of
+	// every namespace, as nodes pull them.
+	nm := depproxyv1.NodeMirror{Spec: depproxyv1.NodeMirrorSpec{Cache: depproxyv1.CacheReference{Namespace: "tenants", Name: "team-a"},
+		Registries: []string{"docker.io"}}}
+	dp.Spec.Keep.Warm = true
+	pinned, warm = keptImages(dp, scopeOf(dp, []depproxyv1.NodeMirror{nm}), w)
+	for _, img := range []string{"docker.io/library/nginx:1.25", "docker.io/library/redis:7"} {
+		if !slices.Contains(pinned, img) || !slices.Contains(warm, img) {
+			t.Errorf("a NodeMirror's registry: %s not pinned and warmed (%q, %q)", img, pinned, warm)
+		}
+	}
+	for _, l := range append(pinned, warm...) {
+		if strings.Contains(l, "theirs") {
+			t.Errorf("another namespace's image naming this cache's endpoint was kept: %s", l)
+		}
+	}
+}
+
+// In a real manager with the operator's cache (workloads stripped to
+// their images), a Deployment created with no replicas whose image is
+// not cached: within 60 s the real proxy, run as rendered, holds its
+// index, the node platform's child and that child's blobs, without a
+// client pulling; the status says it is warmed.
+func TestKeepWarmsBeforeAnyPull(t *testing.T) {
+	ctx := context.Background()
+	reg := testenv.StartRegistry(t)
+	front := testenv.StartFront(t, reg.URL())
+	m := testenv.StartMinIO(t)
+	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+	var amd64 v1.Image
+	for _, arch := range []string{"amd64", "arm64"} {
+		img, err := random.Image(4096, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if arch == "amd64" {
+			amd64 = img
+		}
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
+	}
+	ref, _ := name.ParseReference(reg.Addr+"/org/worker:2.0", name.Insecure)
+	if err := remote.WriteIndex(ref, idx); err != nil {
+		t.Fatal(err)
+	}
+
+	// A node, for its platform.
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{GenerateName: "node-"}}
+	if err := k8sClient.Create(ctx, node); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k8sClient.Delete(ctx, node) })
+	node.Status.NodeInfo = corev1.NodeSystemInfo{OperatingSystem: "linux", Architecture: "amd64"}
+	if err := k8sClient.Status().Update(ctx, node); err != nil {
+		t.Fatal(err)
+	}
+
+	opsAddr := testenv.FreeAddr(t)
+	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0", Cache: CacheOptions()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (&DependencyProxyReconciler{Client: mgr.GetClient(), Scheme: scheme, Recorder: mgr.GetEventRecorder("depproxy"),
+		ProxyImage: DefaultImage, SummaryInterval: time.Second,
+		Summaries: HTTPSummaries{BaseURL: func(*depproxyv1.DependencyProxy) string { return "http://" + opsAddr }}}).SetupWithManager(mgr); err != nil {
+		t.Fatal(err)
+	}
+	startManager(t, mgr)
+
+	ns := namespace(t)
+	storageSecret(t, ns, "minio", map[string]string{"AWS_ACCESS_KEY_ID": m.AccessKey, "AWS_SECRET_ACCESS_KEY": m.SecretKey})
+	dp := &depproxyv1.DependencyProxy{
+		ObjectMeta: metav1.ObjectMeta{Name: "warm", Namespace: ns},
+		Spec: depproxyv1.DependencyProxySpec{
+			Upstream: depproxyv1.UpstreamSpec{URL: front.URL()},
+			Storage: depproxyv1.StorageSpec{Endpoint: m.Addr, Bucket: "keep-cache", Prefix: ns, Insecure: true,
+				CredentialsSecretRef: corev1.LocalObjectReference{Name: "minio"}},
+			Keep: &depproxyv1.KeepSpec{InUse: true, Warm: true},
+		},
+	}
+	if err := k8sClient.Create(ctx, dp); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the Deployment and the keep ConfigMap are made", func() bool {
+		return k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "warm-depproxy"}, &appsv1.Deployment{}) == nil &&
+			k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "warm-depproxy-keep"}, &corev1.ConfigMap{}) == nil
+	})
+	logs := runRendered(t, ns, "warm-depproxy", testenv.FreeAddr(t), opsAddr)
+	markAvailable(t, ns, "warm-depproxy", 1)
+
+	front.Reset()
+	image := "warm-depproxy." + ns + ".svc:5000/org/worker:2.0"
+	worker := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "worker", Namespace: ns}, Spec: appsv1.DeploymentSpec{
+		Replicas: ptr.To[int32](0),
+		Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "worker"}},
+		Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "worker"}}, Spec: podSpec(image)},
+	}}
+	created := time.Now()
+	if err := k8sClient.Create(ctx, worker); err != nil {
+		t.Fatal(err)
+	}
+	store := m.Storage(t, "keep-cache", ns)
+	blobs := []v1.Hash{}
+	mf, _ := amd64.Manifest()
+	blobs = append(blobs, mf.Config.Digest)
+	for _, l := range mf.Layers {
+		blobs = append(blobs, l.Digest)
+	}
+	for deadline := created.Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		all := true
+		for _, b := range blobs {
+			if _, err := store.Stat(ctx, "blobs/"+b.Algorithm+"/"+b.Hex); err != nil {
+				all = false
+			}
+		}
+		if all {
+			break
+		}
+		if time.Now().After(deadline) {
+			cm := &corev1.ConfigMap{}
+			k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "warm-depproxy-keep"}, cm)
+			t.Fatalf("the workload's image is not cached within 60 s; keep files %q; proxy log:\n%s", cm.Data, logs)
+		}
+	}
+	t.Logf("cached %s after the Deployment was created", time.Since(created).Round(100*time.Millisecond))
+	if front.Count(http.MethodGet, "blobs") != len(blobs) {
+		t.Errorf("the upstream sent %d blobs, want the %d of the node's platform", front.Count(http.MethodGet, "blobs"), len(blobs))
+	}
+	if _, err := store.Stat(ctx, layout.Tag(front.Addr, "org/worker", "2.0")); err != nil {
+		t.Errorf("the tag is not cached: %v", err)
+	}
+	eventually(t, "the status says the image is warmed", func() bool {
+		k8sClient.Get(ctx, client.ObjectKeyFromObject(dp), dp)
+		c := dp.Status.Cache
+		return c != nil && c.KeptCount == 1 && len(c.Kept) == 1 && c.Kept[0].Warmed && c.Kept[0].Pinned && len(c.Kept[0].Children) == 1
+	})
+	assertCondition(t, dp, depproxyv1.ConditionWarmed, metav1.ConditionTrue, depproxyv1.ReasonAllWarmed)
+}
