@@ -212,3 +212,58 @@ func TestKeepWarmsBeforeAnyPull(t *testing.T) {
 	})
 	assertCondition(t, dp, depproxyv1.ConditionWarmed, metav1.ConditionTrue, depproxyv1.ReasonAllWarmed)
 }
+
+// A hostile namespace admin's cache with spec.keep: it learns and pins
+// nothing of another namespace's workloads, not even those naming its
+// endpoint; only a cluster admin's NodeMirror widens what it serves.
+func TestKeepStaysInTheNamespace(t *testing.T) {
+	ctx := context.Background()
+	ns, victim := namespace(t), namespace(t)
+	mallory := asNamespaceAdmin(t, ns, "mallory-keep")
+	if err := mallory.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "minio", Namespace: ns},
+		StringData: map[string]string{"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}}); err != nil {
+		t.Fatal(err)
+	}
+	dp := &depproxyv1.DependencyProxy{ObjectMeta: metav1.ObjectMeta{Name: "spy", Namespace: ns}, Spec: depproxyv1.DependencyProxySpec{
+		Storage: depproxyv1.StorageSpec{Endpoint: "m:9000", Bucket: "cache", Prefix: ns, CredentialsSecretRef: corev1.LocalObjectReference{Name: "minio"}},
+		Keep:    &depproxyv1.KeepSpec{InUse: true, Warm: true, Revisions: 10}}}
+	if err := mallory.Create(ctx, dp); err != nil {
+		t.Fatalf("the namespace admin may not create a keeping cache: %v", err)
+	}
+	if err := mallory.List(ctx, &corev1.PodList{}, client.InNamespace(victim)); err == nil {
+		t.Fatal("the namespace admin can list the other namespace's Pods: the test proves nothing")
+	}
+	for i, img := range []string{"spy-depproxy." + ns + ".svc:5000/secret/app:1", "docker.io/secret/internal:2"} {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("p%d", i), Namespace: victim}, Spec: podSpec(img)}
+		if err := k8sClient.Create(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	own := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "own", Namespace: ns}, Spec: podSpec("spy-depproxy." + ns + ".svc:5000/library/busybox:1")}
+	if err := k8sClient.Create(ctx, own); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := newProxyReconciler(k8sClient)
+	reconcileProxy(t, r, dp)
+	keep := func() string {
+		cm := &corev1.ConfigMap{}
+		if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "spy-depproxy-keep"}, cm); err != nil {
+			t.Fatal(err)
+		}
+		return cm.Data[pinnedKey] + cm.Data[warmKey]
+	}
+	if got := keep(); strings.Contains(got, "secret") || !strings.Contains(got, "docker.io/library/busybox:1") {
+		t.Fatalf("the tenant's keep files: %q: want its own image, nothing of the other namespace's", got)
+	}
+
+	nm := &depproxyv1.NodeMirror{ObjectMeta: metav1.ObjectMeta{Name: "keep-" + ns}, Spec: depproxyv1.NodeMirrorSpec{
+		Cache: depproxyv1.CacheReference{Namespace: ns, Name: "spy"}, Registries: []string{"docker.io"}, NodePort: 30561}}
+	if err := k8sClient.Create(ctx, nm); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k8sClient.Delete(ctx, nm) })
+	reconcileProxy(t, r, dp)
+	if got := keep(); !strings.Contains(got, "docker.io/secret/internal:2") || strings.Contains(got, "secret/app") {
+		t.Fatalf("with the cluster admin's NodeMirror for docker.io: %q; want the nodes' docker.io images, still not the other namespace's endpoint images", got)
+	}
+}
