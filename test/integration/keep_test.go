@@ -329,3 +329,29 @@ func waitFor(t *testing.T, within time.Duration, what string, ok func() bool) {
 		}
 	}
 }
+
+// Three replicas reading one pins file: the image is warmed with one
+// upstream download per blob, by one replica.
+func TestWarmingThreeReplicasDownloadsOnce(t *testing.T) {
+	e := newEnv(t)
+	repo := repoName(t)
+	img := ociImage(t, 3)
+	pushImage(t, e.registry.Addr, repo, "v1", img)
+	pinsFile := filepath.Join(t.TempDir(), "pinned")
+	writePins(t, pinsFile, registryname.Of(e.front.URL())+"/"+repo+":v1")
+	e.front.Reset()
+	startReplicas(t, 3, e.front.URL(), e.minio, nonName.ReplaceAllString(t.Name(), "-"), "--pinned", pinsFile)
+	store := e.minio.Storage(t, "cache", nonName.ReplaceAllString(t.Name(), "-"))
+	waitFor(t, 30*time.Second, "the pinned image is cached", func() bool {
+		for _, b := range blobsOf(t, img) {
+			if !exists(t, store, layout.Blob(b)) {
+				return false
+			}
+		}
+		return true
+	})
+	time.Sleep(time.Second) // a second replica warming would have started by now
+	if got, want := e.front.Count(http.MethodGet, "blobs"), len(blobsOf(t, img)); got != want {
+		t.Fatalf("warming through three replicas cost %d upstream blob GETs, want %d", got, want)
+	}
+}
