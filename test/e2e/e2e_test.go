@@ -78,6 +78,7 @@ type cluster struct {
 	// hosts.toml for it, from before the cache.
 	ghcr      *testenv.Front
 	ghcrHosts string
+	upstream  string // the docker.io upstream registry itself, for pushing and pruning
 	proxy     string // the proxy, through the test's Service at its node port
 	mirror    string // the proxy, at the NodeMirror's node port
 	minio     *minio.Client
@@ -89,6 +90,7 @@ func TestEndToEnd(t *testing.T) {
 	k.startMinIO(ctx, t)
 	upstream := testenv.StartRegistryAt(t, testenv.FreeAddrOn(t, k.nodeIP))
 	k.front = testenv.StartFrontAt(t, testenv.FreeAddrOn(t, k.nodeIP), upstream.URL())
+	k.upstream = upstream.Addr
 	images := pushTestImages(t, upstream.Addr)
 	// A second upstream, standing in for ghcr.io, for the node mirror; it
 	// lives as long as the whole test, its last subtest pulls from it.
@@ -750,6 +752,8 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.D
 		}
 	}
 
+	k.keptImage(ctx, t, dp)
+
 	if err := k.c.Delete(ctx, nm); err != nil {
 		t.Fatal(err)
 	}
@@ -760,6 +764,139 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.D
 		return nil
 	})
 	k.nodeUnconfigured(ctx, t)
+}
+
+// keptImage: with spec.keep, a Deployment's image is in the cache before
+// its Pod starts (the upstream sends its blobs while the Deployment has
+// no replicas); with the upstream stopped and the tag pruned upstream, a
+// deleted Pod comes back Running through the cache.
+func (k *cluster) keptImage(ctx context.Context, t *testing.T, dp *depproxyv1.DependencyProxy) {
+	pause, err := crane.Pull(os.Getenv("DEPPROXY_E2E_PAUSE_IMAGE"), crane.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := random.Layer(4096, types.DockerLayer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(pause, l) // runs as pause does, blobs of its own
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _ := name.ParseReference(k.upstream+"/library/e2e-kept:1", name.Insecure)
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	digest, _ := img.Digest()
+	m, _ := img.Manifest()
+	blobs := []v1.Hash{m.Config.Digest}
+	for _, l := range m.Layers {
+		blobs = append(blobs, l.Digest)
+	}
+
+	if err := k.c.Get(ctx, client.ObjectKeyFromObject(dp), dp); err != nil {
+		t.Fatal(err)
+	}
+	dp.Spec.Keep = &depproxyv1.KeepSpec{InUse: true, Warm: true}
+	if err := k.c.Update(ctx, dp); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		k.c.Get(ctx, client.ObjectKeyFromObject(dp), dp)
+		dp.Spec.Keep = nil
+		k.c.Update(ctx, dp)
+	}()
+	k.front.Reset()
+	labels := map[string]string{"app": "e2e-kept"}
+	deploy := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "e2e-kept", Namespace: namespace}, Spec: appsv1.DeploymentSpec{
+		Replicas: ptr.To[int32](0),
+		Selector: &metav1.LabelSelector{MatchLabels: labels},
+		Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: restrictedPod("docker.io/library/e2e-kept:1")},
+	}}
+	if err := k.c.Create(ctx, deploy); err != nil {
+		t.Fatal(err)
+	}
+	defer k.c.Delete(ctx, deploy)
+	eventually(t, 4*time.Minute, "the Deployment's image is cached with no Pod of it", func() error {
+		for _, key := range append([]string{"registries/docker.io/library/e2e-kept/_tags/1"}, blobKeys(blobs)...) {
+			if _, err := k.minio.StatObject(ctx, bucket, key, minio.StatObjectOptions{}); err != nil {
+				return fmt.Errorf("%s: %v", key, err)
+			}
+		}
+		return nil
+	})
+	if got := k.front.Count(http.MethodGet, "blobs"); got < len(blobs) {
+		t.Fatalf("the upstream sent %d blobs before any Pod ran, want the image's %d", got, len(blobs))
+	}
+	eventually(t, 2*time.Minute, "the status says the image is pinned and warmed", func() error {
+		if err := k.c.Get(ctx, client.ObjectKeyFromObject(dp), dp); err != nil {
+			return err
+		}
+		if dp.Status.Cache == nil {
+			return fmt.Errorf("no status.cache yet")
+		}
+		for _, kept := range dp.Status.Cache.Kept {
+			if kept.Image == "docker.io/library/e2e-kept:1" && kept.Warmed && kept.Pinned && kept.Digest == digest.String() {
+				return nil
+			}
+		}
+		return fmt.Errorf("status.cache.kept %+v", dp.Status.Cache.Kept)
+	})
+	scale := func(n int32) {
+		k.c.Get(ctx, client.ObjectKeyFromObject(deploy), deploy)
+		deploy.Spec.Replicas = ptr.To(n)
+		if err := k.c.Update(ctx, deploy); err != nil {
+			t.Fatal(err)
+		}
+	}
+	running := func(what string) {
+		eventually(t, 3*time.Minute, what, func() error {
+			var pods corev1.PodList
+			if err := k.c.List(ctx, &pods, client.InNamespace(namespace), client.MatchingLabels(labels)); err != nil {
+				return err
+			}
+			for _, p := range pods.Items {
+				if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning {
+					return nil
+				}
+			}
+			return fmt.Errorf("no Pod Running: %d pods", len(pods.Items))
+		})
+	}
+	scale(1)
+	running("the kept image's Pod Running")
+
+	// The tag pruned upstream, and the upstream down.
+	req, _ := http.NewRequest(http.MethodDelete, "http://"+k.upstream+"/v2/library/e2e-kept/manifests/"+digest.String(), nil)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("pruning the tag upstream: %v %v", err, resp)
+	}
+	k.front.Stop()
+	defer k.front.Start()
+	if err := k.c.DeleteAllOf(ctx, &corev1.Pod{}, client.InNamespace(namespace), client.MatchingLabels(labels)); err != nil {
+		t.Fatal(err)
+	}
+	running("the deleted Pod back Running through the cache, the upstream down and the tag pruned")
+}
+
+func blobKeys(blobs []v1.Hash) []string {
+	var out []string
+	for _, b := range blobs {
+		out = append(out, "blobs/"+b.Algorithm+"/"+b.Hex)
+	}
+	return out
+}
+
+// restrictedPod runs image under the restricted Pod Security Standard,
+// pulling it every time.
+func restrictedPod(image string) corev1.PodSpec {
+	return corev1.PodSpec{
+		SecurityContext: &corev1.PodSecurityContext{RunAsNonRoot: ptr.To(true), RunAsUser: ptr.To[int64](65532),
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}},
+		Containers: []corev1.Container{{Name: "app", Image: image, ImagePullPolicy: corev1.PullAlways,
+			SecurityContext: &corev1.SecurityContext{AllowPrivilegeEscalation: ptr.To(false),
+				Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}}},
+	}
 }
 
 // nodeUnconfigured: with the NodeMirror gone, the node's files are gone and
@@ -784,13 +921,7 @@ func (k *cluster) nodeUnconfigured(ctx context.Context, t *testing.T) {
 // Standard, and waits for it to run.
 func (k *cluster) runPod(ctx context.Context, t *testing.T, name, image string) {
 	t.Helper()
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace}, Spec: corev1.PodSpec{
-		SecurityContext: &corev1.PodSecurityContext{RunAsNonRoot: ptr.To(true), RunAsUser: ptr.To[int64](65532),
-			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}},
-		Containers: []corev1.Container{{Name: "app", Image: image, ImagePullPolicy: corev1.PullAlways,
-			SecurityContext: &corev1.SecurityContext{AllowPrivilegeEscalation: ptr.To(false),
-				Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}}},
-	}}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace}, Spec: restrictedPod(image)}
 	if err := k.c.Create(ctx, pod); err != nil {
 		t.Fatal(err)
 	}
