@@ -54,12 +54,13 @@ func main() {
 	faultsOnly := flag.Bool("faults-only", false, "only the cold pulls with the storage up and hung")
 	tagsOnly := flag.Bool("tags-only", false, "only the warm tag table (the audit log on and off among it)")
 	rolloutOnly := flag.Bool("rollout-only", false, "only the rollout table: 256 nodes pulling one image through three replicas, cold then warm")
+	keepOnly := flag.Bool("keep-only", false, "only the manager's memory with 0, 1,000 and 5,000 Pods of a keeping cache (envtest)")
 	plotPath := flag.String("plot", "docs/bench.png", "where to write the plot of cold pulls by concurrent clients (empty: none)")
 	flag.Parse()
 	b := newBench()
 	defer b.cleanup()
 	b.plot = *plotPath
-	b.faultsOnly, b.tagsOnly, b.rolloutOnly = *faultsOnly, *tagsOnly, *rolloutOnly
+	b.faultsOnly, b.tagsOnly, b.rolloutOnly, b.keepOnly = *faultsOnly, *tagsOnly, *rolloutOnly, *keepOnly
 	if err := b.run(*runs, *warmOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		b.cleanup()
@@ -83,9 +84,9 @@ type bench struct {
 	blob     v1.Hash
 	plot     string // the PNG's path
 	// faultsOnly runs the fault rows alone; tagsOnly the warm tag table;
-	// rolloutOnly the rollout table.
-	faultsOnly, tagsOnly, rolloutOnly bool
-	rolloutBytes                      int64 // the rollout image's blobs, both platforms
+	// rolloutOnly the rollout table; keepOnly the manager's memory.
+	faultsOnly, tagsOnly, rolloutOnly, keepOnly bool
+	rolloutBytes                                int64 // the rollout image's blobs, both platforms
 }
 
 // plotClients are the points of the plot.
@@ -153,6 +154,9 @@ func (c *cache) peakRSS() int64 {
 }
 
 func (b *bench) run(runs int, warmOnly bool) error {
+	if b.keepOnly {
+		return b.keepMemoryRows()
+	}
 	fmt.Fprintln(os.Stderr, "starting upstream, MinIO, building depproxy")
 	b.upstream = testenv.StartRegistry(b)
 	b.front = testenv.StartFront(b, b.upstream.URL())
@@ -244,6 +248,8 @@ func (b *bench) run(runs int, warmOnly bool) error {
 	if !warmOnly {
 		fmt.Println()
 		b.rolloutRows(runs)
+		fmt.Println()
+		return b.keepMemoryRows()
 	}
 	return nil
 }

@@ -49,28 +49,7 @@ func TestCleanupCommandOnManyObjects(t *testing.T) {
 	cmd := exec.Command(bin, "cleanup", "--storage", filepath.Join(dir, "data"), "--ttl", "720h", "--summary-file", summaryFile)
 	var stdout strings.Builder
 	cmd.Stdout = &stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	// The kernel's high-water mark of the cleanup's own memory. (rusage's
-	// maxrss would count the test process too: the child shares its
-	// memory until exec.)
-	var rss int64
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	for waiting := true; waiting; {
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("depproxy cleanup: %v", err)
-			}
-			waiting = false
-		case <-time.After(5 * time.Millisecond):
-			if hwm := testenv.PeakRSS(cmd.Process.Pid); hwm > rss {
-				rss = hwm
-			}
-		}
-	}
+	rss := runWatchingRSS(t, cmd)
 	out := stdout.String()
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	var sum struct{ DeletedBlobs, Kept int64 }
@@ -136,25 +115,7 @@ func TestCleanupBudgetOnManyObjects(t *testing.T) {
 	var stdout strings.Builder
 	cmd.Stdout = &stdout
 	started := time.Now()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var rss int64
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	for waiting := true; waiting; {
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("depproxy cleanup: %v\n%s", err, stdout.String())
-			}
-			waiting = false
-		case <-time.After(5 * time.Millisecond):
-			if hwm := testenv.PeakRSS(cmd.Process.Pid); hwm > rss {
-				rss = hwm
-			}
-		}
-	}
+	rss := runWatchingRSS(t, cmd)
 	took := time.Since(started)
 	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
 	var sum struct {
@@ -175,6 +136,32 @@ func TestCleanupBudgetOnManyObjects(t *testing.T) {
 	t.Logf("budget eviction over %d objects: %s, peak RSS %d MiB", images*(blobs+3), took.Round(time.Millisecond), rss>>20)
 	if rss > 150<<20 {
 		t.Errorf("the eviction of %d objects peaked at %d MiB of RSS", images*(blobs+3), rss>>20)
+	}
+}
+
+// runWatchingRSS runs cmd to its end and returns the kernel's high-water
+// mark of its own memory. (rusage's maxrss would count the test process
+// too: the child shares its memory until exec.)
+func runWatchingRSS(t *testing.T, cmd *exec.Cmd) int64 {
+	t.Helper()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var rss int64
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("%s: %v", strings.Join(cmd.Args, " "), err)
+			}
+			return rss
+		case <-time.After(5 * time.Millisecond):
+			if hwm := testenv.PeakRSS(cmd.Process.Pid); hwm > rss {
+				rss = hwm
+			}
+		}
 	}
 }
 
