@@ -23,9 +23,10 @@ const (
 	pinnedKey     = "pinned"
 	warmKey       = "warm"
 	revisionLabel = "deployment.kubernetes.io/revision"
-	// maxKeptLines bounds each file: a cluster running more distinct
-	// images than this pins the first ones in order.
-	maxKeptLines = 20000
+	// maxKeptBytes bounds each file, so that both fit a ConfigMap (1 MiB):
+	// a cluster running more distinct images than that keeps the first
+	// ones in order.
+	maxKeptBytes = 480 << 10
 )
 
 // keeping: the spec asks the cache to pin or warm anything.
@@ -193,7 +194,13 @@ func keptImages(dp *depproxyv1.DependencyProxy, sc imageScope, w workloads) (pin
 func bounded(lines []string) []string {
 	sort.Strings(lines)
 	lines = slices.Compact(lines)
-	return lines[:min(len(lines), maxKeptLines)]
+	size := 0
+	for i, l := range lines {
+		if size += len(l) + 1; size > maxKeptBytes {
+			return lines[:i]
+		}
+	}
+	return lines
 }
 
 // lastRevisions are the n newest ReplicaSets of each Deployment, by the

@@ -179,7 +179,7 @@ func (k *keeper) run(ctx context.Context) {
 	for {
 		changed := k.reload()
 		if k.leader() {
-			if changed || !warmed || k.due() {
+			if changed || !warmed || k.due() || k.stale() {
 				k.warm(ctx)
 				warmed = true
 			}
@@ -200,6 +200,18 @@ func (k *keeper) run(ctx context.Context) {
 	}
 }
 
+// stale: an image was warmed longer ago than rewarmEvery.
+func (k *keeper) stale() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, st := range k.status {
+		if st.Warmed && time.Since(st.WarmedAt) >= rewarmEvery {
+			return true
+		}
+	}
+	return false
+}
+
 // due: a failed warm's retry is due.
 func (k *keeper) due() bool {
 	k.mu.Lock()
@@ -212,8 +224,8 @@ func (k *keeper) due() bool {
 	return false
 }
 
-// warm caches every pinned image not warmed yet (or whose tag may have
-// moved: all of them, each time the file changes) and stores the set.
+// warm caches every image of the files not warmed yet, failed and due
+// again, or warmed over rewarmEvery ago, and stores the pinned set.
 func (k *keeper) warm(ctx context.Context) {
 	k.mu.Lock()
 	refs := append([]keptRef(nil), k.refs...)
@@ -223,11 +235,12 @@ func (k *keeper) warm(ctx context.Context) {
 		k.mu.Lock()
 		at, failed := k.retry[r]
 		st := k.status[r]
+		fresh := st != nil && st.Warmed && time.Since(st.WarmedAt) < rewarmEvery
 		k.mu.Unlock()
 		if st == nil {
 			continue
 		}
-		if failed && time.Now().Before(at) {
+		if (failed && time.Now().Before(at)) || fresh {
 			set.add(r, st)
 			continue
 		}
@@ -254,6 +267,11 @@ func (k *keeper) warm(ctx context.Context) {
 		k.log.Error(err, "cannot store the pinned set")
 	}
 }
+
+// rewarmEvery: a warmed image is warmed again this often, for a pinned
+// tag that moved upstream; otherwise only what is new in the files, or
+// failed, is warmed.
+const rewarmEvery = time.Hour
 
 // warmOne warms one pinned image through its registry's cache.
 func (k *keeper) warmOne(ctx context.Context, r pins.Ref) (cache.Warmed, error) {
