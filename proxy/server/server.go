@@ -31,6 +31,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/cleanup"
 	"github.com/depproxy/depproxy/proxy/hot"
+	"github.com/depproxy/depproxy/proxy/keep"
 	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/peers"
 	"github.com/depproxy/depproxy/proxy/pins"
@@ -51,7 +52,7 @@ type Server struct {
 	caches   []*cache.Cache // one per upstream, the default first
 	store    storage.Storage
 	summary  *summary.Scanner
-	keep     *keeper
+	keep     *keep.Keeper
 	closers  []func() error // what Run releases at the end
 	handler  http.Handler   // the registry port
 	ops      http.Handler   // the metrics port
@@ -70,7 +71,7 @@ type Option func(*options)
 type options struct {
 	store                     storage.Storage
 	cache                     []cache.Option
-	keepEvery, keepGrace      time.Duration
+	keepTiming                keep.Timing
 	idleTimeout, writeTimeout time.Duration
 	certs                     *certReloader // nil: plain HTTP
 	// stopping: the server was told to stop, and says it is not ready
@@ -84,11 +85,11 @@ func WithTimeouts(idle, write time.Duration) Option {
 	return func(o *options) { o.idleTimeout, o.writeTimeout = idle, write }
 }
 
-// WithKeepTiming looks at the pins file and the budget this often, and
-// spares from eviction what was written within grace (tests shorten the
-// 5 s, the minute and the minute).
+// WithKeepTiming looks at the pins files and the budget this often, and
+// spares from eviction what was written within grace (tests shorten
+// keep.DefaultTiming).
 func WithKeepTiming(every, grace time.Duration) Option {
-	return func(o *options) { o.keepEvery, o.keepGrace = every, grace }
+	return func(o *options) { o.keepTiming = keep.Timing{Files: every, Budget: every, Grace: grace} }
 }
 
 // keeperKey is the key whose owner among the replicas warms the pins and
@@ -199,12 +200,10 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 			return nil, fmt.Errorf("warm-platforms: %w", err)
 		}
 	}
-	keep := newKeeper(s.Pinned, s.Warm, int64(s.MaxSize), store, warmPlatforms, scanner,
-		func() bool { return peering == nil || peering.ring.Owner(keeperKey) == peering.ring.Self() }, log.WithName("keep"))
-	metrics.MustRegister(keep.collector())
-	if o.keepEvery > 0 {
-		keep.every, keep.budgetEvery, keep.grace = o.keepEvery, o.keepEvery, o.keepGrace
-	}
+	keeper := keep.New(keep.Options{Pinned: s.Pinned, Warm: s.Warm, MaxSize: int64(s.MaxSize), Store: store, Platforms: warmPlatforms,
+		Summary: scanner, Log: log.WithName("keep"), Timing: o.keepTiming,
+		Leader: func() bool { return peering == nil || peering.ring.Owner(keeperKey) == peering.ring.Self() }})
+	metrics.MustRegister(keeper.Collector())
 	// One cache per upstream, over the one storage: tags apart by
 	// registry, manifests and blobs shared by digest.
 	var caches []*cache.Cache
@@ -232,25 +231,25 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 			cache.WithMemory(int64(s.ManifestMemory)),
 			cache.WithSpoolDir(spoolDir),
 			cache.WithOrigins(len(upstreams) > 1),
-			cache.WithUpstreamNotFound(s.OnUpstreamNotFound != settings.NotFound, keep.pinned(u.Registry)),
+			cache.WithUpstreamNotFound(s.OnUpstreamNotFound != settings.NotFound, keeper.Pinned(u.Registry)),
 		}, append(hotOpts, o.cache...)...)...)
 		caches = append(caches, c)
 		clients = append(clients, up)
 		registries = append(registries, registry.Source{Registry: u.Registry, Upstream: up, Cache: c})
 	}
-	keep.resolve = func(registry, repo string) (*cache.Cache, string, string, bool) {
+	keeper.SetResolver(func(registry, repo string) (*cache.Cache, string, string, bool) {
 		for i, src := range registries {
 			if src.Upstream.Mirrors(registry) {
 				return caches[i], src.Registry, src.Upstream.Repository(repo), true
 			}
 		}
 		return nil, "", "", false
-	}
-	keep.reload() // the tags are pinned from the first request on
+	})
+	keeper.Reload() // the tags are pinned from the first request on
 	scanner.SetLive(func(sum *report.Summary) {
 		sum.Hits, sum.Misses = caches[0].HitCounts()
 		sum.Throttled = throttled(upstreams, clients)
-		keep.report(sum)
+		keeper.Report(sum)
 	})
 
 	sources, err := token.ParseTrustedProxies(s.TrustedProxies)
@@ -292,7 +291,7 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 	for _, c := range caches {
 		closers = append([]func() error{func() error { c.Close(); return nil }}, closers...)
 	}
-	srv := &Server{settings: s, log: log, caches: caches, store: store, summary: scanner, keep: keep, closers: closers, handler: handler,
+	srv := &Server{settings: s, log: log, caches: caches, store: store, summary: scanner, keep: keeper, closers: closers, handler: handler,
 		idleTimeout: o.idleTimeout, writeTimeout: o.writeTimeout, certs: certs, replicas: peering}
 	srv.ops = opsRoutes(promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}), scanner.Handler(s.SummaryInterval.Std(), log.WithName("summary")),
 		func() bool { return !srv.stopping.Load() && peering.ready() })
@@ -326,7 +325,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	tracking.Go(func() { s.replicas.watch(trackCtx, s.log.WithName("replicas")) })
 	tracking.Go(func() { s.summary.Journal(trackCtx) })
-	tracking.Go(func() { s.keep.run(trackCtx) })
+	tracking.Go(func() { s.keep.Run(trackCtx) })
 
 	servers := []*http.Server{
 		{Addr: s.settings.Listen, Handler: progressDeadlines(s.handler, s.writeTimeout), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: s.idleTimeout},

@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -117,7 +118,7 @@ func createPods(ctx context.Context, c client.Client, ns string, from, to int) e
 					Image: fmt.Sprintf("keep-depproxy.%s.svc:5000/org/app-%d:1.%d", ns, i%200, i%7), Env: env,
 					Args:           []string{"--listen", ":8080", "--log-level", "info"},
 					Resources:      corev1.ResourceRequirements{},
-					ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/readyz"}}},
+					ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/readyz", Port: intstr.FromInt32(8080)}}},
 				}}}}
 			if err := c.Create(ctx, pod); err != nil {
 				errs <- err
@@ -138,7 +139,12 @@ func waitPinned(ctx context.Context, c client.Client, ns string, pods int) (int,
 		if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "keep-depproxy-keep"}, cm); err != nil {
 			continue
 		}
-		lines := strings.Count(cm.Data["pinned"], "\n") - 1
+		lines := 0
+		for _, l := range strings.Split(cm.Data["pinned"], "\n") {
+			if l != "" && !strings.HasPrefix(l, "#") {
+				lines++
+			}
+		}
 		if lines >= want {
 			return lines, nil
 		}

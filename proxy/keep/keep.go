@@ -1,4 +1,9 @@
-package server
+// Package keep keeps what a cache must not lose: the images of a pins
+// file, warmed before any client pulls them and stored as a set the
+// cleanup and every replica see, the images of a warm file, warmed, and
+// the storage budget, enforced by evicting what was pulled least
+// recently.
+package keep
 
 import (
 	"bytes"
@@ -23,29 +28,26 @@ import (
 	"github.com/depproxy/depproxy/proxy/summary"
 )
 
-// keeper keeps what the pins file names: it re-reads the file when it
+// Keeper keeps what the pins file names: it re-reads the file when it
 // changes, warms every image in it (retrying what failed, with backoff),
 // and stores the set they resolved to for the cleanup and the other
 // replicas. With a budget, it evicts what is over it. One replica does
 // the warming and the evicting (the owner of a fixed key, so that a lost
 // one is replaced); every replica reads the file, for the tags it must
 // serve when the upstream no longer has them.
-type keeper struct {
+type Keeper struct {
 	pinnedPath, warmPath string
 	// resolve finds the cache of an image's registry (its own name or
 	// one it stands in for), the registry's name there and the
 	// repository as its upstream names it (library/ on Docker Hub).
-	resolve   func(registry, repo string) (c *cache.Cache, name, upstreamRepo string, ok bool)
+	resolve   Resolver
 	store     storage.Storage
 	platforms []v1.Platform
 	maxSize   int64
 	summary   *summary.Scanner
 	leader    func() bool
 	log       logr.Logger
-	// every is how often the files are looked at, budgetEvery the
-	// budget; grace spares from eviction what was written this recently
-	// (an image being cached right now: its manifest before its blobs).
-	every, budgetEvery, grace time.Duration
+	timing    Timing
 
 	mu      sync.Mutex
 	raw     map[string][]byte // by path
@@ -64,17 +66,54 @@ type keptRef struct {
 	pinned bool
 }
 
-func newKeeper(pinnedPath, warmPath string, maxSize int64, store storage.Storage, platforms []v1.Platform,
-	scanner *summary.Scanner, leader func() bool, log logr.Logger) *keeper {
-	k := &keeper{pinnedPath: pinnedPath, warmPath: warmPath, maxSize: maxSize, store: store, platforms: platforms,
-		summary: scanner, leader: leader, log: log, every: 5 * time.Second, budgetEvery: time.Minute, grace: time.Minute,
-		raw: map[string][]byte{}, tags: map[string]bool{}, status: map[keptRef]*report.KeptImage{},
-		retry: map[keptRef]time.Time{}, backoff: map[keptRef]time.Duration{}}
-	return k
+// Resolver finds the cache of an image's registry (its own name or one
+// it stands in for), the registry's name there and the repository as its
+// upstream names it (library/ on Docker Hub).
+type Resolver func(registry, repo string) (c *cache.Cache, name, upstreamRepo string, ok bool)
+
+// Timing is how often the files and the budget are looked at, and what
+// eviction spares: what was written within Grace (an image being cached
+// right now: its manifest before its blobs).
+type Timing struct {
+	Files, Budget, Grace time.Duration
 }
 
-// pinned reports whether a tag of a registry is pinned.
-func (k *keeper) pinned(registry string) func(repo, tag string) bool {
+// DefaultTiming: the files every 5 s, the budget every minute, a minute's
+// grace.
+var DefaultTiming = Timing{Files: 5 * time.Second, Budget: time.Minute, Grace: time.Minute}
+
+// Options are a Keeper's files, budget and parts.
+type Options struct {
+	Pinned, Warm string // the files; "" for none
+	MaxSize      int64  // the budget; 0 for none
+	Store        storage.Storage
+	// Platforms are what an index's children are warmed for; none: all.
+	Platforms []v1.Platform
+	Summary   *summary.Scanner
+	// Leader: this replica warms and evicts.
+	Leader func() bool
+	Log    logr.Logger
+	Timing Timing
+}
+
+// New returns a Keeper; SetResolver before Reload and Run.
+func New(o Options) *Keeper {
+	if o.Timing == (Timing{}) {
+		o.Timing = DefaultTiming
+	}
+	return &Keeper{pinnedPath: o.Pinned, warmPath: o.Warm, maxSize: o.MaxSize, store: o.Store, platforms: o.Platforms,
+		summary: o.Summary, leader: o.Leader, log: o.Log, timing: o.Timing,
+		resolve: func(string, string) (*cache.Cache, string, string, bool) { return nil, "", "", false },
+		raw:     map[string][]byte{}, tags: map[string]bool{}, status: map[keptRef]*report.KeptImage{},
+		retry: map[keptRef]time.Time{}, backoff: map[keptRef]time.Duration{}}
+}
+
+// SetResolver sets how images find their caches: the caches are made
+// after the Keeper, which they ask what is pinned.
+func (k *Keeper) SetResolver(r Resolver) { k.resolve = r }
+
+// Pinned reports whether a tag of a registry is pinned.
+func (k *Keeper) Pinned(registry string) func(repo, tag string) bool {
 	return func(repo, tag string) bool {
 		k.mu.Lock()
 		defer k.mu.Unlock()
@@ -85,7 +124,7 @@ func (k *keeper) pinned(registry string) func(repo, tag string) bool {
 // read reads one file, when it changed since: its references, and
 // whether it changed. A file that cannot be read keeps its last pins;
 // lines that are not references are left out, and said.
-func (k *keeper) read(path string) ([]pins.Ref, bool) {
+func (k *Keeper) read(path string) ([]pins.Ref, bool) {
 	if path == "" {
 		return nil, false
 	}
@@ -117,8 +156,8 @@ func (k *keeper) read(path string) ([]pins.Ref, bool) {
 	return refs, true
 }
 
-// reload reads the files; true when one changed.
-func (k *keeper) reload() bool {
+// Reload reads the files; true when one changed.
+func (k *Keeper) Reload() bool {
 	pinned, pinChanged := k.read(k.pinnedPath)
 	warm, warmChanged := k.read(k.warmPath)
 	if !pinChanged && !warmChanged {
@@ -167,24 +206,24 @@ func (k *keeper) reload() bool {
 	return true
 }
 
-// run keeps the pins and the budget until ctx ends.
-func (k *keeper) run(ctx context.Context) {
+// Run keeps the pins and the budget until ctx ends.
+func (k *Keeper) Run(ctx context.Context) {
 	if k.pinnedPath == "" && k.warmPath == "" && k.maxSize <= 0 {
 		return
 	}
-	tick := time.NewTicker(k.every)
+	tick := time.NewTicker(k.timing.Files)
 	defer tick.Stop()
 	warmed := false
 	var lastBudget time.Time
 	for {
-		changed := k.reload()
+		changed := k.Reload()
 		if k.leader() {
 			if changed || !warmed || k.due() || k.stale() {
 				k.warm(ctx)
 				warmed = true
 			}
 		}
-		if k.maxSize > 0 && time.Since(lastBudget) >= k.budgetEvery {
+		if k.maxSize > 0 && time.Since(lastBudget) >= k.timing.Budget {
 			if k.leader() {
 				k.budget(ctx)
 			} else {
@@ -201,7 +240,7 @@ func (k *keeper) run(ctx context.Context) {
 }
 
 // stale: an image was warmed longer ago than rewarmEvery.
-func (k *keeper) stale() bool {
+func (k *Keeper) stale() bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for _, st := range k.status {
@@ -213,7 +252,7 @@ func (k *keeper) stale() bool {
 }
 
 // due: a failed warm's retry is due.
-func (k *keeper) due() bool {
+func (k *Keeper) due() bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for _, at := range k.retry {
@@ -226,7 +265,7 @@ func (k *keeper) due() bool {
 
 // warm caches every image of the files not warmed yet, failed and due
 // again, or warmed over rewarmEvery ago, and stores the pinned set.
-func (k *keeper) warm(ctx context.Context) {
+func (k *Keeper) warm(ctx context.Context) {
 	k.mu.Lock()
 	refs := append([]keptRef(nil), k.refs...)
 	k.mu.Unlock()
@@ -274,7 +313,7 @@ func (k *keeper) warm(ctx context.Context) {
 const rewarmEvery = time.Hour
 
 // warmOne warms one pinned image through its registry's cache.
-func (k *keeper) warmOne(ctx context.Context, r pins.Ref) (cache.Warmed, error) {
+func (k *Keeper) warmOne(ctx context.Context, r pins.Ref) (cache.Warmed, error) {
 	c, _, repo, ok := k.resolve(r.Registry, r.Repo)
 	if !ok {
 		return cache.Warmed{}, errNoUpstream(r.Registry)
@@ -313,7 +352,7 @@ func (s *pinnedSet) add(r keptRef, st *report.KeptImage) {
 
 // budget evicts what is over the budget, when the summary says the cache
 // is over it.
-func (k *keeper) budget(ctx context.Context) {
+func (k *Keeper) budget(ctx context.Context) {
 	sum, err := k.summary.Summary(ctx, 0)
 	if err != nil {
 		return
@@ -332,7 +371,7 @@ func (k *keeper) budget(ctx context.Context) {
 		}
 	}
 	k.mu.Unlock()
-	run, err := cleanup.Run(ctx, k.store, cleanup.Options{MaxSize: k.maxSize, Pinned: refs, Grace: k.grace, SummaryKey: layout.BudgetSummary})
+	run, err := cleanup.Run(ctx, k.store, cleanup.Options{MaxSize: k.maxSize, Pinned: refs, Grace: k.timing.Grace, SummaryKey: layout.BudgetSummary})
 	if err != nil {
 		k.log.Error(err, "evicting over the budget failed")
 		return
@@ -344,9 +383,9 @@ func (k *keeper) budget(ctx context.Context) {
 	k.mu.Unlock()
 }
 
-// collector reports the budget and what is stored against it, for the
+// Collector reports the budget and what is stored against it, for the
 // alert above 95%.
-func (k *keeper) collector() prometheus.Collector {
+func (k *Keeper) Collector() prometheus.Collector {
 	return &budgetCollector{k: k,
 		used:   prometheus.NewDesc("depproxy_storage_used_bytes", "With --max-size: manifests and blobs stored, as last looked at (every minute).", nil, nil),
 		budget: prometheus.NewDesc("depproxy_storage_budget_bytes", "The storage budget, --max-size.", nil, nil),
@@ -354,7 +393,7 @@ func (k *keeper) collector() prometheus.Collector {
 }
 
 type budgetCollector struct {
-	k            *keeper
+	k            *Keeper
 	used, budget *prometheus.Desc
 }
 
@@ -373,7 +412,7 @@ func (c *budgetCollector) Collect(ch chan<- prometheus.Metric) {
 
 // lastEviction reads what the replica that evicts last did, for this
 // replica's summary.
-func (k *keeper) lastEviction(ctx context.Context) {
+func (k *Keeper) lastEviction(ctx context.Context) {
 	raw, err := storage.ReadAll(ctx, k.store, layout.BudgetSummary, 1<<20)
 	if err != nil {
 		return
@@ -386,8 +425,8 @@ func (k *keeper) lastEviction(ctx context.Context) {
 	}
 }
 
-// report adds the pins and the budget to a summary.
-func (k *keeper) report(sum *report.Summary) {
+// Report adds the pins and the budget to a summary.
+func (k *Keeper) Report(sum *report.Summary) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	sum.MaxSize = k.maxSize
