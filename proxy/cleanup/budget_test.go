@@ -160,3 +160,30 @@ func TestTTLKeepsPinned(t *testing.T) {
 		t.Error("an unpinned image pulled 40 days ago survived a 30-day TTL")
 	}
 }
+
+// A Pod's node pulled a digest the tag no longer points at: the digest
+// pinned keeps that image and its blobs through the TTL, while the tag's
+// new image, unpinned and old, goes.
+func TestPinnedDigestOutlivesItsTag(t *testing.T) {
+	store := storage.NewMemory()
+	c := cacheOf{t, store}
+	// Written now, last pulled 10 days ago, cleaned 31 days from now:
+	// everything is past the 30-day TTL, markers or not.
+	old := time.Now().Add(-10 * 24 * time.Hour)
+	pulled, pulledBlobs := c.image("app", 1000, nil, old) // what the node runs
+	moved, movedBlobs := c.image("app", 2000, nil, old)   // the tag now
+	if d, _ := layout.ReadTag(context.Background(), store, "docker.io", "library/app", "v1"); d != moved {
+		t.Fatal("the tag should point at the new image")
+	}
+	r, _ := pins.ParseRef("docker.io/library/app@" + pulled.String())
+	if _, err := Run(context.Background(), store, Options{TTL: 30 * 24 * time.Hour, Pinned: []pins.Ref{r},
+		Now: func() time.Time { return time.Now().Add(31 * 24 * time.Hour) }}); err != nil {
+		t.Fatal(err)
+	}
+	if !c.has(layout.Manifest(pulled)) || !c.has(layout.Blob(pulledBlobs[0])) {
+		t.Error("the pinned digest, or its blob, was deleted")
+	}
+	if c.has(layout.Manifest(moved)) || c.has(layout.Blob(movedBlobs[0])) {
+		t.Error("the tag's new image, unpinned and past the TTL, survived")
+	}
+}
