@@ -31,7 +31,8 @@ func (r *DependencyProxyReconciler) observe(ctx context.Context, dp *depproxyv1.
 	if err := r.List(ctx, mirrors); err != nil {
 		return w, nil, nil, err
 	}
-	var opts []client.ListOption
+	// Read only: the cache's own objects, not a copy of each.
+	opts := []client.ListOption{client.UnsafeDisableDeepCopy}
 	if !namedByMirror(dp, mirrors.Items) {
 		opts = append(opts, client.InNamespace(dp.Namespace))
 	}
@@ -46,7 +47,7 @@ func (r *DependencyProxyReconciler) observe(ctx context.Context, dp *depproxyv1.
 	w = workloads{Pods: pods.Items, Deployments: deps.Items, ReplicaSets: rss.Items, StatefulSets: sts.Items,
 		DaemonSets: dss.Items, Jobs: jobs.Items, CronJobs: crons.Items}
 	nodes := &corev1.NodeList{}
-	if err := r.List(ctx, nodes); err != nil {
+	if err := r.List(ctx, nodes, client.UnsafeDisableDeepCopy); err != nil {
 		return w, nil, nil, err
 	}
 	return w, mirrors.Items, nodes.Items, nil

@@ -87,7 +87,7 @@ func (b *bench) keepMemoryRows() error {
 		if err != nil {
 			return err
 		}
-		time.Sleep(5 * time.Second) // let the heap settle after the lists
+		time.Sleep(30 * time.Second) // the runtime returns what the lists left to the system
 		rss := testenv.RSS(cmd.Process.Pid)
 		if pods == 0 {
 			base = rss
