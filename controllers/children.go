@@ -134,6 +134,9 @@ func proxySettings(dp *depproxyv1.DependencyProxy) settings.Settings {
 	if a := dp.Spec.Audit; a != nil && a.Enabled {
 		conf.AuditLog, conf.AuditBlobs = "-", a.Blobs
 	}
+	if a := dp.Spec.Access; a != nil {
+		conf.Allow, conf.Deny = a.Allow, a.Deny
+	}
 	if keeping(dp) {
 		conf.Pinned, conf.Warm = keepDir+"/"+pinnedKey, keepDir+"/"+warmKey
 	}
@@ -279,9 +282,19 @@ func hashOf(parts ...string) string {
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
-// configHash changes whenever the config file does: it is a pod template
-// annotation, so a new config rolls the pods.
-func configHash(cm *corev1.ConfigMap) string { return hashOf(sortedPairs(cm.Data)...) }
+// configHash changes whenever the config file does, but for its access
+// rules: it is a pod template annotation, so a new config rolls the pods,
+// while new rules are applied by the proxy from the file, once the
+// kubelet updates it.
+func configHash(cm *corev1.ConfigMap) string {
+	s, err := settings.Parse([]byte(cm.Data[configKey]))
+	if err != nil {
+		return hashOf(sortedPairs(cm.Data)...)
+	}
+	s.Allow, s.Deny = nil, nil
+	raw, _ := s.Marshal()
+	return hashOf(string(raw))
+}
 
 func proxyImage(dp *depproxyv1.DependencyProxy, defaultImage string) string {
 	if dp.Spec.Image != "" {

@@ -139,6 +139,20 @@ func TestConfigHashFollowsTheConfig(t *testing.T) {
 	if configHash(a) == configHash(c) {
 		t.Fatal("a changed config keeps its hash: pods would not roll")
 	}
+	// New access rules: the proxy applies them from the file, no roll.
+	dp = testProxy()
+	dp.Spec.Access = &depproxyv1.AccessSpec{Deny: []string{"docker.io/library/bad"}}
+	d, err := desiredConfigMap(dp, nil)
+	if err != nil || !strings.Contains(d.Data[configKey], "docker.io/library/bad") {
+		t.Fatalf("spec.access is not in the config file: %v\n%s", err, d.Data[configKey])
+	}
+	if configHash(a) != configHash(d) {
+		t.Fatal("new access rules roll the pods")
+	}
+	dp.Spec.Access.Allow = []string{"docker.io/a**b"}
+	if _, err := desiredConfigMap(dp, nil); err == nil || !strings.Contains(err.Error(), "access rule") {
+		t.Fatalf("an access rule the proxy refuses: %v", err)
+	}
 }
 
 func TestImageOverride(t *testing.T) {

@@ -22,6 +22,7 @@ import (
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
@@ -131,8 +132,10 @@ func TestKeepWarmsBeforeAnyPull(t *testing.T) {
 	}
 
 	opsAddr := testenv.FreeAddr(t)
+	// TestManager runs a DependencyProxy controller of its own in this
+	// process: the names may repeat.
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0", Cache: CacheOptions()})
+		HealthProbeBindAddress: "0", Cache: CacheOptions(), Controller: config.Controller{SkipNameValidation: ptr.To(true)}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -110,7 +110,7 @@ func toCacheSummary(w report.Summary, at metav1.Time) *depproxyv1.CacheSummary {
 			s.LastEvictionTime = &metav1.Time{Time: t}
 		}
 	}
-	s.KeptCount = len(w.Kept)
+	s.KeptCount, s.Denied = len(w.Kept), w.Denied
 	for i, k := range w.Kept {
 		if i == maxKeptImages {
 			break

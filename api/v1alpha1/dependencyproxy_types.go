@@ -102,6 +102,13 @@ type DependencyProxySpec struct {
 	// +kubebuilder:validation:items:Pattern="^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$"
 	PrefetchPlatforms []string `json:"prefetchPlatforms,omitempty"`
 
+	// Access says what the cache may pull: images not allowed, or
+	// denied, are refused with DENIED before anything is read or
+	// fetched, cached ones too. A change applies without the pods
+	// rolling, once the kubelet updates their config file.
+	// +optional
+	Access *AccessSpec `json:"access,omitempty"`
+
 	// Keep says which images the cache keeps whatever its cleanup says
 	// (pins), and caches before any node pulls them (warming).
 	// +optional
@@ -223,6 +230,22 @@ type StorageSpec struct {
 	// bucket stays the truth and what the replicas share.
 	// +optional
 	Hot *HotTierSpec `json:"hot,omitempty"`
+}
+
+// AccessSpec: patterns over registry/repository[:tag], names as clients
+// write them (nginx is docker.io/library/nginx); * within a path
+// component, ** across.
+type AccessSpec struct {
+	// Allow: only these may be pulled; none allows all not denied.
+	// +optional
+	// +kubebuilder:validation:MaxItems=256
+	// +kubebuilder:validation:items:MaxLength=512
+	Allow []string `json:"allow,omitempty"`
+	// Deny: never pulled; deny wins over allow.
+	// +optional
+	// +kubebuilder:validation:MaxItems=256
+	// +kubebuilder:validation:items:MaxLength=512
+	Deny []string `json:"deny,omitempty"`
 }
 
 // KeepSpec: what the cluster runs stays pullable.
@@ -358,6 +381,11 @@ type CacheSummary struct {
 	LastEvicted []string `json:"lastEvicted,omitempty"`
 	// +optional
 	LastEvictionTime *metav1.Time `json:"lastEvictionTime,omitempty"`
+
+	// Denied counts the requests spec.access refused since the proxy
+	// started.
+	// +optional
+	Denied int64 `json:"denied,omitempty"`
 
 	// Kept are the images pinned or warmed (spec.keep), at most 100, and
 	// how caching them went.

@@ -69,6 +69,12 @@ type Origins interface {
 	Origin(ctx context.Context, d digest.Digest) string
 }
 
+// Access decides what may be pulled: why a repository (a tag of it, when
+// tag is set) of a registry may not, or "".
+type Access interface {
+	Denied(registry, repo, tag string) string
+}
+
 // Options are what a Registry checks and records besides serving; each
 // may be nil.
 type Options struct {
@@ -79,21 +85,31 @@ type Options struct {
 	// Origins routes blobs that name no registry; nil sends them to the
 	// default.
 	Origins Origins
+	// Access refuses what may not be pulled, before anything is read or
+	// fetched; OnDenied is told of each refusal, by registry.
+	Access   Access
+	OnDenied func(registry string)
 }
 
 // Registry serves the OCI distribution pull API.
 type Registry struct {
-	sources []Source // the first is the default
-	auth    Authorizer
-	audit   Auditor
-	origins Origins
-	log     logr.Logger
+	sources  []Source // the first is the default
+	auth     Authorizer
+	audit    Auditor
+	origins  Origins
+	access   Access
+	onDenied func(registry string)
+	log      logr.Logger
 }
 
 // New returns the /v2 handler for sources, the first being the default
 // for requests that name no registry.
 func New(sources []Source, o Options, log logr.Logger) *Registry {
-	return &Registry{sources: sources, auth: o.Auth, audit: o.Audit, origins: o.Origins, log: log}
+	r := &Registry{sources: sources, auth: o.Auth, audit: o.Audit, origins: o.Origins, access: o.Access, onDenied: o.OnDenied, log: log}
+	if r.onDenied == nil {
+		r.onDenied = func(string) {}
+	}
+	return r
 }
 
 // pick chooses the cache for a request, and the repository name as its
@@ -202,6 +218,15 @@ func (reg *Registry) serve(w http.ResponseWriter, r *http.Request, e *audit.Entr
 			re := toRegError(err, "")
 			e.Answer, e.Reason = audit.Refused, refusal(err, re)
 			re.write(w, r)
+			return
+		}
+	}
+	if reg.access != nil && rt.kind != kindBase {
+		if why := reg.access.Denied(e.Registry, rt.repo, rt.ref.Tag()); why != "" {
+			// Cached or not: nothing is read, nothing is fetched.
+			e.Answer, e.Reason = audit.Refused, why
+			reg.onDenied(e.Registry)
+			(&regError{Status: http.StatusForbidden, Code: "DENIED", Message: e.Registry + "/" + rt.repo + ": " + why}).write(w, r)
 			return
 		}
 	}

@@ -26,6 +26,8 @@ type Summary struct {
 	// eviction over it did.
 	MaxSize      int64           `json:"maxSize,omitempty"`
 	LastEviction *CleanupSummary `json:"lastEviction,omitempty"`
+	// Denied counts requests the access rules refused since start.
+	Denied int64 `json:"denied,omitempty"`
 	// Kept are the images of the pins and warm files, and how warming
 	// them went.
 	Kept []KeptImage `json:"kept,omitempty"`

@@ -53,6 +53,7 @@ type Server struct {
 	store    storage.Storage
 	summary  *summary.Scanner
 	keep     *keep.Keeper
+	access   *accessGate
 	closers  []func() error // what Run releases at the end
 	handler  http.Handler   // the registry port
 	ops      http.Handler   // the metrics port
@@ -72,6 +73,7 @@ type options struct {
 	store                     storage.Storage
 	cache                     []cache.Option
 	keepTiming                keep.Timing
+	configFile                string
 	idleTimeout, writeTimeout time.Duration
 	certs                     *certReloader // nil: plain HTTP
 	// stopping: the server was told to stop, and says it is not ready
@@ -91,6 +93,10 @@ func WithTimeouts(idle, write time.Duration) Option {
 func WithKeepTiming(every, grace time.Duration) Option {
 	return func(o *options) { o.keepTiming = keep.Timing{Files: every, Budget: every, Grace: grace} }
 }
+
+// WithConfigFile names the --config file the settings came from: its
+// access rules are applied again whenever it changes, without a restart.
+func WithConfigFile(path string) Option { return func(o *options) { o.configFile = path } }
 
 // keeperKey is the key whose owner among the replicas warms the pins and
 // evicts over the budget.
@@ -204,6 +210,11 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 		Summary: scanner, Log: log.WithName("keep"), Timing: o.keepTiming,
 		Leader: func() bool { return peering == nil || peering.ring.Owner(keeperKey) == peering.ring.Self() }})
 	metrics.MustRegister(keeper.Collector())
+	rules, err := s.Access()
+	if err != nil {
+		return nil, err
+	}
+	gate := newAccessGate(rules, o.configFile, metrics, log.WithName("access"))
 	// One cache per upstream, over the one storage: tags apart by
 	// registry, manifests and blobs shared by digest.
 	var caches []*cache.Cache
@@ -250,6 +261,7 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 		sum.Hits, sum.Misses = caches[0].HitCounts()
 		sum.Throttled = throttled(upstreams, clients)
 		keeper.Report(sum)
+		sum.Denied = gate.denied.Load()
 	})
 
 	sources, err := token.ParseTrustedProxies(s.TrustedProxies)
@@ -275,7 +287,8 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 	if auditLog != nil {
 		auditor = auditLog
 	}
-	reg := registry.New(registries, registry.Options{Auth: auth, Audit: auditor, Origins: storedOrigins{store}}, log.WithName("registry"))
+	reg := registry.New(registries, registry.Options{Auth: auth, Audit: auditor, Origins: storedOrigins{store},
+		Access: gate, OnDenied: gate.count}, log.WithName("registry"))
 	browser := ui.New(scanner, tokens, caches[0].HitCounts, func(ctx context.Context) {
 		for _, c := range caches {
 			c.FlushReads(ctx)
@@ -291,7 +304,7 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 	for _, c := range caches {
 		closers = append([]func() error{func() error { c.Close(); return nil }}, closers...)
 	}
-	srv := &Server{settings: s, log: log, caches: caches, store: store, summary: scanner, keep: keeper, closers: closers, handler: handler,
+	srv := &Server{settings: s, log: log, caches: caches, store: store, summary: scanner, keep: keeper, access: gate, closers: closers, handler: handler,
 		idleTimeout: o.idleTimeout, writeTimeout: o.writeTimeout, certs: certs, replicas: peering}
 	srv.ops = opsRoutes(promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}), scanner.Handler(s.SummaryInterval.Std(), log.WithName("summary")),
 		func() bool { return !srv.stopping.Load() && peering.ready() })
@@ -326,6 +339,7 @@ func (s *Server) Run(ctx context.Context) error {
 	tracking.Go(func() { s.replicas.watch(trackCtx, s.log.WithName("replicas")) })
 	tracking.Go(func() { s.summary.Journal(trackCtx) })
 	tracking.Go(func() { s.keep.Run(trackCtx) })
+	tracking.Go(func() { s.access.follow(trackCtx) })
 
 	servers := []*http.Server{
 		{Addr: s.settings.Listen, Handler: progressDeadlines(s.handler, s.writeTimeout), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: s.idleTimeout},

@@ -5,6 +5,7 @@
 package settings
 
 import (
+	"github.com/depproxy/depproxy/proxy/access"
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/registryname"
 	"github.com/depproxy/depproxy/proxy/storage"
@@ -68,6 +69,8 @@ type Settings struct {
 	OnUpstreamNotFound string    `json:"on-upstream-not-found,omitempty"`
 	MaxSize            Size      `json:"max-size,omitempty"`
 	Warm               string    `json:"warm,omitempty"`
+	Allow              List      `json:"allow,omitempty"`
+	Deny               List      `json:"deny,omitempty"`
 	WarmPlatforms      string    `json:"warm-platforms,omitempty"`
 }
 
@@ -149,6 +152,8 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.BoolVar(&s.AuditBlobs, "audit-blobs", s.AuditBlobs, "with --audit-log: a line per blob request too")
 	fs.StringVar(&s.Warm, "warm", s.Warm, "a file of images to cache before any client pulls them, as --pinned but not kept from the cleanup; re-read when it changes")
 	fs.StringVar(&s.WarmPlatforms, "warm-platforms", s.WarmPlatforms, "comma-separated platforms the images of --pinned and --warm are cached for (default: --prefetch-platforms; without either, every platform of an index)")
+	fs.Var(&s.Allow, "allow", "what may be pulled, registry/repository[:tag] after name normalisation (nginx is docker.io/library/nginx): * within a path component, ** across; repeatable; none allows all that is not denied. A --config file's rules are re-read when it changes")
+	fs.Var(&s.Deny, "deny", "what may never be pulled, as --allow, and winning over it; cached content too; repeatable")
 	fs.StringVar(&s.OnUpstreamNotFound, "on-upstream-not-found", s.OnUpstreamNotFound, "a cached tag the upstream answers 404 for (deleted, pruned): serve-cached serves the cached copy, not-found answers 404; a pinned tag is served either way")
 }
 
@@ -251,6 +256,9 @@ func (s *Settings) Validate() error {
 	if s.OnUpstreamNotFound != ServeCached && s.OnUpstreamNotFound != NotFound {
 		errs = append(errs, fmt.Errorf("on-upstream-not-found is %s or %s, not %q", ServeCached, NotFound, s.OnUpstreamNotFound))
 	}
+	if _, err := s.Access(); err != nil {
+		errs = append(errs, err)
+	}
 	if s.MaxSize < 0 {
 		errs = append(errs, errors.New("max-size may not be negative"))
 	}
@@ -266,6 +274,9 @@ func (s *Settings) Validate() error {
 	// without a replica's own --advertise.
 	return errors.Join(errs...)
 }
+
+// Access are the allow and deny rules.
+func (s *Settings) Access() (*access.Rules, error) { return access.Parse(s.Allow, s.Deny) }
 
 // Duration is a time.Duration written as "1m30s" in files and flags.
 type Duration time.Duration

@@ -103,15 +103,23 @@ func TestServeBinary(t *testing.T) {
 // ready; it returns the registry's base URL and the command.
 func startBinary(t *testing.T, logs *syncBuffer, args ...string) (string, *exec.Cmd) {
 	t.Helper()
+	base, _, cmd := startBinaryOps(t, logs, args...)
+	return base, cmd
+}
+
+// startBinaryOps is startBinary, also returning the metrics port's base
+// URL.
+func startBinaryOps(t *testing.T, logs *syncBuffer, args ...string) (base, ops string, cmd *exec.Cmd) {
+	t.Helper()
 	addr, opsAddr := testenv.FreeAddr(t), testenv.FreeAddr(t)
-	cmd := exec.Command(depproxyBinary(t), append([]string{"serve", "--listen", addr, "--metrics-listen", opsAddr}, args...)...)
+	cmd = exec.Command(depproxyBinary(t), append([]string{"serve", "--listen", addr, "--metrics-listen", opsAddr}, args...)...)
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	waitReady(t, "http://"+opsAddr, logs)
-	return "http://" + addr, cmd
+	return "http://" + addr, "http://" + opsAddr, cmd
 }
 
 // waitReady waits for a depproxy's metrics port to say it is ready.

@@ -66,7 +66,7 @@ func main() {
 	if os.Args[1] == "cleanup" {
 		err = cleanupCommand(ctx, conf, cl, log)
 	} else {
-		err = serve(ctx, conf, log)
+		err = serve(ctx, conf, fs.Lookup("config").Value.String(), log)
 	}
 	exit(err)
 }
@@ -81,8 +81,8 @@ func exit(err error) {
 	os.Exit(0)
 }
 
-func serve(ctx context.Context, conf settings.Settings, log logr.Logger) error {
-	s, err := server.New(ctx, conf, log)
+func serve(ctx context.Context, conf settings.Settings, configFile string, log logr.Logger) error {
+	s, err := server.New(ctx, conf, log, server.WithConfigFile(configFile))
 	if err != nil {
 		return err
 	}
