@@ -9,10 +9,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/registry"
 
@@ -146,5 +148,47 @@ func TestTransportsAreBounded(t *testing.T) {
 	}
 	if n := pings.Load(); n > 2 {
 		t.Errorf("%d pings for %d names", n, maxTransports+500)
+	}
+}
+
+// A .dockerconfigjson naming a credential helper for the host: the
+// helper, a real one built on the helpers' library, hands out the
+// credentials, and again once its answer is old, so a rotated password
+// is picked up; another host gets none of them.
+func TestFileCredentialsHelper(t *testing.T) {
+	bin := t.TempDir()
+	if out, err := exec.Command("go", "build", "-o", filepath.Join(bin, "docker-credential-depproxytest"), "./testdata/credhelper").CombinedOutput(); err != nil {
+		t.Fatalf("building the helper: %v\n%s", err, out)
+	}
+	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	secret, calls := filepath.Join(t.TempDir(), "secret"), filepath.Join(t.TempDir(), "calls")
+	t.Setenv("CREDHELPER_SECRET_FILE", secret)
+	t.Setenv("CREDHELPER_CALLS_FILE", calls)
+	t.Setenv("CREDHELPER_HOST", "quay.io")
+	os.WriteFile(secret, []byte("first\n"), 0o600)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, ".dockerconfigjson"), []byte(`{"credHelpers":{"quay.io":"depproxytest"}}`), 0o600)
+
+	old := helperTTL
+	helperTTL = 300 * time.Millisecond
+	t.Cleanup(func() { helperTTL = old })
+	creds := FileCredentials(dir, "quay.io")
+	ac, err := creds.Authorization()
+	if err != nil || ac.Username != "helper" || ac.Password != "first" {
+		t.Fatalf("from the helper: %+v, %v", ac, err)
+	}
+	os.WriteFile(secret, []byte("second\n"), 0o600)
+	if ac, _ := creds.Authorization(); ac.Password != "first" {
+		t.Fatalf("the helper's answer was not reused within its time: %+v", ac)
+	}
+	time.Sleep(helperTTL + 50*time.Millisecond)
+	if ac, err := creds.Authorization(); err != nil || ac.Password != "second" {
+		t.Fatalf("a rotated password, once the answer is old: %+v, %v", ac, err)
+	}
+	if _, err := FileCredentials(dir, "ghcr.io").Authorization(); err == nil || !strings.Contains(err.Error(), "no entry for ghcr.io") {
+		t.Errorf("another host: %v", err)
+	}
+	if raw, _ := os.ReadFile(calls); strings.Contains(string(raw), "ghcr.io") {
+		t.Errorf("the helper was asked for another host: %s", raw)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/docker/cli/cli/config/configfile"
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -20,6 +21,9 @@ import (
 // a directory with .dockerconfigjson (a kubernetes.io/dockerconfigjson
 // Secret), or with username and password files (basic-auth). It re-reads
 // them when the Secret changes, so a rotated password needs no restart.
+// A .dockerconfigjson naming a credential helper for the host
+// (credHelpers, or credsStore) runs docker-credential-<name> from PATH,
+// through the library the helpers speak, again after helperTTL.
 func FileCredentials(dir, registryHost string) authn.Authenticator {
 	return &fileCredentials{dir: dir, host: registryHost}
 }
@@ -32,14 +36,20 @@ type fileCredentials struct {
 	version string
 	cfg     *authn.AuthConfig
 	err     error
+	// helped: the credentials came from a helper, until then.
+	helped time.Time
 }
+
+// helperTTL is how long a credential helper's answer is used: helpers
+// hand out short-lived tokens (ECR's last 12 hours, others less).
+var helperTTL = time.Minute
 
 // Authorization implements authn.Authenticator.
 func (f *fileCredentials) Authorization() (*authn.AuthConfig, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if v := f.currentVersion(); !f.loaded || v != f.version {
-		f.loaded, f.version = true, v
+	if v := f.currentVersion(); !f.loaded || v != f.version || (!f.helped.IsZero() && time.Now().After(f.helped)) {
+		f.loaded, f.version, f.helped = true, v, time.Time{}
 		f.cfg, f.err = f.load()
 	}
 	return f.cfg, f.err
@@ -69,14 +79,27 @@ func (f *fileCredentials) load() (*authn.AuthConfig, error) {
 			keys = append(keys, registryname.DockerLoginKey)
 		}
 		for _, key := range keys {
-			if _, ok := cf.AuthConfigs[key]; ok {
-				ac, err := cf.GetAuthConfig(key)
-				if err != nil {
-					return nil, fmt.Errorf("upstream credentials: %w", err)
-				}
-				return &authn.AuthConfig{Username: ac.Username, Password: ac.Password, Auth: ac.Auth,
-					IdentityToken: ac.IdentityToken, RegistryToken: ac.RegistryToken}, nil
+			_, stored := cf.AuthConfigs[key]
+			helper := cf.CredentialHelpers[key]
+			if helper == "" && !stored {
+				helper = cf.CredentialsStore
 			}
+			if !stored && helper == "" {
+				continue
+			}
+			// GetAuthConfig runs the helper, if one is named.
+			ac, err := cf.GetAuthConfig(key)
+			if err != nil {
+				return nil, fmt.Errorf("upstream credentials: the credential helper docker-credential-%s for %s: %w", helper, f.host, err)
+			}
+			if helper != "" {
+				f.helped = time.Now().Add(helperTTL)
+				if ac.Username == "" && ac.Password == "" && ac.IdentityToken == "" {
+					continue // the store has nothing for this key
+				}
+			}
+			return &authn.AuthConfig{Username: ac.Username, Password: ac.Password, Auth: ac.Auth,
+				IdentityToken: ac.IdentityToken, RegistryToken: ac.RegistryToken}, nil
 		}
 		return nil, fmt.Errorf("upstream credentials: .dockerconfigjson has no entry for %s", f.host)
 	}
