@@ -30,6 +30,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/audit"
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/cleanup"
+	"github.com/depproxy/depproxy/proxy/credprovider"
 	"github.com/depproxy/depproxy/proxy/hot"
 	"github.com/depproxy/depproxy/proxy/keep"
 	"github.com/depproxy/depproxy/proxy/layout"
@@ -220,8 +221,15 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 	var caches []*cache.Cache
 	var registries []registry.Source
 	var clients []*upstream.Client
+	var plugins *credprovider.Providers
+	if s.CredProviderConfig != "" {
+		if plugins, err = credprovider.Load(s.CredProviderConfig, s.CredProviderBinDir); err != nil {
+			return nil, err
+		}
+	}
 	for _, u := range upstreams {
-		up, err := newUpstream(u, upstream.WithMetrics(upstreamMetrics), upstream.WithRateLimitReserve(s.RateLimitReserve))
+		up, err := newUpstream(u, upstream.WithMetrics(upstreamMetrics), upstream.WithRateLimitReserve(s.RateLimitReserve),
+			upstream.WithAuthenticatorFor(plugins.For)) // an upstream's own credentials, applied after, win
 		if err != nil {
 			return nil, err
 		}

@@ -72,6 +72,8 @@ type Settings struct {
 	Allow              List      `json:"allow,omitempty"`
 	Deny               List      `json:"deny,omitempty"`
 	WarmPlatforms      string    `json:"warm-platforms,omitempty"`
+	CredProviderConfig string    `json:"image-credential-provider-config,omitempty"`
+	CredProviderBinDir string    `json:"image-credential-provider-bin-dir,omitempty"`
 }
 
 // Defaults are the settings of a proxy given no flags and no file; those
@@ -154,6 +156,8 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&s.WarmPlatforms, "warm-platforms", s.WarmPlatforms, "comma-separated platforms the images of --pinned and --warm are cached for (default: --prefetch-platforms; without either, every platform of an index)")
 	fs.Var(&s.Allow, "allow", "what may be pulled, registry/repository[:tag] after name normalisation (nginx is docker.io/library/nginx): * within a path component, ** across; repeatable; none allows all that is not denied. A --config file's rules are re-read when it changes")
 	fs.Var(&s.Deny, "deny", "what may never be pulled, as --allow, and winning over it; cached content too; repeatable")
+	fs.StringVar(&s.CredProviderConfig, "image-credential-provider-config", s.CredProviderConfig, "the kubelet's CredentialProviderConfig (kubelet.config.k8s.io/v1): the upstreams whose host a provider's matchImages match get their credentials from its plugin (ecr-credential-provider, ...), for that host only, cached as the plugin says; an upstream's --upstream-credentials win")
+	fs.StringVar(&s.CredProviderBinDir, "image-credential-provider-bin-dir", s.CredProviderBinDir, "where the plugins of --image-credential-provider-config are, by their names")
 	fs.StringVar(&s.OnUpstreamNotFound, "on-upstream-not-found", s.OnUpstreamNotFound, "a cached tag the upstream answers 404 for (deleted, pruned): serve-cached serves the cached copy, not-found answers 404; a pinned tag is served either way")
 }
 

@@ -127,6 +127,17 @@ func WithCredentialsDir(dir string) Option {
 	return func(c *Client) { c.auth = FileCredentials(dir, c.registry.RegistryStr()) }
 }
 
+// WithAuthenticatorFor sets the credentials from auth, given the
+// registry host the client talks to (a credential provider plugin's for
+// that host); nil keeps the client anonymous.
+func WithAuthenticatorFor(auth func(host string) authn.Authenticator) Option {
+	return func(c *Client) {
+		if a := auth(c.registry.RegistryStr()); a != nil {
+			c.auth = a
+		}
+	}
+}
+
 // WithRegistry names the registry this upstream is for clients, where
 // its URL does not say (docker.io for an internal mirror of Docker Hub at
 // http://mirror.internal:5000). docker.io brings Docker Hub's naming.

@@ -4,14 +4,12 @@ import (
 	"encoding/json"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/depproxy/depproxy/proxy/report"
-	"github.com/depproxy/depproxy/test/testenv"
 )
 
 // Access rules, as a tenant's cache has them (its --config file): a
@@ -62,15 +60,8 @@ func TestAccessRules(t *testing.T) {
 	}
 
 	// podman, from the cache itself.
-	root, err := os.MkdirTemp("", "dppa-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(root) })
-	podman := exec.Command(testenv.Tool(t, "podman"), "--root", filepath.Join(root, "storage"), "--runroot", filepath.Join(root, "run"),
-		"--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none", "pull", "--tls-verify=false", host+"/team/bad:v1")
-	podman.Env = append(os.Environ(), "HOME="+t.TempDir())
-	if out, err := podman.CombinedOutput(); err == nil || !strings.Contains(string(out), "denied by the rule docker.io/team/bad") {
+	podman := podmanRunner(t, "HOME="+t.TempDir())
+	if out, err := podman("pull", "--tls-verify=false", host+"/team/bad:v1"); err == nil || !strings.Contains(out, "denied by the rule docker.io/team/bad") {
 		t.Errorf("podman pull of a denied image: %v\n%s", err, out)
 	}
 

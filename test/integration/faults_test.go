@@ -117,11 +117,7 @@ func TestSpoolWithoutRoom(t *testing.T) {
 	e := newEnv(t)
 	repo := repoName(t)
 	data, d := pushBlob(t, e.registry.Addr, repo, 64<<20)
-	root := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", root).CombinedOutput(); err != nil {
-		t.Fatalf("mount: %v\n%s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", root).Run() })
+	root := smallDisk(t, "40m")
 	store, err := storage.NewFilesystem(root)
 	if err != nil {
 		t.Fatal(err)
@@ -143,4 +139,16 @@ func TestSpoolWithoutRoom(t *testing.T) {
 	if _, err := store.Stat(context.Background(), layout.Blob(digest.Digest(d.String()))); err == nil {
 		t.Error("a blob larger than the disk was stored")
 	}
+}
+
+// smallDisk is a directory on a tmpfs of this size (as mount's size=),
+// unmounted when the test ends. Mounting needs root: the caller checks.
+func smallDisk(t *testing.T, size string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	return dir
 }

@@ -3,7 +3,6 @@ package integration
 import (
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -222,11 +221,7 @@ func TestHotTierDiskFull(t *testing.T) {
 	repo := repoName(t)
 	big, dBig := pushBlob(t, h.registry.Addr, repo, 8<<20)
 	small, dSmall := pushBlob(t, h.registry.Addr, repo, 1<<20)
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Fatalf("mount: %v\n%s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	dir := smallDisk(t, "4m")
 	p := h.startHot(t, dir, 1<<30, t.TempDir()) // --hot-size over the disk
 	pullBlob(t, p, repo, dBig, sha(big))        // cold
 	waitStored(t, p)

@@ -31,18 +31,7 @@ func TestPodmanPullsThroughTheMirror(t *testing.T) {
 	}
 	mainConf := filepath.Join(home, "registries.conf")
 	os.WriteFile(mainConf, []byte("# nothing but the drop-ins\n"), 0o644)
-	root, err := os.MkdirTemp("", "dppm-") // podman wants a short runroot
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(root) })
-	podman := func(args ...string) (string, error) {
-		cmd := exec.Command(testenv.Tool(t, "podman"), append([]string{"--root", filepath.Join(root, "storage"), "--runroot", filepath.Join(root, "run"),
-			"--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"}, args...)...)
-		cmd.Env = append(os.Environ(), "HOME="+home, "CONTAINERS_REGISTRIES_CONF="+mainConf, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"))
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
+	podman := podmanRunner(t, "HOME="+home, "CONTAINERS_REGISTRIES_CONF="+mainConf, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"))
 	for ref, want := range map[string]string{"docker.io/" + tr.repo + ":v1": tr.hubImage, "ghcr.io/" + tr.repo + ":v1": tr.ghcrImage} {
 		if out, err := podman("pull", ref); err != nil {
 			t.Fatalf("podman pull %s: %v\n%s", ref, err, out)
@@ -56,5 +45,22 @@ func TestPodmanPullsThroughTheMirror(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(data, "registries", registry, tr.repo, "_tags", "v1")); err != nil {
 			t.Errorf("podman's %s image did not come through the cache: %v", registry, err)
 		}
+	}
+}
+
+// podmanRunner runs Debian's podman with storage of its own, and env.
+func podmanRunner(t *testing.T, env ...string) func(args ...string) (string, error) {
+	t.Helper()
+	root, err := os.MkdirTemp("", "dppm-") // podman wants a short runroot
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(root) })
+	return func(args ...string) (string, error) {
+		cmd := exec.Command(testenv.Tool(t, "podman"), append([]string{"--root", filepath.Join(root, "storage"), "--runroot", filepath.Join(root, "run"),
+			"--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"}, args...)...)
+		cmd.Env = append(os.Environ(), env...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
 	}
 }

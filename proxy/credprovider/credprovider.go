@@ -1,0 +1,230 @@
+// Package credprovider runs the kubelet's credential provider plugins
+// (ecr-credential-provider, GCP's auth-provider-gcp, acr-credential-
+// provider) for a cache's upstreams, with the kubelet's config file and
+// flags: a cloud registry is pulled through without a static Secret.
+//
+// A plugin is an executable in the bin dir, given a
+// CredentialProviderRequest for an image on its standard input; its
+// CredentialProviderResponse holds credentials by registry pattern,
+// cached for the duration it says, per image, per registry or for all,
+// as its cacheKeyType says.
+package credprovider
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kubeletconfigv1 "k8s.io/kubelet/config/v1"
+	credentialproviderv1 "k8s.io/kubelet/pkg/apis/credentialprovider/v1"
+	"sigs.k8s.io/yaml"
+)
+
+const (
+	configAPIVersion = "kubelet.config.k8s.io/v1"
+	pluginAPIVersion = "credentialprovider.kubelet.k8s.io/v1"
+	// timeout bounds one run of a plugin.
+	timeout = 30 * time.Second
+)
+
+// ErrPlugin is a plugin that failed, timed out, or answered nothing for
+// the registry.
+var ErrPlugin = errors.New("credential provider plugin")
+
+// Providers are the plugins of one config file.
+type Providers struct {
+	binDir    string
+	providers []*provider
+	now       func() time.Time
+}
+
+type provider struct {
+	cfg kubeletconfigv1.CredentialProvider
+
+	mu    sync.Mutex
+	cache map[string]cached // by the key the plugin's cacheKeyType makes
+}
+
+type cached struct {
+	auth    map[string]credentialproviderv1.AuthConfig
+	refresh time.Time // asked again from then on, before it expires
+}
+
+// Load reads the kubelet's CredentialProviderConfig at configPath, its
+// plugins in binDir.
+func Load(configPath, binDir string) (*Providers, error) {
+	raw, err := os.ReadFile(configPath)
+	if err != nil {
+		return nil, fmt.Errorf("image credential provider config: %w", err)
+	}
+	var cfg kubeletconfigv1.CredentialProviderConfig
+	if err := yaml.UnmarshalStrict(raw, &cfg); err != nil {
+		return nil, fmt.Errorf("image credential provider config %s: %w", configPath, err)
+	}
+	if cfg.APIVersion != configAPIVersion || cfg.Kind != "CredentialProviderConfig" {
+		return nil, fmt.Errorf("image credential provider config %s: want apiVersion %s, kind CredentialProviderConfig", configPath, configAPIVersion)
+	}
+	p := &Providers{binDir: binDir, now: time.Now}
+	var errs []error
+	for _, c := range cfg.Providers {
+		switch {
+		case c.Name == "" || strings.ContainsAny(c.Name, "/\\") || c.Name == "." || c.Name == "..":
+			errs = append(errs, fmt.Errorf("provider %q: a name is a file in the bin dir", c.Name))
+		case len(c.MatchImages) == 0:
+			errs = append(errs, fmt.Errorf("provider %s: matchImages is required", c.Name))
+		case c.APIVersion != pluginAPIVersion:
+			errs = append(errs, fmt.Errorf("provider %s: apiVersion %q: this cache speaks %s", c.Name, c.APIVersion, pluginAPIVersion))
+		case c.TokenAttributes != nil:
+			errs = append(errs, fmt.Errorf("provider %s: tokenAttributes (a projected service-account token) are not supported yet", c.Name))
+		}
+		if st, err := os.Stat(filepath.Join(binDir, c.Name)); err != nil || st.IsDir() {
+			errs = append(errs, fmt.Errorf("provider %s: no plugin %s in the bin dir", c.Name, filepath.Join(binDir, c.Name)))
+		}
+		p.providers = append(p.providers, &provider{cfg: c, cache: map[string]cached{}})
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("image credential provider config %s: %w", configPath, err)
+	}
+	return p, nil
+}
+
+// For is the authenticator of a registry host (with its port, if any):
+// the first provider whose matchImages match it, as the kubelet picks;
+// nil when none does.
+func (p *Providers) For(host string) authn.Authenticator {
+	if p == nil {
+		return nil
+	}
+	for _, pr := range p.providers {
+		for _, m := range pr.cfg.MatchImages {
+			if matches(m, host) {
+				return &plugin{p: p, pr: pr, host: host}
+			}
+		}
+	}
+	return nil
+}
+
+// plugin is one provider's credentials for one registry.
+type plugin struct {
+	p    *Providers
+	pr   *provider
+	host string
+}
+
+// Authorization runs the plugin unless its last answer for this host is
+// still fresh.
+func (a *plugin) Authorization() (*authn.AuthConfig, error) {
+	auth, err := a.pr.credentials(context.Background(), a.p, a.host)
+	if err != nil {
+		return nil, err
+	}
+	// The most specific pattern of the answer that matches the host.
+	best, bestLen := credentialproviderv1.AuthConfig{}, -1
+	for pattern, c := range auth {
+		if matches(pattern, a.host) && len(pattern) > bestLen {
+			best, bestLen = c, len(pattern)
+		}
+	}
+	if bestLen < 0 {
+		return nil, fmt.Errorf("%w %s: no credentials for %s in its answer", ErrPlugin, a.pr.cfg.Name, a.host)
+	}
+	return &authn.AuthConfig{Username: best.Username, Password: best.Password}, nil
+}
+
+func (pr *provider) credentials(ctx context.Context, p *Providers, image string) (map[string]credentialproviderv1.AuthConfig, error) {
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	now := p.now()
+	for _, key := range []string{"image:" + image, "registry:" + image, "global"} {
+		if c, ok := pr.cache[key]; ok && now.Before(c.refresh) {
+			return c.auth, nil
+		}
+	}
+	resp, err := pr.run(ctx, p.binDir, image)
+	if err != nil {
+		return nil, err
+	}
+	d := time.Duration(0)
+	if pr.cfg.DefaultCacheDuration != nil {
+		d = pr.cfg.DefaultCacheDuration.Duration
+	}
+	if resp.CacheDuration != nil {
+		d = resp.CacheDuration.Duration
+	}
+	key := "global"
+	switch resp.CacheKeyType {
+	case credentialproviderv1.ImagePluginCacheKeyType:
+		key = "image:" + image
+	case credentialproviderv1.RegistryPluginCacheKeyType:
+		key = "registry:" + image
+	}
+	// Asked again at 80% of the duration: credentials in use are never
+	// the expired ones.
+	pr.cache[key] = cached{auth: resp.Auth, refresh: now.Add(d * 8 / 10)}
+	return resp.Auth, nil
+}
+
+// run execs the plugin once. Its answer holds secrets: nothing of it is
+// logged, and its standard error is cut short in errors.
+func (pr *provider) run(ctx context.Context, binDir, image string) (*credentialproviderv1.CredentialProviderResponse, error) {
+	req, _ := json.Marshal(credentialproviderv1.CredentialProviderRequest{
+		TypeMeta: metav1.TypeMeta{Kind: "CredentialProviderRequest", APIVersion: pluginAPIVersion}, Image: image})
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, pr.cfg.Name), pr.cfg.Args...)
+	cmd.Env = os.Environ()
+	for _, e := range pr.cfg.Env {
+		cmd.Env = append(cmd.Env, e.Name+"="+e.Value)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(req), &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if len(msg) > 300 {
+			msg = msg[:300] + "…"
+		}
+		return nil, fmt.Errorf("%w %s for %s: %v: %s", ErrPlugin, pr.cfg.Name, image, err, msg)
+	}
+	var resp credentialproviderv1.CredentialProviderResponse
+	if err := json.Unmarshal(stdout.Bytes(), &resp); err != nil || resp.Kind != "CredentialProviderResponse" {
+		return nil, fmt.Errorf("%w %s for %s: its answer is not a CredentialProviderResponse", ErrPlugin, pr.cfg.Name, image)
+	}
+	return &resp, nil
+}
+
+// matches is the kubelet's rule for matchImages and the answer's keys: a
+// host whose dot-separated labels each match the pattern's (path.Match
+// globs: *.dkr.ecr.*.amazonaws.com), the same port if the pattern gives
+// one, and the pattern's path, if any, a prefix of the image's.
+func matches(pattern, image string) bool {
+	pattern = strings.TrimPrefix(strings.TrimPrefix(pattern, "https://"), "http://")
+	pHost, pPath, _ := strings.Cut(pattern, "/")
+	iHost, iPath, _ := strings.Cut(image, "/")
+	pName, pPort, pHasPort := strings.Cut(pHost, ":")
+	iName, iPort, _ := strings.Cut(iHost, ":")
+	if pHasPort && pPort != iPort {
+		return false
+	}
+	pLabels, iLabels := strings.Split(pName, "."), strings.Split(iName, ".")
+	if len(pLabels) != len(iLabels) {
+		return false
+	}
+	for i := range pLabels {
+		if ok, err := path.Match(pLabels[i], iLabels[i]); err != nil || !ok {
+			return false
+		}
+	}
+	return pPath == "" || strings.HasPrefix(iPath, pPath)
+}
