@@ -13,6 +13,8 @@ package credprovider
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -45,9 +47,17 @@ var ErrPlugin = errors.New("credential provider plugin")
 // Providers are the plugins of one config file.
 type Providers struct {
 	binDir    string
+	tokenDir  string // projected service-account tokens, by audience
 	providers []*provider
 	now       func() time.Time
 }
+
+// The token directory's layout: what the operator mounts, and what a
+// person running the cache elsewhere provides.
+const (
+	tokenFile       = "token"                           // <dir>/<audience>/token
+	annotationsFile = "serviceaccount-annotations.json" // <dir>/..., the ServiceAccount's annotations
+)
 
 type provider struct {
 	cfg kubeletconfigv1.CredentialProvider
@@ -62,8 +72,11 @@ type cached struct {
 }
 
 // Load reads the kubelet's CredentialProviderConfig at configPath, its
-// plugins in binDir.
-func Load(configPath, binDir string) (*Providers, error) {
+// plugins in binDir. A provider with tokenAttributes is given the
+// service-account token for its audience from tokenDir/<audience>/token
+// (a projected token, re-read on each run: the kubelet rotates it) and
+// the annotations it asks for from tokenDir/serviceaccount-annotations.json.
+func Load(configPath, binDir, tokenDir string) (*Providers, error) {
 	raw, err := os.ReadFile(configPath)
 	if err != nil {
 		return nil, fmt.Errorf("image credential provider config: %w", err)
@@ -75,7 +88,7 @@ func Load(configPath, binDir string) (*Providers, error) {
 	if cfg.APIVersion != configAPIVersion || cfg.Kind != "CredentialProviderConfig" {
 		return nil, fmt.Errorf("image credential provider config %s: want apiVersion %s, kind CredentialProviderConfig", configPath, configAPIVersion)
 	}
-	p := &Providers{binDir: binDir, now: time.Now}
+	p := &Providers{binDir: binDir, tokenDir: tokenDir, now: time.Now}
 	var errs []error
 	for _, c := range cfg.Providers {
 		switch {
@@ -85,8 +98,10 @@ func Load(configPath, binDir string) (*Providers, error) {
 			errs = append(errs, fmt.Errorf("provider %s: matchImages is required", c.Name))
 		case c.APIVersion != pluginAPIVersion:
 			errs = append(errs, fmt.Errorf("provider %s: apiVersion %q: this cache speaks %s", c.Name, c.APIVersion, pluginAPIVersion))
-		case c.TokenAttributes != nil:
-			errs = append(errs, fmt.Errorf("provider %s: tokenAttributes (a projected service-account token) are not supported yet", c.Name))
+		case c.TokenAttributes != nil && tokenDir == "":
+			errs = append(errs, fmt.Errorf("provider %s: tokenAttributes need a service-account token: set --image-credential-provider-token-dir", c.Name))
+		case c.TokenAttributes != nil && c.TokenAttributes.ServiceAccountTokenAudience == "":
+			errs = append(errs, fmt.Errorf("provider %s: tokenAttributes.serviceAccountTokenAudience is required", c.Name))
 		}
 		if st, err := os.Stat(filepath.Join(binDir, c.Name)); err != nil || st.IsDir() {
 			errs = append(errs, fmt.Errorf("provider %s: no plugin %s in the bin dir", c.Name, filepath.Join(binDir, c.Name)))
@@ -146,13 +161,17 @@ func (a *plugin) Authorization() (*authn.AuthConfig, error) {
 func (pr *provider) credentials(ctx context.Context, p *Providers, image string) (map[string]credentialproviderv1.AuthConfig, error) {
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
+	req, scope, err := pr.request(p.tokenDir, image)
+	if err != nil {
+		return nil, err
+	}
 	now := p.now()
-	for _, key := range []string{"image:" + image, "registry:" + image, "global"} {
+	for _, key := range []string{scope + "image:" + image, scope + "registry:" + image, scope + "global"} {
 		if c, ok := pr.cache[key]; ok && now.Before(c.refresh) {
 			return c.auth, nil
 		}
 	}
-	resp, err := pr.run(ctx, p.binDir, image)
+	resp, err := pr.run(ctx, p.binDir, req)
 	if err != nil {
 		return nil, err
 	}
@@ -163,12 +182,12 @@ func (pr *provider) credentials(ctx context.Context, p *Providers, image string)
 	if resp.CacheDuration != nil {
 		d = resp.CacheDuration.Duration
 	}
-	key := "global"
+	key := scope + "global"
 	switch resp.CacheKeyType {
 	case credentialproviderv1.ImagePluginCacheKeyType:
-		key = "image:" + image
+		key = scope + "image:" + image
 	case credentialproviderv1.RegistryPluginCacheKeyType:
-		key = "registry:" + image
+		key = scope + "registry:" + image
 	}
 	// Asked again at 80% of the duration: credentials in use are never
 	// the expired ones.
@@ -176,11 +195,58 @@ func (pr *provider) credentials(ctx context.Context, p *Providers, image string)
 	return resp.Auth, nil
 }
 
-// run execs the plugin once. Its answer holds secrets: nothing of it is
-// logged, and its standard error is cut short in errors.
-func (pr *provider) run(ctx context.Context, binDir, image string) (*credentialproviderv1.CredentialProviderResponse, error) {
-	req, _ := json.Marshal(credentialproviderv1.CredentialProviderRequest{
-		TypeMeta: metav1.TypeMeta{Kind: "CredentialProviderRequest", APIVersion: pluginAPIVersion}, Image: image})
+// request is what the plugin is asked for an image, and what its answer
+// is cached under besides the image: with a token cached per token, the
+// token's hash.
+func (pr *provider) request(tokenDir, image string) (credentialproviderv1.CredentialProviderRequest, string, error) {
+	req := credentialproviderv1.CredentialProviderRequest{
+		TypeMeta: metav1.TypeMeta{Kind: "CredentialProviderRequest", APIVersion: pluginAPIVersion}, Image: image}
+	ta := pr.cfg.TokenAttributes
+	if ta == nil {
+		return req, "", nil
+	}
+	token, err := os.ReadFile(filepath.Join(tokenDir, ta.ServiceAccountTokenAudience, tokenFile))
+	if err != nil {
+		return req, "", fmt.Errorf("%w %s: the service-account token for %s: %w", ErrPlugin, pr.cfg.Name, ta.ServiceAccountTokenAudience, err)
+	}
+	req.ServiceAccountToken = strings.TrimSpace(string(token))
+	var annotations map[string]string
+	if raw, err := os.ReadFile(filepath.Join(tokenDir, annotationsFile)); err == nil {
+		if err := json.Unmarshal(raw, &annotations); err != nil {
+			return req, "", fmt.Errorf("%w %s: %s: %w", ErrPlugin, pr.cfg.Name, annotationsFile, err)
+		}
+	}
+	for _, k := range ta.RequiredServiceAccountAnnotationKeys {
+		v, ok := annotations[k]
+		if !ok {
+			return req, "", fmt.Errorf("%w %s: the ServiceAccount has no annotation %s, which the provider requires", ErrPlugin, pr.cfg.Name, k)
+		}
+		if req.ServiceAccountAnnotations == nil {
+			req.ServiceAccountAnnotations = map[string]string{}
+		}
+		req.ServiceAccountAnnotations[k] = v
+	}
+	for _, k := range ta.OptionalServiceAccountAnnotationKeys {
+		if v, ok := annotations[k]; ok {
+			if req.ServiceAccountAnnotations == nil {
+				req.ServiceAccountAnnotations = map[string]string{}
+			}
+			req.ServiceAccountAnnotations[k] = v
+		}
+	}
+	if ta.CacheType == kubeletconfigv1.TokenServiceAccountTokenCacheType {
+		sum := sha256.Sum256(token)
+		return req, hex.EncodeToString(sum[:8]) + "/", nil
+	}
+	return req, "sa/", nil
+}
+
+// run execs the plugin once. Its answer holds secrets, and so does its
+// request when it carries a token: nothing of either is logged, and the
+// plugin's standard error is cut short in errors.
+func (pr *provider) run(ctx context.Context, binDir string, request credentialproviderv1.CredentialProviderRequest) (*credentialproviderv1.CredentialProviderResponse, error) {
+	image := request.Image
+	req, _ := json.Marshal(request)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, pr.cfg.Name), pr.cfg.Args...)

@@ -63,7 +63,7 @@ providers:
 // matches gets none; a bad config says what is wrong.
 func TestPluginCredentials(t *testing.T) {
 	config, binDir, secret, calls := buildPlugin(t, "10s")
-	p, err := Load(config, binDir)
+	p, err := Load(config, binDir, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func TestPluginCredentials(t *testing.T) {
 
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
 	os.WriteFile(bad, []byte("apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\nproviders:\n- name: missing\n  matchImages: [x.io]\n  apiVersion: credentialprovider.kubelet.k8s.io/v1beta1\n"), 0o644)
-	if _, err := Load(bad, binDir); err == nil || !strings.Contains(err.Error(), "no plugin") || !strings.Contains(err.Error(), "v1beta1") {
+	if _, err := Load(bad, binDir, ""); err == nil || !strings.Contains(err.Error(), "no plugin") || !strings.Contains(err.Error(), "v1beta1") {
 		t.Errorf("a bad config: %v", err)
 	}
 }

@@ -223,7 +223,7 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 	var clients []*upstream.Client
 	var plugins *credprovider.Providers
 	if s.CredProviderConfig != "" {
-		if plugins, err = credprovider.Load(s.CredProviderConfig, s.CredProviderBinDir); err != nil {
+		if plugins, err = credprovider.Load(s.CredProviderConfig, s.CredProviderBinDir, s.CredProviderTokens); err != nil {
 			return nil, err
 		}
 	}

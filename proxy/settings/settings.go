@@ -74,6 +74,7 @@ type Settings struct {
 	WarmPlatforms      string    `json:"warm-platforms,omitempty"`
 	CredProviderConfig string    `json:"image-credential-provider-config,omitempty"`
 	CredProviderBinDir string    `json:"image-credential-provider-bin-dir,omitempty"`
+	CredProviderTokens string    `json:"image-credential-provider-token-dir,omitempty"`
 }
 
 // Defaults are the settings of a proxy given no flags and no file; those
@@ -158,6 +159,7 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.Var(&s.Deny, "deny", "what may never be pulled, as --allow, and winning over it; cached content too; repeatable")
 	fs.StringVar(&s.CredProviderConfig, "image-credential-provider-config", s.CredProviderConfig, "the kubelet's CredentialProviderConfig (kubelet.config.k8s.io/v1): the upstreams whose host a provider's matchImages match get their credentials from its plugin (ecr-credential-provider, ...), for that host only, cached as the plugin says; an upstream's --upstream-credentials win")
 	fs.StringVar(&s.CredProviderBinDir, "image-credential-provider-bin-dir", s.CredProviderBinDir, "where the plugins of --image-credential-provider-config are, by their names")
+	fs.StringVar(&s.CredProviderTokens, "image-credential-provider-token-dir", s.CredProviderTokens, "for providers with tokenAttributes: DIR/AUDIENCE/token is a service-account token for that audience (a projected token volume), DIR/serviceaccount-annotations.json the ServiceAccount's annotations")
 	fs.StringVar(&s.OnUpstreamNotFound, "on-upstream-not-found", s.OnUpstreamNotFound, "a cached tag the upstream answers 404 for (deleted, pruned): serve-cached serves the cached copy, not-found answers 404; a pinned tag is served either way")
 }
 

@@ -2,7 +2,8 @@
 // speaking credentialprovider.kubelet.k8s.io/v1 with the kubelet's own
 // types: for the image's registry it answers the user "plugin" and the
 // password in $PLUGIN_SECRET_FILE, valid $PLUGIN_CACHE_DURATION; it
-// records each request in $PLUGIN_CALLS_FILE, and fails while
+// records each request in $PLUGIN_CALLS_FILE, the service-account token
+// and annotations it was given in $PLUGIN_TOKEN_FILE, and fails while
 // $PLUGIN_FAIL_FILE exists.
 package main
 
@@ -26,6 +27,10 @@ func main() {
 	if f, err := os.OpenFile(os.Getenv("PLUGIN_CALLS_FILE"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
 		fmt.Fprintln(f, req.Image)
 		f.Close()
+	}
+	if path := os.Getenv("PLUGIN_TOKEN_FILE"); path != "" {
+		seen, _ := json.Marshal(map[string]any{"token": req.ServiceAccountToken, "annotations": req.ServiceAccountAnnotations})
+		os.WriteFile(path, seen, 0o600)
 	}
 	if _, err := os.Stat(os.Getenv("PLUGIN_FAIL_FILE")); err == nil {
 		fmt.Fprintln(os.Stderr, "the cloud's token service is down")
