@@ -21,13 +21,14 @@ import (
 )
 
 func main() {
-	var metricsAddr, probeAddr, proxyImage, nodeNamespace string
+	var metricsAddr, probeAddr, proxyImage, credentialProviderImage, nodeNamespace string
 	var leaderElect bool
 	var summaryInterval time.Duration
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the metrics endpoint; 0 disables it")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader, for more than one manager replica")
 	flag.StringVar(&proxyImage, "proxy-image", controllers.DefaultImage, "depproxy image run by every NodeMirror's node agents, and for a DependencyProxy without spec.image")
+	flag.StringVar(&credentialProviderImage, "credential-provider-image", "", "an image of kubelet credential provider plugins (ecr-credential-provider, ...), files at its root: mounted into the proxies whose upstreams name one (spec.upstreams[].credentialProvider); empty: none may")
 	flag.StringVar(&nodeNamespace, "node-namespace", controllers.DefaultNodeNamespace, "namespace of the NodeMirrors' node agents and registry claims; made, admitting hostPath volumes, where missing")
 	flag.DurationVar(&summaryInterval, "summary-interval", time.Minute, "how often each DependencyProxy is looked at again: its cache summary copied into its status, and changes to the Secrets it names picked up")
 	opts := zap.Options{}
@@ -57,7 +58,7 @@ func main() {
 
 	must((&controllers.DependencyProxyReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scheme: scheme, Recorder: mgr.GetEventRecorder("depproxy"),
-		ProxyImage: proxyImage, ServiceMonitors: serviceMonitors,
+		ProxyImage: proxyImage, CredentialProviderImage: credentialProviderImage, ServiceMonitors: serviceMonitors,
 		Summaries: controllers.HTTPSummaries{Services: mgr.GetClient()}, SummaryInterval: summaryInterval,
 	}).SetupWithManager(mgr), "setting up the DependencyProxy controller")
 	must((&controllers.NodeMirrorReconciler{

@@ -250,10 +250,26 @@ func sortedPairs[V string | []byte](m map[string]V) []string {
 // refuse stalls here, with the proxy's reason, not in a crash-looping pod.
 // platforms are the cluster's nodes' (os/arch), which what spec.keep
 // names is cached for.
-func desiredConfigMap(dp *depproxyv1.DependencyProxy, platforms []string) (*corev1.ConfigMap, error) {
+//
+// sa is the proxy's ServiceAccount as it is (nil before it exists): a
+// credential provider plugin is given its annotations.
+func desiredConfigMap(dp *depproxyv1.DependencyProxy, platforms []string, sa *corev1.ServiceAccount) (*corev1.ConfigMap, error) {
 	conf := proxySettings(dp)
 	if keeping(dp) {
 		conf.WarmPlatforms = strings.Join(platforms, ",")
+	}
+	data := map[string]string{}
+	if usesCredentialProviders(dp) {
+		annotations, keys := serviceAccountAnnotations(sa)
+		providers, err := credentialProviderConfig(dp, keys)
+		if err != nil {
+			return nil, stalled(depproxyv1.ReasonInvalidSettings, "%v", err)
+		}
+		data[credProvidersKey], data[saAnnotationsKey] = string(providers), string(annotations)
+		conf.CredProviderConfig, conf.CredProviderBinDir = configDir+"/"+credProvidersKey, credProvidersBinDir
+		if len(tokenAudiences(dp)) > 0 {
+			conf.CredProviderTokens = credProvidersTokenDir
+		}
 	}
 	raw, err := conf.Marshal()
 	if err != nil {
@@ -266,9 +282,10 @@ func desiredConfigMap(dp *depproxyv1.DependencyProxy, platforms []string) (*core
 	if err != nil {
 		return nil, stalled(depproxyv1.ReasonInvalidSettings, "the proxy would refuse the settings this spec makes: %v", err)
 	}
+	data[configKey] = string(raw)
 	return &corev1.ConfigMap{
 		ObjectMeta: objectMeta(proxyName(dp), dp.Namespace, proxyLabels(dp)),
-		Data:       map[string]string{configKey: string(raw)},
+		Data:       data,
 	}, nil
 }
 
@@ -287,13 +304,21 @@ func hashOf(parts ...string) string {
 // while new rules are applied by the proxy from the file, once the
 // kubelet updates it.
 func configHash(cm *corev1.ConfigMap) string {
-	s, err := settings.Parse([]byte(cm.Data[configKey]))
-	if err != nil {
-		return hashOf(sortedPairs(cm.Data)...)
+	data := map[string]string{}
+	for k, v := range cm.Data {
+		switch k {
+		case saAnnotationsKey:
+			continue // re-read by the proxy on each plugin run
+		case configKey:
+			if s, err := settings.Parse([]byte(v)); err == nil {
+				s.Allow, s.Deny = nil, nil
+				raw, _ := s.Marshal()
+				v = string(raw)
+			}
+		}
+		data[k] = v
 	}
-	s.Allow, s.Deny = nil, nil
-	raw, _ := s.Marshal()
-	return hashOf(string(raw))
+	return hashOf(sortedPairs(data)...)
 }
 
 func proxyImage(dp *depproxyv1.DependencyProxy, defaultImage string) string {
@@ -350,9 +375,12 @@ func hotVolume(h *depproxyv1.HotTierSpec) corev1.Volume {
 }
 
 // proxyVolumes are what the proxy's pods mount: the config, the spool,
-// the hot tier if any, and the Secrets.
-func proxyVolumes(dp *depproxyv1.DependencyProxy) ([]corev1.Volume, []corev1.VolumeMount) {
+// the hot tier if any, the credential provider plugins and tokens if
+// any, and the Secrets.
+func proxyVolumes(dp *depproxyv1.DependencyProxy, pluginImage string) ([]corev1.Volume, []corev1.VolumeMount) {
 	volumes, mounts := configVolumes(dp)
+	cv, cm := credentialProviderVolumes(dp, pluginImage)
+	volumes, mounts = append(volumes, cv...), append(mounts, cm...)
 	if h := dp.Spec.Storage.Hot; h != nil {
 		volumes = append(volumes, hotVolume(h))
 		mounts = append(mounts, corev1.VolumeMount{Name: "hot", MountPath: hotMountPath})
@@ -414,10 +442,13 @@ func secretVolumes(dp *depproxyv1.DependencyProxy) ([]corev1.Volume, []corev1.Vo
 }
 
 // desiredDeployment runs the proxy with the rendered config.
-func desiredDeployment(dp *depproxyv1.DependencyProxy, defaultImage, cfgHash, secHash string) *appsv1.Deployment {
+//
+// pluginImage is the cluster admin's image of credential provider
+// plugins, mounted when an upstream uses one.
+func desiredDeployment(dp *depproxyv1.DependencyProxy, defaultImage, pluginImage, cfgHash, secHash string) *appsv1.Deployment {
 	labels := proxyLabels(dp)
 	podSec, sec := restrictedSecurity()
-	volumes, mounts := proxyVolumes(dp)
+	volumes, mounts := proxyVolumes(dp, pluginImage)
 	probe := func(path string) *corev1.Probe {
 		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
 			Path: path, Port: intstr.FromString("metrics"),

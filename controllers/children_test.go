@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
 	"github.com/depproxy/depproxy/proxy/report"
@@ -45,7 +47,7 @@ func TestProxySettings(t *testing.T) {
 // What the operator renders is read back as the proxy reads it, and a
 // spec the proxy would refuse stalls with the proxy's own reason.
 func TestRenderedSettingsAreReadAsTheProxyReadsThem(t *testing.T) {
-	cm, err := desiredConfigMap(testProxy(), nil)
+	cm, err := desiredConfigMap(testProxy(), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +63,7 @@ func TestRenderedSettingsAreReadAsTheProxyReadsThem(t *testing.T) {
 		{Registry: "ghcr.io", UpstreamSpec: depproxyv1.UpstreamSpec{URL: "https://ghcr.io"}},
 		{Registry: "ghcr.io", UpstreamSpec: depproxyv1.UpstreamSpec{URL: "https://ghcr.example"}},
 	}
-	_, err = desiredConfigMap(dp, nil)
+	_, err = desiredConfigMap(dp, nil, nil)
 	var re *reconcileError
 	if !errors.As(err, &re) || re.Reason != depproxyv1.ReasonInvalidSettings || re.retry != retryNever ||
 		!strings.Contains(re.Message, "ghcr.io is configured twice") {
@@ -86,7 +88,7 @@ func TestAuditSettings(t *testing.T) {
 func TestHotTier(t *testing.T) {
 	dp := testProxy()
 	dp.Spec.Storage.Hot = &depproxyv1.HotTierSpec{Size: resource.MustParse("20Gi")}
-	cm, err := desiredConfigMap(dp, nil)
+	cm, err := desiredConfigMap(dp, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +96,7 @@ func TestHotTier(t *testing.T) {
 	if err != nil || read.HotDir != hotMountPath || read.HotSize != settings.Size(20<<30) || read.SpoolDir == "" {
 		t.Fatalf("hot tier settings: %+v, %v", read, err)
 	}
-	pod := desiredDeployment(dp, "img", "h", "s").Spec.Template.Spec
+	pod := desiredDeployment(dp, "img", "", "h", "s").Spec.Template.Spec
 	volume := func(name string) *corev1.Volume {
 		for i := range pod.Volumes {
 			if pod.Volumes[i].Name == name {
@@ -116,33 +118,33 @@ func TestHotTier(t *testing.T) {
 	}
 
 	dp.Spec.Storage.Hot.StorageClassName = ptr.To("local-nvme")
-	pod = desiredDeployment(dp, "img", "h", "s").Spec.Template.Spec
+	pod = desiredDeployment(dp, "img", "", "h", "s").Spec.Template.Spec
 	v = volume("hot")
 	if v == nil || v.Ephemeral == nil || *v.Ephemeral.VolumeClaimTemplate.Spec.StorageClassName != "local-nvme" {
 		t.Fatalf("hot volume of a class: %+v", v)
 	}
 	dp.Spec.Storage.Hot = nil
-	if pod = desiredDeployment(dp, "img", "h", "s").Spec.Template.Spec; volume("hot") != nil {
+	if pod = desiredDeployment(dp, "img", "", "h", "s").Spec.Template.Spec; volume("hot") != nil {
 		t.Fatal("a hot volume without spec.storage.hot")
 	}
 }
 
 func TestConfigHashFollowsTheConfig(t *testing.T) {
-	a, _ := desiredConfigMap(testProxy(), nil)
-	b, _ := desiredConfigMap(testProxy(), nil)
+	a, _ := desiredConfigMap(testProxy(), nil, nil)
+	b, _ := desiredConfigMap(testProxy(), nil, nil)
 	if configHash(a) != configHash(b) {
 		t.Fatal("the same spec hashes differently")
 	}
 	dp := testProxy()
 	dp.Spec.RecheckInterval.Duration = time.Minute
-	c, _ := desiredConfigMap(dp, nil)
+	c, _ := desiredConfigMap(dp, nil, nil)
 	if configHash(a) == configHash(c) {
 		t.Fatal("a changed config keeps its hash: pods would not roll")
 	}
 	// New access rules: the proxy applies them from the file, no roll.
 	dp = testProxy()
 	dp.Spec.Access = &depproxyv1.AccessSpec{Deny: []string{"docker.io/library/bad"}}
-	d, err := desiredConfigMap(dp, nil)
+	d, err := desiredConfigMap(dp, nil, nil)
 	if err != nil || !strings.Contains(d.Data[configKey], "docker.io/library/bad") {
 		t.Fatalf("spec.access is not in the config file: %v\n%s", err, d.Data[configKey])
 	}
@@ -150,18 +152,18 @@ func TestConfigHashFollowsTheConfig(t *testing.T) {
 		t.Fatal("new access rules roll the pods")
 	}
 	dp.Spec.Access.Allow = []string{"docker.io/a**b"}
-	if _, err := desiredConfigMap(dp, nil); err == nil || !strings.Contains(err.Error(), "access rule") {
+	if _, err := desiredConfigMap(dp, nil, nil); err == nil || !strings.Contains(err.Error(), "access rule") {
 		t.Fatalf("an access rule the proxy refuses: %v", err)
 	}
 }
 
 func TestImageOverride(t *testing.T) {
 	dp := testProxy()
-	if got := desiredDeployment(dp, "default:1", "h", "s").Spec.Template.Spec.Containers[0].Image; got != "default:1" {
+	if got := desiredDeployment(dp, "default:1", "", "h", "s").Spec.Template.Spec.Containers[0].Image; got != "default:1" {
 		t.Errorf("image %s", got)
 	}
 	dp.Spec.Image = "mine:2"
-	if got := desiredDeployment(dp, "default:1", "h", "s").Spec.Template.Spec.Containers[0].Image; got != "mine:2" {
+	if got := desiredDeployment(dp, "default:1", "", "h", "s").Spec.Template.Spec.Containers[0].Image; got != "mine:2" {
 		t.Errorf("image %s", got)
 	}
 }
@@ -273,5 +275,97 @@ func TestNodeAgentAndServiceMonitor(t *testing.T) {
 	eps, _, _ := unstructured.NestedSlice(sm.Object, "spec", "endpoints")
 	if len(eps) != 1 || eps[0].(map[string]any)["port"] != "metrics" {
 		t.Errorf("ServiceMonitor endpoints %v", eps)
+	}
+}
+
+// An upstream with a credential provider: the kubelet's config file for
+// its plugin, matching its host, with the token audience and the
+// ServiceAccount's annotations; the plugins from the cluster admin's
+// image, the token projected for the audience; the proxy's settings
+// point at all three. Without the admin's image, the spec stalls.
+func TestCredentialProviders(t *testing.T) {
+	dp := testProxy()
+	dp.Spec.Upstream = depproxyv1.UpstreamSpec{URL: "https://123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+		CredentialProvider: &depproxyv1.CredentialProviderSpec{Name: "ecr-credential-provider", ServiceAccountTokenAudience: "sts.amazonaws.com"}}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{
+		"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/cache", lastAppliedAnnotation: "{}"}}}
+	cm, err := desiredConfigMap(dp, nil, sa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := cm.Data[credProvidersKey]
+	for _, want := range []string{"name: ecr-credential-provider", "- 123456789012.dkr.ecr.eu-west-1.amazonaws.com", "serviceAccountTokenAudience: sts.amazonaws.com",
+		"- eks.amazonaws.com/role-arn", "apiVersion: credentialprovider.kubelet.k8s.io/v1"} {
+		if !strings.Contains(cfg, want) {
+			t.Errorf("the credential provider config lacks %q:\n%s", want, cfg)
+		}
+	}
+	if a := cm.Data[saAnnotationsKey]; !strings.Contains(a, "role/cache") || strings.Contains(a, lastAppliedAnnotation) {
+		t.Errorf("the ServiceAccount's annotations: %s", a)
+	}
+	read, err := settings.Parse([]byte(cm.Data[configKey]))
+	if err != nil || read.CredProviderConfig != configDir+"/"+credProvidersKey || read.CredProviderBinDir != credProvidersBinDir ||
+		read.CredProviderTokens != credProvidersTokenDir {
+		t.Fatalf("settings: %+v, %v", read, err)
+	}
+	pod := desiredDeployment(dp, "img", "example.test/plugins:v1", "h", "s").Spec.Template.Spec
+	var image, token bool
+	for _, v := range pod.Volumes {
+		if v.Image != nil && v.Image.Reference == "example.test/plugins:v1" {
+			image = true
+		}
+		if v.Projected != nil {
+			for _, src := range v.Projected.Sources {
+				token = token || (src.ServiceAccountToken != nil && src.ServiceAccountToken.Audience == "sts.amazonaws.com" && src.ServiceAccountToken.Path == "sts.amazonaws.com/token")
+			}
+		}
+	}
+	mounted := map[string]bool{}
+	for _, m := range pod.Containers[0].VolumeMounts {
+		mounted[m.MountPath] = true
+	}
+	if !image || !token || !mounted[credProvidersBinDir] || !mounted[credProvidersTokenDir] {
+		t.Fatalf("plugins from the admin's image %v, a projected token %v, mounts %v", image, token, mounted)
+	}
+	// The annotations change: the pods do not roll (the file is re-read).
+	sa.Annotations["eks.amazonaws.com/role-arn"] = "arn:aws:iam::123456789012:role/other"
+	again, _ := desiredConfigMap(dp, nil, sa)
+	if configHash(again) != configHash(cm) {
+		t.Error("a changed annotation value rolls the pods")
+	}
+}
+
+func TestCredentialProvidersNeedTheAdminsPlugins(t *testing.T) {
+	ns := namespace(t)
+	dp := sampleProxy(t, ns)
+	dp.Spec.Upstream.CredentialProvider = &depproxyv1.CredentialProviderSpec{Name: "ecr-credential-provider"}
+	if err := k8sClient.Update(context.Background(), dp); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := newProxyReconciler(k8sClient)
+	reconcileProxy(t, r, dp)
+	k8sClient.Get(context.Background(), client.ObjectKeyFromObject(dp), dp)
+	c := assertCondition(t, dp, depproxyv1.ConditionStalled, metav1.ConditionTrue, depproxyv1.ReasonNoCredentialProviders)
+	if !strings.Contains(c.Message, "--credential-provider-image") {
+		t.Errorf("the message does not say what is missing: %s", c.Message)
+	}
+	r.CredentialProviderImage = "example.test/plugins:v1"
+	reconcileProxy(t, r, dp)
+	k8sClient.Get(context.Background(), client.ObjectKeyFromObject(dp), dp)
+	assertCondition(t, dp, depproxyv1.ConditionDegraded, metav1.ConditionFalse, depproxyv1.ReasonReconciled)
+}
+
+func TestCredentialsCondition(t *testing.T) {
+	dp := testProxy()
+	if credentialsCondition(dp, &depproxyv1.CacheSummary{}) != nil {
+		t.Fatal("a condition without credential providers")
+	}
+	dp.Spec.Upstream.CredentialProvider = &depproxyv1.CredentialProviderSpec{Name: "ecr-credential-provider"}
+	c := credentialsCondition(dp, &depproxyv1.CacheSummary{CredentialErrors: map[string]string{"x.dkr.ecr.eu-west-1.amazonaws.com": "no EC2 IMDS role found"}})
+	if c.Status != metav1.ConditionFalse || c.Reason != depproxyv1.ReasonCredentialProviderFailed || !strings.Contains(c.Message, "x.dkr.ecr.eu-west-1.amazonaws.com: no EC2 IMDS role found") {
+		t.Fatalf("%+v", c)
+	}
+	if c := credentialsCondition(dp, &depproxyv1.CacheSummary{}); c.Status != metav1.ConditionTrue {
+		t.Fatalf("%+v", c)
 	}
 }

@@ -49,6 +49,10 @@ type DependencyProxyReconciler struct {
 	Recorder  events.EventRecorder
 	// ProxyImage is run unless a resource names its own.
 	ProxyImage string
+	// CredentialProviderImage holds the cluster admin's credential
+	// provider plugins, mounted into the proxies whose upstreams name one;
+	// empty: none may.
+	CredentialProviderImage string
 	// ServiceMonitors is true where the Prometheus operator's CRD exists.
 	ServiceMonitors bool
 	// Summaries, when set, fills status.cache from the running proxy.
@@ -151,6 +155,9 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 			for _, c := range keepConditions(dp, s) {
 				meta.SetStatusCondition(&dp.Status.Conditions, c)
 			}
+			if c := credentialsCondition(dp, s); c != nil {
+				meta.SetStatusCondition(&dp.Status.Conditions, *c)
+			}
 		}
 	}
 	if dp.Spec.Storage.MaxSize == nil {
@@ -158,6 +165,9 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 	if dp.Spec.Keep == nil {
 		meta.RemoveStatusCondition(&dp.Status.Conditions, depproxyv1.ConditionWarmed)
+	}
+	if !usesCredentialProviders(dp) {
+		meta.RemoveStatusCondition(&dp.Status.Conditions, depproxyv1.ConditionUpstreamCredentials)
 	}
 	return ctrl.Result{RequeueAfter: r.resync()}, nil
 }
@@ -264,11 +274,22 @@ func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *deppr
 		pinned, warm = keptImages(dp, scopeOf(dp, mirrors), w)
 		platforms = nodePlatforms(nodes)
 	}
-	cm, err := desiredConfigMap(dp, platforms)
+	var sa *corev1.ServiceAccount
+	if usesCredentialProviders(dp) {
+		if r.CredentialProviderImage == "" {
+			return nil, stalled(depproxyv1.ReasonNoCredentialProviders,
+				"an upstream names a credential provider plugin, and the cluster admin gave the operator none (its --credential-provider-image)")
+		}
+		sa = &corev1.ServiceAccount{}
+		if err := r.Get(ctx, client.ObjectKey{Namespace: dp.Namespace, Name: proxyName(dp)}, sa); err != nil {
+			sa = nil // made below; its annotations come on the next look
+		}
+	}
+	cm, err := desiredConfigMap(dp, platforms, sa)
 	if err != nil {
 		return nil, err
 	}
-	deploy := desiredDeployment(dp, r.ProxyImage, configHash(cm), secHash)
+	deploy := desiredDeployment(dp, r.ProxyImage, r.CredentialProviderImage, configHash(cm), secHash)
 	children := []child{
 		{obj: desiredServiceAccount(dp), update: func(e, d client.Object) {
 			e.(*corev1.ServiceAccount).AutomountServiceAccountToken = d.(*corev1.ServiceAccount).AutomountServiceAccountToken

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -111,6 +112,15 @@ func toCacheSummary(w report.Summary, at metav1.Time) *depproxyv1.CacheSummary {
 		}
 	}
 	s.KeptCount, s.Denied = len(w.Kept), w.Denied
+	for host, msg := range w.CredentialErrors {
+		if len(s.CredentialErrors) == 16 {
+			break
+		}
+		if s.CredentialErrors == nil {
+			s.CredentialErrors = map[string]string{}
+		}
+		s.CredentialErrors[host] = msg[:min(len(msg), 512)]
+	}
 	for i, k := range w.Kept {
 		if i == maxKeptImages {
 			break
@@ -168,6 +178,27 @@ func keepConditions(dp *depproxyv1.DependencyProxy, s *depproxyv1.CacheSummary) 
 		conds = append(conds, c)
 	}
 	return conds
+}
+
+// credentialsCondition says whether the credential provider plugins gave
+// credentials; nil without any.
+func credentialsCondition(dp *depproxyv1.DependencyProxy, s *depproxyv1.CacheSummary) *metav1.Condition {
+	if !usesCredentialProviders(dp) {
+		return nil
+	}
+	c := &metav1.Condition{Type: depproxyv1.ConditionUpstreamCredentials, Status: metav1.ConditionTrue, Reason: depproxyv1.ReasonCredentialsProvided,
+		Message: "every credential provider plugin gave credentials the last time it was asked", ObservedGeneration: dp.Generation}
+	if len(s.CredentialErrors) == 0 {
+		return c
+	}
+	var parts []string
+	for host, msg := range s.CredentialErrors {
+		parts = append(parts, host+": "+msg)
+	}
+	sort.Strings(parts)
+	c.Status, c.Reason = metav1.ConditionFalse, depproxyv1.ReasonCredentialProviderFailed
+	c.Message = "cached tags are served, nothing new is pulled from: " + strings.Join(parts, "; ")
+	return c
 }
 
 // throttledCondition says whether an upstream is being spared for its

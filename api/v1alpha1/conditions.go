@@ -24,6 +24,11 @@ const (
 	// ConditionOverBudget: with spec.storage.maxSize, what is stored is
 	// over the budget after eviction: pinned images alone exceed it.
 	ConditionOverBudget = "OverBudget"
+	// ConditionUpstreamCredentials: every credential provider plugin of
+	// the upstreams gave credentials the last time it was asked; False
+	// names the hosts whose did not, and what it said (cached tags are
+	// served meanwhile).
+	ConditionUpstreamCredentials = "UpstreamCredentials"
 	// ConditionWarmed: every image spec.keep names is cached; False
 	// names those that are not, and why (each is tried again).
 	ConditionWarmed = "Warmed"
@@ -85,6 +90,13 @@ const (
 	// holds, or pinned images alone exceed it.
 	ReasonWithinBudget     = "WithinBudget"
 	ReasonPinnedOverBudget = "PinnedOverBudget"
+	// ReasonCredentialsProvided and ReasonCredentialProviderFailed:
+	// ConditionUpstreamCredentials'.
+	ReasonCredentialsProvided      = "CredentialsProvided"
+	ReasonCredentialProviderFailed = "CredentialProviderFailed"
+	// ReasonNoCredentialProviders: an upstream names a credential
+	// provider plugin, and the operator was given none.
+	ReasonNoCredentialProviders = "NoCredentialProviders"
 	// ReasonAllWarmed and ReasonWarmFailed: ConditionWarmed's.
 	ReasonAllWarmed  = "AllWarmed"
 	ReasonWarmFailed = "WarmFailed"

@@ -174,6 +174,36 @@ type UpstreamSpec struct {
 	// +kubebuilder:validation:items:MaxLength=253
 	// +kubebuilder:validation:items:Pattern="^[A-Za-z0-9.-]+(:[0-9]+)?$"
 	MirrorOf []string `json:"mirrorOf,omitempty"`
+
+	// CredentialProvider gets the upstream's credentials from a kubelet
+	// credential provider plugin (ecr-credential-provider,
+	// auth-provider-gcp, acr-credential-provider), as the kubelet would,
+	// instead of a Secret. The plugins are the cluster admin's: those of
+	// the image the operator was given (--credential-provider-image).
+	// +optional
+	CredentialProvider *CredentialProviderSpec `json:"credentialProvider,omitempty"`
+}
+
+// CredentialProviderSpec names a plugin and what it is given.
+type CredentialProviderSpec struct {
+	// Name is the plugin's, a file of the cluster admin's plugin image.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern="^[A-Za-z0-9._-]+$"
+	Name string `json:"name"`
+
+	// ServiceAccountTokenAudience, when set, gives the plugin a
+	// service-account token of the proxy's pods for this audience (a
+	// projected token: sts.amazonaws.com for ECR with IRSA), and the
+	// annotations of their ServiceAccount.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	ServiceAccountTokenAudience string `json:"serviceAccountTokenAudience,omitempty"`
+
+	// CacheDuration is how long the plugin's answer is used when it does
+	// not say; 5m by default.
+	// +optional
+	CacheDuration *metav1.Duration `json:"cacheDuration,omitempty"`
 }
 
 // RegistryUpstream is one of several registries a cache pulls through.
@@ -381,6 +411,12 @@ type CacheSummary struct {
 	LastEvicted []string `json:"lastEvicted,omitempty"`
 	// +optional
 	LastEvictionTime *metav1.Time `json:"lastEvictionTime,omitempty"`
+
+	// CredentialErrors are the upstream hosts whose credential provider
+	// plugin failed the last time, and what it said.
+	// +optional
+	// +kubebuilder:validation:MaxProperties=16
+	CredentialErrors map[string]string `json:"credentialErrors,omitempty"`
 
 	// Denied counts the requests spec.access refused since the proxy
 	// started.

@@ -50,6 +50,9 @@ type Providers struct {
 	tokenDir  string // projected service-account tokens, by audience
 	providers []*provider
 	now       func() time.Time
+
+	mu     sync.Mutex
+	failed map[string]string // by host: why its plugin gave nothing, last time
 }
 
 // The token directory's layout: what the operator mounts, and what a
@@ -88,7 +91,7 @@ func Load(configPath, binDir, tokenDir string) (*Providers, error) {
 	if cfg.APIVersion != configAPIVersion || cfg.Kind != "CredentialProviderConfig" {
 		return nil, fmt.Errorf("image credential provider config %s: want apiVersion %s, kind CredentialProviderConfig", configPath, configAPIVersion)
 	}
-	p := &Providers{binDir: binDir, tokenDir: tokenDir, now: time.Now}
+	p := &Providers{binDir: binDir, tokenDir: tokenDir, now: time.Now, failed: map[string]string{}}
 	var errs []error
 	for _, c := range cfg.Providers {
 		switch {
@@ -141,6 +144,33 @@ type plugin struct {
 // Authorization runs the plugin unless its last answer for this host is
 // still fresh.
 func (a *plugin) Authorization() (*authn.AuthConfig, error) {
+	ac, err := a.authorization()
+	a.p.mu.Lock()
+	if err != nil {
+		a.p.failed[a.host] = err.Error()
+	} else {
+		delete(a.p.failed, a.host)
+	}
+	a.p.mu.Unlock()
+	return ac, err
+}
+
+// Failing are the hosts whose plugin failed the last time it was asked,
+// and why: what the cache's status says.
+func (p *Providers) Failing() map[string]string {
+	if p == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[string]string, len(p.failed))
+	for h, e := range p.failed {
+		out[h] = e
+	}
+	return out
+}
+
+func (a *plugin) authorization() (*authn.AuthConfig, error) {
 	auth, err := a.pr.credentials(context.Background(), a.p, a.host)
 	if err != nil {
 		return nil, err

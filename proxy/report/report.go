@@ -26,6 +26,9 @@ type Summary struct {
 	// eviction over it did.
 	MaxSize      int64           `json:"maxSize,omitempty"`
 	LastEviction *CleanupSummary `json:"lastEviction,omitempty"`
+	// CredentialErrors are the upstream hosts whose credential provider
+	// plugin failed the last time it was asked, and why.
+	CredentialErrors map[string]string `json:"credentialErrors,omitempty"`
 	// Denied counts requests the access rules refused since start.
 	Denied int64 `json:"denied,omitempty"`
 	// Kept are the images of the pins and warm files, and how warming

@@ -270,6 +270,7 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 		sum.Throttled = throttled(upstreams, clients)
 		keeper.Report(sum)
 		sum.Denied = gate.denied.Load()
+		sum.CredentialErrors = plugins.Failing()
 	})
 
 	sources, err := token.ParseTrustedProxies(s.TrustedProxies)

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"encoding/json"
 	"net/http"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/depproxy/depproxy/proxy/report"
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/test/testenv"
 )
@@ -115,5 +117,12 @@ providers:
 	time.Sleep(3 * time.Second)
 	if resp, body := get(t, p.URL+"/v2/"+repo+"/manifests/v1", acceptAll); resp.StatusCode != http.StatusOK {
 		t.Fatalf("a cached tag with the plugin failing: %s %s", resp.Status, body)
+	}
+	// The summary says which upstream's plugin fails, and what it said
+	// (the operator's UpstreamCredentials condition).
+	resp, body := get(t, p.Ops+report.SummaryPath, "")
+	var sum report.Summary
+	if json.Unmarshal(body, &sum); resp.StatusCode != http.StatusOK || !strings.Contains(sum.CredentialErrors[e.front.Addr], "token service is down") {
+		t.Fatalf("the summary's credential errors: %v", sum.CredentialErrors)
 	}
 }
