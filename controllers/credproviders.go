@@ -77,7 +77,7 @@ func credentialProviderConfig(dp *depproxyv1.DependencyProxy, annotationKeys []s
 			d = cp.CacheDuration.Duration
 		}
 		p := &kubeletconfigv1.CredentialProvider{Name: cp.Name, MatchImages: []string{url.Host}, DefaultCacheDuration: &metav1.Duration{Duration: d},
-			APIVersion: "credentialprovider.kubelet.k8s.io/v1"}
+			APIVersion: "credentialprovider.kubelet.k8s.io/v1", Args: cp.Args}
 		if cp.ServiceAccountTokenAudience != "" {
 			p.TokenAttributes = &kubeletconfigv1.ServiceAccountTokenAttributes{ServiceAccountTokenAudience: cp.ServiceAccountTokenAudience,
 				CacheType: kubeletconfigv1.ServiceAccountServiceAccountTokenCacheType, RequireServiceAccount: ptr.To(true),

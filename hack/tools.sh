@@ -19,6 +19,9 @@ CONTAINERD2_VERSION="v2.4.2"
 CRI_TOOLS_VERSION="v1.37.0"
 # The chart's tests: helm lint, template, install, upgrade, uninstall.
 HELM_VERSION="v4.3.1"
+# A credential provider plugin nobody here wrote, run by the cache as the
+# kubelet runs it.
+ECR_CREDENTIAL_PROVIDER_VERSION="v1.37.1"
 
 mkdir -p "$TOOLS_DIR/bin"
 
@@ -48,6 +51,11 @@ go_tools() {
 	go_tool crictl sigs.k8s.io/cri-tools/cmd/crictl "$CRI_TOOLS_VERSION"
 	go_tool kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION"
 	go_tool helm helm.sh/helm/v4/cmd/helm "$HELM_VERSION"
+	# Its go.mod replaces cel-go: built in a module that repeats that.
+	throwaway_build "$ECR_CREDENTIAL_PROVIDER_VERSION" "module tools
+go 1.26
+require k8s.io/cloud-provider-aws $ECR_CREDENTIAL_PROVIDER_VERSION
+replace github.com/google/cel-go => github.com/cel-expr/cel-go v0.31.0" k8s.io/cloud-provider-aws/cmd/ecr-credential-provider
 }
 
 # throwaway_build VERSION GOMOD PACKAGE... builds packages of a module that

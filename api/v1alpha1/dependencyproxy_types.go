@@ -200,6 +200,13 @@ type CredentialProviderSpec struct {
 	// +kubebuilder:validation:MaxLength=253
 	ServiceAccountTokenAudience string `json:"serviceAccountTokenAudience,omitempty"`
 
+	// Args are the plugin's arguments (ecr-credential-provider wants
+	// get-credentials).
+	// +optional
+	// +kubebuilder:validation:MaxItems=8
+	// +kubebuilder:validation:items:MaxLength=256
+	Args []string `json:"args,omitempty"`
+
 	// CacheDuration is how long the plugin's answer is used when it does
 	// not say; 5m by default.
 	// +optional

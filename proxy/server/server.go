@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
@@ -229,7 +230,15 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 	}
 	for _, u := range upstreams {
 		up, err := newUpstream(u, upstream.WithMetrics(upstreamMetrics), upstream.WithRateLimitReserve(s.RateLimitReserve),
-			upstream.WithAuthenticatorFor(plugins.For)) // an upstream's own credentials, applied after, win
+			// A plugin matches images by name: the registry's, or the
+			// host the upstream is reached at. The upstream's own
+			// credentials, applied after, win.
+			upstream.WithAuthenticatorFor(func(host string) authn.Authenticator {
+				if a := plugins.For(u.Registry); a != nil {
+					return a
+				}
+				return plugins.For(host)
+			}))
 		if err != nil {
 			return nil, err
 		}

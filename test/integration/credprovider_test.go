@@ -126,3 +126,63 @@ providers:
 		t.Fatalf("the summary's credential errors: %v", sum.CredentialErrors)
 	}
 }
+
+// The real ecr-credential-provider, built from the Go module proxy, is
+// run by the cache as the kubelet runs it, for an upstream named as an
+// ECR registry. With no AWS here (its endpoint is a refused port on this
+// machine) it fails: nothing is pulled, no credentials are sent, and the
+// summary says what the plugin said, for that registry.
+func TestRealECRCredentialProvider(t *testing.T) {
+	e := newEnv(t)
+	repo := repoName(t)
+	pushImage(t, e.registry.Addr, repo, "v1", ociImage(t, 1))
+	var sent atomic.Int64
+	e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Header.Get("Authorization") != "" {
+			sent.Add(1)
+		}
+		w.Header().Set("WWW-Authenticate", `Basic realm="ecr"`)
+		w.WriteHeader(http.StatusUnauthorized)
+		return true
+	})
+	bin := t.TempDir()
+	if err := os.Symlink(testenv.Tool(t, "ecr-credential-provider"), filepath.Join(bin, "ecr-credential-provider")); err != nil {
+		t.Fatal(err)
+	}
+	config := filepath.Join(t.TempDir(), "credential-providers.yaml")
+	os.WriteFile(config, []byte(`apiVersion: kubelet.config.k8s.io/v1
+kind: CredentialProviderConfig
+providers:
+- name: ecr-credential-provider
+  matchImages: ["*.dkr.ecr.*.amazonaws.com", "*.dkr.ecr.*.amazonaws.com.cn"]
+  defaultCacheDuration: 12h
+  apiVersion: credentialprovider.kubelet.k8s.io/v1
+  args: [get-credentials]
+  env:
+  - {name: AWS_ENDPOINT_URL, value: "http://127.0.0.1:1"}
+  - {name: AWS_ACCESS_KEY_ID, value: none}
+  - {name: AWS_SECRET_ACCESS_KEY, value: none}
+  - {name: AWS_REGION, value: eu-west-1}
+  - {name: AWS_EC2_METADATA_DISABLED, value: "true"}
+`), 0o644)
+	const ecr = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
+	s := settings.Defaults()
+	s.Upstream = settings.Keys(ecr + "=" + e.front.URL())
+	s.CredProviderConfig, s.CredProviderBinDir = config, bin
+	p := start(t, s)
+
+	if resp, _ := get(t, p.URL+"/v2/"+repo+"/manifests/v1", acceptAll); resp.StatusCode == http.StatusOK {
+		t.Fatal("pulled with no credentials")
+	}
+	resp, body := get(t, p.Ops+report.SummaryPath, "")
+	var sum report.Summary
+	json.Unmarshal(body, &sum)
+	msg := sum.CredentialErrors[ecr]
+	if resp.StatusCode != http.StatusOK || !strings.Contains(msg, "ecr-credential-provider for "+ecr) || !strings.Contains(msg, "GetAuthorizationToken") {
+		t.Fatalf("the summary's credential errors: %v", sum.CredentialErrors)
+	}
+	if sent.Load() != 0 {
+		t.Fatalf("%d requests carried credentials", sent.Load())
+	}
+	t.Logf("the plugin said: %s", msg)
+}
