@@ -67,7 +67,14 @@ type provider struct {
 
 	mu    sync.Mutex
 	cache map[string]cached // by the key the plugin's cacheKeyType makes
+	// failed: the last run failed, and is not run again before then (a
+	// registry's every request would run it).
+	failed    time.Time
+	failedErr error
 }
+
+// retryFailed is how long a failed plugin is not run again.
+const retryFailed = 10 * time.Second
 
 type cached struct {
 	auth    map[string]credentialproviderv1.AuthConfig
@@ -201,8 +208,12 @@ func (pr *provider) credentials(ctx context.Context, p *Providers, image string)
 			return c.auth, nil
 		}
 	}
+	if now.Before(pr.failed) {
+		return nil, pr.failedErr
+	}
 	resp, err := pr.run(ctx, p.binDir, req)
 	if err != nil {
+		pr.failed, pr.failedErr = now.Add(retryFailed), err
 		return nil, err
 	}
 	d := time.Duration(0)
