@@ -139,7 +139,7 @@ func (reg *Registry) pick(r *http.Request, rt route) (Source, string, *regError)
 		}
 		return src, src.Upstream.Repository(rest), nil
 	}
-	if rt.kind == kindBlob && reg.origins != nil && len(reg.sources) > 1 {
+	if rt.kind == kindBlob && reg.origins != nil && len(reg.sources) > 1 && !reg.deniedEverywhere(rt.name) {
 		// SOCI, and the stargz snapshotter before 2026-08, send ?ns= with
 		// manifests but not with blobs: the blob goes where its manifest
 		// came from.
@@ -148,6 +148,21 @@ func (reg *Registry) pick(r *http.Request, rt route) (Source, string, *regError)
 		}
 	}
 	return reg.sources[0], reg.sources[0].Upstream.Repository(rt.name), nil
+}
+
+// deniedEverywhere: every registry refuses the name, so that where its
+// blob came from need not be read from storage (the default's refusal
+// answers it).
+func (reg *Registry) deniedEverywhere(name string) bool {
+	if reg.access == nil {
+		return false
+	}
+	for _, s := range reg.sources {
+		if reg.access.Denied(s.Registry, s.Upstream.Repository(name), "") == "" {
+			return false
+		}
+	}
+	return true
 }
 
 func (reg *Registry) source(registry string) (Source, bool) {
