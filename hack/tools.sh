@@ -4,6 +4,7 @@
 set -euo pipefail
 
 TOOLS_DIR="${DEPPROXY_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/depproxy-tools}"
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 MINIO_VERSION="v0.0.0-20260212201848-7aac2a2c5b7c"
 DISTRIBUTION_VERSION="v3.1.2"
@@ -22,6 +23,12 @@ HELM_VERSION="v4.3.1"
 # A credential provider plugin nobody here wrote, run by the cache as the
 # kubelet runs it.
 ECR_CREDENTIAL_PROVIDER_VERSION="v1.37.1"
+# Signatures and attachments through the cache: cosign v3 signs and
+# verifies, oras attaches and discovers.
+COSIGN_VERSION="v3.1.3"
+ORAS_VERSION="v1.3.6"
+# Lazy pulling: the stargz snapshotter, from its library (hack/stargz-snapshotter).
+STARGZ_SNAPSHOTTER_VERSION="v0.19.1"
 
 mkdir -p "$TOOLS_DIR/bin"
 
@@ -56,6 +63,32 @@ go_tools() {
 go 1.26
 require k8s.io/cloud-provider-aws $ECR_CREDENTIAL_PROVIDER_VERSION
 replace github.com/google/cel-go => github.com/cel-expr/cel-go v0.31.0" k8s.io/cloud-provider-aws/cmd/ecr-credential-provider
+}
+
+# artifact_tools: the signing and lazy-pulling clients, a lane of their
+# own (cosign alone builds for minutes).
+artifact_tools() {
+	go_tool cosign github.com/sigstore/cosign/v3/cmd/cosign "$COSIGN_VERSION"
+	go_tool oras oras.land/oras/cmd/oras "$ORAS_VERSION"
+	local_build containerd-stargz-grpc "$HACK_DIR/stargz-snapshotter" "$STARGZ_SNAPSHOTTER_VERSION"
+}
+
+# local_build NAME DIR VERSION builds the main package in DIR (a module of
+# its own, apart from depproxy's) as $TOOLS_DIR/bin/NAME; the stamp
+# records VERSION and the sources, so an edit rebuilds.
+local_build() {
+	local name="$1" dir="$2"
+	local version="$3 $(cat "$dir"/*.go "$dir/go.mod" | sha256sum | cut -c1-12)"
+	if [[ -x "$TOOLS_DIR/bin/$name" && "$(cat "$TOOLS_DIR/bin/.$name.version" 2>/dev/null)" == "$version" ]]; then
+		return
+	fi
+	echo "building $name $version" >&2
+	local tmp
+	tmp="$(mktemp -d)"
+	cp "$dir"/*.go "$dir/go.mod" "$tmp/"
+	(cd "$tmp" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -o "$TOOLS_DIR/bin/$name" .)
+	rm -rf "$tmp"
+	echo "$version" >"$TOOLS_DIR/bin/.$name.version"
 }
 
 # throwaway_build VERSION GOMOD PACKAGE... builds packages of a module that
@@ -149,16 +182,19 @@ debian() {
 	fi
 }
 
-# Three lanes at once: the Go builds share the two cores, while the
-# Debian packages download and unpack beside them.
+# Four lanes at once: the Go builds share the two cores (one lane's
+# downloads and links overlap another's compiles), while the Debian
+# packages download and unpack beside them.
 go_tools &
 lane_go=$!
 control_plane &
 lane_control_plane=$!
+artifact_tools &
+lane_artifacts=$!
 debian &
 lane_debian=$!
 failed=0
-for lane in "$lane_go" "$lane_control_plane" "$lane_debian"; do
+for lane in "$lane_go" "$lane_control_plane" "$lane_artifacts" "$lane_debian"; do
 	wait "$lane" || failed=1
 done
 if [[ $failed -ne 0 ]]; then

@@ -28,6 +28,9 @@ type Blob struct {
 	ModTime time.Time
 	// File: the ReadSeeker is a stored file (*os.File).
 	File bool
+	// Cold: the blob is not stored yet; it is read from its download
+	// (or a ranged upstream request ahead of it).
+	Cold bool
 	// Redirect, when set, is where the client should read the blob
 	// instead; the blob has no content then.
 	Redirect string
@@ -190,6 +193,7 @@ func (c *Cache) fillBlob(ctx context.Context, repo string, f *fill) (*Blob, erro
 	return &Blob{
 		ReadSeeker: r,
 		Size:       f.size,
+		Cold:       !f.fromStorage,
 		close:      func() { stop(); r.closeFar(); f.release() },
 		err: func() error {
 			f.mu.Lock()

@@ -1,9 +1,11 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/url"
 	"strings"
 	"sync"
@@ -12,7 +14,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/manifest"
+	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/proxy/upstream"
 )
 
@@ -77,52 +81,94 @@ func (c *Cache) Tags(ctx context.Context, repo string, query url.Values) ([]byte
 	return body, nil
 }
 
-// emptyIndex is the answer for a digest nothing is known to refer to.
+// emptyIndex is the answer for a digest nothing refers to.
 const emptyIndex = `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`
 
 // Referrers returns the OCI index of manifests referring to d, filtered
-// by the query's artifactType (filtered says so). It is never an error.
-// An upstream with the referrers API gives it; one without it (it
-// answers 404, as CNCF Distribution does) keeps what refers to d in the
-// fallback tag, sha256-<hex>, as the spec has pushers do: the answer is
-// built from that tag, cached like any tag (rechecked, and served while
-// the upstream is down). Only when neither says anything is the index
-// empty.
-func (c *Cache) Referrers(ctx context.Context, repo string, d digest.Digest, query url.Values) (body []byte, filtered bool) {
-	key := "referrers " + repo + "@" + d.String() + "?" + query.Encode()
-	body, err := c.up.Referrers(ctx, repo, d, query, maxListSize)
-	switch {
-	case err == nil && validIndex(body):
-		c.lists.put(key, body)
-	case errors.Is(err, upstream.ErrNotFound):
-		body = c.fallbackReferrers(ctx, repo, d)
-	default:
-		if err != nil {
-			c.log.Info("upstream referrers failed", "repository", repo, "digest", d, "error", err.Error())
-		}
-		if e, ok := c.lists.get(key); ok {
-			body = e.body
-		} else {
-			body = c.fallbackReferrers(ctx, repo, d)
-		}
+// by the query's artifactType (filtered says so).
+//
+// An upstream with the referrers API gives it: the answer is kept in
+// storage and reused for listTTL, and served as kept while the upstream
+// is down, on any replica and after a restart. An upstream without the
+// API (it answers 404, as CNCF Distribution does) keeps what refers to d
+// in the fallback tag, sha256-<hex>, as the spec has pushers do: the
+// answer is that tag's index, cached like any tag. Answering 404 instead
+// would send each client to the fallback tag itself; building the answer
+// here serves clients that never fall back (and the filter) alike.
+//
+// The index is empty only when the upstream said so (an empty list, or
+// no fallback tag): an upstream that cannot be asked, with nothing kept,
+// is an error.
+func (c *Cache) Referrers(ctx context.Context, repo string, d digest.Digest, query url.Values) (body []byte, filtered bool, err error) {
+	body, err = c.referrers(ctx, repo, d)
+	if err != nil {
+		return nil, false, err
 	}
 	if t := query.Get("artifactType"); t != "" {
-		return filterReferrers(body, t), true
+		return filterReferrers(body, t), true, nil
 	}
-	return body, false
+	return body, false, nil
+}
+
+// referrers is the whole index of what refers to d. The upstream is asked
+// for all of it, and the filter applied here, so that one kept answer
+// serves every filter. The answer is kept however it was built (the
+// API's, the fallback tag's, or empty because neither names anything),
+// so that a replica that never asked, or a restart, can serve it while
+// the upstream is down.
+func (c *Cache) referrers(ctx context.Context, repo string, d digest.Digest) ([]byte, error) {
+	key := layout.Referrers(c.registry, repo, d)
+	c.reads.touch(key)
+	e, remembered := c.lists.get(key)
+	if remembered && time.Since(e.fetched) < listTTL {
+		return e.body, nil
+	}
+	body, err := c.up.Referrers(ctx, repo, d, nil, maxListSize)
+	switch {
+	case errors.Is(err, upstream.ErrNotFound):
+		body, err = c.fallbackReferrers(ctx, repo, d)
+	case err == nil && !validIndex(body):
+		err = fmt.Errorf("%w: the referrers answer is not an OCI index", upstream.ErrUnreachable)
+	}
+	if err == nil {
+		c.lists.put(key, body)
+		if !remembered || !bytes.Equal(e.body, body) {
+			if err := c.store.Put(ctx, key, bytes.NewReader(body), int64(len(body))); err != nil {
+				c.storageFailed(err, "store referrers", "repository", repo, "digest", d)
+			}
+		}
+		return body, nil
+	}
+	if remembered {
+		c.log.Info("upstream failed, serving the referrers as cached", "repository", repo, "digest", d, "error", err.Error())
+		return e.body, nil
+	}
+	if kept, serr := storage.ReadAll(ctx, c.store, key, maxListSize); serr == nil && validIndex(kept) {
+		c.log.Info("upstream failed, serving the referrers as stored", "repository", repo, "digest", d, "error", err.Error())
+		c.lists.put(key, kept)
+		return kept, nil
+	}
+	return nil, err
 }
 
 // fallbackTag is the tag that holds what refers to d on a registry
 // without the referrers API.
 func fallbackTag(d digest.Digest) string { return d.Algorithm().String() + "-" + d.Encoded() }
 
-// fallbackReferrers is the fallback tag's index, or an empty one.
-func (c *Cache) fallbackReferrers(ctx context.Context, repo string, d digest.Digest) []byte {
+// fallbackReferrers is the fallback tag's index; an empty one when the
+// upstream has no such tag.
+func (c *Cache) fallbackReferrers(ctx context.Context, repo string, d digest.Digest) ([]byte, error) {
 	m, err := c.Manifest(ctx, repo, manifest.TagRef(fallbackTag(d)), []string{string(types.OCIImageIndex)})
-	if err != nil || m.MediaType != string(types.OCIImageIndex) || !validIndex(m.Body) {
-		return []byte(emptyIndex)
+	switch {
+	case errors.Is(err, upstream.ErrNotFound):
+		return []byte(emptyIndex), nil
+	case err != nil:
+		return nil, err
+	case m.MediaType != string(types.OCIImageIndex) || !validIndex(m.Body):
+		// Not what a pusher keeps there: nothing refers to d that way.
+		return []byte(emptyIndex), nil
 	}
-	return m.Body
+	return m.Body, nil
 }
 
 // filterReferrers keeps the descriptors of one artifact type.

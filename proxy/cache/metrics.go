@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -14,11 +15,13 @@ import (
 // upstreams share one set, apart by the upstream label (the registry).
 // type is manifest or blob.
 type Metrics struct {
-	requests, hits, misses, coalesced *prometheus.CounterVec // {upstream, type}
-	pulled, served                    *prometheus.CounterVec // bytes {upstream, type}
-	stale                             *prometheus.CounterVec // {upstream, reason}
-	downloads                         *prometheus.GaugeVec   // {upstream}
-	coldRanges                        *prometheus.CounterVec // {upstream}
+	requests, hits, misses, coalesced *prometheus.CounterVec   // {upstream, type}
+	pulled, served                    *prometheus.CounterVec   // bytes {upstream, type}
+	stale                             *prometheus.CounterVec   // {upstream, reason}
+	downloads                         *prometheus.GaugeVec     // {upstream}
+	coldRanges                        *prometheus.CounterVec   // {upstream}
+	ranges                            *prometheus.CounterVec   // {upstream, state}
+	rangeFirstByte                    *prometheus.HistogramVec // seconds {upstream, state}
 	storageErrors                     prometheus.Counter
 	passedThrough                     prometheus.Counter
 	// hitCount and missCount feed the hit ratio of the summary.
@@ -49,6 +52,15 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 			Name: "depproxy_proxy_cold_ranges_total",
 			Help: "Ranged upstream requests for reads far ahead of a blob's one download (a lazy-pulling snapshotter's footer, say), which the download did not wait for.",
 		}, []string{"upstream"}),
+		ranges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "depproxy_proxy_ranges_total",
+			Help: "Range requests answered 206, by state: warm (the blob stored) or cold (read from its download, or from a ranged upstream request ahead of it).",
+		}, []string{"upstream", "state"}),
+		rangeFirstByte: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "depproxy_proxy_range_first_byte_seconds",
+			Help:    "Time from a range request to its first byte sent, by state (warm or cold): what a lazy-pulling snapshotter waits.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"upstream", "state"}),
 		storageErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "depproxy_storage_errors_total",
 			Help: "Storage operations that failed and were worked around by passing through.",
@@ -59,7 +71,7 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 		}),
 	}
 	if r != nil {
-		r.MustRegister(m.requests, m.hits, m.misses, m.coalesced, m.pulled, m.served, m.stale, m.downloads, m.coldRanges, m.storageErrors, m.passedThrough)
+		r.MustRegister(m.requests, m.hits, m.misses, m.coalesced, m.pulled, m.served, m.stale, m.downloads, m.coldRanges, m.ranges, m.rangeFirstByte, m.storageErrors, m.passedThrough)
 	}
 	return m
 }
@@ -150,6 +162,20 @@ func (c *Cache) CountServed(ctx context.Context, kind string, bytes int64) {
 		return
 	}
 	c.metrics.served.WithLabelValues(c.registry, kind).Add(float64(bytes))
+}
+
+// CountRange records a range answered, cold or warm, and its time to
+// first byte.
+func (c *Cache) CountRange(ctx context.Context, cold bool, firstByte time.Duration) {
+	if !counted(ctx) {
+		return
+	}
+	state := "warm"
+	if cold {
+		state = "cold"
+	}
+	c.metrics.ranges.WithLabelValues(c.registry, state).Inc()
+	c.metrics.rangeFirstByte.WithLabelValues(c.registry, state).Observe(firstByte.Seconds())
 }
 
 func (c *Cache) countPulled(kind string, bytes int64) {

@@ -161,6 +161,14 @@ func (r *run) tags(ctx context.Context) error {
 // tag decides one listed tag, of any registry.
 func (r *run) tag(ctx context.Context) func(key string, info storage.Info) error {
 	return func(key string, info storage.Info) error {
+		if layout.IsReferrers(key) {
+			// A referrers answer lives as long as it is read, like a tag,
+			// and keeps nothing (what it lists is pulled by tag or digest).
+			if r.fresh(ctx, key, info) {
+				return nil
+			}
+			return r.delete(ctx, key, info.Size)
+		}
 		if _, _, _, ok := layout.ParseTag(key); !ok {
 			return nil
 		}

@@ -4,6 +4,7 @@
 //	blobs/<alg>/<hex>                          blob bytes, shared by all repositories and registries
 //	manifests/<alg>/<hex>                      "<media type>\n" + manifest bytes, likewise
 //	registries/<registry>/<repo>/_tags/<tag>   the digest a tag of that registry points at
+//	registries/<registry>/<repo>/_referrers/<alg>-<hex>  the upstream's referrers API answer for a digest
 //	_lastread/<any of the above>               when it was last pulled (unix seconds)
 //	_origin/<alg>/<hex>                        the registry whose manifest named a blob (with several upstreams)
 //	_cleanup/last.json                         the last cleanup run's summary
@@ -52,7 +53,8 @@ const (
 	// JournalPrefix holds the summaries' journal.
 	JournalPrefix = "_journal/"
 
-	tagsInfix = "/_tags/"
+	tagsInfix      = "/_tags/"
+	referrersInfix = "/_referrers/"
 )
 
 // Blob is the key of a blob.
@@ -66,6 +68,17 @@ func Manifest(d digest.Digest) string {
 // Tag is the key of a tag of a registry.
 func Tag(registry, repo, tag string) string {
 	return RegistriesPrefix + registry + "/" + repo + tagsInfix + tag
+}
+
+// Referrers is the key of the referrers API answer a registry gave for
+// d: what refers to it, as an OCI index.
+func Referrers(registry, repo string, d digest.Digest) string {
+	return RegistriesPrefix + registry + "/" + repo + referrersInfix + d.Algorithm().String() + "-" + d.Encoded()
+}
+
+// IsReferrers says whether key is a referrers answer's.
+func IsReferrers(key string) bool {
+	return strings.HasPrefix(key, RegistriesPrefix) && strings.Contains(key, referrersInfix)
 }
 
 // Origin is the key of a blob's origin: the registry whose manifest,

@@ -120,3 +120,20 @@ func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
 
 // Unwrap lets http.ResponseController reach the connection.
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// firstByteWriter notes when the first byte of the body was written. It
+// has no ReadFrom, so that a copy writes what it has read (ReadFrom would
+// be entered before the first byte is there).
+type firstByteWriter struct {
+	http.ResponseWriter
+	first time.Time
+}
+
+func (w *firstByteWriter) Write(p []byte) (int, error) {
+	if w.first.IsZero() && len(p) > 0 {
+		w.first = time.Now()
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *firstByteWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/opencontainers/go-digest"
@@ -27,9 +28,12 @@ type Cache interface {
 	Blob(ctx context.Context, repo string, d digest.Digest) (*cache.Blob, error)
 	StatBlob(ctx context.Context, repo string, d digest.Digest) (int64, error)
 	Tags(ctx context.Context, repo string, query url.Values) ([]byte, error)
-	Referrers(ctx context.Context, repo string, d digest.Digest, query url.Values) (body []byte, filtered bool)
+	Referrers(ctx context.Context, repo string, d digest.Digest, query url.Values) (body []byte, filtered bool, err error)
 	// CountServed adds bytes sent to a client (kind: manifest or blob).
 	CountServed(ctx context.Context, kind string, bytes int64)
+	// CountRange records a range answered (206): from a blob being
+	// downloaded (cold) or stored, and when its first byte went out.
+	CountRange(ctx context.Context, cold bool, firstByte time.Duration)
 }
 
 // Upstream is what the registry asks of an upstream to route a request
@@ -257,10 +261,10 @@ func (reg *Registry) serve(w http.ResponseWriter, r *http.Request, e *audit.Entr
 	case kindTags:
 		err = reg.tags(w, r, c, rt)
 	case kindReferrers:
-		reg.referrers(w, r, c, rt)
+		err = reg.referrers(w, r, c, rt)
 	}
 	if err != nil {
-		notFound := map[kind]string{kindManifest: "MANIFEST_UNKNOWN", kindBlob: "BLOB_UNKNOWN", kindTags: "NAME_UNKNOWN"}[rt.kind]
+		notFound := map[kind]string{kindManifest: "MANIFEST_UNKNOWN", kindBlob: "BLOB_UNKNOWN", kindTags: "NAME_UNKNOWN", kindReferrers: "MANIFEST_UNKNOWN"}[rt.kind]
 		re := toRegError(err, notFound)
 		if re.Status >= 500 {
 			reg.log.Error(err, "request failed", "method", r.Method, "path", r.URL.Path)
@@ -289,6 +293,7 @@ func (reg *Registry) manifest(w http.ResponseWriter, r *http.Request, c Cache, r
 }
 
 func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, c Cache, rt route) error {
+	began := time.Now()
 	d := rt.digest
 	h := w.Header()
 	if r.Method == http.MethodHead {
@@ -316,6 +321,17 @@ func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, c Cache, rt ro
 	counted := &recorder{ResponseWriter: w}
 	defer func() { c.CountServed(r.Context(), "blob", counted.n) }() // an aborted response too
 	w = counted
+	if r.Header.Get("Range") != "" {
+		// A lazy-pulling snapshotter waits on each range: how long its
+		// first byte took is the number that matters.
+		timed := &firstByteWriter{ResponseWriter: w}
+		defer func() {
+			if counted.status == http.StatusPartialContent && !timed.first.IsZero() {
+				c.CountRange(r.Context(), b.Cold, timed.first.Sub(began))
+			}
+		}()
+		w = timed
+	}
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Docker-Content-Digest", d.String())
 	h.Set("ETag", `"`+d.String()+`"`)
@@ -379,11 +395,15 @@ func (reg *Registry) tags(w http.ResponseWriter, r *http.Request, c Cache, rt ro
 	return nil
 }
 
-func (reg *Registry) referrers(w http.ResponseWriter, r *http.Request, c Cache, rt route) {
-	body, filtered := c.Referrers(r.Context(), rt.repo, rt.digest, r.URL.Query())
+func (reg *Registry) referrers(w http.ResponseWriter, r *http.Request, c Cache, rt route) error {
+	body, filtered, err := c.Referrers(r.Context(), rt.repo, rt.digest, r.URL.Query())
+	if err != nil {
+		return err
+	}
 	if filtered {
 		w.Header().Set("OCI-Filters-Applied", "artifactType")
 	}
 	w.Header().Set("Content-Type", "application/vnd.oci.image.index.v1+json")
 	w.Write(body)
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/opencontainers/go-digest"
@@ -22,6 +23,8 @@ import (
 type askedCache struct{ repos []string }
 
 func (c *askedCache) CountServed(context.Context, string, int64) {}
+
+func (c *askedCache) CountRange(context.Context, bool, time.Duration) {}
 
 func (c *askedCache) Manifest(_ context.Context, repo string, _ manifest.Ref, _ []string) (*cache.Manifest, error) {
 	c.repos = append(c.repos, repo)
@@ -43,9 +46,9 @@ func (c *askedCache) Tags(_ context.Context, repo string, _ url.Values) ([]byte,
 	return nil, upstream.ErrNotFound
 }
 
-func (c *askedCache) Referrers(_ context.Context, repo string, _ digest.Digest, _ url.Values) ([]byte, bool) {
+func (c *askedCache) Referrers(_ context.Context, repo string, _ digest.Digest, _ url.Values) ([]byte, bool, error) {
 	c.repos = append(c.repos, repo)
-	return []byte(`{"manifests":[]}`), false
+	return []byte(`{"manifests":[]}`), false, nil
 }
 
 // FuzzSourceSelection: whatever the path and containerd's ?ns=, a

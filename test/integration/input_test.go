@@ -106,16 +106,23 @@ func TestTagsAndReferrers(t *testing.T) {
 	if resp.StatusCode != 200 || strings.TrimSpace(string(body)) != want {
 		t.Fatalf("tags/list: %s %s, want %s", resp.Status, body, want)
 	}
+	// Nothing refers to this digest: the upstream has no referrers API
+	// and no fallback tag for it.
+	unknown := "/v2/" + repo + "/referrers/sha256:" + strings.Repeat("b", 64)
+	resp, body = get(t, p.URL+unknown, "")
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/vnd.oci.image.index.v1+json" ||
+		!strings.Contains(string(body), `"manifests":[]`) {
+		t.Errorf("referrers: %s %q %s, want 200 and an empty OCI index", resp.Status, resp.Header.Get("Content-Type"), body)
+	}
 	e.front.Stop()
 	defer e.front.Start()
 	if _, body := get(t, p.URL+"/v2/"+repo+"/tags/list", ""); strings.TrimSpace(string(body)) != want {
 		t.Errorf("tags/list with the upstream down: %s", body)
 	}
-	resp, body = get(t, p.URL+"/v2/"+repo+"/referrers/sha256:"+strings.Repeat("b", 64), "")
-	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/vnd.oci.image.index.v1+json" ||
-		!strings.Contains(string(body), `"manifests":[]`) {
-		t.Errorf("referrers: %s %q %s, want 200 and an empty OCI index", resp.Status, resp.Header.Get("Content-Type"), body)
-	}
+	// With the upstream down, what it would say is not known: an error,
+	// never an empty list it did not give.
+	resp, body = get(t, p.URL+"/v2/"+repo+"/referrers/sha256:"+strings.Repeat("c", 64), "")
+	ociError(t, resp, body, http.StatusServiceUnavailable, "UNAVAILABLE")
 }
 
 // TestContainerdNamespace: as a containerd mirror, the cache serves its
