@@ -41,6 +41,14 @@ type Blob struct {
 	err   func() error
 }
 
+// Expect says the client reads no further than end (the end of its
+// Range): a read far ahead of a download asks the upstream for no more.
+func (b *Blob) Expect(end int64) {
+	if r, ok := b.ReadSeeker.(*fillReader); ok {
+		r.until = end
+	}
+}
+
 // Close releases the blob.
 func (b *Blob) Close() error {
 	if b.close != nil {
@@ -212,8 +220,8 @@ func (c *Cache) fillFor(ctx context.Context, repo string, d digest.Digest, start
 		run = func(ctx context.Context, f *fill) { c.download(ctx, repo, f) }
 	}
 	return c.startFill(ctx, d, run, func(f *fill) {
-		f.ranged = func(ctx context.Context, off int64) (io.ReadCloser, error) {
-			b, err := c.up.GetBlobRange(ctx, repo, d, off)
+		f.ranged = func(ctx context.Context, off, end int64) (io.ReadCloser, error) {
+			b, err := c.up.GetBlobRange(ctx, repo, d, off, end)
 			if err != nil {
 				c.log.V(1).Info("no range from the upstream; waiting for the download", "digest", d, "offset", off, "error", err.Error())
 				return nil, err
@@ -387,12 +395,19 @@ func (c *Cache) hotFill(ctx context.Context, d digest.Digest) *fill {
 	}
 	return c.startFill(ctx, d, func(ctx context.Context, f *fill) { c.copyHot(ctx, f, info.Size) }, func(f *fill) {
 		f.fromStorage = true
-		f.ranged = func(ctx context.Context, off int64) (io.ReadCloser, error) {
+		f.ranged = func(ctx context.Context, off, end int64) (io.ReadCloser, error) {
 			r, _, err := c.store.Open(ctx, key)
-			if err == nil {
-				_, err = r.Seek(off, io.SeekStart)
+			if err != nil {
+				return nil, err
 			}
-			return r, err
+			if _, err := r.Seek(off, io.SeekStart); err != nil {
+				r.Close()
+				return nil, err
+			}
+			return struct {
+				io.Reader
+				io.Closer
+			}{io.LimitReader(r, end-off), r}, nil
 		}
 	})
 }

@@ -31,9 +31,9 @@ type Upstream interface {
 	HeadManifest(ctx context.Context, repo string, ref manifest.Ref, accept []string) (upstream.Descriptor, error)
 	GetManifest(ctx context.Context, repo string, ref manifest.Ref, accept []string, maxSize int64) (*upstream.Manifest, error)
 	GetBlob(ctx context.Context, repo string, d digest.Digest) (*upstream.Blob, error)
-	// GetBlobRange opens a blob from off to its end (a 206), for a Range
-	// far ahead of the one download.
-	GetBlobRange(ctx context.Context, repo string, d digest.Digest, off int64) (*upstream.Blob, error)
+	// GetBlobRange opens a blob's bytes from off up to end (a 206), for
+	// a Range far ahead of the one download.
+	GetBlobRange(ctx context.Context, repo string, d digest.Digest, off, end int64) (*upstream.Blob, error)
 	HeadBlob(ctx context.Context, repo string, d digest.Digest) (int64, error)
 	Tags(ctx context.Context, repo string, query url.Values, maxSize int64) ([]byte, error)
 	Referrers(ctx context.Context, repo string, d digest.Digest, query url.Values, maxSize int64) ([]byte, error)

@@ -35,7 +35,12 @@ type fill struct {
 	// from the upstream. ranged opens the source from an offset, for a
 	// read far ahead of the fill.
 	fromStorage bool
-	ranged      func(ctx context.Context, off int64) (io.ReadCloser, error)
+	ranged      func(ctx context.Context, off, end int64) (io.ReadCloser, error)
+	// lazy: a reader went far ahead of the download (a lazy-pulling
+	// snapshotter). It comes back for more ranges at its own pace, and
+	// between them nobody reads the download: it goes on regardless,
+	// to be stored, rather than be abandoned and downloaded again.
+	lazy bool
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -144,7 +149,7 @@ func (f *fill) release() {
 
 func (f *fill) cancelIfUnread() {
 	f.mu.Lock()
-	unread := f.refs == 1 && !f.done
+	unread := f.refs == 1 && !f.done && !f.lazy
 	f.mu.Unlock()
 	if unread {
 		f.cancel(errAbandoned)
@@ -208,15 +213,25 @@ type fillReader struct {
 	// cold opens the upstream from an offset, for a read far ahead of
 	// the download (a lazy-pulling snapshotter reading a layer's footer
 	// first); nil once it failed, or where ranges are not fetched.
-	cold func(ctx context.Context, off int64) (io.ReadCloser, error)
-	// far is the ranged upstream body being read, at farOff.
-	far    io.ReadCloser
-	farOff int64
+	cold func(ctx context.Context, off, end int64) (io.ReadCloser, error)
+	// far is the ranged upstream body being read, at farOff, up to
+	// farEnd.
+	far            io.ReadCloser
+	farOff, farEnd int64
+	// until, when set, is where the client's range ends (Blob.Expect):
+	// a ranged request asks for no more.
+	until int64
 }
 
 // coldAhead is how far past the download a read must start to be
 // fetched with a range of its own: closer, the download gets there soon.
 const coldAhead = 4 << 20
+
+// coldChunk bounds one ranged upstream request. The reader does not know
+// where the client's range ends: asking for the rest of the blob would
+// have the upstream send far more than is read before the client hangs
+// up. A longer read takes a chunk after another (or meets the download).
+const coldChunk = 1 << 20
 
 func (r *fillReader) Read(p []byte) (int, error) {
 	f := r.f
@@ -268,25 +283,37 @@ func (r *fillReader) Read(p []byte) (int, error) {
 }
 
 // readCold reads from a ranged upstream request at r.off; !ok when one
-// cannot be had, and the read waits for the download instead.
+// cannot be had (the read waits for the download instead), or when a
+// chunk ended (the read decides again where its next bytes come from).
 func (r *fillReader) readCold(p []byte) (int, error, bool) {
 	if r.far == nil || r.farOff != r.off {
 		r.closeFar()
-		body, err := r.cold(r.ctx, r.off)
+		end := min(r.off+coldChunk, r.f.size)
+		if r.until > r.off {
+			end = min(end, r.until)
+		}
+		body, err := r.cold(r.ctx, r.off, end)
 		if err != nil {
 			r.cold = nil
 			return 0, nil, false
 		}
-		r.far, r.farOff = body, r.off
+		r.f.mu.Lock()
+		r.f.lazy = true
+		r.f.mu.Unlock()
+		r.far, r.farOff, r.farEnd = body, r.off, end
 	}
 	n, err := r.far.Read(p)
 	r.off += int64(n)
 	r.farOff = r.off
 	if err == io.EOF {
 		r.closeFar()
-		if r.off < r.f.size {
-			err = io.ErrUnexpectedEOF
+		if r.off < r.farEnd {
+			return n, io.ErrUnexpectedEOF, true
 		}
+		if n == 0 {
+			return 0, nil, false
+		}
+		err = nil
 	}
 	return n, err, true
 }

@@ -341,6 +341,9 @@ func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, c Cache, rt ro
 		http.ServeContent(w, r, "", b.ModTime, b.ReadSeeker)
 	case b.Size >= 0 && conditional(r):
 		// Range, If-Range and If-None-Match, on streaming blobs too.
+		if end, ok := rangeEnd(r.Header.Get("Range"), b.Size); ok {
+			b.Expect(end)
+		}
 		http.ServeContent(w, r, "", b.ModTime, b)
 	default:
 		// A plain GET from S3 or from a running download: 256 KiB copies
@@ -365,6 +368,24 @@ func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, c Cache, rt ro
 		panic(http.ErrAbortHandler)
 	}
 	return nil
+}
+
+// rangeEnd is where a single Range of a blob of size bytes ends
+// (exclusive); !ok for several ranges, or what ServeContent will refuse.
+func rangeEnd(header string, size int64) (int64, bool) {
+	spec, ok := strings.CutPrefix(header, "bytes=")
+	if !ok || strings.Contains(spec, ",") {
+		return 0, false
+	}
+	first, last, ok := strings.Cut(strings.TrimSpace(spec), "-")
+	if !ok || first == "" || last == "" { // suffix and open ranges end at the blob's end
+		return size, ok
+	}
+	n, err := strconv.ParseInt(last, 10, 64)
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	return min(n+1, size), true
 }
 
 // conditional: the request needs ServeContent's Range or validator

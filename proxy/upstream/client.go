@@ -298,11 +298,10 @@ func (c *Client) GetBlob(ctx context.Context, repo string, d digest.Digest) (*Bl
 	return &Blob{Body: resp.Body, Size: resp.ContentLength}, nil
 }
 
-// GetBlobRange opens a blob's bytes from off to its end: an upstream
-// that ignores the Range (a 200) or answers another one is an error, so
-// that no byte is ever served from the wrong offset.
-func (c *Client) GetBlobRange(ctx context.Context, repo string, d digest.Digest, off int64) (*Blob, error) {
-	resp, err := c.do(ctx, http.MethodGet, repo, "blobs/"+d.String(), http.Header{"Range": {fmt.Sprintf("bytes=%d-", off)}})
+// GetBlobRange opens a blob's bytes from off up to end (exclusive): an
+// upstream answer of 206 for that range, or an error.
+func (c *Client) GetBlobRange(ctx context.Context, repo string, d digest.Digest, off, end int64) (*Blob, error) {
+	resp, err := c.do(ctx, http.MethodGet, repo, "blobs/"+d.String(), http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", off, end-1)}})
 	if err != nil {
 		return nil, err
 	}
@@ -316,9 +315,14 @@ func (c *Client) GetBlobRange(ctx context.Context, repo string, d digest.Digest,
 	var start int64
 	if _, err := fmt.Sscanf(resp.Header.Get("Content-Range"), "bytes %d-", &start); err != nil || start != off {
 		resp.Body.Close()
-		return nil, fmt.Errorf("%w: the upstream answered bytes=%d- with Content-Range %q", ErrUnreachable, off, resp.Header.Get("Content-Range"))
+		return nil, fmt.Errorf("%w: the upstream answered bytes=%d-%d with Content-Range %q", ErrUnreachable, off, end-1, resp.Header.Get("Content-Range"))
 	}
-	return &Blob{Body: resp.Body, Size: resp.ContentLength}, nil
+	// Never more than was asked for, whatever the upstream sends.
+	body := struct {
+		io.Reader
+		io.Closer
+	}{io.LimitReader(resp.Body, end-off), resp.Body}
+	return &Blob{Body: body, Size: end - off}, nil
 }
 
 // HeadBlob returns a blob's size.

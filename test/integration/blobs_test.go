@@ -300,14 +300,15 @@ func TestWarmBlobFromS3(t *testing.T) {
 }
 
 // A lazy-pulling snapshotter reads a cold layer's footer first. On an
-// upstream sending about 1 MB/s, a range of the last MiB of a 16 MiB
+// upstream sending about 1 MB/s, a range of the last MiB of a 64 MiB
 // blob answers 206 with the right bytes within seconds, from a ranged
 // upstream request, while the one full download goes on and is stored;
-// a multi-range request is answered right as well.
+// a multi-range request is answered right as well. The ranges are
+// counted cold, with their time to first byte; once stored, warm.
 func TestColdRangeFarAhead(t *testing.T) {
 	e := newEnv(t)
 	repo := repoName(t)
-	const size = 16 << 20
+	const size = 64 << 20
 	data, d := pushBlob(t, e.registry.Addr, repo, size)
 	// The whole-blob download trickles; ranged requests do not.
 	e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
@@ -390,8 +391,15 @@ func TestColdRangeFarAhead(t *testing.T) {
 	if n := sample(scrape(t, p.Ops), "depproxy_proxy_cold_ranges_total"); n < 1 {
 		t.Errorf("depproxy_proxy_cold_ranges_total is %v", n)
 	}
+	m := scrape(t, p.Ops)
+	if n := sample(m, "depproxy_proxy_ranges_total", "state", "cold"); n != 3 {
+		t.Errorf("depproxy_proxy_ranges_total{state=cold} is %v, want 3", n)
+	}
+	if n := sample(m, "depproxy_proxy_range_first_byte_seconds", "state", "cold"); n != 3 {
+		t.Errorf("depproxy_proxy_range_first_byte_seconds{state=cold} counts %v, want 3", n)
+	}
 	// The one download goes on, and is stored.
-	eventually(t, 60*time.Second, "the download stored", func() bool {
+	eventually(t, 150*time.Second, "the download stored", func() bool {
 		_, err := p.store.Stat(context.Background(), blobKey(d))
 		return err == nil
 	})
@@ -401,5 +409,17 @@ func TestColdRangeFarAhead(t *testing.T) {
 	_, body := get(t, url, "")
 	if !bytes.Equal(body, data) {
 		t.Fatal("the stored blob is not the blob")
+	}
+	resp, err = http.DefaultClient.Do(tail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(got, data[size-1<<20:]) {
+		t.Fatalf("the tail once stored: %s, %d bytes", resp.Status, len(got))
+	}
+	if n := sample(scrape(t, p.Ops), "depproxy_proxy_ranges_total", "state", "warm"); n != 1 {
+		t.Errorf("depproxy_proxy_ranges_total{state=warm} is %v, want 1", n)
 	}
 }

@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"bufio"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -130,26 +131,35 @@ func (f *Front) serve(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte(`{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`))
 		return
 	}
-	if fault != nil && fault(w, r) {
+	// Counted as they go out, a fault's bytes too: a test reads the
+	// count while a long response is still being sent.
+	cw := &countingWriter{ResponseWriter: w, front: f, kind: kind}
+	if fault != nil && fault(cw, r) {
 		return
 	}
-	cw := &countingWriter{ResponseWriter: w}
 	f.rp.ServeHTTP(cw, r)
-	f.mu.Lock()
-	f.bytes[kind] += cw.n
-	f.mu.Unlock()
 }
 
 type countingWriter struct {
 	http.ResponseWriter
-	n int64
+	front *Front
+	kind  string
 }
 
 func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.ResponseWriter.Write(p)
-	c.n += int64(n)
+	c.front.mu.Lock()
+	c.front.bytes[c.kind] += int64(n)
+	c.front.mu.Unlock()
 	return n, err
 }
+
+// Hijack is for faults that cut the connection.
+func (c *countingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return http.NewResponseController(c.ResponseWriter).Hijack()
+}
+
+func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
 
 func (c *countingWriter) Flush() {
 	if fl, ok := c.ResponseWriter.(http.Flusher); ok {
