@@ -88,7 +88,7 @@ func (a *Agent) answers(ctx context.Context) bool {
 func (a *Agent) write() error {
 	var errs []error
 	for _, f := range a.Files {
-		errs = append(errs, Write(f.Path, f.Content))
+		errs = append(errs, f.Put())
 	}
 	return errors.Join(errs...)
 }

@@ -20,6 +20,32 @@ const savedSuffix = ".depproxy-saved"
 type File struct {
 	Path    string
 	Content []byte
+	// Merge, when set, makes the content from the file that was there
+	// before depproxy's (nil if none): for a file that holds the admin's
+	// settings too.
+	Merge func(original []byte) ([]byte, error)
+}
+
+// Put writes the file (Write), merged with what was there first if it
+// merges.
+func (f File) Put() error {
+	if f.Merge == nil {
+		return Write(f.Path, f.Content)
+	}
+	original, err := os.ReadFile(f.Path + savedSuffix)
+	if errors.Is(err, os.ErrNotExist) {
+		if original, err = os.ReadFile(f.Path); err == nil && ours(original) {
+			original = nil
+		}
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	content, err := f.Merge(original)
+	if err != nil {
+		return err
+	}
+	return Write(f.Path, content)
 }
 
 // Write puts content at path atomically. A file there that depproxy did

@@ -126,8 +126,8 @@ func (l *estargzLayer) image(t *testing.T) v1.Image {
 }
 
 // startStargz runs the stargz snapshotter (built by `make tools` from
-// its library) with this config, on a socket of its own.
-func startStargz(t *testing.T, config string) (socket, root string) {
+// its library) with the config file cfg, on a socket of its own.
+func startStargz(t *testing.T, cfg string) (socket, root string) {
 	t.Helper()
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		t.Fatalf("the stargz snapshotter mounts layers with FUSE: %v", err)
@@ -137,8 +137,6 @@ func startStargz(t *testing.T, config string) (socket, root string) {
 		t.Fatal(err)
 	}
 	socket, root = filepath.Join(dir, "s.sock"), filepath.Join(dir, "root")
-	cfg := filepath.Join(dir, "config.toml")
-	os.WriteFile(cfg, []byte(config), 0o644)
 	var logs syncBuffer
 	cmd := exec.Command(testenv.Tool(t, "containerd-stargz-grpc"), "--address", socket, "--root", root, "--config", cfg, "--log-level", "debug")
 	cmd.Stderr = &logs
@@ -192,20 +190,19 @@ func TestLazyPullThroughTheCache(t *testing.T) {
 	s.Upstream = settings.Keys(registry + "=" + e.front.URL())
 	s.Storage = t.TempDir()
 	p := start(t, s)
-	hostsDir := t.TempDir()
-	if out, err := exec.Command(depproxyBinary(t), "hosts", "--endpoint", p.URL, "--registry", registry, "--dir", hostsDir).CombinedOutput(); err != nil {
+	// containerd resolves the image by hosts.toml; the standalone
+	// snapshotter fetches layers by its own config's mirrors: `depproxy
+	// hosts` writes both, over the admin's settings. (Background
+	// fetching, off in the admin's file, would read the rest of the
+	// layer while the test measures what a lazy pull costs.)
+	hostsDir, stargzConfig := t.TempDir(), filepath.Join(t.TempDir(), "config.toml")
+	admin := "noprefetch = true\nno_background_fetch = true\n"
+	os.WriteFile(stargzConfig, []byte(admin), 0o644)
+	hosts := []string{"hosts", "--endpoint", p.URL, "--registry", registry, "--dir", hostsDir, "--stargz-config", stargzConfig}
+	if out, err := exec.Command(depproxyBinary(t), hosts...).CombinedOutput(); err != nil {
 		t.Fatalf("depproxy hosts: %v\n%s", err, out)
 	}
-	// The standalone snapshotter resolves layers itself, by its own
-	// mirrors (docs/lazy-pulling.md). Background fetching would read
-	// the rest of the layer while the test measures what a lazy pull
-	// costs; it is off.
-	socket, root := startStargz(t, fmt.Sprintf(`noprefetch = true
-no_background_fetch = true
-[[resolver.host.%q.mirrors]]
-host = %q
-insecure = true
-`, registry, p.Host))
+	socket, root := startStargz(t, stargzConfig)
 	c := &containerd{testenv.StartContainerd(t, "containerd2", 3, fmt.Sprintf(`[proxy_plugins.stargz]
   type = "snapshot"
   address = %q
@@ -256,5 +253,11 @@ insecure = true
 	}
 	if n := sample(scrape(t, p.Ops), "depproxy_proxy_ranges_total"); n == 0 {
 		t.Error("the snapshotter's reads were not ranges through the cache")
+	}
+	if out, err := exec.Command(depproxyBinary(t), append(hosts, "--remove")...).CombinedOutput(); err != nil {
+		t.Fatalf("depproxy hosts --remove: %v\n%s", err, out)
+	}
+	if got, _ := os.ReadFile(stargzConfig); string(got) != admin {
+		t.Errorf("after --remove, the snapshotter's config is %q, not the admin's", got)
 	}
 }

@@ -28,7 +28,7 @@ func hostsCommand(args []string) error {
 		if *remove {
 			err = nodeconfig.Remove(f.Path)
 		} else {
-			err = nodeconfig.Write(f.Path, f.Content)
+			err = f.Put()
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", f.Path, err))

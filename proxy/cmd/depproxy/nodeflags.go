@@ -23,6 +23,7 @@ type nodeFlags struct {
 	dialTimeout  time.Duration
 	ca           string
 	allowDefault bool
+	stargzConfig string
 }
 
 func (f *nodeFlags) register(fs *flag.FlagSet) {
@@ -34,6 +35,7 @@ func (f *nodeFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.dialTimeout, "dial-timeout", time.Second, "how long containerd waits to connect to the cache before falling back")
 	fs.StringVar(&f.ca, "ca", "", "CA certificate file, as the node's runtime sees it, for an https endpoint whose issuer the node does not trust")
 	fs.BoolVar(&f.allowDefault, "allow-default", false, "allow --registry _default, containerd's catch-all: every registry without a file of its own pulls through the cache")
+	fs.StringVar(&f.stargzConfig, "stargz-config", "", "also the stargz snapshotter's config file (e.g. /etc/containerd-stargz-grpc/config.toml): its registry mirrors, over the admin's settings; containerd-stargz-grpc reads it when it starts")
 }
 
 // files renders every registry's file.
@@ -54,6 +56,13 @@ func (f *nodeFlags) files() ([]nodeconfig.File, error) {
 			return nil, err
 		}
 		out = append(out, nodeconfig.File{Path: path, Content: content})
+	}
+	if f.stargzConfig != "" {
+		merge, err := nodeconfig.StargzConfig(f.registries, o)
+		if err != nil {
+			return nil, fmt.Errorf("--stargz-config: %w", err)
+		}
+		out = append(out, nodeconfig.File{Path: f.stargzConfig, Merge: merge})
 	}
 	return out, nil
 }
