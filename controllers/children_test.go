@@ -278,6 +278,37 @@ func TestNodeAgentAndServiceMonitor(t *testing.T) {
 	}
 }
 
+// With spec.stargz the node agent also writes the stargz snapshotter's
+// config file, mounting that file's directory (which the snapshotter's
+// installation made: the agent does not create it), and nothing more.
+func TestNodeAgentWritesTheStargzConfig(t *testing.T) {
+	dp := testProxy()
+	nm := &depproxyv1.NodeMirror{ObjectMeta: metav1.ObjectMeta{Name: "lazy"}, Spec: depproxyv1.NodeMirrorSpec{
+		Cache: depproxyv1.CacheReference{Namespace: dp.Namespace, Name: dp.Name}, Registries: []string{"docker.io"},
+		NodePort: 30500, Stargz: &depproxyv1.StargzSnapshotter{}}}
+	held := []settings.Keyed{{Registry: "docker.io"}}
+	for _, c := range []struct{ configPath, dir string }{
+		{"", "/etc/containerd-stargz-grpc"},
+		{"/opt/stargz/etc/config.toml", "/opt/stargz/etc"},
+	} {
+		nm.Spec.Stargz.ConfigPath = c.configPath
+		pod := desiredNodeAgent(nm, dp, held, "operator.example/depproxy:v1", "nodes").Spec.Template.Spec
+		args := strings.Join(pod.Containers[0].Args, " ")
+		want := "--stargz-config " + c.dir + "/config.toml"
+		if !strings.Contains(args, want) {
+			t.Errorf("args %q lack %q", args, want)
+		}
+		if len(pod.Volumes) != 2 || pod.Volumes[1].HostPath.Path != c.dir || *pod.Volumes[1].HostPath.Type != corev1.HostPathDirectory ||
+			len(pod.Containers[0].VolumeMounts) != 2 || pod.Containers[0].VolumeMounts[1].MountPath != c.dir {
+			t.Errorf("volumes %+v, mounts %+v", pod.Volumes, pod.Containers[0].VolumeMounts)
+		}
+	}
+	nm.Spec.Stargz = nil
+	if args := strings.Join(desiredNodeAgent(nm, dp, held, "i", "nodes").Spec.Template.Spec.Containers[0].Args, " "); strings.Contains(args, "stargz") {
+		t.Errorf("without spec.stargz: %q", args)
+	}
+}
+
 // An upstream with a credential provider: the kubelet's config file for
 // its plugin, matching its host, with the token audience and the
 // ServiceAccount's annotations; the plugins from the cluster admin's

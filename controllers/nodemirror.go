@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 	"time"
@@ -133,7 +134,8 @@ func desiredNodePortService(nm *depproxyv1.NodeMirror, dp *depproxyv1.Dependency
 // registries the NodeMirror holds: it writes the node's files once the
 // cache answers at the node's address and the node port, and removes
 // them when it stops. Its image is the operator's own, and it mounts the
-// runtime's directory and nothing else.
+// runtime's directory (and the stargz snapshotter's, when asked) and
+// nothing else.
 func desiredNodeAgent(nm *depproxyv1.NodeMirror, dp *depproxyv1.DependencyProxy, held []settings.Keyed, image, namespace string) *appsv1.DaemonSet {
 	dir := nm.Spec.ConfigDir()
 	args := []string{"node", "--endpoint", nodeEndpoint(nm, dp, "$(NODE_IP)"),
@@ -146,6 +148,16 @@ func desiredNodeAgent(nm *depproxyv1.NodeMirror, dp *depproxyv1.DependencyProxy,
 		if r.Value != "" {
 			args = append(args, "--server", r.Registry+"="+r.Value)
 		}
+	}
+	volumes := []corev1.Volume{{Name: "config", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
+		Path: dir, Type: ptr.To(corev1.HostPathDirectoryOrCreate)}}}}
+	mounts := []corev1.VolumeMount{{Name: "config", MountPath: dir}}
+	if cfg := nm.Spec.StargzConfigPath(); cfg != "" {
+		// The snapshotter's directory, which its installation made.
+		args = append(args, "--stargz-config", cfg)
+		volumes = append(volumes, corev1.Volume{Name: "stargz", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
+			Path: path.Dir(cfg), Type: ptr.To(corev1.HostPathDirectory)}}})
+		mounts = append(mounts, corev1.VolumeMount{Name: "stargz", MountPath: path.Dir(cfg)})
 	}
 	labels := nodeAgentLabels(nm)
 	return &appsv1.DaemonSet{
@@ -161,8 +173,7 @@ func desiredNodeAgent(nm *depproxyv1.NodeMirror, dp *depproxyv1.DependencyProxy,
 					EnableServiceLinks:            ptr.To(false),
 					TerminationGracePeriodSeconds: ptr.To[int64](30),
 					SecurityContext:               &corev1.PodSecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}},
-					Volumes: []corev1.Volume{{Name: "config", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
-						Path: dir, Type: ptr.To(corev1.HostPathDirectoryOrCreate)}}}},
+					Volumes:                       volumes,
 					Containers: []corev1.Container{{
 						Name:  "node",
 						Image: image,
@@ -179,7 +190,7 @@ func desiredNodeAgent(nm *depproxyv1.NodeMirror, dp *depproxyv1.DependencyProxy,
 						SecurityContext: &corev1.SecurityContext{RunAsUser: ptr.To[int64](0), RunAsNonRoot: ptr.To(false),
 							AllowPrivilegeEscalation: ptr.To(false), ReadOnlyRootFilesystem: ptr.To(true),
 							Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}},
-						VolumeMounts: []corev1.VolumeMount{{Name: "config", MountPath: dir}},
+						VolumeMounts: mounts,
 					}},
 				},
 			},

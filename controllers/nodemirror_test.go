@@ -355,3 +355,38 @@ func repoFile(t *testing.T, path string) []byte {
 	}
 	return b
 }
+
+// spec.stargz is for containerd nodes, and its file is an absolute path
+// in a directory of its own; the API server says so.
+func TestStargzSpecIsChecked(t *testing.T) {
+	ns := namespace(t)
+	dp := mirrorCache(t, ns, "cache")
+	for i, c := range []struct {
+		runtime    depproxyv1.NodeRuntime
+		configPath string
+		want       string // "" : accepted
+	}{
+		{depproxyv1.RuntimeContainerd, "", ""},
+		{depproxyv1.RuntimeCRIO, "", "stargz is a containerd snapshotter"},
+		{depproxyv1.RuntimeContainerd, "/config.toml", "a directory of its own"},
+		{depproxyv1.RuntimeContainerd, "/etc/../config.toml", "without . or .."},
+		{depproxyv1.RuntimeContainerd, "etc/stargz.toml", "spec.stargz.configPath"},
+	} {
+		nm := &depproxyv1.NodeMirror{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("stargz-%d-%s", i, ns)}, Spec: depproxyv1.NodeMirrorSpec{
+			Cache: depproxyv1.CacheReference{Namespace: dp.Namespace, Name: dp.Name}, Registries: []string{"docker.io"}, NodePort: 30530,
+			Runtime: c.runtime, Stargz: &depproxyv1.StargzSnapshotter{ConfigPath: c.configPath}}}
+		err := k8sClient.Create(context.Background(), nm)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%s %q refused: %v", c.runtime, c.configPath, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s %q: %v, want %q", c.runtime, c.configPath, err, c.want)
+		}
+		if err == nil {
+			if c.configPath == "" && nm.Spec.Stargz.ConfigPath != "/etc/containerd-stargz-grpc/config.toml" {
+				t.Errorf("the default configPath is %q", nm.Spec.Stargz.ConfigPath)
+			}
+			k8sClient.Delete(context.Background(), nm)
+		}
+	}
+}

@@ -32,6 +32,7 @@ type CacheReference struct {
 // NodeMirrorSpec says which cache the nodes pull through, for which
 // registries, on which nodes. It is a cluster admin's: nothing a tenant
 // writes in its own namespace reaches the nodes.
+// +kubebuilder:validation:XValidation:rule="!has(self.stargz) || !has(self.runtime) || self.runtime == 'containerd'",message="stargz is a containerd snapshotter: a cri-o node has none (CRI-O and podman lazy-pull with the stargz store)"
 type NodeMirrorSpec struct {
 	// Cache is the DependencyProxy the nodes pull through.
 	Cache CacheReference `json:"cache"`
@@ -86,6 +87,42 @@ type NodeMirrorSpec struct {
 	// Tolerations let the node agents run on tainted nodes.
 	// +optional
 	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+
+	// Stargz also points the stargz snapshotter (containerd-stargz-grpc,
+	// which pulls eStargz images lazily) at the cache. It fetches layers
+	// itself, by the registry mirrors of its own config file, not by
+	// hosts.toml: the agents write the cache first among each
+	// registry's mirrors there, over the admin's other settings (kept
+	// aside, and put back when the NodeMirror goes). The snapshotter
+	// reads the file when it starts.
+	// +optional
+	Stargz *StargzSnapshotter `json:"stargz,omitempty"`
+}
+
+// StargzSnapshotter is where a node's stargz snapshotter keeps its config.
+type StargzSnapshotter struct {
+	// ConfigPath is the snapshotter's config file on the node; the agents
+	// mount its directory.
+	// +optional
+	// +kubebuilder:default="/etc/containerd-stargz-grpc/config.toml"
+	// +kubebuilder:validation:MaxLength=1024
+	// +kubebuilder:validation:Pattern="^/.*[^/]$"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('(^|/)[.][.]?(/|$)')",message="stargz.configPath is an absolute file path without . or .. segments"
+	// +kubebuilder:validation:XValidation:rule="self.split('/').size() > 2",message="stargz.configPath is a file in a directory of its own, not in the node's root directory"
+	ConfigPath string `json:"configPath,omitempty"`
+}
+
+// StargzConfigPath is the stargz snapshotter's config file, or "" when
+// the NodeMirror leaves it alone.
+func (s *NodeMirrorSpec) StargzConfigPath() string {
+	switch {
+	case s.Stargz == nil:
+		return ""
+	case s.Stargz.ConfigPath != "":
+		return s.Stargz.ConfigPath
+	default:
+		return "/etc/containerd-stargz-grpc/config.toml"
+	}
 }
 
 // ConfigDir is the node directory written: spec.configPath, else the
