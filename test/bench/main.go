@@ -55,12 +55,13 @@ func main() {
 	tagsOnly := flag.Bool("tags-only", false, "only the warm tag table (the audit log on and off among it)")
 	rolloutOnly := flag.Bool("rollout-only", false, "only the rollout table: 256 nodes pulling one image through three replicas, cold then warm")
 	keepOnly := flag.Bool("keep-only", false, "only the manager's memory with 0, 1,000 and 5,000 Pods of a keeping cache (envtest)")
+	lazyOnly := flag.Bool("lazy-only", false, "only the lazy-pulling tables: a cold tail range on a slow upstream, and the stargz snapshotter's pull of an eStargz image")
 	plotPath := flag.String("plot", "docs/bench.png", "where to write the plot of cold pulls by concurrent clients (empty: none)")
 	flag.Parse()
 	b := newBench()
 	defer b.cleanup()
 	b.plot = *plotPath
-	b.faultsOnly, b.tagsOnly, b.rolloutOnly, b.keepOnly = *faultsOnly, *tagsOnly, *rolloutOnly, *keepOnly
+	b.faultsOnly, b.tagsOnly, b.rolloutOnly, b.keepOnly, b.lazyOnly = *faultsOnly, *tagsOnly, *rolloutOnly, *keepOnly, *lazyOnly
 	if err := b.run(*runs, *warmOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		b.cleanup()
@@ -84,9 +85,10 @@ type bench struct {
 	blob     v1.Hash
 	plot     string // the PNG's path
 	// faultsOnly runs the fault rows alone; tagsOnly the warm tag table;
-	// rolloutOnly the rollout table; keepOnly the manager's memory.
-	faultsOnly, tagsOnly, rolloutOnly, keepOnly bool
-	rolloutBytes                                int64 // the rollout image's blobs, both platforms
+	// rolloutOnly the rollout table; keepOnly the manager's memory;
+	// lazyOnly the lazy-pulling tables.
+	faultsOnly, tagsOnly, rolloutOnly, keepOnly, lazyOnly bool
+	rolloutBytes                                          int64 // the rollout image's blobs, both platforms
 }
 
 // plotClients are the points of the plot.
@@ -178,6 +180,10 @@ func (b *bench) run(runs int, warmOnly bool) error {
 		b.warmTagTable(runs)
 		return nil
 	}
+	if b.lazyOnly {
+		b.lazyRows(runs)
+		return nil
+	}
 	if err := b.pushRollout(); err != nil {
 		return err
 	}
@@ -248,6 +254,8 @@ func (b *bench) run(runs int, warmOnly bool) error {
 	if !warmOnly {
 		fmt.Println()
 		b.rolloutRows(runs)
+		fmt.Println()
+		b.lazyRows(runs)
 		fmt.Println()
 		return b.keepMemoryRows()
 	}

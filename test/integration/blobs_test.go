@@ -311,29 +311,7 @@ func TestColdRangeFarAhead(t *testing.T) {
 	const size = 64 << 20
 	data, d := pushBlob(t, e.registry.Addr, repo, size)
 	// The whole-blob download trickles; ranged requests do not.
-	e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
-		if testenv.PathKind(r.URL.Path) != "blobs" || r.Method != http.MethodGet || r.Header.Get("Range") != "" {
-			return false
-		}
-		resp, err := http.Get(e.registry.URL() + r.URL.Path)
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		for k, v := range resp.Header {
-			w.Header()[k] = v
-		}
-		w.WriteHeader(resp.StatusCode)
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := resp.Body.Read(buf)
-			if _, werr := w.Write(buf[:n]); werr != nil || err != nil {
-				return true
-			}
-			w.(http.Flusher).Flush()
-			time.Sleep(64 * time.Millisecond) // about 1 MB/s
-		}
-	})
+	e.front.TrickleBlobs()
 	defer e.front.Fault(nil)
 	p := startProxy(t, e.front.URL(), openStorage(t, "filesystem", nil))
 	url := p.URL + "/v2/" + repo + "/blobs/" + d.String()

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Front sits between the proxy under test and the real upstream registry.
@@ -204,4 +205,30 @@ func (f *Front) Alter(kind string, fn func(w http.ResponseWriter, resp *http.Res
 		fn(w, resp)
 		return true
 	}
+}
+
+// TrickleBlobs makes whole-blob downloads arrive at about 1 MB/s, while
+// ranged requests go at full speed: a registry far away, whose round
+// trips are short next to what its bandwidth costs a big layer.
+func (f *Front) TrickleBlobs() {
+	f.Fault(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodGet || r.Header.Get("Range") != "" {
+			return false
+		}
+		return f.Alter("blobs", func(w http.ResponseWriter, resp *http.Response) {
+			for k, v := range resp.Header {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(resp.StatusCode)
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := resp.Body.Read(buf)
+				if _, werr := w.Write(buf[:n]); werr != nil || err != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+				time.Sleep(64 * time.Millisecond)
+			}
+		})(w, r)
+	})
 }
