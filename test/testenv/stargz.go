@@ -9,8 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -109,7 +107,7 @@ func StartStargz(t T, cfg string) *Stargz {
 		t.Fatal(err)
 	}
 	s := &Stargz{Socket: filepath.Join(dir, "s.sock"), Root: filepath.Join(dir, "root")}
-	logs := &lockedBuffer{}
+	logs := &SyncBuffer{}
 	cmd := exec.Command(Tool(t, "containerd-stargz-grpc"), "--address", s.Socket, "--root", s.Root, "--config", cfg, "--log-level", "debug")
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
@@ -160,21 +158,4 @@ func (s *Stargz) Mounted(name string) string {
 		return ""
 	}
 	return found[0]
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
