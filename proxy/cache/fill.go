@@ -227,11 +227,11 @@ type fillReader struct {
 // fetched with a range of its own: closer, the download gets there soon.
 const coldAhead = 4 << 20
 
-// coldChunk bounds one ranged upstream request where the client's range
-// has no known end (a multi-range request, an open range): asking for the
-// rest of the blob would have the upstream send far more than is read
-// before the client hangs up. A longer read takes a chunk after another
-// (or meets the download).
+// coldChunk bounds one ranged upstream request, as the client's range
+// does where its end is known (Blob.Expect): asking for the rest of the
+// blob would have the upstream send far more than is read before the
+// client hangs up. A longer read takes a chunk after another (or meets
+// the download).
 const coldChunk = 1 << 20
 
 func (r *fillReader) Read(p []byte) (int, error) {
