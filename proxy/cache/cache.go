@@ -245,6 +245,7 @@ func New(up Upstream, store storage.Storage, opts ...Option) *Cache {
 	if c.metrics == nil {
 		c.metrics = NewMetrics(nil)
 	}
+	c.metrics.exportUpstream(c.registry)
 	c.downloads = make(chan struct{}, c.limits.MaxDownloads)
 	c.reads = newReadTracker(store, c.now, c.log)
 	return c

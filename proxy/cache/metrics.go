@@ -76,6 +76,17 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 	return m
 }
 
+// exportUpstream exports the range series of an upstream at zero, so
+// that a rate over them (the dashboard's) has a start before the first
+// lazy pull.
+func (m *Metrics) exportUpstream(registry string) {
+	m.coldRanges.WithLabelValues(registry)
+	for _, state := range []string{"cold", "warm"} {
+		m.ranges.WithLabelValues(registry, state)
+		m.rangeFirstByte.WithLabelValues(registry, state)
+	}
+}
+
 const (
 	kindManifest = "manifest"
 	kindBlob     = "blob"
