@@ -126,7 +126,7 @@ func toCacheSummary(w report.Summary, at metav1.Time) *depproxyv1.CacheSummary {
 			break
 		}
 		s.Kept = append(s.Kept, depproxyv1.KeptImage{Image: k.Ref, Pinned: k.Pinned, Digest: k.Digest,
-			Children: k.Children[:min(len(k.Children), 16)], Warmed: k.Warmed, Error: k.Error})
+			Children: k.Children[:min(len(k.Children), 16)], Warmed: k.Warmed, Error: k.Error, Denied: k.Denied})
 	}
 	for i, img := range w.Images {
 		if i == maxSummaryImages {
@@ -161,8 +161,12 @@ func keepConditions(dp *depproxyv1.DependencyProxy, s *depproxyv1.CacheSummary) 
 	if k := dp.Spec.Keep; k != nil && (k.InUse || k.Warm || len(k.Images) > 0) {
 		c := metav1.Condition{Type: depproxyv1.ConditionWarmed, Status: metav1.ConditionTrue, Reason: depproxyv1.ReasonAllWarmed,
 			Message: fmt.Sprintf("%d images pinned or warmed, all cached", s.KeptCount), ObservedGeneration: dp.Generation}
-		var failed []string
+		var failed, denied []string
 		for _, img := range s.Kept {
+			if img.Denied != "" {
+				denied = append(denied, img.Image+": "+img.Denied)
+				continue
+			}
 			if !img.Warmed {
 				msg := img.Image
 				if img.Error != "" {
@@ -174,6 +178,9 @@ func keepConditions(dp *depproxyv1.DependencyProxy, s *depproxyv1.CacheSummary) 
 		if len(failed) > 0 {
 			c.Status, c.Reason = metav1.ConditionFalse, depproxyv1.ReasonWarmFailed
 			c.Message = fmt.Sprintf("%d of %d images not cached yet (tried again with backoff): %s", len(failed), s.KeptCount, strings.Join(failed[:min(len(failed), 5)], "; "))
+		}
+		if len(denied) > 0 {
+			c.Message += fmt.Sprintf("; %d refused by spec.access, neither cached nor pinned: %s", len(denied), strings.Join(denied[:min(len(denied), 5)], "; "))
 		}
 		conds = append(conds, c)
 	}

@@ -458,6 +458,10 @@ type KeptImage struct {
 	// Error is why the last try failed; it is tried again with backoff.
 	// +optional
 	Error string `json:"error,omitempty"`
+	// Denied is why spec.access refuses the image: it is neither
+	// fetched nor pinned.
+	// +optional
+	Denied string `json:"denied,omitempty"`
 }
 
 // ThrottledUpstream is an upstream spared until a time.

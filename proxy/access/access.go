@@ -26,6 +26,9 @@ type Rules struct {
 type rule struct {
 	text      string // as written, for the refusal's message
 	name, tag *regexp.Regexp
+	// registry matches the pattern's registry alone: which upstreams
+	// the rule can ever apply to.
+	registry *regexp.Regexp
 }
 
 // Parse reads allow and deny patterns; a pattern that is not one is an
@@ -79,7 +82,8 @@ func parseRule(p string) (rule, error) {
 			return rule{}, fmt.Errorf("access rule %q: an empty path component, or ** inside one (** stands alone between slashes)", p)
 		}
 	}
-	r := rule{text: p, name: glob(name, true)}
+	registry, _, _ := strings.Cut(name, "/")
+	r := rule{text: p, name: glob(name, true), registry: glob(registry, true)}
 	if tag != "" {
 		r.tag = glob(tag, false)
 	}
@@ -119,27 +123,74 @@ func glob(p string, path bool) *regexp.Regexp {
 	return regexp.MustCompile(b.String())
 }
 
-// Denied says why registry/repo (a tag of it, when tag is set) may not be
-// pulled: the rule, as written, that refuses it; "" when it may.
-func (r *Rules) Denied(registry, repo, tag string) string {
+// Denied says why repo (a tag of it, when tag is set) may not be pulled
+// from a registry that goes by names: the one the client named, the
+// upstream's own, those it mirrors. A deny rule matching any of them
+// refuses; with allow rules, one of them must match. Names are taken as
+// clients mean them: Docker Hub's aliases are docker.io, and its
+// single-component repositories library/'s, so a rule written for
+// docker.io holds however the request reached the upstream that mirrors
+// it. It says "" when repo may be pulled.
+func (r *Rules) Denied(names []string, repo, tag string) string {
 	if r == nil {
 		return ""
 	}
-	name := registry + "/" + repo
+	full := make([]string, 0, len(names))
+	for _, n := range names {
+		if n == "" {
+			continue
+		}
+		rp := repo
+		if registryname.IsDockerHub(n) {
+			n, rp = registryname.DockerHub, registryname.Repository(true, repo)
+		}
+		full = append(full, n+"/"+rp)
+	}
 	for _, ru := range r.deny {
-		if ru.matches(name, tag) {
-			return "denied by the rule " + ru.text
+		for _, name := range full {
+			if ru.matches(name, tag) {
+				return "denied by the rule " + ru.text
+			}
 		}
 	}
 	if len(r.allow) == 0 {
 		return ""
 	}
 	for _, ru := range r.allow {
-		if ru.name.MatchString(name) && (tag == "" || ru.tag == nil || ru.tag.MatchString(tag)) {
-			return ""
+		for _, name := range full {
+			if ru.name.MatchString(name) && (tag == "" || ru.tag == nil || ru.tag.MatchString(tag)) {
+				return ""
+			}
 		}
 	}
 	return "not allowed by any rule of this cache"
+}
+
+// Unserved are the rules, as written, whose registry is none of names
+// (every name an upstream is known by): a rule that can never match is
+// a typo or a registry the cache was never set up for, and would guard
+// nothing.
+func (r *Rules) Unserved(names []string) []string {
+	if r == nil {
+		return nil
+	}
+	var out []string
+	for _, ru := range append(append([]rule(nil), r.allow...), r.deny...) {
+		served := false
+		for _, n := range names {
+			if registryname.IsDockerHub(n) {
+				n = registryname.DockerHub
+			}
+			if ru.registry.MatchString(n) {
+				served = true
+				break
+			}
+		}
+		if !served {
+			out = append(out, ru.text)
+		}
+	}
+	return out
 }
 
 // matches: a deny rule with a tag refuses that tag only; without, the

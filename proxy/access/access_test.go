@@ -28,17 +28,64 @@ func TestRules(t *testing.T) {
 		{"quay.io", "team/app", "2.0", "not allowed"},
 		{"quay.io", "team/app", "", ""},
 	} {
-		got := r.Denied(c.registry, c.repo, c.tag)
+		got := r.Denied([]string{c.registry}, c.repo, c.tag)
 		if (c.denied == "") != (got == "") || !strings.Contains(got, c.denied) {
 			t.Errorf("%s/%s:%s: %q, want %q", c.registry, c.repo, c.tag, got, c.denied)
 		}
 	}
 	var none *Rules
-	if none.Denied("docker.io", "library/x", "") != "" || !none.Empty() {
+	if none.Denied([]string{"docker.io"}, "library/x", "") != "" || !none.Empty() {
 		t.Error("no rules refuse something")
 	}
 	if _, err := Parse(nil, []string{"docker.io/a**b", "", "x@sha256:00"}); err == nil || strings.Count(err.Error(), "access rule") != 3 {
 		t.Errorf("bad patterns: %v", err)
+	}
+}
+
+// An upstream that mirrors another registry is held to the rules of
+// every name it goes by: the one the client named and its own.
+func TestRulesOverEveryName(t *testing.T) {
+	r, err := Parse(nil, []string{"docker.io/library/secret", "127.0.0.1:5000/private/**"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mirror := []string{"127.0.0.1:5000", "docker.io"}
+	for _, c := range []struct {
+		names  []string
+		repo   string
+		denied bool
+	}{
+		{mirror, "secret", true}, // ?ns=docker.io with a short name: library/ applies
+		{mirror, "library/secret", true},
+		{[]string{"index.docker.io"}, "secret", true},
+		{[]string{"127.0.0.1:5000"}, "library/secret", false}, // its own name alone: no rule for it
+		{mirror, "private/x", true},
+		{mirror, "library/alpine", false},
+	} {
+		if got := r.Denied(c.names, c.repo, ""); (got != "") != c.denied {
+			t.Errorf("%v %s: %q, want denied %v", c.names, c.repo, got, c.denied)
+		}
+	}
+	allow, err := Parse([]string{"docker.io/library/*"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := allow.Denied(mirror, "alpine", ""); got != "" {
+		t.Errorf("an allow rule for the mirrored name: %q", got)
+	}
+	if got := allow.Denied(mirror, "org/app", ""); got == "" {
+		t.Error("a repository no allow rule names was allowed")
+	}
+}
+
+func TestUnserved(t *testing.T) {
+	r, err := Parse([]string{"ghcr.io/org/**", "*.example/**"}, []string{"nginx", "docker.io/x/y", "typo.io/secret", "**/secret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := r.Unserved([]string{"index.docker.io", "ghcr.io", "127.0.0.1:5000"})
+	if strings.Join(got, ",") != "*.example/**,typo.io/secret" {
+		t.Errorf("unserved: %q", got)
 	}
 }
 
@@ -105,7 +152,7 @@ func FuzzMatcher(f *testing.F) {
 		if err != nil {
 			return // not a pattern
 		}
-		got := r.Denied("reg.io", name, "") == ""
+		got := r.Denied([]string{"reg.io"}, name, "") == ""
 		p := strings.Split(pattern, "/")
 		if p[len(p)-1] == "**" {
 			// A trailing ** matches one component or more below.

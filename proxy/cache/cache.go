@@ -101,6 +101,8 @@ type Cache struct {
 	// blobs its manifests name are recorded as its.
 	registry string
 	origins  bool
+	// links: which repositories content was served for (links.go).
+	links links
 
 	hot Hot // nil: blobs are read from the storage
 

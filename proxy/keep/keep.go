@@ -46,6 +46,7 @@ type Keeper struct {
 	maxSize   int64
 	summary   *summary.Scanner
 	leader    func() bool
+	denied    func(pins.Ref) string
 	log       logr.Logger
 	timing    Timing
 
@@ -92,6 +93,10 @@ type Options struct {
 	Summary   *summary.Scanner
 	// Leader: this replica warms and evicts.
 	Leader func() bool
+	// Denied says why the access rules in force refuse an image ("" when
+	// they allow it): a refused one is neither fetched nor pinned. The
+	// rules are asked at every warm, so a rule added later unpins.
+	Denied func(pins.Ref) string
 	Log    logr.Logger
 	Timing Timing
 }
@@ -101,8 +106,11 @@ func New(o Options) *Keeper {
 	if o.Timing == (Timing{}) {
 		o.Timing = DefaultTiming
 	}
+	if o.Denied == nil {
+		o.Denied = func(pins.Ref) string { return "" }
+	}
 	return &Keeper{pinnedPath: o.Pinned, warmPath: o.Warm, maxSize: o.MaxSize, store: o.Store, platforms: o.Platforms,
-		summary: o.Summary, leader: o.Leader, log: o.Log, timing: o.Timing,
+		summary: o.Summary, leader: o.Leader, denied: o.Denied, log: o.Log, timing: o.Timing,
 		resolve: func(string, string) (*cache.Cache, string, string, bool) { return nil, "", "", false },
 		raw:     map[string][]byte{}, tags: map[string]bool{}, status: map[keptRef]*report.KeptImage{},
 		retry: map[keptRef]time.Time{}, backoff: map[keptRef]time.Duration{}}
@@ -116,8 +124,9 @@ func (k *Keeper) SetResolver(r Resolver) { k.resolve = r }
 func (k *Keeper) Pinned(registry string) func(repo, tag string) bool {
 	return func(repo, tag string) bool {
 		k.mu.Lock()
-		defer k.mu.Unlock()
-		return k.tags[registry+"/"+repo+":"+tag]
+		pinned := k.tags[registry+"/"+repo+":"+tag]
+		k.mu.Unlock()
+		return pinned && k.denied(pins.Ref{Registry: registry, Repo: repo, Tag: tag}) == ""
 	}
 }
 
@@ -218,7 +227,7 @@ func (k *Keeper) Run(ctx context.Context) {
 	for {
 		changed := k.Reload()
 		if k.leader() {
-			if changed || !warmed || k.due() || k.stale() {
+			if changed || !warmed || k.due() || k.stale() || k.rulesMoved() {
 				k.warm(ctx)
 				warmed = true
 			}
@@ -245,6 +254,19 @@ func (k *Keeper) stale() bool {
 	defer k.mu.Unlock()
 	for _, st := range k.status {
 		if st.Warmed && time.Since(st.WarmedAt) >= rewarmEvery {
+			return true
+		}
+	}
+	return false
+}
+
+// rulesMoved: the access rules now refuse an image they allowed at the
+// last warm, or allow one they refused (a --config file changed).
+func (k *Keeper) rulesMoved() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, r := range k.refs {
+		if st := k.status[r]; st != nil && (k.denied(r.Ref) == "") != (st.Denied == "") {
 			return true
 		}
 	}
@@ -279,6 +301,20 @@ func (k *Keeper) warm(ctx context.Context) {
 		if st == nil {
 			continue
 		}
+		if why := k.denied(r.Ref); why != "" {
+			// Neither fetched nor pinned: left out of the set, so the
+			// cleanup and the budget may delete what was kept before.
+			k.mu.Lock()
+			if st.Denied == "" {
+				k.log.Info("the access rules refuse an image to keep; not warmed, not pinned", "image", r.String(), "reason", why)
+			}
+			st.Denied, st.Warmed, st.Digest, st.Children, st.Error = why, false, "", nil, ""
+			k.mu.Unlock()
+			continue
+		}
+		k.mu.Lock()
+		st.Denied = ""
+		k.mu.Unlock()
 		if (failed && time.Now().Before(at)) || fresh {
 			set.add(r, st)
 			continue

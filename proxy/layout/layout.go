@@ -7,6 +7,7 @@
 //	registries/<registry>/<repo>/_referrers/<alg>-<hex>  the upstream's referrers API answer for a digest
 //	_lastread/<any of the above>               when it was last pulled (unix seconds)
 //	_origin/<alg>/<hex>                        the registry whose manifest named a blob (with several upstreams)
+//	_links/<alg>/<hex>/<registry>/<repo>/_link a repository a manifest or blob was served for (with access rules)
 //	_cleanup/last.json                         the last cleanup run's summary
 //	_cleanup/budget.json                       the last eviction over the budget (serve --max-size)
 //	_pins/set.json                             what the pinned images resolved to (serve --pinned)
@@ -43,6 +44,10 @@ const (
 	// OriginsPrefix holds, for a blob, the registry whose manifest
 	// named it: where a blob asked for without a registry goes.
 	OriginsPrefix = "_origin/"
+	// LinksPrefix holds, for a manifest or blob, the repositories it was
+	// served for: with access rules in force, content is served only
+	// under a repository it is linked to.
+	LinksPrefix = "_links/"
 	// LastReadPrefix holds last-read markers.
 	LastReadPrefix = "_lastread/"
 	// CleanupSummary is the last cleanup run's JSON summary.
@@ -85,6 +90,13 @@ func IsReferrers(key string) bool {
 // fetched through the cache, named it.
 func Origin(d digest.Digest) string {
 	return OriginsPrefix + d.Algorithm().String() + "/" + d.Encoded()
+}
+
+// Link is the key that records d as content of a registry's repository.
+// It ends in "/_link" so that a repository nested in another (a and a/b)
+// never makes a key a folder of another key.
+func Link(d digest.Digest, registry, repo string) string {
+	return LinksPrefix + d.Algorithm().String() + "/" + d.Encoded() + "/" + registry + "/" + repo + "/_link"
 }
 
 // LastRead is the key of an object's last-read marker.

@@ -34,6 +34,12 @@ type Cache interface {
 	// CountRange records a range answered (206): from a blob being
 	// downloaded (cold) or stored, and when its first byte went out.
 	CountRange(ctx context.Context, cold bool, firstByte time.Duration)
+	// Linked says whether a digest may be served under repo: it was
+	// served for repo before, or the upstream says repo has it.
+	Linked(ctx context.Context, repo string, d digest.Digest, isManifest bool) error
+	// Link records a manifest served for repo, and what it references,
+	// as repo's.
+	Link(ctx context.Context, repo string, m *cache.Manifest)
 }
 
 // Upstream is what the registry asks of an upstream to route a request
@@ -50,6 +56,9 @@ type Upstream interface {
 type Source struct {
 	// Registry is the upstream's name (docker.io), for the audit log.
 	Registry string
+	// Names are every name the upstream goes by (its own, its URL's
+	// host, the registries it mirrors): the access rules hold for each.
+	Names    []string
 	Upstream Upstream
 	Cache    Cache
 }
@@ -74,9 +83,12 @@ type Origins interface {
 }
 
 // Access decides what may be pulled: why a repository (a tag of it, when
-// tag is set) of a registry may not, or "".
+// tag is set) of a registry known by names may not, or "".
 type Access interface {
-	Denied(registry, repo, tag string) string
+	Denied(names []string, repo, tag string) string
+	// Enforced: some rule is in force, so content is bound to the
+	// repositories it was served for (the storage shares it by digest).
+	Enforced() bool
 }
 
 // Options are what a Registry checks and records besides serving; each
@@ -123,35 +135,36 @@ func New(sources []Source, o Options, log logr.Logger) *Registry {
 // name; otherwise it is the default upstream's. A registry that no
 // source mirrors is refused, and nothing is dialled for it: serving
 // another registry's image of the same name would be the wrong image.
-func (reg *Registry) pick(r *http.Request, rt route) (Source, string, *regError) {
+// named is the registry the request named ("" for the default's).
+func (reg *Registry) pick(r *http.Request, rt route) (src Source, repo, named string, _ *regError) {
 	first, rest, nested := strings.Cut(rt.name, "/")
 	if ns := r.URL.Query().Get("ns"); ns != "" {
 		src, ok := reg.source(ns)
 		if !ok {
-			return Source{}, "", notMirrored(ns)
+			return Source{}, "", "", notMirrored(ns)
 		}
 		name := rt.name
 		if nested && src.Upstream.Mirrors(first) {
 			name = rest // a mirror configured with the path form as well
 		}
-		return src, src.Upstream.Repository(name), nil
+		return src, src.Upstream.Repository(name), ns, nil
 	}
 	if nested && looksLikeHost(first) {
 		src, ok := reg.source(first)
 		if !ok {
-			return Source{}, "", notMirrored(first)
+			return Source{}, "", "", notMirrored(first)
 		}
-		return src, src.Upstream.Repository(rest), nil
+		return src, src.Upstream.Repository(rest), first, nil
 	}
 	if rt.kind == kindBlob && reg.origins != nil && len(reg.sources) > 1 && !reg.deniedEverywhere(rt.name) {
 		// SOCI, and the stargz snapshotter before 2026-08, send ?ns= with
 		// manifests but not with blobs: the blob goes where its manifest
 		// came from.
 		if src, ok := reg.source(reg.origins.Origin(r.Context(), rt.digest)); ok {
-			return src, src.Upstream.Repository(rt.name), nil
+			return src, src.Upstream.Repository(rt.name), "", nil
 		}
 	}
-	return reg.sources[0], reg.sources[0].Upstream.Repository(rt.name), nil
+	return reg.sources[0], reg.sources[0].Upstream.Repository(rt.name), "", nil
 }
 
 // deniedEverywhere: every registry refuses the name, so that where its
@@ -162,7 +175,7 @@ func (reg *Registry) deniedEverywhere(name string) bool {
 		return false
 	}
 	for _, s := range reg.sources {
-		if reg.access.Denied(s.Registry, s.Upstream.Repository(name), "") == "" {
+		if reg.access.Denied(s.Names, s.Upstream.Repository(name), "") == "" {
 			return false
 		}
 	}
@@ -220,14 +233,16 @@ func (reg *Registry) serve(w http.ResponseWriter, r *http.Request, e *audit.Entr
 		e.Digest = d.String()
 	}
 	var c Cache
+	var names []string // what the access rules are matched against
 	if rt.kind != kindBase {
-		src, repo, perr := reg.pick(r, rt)
+		src, repo, named, perr := reg.pick(r, rt)
 		if perr != nil {
 			e.Answer, e.Reason = audit.Failed, perr.Code
 			perr.write(w, r)
 			return
 		}
 		c, rt.repo, e.Registry, e.Repository = src.Cache, repo, src.Registry, repo
+		names = append(append(names, src.Names...), named)
 	}
 	if reg.auth != nil {
 		// Tokens are scoped to the name the client asked for.
@@ -241,13 +256,14 @@ func (reg *Registry) serve(w http.ResponseWriter, r *http.Request, e *audit.Entr
 		}
 	}
 	if reg.access != nil && rt.kind != kindBase {
-		if why := reg.access.Denied(e.Registry, rt.repo, rt.ref.Tag()); why != "" {
+		if why := reg.access.Denied(names, rt.repo, rt.ref.Tag()); why != "" {
 			// Cached or not: nothing is read, nothing is fetched.
 			e.Answer, e.Reason = audit.Refused, why
 			reg.onDenied(e.Registry)
 			(&regError{Status: http.StatusForbidden, Code: "DENIED", Message: e.Registry + "/" + rt.repo + ": " + why}).write(w, r)
 			return
 		}
+		rt.bound = reg.access.Enforced()
 	}
 	var err error
 	switch rt.kind {
@@ -275,9 +291,17 @@ func (reg *Registry) serve(w http.ResponseWriter, r *http.Request, e *audit.Entr
 }
 
 func (reg *Registry) manifest(w http.ResponseWriter, r *http.Request, c Cache, rt route) error {
+	if d, ok := rt.ref.Digest(); ok && rt.bound {
+		if err := c.Linked(r.Context(), rt.repo, d, true); err != nil {
+			return err
+		}
+	}
 	m, err := c.Manifest(r.Context(), rt.repo, rt.ref, r.Header.Values("Accept"))
 	if err != nil {
 		return err
+	}
+	if rt.bound {
+		c.Link(r.Context(), rt.repo, m)
 	}
 	h := w.Header()
 	h.Set("Content-Type", m.MediaType)
@@ -296,6 +320,11 @@ func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, c Cache, rt ro
 	began := time.Now()
 	d := rt.digest
 	h := w.Header()
+	if rt.bound {
+		if err := c.Linked(r.Context(), rt.repo, d, false); err != nil {
+			return err
+		}
+	}
 	if r.Method == http.MethodHead {
 		size, err := c.StatBlob(r.Context(), rt.repo, d)
 		if err != nil {

@@ -31,6 +31,9 @@ type route struct {
 	// of referrers.
 	ref    manifest.Ref
 	digest digest.Digest
+	// bound: access rules are in force, and a digest is served only
+	// under a repository it is linked to.
+	bound bool
 }
 
 // parseRoute splits a /v2 path into what it asks for and validates every

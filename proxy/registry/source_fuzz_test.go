@@ -26,6 +26,10 @@ func (c *askedCache) CountServed(context.Context, string, int64) {}
 
 func (c *askedCache) CountRange(context.Context, bool, time.Duration) {}
 
+func (c *askedCache) Linked(context.Context, string, digest.Digest, bool) error { return nil }
+
+func (c *askedCache) Link(context.Context, string, *cache.Manifest) {}
+
 func (c *askedCache) Manifest(_ context.Context, repo string, _ manifest.Ref, _ []string) (*cache.Manifest, error) {
 	c.repos = append(c.repos, repo)
 	return nil, upstream.ErrNotFound

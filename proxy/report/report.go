@@ -49,6 +49,9 @@ type KeptImage struct {
 	WarmedAt time.Time `json:"warmedAt,omitzero"`
 	// Error is why the last warm failed; it is retried with backoff.
 	Error string `json:"error,omitempty"`
+	// Denied is why the access rules refuse it: neither fetched nor
+	// pinned.
+	Denied string `json:"denied,omitempty"`
 }
 
 // ThrottledUpstream is an upstream the proxy spares until a time.

@@ -41,9 +41,13 @@ func newAccessGate(rules *access.Rules, file string, r prometheus.Registerer, lo
 }
 
 // Denied implements registry.Access with the rules in force now.
-func (g *accessGate) Denied(registry, repo, tag string) string {
-	return g.rules.Load().Denied(registry, repo, tag)
+func (g *accessGate) Denied(names []string, repo, tag string) string {
+	return g.rules.Load().Denied(names, repo, tag)
 }
+
+// Enforced: some rule is in force, so content is served only under a
+// repository it was cached for.
+func (g *accessGate) Enforced() bool { return !g.rules.Load().Empty() }
 
 func (g *accessGate) count(registry string) {
 	g.metric.WithLabelValues(registry).Inc()

@@ -208,19 +208,20 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 			return nil, fmt.Errorf("warm-platforms: %w", err)
 		}
 	}
-	keeper := keep.New(keep.Options{Pinned: s.Pinned, Warm: s.Warm, MaxSize: int64(s.MaxSize), Store: store, Platforms: warmPlatforms,
-		Summary: scanner, Log: log.WithName("keep"), Timing: o.keepTiming,
-		Leader: func() bool { return peering == nil || peering.ring.Owner(keeperKey) == peering.ring.Self() }})
-	metrics.MustRegister(keeper.Collector())
 	rules, err := s.Access()
 	if err != nil {
 		return nil, err
 	}
 	gate := newAccessGate(rules, o.configFile, metrics, log.WithName("access"))
+	var registries []registry.Source // one per upstream, made below
+	keeper := keep.New(keep.Options{Pinned: s.Pinned, Warm: s.Warm, MaxSize: int64(s.MaxSize), Store: store, Platforms: warmPlatforms,
+		Summary: scanner, Log: log.WithName("keep"), Timing: o.keepTiming,
+		Leader: func() bool { return peering == nil || peering.ring.Owner(keeperKey) == peering.ring.Self() },
+		Denied: func(r pins.Ref) string { return gate.Denied(upstreamNames(registries, r.Registry), r.Repo, r.Tag) }})
+	metrics.MustRegister(keeper.Collector())
 	// One cache per upstream, over the one storage: tags apart by
 	// registry, manifests and blobs shared by digest.
 	var caches []*cache.Cache
-	var registries []registry.Source
 	var clients []*upstream.Client
 	var plugins *credprovider.Providers
 	if s.CredProviderConfig != "" {
@@ -263,7 +264,7 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 		}, append(hotOpts, o.cache...)...)...)
 		caches = append(caches, c)
 		clients = append(clients, up)
-		registries = append(registries, registry.Source{Registry: u.Registry, Upstream: up, Cache: c})
+		registries = append(registries, registry.Source{Registry: u.Registry, Names: u.Names(), Upstream: up, Cache: c})
 	}
 	keeper.SetResolver(func(registry, repo string) (*cache.Cache, string, string, bool) {
 		for i, src := range registries {
@@ -274,6 +275,7 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 		return nil, "", "", false
 	})
 	keeper.Reload() // the tags are pinned from the first request on
+	scanner.SetHidden(func(registry, repo string) bool { return gate.Denied(upstreamNames(registries, registry), repo, "") != "" })
 	scanner.SetLive(func(sum *report.Summary) {
 		sum.Hits, sum.Misses = caches[0].HitCounts()
 		sum.Throttled = throttled(upstreams, clients)
@@ -479,6 +481,17 @@ func newUpstream(u settings.Upstream, extra ...upstream.Option) (*upstream.Clien
 		opts = append(opts, upstream.WithCredentialsDir(u.Credentials))
 	}
 	return upstream.New(u.URL, opts...)
+}
+
+// upstreamNames are the names the access rules hold an image of registry
+// to: registry, and every name of the upstream that serves it.
+func upstreamNames(sources []registry.Source, name string) []string {
+	for _, src := range sources {
+		if src.Upstream.Mirrors(name) {
+			return append([]string{name}, src.Names...)
+		}
+	}
+	return []string{name}
 }
 
 // signingKey is the --token-key, or one made up for this process.

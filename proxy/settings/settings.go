@@ -281,8 +281,27 @@ func (s *Settings) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Access are the allow and deny rules.
-func (s *Settings) Access() (*access.Rules, error) { return access.Parse(s.Allow, s.Deny) }
+// Access are the allow and deny rules. A rule whose registry no upstream
+// serves or mirrors is an error: it would guard nothing.
+func (s *Settings) Access() (*access.Rules, error) {
+	rules, err := access.Parse(s.Allow, s.Deny)
+	if err != nil {
+		return nil, err
+	}
+	ups, err := s.Upstreams()
+	if err != nil {
+		return rules, nil // reported as the upstreams' error
+	}
+	var names []string
+	for _, u := range ups {
+		names = append(names, u.Names()...)
+	}
+	if bad := rules.Unserved(names); len(bad) > 0 {
+		return nil, fmt.Errorf("access rules %q name a registry no upstream serves or mirrors (this cache serves %s); add --upstream or --upstream-mirror-of for it, or correct the rule",
+			bad, strings.Join(names, ", "))
+	}
+	return rules, nil
+}
 
 // Duration is a time.Duration written as "1m30s" in files and flags.
 type Duration time.Duration

@@ -125,6 +125,17 @@ type Upstream struct {
 	Default bool
 }
 
+// Names are every name the upstream is known by: the one clients give
+// it, its URL's host and the registries it stands in for. Access rules
+// hold for each of them.
+func (u Upstream) Names() []string {
+	names := []string{u.Registry}
+	if host := registryname.Of(u.URL); host != "" && host != u.Registry {
+		names = append(names, host)
+	}
+	return append(names, u.MirrorOf...)
+}
+
 // Upstreams resolves the upstream settings: each registry with its URL,
 // credentials and the registries it stands in for, the first the default.
 func (s *Settings) Upstreams() ([]Upstream, error) {

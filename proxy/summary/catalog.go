@@ -57,6 +57,9 @@ func (s *Scanner) Catalog(ctx context.Context, filter string, limit int) ([]Cata
 	}
 	var found []CatalogImage
 	for _, img := range all {
+		if !s.shown(img.Registry, img.Repository) {
+			continue
+		}
 		if filter == "" || strings.Contains(strings.ToLower(img.Registry+"/"+img.Repository+":"+img.Tag), filter) {
 			found = append(found, img)
 		}

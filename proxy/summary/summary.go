@@ -38,6 +38,9 @@ type Live func(*report.Summary)
 type Scanner struct {
 	store storage.Storage
 	live  Live
+	// hidden: a repository the access rules refuse, left out of what
+	// the summary and the catalog show.
+	hidden func(registry, repo string) bool
 	log   logr.Logger
 	now   func() time.Time
 
@@ -90,6 +93,16 @@ func New(store storage.Storage, live Live) *Scanner {
 // before the first summary.
 func (s *Scanner) SetLive(live Live) { s.live = live }
 
+// SetHidden leaves the repositories hidden says are refused out of the
+// summary's images and the catalog: what the rules refuse is not shown
+// either, though it may still be stored.
+func (s *Scanner) SetHidden(hidden func(registry, repo string) bool) { s.hidden = hidden }
+
+// shown: not hidden.
+func (s *Scanner) shown(registry, repo string) bool {
+	return s.hidden == nil || !s.hidden(registry, repo)
+}
+
 // WithLogger sets the logger.
 func (s *Scanner) WithLogger(l logr.Logger) *Scanner { s.log = l; return s }
 
@@ -138,7 +151,9 @@ func (s *Scanner) LastStats() Stats {
 }
 
 func (s *Scanner) withLive(sum report.Summary) *report.Summary {
-	sum.Images = slices.Clone(sum.Images)
+	sum.Images = slices.DeleteFunc(slices.Clone(sum.Images), func(img report.SummaryImage) bool {
+		return !s.shown(img.Registry, img.Repository)
+	})
 	if len(sum.Images) > maxImages {
 		sum.Images = sum.Images[:maxImages]
 	}

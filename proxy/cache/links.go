@@ -1,0 +1,130 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+	"k8s.io/utils/lru"
+
+	"github.com/depproxy/depproxy/proxy/layout"
+	"github.com/depproxy/depproxy/proxy/manifest"
+	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/proxy/upstream"
+)
+
+// Storage is shared by digest: a blob cached for one repository is the
+// same object for every other. With access rules in force that sharing
+// would let a digest of a refused repository be read under an allowed
+// name, so, as Distribution's repository links do, the cache records
+// which repositories each manifest and blob was served for, and serves a
+// digest under a repository only when it is linked to it or the upstream
+// confirms that repository has it.
+
+// maxKnownLinks bounds the links a cache remembers it has confirmed.
+const maxKnownLinks = 1 << 16
+
+// links remembers confirmed links, so that a warm pull costs no storage
+// round trip for them.
+type links struct {
+	once  sync.Once
+	known *lru.Cache
+}
+
+func (l *links) cache() *lru.Cache {
+	l.once.Do(func() { l.known = lru.New(maxKnownLinks) })
+	return l.known
+}
+
+func (l *links) has(key string) bool {
+	_, ok := l.cache().Get(key)
+	return ok
+}
+
+func (l *links) add(key string) { l.cache().Add(key, struct{}{}) }
+
+// Linked says whether d may be served under repo: it was served for repo
+// before (a link in storage says so), or the upstream answers that repo
+// has it, which links it. An error is the upstream's answer otherwise
+// (not found, refused, unreachable): the upstream decides, never the
+// shared storage.
+func (c *Cache) Linked(ctx context.Context, repo string, d digest.Digest, isManifest bool) error {
+	key := layout.Link(d, c.registry, repo)
+	if c.links.has(key) {
+		return nil
+	}
+	if _, err := c.store.Stat(ctx, key); err == nil {
+		c.links.add(key)
+		return nil
+	} else if !errors.Is(err, storage.ErrNotFound) {
+		c.storageFailed(err, "read a link", "repository", repo, "digest", d)
+	}
+	var err error
+	if isManifest {
+		var got upstream.Descriptor
+		got, err = c.up.HeadManifest(ctx, repo, manifest.DigestRef(d), upstreamAccept(nil))
+		if err == nil && got.Digest != "" && got.Digest != d {
+			err = fmt.Errorf("%w: the upstream answered %s for %s", ErrDigestMismatch, got.Digest, d)
+		}
+	} else {
+		_, err = c.up.HeadBlob(ctx, repo, d)
+	}
+	if err != nil {
+		c.log.V(1).Info("the upstream did not confirm a digest for a repository it is not linked to", "repository", repo, "digest", d, "error", err.Error())
+		return err
+	}
+	c.writeLinks(ctx, repo, d)
+	return nil
+}
+
+// Link records m, and what it references (an index's children, an
+// image's config and layers), as content of repo: m was just served for
+// repo, under the rules in force. The references go first and the
+// manifest's own link last, so that a manifest's link in storage means
+// its references are linked too.
+func (c *Cache) Link(ctx context.Context, repo string, m *Manifest) {
+	key := layout.Link(m.Digest, c.registry, repo)
+	if c.links.has(key) {
+		return
+	}
+	if _, err := c.store.Stat(ctx, key); err == nil {
+		c.links.add(key)
+		return
+	}
+	var refs []digest.Digest
+	if manifest.IsIndex(m.MediaType) {
+		children, _ := manifest.Children(m.Body)
+		for _, ch := range children {
+			if d, err := digest.Parse(ch.Digest); err == nil {
+				refs = append(refs, d)
+			}
+		}
+	} else {
+		blobs, _ := manifest.References(m.Body)
+		for _, b := range blobs {
+			if d, err := digest.Parse(b); err == nil {
+				refs = append(refs, d)
+			}
+		}
+	}
+	c.writeLinks(ctx, repo, append(refs, m.Digest)...)
+}
+
+// writeLinks stores a link of each digest to repo. A link that cannot
+// be stored is remembered here only: this replica serves it, and the
+// next one asks the upstream again.
+func (c *Cache) writeLinks(ctx context.Context, repo string, ds ...digest.Digest) {
+	for _, d := range ds {
+		key := layout.Link(d, c.registry, repo)
+		if c.links.has(key) {
+			continue
+		}
+		if err := c.store.Put(ctx, key, strings.NewReader(""), 0); err != nil {
+			c.storageFailed(err, "store a link", "repository", repo, "digest", d)
+		}
+		c.links.add(key)
+	}
+}
