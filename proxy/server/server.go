@@ -275,7 +275,9 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 		return nil, "", "", false
 	})
 	keeper.Reload() // the tags are pinned from the first request on
-	scanner.SetHidden(func(registry, repo string) bool { return gate.Denied(upstreamNames(registries, registry), repo, "") != "" })
+	scanner.SetHidden(func(registry, repo string) bool {
+		return gate.Denied(upstreamNames(registries, registry), repo, "") != ""
+	})
 	scanner.SetLive(func(sum *report.Summary) {
 		sum.Hits, sum.Misses = caches[0].HitCounts()
 		sum.Throttled = throttled(upstreams, clients)

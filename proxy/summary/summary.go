@@ -41,8 +41,8 @@ type Scanner struct {
 	// hidden: a repository the access rules refuse, left out of what
 	// the summary and the catalog show.
 	hidden func(registry, repo string) bool
-	log   logr.Logger
-	now   func() time.Time
+	log    logr.Logger
+	now    func() time.Time
 
 	mu      sync.Mutex
 	pending journalEntry // recorded, not yet written
