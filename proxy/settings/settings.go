@@ -6,10 +6,7 @@ package settings
 
 import (
 	"github.com/depproxy/depproxy/proxy/access"
-	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/registryname"
-	"github.com/depproxy/depproxy/proxy/storage"
-	"github.com/depproxy/depproxy/proxy/upstream"
 
 	"encoding/json"
 	"errors"
@@ -77,9 +74,19 @@ type Settings struct {
 	CredProviderTokens string    `json:"image-credential-provider-token-dir,omitempty"`
 }
 
-// Defaults are the settings of a proxy given no flags and no file; those
-// of a part (the cache, the storage, the upstream client) are that part's
-// own defaults.
+// The defaults of the parts' settings. They are written here, not read
+// from the parts, so that the operator, which renders settings, links
+// none of the proxy's engine (storage clients, the cache); a test of the
+// server holds them equal to the parts' own.
+const (
+	DefaultMaxDownloads     = 64
+	DefaultMaxBlobSize      = 64 << 30
+	DefaultManifestMemory   = 64 << 20
+	DefaultStorageTimeout   = 5 * time.Second
+	DefaultRateLimitReserve = 10
+)
+
+// Defaults are the settings of a proxy given no flags and no file.
 func Defaults() Settings {
 	return Settings{
 		Listen:             ":5000",
@@ -88,11 +95,11 @@ func Defaults() Settings {
 		Storage:            "./data",
 		SummaryInterval:    Duration(30 * time.Second),
 		Tenant:             "depproxy",
-		MaxDownloads:       cache.DefaultLimits.MaxDownloads,
-		StorageTimeout:     Duration(storage.DefaultTimeout),
-		RateLimitReserve:   upstream.DefaultRateLimitReserve,
-		MaxBlobSize:        Size(cache.DefaultLimits.MaxBlobSize),
-		ManifestMemory:     Size(cache.DefaultMemory),
+		MaxDownloads:       DefaultMaxDownloads,
+		StorageTimeout:     Duration(DefaultStorageTimeout),
+		RateLimitReserve:   DefaultRateLimitReserve,
+		MaxBlobSize:        Size(DefaultMaxBlobSize),
+		ManifestMemory:     Size(DefaultManifestMemory),
 		OnUpstreamNotFound: ServeCached,
 	}
 }
