@@ -87,9 +87,10 @@ test: tools lint verify-generated
 	hack/e2e.sh
 
 ## unit: the fast tiers, in seconds: the proxy's packages in process (an
-## in-memory registry upstream, in-memory storage); no root, no tools
+## in-memory registry upstream, in-memory storage) and the manager's dependency
+## check; no root, no tools
 unit:
-	$(GO) test -count=1 ./proxy/...
+	$(GO) test -count=1 . ./proxy/...
 
 ## lint: formatting and vet
 lint:
