@@ -73,7 +73,7 @@ providers:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ac, err := p.For(host).Authorization(); err != nil || ac.Password != "p" {
+	if ac, err := p.For(host, "", host+"/app:v1").Authorization(); err != nil || ac.Password != "p" {
 		t.Fatalf("credentials: %+v, %v", ac, err)
 	}
 	var got struct {
@@ -100,7 +100,7 @@ providers:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.For(host).Authorization(); err == nil || !strings.Contains(err.Error(), "example.com/missing") {
+	if _, err := p.For(host, "", host+"/app:v1").Authorization(); err == nil || !strings.Contains(err.Error(), "example.com/missing") {
 		t.Fatalf("a required annotation missing: %v", err)
 	}
 	if _, err := os.Stat(seen); err == nil {
