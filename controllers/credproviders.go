@@ -27,6 +27,7 @@ const (
 	credProvidersTokenDir = "/var/run/secrets/depproxy/tokens"
 	defaultPluginCache    = 5 * time.Minute
 	lastAppliedAnnotation = "kubectl.kubernetes.io/last-applied-configuration"
+	dockerHubHost         = "index.docker.io"
 )
 
 // usesCredentialProviders: an upstream gets its credentials from a plugin.
@@ -76,6 +77,10 @@ func credentialProviderConfig(dp *depproxyv1.DependencyProxy, annotationKeys []s
 			return nil, fmt.Errorf("upstream %s: not a URL", u.URL)
 		}
 		match := []string{url.Host}
+		if registryname.IsDockerHub(url.Host) {
+			// The proxy sends Docker Hub's credentials to index.docker.io.
+			match = []string{dockerHubHost}
+		}
 		if name := upstreamName(u); name != url.Host {
 			match = append(match, name)
 		}
