@@ -267,6 +267,7 @@ func desiredConfigMap(dp *depproxyv1.DependencyProxy, platforms []string, sa *co
 		}
 		data[credProvidersKey], data[saAnnotationsKey] = string(providers), string(annotations)
 		conf.CredProviderConfig, conf.CredProviderBinDir = configDir+"/"+credProvidersKey, credProvidersBinDir
+		conf.UpstreamProvider = credentialProviderBindings(dp)
 		if len(tokenAudiences(dp)) > 0 {
 			conf.CredProviderTokens = credProvidersTokenDir
 		}

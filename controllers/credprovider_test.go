@@ -4,18 +4,28 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
+	"github.com/go-logr/logr"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kubeletconfigv1 "k8s.io/kubelet/config/v1"
+	"sigs.k8s.io/yaml"
 
+	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
 	"github.com/depproxy/depproxy/proxy/credprovider"
+	"github.com/depproxy/depproxy/proxy/server"
+	"github.com/depproxy/depproxy/proxy/settings"
+	"github.com/depproxy/depproxy/proxy/storage"
 )
 
 // A provider with tokenAttributes is given the service-account token for
@@ -73,7 +83,7 @@ providers:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ac, err := p.For(host).Authorization(); err != nil || ac.Password != "p" {
+	if ac, err := p.For(host, "", host+"/app:v1").Authorization(); err != nil || ac.Password != "p" {
 		t.Fatalf("credentials: %+v, %v", ac, err)
 	}
 	var got struct {
@@ -100,10 +110,94 @@ providers:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.For(host).Authorization(); err == nil || !strings.Contains(err.Error(), "example.com/missing") {
+	if _, err := p.For(host, "", host+"/app:v1").Authorization(); err == nil || !strings.Contains(err.Error(), "example.com/missing") {
 		t.Fatalf("a required annotation missing: %v", err)
 	}
 	if _, err := os.Stat(seen); err == nil {
 		t.Fatal("the plugin ran without the annotation it requires")
+	}
+}
+
+// Two upstreams at one host, one naming a plugin and one naming none
+// (named as that host, so that its name and host both match the plugin's
+// provider entry): the proxy the operator configures sends the plugin's
+// credentials for the first only. The rendered config and flags run in
+// the real proxy, against a loopback upstream that records what it is
+// sent.
+func TestCredentialProviderOnlyForItsUpstream(t *testing.T) {
+	var mu sync.Mutex
+	sent := map[string]string{} // repository: Authorization
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		auth := r.Header.Get("Authorization")
+		if parts := strings.Split(r.URL.Path, "/"); len(parts) > 3 {
+			mu.Lock()
+			sent[parts[2]] += auth
+			mu.Unlock()
+		}
+		if auth == "" {
+			w.Header().Set("WWW-Authenticate", `Basic realm="cloud"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		w.Write([]byte(`{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}`))
+	}))
+	t.Cleanup(up.Close)
+	host := strings.TrimPrefix(up.URL, "http://")
+
+	dp := testProxy()
+	dp.Spec.Upstream = depproxyv1.UpstreamSpec{}
+	dp.Spec.Upstreams = []depproxyv1.RegistryUpstream{
+		{Registry: host, UpstreamSpec: depproxyv1.UpstreamSpec{URL: up.URL}},
+		{Registry: "cloud.test", UpstreamSpec: depproxyv1.UpstreamSpec{URL: up.URL,
+			CredentialProvider: &depproxyv1.CredentialProviderSpec{Name: "test-provider"}}},
+	}
+	cm, err := desiredConfigMap(dp, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rendered, err := settings.Parse([]byte(cm.Data[configKey]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg kubeletconfigv1.CredentialProviderConfig
+	if err := yaml.Unmarshal([]byte(cm.Data[credProvidersKey]), &cfg); err != nil || len(cfg.Providers) != 1 {
+		t.Fatalf("the rendered providers: %v\n%s", err, cm.Data[credProvidersKey])
+	}
+	bin, dir := t.TempDir(), t.TempDir()
+	if out, err := exec.Command("go", "build", "-o", filepath.Join(bin, "test-provider"), "github.com/depproxy/depproxy/proxy/credprovider/testdata/plugin").CombinedOutput(); err != nil {
+		t.Fatalf("building the plugin: %v\n%s", err, out)
+	}
+	secret := filepath.Join(dir, "secret")
+	os.WriteFile(secret, []byte("cloud-token"), 0o600)
+	cfg.Providers[0].Env = []kubeletconfigv1.ExecEnvVar{{Name: "PLUGIN_SECRET_FILE", Value: secret}, {Name: "PLUGIN_CACHE_DURATION", Value: "1m"}}
+	raw, _ := yaml.Marshal(cfg)
+	config := filepath.Join(dir, "providers.yaml")
+	os.WriteFile(config, raw, 0o644)
+
+	s := settings.Defaults()
+	s.Upstream, s.UpstreamProvider = rendered.Upstream, rendered.UpstreamProvider
+	s.CredProviderConfig, s.CredProviderBinDir, s.SpoolDir = config, bin, t.TempDir()
+	srv, err := server.New(context.Background(), s, logr.Discard(), server.WithStorage(storage.NewMemory()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httptest.NewServer(srv.Handler())
+	t.Cleanup(proxy.Close)
+	for _, path := range []string{"/v2/plain/manifests/v1", "/v2/cloud.test/private/manifests/v1"} {
+		resp, err := http.Get(proxy.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if sent["plain"] != "" {
+		t.Errorf("the upstream that names no plugin sent %q", sent["plain"])
+	}
+	if want := "Basic " + base64.StdEncoding.EncodeToString([]byte("plugin:cloud-token")); !strings.Contains(sent["private"], want) {
+		t.Errorf("the upstream that names the plugin sent %q", sent["private"])
 	}
 }

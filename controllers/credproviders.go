@@ -15,6 +15,7 @@ import (
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
 	"github.com/depproxy/depproxy/proxy/registryname"
+	"github.com/depproxy/depproxy/proxy/settings"
 )
 
 // Where the proxy finds the credential provider plugins, their config and
@@ -26,6 +27,7 @@ const (
 	credProvidersTokenDir = "/var/run/secrets/depproxy/tokens"
 	defaultPluginCache    = 5 * time.Minute
 	lastAppliedAnnotation = "kubectl.kubernetes.io/last-applied-configuration"
+	dockerHubHost         = "index.docker.io"
 )
 
 // usesCredentialProviders: an upstream gets its credentials from a plugin.
@@ -45,10 +47,23 @@ func tokenAudiences(dp *depproxyv1.DependencyProxy) []string {
 	return out
 }
 
+// credentialProviderBindings bind each upstream that names a plugin to
+// it (--upstream-credential-provider): with them, an upstream that names
+// none gets no plugin's credentials, whatever its name or host.
+func credentialProviderBindings(dp *depproxyv1.DependencyProxy) settings.KeyedList {
+	return upstreamKeys(dp, func(u depproxyv1.RegistryUpstream, _ int) string {
+		if u.CredentialProvider == nil {
+			return ""
+		}
+		return u.CredentialProvider.Name
+	})
+}
+
 // credentialProviderConfig is the kubelet's CredentialProviderConfig for
 // the spec's plugins: one provider per plugin, matching its upstreams'
-// hosts, given the ServiceAccount's annotations (keys) when it takes a
-// token.
+// hosts (and their names, where a name is not its host: the proxy wants
+// both to match), given the ServiceAccount's annotations (keys) when it
+// takes a token.
 func credentialProviderConfig(dp *depproxyv1.DependencyProxy, annotationKeys []string) ([]byte, error) {
 	cfg := kubeletconfigv1.CredentialProviderConfig{TypeMeta: metav1.TypeMeta{APIVersion: "kubelet.config.k8s.io/v1", Kind: "CredentialProviderConfig"}}
 	byName := map[string]*kubeletconfigv1.CredentialProvider{}
@@ -61,6 +76,14 @@ func credentialProviderConfig(dp *depproxyv1.DependencyProxy, annotationKeys []s
 		if !ok {
 			return nil, fmt.Errorf("upstream %s: not a URL", u.URL)
 		}
+		match := []string{url.Host}
+		if registryname.IsDockerHub(url.Host) {
+			// The proxy sends Docker Hub's credentials to index.docker.io.
+			match = []string{dockerHubHost}
+		}
+		if name := upstreamName(u); name != url.Host {
+			match = append(match, name)
+		}
 		if p := byName[cp.Name]; p != nil {
 			audience := ""
 			if p.TokenAttributes != nil {
@@ -69,14 +92,18 @@ func credentialProviderConfig(dp *depproxyv1.DependencyProxy, annotationKeys []s
 			if audience != cp.ServiceAccountTokenAudience {
 				return nil, fmt.Errorf("the credential provider %s is given two token audiences (%q and %q): one plugin, one audience", cp.Name, audience, cp.ServiceAccountTokenAudience)
 			}
-			p.MatchImages = append(p.MatchImages, url.Host)
+			for _, m := range match {
+				if !slices.Contains(p.MatchImages, m) {
+					p.MatchImages = append(p.MatchImages, m)
+				}
+			}
 			continue
 		}
 		d := defaultPluginCache
 		if cp.CacheDuration != nil {
 			d = cp.CacheDuration.Duration
 		}
-		p := &kubeletconfigv1.CredentialProvider{Name: cp.Name, MatchImages: []string{url.Host}, DefaultCacheDuration: &metav1.Duration{Duration: d},
+		p := &kubeletconfigv1.CredentialProvider{Name: cp.Name, MatchImages: match, DefaultCacheDuration: &metav1.Duration{Duration: d},
 			APIVersion: "credentialprovider.kubelet.k8s.io/v1", Args: cp.Args}
 		if cp.ServiceAccountTokenAudience != "" {
 			p.TokenAttributes = &kubeletconfigv1.ServiceAccountTokenAttributes{ServiceAccountTokenAudience: cp.ServiceAccountTokenAudience,
@@ -94,6 +121,15 @@ func credentialProviderConfig(dp *depproxyv1.DependencyProxy, annotationKeys []s
 		cfg.Providers = append(cfg.Providers, *byName[n])
 	}
 	return yaml.Marshal(cfg)
+}
+
+// upstreamName is the name the proxy gives an upstream: its registry, or
+// for the one spec.upstream, its URL's.
+func upstreamName(u depproxyv1.RegistryUpstream) string {
+	if u.Registry != "" {
+		return u.Registry
+	}
+	return registryname.Of(u.URL)
 }
 
 // serviceAccountAnnotations are the annotations of the proxy's

@@ -124,32 +124,64 @@ func Load(configPath, binDir, tokenDir string) (*Providers, error) {
 	return p, nil
 }
 
-// For is the authenticator of a registry host (with its port, if any):
-// the first provider whose matchImages match it, as the kubelet picks;
-// nil when none does.
-func (p *Providers) For(host string) authn.Authenticator {
+// For is the authenticator of an image an upstream pulls, nil when no
+// provider gives it credentials. image is what the kubelet would ask
+// for: host/repository with its tag or digest, host the one the
+// credentials are sent to (the upstream URL's). registry is the
+// upstream's name: where it differs from the host, the same provider's
+// matchImages must match both, so that naming an upstream as a cloud
+// registry never sends that cloud's token elsewhere. only, when set, is
+// the one provider the upstream is bound to; else the first that
+// matches, as the kubelet picks.
+func (p *Providers) For(registry, only, image string) authn.Authenticator {
 	if p == nil {
 		return nil
 	}
+	host, rest, _ := strings.Cut(image, "/")
+	named := registry + "/" + rest
 	for _, pr := range p.providers {
-		for _, m := range pr.cfg.MatchImages {
-			if matches(m, host) {
-				return &plugin{p: p, pr: pr, host: host}
-			}
+		if only != "" && pr.cfg.Name != only {
+			continue
+		}
+		if pr.matchesImage(image) && (registry == "" || registry == host || pr.matchesImage(named)) {
+			return &plugin{p: p, pr: pr, host: host, image: image}
 		}
 	}
 	return nil
 }
 
-// plugin is one provider's credentials for one registry.
-type plugin struct {
-	p    *Providers
-	pr   *provider
-	host string
+// Has reports whether the config has a provider of that name.
+func (p *Providers) Has(name string) bool {
+	if p == nil {
+		return false
+	}
+	for _, pr := range p.providers {
+		if pr.cfg.Name == name {
+			return true
+		}
+	}
+	return false
 }
 
-// Authorization runs the plugin unless its last answer for this host is
-// still fresh.
+func (pr *provider) matchesImage(image string) bool {
+	for _, m := range pr.cfg.MatchImages {
+		if matches(m, image) {
+			return true
+		}
+	}
+	return false
+}
+
+// plugin is one provider's credentials for one image.
+type plugin struct {
+	p     *Providers
+	pr    *provider
+	host  string
+	image string
+}
+
+// Authorization runs the plugin unless its last answer for this image
+// (or its registry, or all, as the answer said) is still fresh.
 func (a *plugin) Authorization() (*authn.AuthConfig, error) {
 	ac, err := a.authorization()
 	a.p.mu.Lock()
@@ -178,19 +210,21 @@ func (p *Providers) Failing() map[string]string {
 }
 
 func (a *plugin) authorization() (*authn.AuthConfig, error) {
-	auth, err := a.pr.credentials(context.Background(), a.p, a.host)
+	auth, err := a.pr.credentials(context.Background(), a.p, a.image)
 	if err != nil {
 		return nil, err
 	}
-	// The most specific pattern of the answer that matches the host.
+	// The most specific pattern of the answer that matches the image
+	// (a pattern may name a repository path, as the kubelet's keyring
+	// takes it).
 	best, bestLen := credentialproviderv1.AuthConfig{}, -1
 	for pattern, c := range auth {
-		if matches(pattern, a.host) && len(pattern) > bestLen {
+		if matches(pattern, a.image) && len(pattern) > bestLen {
 			best, bestLen = c, len(pattern)
 		}
 	}
 	if bestLen < 0 {
-		return nil, fmt.Errorf("%w %s: no credentials for %s in its answer", ErrPlugin, a.pr.cfg.Name, a.host)
+		return nil, fmt.Errorf("%w %s: no credentials for %s in its answer", ErrPlugin, a.pr.cfg.Name, a.image)
 	}
 	return &authn.AuthConfig{Username: best.Username, Password: best.Password}, nil
 }
@@ -203,7 +237,9 @@ func (pr *provider) credentials(ctx context.Context, p *Providers, image string)
 		return nil, err
 	}
 	now := p.now()
-	for _, key := range []string{scope + "image:" + image, scope + "registry:" + image, scope + "global"} {
+	// As the kubelet looks: the image, then its registry, then all.
+	registry, _, _ := strings.Cut(image, "/")
+	for _, key := range []string{scope + "image:" + image, scope + "registry:" + registry, scope + "global"} {
 		if c, ok := pr.cache[key]; ok && now.Before(c.refresh) {
 			return c.auth, nil
 		}
@@ -223,17 +259,38 @@ func (pr *provider) credentials(ctx context.Context, p *Providers, image string)
 	if resp.CacheDuration != nil {
 		d = resp.CacheDuration.Duration
 	}
-	key := scope + "global"
+	var key string
 	switch resp.CacheKeyType {
 	case credentialproviderv1.ImagePluginCacheKeyType:
 		key = scope + "image:" + image
 	case credentialproviderv1.RegistryPluginCacheKeyType:
-		key = scope + "registry:" + image
+		key = scope + "registry:" + registry
+	case credentialproviderv1.GlobalPluginCacheKeyType:
+		key = scope + "global"
+	default:
+		// The kubelet refuses an answer without a cache key type.
+		err := fmt.Errorf("%w %s for %s: its answer has cacheKeyType %q, want Image, Registry or Global", ErrPlugin, pr.cfg.Name, image, resp.CacheKeyType)
+		pr.failed, pr.failedErr = now.Add(retryFailed), err
+		return nil, err
 	}
+	if d <= 0 {
+		return resp.Auth, nil // a duration of 0: not cached, as the kubelet does
+	}
+	pr.purge(now)
 	// Asked again at 80% of the duration: credentials in use are never
 	// the expired ones.
 	pr.cache[key] = cached{auth: resp.Auth, refresh: now.Add(d * 8 / 10)}
 	return resp.Auth, nil
+}
+
+// purge drops stale answers: with per-image keys, every image pulled
+// would otherwise stay.
+func (pr *provider) purge(now time.Time) {
+	for k, c := range pr.cache {
+		if !now.Before(c.refresh) {
+			delete(pr.cache, k)
+		}
+	}
 }
 
 // request is what the plugin is asked for an image, and what its answer
@@ -291,10 +348,7 @@ func (pr *provider) run(ctx context.Context, binDir string, request credentialpr
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, pr.cfg.Name), pr.cfg.Args...)
-	cmd.Env = os.Environ()
-	for _, e := range pr.cfg.Env {
-		cmd.Env = append(cmd.Env, e.Name+"="+e.Value)
-	}
+	cmd.Env = pluginEnv(pr.cfg.Env)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(req), &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -309,6 +363,27 @@ func (pr *provider) run(ctx context.Context, binDir string, request credentialpr
 		return nil, fmt.Errorf("%w %s for %s: its answer is not a CredentialProviderResponse", ErrPlugin, pr.cfg.Name, image)
 	}
 	return &resp, nil
+}
+
+// passedEnv are the variables of the proxy's environment a plugin is
+// given: where to find programs, a home, and how to reach its cloud.
+// Nothing else: the proxy's own secrets (the storage's
+// AWS_ACCESS_KEY_ID, say, which an AWS SDK plugin would sign with)
+// stay with the proxy.
+var passedEnv = []string{"PATH", "HOME", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"}
+
+// pluginEnv is a plugin's environment: passedEnv, and its config's env.
+func pluginEnv(extra []kubeletconfigv1.ExecEnvVar) []string {
+	var env []string
+	for _, k := range passedEnv {
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	for _, e := range extra {
+		env = append(env, e.Name+"="+e.Value)
+	}
+	return env
 }
 
 // matches is the kubelet's rule for matchImages and the answer's keys: a

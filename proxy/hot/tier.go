@@ -308,15 +308,19 @@ func (t *Tier) Keep(d digest.Digest, path string, size int64) {
 	}
 	dst := t.path(d)
 	err := os.MkdirAll(filepath.Dir(dst), 0o755)
+	var placed fs.FileInfo
 	if err == nil {
-		err = place(path, dst)
+		placed, err = place(path, dst)
 	}
 	if err != nil {
 		t.log.Info("cannot keep a hot copy; it is served from storage", "digest", d, "error", err.Error())
 		return
 	}
+	// What is at dst now must be the file placed: anything else (put
+	// there since, by whoever can write the directory) is not indexed
+	// as checked.
 	info, err := os.Stat(dst)
-	if err != nil || info.Size() != size {
+	if err != nil || !os.SameFile(info, placed) || info.Size() != size {
 		os.Remove(dst)
 		return
 	}
@@ -331,32 +335,54 @@ func (t *Tier) Keep(d digest.Digest, path string, size int64) {
 	t.metrics.size.Set(float64(t.used))
 }
 
-// place puts a copy of src at dst atomically: a hard link, or a copy
-// renamed into place where src is on another filesystem.
-func place(src, dst string) error {
-	err := os.Link(src, dst)
-	if err == nil || errors.Is(err, fs.ErrExist) {
-		return nil
+// place puts a copy of src at dst atomically, replacing whatever is
+// there (a file at a copy's name is not taken for the copy: only bytes
+// this process checked are): a hard link, or a copy where src is on
+// another filesystem, made under a temporary name and renamed over dst.
+// It returns what it placed.
+func place(src, dst string) (fs.FileInfo, error) {
+	tmp, err := os.CreateTemp(filepath.Dir(dst), ".tmp-")
+	if err != nil {
+		return nil, err
 	}
-	if !errors.Is(err, syscall.EXDEV) {
-		return err
+	tmpName := tmp.Name()
+	tmp.Close()
+	defer os.Remove(tmpName) // gone by the rename, unless it failed
+	// A link cannot replace a file: free the temporary name for it.
+	if err := os.Remove(tmpName); err != nil {
+		return nil, err
 	}
+	err = os.Link(src, tmpName)
+	if errors.Is(err, syscall.EXDEV) {
+		err = copyFile(src, tmpName)
+	}
+	if err != nil {
+		return nil, err
+	}
+	info, err := os.Stat(tmpName)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Rename(tmpName, dst); err != nil {
+		return nil, err
+	}
+	return info, nil
+}
+
+// copyFile copies src to a new file dst.
+func copyFile(src, dst string) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	tmp, err := os.CreateTemp(filepath.Dir(dst), ".tmp-")
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
-	_, err = io.Copy(tmp, in)
-	if cerr := tmp.Close(); err == nil {
+	_, err = io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), dst)
+	return err
 }

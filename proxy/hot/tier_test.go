@@ -171,3 +171,39 @@ func TestFreeSpaceFloor(t *testing.T) {
 		t.Fatal("room under the floor")
 	}
 }
+
+// A file already at a copy's name when a download is kept (planted by
+// whoever can write the tier's directory, or left by another process) is
+// not taken for the checked copy: what is served is the download's bytes,
+// or nothing.
+func TestPlantedFileIsNotServed(t *testing.T) {
+	dir := t.TempDir()
+	tier, err := Open(dir, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := bytes.Repeat([]byte("good"), 256)
+	d, path := spooled(t, content)
+	planted := bytes.Repeat([]byte("evil"), 256) // the same size
+	dst := filepath.Join(dir, blobsDir, d.Algorithm().String(), d.Encoded())
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, planted, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tier.Keep(d, path, int64(len(content)))
+	got, ok := read(t, tier, d)
+	if ok && !bytes.Equal(got, content) {
+		t.Fatalf("served the planted file: %q…", got[:8])
+	}
+	if !ok {
+		t.Fatal("the download was not kept")
+	}
+	if raw, _ := os.ReadFile(dst); !bytes.Equal(raw, content) {
+		t.Fatal("the planted file is still at the copy's name")
+	}
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(dst), ".tmp-*")); len(left) != 0 {
+		t.Fatalf("temporary files left: %v", left)
+	}
+}

@@ -230,15 +230,19 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 		}
 	}
 	for _, u := range upstreams {
+		if u.CredentialProvider != "" && !plugins.Has(u.CredentialProvider) {
+			return nil, fmt.Errorf("upstream-credential-provider %s=%s: no such provider in --image-credential-provider-config", u.Registry, u.CredentialProvider)
+		}
 		up, err := newUpstream(u, upstream.WithMetrics(upstreamMetrics), upstream.WithRateLimitReserve(s.RateLimitReserve),
-			// A plugin matches images by name: the registry's, or the
-			// host the upstream is reached at. The upstream's own
-			// credentials, applied after, win.
-			upstream.WithAuthenticatorFor(func(host string) authn.Authenticator {
-				if a := plugins.For(u.Registry); a != nil {
-					return a
+			// A plugin is asked for the image pulled from the host the
+			// credentials go to, matched by that host (and the upstream's
+			// name), and only its own for a bound upstream. The
+			// upstream's own credentials, applied after, win.
+			upstream.WithAuthenticatorFor(func(image string) authn.Authenticator {
+				if u.ProvidersBound && u.CredentialProvider == "" {
+					return nil
 				}
-				return plugins.For(host)
+				return plugins.For(u.Registry, u.CredentialProvider, image)
 			}))
 		if err != nil {
 			return nil, err

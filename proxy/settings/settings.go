@@ -72,6 +72,7 @@ type Settings struct {
 	CredProviderConfig string    `json:"image-credential-provider-config,omitempty"`
 	CredProviderBinDir string    `json:"image-credential-provider-bin-dir,omitempty"`
 	CredProviderTokens string    `json:"image-credential-provider-token-dir,omitempty"`
+	UpstreamProvider   KeyedList `json:"upstream-credential-provider,omitzero"`
 }
 
 // The defaults of the parts' settings. They are written here, not read
@@ -164,7 +165,8 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&s.WarmPlatforms, "warm-platforms", s.WarmPlatforms, "comma-separated platforms the images of --pinned and --warm are cached for (default: --prefetch-platforms; without either, every platform of an index)")
 	fs.Var(&s.Allow, "allow", "what may be pulled, registry/repository[:tag] after name normalisation (nginx is docker.io/library/nginx): * within a path component, ** across; repeatable; none allows all that is not denied. A --config file's rules are re-read when it changes")
 	fs.Var(&s.Deny, "deny", "what may never be pulled, as --allow, and winning over it; cached content too; repeatable")
-	fs.StringVar(&s.CredProviderConfig, "image-credential-provider-config", s.CredProviderConfig, "the kubelet's CredentialProviderConfig (kubelet.config.k8s.io/v1): the upstreams whose host a provider's matchImages match get their credentials from its plugin (ecr-credential-provider, ...), for that host only, cached as the plugin says; an upstream's --upstream-credentials win")
+	fs.StringVar(&s.CredProviderConfig, "image-credential-provider-config", s.CredProviderConfig, "the kubelet's CredentialProviderConfig (kubelet.config.k8s.io/v1): an upstream whose URL host a provider's matchImages match (and its name too, where the name differs from the host) gets its credentials from that plugin (ecr-credential-provider, ...), asked for each repository as the kubelet asks for an image, sent to that host only, cached as the plugin says; an upstream's --upstream-credentials win")
+	fs.Var(&s.UpstreamProvider, "upstream-credential-provider", "binds an upstream to one provider of --image-credential-provider-config, REGISTRY=NAME (a bare NAME is the default upstream's); once any upstream is bound, an upstream not bound gets no plugin's credentials; repeatable")
 	fs.StringVar(&s.CredProviderBinDir, "image-credential-provider-bin-dir", s.CredProviderBinDir, "where the plugins of --image-credential-provider-config are, by their names")
 	fs.StringVar(&s.CredProviderTokens, "image-credential-provider-token-dir", s.CredProviderTokens, "for providers with tokenAttributes: DIR/AUDIENCE/token is a service-account token for that audience (a projected token volume), DIR/serviceaccount-annotations.json the ServiceAccount's annotations")
 	fs.StringVar(&s.OnUpstreamNotFound, "on-upstream-not-found", s.OnUpstreamNotFound, "a cached tag the upstream answers 404 for (deleted, pruned): serve-cached serves the cached copy, not-found answers 404; a pinned tag is served either way")

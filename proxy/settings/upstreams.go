@@ -123,6 +123,12 @@ type Upstream struct {
 	MirrorOf []string
 	// Default: requests naming no registry go here.
 	Default bool
+	// CredentialProvider is the credential provider plugin it is bound
+	// to (--upstream-credential-provider), if any.
+	CredentialProvider string
+	// ProvidersBound: some upstream is bound to a provider, and one that
+	// is not gets no plugin's credentials.
+	ProvidersBound bool
 }
 
 // Names are every name the upstream is known by: the one clients give
@@ -157,7 +163,8 @@ func (s *Settings) Upstreams() ([]Upstream, error) {
 		}
 		seen[reg] = true
 		up := Upstream{Registry: reg, URL: k.Value, Default: i == 0,
-			Credentials: s.UpstreamCreds.For(reg, i == 0)}
+			Credentials: s.UpstreamCreds.For(reg, i == 0), CredentialProvider: s.UpstreamProvider.For(reg, i == 0),
+			ProvidersBound: !s.UpstreamProvider.IsZero()}
 		if m := s.UpstreamMirrorOf.For(reg, i == 0); m != "" {
 			for _, name := range strings.Split(m, ",") {
 				if name = strings.TrimSpace(name); name != "" {
@@ -173,7 +180,7 @@ func (s *Settings) Upstreams() ([]Upstream, error) {
 	for _, l := range []struct {
 		flag string
 		list KeyedList
-	}{{"upstream-credentials", s.UpstreamCreds}, {"upstream-mirror-of", s.UpstreamMirrorOf}} {
+	}{{"upstream-credentials", s.UpstreamCreds}, {"upstream-mirror-of", s.UpstreamMirrorOf}, {"upstream-credential-provider", s.UpstreamProvider}} {
 		for _, k := range l.list.Items {
 			if k.Registry != "" && !seen[k.Registry] {
 				return nil, fmt.Errorf("%s %q: no upstream is configured for %s", l.flag, k, k.Registry)

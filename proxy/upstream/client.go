@@ -96,9 +96,12 @@ type Blob struct {
 
 // Client talks to one upstream registry. It is safe for concurrent use.
 type Client struct {
-	base      *url.URL
-	registry  name.Registry
-	auth      authn.Authenticator
+	base     *url.URL
+	registry name.Registry
+	auth     authn.Authenticator
+	// authFor, if set, gives the credentials of an image instead of
+	// auth, where it has some (a credential provider plugin's).
+	authFor   func(image string) authn.Authenticator
 	transport http.RoundTripper
 	dockerHub bool // Docker Hub's naming: nginx is library/nginx
 	name      string
@@ -124,18 +127,20 @@ type Option func(*Client)
 // WithCredentialsDir reads the upstream's credentials from a mounted
 // Secret (see FileCredentials).
 func WithCredentialsDir(dir string) Option {
-	return func(c *Client) { c.auth = FileCredentials(dir, c.registry.RegistryStr()) }
+	return func(c *Client) {
+		c.auth, c.authFor = FileCredentials(dir, c.registry.RegistryStr()), nil
+	}
 }
 
-// WithAuthenticatorFor sets the credentials from auth, given the
-// registry host the client talks to (a credential provider plugin's for
-// that host); nil keeps the client anonymous.
-func WithAuthenticatorFor(auth func(host string) authn.Authenticator) Option {
-	return func(c *Client) {
-		if a := auth(c.registry.RegistryStr()); a != nil {
-			c.auth = a
-		}
-	}
+// WithAuthenticatorFor takes the credentials of each repository from
+// auth, given the image as the kubelet names it to a credential provider
+// plugin: the host the credentials are sent to, the repository, and the
+// tag or digest of the pull that first needs them (the bare repository
+// for a blob, tags or referrers). nil keeps that repository anonymous. A
+// repository's token handshake is kept (see transportFor), so auth is
+// asked again when the upstream wants new credentials, not per request.
+func WithAuthenticatorFor(auth func(image string) authn.Authenticator) Option {
+	return func(c *Client) { c.authFor = auth }
 }
 
 // WithRegistry names the registry this upstream is for clients, where
@@ -376,7 +381,7 @@ func (c *Client) do(ctx context.Context, method, repo, path string, header http.
 
 // doQuery sends one request for /v2/<repo>/<path>?<query>.
 func (c *Client) doQuery(ctx context.Context, method, repo, path string, query url.Values, header http.Header) (*http.Response, error) {
-	rt, err := c.transportFor(ctx, repo)
+	rt, err := c.transportFor(ctx, repo, path)
 	if err != nil {
 		return nil, err
 	}
@@ -399,13 +404,14 @@ func (c *Client) doQuery(ctx context.Context, method, repo, path string, query u
 }
 
 // transportFor returns the authenticated transport for one repository,
-// doing the ping and token handshake once and reusing it after.
-func (c *Client) transportFor(ctx context.Context, repo string) (http.RoundTripper, error) {
+// doing the ping and token handshake once and reusing it after; path is
+// the request that needs it, for the image credentials are asked for.
+func (c *Client) transportFor(ctx context.Context, repo, path string) (http.RoundTripper, error) {
 	if rt, ok := c.transports.Get(repo); ok {
 		return rt.(http.RoundTripper), nil
 	}
 	scope := c.registry.Repo(repo).Scope(transport.PullScope)
-	rt, err := transport.NewWithContext(ctx, c.registry, c.auth, c.transport, []string{scope})
+	rt, err := transport.NewWithContext(ctx, c.registry, c.authOf(repo, path), c.transport, []string{scope})
 	if err != nil {
 		var terr *transport.Error
 		if errors.As(err, &terr) {
@@ -415,6 +421,26 @@ func (c *Client) transportFor(ctx context.Context, repo string) (http.RoundTripp
 	}
 	c.transports.Add(repo, rt)
 	return rt, nil
+}
+
+// authOf is the authenticator of a repository: authFor's for the image
+// a request for path under it pulls, else the client's own.
+func (c *Client) authOf(repo, path string) authn.Authenticator {
+	if c.authFor == nil {
+		return c.auth
+	}
+	image := c.registry.RegistryStr() + "/" + repo
+	if ref, ok := strings.CutPrefix(path, "manifests/"); ok {
+		if _, err := digest.Parse(ref); err == nil {
+			image += "@" + ref
+		} else {
+			image += ":" + ref
+		}
+	}
+	if a := c.authFor(image); a != nil {
+		return a
+	}
+	return c.auth
 }
 
 // forget drops a transport after a network failure, so the next request

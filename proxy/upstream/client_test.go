@@ -12,11 +12,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/depproxy/depproxy/proxy/manifest"
 	"github.com/depproxy/depproxy/proxy/registryname"
@@ -190,5 +193,58 @@ func TestFileCredentialsHelper(t *testing.T) {
 	}
 	if raw, _ := os.ReadFile(calls); strings.Contains(string(raw), "ghcr.io") {
 		t.Errorf("the helper was asked for another host: %s", raw)
+	}
+}
+
+// Credentials are asked for per repository, for the image as the kubelet
+// names it to a plugin: the host they are sent to, the repository, and
+// the tag or digest pulled; each repository's own go to it.
+func TestAuthenticatorPerImage(t *testing.T) {
+	sent := map[string]string{}
+	var mu sync.Mutex
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		user, _, ok := r.BasicAuth()
+		if !ok {
+			w.Header().Set("WWW-Authenticate", `Basic realm="x"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		mu.Lock()
+		sent[r.URL.Path] = user
+		mu.Unlock()
+		w.WriteHeader(http.StatusNotFound)
+	}))
+	defer up.Close()
+	var asked []string
+	c, err := New(up.URL, WithAuthenticatorFor(func(image string) authn.Authenticator {
+		asked = append(asked, image)
+		_, rest, _ := strings.Cut(image, "/")
+		repo, _, _ := strings.Cut(rest, ":")
+		repo, _, _ = strings.Cut(repo, "@")
+		return authn.FromConfig(authn.AuthConfig{Username: repo, Password: "p"})
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := strings.TrimPrefix(up.URL, "http://")
+	d := digest.FromString("x")
+	ctx := context.Background()
+	c.GetManifest(ctx, "team/one", manifest.TagRef("v1"), nil, 1<<20)
+	c.GetManifest(ctx, "team/two", manifest.DigestRef(d), nil, 1<<20)
+	c.HeadBlob(ctx, "team/three", d)
+	c.GetManifest(ctx, "team/one", manifest.TagRef("v2"), nil, 1<<20) // the handshake is kept
+	want := []string{host + "/team/one:v1", host + "/team/two@" + d.String(), host + "/team/three"}
+	if strings.Join(asked, " ") != strings.Join(want, " ") {
+		t.Errorf("asked for %q, want %q", asked, want)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for path, user := range sent {
+		if !strings.HasPrefix(path, "/v2/"+user+"/") {
+			t.Errorf("%s was sent %s's credentials", path, user)
+		}
+	}
+	if len(sent) != 4 {
+		t.Errorf("sent: %v", sent)
 	}
 }

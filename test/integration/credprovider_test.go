@@ -6,12 +6,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/depproxy/depproxy/proxy/credprovider"
 	"github.com/depproxy/depproxy/proxy/report"
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/test/testenv"
@@ -39,7 +41,7 @@ func TestCredentialProviderPlugin(t *testing.T) {
 kind: CredentialProviderConfig
 providers:
 - name: test-provider
-  matchImages: ["`+e.front.Addr+`"]
+  matchImages: ["`+e.front.Addr+`", one.test]
   defaultCacheDuration: 1m
   apiVersion: credentialprovider.kubelet.k8s.io/v1
   env:
@@ -128,23 +130,10 @@ providers:
 }
 
 // The real ecr-credential-provider, built from the Go module proxy, is
-// run by the cache as the kubelet runs it, for an upstream named as an
-// ECR registry. With no AWS here (its endpoint is a refused port on this
-// machine) it fails: nothing is pulled, no credentials are sent, and the
-// summary says what the plugin said, for that registry.
+// run by the cache as the kubelet runs it, for the image being pulled
+// (host, repository, tag). With no AWS here (its endpoint is a refused
+// port on this machine) it fails, and says so for that image.
 func TestRealECRCredentialProvider(t *testing.T) {
-	e := newEnv(t)
-	repo := repoName(t)
-	pushImage(t, e.registry.Addr, repo, "v1", ociImage(t, 1))
-	var sent atomic.Int64
-	e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.Header.Get("Authorization") != "" {
-			sent.Add(1)
-		}
-		w.Header().Set("WWW-Authenticate", `Basic realm="ecr"`)
-		w.WriteHeader(http.StatusUnauthorized)
-		return true
-	})
 	bin := t.TempDir()
 	if err := os.Symlink(testenv.Tool(t, "ecr-credential-provider"), filepath.Join(bin, "ecr-credential-provider")); err != nil {
 		t.Fatal(err)
@@ -166,23 +155,179 @@ providers:
   - {name: AWS_EC2_METADATA_DISABLED, value: "true"}
 `), 0o644)
 	const ecr = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
+	p, err := credprovider.Load(config, bin, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := p.For(ecr, "", ecr+"/team/app:v1")
+	if a == nil {
+		t.Fatal("no provider for an ECR image")
+	}
+	_, err = a.Authorization()
+	if err == nil || !strings.Contains(err.Error(), "ecr-credential-provider for "+ecr+"/team/app:v1") || !strings.Contains(err.Error(), "GetAuthorizationToken") {
+		t.Fatalf("the plugin: %v", err)
+	}
+	if msg := p.Failing()[ecr]; !strings.Contains(msg, "GetAuthorizationToken") {
+		t.Fatalf("what the summary says: %q", msg)
+	}
+	t.Logf("the plugin said: %v", err)
+}
+
+// fakePlugin builds the test plugin into a bin dir and writes a config
+// with one provider for matchImages, given env; it returns the config,
+// the bin dir and the file the plugin records its requests in.
+func fakePlugin(t *testing.T, matchImages string, env ...string) (config, bin, calls string) {
+	t.Helper()
+	bin, dir := t.TempDir(), t.TempDir()
+	if out, err := exec.Command("go", "build", "-o", filepath.Join(bin, "test-provider"), "github.com/depproxy/depproxy/proxy/credprovider/testdata/plugin").CombinedOutput(); err != nil {
+		t.Fatalf("building the plugin: %v\n%s", err, out)
+	}
+	secret, calls := filepath.Join(dir, "secret"), filepath.Join(dir, "calls")
+	os.WriteFile(secret, []byte("cloud-token"), 0o600)
+	var extra strings.Builder
+	for _, e := range env {
+		k, v, _ := strings.Cut(e, "=")
+		extra.WriteString("  - {name: " + k + ", value: \"" + v + "\"}\n")
+	}
+	config = filepath.Join(dir, "credential-providers.yaml")
+	os.WriteFile(config, []byte(`apiVersion: kubelet.config.k8s.io/v1
+kind: CredentialProviderConfig
+providers:
+- name: test-provider
+  matchImages: [`+matchImages+`]
+  defaultCacheDuration: 1m
+  apiVersion: credentialprovider.kubelet.k8s.io/v1
+  env:
+  - {name: PLUGIN_SECRET_FILE, value: `+secret+`}
+  - {name: PLUGIN_CALLS_FILE, value: `+calls+`}
+  - {name: PLUGIN_CACHE_DURATION, value: 1m}
+`+extra.String()), 0o644)
+	return config, bin, calls
+}
+
+// An upstream named as an ECR registry but reached at a loopback URL,
+// and a plugin for ECR names that hands out a token for whatever it is
+// asked: the plugin is chosen by the host the credentials would go to,
+// so it is never asked, and the loopback upstream never sees a token.
+func TestCredentialProviderNotForAnotherHost(t *testing.T) {
+	e := newEnv(t)
+	repo := repoName(t)
+	pushImage(t, e.registry.Addr, repo, "v1", ociImage(t, 1))
+	var sent atomic.Int64
+	e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Header.Get("Authorization") != "" {
+			sent.Add(1)
+		}
+		return false
+	})
+	config, bin, calls := fakePlugin(t, `"*.dkr.ecr.*.amazonaws.com"`)
 	s := settings.Defaults()
-	s.Upstream = settings.Keys(ecr + "=" + e.front.URL())
+	s.Upstream = settings.Keys("123456789012.dkr.ecr.us-east-1.amazonaws.com=" + e.front.URL())
 	s.CredProviderConfig, s.CredProviderBinDir = config, bin
 	p := start(t, s)
-
-	if resp, _ := get(t, p.URL+"/v2/"+repo+"/manifests/v1", acceptAll); resp.StatusCode == http.StatusOK {
-		t.Fatal("pulled with no credentials")
-	}
-	resp, body := get(t, p.Ops+report.SummaryPath, "")
-	var sum report.Summary
-	json.Unmarshal(body, &sum)
-	msg := sum.CredentialErrors[ecr]
-	if resp.StatusCode != http.StatusOK || !strings.Contains(msg, "ecr-credential-provider for "+ecr) || !strings.Contains(msg, "GetAuthorizationToken") {
-		t.Fatalf("the summary's credential errors: %v", sum.CredentialErrors)
+	if resp, body := get(t, p.URL+"/v2/"+repo+"/manifests/v1", acceptAll); resp.StatusCode != http.StatusOK {
+		t.Fatalf("pull: %s %s", resp.Status, body)
 	}
 	if sent.Load() != 0 {
-		t.Fatalf("%d requests carried credentials", sent.Load())
+		t.Fatalf("%d requests to the loopback upstream carried credentials", sent.Load())
 	}
-	t.Logf("the plugin said: %s", msg)
+	if raw, _ := os.ReadFile(calls); len(raw) != 0 {
+		t.Fatalf("the plugin was asked for %q", raw)
+	}
+}
+
+// A plugin that hands out credentials per image (cacheKeyType Image) is
+// asked, as the kubelet asks, for the image pulled: host, repository and
+// tag. Two repositories get their own credentials, which the upstream
+// checks; each is asked once.
+func TestCredentialProviderPerImage(t *testing.T) {
+	e := newEnv(t)
+	one, two := repoName(t)+"/one", repoName(t)+"/two"
+	pushImage(t, e.registry.Addr, one, "v1", ociImage(t, 1))
+	pushImage(t, e.registry.Addr, two, "v1", ociImage(t, 2))
+	var refused atomic.Int64
+	e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == "/v2/" {
+			return false
+		}
+		repo := strings.TrimPrefix(r.URL.Path, "/v2/")
+		for _, kind := range []string{"/manifests/", "/blobs/"} {
+			if i := strings.Index(repo, kind); i >= 0 {
+				repo = repo[:i]
+			}
+		}
+		user, pass, ok := r.BasicAuth()
+		if ok && user == "plugin" && pass == "cloud-token@"+repo {
+			return false
+		}
+		if ok {
+			refused.Add(1)
+		}
+		w.Header().Set("WWW-Authenticate", `Basic realm="cloud"`)
+		w.WriteHeader(http.StatusUnauthorized)
+		return true
+	})
+	config, bin, calls := fakePlugin(t, `"`+e.front.Addr+`"`, "PLUGIN_CACHE_KEY_TYPE=Image")
+	s := settings.Defaults()
+	s.Upstream = settings.Keys(e.front.URL())
+	s.CredProviderConfig, s.CredProviderBinDir = config, bin
+	p := start(t, s)
+	for i := 0; i < 2; i++ {
+		for _, repo := range []string{one, two} {
+			if resp, body := get(t, p.URL+"/v2/"+repo+"/manifests/v1", acceptAll); resp.StatusCode != http.StatusOK {
+				t.Fatalf("pull %s: %s %s", repo, resp.Status, body)
+			}
+		}
+	}
+	if refused.Load() != 0 {
+		t.Fatalf("the upstream refused the credentials sent %d times", refused.Load())
+	}
+	raw, _ := os.ReadFile(calls)
+	if got, want := strings.Fields(string(raw)), []string{e.front.Addr + "/" + one + ":v1", e.front.Addr + "/" + two + ":v1"}; !slices.Equal(got, want) {
+		t.Fatalf("the plugin was asked for %q, want %q", got, want)
+	}
+}
+
+// The proxy runs with the storage's keys in its environment, as the
+// operator's pods do: a plugin it runs sees none of them, only PATH,
+// HOME, the proxy variables and its config's env.
+func TestCredentialProviderSeesNoStorageKeys(t *testing.T) {
+	e := newEnv(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", e.minio.AccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", e.minio.SecretKey)
+	prefix := nonName.ReplaceAllString(t.Name(), "-")
+	e.minio.Storage(t, "cache", prefix) // the bucket
+	repo := repoName(t)
+	pushImage(t, e.registry.Addr, repo, "v1", ociImage(t, 1))
+	e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Header.Get("Authorization") == "" {
+			w.Header().Set("WWW-Authenticate", `Basic realm="cloud"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return true
+		}
+		return false
+	})
+	envFile := filepath.Join(t.TempDir(), "env")
+	config, bin, _ := fakePlugin(t, `"`+e.front.Addr+`"`, "PLUGIN_ENV_FILE="+envFile)
+	s := settings.Defaults()
+	s.Upstream = settings.Keys(e.front.URL())
+	s.Storage, s.S3Endpoint, s.S3Insecure = "s3://cache/"+prefix, e.minio.Addr, true
+	s.CredProviderConfig, s.CredProviderBinDir = config, bin
+	p := start(t, s)
+	if resp, body := get(t, p.URL+"/v2/"+repo+"/manifests/v1", acceptAll); resp.StatusCode != http.StatusOK {
+		t.Fatalf("pull: %s %s", resp.Status, body)
+	}
+	raw, err := os.ReadFile(envFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := "\n" + string(raw) + "\n"
+	for _, secret := range []string{e.minio.AccessKey, e.minio.SecretKey, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} {
+		if strings.Contains(env, secret) {
+			t.Errorf("the plugin saw %s", secret)
+		}
+	}
+	if !strings.Contains(env, "\nPATH=") || !strings.Contains(env, "\nPLUGIN_SECRET_FILE=") {
+		t.Errorf("the plugin's environment: %s", raw)
+	}
 }
