@@ -28,6 +28,9 @@ type Server struct {
 // Auditor is the audit log, which a refused login goes to.
 type Auditor interface {
 	Record(r *http.Request, e audit.Entry)
+	// RecordRepeated writes a refusal a client may repeat without end
+	// (a throttled login): once per client per interval, counted.
+	RecordRepeated(r *http.Request, e audit.Entry)
 }
 
 // ServerOption configures a Server.
@@ -152,10 +155,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) refused(r *http.Request, user, reason string, status int, start time.Time) {
-	if s.audit != nil {
-		s.audit.Record(r, audit.Entry{Kind: "login", User: user, Answer: audit.Refused, Reason: reason, Status: status,
-			DurationSeconds: time.Since(start).Seconds()})
+	if s.audit == nil {
+		return
 	}
+	e := audit.Entry{Kind: "login", User: user, Answer: audit.Refused, Reason: reason, Status: status,
+		DurationSeconds: time.Since(start).Seconds()}
+	if status == http.StatusTooManyRequests {
+		// Throttled: nothing was checked, and a client may send these
+		// as fast as it likes.
+		s.audit.RecordRepeated(r, e)
+		return
+	}
+	s.audit.Record(r, e)
 }
 
 // ErrLoginThrottled is a login refused for too many failures, before its
@@ -183,13 +194,15 @@ func (s *Server) login(r *http.Request, basic bool, user, pass string) (string, 
 	a, ok := s.throttle.begin(user, source)
 	if !ok {
 		s.failures.WithLabelValues("throttled").Inc()
-		s.log.Info("login throttled", "source", source, "user", user)
+		// Verbose only: a client sends these as fast as it likes, and
+		// the metric and the audit log count them.
+		s.log.V(1).Info("login throttled", "source", source, "user", audit.CutField(user))
 		return "", errThrottled
 	}
 	if !s.users.Check(user, pass) {
 		a.failed()
 		s.failures.WithLabelValues("bad_credentials").Inc()
-		s.log.Info("login failed", "source", source, "user", user)
+		s.log.Info("login failed", "source", source, "user", audit.CutField(user))
 		return "", errBadCredentials
 	}
 	a.succeeded()
