@@ -176,9 +176,14 @@ func (c *Cache) referrers(ctx context.Context, repo string, d digest.Digest) ([]
 		case upstream.NameUnknown(err):
 			body, err, nameUnknown = []byte(emptyIndex), nil, true
 		case errors.Is(err, upstream.ErrNotFound):
-			// No referrers API (one would answer an empty index): the
-			// next digests go to the fallback tag straight away.
-			c.lists.put(noReferrersAPI, nil, false)
+			var se *upstream.StatusError
+			if errors.As(err, &se) && se.Code == "" {
+				// A 404 that is no registry error: there is no such
+				// route, no referrers API (one would answer an empty
+				// index). The next digests go to the fallback tag
+				// straight away.
+				c.lists.put(noReferrersAPI, nil, false)
+			}
 			body, nameUnknown, err = c.fallbackReferrers(ctx, repo, d)
 		case err == nil && !validIndex(body):
 			err = fmt.Errorf("%w: the referrers answer is not an OCI index", upstream.ErrUnreachable)
