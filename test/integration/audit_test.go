@@ -17,6 +17,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/audit"
 	"github.com/depproxy/depproxy/proxy/registryname"
 	"github.com/depproxy/depproxy/proxy/settings"
+	"github.com/depproxy/depproxy/proxy/token"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -247,13 +248,19 @@ func TestAuditLogIsBounded(t *testing.T) {
 		if statuses[401] != 10 || statuses[429] != 30 {
 			t.Fatalf("the 40 logins were answered %v, want 10 401s and 30 429s", statuses)
 		}
+		// And 20 without credentials: nothing checked, nothing throttled.
+		for range 20 {
+			if resp, _ := do(t, "GET", base+"/token?service=depproxy", nil, nil); resp.StatusCode != 401 {
+				t.Fatalf("a login without credentials: %s", resp.Status)
+			}
+		}
 		if err := terminate(t, cmd, 30*time.Second); err != nil {
 			t.Fatalf("depproxy exited with %v", err)
 		}
 		if n := len(out.String()); n >= 1<<20 {
 			t.Fatalf("40 refused logins left %d bytes of output, over 1 MiB", n)
 		}
-		var refusals, lines int
+		var refusals, noCredentials, lines int
 		for _, line := range strings.Split(out.String(), "\n") {
 			if !strings.Contains(line, `"stream":"audit"`) {
 				continue
@@ -263,15 +270,20 @@ func TestAuditLogIsBounded(t *testing.T) {
 			if e.Kind != "login" || e.Answer != audit.Refused {
 				t.Errorf("a line for a refused login: %+v", e)
 			}
+			if e.Reason == token.ReasonNoCredentials {
+				noCredentials += max(e.Count, 1)
+				continue
+			}
 			if !strings.HasSuffix(e.User, audit.Cut) || len(e.User) > audit.MaxField+len(audit.Cut) {
 				t.Errorf("a user kept as %d bytes: %.40q…", len(e.User), e.User)
 			}
 			refusals += max(e.Count, 1)
 		}
 		// Ten failures, then the first throttled one, then the other 29
-		// on one line with their count.
-		if refusals != 40 || lines != 12 {
-			t.Fatalf("%d audit lines stand for %d refusals, want 12 for 40:\n%s", lines, refusals, out.String())
+		// on one line with their count; the first without credentials,
+		// then the other 19 on one line.
+		if refusals != 40 || noCredentials != 20 || lines != 14 {
+			t.Fatalf("%d audit lines stand for %d refusals and %d without credentials, want 14 for 40 and 20:\n%s", lines, refusals, noCredentials, out.String())
 		}
 	})
 
