@@ -152,7 +152,7 @@ func (c *Cache) Referrers(ctx context.Context, repo string, d digest.Digest, que
 // upstream without the referrers API: random digests cost the upstream
 // one GET each (the fallback tag; and its tags/list once per TTL, to
 // learn whether the repository exists), and under a repository it does
-// not have, at most two GETs per TTL in all.
+// not have, one GET per TTL in all.
 func (c *Cache) referrers(ctx context.Context, repo string, d digest.Digest) ([]byte, error) {
 	key := layout.Referrers(c.registry, repo, d)
 	unknownKey := "unknown repository " + repo
@@ -255,10 +255,13 @@ func fallbackTag(d digest.Digest) string { return d.Algorithm().String() + "-" +
 // fallbackReferrers is the fallback tag's index; an empty one when the
 // upstream has no such tag (nameUnknown: no such repository either).
 func (c *Cache) fallbackReferrers(ctx context.Context, repo string, d digest.Digest) (body []byte, nameUnknown bool, err error) {
+	if c.repositoryUnknown(ctx, repo) {
+		return []byte(emptyIndex), true, nil
+	}
 	m, err := c.Manifest(ctx, repo, manifest.TagRef(fallbackTag(d)), []string{string(types.OCIImageIndex)})
 	switch {
 	case errors.Is(err, upstream.ErrNotFound):
-		return []byte(emptyIndex), upstream.NameUnknown(err) || c.repositoryUnknown(ctx, repo), nil
+		return []byte(emptyIndex), upstream.NameUnknown(err), nil
 	case err != nil:
 		return nil, false, err
 	case m.MediaType != string(types.OCIImageIndex) || !validIndex(m.Body):
@@ -268,11 +271,13 @@ func (c *Cache) fallbackReferrers(ctx context.Context, repo string, d digest.Dig
 	return m.Body, false, nil
 }
 
-// repositoryUnknown asks the upstream whether repo exists, where a
-// missing tag does not say (CNCF Distribution answers MANIFEST_UNKNOWN
-// for a tag of a repository it does not have): its tags/list, one tag's
-// worth, answers 404 NAME_UNKNOWN then. A 200 is reused for the list
-// TTL, as any tags/list answer is.
+// repositoryUnknown asks the upstream whether repo exists before its
+// fallback tag is asked for, as a missing tag does not say (CNCF
+// Distribution answers MANIFEST_UNKNOWN for a tag of a repository it
+// does not have): its tags/list, one tag's worth, answers 404
+// NAME_UNKNOWN then. A 200 is reused for the list TTL, as any tags/list
+// answer is: a repository that exists costs one more small GET per TTL,
+// one that does not costs that GET alone.
 func (c *Cache) repositoryUnknown(ctx context.Context, repo string) bool {
 	_, err := c.Tags(ctx, repo, url.Values{"n": {"1"}})
 	return upstream.NameUnknown(err)
