@@ -15,6 +15,7 @@ import (
 	"os"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // Stream is every line's "stream" field: on Kubernetes the audit lines
@@ -56,6 +57,31 @@ type Entry struct {
 	Status          int     `json:"status"`
 	Bytes           int64   `json:"bytes"`
 	DurationSeconds float64 `json:"durationSeconds"`
+	// Count, on a line that stands for a client's repeated refusals (a
+	// throttled login), is how many it stands for: the refusals alike
+	// since that client's previous such line. Absent: one.
+	Count int `json:"count,omitempty"`
+}
+
+// MaxField is the most of a field a client chooses (the user a login
+// names, its address as a trusted proxy forwards it) that a line keeps;
+// a longer one is cut there and ends with Cut.
+const MaxField = 128
+
+// Cut ends a field that was cut at MaxField bytes.
+const Cut = "…(cut)"
+
+// CutField bounds a field a client chose to MaxField bytes, on a rune
+// boundary, marking a cut one: for the proxy's own log lines too.
+func CutField(s string) string {
+	if len(s) <= MaxField {
+		return s
+	}
+	n := MaxField
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + Cut
 }
 
 // Options say what a Log records.
@@ -66,7 +92,18 @@ type Options struct {
 	// ClientOf is the client's address for a request (trusted proxies
 	// considered); the connection's remote address without it.
 	ClientOf func(*http.Request) string
+	// MaxSize bounds a file log: past it the file is renamed to
+	// FILE.1 (replacing an older one) and a new one begun, so the log
+	// takes at most about twice this on disk. 0: unbounded.
+	MaxSize int64
+	// RepeatEvery is how often a client's repeated refusals are written
+	// (RecordRepeated); a minute without it.
+	RepeatEvery time.Duration
 }
+
+// DefaultRepeatEvery is how often a client's repeated refusals are
+// written at most.
+const DefaultRepeatEvery = time.Minute
 
 // Log writes entries, one line each, whole lines only, in the order
 // they are recorded. A request only adds its entry to a batch; the batch
@@ -78,9 +115,14 @@ type Log struct {
 	pending []Entry // recorded, not yet written
 	spare   []Entry // the last batch written, kept for its capacity
 
+	// repeats are the clients whose repeated refusals are being
+	// counted, by client, kind and reason (guarded by mu).
+	repeats map[string]*repeat
+
 	writing sync.Mutex // one writer at a time, batches in order
 	out     *bufio.Writer
 	enc     *json.Encoder
+	file    *rotating // nil: not a file of ours
 	close   func() error
 
 	o    Options
@@ -94,7 +136,19 @@ const (
 	FlushInterval = 200 * time.Millisecond
 	// maxPending bounds the batch: a request that fills it writes it.
 	maxPending = 16 << 10
+	// maxRepeats bounds the clients counted at once; past it a repeated
+	// refusal is written as any other (a line each, each field cut).
+	maxRepeats = 10_000
 )
+
+// repeat is one client's repeated refusals: the first was written, and
+// the ones since are counted until the interval ends; then the last of
+// them is written with the count, and a new interval begins.
+type repeat struct {
+	until time.Time
+	last  Entry
+	n     int
+}
 
 // Open returns a log writing to dest: "-" for standard output, else a
 // file, appended to (made 0600: it names users and their addresses).
@@ -102,12 +156,12 @@ func Open(dest string, o Options) (*Log, error) {
 	if dest == "-" {
 		return New(os.Stdout, o), nil
 	}
-	f, err := os.OpenFile(dest, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	f, err := openRotating(dest, o.MaxSize)
 	if err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
 	l := New(f, o)
-	l.close = f.Close
+	l.file, l.close = f, f.Close
 	return l, nil
 }
 
@@ -116,9 +170,12 @@ func New(w io.Writer, o Options) *Log {
 	if o.ClientOf == nil {
 		o.ClientOf = func(r *http.Request) string { return r.RemoteAddr }
 	}
+	if o.RepeatEvery <= 0 {
+		o.RepeatEvery = DefaultRepeatEvery
+	}
 	out := bufio.NewWriterSize(w, 64<<10)
 	l := &Log{out: out, enc: json.NewEncoder(out), o: o, close: func() error { return nil },
-		stop: make(chan struct{}), done: make(chan struct{})}
+		repeats: map[string]*repeat{}, stop: make(chan struct{}), done: make(chan struct{})}
 	go l.flushEvery(FlushInterval)
 	return l
 }
@@ -130,27 +187,47 @@ func (l *Log) flushEvery(d time.Duration) {
 	for {
 		select {
 		case <-t.C:
-			l.flush()
+			l.flush(false)
 		case <-l.stop:
 			return
 		}
 	}
 }
 
-// flush encodes and writes the batch.
-func (l *Log) flush() error {
+// flush encodes and writes the batch, with the counted refusals whose
+// interval has ended (all of them, at the end).
+func (l *Log) flush(end bool) error {
 	l.writing.Lock()
 	defer l.writing.Unlock()
 	l.mu.Lock()
+	now := time.Now()
+	for key, rp := range l.repeats {
+		if !end && now.Before(rp.until) {
+			continue
+		}
+		if rp.n == 0 {
+			delete(l.repeats, key) // the client stopped: its next refusal is written at once
+			continue
+		}
+		e := rp.last
+		e.Count = rp.n
+		l.pending = append(l.pending, e)
+		rp.n, rp.last, rp.until = 0, Entry{}, now.Add(l.o.RepeatEvery)
+	}
 	batch := l.pending
 	l.pending = l.spare[:0]
 	l.mu.Unlock()
+	var errs []error
 	for i := range batch {
 		l.enc.Encode(&batch[i]) // an Entry always encodes; a line each
+		if l.file != nil && l.file.full(l.out.Buffered()) {
+			// Between lines: each file holds whole lines.
+			errs = append(errs, l.out.Flush(), l.file.rotate())
+		}
 	}
 	clear(batch) // no request's strings kept alive
 	l.spare = batch
-	return l.out.Flush()
+	return errors.Join(append(errs, l.out.Flush())...)
 }
 
 // Blobs reports whether blob requests are logged.
@@ -159,18 +236,53 @@ func (l *Log) Blobs() bool { return l.o.Blobs }
 // Record writes e for request r, which fills in the time, the tenant,
 // the client and the method.
 func (l *Log) Record(r *http.Request, e Entry) {
+	l.fill(r, &e)
+	l.mu.Lock()
+	full := l.add(e)
+	l.mu.Unlock()
+	if full {
+		l.flush(false)
+	}
+}
+
+// RecordRepeated writes e, a refusal a client can repeat as fast as it
+// likes (a throttled login), at most once per client per RepeatEvery:
+// the first at once, the ones after it counted, and written as one line
+// (the last of them, with Count) when the interval ends.
+func (l *Log) RecordRepeated(r *http.Request, e Entry) {
+	l.fill(r, &e)
+	key := e.Client + "\x00" + e.Kind + "\x00" + e.Reason
+	l.mu.Lock()
+	if rp := l.repeats[key]; rp != nil {
+		rp.n++
+		rp.last = e
+		l.mu.Unlock()
+		return
+	}
+	if len(l.repeats) < maxRepeats {
+		l.repeats[key] = &repeat{until: e.Time.Add(l.o.RepeatEvery)}
+	}
+	full := l.add(e)
+	l.mu.Unlock()
+	if full {
+		l.flush(false)
+	}
+}
+
+// fill sets what every line has, and cuts what a client chose.
+func (l *Log) fill(r *http.Request, e *Entry) {
 	e.Time, e.Stream, e.Tenant = time.Now().UTC(), Stream, l.o.Tenant
-	e.Client, e.Method = l.o.ClientOf(r), r.Method
+	e.Client, e.Method = CutField(l.o.ClientOf(r)), r.Method
 	if e.User == "" && e.Answer != Refused {
 		e.User = "anonymous" // a refused request's user is who it claimed, or nobody
 	}
-	l.mu.Lock()
+	e.User = CutField(e.User)
+}
+
+// add queues e (mu held), reporting whether the batch is full.
+func (l *Log) add(e Entry) bool {
 	l.pending = append(l.pending, e)
-	full := len(l.pending) >= maxPending
-	l.mu.Unlock()
-	if full {
-		l.flush()
-	}
+	return len(l.pending) >= maxPending
 }
 
 // Close writes out what is buffered and closes the file, if the log has
@@ -178,5 +290,62 @@ func (l *Log) Record(r *http.Request, e Entry) {
 func (l *Log) Close() error {
 	close(l.stop)
 	<-l.done
-	return errors.Join(l.flush(), l.close())
+	return errors.Join(l.flush(true), l.close())
 }
+
+// rotating is a log file bounded by renaming it to FILE.1 when it is
+// full, and beginning a new one.
+type rotating struct {
+	path string
+	max  int64 // 0: unbounded
+	f    *os.File
+	size int64
+}
+
+func openRotating(path string, max int64) (*rotating, error) {
+	r := &rotating{path: path, max: max}
+	return r, r.open()
+}
+
+// open opens the file, appended to (made 0600: it names users and their
+// addresses).
+func (r *rotating) open() error {
+	f, err := os.OpenFile(r.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	info, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return err
+	}
+	r.f, r.size = f, info.Size()
+	return nil
+}
+
+func (r *rotating) Write(p []byte) (int, error) {
+	n, err := r.f.Write(p)
+	r.size += int64(n)
+	return n, err
+}
+
+// full: with buffered bytes still to come, the file has reached its
+// bound.
+func (r *rotating) full(buffered int) bool {
+	return r.max > 0 && r.size+int64(buffered) >= r.max
+}
+
+// rotate renames the file to FILE.1 and begins a new one. Should that
+// fail, the lines go on to the old file, and the next line tries again.
+func (r *rotating) rotate() error {
+	if err := os.Rename(r.path, r.path+".1"); err != nil {
+		return fmt.Errorf("audit log: rotating: %w", err)
+	}
+	old := r.f
+	if err := r.open(); err != nil {
+		return fmt.Errorf("audit log: rotating: %w", err) // the old file, renamed, still takes the lines
+	}
+	return old.Close()
+}
+
+func (r *rotating) Close() error { return r.f.Close() }

@@ -31,6 +31,13 @@ type Blob struct {
 	// Cold: the blob is not stored yet; it is read from its download
 	// (or a ranged upstream request ahead of it).
 	Cold bool
+	// Verified: the bytes are known to be the digest's (stored, kept
+	// hot, or a download that ended and checked out). A part of a blob
+	// that is not (a range of a running download, or of a ranged
+	// upstream request) must not be labelled with the digest: nothing
+	// has checked it, and a whole response is cut short if the digest
+	// fails, but a range is complete before that.
+	Verified bool
 	// Redirect, when set, is where the client should read the blob
 	// instead; the blob has no content then.
 	Redirect string
@@ -107,7 +114,7 @@ func (c *Cache) blob(ctx context.Context, repo string, d digest.Digest) (*Blob, 
 	if err == nil {
 		c.count(ctx, kindBlob, hit)
 		_, file := r.(*os.File)
-		return &Blob{ReadSeeker: r, Size: info.Size, ModTime: info.ModTime, File: file, close: func() { r.Close() }}, nil
+		return &Blob{ReadSeeker: r, Size: info.Size, ModTime: info.ModTime, File: file, Verified: true, close: func() { r.Close() }}, nil
 	}
 	c.storageFailed(err, "open blob", "digest", d)
 	c.count(ctx, kindBlob, miss)
@@ -123,7 +130,7 @@ func (c *Cache) hotBlob(d digest.Digest) *Blob {
 	if !ok {
 		return nil
 	}
-	return &Blob{ReadSeeker: f, Size: info.Size(), ModTime: info.ModTime(), File: true, close: func() { f.Close() }}
+	return &Blob{ReadSeeker: f, Size: info.Size(), ModTime: info.ModTime(), File: true, Verified: true, close: func() { f.Close() }}
 }
 
 // redirectBlob returns a redirect to a cached blob, when enabled and the
@@ -184,6 +191,9 @@ func (c *Cache) fillBlob(ctx context.Context, repo string, f *fill) (*Blob, erro
 	}
 	f.mu.Lock()
 	err, stream := f.err, f.stream
+	// Bytes from storage were checked before they were stored; a
+	// download's, once it ended and checked out.
+	verified := f.fromStorage || (f.done && f.err == nil)
 	f.mu.Unlock()
 	if stream != nil {
 		if f.claimStream() {
@@ -202,6 +212,7 @@ func (c *Cache) fillBlob(ctx context.Context, repo string, f *fill) (*Blob, erro
 		ReadSeeker: r,
 		Size:       f.size,
 		Cold:       !f.fromStorage,
+		Verified:   verified,
 		close:      func() { stop(); r.closeFar(); f.release() },
 		err: func() error {
 			f.mu.Lock()

@@ -92,10 +92,11 @@ type Cache struct {
 	// downloads.
 	declared *declared
 
-	reads  *readTracker
-	now    func() time.Time
-	lists  listCache
-	stored func(Stored)
+	reads   *readTracker
+	now     func() time.Time
+	lists   listCache
+	listTTL time.Duration
+	stored  func(Stored)
 
 	// registry names the upstream's tags in storage; with origins, the
 	// blobs its manifests name are recorded as its.
@@ -220,6 +221,10 @@ type Stored struct {
 // count with it).
 func WithStored(fn func(Stored)) Option { return func(c *Cache) { c.stored = fn } }
 
+// WithListTTL sets how long a tags/list or referrers answer is reused
+// without asking the upstream (DefaultListTTL without it).
+func WithListTTL(d time.Duration) Option { return func(c *Cache) { c.listTTL = d } }
+
 // WithClock sets the clock last reads are recorded with (tests age
 // objects with it).
 func WithClock(now func() time.Time) Option { return func(c *Cache) { c.now = now } }
@@ -239,6 +244,7 @@ func New(up Upstream, store storage.Storage, opts ...Option) *Cache {
 		now:         time.Now,
 		stored:      func(Stored) {},
 		limits:      DefaultLimits,
+		listTTL:     DefaultListTTL,
 	}
 	c.background, c.stop = context.WithCancel(context.Background())
 	for _, o := range opts {

@@ -362,8 +362,18 @@ func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, c Cache, rt ro
 		w = timed
 	}
 	h.Set("Content-Type", "application/octet-stream")
-	h.Set("Docker-Content-Digest", d.String())
-	h.Set("ETag", `"`+d.String()+`"`)
+	if b.Verified || r.Header.Get("Range") == "" {
+		// A whole blob not checked yet is cut short if it turns out
+		// wrong: it goes out as the digest's, and is, or fails.
+		h.Set("Docker-Content-Digest", d.String())
+		h.Set("ETag", `"`+d.String()+`"`)
+	} else {
+		// A range of bytes nothing has checked yet (a running download's,
+		// or a ranged upstream request's) is complete before the digest
+		// is known: it is not labelled as the digest, and is not to be
+		// kept by anything between here and the client.
+		h.Set("Cache-Control", "no-store")
+	}
 	switch {
 	case b.File:
 		// The file itself, not the Blob around it: sendfile then.

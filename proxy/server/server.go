@@ -296,7 +296,7 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 	}
 	var auditLog *audit.Log
 	if s.AuditLog != "" {
-		if auditLog, err = audit.Open(s.AuditLog, audit.Options{Tenant: s.Tenant, Blobs: s.AuditBlobs, ClientOf: sources.Of}); err != nil {
+		if auditLog, err = audit.Open(s.AuditLog, audit.Options{Tenant: s.Tenant, Blobs: s.AuditBlobs, ClientOf: sources.Of, MaxSize: int64(s.AuditLogMaxSize)}); err != nil {
 			return nil, err
 		}
 		closers = append(closers, auditLog.Close)

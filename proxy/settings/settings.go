@@ -62,6 +62,7 @@ type Settings struct {
 	LogLevel           int       `json:"log-level,omitempty"`
 	AuditLog           string    `json:"audit-log,omitempty"`
 	AuditBlobs         bool      `json:"audit-blobs,omitempty"`
+	AuditLogMaxSize    Size      `json:"audit-log-max-size,omitempty"`
 	Pinned             string    `json:"pinned,omitempty"`
 	OnUpstreamNotFound string    `json:"on-upstream-not-found,omitempty"`
 	MaxSize            Size      `json:"max-size,omitempty"`
@@ -102,8 +103,13 @@ func Defaults() Settings {
 		MaxBlobSize:        Size(DefaultMaxBlobSize),
 		ManifestMemory:     Size(DefaultManifestMemory),
 		OnUpstreamNotFound: ServeCached,
+		AuditLogMaxSize:    Size(DefaultAuditLogMaxSize),
 	}
 }
+
+// DefaultAuditLogMaxSize bounds an audit log file: past it, it is
+// rotated.
+const DefaultAuditLogMaxSize = 100 << 20
 
 // What --on-upstream-not-found takes: a cached tag the upstream answers
 // 404 for is served as cached, or answered 404 (a pinned one is always
@@ -161,6 +167,7 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.Var(&s.HotSize, "hot-size", "with --hot-dir: the most it keeps there (e.g. 20Gi), least recently read out first; it also leaves 5% of the disk (at most 1 GiB) free")
 	fs.StringVar(&s.AuditLog, "audit-log", s.AuditLog, "write the pull audit log here, - for standard output: a JSON line per manifest answered and per request refused (who, from where, what, tag and digest, hit, miss or stale, status, bytes); never a password or a token")
 	fs.BoolVar(&s.AuditBlobs, "audit-blobs", s.AuditBlobs, "with --audit-log: a line per blob request too")
+	fs.Var(&s.AuditLogMaxSize, "audit-log-max-size", "with --audit-log naming a file: past this size (e.g. 100Mi) the file is renamed to FILE.1, replacing an older one, and a new one begun; 0 never rotates")
 	fs.StringVar(&s.Warm, "warm", s.Warm, "a file of images to cache before any client pulls them, as --pinned but not kept from the cleanup; re-read when it changes")
 	fs.StringVar(&s.WarmPlatforms, "warm-platforms", s.WarmPlatforms, "comma-separated platforms the images of --pinned and --warm are cached for (default: --prefetch-platforms; without either, every platform of an index)")
 	fs.Var(&s.Allow, "allow", "what may be pulled, registry/repository[:tag] after name normalisation (nginx is docker.io/library/nginx): * within a path component, ** across; repeatable; none allows all that is not denied. A --config file's rules are re-read when it changes")
@@ -276,6 +283,9 @@ func (s *Settings) Validate() error {
 	}
 	if s.MaxSize < 0 {
 		errs = append(errs, errors.New("max-size may not be negative"))
+	}
+	if s.AuditLogMaxSize < 0 {
+		errs = append(errs, errors.New("audit-log-max-size may not be negative (0 never rotates)"))
 	}
 	switch {
 	case s.HotDir != "" && !strings.HasPrefix(s.Storage, "s3://"):

@@ -3,6 +3,7 @@ package token
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -28,6 +29,9 @@ type Server struct {
 // Auditor is the audit log, which a refused login goes to.
 type Auditor interface {
 	Record(r *http.Request, e audit.Entry)
+	// RecordRepeated writes a refusal a client may repeat without end
+	// (a throttled login): once per client per interval, counted.
+	RecordRepeated(r *http.Request, e audit.Entry)
 }
 
 // ServerOption configures a Server.
@@ -66,6 +70,7 @@ func NewServer(signer *Signer, users *Users, opts ...ServerOption) *Server {
 
 var (
 	errBadCredentials = errors.New("bad credentials")
+	errNoCredentials  = fmt.Errorf("%w: none given", errBadCredentials)
 	errThrottled      = errors.New("too many failed logins")
 )
 
@@ -121,6 +126,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Retry-After", "60")
 		writeError(w, http.StatusTooManyRequests, "TOOMANYREQUESTS", "too many failed logins; try again in a minute")
 		return
+	case errors.Is(err, errNoCredentials):
+		// Nothing was checked: throttling it would lock out nobody, and a
+		// client may send these as fast as it likes.
+		s.refused(r, "", ReasonNoCredentials, http.StatusUnauthorized, start)
+		w.Header().Set("WWW-Authenticate", `Basic realm="depproxy"`)
+		writeError(w, http.StatusUnauthorized, "UNAUTHORIZED", "authentication failed")
+		return
 	case err != nil:
 		reason := "login failed"
 		if refresh != "" {
@@ -152,11 +164,23 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) refused(r *http.Request, user, reason string, status int, start time.Time) {
-	if s.audit != nil {
-		s.audit.Record(r, audit.Entry{Kind: "login", User: user, Answer: audit.Refused, Reason: reason, Status: status,
-			DurationSeconds: time.Since(start).Seconds()})
+	if s.audit == nil {
+		return
 	}
+	e := audit.Entry{Kind: "login", User: user, Answer: audit.Refused, Reason: reason, Status: status,
+		DurationSeconds: time.Since(start).Seconds()}
+	if status == http.StatusTooManyRequests || reason == ReasonNoCredentials {
+		// Nothing was checked, and a client may send these as fast as
+		// it likes: a line per client per interval, with a count.
+		s.audit.RecordRepeated(r, e)
+		return
+	}
+	s.audit.Record(r, e)
 }
+
+// ReasonNoCredentials is a refused login's reason when it gave no user
+// and password.
+const ReasonNoCredentials = "no credentials"
 
 // ErrLoginThrottled is a login refused for too many failures, before its
 // password was checked.
@@ -177,19 +201,21 @@ func (s *Server) login(r *http.Request, basic bool, user, pass string) (string, 
 		return "anonymous", nil
 	}
 	if !basic {
-		return "", errBadCredentials
+		return "", errNoCredentials
 	}
 	source := s.sources.Of(r)
 	a, ok := s.throttle.begin(user, source)
 	if !ok {
 		s.failures.WithLabelValues("throttled").Inc()
-		s.log.Info("login throttled", "source", source, "user", user)
+		// Verbose only: a client sends these as fast as it likes, and
+		// the metric and the audit log count them.
+		s.log.V(1).Info("login throttled", "source", source, "user", audit.CutField(user))
 		return "", errThrottled
 	}
 	if !s.users.Check(user, pass) {
 		a.failed()
 		s.failures.WithLabelValues("bad_credentials").Inc()
-		s.log.Info("login failed", "source", source, "user", user)
+		s.log.Info("login failed", "source", source, "user", audit.CutField(user))
 		return "", errBadCredentials
 	}
 	a.succeeded()

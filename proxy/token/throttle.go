@@ -1,6 +1,8 @@
 package token
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"net"
 	"net/http"
 	"strings"
@@ -53,6 +55,7 @@ type attempt struct {
 // begin takes the slots for a login of user from source; false (and no
 // slots taken) when any bucket is empty.
 func (t *throttle) begin(user, source string) (*attempt, bool) {
+	user = userKey(user)
 	a := &attempt{t: t, user: user, source: source}
 	type slot struct {
 		l   *limiter
@@ -73,6 +76,17 @@ func (t *throttle) begin(user, source string) (*attempt, bool) {
 		a.slots = append(a.slots, r)
 	}
 	return a, true
+}
+
+// userKey is the name a user's buckets go by: a name as long as a
+// request may carry (a megabyte) is kept as its hash, so that a spray
+// of them costs the buckets' memory no more than short ones.
+func userKey(user string) string {
+	if len(user) <= 256 {
+		return user
+	}
+	sum := sha256.Sum256([]byte(user))
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 // succeeded gives the slots back and remembers the source for the user.

@@ -9,6 +9,7 @@ package upstream
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -46,6 +47,16 @@ type StatusError struct {
 	StatusCode int
 	// RetryAfter is the upstream's Retry-After header, if any.
 	RetryAfter string
+	// Code is the first OCI error code of a 404's body, if it has one
+	// (NAME_UNKNOWN: the repository does not exist).
+	Code string
+}
+
+// NameUnknown reports whether err is the upstream saying the repository
+// does not exist (404 NAME_UNKNOWN).
+func NameUnknown(err error) bool {
+	var se *StatusError
+	return errors.As(err, &se) && se.StatusCode == http.StatusNotFound && se.Code == "NAME_UNKNOWN"
 }
 
 func (e *StatusError) Error() string {
@@ -457,12 +468,30 @@ func (c *Client) forget(repo string, rt http.RoundTripper) {
 // manifest.
 func registryAnswer(resp *http.Response) error {
 	if resp.StatusCode != http.StatusOK {
-		return &StatusError{StatusCode: resp.StatusCode, RetryAfter: resp.Header.Get("Retry-After")}
+		se := &StatusError{StatusCode: resp.StatusCode, RetryAfter: resp.Header.Get("Retry-After")}
+		if resp.StatusCode == http.StatusNotFound {
+			se.Code = errorCode(resp.Body)
+		}
+		return se
 	}
 	if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt == "text/html" {
 		return fmt.Errorf("%w: %w", ErrUnreachable, ErrNotRegistry)
 	}
 	return nil
+}
+
+// errorCode is the first code of an OCI error body ("" for anything
+// else), read no further than a few KiB.
+func errorCode(body io.Reader) string {
+	var e struct {
+		Errors []struct {
+			Code string `json:"code"`
+		} `json:"errors"`
+	}
+	if json.NewDecoder(io.LimitReader(body, 4<<10)).Decode(&e) != nil || len(e.Errors) == 0 {
+		return ""
+	}
+	return e.Errors[0].Code
 }
 
 func blobAnswer(resp *http.Response) error {

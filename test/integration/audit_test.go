@@ -17,6 +17,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/audit"
 	"github.com/depproxy/depproxy/proxy/registryname"
 	"github.com/depproxy/depproxy/proxy/settings"
+	"github.com/depproxy/depproxy/proxy/token"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -208,4 +209,128 @@ func TestAuditLogAcrossReplicas(t *testing.T) {
 			t.Errorf("replica %s logged %d lines, want its own client's one: %+v", r.URL, len(lines), lines)
 		}
 	}
+}
+
+// What a client without a password can make the proxy write is bounded:
+// 40 refused logins naming 700 KiB users leave under 1 MiB of output in
+// all (the audit log on standard output, as the operator runs it, and
+// the proxy's own log), every user cut to audit.MaxField and marked, the
+// throttled ones written once with their count; and a file log past
+// --audit-log-max-size is rotated, FILE.1 and FILE each bounded.
+func TestAuditLogIsBounded(t *testing.T) {
+	users := usersFile(t, map[string]string{"alice": "s3cret"})
+	login := func(t *testing.T, base, user, forwardedFor string) int {
+		t.Helper()
+		req, _ := http.NewRequest("GET", base+"/token?service=depproxy", nil)
+		req.SetBasicAuth(user, "guess")
+		if forwardedFor != "" {
+			req.Header.Set("X-Forwarded-For", forwardedFor)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	longUser := func(i int) string {
+		return fmt.Sprintf("%03d", i) + strings.Repeat("u", 700<<10)
+	}
+
+	t.Run("standard output", func(t *testing.T) {
+		var out syncBuffer
+		base, cmd := startBinaryWithStdout(t, &out, "--upstream", "http://127.0.0.1:1", "--storage", t.TempDir(),
+			"--users", users, "--audit-log", "-")
+		statuses := map[int]int{}
+		for i := range 40 {
+			statuses[login(t, base, longUser(i), "")]++
+		}
+		if statuses[401] != 10 || statuses[429] != 30 {
+			t.Fatalf("the 40 logins were answered %v, want 10 401s and 30 429s", statuses)
+		}
+		// And 20 without credentials: nothing checked, nothing throttled.
+		for range 20 {
+			if resp, _ := do(t, "GET", base+"/token?service=depproxy", nil, nil); resp.StatusCode != 401 {
+				t.Fatalf("a login without credentials: %s", resp.Status)
+			}
+		}
+		if err := terminate(t, cmd, 30*time.Second); err != nil {
+			t.Fatalf("depproxy exited with %v", err)
+		}
+		if n := len(out.String()); n >= 1<<20 {
+			t.Fatalf("40 refused logins left %d bytes of output, over 1 MiB", n)
+		}
+		var refusals, noCredentials, lines int
+		for _, line := range strings.Split(out.String(), "\n") {
+			if !strings.Contains(line, `"stream":"audit"`) {
+				continue
+			}
+			e := auditLines(t, line)[0]
+			lines++
+			if e.Kind != "login" || e.Answer != audit.Refused {
+				t.Errorf("a line for a refused login: %+v", e)
+			}
+			if e.Reason == token.ReasonNoCredentials {
+				noCredentials += max(e.Count, 1)
+				continue
+			}
+			if !strings.HasSuffix(e.User, audit.Cut) || len(e.User) > audit.MaxField+len(audit.Cut) {
+				t.Errorf("a user kept as %d bytes: %.40q…", len(e.User), e.User)
+			}
+			refusals += max(e.Count, 1)
+		}
+		// Ten failures, then the first throttled one, then the other 29
+		// on one line with their count; the first without credentials,
+		// then the other 19 on one line.
+		if refusals != 40 || noCredentials != 20 || lines != 14 {
+			t.Fatalf("%d audit lines stand for %d refusals and %d without credentials, want 14 for 40 and 20:\n%s", lines, refusals, noCredentials, out.String())
+		}
+	})
+
+	t.Run("rotated file", func(t *testing.T) {
+		dir := t.TempDir()
+		file := filepath.Join(dir, "audit.log")
+		var out syncBuffer
+		base, cmd := startBinaryWithStdout(t, &out, "--upstream", "http://127.0.0.1:1", "--storage", filepath.Join(dir, "data"),
+			"--users", users, "--audit-log", file, "--audit-log-max-size", "4Ki", "--trusted-proxies", "127.0.0.0/8")
+		// Each from a client of its own: a line each, about 500 bytes.
+		for i := range 60 {
+			login(t, base, longUser(i), fmt.Sprintf("198.51.100.%d", i))
+		}
+		if err := terminate(t, cmd, 30*time.Second); err != nil {
+			t.Fatalf("depproxy exited with %v", err)
+		}
+		var total int
+		for _, f := range []string{file, file + ".1"} {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			if len(b) > 4<<10+1<<10 {
+				t.Errorf("%s holds %d bytes, over --audit-log-max-size and a line", f, len(b))
+			}
+			total += len(auditLines(t, string(b)))
+		}
+		if total == 0 || total >= 60 {
+			t.Errorf("FILE and FILE.1 hold %d lines: not rotated as it filled", total)
+		}
+		if n := len(out.String()); n >= 1<<20 {
+			t.Errorf("the proxy's own log holds %d bytes", n)
+		}
+	})
+}
+
+// startBinaryWithStdout is startBinaryOps with the process's standard
+// output (where `--audit-log -` writes) going to out as well.
+func startBinaryWithStdout(t *testing.T, out *syncBuffer, args ...string) (string, *exec.Cmd) {
+	t.Helper()
+	addr, opsAddr := testenv.FreeAddr(t), testenv.FreeAddr(t)
+	cmd := exec.Command(depproxyBinary(t), append([]string{"serve", "--listen", addr, "--metrics-listen", opsAddr}, args...)...)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitReady(t, "http://"+opsAddr, out)
+	return "http://" + addr, cmd
 }
