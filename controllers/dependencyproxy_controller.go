@@ -271,7 +271,7 @@ func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *deppr
 		if err != nil {
 			return nil, err
 		}
-		pinned, warm = keptImages(dp, scopeOf(dp, mirrors), w)
+		pinned, warm = keptImages(dp, scopeOf(dp, mirrors, nodes), w)
 		platforms = nodePlatforms(nodes)
 	}
 	var sa *corev1.ServiceAccount
