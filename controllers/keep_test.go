@@ -266,12 +266,8 @@ func TestKeepStaysInTheNamespace(t *testing.T) {
 		t.Fatalf("the tenant's keep files: %q: want its own image, nothing of the other namespace's", got)
 	}
 
-	nm := &depproxyv1.NodeMirror{ObjectMeta: metav1.ObjectMeta{Name: "keep-" + ns}, Spec: depproxyv1.NodeMirrorSpec{
-		Cache: depproxyv1.CacheReference{Namespace: ns, Name: "spy"}, Registries: []string{"docker.io"}, NodePort: 30561}}
-	if err := k8sClient.Create(ctx, nm); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k8sClient.Delete(ctx, nm) })
+	nm := nodeMirror(t, "keep-"+ns, dp, 30561, "docker.io")
+	reconcileMirror(t, newMirrorReconciler(t), nm)
 	reconcileProxy(t, r, dp)
 	if got := keep(); !strings.Contains(got, "docker.io/secret/internal:2") || strings.Contains(got, "secret/app") {
 		t.Fatalf("with the cluster admin's NodeMirror for docker.io: %q; want the nodes' docker.io images, still not the other namespace's endpoint images", got)
