@@ -185,3 +185,31 @@ func TestNodeMirrorRefusesTheAgentsRegistry(t *testing.T) {
 		t.Errorf("docker.io is not configured: %v", a)
 	}
 }
+
+// Which registries pull with credentials: an upstream's own, by a Secret
+// or a plugin, and its mirrorOf; the single spec.upstream by its host.
+func TestPrivateUpstream(t *testing.T) {
+	dp := &depproxyv1.DependencyProxy{Spec: depproxyv1.DependencyProxySpec{Upstreams: []depproxyv1.RegistryUpstream{
+		{Registry: "docker.io", UpstreamSpec: depproxyv1.UpstreamSpec{URL: "https://registry-1.docker.io"}},
+		{Registry: "123.dkr.ecr.us-east-1.amazonaws.com", UpstreamSpec: depproxyv1.UpstreamSpec{URL: "https://123.dkr.ecr.us-east-1.amazonaws.com",
+			CredentialProvider: &depproxyv1.CredentialProviderSpec{Name: "ecr-credential-provider"}}},
+		{Registry: "ghcr.io", UpstreamSpec: depproxyv1.UpstreamSpec{URL: "https://ghcr.io", MirrorOf: []string{"quay.io"},
+			CredentialsSecretRef: &corev1.LocalObjectReference{Name: "pull"}}},
+	}}}
+	for registry, want := range map[string]string{
+		"docker.io":                           "",
+		"123.dkr.ecr.us-east-1.amazonaws.com": "spec.upstreams[1].credentialProvider",
+		"ghcr.io":                             "spec.upstreams[2].credentialsSecretRef",
+		"quay.io":                             "spec.upstreams[2].credentialsSecretRef",
+		"registry.k8s.io":                     "",
+	} {
+		if got := privateUpstream(dp, registry); got != want {
+			t.Errorf("%s: %q, want %q", registry, got, want)
+		}
+	}
+	single := &depproxyv1.DependencyProxy{Spec: depproxyv1.DependencyProxySpec{Upstream: depproxyv1.UpstreamSpec{URL: "https://registry.example:5000",
+		CredentialsSecretRef: &corev1.LocalObjectReference{Name: "pull"}}}}
+	if got := privateUpstream(single, "registry.example:5000"); got != "spec.upstream.credentialsSecretRef" {
+		t.Errorf("the single upstream: %q", got)
+	}
+}
