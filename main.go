@@ -6,6 +6,7 @@ package main
 import (
 	"flag"
 	"os"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
@@ -14,7 +15,6 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
 	"github.com/depproxy/depproxy/controllers"
@@ -24,10 +24,10 @@ func main() {
 	var metricsAddr, probeAddr, proxyImage, credentialProviderImage, nodeNamespace string
 	var leaderElect bool
 	var summaryInterval time.Duration
-	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the metrics endpoint; 0 disables it")
+	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the metrics endpoint, served over HTTPS to callers whose bearer token may get /metrics (401 without one, 403 without the right); 0 disables it")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader, for more than one manager replica")
-	flag.StringVar(&proxyImage, "proxy-image", controllers.DefaultImage, "depproxy image run by every NodeMirror's node agents, and for a DependencyProxy without spec.image")
+	flag.StringVar(&proxyImage, "proxy-image", controllers.DefaultImage, "depproxy image run by every NodeMirror's node agents (as root, on every selected node), and for a DependencyProxy without spec.image; pin it by digest (image@sha256:...): a tag is warned about at start")
 	flag.StringVar(&credentialProviderImage, "credential-provider-image", "", "an image of kubelet credential provider plugins (ecr-credential-provider, ...), files at its root: mounted into the proxies whose upstreams name one (spec.upstreams[].credentialProvider); empty: none may")
 	flag.StringVar(&nodeNamespace, "node-namespace", controllers.DefaultNodeNamespace, "namespace of the NodeMirrors' node agents and registry claims; made, admitting hostPath volumes, where missing")
 	flag.DurationVar(&summaryInterval, "summary-interval", time.Minute, "how often each DependencyProxy is looked at again: its cache summary copied into its status, and changes to the Secrets it names picked up")
@@ -37,17 +37,24 @@ func main() {
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
 	log := ctrl.Log.WithName("setup")
 
+	if !strings.Contains(proxyImage, "@sha256:") {
+		// The agents run it as root on every node a NodeMirror selects:
+		// a tag is whatever the registry says it is today.
+		log.Info("WARNING: --proxy-image is not pinned by digest; the node agents run it as root on every selected node: give image@sha256:...", "proxyImage", proxyImage)
+	}
+
 	scheme := runtime.NewScheme()
 	must(clientgoscheme.AddToScheme(scheme), "registering the Kubernetes types")
 	must(depproxyv1.AddToScheme(scheme), "registering the depproxy types")
 
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: metricsAddr},
+		Metrics:                controllers.MetricsOptions(metricsAddr),
 		HealthProbeBindAddress: probeAddr,
 		LeaderElection:         leaderElect,
 		LeaderElectionID:       "manager.depproxy.dev",
 		Cache:                  controllers.CacheOptions(),
+		Client:                 controllers.ClientOptions(),
 	})
 	must(err, "creating the manager")
 

@@ -31,7 +31,10 @@ const (
 	// the operator's summary reads).
 	MetricsPort = 9090
 	// DefaultImage is the depproxy image run unless spec.image says
-	// otherwise; the manager's --proxy-image flag overrides it.
+	// otherwise; the manager's --proxy-image flag overrides it. It is a
+	// tag only because a release's digest is not known when this is
+	// built: installs pin --proxy-image by digest (the manager warns
+	// otherwise), since the node agents run it as root.
 	DefaultImage = "ghcr.io/depproxy/depproxy:latest"
 
 	configDir      = "/etc/depproxy"

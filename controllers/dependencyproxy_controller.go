@@ -19,7 +19,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -41,9 +40,8 @@ type SummaryReader interface {
 // DependencyProxyReconciler runs a proxy for each DependencyProxy.
 type DependencyProxyReconciler struct {
 	client.Client
-	// APIReader reads the Secrets a spec names straight from the API
-	// server: the manager's cache holds only the Secrets the operator
-	// labels (see CacheOptions). Nil uses Client.
+	// APIReader reads Secrets straight from the API server, by name:
+	// the manager caches none (see ClientOptions). Nil uses Client.
 	APIReader client.Reader
 	Scheme    *runtime.Scheme
 	Recorder  events.EventRecorder
@@ -63,15 +61,20 @@ type DependencyProxyReconciler struct {
 	SummaryInterval time.Duration
 }
 
-// CacheOptions are the manager's cache: of Secrets, only those the
-// operator labels (the signing keys it makes); it never holds a copy of
-// every Secret in the cluster.
+// CacheOptions are the manager's cache: workloads stripped to what
+// spec.keep reads. It holds no Secret at all (see ClientOptions).
 func CacheOptions() cache.Options {
-	byObject := map[client.Object]cache.ByObject{
-		&corev1.Secret{}: {Label: labels.SelectorFromSet(labels.Set{managedByLabel: managedBy})},
-	}
+	byObject := map[client.Object]cache.ByObject{}
 	keepCacheOptions(byObject)
 	return cache.Options{ByObject: byObject}
+}
+
+// ClientOptions make the manager's client read Secrets straight from the
+// API server, by name: a cache of Secrets would list and watch them
+// cluster-wide, every tenant's credentials, and the operator's RBAC
+// grants no such list.
+func ClientOptions() client.Options {
+	return client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}}
 }
 
 func (r *DependencyProxyReconciler) secrets() client.Reader {
@@ -93,7 +96,7 @@ func (r *DependencyProxyReconciler) resync() time.Duration {
 // +kubebuilder:rbac:groups=depproxy.dev,resources=dependencyproxies/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;delete
 // +kubebuilder:rbac:groups="",resources=configmaps;services;serviceaccounts,verbs=get;list;watch;create;update;delete
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;create
 // +kubebuilder:rbac:groups=monitoring.coreos.com,resources=servicemonitors,verbs=get;list;watch;create;update;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings,verbs=get;list;watch;create;update;delete
@@ -243,7 +246,7 @@ func (r *DependencyProxyReconciler) checkSecrets(ctx context.Context, dp *deppro
 // updated, only recreated after someone deletes it (rotation).
 func (r *DependencyProxyReconciler) ensureTokenKey(ctx context.Context, dp *depproxyv1.DependencyProxy) (*corev1.Secret, error) {
 	s := &corev1.Secret{}
-	err := r.Get(ctx, client.ObjectKey{Namespace: dp.Namespace, Name: tokenKeyName(dp)}, s)
+	err := r.secrets().Get(ctx, client.ObjectKey{Namespace: dp.Namespace, Name: tokenKeyName(dp)}, s)
 	if err == nil || client.IgnoreNotFound(err) != nil {
 		return s, err
 	}
@@ -271,7 +274,7 @@ func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *deppr
 		if err != nil {
 			return nil, err
 		}
-		pinned, warm = keptImages(dp, scopeOf(dp, mirrors), w)
+		pinned, warm = keptImages(dp, scopeOf(dp, mirrors, nodes), w)
 		platforms = nodePlatforms(nodes)
 	}
 	var sa *corev1.ServiceAccount
@@ -503,7 +506,6 @@ func (r *DependencyProxyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.ConfigMap{}).
 		Owns(&corev1.Service{}).
 		Owns(&corev1.ServiceAccount{}).
-		Owns(&corev1.Secret{}).
 		Owns(&rbacv1.Role{}).
 		Owns(&rbacv1.RoleBinding{}).
 		Owns(&policyv1.PodDisruptionBudget{}).

@@ -11,8 +11,10 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
+	"github.com/depproxy/depproxy/proxy/access"
 	"github.com/depproxy/depproxy/proxy/registryname"
 )
 
@@ -51,38 +53,81 @@ type workloads struct {
 
 // imageScope says which images a cache serves, and how it names them:
 // those naming its endpoint in its own namespace, and those of the
-// registries a NodeMirror sends through it, anywhere.
+// registries a NodeMirror sends through it, from the nodes it selects;
+// never one its access rules refuse.
 type imageScope struct {
 	namespace string
 	endpoints []string // host:port forms of the cache's Service
 	// upstreams are the registries the cache pulls through, the first
 	// the default for a name without one.
 	upstreams []string
-	mirrored  map[string]bool // by a NodeMirror naming this cache
+	// mirrored are the registries a NodeMirror naming this cache holds
+	// (claimed, served by the cache, not refused), each with that
+	// NodeMirror's nodeSelector: the nodes that pull it through the
+	// cache.
+	mirrored map[string]map[string]string
+	nodes    map[string]labels.Set // the cluster's nodes' labels, by name
+	rules    *access.Rules
+	// refuseAll: the access rules do not parse; nothing is kept (the
+	// cache itself refuses the spec).
+	refuseAll bool
 }
 
-func scopeOf(dp *depproxyv1.DependencyProxy, mirrors []depproxyv1.NodeMirror) imageScope {
+// source is where an image was named: a Pod (on node, "" while it is
+// unscheduled) or a pod template, in namespace.
+type source struct {
+	namespace string
+	node      string
+	template  bool
+}
+
+func scopeOf(dp *depproxyv1.DependencyProxy, mirrors []depproxyv1.NodeMirror, nodes []corev1.Node) imageScope {
 	svc := proxyName(dp) + "." + dp.Namespace
 	port := ":" + strconv.Itoa(ProxyPort)
 	sc := imageScope{namespace: dp.Namespace, endpoints: []string{svc + ".svc" + port, svc + ".svc.cluster.local" + port, svc + port},
-		mirrored: map[string]bool{}}
+		mirrored: map[string]map[string]string{}, nodes: map[string]labels.Set{}}
 	for _, r := range servedRegistries(dp) {
 		sc.upstreams = append(sc.upstreams, r.Registry)
 	}
 	for _, nm := range mirrors {
-		if nm.Spec.Cache.Namespace == dp.Namespace && nm.Spec.Cache.Name == dp.Name {
-			for _, r := range nm.Spec.Registries {
-				sc.mirrored[r] = true
+		if nm.Spec.Cache.Namespace != dp.Namespace || nm.Spec.Cache.Name != dp.Name || !nm.DeletionTimestamp.IsZero() {
+			continue
+		}
+		for _, r := range heldRegistries(&nm) {
+			if _, ok := servedRegistry(dp, r); ok {
+				sc.mirrored[r] = nm.Spec.NodeSelector
 			}
 		}
+	}
+	for _, n := range nodes {
+		sc.nodes[n.Name] = n.Labels
+	}
+	if a := dp.Spec.Access; a != nil {
+		rules, err := access.Parse(a.Allow, a.Deny)
+		sc.rules, sc.refuseAll = rules, err != nil
 	}
 	return sc
 }
 
+// heldRegistries are the registries of a NodeMirror's spec that its
+// status says it configures on the nodes: claimed by it, served by its
+// cache, not refused. Another NodeMirror's registry, or one left out,
+// tells its cache nothing of the cluster's workloads.
+func heldRegistries(nm *depproxyv1.NodeMirror) []string {
+	var out []string
+	for _, st := range nm.Status.Registries {
+		if st.HeldBy == "" && st.Message == "" && st.Reason == "" && slices.Contains(nm.Spec.Registries, st.Registry) {
+			out = append(out, st.Registry)
+		}
+	}
+	return out
+}
+
 // line is the pins file's line for an image a workload names, as the
 // cache's clients name it (registry/repository:tag or @digest); false
-// when the cache does not serve it.
-func (sc imageScope) line(namespace, image string) (string, bool) {
+// when the cache does not serve it to where it was named, or its access
+// rules refuse it.
+func (sc imageScope) line(src source, image string) (string, bool) {
 	ref, err := name.ParseReference(image)
 	if err != nil {
 		return "", false
@@ -94,22 +139,57 @@ func (sc imageScope) line(namespace, image string) (string, bool) {
 	repo := ref.Context().RepositoryStr()
 	registry := ""
 	switch {
-	case namespace == sc.namespace && slices.Contains(sc.endpoints, host):
+	case src.namespace == sc.namespace && slices.Contains(sc.endpoints, host):
 		// Through the endpoint: a path that starts with a registry the
 		// cache pulls through is that registry's, else the default's.
 		registry = sc.upstreams[0]
 		if first, rest, ok := strings.Cut(repo, "/"); ok && slices.Contains(sc.upstreams, first) {
 			registry, repo = first, rest
 		}
-	case sc.mirrored[host]:
+	case sc.onMirroredNode(host, src):
 		registry = host
 	default:
 		return "", false
 	}
+	l := registry + "/" + repo + ":" + ref.Identifier()
 	if d, ok := ref.(name.Digest); ok {
-		return registry + "/" + repo + "@" + d.DigestStr(), true
+		l = registry + "/" + repo + "@" + d.DigestStr()
 	}
-	return registry + "/" + repo + ":" + ref.Identifier(), true
+	return l, sc.allowed(l)
+}
+
+// onMirroredNode: host is a registry a NodeMirror sends through the
+// cache, and src runs on a node it selects. With a nodeSelector, only a
+// scheduled Pod on a selected node counts: where a template's Pods will
+// run is not known.
+func (sc imageScope) onMirroredNode(host string, src source) bool {
+	selector, ok := sc.mirrored[host]
+	switch {
+	case !ok:
+		return false
+	case len(selector) == 0:
+		return true
+	case src.template || src.node == "":
+		return false
+	}
+	nodeLabels, known := sc.nodes[src.node]
+	return known && labels.SelectorFromSet(selector).Matches(nodeLabels)
+}
+
+// allowed: the cache's access rules let it pull the line's image. A
+// line they refuse is neither fetched nor pinned by the cache, so it is
+// left out.
+func (sc imageScope) allowed(line string) bool {
+	if sc.refuseAll {
+		return false
+	}
+	if sc.rules.Empty() {
+		return true
+	}
+	named, _, _ := strings.Cut(line, "@")
+	repoTag, tag := access.Normalize(named)
+	registry, repo, _ := strings.Cut(repoTag, "/")
+	return sc.rules.Denied(registry, repo, tag) == ""
 }
 
 // keptImages are the pins file and the warm file of a cache: sorted,
@@ -120,34 +200,35 @@ func keptImages(dp *depproxyv1.DependencyProxy, sc imageScope, w workloads) (pin
 		return nil, nil
 	}
 	used := map[string]bool{}
-	add := func(namespace, image string) {
-		if l, ok := sc.line(namespace, image); ok {
+	add := func(src source, image string) {
+		if l, ok := sc.line(src, image); ok {
 			used[l] = true
 		}
 	}
 	addTemplate := func(namespace string, spec corev1.PodSpec) {
 		for _, c := range allContainers(spec) {
-			add(namespace, c.Image)
+			add(source{namespace: namespace, template: true}, c.Image)
 		}
 	}
 	for _, p := range w.Pods {
 		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 			continue
 		}
+		src := source{namespace: p.Namespace, node: p.Spec.NodeName}
 		pulled := map[string]bool{}
 		for _, cs := range append(append([]corev1.ContainerStatus{}, p.Status.InitContainerStatuses...), p.Status.ContainerStatuses...) {
 			// The digest the node pulled, named as the Pod names its
 			// image: the tag may have moved since.
 			if d := digestOf(cs.ImageID); d != "" {
 				if ref, err := name.ParseReference(cs.Image); err == nil {
-					add(p.Namespace, ref.Context().String()+"@"+d)
+					add(src, ref.Context().String()+"@"+d)
 					pulled[cs.Name] = true
 				}
 			}
 		}
 		for _, c := range allContainers(p.Spec) {
 			if !pulled[c.Name] {
-				add(p.Namespace, c.Image)
+				add(src, c.Image)
 			}
 		}
 	}
@@ -177,7 +258,11 @@ func keptImages(dp *depproxyv1.DependencyProxy, sc imageScope, w workloads) (pin
 	}
 	explicit := map[string]bool{}
 	for _, img := range k.Images {
-		explicit[img] = true
+		// Written by the tenant, as the cache's clients name images:
+		// only its access rules decide.
+		if sc.allowed(img) {
+			explicit[img] = true
+		}
 	}
 	if k.InUse || k.Revisions > 0 {
 		pinned = append(pinned, workloadImages...)

@@ -40,7 +40,8 @@ func podSpec(images ...string) corev1.PodSpec {
 
 // What a cache pins: the digest a running Pod's node pulled, not its
 // tag; its own namespace's images naming its endpoint and nothing of
-// another namespace's; a NodeMirror's registries cluster-wide; the three
+// another namespace's; a NodeMirror's registries that it serves
+// cluster-wide; the three
 // newest ReplicaSets of a Deployment rolled through five images.
 func TestKeptImages(t *testing.T) {
 	dp := testProxy() // team-a in tenants, pulling through quay.io
@@ -64,7 +65,7 @@ func TestKeptImages(t *testing.T) {
 			OwnerReferences: []metav1.OwnerReference{{Kind: "Deployment", Name: "web", Controller: ptr.To(true)}}},
 			Spec: appsv1.ReplicaSetSpec{Template: corev1.PodTemplateSpec{Spec: podSpec(fmt.Sprintf("%s/org/web:%d", ep, rev))}}})
 	}
-	pinned, warm := keptImages(dp, scopeOf(dp, nil), w)
+	pinned, warm := keptImages(dp, scopeOf(dp, nil, nil), w)
 	want := []string{
 		"docker.io/library/postgres:16",
 		"quay.io/org/app@sha256:" + strings.Repeat("a", 64),
@@ -75,15 +76,21 @@ func TestKeptImages(t *testing.T) {
 		t.Fatalf("pinned %q, warm %q; want pinned %q", pinned, warm, want)
 	}
 
-	// A NodeMirror naming the cache for docker.io: docker.io images of
-	// every namespace, as nodes pull them.
+	// A NodeMirror naming the cache for mirror.internal:5000 (which it
+	// serves) and docker.io (which it does not): that registry's images
+	// of every namespace, as nodes pull them; nothing of docker.io's.
 	nm := depproxyv1.NodeMirror{Spec: depproxyv1.NodeMirrorSpec{Cache: depproxyv1.CacheReference{Namespace: "tenants", Name: "team-a"},
-		Registries: []string{"docker.io"}}}
+		Registries: []string{"docker.io", "mirror.internal:5000"}}, Status: depproxyv1.NodeMirrorStatus{Registries: []depproxyv1.RegistryMirrorStatus{
+		{Registry: "docker.io"}, {Registry: "mirror.internal:5000"}}}}
 	dp.Spec.Keep.Warm = true
-	pinned, warm = keptImages(dp, scopeOf(dp, []depproxyv1.NodeMirror{nm}), w)
+	w.Pods = append(w.Pods, corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "other", Name: "tool"}, Spec: podSpec("mirror.internal:5000/team/tool:3")})
+	pinned, warm = keptImages(dp, scopeOf(dp, []depproxyv1.NodeMirror{nm}, nil), w)
+	if img := "mirror.internal:5000/team/tool:3"; !slices.Contains(pinned, img) || !slices.Contains(warm, img) {
+		t.Errorf("a NodeMirror's registry: %s not pinned and warmed (%q, %q)", img, pinned, warm)
+	}
 	for _, img := range []string{"docker.io/library/nginx:1.25", "docker.io/library/redis:7"} {
-		if !slices.Contains(pinned, img) || !slices.Contains(warm, img) {
-			t.Errorf("a NodeMirror's registry: %s not pinned and warmed (%q, %q)", img, pinned, warm)
+		if slices.Contains(pinned, img) || slices.Contains(warm, img) {
+			t.Errorf("a registry the cache does not serve: %s kept (%q, %q)", img, pinned, warm)
 		}
 	}
 	for _, l := range append(pinned, warm...) {
@@ -259,14 +266,101 @@ func TestKeepStaysInTheNamespace(t *testing.T) {
 		t.Fatalf("the tenant's keep files: %q: want its own image, nothing of the other namespace's", got)
 	}
 
-	nm := &depproxyv1.NodeMirror{ObjectMeta: metav1.ObjectMeta{Name: "keep-" + ns}, Spec: depproxyv1.NodeMirrorSpec{
-		Cache: depproxyv1.CacheReference{Namespace: ns, Name: "spy"}, Registries: []string{"docker.io"}, NodePort: 30561}}
-	if err := k8sClient.Create(ctx, nm); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k8sClient.Delete(ctx, nm) })
+	nm := nodeMirror(t, "keep-"+ns, dp, 30561, "docker.io")
+	reconcileMirror(t, newMirrorReconciler(t), nm)
 	reconcileProxy(t, r, dp)
 	if got := keep(); !strings.Contains(got, "docker.io/secret/internal:2") || strings.Contains(got, "secret/app") {
 		t.Fatalf("with the cluster admin's NodeMirror for docker.io: %q; want the nodes' docker.io images, still not the other namespace's endpoint images", got)
+	}
+}
+
+// A cache a NodeMirror names keeps, of other namespaces, only the images
+// of the registries that NodeMirror holds and the cache serves, and
+// only from Pods on the nodes it selects: not a registry another
+// NodeMirror holds, not one the cache does not serve, not a Pod
+// elsewhere or unscheduled, not a template that could run anywhere.
+func TestKeptImagesOfANodeMirrorStayWithItsRegistriesAndNodes(t *testing.T) {
+	dp := &depproxyv1.DependencyProxy{ObjectMeta: metav1.ObjectMeta{Name: "spy", Namespace: "mallory"}, Spec: depproxyv1.DependencyProxySpec{
+		Upstreams: []depproxyv1.RegistryUpstream{
+			{Registry: "docker.io", UpstreamSpec: depproxyv1.UpstreamSpec{URL: "https://registry-1.docker.io"}},
+			{Registry: "ghcr.io", UpstreamSpec: depproxyv1.UpstreamSpec{URL: "https://ghcr.io"}},
+		},
+		Keep: &depproxyv1.KeepSpec{InUse: true, Warm: true}}}
+	// docker.io: held by another NodeMirror; quay.io: not served.
+	nm := depproxyv1.NodeMirror{Spec: depproxyv1.NodeMirrorSpec{Cache: depproxyv1.CacheReference{Namespace: "mallory", Name: "spy"},
+		Registries: []string{"docker.io", "ghcr.io", "quay.io"}, NodeSelector: map[string]string{"pool": "spy"}},
+		Status: depproxyv1.NodeMirrorStatus{Registries: []depproxyv1.RegistryMirrorStatus{
+			{Registry: "docker.io", HeldBy: "first", Reason: depproxyv1.ReasonNodeMirrorConflict, Message: "held"},
+			{Registry: "ghcr.io"},
+			{Registry: "quay.io", Reason: depproxyv1.ReasonRegistryNotServed, Message: "not served"},
+		}}}
+	nodes := []corev1.Node{
+		{ObjectMeta: metav1.ObjectMeta{Name: "in", Labels: map[string]string{"pool": "spy"}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "out"}},
+	}
+	pod := func(name, node, image string) corev1.Pod {
+		return corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "victim", Name: name}, Spec: func() corev1.PodSpec {
+			s := podSpec(image)
+			s.NodeName = node
+			return s
+		}()}
+	}
+	w := workloads{
+		Pods: []corev1.Pod{
+			pod("held-elsewhere", "in", "docker.io/secret/internal:2"),
+			pod("not-served", "in", "quay.io/secret/q:1"),
+			pod("other-node", "out", "ghcr.io/secret/elsewhere:1"),
+			pod("unscheduled", "", "ghcr.io/secret/pending:1"),
+			pod("visible", "in", "ghcr.io/org/shared:1"),
+		},
+		Deployments: []appsv1.Deployment{{ObjectMeta: metav1.ObjectMeta{Namespace: "victim", Name: "d"},
+			Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{Spec: podSpec("ghcr.io/secret/template:1")}}}},
+	}
+	pinned, warm := keptImages(dp, scopeOf(dp, []depproxyv1.NodeMirror{nm}, nodes), w)
+	want := []string{"ghcr.io/org/shared:1"}
+	if !slices.Equal(pinned, want) || !slices.Equal(warm, want) {
+		t.Fatalf("pinned %q, warm %q; want only %q, the selected node's image of the registry the NodeMirror holds", pinned, warm, want)
+	}
+
+	// Without a nodeSelector every node is selected, templates too; still
+	// nothing of the registries it does not hold.
+	nm.Spec.NodeSelector = nil
+	pinned, _ = keptImages(dp, scopeOf(dp, []depproxyv1.NodeMirror{nm}, nodes), w)
+	want = []string{"ghcr.io/org/shared:1", "ghcr.io/secret/elsewhere:1", "ghcr.io/secret/pending:1", "ghcr.io/secret/template:1"}
+	if !slices.Equal(pinned, want) {
+		t.Fatalf("every node selected: pinned %q, want %q", pinned, want)
+	}
+
+	// A NodeMirror whose status is not written yet holds nothing.
+	nm.Status.Registries = nil
+	if pinned, _ = keptImages(dp, scopeOf(dp, []depproxyv1.NodeMirror{nm}, nodes), w); len(pinned) != 0 {
+		t.Fatalf("a NodeMirror that holds nothing yet: pinned %q", pinned)
+	}
+}
+
+// The keep files leave out what the cache's own access rules refuse: a
+// workload's image, by tag or by digest, and a line of spec.keep.images.
+func TestKeptImagesFollowTheAccessRules(t *testing.T) {
+	dp := testProxy() // team-a in tenants, pulling through quay.io
+	dp.Spec.Access = &depproxyv1.AccessSpec{Deny: []string{"quay.io/org/secret", "quay.io/org/app:old"}}
+	dp.Spec.Keep = &depproxyv1.KeepSpec{InUse: true, Warm: true,
+		Images: []string{"quay.io/org/secret:1", "quay.io/org/app:2", "quay.io/org/app:old"}}
+	ep := "team-a-depproxy.tenants.svc:5000"
+	digest := "sha256:" + strings.Repeat("b", 64)
+	w := workloads{Pods: []corev1.Pod{
+		{ObjectMeta: metav1.ObjectMeta{Namespace: "tenants", Name: "p"}, Spec: podSpec(ep+"/org/secret:1", ep+"/org/secret@"+digest, ep+"/org/web:1", ep+"/org/app:old")},
+	}}
+	pinned, warm := keptImages(dp, scopeOf(dp, nil, nil), w)
+	if want := []string{"quay.io/org/app:2", "quay.io/org/web:1"}; !slices.Equal(pinned, want) {
+		t.Errorf("pinned %q, want %q", pinned, want)
+	}
+	if want := []string{"quay.io/org/web:1"}; !slices.Equal(warm, want) {
+		t.Errorf("warm %q, want %q", warm, want)
+	}
+
+	// An allow list: only what it names.
+	dp.Spec.Access = &depproxyv1.AccessSpec{Allow: []string{"quay.io/org/web"}}
+	if pinned, _ = keptImages(dp, scopeOf(dp, nil, nil), w); !slices.Equal(pinned, []string{"quay.io/org/web:1"}) {
+		t.Errorf("with an allow list: pinned %q", pinned)
 	}
 }

@@ -138,6 +138,8 @@ func keepTransform(obj any) (any, error) {
 	switch o := o.(type) {
 	case *corev1.Pod:
 		p := &corev1.Pod{TypeMeta: o.TypeMeta, ObjectMeta: meta(o.ObjectMeta), Spec: imagesOnly(o.Spec)}
+		// The node, for a NodeMirror's nodeSelector.
+		p.Spec.NodeName = o.Spec.NodeName
 		p.Status.Phase = o.Status.Phase
 		for _, cs := range o.Status.ContainerStatuses {
 			p.Status.ContainerStatuses = append(p.Status.ContainerStatuses, strippedStatus(cs))

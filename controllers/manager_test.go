@@ -2,21 +2,31 @@ package controllers
 
 import (
 	"context"
+	"crypto/tls"
+	"net/http"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/yaml"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
+	"github.com/depproxy/depproxy/test/testenv"
 )
 
 // TestManager runs both reconcilers in a real manager, as main.go wires
@@ -91,16 +101,28 @@ func eventually(t *testing.T, what string, ok func() bool) {
 	}
 }
 
-// The manager holds only the Secrets the operator labels, never every
-// Secret in the cluster; a Secret a spec names is read directly, and a
-// change to it still rolls the pods.
-func TestManagerCachesOnlyItsOwnSecrets(t *testing.T) {
-	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0", Cache: CacheOptions(), Controller: config.Controller{SkipNameValidation: ptr.To(true)}})
+// The manager, run with no right but the rendered ClusterRole's (no
+// list or watch of Secrets), as main.go wires its cache and client:
+// it reads the Secrets a spec names and makes the signing key by name,
+// holds no Secret in its cache, and a change to a Secret still rolls
+// the pods.
+func TestManagerReadsSecretsOnlyByName(t *testing.T) {
+	user := "depproxy-manager-rbac-test"
+	role := projectClusterRole(t, "role.yaml")
+	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: user},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, Name: user}},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role}}
+	if err := k8sClient.Create(context.Background(), binding); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	cfg := rest.CopyConfig(restConfig)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: []string{"system:authenticated"}}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0", Cache: CacheOptions(), Client: ClientOptions(), Controller: config.Controller{SkipNameValidation: ptr.To(true)}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := (&DependencyProxyReconciler{Client: mgr.GetClient(), Scheme: scheme, Recorder: mgr.GetEventRecorder("depproxy"),
+	if err := (&DependencyProxyReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scheme: scheme, Recorder: mgr.GetEventRecorder("depproxy"),
 		ProxyImage: DefaultImage, SummaryInterval: time.Second}).SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
@@ -119,18 +141,11 @@ func TestManagerCachesOnlyItsOwnSecrets(t *testing.T) {
 		return k8sClient.Get(ctx, key, d) == nil && d.Spec.Template.Annotations[secretsHashKey] != "" && len(d.Spec.Template.Spec.Volumes) > 3
 	})
 	before := d.Spec.Template.Annotations[secretsHashKey]
-
-	var cached corev1.SecretList
-	if err := mgr.GetCache().List(ctx, &cached); err != nil {
-		t.Fatal(err)
+	if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "team-a-depproxy-token-key"}, &corev1.Secret{}); err != nil {
+		t.Errorf("the signing key was not made: %v", err)
 	}
-	for _, s := range cached.Items {
-		if s.Labels[managedByLabel] != managedBy {
-			t.Errorf("the manager caches Secret %s/%s, which it does not own", s.Namespace, s.Name)
-		}
-	}
-	if err := mgr.GetCache().Get(ctx, client.ObjectKey{Namespace: ns, Name: "users"}, &corev1.Secret{}); err == nil {
-		t.Error("the tenant's users Secret is in the manager's cache")
+	if err := mgr.GetClient().List(ctx, &corev1.SecretList{}); err == nil {
+		t.Error("the manager may list every Secret of the cluster")
 	}
 
 	users := &corev1.Secret{}
@@ -151,4 +166,97 @@ func startManager(t *testing.T, mgr ctrl.Manager) context.Context {
 	go func() { done <- mgr.Start(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return ctx
+}
+
+// The manager's metrics, served as main.go serves them: over HTTPS, 401
+// without a token or with one the API server does not know, 403 for a
+// ServiceAccount not allowed to get /metrics, 200 once it is.
+func TestManagerMetricsNeedAToken(t *testing.T) {
+	addr := testenv.FreeAddr(t)
+	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{Scheme: scheme, Metrics: MetricsOptions(addr), HealthProbeBindAddress: "0",
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := startManager(t, mgr)
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	get := func(token string) int {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+addr+"/metrics", nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	eventually(t, "the metrics endpoint answers", func() bool { return get("") != 0 })
+	for token, want := range map[string]int{"": http.StatusUnauthorized, "not-a-token": http.StatusUnauthorized} {
+		if got := get(token); got != want {
+			t.Errorf("GET /metrics with token %q: %d, want %d", token, got, want)
+		}
+	}
+	plain := &http.Client{Timeout: 5 * time.Second}
+	if resp, err := plain.Get("http://" + addr + "/metrics"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Error("the metrics are served over plain HTTP")
+		}
+	}
+
+	ns := namespace(t)
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "scraper", Namespace: ns}}
+	if err := k8sClient.Create(ctx, sa); err != nil {
+		t.Fatal(err)
+	}
+	tr := &authenticationv1.TokenRequest{}
+	if err := k8sClient.SubResource("token").Create(ctx, sa, tr); err != nil {
+		t.Fatal(err)
+	}
+	if got := get(tr.Status.Token); got != http.StatusForbidden {
+		t.Errorf("GET /metrics as a ServiceAccount without the right: %d, want 403", got)
+	}
+	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "metrics-reader-" + ns},
+		Rules: []rbacv1.PolicyRule{{NonResourceURLs: []string{"/metrics"}, Verbs: []string{"get"}}}}
+	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: role.Name},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: sa.Name, Namespace: ns}},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name}}
+	for _, o := range []client.Object{role, binding} {
+		if err := k8sClient.Create(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { k8sClient.Delete(context.Background(), o) })
+	}
+	eventually(t, "the allowed ServiceAccount reads the metrics", func() bool { return get(tr.Status.Token) == http.StatusOK })
+}
+
+// The manager's rendered RBAC reads no Secret but by name: no list or
+// watch of Secrets anywhere in the cluster (a list is every tenant's
+// credentials).
+func TestManagerRBACListsNoSecrets(t *testing.T) {
+	var rules []rbacv1.PolicyRule
+	for _, doc := range strings.Split(string(repoFile(t, "config/rbac/role.yaml")), "\n---\n") {
+		role := &rbacv1.ClusterRole{}
+		if err := yaml.Unmarshal([]byte(doc), role); err != nil {
+			t.Fatal(err)
+		}
+		if role.Kind == "ClusterRole" {
+			rules = append(rules, role.Rules...)
+		}
+	}
+	if len(rules) == 0 {
+		t.Fatal("config/rbac/role.yaml holds no ClusterRole")
+	}
+	for _, r := range rules {
+		if !slices.Contains(r.APIGroups, "") || !(slices.Contains(r.Resources, "secrets") || slices.Contains(r.Resources, "*")) {
+			continue
+		}
+		for _, v := range r.Verbs {
+			if v == "list" || v == "watch" || v == "*" {
+				t.Errorf("the manager's ClusterRole may %s Secrets cluster-wide: %+v", v, r)
+			}
+		}
+	}
 }

@@ -91,6 +91,32 @@ func servedRegistry(dp *depproxyv1.DependencyProxy, registry string) (settings.K
 	return all[i], true
 }
 
+// privateUpstream says how the upstream serving registry (its own or
+// through mirrorOf) pulls with credentials: "" when it pulls anonymously.
+func privateUpstream(dp *depproxyv1.DependencyProxy, registry string) string {
+	for i, u := range upstreams(dp) {
+		reg := u.Registry
+		if reg == "" {
+			reg = registryname.Of(u.URL)
+		}
+		if reg != registry && !slices.Contains(u.MirrorOf, registry) {
+			continue
+		}
+		field := "spec.upstream"
+		if len(dp.Spec.Upstreams) > 0 {
+			field = fmt.Sprintf("spec.upstreams[%d]", i)
+		}
+		switch {
+		case secretName(u.CredentialsSecretRef) != "":
+			return field + ".credentialsSecretRef"
+		case u.CredentialProvider != nil:
+			return field + ".credentialProvider"
+		}
+		return ""
+	}
+	return ""
+}
+
 // nodeEndpoint is the cache as a node reaches it, with host for the
 // node's address.
 func nodeEndpoint(nm *depproxyv1.NodeMirror, dp *depproxyv1.DependencyProxy, host string) string {

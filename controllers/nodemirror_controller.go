@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -24,6 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
+	"github.com/depproxy/depproxy/proxy/registryname"
 	"github.com/depproxy/depproxy/proxy/settings"
 )
 
@@ -49,6 +51,20 @@ func (r *NodeMirrorReconciler) live() client.Reader {
 		return r.APIReader
 	}
 	return r.Client
+}
+
+// agentRegistry is the registry the node agents' image comes from, as
+// spec.registries names it; "" when the image cannot be parsed.
+func (r *NodeMirrorReconciler) agentRegistry() string {
+	ref, err := name.ParseReference(r.ProxyImage)
+	if err != nil {
+		return ""
+	}
+	reg := ref.Context().RegistryStr()
+	if registryname.IsDockerHub(reg) {
+		return registryname.DockerHub
+	}
+	return reg
 }
 
 func (r *NodeMirrorReconciler) nodeNamespace() string {
@@ -100,6 +116,20 @@ func (r *NodeMirrorReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		return ctrl.Result{}, err
 	}
 	nm.Status.Registries = nil
+	if reg := r.agentRegistry(); reg != "" && slices.Contains(nm.Spec.Registries, reg) {
+		// The agents run as root on every selected node, from their image's
+		// registry: sent through the cache, whoever edits the cache would
+		// choose what they run.
+		if err := r.stopAgents(ctx, nm); err != nil {
+			return ctrl.Result{}, err
+		}
+		if err := r.releaseDropped(ctx, nm, nil); err != nil {
+			return ctrl.Result{}, err
+		}
+		return ctrl.Result{}, stalled(depproxyv1.ReasonMirrorsAgentImage,
+			"%s is the registry of the node agents' own image %s: the nodes may not pull it through a cache (whoever edits the cache would choose what the agents run as root); leave it out of spec.registries",
+			reg, r.ProxyImage)
+	}
 	if err != nil || !dp.DeletionTimestamp.IsZero() {
 		// No cache, no agents: they would only take the files out again.
 		if err := r.stopAgents(ctx, nm); err != nil {
@@ -137,8 +167,19 @@ func (r *NodeMirrorReconciler) claim(ctx context.Context, nm *depproxyv1.NodeMir
 		st := depproxyv1.RegistryMirrorStatus{Registry: registry}
 		served, ok := servedRegistry(dp, registry)
 		if !ok {
+			st.Reason = depproxyv1.ReasonRegistryNotServed
 			st.Message = fmt.Sprintf("%s is not a registry of DependencyProxy %s/%s: add it to its upstreams (or their mirrorOf), or leave it out of spec.registries",
 				registry, dp.Namespace, dp.Name)
+			nm.Status.Registries = append(nm.Status.Registries, st)
+			continue
+		}
+		if how := privateUpstream(dp, registry); how != "" && !nm.Spec.AllowPrivateUpstreams {
+			// The cache would pull with these credentials for any Pod of
+			// the selected nodes: that is the cluster admin's choice.
+			st.Reason = depproxyv1.ReasonPrivateUpstream
+			st.Message = fmt.Sprintf("%s is pulled with credentials (DependencyProxy %s/%s's %s): through the nodes, every Pod could pull its private images, "+
+				"whatever its imagePullSecrets; set spec.allowPrivateUpstreams: true to mirror it anyway, or leave it out of spec.registries",
+				registry, dp.Namespace, dp.Name, how)
 			nm.Status.Registries = append(nm.Status.Registries, st)
 			continue
 		}
@@ -148,6 +189,7 @@ func (r *NodeMirrorReconciler) claim(ctx context.Context, nm *depproxyv1.NodeMir
 		}
 		if holder != "" {
 			st.HeldBy = holder
+			st.Reason = depproxyv1.ReasonNodeMirrorConflict
 			st.Message = fmt.Sprintf("the nodes' configuration for %s is NodeMirror %s's, which claimed it first: leave %s out of spec.registries, or remove it from %s",
 				registry, holder, registry, holder)
 		} else {
@@ -387,11 +429,12 @@ func computeNodeMirrorStatus(nm *depproxyv1.NodeMirror, ds *appsv1.DaemonSet, ou
 // whatever the others do; the spec must change for it to work.
 func registriesOutcome(regs []depproxyv1.RegistryMirrorStatus) *reconcileError {
 	for _, r := range regs {
-		switch {
-		case r.HeldBy != "":
-			return &reconcileError{Reason: depproxyv1.ReasonNodeMirrorConflict, Message: r.Message, retry: retryAfter}
-		case r.Message != "":
-			return &reconcileError{Reason: depproxyv1.ReasonRegistryNotServed, Message: r.Message, retry: retryAfter}
+		if r.HeldBy != "" || r.Message != "" {
+			reason := r.Reason
+			if reason == "" {
+				reason = depproxyv1.ReasonRegistryNotServed
+			}
+			return &reconcileError{Reason: reason, Message: r.Message, retry: retryAfter}
 		}
 	}
 	return nil

@@ -75,6 +75,15 @@ const (
 	// ReasonRegistryNotServed: a registry a NodeMirror names is not one
 	// of its cache's upstreams or their mirrorOf.
 	ReasonRegistryNotServed = "RegistryNotServed"
+	// ReasonPrivateUpstream: a registry a NodeMirror names pulls with
+	// its upstream's credentials, and the NodeMirror does not say
+	// allowPrivateUpstreams: it is left out.
+	ReasonPrivateUpstream = "PrivateUpstream"
+	// ReasonMirrorsAgentImage: a NodeMirror names the registry of the
+	// node agents' own image (the manager's --proxy-image): whoever edits
+	// the cache would choose what the root agents run. Nothing is
+	// rendered to the nodes.
+	ReasonMirrorsAgentImage = "MirrorsAgentImage"
 	// ReasonScheduled: the cleanup CronJob runs on the policy's schedule.
 	ReasonScheduled = "Scheduled"
 	// ReasonSuspended: the policy is suspended; no new runs start.

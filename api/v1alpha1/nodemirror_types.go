@@ -97,6 +97,16 @@ type NodeMirrorSpec struct {
 	// reads the file when it starts.
 	// +optional
 	Stargz *StargzSnapshotter `json:"stargz,omitempty"`
+
+	// AllowPrivateUpstreams lets the NodeMirror send through the cache a
+	// registry whose upstream pulls with credentials
+	// (credentialsSecretRef or credentialProvider). The cache pulls with
+	// them for every node: any Pod of the selected nodes then pulls the
+	// registry's private images, whatever its imagePullSecrets, and the
+	// kubelet's own check of pull credentials never sees it. Without
+	// this, such a registry is left out, with a reason in status.
+	// +optional
+	AllowPrivateUpstreams bool `json:"allowPrivateUpstreams,omitempty"`
 }
 
 // StargzSnapshotter is where a node's stargz snapshotter keeps its config.
@@ -148,6 +158,10 @@ type RegistryMirrorStatus struct {
 	// nodes instead of this one; empty when this one does.
 	// +optional
 	HeldBy string `json:"heldBy,omitempty"`
+	// Reason is why the registry is not configured, in one word (a
+	// condition's reason), when it is not.
+	// +optional
+	Reason string `json:"reason,omitempty"`
 	// Message says why the registry is not configured, when it is not.
 	// +optional
 	Message string `json:"message,omitempty"`
