@@ -16,6 +16,7 @@ import (
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
 	"github.com/depproxy/depproxy/proxy/access"
 	"github.com/depproxy/depproxy/proxy/registryname"
+	"github.com/depproxy/depproxy/proxy/settings"
 )
 
 // Where the keep ConfigMap's files are, in the proxy's pods and the
@@ -68,6 +69,9 @@ type imageScope struct {
 	mirrored map[string]map[string]string
 	nodes    map[string]labels.Set // the cluster's nodes' labels, by name
 	rules    *access.Rules
+	// upstreamsByName are the cache's upstreams as the proxy sees them:
+	// the rules hold for every name of the one serving a registry.
+	upstreamsByName []settings.Upstream
 	// refuseAll: the access rules do not parse; nothing is kept (the
 	// cache itself refuses the spec).
 	refuseAll bool
@@ -88,6 +92,13 @@ func scopeOf(dp *depproxyv1.DependencyProxy, mirrors []depproxyv1.NodeMirror, no
 		mirrored: map[string]map[string]string{}, nodes: map[string]labels.Set{}}
 	for _, r := range servedRegistries(dp) {
 		sc.upstreams = append(sc.upstreams, r.Registry)
+	}
+	for _, u := range upstreams(dp) {
+		reg := u.Registry
+		if reg == "" {
+			reg = registryname.Of(u.URL)
+		}
+		sc.upstreamsByName = append(sc.upstreamsByName, settings.Upstream{Registry: reg, URL: u.URL, MirrorOf: u.MirrorOf})
 	}
 	for _, nm := range mirrors {
 		if nm.Spec.Cache.Namespace != dp.Namespace || nm.Spec.Cache.Name != dp.Name || !nm.DeletionTimestamp.IsZero() {
@@ -189,7 +200,21 @@ func (sc imageScope) allowed(line string) bool {
 	named, _, _ := strings.Cut(line, "@")
 	repoTag, tag := access.Normalize(named)
 	registry, repo, _ := strings.Cut(repoTag, "/")
-	return sc.rules.Denied(registry, repo, tag) == ""
+	return sc.rules.Denied(upstreamNames(sc.upstreamsByName, registry), repo, tag) == ""
+}
+
+// upstreamNames are the names the proxy holds an image of registry to:
+// registry, and every name of the upstream serving it (settings.Upstream's
+// Names, the proxy's own rule).
+func upstreamNames(ups []settings.Upstream, registry string) []string {
+	for _, u := range ups {
+		for _, n := range u.Names() {
+			if n == registry || (registryname.IsDockerHub(n) && registryname.IsDockerHub(registry)) {
+				return append([]string{registry}, u.Names()...)
+			}
+		}
+	}
+	return []string{registry}
 }
 
 // keptImages are the pins file and the warm file of a cache: sorted,
