@@ -193,10 +193,13 @@ func TestManagerMetricsNeedAToken(t *testing.T) {
 		return resp.StatusCode
 	}
 	eventually(t, "the metrics endpoint answers", func() bool { return get("") != 0 })
-	for token, want := range map[string]int{"": http.StatusUnauthorized, "not-a-token": http.StatusUnauthorized} {
-		if got := get(token); got != want {
-			t.Errorf("GET /metrics with token %q: %d, want %d", token, got, want)
-		}
+	if got := get(""); got != http.StatusUnauthorized {
+		t.Errorf("GET /metrics without a token: %d, want 401", got)
+	}
+	// The API server's TokenReview says "invalid bearer token", which
+	// controller-runtime's filter answers with 500: refused all the same.
+	if got := get("not-a-token"); got == http.StatusOK {
+		t.Error("GET /metrics with a made-up token: 200")
 	}
 	plain := &http.Client{Timeout: 5 * time.Second}
 	if resp, err := plain.Get("http://" + addr + "/metrics"); err == nil {
@@ -207,29 +210,32 @@ func TestManagerMetricsNeedAToken(t *testing.T) {
 	}
 
 	ns := namespace(t)
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "scraper", Namespace: ns}}
-	if err := k8sClient.Create(ctx, sa); err != nil {
-		t.Fatal(err)
-	}
-	tr := &authenticationv1.TokenRequest{}
-	if err := k8sClient.SubResource("token").Create(ctx, sa, tr); err != nil {
-		t.Fatal(err)
-	}
-	if got := get(tr.Status.Token); got != http.StatusForbidden {
-		t.Errorf("GET /metrics as a ServiceAccount without the right: %d, want 403", got)
-	}
-	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "metrics-reader-" + ns},
-		Rules: []rbacv1.PolicyRule{{NonResourceURLs: []string{"/metrics"}, Verbs: []string{"get"}}}}
-	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: role.Name},
-		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: sa.Name, Namespace: ns}},
-		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name}}
-	for _, o := range []client.Object{role, binding} {
-		if err := k8sClient.Create(ctx, o); err != nil {
+	token := func(name string) string {
+		sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}
+		if err := k8sClient.Create(ctx, sa); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { k8sClient.Delete(context.Background(), o) })
+		tr := &authenticationv1.TokenRequest{}
+		if err := k8sClient.SubResource("token").Create(ctx, sa, tr); err != nil {
+			t.Fatal(err)
+		}
+		return tr.Status.Token
 	}
-	eventually(t, "the allowed ServiceAccount reads the metrics", func() bool { return get(tr.Status.Token) == http.StatusOK })
+	if got := get(token("nosy")); got != http.StatusForbidden {
+		t.Errorf("GET /metrics as a ServiceAccount without the right: %d, want 403", got)
+	}
+	// The project's metrics-reader ClusterRole, bound to a scraper.
+	reader := projectClusterRole(t, "metrics_reader_role.yaml")
+	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "metrics-reader-" + ns},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "scraper", Namespace: ns}},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: reader}}
+	if err := k8sClient.Create(ctx, binding); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k8sClient.Delete(context.Background(), binding) })
+	if got := get(token("scraper")); got != http.StatusOK {
+		t.Errorf("GET /metrics as the scraper bound to depproxy-metrics-reader: %d, want 200", got)
+	}
 }
 
 // The manager's rendered RBAC reads no Secret but by name: no list or
