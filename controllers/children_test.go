@@ -143,10 +143,10 @@ func TestConfigHashFollowsTheConfig(t *testing.T) {
 	}
 	// New access rules: the proxy applies them from the file, no roll.
 	dp = testProxy()
-	dp.Spec.Access = &depproxyv1.AccessSpec{Deny: []string{"docker.io/library/bad"}}
+	dp.Spec.Access = &depproxyv1.AccessSpec{Deny: []string{"quay.io/team/bad"}}
 	d, err := desiredConfigMap(dp, nil, nil)
-	if err != nil || !strings.Contains(d.Data[configKey], "docker.io/library/bad") {
-		t.Fatalf("spec.access is not in the config file: %v\n%s", err, d.Data[configKey])
+	if err != nil || !strings.Contains(d.Data[configKey], "quay.io/team/bad") {
+		t.Fatalf("spec.access is not in the config file: %v\n%+v", err, d)
 	}
 	if configHash(a) != configHash(d) {
 		t.Fatal("new access rules roll the pods")
@@ -154,6 +154,11 @@ func TestConfigHashFollowsTheConfig(t *testing.T) {
 	dp.Spec.Access.Allow = []string{"docker.io/a**b"}
 	if _, err := desiredConfigMap(dp, nil, nil); err == nil || !strings.Contains(err.Error(), "access rule") {
 		t.Fatalf("an access rule the proxy refuses: %v", err)
+	}
+	// A rule for a registry the cache does not serve guards nothing.
+	dp.Spec.Access = &depproxyv1.AccessSpec{Deny: []string{"docker.io/library/bad"}}
+	if _, err := desiredConfigMap(dp, nil, nil); err == nil || !strings.Contains(err.Error(), "no upstream serves or mirrors") {
+		t.Fatalf("a rule for a registry no upstream serves: %v", err)
 	}
 }
 
