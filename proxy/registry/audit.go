@@ -40,7 +40,14 @@ func (reg *Registry) serveAudited(w http.ResponseWriter, r *http.Request) {
 			// client got a broken response, and is told so.
 			e.Answer, e.Reason = audit.Failed, "cut short"
 		}
-		if reg.audited(r, &e) {
+		switch {
+		case !reg.audited(r, &e):
+		case e.Answer == audit.Refused && (e.User == "" || e.User == token.Anonymous):
+			// Whoever has no login can be refused as fast as it asks: a
+			// line per client and interval, not per request.
+			reg.finish(r, &e, rec, outcome, start)
+			reg.audit.RecordRepeated(r, e)
+		default:
 			reg.finish(r, &e, rec, outcome, start)
 			reg.audit.Record(r, e)
 		}

@@ -72,6 +72,9 @@ type Authorizer interface {
 // Auditor is the audit log: what was pulled, and what was refused.
 type Auditor interface {
 	Record(r *http.Request, e audit.Entry)
+	// RecordRepeated writes a refusal a client may repeat without end at
+	// most once per client and interval, with a count.
+	RecordRepeated(r *http.Request, e audit.Entry)
 	// Blobs: blob requests are logged too.
 	Blobs() bool
 }

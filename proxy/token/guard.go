@@ -51,7 +51,7 @@ func (g *Guard) Authorize(r *http.Request, repo string) (string, error) {
 	raw, ok := strings.CutPrefix(h, "Bearer ")
 	if !ok {
 		if g.anonymous {
-			return "anonymous", nil // an open cache: credentials a client sends anyway are not needed
+			return Anonymous, nil // an open cache: credentials a client sends anyway are not needed
 		}
 		return "", g.challenge(r, repo, "", ReasonNoToken)
 	}

@@ -153,7 +153,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	resp := response{Token: tok, AccessToken: tok, ExpiresIn: int(s.signer.TTL().Seconds()),
 		IssuedAt: issued.UTC().Format(time.RFC3339), Scope: strings.Join(scopes, " "), RefreshToken: refresh}
-	if offline && subject != "anonymous" && refresh == "" {
+	if offline && subject != Anonymous && refresh == "" {
 		if resp.RefreshToken, _, err = s.signer.IssueRefresh(subject, s.users.Credential(subject)); err != nil {
 			s.log.Error(err, "signing a refresh token")
 		}
@@ -198,7 +198,7 @@ func (s *Server) CheckBasic(r *http.Request) (string, error) {
 func (s *Server) login(r *http.Request, basic bool, user, pass string) (string, error) {
 	if s.anonymous {
 		// An open cache: a client with stored credentials still pulls.
-		return "anonymous", nil
+		return Anonymous, nil
 	}
 	if !basic {
 		return "", errNoCredentials

@@ -19,6 +19,9 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
+// Anonymous is who pulls from an open cache without a login.
+const Anonymous = "anonymous"
+
 // Issuer is the JWT issuer name.
 const Issuer = "depproxy"
 

@@ -334,3 +334,52 @@ func startBinaryWithStdout(t *testing.T, out *syncBuffer, args ...string) (strin
 	waitReady(t, "http://"+opsAddr, out)
 	return "http://" + addr, cmd
 }
+
+// Requests without a login that the cache refuses (a made-up token on a
+// cache that needs logins, a denied image on an open one) are written
+// once per client and interval with their count, not a line each.
+func TestAnonymousRefusalsAreCounted(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		args []string
+		auth string
+		want int // the status of each refusal
+	}{
+		{"made-up token", []string{"--users", usersFile(t, map[string]string{"alice": "s3cret"})}, "Bearer made.up.token", http.StatusUnauthorized},
+		{"denied image", []string{"--deny", "127.0.0.1:1/secret/**"}, "", http.StatusForbidden},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var out syncBuffer
+			args := append([]string{"--upstream", "http://127.0.0.1:1", "--storage", t.TempDir(), "--audit-log", "-"}, c.args...)
+			base, cmd := startBinaryWithStdout(t, &out, args...)
+			header := http.Header{}
+			if c.auth != "" {
+				header.Set("Authorization", c.auth)
+			}
+			for i := range 100 {
+				resp, body := do(t, "GET", fmt.Sprintf("%s/v2/secret/app%d/manifests/v1", base, i), header, nil)
+				if resp.StatusCode != c.want {
+					t.Fatalf("request %d: %s %s", i, resp.Status, body)
+				}
+			}
+			if err := terminate(t, cmd, 30*time.Second); err != nil {
+				t.Fatalf("depproxy exited with %v", err)
+			}
+			var lines, refusals int
+			for _, line := range strings.Split(out.String(), "\n") {
+				if !strings.Contains(line, `"stream":"audit"`) {
+					continue
+				}
+				e := auditLines(t, line)[0]
+				if e.Answer != audit.Refused {
+					t.Errorf("a line that is no refusal: %+v", e)
+				}
+				lines++
+				refusals += max(e.Count, 1)
+			}
+			if refusals != 100 || lines > 2 {
+				t.Fatalf("%d audit lines stand for %d refusals, want at most 2 for 100:\n%s", lines, refusals, out.String())
+			}
+		})
+	}
+}
