@@ -109,6 +109,8 @@ fuzz:
 	$(GO) test ./proxy/token -run '^$$' -fuzz FuzzVerify -fuzztime 60s
 	$(GO) test ./proxy/registry -run '^$$' -fuzz FuzzSourceSelection -fuzztime 60s
 	$(GO) test ./proxy/settings -run '^$$' -fuzz FuzzSettingsFile -fuzztime 60s
+	$(GO) test ./proxy/routing -run '^$$' -fuzz FuzzRoute -fuzztime 60s
+	$(GO) test ./proxy/access -run '^$$' -fuzz FuzzMatcher -fuzztime 60s
 
 ## docs: the generated parts of docs/ (the configuration page's flag table)
 docs:

@@ -16,7 +16,7 @@ import (
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
 	"github.com/depproxy/depproxy/proxy/access"
 	"github.com/depproxy/depproxy/proxy/registryname"
-	"github.com/depproxy/depproxy/proxy/settings"
+	"github.com/depproxy/depproxy/proxy/routing"
 )
 
 // Where the keep ConfigMap's files are, in the proxy's pods and the
@@ -59,9 +59,10 @@ type workloads struct {
 type imageScope struct {
 	namespace string
 	endpoints []string // host:port forms of the cache's Service
-	// upstreams are the registries the cache pulls through, the first
-	// the default for a name without one.
-	upstreams []string
+	// routes are the routing table of the settings the operator renders
+	// for the cache: the proxy's own rule of which upstream serves a
+	// name, under which repository.
+	routes routing.Table
 	// mirrored are the registries a NodeMirror naming this cache holds
 	// (claimed, served by the cache, not refused), each with that
 	// NodeMirror's nodeSelector: the nodes that pull it through the
@@ -69,9 +70,6 @@ type imageScope struct {
 	mirrored map[string]map[string]string
 	nodes    map[string]labels.Set // the cluster's nodes' labels, by name
 	rules    *access.Rules
-	// upstreamsByName are the cache's upstreams as the proxy sees them:
-	// the rules hold for every name of the one serving a registry.
-	upstreamsByName []settings.Upstream
 	// refuseAll: the access rules do not parse; nothing is kept (the
 	// cache itself refuses the spec).
 	refuseAll bool
@@ -90,16 +88,9 @@ func scopeOf(dp *depproxyv1.DependencyProxy, mirrors []depproxyv1.NodeMirror, no
 	port := ":" + strconv.Itoa(ProxyPort)
 	sc := imageScope{namespace: dp.Namespace, endpoints: []string{svc + ".svc" + port, svc + ".svc.cluster.local" + port, svc + port},
 		mirrored: map[string]map[string]string{}, nodes: map[string]labels.Set{}}
-	for _, r := range servedRegistries(dp) {
-		sc.upstreams = append(sc.upstreams, r.Registry)
-	}
-	for _, u := range upstreams(dp) {
-		reg := u.Registry
-		if reg == "" {
-			reg = registryname.Of(u.URL)
-		}
-		sc.upstreamsByName = append(sc.upstreamsByName, settings.Upstream{Registry: reg, URL: u.URL, MirrorOf: u.MirrorOf})
-	}
+	conf := proxySettings(dp)
+	routes, err := conf.Routes()
+	sc.routes, sc.refuseAll = routes, err != nil
 	for _, nm := range mirrors {
 		if nm.Spec.Cache.Namespace != dp.Namespace || nm.Spec.Cache.Name != dp.Name || !nm.DeletionTimestamp.IsZero() {
 			continue
@@ -115,7 +106,7 @@ func scopeOf(dp *depproxyv1.DependencyProxy, mirrors []depproxyv1.NodeMirror, no
 	}
 	if a := dp.Spec.Access; a != nil {
 		rules, err := access.Parse(a.Allow, a.Deny)
-		sc.rules, sc.refuseAll = rules, err != nil
+		sc.rules, sc.refuseAll = rules, sc.refuseAll || err != nil
 	}
 	return sc
 }
@@ -151,11 +142,16 @@ func (sc imageScope) line(src source, image string) (string, bool) {
 	registry := ""
 	switch {
 	case src.namespace == sc.namespace && slices.Contains(sc.endpoints, host):
-		// Through the endpoint: a path that starts with a registry the
-		// cache pulls through is that registry's, else the default's.
-		registry = sc.upstreams[0]
-		if first, rest, ok := strings.Cut(repo, "/"); ok && slices.Contains(sc.upstreams, first) {
-			registry, repo = first, rest
+		// Through the endpoint: routed as the proxy routes the path (a
+		// first element that is a registry the cache serves, else the
+		// default's; one it does not serve is refused there).
+		to, err := sc.routes.Route("", repo)
+		if err != nil {
+			return "", false
+		}
+		registry, repo = to.Named, to.Repository
+		if registry == "" {
+			registry = sc.routes[to.Upstream].Registry
 		}
 	case sc.onMirroredNode(host, src):
 		registry = host
@@ -200,21 +196,11 @@ func (sc imageScope) allowed(line string) bool {
 	named, _, _ := strings.Cut(line, "@")
 	repoTag, tag := access.Normalize(named)
 	registry, repo, _ := strings.Cut(repoTag, "/")
-	return sc.rules.Denied(upstreamNames(sc.upstreamsByName, registry), repo, tag) == ""
-}
-
-// upstreamNames are the names the proxy holds an image of registry to:
-// registry, and every name of the upstream serving it (settings.Upstream's
-// Names, the proxy's own rule).
-func upstreamNames(ups []settings.Upstream, registry string) []string {
-	for _, u := range ups {
-		for _, n := range u.Names() {
-			if n == registry || (registryname.IsDockerHub(n) && registryname.IsDockerHub(registry)) {
-				return append([]string{registry}, u.Names()...)
-			}
-		}
+	to, err := sc.routes.Route(registry, repo)
+	if err != nil {
+		return false // the cache does not serve it
 	}
-	return []string{registry}
+	return sc.rules.Denied(sc.routes.Names(to), to.Repository, tag) == ""
 }
 
 // keptImages are the pins file and the warm file of a cache: sorted,

@@ -40,7 +40,8 @@ func podSpec(images ...string) corev1.PodSpec {
 
 // What a cache pins: the digest a running Pod's node pulled, not its
 // tag; its own namespace's images naming its endpoint and nothing of
-// another namespace's; a NodeMirror's registries that it serves
+// another namespace's, nor a registry it does not serve (routed as the
+// proxy routes); a NodeMirror's registries that it serves
 // cluster-wide; the three
 // newest ReplicaSets of a Deployment rolled through five images.
 func TestKeptImages(t *testing.T) {
@@ -55,6 +56,9 @@ func TestKeptImages(t *testing.T) {
 			{ObjectMeta: metav1.ObjectMeta{Namespace: "tenants", Name: "pending"}, Spec: podSpec(ep+"/org/pending:2", "nginx:1.25")},
 			{ObjectMeta: metav1.ObjectMeta{Namespace: "other", Name: "hostile"}, Spec: podSpec(ep + "/org/theirs:1")},
 			{ObjectMeta: metav1.ObjectMeta{Namespace: "other", Name: "hub"}, Spec: podSpec("redis:7")},
+			// A registry the cache does not serve: the proxy answers
+			// NAME_UNKNOWN for it, so nothing of it is kept.
+			{ObjectMeta: metav1.ObjectMeta{Namespace: "tenants", Name: "unserved"}, Spec: podSpec(ep + "/gcr.io/org/x:1")},
 		},
 		Deployments: []appsv1.Deployment{{ObjectMeta: metav1.ObjectMeta{Namespace: "tenants", Name: "web"},
 			Spec: appsv1.DeploymentSpec{Replicas: ptr.To[int32](0), Template: corev1.PodTemplateSpec{Spec: podSpec(ep + "/quay.io/org/web:5")}}}},

@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"path"
-	"slices"
 	"strings"
 	"time"
 
@@ -62,57 +61,52 @@ func nodeAgentLabels(nm *depproxyv1.NodeMirror) map[string]string {
 	}
 }
 
-// servedRegistries are the registries a cache serves, each with where
-// a node falls back to without the cache: its upstreams' registries
-// (the upstream's own URL) and what they stand in for (mirrorOf: the
-// registry's default).
-func servedRegistries(dp *depproxyv1.DependencyProxy) []settings.Keyed {
-	var out []settings.Keyed
-	for _, u := range upstreams(dp) {
-		reg := u.Registry
-		if reg == "" {
-			reg = registryname.Of(u.URL)
-		}
-		out = append(out, settings.Keyed{Registry: reg, Value: u.URL})
-		for _, m := range u.MirrorOf {
-			out = append(out, settings.Keyed{Registry: m})
-		}
+// servingUpstream is the index of the upstream of dp that serves
+// registry, by the routing rule of the settings the operator renders for
+// the proxy (its name, its URL's host, its mirrorOf, Docker Hub's
+// aliases); false when none does.
+func servingUpstream(dp *depproxyv1.DependencyProxy, registry string) (int, bool) {
+	conf := proxySettings(dp)
+	routes, err := conf.Routes()
+	if err != nil {
+		return 0, false
 	}
-	return out
+	return routes.Serving(registry)
 }
 
-// servedRegistry finds registry among a cache's.
+// servedRegistry is registry, when dp serves it, with where a node falls
+// back to without the cache: the upstream's own URL for its own name,
+// the registry's default otherwise (what it stands in for).
 func servedRegistry(dp *depproxyv1.DependencyProxy, registry string) (settings.Keyed, bool) {
-	all := servedRegistries(dp)
-	i := slices.IndexFunc(all, func(k settings.Keyed) bool { return k.Registry == registry })
-	if i < 0 {
+	i, ok := servingUpstream(dp, registry)
+	if !ok {
 		return settings.Keyed{}, false
 	}
-	return all[i], true
+	k := settings.Keyed{Registry: registry}
+	u := upstreams(dp)[i]
+	if reg := u.Registry; reg == registry || (reg == "" && registryname.Of(u.URL) == registry) {
+		k.Value = u.URL
+	}
+	return k, true
 }
 
 // privateUpstream says how the upstream serving registry (its own or
 // through mirrorOf) pulls with credentials: "" when it pulls anonymously.
 func privateUpstream(dp *depproxyv1.DependencyProxy, registry string) string {
-	for i, u := range upstreams(dp) {
-		reg := u.Registry
-		if reg == "" {
-			reg = registryname.Of(u.URL)
-		}
-		if reg != registry && !slices.Contains(u.MirrorOf, registry) {
-			continue
-		}
-		field := "spec.upstream"
-		if len(dp.Spec.Upstreams) > 0 {
-			field = fmt.Sprintf("spec.upstreams[%d]", i)
-		}
-		switch {
-		case secretName(u.CredentialsSecretRef) != "":
-			return field + ".credentialsSecretRef"
-		case u.CredentialProvider != nil:
-			return field + ".credentialProvider"
-		}
+	i, ok := servingUpstream(dp, registry)
+	if !ok {
 		return ""
+	}
+	u := upstreams(dp)[i]
+	field := "spec.upstream"
+	if len(dp.Spec.Upstreams) > 0 {
+		field = fmt.Sprintf("spec.upstreams[%d]", i)
+	}
+	switch {
+	case secretName(u.CredentialsSecretRef) != "":
+		return field + ".credentialsSecretRef"
+	case u.CredentialProvider != nil:
+		return field + ".credentialProvider"
 	}
 	return ""
 }

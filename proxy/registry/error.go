@@ -8,6 +8,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/manifest"
 	"github.com/depproxy/depproxy/proxy/peers"
+	"github.com/depproxy/depproxy/proxy/routing"
 	"github.com/depproxy/depproxy/proxy/token"
 	"github.com/depproxy/depproxy/proxy/upstream"
 )
@@ -60,9 +61,12 @@ func toRegError(err error, notFound string) *regError {
 	var re *regError
 	var se *upstream.StatusError
 	var ch *token.Challenge
+	var nm *routing.NotMirroredError
 	switch {
 	case errors.As(err, &re):
 		return re
+	case errors.As(err, &nm):
+		return &regError{Status: http.StatusNotFound, Code: "NAME_UNKNOWN", Message: nm.Error()}
 	case errors.As(err, &ch):
 		return &regError{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: ch.Reason, challenge: ch.Header}
 	case errors.Is(err, peers.ErrBadSignature):

@@ -19,6 +19,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/audit"
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/manifest"
+	"github.com/depproxy/depproxy/proxy/routing"
 )
 
 // Cache is what the registry serves from: one upstream's cache, taking
@@ -42,24 +43,11 @@ type Cache interface {
 	Link(ctx context.Context, repo string, m *cache.Manifest)
 }
 
-// Upstream is what the registry asks of an upstream to route a request
-// to its cache.
-type Upstream interface {
-	// Mirrors reports whether ns (containerd's ?ns=, or a path prefix)
-	// names this upstream's registry.
-	Mirrors(ns string) bool
-	// Repository maps a client's repository name to the upstream's.
-	Repository(name string) string
-}
-
-// Source is one upstream and the cache in front of it.
+// Source is one upstream's cache; the registry's routing table holds
+// the upstream of the same index.
 type Source struct {
 	// Registry is the upstream's name (docker.io), for the audit log.
 	Registry string
-	// Names are every name the upstream goes by (its own, its URL's
-	// host, the registries it mirrors): the access rules hold for each.
-	Names    []string
-	Upstream Upstream
 	Cache    Cache
 }
 
@@ -112,7 +100,8 @@ type Options struct {
 
 // Registry serves the OCI distribution pull API.
 type Registry struct {
-	sources  []Source // the first is the default
+	routes   routing.Table // an upstream for each source, the first the default
+	sources  []Source
 	auth     Authorizer
 	audit    Auditor
 	origins  Origins
@@ -121,53 +110,33 @@ type Registry struct {
 	log      logr.Logger
 }
 
-// New returns the /v2 handler for sources, the first being the default
-// for requests that name no registry.
-func New(sources []Source, o Options, log logr.Logger) *Registry {
-	r := &Registry{sources: sources, auth: o.Auth, audit: o.Audit, origins: o.Origins, access: o.Access, onDenied: o.OnDenied, log: log}
+// New returns the /v2 handler for sources, each the cache of the
+// upstream of the same index in routes, the first being the default for
+// requests that name no registry.
+func New(routes routing.Table, sources []Source, o Options, log logr.Logger) *Registry {
+	r := &Registry{routes: routes, sources: sources, auth: o.Auth, audit: o.Audit, origins: o.Origins, access: o.Access, onDenied: o.OnDenied, log: log}
 	if r.onDenied == nil {
 		r.onDenied = func(string) {}
 	}
 	return r
 }
 
-// pick chooses the cache for a request, and the repository name as its
-// upstream knows it. A request names its registry by containerd's ?ns=,
-// or by a path prefix (/v2/ghcr.io/org/app/..., what CRI-O, podman and
-// docker pull cache/ghcr.io/org/app send) whose first element is a host
-// name; otherwise it is the default upstream's. A registry that no
-// source mirrors is refused, and nothing is dialled for it: serving
-// another registry's image of the same name would be the wrong image.
-// named is the registry the request named ("" for the default's).
-func (reg *Registry) pick(r *http.Request, rt route) (src Source, repo, named string, _ *regError) {
-	first, rest, nested := strings.Cut(rt.name, "/")
-	if ns := r.URL.Query().Get("ns"); ns != "" {
-		src, ok := reg.source(ns)
-		if !ok {
-			return Source{}, "", "", notMirrored(ns)
-		}
-		name := rt.name
-		if nested && src.Upstream.Mirrors(first) {
-			name = rest // a mirror configured with the path form as well
-		}
-		return src, src.Upstream.Repository(name), ns, nil
+// pick routes a request (routing.Table.Route: ?ns=, the path form, the
+// default). A blob that names no registry goes, with several upstreams,
+// where its manifest came from: SOCI, and the stargz snapshotter before
+// 2026-08, send ?ns= with manifests but not with blobs.
+func (reg *Registry) pick(r *http.Request, rt route) (routing.Route, *regError) {
+	ns := r.URL.Query().Get("ns")
+	to, err := reg.routes.Route(ns, rt.name)
+	if err != nil {
+		return routing.Route{}, toRegError(err, "")
 	}
-	if nested && looksLikeHost(first) {
-		src, ok := reg.source(first)
-		if !ok {
-			return Source{}, "", "", notMirrored(first)
-		}
-		return src, src.Upstream.Repository(rest), first, nil
-	}
-	if rt.kind == kindBlob && reg.origins != nil && len(reg.sources) > 1 && !reg.deniedEverywhere(rt.name) {
-		// SOCI, and the stargz snapshotter before 2026-08, send ?ns= with
-		// manifests but not with blobs: the blob goes where its manifest
-		// came from.
-		if src, ok := reg.source(reg.origins.Origin(r.Context(), rt.digest)); ok {
-			return src, src.Upstream.Repository(rt.name), "", nil
+	if to.Named == "" && rt.kind == kindBlob && reg.origins != nil && len(reg.sources) > 1 && !reg.deniedEverywhere(rt.name) {
+		if i, ok := reg.routes.Serving(reg.origins.Origin(r.Context(), rt.digest)); ok {
+			return routing.Route{Upstream: i, Repository: reg.routes[i].Repository(rt.name)}, nil
 		}
 	}
-	return reg.sources[0], reg.sources[0].Upstream.Repository(rt.name), "", nil
+	return to, nil
 }
 
 // deniedEverywhere: every registry refuses the name, so that where its
@@ -177,35 +146,12 @@ func (reg *Registry) deniedEverywhere(name string) bool {
 	if reg.access == nil {
 		return false
 	}
-	for _, s := range reg.sources {
-		if reg.access.Denied(s.Names, s.Upstream.Repository(name), "") == "" {
+	for _, u := range reg.routes {
+		if reg.access.Denied(u.Names(), u.Repository(name), "") == "" {
 			return false
 		}
 	}
 	return true
-}
-
-func (reg *Registry) source(registry string) (Source, bool) {
-	if registry == "" {
-		return Source{}, false
-	}
-	for _, s := range reg.sources {
-		if s.Upstream.Mirrors(registry) {
-			return s, true
-		}
-	}
-	return Source{}, false
-}
-
-// looksLikeHost is Docker's rule for the first element of an image name:
-// a registry host has a dot or a port, or is localhost.
-func looksLikeHost(s string) bool {
-	return strings.ContainsAny(s, ".:") || s == "localhost"
-}
-
-func notMirrored(registry string) *regError {
-	return &regError{Status: http.StatusNotFound, Code: "NAME_UNKNOWN",
-		Message: "this cache does not mirror " + registry + "; configure it as a mirror only for the registries it pulls through"}
 }
 
 func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -238,14 +184,15 @@ func (reg *Registry) serve(w http.ResponseWriter, r *http.Request, e *audit.Entr
 	var c Cache
 	var names []string // what the access rules are matched against
 	if rt.kind != kindBase {
-		src, repo, named, perr := reg.pick(r, rt)
+		to, perr := reg.pick(r, rt)
 		if perr != nil {
 			e.Answer, e.Reason = audit.Failed, perr.Code
 			perr.write(w, r)
 			return
 		}
-		c, rt.repo, e.Registry, e.Repository = src.Cache, repo, src.Registry, repo
-		names = append(append(names, src.Names...), named)
+		src := reg.sources[to.Upstream]
+		c, rt.repo, e.Registry, e.Repository = src.Cache, to.Repository, src.Registry, to.Repository
+		names = reg.routes.Names(to)
 	}
 	if reg.auth != nil {
 		// Tokens are scoped to the name the client asked for.

@@ -16,6 +16,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/manifest"
 	"github.com/depproxy/depproxy/proxy/registryname"
+	"github.com/depproxy/depproxy/proxy/routing"
 	"github.com/depproxy/depproxy/proxy/upstream"
 )
 
@@ -67,17 +68,11 @@ func FuzzSourceSelection(f *testing.F) {
 	f.Add("/v2/alpine/manifests/latest", "127.0.0.1:22")
 	f.Add("/v2/alpine/blobs/sha256:"+"0000000000000000000000000000000000000000000000000000000000000000", "evil.example/..")
 	f.Add("/v2/ghcr.io/org/app/tags/list", "ghcr.io")
-	hub, err := upstream.New(registryname.DockerHubURL)
-	if err != nil {
-		f.Fatal(err)
-	}
-	ghcr, err := upstream.New("https://ghcr.io")
-	if err != nil {
-		f.Fatal(err)
-	}
+	routes := routing.Table{{Registry: registryname.DockerHub, Host: "index.docker.io"}, {Registry: "ghcr.io", Host: "ghcr.io"}}
+	hub, ghcr := routes[0], routes[1]
 	f.Fuzz(func(t *testing.T, path, ns string) {
 		hubCache, ghcrCache := &askedCache{}, &askedCache{}
-		reg := New([]Source{{Upstream: hub, Cache: hubCache}, {Upstream: ghcr, Cache: ghcrCache}}, Options{}, logr.Discard())
+		reg := New(routes, []Source{{Cache: hubCache}, {Cache: ghcrCache}}, Options{}, logr.Discard())
 		req := httptest.NewRequest(http.MethodGet, "/", nil)
 		req.URL = &url.URL{Path: path, RawQuery: url.Values{"ns": {ns}}.Encode()}
 		w := httptest.NewRecorder()
@@ -88,18 +83,18 @@ func FuzzSourceSelection(f *testing.F) {
 		rt, _ := parseRoute(path)
 		first, rest, nested := strings.Cut(rt.name, "/")
 		for _, c := range []struct {
-			up    *upstream.Client
+			up    routing.Upstream
 			asked []string
 		}{{hub, hubCache.repos}, {ghcr, ghcrCache.repos}} {
 			if len(c.asked) == 0 {
 				continue
 			}
 			switch {
-			case ns != "" && !c.up.Mirrors(ns):
+			case ns != "" && !c.up.Serves(ns):
 				t.Fatalf("ns %q reached the cache of an upstream that does not mirror it", ns)
-			case ns == "" && nested && looksLikeHost(first) && !c.up.Mirrors(first):
+			case ns == "" && nested && registryname.LooksLikeHost(first) && !c.up.Serves(first):
 				t.Fatalf("path prefix %q reached the cache of an upstream that does not mirror it", first)
-			case ns == "" && !(nested && looksLikeHost(first)) && c.up != hub:
+			case ns == "" && !(nested && registryname.LooksLikeHost(first)) && c.up.Registry != hub.Registry:
 				t.Fatalf("%s named no registry and did not go to the default", path)
 			}
 			if want, wantRest := c.up.Repository(rt.name), c.up.Repository(rest); c.asked[0] != want && c.asked[0] != wantRest {

@@ -53,6 +53,12 @@ func Repository(dockerHub bool, repo string) string {
 	return repo
 }
 
+// LooksLikeHost is Docker's rule for the first element of an image name:
+// a registry host has a dot or a port, or is localhost.
+func LooksLikeHost(s string) bool {
+	return strings.ContainsAny(s, ".:") || s == "localhost"
+}
+
 // ServerURL parses the URL of a registry, a cache or a replica: http or
 // https, a host, and nothing after it but an optional "/".
 func ServerURL(raw string) (*url.URL, bool) {

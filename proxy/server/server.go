@@ -147,6 +147,10 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 	if err != nil {
 		return nil, err
 	}
+	routes, err := s.Routes()
+	if err != nil {
+		return nil, err
+	}
 	platforms, err := parsePlatforms(s.PrefetchPlatforms)
 	if err != nil {
 		return nil, err
@@ -214,10 +218,17 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 	}
 	gate := newAccessGate(rules, o.configFile, metrics, log.WithName("access"))
 	var registries []registry.Source // one per upstream, made below
+	// namesOf are the names the rules hold an image of a registry to.
+	namesOf := func(registry, repo string) []string {
+		if to, err := routes.Route(registry, repo); err == nil {
+			return routes.Names(to)
+		}
+		return []string{registry}
+	}
 	keeper := keep.New(keep.Options{Pinned: s.Pinned, Warm: s.Warm, MaxSize: int64(s.MaxSize), Store: store, Platforms: warmPlatforms,
 		Summary: scanner, Log: log.WithName("keep"), Timing: o.keepTiming,
 		Leader: func() bool { return peering == nil || peering.ring.Owner(keeperKey) == peering.ring.Self() },
-		Denied: func(r pins.Ref) string { return gate.Denied(upstreamNames(registries, r.Registry), r.Repo, r.Tag) }})
+		Denied: func(r pins.Ref) string { return gate.Denied(namesOf(r.Registry, r.Repo), r.Repo, r.Tag) }})
 	metrics.MustRegister(keeper.Collector())
 	// One cache per upstream, over the one storage: tags apart by
 	// registry, manifests and blobs shared by digest.
@@ -268,19 +279,18 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 		}, append(hotOpts, o.cache...)...)...)
 		caches = append(caches, c)
 		clients = append(clients, up)
-		registries = append(registries, registry.Source{Registry: u.Registry, Names: u.Names(), Upstream: up, Cache: c})
+		registries = append(registries, registry.Source{Registry: u.Registry, Cache: c})
 	}
 	keeper.SetResolver(func(registry, repo string) (*cache.Cache, string, string, bool) {
-		for i, src := range registries {
-			if src.Upstream.Mirrors(registry) {
-				return caches[i], src.Registry, src.Upstream.Repository(repo), true
-			}
+		to, err := routes.Route(registry, repo)
+		if err != nil {
+			return nil, "", "", false
 		}
-		return nil, "", "", false
+		return caches[to.Upstream], upstreams[to.Upstream].Registry, to.Repository, true
 	})
 	keeper.Reload() // the tags are pinned from the first request on
 	scanner.SetHidden(func(registry, repo string) bool {
-		return gate.Denied(upstreamNames(registries, registry), repo, "") != ""
+		return gate.Denied(namesOf(registry, repo), repo, "") != ""
 	})
 	scanner.SetLive(func(sum *report.Summary) {
 		sum.Hits, sum.Misses = caches[0].HitCounts()
@@ -313,7 +323,7 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 	if auditLog != nil {
 		auditor = auditLog
 	}
-	reg := registry.New(registries, registry.Options{Auth: auth, Audit: auditor, Origins: storedOrigins{store},
+	reg := registry.New(routes, registries, registry.Options{Auth: auth, Audit: auditor, Origins: storedOrigins{store},
 		Access: gate, OnDenied: gate.count}, log.WithName("registry"))
 	browser := ui.New(scanner, tokens, caches[0].HitCounts, func(ctx context.Context) {
 		for _, c := range caches {
@@ -482,22 +492,11 @@ func opsRoutes(metrics, summary http.Handler, ready func() bool) http.Handler {
 }
 
 func newUpstream(u settings.Upstream, extra ...upstream.Option) (*upstream.Client, error) {
-	opts := append([]upstream.Option{upstream.WithRegistry(u.Registry), upstream.WithMirrorOf(u.MirrorOf...)}, extra...)
+	opts := append([]upstream.Option{upstream.WithRegistry(u.Registry)}, extra...)
 	if u.Credentials != "" {
 		opts = append(opts, upstream.WithCredentialsDir(u.Credentials))
 	}
 	return upstream.New(u.URL, opts...)
-}
-
-// upstreamNames are the names the access rules hold an image of registry
-// to: registry, and every name of the upstream that serves it.
-func upstreamNames(sources []registry.Source, name string) []string {
-	for _, src := range sources {
-		if src.Upstream.Mirrors(name) {
-			return append([]string{name}, src.Names...)
-		}
-	}
-	return []string{name}
 }
 
 // signingKey is the --token-key, or one made up for this process.

@@ -307,14 +307,11 @@ func (s *Settings) Access() (*access.Rules, error) {
 	if err != nil {
 		return nil, err
 	}
-	ups, err := s.Upstreams()
+	routes, err := s.Routes()
 	if err != nil {
 		return rules, nil // reported as the upstreams' error
 	}
-	var names []string
-	for _, u := range ups {
-		names = append(names, u.Names()...)
-	}
+	names := routes.AllNames()
 	if bad := rules.Unserved(names); len(bad) > 0 {
 		return nil, fmt.Errorf("access rules %q name a registry no upstream serves or mirrors (this cache serves %s); add --upstream or --upstream-mirror-of for it, or correct the rule",
 			bad, strings.Join(names, ", "))

@@ -2,6 +2,7 @@ package settings
 
 import (
 	"github.com/depproxy/depproxy/proxy/registryname"
+	"github.com/depproxy/depproxy/proxy/routing"
 
 	"encoding/json"
 	"errors"
@@ -131,15 +132,27 @@ type Upstream struct {
 	ProvidersBound bool
 }
 
-// Names are every name the upstream is known by: the one clients give
-// it, its URL's host and the registries it stands in for. Access rules
-// hold for each of them.
-func (u Upstream) Names() []string {
-	names := []string{u.Registry}
-	if host := registryname.Of(u.URL); host != "" && host != u.Registry {
-		names = append(names, host)
+// Route is the upstream as routing sees it.
+func (u Upstream) Route() routing.Upstream {
+	r := routing.Upstream{Registry: u.Registry, MirrorOf: u.MirrorOf}
+	if url, ok := registryname.ServerURL(u.URL); ok {
+		r.Host = url.Host
 	}
-	return append(names, u.MirrorOf...)
+	return r
+}
+
+// Routes are the routing table of the upstreams: what the proxy routes
+// requests with, and what the operator decides what it keeps with.
+func (s *Settings) Routes() (routing.Table, error) {
+	ups, err := s.Upstreams()
+	if err != nil {
+		return nil, err
+	}
+	t := make(routing.Table, len(ups))
+	for i, u := range ups {
+		t[i] = u.Route()
+	}
+	return t, nil
 }
 
 // Upstreams resolves the upstream settings: each registry with its URL,

@@ -17,7 +17,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
 	"strings"
 	"time"
 
@@ -114,9 +113,7 @@ type Client struct {
 	// auth, where it has some (a credential provider plugin's).
 	authFor   func(image string) authn.Authenticator
 	transport http.RoundTripper
-	dockerHub bool // Docker Hub's naming: nginx is library/nginx
 	name      string
-	mirrorOf  []string
 
 	// transports holds the authenticated transport of recently used
 	// repositories (tokens are scoped to one), at most maxTransports.
@@ -156,21 +153,8 @@ func WithAuthenticatorFor(auth func(image string) authn.Authenticator) Option {
 
 // WithRegistry names the registry this upstream is for clients, where
 // its URL does not say (docker.io for an internal mirror of Docker Hub at
-// http://mirror.internal:5000). docker.io brings Docker Hub's naming.
-func WithRegistry(name string) Option {
-	return func(c *Client) {
-		c.name = name
-		if registryname.IsDockerHub(name) {
-			c.dockerHub = true
-		}
-	}
-}
-
-// WithMirrorOf adds registry names (containerd's ?ns=) that the upstream
-// stands in for, such as docker.io for an internal Docker Hub mirror.
-func WithMirrorOf(names ...string) Option {
-	return func(c *Client) { c.mirrorOf = append(c.mirrorOf, names...) }
-}
+// http://mirror.internal:5000): in metrics and logs.
+func WithRegistry(name string) Option { return func(c *Client) { c.name = name } }
 
 // WithRateLimitReserve keeps this many requests of the upstream's rate
 // limit for content that is not cached: once no more are left, cached
@@ -207,7 +191,6 @@ func New(rawURL string, opts ...Option) (*Client, error) {
 		registry:   reg,
 		auth:       authn.Anonymous,
 		transport:  defaultTransport(),
-		dockerHub:  reg.RegistryStr() == name.DefaultRegistry,
 		transports: lru.New(maxTransports),
 		limits:     rateLimit{limit: -1},
 		reserve:    DefaultRateLimitReserve,
@@ -231,31 +214,12 @@ func defaultTransport() *http.Transport {
 	return t
 }
 
-// Mirrors reports whether ns (containerd's ?ns=, the registry a mirrored
-// image comes from) is this upstream or one it stands in for.
-func (c *Client) Mirrors(ns string) bool {
-	if slices.Contains(c.mirrorOf, ns) || (ns != "" && ns == c.name) {
-		return true
-	}
-	if c.dockerHub {
-		return registryname.IsDockerHub(ns)
-	}
-	return ns == c.base.Host || ns == c.registry.RegistryStr()
-}
-
 // label names the upstream in metrics: its registry.
 func (c *Client) label() string {
 	if c.name != "" {
 		return c.name
 	}
 	return c.registry.RegistryStr()
-}
-
-// Repository maps a client's repository name to the upstream's: Docker Hub
-// serves official images under library/. Every other method takes names
-// already mapped.
-func (c *Client) Repository(repo string) string {
-	return registryname.Repository(c.dockerHub, repo)
 }
 
 // HeadManifest asks for a manifest's digest without downloading it

@@ -25,25 +25,6 @@ import (
 	"github.com/depproxy/depproxy/proxy/registryname"
 )
 
-func TestRepositoryShortNames(t *testing.T) {
-	for _, c := range []struct{ upstream, repo, want string }{
-		{registryname.DockerHubURL, "nginx", "library/nginx"},
-		{"https://docker.io", "nginx", "library/nginx"},
-		{registryname.DockerHubURL, "library/nginx", "library/nginx"},
-		{registryname.DockerHubURL, "grafana/mimir", "grafana/mimir"},
-		{"https://quay.io", "nginx", "nginx"},
-		{"http://127.0.0.1:5001", "alpine", "alpine"},
-	} {
-		c0, err := New(c.upstream)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := c0.Repository(c.repo); got != c.want {
-			t.Errorf("%s %s: got %s, want %s", c.upstream, c.repo, got, c.want)
-		}
-	}
-}
-
 func TestNewRejectsBadURLs(t *testing.T) {
 	for _, u := range []string{"registry-1.docker.io", "ftp://x", "", "http://"} {
 		if _, err := New(u); err == nil {
@@ -78,25 +59,6 @@ func TestDockerHubRequestsGoToTheTokenHost(t *testing.T) {
 			if h != "index.docker.io" {
 				t.Errorf("%s: a request went to %s, not index.docker.io", u, h)
 			}
-		}
-	}
-}
-
-func TestMirrors(t *testing.T) {
-	hub, _ := New(registryname.DockerHubURL)
-	own, _ := New("http://127.0.0.1:5001")
-	hubMirror, _ := New("http://127.0.0.1:5001", WithMirrorOf("docker.io"))
-	for _, c := range []struct {
-		c    *Client
-		ns   string
-		want bool
-	}{
-		{hub, "docker.io", true}, {hub, "registry-1.docker.io", true}, {hub, "ghcr.io", false},
-		{own, "127.0.0.1:5001", true}, {own, "docker.io", false},
-		{hubMirror, "docker.io", true}, {hubMirror, "127.0.0.1:5001", true}, {hubMirror, "ghcr.io", false},
-	} {
-		if got := c.c.Mirrors(c.ns); got != c.want {
-			t.Errorf("%s mirrors %s: %v, want %v", c.c.base.Host, c.ns, got, c.want)
 		}
 	}
 }
