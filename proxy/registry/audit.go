@@ -94,7 +94,7 @@ func refusal(err error, re *regError) string {
 	if errors.As(err, &ch) {
 		return ch.Reason
 	}
-	return re.Code
+	return string(re.Code)
 }
 
 // recorder notes a response's status and size (for the audit log, and

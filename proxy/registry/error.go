@@ -14,9 +14,30 @@ import (
 )
 
 // regError is an OCI distribution error, as written on the wire.
+// code is an OCI distribution error code: the spec's, and those
+// registries send besides (DENIED, TOOMANYREQUESTS, UNAVAILABLE).
+type code string
+
+const (
+	codeBlobUnknown     code = "BLOB_UNKNOWN"
+	codeDenied          code = "DENIED"
+	codeDigestInvalid   code = "DIGEST_INVALID"
+	codeManifestInvalid code = "MANIFEST_INVALID"
+	codeManifestUnknown code = "MANIFEST_UNKNOWN"
+	codeNameInvalid     code = "NAME_INVALID"
+	codeNameUnknown     code = "NAME_UNKNOWN"
+	codeNotFound        code = "NOT_FOUND"
+	codeSizeInvalid     code = "SIZE_INVALID"
+	codeTooManyRequests code = "TOOMANYREQUESTS"
+	codeUnauthorized    code = "UNAUTHORIZED"
+	codeUnavailable     code = "UNAVAILABLE"
+	codeUnknown         code = "UNKNOWN"
+	codeUnsupported     code = "UNSUPPORTED"
+)
+
 type regError struct {
 	Status  int
-	Code    string
+	Code    code
 	Message string
 	// retryAfter is passed on from an upstream 429.
 	retryAfter string
@@ -24,9 +45,9 @@ type regError struct {
 	challenge string
 }
 
-func (e *regError) Error() string { return e.Code + ": " + e.Message }
+func (e *regError) Error() string { return string(e.Code) + ": " + e.Message }
 
-var errUnknownRoute = &regError{Status: http.StatusNotFound, Code: "NOT_FOUND", Message: "unknown route: depproxy serves the OCI distribution pull API under /v2/"}
+var errUnknownRoute = &regError{Status: http.StatusNotFound, Code: codeNotFound, Message: "unknown route: depproxy serves the OCI distribution pull API under /v2/"}
 
 // write sends the {"errors":[…]} body. HEAD gets the status alone.
 func (e *regError) write(w http.ResponseWriter, r *http.Request) {
@@ -42,7 +63,7 @@ func (e *regError) write(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	type detail struct {
-		Code    string `json:"code"`
+		Code    code   `json:"code"`
 		Message string `json:"message"`
 	}
 	json.NewEncoder(w).Encode(struct {
@@ -57,7 +78,7 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error) { toRegError(
 // toRegError is the one place where an error becomes an OCI error code.
 // notFound is the code for a 404 on this route (MANIFEST_UNKNOWN,
 // BLOB_UNKNOWN, NAME_UNKNOWN).
-func toRegError(err error, notFound string) *regError {
+func toRegError(err error, notFound code) *regError {
 	var re *regError
 	var se *upstream.StatusError
 	var ch *token.Challenge
@@ -66,37 +87,37 @@ func toRegError(err error, notFound string) *regError {
 	case errors.As(err, &re):
 		return re
 	case errors.As(err, &nm):
-		return &regError{Status: http.StatusNotFound, Code: "NAME_UNKNOWN", Message: nm.Error()}
+		return &regError{Status: http.StatusNotFound, Code: codeNameUnknown, Message: nm.Error()}
 	case errors.As(err, &ch):
-		return &regError{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: ch.Reason, challenge: ch.Header}
+		return &regError{Status: http.StatusUnauthorized, Code: codeUnauthorized, Message: ch.Reason, challenge: ch.Header}
 	case errors.Is(err, peers.ErrBadSignature):
-		return &regError{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: err.Error()}
+		return &regError{Status: http.StatusUnauthorized, Code: codeUnauthorized, Message: err.Error()}
 	case errors.As(err, &se):
 		switch se.StatusCode {
 		case http.StatusNotFound:
 			return &regError{Status: http.StatusNotFound, Code: notFound, Message: "not found upstream"}
 		case http.StatusUnauthorized:
-			return &regError{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: "the upstream refused depproxy's credentials"}
+			return &regError{Status: http.StatusUnauthorized, Code: codeUnauthorized, Message: "the upstream refused depproxy's credentials"}
 		case http.StatusForbidden:
-			return &regError{Status: http.StatusForbidden, Code: "DENIED", Message: "the upstream denied access"}
+			return &regError{Status: http.StatusForbidden, Code: codeDenied, Message: "the upstream denied access"}
 		case http.StatusTooManyRequests:
-			return &regError{Status: http.StatusTooManyRequests, Code: "TOOMANYREQUESTS", Message: "the upstream is rate-limiting and nothing is cached for this request", retryAfter: se.RetryAfter}
+			return &regError{Status: http.StatusTooManyRequests, Code: codeTooManyRequests, Message: "the upstream is rate-limiting and nothing is cached for this request", retryAfter: se.RetryAfter}
 		}
-		return &regError{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: err.Error()}
+		return &regError{Status: http.StatusBadGateway, Code: codeUnavailable, Message: err.Error()}
 	case errors.Is(err, manifest.ErrSchema1):
-		return &regError{Status: http.StatusBadRequest, Code: "MANIFEST_INVALID", Message: "the upstream only has a Docker schema 1 manifest, which depproxy does not serve"}
+		return &regError{Status: http.StatusBadRequest, Code: codeManifestInvalid, Message: "the upstream only has a Docker schema 1 manifest, which depproxy does not serve"}
 	case errors.Is(err, manifest.ErrInvalid):
-		return &regError{Status: http.StatusBadGateway, Code: "MANIFEST_INVALID", Message: err.Error()}
+		return &regError{Status: http.StatusBadGateway, Code: codeManifestInvalid, Message: err.Error()}
 	case errors.Is(err, upstream.ErrTooLarge):
-		return &regError{Status: http.StatusBadRequest, Code: "MANIFEST_INVALID", Message: "the manifest is larger than 4 MiB, the limit for manifests"}
+		return &regError{Status: http.StatusBadRequest, Code: codeManifestInvalid, Message: "the manifest is larger than 4 MiB, the limit for manifests"}
 	case errors.Is(err, cache.ErrTooLarge):
-		return &regError{Status: http.StatusBadGateway, Code: "SIZE_INVALID", Message: err.Error()}
+		return &regError{Status: http.StatusBadGateway, Code: codeSizeInvalid, Message: err.Error()}
 	case errors.Is(err, cache.ErrDigestMismatch):
-		return &regError{Status: http.StatusBadGateway, Code: "DIGEST_INVALID", Message: err.Error()}
+		return &regError{Status: http.StatusBadGateway, Code: codeDigestInvalid, Message: err.Error()}
 	case errors.Is(err, upstream.ErrRedirectRefused):
-		return &regError{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: err.Error()}
+		return &regError{Status: http.StatusBadGateway, Code: codeUnavailable, Message: err.Error()}
 	case errors.Is(err, upstream.ErrUnreachable):
-		return &regError{Status: http.StatusServiceUnavailable, Code: "UNAVAILABLE", Message: "the upstream is unreachable and nothing is cached for this request"}
+		return &regError{Status: http.StatusServiceUnavailable, Code: codeUnavailable, Message: "the upstream is unreachable and nothing is cached for this request"}
 	}
-	return &regError{Status: http.StatusInternalServerError, Code: "UNKNOWN", Message: err.Error()}
+	return &regError{Status: http.StatusInternalServerError, Code: codeUnknown, Message: err.Error()}
 }

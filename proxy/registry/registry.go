@@ -168,7 +168,7 @@ func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // serve answers one request, noting in e what the audit log says of it.
 func (reg *Registry) serve(w http.ResponseWriter, r *http.Request, e *audit.Entry) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		(&regError{Status: http.StatusMethodNotAllowed, Code: "UNSUPPORTED",
+		(&regError{Status: http.StatusMethodNotAllowed, Code: codeUnsupported,
 			Message: "depproxy is a read-only pull-through cache; push to the upstream registry"}).write(w, r)
 		return
 	}
@@ -186,7 +186,7 @@ func (reg *Registry) serve(w http.ResponseWriter, r *http.Request, e *audit.Entr
 	if rt.kind != kindBase {
 		to, perr := reg.pick(r, rt)
 		if perr != nil {
-			e.Answer, e.Reason = audit.Failed, perr.Code
+			e.Answer, e.Reason = audit.Failed, string(perr.Code)
 			perr.write(w, r)
 			return
 		}
@@ -210,7 +210,7 @@ func (reg *Registry) serve(w http.ResponseWriter, r *http.Request, e *audit.Entr
 			// Cached or not: nothing is read, nothing is fetched.
 			e.Answer, e.Reason = audit.Refused, why
 			reg.onDenied(e.Registry)
-			(&regError{Status: http.StatusForbidden, Code: "DENIED", Message: e.Registry + "/" + rt.repo + ": " + why}).write(w, r)
+			(&regError{Status: http.StatusForbidden, Code: codeDenied, Message: e.Registry + "/" + rt.repo + ": " + why}).write(w, r)
 			return
 		}
 		rt.bound = reg.access.Enforced()
@@ -230,12 +230,12 @@ func (reg *Registry) serve(w http.ResponseWriter, r *http.Request, e *audit.Entr
 		err = reg.referrers(w, r, c, rt)
 	}
 	if err != nil {
-		notFound := map[kind]string{kindManifest: "MANIFEST_UNKNOWN", kindBlob: "BLOB_UNKNOWN", kindTags: "NAME_UNKNOWN", kindReferrers: "MANIFEST_UNKNOWN"}[rt.kind]
+		notFound := map[kind]code{kindManifest: codeManifestUnknown, kindBlob: codeBlobUnknown, kindTags: codeNameUnknown, kindReferrers: codeManifestUnknown}[rt.kind]
 		re := toRegError(err, notFound)
 		if re.Status >= 500 {
 			reg.log.Error(err, "request failed", "method", r.Method, "path", r.URL.Path)
 		}
-		e.Answer, e.Reason = audit.Failed, re.Code
+		e.Answer, e.Reason = audit.Failed, string(re.Code)
 		re.write(w, r)
 	}
 }

@@ -89,11 +89,11 @@ func cutLast(s string) (before, after string, ok bool) {
 
 func checkName(name string) *regError {
 	if len(name) > reference.NameTotalLengthMax {
-		return &regError{Status: 400, Code: "NAME_INVALID",
+		return &regError{Status: 400, Code: codeNameInvalid,
 			Message: fmt.Sprintf("repository name is %d characters long, the limit is %d", len(name), reference.NameTotalLengthMax)}
 	}
 	if !anchoredPath.MatchString(name) {
-		return &regError{Status: 400, Code: "NAME_INVALID", Message: fmt.Sprintf("invalid repository name %q", name)}
+		return &regError{Status: 400, Code: codeNameInvalid, Message: fmt.Sprintf("invalid repository name %q", name)}
 	}
 	return nil
 }
@@ -108,9 +108,9 @@ func (rt *route) parseRef(ref string) *regError {
 	d, err := digest.Parse(ref)
 	switch {
 	case err != nil && rt.kind == kindManifest:
-		return &regError{Status: 400, Code: "MANIFEST_INVALID", Message: fmt.Sprintf("%q is neither a tag nor a digest", ref)}
+		return &regError{Status: 400, Code: codeManifestInvalid, Message: fmt.Sprintf("%q is neither a tag nor a digest", ref)}
 	case err != nil:
-		return &regError{Status: 400, Code: "DIGEST_INVALID", Message: fmt.Sprintf("invalid digest %q: %v", ref, err)}
+		return &regError{Status: 400, Code: codeDigestInvalid, Message: fmt.Sprintf("invalid digest %q: %v", ref, err)}
 	case rt.kind == kindManifest:
 		rt.ref = manifest.DigestRef(d)
 	default:

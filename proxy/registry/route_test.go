@@ -36,7 +36,7 @@ func TestParseRoute(t *testing.T) {
 	for _, c := range cases {
 		got, err := parseRoute(c.path)
 		switch {
-		case c.wantCode != "" && (err == nil || err.Code != c.wantCode):
+		case c.wantCode != "" && (err == nil || string(err.Code) != c.wantCode):
 			t.Errorf("%s: got %+v, %v; want %s", c.path, got, err, c.wantCode)
 		case c.wantCode == "" && err != nil:
 			t.Errorf("%s: %v", c.path, err)
