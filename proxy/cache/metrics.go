@@ -81,7 +81,7 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 // lazy pull.
 func (m *Metrics) exportUpstream(registry string) {
 	m.coldRanges.WithLabelValues(registry)
-	for _, state := range []string{"cold", "warm"} {
+	for _, state := range []string{rangeState(true), rangeState(false)} {
 		m.ranges.WithLabelValues(registry, state)
 		m.rangeFirstByte.WithLabelValues(registry, state)
 	}
@@ -175,16 +175,22 @@ func (c *Cache) CountServed(ctx context.Context, kind string, bytes int64) {
 	c.metrics.served.WithLabelValues(c.registry, kind).Add(float64(bytes))
 }
 
+// rangeState is a range's label: cold, from a blob being downloaded, or
+// warm, from a stored one.
+func rangeState(cold bool) string {
+	if cold {
+		return "cold"
+	}
+	return "warm"
+}
+
 // CountRange records a range answered, cold or warm, and its time to
 // first byte.
 func (c *Cache) CountRange(ctx context.Context, cold bool, firstByte time.Duration) {
 	if !counted(ctx) {
 		return
 	}
-	state := "warm"
-	if cold {
-		state = "cold"
-	}
+	state := rangeState(cold)
 	c.metrics.ranges.WithLabelValues(c.registry, state).Inc()
 	c.metrics.rangeFirstByte.WithLabelValues(c.registry, state).Observe(firstByte.Seconds())
 }
