@@ -10,34 +10,23 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
-	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/depproxy/depproxy/proxy/audit"
 	"github.com/depproxy/depproxy/proxy/cache"
-	"github.com/depproxy/depproxy/proxy/cleanup"
-	"github.com/depproxy/depproxy/proxy/credprovider"
-	"github.com/depproxy/depproxy/proxy/hot"
 	"github.com/depproxy/depproxy/proxy/keep"
 	"github.com/depproxy/depproxy/proxy/layout"
-	"github.com/depproxy/depproxy/proxy/peers"
-	"github.com/depproxy/depproxy/proxy/pins"
-	"github.com/depproxy/depproxy/proxy/registry"
 	"github.com/depproxy/depproxy/proxy/report"
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/storage"
@@ -77,10 +66,6 @@ type options struct {
 	keepTiming                keep.Timing
 	configFile                string
 	idleTimeout, writeTimeout time.Duration
-	certs                     *certReloader // nil: plain HTTP
-	// stopping: the server was told to stop, and says it is not ready
-	// while it still serves for --shutdown-delay.
-	stopping atomic.Bool
 }
 
 // WithTimeouts sets how long a keep-alive connection may idle and a
@@ -113,237 +98,28 @@ func WithCacheOptions(opts ...cache.Option) Option {
 	return func(o *options) { o.cache = append(o.cache, opts...) }
 }
 
-// New builds a proxy from its settings.
+// New builds a proxy from its settings, step by step (assemble.go).
 func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Option) (*Server, error) {
 	o := options{idleTimeout: idleTimeout, writeTimeout: writeTimeout}
 	for _, opt := range opts {
 		opt(&o)
 	}
-	var closers []func() error
-	store := o.store
-	if store == nil {
-		var err error
-		if store, err = OpenStorage(ctx, s, log); err != nil {
-			return nil, err
-		}
-		if c, ok := store.(io.Closer); ok {
-			closers = append(closers, c.Close)
-		}
-	}
-	spoolParent := s.SpoolDir
-	switch {
-	case spoolParent != "":
-	case s.HotDir != "":
-		spoolParent = s.HotDir // keeping a download hot is then a link
-	default:
-		spoolParent = filepath.Join(os.TempDir(), "depproxy")
-	}
-	spoolDir, closeSpool, err := storage.SpoolFor(store, spoolParent)
-	if err != nil {
-		return nil, err
-	}
-	closers = append(closers, closeSpool)
-	upstreams, err := s.Upstreams()
-	if err != nil {
-		return nil, err
-	}
-	routes, err := s.Routes()
-	if err != nil {
-		return nil, err
-	}
-	platforms, err := parsePlatforms(s.PrefetchPlatforms)
-	if err != nil {
-		return nil, err
-	}
-	key, err := signingKey(s, log)
-	if err != nil {
-		return nil, err
-	}
-	var certs *certReloader
-	if s.TLSCert != "" || s.TLSKey != "" {
-		if s.TLSCert == "" || s.TLSKey == "" {
-			return nil, errors.New("tls: set both --tls-cert and --tls-key")
-		}
-		if certs, err = newCertReloader(s.TLSCert, s.TLSKey, log.WithName("tls")); err != nil {
+	a := &assembly{s: s, log: log, o: o}
+	for _, step := range []func(context.Context) error{a.openStorage, a.settle, a.observe, a.keeping, a.pullThrough, a.connect} {
+		if err := step(ctx); err != nil {
+			a.release()
 			return nil, err
 		}
 	}
-	var peering *replicas
-	if cfg, err := s.Replicas(); err != nil {
-		return nil, err
-	} else if cfg != nil {
-		if peering, err = newReplicas(cfg, key, certs); err != nil {
-			return nil, err
-		}
-	}
-	metrics := prometheus.NewRegistry()
-	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		cleanup.NewCollector(store), storage.NewSpoolCollector(spoolDir))
-	if s3, ok := store.(*storage.S3); ok {
-		metrics.MustRegister(s3.Collector())
-	}
-	var replicaMetrics *peers.Metrics
-	if peering != nil {
-		metrics.MustRegister(peering.collector())
-		replicaMetrics = peers.NewMetrics(metrics)
-	}
-	cacheMetrics := cache.NewMetrics(metrics)
-	var hotOpts []cache.Option
-	if s.HotDir != "" {
-		tier, err := hot.Open(s.HotDir, int64(s.HotSize), hot.WithLogger(log.WithName("hot")), hot.WithMetrics(hot.NewMetrics(metrics)))
-		if err != nil {
-			return nil, err
-		}
-		hotOpts = append(hotOpts, cache.WithHot(tier))
-	}
-	upstreamMetrics := upstream.NewMetrics(metrics)
-	scanner := summary.New(store, nil).WithLogger(log.WithName("summary"))
-	for flag, path := range map[string]string{"pinned": s.Pinned, "warm": s.Warm} {
-		if path == "" {
-			continue
-		}
-		if _, err := pins.Read(path); err != nil {
-			return nil, fmt.Errorf("%s: %w", flag, err)
-		}
-	}
-	warmPlatforms := platforms
-	if s.WarmPlatforms != "" {
-		if warmPlatforms, err = parsePlatforms(s.WarmPlatforms); err != nil {
-			return nil, fmt.Errorf("warm-platforms: %w", err)
-		}
-	}
-	rules, err := s.Access()
+	handler, err := a.serving()
 	if err != nil {
+		a.release()
 		return nil, err
 	}
-	gate := newAccessGate(rules, o.configFile, metrics, log.WithName("access"))
-	var registries []registry.Source // one per upstream, made below
-	// namesOf are the names the rules hold an image of a registry to.
-	namesOf := func(registry, repo string) []string {
-		if to, err := routes.Route(registry, repo); err == nil {
-			return routes.Names(to)
-		}
-		return []string{registry}
-	}
-	keeper := keep.New(keep.Options{Pinned: s.Pinned, Warm: s.Warm, MaxSize: int64(s.MaxSize), Store: store, Platforms: warmPlatforms,
-		Summary: scanner, Log: log.WithName("keep"), Timing: o.keepTiming,
-		Leader: func() bool { return peering == nil || peering.ring.Owner(keeperKey) == peering.ring.Self() },
-		Denied: func(r pins.Ref) string { return gate.Denied(namesOf(r.Registry, r.Repo), r.Repo, r.Tag) }})
-	metrics.MustRegister(keeper.Collector())
-	// One cache per upstream, over the one storage: tags apart by
-	// registry, manifests and blobs shared by digest.
-	var caches []*cache.Cache
-	var clients []*upstream.Client
-	var plugins *credprovider.Providers
-	if s.CredProviderConfig != "" {
-		if plugins, err = credprovider.Load(s.CredProviderConfig, s.CredProviderBinDir, s.CredProviderTokens); err != nil {
-			return nil, err
-		}
-	}
-	for _, u := range upstreams {
-		if u.CredentialProvider != "" && !plugins.Has(u.CredentialProvider) {
-			return nil, fmt.Errorf("upstream-credential-provider %s=%s: no such provider in --image-credential-provider-config", u.Registry, u.CredentialProvider)
-		}
-		up, err := newUpstream(u, upstream.WithMetrics(upstreamMetrics), upstream.WithRateLimitReserve(s.RateLimitReserve),
-			// A plugin is asked for the image pulled from the host the
-			// credentials go to, matched by that host (and the upstream's
-			// name), and only its own for a bound upstream. The
-			// upstream's own credentials, applied after, win.
-			upstream.WithAuthenticatorFor(func(image string) authn.Authenticator {
-				if u.ProvidersBound && u.CredentialProvider == "" {
-					return nil
-				}
-				return plugins.For(u.Registry, u.CredentialProvider, image)
-			}))
-		if err != nil {
-			return nil, err
-		}
-		var through cache.Upstream = up
-		if peering != nil {
-			through = peers.NewUpstream(up, u.Registry, peering.ring, peering.signer, peering.tls, replicaMetrics,
-				log.WithName("replicas").WithValues("registry", u.Registry))
-		}
-		c := cache.New(through, store, append([]cache.Option{
-			cache.WithLogger(log.WithName("cache").WithValues("registry", u.Registry)),
-			cache.WithRegistry(u.Registry),
-			cache.WithRecheckInterval(s.RecheckInterval.Std()),
-			cache.WithPrefetch(platforms),
-			cache.WithRedirect(s.S3Redirect),
-			cache.WithMetrics(cacheMetrics),
-			cache.WithStored(func(st cache.Stored) { scanner.Record(summaryChange(u.Registry, st)) }),
-			cache.WithLimits(cache.Limits{MaxDownloads: s.MaxDownloads, MaxBlobSize: int64(s.MaxBlobSize)}),
-			cache.WithMemory(int64(s.ManifestMemory)),
-			cache.WithSpoolDir(spoolDir),
-			cache.WithOrigins(len(upstreams) > 1),
-			cache.WithUpstreamNotFound(s.OnUpstreamNotFound != settings.NotFound, keeper.Pinned(u.Registry)),
-		}, append(hotOpts, o.cache...)...)...)
-		caches = append(caches, c)
-		clients = append(clients, up)
-		registries = append(registries, registry.Source{Registry: u.Registry, Cache: c})
-	}
-	keeper.SetResolver(func(registry, repo string) (*cache.Cache, string, string, bool) {
-		to, err := routes.Route(registry, repo)
-		if err != nil {
-			return nil, "", "", false
-		}
-		return caches[to.Upstream], upstreams[to.Upstream].Registry, to.Repository, true
-	})
-	keeper.Reload() // the tags are pinned from the first request on
-	scanner.SetHidden(func(registry, repo string) bool {
-		return gate.Denied(namesOf(registry, repo), repo, "") != ""
-	})
-	scanner.SetLive(func(sum *report.Summary) {
-		sum.Hits, sum.Misses = caches[0].HitCounts()
-		sum.Throttled = throttled(upstreams, clients)
-		keeper.Report(sum)
-		sum.Denied = gate.denied.Load()
-		sum.CredentialErrors = plugins.Failing()
-	})
-
-	sources, err := token.ParseTrustedProxies(s.TrustedProxies)
-	if err != nil {
-		return nil, fmt.Errorf("trusted-proxies: %w", err)
-	}
-	var auditLog *audit.Log
-	if s.AuditLog != "" {
-		if auditLog, err = audit.Open(s.AuditLog, audit.Options{Tenant: s.Tenant, Blobs: s.AuditBlobs, ClientOf: sources.Of, MaxSize: int64(s.AuditLogMaxSize)}); err != nil {
-			return nil, err
-		}
-		closers = append(closers, auditLog.Close)
-	}
-	guard, tokens, err := logins(s, key, sources, auditLog, metrics, log)
-	if err != nil {
-		return nil, err
-	}
-	var auth registry.Authorizer = guard
-	if peering != nil {
-		auth = replicaAuth{guard}
-	}
-	var auditor registry.Auditor
-	if auditLog != nil {
-		auditor = auditLog
-	}
-	reg := registry.New(routes, registries, registry.Options{Auth: auth, Audit: auditor, Origins: storedOrigins{store},
-		Access: gate, OnDenied: gate.count}, log.WithName("registry"))
-	browser := ui.New(scanner, tokens, caches[0].HitCounts, func(ctx context.Context) {
-		for _, c := range caches {
-			c.FlushReads(ctx)
-		}
-	}, log.WithName("ui"))
-	handler := registryRoutes(reg, tokens, browser)
-	if peering != nil {
-		handler = replicaRequests(handler, peering.signer, peering.ring.Self())
-	}
-	if s.LogLevel >= 1 {
-		handler = accessLog(handler, log.WithName("http"))
-	}
-	for _, c := range caches {
-		closers = append([]func() error{func() error { c.Close(); return nil }}, closers...)
-	}
-	srv := &Server{settings: s, log: log, caches: caches, store: store, summary: scanner, keep: keeper, access: gate, closers: closers, handler: handler,
-		idleTimeout: o.idleTimeout, writeTimeout: o.writeTimeout, certs: certs, replicas: peering}
-	srv.ops = opsRoutes(promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}), scanner.Handler(s.SummaryInterval.Std(), log.WithName("summary")),
-		func() bool { return !srv.stopping.Load() && peering.ready() })
+	srv := &Server{settings: s, log: log, caches: a.caches, store: a.store, summary: a.scanner, keep: a.keeper, access: a.gate,
+		closers: a.closers, handler: handler, idleTimeout: o.idleTimeout, writeTimeout: o.writeTimeout, certs: a.certs, replicas: a.peering}
+	srv.ops = opsRoutes(promhttp.HandlerFor(a.metrics, promhttp.HandlerOpts{}), a.scanner.Handler(s.SummaryInterval.Std(), log.WithName("summary")),
+		func() bool { return !srv.stopping.Load() && a.peering.ready() })
 	return srv, nil
 }
 

@@ -1,0 +1,323 @@
+package server
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+
+	"github.com/go-logr/logr"
+	"github.com/google/go-containerregistry/pkg/authn"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/depproxy/depproxy/proxy/audit"
+	"github.com/depproxy/depproxy/proxy/cache"
+	"github.com/depproxy/depproxy/proxy/cleanup"
+	"github.com/depproxy/depproxy/proxy/credprovider"
+	"github.com/depproxy/depproxy/proxy/hot"
+	"github.com/depproxy/depproxy/proxy/keep"
+	"github.com/depproxy/depproxy/proxy/peers"
+	"github.com/depproxy/depproxy/proxy/pins"
+	"github.com/depproxy/depproxy/proxy/registry"
+	"github.com/depproxy/depproxy/proxy/report"
+	"github.com/depproxy/depproxy/proxy/routing"
+	"github.com/depproxy/depproxy/proxy/settings"
+	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/proxy/summary"
+	"github.com/depproxy/depproxy/proxy/token"
+	"github.com/depproxy/depproxy/proxy/ui"
+	"github.com/depproxy/depproxy/proxy/upstream"
+)
+
+// assembly is a proxy being built from its settings, one step at a time
+// (New lists them): what each step makes, the next ones use.
+type assembly struct {
+	s       settings.Settings
+	log     logr.Logger
+	o       options
+	closers []func() error // what was opened, released in reverse
+
+	store     storage.Storage
+	spoolDir  string
+	upstreams []settings.Upstream
+	routes    routing.Table
+	platforms []v1.Platform // prefetched
+	key       *ecdsa.PrivateKey
+	certs     *certReloader // nil: plain HTTP
+	peering   *replicas     // nil: the only replica
+
+	metrics  *prometheus.Registry
+	cacheOpt []cache.Option // the metrics and the hot tier every cache shares
+	scanner  *summary.Scanner
+	gate     *accessGate
+	keeper   *keep.Keeper
+	plugins  *credprovider.Providers
+	caches   []*cache.Cache
+	clients  []*upstream.Client
+	sources  []registry.Source
+}
+
+// openStorage opens the storage (unless a test gave one) and this
+// process's spool directory in it.
+func (a *assembly) openStorage(ctx context.Context) error {
+	a.store = a.o.store
+	if a.store == nil {
+		var err error
+		if a.store, err = OpenStorage(ctx, a.s, a.log); err != nil {
+			return err
+		}
+		if c, ok := a.store.(io.Closer); ok {
+			a.closers = append(a.closers, c.Close)
+		}
+	}
+	parent := a.s.SpoolDir
+	switch {
+	case parent != "":
+	case a.s.HotDir != "":
+		parent = a.s.HotDir // keeping a download hot is then a link
+	default:
+		parent = filepath.Join(os.TempDir(), "depproxy")
+	}
+	dir, closeSpool, err := storage.SpoolFor(a.store, parent)
+	if err != nil {
+		return err
+	}
+	a.spoolDir, a.closers = dir, append(a.closers, closeSpool)
+	return nil
+}
+
+// settle reads what the settings name beyond themselves: upstreams and
+// their routes, platforms, the signing key, TLS, the replicas.
+func (a *assembly) settle(context.Context) error {
+	var err error
+	if a.upstreams, err = a.s.Upstreams(); err != nil {
+		return err
+	}
+	if a.routes, err = a.s.Routes(); err != nil {
+		return err
+	}
+	if a.platforms, err = parsePlatforms(a.s.PrefetchPlatforms); err != nil {
+		return err
+	}
+	if a.key, err = signingKey(a.s, a.log); err != nil {
+		return err
+	}
+	if a.s.TLSCert != "" || a.s.TLSKey != "" {
+		if a.s.TLSCert == "" || a.s.TLSKey == "" {
+			return errors.New("tls: set both --tls-cert and --tls-key")
+		}
+		if a.certs, err = newCertReloader(a.s.TLSCert, a.s.TLSKey, a.log.WithName("tls")); err != nil {
+			return err
+		}
+	}
+	cfg, err := a.s.Replicas()
+	if err != nil || cfg == nil {
+		return err
+	}
+	a.peering, err = newReplicas(cfg, a.key, a.certs)
+	return err
+}
+
+// observe makes the metrics registry, and the parts every cache shares
+// that count into it (the hot tier among them).
+func (a *assembly) observe(context.Context) error {
+	a.metrics = prometheus.NewRegistry()
+	a.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		cleanup.NewCollector(a.store), storage.NewSpoolCollector(a.spoolDir))
+	if s3, ok := a.store.(*storage.S3); ok {
+		a.metrics.MustRegister(s3.Collector())
+	}
+	if a.peering != nil {
+		a.metrics.MustRegister(a.peering.collector())
+	}
+	a.cacheOpt = []cache.Option{cache.WithMetrics(cache.NewMetrics(a.metrics))}
+	if a.s.HotDir != "" {
+		tier, err := hot.Open(a.s.HotDir, int64(a.s.HotSize), hot.WithLogger(a.log.WithName("hot")), hot.WithMetrics(hot.NewMetrics(a.metrics)))
+		if err != nil {
+			return err
+		}
+		a.cacheOpt = append(a.cacheOpt, cache.WithHot(tier))
+	}
+	return nil
+}
+
+// keeping makes the summary, the access rules' gate and the keeper of
+// the pins and the budget.
+func (a *assembly) keeping(context.Context) error {
+	a.scanner = summary.New(a.store, nil).WithLogger(a.log.WithName("summary"))
+	for flag, path := range map[string]string{"pinned": a.s.Pinned, "warm": a.s.Warm} {
+		if path == "" {
+			continue
+		}
+		if _, err := pins.Read(path); err != nil {
+			return fmt.Errorf("%s: %w", flag, err)
+		}
+	}
+	warmPlatforms := a.platforms
+	if a.s.WarmPlatforms != "" {
+		var err error
+		if warmPlatforms, err = parsePlatforms(a.s.WarmPlatforms); err != nil {
+			return fmt.Errorf("warm-platforms: %w", err)
+		}
+	}
+	rules, err := a.s.Access()
+	if err != nil {
+		return err
+	}
+	a.gate = newAccessGate(rules, a.o.configFile, a.metrics, a.log.WithName("access"))
+	a.keeper = keep.New(keep.Options{Pinned: a.s.Pinned, Warm: a.s.Warm, MaxSize: int64(a.s.MaxSize), Store: a.store, Platforms: warmPlatforms,
+		Summary: a.scanner, Log: a.log.WithName("keep"), Timing: a.o.keepTiming,
+		Leader: func() bool { return a.peering == nil || a.peering.ring.Owner(keeperKey) == a.peering.ring.Self() },
+		Denied: func(r pins.Ref) string { return a.gate.Denied(a.namesOf(r.Registry, r.Repo), r.Repo, r.Tag) }})
+	a.metrics.MustRegister(a.keeper.Collector())
+	return nil
+}
+
+// namesOf are the names the access rules hold an image of a registry to.
+func (a *assembly) namesOf(registry, repo string) []string {
+	if to, err := a.routes.Route(registry, repo); err == nil {
+		return a.routes.Names(to)
+	}
+	return []string{registry}
+}
+
+// pullThrough makes one upstream client and one cache per upstream, over
+// the one storage: tags apart by registry, manifests and blobs shared by
+// digest.
+func (a *assembly) pullThrough(context.Context) error {
+	s := a.s
+	var err error
+	if s.CredProviderConfig != "" {
+		if a.plugins, err = credprovider.Load(s.CredProviderConfig, s.CredProviderBinDir, s.CredProviderTokens); err != nil {
+			return err
+		}
+	}
+	upstreamMetrics := upstream.NewMetrics(a.metrics)
+	var replicaMetrics *peers.Metrics
+	if a.peering != nil {
+		replicaMetrics = peers.NewMetrics(a.metrics)
+	}
+	for _, u := range a.upstreams {
+		if u.CredentialProvider != "" && !a.plugins.Has(u.CredentialProvider) {
+			return fmt.Errorf("upstream-credential-provider %s=%s: no such provider in --image-credential-provider-config", u.Registry, u.CredentialProvider)
+		}
+		up, err := newUpstream(u, upstream.WithMetrics(upstreamMetrics), upstream.WithRateLimitReserve(s.RateLimitReserve),
+			upstream.WithAuthenticatorFor(a.pluginCredentials(u)))
+		if err != nil {
+			return err
+		}
+		var through cache.Upstream = up
+		if a.peering != nil {
+			through = peers.NewUpstream(up, u.Registry, a.peering.ring, a.peering.signer, a.peering.tls, replicaMetrics,
+				a.log.WithName("replicas").WithValues("registry", u.Registry))
+		}
+		c := cache.New(through, a.store, append(append([]cache.Option{
+			cache.WithLogger(a.log.WithName("cache").WithValues("registry", u.Registry)),
+			cache.WithRegistry(u.Registry),
+			cache.WithRecheckInterval(s.RecheckInterval.Std()),
+			cache.WithPrefetch(a.platforms),
+			cache.WithRedirect(s.S3Redirect),
+			cache.WithStored(func(st cache.Stored) { a.scanner.Record(summaryChange(u.Registry, st)) }),
+			cache.WithLimits(cache.Limits{MaxDownloads: s.MaxDownloads, MaxBlobSize: int64(s.MaxBlobSize)}),
+			cache.WithMemory(int64(s.ManifestMemory)),
+			cache.WithSpoolDir(a.spoolDir),
+			cache.WithOrigins(len(a.upstreams) > 1),
+			cache.WithUpstreamNotFound(s.OnUpstreamNotFound != settings.NotFound, a.keeper.Pinned(u.Registry)),
+		}, a.cacheOpt...), a.o.cache...)...)
+		a.caches, a.clients = append(a.caches, c), append(a.clients, up)
+		a.sources = append(a.sources, registry.Source{Registry: u.Registry, Cache: c})
+		a.closers = append([]func() error{func() error { c.Close(); return nil }}, a.closers...)
+	}
+	return nil
+}
+
+// pluginCredentials: a plugin is asked for the image pulled from the
+// host the credentials go to, matched by that host (and the upstream's
+// name), and only its own for a bound upstream. The upstream's own
+// credentials, applied after, win.
+func (a *assembly) pluginCredentials(u settings.Upstream) func(image string) authn.Authenticator {
+	return func(image string) authn.Authenticator {
+		if u.ProvidersBound && u.CredentialProvider == "" {
+			return nil
+		}
+		return a.plugins.For(u.Registry, u.CredentialProvider, image)
+	}
+}
+
+// connect tells the keeper and the summary what the caches are, now that
+// they exist.
+func (a *assembly) connect(context.Context) error {
+	a.keeper.SetResolver(func(registry, repo string) (*cache.Cache, string, string, bool) {
+		to, err := a.routes.Route(registry, repo)
+		if err != nil {
+			return nil, "", "", false
+		}
+		return a.caches[to.Upstream], a.upstreams[to.Upstream].Registry, to.Repository, true
+	})
+	a.keeper.Reload() // the tags are pinned from the first request on
+	a.scanner.SetHidden(func(registry, repo string) bool {
+		return a.gate.Denied(a.namesOf(registry, repo), repo, "") != ""
+	})
+	a.scanner.SetLive(func(sum *report.Summary) {
+		sum.Hits, sum.Misses = a.caches[0].HitCounts()
+		sum.Throttled = throttled(a.upstreams, a.clients)
+		a.keeper.Report(sum)
+		sum.Denied = a.gate.denied.Load()
+		sum.CredentialErrors = a.plugins.Failing()
+	})
+	return nil
+}
+
+// serving makes the registry port's handler: logins, the audit log, the
+// /v2 surface, the cache browser, and what replicas and --log-level add.
+func (a *assembly) serving() (http.Handler, error) {
+	s := a.s
+	clients, err := token.ParseTrustedProxies(s.TrustedProxies)
+	if err != nil {
+		return nil, fmt.Errorf("trusted-proxies: %w", err)
+	}
+	var auditLog *audit.Log
+	var auditor registry.Auditor
+	if s.AuditLog != "" {
+		if auditLog, err = audit.Open(s.AuditLog, audit.Options{Tenant: s.Tenant, Blobs: s.AuditBlobs, ClientOf: clients.Of, MaxSize: int64(s.AuditLogMaxSize)}); err != nil {
+			return nil, err
+		}
+		a.closers, auditor = append(a.closers, auditLog.Close), auditLog
+	}
+	guard, tokens, err := logins(s, a.key, clients, auditLog, a.metrics, a.log)
+	if err != nil {
+		return nil, err
+	}
+	var auth registry.Authorizer = guard
+	if a.peering != nil {
+		auth = replicaAuth{guard}
+	}
+	reg := registry.New(a.routes, a.sources, registry.Options{Auth: auth, Audit: auditor, Origins: storedOrigins{a.store},
+		Access: a.gate, OnDenied: a.gate.count}, a.log.WithName("registry"))
+	browser := ui.New(a.scanner, tokens, a.caches[0].HitCounts, func(ctx context.Context) {
+		for _, c := range a.caches {
+			c.FlushReads(ctx)
+		}
+	}, a.log.WithName("ui"))
+	handler := registryRoutes(reg, tokens, browser)
+	if a.peering != nil {
+		handler = replicaRequests(handler, a.peering.signer, a.peering.ring.Self())
+	}
+	if s.LogLevel >= 1 {
+		handler = accessLog(handler, a.log.WithName("http"))
+	}
+	return handler, nil
+}
+
+// release closes what was opened, when a later step failed.
+func (a *assembly) release() {
+	for _, c := range a.closers {
+		c()
+	}
+}
