@@ -135,16 +135,24 @@ func (r *Rules) Denied(names []string, repo, tag string) string {
 	if r == nil {
 		return ""
 	}
-	full := make([]string, 0, len(names))
+	// An upstream with Docker Hub's naming asks for library/nginx where
+	// the client, and a rule written for the upstream's own name, say
+	// nginx: both forms are matched.
+	repos := []string{repo}
+	if short, ok := strings.CutPrefix(repo, "library/"); ok && !strings.Contains(short, "/") {
+		repos = append(repos, short)
+	}
+	full := make([]string, 0, 2*len(names))
 	for _, n := range names {
 		if n == "" {
 			continue
 		}
-		rp := repo
-		if registryname.IsDockerHub(n) {
-			n, rp = registryname.DockerHub, registryname.Repository(true, repo)
+		for _, rp := range repos {
+			if registryname.IsDockerHub(n) {
+				n, rp = registryname.DockerHub, registryname.Repository(true, rp)
+			}
+			full = append(full, n+"/"+rp)
 		}
-		full = append(full, n+"/"+rp)
 	}
 	for _, ru := range r.deny {
 		for _, name := range full {

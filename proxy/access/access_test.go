@@ -66,6 +66,15 @@ func TestRulesOverEveryName(t *testing.T) {
 			t.Errorf("%v %s: %q, want denied %v", c.names, c.repo, got, c.denied)
 		}
 	}
+	// Docker Hub under another name: the upstream asks for library/x,
+	// the rule says x.
+	corp, err := Parse(nil, []string{"hub.corp/nginx"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := corp.Denied([]string{"hub.corp", "registry-1.docker.io"}, "library/nginx", ""); got == "" {
+		t.Error("a rule for a Docker Hub upstream under its own name, short form, did not hold")
+	}
 	allow, err := Parse([]string{"docker.io/library/*"}, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -102,8 +102,10 @@ type Cache struct {
 	// blobs its manifests name are recorded as its.
 	registry string
 	origins  bool
-	// links: which repositories content was served for (links.go).
-	links links
+	// links: which repositories content was served for (links.go);
+	// linking bounds their background writes.
+	links   links
+	linking chan struct{}
 
 	hot Hot // nil: blobs are read from the storage
 
@@ -255,6 +257,7 @@ func New(up Upstream, store storage.Storage, opts ...Option) *Cache {
 	}
 	c.metrics.exportUpstream(c.registry)
 	c.downloads = make(chan struct{}, c.limits.MaxDownloads)
+	c.linking = make(chan struct{}, maxLinking)
 	c.reads = newReadTracker(store, c.now, c.log)
 	return c
 }

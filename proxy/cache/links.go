@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	"k8s.io/utils/lru"
@@ -47,10 +48,10 @@ func (l *links) has(key string) bool {
 func (l *links) add(key string) { l.cache().Add(key, struct{}{}) }
 
 // Linked says whether d may be served under repo: it was served for repo
-// before (a link in storage says so), or the upstream answers that repo
-// has it, which links it. An error is the upstream's answer otherwise
-// (not found, refused, unreachable): the upstream decides, never the
-// shared storage.
+// before (a link says so), or the upstream answers that repo has it,
+// which links it. An error is the upstream's answer otherwise (not
+// found, refused, unreachable): the upstream decides, never the shared
+// storage.
 func (c *Cache) Linked(ctx context.Context, repo string, d digest.Digest, isManifest bool) error {
 	key := layout.Link(d, c.registry, repo)
 	if c.links.has(key) {
@@ -76,22 +77,18 @@ func (c *Cache) Linked(ctx context.Context, repo string, d digest.Digest, isMani
 		c.log.V(1).Info("the upstream did not confirm a digest for a repository it is not linked to", "repository", repo, "digest", d, "error", err.Error())
 		return err
 	}
-	c.writeLinks(ctx, repo, d)
+	c.link(repo, d)
 	return nil
 }
 
 // Link records m, and what it references (an index's children, an
-// image's config and layers), as content of repo: m was just served for
-// repo, under the rules in force. The references go first and the
-// manifest's own link last, so that a manifest's link in storage means
-// its references are linked too.
-func (c *Cache) Link(ctx context.Context, repo string, m *Manifest) {
-	key := layout.Link(m.Digest, c.registry, repo)
-	if c.links.has(key) {
-		return
-	}
-	if _, err := c.store.Stat(ctx, key); err == nil {
-		c.links.add(key)
+// image's config and layers), as content of repo: m was served, or
+// warmed, for repo. This replica knows at once; the links are stored in
+// the background (a slow storage never holds up a pull), references
+// first and the manifest's own link last, so that a manifest's link in
+// storage means its references are linked too.
+func (c *Cache) Link(_ context.Context, repo string, m *Manifest) {
+	if c.links.has(layout.Link(m.Digest, c.registry, repo)) {
 		return
 	}
 	var refs []digest.Digest
@@ -110,21 +107,37 @@ func (c *Cache) Link(ctx context.Context, repo string, m *Manifest) {
 			}
 		}
 	}
-	c.writeLinks(ctx, repo, append(refs, m.Digest)...)
+	c.link(repo, append(refs, m.Digest)...)
 }
 
-// writeLinks stores a link of each digest to repo. A link that cannot
-// be stored is remembered here only: this replica serves it, and the
-// next one asks the upstream again.
-func (c *Cache) writeLinks(ctx context.Context, repo string, ds ...digest.Digest) {
+// maxLinking bounds the background writes of links at once; past it a
+// link is known to this replica only, and another asks the upstream.
+const maxLinking = 16
+
+// link records ds as repo's: in memory now, in storage in the
+// background unless the last of them is stored already.
+func (c *Cache) link(repo string, ds ...digest.Digest) {
 	for _, d := range ds {
-		key := layout.Link(d, c.registry, repo)
-		if c.links.has(key) {
-			continue
-		}
-		if err := c.store.Put(ctx, key, strings.NewReader(""), 0); err != nil {
-			c.storageFailed(err, "store a link", "repository", repo, "digest", d)
-		}
-		c.links.add(key)
+		c.links.add(layout.Link(d, c.registry, repo))
 	}
+	select {
+	case c.linking <- struct{}{}:
+	default:
+		return
+	}
+	c.running.Add(1)
+	go func() {
+		defer func() { <-c.linking; c.running.Done() }()
+		ctx, cancel := context.WithTimeout(c.background, time.Minute)
+		defer cancel()
+		if _, err := c.store.Stat(ctx, layout.Link(ds[len(ds)-1], c.registry, repo)); err == nil {
+			return
+		}
+		for _, d := range ds {
+			if err := c.store.Put(ctx, layout.Link(d, c.registry, repo), strings.NewReader(""), 0); err != nil {
+				c.storageFailed(err, "store a link", "repository", repo, "digest", d)
+				return
+			}
+		}
+	}()
 }

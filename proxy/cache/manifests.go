@@ -398,6 +398,7 @@ func (c *Cache) prefetchImage(ctx context.Context, repo string, d digest.Digest)
 	if err != nil {
 		return err
 	}
+	c.Link(ctx, repo, m)
 	if manifest.IsIndex(m.MediaType) {
 		return nil
 	}

@@ -27,6 +27,7 @@ func (c *Cache) Warm(ctx context.Context, repo string, ref manifest.Ref, platfor
 	if err != nil {
 		return Warmed{}, err
 	}
+	c.Link(ctx, repo, m) // warmed for repo: served under it with the upstream down
 	w := Warmed{Digest: m.Digest}
 	if !manifest.IsIndex(m.MediaType) {
 		return w, c.prefetchImage(ctx, repo, m.Digest)

@@ -309,5 +309,20 @@ func (r *run) delete(ctx context.Context, key string, size int64) error {
 	if err := r.store.Delete(ctx, key); err != nil {
 		return fmt.Errorf("deleting %s: %w", key, err)
 	}
+	if d, ok := layout.ParseDigest(key); ok {
+		// Its links go with it: which repositories it was served for.
+		var links []string
+		if err := r.store.List(ctx, layout.LinksOf(d), func(k string, _ storage.Info) error {
+			links = append(links, k)
+			return nil
+		}); err != nil {
+			return fmt.Errorf("listing the links of %s: %w", d, err)
+		}
+		for _, k := range links {
+			if err := r.store.Delete(ctx, k); err != nil {
+				return fmt.Errorf("deleting %s: %w", k, err)
+			}
+		}
+	}
 	return r.store.Delete(ctx, layout.LastRead(key))
 }

@@ -96,7 +96,12 @@ func Origin(d digest.Digest) string {
 // It ends in "/_link" so that a repository nested in another (a and a/b)
 // never makes a key a folder of another key.
 func Link(d digest.Digest, registry, repo string) string {
-	return LinksPrefix + d.Algorithm().String() + "/" + d.Encoded() + "/" + registry + "/" + repo + "/_link"
+	return LinksOf(d) + registry + "/" + repo + "/_link"
+}
+
+// LinksOf is the prefix of every link of d: what goes with d.
+func LinksOf(d digest.Digest) string {
+	return LinksPrefix + d.Algorithm().String() + "/" + d.Encoded() + "/"
 }
 
 // LastRead is the key of an object's last-read marker.

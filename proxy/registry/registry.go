@@ -250,9 +250,9 @@ func (reg *Registry) manifest(w http.ResponseWriter, r *http.Request, c Cache, r
 	if err != nil {
 		return err
 	}
-	if rt.bound {
-		c.Link(r.Context(), rt.repo, m)
-	}
+	// Linked whether rules are in force or not: a rule added later binds
+	// what was cached before it.
+	c.Link(r.Context(), rt.repo, m)
 	h := w.Header()
 	h.Set("Content-Type", m.MediaType)
 	h.Set("Docker-Content-Digest", m.Digest.String())

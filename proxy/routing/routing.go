@@ -26,9 +26,9 @@ type Upstream struct {
 }
 
 // dockerHub: Docker Hub's naming (nginx is library/nginx) applies to the
-// upstream: it is Docker Hub, or is called so.
+// upstream: it is Docker Hub, is called so, or stands in for it.
 func (u Upstream) dockerHub() bool {
-	return registryname.IsDockerHub(u.Registry) || registryname.IsDockerHub(u.Host)
+	return registryname.IsDockerHub(u.Registry) || registryname.IsDockerHub(u.Host) || slices.ContainsFunc(u.MirrorOf, registryname.IsDockerHub)
 }
 
 // Serves says whether ns (containerd's ?ns=, or a path prefix) names

@@ -14,6 +14,18 @@ var table = Table{
 	{Registry: "docker.io", Host: "registry-1.docker.io"},
 	{Registry: "ghcr.io", Host: "ghcr.io"},
 	{Registry: "127.0.0.1:5001", Host: "127.0.0.1:5001", MirrorOf: []string{"quay.io"}},
+	{Registry: "127.0.0.1:5002", Host: "127.0.0.1:5002", MirrorOf: []string{"hub.mirror"}},
+}
+
+// An internal mirror of Docker Hub: Docker Hub's naming applies to it.
+func TestMirrorOfDockerHub(t *testing.T) {
+	mirror := Table{{Registry: "127.0.0.1:5000", Host: "127.0.0.1:5000", MirrorOf: []string{"docker.io"}}}
+	for _, c := range [][2]string{{"docker.io", "nginx"}, {"", "index.docker.io/nginx"}, {"", "nginx"}} {
+		to, err := mirror.Route(c[0], c[1])
+		if err != nil || to.Repository != "library/nginx" {
+			t.Errorf("ns=%q %s: %+v %v, want library/nginx", c[0], c[1], to, err)
+		}
+	}
 }
 
 func TestRoute(t *testing.T) {
@@ -63,7 +75,7 @@ func TestNames(t *testing.T) {
 	if got := strings.Join(table.Names(to), ","); got != "index.docker.io,docker.io,registry-1.docker.io" {
 		t.Errorf("names of Docker Hub named by an alias: %s", got)
 	}
-	if got := len(table.AllNames()); got != 5 {
+	if got := len(table.AllNames()); got != 7 {
 		t.Errorf("all names: %v", table.AllNames())
 	}
 }

@@ -356,7 +356,7 @@ func (c *Client) do(ctx context.Context, method, repo, path string, header http.
 
 // doQuery sends one request for /v2/<repo>/<path>?<query>.
 func (c *Client) doQuery(ctx context.Context, method, repo, path string, query url.Values, header http.Header) (*http.Response, error) {
-	rt, err := c.transportFor(ctx, repo, path)
+	rt, err := c.transportFor(ctx, repo)
 	if err != nil {
 		return nil, err
 	}
@@ -379,14 +379,13 @@ func (c *Client) doQuery(ctx context.Context, method, repo, path string, query u
 }
 
 // transportFor returns the authenticated transport for one repository,
-// doing the ping and token handshake once and reusing it after; path is
-// the request that needs it, for the image credentials are asked for.
-func (c *Client) transportFor(ctx context.Context, repo, path string) (http.RoundTripper, error) {
+// doing the ping and token handshake once and reusing it after.
+func (c *Client) transportFor(ctx context.Context, repo string) (http.RoundTripper, error) {
 	if rt, ok := c.transports.Get(repo); ok {
 		return rt.(http.RoundTripper), nil
 	}
 	scope := c.registry.Repo(repo).Scope(transport.PullScope)
-	rt, err := transport.NewWithContext(ctx, c.registry, c.authOf(repo, path), c.transport, []string{scope})
+	rt, err := transport.NewWithContext(ctx, c.registry, c.authOf(repo), c.transport, []string{scope})
 	if err != nil {
 		var terr *transport.Error
 		if errors.As(err, &terr) {
@@ -398,21 +397,15 @@ func (c *Client) transportFor(ctx context.Context, repo, path string) (http.Roun
 	return rt, nil
 }
 
-// authOf is the authenticator of a repository: authFor's for the image
-// a request for path under it pulls, else the client's own.
-func (c *Client) authOf(repo, path string) authn.Authenticator {
+// authOf is the authenticator of a repository: authFor's for the
+// repository as the kubelet names an image to its plugins (host and
+// repository, no tag or digest: its keyring looks up the repository to
+// pull), else the client's own.
+func (c *Client) authOf(repo string) authn.Authenticator {
 	if c.authFor == nil {
 		return c.auth
 	}
-	image := c.registry.RegistryStr() + "/" + repo
-	if ref, ok := strings.CutPrefix(path, "manifests/"); ok {
-		if _, err := digest.Parse(ref); err == nil {
-			image += "@" + ref
-		} else {
-			image += ":" + ref
-		}
-	}
-	if a := c.authFor(image); a != nil {
+	if a := c.authFor(c.registry.RegistryStr() + "/" + repo); a != nil {
 		return a
 	}
 	return c.auth

@@ -237,8 +237,9 @@ func TestCredentialProviderNotForAnotherHost(t *testing.T) {
 }
 
 // A plugin that hands out credentials per image (cacheKeyType Image) is
-// asked, as the kubelet asks, for the image pulled: host, repository and
-// tag. Two repositories get their own credentials, which the upstream
+// asked, as the kubelet asks, for the image pulled: host and repository
+// (the kubelet's keyring looks up the repository, without tag). Two
+// repositories get their own credentials, which the upstream
 // checks; each is asked once.
 func TestCredentialProviderPerImage(t *testing.T) {
 	e := newEnv(t)
@@ -283,7 +284,7 @@ func TestCredentialProviderPerImage(t *testing.T) {
 		t.Fatalf("the upstream refused the credentials sent %d times", refused.Load())
 	}
 	raw, _ := os.ReadFile(calls)
-	if got, want := strings.Fields(string(raw)), []string{e.front.Addr + "/" + one + ":v1", e.front.Addr + "/" + two + ":v1"}; !slices.Equal(got, want) {
+	if got, want := strings.Fields(string(raw)), []string{e.front.Addr + "/" + one, e.front.Addr + "/" + two}; !slices.Equal(got, want) {
 		t.Fatalf("the plugin was asked for %q, want %q", got, want)
 	}
 }
