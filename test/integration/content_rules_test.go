@@ -72,14 +72,36 @@ func TestAccessRulesBindContent(t *testing.T) {
 				}
 			}
 
-			// What the earlier run cached for the allowed image pulls,
-			// and is linked as it does: with the upstream gone, and
-			// after a restart.
+			// What the earlier run cached for the allowed image was
+			// linked as it was served: pulled by digest first, with the
+			// upstream gone, it is served.
+			allowedDigest := digestOf(t, allowed).String()
+			e.front.Stop()
+			if got := (map[string]object{}); pullManifest(t, p.URL, "library/allowed", allowedDigest, got) == "" || len(got) < 2 {
+				t.Errorf("the allowed image by digest, the upstream down: %d objects", len(got))
+			}
+			// A cache laid out before links existed (none stored): a
+			// tag read links what it names, so it pulls with the
+			// upstream gone, and after a restart.
+			if err := p.Stop(); err != nil {
+				t.Fatal(err)
+			}
+			var links []string
+			store.List(context.Background(), "_links/", func(key string, _ storage.Info) error { links = append(links, key); return nil })
+			for _, k := range links {
+				store.Delete(context.Background(), k)
+			}
+			if len(links) == 0 {
+				t.Error("no links were stored by the first run")
+			}
+			e.front.Start()
+			p = start(t, s, server.WithStorage(store))
 			_, want := pullAll(t, p.URL, "library/allowed", backend)
 			e.front.Stop()
+			time.Sleep(time.Second) // the links are stored in the background
 			for round := 0; round < 2; round++ {
 				got := map[string]object{}
-				pullManifest(t, p.URL, "library/allowed", backend, got)
+				pullManifest(t, p.URL, "library/allowed", allowedDigest, got)
 				if len(got) != len(want) {
 					t.Errorf("round %d, the upstream stopped: pulled %d objects of %d", round, len(got), len(want))
 				}
