@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -29,23 +30,59 @@ import (
 const maxKnownLinks = 1 << 16
 
 // links remembers confirmed links, so that a warm pull costs no storage
-// round trip for them.
+// round trip for them, and for a while the upstream's refusals, so that
+// a client asking for a cached digest under names that do not have it
+// costs one upstream request per name and minute, not one per request.
 type links struct {
-	once  sync.Once
-	known *lru.Cache
+	once    sync.Once
+	known   *lru.Cache
+	refused *lru.Cache // key -> refusal
 }
 
-func (l *links) cache() *lru.Cache {
-	l.once.Do(func() { l.known = lru.New(maxKnownLinks) })
-	return l.known
+// refusal is the upstream's answer that a repository does not have a
+// digest, and until when it is taken as said.
+type refusal struct {
+	err   error
+	until time.Time
+}
+
+// refusedFor is how long an upstream's refusal is remembered.
+const refusedFor = time.Minute
+
+func (l *links) init() {
+	l.once.Do(func() { l.known, l.refused = lru.New(maxKnownLinks), lru.New(maxKnownLinks) })
 }
 
 func (l *links) has(key string) bool {
-	_, ok := l.cache().Get(key)
+	l.init()
+	_, ok := l.known.Get(key)
 	return ok
 }
 
-func (l *links) add(key string) { l.cache().Add(key, struct{}{}) }
+func (l *links) add(key string) {
+	l.init()
+	l.known.Add(key, struct{}{})
+	l.refused.Remove(key)
+}
+
+// refusedNow is the upstream's remembered refusal of key, if any.
+func (l *links) refusedNow(key string, now time.Time) error {
+	l.init()
+	if v, ok := l.refused.Get(key); ok && now.Before(v.(refusal).until) {
+		return v.(refusal).err
+	}
+	return nil
+}
+
+// refuse remembers err when it is the upstream's own answer (not found,
+// refused), not a failure to ask it.
+func (l *links) refuse(key string, err error, now time.Time) {
+	var se *upstream.StatusError
+	if errors.As(err, &se) && se.StatusCode >= 400 && se.StatusCode < 500 && se.StatusCode != http.StatusTooManyRequests {
+		l.init()
+		l.refused.Add(key, refusal{err: err, until: now.Add(refusedFor)})
+	}
+}
 
 // Linked says whether d may be served under repo: it was served for repo
 // before (a link says so), or the upstream answers that repo has it,
@@ -56,6 +93,9 @@ func (c *Cache) Linked(ctx context.Context, repo string, d digest.Digest, isMani
 	key := layout.Link(d, c.registry, repo)
 	if c.links.has(key) {
 		return nil
+	}
+	if err := c.links.refusedNow(key, c.now()); err != nil {
+		return err
 	}
 	if _, err := c.store.Stat(ctx, key); err == nil {
 		c.links.add(key)
@@ -75,6 +115,7 @@ func (c *Cache) Linked(ctx context.Context, repo string, d digest.Digest, isMani
 	}
 	if err != nil {
 		c.log.V(1).Info("the upstream did not confirm a digest for a repository it is not linked to", "repository", repo, "digest", d, "error", err.Error())
+		c.links.refuse(key, err, c.now())
 		return err
 	}
 	c.link(repo, d)

@@ -72,6 +72,19 @@ func TestAccessRulesBindContent(t *testing.T) {
 				}
 			}
 
+			// The upstream's refusal is remembered: asking again costs
+			// it nothing.
+			e.front.Reset()
+			for range 10 {
+				resp, _ := get(t, p.URL+"/v2/no/such/blobs/"+secretLayer, "")
+				if resp.StatusCode != http.StatusNotFound {
+					t.Fatalf("asked again: %s", resp.Status)
+				}
+			}
+			if n := e.front.Count(http.MethodHead, "blobs") + e.front.Count(http.MethodGet, "blobs"); n > 1 {
+				t.Errorf("10 requests for a digest under a name that does not have it cost the upstream %d requests", n)
+			}
+
 			// What the earlier run cached for the allowed image was
 			// linked as it was served: pulled by digest first, with the
 			// upstream gone, it is served.
