@@ -9,6 +9,7 @@ GO ?= go
 TOOLS_BIN := $(DEPPROXY_TOOLS)/bin
 CONTROLLER_GEN := $(TOOLS_BIN)/controller-gen
 KUSTOMIZE := $(TOOLS_BIN)/kustomize
+CRANE := $(TOOLS_BIN)/crane
 
 .PHONY: all run build build-manager tools test unit lint fuzz bench generate manifests bundle chart verify-generated deploy undeploy install images e2e docs
 
@@ -67,11 +68,16 @@ verify-generated: generate manifests bundle chart
 install: manifests
 	$(KUSTOMIZE) build config/crd | kubectl apply -f -
 
-## deploy: CRDs, RBAC and the manager into the current cluster (IMG, PROXY_IMG)
+## deploy: CRDs, RBAC and the manager into the current cluster (IMG, PROXY_IMG);
+## PROXY_IMG is deployed by its digest (crane digest), as the node agents run it as root
 deploy: manifests
-	@tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; cp -r config "$$tmp/" && \
+	@proxy='$(PROXY_IMG)'; case "$$proxy" in *@sha256:*) ;; *) \
+		digest="$$($(CRANE) digest "$$proxy")" || { echo "deploy: cannot resolve PROXY_IMG=$$proxy to its digest: push it first, or give PROXY_IMG=repository@sha256:..." >&2; exit 1; }; \
+		case "$${proxy##*/}" in *:*) proxy="$${proxy%:*}";; esac; proxy="$$proxy@$$digest";; esac; \
+	echo "deploy: --proxy-image=$$proxy"; \
+	tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; cp -r config "$$tmp/" && \
 	(cd "$$tmp/config/manager" && $(KUSTOMIZE) edit set image controller=$(IMG)) && \
-	$(KUSTOMIZE) build "$$tmp/config/default" | sed 's#--proxy-image=.*#--proxy-image=$(PROXY_IMG)#' | kubectl apply -f -
+	$(KUSTOMIZE) build "$$tmp/config/default" | sed "s#--proxy-image=.*#--proxy-image=$$proxy#" | kubectl apply -f -
 
 ## undeploy: remove what deploy made
 undeploy:

@@ -10,6 +10,7 @@ import (
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -158,7 +159,13 @@ func TestKubectl(t *testing.T) {
 	}
 	// A dry run cannot put objects in a namespace it only pretends to
 	// create; the namespace is made for real first.
+	// So is the node namespace, where config/nodes binds the manager's
+	// Role (other tests may have made it already).
 	run("create", "namespace", "depproxy-system")
+	if err := k8sClient.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: DefaultNodeNamespace,
+		Labels: map[string]string{"pod-security.kubernetes.io/enforce": "privileged"}}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
 	run("apply", "--dry-run=server", "-k", filepath.Join("..", "config", "default"))
 	run("apply", "--dry-run=server", "-n", "default", "-k", filepath.Join("..", "config", "samples"))
 	ns := namespace(t)

@@ -238,31 +238,140 @@ func TestManagerMetricsNeedAToken(t *testing.T) {
 	}
 }
 
-// The manager's rendered RBAC reads no Secret but by name: no list or
-// watch of Secrets anywhere in the cluster (a list is every tenant's
-// credentials).
-func TestManagerRBACListsNoSecrets(t *testing.T) {
-	var rules []rbacv1.PolicyRule
+// renderedRoles are the Roles and ClusterRoles of config/rbac/role.yaml
+// (controller-gen's output from the markers).
+func renderedRoles(t *testing.T) (cluster []rbacv1.ClusterRole, namespaced []rbacv1.Role) {
+	t.Helper()
 	for _, doc := range strings.Split(string(repoFile(t, "config/rbac/role.yaml")), "\n---\n") {
-		role := &rbacv1.ClusterRole{}
-		if err := yaml.Unmarshal([]byte(doc), role); err != nil {
+		var kind struct{ Kind string }
+		if err := yaml.Unmarshal([]byte(doc), &kind); err != nil {
 			t.Fatal(err)
 		}
-		if role.Kind == "ClusterRole" {
-			rules = append(rules, role.Rules...)
+		switch kind.Kind {
+		case "ClusterRole":
+			role := rbacv1.ClusterRole{}
+			if err := yaml.Unmarshal([]byte(doc), &role); err != nil {
+				t.Fatal(err)
+			}
+			cluster = append(cluster, role)
+		case "Role":
+			role := rbacv1.Role{}
+			if err := yaml.Unmarshal([]byte(doc), &role); err != nil {
+				t.Fatal(err)
+			}
+			namespaced = append(namespaced, role)
 		}
 	}
-	if len(rules) == 0 {
+	if len(cluster) == 0 {
 		t.Fatal("config/rbac/role.yaml holds no ClusterRole")
 	}
-	for _, r := range rules {
-		if !slices.Contains(r.APIGroups, "") || !(slices.Contains(r.Resources, "secrets") || slices.Contains(r.Resources, "*")) {
-			continue
-		}
-		for _, v := range r.Verbs {
-			if v == "list" || v == "watch" || v == "*" {
-				t.Errorf("the manager's ClusterRole may %s Secrets cluster-wide: %+v", v, r)
+	return cluster, namespaced
+}
+
+// The manager's rendered RBAC reads no Secret but by name: no list or
+// watch of Secrets anywhere in the cluster (a list is every tenant's
+// credentials). It writes DaemonSets (the node agents, which run as root
+// on every selected node) only in the node namespace, through a Role
+// there: cluster-wide it may only read them, for spec.keep.
+func TestManagerRBACListsNoSecrets(t *testing.T) {
+	cluster, namespaced := renderedRoles(t)
+	for _, role := range cluster {
+		for _, r := range role.Rules {
+			for _, v := range r.Verbs {
+				if slices.Contains(r.APIGroups, "") && (slices.Contains(r.Resources, "secrets") || slices.Contains(r.Resources, "*")) &&
+					(v == "list" || v == "watch" || v == "*") {
+					t.Errorf("the manager's ClusterRole may %s Secrets cluster-wide: %+v", v, r)
+				}
+				if (slices.Contains(r.APIGroups, "apps") || slices.Contains(r.APIGroups, "*")) &&
+					(slices.Contains(r.Resources, "daemonsets") || slices.Contains(r.Resources, "*")) &&
+					!slices.Contains([]string{"get", "list", "watch"}, v) {
+					t.Errorf("the manager's ClusterRole may %s DaemonSets cluster-wide: %+v", v, r)
+				}
 			}
 		}
+	}
+	var writes []string
+	for _, role := range namespaced {
+		if role.Namespace != DefaultNodeNamespace {
+			t.Errorf("the manager has a Role in namespace %q, not the node namespace", role.Namespace)
+		}
+		for _, r := range role.Rules {
+			if slices.Contains(r.APIGroups, "apps") && slices.Contains(r.Resources, "daemonsets") {
+				writes = append(writes, r.Verbs...)
+			}
+		}
+	}
+	for _, v := range []string{"create", "update", "delete"} {
+		if !slices.Contains(writes, v) {
+			t.Errorf("the manager's Role in %s may not %s DaemonSets: %v", DefaultNodeNamespace, v, writes)
+		}
+	}
+}
+
+// The manager, run with no right but the rendered ones (the ClusterRole,
+// and the Role in the node namespace, bound as config/ binds them), as
+// main.go wires its cache and client: it runs a NodeMirror's node agents
+// in the node namespace, and may make a DaemonSet nowhere else.
+func TestManagerRunsNodeAgentsWithTheRenderedRights(t *testing.T) {
+	ctx := context.Background()
+	user := "depproxy-manager-nodes-rbac-test"
+	clusterRole := projectClusterRole(t, "role.yaml")
+	if err := k8sClient.Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: user},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, Name: user}},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: clusterRole}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	// What config/nodes installs before the manager starts: the node
+	// namespace, and the binding of the manager's Role in it.
+	if err := k8sClient.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: DefaultNodeNamespace,
+		Labels: map[string]string{"pod-security.kubernetes.io/enforce": "privileged"}}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	_, namespaced := renderedRoles(t)
+	if len(namespaced) != 1 {
+		t.Fatalf("config/rbac/role.yaml holds %d Roles, want the node namespace's", len(namespaced))
+	}
+	role := namespaced[0]
+	role.Name = "depproxy-" + role.Name
+	if err := k8sClient.Create(ctx, &role); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	if err := k8sClient.Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: user, Namespace: role.Namespace},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, Name: user}},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+
+	cfg := rest.CopyConfig(restConfig)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: []string{"system:authenticated"}}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0", Cache: CacheOptions(), Client: ClientOptions(), Controller: config.Controller{SkipNameValidation: ptr.To(true)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (&NodeMirrorReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scheme: scheme, Recorder: mgr.GetEventRecorder("depproxy"),
+		ProxyImage: "operator.example/depproxy:v1", NodeNamespace: DefaultNodeNamespace}).SetupWithManager(mgr); err != nil {
+		t.Fatal(err)
+	}
+	mctx := startManager(t, mgr)
+
+	ns := namespace(t)
+	cache := mirrorCache(t, ns, "rbac-mirror")
+	nm := nodeMirror(t, "rbac-"+ns, cache, 30521, "docker.io")
+	key := client.ObjectKey{Namespace: DefaultNodeNamespace, Name: "nodemirror-" + nm.Name}
+	eventually(t, "the node agents run in the node namespace", func() bool {
+		return k8sClient.Get(mctx, key, &appsv1.DaemonSet{}) == nil
+	})
+	eventually(t, "the NodeMirror reports its agents", func() bool {
+		return k8sClient.Get(mctx, client.ObjectKeyFromObject(nm), nm) == nil && nm.Status.ObservedGeneration == nm.Generation &&
+			len(nm.Status.Registries) == 1
+	})
+
+	elsewhere := &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: "agents", Namespace: ns}, Spec: appsv1.DaemonSetSpec{
+		Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "agents"}},
+		Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "agents"}},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "agent", Image: "operator.example/depproxy:v1"}}}}}}
+	if err := mgr.GetClient().Create(mctx, elsewhere); !apierrors.IsForbidden(err) {
+		t.Errorf("the manager made a DaemonSet in a tenant's namespace: %v", err)
 	}
 }

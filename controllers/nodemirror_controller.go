@@ -77,7 +77,7 @@ func (r *NodeMirrorReconciler) nodeNamespace() string {
 // +kubebuilder:rbac:groups=depproxy.dev,resources=nodemirrors,verbs=get;list;watch;update;patch
 // +kubebuilder:rbac:groups=depproxy.dev,resources=nodemirrors/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=depproxy.dev,resources=nodemirrors/finalizers,verbs=update
-// +kubebuilder:rbac:groups=apps,resources=daemonsets,verbs=get;list;watch;create;update;delete
+// +kubebuilder:rbac:groups=apps,resources=daemonsets,verbs=get;list;watch;create;update;delete,namespace=depproxy-nodes
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=create
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list
 

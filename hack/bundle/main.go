@@ -52,7 +52,7 @@ func run(bin, version, out string) error {
 	}
 
 	var owned []any
-	var deployments, clusterPerms, perms []any
+	var deployments, clusterPerms, perms, elsewhere []any
 	serviceAccount := ""
 	for _, o := range install {
 		kind, name := kustomize.Str(o, "kind"), kustomize.Str(o["metadata"].(object), "name")
@@ -80,10 +80,25 @@ func run(bin, version, out string) error {
 			}
 			clusterPerms = append(clusterPerms, object{"rules": o["rules"]})
 		case "Role":
+			if ns := kustomize.Meta(o, "namespace"); ns != installNamespace {
+				// OLM grants a CSV's permissions in the namespace it
+				// installs into, nowhere else: the manager's rights in
+				// the node namespace become cluster-wide here, as
+				// docs/security.md says.
+				elsewhere = append(elsewhere, o["rules"].([]any)...)
+				continue
+			}
 			perms = append(perms, object{"rules": o["rules"]})
 		case "ServiceAccount":
 			serviceAccount = name
 		}
+	}
+	if len(elsewhere) > 0 {
+		if len(clusterPerms) == 0 {
+			return fmt.Errorf("config/default: Roles outside %s but no ClusterRole of the manager's to grant them in", installNamespace)
+		}
+		first := clusterPerms[0].(object)
+		first["rules"] = append(first["rules"].([]any), elsewhere...)
 	}
 	for _, p := range append(clusterPerms, perms...) {
 		p.(object)["serviceAccountName"] = serviceAccount
@@ -151,7 +166,9 @@ func run(bin, version, out string) error {
 	}})
 }
 
-// build runs kustomize and splits its output into objects.
+// installNamespace is the one config/default installs the manager into;
+// OLM's is the OperatorGroup's.
+const installNamespace = "depproxy-system"
 
 func write(path string, o object) error {
 	raw, err := yaml.Marshal(o)

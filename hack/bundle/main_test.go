@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"sigs.k8s.io/yaml"
@@ -64,6 +65,23 @@ func TestCommittedBundle(t *testing.T) {
 	if len(d.Deployments) != 1 || d.Deployments[0].Name != "depproxy-controller-manager" ||
 		len(d.ClusterPermissions) != 1 || d.ClusterPermissions[0].ServiceAccountName != "depproxy-controller-manager" || len(d.ClusterPermissions[0].Rules) == 0 {
 		t.Errorf("install strategy: %+v", d)
+	}
+	// OLM grants a CSV's permissions only in its install namespace: the
+	// manager's Role in the node namespace (writing the agents'
+	// DaemonSets) is granted cluster-wide, as docs/security.md says.
+	writesDaemonSets := false
+	for _, p := range d.ClusterPermissions {
+		for _, r := range p.Rules {
+			rule, _ := json.Marshal(r)
+			var pr struct{ Resources, Verbs []string }
+			json.Unmarshal(rule, &pr)
+			if slices.Contains(pr.Resources, "daemonsets") && slices.Contains(pr.Verbs, "create") {
+				writesDaemonSets = true
+			}
+		}
+	}
+	if !writesDaemonSets {
+		t.Error("the bundle's manager may not create the node agents' DaemonSets")
 	}
 	for _, role := range []string{"depproxy-tenant-edit", "depproxy-tenant-view"} {
 		var cr struct {

@@ -99,8 +99,10 @@ func TestChartLints(t *testing.T) {
 
 // The chart installs what `kustomize build config/default` does: the
 // same kinds and names, the same images, the same RBAC rules and CRDs.
-// (Not the Namespace: Helm installs into the release's, which whoever
-// installs makes, with its Pod Security label.)
+// (Not the release's Namespace: Helm installs into it, and whoever
+// installs makes it, with its Pod Security label. The node namespace,
+// where the manager's Role on the agents' DaemonSets is bound, the chart
+// makes too.)
 func TestChartIsTheKustomizeBuild(t *testing.T) {
 	cmd := exec.Command(testenv.Tool(t, "kustomize"), "build", "../../config/default")
 	raw, err := cmd.Output()
@@ -200,6 +202,30 @@ func TestChartOptions(t *testing.T) {
 		if !contains(c["args"].([]any), a) {
 			t.Errorf("manager args %v lack %s", c["args"], a)
 		}
+	}
+	// The manager's rights on the node agents follow nodeNamespace.
+	for _, k := range []string{"Namespace /mirrors", "Role mirrors/depproxy-manager-role", "RoleBinding mirrors/depproxy-manager-rolebinding"} {
+		if objs[k] == nil {
+			t.Errorf("with nodeNamespace=mirrors, no %s", k)
+		}
+	}
+	if get(objs["Namespace /mirrors"], "metadata", "annotations", "helm.sh/resource-policy") != "keep" {
+		t.Error("the node namespace is not kept on uninstall")
+	}
+	if objs := render(t, "--set", "createNodeNamespace=false"); objs["Namespace /depproxy-nodes"] != nil || objs["RoleBinding depproxy-nodes/depproxy-manager-rolebinding"] == nil {
+		t.Error("createNodeNamespace=false: the node namespace is still made, or its RoleBinding left out")
+	}
+	// The manager's rights on the node agents follow nodeNamespace.
+	for _, k := range []string{"Namespace /mirrors", "Role mirrors/depproxy-manager-role", "RoleBinding mirrors/depproxy-manager-rolebinding"} {
+		if objs[k] == nil {
+			t.Errorf("with nodeNamespace=mirrors, no %s", k)
+		}
+	}
+	if get(objs["Namespace /mirrors"], "metadata", "annotations", "helm.sh/resource-policy") != "keep" {
+		t.Error("the node namespace is not kept on uninstall")
+	}
+	if objs := render(t, "--set", "createNodeNamespace=false"); objs["Namespace /depproxy-nodes"] != nil || objs["RoleBinding depproxy-nodes/depproxy-manager-rolebinding"] == nil {
+		t.Error("createNodeNamespace=false: the node namespace is still made, or its RoleBinding left out")
 	}
 	d := objs["Deployment depproxy-system/depproxy-controller-manager"]
 	if c["image"] != "registry.internal/depproxy/manager:0.1.0" || get(d, "spec", "replicas") != 2.0 ||

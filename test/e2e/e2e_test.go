@@ -689,6 +689,16 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.D
 		}
 		return nil
 	})
+	// The agents run in the node namespace (the manager's Role there is
+	// its only right to write DaemonSets) the proxy image by its digest,
+	// as hack/e2e.sh installed it.
+	agents := &appsv1.DaemonSet{}
+	if err := k.c.Get(ctx, client.ObjectKey{Namespace: "depproxy-nodes", Name: "nodemirror-" + nm.Name}, agents); err != nil {
+		t.Fatalf("the node agents' DaemonSet: %v", err)
+	}
+	if img := agents.Spec.Template.Spec.Containers[0].Image; !strings.Contains(img, "@sha256:") {
+		t.Errorf("the node agents run %s, not a digest", img)
+	}
 	// The new config has rolled out: the node's pulls meet a pod that
 	// stays.
 	eventually(t, 3*time.Minute, "DependencyProxy Ready with the upstreams", func() error { return ready(ctx, k.c, dp) })

@@ -90,10 +90,12 @@ func (k *cluster) helmLifecycle(ctx context.Context, t *testing.T) {
 			got := &unstructured.Unstructured{}
 			got.SetGroupVersionKind(schema.FromAPIVersionAndKind(o.GetAPIVersion(), o.GetKind()))
 			err := k.c.Get(ctx, client.ObjectKey{Namespace: o.GetNamespace(), Name: o.GetName()}, got)
-			kept := o.GetKind() == "CustomResourceDefinition"
+			// The CRDs, and the node agents' namespace (agents may
+			// still run there), are kept on uninstall.
+			kept := o.GetAnnotations()["helm.sh/resource-policy"] == "keep"
 			switch {
 			case kept && err != nil:
-				return fmt.Errorf("CRD %s went with the release: %v", o.GetName(), err)
+				return fmt.Errorf("%s %s went with the release: %v", o.GetKind(), o.GetName(), err)
 			case !kept && !apierrors.IsNotFound(err):
 				return fmt.Errorf("%s %s/%s is still there (%v)", o.GetKind(), o.GetNamespace(), o.GetName(), err)
 			}
