@@ -7,11 +7,14 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -65,15 +68,62 @@ func fileExists(p string) bool {
 // FreeAddr returns a loopback address with a free port.
 func FreeAddr(t T) string { return FreeAddrOn(t, "127.0.0.1") }
 
-// FreeAddrOn returns an address of host with a free port.
+// FreeAddrOn returns an address of host with a free port, for a process
+// to listen on later. The port is below the kernel's ephemeral range
+// (32768 and up here), where the kernel never picks a client's source
+// port: a port of that range, free now, may be some connection's by the
+// time the process binds it. It is below Kubernetes' NodePorts
+// (30000-32767) too. Ports handed out are not handed out again by this
+// test binary.
 func FreeAddrOn(t T, host string) string {
 	t.Helper()
+	low, high := ephemeralRange()
+	for range 200 {
+		port := 10000 + rand.IntN(max(min(low, 30000)-10000, 1))
+		if port >= low && port <= high {
+			continue
+		}
+		handedMu.Lock()
+		taken := handed[port]
+		handed[port] = true
+		handedMu.Unlock()
+		if taken {
+			continue
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return l.Addr().String()
+	}
 	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+var (
+	handedMu sync.Mutex
+	handed   = map[int]bool{}
+)
+
+// ephemeralRange is the kernel's range of client source ports.
+func ephemeralRange() (low, high int) {
+	low, high = 32768, 60999
+	if raw, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(raw)); len(f) == 2 {
+			if l, err := strconv.Atoi(f[0]); err == nil && l > 10000 {
+				low = l
+			}
+			if h, err := strconv.Atoi(f[1]); err == nil {
+				high = h
+			}
+		}
+	}
+	return low, high
 }
 
 // process is a server binary the tests can stop and start again on the
