@@ -2,6 +2,8 @@ package controllers
 
 import (
 	"fmt"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -64,4 +66,15 @@ func desiredCronJob(cp *depproxyv1.CleanupPolicy, dp *depproxyv1.DependencyProxy
 			},
 		},
 	}
+}
+
+// cronJobChild applies the CronJob's spec, and sees a hand edit of its
+// schedule or suspension.
+func cronJobChild(cj *batchv1.CronJob) child {
+	return child{obj: cj, update: func(e, d client.Object) {
+		e.(*batchv1.CronJob).Spec = d.(*batchv1.CronJob).Spec
+	}, same: func(e, d client.Object) bool {
+		es, ds := e.(*batchv1.CronJob).Spec, d.(*batchv1.CronJob).Spec
+		return es.Schedule == ds.Schedule && equality.Semantic.DeepEqual(es.Suspend, ds.Suspend)
+	}}
 }

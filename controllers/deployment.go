@@ -6,10 +6,12 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
 )
@@ -186,4 +188,37 @@ func desiredDeployment(dp *depproxyv1.DependencyProxy, defaultImage, pluginImage
 		replicate(dp, d)
 	}
 	return d
+}
+
+// deploymentChild applies the Deployment: its spec, but never the
+// replica count an autoscaler set.
+func deploymentChild(deploy *appsv1.Deployment) child {
+	return child{obj: deploy, update: func(e, d client.Object) {
+		ed, dd := e.(*appsv1.Deployment), d.(*appsv1.Deployment)
+		replicas := ed.Spec.Replicas
+		ed.Spec = dd.Spec
+		if dd.Spec.Replicas == nil {
+			ed.Spec.Replicas = replicas // the autoscaler's: never reset
+		}
+	}, same: sameDeployment}
+}
+
+// sameDeployment compares what is edited by hand in practice: the
+// replica count, the config hash, the image and the args. (The rest of the
+// spec gains server defaults, so whole-spec equality never holds.)
+func sameDeployment(e, d client.Object) bool {
+	es, ds := e.(*appsv1.Deployment).Spec, d.(*appsv1.Deployment).Spec
+	if (ds.Replicas != nil && !equality.Semantic.DeepEqual(es.Replicas, ds.Replicas)) ||
+		es.Template.Annotations[configHashKey] != ds.Template.Annotations[configHashKey] ||
+		es.Template.Annotations[secretsHashKey] != ds.Template.Annotations[secretsHashKey] ||
+		len(es.Template.Spec.Containers) != len(ds.Template.Spec.Containers) {
+		return false
+	}
+	for i, c := range ds.Template.Spec.Containers {
+		ec := es.Template.Spec.Containers[i]
+		if ec.Image != c.Image || !equality.Semantic.DeepEqual(ec.Args, c.Args) {
+			return false
+		}
+	}
+	return true
 }

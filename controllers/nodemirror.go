@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"path"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"strings"
 	"time"
 
@@ -251,4 +252,9 @@ func desiredClaim(nm *depproxyv1.NodeMirror, registry, namespace string) *corev1
 		ObjectMeta: objectMeta(claimName(registry), namespace, labels),
 		Data:       map[string]string{claimRegistryKey: registry, claimHolderKey: nm.Name, claimUIDKey: string(nm.UID)},
 	}
+}
+
+// daemonSetChild applies the node agents' DaemonSet's spec.
+func daemonSetChild(ds *appsv1.DaemonSet) child {
+	return child{obj: ds, update: func(e, d client.Object) { e.(*appsv1.DaemonSet).Spec = d.(*appsv1.DaemonSet).Spec }}
 }

@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
 	"github.com/depproxy/depproxy/proxy/settings"
@@ -167,4 +169,13 @@ func configHash(cm *corev1.ConfigMap) string {
 		data[k] = v
 	}
 	return hashOf(sortedPairs(data)...)
+}
+
+// dataChild applies a ConfigMap's data (the proxy's config, the keep
+// files), and sees a hand edit of it.
+func dataChild(cm *corev1.ConfigMap) child {
+	return child{obj: cm, update: func(e, d client.Object) { e.(*corev1.ConfigMap).Data = d.(*corev1.ConfigMap).Data },
+		same: func(e, d client.Object) bool {
+			return equality.Semantic.DeepEqual(e.(*corev1.ConfigMap).Data, d.(*corev1.ConfigMap).Data)
+		}}
 }

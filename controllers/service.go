@@ -2,9 +2,11 @@ package controllers
 
 import (
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
 )
@@ -47,4 +49,32 @@ func desiredServiceMonitor(dp *depproxyv1.DependencyProxy) *unstructured.Unstruc
 	sm.SetNamespace(dp.Namespace)
 	sm.SetLabels(proxyLabels(dp))
 	return sm
+}
+
+// serviceAccountChild applies the ServiceAccount: whether it mounts a
+// token (annotations are the cluster admin's).
+func serviceAccountChild(sa *corev1.ServiceAccount) child {
+	return child{obj: sa, update: func(e, d client.Object) {
+		e.(*corev1.ServiceAccount).AutomountServiceAccountToken = d.(*corev1.ServiceAccount).AutomountServiceAccountToken
+	}}
+}
+
+// serviceChild applies a Service's type, selector and ports; the rest
+// (its cluster IP) is the API server's.
+func serviceChild(svc *corev1.Service) child {
+	return child{obj: svc, update: func(e, d client.Object) {
+		es, ds := e.(*corev1.Service), d.(*corev1.Service)
+		es.Spec.Type, es.Spec.Selector, es.Spec.Ports = ds.Spec.Type, ds.Spec.Selector, ds.Spec.Ports
+	}, same: func(e, d client.Object) bool {
+		es, ds := e.(*corev1.Service), d.(*corev1.Service)
+		return es.Spec.Type == ds.Spec.Type && equality.Semantic.DeepEqual(es.Spec.Selector, ds.Spec.Selector) &&
+			equality.Semantic.DeepEqual(es.Spec.Ports, ds.Spec.Ports)
+	}}
+}
+
+// serviceMonitorChild applies a ServiceMonitor's spec.
+func serviceMonitorChild(sm *unstructured.Unstructured) child {
+	return child{obj: sm, update: func(e, d client.Object) {
+		e.(*unstructured.Unstructured).Object["spec"] = d.(*unstructured.Unstructured).Object["spec"]
+	}}
 }
