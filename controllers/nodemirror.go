@@ -254,6 +254,16 @@ func desiredClaim(nm *depproxyv1.NodeMirror, registry, namespace string) *corev1
 	}
 }
 
+// nodePortServiceChild applies the NodePort Service's type, selector and
+// ports (the API server fills in their defaults, so they are not
+// compared).
+func nodePortServiceChild(svc *corev1.Service) child {
+	return child{obj: svc, update: func(e, d client.Object) {
+		es, ds := e.(*corev1.Service), d.(*corev1.Service)
+		es.Spec.Type, es.Spec.Selector, es.Spec.Ports = ds.Spec.Type, ds.Spec.Selector, ds.Spec.Ports
+	}}
+}
+
 // daemonSetChild applies the node agents' DaemonSet's spec.
 func daemonSetChild(ds *appsv1.DaemonSet) child {
 	return child{obj: ds, update: func(e, d client.Object) { e.(*appsv1.DaemonSet).Spec = d.(*appsv1.DaemonSet).Spec }}

@@ -299,7 +299,7 @@ func (r *NodeMirrorReconciler) applyAgents(ctx context.Context, nm *depproxyv1.N
 		return nil, err
 	}
 	ds := desiredNodeAgent(nm, dp, held, r.ProxyImage, r.nodeNamespace())
-	for _, c := range []child{serviceChild(svc), daemonSetChild(ds)} {
+	for _, c := range []child{nodePortServiceChild(svc), daemonSetChild(ds)} {
 		op, err := a.apply(ctx, nm, c)
 		if err != nil {
 			return nil, err
