@@ -93,12 +93,7 @@ func (r *CleanupPolicyReconciler) Reconcile(ctx context.Context, req reconcile.R
 	}
 	a := applier{client: r.Client, scheme: r.Scheme}
 	cj := desiredCronJob(cp, dp, r.ProxyImage)
-	op, err := a.apply(ctx, cp, child{obj: cj, update: func(e, d client.Object) {
-		e.(*batchv1.CronJob).Spec = d.(*batchv1.CronJob).Spec
-	}, same: func(e, d client.Object) bool {
-		es, ds := e.(*batchv1.CronJob).Spec, d.(*batchv1.CronJob).Spec
-		return es.Schedule == ds.Schedule && equality.Semantic.DeepEqual(es.Suspend, ds.Suspend)
-	}})
+	op, err := a.apply(ctx, cp, cronJobChild(cj))
 	if err != nil {
 		return reconcile.Result{}, err
 	}

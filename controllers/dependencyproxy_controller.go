@@ -18,7 +18,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -293,35 +292,9 @@ func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *deppr
 		return nil, err
 	}
 	deploy := desiredDeployment(dp, r.ProxyImage, r.CredentialProviderImage, configHash(cm), secHash)
-	children := []child{
-		{obj: desiredServiceAccount(dp), update: func(e, d client.Object) {
-			e.(*corev1.ServiceAccount).AutomountServiceAccountToken = d.(*corev1.ServiceAccount).AutomountServiceAccountToken
-		}},
-		{obj: cm, update: func(e, d client.Object) { e.(*corev1.ConfigMap).Data = d.(*corev1.ConfigMap).Data },
-			same: func(e, d client.Object) bool {
-				return equality.Semantic.DeepEqual(e.(*corev1.ConfigMap).Data, d.(*corev1.ConfigMap).Data)
-			}},
-		{obj: deploy, update: func(e, d client.Object) {
-			ed, dd := e.(*appsv1.Deployment), d.(*appsv1.Deployment)
-			replicas := ed.Spec.Replicas
-			ed.Spec = dd.Spec
-			if dd.Spec.Replicas == nil {
-				ed.Spec.Replicas = replicas // the autoscaler's: never reset
-			}
-		}, same: sameDeployment},
-		{obj: desiredService(dp), update: func(e, d client.Object) {
-			es, ds := e.(*corev1.Service), d.(*corev1.Service)
-			es.Spec.Type, es.Spec.Selector, es.Spec.Ports = ds.Spec.Type, ds.Spec.Selector, ds.Spec.Ports
-		}, same: func(e, d client.Object) bool {
-			es, ds := e.(*corev1.Service), d.(*corev1.Service)
-			return es.Spec.Type == ds.Spec.Type && equality.Semantic.DeepEqual(es.Spec.Selector, ds.Spec.Selector) &&
-				equality.Semantic.DeepEqual(es.Spec.Ports, ds.Spec.Ports)
-		}},
-	}
+	children := []child{serviceAccountChild(desiredServiceAccount(dp)), dataChild(cm), deploymentChild(deploy), serviceChild(desiredService(dp))}
 	if r.ServiceMonitors {
-		children = append(children, child{obj: desiredServiceMonitor(dp), update: func(e, d client.Object) {
-			e.(*unstructured.Unstructured).Object["spec"] = d.(*unstructured.Unstructured).Object["spec"]
-		}})
+		children = append(children, serviceMonitorChild(desiredServiceMonitor(dp)))
 	}
 	// What several replicas need, there only while they may run; the
 	// autoscaler only with spec.autoscaling.
@@ -329,24 +302,12 @@ func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *deppr
 		want bool
 		child
 	}{
-		{replicated(dp), child{obj: desiredPeerService(dp), update: func(e, d client.Object) {
-			e.(*corev1.Service).Spec.Selector, e.(*corev1.Service).Spec.Ports = d.(*corev1.Service).Spec.Selector, d.(*corev1.Service).Spec.Ports
-		}}},
-		{replicated(dp), child{obj: desiredPeerRole(dp), update: func(e, d client.Object) { e.(*rbacv1.Role).Rules = d.(*rbacv1.Role).Rules }}},
-		{replicated(dp), child{obj: desiredPeerRoleBinding(dp), update: func(e, d client.Object) {
-			e.(*rbacv1.RoleBinding).Subjects = d.(*rbacv1.RoleBinding).Subjects
-		}}},
-		{replicated(dp), child{obj: desiredPDB(dp), update: func(e, d client.Object) {
-			e.(*policyv1.PodDisruptionBudget).Spec = d.(*policyv1.PodDisruptionBudget).Spec
-		}}},
-		{keeping(dp), child{obj: desiredKeepConfigMap(dp, pinned, warm), update: func(e, d client.Object) {
-			e.(*corev1.ConfigMap).Data = d.(*corev1.ConfigMap).Data
-		}, same: func(e, d client.Object) bool {
-			return equality.Semantic.DeepEqual(e.(*corev1.ConfigMap).Data, d.(*corev1.ConfigMap).Data)
-		}}},
-		{dp.Spec.Autoscaling != nil, child{obj: desiredHPA(dp), update: func(e, d client.Object) {
-			e.(*autoscalingv2.HorizontalPodAutoscaler).Spec = d.(*autoscalingv2.HorizontalPodAutoscaler).Spec
-		}}},
+		{replicated(dp), peerServiceChild(desiredPeerService(dp))},
+		{replicated(dp), peerRoleChild(desiredPeerRole(dp))},
+		{replicated(dp), peerRoleBindingChild(desiredPeerRoleBinding(dp))},
+		{replicated(dp), pdbChild(desiredPDB(dp))},
+		{keeping(dp), dataChild(desiredKeepConfigMap(dp, pinned, warm))},
+		{dp.Spec.Autoscaling != nil, hpaChild(desiredHPA(dp))},
 	}
 	for _, o := range optional {
 		if o.want {
@@ -381,26 +342,6 @@ func (r *DependencyProxyReconciler) recordChange(dp *depproxyv1.DependencyProxy,
 			r.Recorder.Eventf(dp, obj, corev1.EventTypeNormal, depproxyv1.ReasonConfigRolled, "Update", "proxy config changed; rolling the pods")
 		}
 	}
-}
-
-// sameDeployment compares what is edited by hand in practice: the
-// replica count, the config hash, the image and the args. (The rest of the
-// spec gains server defaults, so whole-spec equality never holds.)
-func sameDeployment(e, d client.Object) bool {
-	es, ds := e.(*appsv1.Deployment).Spec, d.(*appsv1.Deployment).Spec
-	if (ds.Replicas != nil && !equality.Semantic.DeepEqual(es.Replicas, ds.Replicas)) ||
-		es.Template.Annotations[configHashKey] != ds.Template.Annotations[configHashKey] ||
-		es.Template.Annotations[secretsHashKey] != ds.Template.Annotations[secretsHashKey] ||
-		len(es.Template.Spec.Containers) != len(ds.Template.Spec.Containers) {
-		return false
-	}
-	for i, c := range ds.Template.Spec.Containers {
-		ec := es.Template.Spec.Containers[i]
-		if ec.Image != c.Image || !equality.Semantic.DeepEqual(ec.Args, c.Args) {
-			return false
-		}
-	}
-	return true
 }
 
 // ready: the spec's pods serve, and only they. While pods of an older

@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
 	"github.com/depproxy/depproxy/proxy/nodeconfig"
@@ -251,4 +252,19 @@ func desiredClaim(nm *depproxyv1.NodeMirror, registry, namespace string) *corev1
 		ObjectMeta: objectMeta(claimName(registry), namespace, labels),
 		Data:       map[string]string{claimRegistryKey: registry, claimHolderKey: nm.Name, claimUIDKey: string(nm.UID)},
 	}
+}
+
+// nodePortServiceChild applies the NodePort Service's type, selector and
+// ports (the API server fills in their defaults, so they are not
+// compared).
+func nodePortServiceChild(svc *corev1.Service) child {
+	return child{obj: svc, update: func(e, d client.Object) {
+		es, ds := e.(*corev1.Service), d.(*corev1.Service)
+		es.Spec.Type, es.Spec.Selector, es.Spec.Ports = ds.Spec.Type, ds.Spec.Selector, ds.Spec.Ports
+	}}
+}
+
+// daemonSetChild applies the node agents' DaemonSet's spec.
+func daemonSetChild(ds *appsv1.DaemonSet) child {
+	return child{obj: ds, update: func(e, d client.Object) { e.(*appsv1.DaemonSet).Spec = d.(*appsv1.DaemonSet).Spec }}
 }

@@ -299,13 +299,7 @@ func (r *NodeMirrorReconciler) applyAgents(ctx context.Context, nm *depproxyv1.N
 		return nil, err
 	}
 	ds := desiredNodeAgent(nm, dp, held, r.ProxyImage, r.nodeNamespace())
-	for _, c := range []child{
-		{obj: svc, update: func(e, d client.Object) {
-			es, ds := e.(*corev1.Service), d.(*corev1.Service)
-			es.Spec.Type, es.Spec.Selector, es.Spec.Ports = ds.Spec.Type, ds.Spec.Selector, ds.Spec.Ports
-		}},
-		{obj: ds, update: func(e, d client.Object) { e.(*appsv1.DaemonSet).Spec = d.(*appsv1.DaemonSet).Spec }},
-	} {
+	for _, c := range []child{nodePortServiceChild(svc), daemonSetChild(ds)} {
 		op, err := a.apply(ctx, nm, c)
 		if err != nil {
 			return nil, err

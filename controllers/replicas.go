@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
 )
@@ -124,4 +125,38 @@ func replicate(dp *depproxyv1.DependencyProxy, d *appsv1.Deployment) {
 	if dp.Spec.Autoscaling != nil {
 		d.Spec.Replicas = nil // the autoscaler's
 	}
+}
+
+// peerServiceChild applies the headless peer Service's selector and
+// ports.
+func peerServiceChild(svc *corev1.Service) child {
+	return child{obj: svc, update: func(e, d client.Object) {
+		e.(*corev1.Service).Spec.Selector, e.(*corev1.Service).Spec.Ports = d.(*corev1.Service).Spec.Selector, d.(*corev1.Service).Spec.Ports
+	}}
+}
+
+// peerRoleChild applies the peers' Role's rules.
+func peerRoleChild(role *rbacv1.Role) child {
+	return child{obj: role, update: func(e, d client.Object) { e.(*rbacv1.Role).Rules = d.(*rbacv1.Role).Rules }}
+}
+
+// peerRoleBindingChild applies the peers' RoleBinding's subjects.
+func peerRoleBindingChild(rb *rbacv1.RoleBinding) child {
+	return child{obj: rb, update: func(e, d client.Object) {
+		e.(*rbacv1.RoleBinding).Subjects = d.(*rbacv1.RoleBinding).Subjects
+	}}
+}
+
+// pdbChild applies the PodDisruptionBudget's spec.
+func pdbChild(pdb *policyv1.PodDisruptionBudget) child {
+	return child{obj: pdb, update: func(e, d client.Object) {
+		e.(*policyv1.PodDisruptionBudget).Spec = d.(*policyv1.PodDisruptionBudget).Spec
+	}}
+}
+
+// hpaChild applies the HorizontalPodAutoscaler's spec.
+func hpaChild(hpa *autoscalingv2.HorizontalPodAutoscaler) child {
+	return child{obj: hpa, update: func(e, d client.Object) {
+		e.(*autoscalingv2.HorizontalPodAutoscaler).Spec = d.(*autoscalingv2.HorizontalPodAutoscaler).Spec
+	}}
 }
