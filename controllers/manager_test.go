@@ -101,6 +101,20 @@ func eventually(t *testing.T, what string, ok func() bool) {
 	}
 }
 
+// managerAs is a manager wired as main.go wires its cache and client,
+// acting as user: with only the rights the test granted user.
+func managerAs(t *testing.T, user string) ctrl.Manager {
+	t.Helper()
+	cfg := rest.CopyConfig(restConfig)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: []string{"system:authenticated"}}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0", Cache: CacheOptions(), Client: ClientOptions(), Controller: config.Controller{SkipNameValidation: ptr.To(true)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mgr
+}
+
 // The manager, run with no right but the rendered ClusterRole's (no
 // list or watch of Secrets), as main.go wires its cache and client:
 // it reads the Secrets a spec names and makes the signing key by name,
@@ -115,13 +129,7 @@ func TestManagerReadsSecretsOnlyByName(t *testing.T) {
 	if err := k8sClient.Create(context.Background(), binding); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
-	cfg := rest.CopyConfig(restConfig)
-	cfg.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: []string{"system:authenticated"}}
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0", Cache: CacheOptions(), Client: ClientOptions(), Controller: config.Controller{SkipNameValidation: ptr.To(true)}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	mgr := managerAs(t, user)
 	if err := (&DependencyProxyReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scheme: scheme, Recorder: mgr.GetEventRecorder("depproxy"),
 		ProxyImage: DefaultImage, SummaryInterval: time.Second}).SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
@@ -342,13 +350,7 @@ func TestManagerRunsNodeAgentsWithTheRenderedRights(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cfg := rest.CopyConfig(restConfig)
-	cfg.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: []string{"system:authenticated"}}
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0", Cache: CacheOptions(), Client: ClientOptions(), Controller: config.Controller{SkipNameValidation: ptr.To(true)}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	mgr := managerAs(t, user)
 	if err := (&NodeMirrorReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scheme: scheme, Recorder: mgr.GetEventRecorder("depproxy"),
 		ProxyImage: "operator.example/depproxy:v1", NodeNamespace: DefaultNodeNamespace}).SetupWithManager(mgr); err != nil {
 		t.Fatal(err)

@@ -215,18 +215,6 @@ func TestChartOptions(t *testing.T) {
 	if objs := render(t, "--set", "createNodeNamespace=false"); objs["Namespace /depproxy-nodes"] != nil || objs["RoleBinding depproxy-nodes/depproxy-manager-rolebinding"] == nil {
 		t.Error("createNodeNamespace=false: the node namespace is still made, or its RoleBinding left out")
 	}
-	// The manager's rights on the node agents follow nodeNamespace.
-	for _, k := range []string{"Namespace /mirrors", "Role mirrors/depproxy-manager-role", "RoleBinding mirrors/depproxy-manager-rolebinding"} {
-		if objs[k] == nil {
-			t.Errorf("with nodeNamespace=mirrors, no %s", k)
-		}
-	}
-	if get(objs["Namespace /mirrors"], "metadata", "annotations", "helm.sh/resource-policy") != "keep" {
-		t.Error("the node namespace is not kept on uninstall")
-	}
-	if objs := render(t, "--set", "createNodeNamespace=false"); objs["Namespace /depproxy-nodes"] != nil || objs["RoleBinding depproxy-nodes/depproxy-manager-rolebinding"] == nil {
-		t.Error("createNodeNamespace=false: the node namespace is still made, or its RoleBinding left out")
-	}
 	d := objs["Deployment depproxy-system/depproxy-controller-manager"]
 	if c["image"] != "registry.internal/depproxy/manager:0.1.0" || get(d, "spec", "replicas") != 2.0 ||
 		get(d, "spec", "template", "spec", "nodeSelector", "pool") != "system" || get(d, "spec", "template", "spec", "tolerations") == nil {
