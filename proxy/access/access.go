@@ -147,11 +147,12 @@ func (r *Rules) Denied(names []string, repo, tag string) string {
 		if n == "" {
 			continue
 		}
+		hub := registryname.IsDockerHub(n)
+		if hub {
+			n = registryname.DockerHub
+		}
 		for _, rp := range repos {
-			if registryname.IsDockerHub(n) {
-				n, rp = registryname.DockerHub, registryname.Repository(true, rp)
-			}
-			full = append(full, n+"/"+rp)
+			full = append(full, n+"/"+registryname.Repository(hub, rp))
 		}
 	}
 	for _, ru := range r.deny {

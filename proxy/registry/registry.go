@@ -43,14 +43,6 @@ type Cache interface {
 	Link(ctx context.Context, repo string, m *cache.Manifest)
 }
 
-// Source is one upstream's cache; the registry's routing table holds
-// the upstream of the same index.
-type Source struct {
-	// Registry is the upstream's name (docker.io), for the audit log.
-	Registry string
-	Cache    Cache
-}
-
 // Authorizer decides whether a request may read repo ("" for /v2/), and
 // who is asking ("anonymous" without a login).
 type Authorizer interface {
@@ -101,7 +93,7 @@ type Options struct {
 // Registry serves the OCI distribution pull API.
 type Registry struct {
 	routes   routing.Table // an upstream for each source, the first the default
-	sources  []Source
+	caches   []Cache       // the cache of each upstream of routes
 	auth     Authorizer
 	audit    Auditor
 	origins  Origins
@@ -110,11 +102,11 @@ type Registry struct {
 	log      logr.Logger
 }
 
-// New returns the /v2 handler for sources, each the cache of the
-// upstream of the same index in routes, the first being the default for
-// requests that name no registry.
-func New(routes routing.Table, sources []Source, o Options, log logr.Logger) *Registry {
-	r := &Registry{routes: routes, sources: sources, auth: o.Auth, audit: o.Audit, origins: o.Origins, access: o.Access, onDenied: o.OnDenied, log: log}
+// New returns the /v2 handler for caches, each the cache of the upstream
+// of the same index in routes, the first being the default for requests
+// that name no registry.
+func New(routes routing.Table, caches []Cache, o Options, log logr.Logger) *Registry {
+	r := &Registry{routes: routes, caches: caches, auth: o.Auth, audit: o.Audit, origins: o.Origins, access: o.Access, onDenied: o.OnDenied, log: log}
 	if r.onDenied == nil {
 		r.onDenied = func(string) {}
 	}
@@ -131,7 +123,7 @@ func (reg *Registry) pick(r *http.Request, rt route) (routing.Route, *regError) 
 	if err != nil {
 		return routing.Route{}, toRegError(err, "")
 	}
-	if to.Named == "" && rt.kind == kindBlob && reg.origins != nil && len(reg.sources) > 1 && !reg.deniedEverywhere(rt.name) {
+	if to.Named == "" && rt.kind == kindBlob && reg.origins != nil && len(reg.caches) > 1 && !reg.deniedEverywhere(rt.name) {
 		if i, ok := reg.routes.Serving(reg.origins.Origin(r.Context(), rt.digest)); ok {
 			return routing.Route{Upstream: i, Repository: reg.routes[i].Repository(rt.name)}, nil
 		}
@@ -190,8 +182,7 @@ func (reg *Registry) serve(w http.ResponseWriter, r *http.Request, e *audit.Entr
 			perr.write(w, r)
 			return
 		}
-		src := reg.sources[to.Upstream]
-		c, rt.repo, e.Registry, e.Repository = src.Cache, to.Repository, src.Registry, to.Repository
+		c, rt.repo, e.Registry, e.Repository = reg.caches[to.Upstream], to.Repository, reg.routes[to.Upstream].Registry, to.Repository
 		names = reg.routes.Names(to)
 	}
 	if reg.auth != nil {

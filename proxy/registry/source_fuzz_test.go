@@ -72,7 +72,7 @@ func FuzzSourceSelection(f *testing.F) {
 	hub, ghcr := routes[0], routes[1]
 	f.Fuzz(func(t *testing.T, path, ns string) {
 		hubCache, ghcrCache := &askedCache{}, &askedCache{}
-		reg := New(routes, []Source{{Cache: hubCache}, {Cache: ghcrCache}}, Options{}, logr.Discard())
+		reg := New(routes, []Cache{hubCache, ghcrCache}, Options{}, logr.Discard())
 		req := httptest.NewRequest(http.MethodGet, "/", nil)
 		req.URL = &url.URL{Path: path, RawQuery: url.Values{"ns": {ns}}.Encode()}
 		w := httptest.NewRecorder()

@@ -60,7 +60,6 @@ type assembly struct {
 	plugins  *credprovider.Providers
 	caches   []*cache.Cache
 	clients  []*upstream.Client
-	sources  []registry.Source
 }
 
 // openStorage opens the storage (unless a test gave one) and this
@@ -231,7 +230,6 @@ func (a *assembly) pullThrough(context.Context) error {
 			cache.WithUpstreamNotFound(s.OnUpstreamNotFound != settings.NotFound, a.keeper.Pinned(u.Registry)),
 		}, a.cacheOpt...), a.o.cache...)...)
 		a.caches, a.clients = append(a.caches, c), append(a.clients, up)
-		a.sources = append(a.sources, registry.Source{Registry: u.Registry, Cache: c})
 		a.closers = append([]func() error{func() error { c.Close(); return nil }}, a.closers...)
 	}
 	return nil
@@ -298,7 +296,11 @@ func (a *assembly) serving() (http.Handler, error) {
 	if a.peering != nil {
 		auth = replicaAuth{guard}
 	}
-	reg := registry.New(a.routes, a.sources, registry.Options{Auth: auth, Audit: auditor, Origins: storedOrigins{a.store},
+	caches := make([]registry.Cache, len(a.caches))
+	for i, c := range a.caches {
+		caches[i] = c
+	}
+	reg := registry.New(a.routes, caches, registry.Options{Auth: auth, Audit: auditor, Origins: storedOrigins{a.store},
 		Access: a.gate, OnDenied: a.gate.count}, a.log.WithName("registry"))
 	browser := ui.New(a.scanner, tokens, a.caches[0].HitCounts, func(ctx context.Context) {
 		for _, c := range a.caches {
