@@ -15,7 +15,7 @@ CRANE := $(TOOLS_BIN)/crane
 
 # Images for `make deploy`.
 IMG ?= ghcr.io/depproxy/manager:latest
-PROXY_IMG ?= ghcr.io/depproxy/depproxy:latest
+PROXY_IMG ?=
 VERSION ?= 0.1.0
 
 all: build
@@ -30,16 +30,19 @@ build:
 	$(GO) build -o bin/manager .
 
 # The Dockerfile's build: the same flags, entrypoints and user.
-RELEASE_BUILD := CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s
+RELEASE_BUILD := CGO_ENABLED=0 $(GO) build -trimpath
 REGISTRY ?= localhost:5001
 TAG ?= dev
 
-## images: both images without a Docker engine, pushed to $(REGISTRY)
+## images: both images without a Docker engine, pushed to $(REGISTRY); the
+## depproxy image first, so the manager is built with its digest as the
+## default --proxy-image (the node agents run it as root: never a tag)
 images:
-	$(RELEASE_BUILD) -o bin/release/manager .
-	$(RELEASE_BUILD) -o bin/release/depproxy ./proxy/cmd/depproxy
-	$(GO) run ./hack/image -binary bin/release/manager -at /manager -tag $(REGISTRY)/depproxy/manager:$(TAG)
+	$(RELEASE_BUILD) -ldflags=-s -o bin/release/depproxy ./proxy/cmd/depproxy
 	$(GO) run ./hack/image -binary bin/release/depproxy -at /depproxy -cmd serve -tag $(REGISTRY)/depproxy/depproxy:$(TAG)
+	digest="$$($(CRANE) digest $(REGISTRY)/depproxy/depproxy:$(TAG))" && \
+	$(RELEASE_BUILD) -ldflags="-s -X github.com/depproxy/depproxy/controllers.DefaultImage=$(REGISTRY)/depproxy/depproxy@$$digest" -o bin/release/manager .
+	$(GO) run ./hack/image -binary bin/release/manager -at /manager -tag $(REGISTRY)/depproxy/manager:$(TAG)
 
 ## generate: deepcopy code for the API types
 generate: tools
@@ -68,16 +71,19 @@ verify-generated: generate manifests bundle chart
 install: manifests
 	$(KUSTOMIZE) build config/crd | kubectl apply -f -
 
-## deploy: CRDs, RBAC and the manager into the current cluster (IMG, PROXY_IMG);
-## PROXY_IMG is deployed by its digest (crane digest), as the node agents run it as root
+## deploy: CRDs, RBAC and the manager into the current cluster (IMG; PROXY_IMG,
+## when given, overrides the manager's built-in --proxy-image and is deployed by
+## its digest (crane digest), as the node agents run it as root)
 deploy: manifests
-	@proxy='$(PROXY_IMG)'; case "$$proxy" in *@sha256:*) ;; *) \
+	@proxy='$(PROXY_IMG)'; case "$$proxy" in ""|*@sha256:*) ;; *) \
 		digest="$$($(CRANE) digest "$$proxy")" || { echo "deploy: cannot resolve PROXY_IMG=$$proxy to its digest: push it first, or give PROXY_IMG=repository@sha256:..." >&2; exit 1; }; \
 		case "$${proxy##*/}" in *:*) proxy="$${proxy%:*}";; esac; proxy="$$proxy@$$digest";; esac; \
-	echo "deploy: --proxy-image=$$proxy"; \
+	arg=""; [ -z "$$proxy" ] || { arg="--proxy-image=$$proxy"; echo "deploy: $$arg"; }; \
 	tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; cp -r config "$$tmp/" && \
-	(cd "$$tmp/config/manager" && $(KUSTOMIZE) edit set image controller=$(IMG)) && \
-	$(KUSTOMIZE) build "$$tmp/config/default" | sed "s#--proxy-image=.*#--proxy-image=$$proxy#" | kubectl apply -f -
+	(cd "$$tmp/config/manager" && $(KUSTOMIZE) edit set image controller=$(IMG) && \
+		{ [ -z "$$arg" ] || $(KUSTOMIZE) edit add patch --kind Deployment --name controller-manager \
+			--patch "[{\"op\":\"add\",\"path\":\"/spec/template/spec/containers/0/args/-\",\"value\":\"$$arg\"}]"; }) && \
+	$(KUSTOMIZE) build "$$tmp/config/default" | kubectl apply -f -
 
 ## undeploy: remove what deploy made
 undeploy:

@@ -21,12 +21,6 @@ const (
 	// probes, in the pod and on the Service (for the ServiceMonitor and
 	// the operator's summary reads).
 	MetricsPort = 9090
-	// DefaultImage is the depproxy image run unless spec.image says
-	// otherwise; the manager's --proxy-image flag overrides it. It is a
-	// tag only because a release's digest is not known when this is
-	// built: installs pin --proxy-image by digest (the manager warns
-	// otherwise), since the node agents run it as root.
-	DefaultImage = "ghcr.io/depproxy/depproxy:latest"
 
 	configDir      = "/etc/depproxy"
 	configKey      = "config.yaml"
@@ -59,6 +53,15 @@ const (
 	// their Jobs and pods.
 	cleanupAppName = "depproxy-cleanup"
 )
+
+// DefaultImage is the depproxy image run unless spec.image says
+// otherwise; the manager's --proxy-image flag overrides it. The node
+// agents run it as root on every selected node, so a release build
+// (`make images`) pushes the depproxy image first and stamps its digest
+// here (-ldflags -X): the manager it builds defaults to
+// repository@sha256:…. A build without the stamp (go build, make run)
+// keeps the tag, and the manager warns about it at start.
+var DefaultImage = "ghcr.io/depproxy/depproxy:latest"
 
 // proxyName names every child of a DependencyProxy.
 func proxyName(dp *depproxyv1.DependencyProxy) string { return dp.Name + "-depproxy" }

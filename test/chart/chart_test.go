@@ -6,6 +6,7 @@ package chart
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -143,6 +144,16 @@ func TestChartIsTheKustomizeBuild(t *testing.T) {
 	for _, a := range wc["args"].([]any) {
 		if !contains(gc["args"].([]any), a) {
 			t.Errorf("the chart's manager lacks %v", a)
+		}
+	}
+	// By default neither names the agents' image: the manager's built-in
+	// default applies, which a release build stamps with the depproxy
+	// image's digest.
+	for _, args := range [][]any{wc["args"].([]any), gc["args"].([]any)} {
+		for _, a := range args {
+			if strings.HasPrefix(fmt.Sprint(a), "--proxy-image") {
+				t.Errorf("by default the manager is given %v, not its built-in digest", a)
+			}
 		}
 	}
 	for _, f := range []string{"securityContext", "resources", "ports", "livenessProbe", "readinessProbe"} {

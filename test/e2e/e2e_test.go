@@ -690,14 +690,15 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.D
 		return nil
 	})
 	// The agents run in the node namespace (the manager's Role there is
-	// its only right to write DaemonSets) the proxy image by its digest,
-	// as hack/e2e.sh installed it.
+	// its only right to write DaemonSets) the proxy image by its digest:
+	// the manager's built-in default, stamped by `make images` (hack/e2e.sh
+	// installs the chart without proxyImage).
 	agents := &appsv1.DaemonSet{}
 	if err := k.c.Get(ctx, client.ObjectKey{Namespace: "depproxy-nodes", Name: "nodemirror-" + nm.Name}, agents); err != nil {
 		t.Fatalf("the node agents' DaemonSet: %v", err)
 	}
-	if img := agents.Spec.Template.Spec.Containers[0].Image; !strings.Contains(img, "@sha256:") {
-		t.Errorf("the node agents run %s, not a digest", img)
+	if img, want := agents.Spec.Template.Spec.Containers[0].Image, os.Getenv("DEPPROXY_E2E_PROXY_IMAGE"); !strings.Contains(img, "@sha256:") || img != want {
+		t.Errorf("the node agents run %s, want the pushed depproxy image by its digest, %s", img, want)
 	}
 	// The new config has rolled out: the node's pulls meet a pod that
 	// stays.
