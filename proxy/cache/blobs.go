@@ -206,6 +206,9 @@ func (c *Cache) fillBlob(ctx context.Context, repo string, f *fill) (*Blob, erro
 		f.release()
 		return nil, err
 	}
+	if b := spooledBlob(f, verified); b != nil {
+		return b, nil
+	}
 	r := &fillReader{f: f, ctx: ctx, cold: f.ranged}
 	stop := context.AfterFunc(ctx, f.wake)
 	return &Blob{
@@ -220,6 +223,34 @@ func (c *Cache) fillBlob(ctx context.Context, repo string, f *fill) (*Blob, erro
 			return f.err
 		},
 	}, nil
+}
+
+// spooledBlob is a finished, verified download's spool file, opened
+// afresh: from the moment the digest checks until the fill is forgotten
+// (while it uploads to the storage and becomes the hot copy) every read
+// of it goes out with sendfile, as a hot copy would, not through the
+// fill's reader. nil when the fill is not there yet, or its file is gone
+// (moved into a filesystem storage, which then serves it). It takes over
+// the caller's reference to the fill: the open file needs none.
+func spooledBlob(f *fill, verified bool) *Blob {
+	if !verified || f.file == nil {
+		return nil
+	}
+	file, err := os.Open(f.file.Name())
+	if err != nil {
+		return nil
+	}
+	info, err := file.Stat()
+	// The name must still be the spool's file: the one the fill wrote
+	// and checked, whole.
+	spool, serr := f.file.Stat()
+	if err != nil || serr != nil || !os.SameFile(info, spool) || info.Size() != f.written {
+		file.Close()
+		return nil
+	}
+	f.release()
+	return &Blob{ReadSeeker: file, Size: f.written, ModTime: info.ModTime(),
+		File: true, Verified: true, close: func() { file.Close() }}
 }
 
 // fillFor returns the running fill for d, with a reference taken for the

@@ -296,8 +296,10 @@ func (t *Tier) evictOldestLocked() {
 }
 
 // Keep makes the verified file at path (a finished download) the hot copy
-// of d: linked when it is on the tier's filesystem, copied when not. The
-// caller still owns path.
+// of d: moved into the tier when it is on the tier's filesystem, copied
+// when not (the caller then removes path). Moved, not linked: removing the
+// spool's name later would change the copy's change time, which is taken
+// for damage, and the first hot read would hash the whole blob again.
 func (t *Tier) Keep(d digest.Digest, path string, size int64) {
 	t.mu.Lock()
 	_, have := t.entries[d]
@@ -335,11 +337,11 @@ func (t *Tier) Keep(d digest.Digest, path string, size int64) {
 	t.metrics.size.Set(float64(t.used))
 }
 
-// place puts a copy of src at dst atomically, replacing whatever is
-// there (a file at a copy's name is not taken for the copy: only bytes
-// this process checked are): a hard link, or a copy where src is on
-// another filesystem, made under a temporary name and renamed over dst.
-// It returns what it placed.
+// place puts src at dst atomically, replacing whatever is there (a file
+// at a copy's name is not taken for the copy: only bytes this process
+// checked are): src itself, moved, or a copy where src is on another
+// filesystem, made under a temporary name and renamed over dst. It
+// returns what it placed.
 func place(src, dst string) (fs.FileInfo, error) {
 	tmp, err := os.CreateTemp(filepath.Dir(dst), ".tmp-")
 	if err != nil {
@@ -348,12 +350,12 @@ func place(src, dst string) (fs.FileInfo, error) {
 	tmpName := tmp.Name()
 	tmp.Close()
 	defer os.Remove(tmpName) // gone by the rename, unless it failed
-	// A link cannot replace a file: free the temporary name for it.
-	if err := os.Remove(tmpName); err != nil {
-		return nil, err
-	}
-	err = os.Link(src, tmpName)
+	err = os.Rename(src, tmpName)
 	if errors.Is(err, syscall.EXDEV) {
+		// A copy cannot replace a file: free the temporary name for it.
+		if err := os.Remove(tmpName); err != nil {
+			return nil, err
+		}
 		err = copyFile(src, tmpName)
 	}
 	if err != nil {

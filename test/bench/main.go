@@ -55,13 +55,14 @@ func main() {
 	tagsOnly := flag.Bool("tags-only", false, "only the warm tag table (the audit log on and off among it)")
 	rolloutOnly := flag.Bool("rollout-only", false, "only the rollout table: 256 nodes pulling one image through three replicas, cold then warm")
 	keepOnly := flag.Bool("keep-only", false, "only the manager's memory with 0, 1,000 and 5,000 Pods of a keeping cache (envtest)")
+	afterFillOnly := flag.Bool("after-fill-only", false, "only the warm reads right after a cold fill (while the blob is stored) against MinIO's direct GET")
 	lazyOnly := flag.Bool("lazy-only", false, "only the lazy-pulling tables: a cold tail range on a slow upstream, and the stargz snapshotter's pull of an eStargz image")
 	plotPath := flag.String("plot", "docs/bench.png", "where to write the plot of cold pulls by concurrent clients (empty: none)")
 	flag.Parse()
 	b := newBench()
 	defer b.cleanup()
 	b.plot = *plotPath
-	b.faultsOnly, b.tagsOnly, b.rolloutOnly, b.keepOnly, b.lazyOnly = *faultsOnly, *tagsOnly, *rolloutOnly, *keepOnly, *lazyOnly
+	b.faultsOnly, b.tagsOnly, b.rolloutOnly, b.keepOnly, b.lazyOnly, b.afterFillOnly = *faultsOnly, *tagsOnly, *rolloutOnly, *keepOnly, *lazyOnly, *afterFillOnly
 	if err := b.run(*runs, *warmOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		b.cleanup()
@@ -86,9 +87,10 @@ type bench struct {
 	plot     string // the PNG's path
 	// faultsOnly runs the fault rows alone; tagsOnly the warm tag table;
 	// rolloutOnly the rollout table; keepOnly the manager's memory;
-	// lazyOnly the lazy-pulling tables.
-	faultsOnly, tagsOnly, rolloutOnly, keepOnly, lazyOnly bool
-	rolloutBytes                                          int64 // the rollout image's blobs, both platforms
+	// lazyOnly the lazy-pulling tables; afterFillOnly the reads right
+	// after a cold fill.
+	faultsOnly, tagsOnly, rolloutOnly, keepOnly, lazyOnly, afterFillOnly bool
+	rolloutBytes                                                         int64 // the rollout image's blobs, both platforms
 }
 
 // plotClients are the points of the plot.
@@ -184,6 +186,10 @@ func (b *bench) run(runs int, warmOnly bool) error {
 		b.lazyRows(runs)
 		return nil
 	}
+	if b.afterFillOnly {
+		printRows(b.afterFillRows(runs))
+		return nil
+	}
 	if err := b.pushRollout(); err != nil {
 		return err
 	}
@@ -244,6 +250,7 @@ func (b *bench) run(runs int, warmOnly bool) error {
 		rows = append(rows, row(kind, fmt.Sprintf("warm pull, 256 MiB blob ×%d", warmPulls), median(ms)))
 	}
 	rows = append(rows, b.warmReplicaRows(runs)...)
+	rows = append(rows, b.afterFillRows(runs)...)
 	if !warmOnly {
 		rows = append(rows, b.hungStorageRows(runs)...)
 		rows = append(rows, b.containerdRows(runs)...)
