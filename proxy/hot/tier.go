@@ -102,7 +102,7 @@ func Open(dir string, maxBytes int64, opts ...Option) (*Tier, error) {
 }
 
 // Dir is the tier's directory: a spool under it is on the same
-// filesystem, so that a verified download becomes a hot copy by a link.
+// filesystem, so that a verified download becomes a hot copy by a move.
 func (t *Tier) Dir() string { return t.dir }
 
 // reindex takes in the copies on disk, oldest read last in line, and

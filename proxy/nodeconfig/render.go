@@ -49,6 +49,10 @@ type NodeOptions struct {
 	// catch-all that sends every registry without a file of its own
 	// through the cache.
 	AllowDefault bool
+	// Local, when set, is the node agent's own mirror on the node's
+	// loopback (http://127.0.0.1:5050): named first, before the cache,
+	// so that what the node pulled before comes from its own disk.
+	Local string
 }
 
 // DefaultRegistry is containerd's catch-all hosts directory.
@@ -71,7 +75,12 @@ func RenderNodeFile(f NodeFormat, dir string, m NodeMirror, o NodeOptions) (path
 	case !catchAll && !registryname.Valid(m.Registry):
 		return "", nil, fmt.Errorf("registry %q: want a host name, optionally with a port, such as docker.io or registry.internal:5000", m.Registry)
 	}
-	for what, v := range map[string]string{"endpoint": o.Endpoint, "server": m.Server, "ca": o.CA} {
+	if o.Local != "" {
+		if _, ok := registryname.ServerURL(o.Local); !ok {
+			return "", nil, fmt.Errorf("local mirror %q: want http://host:port", o.Local)
+		}
+	}
+	for what, v := range map[string]string{"endpoint": o.Endpoint, "server": m.Server, "ca": o.CA, "local mirror": o.Local} {
 		if strings.IndexFunc(v, func(r rune) bool { return r < 0x20 || r == 0x7f || r == '"' || r == '\\' }) >= 0 {
 			return "", nil, fmt.Errorf("%s %q: control characters, quotes and backslashes have no place in it", what, v)
 		}
@@ -88,6 +97,15 @@ func RenderNodeFile(f NodeFormat, dir string, m NodeMirror, o NodeOptions) (path
 			// registry.
 			fmt.Fprintf(&b, "server = %q\n\n", m.Server)
 		}
+		if o.Local != "" {
+			// The node's own store first; a dead agent costs the dial
+			// timeout, then the cache answers.
+			fmt.Fprintf(&b, "[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", strings.TrimSuffix(o.Local, "/"))
+			if o.DialTimeout > 0 {
+				fmt.Fprintf(&b, "  dial_timeout = %q\n", o.DialTimeout.String())
+			}
+			b.WriteString("\n")
+		}
 		fmt.Fprintf(&b, "[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", strings.TrimSuffix(o.Endpoint, "/"))
 		if o.DialTimeout > 0 {
 			fmt.Fprintf(&b, "  dial_timeout = %q\n", o.DialTimeout.String())
@@ -97,7 +115,11 @@ func RenderNodeFile(f NodeFormat, dir string, m NodeMirror, o NodeOptions) (path
 		}
 		return filepath.Join(dir, m.Registry, "hosts.toml"), b.Bytes(), nil
 	case ContainersConf:
-		fmt.Fprintf(&b, "[[registry]]\nprefix = %q\nlocation = %q\n\n[[registry.mirror]]\nlocation = %q\n", m.Registry, m.Registry, ep.Host+"/"+m.Registry)
+		fmt.Fprintf(&b, "[[registry]]\nprefix = %q\nlocation = %q\n", m.Registry, m.Registry)
+		if local, ok := registryname.ServerURL(o.Local); ok && o.Local != "" {
+			fmt.Fprintf(&b, "\n[[registry.mirror]]\nlocation = %q\ninsecure = true\n", local.Host+"/"+m.Registry)
+		}
+		fmt.Fprintf(&b, "\n[[registry.mirror]]\nlocation = %q\n", ep.Host+"/"+m.Registry)
 		if ep.Scheme == "http" {
 			b.WriteString("insecure = true\n")
 		}

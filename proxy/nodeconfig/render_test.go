@@ -51,3 +51,28 @@ func TestRenderNodeFile(t *testing.T) {
 		t.Error("a registries.conf catch-all was rendered")
 	}
 }
+
+// With the node's own mirror, the runtime asks it first, then the cache,
+// then the registry.
+func TestRenderNodeFileLocalFirst(t *testing.T) {
+	o := NodeOptions{Endpoint: "http://10.0.0.5:30500", DialTimeout: time.Second, Local: "http://127.0.0.1:5050"}
+	_, hosts, err := RenderNodeFile(ContainerdHosts, "/d", NodeMirror{Registry: "docker.io"}, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := string(hosts)
+	server, local, cache := strings.Index(h, "server = "), strings.Index(h, `[host."http://127.0.0.1:5050"]`), strings.Index(h, `[host."http://10.0.0.5:30500"]`)
+	if server < 0 || local < 0 || cache < 0 || !(server < local && local < cache) || strings.Count(h, `dial_timeout = "1s"`) != 2 {
+		t.Errorf("hosts.toml does not name the registry, then the local mirror, then the cache, each with the dial timeout:\n%s", h)
+	}
+	_, conf, err := RenderNodeFile(ContainersConf, "/d", NodeMirror{Registry: "ghcr.io"}, o)
+	c := string(conf)
+	if err != nil || strings.Index(c, `location = "127.0.0.1:5050/ghcr.io"`) < 0 || strings.Index(c, `location = "127.0.0.1:5050/ghcr.io"`) > strings.Index(c, `location = "10.0.0.5:30500/ghcr.io"`) {
+		t.Errorf("registries.conf does not list the local mirror before the cache: %v\n%s", err, c)
+	}
+	for _, bad := range []string{"127.0.0.1:5050", "http://127.0.0.1:5050/v2", "http://127.0.0.1:5050/\"x"} {
+		if _, _, err := RenderNodeFile(ContainerdHosts, "/d", NodeMirror{Registry: "docker.io"}, NodeOptions{Endpoint: "http://c:1", Local: bad}); err == nil {
+			t.Errorf("local mirror %q accepted", bad)
+		}
+	}
+}

@@ -24,6 +24,8 @@ type nodeFlags struct {
 	ca           string
 	allowDefault bool
 	stargzConfig string
+	// local is the node's own mirror (`node --store`), named first.
+	local string
 }
 
 func (f *nodeFlags) register(fs *flag.FlagSet) {
@@ -48,7 +50,7 @@ func (f *nodeFlags) files() ([]nodeconfig.File, error) {
 			return nil, fmt.Errorf("--server %s: %s is not a --registry", k, k.Registry)
 		}
 	}
-	o := nodeconfig.NodeOptions{Endpoint: f.endpoint, DialTimeout: f.dialTimeout, CA: f.ca, AllowDefault: f.allowDefault}
+	o := nodeconfig.NodeOptions{Endpoint: f.endpoint, DialTimeout: f.dialTimeout, CA: f.ca, AllowDefault: f.allowDefault, Local: f.local}
 	var out []nodeconfig.File
 	for _, r := range f.registries {
 		path, content, err := nodeconfig.RenderNodeFile(nodeconfig.NodeFormat(f.format), f.dir, nodeconfig.NodeMirror{Registry: r, Server: f.servers.For(r, false)}, o)

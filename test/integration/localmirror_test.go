@@ -1,0 +1,108 @@
+package integration
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/depproxy/depproxy/test/testenv"
+)
+
+// `depproxy node --store` makes the agent the node's own mirror, named
+// before the cache: containerd 2.x pulls through it and the cache; then,
+// with the cache and the registry both gone, an image the node pulled
+// before is pulled again from the node's store, and one it never pulled
+// is not (the runtime is sent on to the next host, which fails).
+func TestNodeLocalMirrorServesWithTheCacheDown(t *testing.T) {
+	tr := newTwoRegistries(t)
+	pushImage(t, tr.hub.registry.Addr, tr.repo, "v2", ociImage(t, 2))
+	var logs syncBuffer
+	base, cache := startBinary(t, &logs, "--upstream", "docker.io="+tr.hub.front.URL(), "--storage", t.TempDir())
+
+	hostsDir, store := t.TempDir(), t.TempDir()
+	local, ops := testenv.FreeAddr(t), testenv.FreeAddr(t)
+	var agentLogs syncBuffer
+	agent := exec.Command(depproxyBinary(t), "node", "--endpoint", base, "--registry", "docker.io",
+		"--server", "docker.io="+tr.hub.front.URL(), "--dir", hostsDir, "--interval", "100ms", "--listen", ops,
+		"--store", store, "--store-size", "1Gi", "--local-listen", local)
+	agent.Stderr = &agentLogs
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { agent.Process.Kill(); agent.Wait() })
+	hostsFile := filepath.Join(hostsDir, "docker.io", "hosts.toml")
+	eventually(t, 10*time.Second, "the agent did not write the node's file:\n"+agentLogs.String(), func() bool {
+		b, _ := os.ReadFile(hostsFile)
+		return strings.HasPrefix(string(b), "# Written by depproxy")
+	})
+	hosts, _ := os.ReadFile(hostsFile)
+	if l, c := strings.Index(string(hosts), `[host."http://`+local+`"]`), strings.Index(string(hosts), `[host."`+base+`"]`); l < 0 || c < 0 || l > c {
+		t.Fatalf("hosts.toml does not name the node's mirror before the cache:\n%s", hosts)
+	}
+
+	c := startContainerd2(t, fmt.Sprintf("[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = %q\n", hostsDir))
+	ref := "docker.io/" + tr.repo + ":v1"
+	if out, err := c.Crictl(t, "pull", ref); err != nil {
+		t.Fatalf("crictl pull %s: %v\n%s", ref, err, out)
+	}
+	if got := c.repoDigest(t, ref); got != tr.hubImage {
+		t.Fatalf("containerd has %s, the registry %s", got, tr.hubImage)
+	}
+	if fromCache := nodeBytes(t, ops, "cache"); fromCache == 0 {
+		t.Fatalf("the pull did not go through the node's mirror:\n%s", agentLogs.String())
+	}
+
+	// The cache and the registry go away; the image is removed from
+	// containerd and pulled again: from the node's store.
+	cache.Process.Kill()
+	cache.Wait()
+	tr.hub.front.Stop()
+	if out, err := c.Crictl(t, "rmi", ref); err != nil {
+		t.Fatalf("crictl rmi: %v\n%s", err, out)
+	}
+	if out, err := c.Crictl(t, "pull", ref); err != nil {
+		t.Fatalf("with the cache and the registry down, crictl pull %s: %v\n%s\n%s", ref, err, out, agentLogs.String())
+	}
+	if got := c.repoDigest(t, ref); got != tr.hubImage {
+		t.Fatalf("from the store: containerd has %s, want %s", got, tr.hubImage)
+	}
+	if fromStore := nodeBytes(t, ops, "store"); fromStore == 0 {
+		t.Error("the second pull did not come from the node's store")
+	}
+	if out, err := c.Crictl(t, "pull", "docker.io/"+tr.repo+":v2"); err == nil {
+		t.Errorf("an image the node never pulled was pulled with everything down:\n%s", out)
+	}
+
+	agent.Process.Signal(syscall.SIGTERM)
+	if err := agent.Wait(); err != nil {
+		t.Fatalf("the agent exited with %v after SIGTERM:\n%s", err, agentLogs.String())
+	}
+	if _, err := os.Stat(hostsFile); err == nil {
+		t.Error("SIGTERM left the node's file")
+	}
+}
+
+// nodeBytes is the agent's depproxy_node_bytes_total for source.
+func nodeBytes(t *testing.T, ops, source string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + ops + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var v float64
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, `depproxy_node_bytes_total{source="`+source+`"} `) {
+			fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
+		}
+	}
+	return v
+}
