@@ -171,7 +171,7 @@ func (c *Cache) referrers(ctx context.Context, repo string, d digest.Digest) ([]
 	if a, ok := c.lists.get(noReferrersAPI); ok && time.Since(a.fetched) < c.listTTL {
 		body, nameUnknown, err = c.fallbackReferrers(ctx, repo, d)
 	} else {
-		body, err = c.up.Referrers(ctx, repo, d, nil, maxListSize)
+		body, err = c.up.Referrers(ctx, repo, d, maxListSize)
 		switch {
 		case upstream.NameUnknown(err):
 			body, err, nameUnknown = []byte(emptyIndex), nil, true

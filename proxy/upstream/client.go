@@ -326,8 +326,8 @@ func (c *Client) Tags(ctx context.Context, repo string, query url.Values, maxSiz
 
 // Referrers returns the OCI referrers index of a digest; ErrNotFound where
 // the upstream has no referrers API.
-func (c *Client) Referrers(ctx context.Context, repo string, d digest.Digest, query url.Values, maxSize int64) ([]byte, error) {
-	return c.getSmall(ctx, repo, "referrers/"+d.String(), query, maxSize)
+func (c *Client) Referrers(ctx context.Context, repo string, d digest.Digest, maxSize int64) ([]byte, error) {
+	return c.getSmall(ctx, repo, "referrers/"+d.String(), nil, maxSize)
 }
 
 // getSmall fetches a small JSON document under the repository.
