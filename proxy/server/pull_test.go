@@ -257,6 +257,13 @@ func TestPulls(t *testing.T) {
 		{name: "the referrers of a manifest with none are an empty index", method: "GET", path: referrersPath,
 			status: 200, want: map[string]string{"Content-Type": "application/vnd.oci.image.index.v1+json"},
 			body: referrersAre(), asked: map[string]int{"GET referrers": 1, "GET tags": 1, "GET manifests": 1}},
+		{name: "a tags list over the limit", setup: oversized("tags"), method: "GET", path: "/v2/team/app/tags/list",
+			status: 502, code: "SIZE_INVALID", body: naming("tags list is larger than depproxy takes"), asked: map[string]int{"GET tags": 1}},
+		{name: "a referrers index over the limit", setup: oversized("referrers"), method: "GET", path: referrersPath,
+			status: 502, code: "SIZE_INVALID", body: naming("referrers index is larger than depproxy takes"), asked: map[string]int{"GET referrers": 1}},
+		{name: "a fallback tag's referrers index over the limit", setup: oversized("fallback"), method: "GET", path: referrersPath,
+			status: 502, code: "SIZE_INVALID", body: naming("referrers index is larger than depproxy takes"),
+			asked: map[string]int{"GET referrers": 1, "GET tags": 1, "GET manifests": 1}},
 		{name: "a denied tag", config: denying("team/app"), method: "GET", path: tagPath,
 			status: 403, code: "DENIED", body: naming("/team/app: denied"), asked: map[string]int{}},
 		{name: "a denied digest", config: denying("team/app"), method: "GET", path: manifestPath,
@@ -504,5 +511,27 @@ func layerBytes(off, end int64) func(*testing.T, *fixture, []byte) {
 		if !bytes.Equal(body, whole[off:end]) {
 			t.Errorf("bytes %d-%d: %x, want %x", off, end-1, body, whole[off:end])
 		}
+	}
+}
+
+// oversized has the upstream answer a kind of list ("tags",
+// "referrers", or the "fallback" tag's index of an upstream without the
+// referrers API) with a valid one of 5 MiB, over any limit for it.
+func oversized(kind string) func(*testing.T, *fixture) {
+	return func(t *testing.T, f *fixture) {
+		next := f.up.registry
+		f.up.registry = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if k := pathKind(r.URL.Path); k != kind && !(kind == "fallback" && strings.Contains(r.URL.Path, "/manifests/sha256-")) {
+				next.ServeHTTP(w, r)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			body := `{"name":"team/app","tags":["` + strings.Repeat("a", 5<<20) + `"]}`
+			if kind != "tags" {
+				body = `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[],"annotations":{"a":"` + strings.Repeat("a", 5<<20) + `"}}`
+				w.Header().Set("Content-Type", string(types.OCIImageIndex))
+			}
+			io.WriteString(w, body)
+		})
 	}
 }
