@@ -426,16 +426,34 @@ func (c *Cache) keepHot(f *fill) {
 // served, so that the next read of it costs no storage request. Every
 // request for it meanwhile reads the one copy, as they would a download.
 // nil without a hot tier, or when the blob is not stored or does not fit.
+// The blob is opened once, for its size and its bytes: on S3 an Open is
+// the HEAD a Stat would be, and the GET waits for the first read.
 func (c *Cache) hotFill(ctx context.Context, d digest.Digest) *fill {
 	if c.hot == nil {
 		return nil
 	}
 	key := layout.Blob(d)
-	info, err := c.store.Stat(ctx, key)
-	if err != nil || !c.hot.Room(info.Size) {
+	// The copy serves everyone reading it: its reader ends with the
+	// fill (its timeout, its silence, the cache closing), not with the
+	// client that asked first.
+	readCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	r, info, err := c.store.Open(readCtx, key)
+	if err != nil {
+		stop()
 		return nil
 	}
-	return c.startFill(ctx, d, func(ctx context.Context, f *fill) { c.copyHot(ctx, f, info.Size) }, func(f *fill) {
+	if !c.hot.Room(info.Size) {
+		r.Close()
+		stop()
+		return nil
+	}
+	started := false
+	f := c.startFill(ctx, d, func(ctx context.Context, f *fill) {
+		defer stop()
+		defer context.AfterFunc(ctx, stop)()
+		c.copyHot(f, r, info.Size)
+	}, func(f *fill) {
+		started = true
 		f.fromStorage = true
 		f.ranged = func(ctx context.Context, off, end int64) (io.ReadCloser, error) {
 			r, _, err := c.store.Open(ctx, key)
@@ -452,16 +470,16 @@ func (c *Cache) hotFill(ctx context.Context, d digest.Digest) *fill {
 			}{io.LimitReader(r, end-off), r}, nil
 		}
 	})
+	if !started { // a fill ran already: it is read instead
+		r.Close()
+		stop()
+	}
+	return f
 }
 
-// copyHot reads a stored blob into a spool file, checks its digest and
-// keeps it hot.
-func (c *Cache) copyHot(ctx context.Context, f *fill, size int64) {
-	r, _, err := c.store.Open(ctx, layout.Blob(f.digest))
-	if err != nil {
-		f.finish(err)
-		return
-	}
+// copyHot reads a stored blob, opened as r, into a spool file, checks
+// its digest and keeps it hot.
+func (c *Cache) copyHot(f *fill, r io.ReadCloser, size int64) {
 	defer r.Close()
 	body := silenceTimeout(r, c.limits.Silence, f.cancel)
 	defer body.stop()

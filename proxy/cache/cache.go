@@ -36,7 +36,7 @@ type Upstream interface {
 	GetBlobRange(ctx context.Context, repo string, d digest.Digest, off, end int64) (*upstream.Blob, error)
 	HeadBlob(ctx context.Context, repo string, d digest.Digest) (int64, error)
 	Tags(ctx context.Context, repo string, query url.Values, maxSize int64) ([]byte, error)
-	Referrers(ctx context.Context, repo string, d digest.Digest, query url.Values, maxSize int64) ([]byte, error)
+	Referrers(ctx context.Context, repo string, d digest.Digest, maxSize int64) ([]byte, error)
 	// Waiting: the upstream answered 429 and asked to wait until then;
 	// cached tags are served without asking it.
 	Waiting() (until time.Time, ok bool)

@@ -171,7 +171,7 @@ func (c *Cache) referrers(ctx context.Context, repo string, d digest.Digest) ([]
 	if a, ok := c.lists.get(noReferrersAPI); ok && time.Since(a.fetched) < c.listTTL {
 		body, nameUnknown, err = c.fallbackReferrers(ctx, repo, d)
 	} else {
-		body, err = c.up.Referrers(ctx, repo, d, nil, maxListSize)
+		body, err = c.up.Referrers(ctx, repo, d, maxListSize)
 		switch {
 		case upstream.NameUnknown(err):
 			body, err, nameUnknown = []byte(emptyIndex), nil, true
@@ -262,6 +262,9 @@ func (c *Cache) fallbackReferrers(ctx context.Context, repo string, d digest.Dig
 	switch {
 	case errors.Is(err, upstream.ErrNotFound):
 		return []byte(emptyIndex), upstream.NameUnknown(err), nil
+	case errors.Is(err, upstream.ErrTooLarge):
+		// The index a referrers answer is, not a manifest a client asked for.
+		return nil, false, fmt.Errorf("%w: in the fallback tag %s: %w", upstream.ErrReferrersTooLarge, fallbackTag(d), err)
 	case err != nil:
 		return nil, false, err
 	case m.MediaType != string(types.OCIImageIndex) || !validIndex(m.Body):

@@ -9,6 +9,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"sync"
 	"time"
@@ -130,27 +132,26 @@ func (k *Keeper) Pinned(registry string) func(repo, tag string) bool {
 	}
 }
 
-// read reads one file, when it changed since: its references, and
-// whether it changed. A file that cannot be read keeps its last pins;
-// lines that are not references are left out, and said.
-func (k *Keeper) read(path string) ([]pins.Ref, bool) {
+// read reads one file, when it changed since: its references, whether
+// it changed, and what is wrong with it. A file that cannot be read
+// keeps its last pins; lines that are not references are left out.
+func (k *Keeper) read(path string) ([]pins.Ref, bool, error) {
 	if path == "" {
-		return nil, false
+		return nil, false, nil
 	}
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		k.log.Error(err, "cannot read the file; keeping what it said last", "file", path)
-		return nil, false
+		return nil, false, err
 	}
 	k.mu.Lock()
 	same := bytes.Equal(raw, k.raw[path])
 	k.mu.Unlock()
 	if same {
-		return nil, false
+		return nil, false, nil
 	}
 	refs, err := pins.Parse(raw)
 	if err != nil {
-		k.log.Error(err, "lines that are not image references are left out", "file", path)
+		err = fmt.Errorf("%s: %w", path, err)
 	}
 	for i, r := range refs {
 		// As the cache names it: a tag pinned as docker.io/nginx is the
@@ -162,15 +163,41 @@ func (k *Keeper) read(path string) ([]pins.Ref, bool) {
 	k.mu.Lock()
 	k.raw[path] = raw
 	k.mu.Unlock()
-	return refs, true
+	return refs, true, err
 }
 
-// Reload reads the files; true when one changed.
+// Load reads the files at start. What is wrong with them is an error
+// then, so that a typo stops the start rather than lose a pin; each
+// file is read once, and Reload reads them again only when they change.
+func (k *Keeper) Load() error {
+	_, err := k.reload()
+	return err
+}
+
+// Reload reads the files; true when one changed. What is wrong with them
+// is said, and left out: a file that cannot be read keeps its last pins,
+// lines that are not references are skipped.
 func (k *Keeper) Reload() bool {
-	pinned, pinChanged := k.read(k.pinnedPath)
-	warm, warmChanged := k.read(k.warmPath)
+	changed, err := k.reload()
+	if err != nil {
+		k.log.Error(err, "the pinned or warm file: lines that are not image references are left out, a file that cannot be read keeps what it said last")
+	}
+	return changed
+}
+
+func (k *Keeper) reload() (bool, error) {
+	pinned, pinChanged, pinErr := k.read(k.pinnedPath)
+	warm, warmChanged, warmErr := k.read(k.warmPath)
+	var errs []error
+	if pinErr != nil {
+		errs = append(errs, fmt.Errorf("pinned: %w", pinErr))
+	}
+	if warmErr != nil {
+		errs = append(errs, fmt.Errorf("warm: %w", warmErr))
+	}
+	err := errors.Join(errs...)
 	if !pinChanged && !warmChanged {
-		return false
+		return false, err
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -212,7 +239,7 @@ func (k *Keeper) Reload() bool {
 	}
 	k.status = status
 	k.log.Info("pinned and warmed images read", "pinned", len(pinned), "warmed", len(refs)-len(pinned))
-	return true
+	return true, err
 }
 
 // Run keeps the pins and the budget until ctx ends.

@@ -62,3 +62,36 @@ func TestPinsFollowTheFilesAndTheRules(t *testing.T) {
 		t.Error("a rule that now refuses a kept image is not noticed")
 	}
 }
+
+// At start a file that cannot be read, or a line that is not an image
+// reference, is an error naming the file, its flag and the line; later
+// the same mistakes are left out and the rest kept.
+func TestLoadRefusesWhatReloadSkips(t *testing.T) {
+	dir := t.TempDir()
+	pinned := filepath.Join(dir, "pinned")
+	os.WriteFile(pinned, []byte("docker.io/library/postgres:16\nnot a reference\n"), 0o644)
+	for _, c := range []struct {
+		name, warm string
+		want       []string // in the error
+	}{
+		{"a bad line", "", []string{"pinned: " + pinned, "line 2", `"not a reference"`}},
+		{"a missing file", filepath.Join(dir, "missing"), []string{"pinned: " + pinned, "warm: open " + filepath.Join(dir, "missing")}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			k := New(Options{Pinned: pinned, Warm: c.warm, Store: storage.NewMemory(), Log: logr.Discard()})
+			err := k.Load()
+			for _, w := range c.want {
+				if err == nil || !strings.Contains(err.Error(), w) {
+					t.Errorf("Load: %v, want an error saying %q", err, w)
+				}
+			}
+		})
+	}
+	k := New(Options{Pinned: pinned, Store: storage.NewMemory(), Log: logr.Discard()})
+	if !k.Reload() || !k.Pinned("docker.io")("library/postgres", "16") {
+		t.Error("Reload left out the good line with the bad one")
+	}
+	if k.Reload() {
+		t.Error("a file read once is read as changed again")
+	}
+}

@@ -108,6 +108,10 @@ func toRegError(err error, notFound code) *regError {
 		return &regError{Status: http.StatusBadRequest, Code: codeManifestInvalid, Message: "the upstream only has a Docker schema 1 manifest, which depproxy does not serve"}
 	case errors.Is(err, manifest.ErrInvalid):
 		return &regError{Status: http.StatusBadGateway, Code: codeManifestInvalid, Message: err.Error()}
+	case errors.Is(err, upstream.ErrTagsTooLarge):
+		return &regError{Status: http.StatusBadGateway, Code: codeSizeInvalid, Message: "the upstream's tags list is larger than depproxy takes (" + err.Error() + "); ask for fewer tags with ?n="}
+	case errors.Is(err, upstream.ErrReferrersTooLarge):
+		return &regError{Status: http.StatusBadGateway, Code: codeSizeInvalid, Message: "the upstream's referrers index is larger than depproxy takes (" + err.Error() + ")"}
 	case errors.Is(err, upstream.ErrTooLarge):
 		return &regError{Status: http.StatusBadRequest, Code: codeManifestInvalid, Message: "the manifest is larger than 4 MiB, the limit for manifests"}
 	case errors.Is(err, cache.ErrTooLarge):

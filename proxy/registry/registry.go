@@ -114,36 +114,49 @@ func New(routes routing.Table, caches []Cache, o Options, log logr.Logger) *Regi
 }
 
 // pick routes a request (routing.Table.Route: ?ns=, the path form, the
-// default). A blob that names no registry goes, with several upstreams,
-// where its manifest came from: SOCI, and the stargz snapshotter before
-// 2026-08, send ?ns= with manifests but not with blobs.
-func (reg *Registry) pick(r *http.Request, rt route) (routing.Route, *regError) {
-	ns := r.URL.Query().Get("ns")
-	to, err := reg.routes.Route(ns, rt.name)
+// default), and says why the access rules refuse it there ("" when they
+// do not), asking them once per registry. A blob that names no registry
+// goes, with several upstreams, where its manifest came from: SOCI, and
+// the stargz snapshotter before 2026-08, send ?ns= with manifests but
+// not with blobs. Unless every registry refuses its name: then where it
+// came from is not read from storage, the default's refusal answers.
+func (reg *Registry) pick(r *http.Request, rt route) (routing.Route, string, *regError) {
+	to, err := reg.routes.Route(r.URL.Query().Get("ns"), rt.name)
 	if err != nil {
-		return routing.Route{}, toRegError(err, "")
+		return routing.Route{}, "", toRegError(err, "")
 	}
-	if to.Named == "" && rt.kind == kindBlob && reg.origins != nil && len(reg.caches) > 1 && !reg.deniedEverywhere(rt.name) {
-		if i, ok := reg.routes.Serving(reg.origins.Origin(r.Context(), rt.digest)); ok {
-			return routing.Route{Upstream: i, Repository: reg.routes[i].Repository(rt.name)}, nil
+	if to.Named != "" || rt.kind != kindBlob || reg.origins == nil || len(reg.caches) < 2 {
+		return to, reg.refusal(to, rt.ref.Tag()), nil
+	}
+	why := map[int]string{}
+	for i := range reg.routes {
+		if why[i] = reg.refusal(reg.upstreamRoute(i, rt.name), ""); why[i] != "" {
+			continue
 		}
+		if o, ok := reg.routes.Serving(reg.origins.Origin(r.Context(), rt.digest)); ok {
+			to = reg.upstreamRoute(o, rt.name)
+		}
+		if _, asked := why[to.Upstream]; !asked {
+			why[to.Upstream] = reg.refusal(to, "")
+		}
+		break
 	}
-	return to, nil
+	return to, why[to.Upstream], nil
 }
 
-// deniedEverywhere: every registry refuses the name, so that where its
-// blob came from need not be read from storage (the default's refusal
-// answers it).
-func (reg *Registry) deniedEverywhere(name string) bool {
+// upstreamRoute is name at upstream i, as a name without a registry
+// goes there.
+func (reg *Registry) upstreamRoute(i int, name string) routing.Route {
+	return routing.Route{Upstream: i, Repository: reg.routes[i].Repository(name)}
+}
+
+// refusal says why the access rules refuse a route (a tag of it, when
+// tag is set), or "".
+func (reg *Registry) refusal(to routing.Route, tag string) string {
 	if reg.access == nil {
-		return false
+		return ""
 	}
-	for _, u := range reg.routes {
-		if reg.access.Denied(u.Names(), u.Repository(name), "") == "" {
-			return false
-		}
-	}
-	return true
+	return reg.access.Denied(reg.routes.Names(to), to.Repository, tag)
 }
 
 func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -174,16 +187,16 @@ func (reg *Registry) serve(w http.ResponseWriter, r *http.Request, e *audit.Entr
 		e.Digest = d.String()
 	}
 	var c Cache
-	var names []string // what the access rules are matched against
+	var refused string // why the access rules refuse it
 	if rt.kind != kindBase {
-		to, perr := reg.pick(r, rt)
+		to, why, perr := reg.pick(r, rt)
 		if perr != nil {
 			e.Answer, e.Reason = audit.Failed, string(perr.Code)
 			perr.write(w, r)
 			return
 		}
 		c, rt.repo, e.Registry, e.Repository = reg.caches[to.Upstream], to.Repository, reg.routes[to.Upstream].Registry, to.Repository
-		names = reg.routes.Names(to)
+		refused = why
 	}
 	if reg.auth != nil {
 		// Tokens are scoped to the name the client asked for.
@@ -196,16 +209,14 @@ func (reg *Registry) serve(w http.ResponseWriter, r *http.Request, e *audit.Entr
 			return
 		}
 	}
-	if reg.access != nil && rt.kind != kindBase {
-		if why := reg.access.Denied(names, rt.repo, rt.ref.Tag()); why != "" {
-			// Cached or not: nothing is read, nothing is fetched.
-			e.Answer, e.Reason = audit.Refused, why
-			reg.onDenied(e.Registry)
-			(&regError{Status: http.StatusForbidden, Code: codeDenied, Message: e.Registry + "/" + rt.repo + ": " + why}).write(w, r)
-			return
-		}
-		rt.bound = reg.access.Enforced()
+	if refused != "" {
+		// Cached or not: nothing is read, nothing is fetched.
+		e.Answer, e.Reason = audit.Refused, refused
+		reg.onDenied(e.Registry)
+		(&regError{Status: http.StatusForbidden, Code: codeDenied, Message: e.Registry + "/" + rt.repo + ": " + refused}).write(w, r)
+		return
 	}
+	rt.bound = reg.access != nil && reg.access.Enforced()
 	var err error
 	switch rt.kind {
 	case kindBase:

@@ -147,17 +147,10 @@ func (a *assembly) observe(context.Context) error {
 }
 
 // keeping makes the summary, the access rules' gate and the keeper of
-// the pins and the budget.
+// the pins and the budget (which reads its files once the caches are
+// there to resolve them, in connect).
 func (a *assembly) keeping(context.Context) error {
 	a.scanner = summary.New(a.store, nil).WithLogger(a.log.WithName("summary"))
-	for flag, path := range map[string]string{"pinned": a.s.Pinned, "warm": a.s.Warm} {
-		if path == "" {
-			continue
-		}
-		if _, err := pins.Read(path); err != nil {
-			return fmt.Errorf("%s: %w", flag, err)
-		}
-	}
 	warmPlatforms := a.platforms
 	if a.s.WarmPlatforms != "" {
 		var err error
@@ -258,7 +251,11 @@ func (a *assembly) connect(context.Context) error {
 		}
 		return a.caches[to.Upstream], a.upstreams[to.Upstream].Registry, to.Repository, true
 	})
-	a.keeper.Reload() // the tags are pinned from the first request on
+	// The tags are pinned from the first request on; a typo in the
+	// files stops the start.
+	if err := a.keeper.Load(); err != nil {
+		return err
+	}
 	a.scanner.SetHidden(func(registry, repo string) bool {
 		return a.gate.Denied(a.namesOf(registry, repo), repo, "") != ""
 	})

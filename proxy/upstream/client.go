@@ -236,8 +236,17 @@ func (c *Client) HeadManifest(ctx context.Context, repo string, ref manifest.Ref
 	return Describe(resp), nil
 }
 
-// ErrTooLarge is returned for a manifest body over the limit.
-var ErrTooLarge = errors.New("manifest too large")
+// The answers over their limit: each its own error, so that a client
+// is told which (and how to ask for less, where it can).
+var (
+	// ErrTooLarge is returned for a manifest body over the limit.
+	ErrTooLarge = errors.New("manifest too large")
+	// ErrTagsTooLarge is returned for a tags/list answer over the limit.
+	ErrTagsTooLarge = errors.New("tags list too large")
+	// ErrReferrersTooLarge is returned for a referrers index over the
+	// limit.
+	ErrReferrersTooLarge = errors.New("referrers index too large")
+)
 
 // GetManifest downloads a manifest, refusing bodies over maxSize.
 func (c *Client) GetManifest(ctx context.Context, repo string, ref manifest.Ref, accept []string, maxSize int64) (*Manifest, error) {
@@ -321,17 +330,18 @@ func (c *Client) HeadBlob(ctx context.Context, repo string, d digest.Digest) (in
 // Tags returns the repository's tags/list answer, passing the query (n,
 // last) through.
 func (c *Client) Tags(ctx context.Context, repo string, query url.Values, maxSize int64) ([]byte, error) {
-	return c.getSmall(ctx, repo, "tags/list", query, maxSize)
+	return c.getSmall(ctx, repo, "tags/list", query, maxSize, ErrTagsTooLarge)
 }
 
 // Referrers returns the OCI referrers index of a digest; ErrNotFound where
 // the upstream has no referrers API.
-func (c *Client) Referrers(ctx context.Context, repo string, d digest.Digest, query url.Values, maxSize int64) ([]byte, error) {
-	return c.getSmall(ctx, repo, "referrers/"+d.String(), query, maxSize)
+func (c *Client) Referrers(ctx context.Context, repo string, d digest.Digest, maxSize int64) ([]byte, error) {
+	return c.getSmall(ctx, repo, "referrers/"+d.String(), nil, maxSize, ErrReferrersTooLarge)
 }
 
-// getSmall fetches a small JSON document under the repository.
-func (c *Client) getSmall(ctx context.Context, repo, path string, query url.Values, maxSize int64) ([]byte, error) {
+// getSmall fetches a small JSON document under the repository; tooLarge
+// is the error for one over maxSize.
+func (c *Client) getSmall(ctx context.Context, repo, path string, query url.Values, maxSize int64, tooLarge error) ([]byte, error) {
 	resp, err := c.doQuery(ctx, http.MethodGet, repo, path, query, nil)
 	if err != nil {
 		return nil, err
@@ -345,7 +355,7 @@ func (c *Client) getSmall(ctx context.Context, repo, path string, query url.Valu
 		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
 	if int64(len(body)) > maxSize {
-		return nil, fmt.Errorf("%w: over %d bytes", ErrTooLarge, maxSize)
+		return nil, fmt.Errorf("%w: over %d bytes", tooLarge, maxSize)
 	}
 	return body, nil
 }

@@ -159,3 +159,28 @@ func (s *Stargz) Mounted(name string) string {
 	}
 	return found[0]
 }
+
+// ReadMounted reads what a container would from the layer the
+// snapshotter mounted (one image pulled, of EstargzImage's files): the
+// file small whole, and a MiB of big at off, far ahead of any download.
+// t fails when the layer is not mounted (the pull was not lazy) or a
+// read is not the file's.
+func (s *Stargz) ReadMounted(t T, files map[string][]byte, small, big string, off int64) {
+	t.Helper()
+	mounted := s.Mounted(small)
+	if mounted == "" {
+		t.Fatalf("%s is in no layer the snapshotter mounted: the pull was not lazy", small)
+	}
+	if got, err := os.ReadFile(mounted); err != nil || !bytes.Equal(got, files[small]) {
+		t.Fatalf("%s from the mounted layer: %q, %v", small, got, err)
+	}
+	f, err := os.Open(filepath.Join(filepath.Dir(mounted), big))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	piece := make([]byte, 1<<20)
+	if _, err := f.ReadAt(piece, off); err != nil || !bytes.Equal(piece, files[big][off:off+1<<20]) {
+		t.Fatalf("a MiB of %s at %d from the mounted layer is not the file's (%v)", big, off, err)
+	}
+}
