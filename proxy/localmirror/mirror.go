@@ -20,6 +20,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/distribution/reference"
@@ -28,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/depproxy/depproxy/proxy/manifest"
+	"github.com/depproxy/depproxy/proxy/share"
 )
 
 // Store keeps verified blobs (and manifests, which are blobs by digest
@@ -57,24 +59,38 @@ type Mirror struct {
 	spool   string
 	log     logr.Logger
 	metrics *Metrics
+
+	// Sharing (WithSharing): the nodes' key, who this node is, the
+	// client for peers, and the blobs arriving, which peers may read.
+	key      *share.Key
+	self     share.Node
+	peers    *http.Client
+	mu       sync.Mutex
+	arrivals map[digest.Digest]*arrival
 }
 
 // Metrics are the node's bytes by where they came from.
 type Metrics struct {
-	bytes     *prometheus.CounterVec
-	staleTags prometheus.Counter
+	bytes      *prometheus.CounterVec
+	staleTags  prometheus.Counter
+	peerServed prometheus.Counter
+	badPeers   prometheus.Counter
 }
 
 // NewMetrics registers the mirror's metrics with r (nil: not exported).
 func NewMetrics(r prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "depproxy_node_bytes_total",
-			Help: "Bytes of blobs and manifests the node's runtime got from its local mirror, by source: store (the node's disk) or cache"}, []string{"source"}),
+			Help: "Bytes of blobs and manifests the node's runtime got from its local mirror, by source: store (the node's disk), peer (another node) or cache"}, []string{"source"}),
+		peerServed: prometheus.NewCounter(prometheus.CounterOpts{Name: "depproxy_node_peer_served_bytes_total",
+			Help: "Bytes of blobs this node served to other nodes the cache sent it"}),
+		badPeers: prometheus.NewCounter(prometheus.CounterOpts{Name: "depproxy_node_failed_peers_total",
+			Help: "Peers the cache sent this node to that did not serve the blob (dead, silent, refusing, or wrong bytes), each reported to the cache"}),
 		staleTags: prometheus.NewCounter(prometheus.CounterOpts{Name: "depproxy_node_stale_tags_total",
 			Help: "Tags answered from the node's store by their last known digest, the cache not answering"}),
 	}
 	if r != nil {
-		r.MustRegister(m.bytes, m.staleTags)
+		r.MustRegister(m.bytes, m.staleTags, m.peerServed, m.badPeers)
 	}
 	return m
 }
@@ -109,13 +125,19 @@ func New(cacheURL string, store Store, opts ...Option) (*Mirror, error) {
 	m := &Mirror{cache: u, store: store, client: &http.Client{Transport: transport,
 		// The runtime follows the cache's redirects itself.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
-		spool: store.Dir() + "/spool", log: logr.Discard()}
+		spool: store.Dir() + "/spool", log: logr.Discard(), arrivals: map[digest.Digest]*arrival{}}
 	for _, o := range opts {
 		o(m)
 	}
 	if m.metrics == nil {
 		m.metrics = NewMetrics(nil)
 	}
+	// Peers are on the node network: a holder that does not connect at
+	// once, or answer in seconds, is given up for the cache.
+	peerTransport := http.DefaultTransport.(*http.Transport).Clone()
+	peerTransport.DialContext = dialer(time.Second)
+	peerTransport.ResponseHeaderTimeout = peerSilence
+	m.peers = &http.Client{Transport: peerTransport}
 	// A spool left by a crash holds nothing anyone verified.
 	os.RemoveAll(m.spool)
 	if err := os.MkdirAll(m.spool, 0o700); err != nil {
@@ -206,7 +228,11 @@ func (m *Mirror) base(w http.ResponseWriter, r *http.Request) {
 }
 
 // forward asks the cache the same question.
-func (m *Mirror) forward(r *http.Request) (*http.Response, error) {
+func (m *Mirror) forward(r *http.Request) (*http.Response, error) { return m.ask(r, "") }
+
+// ask asks the cache r's question; a node that shares signs its blob
+// requests, reporting badPeer, the holder that failed it, if any.
+func (m *Mirror) ask(r *http.Request, badPeer string) (*http.Response, error) {
 	u := *m.cache
 	u.Path, u.RawQuery = r.URL.Path, r.URL.RawQuery
 	req, err := http.NewRequestWithContext(r.Context(), r.Method, u.String(), nil)
@@ -217,6 +243,12 @@ func (m *Mirror) forward(r *http.Request) (*http.Response, error) {
 		if v := r.Header.Values(h); len(v) > 0 {
 			req.Header[h] = v
 		}
+	}
+	if m.key != nil && r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+		if badPeer != "" {
+			req.Header.Set(share.BadPeerHeader, badPeer)
+		}
+		m.key.Sign(req, m.self)
 	}
 	resp, err := m.client.Do(req)
 	if err == nil && resp.StatusCode >= 500 {
@@ -256,6 +288,20 @@ func (m *Mirror) blob(w http.ResponseWriter, r *http.Request, name string, d dig
 		m.log.V(1).Info("the cache does not answer for a blob the store lacks", "digest", d, "error", err.Error())
 		writeError(w, r, http.StatusServiceUnavailable, "UNAVAILABLE", "the cache does not answer, and the node's store does not hold "+d.String())
 		return
+	}
+	if holder := share.HolderOf(resp.Header.Get("Location")); holder != "" && m.key != nil && resp.StatusCode == http.StatusTemporaryRedirect {
+		// The cache sends this node to another that holds the blob.
+		resp.Body.Close()
+		if m.fromPeer(r.Context(), d, resp.Header.Get("Location")) {
+			m.book.learn(repo, "", d)
+			m.blob(w, r, name, d) // from the store now
+			return
+		}
+		m.metrics.badPeers.Inc()
+		if resp, err = m.ask(r, holder); err != nil {
+			writeError(w, r, http.StatusServiceUnavailable, "UNAVAILABLE", "the cache does not answer, and the peer it sent this node to did not serve "+d.String())
+			return
+		}
 	}
 	defer resp.Body.Close()
 	if r.Method != http.MethodGet || resp.StatusCode != http.StatusOK || r.Header.Get("Range") != "" {
@@ -327,6 +373,9 @@ func (m *Mirror) keepWhileServing(w http.ResponseWriter, d digest.Digest, resp *
 	}
 	defer os.Remove(spool.Name()) // moved into the store, unless it failed
 	defer spool.Close()
+	arrived, finish := m.arriving(d, spool.Name())
+	kept := false
+	defer func() { finish(kept) }()
 	setBlobHeaders(w, d)
 	if size >= 0 {
 		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
@@ -347,6 +396,7 @@ func (m *Mirror) keepWhileServing(w http.ResponseWriter, d digest.Digest, resp *
 				panic(http.ErrAbortHandler)
 			}
 			verifier.Write(buf[:k])
+			arrived.advance(k)
 			if client && len(held) > 0 {
 				_, err := w.Write(held)
 				client = err == nil
@@ -370,6 +420,7 @@ func (m *Mirror) keepWhileServing(w http.ResponseWriter, d digest.Digest, resp *
 	}
 	m.metrics.bytes.WithLabelValues("cache").Add(float64(n))
 	m.store.Keep(d, spool.Name(), n)
+	kept = true
 	return true
 }
 

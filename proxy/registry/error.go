@@ -9,6 +9,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/manifest"
 	"github.com/depproxy/depproxy/proxy/peers"
 	"github.com/depproxy/depproxy/proxy/routing"
+	"github.com/depproxy/depproxy/proxy/share"
 	"github.com/depproxy/depproxy/proxy/token"
 	"github.com/depproxy/depproxy/proxy/upstream"
 )
@@ -90,7 +91,7 @@ func toRegError(err error, notFound code) *regError {
 		return &regError{Status: http.StatusNotFound, Code: codeNameUnknown, Message: nm.Error()}
 	case errors.As(err, &ch):
 		return &regError{Status: http.StatusUnauthorized, Code: codeUnauthorized, Message: ch.Reason, challenge: ch.Header}
-	case errors.Is(err, peers.ErrBadSignature):
+	case errors.Is(err, peers.ErrBadSignature), errors.Is(err, share.ErrBadSignature):
 		return &regError{Status: http.StatusUnauthorized, Code: codeUnauthorized, Message: err.Error()}
 	case errors.As(err, &se):
 		switch se.StatusCode {

@@ -74,6 +74,13 @@ type Access interface {
 	Enforced() bool
 }
 
+// Sharer sends a node agent's blob request to another node of its zone
+// that holds the blob (share.Tracker): the URL to redirect to, or "" to
+// serve the blob here. Asked only once the request may have the blob.
+type Sharer interface {
+	Send(r *http.Request, d digest.Digest) (string, error)
+}
+
 // Options are what a Registry checks and records besides serving; each
 // may be nil.
 type Options struct {
@@ -88,6 +95,9 @@ type Options struct {
 	// fetched; OnDenied is told of each refusal, by registry.
 	Access   Access
 	OnDenied func(registry string)
+	// Share sends nodes to each other for blobs; nil: the cache serves
+	// every blob itself.
+	Share Sharer
 }
 
 // Registry serves the OCI distribution pull API.
@@ -99,6 +109,7 @@ type Registry struct {
 	origins  Origins
 	access   Access
 	onDenied func(registry string)
+	share    Sharer
 	log      logr.Logger
 }
 
@@ -106,7 +117,7 @@ type Registry struct {
 // of the same index in routes, the first being the default for requests
 // that name no registry.
 func New(routes routing.Table, caches []Cache, o Options, log logr.Logger) *Registry {
-	r := &Registry{routes: routes, caches: caches, auth: o.Auth, audit: o.Audit, origins: o.Origins, access: o.Access, onDenied: o.OnDenied, log: log}
+	r := &Registry{routes: routes, caches: caches, auth: o.Auth, audit: o.Audit, origins: o.Origins, access: o.Access, onDenied: o.OnDenied, share: o.Share, log: log}
 	if r.onDenied == nil {
 		r.onDenied = func(string) {}
 	}
@@ -289,6 +300,18 @@ func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, c Cache, rt ro
 		}
 		h.Set("Accept-Ranges", "bytes")
 		return nil
+	}
+	if reg.share != nil && r.Header.Get("Range") == "" {
+		// The access rules and the links were checked above, exactly as
+		// for a blob served here.
+		to, err := reg.share.Send(r, d)
+		if err != nil {
+			return err
+		}
+		if to != "" {
+			http.Redirect(w, r, to, http.StatusTemporaryRedirect)
+			return nil
+		}
 	}
 	b, err := c.Blob(r.Context(), rt.repo, d)
 	if err != nil {

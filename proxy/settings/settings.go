@@ -41,6 +41,7 @@ type Settings struct {
 	SummaryInterval    Duration  `json:"summary-interval,omitempty"`
 	Users              string    `json:"users,omitempty"`
 	TokenKey           string    `json:"token-key,omitempty"`
+	NodeKey            string    `json:"node-key,omitempty"`
 	ExternalURL        string    `json:"external-url,omitempty"`
 	TrustedProxies     string    `json:"trusted-proxies,omitempty"`
 	Tenant             string    `json:"tenant,omitempty"`
@@ -147,6 +148,7 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.Var(&s.SummaryInterval, "summary-interval", "how long a /status/summary is reused unless this replica cached something since (each reads only the journal of what changed: one LIST)")
 	fs.StringVar(&s.Users, "users", s.Users, "who may log in: an htpasswd file (bcrypt) or a directory with a file per user holding a password or bcrypt hash; without it, pulls are anonymous")
 	fs.StringVar(&s.TokenKey, "token-key", s.TokenKey, "PEM ECDSA P-256 key that signs tokens; without it a key is generated at start (tokens then die with the process)")
+	fs.StringVar(&s.NodeKey, "node-key", s.NodeKey, "a file of random bytes (at least 16) the node agents share (depproxy node --node-key): a blob request an agent signs with it records that node as holding the blob, and another agent of its zone asking for it is sent to that node with a ticket; the key is the nodes' trust domain. Empty: nodes do not share")
 	fs.StringVar(&s.ExternalURL, "external-url", s.ExternalURL, "where clients reach this proxy (e.g. https://cache.example); the token realm is under it. Default: the request's host")
 	fs.StringVar(&s.TrustedProxies, "trusted-proxies", s.TrustedProxies, "comma-separated CIDRs of proxies (an ingress) whose X-Forwarded-For names the client, for the login throttle; off by default")
 	fs.StringVar(&s.Tenant, "tenant", s.Tenant, "the tenant's name: the token audience and the challenge's service; a token of another tenant is refused")
