@@ -1,0 +1,317 @@
+package integration
+
+import (
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/depproxy/depproxy/proxy/share"
+	"github.com/depproxy/depproxy/test/testenv"
+)
+
+// nodeAgent is one `depproxy node` process with a store, sharing.
+type nodeAgent struct {
+	name, zone string
+	local, ops string // the runtime's mirror, /metrics
+	share      string // where peers fetch
+	cmd        *exec.Cmd
+	logs       syncBuffer
+}
+
+// startAgents starts n agents spread over zones, all sharing through the
+// cache at endpoint with the node key in keyFile; each is stopped by its
+// PID when the test ends.
+func startAgents(t *testing.T, n int, zones []string, endpoint, keyFile string) []*nodeAgent {
+	t.Helper()
+	var agents []*nodeAgent
+	for i := 0; i < n; i++ {
+		a := &nodeAgent{name: fmt.Sprintf("node-%02d", i), zone: zones[i%len(zones)],
+			local: testenv.FreeAddr(t), ops: testenv.FreeAddr(t), share: testenv.FreeAddr(t)}
+		a.cmd = exec.Command(depproxyBinary(t), "node", "--endpoint", endpoint, "--registry", "docker.io",
+			"--dir", t.TempDir(), "--interval", "200ms", "--listen", a.ops,
+			"--store", t.TempDir(), "--store-size", "1Gi", "--local-listen", a.local,
+			"--share-listen", a.share, "--advertise", "http://"+a.share,
+			"--node-name", a.name, "--zone", a.zone, "--node-key", keyFile)
+		a.cmd.Stderr = &a.logs
+		if err := a.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { a.cmd.Process.Kill(); a.cmd.Wait() })
+		agents = append(agents, a)
+	}
+	for _, a := range agents {
+		eventually(t, 20*time.Second, a.name+" does not answer:\n"+a.logs.String(), func() bool {
+			resp, err := http.Get("http://" + a.local + "/v2/")
+			if err == nil {
+				resp.Body.Close()
+			}
+			return err == nil
+		})
+	}
+	return agents
+}
+
+func nodeKeyFile(t *testing.T) string {
+	t.Helper()
+	key := make([]byte, 32)
+	rand.Read(key)
+	path := filepath.Join(t.TempDir(), "node.key")
+	if err := os.WriteFile(path, key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// pullWhole reads an image through host, each blob checked against its
+// digest: the image's digest, or the error.
+func pullWhole(host, repo, ref string) (v1.Hash, error) {
+	r, err := name.ParseReference(host+"/"+repo+ref, name.Insecure)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	img, err := remote.Image(r)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	for _, l := range layers {
+		rc, err := l.Compressed()
+		if err != nil {
+			return v1.Hash{}, err
+		}
+		_, err = io.Copy(io.Discard, rc)
+		if cerr := rc.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return v1.Hash{}, err
+		}
+	}
+	if _, err := img.RawConfigFile(); err != nil {
+		return v1.Hash{}, err
+	}
+	return img.Digest()
+}
+
+// blobBytes is the size of an image's layers and config.
+func blobBytes(t *testing.T, img v1.Image) int64 {
+	t.Helper()
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := m.Config.Size
+	for _, l := range m.Layers {
+		n += l.Size
+	}
+	return n
+}
+
+// A rollout: every node pulls one cold image at once through its agent.
+// The upstream sends it once; the cache sends it about once per zone, the
+// nodes of a zone fetching it from each other, with the cache's tickets.
+func TestNodesShareWhatTheyPulled(t *testing.T) {
+	e := newEnv(t)
+	img, err := random.Image(1<<20, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const repo = "team/rollout"
+	pushImage(t, e.registry.Addr, repo, "v1", img)
+	want := digestOf(t, img)
+	size := blobBytes(t, img)
+	key := nodeKeyFile(t)
+	var logs syncBuffer
+	base, _ := startBinary(t, &logs, "--upstream", "docker.io="+e.front.URL(), "--storage", t.TempDir(), "--node-key", key)
+	// The cache's egress, metered.
+	egress := testenv.StartFront(t, base)
+
+	zones := []string{"zone-a", "zone-b", "zone-c"}
+	agents := startAgents(t, 12, zones, egress.URL(), key)
+	e.front.Reset()
+	egress.Reset()
+
+	var wg sync.WaitGroup
+	errs := make([]error, len(agents))
+	for i, a := range agents {
+		wg.Go(func() {
+			got, err := pullWhole(a.local, repo, ":v1")
+			if err == nil && got != want {
+				err = fmt.Errorf("got %s, want %s", got, want)
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("%s: %v\n%s", agents[i].name, err, agents[i].logs.String())
+		}
+	}
+	upstream, fromCache := e.front.Bytes("blobs"), egress.Bytes("blobs")
+	var fromPeers float64
+	for _, a := range agents {
+		fromPeers += nodeBytes(t, a.ops, "peer")
+	}
+	t.Logf("image %d bytes; upstream %.2f×, cache egress %.2f× (%d zones), from peers %.2f×",
+		size, float64(upstream)/float64(size), float64(fromCache)/float64(size), len(zones), fromPeers/float64(size))
+	if upstream != size {
+		t.Errorf("the upstream sent %d bytes of blobs, the image has %d", upstream, size)
+	}
+	if limit := int64(1.2 * float64(len(zones)) * float64(size)); fromCache > limit {
+		t.Errorf("the cache sent %d bytes of blobs to 12 nodes in %d zones: over %d (1.2 × zones × image)\ncache:\n%s", fromCache, len(zones), limit, logs.String())
+	}
+	if fromPeers == 0 {
+		t.Error("no node fetched anything from another")
+	}
+}
+
+// Nodes that fail their peers cost a retry, never a failed or wrong
+// pull: a holder that sends wrong bytes for every blob, one that accepts
+// and says nothing, and two agents killed in the middle of the rollout.
+// The bad holders are dropped by the cache.
+func TestNodesSurviveBadPeers(t *testing.T) {
+	e := newEnv(t)
+	img, err := random.Image(512<<10, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const repo = "team/rollout"
+	pushImage(t, e.registry.Addr, repo, "v1", img)
+	want := digestOf(t, img)
+	keyFile := nodeKeyFile(t)
+	secret, _ := os.ReadFile(keyFile)
+	key, err := share.NewKey(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	base, ops, _ := startBinaryOps(t, &logs, "--upstream", "docker.io="+e.front.URL(), "--storage", t.TempDir(), "--node-key", keyFile)
+	egress := testenv.StartFront(t, base)
+
+	// The bad holders: one lies, one stalls. Each asks the cache for
+	// every blob, signed, and so becomes a holder of it in zone-a.
+	liar := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte(strings.Repeat("not the blob you want ", 1000)))
+	}))
+	t.Cleanup(liar.Close)
+	stall := make(chan struct{})
+	staller := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-stall:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(func() { close(stall); staller.Close() })
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	blobs := []v1.Hash{m.Config.Digest}
+	for _, l := range m.Layers {
+		blobs = append(blobs, l.Digest)
+	}
+	askAs := func(n share.Node, d v1.Hash) string {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, base+"/v2/"+repo+"/blobs/"+d.String(), nil)
+		key.Sign(req, n)
+		resp, err := (&http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return share.HolderOf(resp.Header.Get("Location"))
+	}
+	bad := []share.Node{{Name: "liar", Zone: "zone-a", Peer: liar.URL}, {Name: "staller", Zone: "zone-a", Peer: staller.URL}}
+	for _, n := range bad {
+		for _, d := range blobs {
+			askAs(n, d)
+		}
+	}
+
+	agents := startAgents(t, 10, []string{"zone-a", "zone-b"}, egress.URL(), keyFile)
+	// The cache sends slowly: the rollout lasts long enough to lose
+	// nodes in the middle of it.
+	egress.TrickleBlobs()
+	killed := map[int]bool{0: true, 1: true}
+	var wg sync.WaitGroup
+	errs := make([]error, len(agents))
+	for i, a := range agents {
+		wg.Go(func() {
+			got, err := pullWhole(a.local, repo, ":v1")
+			if err == nil && got != want {
+				err = fmt.Errorf("got %s, want %s", got, want)
+			}
+			errs[i] = err
+		})
+	}
+	time.Sleep(300 * time.Millisecond)
+	for i := range killed {
+		agents[i].cmd.Process.Kill()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil && !killed[i] {
+			t.Errorf("%s: %v\n%s", agents[i].name, err, agents[i].logs.String())
+		}
+	}
+	var failed float64
+	for i, a := range agents {
+		if !killed[i] {
+			failed += nodeMetric(t, a.ops, "depproxy_node_failed_peers_total")
+		}
+	}
+	if failed == 0 {
+		t.Error("no agent was sent to a bad holder: the test shows nothing")
+	}
+	if dropped := nodeMetric(t, strings.TrimPrefix(ops, "http://"), "depproxy_share_dropped_holders_total"); dropped == 0 {
+		t.Error("the cache dropped no holder")
+	}
+	// A new node of zone-a is never sent to the holders that failed.
+	for i := 0; i < 8; i++ {
+		for _, d := range blobs {
+			if h := askAs(share.Node{Name: fmt.Sprintf("late-%d", i), Zone: "zone-a", Peer: "http://127.0.0.1:1"}, d); h == "liar" || h == "staller" {
+				t.Fatalf("after the rollout, a node is still sent to %s for %s", h, d)
+			}
+		}
+	}
+}
+
+// nodeMetric is a counter's value on a /metrics page (summed over its
+// labels).
+func nodeMetric(t *testing.T, ops, metric string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + ops + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var sum float64
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, metric+" ") || strings.HasPrefix(line, metric+"{") {
+			var v float64
+			fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
+			sum += v
+		}
+	}
+	return sum
+}
