@@ -74,11 +74,12 @@ type Access interface {
 	Enforced() bool
 }
 
-// Sharer sends a node agent's blob request to another node of its zone
-// that holds the blob (share.Tracker): the URL to redirect to, or "" to
-// serve the blob here. Asked only once the request may have the blob.
+// Sharer may send a node agent's blob request to another node of its
+// zone that holds the blob: then it answers the request itself (a
+// redirect) and says so; else the blob is served here. Asked only once
+// the request may have the blob.
 type Sharer interface {
-	Send(r *http.Request, d digest.Digest) (string, error)
+	Share(w http.ResponseWriter, r *http.Request, d digest.Digest) (answered bool, err error)
 }
 
 // Options are what a Registry checks and records besides serving; each
@@ -304,13 +305,9 @@ func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, c Cache, rt ro
 	if reg.share != nil && r.Header.Get("Range") == "" {
 		// The access rules and the links were checked above, exactly as
 		// for a blob served here.
-		to, err := reg.share.Send(r, d)
-		if err != nil {
+		answered, err := reg.share.Share(w, r, d)
+		if err != nil || answered {
 			return err
-		}
-		if to != "" {
-			http.Redirect(w, r, to, http.StatusTemporaryRedirect)
-			return nil
 		}
 	}
 	b, err := c.Blob(r.Context(), rt.repo, d)

@@ -28,7 +28,6 @@ import (
 	"github.com/depproxy/depproxy/proxy/report"
 	"github.com/depproxy/depproxy/proxy/routing"
 	"github.com/depproxy/depproxy/proxy/settings"
-	"github.com/depproxy/depproxy/proxy/share"
 	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/proxy/summary"
 	"github.com/depproxy/depproxy/proxy/token"
@@ -298,12 +297,12 @@ func (a *assembly) serving() (http.Handler, error) {
 	for i, c := range a.caches {
 		caches[i] = c
 	}
-	tracker, err := nodeTracker(s.NodeKey, a.metrics)
+	sharing, err := a.nodeSharing()
 	if err != nil {
 		return nil, err
 	}
 	reg := registry.New(a.routes, caches, registry.Options{Auth: auth, Audit: auditor, Origins: storedOrigins{a.store},
-		Access: a.gate, OnDenied: a.gate.count, Share: tracker}, a.log.WithName("registry"))
+		Access: a.gate, OnDenied: a.gate.count, Share: sharing}, a.log.WithName("registry"))
 	browser := ui.New(a.scanner, tokens, a.caches[0].HitCounts, func(ctx context.Context) {
 		for _, c := range a.caches {
 			c.FlushReads(ctx)
@@ -324,21 +323,4 @@ func (a *assembly) release() {
 	for _, c := range a.closers {
 		c()
 	}
-}
-
-// nodeTracker is the tracker of the nodes that share (--node-key), or nil
-// (a nil *share.Tracker would not be a nil registry.Sharer).
-func nodeTracker(keyFile string, metrics prometheus.Registerer) (registry.Sharer, error) {
-	if keyFile == "" {
-		return nil, nil
-	}
-	secret, err := os.ReadFile(keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("node-key: %w", err)
-	}
-	key, err := share.NewKey(secret)
-	if err != nil {
-		return nil, fmt.Errorf("node-key %s: %w", keyFile, err)
-	}
-	return share.NewTracker(key, share.NewMetrics(metrics)), nil
 }

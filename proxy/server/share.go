@@ -1,0 +1,120 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/depproxy/depproxy/proxy/peers"
+	"github.com/depproxy/depproxy/proxy/registry"
+	"github.com/depproxy/depproxy/proxy/share"
+)
+
+// askHeader marks a node's blob request one replica asks the replica
+// that keeps the blob's holders about: the answer is the decision only (a
+// redirect to a holder, or 204: serve it yourself), never the bytes.
+const askHeader = "Depproxy-Share-Ask"
+
+// nodeSharing decides where nodes' blob requests go (--node-key). With
+// several replicas, the one that owns a blob's key keeps its holders, so
+// that every replica sends a zone's nodes to the same peers.
+type nodeSharing struct {
+	tracker *share.Tracker
+	ring    *peers.Ring // nil: this is the only replica
+	client  *http.Client
+	log     logr.Logger
+}
+
+// nodeSharing is the sharing of --node-key, or nil (a nil *nodeSharing
+// would not be a nil registry.Sharer).
+func (a *assembly) nodeSharing() (registry.Sharer, error) {
+	if a.s.NodeKey == "" {
+		return nil, nil
+	}
+	secret, err := os.ReadFile(a.s.NodeKey)
+	if err != nil {
+		return nil, fmt.Errorf("node-key: %w", err)
+	}
+	key, err := share.NewKey(secret)
+	if err != nil {
+		return nil, fmt.Errorf("node-key %s: %w", a.s.NodeKey, err)
+	}
+	s := &nodeSharing{tracker: share.NewTracker(key, share.NewMetrics(a.metrics)), log: a.log.WithName("share")}
+	if a.peering != nil {
+		transport := http.DefaultTransport.(*http.Transport).Clone()
+		transport.TLSClientConfig = a.peering.tls
+		s.ring, s.client = a.peering.ring, &http.Client{Transport: transport, Timeout: 2 * time.Second,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	}
+	return s, nil
+}
+
+// Share implements registry.Sharer.
+func (s *nodeSharing) Share(w http.ResponseWriter, r *http.Request, d digest.Digest) (bool, error) {
+	to, err := s.decide(r, d)
+	switch {
+	case err != nil:
+		return false, err
+	case to != "":
+		http.Redirect(w, r, to, http.StatusTemporaryRedirect)
+		return true, nil
+	case r.Header.Get(askHeader) != "":
+		w.WriteHeader(http.StatusNoContent)
+		return true, nil
+	}
+	return false, nil
+}
+
+func (s *nodeSharing) decide(r *http.Request, d digest.Digest) (string, error) {
+	if r.Header.Get(share.NodeHeader) == "" {
+		return "", nil
+	}
+	if s.ring == nil || r.Header.Get(askHeader) != "" {
+		return s.tracker.Send(r, d)
+	}
+	owner := s.ring.Owner("share/" + d.String())
+	if owner == s.ring.Self() {
+		return s.tracker.Send(r, d)
+	}
+	to, err := s.ask(r.Context(), r, owner)
+	if err != nil && !errors.Is(err, share.ErrBadSignature) {
+		// The owner is away: this replica decides, from what it knows.
+		s.log.V(1).Info("the replica keeping a blob's holders does not answer; deciding here", "digest", d, "owner", owner, "error", err.Error())
+		return s.tracker.Send(r, d)
+	}
+	return to, err
+}
+
+// ask has owner decide for the node's request r.
+func (s *nodeSharing) ask(ctx context.Context, r *http.Request, owner string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, owner+r.URL.RequestURI(), nil)
+	if err != nil {
+		return "", err
+	}
+	for _, h := range []string{share.NodeHeader, share.BadPeerHeader, "Authorization"} {
+		if v := r.Header.Get(h); v != "" {
+			req.Header.Set(h, v)
+		}
+	}
+	req.Header.Set(askHeader, "1")
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusTemporaryRedirect:
+		return resp.Header.Get("Location"), nil
+	case http.StatusNoContent:
+		return "", nil
+	case http.StatusUnauthorized:
+		return "", share.ErrBadSignature
+	}
+	return "", fmt.Errorf("the replica answered %s", resp.Status)
+}
