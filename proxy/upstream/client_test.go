@@ -179,7 +179,7 @@ func TestAuthenticatorPerImage(t *testing.T) {
 	}))
 	defer up.Close()
 	var asked []string
-	c, err := New(up.URL, WithAuthenticatorFor(func(image string) authn.Authenticator {
+	c, err := New(up.URL, WithCredentials("", func(image string) authn.Authenticator {
 		asked = append(asked, image)
 		_, rest, _ := strings.Cut(image, "/")
 		repo, _, _ := strings.Cut(rest, ":")
@@ -209,5 +209,42 @@ func TestAuthenticatorPerImage(t *testing.T) {
 	}
 	if len(sent) != 4 {
 		t.Errorf("sent: %v", sent)
+	}
+}
+
+// An upstream's own credentials win: with them, no plugin is asked, and
+// what is sent is its own.
+func TestOwnCredentialsWinOverPlugins(t *testing.T) {
+	var sent []string
+	var mu sync.Mutex
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		user, _, ok := r.BasicAuth()
+		if !ok {
+			w.Header().Set("WWW-Authenticate", `Basic realm="x"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		mu.Lock()
+		sent = append(sent, user)
+		mu.Unlock()
+		w.WriteHeader(http.StatusNotFound)
+	}))
+	defer up.Close()
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "username"), []byte("own"), 0o600)
+	os.WriteFile(filepath.Join(dir, "password"), []byte("pw"), 0o600)
+	asked := false
+	c, err := New(up.URL, WithCredentials(dir, func(string) authn.Authenticator {
+		asked = true
+		return authn.FromConfig(authn.AuthConfig{Username: "plugin", Password: "p"})
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.GetManifest(context.Background(), "team/one", manifest.TagRef("v1"), nil, 1<<20)
+	mu.Lock()
+	defer mu.Unlock()
+	if asked || len(sent) == 0 || sent[0] != "own" {
+		t.Errorf("plugin asked: %v; sent as %q, want the upstream's own", asked, sent)
 	}
 }
