@@ -528,15 +528,7 @@ func TestStorageConflictThroughAliases(t *testing.T) {
 // API server's patterns refuse it first.)
 func TestSettingsTheProxyRefusesStall(t *testing.T) {
 	ctx := context.Background()
-	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{GenerateName: "odd-node-"}}
-	if err := k8sClient.Create(ctx, node); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k8sClient.Delete(ctx, node) })
-	node.Status.NodeInfo = corev1.NodeSystemInfo{OperatingSystem: "linux", Architecture: "arm64/v8/x"}
-	if err := k8sClient.Status().Update(ctx, node); err != nil {
-		t.Fatal(err)
-	}
+	platformNode(t, "linux", "arm64/v8/x")
 	ns := namespace(t)
 	storageSecret(t, ns, "minio", map[string]string{"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"})
 	dp := &depproxyv1.DependencyProxy{ObjectMeta: metav1.ObjectMeta{Name: "kept", Namespace: ns},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -163,21 +164,7 @@ func TestFileCredentialsHelper(t *testing.T) {
 // (its keyring looks up the repository to pull, without tag or digest);
 // each repository's own go to it.
 func TestAuthenticatorPerImage(t *testing.T) {
-	sent := map[string]string{}
-	var mu sync.Mutex
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		user, _, ok := r.BasicAuth()
-		if !ok {
-			w.Header().Set("WWW-Authenticate", `Basic realm="x"`)
-			w.WriteHeader(http.StatusUnauthorized)
-			return
-		}
-		mu.Lock()
-		sent[r.URL.Path] = user
-		mu.Unlock()
-		w.WriteHeader(http.StatusNotFound)
-	}))
-	defer up.Close()
+	up, sentTo := basicAuthUpstream(t)
 	var asked []string
 	c, err := New(up.URL, WithCredentials("", func(image string) authn.Authenticator {
 		asked = append(asked, image)
@@ -200,8 +187,7 @@ func TestAuthenticatorPerImage(t *testing.T) {
 	if strings.Join(asked, " ") != strings.Join(want, " ") {
 		t.Errorf("asked for %q, want %q", asked, want)
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	sent := sentTo()
 	for path, user := range sent {
 		if !strings.HasPrefix(path, "/v2/"+user+"/") {
 			t.Errorf("%s was sent %s's credentials", path, user)
@@ -212,12 +198,12 @@ func TestAuthenticatorPerImage(t *testing.T) {
 	}
 }
 
-// An upstream's own credentials win: with them, no plugin is asked, and
-// what is sent is its own.
-func TestOwnCredentialsWinOverPlugins(t *testing.T) {
-	var sent []string
+// basicAuthUpstream asks for basic auth, and answers 404 to what comes
+// with it; sentTo tells the user each path was asked for as.
+func basicAuthUpstream(t *testing.T) (up *httptest.Server, sentTo func() map[string]string) {
+	sent := map[string]string{}
 	var mu sync.Mutex
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	up = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		user, _, ok := r.BasicAuth()
 		if !ok {
 			w.Header().Set("WWW-Authenticate", `Basic realm="x"`)
@@ -225,11 +211,22 @@ func TestOwnCredentialsWinOverPlugins(t *testing.T) {
 			return
 		}
 		mu.Lock()
-		sent = append(sent, user)
+		sent[r.URL.Path] = user
 		mu.Unlock()
 		w.WriteHeader(http.StatusNotFound)
 	}))
-	defer up.Close()
+	t.Cleanup(up.Close)
+	return up, func() map[string]string {
+		mu.Lock()
+		defer mu.Unlock()
+		return maps.Clone(sent)
+	}
+}
+
+// An upstream's own credentials win: with them, no plugin is asked, and
+// what is sent is its own.
+func TestOwnCredentialsWinOverPlugins(t *testing.T) {
+	up, sentTo := basicAuthUpstream(t)
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "username"), []byte("own"), 0o600)
 	os.WriteFile(filepath.Join(dir, "password"), []byte("pw"), 0o600)
@@ -242,9 +239,7 @@ func TestOwnCredentialsWinOverPlugins(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.GetManifest(context.Background(), "team/one", manifest.TagRef("v1"), nil, 1<<20)
-	mu.Lock()
-	defer mu.Unlock()
-	if asked || len(sent) == 0 || sent[0] != "own" {
+	if sent := sentTo(); asked || sent["/v2/team/one/manifests/v1"] != "own" {
 		t.Errorf("plugin asked: %v; sent as %q, want the upstream's own", asked, sent)
 	}
 }
