@@ -109,7 +109,9 @@ func (a *assembly) settle(context.Context) error {
 	if a.key, err = signingKey(a.s, a.log); err != nil {
 		return err
 	}
-	if a.s.TLSCert != "" {
+	// Half a pair (settings a caller did not validate) fails to load:
+	// never plain HTTP instead.
+	if a.s.TLSCert != "" || a.s.TLSKey != "" {
 		if a.certs, err = newCertReloader(a.s.TLSCert, a.s.TLSKey, a.log.WithName("tls")); err != nil {
 			return err
 		}
