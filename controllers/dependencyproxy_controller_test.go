@@ -519,3 +519,35 @@ func TestStorageConflictThroughAliases(t *testing.T) {
 	k8sClient.Get(ctx, client.ObjectKeyFromObject(elsewhere), elsewhere)
 	assertCondition(t, elsewhere, depproxyv1.ConditionDegraded, metav1.ConditionFalse, depproxyv1.ReasonReconciled)
 }
+
+// The settings the operator renders are checked as the proxy checks
+// them: a platform the proxy would refuse at start (here a node
+// reporting one it cannot parse, which what spec.keep names is warmed
+// for) stalls the resource with the proxy's own words, before a pod
+// could crash-loop on it. (No spec field can say such a platform: the
+// API server's patterns refuse it first.)
+func TestSettingsTheProxyRefusesStall(t *testing.T) {
+	ctx := context.Background()
+	platformNode(t, "linux", "arm64/v8/x")
+	ns := namespace(t)
+	storageSecret(t, ns, "minio", map[string]string{"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"})
+	dp := &depproxyv1.DependencyProxy{ObjectMeta: metav1.ObjectMeta{Name: "kept", Namespace: ns},
+		Spec: depproxyv1.DependencyProxySpec{
+			Storage: depproxyv1.StorageSpec{Endpoint: "minio.minio:9000", Bucket: "cache", Prefix: ns, CredentialsSecretRef: corev1.LocalObjectReference{Name: "minio"}},
+			Keep:    &depproxyv1.KeepSpec{InUse: true},
+		}}
+	if err := k8sClient.Create(ctx, dp); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := newProxyReconciler(k8sClient)
+	reconcileProxy(t, r, dp)
+	k8sClient.Get(ctx, client.ObjectKeyFromObject(dp), dp)
+	c := assertCondition(t, dp, depproxyv1.ConditionReady, metav1.ConditionFalse, depproxyv1.ReasonInvalidSettings)
+	if !strings.Contains(c.Message, `warm-platforms "linux/arm64/v8/x": too many slashes`) {
+		t.Errorf("the condition does not say what the proxy would: %q", c.Message)
+	}
+	assertCondition(t, dp, depproxyv1.ConditionStalled, metav1.ConditionTrue, depproxyv1.ReasonInvalidSettings)
+	if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "kept-depproxy"}, &appsv1.Deployment{}); err == nil {
+		t.Error("a proxy that could only crash-loop was rolled out")
+	}
+}
