@@ -32,6 +32,7 @@ import (
 // env), against a real MinIO and a real upstream, pulls an index through
 // it with crane, and sees the cache summary reach the status.
 func TestRenderedProxyServes(t *testing.T) {
+	cluster(t)
 	ctx := context.Background()
 	reg := testenv.StartRegistry(t)
 	front := testenv.StartFront(t, reg.URL())
