@@ -117,10 +117,11 @@ func Binary(t testing.TB) string {
 
 // Serve is a `depproxy serve` to run from Binary.
 type Serve struct {
-	Args []string // its flags, after --listen and --metrics-listen (so they may name others)
-	// Listen and MetricsListen are its ports; free loopback ones if
-	// empty. A test that restarts a proxy where it was, or tells
-	// replicas of each other, picks them first.
+	Args []string // its flags but the ports
+	// Listen and MetricsListen are its ports, passed as flags (they
+	// win over a --config file's); free loopback ones if empty. A test
+	// that restarts a proxy where it was, or tells replicas of each
+	// other, picks them first.
 	Listen, MetricsListen string
 	Env                   []string  // added to this process's environment
 	Stdout                io.Writer // its standard output (--audit-log -); discarded if nil
