@@ -126,6 +126,7 @@ func platformNode(t *testing.T, os, arch string) {
 // index, the node platform's child and that child's blobs, without a
 // client pulling; the status says it is warmed.
 func TestKeepWarmsBeforeAnyPull(t *testing.T) {
+	cluster(t)
 	ctx := context.Background()
 	reg := testenv.StartRegistry(t)
 	front := testenv.StartFront(t, reg.URL())

@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"io"
 	"log"
@@ -16,7 +15,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/go-logr/logr"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -29,6 +27,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/server"
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/test/proxytest"
 )
 
 // The fast tier: a whole proxy in this process, in front of
@@ -137,18 +136,13 @@ func newFixture(t testing.TB, configs ...configure) *fixture {
 		}
 	}
 	s.Upstream, s.SpoolDir = settings.Keys(us.URL), t.TempDir()
-	srv, err := server.New(context.Background(), s, logr.Discard(), server.WithStorage(storage.NewMemory()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps := httptest.NewServer(srv.Handler())
-	t.Cleanup(ps.Close)
+	p := proxytest.Start(t, s, server.WithStorage(storage.NewMemory()))
 	digest, _ := img.Digest()
 	mt, _ := img.MediaType()
 	layers, _ := img.Layers()
 	layer, _ := layers[0].Digest()
 	size, _ := layers[0].Size()
-	return &fixture{up: up, upstreamURL: us.URL, proxy: ps.URL, image: img, vars: map[string]string{
+	return &fixture{up: up, upstreamURL: us.URL, proxy: p.URL, image: img, vars: map[string]string{
 		"{manifest}": digest.String(), "{mediaType}": string(mt), "{layer}": layer.String(),
 		"{layerSize}": strconv.FormatInt(size, 10), "{layerEnd}": strconv.FormatInt(size-1, 10),
 	}}
