@@ -108,6 +108,7 @@ func TestKeptImages(t *testing.T) {
 // what spec.keep's images are warmed for), for the test's length.
 func platformNode(t *testing.T, os, arch string) {
 	t.Helper()
+	cluster(t)
 	ctx := context.Background()
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{GenerateName: "node-"}}
 	if err := k8sClient.Create(ctx, node); err != nil {

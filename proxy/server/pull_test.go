@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -270,7 +271,7 @@ func TestPulls(t *testing.T) {
 			status: 403, code: "DENIED", body: naming("/team/bad: denied"), asked: map[string]int{}},
 		{name: "a HEAD of a denied blob", config: denying("team/app"), method: "HEAD", path: layerPath,
 			status: 403, asked: map[string]int{}},
-		{name: "a pinned tag is served after the upstream deleted it", config: pinning("team/app:v1"),
+		{name: "a pinned tag is served after the upstream deleted it", config: pinning("team/app:v1"), setup: settled,
 			warm: []string{tagPath}, deleted: []string{tagPath}, method: "GET", path: tagPath,
 			status: 200, want: map[string]string{"Docker-Content-Digest": "{manifest}"}, asked: map[string]int{"HEAD manifests": 1}},
 		{name: "a tag not pinned is not found once the upstream deleted it", config: pinning("team/app:v2"),
@@ -452,6 +453,22 @@ func deleteUpstream(t *testing.T, f *fixture, path string) {
 // holdBlobs has the upstream send the first KiB of a whole blob, then
 // hold the rest until the case ends: a download running, not done, so
 // nothing has checked the bytes a client is sent.
+// settled waits until the proxy has stopped asking the upstream on its
+// own (the keeper warming the pinned images at start), so that what a
+// row counts is what its request asked.
+func settled(t *testing.T, f *fixture) {
+	last := f.up.asked()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		time.Sleep(300 * time.Millisecond)
+		now := f.up.asked()
+		if equal(now, last) && now["GET blobs"] > 0 {
+			return
+		}
+		last = now
+	}
+	t.Fatalf("the proxy never stopped asking the upstream: %v", last)
+}
+
 func holdBlobs(t *testing.T, f *fixture) {
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) }) // before the servers close: they wait for the held answer
