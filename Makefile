@@ -5,6 +5,10 @@
 DEPPROXY_TOOLS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/depproxy-tools
 export DEPPROXY_TOOLS
 
+# Set by `make unit` alone: with it the controllers' envtest tests skip.
+# Never inherited, so every other target runs every test.
+unexport DEPPROXY_UNIT
+
 GO ?= go
 TOOLS_BIN := $(DEPPROXY_TOOLS)/bin
 CONTROLLER_GEN := $(TOOLS_BIN)/controller-gen
@@ -99,10 +103,11 @@ test: tools lint verify-generated
 	hack/e2e.sh
 
 ## unit: the fast tiers, in seconds: the proxy's packages in process (an
-## in-memory registry upstream, in-memory storage) and the manager's dependency
-## check; no root, no tools
+## in-memory registry upstream, in-memory storage), the manager's dependency
+## check, and the controllers' tests that need no API server (the builders;
+## DEPPROXY_UNIT skips the envtest ones, which make test runs); no root, no tools
 unit:
-	$(GO) test -count=1 . ./proxy/...
+	DEPPROXY_UNIT=1 $(GO) test -count=1 . ./proxy/... ./controllers
 
 ## lint: formatting and vet
 lint:

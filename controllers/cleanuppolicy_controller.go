@@ -195,15 +195,7 @@ func truncate(s string, n int) string {
 
 func (r *CleanupPolicyReconciler) computeStatus(cp *depproxyv1.CleanupPolicy, outcome *reconcileError) {
 	cp.Status.ObservedGeneration = cp.Generation
-	c := metav1.Condition{Type: depproxyv1.ConditionReady, Status: metav1.ConditionTrue, Reason: depproxyv1.ReasonScheduled,
-		Message: "cleanup runs on schedule " + cp.Spec.Schedule, ObservedGeneration: cp.Generation}
-	switch {
-	case outcome != nil:
-		c.Status, c.Reason, c.Message = metav1.ConditionFalse, outcome.Reason, outcome.Message
-	case cp.Spec.Suspend:
-		c.Reason, c.Message = depproxyv1.ReasonSuspended, "suspended: no new runs are scheduled"
-	}
-	meta.SetStatusCondition(&cp.Status.Conditions, c)
+	meta.SetStatusCondition(&cp.Status.Conditions, cleanupCondition(cp, outcome))
 }
 
 // SetupWithManager watches policies, their CronJobs, the Jobs those start,

@@ -146,6 +146,7 @@ func TestInvalidCleanupPoliciesAreRefused(t *testing.T) {
 // The install path: kubectl applies config/default to the real API server
 // (dry run), and `kubectl get dp` shows the print columns.
 func TestKubectl(t *testing.T) {
+	cluster(t)
 	kubectl := testEnv.ControlPlane.KubeCtl()
 	run := func(args ...string) string {
 		t.Helper()

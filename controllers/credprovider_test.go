@@ -14,7 +14,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/go-logr/logr"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -26,6 +25,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/server"
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/test/proxytest"
 )
 
 // A provider with tokenAttributes is given the service-account token for
@@ -179,12 +179,7 @@ func TestCredentialProviderOnlyForItsUpstream(t *testing.T) {
 	s := settings.Defaults()
 	s.Upstream, s.UpstreamProvider = rendered.Upstream, rendered.UpstreamProvider
 	s.CredProviderConfig, s.CredProviderBinDir, s.SpoolDir = config, bin, t.TempDir()
-	srv, err := server.New(context.Background(), s, logr.Discard(), server.WithStorage(storage.NewMemory()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := httptest.NewServer(srv.Handler())
-	t.Cleanup(proxy.Close)
+	proxy := proxytest.Start(t, s, server.WithStorage(storage.NewMemory()))
 	for _, path := range []string{"/v2/plain/manifests/v1", "/v2/cloud.test/private/manifests/v1"} {
 		resp, err := http.Get(proxy.URL + path)
 		if err != nil {

@@ -1,6 +1,7 @@
 // Package controllers reconciles DependencyProxy and CleanupPolicy
 // resources into the objects that run them. Children are built by the pure
-// functions in children.go; reconcilers fetch, apply and report.
+// functions in children.go, their conditions by those in status.go;
+// reconcilers fetch, apply and report.
 package controllers
 
 import (
@@ -143,34 +144,18 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	var summary *depproxyv1.CacheSummary // nil: not read this time
 	if r.Summaries != nil && ready(dp, deploy) && !recentlyReported(dp) {
 		if s, err := r.Summaries.Summary(ctx, dp); err != nil {
 			log.FromContext(ctx).Info("cache summary unavailable", "error", err.Error())
 		} else {
-			dp.Status.Cache = s
-			cond := throttledCondition(s, dp.Generation)
-			if was := meta.FindStatusCondition(dp.Status.Conditions, cond.Type); cond.Status == metav1.ConditionTrue &&
-				(was == nil || was.Status != metav1.ConditionTrue) {
-				r.Recorder.Eventf(dp, nil, corev1.EventTypeWarning, cond.Reason, "Throttle", "%s", cond.Message)
-			}
-			meta.SetStatusCondition(&dp.Status.Conditions, cond)
-			for _, c := range keepConditions(dp, s) {
-				meta.SetStatusCondition(&dp.Status.Conditions, c)
-			}
-			if c := credentialsCondition(dp, s); c != nil {
-				meta.SetStatusCondition(&dp.Status.Conditions, *c)
+			dp.Status.Cache, summary = s, s
+			if c := throttledCondition(s, dp.Generation); c.Status == metav1.ConditionTrue && !meta.IsStatusConditionTrue(dp.Status.Conditions, c.Type) {
+				r.Recorder.Eventf(dp, nil, corev1.EventTypeWarning, c.Reason, "Throttle", "%s", c.Message)
 			}
 		}
 	}
-	if dp.Spec.Storage.MaxSize == nil {
-		meta.RemoveStatusCondition(&dp.Status.Conditions, depproxyv1.ConditionOverBudget)
-	}
-	if dp.Spec.Keep == nil {
-		meta.RemoveStatusCondition(&dp.Status.Conditions, depproxyv1.ConditionWarmed)
-	}
-	if !usesCredentialProviders(dp) {
-		meta.RemoveStatusCondition(&dp.Status.Conditions, depproxyv1.ConditionUpstreamCredentials)
-	}
+	cacheConditions(dp, summary).applyTo(&dp.Status.Conditions)
 	return ctrl.Result{RequeueAfter: r.resync()}, nil
 }
 
@@ -367,49 +352,11 @@ func ready(dp *depproxyv1.DependencyProxy, d *appsv1.Deployment) bool {
 // computeStatus sets the conditions from the reconcile's outcome and the
 // Deployment's state.
 func (r *DependencyProxyReconciler) computeStatus(dp *depproxyv1.DependencyProxy, d *appsv1.Deployment, outcome *reconcileError) {
-	gen := dp.Generation
-	dp.Status.ObservedGeneration = gen
-	set := func(t string, s metav1.ConditionStatus, reason, msg string) {
-		meta.SetStatusCondition(&dp.Status.Conditions, metav1.Condition{Type: t, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen})
+	dp.Status.ObservedGeneration = dp.Generation
+	if outcome == nil {
+		dp.Status.Endpoint = endpoint(dp)
 	}
-	kstatus := func(t, reason, msg string) { setKstatus(&dp.Status.Conditions, gen, t, reason, msg) }
-	if outcome != nil {
-		set(depproxyv1.ConditionDegraded, metav1.ConditionTrue, outcome.Reason, outcome.Message)
-		set(depproxyv1.ConditionReady, metav1.ConditionFalse, outcome.Reason, outcome.Message)
-		if outcome.retry == retryNever {
-			kstatus(depproxyv1.ConditionStalled, outcome.Reason, outcome.Message)
-		} else {
-			kstatus(depproxyv1.ConditionReconciling, outcome.Reason, outcome.Message)
-		}
-		return
-	}
-	set(depproxyv1.ConditionDegraded, metav1.ConditionFalse, depproxyv1.ReasonReconciled, "children match the spec")
-	dp.Status.Endpoint = endpoint(dp)
-	if ready(dp, d) {
-		set(depproxyv1.ConditionReady, metav1.ConditionTrue, depproxyv1.ReasonAvailable, "the proxy is serving")
-		set(depproxyv1.ConditionProgressing, metav1.ConditionFalse, depproxyv1.ReasonAvailable, "rollout complete")
-		kstatus("", "", "")
-		return
-	}
-	msg := "waiting for the proxy's pods to become available"
-	set(depproxyv1.ConditionReady, metav1.ConditionFalse, depproxyv1.ReasonRollingOut, msg)
-	set(depproxyv1.ConditionProgressing, metav1.ConditionTrue, depproxyv1.ReasonRollingOut, msg)
-	kstatus(depproxyv1.ConditionReconciling, depproxyv1.ReasonRollingOut, msg)
-}
-
-// setKstatus keeps kstatus' pair: at most one of Reconciling and Stalled
-// (t; "" for neither), and only while True. The one that stays keeps its
-// transition time while it holds, so that an unchanged resource's status
-// is not written again.
-func setKstatus(conds *[]metav1.Condition, gen int64, t, reason, msg string) {
-	for _, other := range []string{depproxyv1.ConditionReconciling, depproxyv1.ConditionStalled} {
-		if other != t {
-			meta.RemoveStatusCondition(conds, other)
-		}
-	}
-	if t != "" {
-		meta.SetStatusCondition(conds, metav1.Condition{Type: t, Status: metav1.ConditionTrue, Reason: reason, Message: msg, ObservedGeneration: gen})
-	}
+	proxyConditions(dp.Generation, outcome, ready(dp, d)).applyTo(&dp.Status.Conditions)
 }
 
 // SetupWithManager watches DependencyProxies and the children they own.

@@ -519,3 +519,38 @@ func TestStorageConflictThroughAliases(t *testing.T) {
 	k8sClient.Get(ctx, client.ObjectKeyFromObject(elsewhere), elsewhere)
 	assertCondition(t, elsewhere, depproxyv1.ConditionDegraded, metav1.ConditionFalse, depproxyv1.ReasonReconciled)
 }
+
+// A node reporting a platform that is not one (its kubelet writes its
+// status) is left out of what is warmed: it does not stall the tenants'
+// caches, whose settings the proxy would then refuse.
+func TestABadNodePlatformIsLeftOut(t *testing.T) {
+	ctx := context.Background()
+	platformNode(t, "linux", "arm64/v8/x")
+	platformNode(t, "linux", "amd64")
+	ns := namespace(t)
+	storageSecret(t, ns, "minio", map[string]string{"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"})
+	dp := &depproxyv1.DependencyProxy{ObjectMeta: metav1.ObjectMeta{Name: "kept", Namespace: ns},
+		Spec: depproxyv1.DependencyProxySpec{
+			Storage: depproxyv1.StorageSpec{Endpoint: "minio.minio:9000", Bucket: "cache", Prefix: ns, CredentialsSecretRef: corev1.LocalObjectReference{Name: "minio"}},
+			Keep:    &depproxyv1.KeepSpec{InUse: true},
+		}}
+	if err := k8sClient.Create(ctx, dp); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := newProxyReconciler(k8sClient)
+	reconcileProxy(t, r, dp)
+	k8sClient.Get(ctx, client.ObjectKeyFromObject(dp), dp)
+	if c := meta.FindStatusCondition(dp.Status.Conditions, depproxyv1.ConditionStalled); c != nil && c.Status == metav1.ConditionTrue {
+		t.Fatalf("a node's bad platform stalled the cache: %s", c.Message)
+	}
+	cm := &corev1.ConfigMap{}
+	if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "kept-depproxy"}, cm); err != nil {
+		t.Fatal(err)
+	}
+	if conf := cm.Data[configKey]; strings.Contains(conf, "arm64/v8/x") || !strings.Contains(conf, "linux/amd64") {
+		t.Errorf("the warmed platforms are not the good node's alone:\n%s", conf)
+	}
+	if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "kept-depproxy"}, &appsv1.Deployment{}); err != nil {
+		t.Errorf("no Deployment: %v", err)
+	}
+}

@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
+	"github.com/depproxy/depproxy/test/proxytest"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -32,6 +32,7 @@ import (
 // env), against a real MinIO and a real upstream, pulls an index through
 // it with crane, and sees the cache summary reach the status.
 func TestRenderedProxyServes(t *testing.T) {
+	cluster(t)
 	ctx := context.Background()
 	reg := testenv.StartRegistry(t)
 	front := testenv.StartFront(t, reg.URL())
@@ -153,7 +154,7 @@ func TestRenderedProxyServes(t *testing.T) {
 // mounted where the pod would have them (a ConfigMap changed later is
 // written again, as the kubelet does), its Secret env. Only its ports are
 // this machine's. It returns the proxy's log.
-func runRendered(t *testing.T, ns, name, proxyAddr, opsAddr string) *syncLog {
+func runRendered(t *testing.T, ns, name, proxyAddr, opsAddr string) *testenv.SyncBuffer {
 	t.Helper()
 	ctx := context.Background()
 	deploy := &appsv1.Deployment{}
@@ -214,39 +215,22 @@ func runRendered(t *testing.T, ns, name, proxyAddr, opsAddr string) *syncLog {
 			}
 		}
 	}()
-	args := []string{}
-	for _, a := range container.Args {
+	t.Cleanup(func() { close(done) })
+	if len(container.Args) == 0 || container.Args[0] != "serve" {
+		t.Fatalf("the rendered container runs %q, not depproxy serve", container.Args)
+	}
+	var args []string
+	for _, a := range container.Args[1:] {
 		if strings.HasPrefix(a, "/etc/") {
 			a = filepath.Join(root, a)
 		}
 		args = append(args, a)
 	}
-	args = append(args, "--listen", proxyAddr, "--metrics-listen", opsAddr)
-	env := os.Environ()
+	var env []string
 	for _, e := range container.Env {
 		secret := &corev1.Secret{}
 		k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: e.ValueFrom.SecretKeyRef.Name}, secret)
 		env = append(env, e.Name+"="+string(secret.Data[e.ValueFrom.SecretKeyRef.Key]))
 	}
-	bin := filepath.Join(t.TempDir(), "depproxy")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/depproxy/depproxy/proxy/cmd/depproxy").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	logs := &syncLog{}
-	cmd := exec.Command(bin, args...)
-	cmd.Env, cmd.Stderr = env, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { close(done); cmd.Process.Kill(); cmd.Wait() })
-	return logs
+	return proxytest.Serve{Args: args, Listen: proxyAddr, MetricsListen: opsAddr, Env: env}.Start(t).Log
 }
-
-// syncLog is a process's log, written and read at once.
-type syncLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *syncLog) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
-func (l *syncLog) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }

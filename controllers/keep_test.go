@@ -104,12 +104,30 @@ func TestKeptImages(t *testing.T) {
 	}
 }
 
+// platformNode is a node reporting a platform (the nodes' platforms are
+// what spec.keep's images are warmed for), for the test's length.
+func platformNode(t *testing.T, os, arch string) {
+	t.Helper()
+	cluster(t)
+	ctx := context.Background()
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{GenerateName: "node-"}}
+	if err := k8sClient.Create(ctx, node); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k8sClient.Delete(ctx, node) })
+	node.Status.NodeInfo = corev1.NodeSystemInfo{OperatingSystem: os, Architecture: arch}
+	if err := k8sClient.Status().Update(ctx, node); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // In a real manager with the operator's cache (workloads stripped to
 // their images), a Deployment created with no replicas whose image is
 // not cached: within 60 s the real proxy, run as rendered, holds its
 // index, the node platform's child and that child's blobs, without a
 // client pulling; the status says it is warmed.
 func TestKeepWarmsBeforeAnyPull(t *testing.T) {
+	cluster(t)
 	ctx := context.Background()
 	reg := testenv.StartRegistry(t)
 	front := testenv.StartFront(t, reg.URL())
@@ -131,16 +149,7 @@ func TestKeepWarmsBeforeAnyPull(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A node, for its platform.
-	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{GenerateName: "node-"}}
-	if err := k8sClient.Create(ctx, node); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k8sClient.Delete(ctx, node) })
-	node.Status.NodeInfo = corev1.NodeSystemInfo{OperatingSystem: "linux", Architecture: "amd64"}
-	if err := k8sClient.Status().Update(ctx, node); err != nil {
-		t.Fatal(err)
-	}
+	platformNode(t, "linux", "amd64")
 
 	opsAddr := testenv.FreeAddr(t)
 	// TestManager runs a DependencyProxy controller of its own in this

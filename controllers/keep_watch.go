@@ -4,6 +4,8 @@ import (
 	"context"
 	"sort"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -62,7 +64,10 @@ func namedByMirror(dp *depproxyv1.DependencyProxy, mirrors []depproxyv1.NodeMirr
 	return false
 }
 
-// nodePlatforms are the nodes' os/arch, sorted, each once.
+// nodePlatforms are the nodes' os/arch, sorted, each once. A node's
+// status is written by its kubelet: one reporting a platform that is not
+// one (a slash too many) is left out, so that a node cannot stall every
+// tenant's cache with what it reports.
 func nodePlatforms(nodes []corev1.Node) []string {
 	seen := map[string]bool{}
 	var out []string
@@ -71,7 +76,11 @@ func nodePlatforms(nodes []corev1.Node) []string {
 		if info.OperatingSystem == "" || info.Architecture == "" {
 			continue
 		}
-		if p := info.OperatingSystem + "/" + info.Architecture; !seen[p] {
+		p := info.OperatingSystem + "/" + info.Architecture
+		if parsed, err := v1.ParsePlatform(p); err != nil || parsed.String() != p {
+			continue
+		}
+		if !seen[p] {
 			seen[p] = true
 			out = append(out, p)
 		}

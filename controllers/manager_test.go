@@ -34,6 +34,7 @@ import (
 // the operator's back is put back, and a ServiceMonitor is made where its
 // CRD exists.
 func TestManager(t *testing.T) {
+	cluster(t)
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0"})
 	if err != nil {
@@ -121,6 +122,7 @@ func managerAs(t *testing.T, user string) ctrl.Manager {
 // holds no Secret in its cache, and a change to a Secret still rolls
 // the pods.
 func TestManagerReadsSecretsOnlyByName(t *testing.T) {
+	cluster(t)
 	user := "depproxy-manager-rbac-test"
 	role := projectClusterRole(t, "role.yaml")
 	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: user},
@@ -180,6 +182,7 @@ func startManager(t *testing.T, mgr ctrl.Manager) context.Context {
 // without a token or with one the API server does not know, 403 for a
 // ServiceAccount not allowed to get /metrics, 200 once it is.
 func TestManagerMetricsNeedAToken(t *testing.T) {
+	cluster(t)
 	addr := testenv.FreeAddr(t)
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{Scheme: scheme, Metrics: MetricsOptions(addr), HealthProbeBindAddress: "0",
 		Controller: config.Controller{SkipNameValidation: ptr.To(true)}})
@@ -321,6 +324,7 @@ func TestManagerRBACListsNoSecrets(t *testing.T) {
 // main.go wires its cache and client: it runs a NodeMirror's node agents
 // in the node namespace, and may make a DaemonSet nowhere else.
 func TestManagerRunsNodeAgentsWithTheRenderedRights(t *testing.T) {
+	cluster(t)
 	ctx := context.Background()
 	user := "depproxy-manager-nodes-rbac-test"
 	clusterRole := projectClusterRole(t, "role.yaml")

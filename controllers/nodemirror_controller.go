@@ -12,7 +12,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/events"
@@ -406,58 +405,8 @@ func computeNodeMirrorStatus(nm *depproxyv1.NodeMirror, ds *appsv1.DaemonSet, ou
 	if ds == nil {
 		st.HostsToml = ""
 	}
-	if outcome == nil {
-		outcome = registriesOutcome(st.Registries)
-	}
 	settled := ds != nil && ds.Status.ObservedGeneration >= ds.Generation && st.Configured == st.Nodes
-	switch {
-	case outcome != nil:
-	case !settled:
-		outcome = waiting(depproxyv1.ReasonNodesConfiguring, "%d of %d nodes pull through the cache; a node is configured once the cache answers at its address", st.Configured, st.Nodes)
-	}
-	setKstatusConditions(&st.Conditions, gen, outcome, fmt.Sprintf("%d of %d nodes pull %s through the cache", st.Configured, st.Nodes,
-		strings.Join(nm.Spec.Registries, ", ")), depproxyv1.ReasonNodesConfigured)
-}
-
-// registriesOutcome: a registry refused makes the NodeMirror Degraded,
-// whatever the others do; the spec must change for it to work.
-func registriesOutcome(regs []depproxyv1.RegistryMirrorStatus) *reconcileError {
-	for _, r := range regs {
-		if r.HeldBy != "" || r.Message != "" {
-			reason := r.Reason
-			if reason == "" {
-				reason = depproxyv1.ReasonRegistryNotServed
-			}
-			return &reconcileError{Reason: reason, Message: r.Message, retry: retryAfter}
-		}
-	}
-	return nil
-}
-
-// setKstatusConditions sets Ready, Degraded and kstatus' Reconciling or
-// Stalled from outcome: nil is Ready with readyReason and readyMsg; a
-// waiting outcome is Reconciling, a stalled one Stalled.
-func setKstatusConditions(conds *[]metav1.Condition, gen int64, outcome *reconcileError, readyMsg, readyReason string) {
-	set := func(t string, s metav1.ConditionStatus, reason, msg string) {
-		meta.SetStatusCondition(conds, metav1.Condition{Type: t, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen})
-	}
-	if outcome == nil {
-		set(depproxyv1.ConditionReady, metav1.ConditionTrue, readyReason, readyMsg)
-		set(depproxyv1.ConditionDegraded, metav1.ConditionFalse, readyReason, readyMsg)
-		setKstatus(conds, gen, "", "", "")
-		return
-	}
-	set(depproxyv1.ConditionReady, metav1.ConditionFalse, outcome.Reason, outcome.Message)
-	degraded := metav1.ConditionTrue
-	if outcome.Reason == depproxyv1.ReasonNodesConfiguring || outcome.Reason == depproxyv1.ReasonNodesUnconfiguring {
-		degraded = metav1.ConditionFalse // on its way, nothing wrong
-	}
-	set(depproxyv1.ConditionDegraded, degraded, outcome.Reason, outcome.Message)
-	if outcome.retry == retryNever {
-		setKstatus(conds, gen, depproxyv1.ConditionStalled, outcome.Reason, outcome.Message)
-	} else {
-		setKstatus(conds, gen, depproxyv1.ConditionReconciling, outcome.Reason, outcome.Message)
-	}
+	mirrorConditions(nm, outcome, settled).applyTo(&st.Conditions)
 }
 
 // SetupWithManager watches NodeMirrors, their children, the caches they

@@ -264,6 +264,7 @@ func TestNodeMirrorClaims(t *testing.T) {
 // deleting one leaves the other's children; an object of a child's name
 // that the operator did not make is never changed or deleted.
 func TestNamesDoNotCollide(t *testing.T) {
+	cluster(t)
 	ctx := context.Background()
 	for _, name := range []string{"team-a", "team"} {
 		if err := k8sClient.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}); client.IgnoreNotFound(err) != nil && !apierrors.IsAlreadyExists(err) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -21,52 +22,88 @@ import (
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
-// The package's tests share one real kube-apiserver and etcd (envtest),
-// built by `make tools`. envtest runs no controllers: no garbage
+// The tests that need a cluster share one real kube-apiserver and etcd
+// (envtest), built by `make tools`, started by the first of them to call
+// cluster (namespace does). Until then k8sClient, restConfig and testEnv
+// are nil: the builders' tests, which need none of it, run without the
+// tools, in `make unit`. envtest runs no controllers: no garbage
 // collection, no Deployment controller; tests set what those would.
 var (
 	testEnv    *envtest.Environment
 	k8sClient  client.WithWatch
 	restConfig *rest.Config
-	scheme     = runtime.NewScheme()
+	scheme     = newScheme()
+
+	clusterOnce sync.Once
+	clusterErr  error
 )
 
-func TestMain(m *testing.M) {
-	os.Exit(runSuite(m))
-}
+// unitTier is the variable `make unit` sets: there a test that needs the
+// cluster is skipped. `make test` never sets it, so there every test
+// runs, and a cluster that does not start fails them all.
+const unitTier = "DEPPROXY_UNIT"
 
-func runSuite(m *testing.M) int {
-	must := func(err error) {
-		if err != nil {
-			panic(err)
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if testEnv != nil {
+		if err := testEnv.Stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "stopping envtest: %v\n", err)
 		}
 	}
-	must(clientgoscheme.AddToScheme(scheme))
-	must(depproxyv1.AddToScheme(scheme))
-	testEnv = &envtest.Environment{
+	os.Exit(code)
+}
+
+func newScheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	if err := depproxyv1.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// cluster starts the API server on first use and returns a client of
+// it; a test calls it before it touches k8sClient, restConfig or
+// testEnv.
+func cluster(t testing.TB) client.WithWatch {
+	t.Helper()
+	if os.Getenv(unitTier) != "" {
+		t.Skip("needs envtest (kube-apiserver and etcd): run make test")
+	}
+	clusterOnce.Do(func() { clusterErr = startCluster() })
+	if clusterErr != nil {
+		t.Fatal(clusterErr)
+	}
+	return k8sClient
+}
+
+func startCluster() error {
+	env := &envtest.Environment{
 		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases"), filepath.Join("testdata", "servicemonitor-crd.yaml")},
 		ErrorIfCRDPathMissing: true,
 		BinaryAssetsDirectory: testenv.ToolsDir(),
 	}
-	cfg, err := testEnv.Start()
+	cfg, err := env.Start()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "starting envtest (kube-apiserver and etcd from `make tools` in %s): %v\n", testenv.ToolsDir(), err)
-		return 1
+		env.Stop()
+		return fmt.Errorf("starting envtest (kube-apiserver and etcd from `make tools` in %s): %w", testenv.ToolsDir(), err)
 	}
-	defer testEnv.Stop()
-	restConfig = cfg
-	if k8sClient, err = client.NewWithWatch(cfg, client.Options{Scheme: scheme}); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+	c, err := client.NewWithWatch(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		env.Stop()
+		return err
 	}
-	return m.Run()
+	testEnv, restConfig, k8sClient = env, cfg, c
+	return nil
 }
 
 // namespace creates a namespace for one test.
 func namespace(t *testing.T) string {
 	t.Helper()
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "test-"}}
-	if err := k8sClient.Create(context.Background(), ns); err != nil {
+	if err := cluster(t).Create(context.Background(), ns); err != nil {
 		t.Fatal(err)
 	}
 	return ns.Name

@@ -7,9 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"sort"
 	"strconv"
-	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -142,85 +140,4 @@ func toCacheSummary(w report.Summary, at metav1.Time) *depproxyv1.CacheSummary {
 		s.Images = append(s.Images, ci)
 	}
 	return s
-}
-
-// keepConditions say whether the budget holds and what spec.keep names
-// is cached; nil where the spec asks for neither.
-func keepConditions(dp *depproxyv1.DependencyProxy, s *depproxyv1.CacheSummary) []metav1.Condition {
-	var conds []metav1.Condition
-	if dp.Spec.Storage.MaxSize != nil {
-		c := metav1.Condition{Type: depproxyv1.ConditionOverBudget, Status: metav1.ConditionFalse, Reason: depproxyv1.ReasonWithinBudget,
-			Message: fmt.Sprintf("%s stored of a %s budget", s.Size, dp.Spec.Storage.MaxSize.String()), ObservedGeneration: dp.Generation}
-		if s.OverBudget {
-			c.Status, c.Reason = metav1.ConditionTrue, depproxyv1.ReasonPinnedOverBudget
-			c.Message = fmt.Sprintf("%s stored after evicting every image not pinned, over the %s budget: the budget is too small for what is pinned; raise spec.storage.maxSize or pin less",
-				s.Size, dp.Spec.Storage.MaxSize.String())
-		}
-		conds = append(conds, c)
-	}
-	if k := dp.Spec.Keep; k != nil && (k.InUse || k.Warm || len(k.Images) > 0) {
-		c := metav1.Condition{Type: depproxyv1.ConditionWarmed, Status: metav1.ConditionTrue, Reason: depproxyv1.ReasonAllWarmed,
-			Message: fmt.Sprintf("%d images pinned or warmed, all cached", s.KeptCount), ObservedGeneration: dp.Generation}
-		var failed, denied []string
-		for _, img := range s.Kept {
-			if img.Denied != "" {
-				denied = append(denied, img.Image+": "+img.Denied)
-				continue
-			}
-			if !img.Warmed {
-				msg := img.Image
-				if img.Error != "" {
-					msg += ": " + img.Error
-				}
-				failed = append(failed, msg)
-			}
-		}
-		if len(failed) > 0 {
-			c.Status, c.Reason = metav1.ConditionFalse, depproxyv1.ReasonWarmFailed
-			c.Message = fmt.Sprintf("%d of %d images not cached yet (tried again with backoff): %s", len(failed), s.KeptCount, strings.Join(failed[:min(len(failed), 5)], "; "))
-		}
-		if len(denied) > 0 {
-			c.Message += fmt.Sprintf("; %d refused by spec.access, neither cached nor pinned: %s", len(denied), strings.Join(denied[:min(len(denied), 5)], "; "))
-		}
-		conds = append(conds, c)
-	}
-	return conds
-}
-
-// credentialsCondition says whether the credential provider plugins gave
-// credentials; nil without any.
-func credentialsCondition(dp *depproxyv1.DependencyProxy, s *depproxyv1.CacheSummary) *metav1.Condition {
-	if !usesCredentialProviders(dp) {
-		return nil
-	}
-	c := &metav1.Condition{Type: depproxyv1.ConditionUpstreamCredentials, Status: metav1.ConditionTrue, Reason: depproxyv1.ReasonCredentialsProvided,
-		Message: "every credential provider plugin gave credentials the last time it was asked", ObservedGeneration: dp.Generation}
-	if len(s.CredentialErrors) == 0 {
-		return c
-	}
-	var parts []string
-	for host, msg := range s.CredentialErrors {
-		parts = append(parts, host+": "+msg)
-	}
-	sort.Strings(parts)
-	c.Status, c.Reason = metav1.ConditionFalse, depproxyv1.ReasonCredentialProviderFailed
-	c.Message = "cached tags are served, nothing new is pulled from: " + strings.Join(parts, "; ")
-	return c
-}
-
-// throttledCondition says whether an upstream is being spared for its
-// rate limit, and until when.
-func throttledCondition(s *depproxyv1.CacheSummary, generation int64) metav1.Condition {
-	c := metav1.Condition{Type: depproxyv1.ConditionUpstreamThrottled, Status: metav1.ConditionFalse,
-		Reason: depproxyv1.ReasonWithinRateLimit, Message: "no upstream's rate limit is nearly spent", ObservedGeneration: generation}
-	if len(s.Throttled) == 0 {
-		return c
-	}
-	var parts []string
-	for _, t := range s.Throttled {
-		parts = append(parts, fmt.Sprintf("%s until %s (%d left)", t.Registry, t.Until.UTC().Format(time.RFC3339), t.Remaining))
-	}
-	c.Status, c.Reason = metav1.ConditionTrue, depproxyv1.ReasonRateLimited
-	c.Message = "serving cached tags without asking the upstream, whose rate limit is nearly spent or who answered 429: " + strings.Join(parts, "; ")
-	return c
 }

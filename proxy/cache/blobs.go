@@ -206,7 +206,7 @@ func (c *Cache) fillBlob(ctx context.Context, repo string, f *fill) (*Blob, erro
 		f.release()
 		return nil, err
 	}
-	if b := spooledBlob(f, verified); b != nil {
+	if b := spooledBlob(f); b != nil {
 		return b, nil
 	}
 	r := &fillReader{f: f, ctx: ctx, cold: f.ranged}
@@ -232,8 +232,13 @@ func (c *Cache) fillBlob(ctx context.Context, repo string, f *fill) (*Blob, erro
 // fill's reader. nil when the fill is not there yet, or its file is gone
 // (moved into a filesystem storage, which then serves it). It takes over
 // the caller's reference to the fill: the open file needs none.
-func spooledBlob(f *fill, verified bool) *Blob {
-	if !verified || f.file == nil {
+func spooledBlob(f *fill) *Blob {
+	// Ended and checked: a copy from storage counts as verified from
+	// its first byte, but is not whole before it ends.
+	f.mu.Lock()
+	whole := f.done && f.err == nil && f.file != nil
+	f.mu.Unlock()
+	if !whole {
 		return nil
 	}
 	file, err := os.Open(f.file.Name())

@@ -69,10 +69,17 @@ type keptRef struct {
 	pinned bool
 }
 
+// Warmer caches an image before any client pulls it: the manifest ref
+// names, for an index its children for platforms (all for none), and
+// their blobs. A registry's cache is one.
+type Warmer interface {
+	Warm(ctx context.Context, repo string, ref manifest.Ref, platforms []v1.Platform) (cache.Warmed, error)
+}
+
 // Resolver finds the cache of an image's registry (its own name or one
 // it stands in for), the registry's name there and the repository as its
 // upstream names it (library/ on Docker Hub).
-type Resolver func(registry, repo string) (c *cache.Cache, name, upstreamRepo string, ok bool)
+type Resolver func(registry, repo string) (w Warmer, name, upstreamRepo string, ok bool)
 
 // Timing is how often the files and the budget are looked at, and what
 // eviction spares: what was written within Grace (an image being cached
@@ -113,7 +120,7 @@ func New(o Options) *Keeper {
 	}
 	return &Keeper{pinnedPath: o.Pinned, warmPath: o.Warm, maxSize: o.MaxSize, store: o.Store, platforms: o.Platforms,
 		summary: o.Summary, leader: o.Leader, denied: o.Denied, log: o.Log, timing: o.Timing,
-		resolve: func(string, string) (*cache.Cache, string, string, bool) { return nil, "", "", false },
+		resolve: func(string, string) (Warmer, string, string, bool) { return nil, "", "", false },
 		raw:     map[string][]byte{}, tags: map[string]bool{}, status: map[keptRef]*report.KeptImage{},
 		retry: map[keptRef]time.Time{}, backoff: map[keptRef]time.Duration{}}
 }
@@ -377,7 +384,7 @@ const rewarmEvery = time.Hour
 
 // warmOne warms one pinned image through its registry's cache.
 func (k *Keeper) warmOne(ctx context.Context, r pins.Ref) (cache.Warmed, error) {
-	c, _, repo, ok := k.resolve(r.Registry, r.Repo)
+	w, _, repo, ok := k.resolve(r.Registry, r.Repo)
 	if !ok {
 		return cache.Warmed{}, errNoUpstream(r.Registry)
 	}
@@ -387,7 +394,7 @@ func (k *Keeper) warmOne(ctx context.Context, r pins.Ref) (cache.Warmed, error) 
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Hour)
 	defer cancel()
-	return c.Warm(ctx, repo, ref, k.platforms)
+	return w.Warm(ctx, repo, ref, k.platforms)
 }
 
 type errNoUpstream string

@@ -4,16 +4,14 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
 
-	"github.com/go-logr/logr"
-
 	"github.com/depproxy/depproxy/proxy/server"
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/test/proxytest"
 )
 
 // countingStorage counts every read of the storage.
@@ -40,12 +38,7 @@ func TestRefusedBeforeStorage(t *testing.T) {
 	s := settings.Defaults()
 	s.Upstream = settings.Keys("one.test=http://127.0.0.1:1", "two.test=http://127.0.0.1:1")
 	s.Deny, s.SpoolDir = settings.List{"one.test/secret/**", "two.test/secret/**"}, t.TempDir()
-	srv, err := server.New(context.Background(), s, logr.Discard(), server.WithStorage(store))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps := httptest.NewServer(srv.Handler())
-	defer ps.Close()
+	ps := proxytest.Start(t, s, server.WithStorage(store))
 	blob := "/blobs/sha256:" + strings.Repeat("a", 64)
 	resp, err := http.Get(ps.URL + "/v2/secret/app" + blob)
 	if err != nil {

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"crypto/ecdsa"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -48,6 +47,7 @@ type assembly struct {
 	upstreams []settings.Upstream
 	routes    routing.Table
 	platforms []v1.Platform // prefetched
+	warm      []v1.Platform // what is kept is warmed for
 	key       *ecdsa.PrivateKey
 	certs     *certReloader // nil: plain HTTP
 	peering   *replicas     // nil: the only replica
@@ -92,7 +92,9 @@ func (a *assembly) openStorage(ctx context.Context) error {
 }
 
 // settle reads what the settings name beyond themselves: upstreams and
-// their routes, platforms, the signing key, TLS, the replicas.
+// their routes, platforms, the signing key, TLS, the replicas. The
+// settings were checked (Settings.Validate); what fails here is what
+// they name: a file, the Kubernetes API.
 func (a *assembly) settle(context.Context) error {
 	var err error
 	if a.upstreams, err = a.s.Upstreams(); err != nil {
@@ -101,16 +103,15 @@ func (a *assembly) settle(context.Context) error {
 	if a.routes, err = a.s.Routes(); err != nil {
 		return err
 	}
-	if a.platforms, err = parsePlatforms(a.s.PrefetchPlatforms); err != nil {
+	if a.platforms, a.warm, err = a.s.Platforms(); err != nil {
 		return err
 	}
 	if a.key, err = signingKey(a.s, a.log); err != nil {
 		return err
 	}
+	// Half a pair (settings a caller did not validate) fails to load:
+	// never plain HTTP instead.
 	if a.s.TLSCert != "" || a.s.TLSKey != "" {
-		if a.s.TLSCert == "" || a.s.TLSKey == "" {
-			return errors.New("tls: set both --tls-cert and --tls-key")
-		}
 		if a.certs, err = newCertReloader(a.s.TLSCert, a.s.TLSKey, a.log.WithName("tls")); err != nil {
 			return err
 		}
@@ -151,19 +152,12 @@ func (a *assembly) observe(context.Context) error {
 // there to resolve them, in connect).
 func (a *assembly) keeping(context.Context) error {
 	a.scanner = summary.New(a.store, nil).WithLogger(a.log.WithName("summary"))
-	warmPlatforms := a.platforms
-	if a.s.WarmPlatforms != "" {
-		var err error
-		if warmPlatforms, err = parsePlatforms(a.s.WarmPlatforms); err != nil {
-			return fmt.Errorf("warm-platforms: %w", err)
-		}
-	}
 	rules, err := a.s.Access()
 	if err != nil {
 		return err
 	}
 	a.gate = newAccessGate(rules, a.o.configFile, a.metrics, a.log.WithName("access"))
-	a.keeper = keep.New(keep.Options{Pinned: a.s.Pinned, Warm: a.s.Warm, MaxSize: int64(a.s.MaxSize), Store: a.store, Platforms: warmPlatforms,
+	a.keeper = keep.New(keep.Options{Pinned: a.s.Pinned, Warm: a.s.Warm, MaxSize: int64(a.s.MaxSize), Store: a.store, Platforms: a.warm,
 		Summary: a.scanner, Log: a.log.WithName("keep"), Timing: a.o.keepTiming,
 		Leader: func() bool { return a.peering == nil || a.peering.ring.Owner(keeperKey) == a.peering.ring.Self() },
 		Denied: func(r pins.Ref) string { return a.gate.Denied(a.namesOf(r.Registry, r.Repo), r.Repo, r.Tag) }})
@@ -196,11 +190,13 @@ func (a *assembly) pullThrough(context.Context) error {
 		replicaMetrics = peers.NewMetrics(a.metrics)
 	}
 	for _, u := range a.upstreams {
+		// Checked here, not in Settings.Validate: the providers are in a
+		// file.
 		if u.CredentialProvider != "" && !a.plugins.Has(u.CredentialProvider) {
 			return fmt.Errorf("upstream-credential-provider %s=%s: no such provider in --image-credential-provider-config", u.Registry, u.CredentialProvider)
 		}
-		up, err := newUpstream(u, upstream.WithMetrics(upstreamMetrics), upstream.WithRateLimitReserve(s.RateLimitReserve),
-			upstream.WithAuthenticatorFor(a.pluginCredentials(u)))
+		up, err := upstream.New(u.URL, upstream.WithRegistry(u.Registry), upstream.WithMetrics(upstreamMetrics),
+			upstream.WithRateLimitReserve(s.RateLimitReserve), upstream.WithCredentials(u.Credentials, a.pluginCredentials(u)))
 		if err != nil {
 			return err
 		}
@@ -230,8 +226,8 @@ func (a *assembly) pullThrough(context.Context) error {
 
 // pluginCredentials: a plugin is asked for the image pulled from the
 // host the credentials go to, matched by that host (and the upstream's
-// name), and only its own for a bound upstream. The upstream's own
-// credentials, applied after, win.
+// name), and only its own for a bound upstream. (The upstream's own
+// credentials win: upstream.WithCredentials.)
 func (a *assembly) pluginCredentials(u settings.Upstream) func(image string) authn.Authenticator {
 	return func(image string) authn.Authenticator {
 		if u.ProvidersBound && u.CredentialProvider == "" {
@@ -244,7 +240,7 @@ func (a *assembly) pluginCredentials(u settings.Upstream) func(image string) aut
 // connect tells the keeper and the summary what the caches are, now that
 // they exist.
 func (a *assembly) connect(context.Context) error {
-	a.keeper.SetResolver(func(registry, repo string) (*cache.Cache, string, string, bool) {
+	a.keeper.SetResolver(func(registry, repo string) (keep.Warmer, string, string, bool) {
 		to, err := a.routes.Route(registry, repo)
 		if err != nil {
 			return nil, "", "", false
@@ -273,10 +269,11 @@ func (a *assembly) connect(context.Context) error {
 // /v2 surface, the cache browser, and what replicas and --log-level add.
 func (a *assembly) serving() (http.Handler, error) {
 	s := a.s
-	clients, err := token.ParseTrustedProxies(s.TrustedProxies)
+	nets, err := s.TrustedProxyNets()
 	if err != nil {
-		return nil, fmt.Errorf("trusted-proxies: %w", err)
+		return nil, err
 	}
+	clients := token.TrustProxies(nets)
 	var auditLog *audit.Log
 	var auditor registry.Auditor
 	if s.AuditLog != "" {

@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -9,11 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
-
 	"github.com/depproxy/depproxy/proxy/server"
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/test/proxytest"
 )
 
 // What a warm tag costs the handler, with the audit log off and on.
@@ -27,11 +25,7 @@ func BenchmarkWarmTag(b *testing.B) {
 			if audited {
 				s.AuditLog = filepath.Join(b.TempDir(), "audit.log")
 			}
-			srv, err := server.New(context.Background(), s, logr.Discard(), server.WithStorage(storage.NewMemory()))
-			if err != nil {
-				b.Fatal(err)
-			}
-			h := srv.Handler()
+			h := proxytest.Start(b, s, server.WithStorage(storage.NewMemory())).Server.Handler()
 			req := httptest.NewRequest("GET", tagPath, nil)
 			req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
 			req.RemoteAddr = "192.0.2.1:1234"

@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"io"
 	"log"
@@ -15,8 +14,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -29,6 +28,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/server"
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/test/proxytest"
 )
 
 // The fast tier: a whole proxy in this process, in front of
@@ -137,18 +137,13 @@ func newFixture(t testing.TB, configs ...configure) *fixture {
 		}
 	}
 	s.Upstream, s.SpoolDir = settings.Keys(us.URL), t.TempDir()
-	srv, err := server.New(context.Background(), s, logr.Discard(), server.WithStorage(storage.NewMemory()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps := httptest.NewServer(srv.Handler())
-	t.Cleanup(ps.Close)
+	p := proxytest.Start(t, s, server.WithStorage(storage.NewMemory()))
 	digest, _ := img.Digest()
 	mt, _ := img.MediaType()
 	layers, _ := img.Layers()
 	layer, _ := layers[0].Digest()
 	size, _ := layers[0].Size()
-	return &fixture{up: up, upstreamURL: us.URL, proxy: ps.URL, image: img, vars: map[string]string{
+	return &fixture{up: up, upstreamURL: us.URL, proxy: p.URL, image: img, vars: map[string]string{
 		"{manifest}": digest.String(), "{mediaType}": string(mt), "{layer}": layer.String(),
 		"{layerSize}": strconv.FormatInt(size, 10), "{layerEnd}": strconv.FormatInt(size-1, 10),
 	}}
@@ -276,7 +271,7 @@ func TestPulls(t *testing.T) {
 			status: 403, code: "DENIED", body: naming("/team/bad: denied"), asked: map[string]int{}},
 		{name: "a HEAD of a denied blob", config: denying("team/app"), method: "HEAD", path: layerPath,
 			status: 403, asked: map[string]int{}},
-		{name: "a pinned tag is served after the upstream deleted it", config: pinning("team/app:v1"),
+		{name: "a pinned tag is served after the upstream deleted it", config: pinning("team/app:v1"), setup: settled,
 			warm: []string{tagPath}, deleted: []string{tagPath}, method: "GET", path: tagPath,
 			status: 200, want: map[string]string{"Docker-Content-Digest": "{manifest}"}, asked: map[string]int{"HEAD manifests": 1}},
 		{name: "a tag not pinned is not found once the upstream deleted it", config: pinning("team/app:v2"),
@@ -458,6 +453,22 @@ func deleteUpstream(t *testing.T, f *fixture, path string) {
 // holdBlobs has the upstream send the first KiB of a whole blob, then
 // hold the rest until the case ends: a download running, not done, so
 // nothing has checked the bytes a client is sent.
+// settled waits until the proxy has stopped asking the upstream on its
+// own (the keeper warming the pinned images at start), so that what a
+// row counts is what its request asked.
+func settled(t *testing.T, f *fixture) {
+	last := f.up.asked()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		time.Sleep(300 * time.Millisecond)
+		now := f.up.asked()
+		if equal(now, last) && now["GET blobs"] > 0 {
+			return
+		}
+		last = now
+	}
+	t.Fatalf("the proxy never stopped asking the upstream: %v", last)
+}
+
 func holdBlobs(t *testing.T, f *fixture) {
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) }) // before the servers close: they wait for the held answer

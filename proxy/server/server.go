@@ -9,7 +9,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -18,7 +17,6 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -267,14 +265,6 @@ func opsRoutes(metrics, summary http.Handler, ready func() bool) http.Handler {
 	return mux
 }
 
-func newUpstream(u settings.Upstream, extra ...upstream.Option) (*upstream.Client, error) {
-	opts := append([]upstream.Option{upstream.WithRegistry(u.Registry)}, extra...)
-	if u.Credentials != "" {
-		opts = append(opts, upstream.WithCredentialsDir(u.Credentials))
-	}
-	return upstream.New(u.URL, opts...)
-}
-
 // signingKey is the --token-key, or one made up for this process.
 func signingKey(s settings.Settings, log logr.Logger) (*ecdsa.PrivateKey, error) {
 	if s.TokenKey != "" {
@@ -343,7 +333,7 @@ func OpenStorage(ctx context.Context, s settings.Settings, log logr.Logger) (sto
 	if !strings.HasPrefix(s.Storage, "s3://") {
 		return storage.NewFilesystem(s.Storage)
 	}
-	bucket, prefix, err := storage.ParseS3URL(s.Storage)
+	bucket, prefix, err := s.S3Location()
 	if err != nil {
 		return nil, err
 	}
@@ -356,21 +346,6 @@ func OpenStorage(ctx context.Context, s settings.Settings, log logr.Logger) (sto
 		log.Error(err, "storage not ready at start; passing through until it is")
 	}
 	return s3, nil
-}
-
-func parsePlatforms(list string) ([]v1.Platform, error) {
-	var out []v1.Platform
-	for _, s := range strings.Split(list, ",") {
-		if s = strings.TrimSpace(s); s == "" {
-			continue
-		}
-		p, err := v1.ParsePlatform(s)
-		if err != nil {
-			return nil, fmt.Errorf("prefetch-platforms %q: %w", s, err)
-		}
-		out = append(out, *p)
-	}
-	return out, nil
 }
 
 func accessLog(next http.Handler, log logr.Logger) http.Handler {

@@ -26,7 +26,12 @@ type Replicas struct {
 
 // Replicas returns how this replica finds the others; nil when it runs
 // alone.
-func (s *Settings) Replicas() (*Replicas, error) {
+func (s *Settings) Replicas() (*Replicas, error) { return s.replicas(true) }
+
+// replicas checks the replicas' settings; self: this is a replica, which
+// has its own --advertise (Validate checks the rest without it: cleanup
+// reads the same file, and the operator renders it without one).
+func (s *Settings) replicas(self bool) (*Replicas, error) {
 	if s.Peers == "" && s.PeerService == "" {
 		if s.Advertise != "" {
 			return nil, errors.New("advertise: set it together with --peers or --peer-service")
@@ -42,11 +47,7 @@ func (s *Settings) Replicas() (*Replicas, error) {
 	if s.TokenKey == "" {
 		return nil, errors.New("peers: replicas prove who they are to each other with the token key: set --token-key, the same file on every replica")
 	}
-	self, err := replicaURL("advertise", s.Advertise)
-	if err != nil {
-		return nil, err
-	}
-	r := &Replicas{Self: self, Service: s.PeerService, Namespace: s.PeerNamespace, Deployment: s.PeerDeployment}
+	r := &Replicas{Service: s.PeerService, Namespace: s.PeerNamespace, Deployment: s.PeerDeployment}
 	for _, p := range strings.Split(s.Peers, ",") {
 		if p = strings.TrimSpace(p); p == "" {
 			continue
@@ -57,8 +58,15 @@ func (s *Settings) Replicas() (*Replicas, error) {
 		}
 		r.Static = append(r.Static, u)
 	}
-	if s.Peers != "" && !slices.Contains(r.Static, self) {
-		return nil, fmt.Errorf("peers: --advertise %s is not among them; list every replica, this one included", self)
+	if !self && s.Advertise == "" {
+		return r, nil
+	}
+	var err error
+	if r.Self, err = replicaURL("advertise", s.Advertise); err != nil {
+		return nil, err
+	}
+	if s.Peers != "" && !slices.Contains(r.Static, r.Self) {
+		return nil, fmt.Errorf("peers: --advertise %s is not among them; list every replica, this one included", r.Self)
 	}
 	return r, nil
 }

@@ -12,10 +12,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"strings"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
 )
@@ -289,6 +292,26 @@ func (s *Settings) Validate() error {
 	if s.AuditLogMaxSize < 0 {
 		errs = append(errs, errors.New("audit-log-max-size may not be negative (0 never rotates)"))
 	}
+	if strings.HasPrefix(s.Storage, "s3://") {
+		if _, _, err := s.S3Location(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if (s.TLSCert == "") != (s.TLSKey == "") {
+		errs = append(errs, errors.New("tls: set both --tls-cert and --tls-key"))
+	}
+	if _, _, err := s.Platforms(); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := s.TrustedProxyNets(); err != nil {
+		errs = append(errs, err)
+	}
+	if !s.UpstreamProvider.IsZero() && s.CredProviderConfig == "" {
+		errs = append(errs, fmt.Errorf("upstream-credential-provider %q: set --image-credential-provider-config, which names the providers", s.UpstreamProvider.Items[0]))
+	}
+	if _, err := s.replicas(false); err != nil {
+		errs = append(errs, err)
+	}
 	switch {
 	case s.HotDir != "" && !strings.HasPrefix(s.Storage, "s3://"):
 		errs = append(errs, fmt.Errorf("hot-dir is a local tier in front of S3 storage; storage %q is a directory, served from its disk already", s.Storage))
@@ -297,9 +320,80 @@ func (s *Settings) Validate() error {
 	case s.HotDir == "" && s.HotSize != 0:
 		errs = append(errs, errors.New("hot-size needs hot-dir, where to keep the hot blobs"))
 	}
-	// Replicas are checked by serve alone: cleanup reads the same file,
-	// without a replica's own --advertise.
+	// What is left to the proxy's start needs what the settings name
+	// read: the files (pins, users, keys, the providers' config), and
+	// the storage and the Kubernetes API reached.
 	return errors.Join(errs...)
+}
+
+// S3Location splits storage's s3://BUCKET/PREFIX.
+func (s *Settings) S3Location() (bucket, prefix string, err error) {
+	u, err := url.Parse(s.Storage)
+	if err != nil || u.Scheme != "s3" || u.Host == "" {
+		return "", "", fmt.Errorf("storage %q: want s3://BUCKET/PREFIX", s.Storage)
+	}
+	prefix = strings.Trim(u.Path, "/")
+	for _, seg := range strings.Split(prefix, "/") {
+		if seg == ".." || seg == "." {
+			return "", "", fmt.Errorf("storage %q: the prefix may not contain . or .. segments", s.Storage)
+		}
+	}
+	return u.Host, prefix, nil
+}
+
+// Platforms are the platforms prefetched with an index, and those what
+// is kept is warmed for (--warm-platforms, else the prefetched ones).
+func (s *Settings) Platforms() (prefetch, warm []v1.Platform, err error) {
+	if prefetch, err = parsePlatforms("prefetch-platforms", s.PrefetchPlatforms); err != nil {
+		return nil, nil, err
+	}
+	if s.WarmPlatforms == "" {
+		return prefetch, prefetch, nil
+	}
+	if warm, err = parsePlatforms("warm-platforms", s.WarmPlatforms); err != nil {
+		return nil, nil, err
+	}
+	return prefetch, warm, nil
+}
+
+func parsePlatforms(flag, list string) ([]v1.Platform, error) {
+	var out []v1.Platform
+	for _, s := range strings.Split(list, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := v1.ParsePlatform(s)
+		if err != nil {
+			return nil, fmt.Errorf("%s %q: %w", flag, s, err)
+		}
+		out = append(out, *p)
+	}
+	return out, nil
+}
+
+// TrustedProxyNets are the networks whose X-Forwarded-For is believed
+// (--trusted-proxies: CIDRs, or single addresses).
+func (s *Settings) TrustedProxyNets() ([]*net.IPNet, error) {
+	var out []*net.IPNet
+	for _, item := range strings.Split(s.TrustedProxies, ",") {
+		if item = strings.TrimSpace(item); item == "" {
+			continue
+		}
+		cidr := item
+		if !strings.Contains(cidr, "/") {
+			if ip := net.ParseIP(cidr); ip != nil && ip.To4() != nil {
+				cidr += "/32"
+			} else {
+				cidr += "/128"
+			}
+		}
+		_, n, err := net.ParseCIDR(cidr)
+		if err != nil {
+			return nil, fmt.Errorf("trusted-proxies %q: want a CIDR such as 10.0.0.0/8, or an address", item)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 // Access are the allow and deny rules. A rule whose registry no upstream

@@ -131,3 +131,48 @@ func TestSettingsAreFlagsAndRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// What `depproxy serve` once found only while it started, Validate finds
+// (so the operator, which validates what it renders, does too), naming
+// the flag to mend.
+func TestValidateRefusesWhatTheProxyWouldNotStartWith(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"a certificate without its key", []string{"--tls-cert", "/tls/tls.crt"}, "tls: set both --tls-cert and --tls-key"},
+		{"a key without its certificate", []string{"--tls-key", "/tls/tls.key"}, "tls: set both --tls-cert and --tls-key"},
+		{"a prefetch platform with too many parts", []string{"--prefetch-platforms", "linux/amd64,linux/arm/v7/x"}, `prefetch-platforms "linux/arm/v7/x": too many slashes`},
+		{"a warm platform with too many parts", []string{"--warm-platforms", "linux/arm64/v8/x"}, `warm-platforms "linux/arm64/v8/x": too many slashes`},
+		{"a trusted proxy that is no CIDR", []string{"--trusted-proxies", "10.0.0.0/8,10.0.0.0/33"}, `trusted-proxies "10.0.0.0/33": want a CIDR`},
+		{"a trusted proxy that is no address", []string{"--trusted-proxies", "ingress"}, `trusted-proxies "ingress": want a CIDR`},
+		{"an S3 storage without a bucket", []string{"--storage", "s3:///prefix"}, `storage "s3:///prefix": want s3://BUCKET/PREFIX`},
+		{"an S3 prefix climbing out", []string{"--storage", "s3://bucket/a/../b"}, "the prefix may not contain . or .. segments"},
+		{"a bound provider without the providers", []string{"--upstream-credential-provider", "ecr"}, "upstream-credential-provider \"ecr\": set --image-credential-provider-config"},
+		{"both ways to find replicas", []string{"--token-key", "/k", "--peers", "http://10.0.0.1:5000", "--peer-service", "cache-peers"}, "set --peers or --peer-service, not both"},
+		{"a peer service without its deployment", []string{"--token-key", "/k", "--peer-service", "cache-peers"}, "set --peer-deployment too"},
+		{"replicas without the token key", []string{"--peer-service", "cache-peers", "--peer-deployment", "cache"}, "set --token-key"},
+		{"an advertised address without replicas", []string{"--advertise", "http://10.0.0.1:5000"}, "advertise: set it together with --peers or --peer-service"},
+		{"a peer that is no URL", []string{"--token-key", "/k", "--peers", "10.0.0.1"}, `peers "10.0.0.1": want a replica's URL`},
+		{"an advertised address not among the peers", []string{"--token-key", "/k", "--peers", "http://10.0.0.1:5000", "--advertise", "http://10.0.0.2:5000"}, "is not among them"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if _, err := load(t, "", c.args...); err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("%q: error %v, want it to say %s", c.args, err, c.want)
+			}
+		})
+	}
+	// What is left out of a replica's file, its own --advertise, is no
+	// error: cleanup reads the same file, and the operator renders it.
+	for _, ok := range [][]string{
+		{"--token-key", "/k", "--peer-service", "cache-peers", "--peer-deployment", "cache"},
+		{"--token-key", "/k", "--peers", "http://10.0.0.1:5000,http://10.0.0.2:5000"},
+		{"--trusted-proxies", "10.0.0.0/8, 127.0.0.1, ::1", "--prefetch-platforms", "linux/amd64, linux/arm/v7", "--storage", "s3://bucket/team/a"},
+		{"--tls-cert", "/tls/tls.crt", "--tls-key", "/tls/tls.key"},
+	} {
+		if _, err := load(t, "", ok...); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+}

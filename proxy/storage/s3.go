@@ -45,21 +45,6 @@ type S3Options struct {
 // partSize bounds the memory a multipart upload uses per part.
 const partSize = 16 << 20
 
-// ParseS3URL splits s3://bucket/prefix.
-func ParseS3URL(raw string) (bucket, prefix string, err error) {
-	u, err := url.Parse(raw)
-	if err != nil || u.Scheme != "s3" || u.Host == "" {
-		return "", "", fmt.Errorf("storage %q: want s3://BUCKET/PREFIX", raw)
-	}
-	prefix = strings.Trim(u.Path, "/")
-	for _, seg := range strings.Split(prefix, "/") {
-		if seg == ".." || seg == "." {
-			return "", "", fmt.Errorf("storage %q: the prefix may not contain . or .. segments", raw)
-		}
-	}
-	return u.Host, prefix, nil
-}
-
 // NewS3 returns a backend for bucket.
 func NewS3(bucket, prefix string, o S3Options) (*S3, error) {
 	endpoint, secure := o.Endpoint, !o.Insecure

@@ -153,29 +153,9 @@ type Sources struct {
 	trusted []*net.IPNet
 }
 
-// ParseTrustedProxies reads a comma-separated list of CIDRs (or single
-// addresses) whose X-Forwarded-For is believed.
-func ParseTrustedProxies(list string) (Sources, error) {
-	var s Sources
-	for _, item := range strings.Split(list, ",") {
-		if item = strings.TrimSpace(item); item == "" {
-			continue
-		}
-		if !strings.Contains(item, "/") {
-			if ip := net.ParseIP(item); ip != nil && ip.To4() != nil {
-				item += "/32"
-			} else {
-				item += "/128"
-			}
-		}
-		_, n, err := net.ParseCIDR(item)
-		if err != nil {
-			return Sources{}, &net.ParseError{Type: "trusted proxy CIDR", Text: item}
-		}
-		s.trusted = append(s.trusted, n)
-	}
-	return s, nil
-}
+// TrustProxies believes the X-Forwarded-For of peers in nets (the
+// settings' --trusted-proxies, checked there).
+func TrustProxies(nets []*net.IPNet) Sources { return Sources{trusted: nets} }
 
 // Of returns the client address of r. X-Forwarded-For is read from the
 // right, where the nearest proxy appended: the first address that is not

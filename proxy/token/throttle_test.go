@@ -3,6 +3,7 @@ package token
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -103,10 +104,12 @@ func TestLockoutSparesTheUsersKnownSource(t *testing.T) {
 // --trusted-proxies the client in X-Forwarded-For is the source, and a
 // client cannot choose its source by sending the header itself.
 func TestTrustedProxies(t *testing.T) {
-	src, err := ParseTrustedProxies("10.0.0.0/8, 127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
+	var nets []*net.IPNet
+	for _, cidr := range []string{"10.0.0.0/8", "127.0.0.1/32"} {
+		_, n, _ := net.ParseCIDR(cidr)
+		nets = append(nets, n)
 	}
+	src := TrustProxies(nets)
 	s := NewServer(NewSigner(newKey(t), "t", nil), htpasswdUsers(t, bcrypt.MinCost, map[string]string{"alice": "s3cret", "bob": "pw"}),
 		WithSources(src))
 	xff := func(v string) http.Header { return http.Header{"X-Forwarded-For": {v}} }
@@ -126,9 +129,6 @@ func TestTrustedProxies(t *testing.T) {
 	// A client prepending a forged hop gets the address the proxy saw.
 	if got := src.Of(&http.Request{RemoteAddr: "10.0.0.1:1", Header: xff("203.0.113.9, 198.51.100.66")}); got != "198.51.100.66" {
 		t.Errorf("forged hop: source %s, want 198.51.100.66", got)
-	}
-	if _, err := ParseTrustedProxies("10.0.0.0/33"); err == nil {
-		t.Error("a bad CIDR was accepted")
 	}
 }
 

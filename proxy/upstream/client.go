@@ -132,23 +132,22 @@ const maxTransports = 1024
 // Option configures a Client.
 type Option func(*Client)
 
-// WithCredentialsDir reads the upstream's credentials from a mounted
-// Secret (see FileCredentials).
-func WithCredentialsDir(dir string) Option {
+// WithCredentials sets where the upstream's credentials come from, in
+// this order: its own, a mounted Secret in dir (see FileCredentials),
+// when it has one, and nothing else then; else, per repository, what
+// plugins give (credential provider plugins: nil where they have none),
+// given the image as the kubelet names it to a plugin: the host the
+// credentials are sent to and the repository; else none. A repository's
+// token handshake is kept (see transportFor), so plugins are asked again
+// when the upstream wants new credentials, not per request.
+func WithCredentials(dir string, plugins func(image string) authn.Authenticator) Option {
 	return func(c *Client) {
-		c.auth, c.authFor = FileCredentials(dir, c.registry.RegistryStr()), nil
+		if dir != "" {
+			c.auth, c.authFor = FileCredentials(dir, c.registry.RegistryStr()), nil
+			return
+		}
+		c.authFor = plugins
 	}
-}
-
-// WithAuthenticatorFor takes the credentials of each repository from
-// auth, given the image as the kubelet names it to a credential provider
-// plugin: the host the credentials are sent to, the repository, and the
-// tag or digest of the pull that first needs them (the bare repository
-// for a blob, tags or referrers). nil keeps that repository anonymous. A
-// repository's token handshake is kept (see transportFor), so auth is
-// asked again when the upstream wants new credentials, not per request.
-func WithAuthenticatorFor(auth func(image string) authn.Authenticator) Option {
-	return func(c *Client) { c.authFor = auth }
 }
 
 // WithRegistry names the registry this upstream is for clients, where

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -163,23 +164,9 @@ func TestFileCredentialsHelper(t *testing.T) {
 // (its keyring looks up the repository to pull, without tag or digest);
 // each repository's own go to it.
 func TestAuthenticatorPerImage(t *testing.T) {
-	sent := map[string]string{}
-	var mu sync.Mutex
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		user, _, ok := r.BasicAuth()
-		if !ok {
-			w.Header().Set("WWW-Authenticate", `Basic realm="x"`)
-			w.WriteHeader(http.StatusUnauthorized)
-			return
-		}
-		mu.Lock()
-		sent[r.URL.Path] = user
-		mu.Unlock()
-		w.WriteHeader(http.StatusNotFound)
-	}))
-	defer up.Close()
+	up, sentTo := basicAuthUpstream(t)
 	var asked []string
-	c, err := New(up.URL, WithAuthenticatorFor(func(image string) authn.Authenticator {
+	c, err := New(up.URL, WithCredentials("", func(image string) authn.Authenticator {
 		asked = append(asked, image)
 		_, rest, _ := strings.Cut(image, "/")
 		repo, _, _ := strings.Cut(rest, ":")
@@ -200,8 +187,7 @@ func TestAuthenticatorPerImage(t *testing.T) {
 	if strings.Join(asked, " ") != strings.Join(want, " ") {
 		t.Errorf("asked for %q, want %q", asked, want)
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	sent := sentTo()
 	for path, user := range sent {
 		if !strings.HasPrefix(path, "/v2/"+user+"/") {
 			t.Errorf("%s was sent %s's credentials", path, user)
@@ -209,5 +195,51 @@ func TestAuthenticatorPerImage(t *testing.T) {
 	}
 	if len(sent) != 4 {
 		t.Errorf("sent: %v", sent)
+	}
+}
+
+// basicAuthUpstream asks for basic auth, and answers 404 to what comes
+// with it; sentTo tells the user each path was asked for as.
+func basicAuthUpstream(t *testing.T) (up *httptest.Server, sentTo func() map[string]string) {
+	sent := map[string]string{}
+	var mu sync.Mutex
+	up = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		user, _, ok := r.BasicAuth()
+		if !ok {
+			w.Header().Set("WWW-Authenticate", `Basic realm="x"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		mu.Lock()
+		sent[r.URL.Path] = user
+		mu.Unlock()
+		w.WriteHeader(http.StatusNotFound)
+	}))
+	t.Cleanup(up.Close)
+	return up, func() map[string]string {
+		mu.Lock()
+		defer mu.Unlock()
+		return maps.Clone(sent)
+	}
+}
+
+// An upstream's own credentials win: with them, no plugin is asked, and
+// what is sent is its own.
+func TestOwnCredentialsWinOverPlugins(t *testing.T) {
+	up, sentTo := basicAuthUpstream(t)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "username"), []byte("own"), 0o600)
+	os.WriteFile(filepath.Join(dir, "password"), []byte("pw"), 0o600)
+	asked := false
+	c, err := New(up.URL, WithCredentials(dir, func(string) authn.Authenticator {
+		asked = true
+		return authn.FromConfig(authn.AuthConfig{Username: "plugin", Password: "p"})
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.GetManifest(context.Background(), "team/one", manifest.TagRef("v1"), nil, 1<<20)
+	if sent := sentTo(); asked || sent["/v2/team/one/manifests/v1"] != "own" {
+		t.Errorf("plugin asked: %v; sent as %q, want the upstream's own", asked, sent)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/depproxy/depproxy/proxy/report"
+	"github.com/depproxy/depproxy/test/proxytest"
 )
 
 // Access rules, as a tenant's cache has them (its --config file): a
@@ -34,9 +35,8 @@ func TestAccessRules(t *testing.T) {
 		os.Rename(cfg+".new", cfg)
 	}
 	writeConfig("deny: [docker.io/team/bad]\n")
-	var logs syncBuffer
-	base, ops, cmd := startBinaryOps(t, &logs, "--config", cfg, "--upstream", "docker.io="+e.front.URL(), "--storage", t.TempDir())
-	host := strings.TrimPrefix(base, "http://")
+	proxy := proxytest.StartBinary(t, "--config", cfg, "--upstream", "docker.io="+e.front.URL(), "--storage", t.TempDir())
+	base, ops, host := proxy.URL, proxy.Ops, proxy.Host
 
 	if err := cranePull(t, host+"/team/app:v1"); err != nil {
 		t.Fatalf("an allowed image: %v", err)
@@ -98,10 +98,10 @@ func TestAccessRules(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("a cached image denied in the changed file is still served: %s\n%s", resp.Status, logs.String())
+			t.Fatalf("a cached image denied in the changed file is still served: %s\n%s", resp.Status, proxy.Log.String())
 		}
 	}
-	if cmd.ProcessState != nil {
+	if proxy.Exited() {
 		t.Fatal("the proxy restarted")
 	}
 	if got := sample(scrape(t, ops), "depproxy_proxy_denied_total", "upstream", "docker.io"); got < 5 {

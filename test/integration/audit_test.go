@@ -18,6 +18,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/registryname"
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/token"
+	"github.com/depproxy/depproxy/test/proxytest"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -61,7 +62,7 @@ func TestAuditLog(t *testing.T) {
 	s := settings.Defaults()
 	s.Upstream, s.Tenant, s.AuditLog = settings.Keys(e.front.URL()), "tenants/team-a", logFile
 	s.Users, s.TrustedProxies = usersFile(t, map[string]string{"alice": "s3cret"}), "127.0.0.0/8"
-	p := start(t, s)
+	p := proxytest.Start(t, s)
 
 	home := t.TempDir()
 	crane := func(args ...string) string {
@@ -239,8 +240,9 @@ func TestAuditLogIsBounded(t *testing.T) {
 
 	t.Run("standard output", func(t *testing.T) {
 		var out syncBuffer
-		base, cmd := startBinaryWithStdout(t, &out, "--upstream", "http://127.0.0.1:1", "--storage", t.TempDir(),
-			"--users", users, "--audit-log", "-")
+		proxy := proxytest.Serve{Stdout: &out, Log: &out, Args: []string{"--upstream", "http://127.0.0.1:1", "--storage", t.TempDir(),
+			"--users", users, "--audit-log", "-"}}.Start(t)
+		base := proxy.URL
 		statuses := map[int]int{}
 		for i := range 40 {
 			statuses[login(t, base, longUser(i), "")]++
@@ -254,7 +256,7 @@ func TestAuditLogIsBounded(t *testing.T) {
 				t.Fatalf("a login without credentials: %s", resp.Status)
 			}
 		}
-		if err := terminate(t, cmd, 30*time.Second); err != nil {
+		if err := proxy.Terminate(t, 30*time.Second); err != nil {
 			t.Fatalf("depproxy exited with %v", err)
 		}
 		if n := len(out.String()); n >= 1<<20 {
@@ -291,13 +293,14 @@ func TestAuditLogIsBounded(t *testing.T) {
 		dir := t.TempDir()
 		file := filepath.Join(dir, "audit.log")
 		var out syncBuffer
-		base, cmd := startBinaryWithStdout(t, &out, "--upstream", "http://127.0.0.1:1", "--storage", filepath.Join(dir, "data"),
-			"--users", users, "--audit-log", file, "--audit-log-max-size", "4Ki", "--trusted-proxies", "127.0.0.0/8")
+		proxy := proxytest.Serve{Stdout: &out, Log: &out, Args: []string{"--upstream", "http://127.0.0.1:1", "--storage", filepath.Join(dir, "data"),
+			"--users", users, "--audit-log", file, "--audit-log-max-size", "4Ki", "--trusted-proxies", "127.0.0.0/8"}}.Start(t)
+		base := proxy.URL
 		// Each from a client of its own: a line each, about 500 bytes.
 		for i := range 60 {
 			login(t, base, longUser(i), fmt.Sprintf("198.51.100.%d", i))
 		}
-		if err := terminate(t, cmd, 30*time.Second); err != nil {
+		if err := proxy.Terminate(t, 30*time.Second); err != nil {
 			t.Fatalf("depproxy exited with %v", err)
 		}
 		var total int
@@ -320,21 +323,6 @@ func TestAuditLogIsBounded(t *testing.T) {
 	})
 }
 
-// startBinaryWithStdout is startBinaryOps with the process's standard
-// output (where `--audit-log -` writes) going to out as well.
-func startBinaryWithStdout(t *testing.T, out *syncBuffer, args ...string) (string, *exec.Cmd) {
-	t.Helper()
-	addr, opsAddr := testenv.FreeAddr(t), testenv.FreeAddr(t)
-	cmd := exec.Command(depproxyBinary(t), append([]string{"serve", "--listen", addr, "--metrics-listen", opsAddr}, args...)...)
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	waitReady(t, "http://"+opsAddr, out)
-	return "http://" + addr, cmd
-}
-
 // Requests without a login that the cache refuses (a made-up token on a
 // cache that needs logins, a denied image on an open one) are written
 // once per client and interval with their count, not a line each.
@@ -351,7 +339,8 @@ func TestAnonymousRefusalsAreCounted(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			var out syncBuffer
 			args := append([]string{"--upstream", "http://127.0.0.1:1", "--storage", t.TempDir(), "--audit-log", "-"}, c.args...)
-			base, cmd := startBinaryWithStdout(t, &out, args...)
+			proxy := proxytest.Serve{Stdout: &out, Log: &out, Args: args}.Start(t)
+			base := proxy.URL
 			header := http.Header{}
 			if c.auth != "" {
 				header.Set("Authorization", c.auth)
@@ -362,7 +351,7 @@ func TestAnonymousRefusalsAreCounted(t *testing.T) {
 					t.Fatalf("request %d: %s %s", i, resp.Status, body)
 				}
 			}
-			if err := terminate(t, cmd, 30*time.Second); err != nil {
+			if err := proxy.Terminate(t, 30*time.Second); err != nil {
 				t.Fatalf("depproxy exited with %v", err)
 			}
 			var lines, refusals int

@@ -19,6 +19,7 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/token"
+	"github.com/depproxy/depproxy/test/proxytest"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -49,7 +50,7 @@ func startTenant(t *testing.T, name, upstreamURL string, key *ecdsa.PrivateKey, 
 	if ts.users != nil {
 		s.Users = usersFile(t, ts.users)
 	}
-	p := start(t, s)
+	p := proxytest.Start(t, s)
 	return &tenant{URL: p.URL, Host: p.Host, signer: token.NewSigner(key, name, nil)}
 }
 
@@ -342,7 +343,7 @@ func TestRefreshTokensAcrossReplicas(t *testing.T) {
 	start := func() string {
 		s := settings.Defaults()
 		s.Upstream, s.Storage, s.Tenant, s.TokenKey, s.Users = settings.Keys(e.front.URL()), t.TempDir(), "tenants/team-a", keyFile, users
-		return start(t, s).URL
+		return proxytest.Start(t, s).URL
 	}
 	grant := func(base string, form url.Values) (int, tokenResponse) {
 		form.Set("service", "tenants/team-a")

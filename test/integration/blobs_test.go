@@ -23,6 +23,7 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/test/proxytest"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -149,7 +150,7 @@ func TestBrokenBlobTransfer(t *testing.T) {
 // waitNoFill waits until the proxy is done with its blob downloads
 // (stored or given up, as its downloads gauge says), so that the storage
 // can be inspected.
-func waitNoFill(t *testing.T, p *proxy, d v1.Hash) {
+func waitNoFill(t *testing.T, p *proxytest.Proxy, d v1.Hash) {
 	t.Helper()
 	for i := 0; i < 200; i++ {
 		if sample(scrape(t, p.Ops), "depproxy_proxy_downloads") == 0 {
@@ -262,7 +263,7 @@ func TestWarmBlobFromS3(t *testing.T) {
 	get(t, url, "")
 	waitNoFill(t, p, d)
 	eventually(t, 10*time.Second, "the blob was not stored", func() bool {
-		_, err := p.store.Stat(context.Background(), blobKey(d))
+		_, err := p.Server.Storage().Stat(context.Background(), blobKey(d))
 		return err == nil
 	})
 	e.front.Reset()
@@ -378,7 +379,7 @@ func TestColdRangeFarAhead(t *testing.T) {
 	}
 	// The one download goes on, and is stored.
 	eventually(t, 150*time.Second, "the download stored", func() bool {
-		_, err := p.store.Stat(context.Background(), blobKey(d))
+		_, err := p.Server.Storage().Stat(context.Background(), blobKey(d))
 		return err == nil
 	})
 	if n := e.front.Count(http.MethodGet, "blobs") - int(sample(scrape(t, p.Ops), "depproxy_proxy_cold_ranges_total")); n != 1 {

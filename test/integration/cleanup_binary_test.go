@@ -15,6 +15,7 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/test/proxytest"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -44,7 +45,7 @@ func TestCleanupCommandOnManyObjects(t *testing.T) {
 			store.Put(ctx, layout.LastRead(key), strings.NewReader(v), int64(len(v)))
 		}
 	}
-	bin := depproxyBinary(t)
+	bin := proxytest.Binary(t)
 	summaryFile := filepath.Join(dir, "termination-log")
 	cmd := exec.Command(bin, "cleanup", "--storage", filepath.Join(dir, "data"), "--ttl", "720h", "--summary-file", summaryFile)
 	var stdout strings.Builder
@@ -110,7 +111,7 @@ func TestCleanupBudgetOnManyObjects(t *testing.T) {
 		put(tag, d.String())
 		put(layout.LastRead(tag), layout.LastReadValue(old.Add(time.Duration(i)*time.Minute)))
 	}
-	bin := depproxyBinary(t)
+	bin := proxytest.Binary(t)
 	cmd := exec.Command(bin, "cleanup", "--storage", filepath.Join(dir, "data"), "--max-size", fmt.Sprint(total/2), "--grace", "0s")
 	var stdout strings.Builder
 	cmd.Stdout = &stdout
@@ -167,7 +168,7 @@ func runWatchingRSS(t *testing.T, cmd *exec.Cmd) int64 {
 
 // `depproxy cleanup --help` shows the cleanup's flags, not serve's.
 func TestCleanupHelpListsItsOwnFlags(t *testing.T) {
-	out, _ := exec.Command(depproxyBinary(t), "cleanup", "--help").CombinedOutput()
+	out, _ := exec.Command(proxytest.Binary(t), "cleanup", "--help").CombinedOutput()
 	for _, want := range []string{"-ttl", "-max-size", "-pinned", "-grace", "-storage", "-s3-endpoint", "-config"} {
 		if !strings.Contains(string(out), want+" ") && !strings.Contains(string(out), want+"\n") {
 			t.Errorf("cleanup --help lacks %s:\n%s", want, out)

@@ -85,10 +85,10 @@ func TestCleanup(t *testing.T) {
 			p := startProxy(t, e.front.URL(), store, cache.WithClock(clk.Now))
 			pullAll(t, p.URL, repo, "old-a")
 			pullAll(t, p.URL, repo, "old-b")
-			p.cache.FlushReads(ctx)
+			p.Server.Cache().FlushReads(ctx)
 			clk.Set(now)
 			wantRoot, want := pullAll(t, p.URL, repo, "kept")
-			p.cache.FlushReads(ctx)
+			p.Server.Cache().FlushReads(ctx)
 
 			opts := cleanup.Options{TTL: 30 * day, Grace: time.Hour, Now: func() time.Time { return now.Add(2 * time.Hour) }}
 			dry := opts
@@ -151,10 +151,10 @@ func TestCleanupKeepsAnIndexsChildren(t *testing.T) {
 	clk := &clock{t: now.Add(-40 * day)}
 	p := startProxy(t, e.front.URL(), store, cache.WithClock(clk.Now))
 	pullAll(t, p.URL, repo, "v1") // everything, 40 days ago
-	p.cache.FlushReads(ctx)
+	p.Server.Cache().FlushReads(ctx)
 	clk.Set(now)
 	pullManifest0(t, p.URL, repo, "v1") // only the index, today
-	p.cache.FlushReads(ctx)
+	p.Server.Cache().FlushReads(ctx)
 
 	sum, err := cleanup.Run(ctx, store, cleanup.Options{TTL: 30 * day, Grace: time.Hour, Now: func() time.Time { return now.Add(2 * time.Hour) }})
 	if err != nil {

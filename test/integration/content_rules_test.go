@@ -14,6 +14,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/server"
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/test/proxytest"
 )
 
 // Access rules bind content, not names. An image cached before its
@@ -41,7 +42,7 @@ func TestAccessRulesBindContent(t *testing.T) {
 			s.Upstream = settings.Keys("evil.test=" + e.front.URL())
 			s.SpoolDir = t.TempDir()
 			// Cached with no rule in force.
-			p := start(t, s, server.WithStorage(store))
+			p := proxytest.Start(t, s, server.WithStorage(store))
 			pullAll(t, p.URL, "library/secret", backend)
 			pullAll(t, p.URL, "library/allowed", backend)
 			if err := p.Stop(); err != nil {
@@ -49,7 +50,7 @@ func TestAccessRulesBindContent(t *testing.T) {
 			}
 
 			s.Deny = settings.List{"evil.test/library/secret"}
-			p = start(t, s, server.WithStorage(store))
+			p = proxytest.Start(t, s, server.WithStorage(store))
 			resp, body := get(t, p.URL+"/v2/library/secret/manifests/"+secretDigest, acceptAll)
 			ociError(t, resp, body, http.StatusForbidden, "DENIED")
 			for _, path := range []string{
@@ -108,7 +109,7 @@ func TestAccessRulesBindContent(t *testing.T) {
 				t.Error("no links were stored by the first run")
 			}
 			e.front.Start()
-			p = start(t, s, server.WithStorage(store))
+			p = proxytest.Start(t, s, server.WithStorage(store))
 			_, want := pullAll(t, p.URL, "library/allowed", backend)
 			e.front.Stop()
 			time.Sleep(time.Second) // the links are stored in the background
@@ -122,7 +123,7 @@ func TestAccessRulesBindContent(t *testing.T) {
 					if err := p.Stop(); err != nil {
 						t.Fatal(err)
 					}
-					p = start(t, s, server.WithStorage(store))
+					p = proxytest.Start(t, s, server.WithStorage(store))
 				}
 			}
 
@@ -156,7 +157,7 @@ func TestAccessRulesOverMirrorOf(t *testing.T) {
 	s.UpstreamMirrorOf = settings.Keys("docker.io")
 	s.Deny = settings.List{"docker.io/library/secret"}
 	s.SpoolDir = t.TempDir()
-	p := start(t, s)
+	p := proxytest.Start(t, s)
 	e.front.Reset()
 	for _, path := range []string{
 		"/v2/library/secret/manifests/v1?ns=docker.io",
@@ -197,7 +198,7 @@ func TestKeepingObeysAccessRules(t *testing.T) {
 	s.Upstream = settings.Keys("evil.test=" + e.front.URL())
 	s.Deny = settings.List{"evil.test/library/secret"}
 	s.Pinned, s.Warm, s.SpoolDir = pinned, warm, t.TempDir()
-	p := start(t, s, server.WithKeepTiming(100*time.Millisecond, time.Second))
+	p := proxytest.Start(t, s, server.WithKeepTiming(100*time.Millisecond, time.Second))
 	var sum report.Summary
 	for deadline := time.Now().Add(20 * time.Second); ; sleep() {
 		_, body := get(t, p.Ops+report.SummaryPath, "")
@@ -226,7 +227,7 @@ func TestKeepingObeysAccessRules(t *testing.T) {
 	if n := e.front.Count(http.MethodGet, "manifests"); n != 1 {
 		t.Errorf("the upstream served %d manifests, want 1 (the allowed image's)", n)
 	}
-	raw, err := storage.ReadAll(context.Background(), p.store, "_pins/set.json", 1<<20)
+	raw, err := storage.ReadAll(context.Background(), p.Server.Storage(), "_pins/set.json", 1<<20)
 	if err != nil || strings.Contains(string(raw), "secret") || !strings.Contains(string(raw), "library/ok") {
 		t.Errorf("the pinned set: %v %s", err, raw)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/credprovider"
 	"github.com/depproxy/depproxy/proxy/report"
 	"github.com/depproxy/depproxy/proxy/settings"
+	"github.com/depproxy/depproxy/test/proxytest"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -84,7 +85,7 @@ providers:
 	s := settings.Defaults()
 	s.Upstream = settings.Keys("one.test="+e.front.URL(), "two.test="+other.URL())
 	s.CredProviderConfig, s.CredProviderBinDir = config, bin
-	p := start(t, s)
+	p := proxytest.Start(t, s)
 
 	stop := time.Now().Add(2 * time.Minute)
 	for i := 1; time.Now().Before(stop); i++ {
@@ -224,7 +225,7 @@ func TestCredentialProviderNotForAnotherHost(t *testing.T) {
 	s := settings.Defaults()
 	s.Upstream = settings.Keys("123456789012.dkr.ecr.us-east-1.amazonaws.com=" + e.front.URL())
 	s.CredProviderConfig, s.CredProviderBinDir = config, bin
-	p := start(t, s)
+	p := proxytest.Start(t, s)
 	if resp, body := get(t, p.URL+"/v2/"+repo+"/manifests/v1", acceptAll); resp.StatusCode != http.StatusOK {
 		t.Fatalf("pull: %s %s", resp.Status, body)
 	}
@@ -272,7 +273,7 @@ func TestCredentialProviderPerImage(t *testing.T) {
 	s := settings.Defaults()
 	s.Upstream = settings.Keys(e.front.URL())
 	s.CredProviderConfig, s.CredProviderBinDir = config, bin
-	p := start(t, s)
+	p := proxytest.Start(t, s)
 	for i := 0; i < 2; i++ {
 		for _, repo := range []string{one, two} {
 			if resp, body := get(t, p.URL+"/v2/"+repo+"/manifests/v1", acceptAll); resp.StatusCode != http.StatusOK {
@@ -314,7 +315,7 @@ func TestCredentialProviderSeesNoStorageKeys(t *testing.T) {
 	s.Upstream = settings.Keys(e.front.URL())
 	s.Storage, s.S3Endpoint, s.S3Insecure = "s3://cache/"+prefix, e.minio.Addr, true
 	s.CredProviderConfig, s.CredProviderBinDir = config, bin
-	p := start(t, s)
+	p := proxytest.Start(t, s)
 	if resp, body := get(t, p.URL+"/v2/"+repo+"/manifests/v1", acceptAll); resp.StatusCode != http.StatusOK {
 		t.Fatalf("pull: %s %s", resp.Status, body)
 	}

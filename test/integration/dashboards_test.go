@@ -21,6 +21,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/server"
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/test/proxytest"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -151,7 +152,7 @@ func exportedSeries(t *testing.T) map[string]bool {
 	// used.
 	s := settings.Defaults()
 	s.Upstream, s.HotDir, s.HotSize, s.MaxSize = settings.Keys(e2.front.URL()), t.TempDir(), settings.Size(1<<20), settings.Size(1<<30)
-	broken := start(t, s, server.WithStorage(s3))
+	broken := proxytest.Start(t, s, server.WithStorage(s3))
 	pullAll(t, broken.URL, repo, "v1")
 
 	names := map[string]bool{}

@@ -26,6 +26,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/server"
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/test/proxytest"
 )
 
 // The Content-Type of a manifest is never the upstream's or the author's
@@ -131,7 +132,7 @@ func TestConnectionTimeouts(t *testing.T) {
 	blob, h := pushBlob(t, e.registry.Addr, repo, 16<<20)
 	s := settings.Defaults()
 	s.Upstream, s.Storage = settings.Keys(e.front.URL()), t.TempDir()
-	base := start(t, s, server.WithTimeouts(500*time.Millisecond, time.Second)).URL
+	base := proxytest.Start(t, s, server.WithTimeouts(500*time.Millisecond, time.Second)).URL
 	url := base + "/v2/" + repo + "/blobs/" + h.String()
 	if resp, body := get(t, url, ""); resp.StatusCode != 200 || len(body) != len(blob) {
 		t.Fatalf("warming the cache: %s, %d bytes", resp.Status, len(body))
@@ -413,7 +414,7 @@ func TestShutdownDelay(t *testing.T) {
 	e := newEnv(t)
 	s := settings.Defaults()
 	s.Upstream, s.ShutdownDelay = settings.Keys(e.front.URL()), settings.Duration(1500*time.Millisecond)
-	p := start(t, s)
+	p := proxytest.Start(t, s)
 	ready := func() int {
 		resp, err := http.Get(p.Ops + "/readyz")
 		if err != nil {

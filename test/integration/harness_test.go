@@ -4,7 +4,6 @@
 package integration
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -13,19 +12,16 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
-	"github.com/go-logr/logr/funcr"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/server"
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/storage"
-	"github.com/depproxy/depproxy/proxy/summary"
+	"github.com/depproxy/depproxy/test/proxytest"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -45,77 +41,6 @@ func newEnv(t *testing.T) *env {
 	return &env{registry: reg, front: testenv.StartFront(t, reg.URL()), minio: testenv.StartMinIO(t)}
 }
 
-// proxy is a depproxy under test, run in this process as `depproxy
-// serve` runs it: its registry and metrics ports listen on loopback.
-type proxy struct {
-	URL   string // the registry port's base URL (https with --tls-cert)
-	Host  string // its host:port, as clients name the registry
-	Ops   string // the metrics port's base URL
-	store storage.Storage
-	// cache and summary are the server's own, for the few tests that
-	// wait on them.
-	cache   *cache.Cache
-	summary *summary.Scanner
-
-	stop     context.CancelFunc
-	done     chan error
-	stopOnce sync.Once
-	stopErr  error
-}
-
-// start runs the proxy of s until the test ends: the one way tests here
-// start a proxy in process. Its listen addresses are picked on loopback;
-// its logs are shown only if the test fails.
-func start(t *testing.T, s settings.Settings, opts ...server.Option) *proxy {
-	t.Helper()
-	s.Listen, s.MetricsListen = testenv.FreeAddr(t), testenv.FreeAddr(t)
-	if s.Storage == settings.Defaults().Storage {
-		s.Storage = t.TempDir() // never ./data in the test's directory
-	}
-	logs := &syncBuffer{}
-	log := funcr.New(func(prefix, args string) { logs.WriteString(prefix + " " + args + "\n") }, funcr.Options{})
-	srv, err := server.New(context.Background(), s, log, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	p := &proxy{Host: s.Listen, Ops: "http://" + s.MetricsListen, store: srv.Storage(),
-		cache: srv.Cache(), summary: srv.Summary(), stop: cancel, done: make(chan error, 1)}
-	p.URL = "http://" + s.Listen
-	if s.TLSCert != "" {
-		p.URL = "https://" + s.Listen
-	}
-	go func() { p.done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		if err := p.Stop(); err != nil {
-			t.Errorf("the proxy stopped with %v", err)
-		}
-		if t.Failed() {
-			t.Logf("the proxy's logs:\n%s", logs.String())
-		}
-	})
-	for deadline := time.Now().Add(20 * time.Second); ; sleep() {
-		if resp, err := http.Get(p.Ops + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the proxy did not become ready; logs:\n%s", logs.String())
-		}
-	}
-}
-
-// Stop ends the proxy as SIGTERM does, and returns what Run returned.
-func (p *proxy) Stop() error {
-	p.stopOnce.Do(func() {
-		p.stop()
-		p.stopErr = <-p.done
-	})
-	return p.stopErr
-}
-
 func openStorage(t *testing.T, backend string, m *testenv.MinIO) storage.Storage {
 	t.Helper()
 	if backend == "filesystem" {
@@ -130,17 +55,15 @@ func openStorage(t *testing.T, backend string, m *testenv.MinIO) storage.Storage
 
 // startProxy starts the proxy of one upstream over store, the settings
 // otherwise the defaults; opts go to its cache.
-func startProxy(t *testing.T, upstreamURL string, store storage.Storage, opts ...cache.Option) *proxy {
+func startProxy(t *testing.T, upstreamURL string, store storage.Storage, opts ...cache.Option) *proxytest.Proxy {
 	t.Helper()
 	s := settings.Defaults()
 	s.Upstream = settings.Keys(upstreamURL)
-	return start(t, s, server.WithStorage(store), server.WithCacheOptions(opts...))
+	return proxytest.Start(t, s, server.WithStorage(store), server.WithCacheOptions(opts...))
 }
 
 // syncBuffer collects a process's output while the test reads it.
 type syncBuffer = testenv.SyncBuffer
-
-var _ logr.Logger // funcr builds logr loggers
 
 var acceptAll = strings.Join([]string{
 	string(types.OCIImageIndex), string(types.OCIManifestSchema1),

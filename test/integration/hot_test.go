@@ -13,6 +13,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/server"
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/test/proxytest"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -33,7 +34,7 @@ func newHotEnv(t *testing.T) *hotEnv {
 }
 
 // startHot runs a proxy on the S3 storage with its hot tier in dir.
-func (h *hotEnv) startHot(t *testing.T, dir string, size int64, spool string) *proxy {
+func (h *hotEnv) startHot(t *testing.T, dir string, size int64, spool string) *proxytest.Proxy {
 	t.Helper()
 	s3, err := storage.NewS3("cache", h.prefix, storage.S3Options{Endpoint: h.storage.Addr, Insecure: true, Credentials: h.minio.Credentials()})
 	if err != nil {
@@ -46,14 +47,14 @@ func (h *hotEnv) startHot(t *testing.T, dir string, size int64, spool string) *p
 	if err := s.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	return start(t, s, server.WithStorage(s3))
+	return proxytest.Start(t, s, server.WithStorage(s3))
 }
 
 // s3BlobGETs is how many blob reads the storage got since the last reset.
 func (h *hotEnv) s3BlobGETs() int { return h.storage.Count(http.MethodGet, "blobs") }
 
 // pullBlob gets a blob through p and fails unless it has the bytes of want.
-func pullBlob(t *testing.T, p *proxy, repo string, d v1.Hash, want string) {
+func pullBlob(t *testing.T, p *proxytest.Proxy, repo string, d v1.Hash, want string) {
 	t.Helper()
 	if _, err := getBlob(p.URL+"/v2/"+repo+"/blobs/"+d.String(), want, 0); err != nil {
 		t.Fatal(err)
@@ -61,7 +62,7 @@ func pullBlob(t *testing.T, p *proxy, repo string, d v1.Hash, want string) {
 }
 
 // waitHot waits until p's hot tier holds bytes.
-func waitHot(t *testing.T, p *proxy, bytes int64) {
+func waitHot(t *testing.T, p *proxytest.Proxy, bytes int64) {
 	t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); ; sleep() {
 		if int64(sample(scrape(t, p.Ops), "depproxy_proxy_hot_bytes")) == bytes {
@@ -74,7 +75,7 @@ func waitHot(t *testing.T, p *proxy, bytes int64) {
 }
 
 // waitStored waits until p's downloads are stored (or given up).
-func waitStored(t *testing.T, p *proxy) {
+func waitStored(t *testing.T, p *proxytest.Proxy) {
 	t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); sample(scrape(t, p.Ops), "depproxy_proxy_downloads") > 0; sleep() {
 		if time.Now().After(deadline) {
@@ -266,9 +267,9 @@ func TestHotTierOnReplicas(t *testing.T) {
 	size := imageBlobBytes(t, img)
 	blobs := 4 // three layers and the config
 	for _, r := range rs {
-		for deadline := time.Now().Add(20 * time.Second); int64(sample(scrape(t, r.ops), "depproxy_proxy_hot_bytes")) < size; sleep() {
+		for deadline := time.Now().Add(20 * time.Second); int64(sample(scrape(t, r.Ops), "depproxy_proxy_hot_bytes")) < size; sleep() {
 			if time.Now().After(deadline) {
-				t.Fatalf("replica %s holds %v hot bytes, want %d", r.URL, sample(scrape(t, r.ops), "depproxy_proxy_hot_bytes"), size)
+				t.Fatalf("replica %s holds %v hot bytes, want %d", r.URL, sample(scrape(t, r.Ops), "depproxy_proxy_hot_bytes"), size)
 			}
 		}
 	}
@@ -283,7 +284,7 @@ func TestHotTierOnReplicas(t *testing.T) {
 	}
 	var hits float64
 	for _, r := range rs {
-		hits += sample(scrape(t, r.ops), "depproxy_proxy_hot_hits_total")
+		hits += sample(scrape(t, r.Ops), "depproxy_proxy_hot_hits_total")
 	}
 	if want := float64(3 * blobs); hits < want {
 		t.Fatalf("hot hits over the replicas %v, want at least %v (%d blobs, 3 replicas)", hits, want, blobs)

@@ -27,6 +27,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/server"
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/test/proxytest"
 )
 
 // writePins writes a pins file of these references.
@@ -43,18 +44,18 @@ func writePins(t *testing.T, path string, refs ...string) {
 
 // startKeeping runs a proxy over store with a pins file (and a budget,
 // when maxSize is set), looking at both every 200 ms.
-func startKeeping(t *testing.T, upstreamURL string, store storage.Storage, pinsFile string, maxSize int64, adjust func(*settings.Settings), opts ...cache.Option) *proxy {
+func startKeeping(t *testing.T, upstreamURL string, store storage.Storage, pinsFile string, maxSize int64, adjust func(*settings.Settings), opts ...cache.Option) *proxytest.Proxy {
 	t.Helper()
 	s := settings.Defaults()
 	s.Upstream, s.Pinned, s.MaxSize = settings.Keys(upstreamURL), pinsFile, settings.Size(maxSize)
 	if adjust != nil {
 		adjust(&s)
 	}
-	return start(t, s, server.WithStorage(store), server.WithKeepTiming(200*time.Millisecond, time.Second), server.WithCacheOptions(opts...))
+	return proxytest.Start(t, s, server.WithStorage(store), server.WithKeepTiming(200*time.Millisecond, time.Second), server.WithCacheOptions(opts...))
 }
 
 // pinnedStatus is what the proxy's summary says of its pins.
-func pinnedStatus(t *testing.T, p *proxy) []report.KeptImage {
+func pinnedStatus(t *testing.T, p *proxytest.Proxy) []report.KeptImage {
 	t.Helper()
 	resp, body := get(t, p.Ops+report.SummaryPath, "")
 	if resp.StatusCode != http.StatusOK {
@@ -160,7 +161,7 @@ func TestPinnedSurvivesTheTTL(t *testing.T) {
 	p := startKeeping(t, e.front.URL(), store, pinsFile, 0, nil, cache.WithClock(clk.Now))
 	pullAll(t, p.URL, repo, "kept")
 	pullAll(t, p.URL, repo, "gone")
-	p.cache.FlushReads(context.Background())
+	p.Server.Cache().FlushReads(context.Background())
 	waitFor(t, 30*time.Second, "the pinned set is stored", func() bool {
 		set, err := pins.Load(context.Background(), store)
 		return err == nil && len(set.Manifests) == 1
@@ -246,7 +247,7 @@ func TestBudgetEvictsLeastRecentlyPulled(t *testing.T) {
 	for i := range images {
 		clk.Set(start.Add(time.Duration(i) * time.Hour))
 		pullAll(t, filler.URL, repo, fmt.Sprintf("t%02d", i))
-		filler.cache.FlushReads(context.Background())
+		filler.Server.Cache().FlushReads(context.Background())
 	}
 	if err := filler.Stop(); err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/depproxy/depproxy/proxy/settings"
+	"github.com/depproxy/depproxy/test/proxytest"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -38,7 +39,7 @@ func TestLazyPullThroughTheCache(t *testing.T) {
 	s := settings.Defaults()
 	s.Upstream = settings.Keys(registry + "=" + e.front.URL())
 	s.Storage = t.TempDir()
-	p := start(t, s)
+	p := proxytest.Start(t, s)
 	// containerd resolves the image by hosts.toml; the standalone
 	// snapshotter fetches layers by its own config's mirrors: `depproxy
 	// hosts` writes both, over the admin's settings. (Background
@@ -48,7 +49,7 @@ func TestLazyPullThroughTheCache(t *testing.T) {
 	admin := "noprefetch = true\nno_background_fetch = true\n"
 	os.WriteFile(stargzConfig, []byte(admin), 0o644)
 	hosts := []string{"hosts", "--endpoint", p.URL, "--registry", registry, "--dir", hostsDir, "--stargz-config", stargzConfig}
-	if out, err := exec.Command(depproxyBinary(t), hosts...).CombinedOutput(); err != nil {
+	if out, err := exec.Command(proxytest.Binary(t), hosts...).CombinedOutput(); err != nil {
 		t.Fatalf("depproxy hosts: %v\n%s", err, out)
 	}
 	sgz := testenv.StartStargz(t, stargzConfig)
@@ -84,7 +85,7 @@ func TestLazyPullThroughTheCache(t *testing.T) {
 	if whole := e.front.Count(http.MethodGet, "blobs") - int(sample(m, "depproxy_proxy_cold_ranges_total")); whole != 2 {
 		t.Errorf("the upstream saw %d whole-blob GETs, want 2 (the config and the layer)", whole)
 	}
-	if out, err := exec.Command(depproxyBinary(t), append(hosts, "--remove")...).CombinedOutput(); err != nil {
+	if out, err := exec.Command(proxytest.Binary(t), append(hosts, "--remove")...).CombinedOutput(); err != nil {
 		t.Fatalf("depproxy hosts --remove: %v\n%s", err, out)
 	}
 	if got, _ := os.ReadFile(stargzConfig); string(got) != admin {

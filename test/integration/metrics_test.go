@@ -16,6 +16,7 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/registryname"
 	"github.com/depproxy/depproxy/proxy/report"
+	"github.com/depproxy/depproxy/test/proxytest"
 )
 
 // scrape reads a proxy's /metrics as Prometheus does.
@@ -125,7 +126,7 @@ func TestMetricsCountExactly(t *testing.T) {
 }
 
 // tagDigest is the digest a tag is served with through p.
-func tagDigest(t *testing.T, p *proxy, repo, tag string) string {
+func tagDigest(t *testing.T, p *proxytest.Proxy, repo, tag string) string {
 	t.Helper()
 	resp, _ := get(t, p.URL+"/v2/"+repo+"/manifests/"+tag, acceptAll)
 	if resp.StatusCode != 200 {

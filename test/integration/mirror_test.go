@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/depproxy/depproxy/test/proxytest"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -47,9 +48,9 @@ func TestContainerdPullsThroughTheMirror(t *testing.T) {
 	tr := newTwoRegistries(t)
 	ctrd := startContainerd(t)
 	data := t.TempDir()
-	var logs syncBuffer
-	base, proxy := startBinary(t, &logs, "--upstream", "docker.io="+tr.hub.front.URL(), "--upstream", "ghcr.io="+tr.ghcr.front.URL(),
+	proxy := proxytest.StartBinary(t, "--upstream", "docker.io="+tr.hub.front.URL(), "--upstream", "ghcr.io="+tr.ghcr.front.URL(),
 		"--storage", data)
+	base := proxy.URL
 
 	hostsDir := t.TempDir()
 	// A hosts.toml that was there before is kept aside, and put back.
@@ -59,7 +60,7 @@ func TestContainerdPullsThroughTheMirror(t *testing.T) {
 	hosts := func(extra ...string) {
 		args := append([]string{"hosts", "--endpoint", base, "--registry", "docker.io", "--registry", "ghcr.io",
 			"--server", "docker.io=" + tr.hub.front.URL(), "--server", "ghcr.io=" + tr.ghcr.front.URL(), "--dir", hostsDir}, extra...)
-		if out, err := exec.Command(depproxyBinary(t), args...).CombinedOutput(); err != nil {
+		if out, err := exec.Command(proxytest.Binary(t), args...).CombinedOutput(); err != nil {
 			t.Fatalf("depproxy hosts: %v\n%s", err, out)
 		}
 	}
@@ -82,8 +83,7 @@ func TestContainerdPullsThroughTheMirror(t *testing.T) {
 		}
 	}
 
-	proxy.Process.Kill()
-	proxy.Wait()
+	proxy.Kill()
 	for ref, want := range refs {
 		start := time.Now()
 		if out, err := ctrd.Ctr(t, "-n", "fallback", "images", "pull", "--hosts-dir", hostsDir, ref); err != nil {
@@ -124,7 +124,7 @@ func TestNodeAgentFollowsTheCache(t *testing.T) {
 	}
 
 	var agentLogs syncBuffer
-	agent := exec.Command(depproxyBinary(t), "node", "--endpoint", "http://"+addr, "--registry", "docker.io", "--registry", "ghcr.io",
+	agent := exec.Command(proxytest.Binary(t), "node", "--endpoint", "http://"+addr, "--registry", "docker.io", "--registry", "ghcr.io",
 		"--dir", dir, "--unreachable", "1s", "--interval", "100ms", "--listen", testenv.FreeAddr(t))
 	agent.Stderr = &agentLogs
 	if err := agent.Start(); err != nil {
@@ -136,11 +136,9 @@ func TestNodeAgentFollowsTheCache(t *testing.T) {
 	if ours(hub) || ours(ghcr) {
 		t.Fatal("the node's files were written before the cache answered")
 	}
-	var logs syncBuffer
-	startProxy := func() *exec.Cmd {
-		_, cmd := startBinary(t, &logs, "--listen", addr, "--upstream", "docker.io="+tr.hub.front.URL(), "--upstream", "ghcr.io="+tr.ghcr.front.URL(),
-			"--storage", t.TempDir())
-		return cmd
+	startProxy := func() *proxytest.Process {
+		return proxytest.Serve{Listen: addr, Args: []string{"--upstream", "docker.io=" + tr.hub.front.URL(), "--upstream", "ghcr.io=" + tr.ghcr.front.URL(),
+			"--storage", t.TempDir()}}.Start(t)
 	}
 	proxy := startProxy()
 	eventually(t, 10*time.Second, "the files are not written while the cache answers:\n"+agentLogs.String(), func() bool { return ours(hub) && ours(ghcr) })
@@ -148,8 +146,7 @@ func TestNodeAgentFollowsTheCache(t *testing.T) {
 		t.Errorf("the node's own hosts.toml was not kept aside: %q", b)
 	}
 
-	proxy.Process.Kill()
-	proxy.Wait()
+	proxy.Kill()
 	eventually(t, 10*time.Second, "the files stay while the cache is unreachable", func() bool { return !ours(hub) && !ours(ghcr) })
 	if b, _ := os.ReadFile(ghcr); string(b) != before {
 		t.Errorf("while the cache is away, the node's own hosts.toml is not back: %q", b)
@@ -207,11 +204,10 @@ func TestContainerd2PullsThroughCRI(t *testing.T) {
 	local := "localhost:" + tr.ghcr.front.Addr[strings.LastIndex(tr.ghcr.front.Addr, ":")+1:]
 	pushImage(t, tr.ghcr.registry.Addr, tr.repo, "v2", ociImage(t, 1))
 	data := t.TempDir()
-	var logs syncBuffer
-	base, _ := startBinary(t, &logs, "--upstream", "docker.io="+tr.hub.front.URL(), "--upstream", "ghcr.io="+tr.ghcr.front.URL(),
-		"--upstream", local+"="+tr.ghcr.front.URL(), "--storage", data)
+	base := proxytest.StartBinary(t, "--upstream", "docker.io="+tr.hub.front.URL(), "--upstream", "ghcr.io="+tr.ghcr.front.URL(),
+		"--upstream", local+"="+tr.ghcr.front.URL(), "--storage", data).URL
 	hostsDir := t.TempDir()
-	out, err := exec.Command(depproxyBinary(t), "hosts", "--endpoint", base, "--registry", "docker.io", "--registry", "ghcr.io", "--registry", local,
+	out, err := exec.Command(proxytest.Binary(t), "hosts", "--endpoint", base, "--registry", "docker.io", "--registry", "ghcr.io", "--registry", local,
 		"--server", "docker.io="+tr.hub.front.URL(), "--server", "ghcr.io="+tr.ghcr.front.URL(), "--server", local+"="+tr.ghcr.front.URL(),
 		"--dir", hostsDir).CombinedOutput()
 	if err != nil {
@@ -268,7 +264,7 @@ func TestNodeCommandsRefuseBadRegistries(t *testing.T) {
 			if command == "hosts" {
 				args = append([]string{command, "--endpoint", "http://127.0.0.1:1", "--dir", dir}, c.args...)
 			}
-			cmd := exec.Command(depproxyBinary(t), args...)
+			cmd := exec.Command(proxytest.Binary(t), args...)
 			out, err := runFor(cmd, 10*time.Second)
 			if err == nil || !strings.Contains(out, c.want) {
 				t.Errorf("depproxy %s %q: %v, want a refusal saying %q:\n%s", command, c.args, err, c.want, out)
@@ -279,7 +275,7 @@ func TestNodeCommandsRefuseBadRegistries(t *testing.T) {
 		}
 	}
 	dir := t.TempDir()
-	out, err := exec.Command(depproxyBinary(t), "hosts", "--endpoint", "http://127.0.0.1:1", "--dir", dir, "--registry", "_default", "--allow-default").CombinedOutput()
+	out, err := exec.Command(proxytest.Binary(t), "hosts", "--endpoint", "http://127.0.0.1:1", "--dir", dir, "--registry", "_default", "--allow-default").CombinedOutput()
 	if b, rerr := os.ReadFile(filepath.Join(dir, "_default", "hosts.toml")); err != nil || rerr != nil || strings.Contains(string(b), "server =") {
 		t.Errorf("the catch-all, asked for: %v %v\n%s\n%s", err, rerr, out, b)
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/depproxy/depproxy/test/proxytest"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -19,12 +20,11 @@ func TestPodmanPullsThroughTheMirror(t *testing.T) {
 	}
 	tr := newTwoRegistries(t)
 	data := t.TempDir()
-	var logs syncBuffer
-	base, _ := startBinary(t, &logs, "--upstream", "docker.io="+tr.hub.front.URL(), "--upstream", "ghcr.io="+tr.ghcr.front.URL(), "--storage", data)
+	base := proxytest.StartBinary(t, "--upstream", "docker.io="+tr.hub.front.URL(), "--upstream", "ghcr.io="+tr.ghcr.front.URL(), "--storage", data).URL
 
 	home := t.TempDir()
 	dropins := filepath.Join(home, ".config", "containers", "registries.conf.d")
-	out, err := exec.Command(depproxyBinary(t), "hosts", "--endpoint", base, "--registry", "docker.io", "--registry", "ghcr.io",
+	out, err := exec.Command(proxytest.Binary(t), "hosts", "--endpoint", base, "--registry", "docker.io", "--registry", "ghcr.io",
 		"--format", "registries.conf", "--dir", dropins).CombinedOutput()
 	if err != nil {
 		t.Fatalf("depproxy hosts: %v\n%s", err, out)

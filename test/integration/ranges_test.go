@@ -112,7 +112,7 @@ func TestUnverifiedRangesCarryNoDigest(t *testing.T) {
 	// the blob's, and says so.
 	let()
 	eventually(t, 60*time.Second, "the download stored", func() bool {
-		_, err := p.store.Stat(context.Background(), blobKey(d))
+		_, err := p.Server.Storage().Stat(context.Background(), blobKey(d))
 		return err == nil
 	})
 	resp, body = ranged(far, far+999)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/test/proxytest"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -22,9 +23,9 @@ func randomName() string {
 }
 
 // storedKeys lists every object in store, last-read markers included.
-func storedKeys(t *testing.T, p *proxy, store storage.Storage) []string {
+func storedKeys(t *testing.T, p *proxytest.Proxy, store storage.Storage) []string {
 	t.Helper()
-	p.cache.FlushReads(context.Background())
+	p.Server.Cache().FlushReads(context.Background())
 	var keys []string
 	if err := store.List(context.Background(), "", func(key string, _ storage.Info) error {
 		keys = append(keys, key)

@@ -25,17 +25,15 @@ import (
 	"github.com/depproxy/depproxy/proxy/peers"
 	"github.com/depproxy/depproxy/proxy/registryname"
 	"github.com/depproxy/depproxy/proxy/token"
+	"github.com/depproxy/depproxy/test/proxytest"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
 // replica is one `depproxy serve` process of a set that shares one
 // storage and knows the others by --peers.
 type replica struct {
-	URL, Host string
-	ops       string
-	cmd       *exec.Cmd
-	logs      *syncBuffer
-	audit     *syncBuffer // its standard output: the audit log, with --audit-log -
+	*proxytest.Process
+	audit *syncBuffer // its standard output: the audit log, with --audit-log -
 }
 
 // startReplicas runs n replicas of one cache in front of upstreamURL,
@@ -56,34 +54,23 @@ func startReplicasAmong(t *testing.T, n int, strangers []string, upstreamURL str
 	}
 	key := filepath.Join(t.TempDir(), "token.key")
 	os.WriteFile(key, keyPEM, 0o600)
-	var rs []*replica
-	urls := slices.Clone(strangers)
+	// Each knows the others' addresses from its start: they are picked
+	// first.
+	var addrs, urls []string
+	urls = slices.Clone(strangers)
 	for i := 0; i < n; i++ {
-		addr := testenv.FreeAddr(t)
-		rs = append(rs, &replica{URL: "http://" + addr, Host: addr, ops: "http://" + testenv.FreeAddr(t), logs: &syncBuffer{}, audit: &syncBuffer{}})
-		urls = append(urls, "http://"+addr)
+		addrs = append(addrs, testenv.FreeAddr(t))
+		urls = append(urls, "http://"+addrs[i])
 	}
-	for _, r := range rs {
-		args := append([]string{"serve", "--listen", r.Host, "--metrics-listen", strings.TrimPrefix(r.ops, "http://"),
-			"--advertise", r.URL, "--peers", strings.Join(urls, ","), "--token-key", key,
-			"--upstream", upstreamURL, "--storage", "s3://cache/" + prefix, "--s3-endpoint", m.Addr, "--s3-insecure",
-			"--recheck-interval", "1m", "--spool-dir", t.TempDir()}, ownDirs(t, extra)...)
-		r.cmd = exec.Command(depproxyBinary(t), args...)
-		r.cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+m.AccessKey, "AWS_SECRET_ACCESS_KEY="+m.SecretKey)
-		r.cmd.Stderr, r.cmd.Stdout = r.logs, r.audit
-		if err := r.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			r.cmd.Process.Kill()
-			r.cmd.Wait()
-			if t.Failed() {
-				t.Logf("replica %s:\n%s", r.URL, r.logs.String())
-			}
-		})
-	}
-	for _, r := range rs {
-		waitReady(t, r.ops, r.logs)
+	var rs []*replica
+	for _, addr := range addrs {
+		audit := &syncBuffer{}
+		p := proxytest.Serve{Listen: addr, Stdout: audit,
+			Env: []string{"AWS_ACCESS_KEY_ID=" + m.AccessKey, "AWS_SECRET_ACCESS_KEY=" + m.SecretKey},
+			Args: append([]string{"--advertise", "http://" + addr, "--peers", strings.Join(urls, ","), "--token-key", key,
+				"--upstream", upstreamURL, "--storage", "s3://cache/" + prefix, "--s3-endpoint", m.Addr, "--s3-insecure",
+				"--recheck-interval", "1m", "--spool-dir", t.TempDir()}, ownDirs(t, extra)...)}.Start(t)
+		rs = append(rs, &replica{Process: p, audit: audit})
 	}
 	return rs
 }
@@ -211,7 +198,7 @@ func TestReplicasDownloadOnce(t *testing.T) {
 		// not again by the owner it was forwarded to.
 		var requests, pulled float64
 		for _, r := range rs {
-			m := scrape(t, r.ops)
+			m := scrape(t, r.Ops)
 			requests += sample(m, "depproxy_proxy_requests_total", "type", "blob")
 			pulled += sample(m, "depproxy_proxy_pulled_bytes_total", "type", "blob")
 		}
@@ -296,8 +283,7 @@ func TestReplicaLost(t *testing.T) {
 			})
 		}
 		eventually(t, 20*time.Second, "the download never started", func() bool { return sent.Load() > 4<<20 })
-		owner.cmd.Process.Kill()
-		owner.cmd.Wait() // reaped: its ProcessState says it is gone
+		owner.Kill()
 		wg.Wait()
 		close(errs)
 		for err := range errs {
@@ -325,7 +311,7 @@ func TestReplicaLost(t *testing.T) {
 	t.Run("SIGTERM mid-stream", func(t *testing.T) {
 		var live []*replica
 		for _, r := range rs {
-			if r.cmd.ProcessState == nil {
+			if !r.Exited() {
 				live = append(live, r)
 			}
 		}
@@ -339,7 +325,7 @@ func TestReplicaLost(t *testing.T) {
 			done <- err
 		}()
 		eventually(t, 20*time.Second, "the download never started", func() bool { return sent.Load() > 4<<20 })
-		if err := terminate(t, r.cmd, 60*time.Second); err != nil {
+		if err := r.Terminate(t, 60*time.Second); err != nil {
 			t.Errorf("exit after SIGTERM: %v", err)
 		}
 		if err := <-done; err != nil {

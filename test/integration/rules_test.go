@@ -29,7 +29,7 @@ func TestPrefetch(t *testing.T) {
 	m, _ := amd.Manifest()
 	deadline := time.Now().Add(30 * time.Second)
 	for _, l := range m.Layers {
-		for _, err := p.store.Stat(context.Background(), blobKey(l.Digest)); err != nil; _, err = p.store.Stat(context.Background(), blobKey(l.Digest)) {
+		for _, err := p.Server.Storage().Stat(context.Background(), blobKey(l.Digest)); err != nil; _, err = p.Server.Storage().Stat(context.Background(), blobKey(l.Digest)) {
 			if time.Now().After(deadline) {
 				t.Fatalf("prefetch did not cache the amd64 image's layer %s: %v", l.Digest, err)
 			}
@@ -165,7 +165,7 @@ func TestSummary(t *testing.T) {
 			p := startProxy(t, e.front.URL(), openStorage(t, backend, e.minio))
 			pullAll(t, p.URL, repo, "v1")
 			pullAll(t, p.URL, repo, "v1")
-			s, err := p.summary.Summary(context.Background(), 0)
+			s, err := p.Server.Summary().Summary(context.Background(), 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -194,7 +194,7 @@ func TestSummaryShowsNewTags(t *testing.T) {
 	pushIndex(t, e.registry.Addr, repo, "v2", ociIndex(t, ociImage(t, 1)))
 	p := startProxy(t, e.front.URL(), openStorage(t, "filesystem", e.minio))
 	count := func() int64 {
-		s, err := p.summary.Summary(context.Background(), time.Hour)
+		s, err := p.Server.Summary().Summary(context.Background(), time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}

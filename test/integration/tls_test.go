@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/depproxy/depproxy/proxy/settings"
+	"github.com/depproxy/depproxy/test/proxytest"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -75,7 +76,7 @@ func TestTLS(t *testing.T) {
 
 	s := settings.Defaults()
 	s.Upstream, s.Storage, s.TLSCert, s.TLSKey = settings.Keys(e.front.URL()), t.TempDir(), certFile, keyFile
-	host := start(t, s).Host
+	host := proxytest.Start(t, s).Host
 
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(ca.pem)

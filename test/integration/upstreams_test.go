@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/depproxy/depproxy/proxy/settings"
+	"github.com/depproxy/depproxy/test/proxytest"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -57,7 +58,7 @@ func (tr *twoRegistries) upstreamRequests() int {
 // same repository name on the two is two images.
 func TestSeveralUpstreams(t *testing.T) {
 	tr := newTwoRegistries(t)
-	base := start(t, tr.settings(t)).URL
+	base := proxytest.Start(t, tr.settings(t)).URL
 	cases := []struct {
 		name, path, ns, want string
 		front                *testenv.Front
@@ -113,7 +114,7 @@ func TestUnknownRegistriesDialNothing(t *testing.T) {
 			c.Close()
 		}
 	}()
-	base := start(t, tr.settings(t)).URL
+	base := proxytest.Start(t, tr.settings(t)).URL
 	before := tr.upstreamRequests()
 	d := "sha256:" + strings.Repeat("0", 64)
 	for _, path := range []string{
@@ -147,7 +148,7 @@ func TestUnknownRegistriesDialNothing(t *testing.T) {
 func TestBlobsGoWhereTheirManifestCameFrom(t *testing.T) {
 	tr := newTwoRegistries(t)
 	s := tr.settings(t)
-	first := start(t, s)
+	first := proxytest.Start(t, s)
 	resp, body := get(t, first.URL+"/v2/"+tr.repo+"/manifests/v1?ns=ghcr.io", acceptAll)
 	if resp.StatusCode != 200 || resp.Header.Get("Docker-Content-Digest") != tr.ghcrImage {
 		t.Fatalf("the ghcr.io manifest: %s %s", resp.Status, body)
@@ -182,7 +183,7 @@ func TestBlobsGoWhereTheirManifestCameFrom(t *testing.T) {
 	}
 	// Restarted, and a second replica of the same storage: neither
 	// fetched the manifest; the second layer is cold for both.
-	again, other := start(t, s), start(t, s)
+	again, other := proxytest.Start(t, s), proxytest.Start(t, s)
 	tr.hub.front.Reset()
 	if c := blob(again.URL, http.MethodHead, m.Layers[1].Digest); c != 200 {
 		t.Errorf("HEAD without ns after a restart: %d", c)
