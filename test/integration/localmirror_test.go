@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/depproxy/depproxy/test/proxytest"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -23,13 +24,13 @@ import (
 func TestNodeLocalMirrorServesWithTheCacheDown(t *testing.T) {
 	tr := newTwoRegistries(t)
 	pushImage(t, tr.hub.registry.Addr, tr.repo, "v2", ociImage(t, 2))
-	var logs syncBuffer
-	base, cache := startBinary(t, &logs, "--upstream", "docker.io="+tr.hub.front.URL(), "--storage", t.TempDir())
+	cache := proxytest.StartBinary(t, "--upstream", "docker.io="+tr.hub.front.URL(), "--storage", t.TempDir())
+	base := cache.URL
 
 	hostsDir, store := t.TempDir(), t.TempDir()
 	local, ops := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	var agentLogs syncBuffer
-	agent := exec.Command(depproxyBinary(t), "node", "--endpoint", base, "--registry", "docker.io",
+	agent := exec.Command(proxytest.Binary(t), "node", "--endpoint", base, "--registry", "docker.io",
 		"--server", "docker.io="+tr.hub.front.URL(), "--dir", hostsDir, "--interval", "100ms", "--listen", ops,
 		"--store", store, "--store-size", "1Gi", "--local-listen", local)
 	agent.Stderr = &agentLogs
@@ -61,8 +62,7 @@ func TestNodeLocalMirrorServesWithTheCacheDown(t *testing.T) {
 
 	// The cache and the registry go away; the image is removed from
 	// containerd and pulled again: from the node's store.
-	cache.Process.Kill()
-	cache.Wait()
+	cache.Kill()
 	tr.hub.front.Stop()
 	if out, err := c.Crictl(t, "rmi", ref); err != nil {
 		t.Fatalf("crictl rmi: %v\n%s", err, out)

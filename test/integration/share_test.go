@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +22,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/depproxy/depproxy/proxy/share"
+	"github.com/depproxy/depproxy/test/proxytest"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -41,7 +44,7 @@ func startAgents(t *testing.T, n int, zones []string, endpoint, keyFile string) 
 	for i := 0; i < n; i++ {
 		a := &nodeAgent{name: fmt.Sprintf("node-%02d", i), zone: zones[i%len(zones)],
 			local: testenv.FreeAddr(t), ops: testenv.FreeAddr(t), share: testenv.FreeAddr(t)}
-		a.cmd = exec.Command(depproxyBinary(t), "node", "--endpoint", endpoint, "--registry", "docker.io",
+		a.cmd = exec.Command(proxytest.Binary(t), "node", "--endpoint", endpoint, "--registry", "docker.io",
 			"--dir", t.TempDir(), "--interval", "200ms", "--listen", a.ops,
 			"--store", t.TempDir(), "--store-size", "1Gi", "--local-listen", a.local,
 			"--share-listen", a.share, "--advertise", "http://"+a.share,
@@ -138,10 +141,9 @@ func TestNodesShareWhatTheyPulled(t *testing.T) {
 	want := digestOf(t, img)
 	size := blobBytes(t, img)
 	key := nodeKeyFile(t)
-	var logs syncBuffer
-	base, _ := startBinary(t, &logs, "--upstream", "docker.io="+e.front.URL(), "--storage", t.TempDir(), "--node-key", key)
+	cache := proxytest.StartBinary(t, "--upstream", "docker.io="+e.front.URL(), "--storage", t.TempDir(), "--node-key", key)
 	// The cache's egress, metered.
-	egress := testenv.StartFront(t, base)
+	egress := testenv.StartFront(t, cache.URL)
 
 	zones := []string{"zone-a", "zone-b", "zone-c"}
 	agents := startAgents(t, 12, zones, egress.URL(), key)
@@ -176,7 +178,7 @@ func TestNodesShareWhatTheyPulled(t *testing.T) {
 		t.Errorf("the upstream sent %d bytes of blobs, the image has %d", upstream, size)
 	}
 	if limit := int64(1.2 * float64(len(zones)) * float64(size)); fromCache > limit {
-		t.Errorf("the cache sent %d bytes of blobs to 12 nodes in %d zones: over %d (1.2 × zones × image)\ncache:\n%s", fromCache, len(zones), limit, logs.String())
+		t.Errorf("the cache sent %d bytes of blobs to 12 nodes in %d zones: over %d (1.2 × zones × image)\ncache:\n%s", fromCache, len(zones), limit, cache.Log.String())
 	}
 	if fromPeers == 0 {
 		t.Error("no node fetched anything from another")
@@ -202,8 +204,8 @@ func TestNodesSurviveBadPeers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
-	base, ops, _ := startBinaryOps(t, &logs, "--upstream", "docker.io="+e.front.URL(), "--storage", t.TempDir(), "--node-key", keyFile)
+	cache := proxytest.StartBinary(t, "--upstream", "docker.io="+e.front.URL(), "--storage", t.TempDir(), "--node-key", keyFile)
+	base, ops := cache.URL, cache.Ops
 	egress := testenv.StartFront(t, base)
 
 	// The bad holders: one lies, one stalls. Each asks the cache for
@@ -314,4 +316,103 @@ func nodeMetric(t *testing.T, ops, metric string) float64 {
 		}
 	}
 	return sum
+}
+
+// service spreads requests over the replicas as a Kubernetes Service
+// does, and meters the blob bytes they send out.
+type service struct {
+	srv     *httptest.Server
+	mu      sync.Mutex
+	next    int
+	blobOut int64
+}
+
+func startService(t *testing.T, urls []string) *service {
+	s := &service{}
+	proxies := make([]*httputil.ReverseProxy, len(urls))
+	for i, u := range urls {
+		target, _ := url.Parse(u)
+		proxies[i] = httputil.NewSingleHostReverseProxy(target)
+	}
+	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		p := proxies[s.next%len(proxies)]
+		s.next++
+		s.mu.Unlock()
+		if strings.Contains(r.URL.Path, "/blobs/") {
+			w = &meteredWriter{ResponseWriter: w, s: s}
+		}
+		p.ServeHTTP(w, r)
+	}))
+	t.Cleanup(s.srv.Close)
+	return s
+}
+
+func (s *service) blobBytes() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.blobOut
+}
+
+type meteredWriter struct {
+	http.ResponseWriter
+	s *service
+}
+
+func (m *meteredWriter) Write(p []byte) (int, error) {
+	n, err := m.ResponseWriter.Write(p)
+	m.s.mu.Lock()
+	m.s.blobOut += int64(n)
+	m.s.mu.Unlock()
+	return n, err
+}
+
+// Three replicas on MinIO behind one Service: whichever replica a node's
+// request lands on, the replica that owns the blob's key keeps its
+// holders, so the cache still sends about one image per zone.
+func TestNodesShareThroughReplicas(t *testing.T) {
+	e := newEnv(t)
+	img, err := random.Image(1<<20, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const repo = "team/rollout"
+	pushImage(t, e.registry.Addr, repo, "v1", img)
+	want, size := digestOf(t, img), blobBytes(t, img)
+	key := nodeKeyFile(t)
+	rs := startReplicas(t, 3, e.front.URL(), testenv.StartMinIO(t), "share", "--node-key", key)
+	var urls []string
+	for _, r := range rs {
+		urls = append(urls, r.URL)
+	}
+	svc := startService(t, urls)
+	zones := []string{"zone-a", "zone-b", "zone-c"}
+	agents := startAgents(t, 12, zones, svc.srv.URL, key)
+	e.front.Reset()
+
+	var wg sync.WaitGroup
+	errs := make([]error, len(agents))
+	for i, a := range agents {
+		wg.Go(func() {
+			got, err := pullWhole(a.local, repo, ":v1")
+			if err == nil && got != want {
+				err = fmt.Errorf("got %s, want %s", got, want)
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("%s: %v\n%s", agents[i].name, err, agents[i].logs.String())
+		}
+	}
+	upstream, fromCache := e.front.Bytes("blobs"), svc.blobBytes()
+	t.Logf("image %d bytes; upstream %.2f×, the replicas' egress %.2f× (%d zones)", size, float64(upstream)/float64(size), float64(fromCache)/float64(size), len(zones))
+	if upstream != size {
+		t.Errorf("the upstream sent %d bytes of blobs, the image has %d", upstream, size)
+	}
+	if limit := int64(1.2 * float64(len(zones)) * float64(size)); fromCache > limit {
+		t.Errorf("the replicas sent %d bytes of blobs to 12 nodes in %d zones: over %d (1.2 × zones × image)", fromCache, len(zones), limit)
+	}
 }
