@@ -101,7 +101,7 @@ func TestSettingsAreFlagsAndRoundTrip(t *testing.T) {
 
 	full := Settings{Listen: ":5000", MetricsListen: ":9091", TLSCert: "/tls/tls.crt", TLSKey: "/tls/tls.key", Upstream: Keys("docker.io=https://registry-1.docker.io", "quay.io=https://quay.io"), Storage: "s3://b/p", S3Endpoint: "minio:9000",
 		S3Insecure: true, S3Region: "eu", StorageTimeout: Duration(3 * time.Second), S3Redirect: true, RecheckInterval: Duration(time.Minute), PrefetchPlatforms: "linux/amd64",
-		SummaryInterval: Duration(5 * time.Second), Users: "/u", TokenKey: "/k.pem", ExternalURL: "https://c.example",
+		SummaryInterval: Duration(5 * time.Second), Users: "/u", TokenKey: "/k.pem", NodeKey: "/node.key", ExternalURL: "https://c.example",
 		TrustedProxies: "10.0.0.0/8", Tenant: "ns/a", UpstreamCreds: Keys("/up", "quay.io=/quay"), UpstreamMirrorOf: Keys("index.docker.io"), MaxDownloads: 8, RateLimitReserve: 3, MaxBlobSize: Size(512 << 20), SpoolDir: "/spool", HotDir: "/hot", HotSize: Size(20 << 30), Pinned: "/pins", OnUpstreamNotFound: NotFound, MaxSize: Size(200 << 30), Warm: "/warm", WarmPlatforms: "linux/arm64", Allow: List{"docker.io/library/*"}, Deny: List{"docker.io/library/bad", "quay.io/**"}, CredProviderConfig: "/etc/kubernetes/credential-providers.yaml", CredProviderBinDir: "/usr/libexec/kubernetes/kubelet-plugins", CredProviderTokens: "/var/run/secrets/depproxy/tokens", UpstreamProvider: Keys("quay.io=ecr-credential-provider"), ManifestMemory: Size(8 << 20), ShutdownDelay: Duration(5 * time.Second), LogLevel: 1, AuditLog: "-", AuditBlobs: true, AuditLogMaxSize: Size(10 << 20),
 		Peers: "http://10.0.0.1:5000,http://10.0.0.2:5000", Advertise: "http://10.0.0.1:5000", PeerNamespace: "team-a"}
 	// --peers and --peer-service exclude each other: one round trip each.
