@@ -155,8 +155,22 @@ func exportedSeries(t *testing.T) map[string]bool {
 	broken := proxytest.Start(t, s, server.WithStorage(s3))
 	pullAll(t, broken.URL, repo, "v1")
 
+	// Nodes that share: a cache with --node-key, and two agents of one
+	// zone pulling in turn, the second sent to the first.
+	e3 := newEnv(t)
+	pushImage(t, e3.registry.Addr, repo, "v1", ociImage(t, 1))
+	key := nodeKeyFile(t)
+	sharing := proxytest.StartBinary(t, "--upstream", "docker.io="+e3.front.URL(), "--storage", t.TempDir(), "--node-key", key)
+	opsPages := []string{p.Ops, broken.Ops, sharing.Ops}
+	for _, a := range startAgents(t, 2, []string{"zone-a"}, sharing.URL, key) {
+		if _, err := pullWhole(a.local, repo, ":v1"); err != nil {
+			t.Fatalf("%s: %v", a.name, err)
+		}
+		opsPages = append(opsPages, "http://"+a.ops)
+	}
+
 	names := map[string]bool{}
-	for _, ops := range []string{p.Ops, broken.Ops} {
+	for _, ops := range opsPages {
 		resp, err := http.Get(ops + "/metrics")
 		if err != nil {
 			t.Fatal(err)
