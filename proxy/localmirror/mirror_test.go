@@ -20,6 +20,7 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/hot"
 	"github.com/depproxy/depproxy/proxy/localmirror"
+	"github.com/depproxy/depproxy/test/testenv"
 )
 
 // cache stands in for the cache the node's mirror is in front of: an OCI
@@ -134,39 +135,9 @@ func (n *node) bytes(t *testing.T, source string) float64 {
 	return 0
 }
 
-// pull reads an image whole through host, every blob checked against its
-// digest by go-containerregistry.
 func pull(t *testing.T, host, repo, ref string) (v1.Hash, error) {
 	t.Helper()
-	r, err := name.ParseReference(host+"/"+repo+ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := remote.Image(r)
-	if err != nil {
-		return v1.Hash{}, err
-	}
-	layers, err := img.Layers()
-	if err != nil {
-		return v1.Hash{}, err
-	}
-	for _, l := range layers {
-		rc, err := l.Compressed()
-		if err != nil {
-			return v1.Hash{}, err
-		}
-		_, err = io.Copy(io.Discard, rc)
-		if cerr := rc.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return v1.Hash{}, err
-		}
-	}
-	if _, err := img.RawConfigFile(); err != nil {
-		return v1.Hash{}, err
-	}
-	return img.Digest()
+	return testenv.PullImage(host, repo, ref)
 }
 
 // What the node pulled once comes from its own disk after: the second

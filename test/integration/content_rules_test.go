@@ -227,7 +227,14 @@ func TestKeepingObeysAccessRules(t *testing.T) {
 	if n := e.front.Count(http.MethodGet, "manifests"); n != 1 {
 		t.Errorf("the upstream served %d manifests, want 1 (the allowed image's)", n)
 	}
-	raw, err := storage.ReadAll(context.Background(), p.Server.Storage(), "_pins/set.json", 1<<20)
+	// The pinned set is written after the warming it follows.
+	var raw []byte
+	var err error
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); sleep() {
+		if raw, err = storage.ReadAll(context.Background(), p.Server.Storage(), "_pins/set.json", 1<<20); err == nil {
+			break
+		}
+	}
 	if err != nil || strings.Contains(string(raw), "secret") || !strings.Contains(string(raw), "library/ok") {
 		t.Errorf("the pinned set: %v %s", err, raw)
 	}

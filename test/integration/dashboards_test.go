@@ -163,7 +163,7 @@ func exportedSeries(t *testing.T) map[string]bool {
 	sharing := proxytest.StartBinary(t, "--upstream", "docker.io="+e3.front.URL(), "--storage", t.TempDir(), "--node-key", key)
 	opsPages := []string{p.Ops, broken.Ops, sharing.Ops}
 	for _, a := range startAgents(t, 2, []string{"zone-a"}, sharing.URL, key) {
-		if _, err := pullWhole(a.local, repo, ":v1"); err != nil {
+		if _, err := testenv.PullImage(a.local, repo, ":v1"); err != nil {
 			t.Fatalf("%s: %v", a.name, err)
 		}
 		opsPages = append(opsPages, "http://"+a.ops)

@@ -2,8 +2,6 @@ package integration
 
 import (
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -92,17 +90,5 @@ func TestNodeLocalMirrorServesWithTheCacheDown(t *testing.T) {
 // nodeBytes is the agent's depproxy_node_bytes_total for source.
 func nodeBytes(t *testing.T, ops, source string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + ops + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	var v float64
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, `depproxy_node_bytes_total{source="`+source+`"} `) {
-			fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
-		}
-	}
-	return v
+	return nodeMetric(t, ops, `depproxy_node_bytes_total{source="`+source+`"}`)
 }

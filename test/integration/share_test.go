@@ -16,10 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/depproxy/depproxy/proxy/share"
 	"github.com/depproxy/depproxy/test/proxytest"
@@ -33,6 +31,7 @@ type nodeAgent struct {
 	share      string // where peers fetch
 	cmd        *exec.Cmd
 	logs       syncBuffer
+	killed     bool // by the test, on purpose
 }
 
 // startAgents starts n agents spread over zones, all sharing through the
@@ -79,38 +78,31 @@ func nodeKeyFile(t *testing.T) string {
 	return path
 }
 
-// pullWhole reads an image through host, each blob checked against its
-// digest: the image's digest, or the error.
-func pullWhole(host, repo, ref string) (v1.Hash, error) {
-	r, err := name.ParseReference(host+"/"+repo+ref, name.Insecure)
-	if err != nil {
-		return v1.Hash{}, err
+// rollout has every agent's node pull repo:v1 at once, and checks each
+// got want, but for the agents during (which runs meanwhile, if set)
+// killed.
+func rollout(t *testing.T, agents []*nodeAgent, repo string, want v1.Hash, during func()) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make([]error, len(agents))
+	for i, a := range agents {
+		wg.Go(func() {
+			got, err := testenv.PullImage(a.local, repo, ":v1")
+			if err == nil && got != want {
+				err = fmt.Errorf("got %s, want %s", got, want)
+			}
+			errs[i] = err
+		})
 	}
-	img, err := remote.Image(r)
-	if err != nil {
-		return v1.Hash{}, err
+	if during != nil {
+		during()
 	}
-	layers, err := img.Layers()
-	if err != nil {
-		return v1.Hash{}, err
-	}
-	for _, l := range layers {
-		rc, err := l.Compressed()
-		if err != nil {
-			return v1.Hash{}, err
-		}
-		_, err = io.Copy(io.Discard, rc)
-		if cerr := rc.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return v1.Hash{}, err
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil && !agents[i].killed {
+			t.Errorf("%s: %v\n%s", agents[i].name, err, agents[i].logs.String())
 		}
 	}
-	if _, err := img.RawConfigFile(); err != nil {
-		return v1.Hash{}, err
-	}
-	return img.Digest()
 }
 
 // blobBytes is the size of an image's layers and config.
@@ -150,23 +142,7 @@ func TestNodesShareWhatTheyPulled(t *testing.T) {
 	e.front.Reset()
 	egress.Reset()
 
-	var wg sync.WaitGroup
-	errs := make([]error, len(agents))
-	for i, a := range agents {
-		wg.Go(func() {
-			got, err := pullWhole(a.local, repo, ":v1")
-			if err == nil && got != want {
-				err = fmt.Errorf("got %s, want %s", got, want)
-			}
-			errs[i] = err
-		})
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Errorf("%s: %v\n%s", agents[i].name, err, agents[i].logs.String())
-		}
-	}
+	rollout(t, agents, repo, want, nil)
 	upstream, fromCache := e.front.Bytes("blobs"), egress.Bytes("blobs")
 	var fromPeers float64
 	for _, a := range agents {
@@ -254,27 +230,13 @@ func TestNodesSurviveBadPeers(t *testing.T) {
 	// nodes in the middle of it.
 	egress.TrickleBlobs()
 	killed := map[int]bool{0: true, 1: true}
-	var wg sync.WaitGroup
-	errs := make([]error, len(agents))
-	for i, a := range agents {
-		wg.Go(func() {
-			got, err := pullWhole(a.local, repo, ":v1")
-			if err == nil && got != want {
-				err = fmt.Errorf("got %s, want %s", got, want)
-			}
-			errs[i] = err
-		})
-	}
-	time.Sleep(300 * time.Millisecond)
-	for i := range killed {
-		agents[i].cmd.Process.Kill()
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil && !killed[i] {
-			t.Errorf("%s: %v\n%s", agents[i].name, err, agents[i].logs.String())
+	rollout(t, agents, repo, want, func() {
+		time.Sleep(300 * time.Millisecond)
+		for i := range killed {
+			agents[i].killed = true
+			agents[i].cmd.Process.Kill()
 		}
-	}
+	})
 	var failed float64
 	for i, a := range agents {
 		if !killed[i] {
@@ -390,23 +352,7 @@ func TestNodesShareThroughReplicas(t *testing.T) {
 	agents := startAgents(t, 12, zones, svc.srv.URL, key)
 	e.front.Reset()
 
-	var wg sync.WaitGroup
-	errs := make([]error, len(agents))
-	for i, a := range agents {
-		wg.Go(func() {
-			got, err := pullWhole(a.local, repo, ":v1")
-			if err == nil && got != want {
-				err = fmt.Errorf("got %s, want %s", got, want)
-			}
-			errs[i] = err
-		})
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Errorf("%s: %v\n%s", agents[i].name, err, agents[i].logs.String())
-		}
-	}
+	rollout(t, agents, repo, want, nil)
 	upstream, fromCache := e.front.Bytes("blobs"), svc.blobBytes()
 	t.Logf("image %d bytes; upstream %.2f×, the replicas' egress %.2f× (%d zones)", size, float64(upstream)/float64(size), float64(fromCache)/float64(size), len(zones))
 	if upstream != size {
