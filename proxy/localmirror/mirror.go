@@ -73,7 +73,7 @@ type Mirror struct {
 type Metrics struct {
 	bytes      *prometheus.CounterVec
 	staleTags  prometheus.Counter
-	peerServed prometheus.Counter
+	peerServed *prometheus.CounterVec
 	badPeers   prometheus.Counter
 }
 
@@ -82,8 +82,8 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "depproxy_node_bytes_total",
 			Help: "Bytes of blobs and manifests the node's runtime got from its local mirror, by source: store (the node's disk), peer (another node) or cache"}, []string{"source"}),
-		peerServed: prometheus.NewCounter(prometheus.CounterOpts{Name: "depproxy_node_peer_served_bytes_total",
-			Help: "Bytes of blobs this node served to other nodes the cache sent it"}),
+		peerServed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "depproxy_node_peer_served_bytes_total",
+			Help: "Bytes of blobs this node served to other nodes the cache sent it, by whether the asker said it was of this node's zone (zone) or not (other-zone)"}, []string{"to"}),
 		badPeers: prometheus.NewCounter(prometheus.CounterOpts{Name: "depproxy_node_failed_peers_total",
 			Help: "Peers the cache sent this node to that did not serve the blob (dead, silent, refusing, or wrong bytes), each reported to the cache"}),
 		staleTags: prometheus.NewCounter(prometheus.CounterOpts{Name: "depproxy_node_stale_tags_total",

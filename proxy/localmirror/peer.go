@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/depproxy/depproxy/proxy/share"
 )
@@ -153,11 +154,12 @@ func (m *Mirror) PeerHandler() http.Handler {
 			writeError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", err.Error())
 			return
 		}
-		if m.servePeerFromStore(w, r, d) {
+		served := m.metrics.peerServed.WithLabelValues(zoneOf(asker, m.self))
+		if m.servePeerFromStore(w, r, d, served) {
 			return
 		}
 		a := m.awaitArrival(r.Context(), d)
-		if a == nil && m.servePeerFromStore(w, r, d) {
+		if a == nil && m.servePeerFromStore(w, r, d, served) {
 			return
 		}
 		if a == nil {
@@ -166,11 +168,20 @@ func (m *Mirror) PeerHandler() http.Handler {
 			return
 		}
 		m.log.V(1).Info("serving a peer a blob still arriving", "digest", d, "peer", asker.Name)
-		m.followArrival(w, r, d, a)
+		m.followArrival(w, r, d, a, served)
 	})
 }
 
-func (m *Mirror) servePeerFromStore(w http.ResponseWriter, r *http.Request, d digest.Digest) bool {
+// zoneOf labels a peer's bytes: to a node of this one's zone, or not
+// (which the cache never sends while the zone has a holder).
+func zoneOf(asker, self share.Node) string {
+	if asker.Zone == self.Zone {
+		return "zone"
+	}
+	return "other-zone"
+}
+
+func (m *Mirror) servePeerFromStore(w http.ResponseWriter, r *http.Request, d digest.Digest, served prometheus.Counter) bool {
 	f, info, ok := m.store.Get(d)
 	if !ok {
 		return false
@@ -178,7 +189,7 @@ func (m *Mirror) servePeerFromStore(w http.ResponseWriter, r *http.Request, d di
 	defer f.Close()
 	setBlobHeaders(w, d)
 	http.ServeContent(w, r, "", info.ModTime(), f)
-	m.metrics.peerServed.Add(float64(info.Size()))
+	served.Add(float64(info.Size()))
 	return true
 }
 
@@ -203,7 +214,7 @@ func (m *Mirror) awaitArrival(ctx context.Context, d digest.Digest) *arrival {
 
 // followArrival streams a blob to a peer as it lands; a blob that turns
 // out wrong is cut short (the peer checks the digest too).
-func (m *Mirror) followArrival(w http.ResponseWriter, r *http.Request, d digest.Digest, a *arrival) {
+func (m *Mirror) followArrival(w http.ResponseWriter, r *http.Request, d digest.Digest, a *arrival, served prometheus.Counter) {
 	f, err := os.Open(a.path)
 	if err != nil {
 		writeError(w, r, http.StatusNotFound, "BLOB_UNKNOWN", "this node does not hold "+d.String())
@@ -236,7 +247,7 @@ func (m *Mirror) followArrival(w http.ResponseWriter, r *http.Request, d digest.
 					return
 				}
 				off += int64(k)
-				m.metrics.peerServed.Add(float64(k))
+				served.Add(float64(k))
 			}
 			if err != nil && err != io.EOF {
 				panic(http.ErrAbortHandler)

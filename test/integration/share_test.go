@@ -18,6 +18,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/depproxy/depproxy/proxy/share"
 	"github.com/depproxy/depproxy/test/proxytest"
@@ -158,6 +159,14 @@ func TestNodesShareWhatTheyPulled(t *testing.T) {
 	}
 	if fromPeers == 0 {
 		t.Error("no node fetched anything from another")
+	}
+	var inZone, crossZone float64
+	for _, a := range agents {
+		inZone += nodeMetric(t, a.ops, `depproxy_node_peer_served_bytes_total{to="zone"}`)
+		crossZone += nodeMetric(t, a.ops, `depproxy_node_peer_served_bytes_total{to="other-zone"}`)
+	}
+	if inZone == 0 || crossZone != 0 {
+		t.Errorf("peers served %.0f bytes within their zone and %.0f across zones; want none across", inZone, crossZone)
 	}
 }
 
@@ -360,5 +369,96 @@ func TestNodesShareThroughReplicas(t *testing.T) {
 	}
 	if limit := int64(1.2 * float64(len(zones)) * float64(size)); fromCache > limit {
 		t.Errorf("the replicas sent %d bytes of blobs to 12 nodes in %d zones: over %d (1.2 × zones × image)", fromCache, len(zones), limit)
+	}
+}
+
+// A peer listener serves only a request signed by the node a ticket
+// names, for the blob it names, once: 401 otherwise.
+func TestPeerListenerNeedsATicket(t *testing.T) {
+	keyFile := nodeKeyFile(t)
+	secret, _ := os.ReadFile(keyFile)
+	key, err := share.NewKey(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No cache answers: the agent's peer listener alone is tried.
+	agent := startAgents(t, 1, []string{"zone-a"}, "http://"+testenv.FreeAddr(t), keyFile)[0]
+	blob, other := digest.FromString("a layer"), digest.FromString("another layer")
+	asker := share.Node{Name: "asker", Zone: "zone-a"}
+	get := func(d digest.Digest, ticket string, signer *share.Key, as share.Node) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, "http://"+agent.share+"/blobs/"+d.String()+"?ticket="+url.QueryEscape(ticket), nil)
+		if signer != nil {
+			signer.Sign(req, as)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	stranger, _ := share.NewKey([]byte("another trust domain altogether"))
+	for what, status := range map[string]int{
+		"unsigned, no ticket":        get(blob, "", nil, asker),
+		"signed, no ticket":          get(blob, "", key, asker),
+		"a ticket for another blob":  get(other, key.Issue(blob, asker.Name, agent.name), key, asker),
+		"another node's ticket":      get(blob, key.Issue(blob, "someone-else", agent.name), key, asker),
+		"a ticket to another holder": get(blob, key.Issue(blob, asker.Name, "node-99"), key, asker),
+		"signed with another key":    get(blob, key.Issue(blob, asker.Name, agent.name), stranger, asker),
+	} {
+		if status != http.StatusUnauthorized {
+			t.Errorf("%s: %d, want 401", what, status)
+		}
+	}
+	ticket := key.Issue(blob, asker.Name, agent.name)
+	if status := get(blob, ticket, key, asker); status != http.StatusNotFound {
+		t.Errorf("a good ticket for a blob the node does not hold: %d, want 404 (admitted, not held)", status)
+	}
+	if status := get(blob, ticket, key, asker); status != http.StatusUnauthorized {
+		t.Errorf("a ticket used again: %d, want 401", status)
+	}
+}
+
+// The cache checks its access rules before it sends a node anywhere: a
+// digest a holder has is refused under a denied repository, as a blob it
+// would serve itself is.
+func TestNodeRequestsMeetTheAccessRules(t *testing.T) {
+	e := newEnv(t)
+	img, err := random.Image(64<<10, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pushImage(t, e.registry.Addr, "team/open", "v1", img)
+	pushImage(t, e.registry.Addr, "team/secret", "v1", img)
+	layers, _ := img.Layers()
+	layer, _ := layers[0].Digest()
+	keyFile := nodeKeyFile(t)
+	secret, _ := os.ReadFile(keyFile)
+	key, _ := share.NewKey(secret)
+	cache := proxytest.StartBinary(t, "--upstream", "docker.io="+e.front.URL(), "--storage", t.TempDir(), "--node-key", keyFile,
+		"--deny", "docker.io/team/secret")
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	ask := func(as share.Node, repo string) (*http.Response, []byte) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, cache.URL+"/v2/"+repo+"/blobs/"+layer.String(), nil)
+		key.Sign(req, as)
+		resp, err := noFollow.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp, body
+	}
+	holder := share.Node{Name: "holder", Zone: "zone-a", Peer: "http://127.0.0.1:1"}
+	if resp, _ := ask(holder, "team/open"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("the first node's request: %s", resp.Status)
+	}
+	asker := share.Node{Name: "asker", Zone: "zone-a", Peer: "http://127.0.0.1:2"}
+	resp, body := ask(asker, "team/secret")
+	ociError(t, resp, body, http.StatusForbidden, "DENIED")
+	if resp, _ := ask(share.Node{Name: "control", Zone: "zone-a", Peer: "http://127.0.0.1:3"}, "team/open"); resp.StatusCode != http.StatusTemporaryRedirect || share.HolderOf(resp.Header.Get("Location")) == "" {
+		t.Errorf("under the allowed name the node is not sent to a holder: %s", resp.Status)
 	}
 }
