@@ -355,9 +355,6 @@ func (c *Cache) download(ctx context.Context, repo string, f *fill) {
 		log.Info("upstream blob fetch failed", "error", err.Error())
 		return
 	}
-	defer blob.Body.Close()
-	body := silenceTimeout(blob.Body, c.limits.Silence, f.cancel)
-	defer body.stop()
 	// Cut at the manifest's size, else the upstream's, else the limit.
 	limit := blob.Size
 	switch {
@@ -367,6 +364,22 @@ func (c *Cache) download(ctx context.Context, repo string, f *fill) {
 	case limit < 0:
 		limit = c.limits.MaxBlobSize
 	}
+	resumed := &resuming{ctx: ctx, body: blob.Body, size: blob.Size, onCut: func(off int64, err error) {
+		c.metrics.resumes.WithLabelValues(c.registry).Inc()
+		log.Info("the upstream cut the blob's transfer; resuming where it stopped", "bytes", off, "of", blob.Size, "error", err.Error())
+	}}
+	if !blob.FromReplica {
+		resumed.reopen = func(ctx context.Context, off, end int64) (io.ReadCloser, error) {
+			b, err := c.up.GetBlobRange(ctx, repo, f.digest, off, end)
+			if err != nil {
+				return nil, err
+			}
+			return b.Body, nil
+		}
+	}
+	defer resumed.Close()
+	body := silenceTimeout(resumed, c.limits.Silence, f.cancel)
+	defer body.stop()
 	file, err := c.spoolFile(blob.Size)
 	switch {
 	case errors.Is(err, storage.ErrNoSpace) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT):

@@ -20,6 +20,7 @@ type Metrics struct {
 	stale                             *prometheus.CounterVec   // {upstream, reason}
 	downloads                         *prometheus.GaugeVec     // {upstream}
 	coldRanges                        *prometheus.CounterVec   // {upstream}
+	resumes                           *prometheus.CounterVec   // {upstream}
 	ranges                            *prometheus.CounterVec   // {upstream, state}
 	rangeFirstByte                    *prometheus.HistogramVec // seconds {upstream, state}
 	storageErrors                     prometheus.Counter
@@ -52,6 +53,10 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 			Name: "depproxy_proxy_cold_ranges_total",
 			Help: "Ranged upstream requests for reads far ahead of a blob's one download (a lazy-pulling snapshotter's footer, say), which the download did not wait for.",
 		}, []string{"upstream"}),
+		resumes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "depproxy_proxy_resumed_downloads_total",
+			Help: "Blob downloads the upstream cut before their end, resumed where they stopped with a ranged request.",
+		}, []string{"upstream"}),
 		ranges: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "depproxy_proxy_ranges_total",
 			Help: "Range requests answered 206, by state: warm (the blob stored) or cold (read from its download, or from a ranged upstream request ahead of it).",
@@ -71,7 +76,7 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 		}),
 	}
 	if r != nil {
-		r.MustRegister(m.requests, m.hits, m.misses, m.coalesced, m.pulled, m.served, m.stale, m.downloads, m.coldRanges, m.ranges, m.rangeFirstByte, m.storageErrors, m.passedThrough)
+		r.MustRegister(m.requests, m.hits, m.misses, m.coalesced, m.pulled, m.served, m.stale, m.downloads, m.coldRanges, m.resumes, m.ranges, m.rangeFirstByte, m.storageErrors, m.passedThrough)
 	}
 	return m
 }
@@ -81,6 +86,7 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 // lazy pull.
 func (m *Metrics) exportUpstream(registry string) {
 	m.coldRanges.WithLabelValues(registry)
+	m.resumes.WithLabelValues(registry)
 	for _, state := range []string{rangeState(true), rangeState(false)} {
 		m.ranges.WithLabelValues(registry, state)
 		m.rangeFirstByte.WithLabelValues(registry, state)

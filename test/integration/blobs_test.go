@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -400,5 +401,71 @@ func TestColdRangeFarAhead(t *testing.T) {
 	}
 	if n := sample(scrape(t, p.Ops), "depproxy_proxy_ranges_total", "state", "warm"); n != 1 {
 		t.Errorf("depproxy_proxy_ranges_total{state=warm} is %v, want 1", n)
+	}
+}
+
+// A download the upstream cuts half way is resumed where it stopped, with
+// a ranged request: the client gets the whole blob, checked, the
+// upstream sends it about once, and the blob is cached. Two clients
+// waiting on the one download both get it.
+func TestCutDownloadResumes(t *testing.T) {
+	e := newEnv(t)
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			repo := repoName(t)
+			const size = 8 << 20
+			data, d := pushBlob(t, e.registry.Addr, repo, size)
+			p := startProxy(t, e.front.URL(), openStorage(t, backend, e.minio))
+			var cuts atomic.Int32
+			cutOnce := e.front.Alter("blobs", func(w http.ResponseWriter, resp *http.Response) {
+				w.Header().Set("Content-Length", resp.Header.Get("Content-Length"))
+				w.WriteHeader(http.StatusOK)
+				io.CopyN(w, resp.Body, resp.ContentLength/2)
+				w.(http.Flusher).Flush()
+				conn, _, _ := w.(http.Hijacker).Hijack()
+				conn.Close()
+			})
+			e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
+				if r.Method != http.MethodGet || r.Header.Get("Range") != "" || testenv.PathKind(r.URL.Path) != "blobs" || cuts.Add(1) > 1 {
+					return false
+				}
+				return cutOnce(w, r)
+			})
+			t.Cleanup(func() { e.front.Fault(nil) })
+			e.front.Reset()
+
+			var wg sync.WaitGroup
+			for range 2 {
+				wg.Go(func() {
+					resp, err := http.Get(p.URL + "/v2/" + repo + "/blobs/" + d.String())
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					body, err := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if err != nil || resp.StatusCode != http.StatusOK || !bytes.Equal(body, data) {
+						t.Errorf("through a cut download: %s, %d bytes, %v", resp.Status, len(body), err)
+					}
+				})
+			}
+			wg.Wait()
+			if got := e.front.Bytes("blobs"); got > size*11/10 {
+				t.Errorf("the upstream sent %d bytes for a %d-byte blob: the download started again instead of resuming", got, size)
+			}
+			if n := e.front.Count(http.MethodGet, "blobs"); n != 2 {
+				t.Errorf("%d upstream blob GETs, want the cut one and its resumption", n)
+			}
+			e.front.Reset()
+			eventually(t, 10*time.Second, "the resumed blob is not cached", func() bool {
+				resp, err := http.Get(p.URL + "/v2/" + repo + "/blobs/" + d.String())
+				if err != nil {
+					return false
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				return resp.StatusCode == http.StatusOK && e.front.Count(http.MethodGet, "blobs") == 0
+			})
+		})
 	}
 }
