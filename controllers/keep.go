@@ -220,6 +220,9 @@ func keptImages(dp *depproxyv1.DependencyProxy, sc imageScope, w workloads) (pin
 		for _, c := range allContainers(spec) {
 			add(source{namespace: namespace, template: true}, c.Image)
 		}
+		for _, ref := range volumeImages(spec) {
+			add(source{namespace: namespace, template: true}, ref)
+		}
 	}
 	for _, p := range w.Pods {
 		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
@@ -241,6 +244,9 @@ func keptImages(dp *depproxyv1.DependencyProxy, sc imageScope, w workloads) (pin
 			if !pulled[c.Name] {
 				add(src, c.Image)
 			}
+		}
+		for _, ref := range volumeImages(p.Spec) {
+			add(src, ref)
 		}
 	}
 	for _, d := range w.Deployments {
@@ -328,6 +334,20 @@ func revision(rs appsv1.ReplicaSet) int64 {
 
 func allContainers(spec corev1.PodSpec) []corev1.Container {
 	return append(append([]corev1.Container{}, spec.InitContainers...), spec.Containers...)
+}
+
+// volumeImages are the OCI artifacts and images a pod mounts as volumes
+// (spec.volumes[].image.reference, on by default since Kubernetes 1.35):
+// pulled through the same runtime path as its containers' images, kept
+// the same way.
+func volumeImages(spec corev1.PodSpec) []string {
+	var out []string
+	for _, v := range spec.Volumes {
+		if v.Image != nil && v.Image.Reference != "" {
+			out = append(out, v.Image.Reference)
+		}
+	}
+	return out
 }
 
 // digestOf is the digest of a container status' imageID

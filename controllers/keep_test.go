@@ -377,3 +377,33 @@ func TestKeptImagesFollowTheAccessRules(t *testing.T) {
 		t.Errorf("with an allow list: pinned %q", pinned)
 	}
 }
+
+// Image volumes (spec.volumes[].image.reference) are images in use: a
+// Pod's and a workload template's are kept as its containers' are, and
+// survive the manager cache's stripping of workloads.
+func TestKeptImagesCountImageVolumes(t *testing.T) {
+	dp := testProxy() // team-a in tenants, pulling through quay.io
+	dp.Spec.Keep = &depproxyv1.KeepSpec{InUse: true}
+	ep := "team-a-depproxy.tenants.svc:5000"
+	withVolume := func(spec corev1.PodSpec, ref string) corev1.PodSpec {
+		spec.Volumes = append(spec.Volumes, corev1.Volume{Name: "model", VolumeSource: corev1.VolumeSource{Image: &corev1.ImageVolumeSource{Reference: ref}}},
+			corev1.Volume{Name: "scratch", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
+		return spec
+	}
+	pod := corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "tenants", Name: "serving"},
+		Spec: withVolume(podSpec(ep+"/org/server:1"), ep+"/org/model:v3"), Status: corev1.PodStatus{Phase: corev1.PodRunning}}
+	deploy := appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "tenants", Name: "next"},
+		Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{Spec: withVolume(podSpec(ep+"/org/server:2"), ep+"/org/model:v4")}}}
+	// As the manager's cache holds them.
+	strippedPod, _ := keepTransform(&pod)
+	strippedDeploy, _ := keepTransform(&deploy)
+	w := workloads{Pods: []corev1.Pod{*strippedPod.(*corev1.Pod)}, Deployments: []appsv1.Deployment{*strippedDeploy.(*appsv1.Deployment)}}
+	pinned, _ := keptImages(dp, scopeOf(dp, nil, nil), w)
+	want := []string{"quay.io/org/model:v3", "quay.io/org/model:v4", "quay.io/org/server:1", "quay.io/org/server:2"}
+	if !slices.Equal(pinned, want) {
+		t.Fatalf("pinned %q, want %q", pinned, want)
+	}
+	if vs := strippedPod.(*corev1.Pod).Spec.Volumes; len(vs) != 1 || vs[0].Image == nil {
+		t.Errorf("the stripped Pod keeps volumes %+v, want the image volume alone", vs)
+	}
+}

@@ -185,7 +185,8 @@ func keepTransform(obj any) (any, error) {
 	return obj, nil
 }
 
-// imagesOnly is a pod spec with its containers' names and images alone.
+// imagesOnly is a pod spec with its containers' names and images, and
+// its image volumes' names and references, alone.
 func imagesOnly(spec corev1.PodSpec) corev1.PodSpec {
 	strip := func(cs []corev1.Container) []corev1.Container {
 		var out []corev1.Container
@@ -194,7 +195,13 @@ func imagesOnly(spec corev1.PodSpec) corev1.PodSpec {
 		}
 		return out
 	}
-	return corev1.PodSpec{Containers: strip(spec.Containers), InitContainers: strip(spec.InitContainers)}
+	var volumes []corev1.Volume
+	for _, v := range spec.Volumes {
+		if v.Image != nil {
+			volumes = append(volumes, corev1.Volume{Name: v.Name, VolumeSource: corev1.VolumeSource{Image: &corev1.ImageVolumeSource{Reference: v.Image.Reference}}})
+		}
+	}
+	return corev1.PodSpec{Containers: strip(spec.Containers), InitContainers: strip(spec.InitContainers), Volumes: volumes}
 }
 
 // strippedStatus keeps what the pulled digest and a cleanup job's
