@@ -44,7 +44,8 @@ type tagEntry struct {
 	Seen   time.Time     `json:"seen"`
 }
 
-type nameSet map[string]bool
+// nameSet is the repositories a digest was pulled under, and when last.
+type nameSet map[string]time.Time
 
 // repoKey names a repository as the runtime asked for it: the registry
 // it named (?ns=, empty when it asked the cache's own name) and the
@@ -89,7 +90,8 @@ func (b *book) tag(repo, tag string) (digest.Digest, bool) {
 func (b *book) named(d digest.Digest, repo string) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.Names[d][repo]
+	_, ok := b.Names[d][repo]
+	return ok
 }
 
 // learn records that the cache served d under repo (as tag, when set),
@@ -97,12 +99,24 @@ func (b *book) named(d digest.Digest, repo string) bool {
 func (b *book) learn(repo, tag string, d digest.Digest) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if names := b.Names[d]; !names[repo] {
-		if names == nil || len(names) >= maxNames {
-			names = nameSet{}
-			b.Names[d] = names
+	names := b.Names[d]
+	if names == nil {
+		names = nameSet{}
+		b.Names[d] = names
+	}
+	if last, ok := names[repo]; !ok || time.Since(last) > time.Hour {
+		if !ok && len(names) >= maxNames {
+			// The repository this digest was pulled under the longest
+			// ago makes room.
+			oldest := ""
+			for n, at := range names {
+				if oldest == "" || at.Before(names[oldest]) {
+					oldest = n
+				}
+			}
+			delete(names, oldest)
 		}
-		names[repo] = true
+		names[repo] = time.Now()
 		b.saveSoonLocked()
 		if len(b.Names) > maxDigests {
 			b.forgetLocked()

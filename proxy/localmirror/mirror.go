@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/distribution/reference"
@@ -67,6 +68,16 @@ type Mirror struct {
 	peers    *http.Client
 	mu       sync.Mutex
 	arrivals map[digest.Digest]*arrival
+	asking   map[digest.Digest]int // blobs this node is asking the cache for
+	serving  chan struct{}         // a slot per peer served at once
+
+	// logins: the cache asks for them (it answered 401 with a
+	// challenge), so a store hit is served only to a request the cache
+	// accepts; confirmed are the logins (their hash, per repository) it
+	// accepted, and when.
+	logins    atomic.Bool
+	confirmMu sync.Mutex
+	confirmed map[string]time.Time
 }
 
 // Metrics are the node's bytes by where they came from.
@@ -75,6 +86,9 @@ type Metrics struct {
 	staleTags  prometheus.Counter
 	peerServed *prometheus.CounterVec
 	badPeers   prometheus.Counter
+	// refusedSignatures: the cache refused this node's signature, and
+	// the blob was asked for without it.
+	refusedSignatures prometheus.Counter
 }
 
 // NewMetrics registers the mirror's metrics with r (nil: not exported).
@@ -85,12 +99,14 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 		peerServed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "depproxy_node_peer_served_bytes_total",
 			Help: "Bytes of blobs this node served to other nodes the cache sent it, by whether the asker said it was of this node's zone (zone) or not (other-zone)"}, []string{"to"}),
 		badPeers: prometheus.NewCounter(prometheus.CounterOpts{Name: "depproxy_node_failed_peers_total",
-			Help: "Peers the cache sent this node to that did not serve the blob (dead, silent, refusing, or wrong bytes), each reported to the cache"}),
+			Help: "Peers the cache sent this node to that did not serve the blob (dead, silent, refusing, busy, or wrong bytes), each reported to the cache"}),
+		refusedSignatures: prometheus.NewCounter(prometheus.CounterOpts{Name: "depproxy_node_refused_signatures_total",
+			Help: "Blob requests whose node signature the cache refused (another node key, a clock far off), asked again without it"}),
 		staleTags: prometheus.NewCounter(prometheus.CounterOpts{Name: "depproxy_node_stale_tags_total",
 			Help: "Tags answered from the node's store by their last known digest, the cache not answering"}),
 	}
 	if r != nil {
-		r.MustRegister(m.bytes, m.staleTags, m.peerServed, m.badPeers)
+		r.MustRegister(m.bytes, m.staleTags, m.peerServed, m.badPeers, m.refusedSignatures)
 	}
 	return m
 }
@@ -125,7 +141,8 @@ func New(cacheURL string, store Store, opts ...Option) (*Mirror, error) {
 	m := &Mirror{cache: u, store: store, client: &http.Client{Transport: transport,
 		// The runtime follows the cache's redirects itself.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
-		spool: store.Dir() + "/spool", log: logr.Discard(), arrivals: map[digest.Digest]*arrival{}}
+		spool: store.Dir() + "/spool", log: logr.Discard(), arrivals: map[digest.Digest]*arrival{}, asking: map[digest.Digest]int{},
+		serving: make(chan struct{}, maxPeerServes), confirmed: map[string]time.Time{}}
 	for _, o := range opts {
 		o(m)
 	}
@@ -137,7 +154,9 @@ func New(cacheURL string, store Store, opts ...Option) (*Mirror, error) {
 	peerTransport := http.DefaultTransport.(*http.Transport).Clone()
 	peerTransport.DialContext = dialer(time.Second)
 	peerTransport.ResponseHeaderTimeout = peerSilence
-	m.peers = &http.Client{Transport: peerTransport}
+	m.peers = &http.Client{Transport: peerTransport,
+		// A peer serves the blob or not: it sends nobody elsewhere.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	// A spool left by a crash holds nothing anyone verified.
 	os.RemoveAll(m.spool)
 	if err := os.MkdirAll(m.spool, 0o700); err != nil {
@@ -147,6 +166,7 @@ func New(cacheURL string, store Store, opts ...Option) (*Mirror, error) {
 	if m.book, err = openBook(store.Dir()+"/book.json", held); err != nil {
 		return nil, err
 	}
+	m.probeLogins()
 	m.proxy = &httputil.ReverseProxy{
 		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(m.cache); pr.Out.Host = m.cache.Host },
 		Transport: m.client.Transport,
@@ -228,14 +248,26 @@ func (m *Mirror) base(w http.ResponseWriter, r *http.Request) {
 }
 
 // forward asks the cache the same question.
-func (m *Mirror) forward(r *http.Request) (*http.Response, error) { return m.ask(r, "") }
+func (m *Mirror) forward(r *http.Request) (*http.Response, error) {
+	return m.ask(r.Context(), r, askOptions{})
+}
 
-// ask asks the cache r's question; a node that shares signs its blob
-// requests, reporting badPeer, the holder that failed it, if any.
-func (m *Mirror) ask(r *http.Request, badPeer string) (*http.Response, error) {
+// askOptions say how a question goes to the cache.
+type askOptions struct {
+	// report names a holder that did not serve this node, under the
+	// header saying how (share.BadPeerHeader or share.BusyPeerHeader).
+	report, holder string
+	// unsigned: a blob request of a sharing node that goes without the
+	// node's signature (the cache refused it).
+	unsigned bool
+}
+
+// ask asks the cache r's question, within ctx. A node that shares signs
+// its blob requests.
+func (m *Mirror) ask(ctx context.Context, r *http.Request, o askOptions) (*http.Response, error) {
 	u := *m.cache
 	u.Path, u.RawQuery = r.URL.Path, r.URL.RawQuery
-	req, err := http.NewRequestWithContext(r.Context(), r.Method, u.String(), nil)
+	req, err := http.NewRequestWithContext(ctx, r.Method, u.String(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -244,9 +276,9 @@ func (m *Mirror) ask(r *http.Request, badPeer string) (*http.Response, error) {
 			req.Header[h] = v
 		}
 	}
-	if m.key != nil && r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
-		if badPeer != "" {
-			req.Header.Set(share.BadPeerHeader, badPeer)
+	if m.key != nil && !o.unsigned && r.Method == http.MethodGet && r.Header.Get("Range") == "" && strings.Contains(r.URL.Path, "/blobs/") {
+		if o.report != "" {
+			req.Header.Set(o.report, o.holder)
 		}
 		m.key.Sign(req, m.self)
 	}
@@ -255,6 +287,9 @@ func (m *Mirror) ask(r *http.Request, badPeer string) (*http.Response, error) {
 		// A cache that answers but cannot serve is down for this.
 		resp.Body.Close()
 		return nil, fmt.Errorf("the cache answered %s", resp.Status)
+	}
+	if err == nil && resp.StatusCode == http.StatusUnauthorized && resp.Header.Get("WWW-Authenticate") != "" && !m.logins.Swap(true) {
+		m.log.Info("the cache asks for logins: what the store holds is served only to requests the cache accepts")
 	}
 	return resp, err
 }
@@ -266,162 +301,6 @@ func relay(w http.ResponseWriter, resp *http.Response) {
 	}
 	w.WriteHeader(resp.StatusCode)
 	io.Copy(w, resp.Body)
-}
-
-// blob serves d from the store, else from the cache, keeping it.
-func (m *Mirror) blob(w http.ResponseWriter, r *http.Request, name string, d digest.Digest) {
-	repo := repoKey(r.URL.Query().Get("ns"), name)
-	if !m.mayServe(w, r, repo, d) {
-		return
-	}
-	if f, info, ok := m.store.Get(d); ok {
-		defer f.Close()
-		setBlobHeaders(w, d)
-		http.ServeContent(w, r, "", info.ModTime(), f)
-		if r.Method == http.MethodGet {
-			m.metrics.bytes.WithLabelValues("store").Add(float64(info.Size()))
-		}
-		return
-	}
-	resp, err := m.forward(r)
-	if err != nil {
-		m.log.V(1).Info("the cache does not answer for a blob the store lacks", "digest", d, "error", err.Error())
-		writeError(w, r, http.StatusServiceUnavailable, "UNAVAILABLE", "the cache does not answer, and the node's store does not hold "+d.String())
-		return
-	}
-	if holder := share.HolderOf(resp.Header.Get("Location")); holder != "" && m.key != nil && resp.StatusCode == http.StatusTemporaryRedirect {
-		// The cache sends this node to another that holds the blob.
-		resp.Body.Close()
-		if m.fromPeer(r.Context(), d, resp.Header.Get("Location")) {
-			m.book.learn(repo, "", d)
-			m.blob(w, r, name, d) // from the store now
-			return
-		}
-		m.metrics.badPeers.Inc()
-		if resp, err = m.ask(r, holder); err != nil {
-			writeError(w, r, http.StatusServiceUnavailable, "UNAVAILABLE", "the cache does not answer, and the peer it sent this node to did not serve "+d.String())
-			return
-		}
-	}
-	defer resp.Body.Close()
-	if r.Method != http.MethodGet || resp.StatusCode != http.StatusOK || r.Header.Get("Range") != "" {
-		// Redirects, refusals, HEADs and ranges go through as they are:
-		// only a whole blob is kept.
-		relay(w, resp)
-		return
-	}
-	if m.keepWhileServing(w, d, resp) {
-		m.book.learn(repo, "", d)
-	}
-}
-
-// mayServe reports whether d, when the store holds it, may be served
-// under repo: it was pulled under repo before, or the cache says now that
-// repo has it (a HEAD). Otherwise it has answered the runtime: the
-// cache's refusal, or that the cache does not answer.
-func (m *Mirror) mayServe(w http.ResponseWriter, r *http.Request, repo string, d digest.Digest) bool {
-	if _, held := m.store.Size(d); !held || m.book.named(d, repo) {
-		return true
-	}
-	head := r.Clone(r.Context())
-	head.Method = http.MethodHead
-	head.Header.Del("Range")
-	resp, err := m.forward(head)
-	if err != nil {
-		writeError(w, r, http.StatusServiceUnavailable, "UNAVAILABLE", "the cache does not answer, and the node's store holds "+d.String()+" under another repository only")
-		return false
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusOK {
-		m.book.learn(repo, "", d)
-		return true
-	}
-	if r.Method == http.MethodHead {
-		relay(w, resp)
-		return false
-	}
-	// The refusal with its body, as the runtime asked.
-	if resp, err = m.forward(r); err != nil {
-		writeError(w, r, http.StatusServiceUnavailable, "UNAVAILABLE", "the cache does not answer")
-		return false
-	}
-	defer resp.Body.Close()
-	relay(w, resp)
-	return false
-}
-
-func setBlobHeaders(w http.ResponseWriter, d digest.Digest) {
-	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("Docker-Content-Digest", d.String())
-	w.Header().Set("ETag", `"`+d.String()+`"`)
-}
-
-// keepWhileServing streams the cache's blob to the runtime and into the
-// store at once. The last bytes go out only once the digest checks: a
-// runtime never gets a complete-looking wrong blob, and the store keeps
-// only what checked.
-func (m *Mirror) keepWhileServing(w http.ResponseWriter, d digest.Digest, resp *http.Response) bool {
-	size := resp.ContentLength
-	if size >= 0 {
-		m.store.Room(size)
-	}
-	spool, err := os.CreateTemp(m.spool, "blob-")
-	if err != nil {
-		m.log.Info("cannot spool a blob; it is served uncached", "digest", d, "error", err.Error())
-		relay(w, resp)
-		return false
-	}
-	defer os.Remove(spool.Name()) // moved into the store, unless it failed
-	defer spool.Close()
-	arrived, finish := m.arriving(d, spool.Name())
-	kept := false
-	defer func() { finish(kept) }()
-	setBlobHeaders(w, d)
-	if size >= 0 {
-		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
-	}
-	w.WriteHeader(http.StatusOK)
-
-	verifier := d.Verifier()
-	var held []byte // the last chunk read, sent once the next one came
-	var n int64
-	buf := make([]byte, 256<<10)
-	client := true // the runtime still reads
-	for {
-		k, rerr := resp.Body.Read(buf)
-		if k > 0 {
-			n += int64(k)
-			if _, err := spool.Write(buf[:k]); err != nil {
-				m.log.Info("spooling a blob failed", "digest", d, "error", err.Error())
-				panic(http.ErrAbortHandler)
-			}
-			verifier.Write(buf[:k])
-			arrived.advance(k)
-			if client && len(held) > 0 {
-				_, err := w.Write(held)
-				client = err == nil
-			}
-			held = append(held[:0], buf[:k]...)
-		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			m.log.Info("the cache's blob transfer was cut", "digest", d, "bytes", n, "error", rerr.Error())
-			panic(http.ErrAbortHandler)
-		}
-	}
-	if !verifier.Verified() || (size >= 0 && n != size) {
-		m.log.Info("the cache's bytes do not match their digest; nothing kept", "digest", d, "bytes", n)
-		panic(http.ErrAbortHandler)
-	}
-	if client && len(held) > 0 {
-		w.Write(held)
-	}
-	m.metrics.bytes.WithLabelValues("cache").Add(float64(n))
-	m.store.Keep(d, spool.Name(), n)
-	kept = true
-	return true
 }
 
 // manifest serves a manifest by digest from the store; by tag, and any
@@ -446,7 +325,7 @@ func (m *Mirror) manifest(w http.ResponseWriter, r *http.Request, name, ref stri
 	}
 	resp, err := m.forward(r)
 	if err != nil {
-		if last, ok := m.book.tag(repo, tag); ok && !byDigest && m.serveStored(w, r, last) {
+		if last, ok := m.book.tag(repo, tag); ok && !byDigest && m.acceptedBefore(r, repo) && m.serveStored(w, r, last) {
 			m.metrics.staleTags.Inc()
 			m.log.Info("the cache does not answer: a tag served by its last known digest", "repository", repo, "tag", tag, "digest", last)
 			return
@@ -484,6 +363,7 @@ func (m *Mirror) manifest(w http.ResponseWriter, r *http.Request, name, ref stri
 	}
 	m.keepManifest(got, body)
 	m.book.learn(repo, tag, got)
+	m.accept(r, repo)
 	for k, v := range resp.Header {
 		w.Header()[k] = v
 	}

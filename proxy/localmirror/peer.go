@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -15,9 +16,23 @@ import (
 	"github.com/depproxy/depproxy/proxy/share"
 )
 
-// peerSilence is how long a peer may send nothing before it is given up
-// (and reported): a stalled holder costs this, then the cache serves.
-const peerSilence = 3 * time.Second
+const (
+	// peerSilence is how long a peer may send nothing before it is
+	// given up (and reported): a stalled holder costs this, then the
+	// cache serves.
+	peerSilence = 3 * time.Second
+	// arrivalWait is how long a peer request waits for a blob this node
+	// is still asking the cache for to start arriving: the cache counts
+	// a node as a holder from its request on, and a cold blob's first
+	// byte may take the upstream's time.
+	arrivalWait = time.Minute
+	// maxPeerServes is how many peers this node serves at once; past it
+	// an asker is told it is busy (and is served by the cache).
+	maxPeerServes = 8
+	// peerWrite bounds each write to a peer: one that stops reading
+	// frees its slot and its file.
+	peerWrite = 30 * time.Second
+)
 
 // WithSharing makes the mirror one of the nodes that share: its blob
 // requests to the cache are signed as self (so the cache counts it as a
@@ -31,6 +46,7 @@ func WithSharing(key *share.Key, self share.Node) Option {
 // arrives.
 type arrival struct {
 	path string
+	size int64 // -1: not said
 	mu   sync.Mutex
 	cond *sync.Cond
 	n    int64
@@ -52,9 +68,9 @@ func (a *arrival) finish(ok bool) {
 	a.mu.Unlock()
 }
 
-// arriving registers a blob being received at path.
-func (m *Mirror) arriving(d digest.Digest, path string) (*arrival, func(ok bool)) {
-	a := &arrival{path: path}
+// arriving registers a blob of size bytes being received at path.
+func (m *Mirror) arriving(d digest.Digest, path string, size int64) (*arrival, func(ok bool)) {
+	a := &arrival{path: path, size: size}
 	a.cond = sync.NewCond(&a.mu)
 	m.mu.Lock()
 	m.arrivals[d] = a
@@ -69,78 +85,83 @@ func (m *Mirror) arriving(d digest.Digest, path string) (*arrival, func(ok bool)
 	}
 }
 
-// fromPeer fetches d from the holder the cache sent it to, whole, into
-// the store, checked: true when it is there now. A holder that does not
-// answer, stalls, or sends wrong bytes costs the caller a retry from the
-// cache, reporting it.
-func (m *Mirror) fromPeer(ctx context.Context, d digest.Digest, loc string) bool {
+// fromPeer fetches d from the holder the cache sent this node to, whole,
+// and checks it: the checked file (kept in the store when it fits), or
+// how to report the holder to the cache (share.BadPeerHeader: it did not
+// answer, went silent, or sent wrong bytes; share.BusyPeerHeader: it had
+// no room for this node). Either way a holder costs a retry from the
+// cache, never a wrong blob.
+func (m *Mirror) fromPeer(ctx context.Context, d digest.Digest, loc string) (*os.File, string) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	holder := share.HolderOf(loc)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, loc, nil)
 	if err != nil {
-		return false
+		return nil, share.BadPeerHeader
 	}
 	m.key.Sign(req, m.self)
 	resp, err := m.peers.Do(req)
 	if err != nil {
-		m.log.Info("a peer did not answer", "digest", d, "peer", share.HolderOf(loc), "error", err.Error())
-		return false
+		m.log.Info("a peer did not answer", "digest", d, "peer", holder, "error", err.Error())
+		return nil, share.BadPeerHeader
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		m.log.Info("a peer refused", "digest", d, "peer", share.HolderOf(loc), "status", resp.Status)
-		return false
+	switch {
+	case resp.StatusCode == http.StatusServiceUnavailable:
+		return nil, share.BusyPeerHeader
+	case resp.StatusCode != http.StatusOK || resp.ContentLength < 0:
+		m.log.Info("a peer refused", "digest", d, "peer", holder, "status", resp.Status)
+		return nil, share.BadPeerHeader
 	}
+	size := resp.ContentLength
+	m.store.Room(size)
 	spool, err := os.CreateTemp(m.spool, "peer-")
 	if err != nil {
-		return false
+		return nil, share.BusyPeerHeader // this node's trouble, not the peer's
 	}
-	defer os.Remove(spool.Name())
-	defer spool.Close()
-	a, finish := m.arriving(d, spool.Name())
+	defer os.Remove(spool.Name()) // moved into the store, unless it did not fit
+	a, finish := m.arriving(d, spool.Name(), size)
 	// A peer that goes silent is given up.
 	watchdog := time.AfterFunc(peerSilence, cancel)
 	defer watchdog.Stop()
 	verifier := d.Verifier()
-	buf := make([]byte, 256<<10)
-	var n int64
-	for {
-		k, rerr := resp.Body.Read(buf)
-		if k > 0 {
-			watchdog.Reset(peerSilence)
-			if _, err := spool.Write(buf[:k]); err != nil {
-				finish(false)
-				return false
-			}
-			verifier.Write(buf[:k])
-			n += int64(k)
-			a.advance(k)
-		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			m.log.Info("a peer's transfer failed", "digest", d, "peer", share.HolderOf(loc), "bytes", n, "error", rerr.Error())
-			finish(false)
-			return false
-		}
-	}
-	if !verifier.Verified() || (resp.ContentLength >= 0 && n != resp.ContentLength) {
-		m.log.Info("a peer sent bytes that do not match their digest", "digest", d, "peer", share.HolderOf(loc), "bytes", n)
+	n, err := io.Copy(io.MultiWriter(spool, verifier, arrivalWriter{a}), &silent{r: io.LimitReader(resp.Body, size+1), watchdog: watchdog, after: peerSilence})
+	if err != nil || n != size || !verifier.Verified() {
+		m.log.Info("a peer's transfer failed or its bytes do not match their digest", "digest", d, "peer", holder, "bytes", n, "of", size, "error", errString(err))
 		finish(false)
-		return false
+		spool.Close()
+		return nil, share.BadPeerHeader
 	}
-	m.metrics.bytes.WithLabelValues("peer").Add(float64(n))
 	m.store.Keep(d, spool.Name(), n)
 	finish(true)
-	_, kept := m.store.Size(d)
-	return kept
+	// The open file is the checked bytes, kept or not.
+	if _, err := spool.Seek(0, io.SeekStart); err != nil {
+		spool.Close()
+		return nil, share.BusyPeerHeader
+	}
+	return spool, ""
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// arrivalWriter counts the bytes that landed, for peers following them.
+type arrivalWriter struct{ a *arrival }
+
+func (w arrivalWriter) Write(p []byte) (int, error) {
+	w.a.advance(len(p))
+	return len(p), nil
 }
 
 // PeerHandler serves the node's blobs to the other nodes the cache sends
 // here: GET /blobs/<digest>?ticket=…, signed by the asking node, with the
 // cache's ticket for that blob, that node and this one. A blob still
-// arriving is served as it arrives.
+// arriving is served as it arrives. At most maxPeerServes at once: past
+// that, 503, and the asker goes back to the cache.
 func (m *Mirror) PeerHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ref, ok := strings.CutPrefix(r.URL.Path, "/blobs/")
@@ -154,6 +175,13 @@ func (m *Mirror) PeerHandler() http.Handler {
 			writeError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", err.Error())
 			return
 		}
+		select {
+		case m.serving <- struct{}{}:
+			defer func() { <-m.serving }()
+		default:
+			writeError(w, r, http.StatusServiceUnavailable, "UNAVAILABLE", "this node serves as many peers as it may")
+			return
+		}
 		served := m.metrics.peerServed.WithLabelValues(zoneOf(asker, m.self))
 		if m.servePeerFromStore(w, r, d, served) {
 			return
@@ -163,7 +191,8 @@ func (m *Mirror) PeerHandler() http.Handler {
 			return
 		}
 		if a == nil {
-			// Evicted, or never arrived: the asker goes back to the cache.
+			// Evicted, or its own download failed: the asker goes back
+			// to the cache, which stops sending nodes here for it.
 			writeError(w, r, http.StatusNotFound, "BLOB_UNKNOWN", "this node does not hold "+d.String())
 			return
 		}
@@ -187,6 +216,9 @@ func (m *Mirror) servePeerFromStore(w http.ResponseWriter, r *http.Request, d di
 		return false
 	}
 	defer f.Close()
+	// A peer that stops reading lets go of the file and its slot: the
+	// whole blob may take as long as it would at 1 MB/s, and a little.
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(peerWrite + time.Duration(info.Size()/(1<<20))*time.Second))
 	setBlobHeaders(w, d)
 	http.ServeContent(w, r, "", info.ModTime(), f)
 	served.Add(float64(info.Size()))
@@ -195,17 +227,18 @@ func (m *Mirror) servePeerFromStore(w http.ResponseWriter, r *http.Request, d di
 
 // awaitArrival is d's arrival. The cache counts a node as holding a blob
 // from the moment it asks for it: a peer sent here at once may come
-// before the blob's first bytes do, and waits a little for them.
+// before the blob's first bytes do, and waits for them while this node
+// is still asking the cache for it (at most arrivalWait).
 func (m *Mirror) awaitArrival(ctx context.Context, d digest.Digest) *arrival {
-	deadline := time.Now().Add(peerSilence)
+	deadline := time.Now().Add(arrivalWait)
 	for {
 		m.mu.Lock()
-		a := m.arrivals[d]
+		a, asking := m.arrivals[d], m.asking[d] > 0
 		m.mu.Unlock()
 		if a != nil {
 			return a
 		}
-		if _, ok := m.store.Size(d); ok || time.Now().After(deadline) || ctx.Err() != nil {
+		if !asking || time.Now().After(deadline) || ctx.Err() != nil {
 			return nil
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -217,12 +250,16 @@ func (m *Mirror) awaitArrival(ctx context.Context, d digest.Digest) *arrival {
 func (m *Mirror) followArrival(w http.ResponseWriter, r *http.Request, d digest.Digest, a *arrival, served prometheus.Counter) {
 	f, err := os.Open(a.path)
 	if err != nil {
-		writeError(w, r, http.StatusNotFound, "BLOB_UNKNOWN", "this node does not hold "+d.String())
+		writeError(w, r, http.StatusServiceUnavailable, "UNAVAILABLE", "this node does not hold "+d.String())
 		return
 	}
 	defer f.Close()
 	setBlobHeaders(w, d)
+	if a.size >= 0 {
+		w.Header().Set("Content-Length", strconv.FormatInt(a.size, 10))
+	}
 	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
 	stop := context.AfterFunc(r.Context(), func() { a.mu.Lock(); a.cond.Broadcast(); a.mu.Unlock() })
 	defer stop()
 	var off int64
@@ -243,6 +280,7 @@ func (m *Mirror) followArrival(w http.ResponseWriter, r *http.Request, d digest.
 		for off < n {
 			k, err := f.ReadAt(buf[:min(int64(len(buf)), n-off)], off)
 			if k > 0 {
+				rc.SetWriteDeadline(time.Now().Add(peerWrite))
 				if _, werr := w.Write(buf[:k]); werr != nil {
 					return
 				}

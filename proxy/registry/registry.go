@@ -289,6 +289,15 @@ func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, c Cache, rt ro
 			return err
 		}
 	}
+	if reg.share != nil && r.Header.Get("Range") == "" {
+		// The access rules and the links were checked above, exactly as
+		// for a blob served here. (A node's HEAD may report that it has
+		// the blob; it is answered as any HEAD.)
+		answered, err := reg.share.Share(w, r, d)
+		if err != nil || answered {
+			return err
+		}
+	}
 	if r.Method == http.MethodHead {
 		size, err := c.StatBlob(r.Context(), rt.repo, d)
 		if err != nil {
@@ -301,14 +310,6 @@ func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, c Cache, rt ro
 		}
 		h.Set("Accept-Ranges", "bytes")
 		return nil
-	}
-	if reg.share != nil && r.Header.Get("Range") == "" {
-		// The access rules and the links were checked above, exactly as
-		// for a blob served here.
-		answered, err := reg.share.Share(w, r, d)
-		if err != nil || answered {
-			return err
-		}
 	}
 	b, err := c.Blob(r.Context(), rt.repo, d)
 	if err != nil {

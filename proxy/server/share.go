@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"time"
@@ -25,6 +26,7 @@ const askHeader = "Depproxy-Share-Ask"
 // several replicas, the one that owns a blob's key keeps its holders, so
 // that every replica sends a zone's nodes to the same peers.
 type nodeSharing struct {
+	key     *share.Key
 	tracker *share.Tracker
 	ring    *peers.Ring // nil: this is the only replica
 	client  *http.Client
@@ -45,10 +47,13 @@ func (a *assembly) nodeSharing() (registry.Sharer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node-key %s: %w", a.s.NodeKey, err)
 	}
-	s := &nodeSharing{tracker: share.NewTracker(key, share.NewMetrics(a.metrics)), log: a.log.WithName("share")}
+	s := &nodeSharing{key: key, tracker: share.NewTracker(key, share.NewMetrics(a.metrics)), log: a.log.WithName("share")}
 	if a.peering != nil {
 		transport := http.DefaultTransport.(*http.Transport).Clone()
 		transport.TLSClientConfig = a.peering.tls
+		// A replica that does not connect at once is taken for away:
+		// this one decides.
+		transport.DialContext = (&net.Dialer{Timeout: 500 * time.Millisecond}).DialContext
 		s.ring, s.client = a.peering.ring, &http.Client{Transport: transport, Timeout: 2 * time.Second,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
@@ -82,6 +87,10 @@ func (s *nodeSharing) decide(r *http.Request, d digest.Digest) (string, error) {
 	if owner == s.ring.Self() {
 		return s.tracker.Send(r, d)
 	}
+	// A forged request costs the owner nothing.
+	if _, err := s.key.Check(r); err != nil {
+		return "", err
+	}
 	to, err := s.ask(r.Context(), r, owner)
 	if err != nil && !errors.Is(err, share.ErrBadSignature) {
 		// The owner is away: this replica decides, from what it knows.
@@ -93,13 +102,13 @@ func (s *nodeSharing) decide(r *http.Request, d digest.Digest) (string, error) {
 
 // ask has owner decide for the node's request r.
 func (s *nodeSharing) ask(ctx context.Context, r *http.Request, owner string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, owner+r.URL.RequestURI(), nil)
+	req, err := http.NewRequestWithContext(ctx, r.Method, owner+r.URL.RequestURI(), nil)
 	if err != nil {
 		return "", err
 	}
-	for _, h := range []string{share.NodeHeader, share.BadPeerHeader, "Authorization"} {
-		if v := r.Header.Get(h); v != "" {
-			req.Header.Set(h, v)
+	for _, h := range []string{share.NodeHeader, share.BadPeerHeader, share.BusyPeerHeader, share.HaveHeader, "Authorization"} {
+		if v, ok := r.Header[h]; ok {
+			req.Header[h] = v
 		}
 	}
 	req.Header.Set(askHeader, "1")

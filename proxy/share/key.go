@@ -35,6 +35,17 @@ const NodeHeader = "Depproxy-Node"
 // the cache drops it and serves the blob itself.
 const BadPeerHeader = "Depproxy-Bad-Peer"
 
+// BusyPeerHeader, on a node's request to the cache, names the holder it
+// was sent to that could not serve it just then (at its fan-out, or its
+// own source failed): the cache serves the blob itself and keeps the
+// holder.
+const BusyPeerHeader = "Depproxy-Busy-Peer"
+
+// HaveHeader, on a node's signed HEAD of a blob, reports that it now has
+// the blob whole and checked; its value names the holder it fetched it
+// from ("" for the cache), which has room for another node then.
+const HaveHeader = "Depproxy-Have"
+
 // TicketParam is the query parameter a ticket travels in, on the
 // redirect to a holder.
 const TicketParam = "ticket"
@@ -109,32 +120,53 @@ func (k *Key) Sign(r *http.Request, node Node) {
 // does not say it comes from a node; ErrBadSignature for one that says so
 // without proof, or that was seen before.
 func (k *Key) Verify(r *http.Request) (node Node, ok bool, err error) {
-	v := r.Header.Get(NodeHeader)
-	if v == "" {
-		return Node{}, false, nil
+	c, ok, err := k.check(r)
+	if err != nil || !ok {
+		return Node{}, ok, err
 	}
-	payload, mac, found := strings.Cut(v, ".")
-	if !found || !hmac.Equal([]byte(mac), []byte(k.mac("request", payload, r.Method, r.URL.RequestURI()))) {
-		return Node{}, false, ErrBadSignature
-	}
-	var c claim
-	raw, err := base64.RawURLEncoding.DecodeString(payload)
-	if err != nil || json.Unmarshal(raw, &c) != nil || c.Name == "" || len(c.Nonce) != 32 {
-		return Node{}, false, ErrBadSignature
-	}
-	if c.Peer != "" {
-		if u, err := url.Parse(c.Peer); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" {
-			return Node{}, false, ErrBadSignature
-		}
-	}
-	at := time.UnixMilli(c.Time)
-	if skew := k.now().Sub(at); skew > maxSkew || skew < -maxSkew {
-		return Node{}, false, ErrBadSignature
-	}
-	if !k.once("n:"+c.Nonce, at.Add(maxSkew)) {
+	if !k.once("n:"+c.Nonce, time.UnixMilli(c.Time).Add(maxSkew)) {
 		return Node{}, false, ErrBadSignature
 	}
 	return c.Node, true, nil
+}
+
+// Check is Verify without using the request up: a replica that passes
+// it on to the one that decides turns a forged one away first.
+func (k *Key) Check(r *http.Request) (ok bool, err error) {
+	_, ok, err = k.check(r)
+	return ok, err
+}
+
+// check verifies r's signature and time, and the claim's form.
+func (k *Key) check(r *http.Request) (c claim, ok bool, err error) {
+	v := r.Header.Get(NodeHeader)
+	if v == "" {
+		return claim{}, false, nil
+	}
+	payload, mac, found := strings.Cut(v, ".")
+	if !found || !hmac.Equal([]byte(mac), []byte(k.mac("request", payload, r.Method, r.URL.RequestURI()))) {
+		return claim{}, false, ErrBadSignature
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(payload)
+	if err != nil || json.Unmarshal(raw, &c) != nil || c.Name == "" || len(c.Nonce) != 32 {
+		return claim{}, false, ErrBadSignature
+	}
+	if c.Peer != "" && !PeerURL(c.Peer) {
+		return claim{}, false, ErrBadSignature
+	}
+	if skew := k.now().Sub(time.UnixMilli(c.Time)); skew > maxSkew || skew < -maxSkew {
+		return claim{}, false, ErrBadSignature
+	}
+	return c, true, nil
+}
+
+// PeerURL reports whether u is what a node's peer URL may be:
+// http(s)://host:port and nothing more, so that a redirect to it goes to
+// that listener's /blobs/ and nowhere else.
+func PeerURL(u string) bool {
+	p, err := url.Parse(u)
+	return err == nil && (p.Scheme == "http" || p.Scheme == "https") && p.Host != "" && p.User == nil &&
+		(p.Path == "" || p.Path == "/") && p.RawQuery == "" && p.Fragment == "" && !p.ForceQuery
 }
 
 // once records id as used until until; false when it was used before.

@@ -2,6 +2,7 @@ package share
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -106,70 +107,112 @@ func TestTickets(t *testing.T) {
 	}
 }
 
-// The tracker sends a node to a holder of its own zone, at most fanout
-// at once per holder, the asker becoming a holder itself; a reported
-// holder is dropped and the reporter served by the cache.
+// The tracker sends a node to a holder of its own zone with room, a node
+// that has the blob whole before one still receiving it, never further
+// than maxDepth from a whole copy; the asker becomes a holder itself; a
+// reported holder is dropped and the reporter served by the cache; one
+// that never reports having the blob stops being a holder.
 func TestTrackerSendsWithinTheZone(t *testing.T) {
 	k := newKey(t)
 	tr := NewTracker(k, nil)
+	clock := time.Now()
+	tr.now = func() time.Time { return clock }
 	node := func(name, zone string) Node { return Node{Name: name, Zone: zone, Peer: "http://" + name + ":30601"} }
-	send := func(n Node, bad string) string {
-		t.Helper()
-		r := signed(k, n, blob)
-		if bad != "" {
-			r.Header.Set(BadPeerHeader, bad)
+	request := func(method string, n Node, header, value string) *http.Request {
+		r := httptest.NewRequest(method, "/v2/library/app/blobs/"+blob.String(), nil)
+		if header != "" {
+			r.Header.Set(header, value)
 		}
-		loc, err := tr.Send(r, blob)
+		k.Sign(r, n)
+		return r
+	}
+	send := func(n Node, header, value string) string {
+		t.Helper()
+		loc, err := tr.Send(request(http.MethodGet, n, header, value), blob)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return HolderOf(loc)
 	}
-	if got := send(node("a1", "a"), ""); got != "" {
-		t.Fatalf("the first node of a zone is sent to %q, not served", got)
-	}
-	if got := send(node("b1", "b"), ""); got != "" {
-		t.Fatalf("the first node of zone b is sent to %q (zone a's holder?)", got)
-	}
-	sent := map[string]int{}
-	for i := 0; i < fanout; i++ {
-		sent[send(node("a"+string(rune('2'+i)), "a"), "")]++
-	}
-	if sent["a1"] < 1 || sent[""] != 0 {
-		t.Errorf("zone a's next %d nodes were sent %v", fanout, sent)
-	}
-	for h := range sent {
-		if h == "b1" {
-			t.Error("a node of zone a was sent to zone b")
+	have := func(n Node, from string) {
+		t.Helper()
+		if loc, err := tr.Send(request(http.MethodHead, n, HaveHeader, from), blob); loc != "" || err != nil {
+			t.Fatalf("a report: %q %v", loc, err)
 		}
 	}
-	// Once a1's fan-out is spent, the next are sent to the nodes that
-	// became holders; a1 is never given more than fanout at once.
-	for i := 0; i < 3*fanout; i++ {
-		send(node("x"+string(rune('a'+i)), "a"), "")
+	if got := send(node("a0", "a"), "", ""); got != "" {
+		t.Fatalf("the first node of a zone is sent to %q, not served", got)
+	}
+	if got := send(node("b0", "b"), "", ""); got != "" {
+		t.Fatalf("the first node of zone b is sent to %q (zone a's holder?)", got)
+	}
+	// In turn, as a rollout's nodes come: a star around a0 first, then
+	// its askers, never a chain.
+	depthOf := map[string]int{"a0": 0}
+	for i := 1; i <= 12; i++ {
+		n := node(fmt.Sprintf("a%d", i), "a")
+		to := send(n, "", "")
+		if to == "" || to == "b0" {
+			t.Fatalf("%s was sent to %q", n.Name, to)
+		}
+		depthOf[n.Name] = depthOf[to] + 1
+		if depthOf[n.Name] > maxDepth {
+			t.Fatalf("%s is %d away from the cache's copy (sent to %s)", n.Name, depthOf[n.Name], to)
+		}
 	}
 	tr.mu.Lock()
 	for _, h := range tr.blobs[blob].Value.(*blobHolders).holders {
-		if len(h.sends) > fanout {
-			t.Errorf("holder %s was given %d nodes at once", h.node.Name, len(h.sends))
+		if len(h.askers) > fanout {
+			t.Errorf("holder %s was given %d nodes at once", h.node.Name, len(h.askers))
 		}
 	}
 	tr.mu.Unlock()
-
-	if got := send(node("a9", "a"), "a1"); got != "" {
+	// a5 has the blob whole now: the next node goes to it, ahead of
+	// every node still receiving.
+	have(node("a5", "a"), "a1")
+	if got := send(node("a20", "a"), "", ""); got != "a5" {
+		t.Errorf("a node was sent to %q, not to the one that has the blob whole", got)
+	}
+	// A bad holder is dropped; a busy one is not.
+	if got := send(node("a21", "a"), BadPeerHeader, "a5"); got != "" {
 		t.Errorf("a node that reported a bad peer is sent to %q, not served", got)
 	}
+	if got := send(node("a22", "a"), BusyPeerHeader, "a0"); got != "" {
+		t.Errorf("a node that reported a busy peer is sent to %q, not served", got)
+	}
 	for i := 0; i < 4*fanout; i++ {
-		if got := send(node("y"+string(rune('a'+i)), "a"), ""); got == "a1" {
+		if got := send(node(fmt.Sprintf("y%d", i), "a"), "", ""); got == "a5" {
 			t.Fatal("a dropped holder is still sent nodes")
 		}
 	}
-	r := signed(k, node("a1", "a"), blob)
+	// A minute on, the nodes that never said they have it are no
+	// holders; the one that did still is.
+	clock = clock.Add(2 * receiving)
+	have(node("a7", "a"), "")
+	for i := 0; i < fanout; i++ {
+		if got := send(node(fmt.Sprintf("late%d", i), "a"), "", ""); got != "a7" {
+			t.Errorf("a late node was sent to %q, want a7, the only node that said it has the blob", got)
+		}
+	}
+	r := request(http.MethodGet, node("a1", "a"), "", "")
 	r.Header.Set(NodeHeader, r.Header.Get(NodeHeader)+"0")
 	if _, err := tr.Send(r, blob); !errors.Is(err, ErrBadSignature) {
 		t.Errorf("a forged node request: %v", err)
 	}
 	if loc, err := tr.Send(httptest.NewRequest(http.MethodGet, "/v2/x/blobs/"+blob.String(), nil), blob); loc != "" || err != nil {
 		t.Errorf("a request from no node: %q %v", loc, err)
+	}
+}
+
+// What a node may give as its peer URL: a listener and nothing more.
+func TestPeerURL(t *testing.T) {
+	for u, want := range map[string]bool{
+		"http://10.0.0.7:30601": true, "https://node-7:30601/": true,
+		"http://10.0.0.7:30601/admin": false, "http://user@10.0.0.7:30601": false, "http://10.0.0.7:30601?x=1": false,
+		"http://10.0.0.7:30601#f": false, "ftp://10.0.0.7": false, "10.0.0.7:30601": false,
+	} {
+		if PeerURL(u) != want {
+			t.Errorf("PeerURL(%q) = %t", u, !want)
+		}
 	}
 }

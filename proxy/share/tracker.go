@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -13,17 +14,30 @@ import (
 )
 
 const (
-	// fanout is how many nodes one holder is sent at once: each of them
+	// fanout is how many nodes one holder serves at once: each of them
 	// holds the blob soon after and is sent others, so the copies grow
 	// as a tree, and no holder's link carries the whole zone.
 	fanout = 4
-	// sending is how long a send counts against a holder's fan-out: a
-	// blob's transfer between nodes of one zone.
-	sending = 20 * time.Second
+	// maxDepth bounds how far from a node that has the blob whole a
+	// node may be sent: to one still receiving it from the cache (1),
+	// or from a node that is (2). Deeper chains would run at the speed
+	// of their slowest link, and one failure would cut every node after
+	// it.
+	maxDepth = 2
+	// sending is how long a send counts against a holder's fan-out
+	// unless the asker reports it has the blob sooner.
+	sending = time.Minute
+	// receiving is how long a node that asked for a blob counts as
+	// receiving it without reporting that it has it: one that never
+	// does (its pull failed, it went away) stops being sent others.
+	receiving = time.Minute
+	// held is how long a node that reported having a blob counts as
+	// holding it without saying so again (it may have evicted it).
+	held = time.Hour
 	// maxBlobs and maxHolders bound what the tracker remembers: the
 	// least recently asked blobs, and a blob's oldest holders, go first.
-	maxBlobs   = 100000
-	maxHolders = 1024
+	maxBlobs   = 20000
+	maxHolders = 256
 )
 
 // Tracker is the cache's side: it remembers which nodes hold or are
@@ -45,8 +59,16 @@ type blobHolders struct {
 }
 
 type holder struct {
-	node  Node
-	sends []time.Time // when it was last given askers
+	node Node
+	// whole: the node reported having the blob, at since; else it is
+	// receiving it since then.
+	whole bool
+	since time.Time
+	// depth is how far its copy is from one the cache served: 0 when
+	// the cache served it, its holder's depth + 1 when a peer did.
+	depth int
+	// askers it was given, and when.
+	askers map[string]time.Time
 }
 
 // Metrics count what the tracker decided.
@@ -80,39 +102,62 @@ func NewTracker(key *Key, m *Metrics) *Tracker {
 	return &Tracker{key: key, now: time.Now, metrics: m, blobs: map[digest.Digest]*list.Element{}, lru: list.New()}
 }
 
-// Send decides where a blob request goes: "" to be served by the cache,
-// else the holder's URL with a ticket. A request that does not come from
-// a node is served; one that claims to and does not prove it is refused
-// (ErrBadSignature). Either way the asking node counts as holding the
-// blob from now on (it is receiving it), unless it reported a bad peer
-// (then it is served here, and the peer is dropped).
+// Send decides where a node's blob request goes: "" to be served by the
+// cache, else the holder's URL with a ticket. A request that does not come
+// from a node is served; one that claims to and does not prove it is
+// refused (ErrBadSignature). A node's HEAD with HaveHeader reports that it
+// now has the blob whole (and from which holder): it is served as any
+// HEAD. A GET counts the asking node as receiving the blob; one that
+// reports a bad peer is served here, and the peer is dropped; one that
+// reports a busy peer is served here.
 func (t *Tracker) Send(r *http.Request, d digest.Digest) (string, error) {
 	asker, ok, err := t.key.Verify(r)
 	if err != nil || !ok {
 		return "", err
 	}
-	bad := r.Header.Get(BadPeerHeader)
+	asker.Zone = zoneLabel(asker.Zone)
+	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	bh := t.entry(d)
-	if bad != "" {
-		if bh.drop(bad) {
-			t.metrics.dropped.Inc()
+	if r.Method == http.MethodHead {
+		if from, ok := r.Header[HaveHeader]; ok {
+			bh.have(asker, strings.Join(from, ""), now)
 		}
+		return "", nil
+	}
+	bad, busy := r.Header.Get(BadPeerHeader), r.Header.Get(BusyPeerHeader)
+	if bad != "" && bh.drop(bad) {
+		t.metrics.dropped.Inc()
 	}
 	var to *holder
-	if bad == "" {
-		to = bh.pick(asker, t.now())
+	if bad == "" && busy == "" {
+		to = bh.pick(asker, now)
 	}
-	bh.add(asker)
+	depth := 0
+	if to != nil {
+		depth = to.depth + 1
+		to.askers[asker.Name] = now
+	}
+	bh.receiving(asker, depth, now)
 	if to == nil {
 		t.metrics.served.WithLabelValues(asker.Zone).Inc()
 		return "", nil
 	}
-	to.sends = append(to.sends, t.now())
 	t.metrics.redirects.WithLabelValues(asker.Zone).Inc()
 	loc := strings.TrimSuffix(to.node.Peer, "/") + "/blobs/" + d.String() + "?" + TicketParam + "=" + url.QueryEscape(t.key.Issue(d, asker.Name, to.node.Name))
 	return loc, nil
+}
+
+var validZone = regexp.MustCompile(`^[A-Za-z0-9._-]{0,63}$`)
+
+// zoneLabel is a node's zone as it is counted: a node says what it is,
+// and the metrics must not take any string it sends.
+func zoneLabel(z string) string {
+	if validZone.MatchString(z) {
+		return z
+	}
+	return "invalid"
 }
 
 // entry is d's holders, made if new; the least recently asked blob goes
@@ -132,42 +177,88 @@ func (t *Tracker) entry(d digest.Digest) *blobHolders {
 	return bh
 }
 
-// pick is the holder in asker's zone, not asker, with the fewest sends
-// under way, if it has room for one more.
+// pick is the holder asker is sent to: of its zone, not asker, still
+// holding or receiving, with room for one more; a node that has the blob
+// whole before one still receiving it, the nearest to the cache's copy
+// first, then the least busy.
 func (bh *blobHolders) pick(asker Node, now time.Time) *holder {
 	var best *holder
-	bestSends := fanout
+	bestBusy := 0
+	better := func(h *holder, busy int) bool {
+		switch {
+		case best == nil:
+			return true
+		case h.whole != best.whole:
+			return h.whole
+		case h.depth != best.depth:
+			return h.depth < best.depth
+		}
+		return busy < bestBusy
+	}
 	for _, h := range bh.holders {
-		if h.node.Name == asker.Name || h.node.Zone != asker.Zone || h.node.Peer == "" {
+		if h.node.Name == asker.Name || h.node.Zone != asker.Zone || h.node.Peer == "" || h.expired(now) {
 			continue
 		}
-		recent := h.sends[:0]
-		for _, at := range h.sends {
-			if now.Sub(at) < sending {
-				recent = append(recent, at)
+		if !h.whole && h.depth >= maxDepth {
+			continue
+		}
+		for a, at := range h.askers {
+			if now.Sub(at) >= sending {
+				delete(h.askers, a)
 			}
 		}
-		h.sends = recent
-		if len(recent) < bestSends {
-			best, bestSends = h, len(recent)
+		if busy := len(h.askers); busy < fanout && better(h, busy) {
+			best, bestBusy = h, busy
 		}
 	}
 	return best
 }
 
-// add records node as holding the blob (its zone and peer URL as it says
-// now).
-func (bh *blobHolders) add(node Node) {
+func (h *holder) expired(now time.Time) bool {
+	if h.whole {
+		return now.Sub(h.since) >= held
+	}
+	return now.Sub(h.since) >= receiving
+}
+
+// find is the holder named name, or nil.
+func (bh *blobHolders) find(name string) *holder {
 	for _, h := range bh.holders {
-		if h.node.Name == node.Name {
-			h.node = node
-			return
+		if h.node.Name == name {
+			return h
 		}
+	}
+	return nil
+}
+
+// receiving records node as receiving the blob at depth (its zone and
+// peer URL as it says now); a node that has it whole stays so.
+func (bh *blobHolders) receiving(node Node, depth int, now time.Time) {
+	if h := bh.find(node.Name); h != nil {
+		h.node = node
+		if !h.whole || h.expired(now) {
+			h.whole, h.since, h.depth = false, now, depth
+		}
+		return
 	}
 	if len(bh.holders) >= maxHolders {
 		bh.holders = bh.holders[1:]
 	}
-	bh.holders = append(bh.holders, &holder{node: node})
+	bh.holders = append(bh.holders, &holder{node: node, since: now, depth: depth, askers: map[string]time.Time{}})
+}
+
+// have records that node has the blob whole, fetched from the holder
+// named from ("" for the cache), which has room for another asker now.
+func (bh *blobHolders) have(node Node, from string, now time.Time) {
+	h := bh.find(node.Name)
+	if h == nil {
+		bh.receiving(node, 0, now)
+		h = bh.find(node.Name)
+	}
+	h.node, h.whole, h.since, h.depth = node, true, now, 0
+	if src := bh.find(from); src != nil {
+		delete(src.askers, node.Name)
+	}
 }
 
 // drop forgets the holder named name.

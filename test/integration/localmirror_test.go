@@ -1,7 +1,10 @@
 package integration
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -91,4 +94,59 @@ func TestNodeLocalMirrorServesWithTheCacheDown(t *testing.T) {
 func nodeBytes(t *testing.T, ops, source string) float64 {
 	t.Helper()
 	return nodeMetric(t, ops, `depproxy_node_bytes_total{source="`+source+`"}`)
+}
+
+// Where the cache asks for logins, the node's mirror serves what its
+// store holds only to a request the cache accepts: a pod without the
+// login gets the cache's 401, not the bytes another pod pulled. With the
+// cache down, a login it accepted before is still served.
+func TestNodeMirrorServesOnlyWhatTheCacheAccepts(t *testing.T) {
+	e := newEnv(t)
+	img := ociImage(t, 1)
+	pushImage(t, e.registry.Addr, "team/private", "v1", img)
+	layers, _ := img.Layers()
+	layer, _ := layers[0].Digest()
+	cache := proxytest.StartBinary(t, "--upstream", "docker.io="+e.front.URL(), "--storage", t.TempDir(),
+		"--users", usersFile(t, map[string]string{"alice": "s3cret"}))
+	req, _ := http.NewRequest(http.MethodGet, cache.URL+"/token?scope=repository:team/private:pull", nil)
+	req.SetBasicAuth("alice", "s3cret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("a token: %v %v", resp, err)
+	}
+	var tr tokenResponse
+	json.NewDecoder(resp.Body).Decode(&tr)
+	resp.Body.Close()
+	agent := startAgents(t, 1, []string{"zone-a"}, cache.URL, nodeKeyFile(t))[0]
+	blobURL := "http://" + agent.local + "/v2/team/private/blobs/" + layer.String()
+	get := func(bearer string) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, blobURL, nil)
+		if bearer != "" {
+			req.Header.Set("Authorization", "Bearer "+bearer)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if status := get(tr.Token); status != http.StatusOK {
+		t.Fatalf("alice's pull through the node: %d", status)
+	}
+	if status := get(""); status != http.StatusUnauthorized {
+		t.Errorf("a pull without a login, of a blob the node's store holds: %d, want the cache's 401", status)
+	}
+	if status := get("made.up.token"); status != http.StatusUnauthorized {
+		t.Errorf("a pull with a made-up token: %d, want 401", status)
+	}
+	cache.Kill()
+	if status := get(tr.Token); status != http.StatusOK {
+		t.Errorf("with the cache down, alice's login it accepted: %d, want the store's copy", status)
+	}
+	if status := get(""); status != http.StatusServiceUnavailable {
+		t.Errorf("with the cache down, no login: %d, want 503", status)
+	}
 }

@@ -145,12 +145,13 @@ func TestNodesShareWhatTheyPulled(t *testing.T) {
 
 	rollout(t, agents, repo, want, nil)
 	upstream, fromCache := e.front.Bytes("blobs"), egress.Bytes("blobs")
-	var fromPeers float64
+	var fromPeers, failed float64
 	for _, a := range agents {
 		fromPeers += nodeBytes(t, a.ops, "peer")
+		failed += nodeMetric(t, a.ops, "depproxy_node_failed_peers_total")
 	}
-	t.Logf("image %d bytes; upstream %.2f×, cache egress %.2f× (%d zones), from peers %.2f×",
-		size, float64(upstream)/float64(size), float64(fromCache)/float64(size), len(zones), fromPeers/float64(size))
+	t.Logf("image %d bytes; upstream %.2f×, cache egress %.2f× (%d zones), from peers %.2f×, %.0f failed peers",
+		size, float64(upstream)/float64(size), float64(fromCache)/float64(size), len(zones), fromPeers/float64(size), failed)
 	if upstream != size {
 		t.Errorf("the upstream sent %d bytes of blobs, the image has %d", upstream, size)
 	}
@@ -460,5 +461,21 @@ func TestNodeRequestsMeetTheAccessRules(t *testing.T) {
 	ociError(t, resp, body, http.StatusForbidden, "DENIED")
 	if resp, _ := ask(share.Node{Name: "control", Zone: "zone-a", Peer: "http://127.0.0.1:3"}, "team/open"); resp.StatusCode != http.StatusTemporaryRedirect || share.HolderOf(resp.Header.Get("Location")) == "" {
 		t.Errorf("under the allowed name the node is not sent to a holder: %s", resp.Status)
+	}
+}
+
+// Agents whose node key the cache does not share still pull: the cache
+// refuses their signature, and they ask again without it.
+func TestNodesWithAnotherKeyStillPull(t *testing.T) {
+	e := newEnv(t)
+	img := ociImage(t, 2)
+	pushImage(t, e.registry.Addr, "team/app", "v1", img)
+	cache := proxytest.StartBinary(t, "--upstream", "docker.io="+e.front.URL(), "--storage", t.TempDir(), "--node-key", nodeKeyFile(t))
+	agent := startAgents(t, 1, []string{"zone-a"}, cache.URL, nodeKeyFile(t))[0]
+	if got, err := testenv.PullImage(agent.local, "team/app", ":v1"); err != nil || got != digestOf(t, img) {
+		t.Fatalf("a pull by a node with another key: %v %v\n%s", got, err, agent.logs.String())
+	}
+	if n := nodeMetric(t, agent.ops, "depproxy_node_refused_signatures_total"); n == 0 {
+		t.Error("the refused signatures are not counted")
 	}
 }
