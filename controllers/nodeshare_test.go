@@ -1,15 +1,19 @@
 package controllers
 
 import (
+	"context"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
 	"github.com/depproxy/depproxy/proxy/settings"
@@ -194,4 +198,209 @@ func TestNodeShareCacheKey(t *testing.T) {
 	if h == "" || dss[0].Spec.Template.Annotations[nodeKeyHashKey] == h {
 		t.Errorf("key hash %q, then %q", h, dss[0].Spec.Template.Annotations[nodeKeyHashKey])
 	}
+}
+
+// nodeKeys are where Secrets of nm's key live, as namespace/name.
+func nodeKeys(t *testing.T, nm *depproxyv1.NodeMirror) map[string][]byte {
+	t.Helper()
+	list := &corev1.SecretList{}
+	if err := k8sClient.List(context.Background(), list, client.MatchingLabels{nodeMirrorUIDLabel: string(nm.UID)}); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]byte{}
+	for _, s := range list.Items {
+		out[s.Namespace+"/"+s.Name] = s.Data[nodeKeyFile]
+	}
+	return out
+}
+
+// agentSets are nm's agents' DaemonSets, by name.
+func agentSets(t *testing.T, nm *depproxyv1.NodeMirror) map[string]appsv1.DaemonSet {
+	t.Helper()
+	list := &appsv1.DaemonSetList{}
+	if err := k8sClient.List(context.Background(), list, client.MatchingLabels{nodeMirrorUIDLabel: string(nm.UID)}); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]appsv1.DaemonSet{}
+	for _, ds := range list.Items {
+		out[ds.Name] = ds
+	}
+	return out
+}
+
+// A NodeMirror with spec.share: one agent DaemonSet per zone of its
+// nodes and one for those without, sharing; the key made by the
+// operator in the node namespace and copied into the cache's namespace,
+// nowhere else; the cache mounts the copy and its config names it. A
+// Secret of the copy's name that a tenant made first is neither taken
+// over nor used. Without spec.share, none of it.
+func TestNodeMirrorShares(t *testing.T) {
+	ctx := context.Background()
+	ns := namespace(t)
+	dp := mirrorCache(t, ns, "share-cache")
+	for _, n := range []struct{ name, zone string }{{"share-a1", "zone-a"}, {"share-a2", "zone-a"}, {"share-b1", "zone-b"}, {"share-none", ""}} {
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: ns + "-" + n.name, Labels: map[string]string{"share-test": ns}}}
+		if n.zone != "" {
+			node.Labels[corev1.LabelTopologyZone] = n.zone
+		}
+		if err := k8sClient.Create(ctx, node); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { k8sClient.Delete(context.Background(), node) })
+	}
+	// Elsewhere: a node the NodeMirror does not select.
+	other := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: ns + "-share-other", Labels: map[string]string{corev1.LabelTopologyZone: "zone-c"}}}
+	if err := k8sClient.Create(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k8sClient.Delete(context.Background(), other) })
+
+	nm := nodeMirror(t, "sharing", dp, 30541, "docker.io")
+	nm.Spec.NodeSelector = map[string]string{"share-test": ns}
+	nm.Spec.Share = &depproxyv1.NodeShare{Store: depproxyv1.NodeStore{Path: "/var/lib/depproxy", Size: resource.MustParse("10Gi")}, PeerPort: 5051}
+	if err := k8sClient.Update(ctx, nm); err != nil {
+		t.Fatal(err)
+	}
+	// A tenant of the cache's namespace made a Secret of the copy's name
+	// first, with a key of its choosing.
+	planted := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: nodeKeyName(nm.Name), Namespace: ns},
+		Data: map[string][]byte{nodeKeyFile: []byte(strings.Repeat("t", 32))}}
+	if err := k8sClient.Create(ctx, planted); err != nil {
+		t.Fatal(err)
+	}
+	r := newMirrorReconciler(t)
+	reconcileMirror(t, r, nm)
+	if c := meta.FindStatusCondition(nm.Status.Conditions, depproxyv1.ConditionSharing); c == nil || c.Status != metav1.ConditionFalse ||
+		c.Reason != depproxyv1.ReasonNameTaken || !strings.Contains(c.Message, "not this resource's") {
+		t.Errorf("a tenant's Secret in the copy's place: Sharing %+v", c)
+	}
+	pr, _ := newProxyReconciler(k8sClient)
+	reconcileProxy(t, pr, dp)
+	deploy := &appsv1.Deployment{}
+	if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: proxyName(dp)}, deploy); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range deploy.Spec.Template.Spec.Volumes {
+		if v.Name == "node-key" {
+			t.Fatalf("the cache mounts %s, a Secret the operator did not make", v.Secret.SecretName)
+		}
+	}
+	if got := string(readSecret(t, ns, planted.Name)); got != strings.Repeat("t", 32) {
+		t.Errorf("the tenant's Secret was changed: %q", got)
+	}
+	if err := k8sClient.Delete(ctx, planted); err != nil {
+		t.Fatal(err)
+	}
+
+	reconcileMirror(t, r, nm)
+	keys := nodeKeys(t, nm)
+	orig, cp := keys[DefaultNodeNamespace+"/"+nodeKeyName(nm.Name)], keys[ns+"/"+nodeKeyName(nm.Name)]
+	if len(keys) != 2 || len(orig) != nodeKeySize || string(cp) != string(orig) || string(orig) == strings.Repeat("t", 32) {
+		t.Fatalf("the nodes' key: %d Secrets %v", len(keys), keys)
+	}
+	sets := agentSets(t, nm)
+	if len(sets) != 3 {
+		t.Fatalf("DaemonSets %v, want the unzoned one and zone-a's and zone-b's", slices.Collect(maps.Keys(sets)))
+	}
+	zones := []string{}
+	for _, ds := range sets {
+		pod := ds.Spec.Template.Spec
+		args := strings.Join(pod.Containers[0].Args, " ")
+		if !pod.HostNetwork || !strings.Contains(args, "--node-key /etc/depproxy/node-key/key") || !strings.Contains(args, "--share-listen :5051") {
+			t.Errorf("%s: hostNetwork %v args %q", ds.Name, pod.HostNetwork, args)
+		}
+		if i := slices.Index(pod.Containers[0].Args, "--zone"); i >= 0 {
+			zones = append(zones, pod.Containers[0].Args[i+1])
+		}
+		for _, v := range pod.Volumes {
+			if v.HostPath != nil && v.HostPath.Path != "/var/lib/depproxy" && v.HostPath.Path != "/etc/containerd/certs.d" {
+				t.Errorf("%s mounts the node's %s", ds.Name, v.HostPath.Path)
+			}
+		}
+	}
+	slices.Sort(zones)
+	if !slices.Equal(zones, []string{"zone-a", "zone-b"}) {
+		t.Errorf("zones told: %v", zones)
+	}
+	if c := meta.FindStatusCondition(nm.Status.Conditions, depproxyv1.ConditionSharing); c == nil || c.Status != metav1.ConditionTrue {
+		t.Errorf("Sharing: %+v", c)
+	}
+
+	reconcileProxy(t, pr, dp)
+	if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: proxyName(dp)}, deploy); err != nil {
+		t.Fatal(err)
+	}
+	if !mountsNodeKey(deploy, nodeKeyName(nm.Name)) || !strings.Contains(proxyConfig(t, dp), "node-key: /etc/depproxy/node-key/key") {
+		t.Errorf("the cache has no node key: volumes %+v config %s", deploy.Spec.Template.Spec.Volumes, proxyConfig(t, dp))
+	}
+
+	// A second NodeMirror sharing through the same cache does not share.
+	second := nodeMirror(t, "sharing-too", dp, 30542, "ghcr.io")
+	second.Spec.NodeSelector = map[string]string{"share-test": ns + "-none"}
+	second.Spec.Share = nm.Spec.Share.DeepCopy()
+	if err := k8sClient.Update(ctx, second); err != nil {
+		t.Fatal(err)
+	}
+	reconcileMirror(t, r, second)
+	if c := meta.FindStatusCondition(second.Status.Conditions, depproxyv1.ConditionSharing); c == nil || c.Status != metav1.ConditionFalse ||
+		c.Reason != depproxyv1.ReasonShareConflict || len(nodeKeys(t, second)) != 0 || len(agentSets(t, second)) != 1 {
+		t.Errorf("a second sharer: %+v, keys %v", c, nodeKeys(t, second))
+	}
+
+	// Without spec.share: one DaemonSet, no key anywhere, nothing in the cache.
+	nm.Spec.Share = nil
+	if err := k8sClient.Update(ctx, nm); err != nil {
+		t.Fatal(err)
+	}
+	reconcileMirror(t, r, nm)
+	if keys := nodeKeys(t, nm); len(keys) != 0 {
+		t.Errorf("keys left: %v", keys)
+	}
+	sets = agentSets(t, nm)
+	if ds, ok := sets[nodeMirrorName(nm)]; len(sets) != 1 || !ok || ds.Spec.Template.Spec.HostNetwork {
+		t.Errorf("DaemonSets without spec.share: %v", slices.Collect(maps.Keys(sets)))
+	}
+	if c := meta.FindStatusCondition(nm.Status.Conditions, depproxyv1.ConditionSharing); c != nil {
+		t.Errorf("Sharing without spec.share: %+v", c)
+	}
+	second.Spec.Share = nil
+	if err := k8sClient.Update(ctx, second); err != nil {
+		t.Fatal(err)
+	}
+	reconcileProxy(t, pr, dp)
+	if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: proxyName(dp)}, deploy); err != nil {
+		t.Fatal(err)
+	}
+	if mountsNodeKey(deploy, nodeKeyName(nm.Name)) || strings.Contains(proxyConfig(t, dp), "node-key") {
+		t.Errorf("the cache keeps a node key without spec.share")
+	}
+}
+
+func mountsNodeKey(d *appsv1.Deployment, secret string) bool {
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		if v.Secret != nil && v.Secret.SecretName == secret {
+			return slices.ContainsFunc(d.Spec.Template.Spec.Containers[0].VolumeMounts, func(m corev1.VolumeMount) bool {
+				return m.Name == v.Name && m.MountPath == nodeKeyDir
+			})
+		}
+	}
+	return false
+}
+
+func readSecret(t *testing.T, ns, name string) []byte {
+	t.Helper()
+	s := &corev1.Secret{}
+	if err := k8sClient.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, s); err != nil {
+		t.Fatal(err)
+	}
+	return s.Data[nodeKeyFile]
+}
+
+func proxyConfig(t *testing.T, dp *depproxyv1.DependencyProxy) string {
+	t.Helper()
+	cm := &corev1.ConfigMap{}
+	if err := k8sClient.Get(context.Background(), client.ObjectKey{Namespace: dp.Namespace, Name: proxyName(dp)}, cm); err != nil {
+		t.Fatal(err)
+	}
+	return cm.Data[configKey]
 }
