@@ -158,7 +158,7 @@ func (r *NodeMirrorReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		return ctrl.Result{}, err
 	}
 	if len(held) > 0 {
-		nm.Status.HostsToml = nodeFilePreview(nm, dp, held[0])
+		nm.Status.HostsToml = nodeFilePreview(nm, dp, held[0], key != nil)
 	}
 	// The agents' DaemonSet reports the nodes: its changes wake this.
 	return ctrl.Result{}, nil

@@ -325,6 +325,9 @@ func TestNodeMirrorShares(t *testing.T) {
 	if c := meta.FindStatusCondition(nm.Status.Conditions, depproxyv1.ConditionSharing); c == nil || c.Status != metav1.ConditionTrue {
 		t.Errorf("Sharing: %+v", c)
 	}
+	if !strings.Contains(nm.Status.HostsToml, `[host."http://127.0.0.1:5050"]`) {
+		t.Errorf("status.hostsToml does not name the node's own mirror:\n%s", nm.Status.HostsToml)
+	}
 
 	reconcileProxy(t, pr, dp)
 	if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: proxyName(dp)}, deploy); err != nil {
