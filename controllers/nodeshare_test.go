@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -406,4 +407,41 @@ func proxyConfig(t *testing.T, dp *depproxyv1.DependencyProxy) string {
 		t.Fatal(err)
 	}
 	return cm.Data[configKey]
+}
+
+// spec.share's store is an absolute path of its own, not the node's root,
+// with a size; its peer port is not one the agent itself takes on the
+// node. The API server says so.
+func TestShareSpecIsChecked(t *testing.T) {
+	ns := namespace(t)
+	dp := mirrorCache(t, ns, "cache")
+	for i, c := range []struct {
+		path string
+		size string
+		port int32
+		want string // "": accepted
+	}{
+		{"/var/lib/depproxy", "50Gi", 5051, ""},
+		{"/", "50Gi", 5051, "root directory"},
+		{"/var/lib/../../etc", "50Gi", 5051, "without . or .."},
+		{"var/lib/depproxy", "50Gi", 5051, "spec.share.store.path"},
+		{"/var/lib/depproxy", "0", 5051, "must be more than 0"},
+		{"/var/lib/depproxy", "50Gi", 9092, "peerPort is taken on the node"},
+		{"/var/lib/depproxy", "50Gi", 5050, "peerPort is taken on the node"},
+		{"/var/lib/depproxy", "50Gi", 70000, "spec.share.peerPort"},
+	} {
+		nm := &depproxyv1.NodeMirror{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("share-%d-%s", i, ns)}, Spec: depproxyv1.NodeMirrorSpec{
+			Cache: depproxyv1.CacheReference{Namespace: dp.Namespace, Name: dp.Name}, Registries: []string{"docker.io"}, NodePort: 30530,
+			Share: &depproxyv1.NodeShare{Store: depproxyv1.NodeStore{Path: c.path, Size: resource.MustParse(c.size)}, PeerPort: c.port}}}
+		err := k8sClient.Create(context.Background(), nm)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%+v refused: %v", c, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%+v: %v, want %q", c, err, c.want)
+		}
+		if err == nil {
+			k8sClient.Delete(context.Background(), nm)
+		}
+	}
 }
