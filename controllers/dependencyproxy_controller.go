@@ -140,7 +140,11 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	deploy, err = r.applyChildren(ctx, dp, secretsHash(append(secrets, key)...))
+	nodeKey, err := r.nodeKey(ctx, dp)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	deploy, err = r.applyChildren(ctx, dp, secretsHash(append(secrets, key, nodeKey)...), nodeKey)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -250,7 +254,10 @@ func (r *DependencyProxyReconciler) ensureTokenKey(ctx context.Context, dp *depp
 
 // applyChildren creates or updates every child; it returns the
 // Deployment as the API server has it.
-func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *depproxyv1.DependencyProxy, secHash string) (*appsv1.Deployment, error) {
+//
+// nodeKey, when a NodeMirror's nodes share through dp, is its key's copy
+// in dp's namespace: the pods mount it and the config names it.
+func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *depproxyv1.DependencyProxy, secHash string, nodeKey *corev1.Secret) (*appsv1.Deployment, error) {
 	a := applier{client: r.Client, scheme: r.Scheme}
 	var platforms, pinned, warm []string
 	if keeping(dp) {
@@ -276,7 +283,15 @@ func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *deppr
 	if err != nil {
 		return nil, err
 	}
+	if nodeKey != nil {
+		if cm, err = withNodeKey(cm); err != nil {
+			return nil, err
+		}
+	}
 	deploy := desiredDeployment(dp, r.ProxyImage, r.CredentialProviderImage, configHash(cm), secHash)
+	if nodeKey != nil {
+		mountNodeKey(deploy, nodeKey.Name)
+	}
 	children := []child{serviceAccountChild(desiredServiceAccount(dp)), dataChild(cm), deploymentChild(deploy), serviceChild(desiredService(dp))}
 	if r.ServiceMonitors {
 		children = append(children, serviceMonitorChild(desiredServiceMonitor(dp)))
@@ -315,6 +330,27 @@ func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *deppr
 		return nil, err
 	}
 	return got, nil
+}
+
+// nodeKey is the nodes' key for dp's pods, when the nodes of a
+// NodeMirror share through dp: that NodeMirror's copy of its key in dp's
+// namespace, once it is there (the NodeMirror's status changes when it
+// is made, which wakes this). Nil otherwise.
+func (r *DependencyProxyReconciler) nodeKey(ctx context.Context, dp *depproxyv1.DependencyProxy) (*corev1.Secret, error) {
+	mirrors := &depproxyv1.NodeMirrorList{}
+	if err := r.List(ctx, mirrors); err != nil {
+		return nil, err
+	}
+	nm := sharer(dp, mirrors.Items)
+	if nm == nil {
+		return nil, nil
+	}
+	s := &corev1.Secret{}
+	err := r.secrets().Get(ctx, client.ObjectKey{Namespace: dp.Namespace, Name: nodeKeyName(nm.Name)}, s)
+	if err != nil {
+		return nil, client.IgnoreNotFound(err)
+	}
+	return usableNodeKey(s, nm), nil
 }
 
 func (r *DependencyProxyReconciler) recordChange(dp *depproxyv1.DependencyProxy, obj client.Object, op controllerutil.OperationResult) {
@@ -388,6 +424,14 @@ func (r *DependencyProxyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		}
 		return reqs
 	})
+	// A NodeMirror's nodes sharing through a cache give it their key.
+	byMirror := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+		nm, ok := o.(*depproxyv1.NodeMirror)
+		if !ok {
+			return nil
+		}
+		return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: nm.Spec.Cache.Namespace, Name: nm.Spec.Cache.Name}}}
+	})
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&depproxyv1.DependencyProxy{}).
 		Owns(&appsv1.Deployment{}).
@@ -408,5 +452,6 @@ func (r *DependencyProxyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&batchv1.CronJob{}, r.keepWatches()).
 		Watches(&corev1.Node{}, r.keepWatches()).
 		Watches(&depproxyv1.NodeMirror{}, r.keepWatches()).
+		Watches(&depproxyv1.NodeMirror{}, byMirror).
 		Complete(r)
 }

@@ -221,9 +221,13 @@ func desiredNodeAgent(nm *depproxyv1.NodeMirror, dp *depproxyv1.DependencyProxy,
 
 // nodeFilePreview is the file the agents write for registry, with
 // "<node>" for each node's own address.
-func nodeFilePreview(nm *depproxyv1.NodeMirror, dp *depproxyv1.DependencyProxy, registry settings.Keyed) string {
+// local: the agents are their nodes' mirrors (spec.share), named first.
+func nodeFilePreview(nm *depproxyv1.NodeMirror, dp *depproxyv1.DependencyProxy, registry settings.Keyed, local bool) string {
 	const placeholder = "node.invalid"
 	o := nodeconfig.NodeOptions{Endpoint: nodeEndpoint(nm, dp, placeholder), DialTimeout: dialTimeout(nm)}
+	if local {
+		o.Local = fmt.Sprintf("http://127.0.0.1:%d", localMirrorPort)
+	}
 	_, content, err := nodeconfig.RenderNodeFile(nodeFormat(nm), "", nodeconfig.NodeMirror{Registry: registry.Registry, Server: registry.Value}, o)
 	if err != nil {
 		return ""

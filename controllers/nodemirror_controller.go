@@ -79,6 +79,7 @@ func (r *NodeMirrorReconciler) nodeNamespace() string {
 // +kubebuilder:rbac:groups=apps,resources=daemonsets,verbs=get;list;watch;create;update;delete,namespace=depproxy-nodes
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=create
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;create;update;delete
 
 // Reconcile runs the agents for the registries a NodeMirror holds, and
 // takes them out, restoring the nodes' files, when it goes.
@@ -91,10 +92,12 @@ func (r *NodeMirrorReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		return asReconcileError(r.finalize(ctx, nm)).result(ctrl.Result{})
 	}
 	before := nm.Status.DeepCopy()
-	var agents *appsv1.DaemonSet
+	var agents []*appsv1.DaemonSet
+	var holder string // the NodeMirror whose nodes share through the cache
 	defer func() {
 		outcome := asReconcileError(retErr)
 		computeNodeMirrorStatus(nm, agents, outcome)
+		shareConditions(nm, holder, outcome).applyTo(&nm.Status.Conditions)
 		outcome.warn(r.Recorder, nm)
 		result, retErr = outcome.result(result)
 		if !equality.Semantic.DeepEqual(before, &nm.Status) {
@@ -144,14 +147,18 @@ func (r *NodeMirrorReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if agents, err = r.applyAgents(ctx, nm, dp, held); err != nil {
+	key, holder, err := r.applyNodeKey(ctx, nm, dp, len(held) > 0)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if agents, err = r.applyAgents(ctx, nm, dp, held, key); err != nil {
 		return ctrl.Result{}, err
 	}
 	if err := r.releaseDropped(ctx, nm, held); err != nil {
 		return ctrl.Result{}, err
 	}
 	if len(held) > 0 {
-		nm.Status.HostsToml = nodeFilePreview(nm, dp, held[0])
+		nm.Status.HostsToml = nodeFilePreview(nm, dp, held[0], key != nil)
 	}
 	// The agents' DaemonSet reports the nodes: its changes wake this.
 	return ctrl.Result{}, nil
@@ -286,9 +293,10 @@ func (r *NodeMirrorReconciler) releaseDropped(ctx context.Context, nm *depproxyv
 	return nil
 }
 
-// applyAgents makes the NodePort Service and the agents' DaemonSet match
-// what nm holds; with nothing held, neither runs.
-func (r *NodeMirrorReconciler) applyAgents(ctx context.Context, nm *depproxyv1.NodeMirror, dp *depproxyv1.DependencyProxy, held []settings.Keyed) (*appsv1.DaemonSet, error) {
+// applyAgents makes the NodePort Service and the agents' DaemonSets
+// match what nm holds; with nothing held, neither runs. key is the
+// nodes' key when they share (nil: they do not).
+func (r *NodeMirrorReconciler) applyAgents(ctx context.Context, nm *depproxyv1.NodeMirror, dp *depproxyv1.DependencyProxy, held []settings.Keyed, key *corev1.Secret) ([]*appsv1.DaemonSet, error) {
 	if len(held) == 0 {
 		return nil, r.stopAgents(ctx, nm)
 	}
@@ -297,8 +305,27 @@ func (r *NodeMirrorReconciler) applyAgents(ctx context.Context, nm *depproxyv1.N
 	if err := r.removeStaleServices(ctx, nm, svc); err != nil {
 		return nil, err
 	}
-	ds := desiredNodeAgent(nm, dp, held, r.ProxyImage, r.nodeNamespace())
-	for _, c := range []child{nodePortServiceChild(svc), daemonSetChild(ds)} {
+	spec := nm
+	var zones []string
+	if key != nil {
+		nodes := &corev1.NodeList{}
+		if err := r.List(ctx, nodes); err != nil {
+			return nil, err
+		}
+		zones = selectedZones(nm, nodes.Items)
+	} else if nm.Spec.Share != nil {
+		// Asked for, not granted (another NodeMirror shares through
+		// the cache): the agents run as without it.
+		spec = nm.DeepCopy()
+		spec.Spec.Share = nil
+	}
+	dss := desiredNodeAgents(spec, dp, held, r.ProxyImage, r.nodeNamespace(), zones)
+	withNodeKeyHash(dss, key)
+	children := []child{nodePortServiceChild(svc)}
+	for _, ds := range dss {
+		children = append(children, daemonSetChild(ds))
+	}
+	for _, c := range children {
 		op, err := a.apply(ctx, nm, c)
 		if err != nil {
 			return nil, err
@@ -308,11 +335,97 @@ func (r *NodeMirrorReconciler) applyAgents(ctx context.Context, nm *depproxyv1.N
 				kindOf(c.obj, r.Scheme), c.obj.GetNamespace(), c.obj.GetName())
 		}
 	}
-	got := &appsv1.DaemonSet{}
-	if err := r.Get(ctx, client.ObjectKeyFromObject(ds), got); err != nil {
+	if err := r.removeStaleAgents(ctx, nm, dss); err != nil {
 		return nil, err
 	}
+	var got []*appsv1.DaemonSet
+	for _, ds := range dss {
+		g := &appsv1.DaemonSet{}
+		if err := r.Get(ctx, client.ObjectKeyFromObject(ds), g); err != nil {
+			return nil, err
+		}
+		got = append(got, g)
+	}
 	return got, nil
+}
+
+// removeStaleAgents deletes nm's agents' DaemonSets other than keep: a
+// zone whose nodes are gone, or sharing turned off.
+func (r *NodeMirrorReconciler) removeStaleAgents(ctx context.Context, nm *depproxyv1.NodeMirror, keep []*appsv1.DaemonSet) error {
+	list := &appsv1.DaemonSetList{}
+	if err := r.List(ctx, list, client.InNamespace(r.nodeNamespace()), client.MatchingLabels{nodeMirrorUIDLabel: string(nm.UID)}); err != nil {
+		return err
+	}
+	a := applier{client: r.Client, scheme: r.Scheme}
+	for i := range list.Items {
+		ds := &list.Items[i]
+		if slices.ContainsFunc(keep, func(k *appsv1.DaemonSet) bool { return k.Name == ds.Name }) {
+			continue
+		}
+		if err := a.remove(ctx, nm, ds, client.PropagationPolicy(metav1.DeletePropagationBackground)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// applyNodeKey makes, while nm's nodes share through dp (run is false
+// while no agent runs), the nodes' key in the node namespace (random,
+// made once; deleting it makes a new one, which rolls the agents and the
+// cache) and its copy in the cache's namespace, and returns the key.
+// Otherwise it takes both out and returns nil. holder is the NodeMirror
+// whose nodes share through dp, if any.
+func (r *NodeMirrorReconciler) applyNodeKey(ctx context.Context, nm *depproxyv1.NodeMirror, dp *depproxyv1.DependencyProxy, run bool) (key *corev1.Secret, holder string, err error) {
+	a := applier{client: r.Client, scheme: r.Scheme}
+	orig := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: r.nodeNamespace(), Name: nodeKeyName(nm.Name)}}
+	cp := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: dp.Namespace, Name: nodeKeyName(nm.Name)}}
+	shares := false
+	if run && sharing(nm) {
+		mirrors := &depproxyv1.NodeMirrorList{}
+		if err := r.List(ctx, mirrors); err != nil {
+			return nil, holder, err
+		}
+		if s := sharer(dp, append(mirrors.Items, *nm)); s != nil {
+			holder = s.Name
+		}
+		shares = holder == nm.Name
+	}
+	if !shares {
+		for _, s := range []*corev1.Secret{cp, orig} {
+			if err := a.remove(ctx, nm, s); err != nil {
+				return nil, holder, err
+			}
+		}
+		return nil, holder, nil
+	}
+	err = r.live().Get(ctx, client.ObjectKeyFromObject(orig), orig)
+	if apierrors.IsNotFound(err) {
+		if orig, err = desiredNodeKey(nm, r.nodeNamespace()); err != nil {
+			return nil, holder, err
+		}
+		if err := controllerutil.SetControllerReference(nm, orig, r.Scheme); err != nil {
+			return nil, holder, err
+		}
+		if err := r.Create(ctx, orig); err != nil {
+			return nil, holder, fmt.Errorf("creating the nodes' key: %w", err)
+		}
+		r.Recorder.Eventf(nm, orig, corev1.EventTypeNormal, depproxyv1.ReasonCreated, "Create", "created the nodes' key Secret %s/%s", orig.Namespace, orig.Name)
+	} else if err != nil {
+		return nil, holder, err
+	}
+	if !metav1.IsControlledBy(orig, nm) {
+		return nil, holder, waiting(depproxyv1.ReasonNameTaken,
+			"Secret %s/%s exists and is not this NodeMirror's (a NodeMirror of the same name, deleted, may still own it): remove it, and the operator makes the nodes' key",
+			orig.Namespace, orig.Name)
+	}
+	if !validNodeKey(orig) {
+		return nil, holder, waiting(depproxyv1.ReasonInvalidSecret,
+			"Secret %s/%s holds no usable key (%q of at least 16 bytes): delete it, and the operator makes a new one", orig.Namespace, orig.Name, nodeKeyFile)
+	}
+	if _, err := a.apply(ctx, nm, secretChild(desiredNodeKeyCopy(nm, dp, orig.Data[nodeKeyFile]))); err != nil {
+		return nil, holder, err
+	}
+	return orig, holder, nil
 }
 
 // removeStaleServices deletes nm's NodePort Service in any namespace but
@@ -337,9 +450,7 @@ func (r *NodeMirrorReconciler) removeStaleServices(ctx context.Context, nm *depp
 // their files out as they stop. It returns a waiting error while any
 // agent pod remains.
 func (r *NodeMirrorReconciler) stopAgents(ctx context.Context, nm *depproxyv1.NodeMirror) error {
-	a := applier{client: r.Client, scheme: r.Scheme}
-	ds := &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: r.nodeNamespace(), Name: nodeMirrorName(nm)}}
-	if err := a.remove(ctx, nm, ds, client.PropagationPolicy(metav1.DeletePropagationBackground)); err != nil {
+	if err := r.removeStaleAgents(ctx, nm, nil); err != nil {
 		return err
 	}
 	if err := r.removeStaleServices(ctx, nm, &corev1.Service{}); err != nil {
@@ -387,13 +498,16 @@ func (r *NodeMirrorReconciler) ensureNodeNamespace(ctx context.Context) error {
 
 // computeNodeMirrorStatus sets the conditions and counts from the
 // reconcile's outcome, the registries' fate and the agents' state.
-func computeNodeMirrorStatus(nm *depproxyv1.NodeMirror, ds *appsv1.DaemonSet, outcome *reconcileError) {
+func computeNodeMirrorStatus(nm *depproxyv1.NodeMirror, agents []*appsv1.DaemonSet, outcome *reconcileError) {
 	gen := nm.Generation
 	st := &nm.Status
 	st.ObservedGeneration = gen
 	st.Nodes, st.Configured = 0, 0
-	if ds != nil {
-		st.Nodes, st.Configured = ds.Status.DesiredNumberScheduled, ds.Status.NumberReady
+	settled := len(agents) > 0
+	for _, ds := range agents {
+		st.Nodes += ds.Status.DesiredNumberScheduled
+		st.Configured += ds.Status.NumberReady
+		settled = settled && ds.Status.ObservedGeneration >= ds.Generation
 	}
 	st.Summary = fmt.Sprintf("%d/%d", st.Configured, st.Nodes)
 	for i := range st.Registries {
@@ -402,10 +516,10 @@ func computeNodeMirrorStatus(nm *depproxyv1.NodeMirror, ds *appsv1.DaemonSet, ou
 			st.Registries[i].Configured = st.Configured
 		}
 	}
-	if ds == nil {
+	if len(agents) == 0 {
 		st.HostsToml = ""
 	}
-	settled := ds != nil && ds.Status.ObservedGeneration >= ds.Generation && st.Configured == st.Nodes
+	settled = settled && st.Configured == st.Nodes
 	mirrorConditions(nm, outcome, settled).applyTo(&st.Conditions)
 }
 
@@ -434,6 +548,9 @@ func (r *NodeMirrorReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&depproxyv1.NodeMirror{}).
 		Owns(&appsv1.DaemonSet{}).
 		Owns(&corev1.Service{}).
+		// A sharing NodeMirror runs one DaemonSet per zone of its nodes.
+		Watches(&corev1.Node{}, enqueue(func(nm *depproxyv1.NodeMirror, _ client.Object) bool { return nm.Spec.Share != nil }),
+			builder.WithPredicates(predicate.LabelChangedPredicate{})).
 		Watches(&corev1.ConfigMap{}, enqueue(func(*depproxyv1.NodeMirror, client.Object) bool { return true }),
 			builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetLabels()[claimLabel] == "true" }))).
 		Watches(&depproxyv1.DependencyProxy{}, enqueue(func(nm *depproxyv1.NodeMirror, o client.Object) bool {

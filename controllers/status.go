@@ -272,3 +272,29 @@ func cleanupCondition(cp *depproxyv1.CleanupPolicy, outcome *reconcileError) met
 	}
 	return c
 }
+
+// shareConditions are a NodeMirror's Sharing condition and count: none
+// without spec.share; True while its agents share (holder is nm's own
+// name, and the reconcile went through), False with why not: another
+// NodeMirror (holder) shares through the cache, or the reconcile failed.
+func shareConditions(nm *depproxyv1.NodeMirror, holder string, outcome *reconcileError) conditions {
+	gen, st := nm.Generation, &nm.Status
+	st.Sharing = 0
+	switch {
+	case nm.Spec.Share == nil:
+		return conditions{remove: []string{depproxyv1.ConditionSharing}}
+	case holder != "" && holder != nm.Name:
+		return conditions{set: []metav1.Condition{condition(gen, depproxyv1.ConditionSharing, metav1.ConditionFalse, depproxyv1.ReasonShareConflict,
+			fmt.Sprintf("NodeMirror %s's nodes share through DependencyProxy %s/%s, which takes one key: this one's agents do not share; remove spec.share here, or from %s",
+				holder, nm.Spec.Cache.Namespace, nm.Spec.Cache.Name, holder))}}
+	case outcome != nil:
+		return conditions{set: []metav1.Condition{condition(gen, depproxyv1.ConditionSharing, metav1.ConditionFalse, outcome.Reason, outcome.Message)}}
+	case holder == nm.Name:
+		st.Sharing = st.Configured
+		return conditions{set: []metav1.Condition{condition(gen, depproxyv1.ConditionSharing, metav1.ConditionTrue, depproxyv1.ReasonNodesSharing,
+			fmt.Sprintf("%d of %d nodes' agents serve their stores (%s) to the peers the cache sends them, on port %d",
+				st.Configured, st.Nodes, nm.Spec.Share.Store.Path, nm.Spec.Share.PeerPort))}}
+	}
+	return conditions{set: []metav1.Condition{condition(gen, depproxyv1.ConditionSharing, metav1.ConditionFalse, depproxyv1.ReasonNodesConfiguring,
+		"no node agent runs: no registry is configured")}}
+}

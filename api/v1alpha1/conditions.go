@@ -32,6 +32,10 @@ const (
 	// ConditionWarmed: every image spec.keep names is cached; False
 	// names those that are not, and why (each is tried again).
 	ConditionWarmed = "Warmed"
+	// ConditionSharing: with spec.share, the NodeMirror's agents serve
+	// their nodes' stores to each other (status.sharing of them ready);
+	// False says why not.
+	ConditionSharing = "Sharing"
 )
 
 // Condition reasons. The same string is the reason of the event that
@@ -84,6 +88,12 @@ const (
 	// the cache would choose what the root agents run. Nothing is
 	// rendered to the nodes.
 	ReasonMirrorsAgentImage = "MirrorsAgentImage"
+	// ReasonNodesSharing: the agents have the nodes' key, their store and
+	// their peer listener; the cache has the key.
+	ReasonNodesSharing = "NodesSharing"
+	// ReasonShareConflict: another NodeMirror's nodes share through the
+	// same cache, which takes one key: this one's agents do not share.
+	ReasonShareConflict = "ShareConflict"
 	// ReasonScheduled: the cleanup CronJob runs on the policy's schedule.
 	ReasonScheduled = "Scheduled"
 	// ReasonSuspended: the policy is suspended; no new runs start.

@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -107,6 +108,55 @@ type NodeMirrorSpec struct {
 	// this, such a registry is left out, with a reason in status.
 	// +optional
 	AllowPrivateUpstreams bool `json:"allowPrivateUpstreams,omitempty"`
+
+	// Share makes each node's agent that node's own mirror: the node's
+	// runtime pulls through it first (on the node's loopback,
+	// 127.0.0.1:5050), it keeps what the node pulled in a bounded store
+	// on the node, and it serves those blobs to the other nodes of its
+	// zone that the cache sends to it with a ticket. The agents then run
+	// on the node's host network. The agents and the cache share a key
+	// the operator makes (the nodes' trust domain): the cache named by
+	// spec.cache must be in a namespace only cluster admins edit. One
+	// NodeMirror per cache shares: the first by name.
+	// +optional
+	Share *NodeShare `json:"share,omitempty"`
+}
+
+// NodeShare is where the nodes keep what they pulled, and where their
+// peers reach them.
+// +kubebuilder:validation:XValidation:rule="self.peerPort != 5050 && self.peerPort != 9092",message="peerPort is taken on the node by the agent itself: 5050 is its local mirror, 9092 its readiness and metrics"
+type NodeShare struct {
+	// Store is the node directory the agent keeps blobs in.
+	Store NodeStore `json:"store"`
+
+	// PeerPort is the port of the node's own address where its agent
+	// serves other nodes (with the cache's ticket only). The agents run
+	// on the host network: the port must be free on every selected node,
+	// open between nodes, and outside the cluster's NodePort range
+	// (30000-32767 by default), where kube-proxy would send a NodePort
+	// Service's traffic instead.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	PeerPort int32 `json:"peerPort"`
+}
+
+// NodeStore is a directory on each node, and the most it may hold.
+type NodeStore struct {
+	// Path is the node directory (a hostPath), made if missing; the agent
+	// mounts it and nothing else of the node for the store. Give it a
+	// directory of its own: the agent evicts what it did not write.
+	// +kubebuilder:validation:MinLength=2
+	// +kubebuilder:validation:MaxLength=1024
+	// +kubebuilder:validation:Pattern="^/"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('(^|/)[.][.]?(/|$)')",message="share.store.path is an absolute path without . or .. segments"
+	// +kubebuilder:validation:XValidation:rule="self != '/' && !self.matches('^/+$')",message="share.store.path may not be the node's root directory"
+	Path string `json:"path"`
+
+	// Size is the most the store keeps (e.g. 50Gi), least recently read
+	// out first; the agent also leaves 5% of the disk (at most 1 GiB)
+	// free.
+	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).isGreaterThan(quantity('0'))",message="share.store.size must be more than 0"
+	Size resource.Quantity `json:"size"`
 }
 
 // StargzSnapshotter is where a node's stargz snapshotter keeps its config.
@@ -184,6 +234,14 @@ type NodeMirrorStatus struct {
 	Nodes int32 `json:"nodes"`
 	// Configured is how many of them pull through the cache now.
 	Configured int32 `json:"configured"`
+	// Sharing is how many nodes' agents are ready to serve their store
+	// (spec.share): each is its node's mirror, and serves the peers the
+	// cache sends to it. What they serve and keep is in their metrics,
+	// on port 9092 of each node: depproxy_node_bytes_total by source
+	// (store, peer, cache), depproxy_node_peer_served_bytes_total,
+	// depproxy_proxy_hot_bytes (the store).
+	// +optional
+	Sharing int32 `json:"sharing,omitempty"`
 	// Summary is Configured/Nodes, for the printer column.
 	Summary string `json:"summary"`
 

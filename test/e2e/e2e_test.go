@@ -42,6 +42,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -62,6 +63,7 @@ const (
 	storageNS      = "e2e-storage"
 	proxyNodePort  = 30500 // the test's own Service of the proxy
 	mirrorNodePort = 30501 // the NodeMirror's
+	sharePeerPort  = 5151  // the node agents' peer listener, on the node
 	minioNodePort  = 30900
 	bucket         = "e2e-cache"
 	minioAccessKey = "e2e-access"
@@ -675,6 +677,10 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.D
 	nm := &depproxyv1.NodeMirror{ObjectMeta: metav1.ObjectMeta{Name: "e2e-mirror"}, Spec: depproxyv1.NodeMirrorSpec{
 		Cache:      depproxyv1.CacheReference{Namespace: dp.Namespace, Name: dp.Name},
 		Registries: []string{"docker.io", "ghcr.io"}, NodePort: mirrorNodePort, ConfigPath: certs,
+		// Each node's agent its node's own mirror, keeping what the node
+		// pulled in a store of its own.
+		Share: &depproxyv1.NodeShare{Store: depproxyv1.NodeStore{Path: filepath.Join(k.dir, "depproxy-store"), Size: resource.MustParse("1Gi")},
+			PeerPort: sharePeerPort},
 	}}
 	if err := k.c.Create(ctx, nm); err != nil {
 		t.Fatal(err)
@@ -700,6 +706,20 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.D
 	if img, want := agents.Spec.Template.Spec.Containers[0].Image, os.Getenv("DEPPROXY_E2E_PROXY_IMAGE"); !strings.Contains(img, "@sha256:") || img != want {
 		t.Errorf("the node agents run %s, want the pushed depproxy image by its digest, %s", img, want)
 	}
+	// The cache has the nodes' key, copied by the operator from the one
+	// it made in the node namespace.
+	eventually(t, 2*time.Minute, "the cache mounts the nodes' key", func() error {
+		var d appsv1.Deployment
+		if err := k.c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: dp.Name + "-depproxy"}, &d); err != nil {
+			return err
+		}
+		for _, v := range d.Spec.Template.Spec.Volumes {
+			if v.Secret != nil && v.Secret.SecretName == "nodemirror-"+nm.Name+"-node-key" {
+				return nil
+			}
+		}
+		return fmt.Errorf("volumes %+v", d.Spec.Template.Spec.Volumes)
+	})
 	// The new config has rolled out: the node's pulls meet a pod that
 	// stays.
 	eventually(t, 3*time.Minute, "DependencyProxy Ready with the upstreams", func() error { return ready(ctx, k.c, dp) })
@@ -735,8 +755,9 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.D
 	})
 	for _, registry := range []string{"docker.io", "ghcr.io"} {
 		b, err := os.ReadFile(filepath.Join(certs, registry, "hosts.toml"))
-		if err != nil || !strings.Contains(string(b), fmt.Sprintf("[host.%q]", "http://"+k.mirror)) {
-			t.Fatalf("the node's %s hosts.toml: %v\n%s", registry, err, b)
+		local, cache := strings.Index(string(b), `[host."http://127.0.0.1:5050"]`), strings.Index(string(b), fmt.Sprintf("[host.%q]", "http://"+k.mirror))
+		if err != nil || local < 0 || cache < local {
+			t.Fatalf("the node's %s hosts.toml does not name the node's own mirror, then the cache: %v\n%s", registry, err, b)
 		}
 	}
 	if b, _ := os.ReadFile(filepath.Join(certs, "ghcr.io", "hosts.toml.depproxy-saved")); string(b) != k.ghcrHosts {
@@ -763,6 +784,7 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.D
 		}
 	}
 
+	k.fromNodeStore(ctx, t, dp)
 	k.keptImage(ctx, t, dp)
 
 	if err := k.c.Delete(ctx, nm); err != nil {
@@ -775,6 +797,100 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.D
 		return nil
 	})
 	k.nodeUnconfigured(ctx, t)
+}
+
+// fromNodeStore: the node pulls an image new to it through its own
+// agent, which keeps it in its store; with the cache scaled to nothing, a
+// new Pod of that image starts, its tag resolved (the Pod pulls Always)
+// from the node's store.
+func (k *cluster) fromNodeStore(ctx context.Context, t *testing.T, dp *depproxyv1.DependencyProxy) {
+	// An image of blobs of its own: the node has none of them (the
+	// sandbox image, which the other mirrored pods run, it had before).
+	pause, err := crane.Pull(os.Getenv("DEPPROXY_E2E_PAUSE_IMAGE"), crane.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := random.Layer(4096, types.DockerLayer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(pause, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _ := name.ParseReference(k.upstream+"/library/e2e-shared:1", name.Insecure)
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	k.runPod(ctx, t, "shared-first", "docker.io/library/e2e-shared:1")
+	if got := k.agentMetric(t, `depproxy_node_bytes_total{source="cache"}`); got == 0 {
+		t.Fatalf("the node's agent passed no bytes from the cache: the runtime did not pull through it")
+	}
+	var files int
+	filepath.WalkDir(filepath.Join(k.dir, "depproxy-store"), func(_ string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			files++
+		}
+		return nil
+	})
+	if files == 0 {
+		t.Fatal("the node's store holds no file")
+	}
+	stale := func() float64 { return k.agentMetric(t, "depproxy_node_stale_tags_total") }
+	before := stale()
+
+	if err := k.c.Get(ctx, client.ObjectKeyFromObject(dp), dp); err != nil {
+		t.Fatal(err)
+	}
+	replicas := dp.Spec.Replicas
+	dp.Spec.Replicas = ptr.To[int32](0)
+	if err := k.c.Update(ctx, dp); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		k.c.Get(ctx, client.ObjectKeyFromObject(dp), dp)
+		dp.Spec.Replicas = replicas
+		if err := k.c.Update(ctx, dp); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 3*time.Minute, "the cache back", func() error { return ready(ctx, k.c, dp) })
+	}()
+	eventually(t, 2*time.Minute, "no cache pod left", func() error {
+		var pods corev1.PodList
+		if err := k.c.List(ctx, &pods, client.InNamespace(namespace), client.MatchingLabels{"app.kubernetes.io/instance": dp.Name}); err != nil {
+			return err
+		}
+		if len(pods.Items) > 0 {
+			return fmt.Errorf("%d pods", len(pods.Items))
+		}
+		return nil
+	})
+	k.runPod(ctx, t, "shared-from-store", "docker.io/library/e2e-shared:1")
+	if after := stale(); after <= before {
+		t.Errorf("the node's agent resolved no tag from its store with the cache down (%v before, %v after)", before, after)
+	}
+}
+
+// agentMetric sums the samples of the node agent's /metrics (on the
+// node's address: the sharing agents run on its host network) whose
+// line starts with prefix.
+func (k *cluster) agentMetric(t *testing.T, prefix string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + net.JoinHostPort(k.nodeIP, "9092") + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var sum float64
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, prefix) {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			sum += v
+		}
+	}
+	return sum
 }
 
 // keptImage: with spec.keep, a Deployment's image is in the cache before
