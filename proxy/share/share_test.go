@@ -2,6 +2,7 @@ package share
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -149,9 +150,9 @@ func TestTrackerSendsWithinTheZone(t *testing.T) {
 		send(node("x"+string(rune('a'+i)), "a"), "")
 	}
 	tr.mu.Lock()
-	for _, h := range tr.blobs[blob].Value.(*blobHolders).holders {
-		if len(h.sends) > fanout {
-			t.Errorf("holder %s was given %d nodes at once", h.node.Name, len(h.sends))
+	for name, at := range tr.busy {
+		if len(at) > fanout {
+			t.Errorf("holder %s was given %d nodes at once", name, len(at))
 		}
 	}
 	tr.mu.Unlock()
@@ -171,5 +172,47 @@ func TestTrackerSendsWithinTheZone(t *testing.T) {
 	}
 	if loc, err := tr.Send(httptest.NewRequest(http.MethodGet, "/v2/x/blobs/"+blob.String(), nil), blob); loc != "" || err != nil {
 		t.Errorf("a request from no node: %q %v", loc, err)
+	}
+}
+
+// A rollout's nodes ask at once: the tracker fills the oldest holders
+// first, so the copies grow as a shallow tree, not a chain of every node
+// of the zone; and a holder busy sending one blob is not given askers of
+// another.
+func TestTrackerGrowsATreeNotAChain(t *testing.T) {
+	k := newKey(t)
+	tr := NewTracker(k, nil)
+	other := digest.FromString("another layer")
+	node := func(i int) Node {
+		name := fmt.Sprintf("n%02d", i)
+		return Node{Name: name, Zone: "a", Peer: "http://" + name + ":30601"}
+	}
+	send := func(n Node, d digest.Digest) string {
+		t.Helper()
+		loc, err := tr.Send(signed(k, n, d), d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return HolderOf(loc)
+	}
+	send(node(0), other) // n00 holds the other layer too
+	sentTo := map[string]string{}
+	for i := range 1 + 2*fanout {
+		sentTo[node(i).Name] = send(node(i), blob)
+	}
+	for i := 1; i <= fanout; i++ {
+		if got := sentTo[node(i).Name]; got != "n00" {
+			t.Errorf("%s was sent to %q: want n00, the oldest holder, while it has room (a chain grows instead of a tree)", node(i).Name, got)
+		}
+	}
+	for i := fanout + 1; i <= 2*fanout; i++ {
+		if got := sentTo[node(i).Name]; got != "n01" {
+			t.Errorf("%s was sent to %q: want n01, the next oldest holder", node(i).Name, got)
+		}
+	}
+	// n00 sends to fanout nodes already: another layer's asker goes
+	// elsewhere (here, the cache: n00 is its only holder).
+	if got := send(node(50), other); got != "" {
+		t.Errorf("n50 was sent to %q for another layer, though n00's link is spent on %d nodes", got, fanout)
 	}
 }
