@@ -59,12 +59,13 @@ func main() {
 	lazyOnly := flag.Bool("lazy-only", false, "only the lazy-pulling tables: a cold tail range on a slow upstream, and the stargz snapshotter's pull of an eStargz image")
 	shareOnly := flag.Bool("share-only", false, "only the sharing table: 1,000 simulated nodes in 4 zones pull one cold image through three replicas, with and without sharing, and a real agent's memory")
 	shareNodes := flag.Int("share-nodes", 1000, "how many simulated nodes the sharing table's rollouts have")
+	shareRuns := flag.Int("share-runs", 1, "rollouts of each kind in the sharing table (each is 1,000 nodes' samples, and takes minutes); the table shows the one with the median node p50")
 	plotPath := flag.String("plot", "docs/bench.png", "where to write the plot of cold pulls by concurrent clients (empty: none)")
 	flag.Parse()
 	b := newBench()
 	defer b.cleanup()
 	b.plot = *plotPath
-	b.shareOnly, b.shareNodes = *shareOnly, *shareNodes
+	b.shareOnly, b.shareNodes, b.shareRuns = *shareOnly, *shareNodes, *shareRuns
 	b.faultsOnly, b.tagsOnly, b.rolloutOnly, b.keepOnly, b.lazyOnly, b.afterFillOnly = *faultsOnly, *tagsOnly, *rolloutOnly, *keepOnly, *lazyOnly, *afterFillOnly
 	if err := b.run(*runs, *warmOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -98,6 +99,7 @@ type bench struct {
 	// image's blobs (the one copy simulated nodes serve from) and size.
 	shareOnly  bool
 	shareNodes int
+	shareRuns  int
 	shareBlobs map[digest.Digest][]byte
 	shareBytes int64
 }
@@ -183,7 +185,7 @@ func (b *bench) run(runs int, warmOnly bool) error {
 		if err := b.pushShare(); err != nil {
 			return err
 		}
-		b.shareRows(runs, b.shareNodes)
+		b.shareRows(b.shareRuns, b.shareNodes)
 		return nil
 	}
 	if err := b.pushFixtures(); err != nil {
@@ -281,7 +283,7 @@ func (b *bench) run(runs int, warmOnly bool) error {
 		if err := b.pushShare(); err != nil {
 			return err
 		}
-		b.shareRows(runs, b.shareNodes)
+		b.shareRows(b.shareRuns, b.shareNodes)
 		fmt.Println()
 		b.lazyRows(runs)
 		fmt.Println()

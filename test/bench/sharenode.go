@@ -54,6 +54,21 @@ type simNode struct {
 
 	fromPeers, fromCache, served atomic.Int64
 	badPeers                     atomic.Int64
+	// why is why each peer failed this node, for the bench's log.
+	why sync.Map // string → *atomic.Int64
+}
+
+// failed counts a peer's failure by its kind.
+func (n *simNode) failed(err error) {
+	kind := err.Error()
+	for _, k := range []string{"404", "timeout awaiting response headers", "connection refused", "do not match", "context canceled", "unexpected EOF", "connection reset", "i/o timeout"} {
+		if strings.Contains(kind, k) {
+			kind = k
+			break
+		}
+	}
+	c, _ := n.why.LoadOrStore(kind, new(atomic.Int64))
+	c.(*atomic.Int64).Add(1)
 }
 
 // simChunk is what one read or write of a node's link moves at most (the
@@ -93,7 +108,13 @@ func newSimNode(name, zone, cache string, key *share.Key, blobs map[digest.Diges
 		in: rate.NewLimiter(rate.Limit(linkRate), simChunk), out: rate.NewLimiter(rate.Limit(linkRate), simChunk),
 		ctx: ctx, kill: cancel, arrivals: map[digest.Digest]*simArrival{}}
 	dialer := &net.Dialer{Timeout: time.Second}
-	n.cacheClient = &http.Client{Transport: &http.Transport{DialContext: dialer.DialContext, ResponseHeaderTimeout: time.Minute, MaxIdleConnsPerHost: shareParallel},
+	// The agent gives the cache a second to connect. Here 3,000
+	// connections reach three listeners in the same instant, past the
+	// loopback's SYN backlog (2,048); a dropped SYN is sent again after a
+	// second, so the simulated nodes wait longer for the cache (not for
+	// peers).
+	cacheDialer := &net.Dialer{Timeout: 10 * time.Second}
+	n.cacheClient = &http.Client{Transport: &http.Transport{DialContext: cacheDialer.DialContext, ResponseHeaderTimeout: time.Minute, MaxIdleConnsPerHost: shareParallel},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	n.peerClient = &http.Client{Transport: &http.Transport{DialContext: dialer.DialContext, ResponseHeaderTimeout: peerSilence, MaxIdleConnsPerHost: shareParallel}}
 	if key == nil {
@@ -159,10 +180,12 @@ func (n *simNode) blob(repo string, d digest.Digest) error {
 	}
 	if holder := share.HolderOf(resp.Header.Get("Location")); holder != "" && resp.StatusCode == http.StatusTemporaryRedirect {
 		resp.Body.Close()
-		if err := n.fromPeer(d, resp.Header.Get("Location")); err == nil {
+		err := n.fromPeer(d, resp.Header.Get("Location"))
+		if err == nil {
 			return nil
 		}
 		n.badPeers.Add(1)
+		n.failed(err)
 		if n.ctx.Err() != nil {
 			return n.ctx.Err()
 		}
