@@ -13,13 +13,9 @@ import (
 )
 
 const (
-	// fanout is how many nodes one holder is sent at once, all blobs
-	// together: each of them holds the blob soon after and is sent
-	// others, so the copies grow as a tree, and no holder's link carries
-	// the whole zone. Counted per node, not per blob: a node pulls a few
-	// blobs at once, each at a share of its link, and serves as many
-	// streams as it receives, a holder of one blob's tree giving way to
-	// others in the next blob's.
+	// fanout is how many nodes one holder is sent at once: each of them
+	// holds the blob soon after and is sent others, so the copies grow
+	// as a tree, and no holder's link carries the whole zone.
 	fanout = 4
 	// sending is how long a send counts against a holder's fan-out: a
 	// blob's transfer between nodes of one zone.
@@ -41,10 +37,6 @@ type Tracker struct {
 	mu    sync.Mutex
 	blobs map[digest.Digest]*list.Element // of *blobHolders, most recent first
 	lru   *list.List
-	// busy is when each node was last given askers, any blob, within
-	// sending.
-	busy     map[string][]time.Time
-	prunedAt time.Time
 }
 
 type blobHolders struct {
@@ -53,7 +45,8 @@ type blobHolders struct {
 }
 
 type holder struct {
-	node Node
+	node  Node
+	sends []time.Time // when it was last given askers
 }
 
 // Metrics count what the tracker decided.
@@ -84,7 +77,7 @@ func NewTracker(key *Key, m *Metrics) *Tracker {
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	return &Tracker{key: key, now: time.Now, metrics: m, blobs: map[digest.Digest]*list.Element{}, lru: list.New(), busy: map[string][]time.Time{}}
+	return &Tracker{key: key, now: time.Now, metrics: m, blobs: map[digest.Digest]*list.Element{}, lru: list.New()}
 }
 
 // Send decides where a blob request goes: "" to be served by the cache,
@@ -109,14 +102,14 @@ func (t *Tracker) Send(r *http.Request, d digest.Digest) (string, error) {
 	}
 	var to *holder
 	if bad == "" {
-		to = bh.pick(asker, t.sends)
+		to = bh.pick(asker, t.now())
 	}
 	bh.add(asker)
 	if to == nil {
 		t.metrics.served.WithLabelValues(asker.Zone).Inc()
 		return "", nil
 	}
-	t.busy[to.node.Name] = append(t.busy[to.node.Name], t.now())
+	to.sends = append(to.sends, t.now())
 	t.metrics.redirects.WithLabelValues(asker.Zone).Inc()
 	loc := strings.TrimSuffix(to.node.Peer, "/") + "/blobs/" + d.String() + "?" + TicketParam + "=" + url.QueryEscape(t.key.Issue(d, asker.Name, to.node.Name))
 	return loc, nil
@@ -139,44 +132,24 @@ func (t *Tracker) entry(d digest.Digest) *blobHolders {
 	return bh
 }
 
-// sends is how many askers node was given within sending (forgetting
-// the older ones).
-func (t *Tracker) sends(node string) int {
-	now := t.now()
-	if now.Sub(t.prunedAt) > sending {
-		for n, at := range t.busy {
-			if now.Sub(at[len(at)-1]) >= sending {
-				delete(t.busy, n)
-			}
-		}
-		t.prunedAt = now
-	}
-	at := t.busy[node]
-	recent := at[:0]
-	for _, a := range at {
-		if now.Sub(a) < sending {
-			recent = append(recent, a)
-		}
-	}
-	if len(recent) == 0 {
-		delete(t.busy, node)
-	} else {
-		t.busy[node] = recent
-	}
-	return len(recent)
-}
-
 // pick is the oldest holder in asker's zone, not asker, with room for
 // one more send. The oldest, not the least busy: a node that just asked
 // has no sends yet, and sending each asker to the one before would make
 // a chain as long as the zone, every node's first bytes waiting for all
 // those before it, and a node that dies cutting all those after it.
-func (bh *blobHolders) pick(asker Node, sends func(node string) int) *holder {
+func (bh *blobHolders) pick(asker Node, now time.Time) *holder {
 	for _, h := range bh.holders {
 		if h.node.Name == asker.Name || h.node.Zone != asker.Zone || h.node.Peer == "" {
 			continue
 		}
-		if sends(h.node.Name) < fanout {
+		recent := h.sends[:0]
+		for _, at := range h.sends {
+			if now.Sub(at) < sending {
+				recent = append(recent, at)
+			}
+		}
+		h.sends = recent
+		if len(recent) < fanout {
 			return h
 		}
 	}
