@@ -57,11 +57,15 @@ func main() {
 	keepOnly := flag.Bool("keep-only", false, "only the manager's memory with 0, 1,000 and 5,000 Pods of a keeping cache (envtest)")
 	afterFillOnly := flag.Bool("after-fill-only", false, "only the warm reads right after a cold fill (while the blob is stored) against MinIO's direct GET")
 	lazyOnly := flag.Bool("lazy-only", false, "only the lazy-pulling tables: a cold tail range on a slow upstream, and the stargz snapshotter's pull of an eStargz image")
+	shareOnly := flag.Bool("share-only", false, "only the sharing table: 1,000 simulated nodes in 4 zones pull one cold image through three replicas, with and without sharing, and a real agent's memory")
+	shareNodes := flag.Int("share-nodes", 1000, "how many simulated nodes the sharing table's rollouts have")
+	shareRuns := flag.Int("share-runs", 1, "rollouts of each kind in the sharing table (each is 1,000 nodes' samples, and takes minutes); the table shows the one with the median node p50")
 	plotPath := flag.String("plot", "docs/bench.png", "where to write the plot of cold pulls by concurrent clients (empty: none)")
 	flag.Parse()
 	b := newBench()
 	defer b.cleanup()
 	b.plot = *plotPath
+	b.shareOnly, b.shareNodes, b.shareRuns = *shareOnly, *shareNodes, *shareRuns
 	b.faultsOnly, b.tagsOnly, b.rolloutOnly, b.keepOnly, b.lazyOnly, b.afterFillOnly = *faultsOnly, *tagsOnly, *rolloutOnly, *keepOnly, *lazyOnly, *afterFillOnly
 	if err := b.run(*runs, *warmOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -91,6 +95,13 @@ type bench struct {
 	// after a cold fill.
 	faultsOnly, tagsOnly, rolloutOnly, keepOnly, lazyOnly, afterFillOnly bool
 	rolloutBytes                                                         int64 // the rollout image's blobs, both platforms
+	// shareOnly runs the sharing table alone, with shareNodes nodes; its
+	// image's blobs (the one copy simulated nodes serve from) and size.
+	shareOnly  bool
+	shareNodes int
+	shareRuns  int
+	shareBlobs map[digest.Digest][]byte
+	shareBytes int64
 }
 
 // plotClients are the points of the plot.
@@ -169,6 +180,13 @@ func (b *bench) run(runs int, warmOnly bool) error {
 	b.depproxy = filepath.Join(b.root, "depproxy")
 	if out, err := exec.Command("go", "build", "-o", b.depproxy, "github.com/depproxy/depproxy/proxy/cmd/depproxy").CombinedOutput(); err != nil {
 		return fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	if b.shareOnly {
+		if err := b.pushShare(); err != nil {
+			return err
+		}
+		b.shareRows(b.shareRuns, b.shareNodes)
+		return nil
 	}
 	if err := b.pushFixtures(); err != nil {
 		return err
@@ -261,6 +279,11 @@ func (b *bench) run(runs int, warmOnly bool) error {
 	if !warmOnly {
 		fmt.Println()
 		b.rolloutRows(runs)
+		fmt.Println()
+		if err := b.pushShare(); err != nil {
+			return err
+		}
+		b.shareRows(b.shareRuns, b.shareNodes)
 		fmt.Println()
 		b.lazyRows(runs)
 		fmt.Println()
@@ -525,6 +548,9 @@ func (b *bench) startReplicas(kind string, n int) *cache {
 			}
 			if strings.Contains(kind, "hot tier") {
 				args = append(args, "--hot-dir", filepath.Join(dir, fmt.Sprintf("hot-%d", i)), "--hot-size", "4Gi")
+			}
+			if strings.Contains(kind, "sharing") {
+				args = append(args, "--node-key", b.nodeKey())
 			}
 			if n > 1 {
 				args = append(args, "--peers", strings.Join(peers, ","), "--advertise", peers[i], "--token-key", key)
