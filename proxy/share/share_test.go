@@ -3,6 +3,7 @@ package share
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -202,6 +203,7 @@ func TestTrackerSendsWithinTheZone(t *testing.T) {
 	if loc, err := tr.Send(httptest.NewRequest(http.MethodGet, "/v2/x/blobs/"+blob.String(), nil), blob); loc != "" || err != nil {
 		t.Errorf("a request from no node: %q %v", loc, err)
 	}
+	checkSends(t, tr)
 }
 
 // What a node may give as its peer URL: a listener and nothing more.
@@ -214,5 +216,96 @@ func TestPeerURL(t *testing.T) {
 		if PeerURL(u) != want {
 			t.Errorf("PeerURL(%q) = %t", u, !want)
 		}
+	}
+}
+
+// A zone's rollout of an image of five blobs, three asked at once by each
+// node as a runtime asks, then the other two once it has the first: the
+// cache serves each blob once, and the sends are spread over the nodes,
+// not piled on the first ones, which hold every blob before the others.
+func TestTrackerSpreadsSendsOverNodes(t *testing.T) {
+	k := newKey(t)
+	tr := NewTracker(k, nil)
+	var blobs []digest.Digest
+	for i := range 5 {
+		blobs = append(blobs, digest.FromString(fmt.Sprintf("layer %d", i)))
+	}
+	const nodes = 60
+	node := func(i int) Node {
+		return Node{Name: fmt.Sprintf("n%d", i), Zone: "a", Peer: fmt.Sprintf("http://n%d:30601", i)}
+	}
+	served, most := 0, 0
+	from := map[string]string{}
+	ask := func(n Node, d digest.Digest) {
+		t.Helper()
+		loc, err := tr.Send(signed(k, n, d), d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if loc == "" {
+			served++
+		}
+		from[n.Name+d.String()] = HolderOf(loc)
+		for _, s := range sendsOf(tr) {
+			most = max(most, s)
+		}
+	}
+	have := func(n Node, d digest.Digest) {
+		t.Helper()
+		r := httptest.NewRequest(http.MethodHead, "/v2/library/app/blobs/"+d.String(), nil)
+		r.Header.Set(HaveHeader, from[n.Name+d.String()])
+		k.Sign(r, n)
+		if _, err := tr.Send(r, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range nodes {
+		for _, d := range blobs[:3] {
+			ask(node(i), d)
+		}
+	}
+	for i := range nodes {
+		for _, d := range blobs[:3] {
+			have(node(i), d)
+		}
+		for _, d := range blobs[3:] {
+			ask(node(i), d)
+		}
+	}
+	if served != len(blobs) {
+		t.Errorf("the cache served %d requests of a zone for %d blobs, want one each", served, len(blobs))
+	}
+	// The first nodes to come hold every blob first; counted per blob,
+	// they were given fanout × 5 at once.
+	if most > nodeSends+1 {
+		t.Errorf("a node was given %d sends at once, want at most %d", most, nodeSends+1)
+	}
+	checkSends(t, tr)
+}
+
+// sendsOf counts each node's askers over all blobs.
+func sendsOf(tr *Tracker) map[string]int {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	n := map[string]int{}
+	for _, el := range tr.blobs {
+		for _, h := range el.Value.(*blobHolders).holders {
+			if len(h.askers) > 0 {
+				n[h.node.Name] += len(h.askers)
+			}
+		}
+	}
+	return n
+}
+
+// checkSends checks the tracker's count of each node's sends against its
+// holders' askers, after drops, expiries and reports.
+func checkSends(t *testing.T, tr *Tracker) {
+	t.Helper()
+	want := sendsOf(tr)
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if !maps.Equal(tr.sends, sends(want)) {
+		t.Errorf("the tracker counts sends %v, its holders have %v", tr.sends, want)
 	}
 }
