@@ -186,11 +186,11 @@ func TestTrackerSendsWithinTheZone(t *testing.T) {
 			t.Fatal("a dropped holder is still sent nodes")
 		}
 	}
-	// A minute on, the nodes that never said they have it are no
+	// Long after, the nodes that never said they have it are no
 	// holders; the one that did still is.
 	clock = clock.Add(2 * receiving)
 	have(node("a7", "a"), "")
-	for i := 0; i < fanout; i++ {
+	for i := 0; i < min(fanout, nodeSends); i++ {
 		if got := send(node(fmt.Sprintf("late%d", i), "a"), "", ""); got != "a7" {
 			t.Errorf("a late node was sent to %q, want a7, the only node that said it has the blob", got)
 		}
@@ -276,9 +276,11 @@ func TestTrackerSpreadsSendsOverNodes(t *testing.T) {
 		t.Errorf("the cache served %d requests of a zone for %d blobs, want one each", served, len(blobs))
 	}
 	// The first nodes to come hold every blob first; counted per blob,
-	// they were given fanout × 5 at once.
-	if most > nodeSends+1 {
-		t.Errorf("a node was given %d sends at once, want at most %d", most, nodeSends+1)
+	// they were given up to fanout × 5 at once (12 here). Each node asks
+	// three at once and serves nodeSends before others go first, so the
+	// zone's extra ones are spread, one or two a node.
+	if most > nodeSends+2 {
+		t.Errorf("a node was given %d sends at once, want at most %d", most, nodeSends+2)
 	}
 	checkSends(t, tr)
 }

@@ -24,14 +24,17 @@ const (
 	// every one of them: counted per blob only, they served up to
 	// fanout × blobs at once, each at that fraction of their link, and
 	// the rollout ran at the speed of those few links. Counted per node,
-	// each node is inside the trees of about one blob and a leaf of the
-	// others, and every node's link carries a part.
-	nodeSends = 4
+	// every node's link carries a part, each follower gets half a link
+	// or more, and in a rollout's burst (each node asks for three blobs
+	// at once) the sends past two are spread over the zone.
+	nodeSends = 2
 	// maxDepth bounds how far from a node that has the blob whole a
 	// node may be sent. A copy streams on as it arrives, so depth costs
-	// little time; but one failure cuts every node below it, and a zone
-	// of a few hundred nodes needs about log4 of them.
-	maxDepth = 8
+	// little time; but one failure cuts every node below it. In a
+	// rollout's burst the only holders with room are the nodes that
+	// just asked, so copies first grow as chains, and each time one
+	// reaches the bound the next node goes to a holder already busy.
+	maxDepth = 16
 	// sending is how long a send counts against a holder's fan-out
 	// unless the asker reports it has the blob sooner; receiving is how
 	// long a node that asked for a blob counts as receiving it without

@@ -75,9 +75,14 @@ func (n *simNode) failed(err error) {
 // token bucket's burst).
 const simChunk = 32 << 10
 
-// peerSilence is the agent's (proxy/localmirror): how long a peer may say
-// nothing before it is reported.
-const peerSilence = 3 * time.Second
+// peerSilence is how long a peer may say nothing before it is reported:
+// the agent's (proxy/localmirror) 3 s, scaled with the links. At 1 Gbit/s
+// 3 s is hundreds of megabytes; at the modelled 256 KiB/s, shared by the
+// few followers of a holder a few hops down a tree that all start in the
+// same second, it is a handful of chunks, and the first bytes of a blob
+// take that long to reach the bottom. 15 s here is still about 100×
+// fewer bytes than the agent's 3 s at 1 Gbit/s.
+const peerSilence = 15 * time.Second
 
 type simArrival struct {
 	mu   sync.Mutex
