@@ -147,42 +147,43 @@ func TestTrackerSendsWithinTheZone(t *testing.T) {
 	if got := send(node("b0", "b"), "", ""); got != "" {
 		t.Fatalf("the first node of zone b is sent to %q (zone a's holder?)", got)
 	}
-	// In turn, as a rollout's nodes come: a star around a0 first, then
-	// its askers, never a chain.
-	depthOf := map[string]int{"a0": 0}
-	for i := 1; i <= 12; i++ {
+	// In turn, as a rollout's nodes come, for one blob: each holder is
+	// given nodeSends, nearest the cache's copy first, so 14 nodes fill a
+	// tree three deep, never a chain.
+	depthOf, parentOf := map[string]int{"a0": 0}, map[string]string{}
+	for i := 1; i <= 14; i++ {
 		n := node(fmt.Sprintf("a%d", i), "a")
 		to := send(n, "", "")
 		if to == "" || to == "b0" {
 			t.Fatalf("%s was sent to %q", n.Name, to)
 		}
-		depthOf[n.Name] = depthOf[to] + 1
-		if depthOf[n.Name] > maxDepth {
+		depthOf[n.Name], parentOf[n.Name] = depthOf[to]+1, to
+		if depthOf[n.Name] > 3 {
 			t.Fatalf("%s is %d away from the cache's copy (sent to %s)", n.Name, depthOf[n.Name], to)
 		}
 	}
 	tr.mu.Lock()
 	for _, h := range tr.blobs[blob].Value.(*blobHolders).holders {
-		if len(h.askers) > fanout {
+		if len(h.askers) > nodeSends {
 			t.Errorf("holder %s was given %d nodes at once", h.node.Name, len(h.askers))
 		}
 	}
 	tr.mu.Unlock()
-	// a5 has the blob whole now: the next node goes to it, ahead of
-	// every node still receiving.
-	have(node("a5", "a"), "a1")
-	if got := send(node("a20", "a"), "", ""); got != "a5" {
+	// a9 has the blob whole now: the next node goes to it, ahead of
+	// every node still receiving, and its holder has room again.
+	have(node("a9", "a"), parentOf["a9"])
+	if got := send(node("a20", "a"), "", ""); got != "a9" {
 		t.Errorf("a node was sent to %q, not to the one that has the blob whole", got)
 	}
 	// A bad holder is dropped; a busy one is not.
-	if got := send(node("a21", "a"), BadPeerHeader, "a5"); got != "" {
+	if got := send(node("a21", "a"), BadPeerHeader, "a9"); got != "" {
 		t.Errorf("a node that reported a bad peer is sent to %q, not served", got)
 	}
 	if got := send(node("a22", "a"), BusyPeerHeader, "a0"); got != "" {
 		t.Errorf("a node that reported a busy peer is sent to %q, not served", got)
 	}
 	for i := 0; i < 4*fanout; i++ {
-		if got := send(node(fmt.Sprintf("y%d", i), "a"), "", ""); got == "a5" {
+		if got := send(node(fmt.Sprintf("y%d", i), "a"), "", ""); got == "a9" {
 			t.Fatal("a dropped holder is still sent nodes")
 		}
 	}
