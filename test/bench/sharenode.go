@@ -112,13 +112,14 @@ func newSimNode(name, zone, cache string, key *share.Key, blobs map[digest.Diges
 	n := &simNode{self: share.Node{Name: name, Zone: zone}, key: key, cache: cache, blobs: blobs,
 		in: rate.NewLimiter(rate.Limit(linkRate), simChunk), out: rate.NewLimiter(rate.Limit(linkRate), simChunk),
 		ctx: ctx, kill: cancel, arrivals: map[digest.Digest]*simArrival{}}
-	dialer := &net.Dialer{Timeout: time.Second}
-	// The agent gives the cache a second to connect. Here 3,000
-	// connections reach three listeners in the same instant, past the
-	// loopback's SYN backlog (2,048); a dropped SYN is sent again after a
-	// second, so the simulated nodes wait longer for the cache (not for
-	// peers).
-	cacheDialer := &net.Dialer{Timeout: 10 * time.Second}
+	// The agent gives the cache and peers a second to connect. Here
+	// 3,000 connections reach three listeners in the same instant, and
+	// as many more the nodes' listeners, past the loopback's SYN backlog
+	// (2,048); a dropped SYN is sent again after a second, so the
+	// simulated nodes wait longer. A killed node's listener is closed:
+	// connecting to it is refused at once, whatever the timeout.
+	dialer := &net.Dialer{Timeout: 10 * time.Second}
+	cacheDialer := dialer
 	n.cacheClient = &http.Client{Transport: &http.Transport{DialContext: cacheDialer.DialContext, ResponseHeaderTimeout: time.Minute, MaxIdleConnsPerHost: shareParallel},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	n.peerClient = &http.Client{Transport: &http.Transport{DialContext: dialer.DialContext, ResponseHeaderTimeout: peerSilence, MaxIdleConnsPerHost: shareParallel}}
