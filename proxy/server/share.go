@@ -23,8 +23,11 @@ import (
 const askHeader = "Depproxy-Share-Ask"
 
 // nodeSharing decides where nodes' blob requests go (--node-key). With
-// several replicas, the one that owns a blob's key keeps its holders, so
-// that every replica sends a zone's nodes to the same peers.
+// several replicas, the one that owns a zone's key keeps the holders of
+// every blob in that zone, so that every replica sends a zone's nodes to
+// the same peers, and the one that decides knows all a node is sending
+// (owned by blob, the sends of one node were counted by three replicas,
+// each a third, and a node was given three times its share).
 type nodeSharing struct {
 	key     *share.Key
 	tracker *share.Tracker
@@ -83,18 +86,19 @@ func (s *nodeSharing) decide(r *http.Request, d digest.Digest) (string, error) {
 	if s.ring == nil || r.Header.Get(askHeader) != "" {
 		return s.tracker.Send(r, d)
 	}
-	owner := s.ring.Owner("share/" + d.String())
+	// A forged request costs the owner nothing.
+	node, _, err := s.key.Check(r)
+	if err != nil {
+		return "", err
+	}
+	owner := s.ring.Owner("share/zone/" + node.Zone)
 	if owner == s.ring.Self() {
 		return s.tracker.Send(r, d)
-	}
-	// A forged request costs the owner nothing.
-	if _, err := s.key.Check(r); err != nil {
-		return "", err
 	}
 	to, err := s.ask(r.Context(), r, owner)
 	if err != nil && !errors.Is(err, share.ErrBadSignature) {
 		// The owner is away: this replica decides, from what it knows.
-		s.log.V(1).Info("the replica keeping a blob's holders does not answer; deciding here", "digest", d, "owner", owner, "error", err.Error())
+		s.log.V(1).Info("the replica keeping a zone's holders does not answer; deciding here", "digest", d, "zone", node.Zone, "owner", owner, "error", err.Error())
 		return s.tracker.Send(r, d)
 	}
 	return to, err

@@ -131,10 +131,11 @@ func (k *Key) Verify(r *http.Request) (node Node, ok bool, err error) {
 }
 
 // Check is Verify without using the request up: a replica that passes
-// it on to the one that decides turns a forged one away first.
-func (k *Key) Check(r *http.Request) (ok bool, err error) {
-	_, ok, err = k.check(r)
-	return ok, err
+// it on to the one that decides turns a forged one away first, and
+// learns the node's zone to find that one.
+func (k *Key) Check(r *http.Request) (node Node, ok bool, err error) {
+	c, ok, err := k.check(r)
+	return c.Node, ok, err
 }
 
 // check verifies r's signature and time, and the claim's form.

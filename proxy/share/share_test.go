@@ -3,6 +3,7 @@ package share
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -146,50 +147,51 @@ func TestTrackerSendsWithinTheZone(t *testing.T) {
 	if got := send(node("b0", "b"), "", ""); got != "" {
 		t.Fatalf("the first node of zone b is sent to %q (zone a's holder?)", got)
 	}
-	// In turn, as a rollout's nodes come: a star around a0 first, then
-	// its askers, never a chain.
-	depthOf := map[string]int{"a0": 0}
-	for i := 1; i <= 12; i++ {
+	// In turn, as a rollout's nodes come, for one blob: each holder is
+	// given nodeSends, nearest the cache's copy first, so 14 nodes fill a
+	// tree three deep, never a chain.
+	depthOf, parentOf := map[string]int{"a0": 0}, map[string]string{}
+	for i := 1; i <= 14; i++ {
 		n := node(fmt.Sprintf("a%d", i), "a")
 		to := send(n, "", "")
 		if to == "" || to == "b0" {
 			t.Fatalf("%s was sent to %q", n.Name, to)
 		}
-		depthOf[n.Name] = depthOf[to] + 1
-		if depthOf[n.Name] > maxDepth {
+		depthOf[n.Name], parentOf[n.Name] = depthOf[to]+1, to
+		if depthOf[n.Name] > 3 {
 			t.Fatalf("%s is %d away from the cache's copy (sent to %s)", n.Name, depthOf[n.Name], to)
 		}
 	}
 	tr.mu.Lock()
 	for _, h := range tr.blobs[blob].Value.(*blobHolders).holders {
-		if len(h.askers) > fanout {
+		if len(h.askers) > nodeSends {
 			t.Errorf("holder %s was given %d nodes at once", h.node.Name, len(h.askers))
 		}
 	}
 	tr.mu.Unlock()
-	// a5 has the blob whole now: the next node goes to it, ahead of
-	// every node still receiving.
-	have(node("a5", "a"), "a1")
-	if got := send(node("a20", "a"), "", ""); got != "a5" {
+	// a9 has the blob whole now: the next node goes to it, ahead of
+	// every node still receiving, and its holder has room again.
+	have(node("a9", "a"), parentOf["a9"])
+	if got := send(node("a20", "a"), "", ""); got != "a9" {
 		t.Errorf("a node was sent to %q, not to the one that has the blob whole", got)
 	}
 	// A bad holder is dropped; a busy one is not.
-	if got := send(node("a21", "a"), BadPeerHeader, "a5"); got != "" {
+	if got := send(node("a21", "a"), BadPeerHeader, "a9"); got != "" {
 		t.Errorf("a node that reported a bad peer is sent to %q, not served", got)
 	}
 	if got := send(node("a22", "a"), BusyPeerHeader, "a0"); got != "" {
 		t.Errorf("a node that reported a busy peer is sent to %q, not served", got)
 	}
 	for i := 0; i < 4*fanout; i++ {
-		if got := send(node(fmt.Sprintf("y%d", i), "a"), "", ""); got == "a5" {
+		if got := send(node(fmt.Sprintf("y%d", i), "a"), "", ""); got == "a9" {
 			t.Fatal("a dropped holder is still sent nodes")
 		}
 	}
-	// A minute on, the nodes that never said they have it are no
+	// Long after, the nodes that never said they have it are no
 	// holders; the one that did still is.
 	clock = clock.Add(2 * receiving)
 	have(node("a7", "a"), "")
-	for i := 0; i < fanout; i++ {
+	for i := 0; i < min(fanout, nodeSends); i++ {
 		if got := send(node(fmt.Sprintf("late%d", i), "a"), "", ""); got != "a7" {
 			t.Errorf("a late node was sent to %q, want a7, the only node that said it has the blob", got)
 		}
@@ -202,6 +204,7 @@ func TestTrackerSendsWithinTheZone(t *testing.T) {
 	if loc, err := tr.Send(httptest.NewRequest(http.MethodGet, "/v2/x/blobs/"+blob.String(), nil), blob); loc != "" || err != nil {
 		t.Errorf("a request from no node: %q %v", loc, err)
 	}
+	checkSends(t, tr)
 }
 
 // What a node may give as its peer URL: a listener and nothing more.
@@ -214,5 +217,98 @@ func TestPeerURL(t *testing.T) {
 		if PeerURL(u) != want {
 			t.Errorf("PeerURL(%q) = %t", u, !want)
 		}
+	}
+}
+
+// A zone's rollout of an image of five blobs, three asked at once by each
+// node as a runtime asks, then the other two once it has the first: the
+// cache serves each blob once, and the sends are spread over the nodes,
+// not piled on the first ones, which hold every blob before the others.
+func TestTrackerSpreadsSendsOverNodes(t *testing.T) {
+	k := newKey(t)
+	tr := NewTracker(k, nil)
+	var blobs []digest.Digest
+	for i := range 5 {
+		blobs = append(blobs, digest.FromString(fmt.Sprintf("layer %d", i)))
+	}
+	const nodes = 60
+	node := func(i int) Node {
+		return Node{Name: fmt.Sprintf("n%d", i), Zone: "a", Peer: fmt.Sprintf("http://n%d:30601", i)}
+	}
+	served, most := 0, 0
+	from := map[string]string{}
+	ask := func(n Node, d digest.Digest) {
+		t.Helper()
+		loc, err := tr.Send(signed(k, n, d), d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if loc == "" {
+			served++
+		}
+		from[n.Name+d.String()] = HolderOf(loc)
+		for _, s := range sendsOf(tr) {
+			most = max(most, s)
+		}
+	}
+	have := func(n Node, d digest.Digest) {
+		t.Helper()
+		r := httptest.NewRequest(http.MethodHead, "/v2/library/app/blobs/"+d.String(), nil)
+		r.Header.Set(HaveHeader, from[n.Name+d.String()])
+		k.Sign(r, n)
+		if _, err := tr.Send(r, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range nodes {
+		for _, d := range blobs[:3] {
+			ask(node(i), d)
+		}
+	}
+	for i := range nodes {
+		for _, d := range blobs[:3] {
+			have(node(i), d)
+		}
+		for _, d := range blobs[3:] {
+			ask(node(i), d)
+		}
+	}
+	if served != len(blobs) {
+		t.Errorf("the cache served %d requests of a zone for %d blobs, want one each", served, len(blobs))
+	}
+	// The first nodes to come hold every blob first; counted per blob,
+	// they were given up to fanout × 5 at once (12 here). Each node asks
+	// three at once and serves nodeSends before others go first, so the
+	// zone's extra ones are spread, one or two a node.
+	if most > nodeSends+2 {
+		t.Errorf("a node was given %d sends at once, want at most %d", most, nodeSends+2)
+	}
+	checkSends(t, tr)
+}
+
+// sendsOf counts each node's askers over all blobs.
+func sendsOf(tr *Tracker) map[string]int {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	n := map[string]int{}
+	for _, el := range tr.blobs {
+		for _, h := range el.Value.(*blobHolders).holders {
+			if len(h.askers) > 0 {
+				n[h.node.Name] += len(h.askers)
+			}
+		}
+	}
+	return n
+}
+
+// checkSends checks the tracker's count of each node's sends against its
+// holders' askers, after drops, expiries and reports.
+func checkSends(t *testing.T, tr *Tracker) {
+	t.Helper()
+	want := sendsOf(tr)
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if !maps.Equal(tr.sends, sends(want)) {
+		t.Errorf("the tracker counts sends %v, its holders have %v", tr.sends, want)
 	}
 }

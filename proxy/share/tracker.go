@@ -14,30 +14,43 @@ import (
 )
 
 const (
-	// fanout is how many nodes one holder serves at once: each of them
-	// holds the blob soon after and is sent others, so the copies grow
-	// as a tree, and no holder's link carries the whole zone.
+	// fanout is how many nodes one holder serves one blob at once: each
+	// of them holds the blob soon after and is sent others, so the copies
+	// grow as a tree, and no holder's link carries the whole zone.
 	fanout = 4
+	// nodeSends is how many sends a node serves at once over all its
+	// blobs before holders with less to do go first. A runtime pulls a
+	// few blobs of an image at once, and the nodes that came first hold
+	// every one of them: counted per blob only, they served up to
+	// fanout × blobs at once, each at that fraction of their link, and
+	// the rollout ran at the speed of those few links. Counted per node,
+	// every node's link carries a part, each follower gets half a link
+	// or more, and in a rollout's burst (each node asks for three blobs
+	// at once) the sends past two are spread over the zone.
+	nodeSends = 2
 	// maxDepth bounds how far from a node that has the blob whole a
-	// node may be sent: to one still receiving it from the cache (1),
-	// or from a node that is (2). Deeper chains would run at the speed
-	// of their slowest link, and one failure would cut every node after
-	// it.
-	maxDepth = 2
+	// node may be sent. A copy streams on as it arrives, so depth costs
+	// little time; but one failure cuts every node below it. In a
+	// rollout's burst the only holders with room are the nodes that
+	// just asked, so copies first grow as chains, and each time one
+	// reaches the bound the next node goes to a holder already busy.
+	maxDepth = 16
 	// sending is how long a send counts against a holder's fan-out
-	// unless the asker reports it has the blob sooner.
-	sending = time.Minute
-	// receiving is how long a node that asked for a blob counts as
-	// receiving it without reporting that it has it: one that never
-	// does (its pull failed, it went away) stops being sent others.
-	receiving = time.Minute
+	// unless the asker reports it has the blob sooner; receiving is how
+	// long a node that asked for a blob counts as receiving it without
+	// reporting that it has it: one that never does (its pull failed, it
+	// went away) stops being sent others. A blob streams down a tree at
+	// a fraction of each link, so both are long: a holder that went away
+	// meanwhile costs its askers a report and a retry, not a failed pull.
+	sending   = 10 * time.Minute
+	receiving = 10 * time.Minute
 	// held is how long a node that reported having a blob counts as
 	// holding it without saying so again (it may have evicted it).
 	held = time.Hour
 	// maxBlobs and maxHolders bound what the tracker remembers: the
 	// least recently asked blobs, and a blob's oldest holders, go first.
 	maxBlobs   = 20000
-	maxHolders = 256
+	maxHolders = 4096
 )
 
 // Tracker is the cache's side: it remembers which nodes hold or are
@@ -51,11 +64,23 @@ type Tracker struct {
 	mu    sync.Mutex
 	blobs map[digest.Digest]*list.Element // of *blobHolders, most recent first
 	lru   *list.List
+	sends sends
 }
 
 type blobHolders struct {
 	digest  digest.Digest
 	holders []*holder
+	sends   sends
+}
+
+// sends counts, per node name, the askers it serves at once over all
+// blobs.
+type sends map[string]int
+
+func (s sends) add(node string, n int) {
+	if s[node] += n; s[node] <= 0 {
+		delete(s, node)
+	}
 }
 
 type holder struct {
@@ -99,7 +124,7 @@ func NewTracker(key *Key, m *Metrics) *Tracker {
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	return &Tracker{key: key, now: time.Now, metrics: m, blobs: map[digest.Digest]*list.Element{}, lru: list.New()}
+	return &Tracker{key: key, now: time.Now, metrics: m, blobs: map[digest.Digest]*list.Element{}, lru: list.New(), sends: sends{}}
 }
 
 // Send decides where a node's blob request goes: "" to be served by the
@@ -137,7 +162,7 @@ func (t *Tracker) Send(r *http.Request, d digest.Digest) (string, error) {
 	depth := 0
 	if to != nil {
 		depth = to.depth + 1
-		to.askers[asker.Name] = now
+		bh.give(to, asker.Name, now)
 	}
 	bh.receiving(asker, depth, now)
 	if to == nil {
@@ -167,33 +192,42 @@ func (t *Tracker) entry(d digest.Digest) *blobHolders {
 		t.lru.MoveToFront(el)
 		return el.Value.(*blobHolders)
 	}
-	bh := &blobHolders{digest: d}
+	bh := &blobHolders{digest: d, sends: t.sends}
 	t.blobs[d] = t.lru.PushFront(bh)
 	if t.lru.Len() > maxBlobs {
 		last := t.lru.Back()
 		t.lru.Remove(last)
-		delete(t.blobs, last.Value.(*blobHolders).digest)
+		old := last.Value.(*blobHolders)
+		for _, h := range old.holders {
+			old.forget(h)
+		}
+		delete(t.blobs, old.digest)
 	}
 	return bh
 }
 
 // pick is the holder asker is sent to: of its zone, not asker, still
-// holding or receiving, with room for one more; a node that has the blob
-// whole before one still receiving it, the nearest to the cache's copy
-// first, then the least busy.
+// holding or receiving, with room for one more of this blob. A node
+// serving fewer than nodeSends at once goes first (when none does, the
+// least busy); then a node that has the blob whole, then the nearest to
+// a whole copy, then the least busy.
 func (bh *blobHolders) pick(asker Node, now time.Time) *holder {
 	var best *holder
-	bestBusy := 0
-	better := func(h *holder, busy int) bool {
+	bestFree := false
+	better := func(h *holder, free bool) bool {
 		switch {
 		case best == nil:
 			return true
+		case free != bestFree:
+			return free
+		case !free && bh.sends[h.node.Name] != bh.sends[best.node.Name]:
+			return bh.sends[h.node.Name] < bh.sends[best.node.Name]
 		case h.whole != best.whole:
 			return h.whole
 		case h.depth != best.depth:
 			return h.depth < best.depth
 		}
-		return busy < bestBusy
+		return bh.sends[h.node.Name] < bh.sends[best.node.Name]
 	}
 	for _, h := range bh.holders {
 		if h.node.Name == asker.Name || h.node.Zone != asker.Zone || h.node.Peer == "" || h.expired(now) {
@@ -204,14 +238,36 @@ func (bh *blobHolders) pick(asker Node, now time.Time) *holder {
 		}
 		for a, at := range h.askers {
 			if now.Sub(at) >= sending {
-				delete(h.askers, a)
+				bh.take(h, a)
 			}
 		}
-		if busy := len(h.askers); busy < fanout && better(h, busy) {
-			best, bestBusy = h, busy
+		free := bh.sends[h.node.Name] < nodeSends
+		if len(h.askers) < fanout && better(h, free) {
+			best, bestFree = h, free
 		}
 	}
 	return best
+}
+
+// give counts asker as served by h; take, as no longer; forget, h's
+// askers of this blob all gone with it.
+func (bh *blobHolders) give(h *holder, asker string, now time.Time) {
+	if _, ok := h.askers[asker]; !ok {
+		bh.sends.add(h.node.Name, 1)
+	}
+	h.askers[asker] = now
+}
+
+func (bh *blobHolders) take(h *holder, asker string) {
+	if _, ok := h.askers[asker]; ok {
+		delete(h.askers, asker)
+		bh.sends.add(h.node.Name, -1)
+	}
+}
+
+func (bh *blobHolders) forget(h *holder) {
+	bh.sends.add(h.node.Name, -len(h.askers))
+	clear(h.askers)
 }
 
 func (h *holder) expired(now time.Time) bool {
@@ -242,6 +298,7 @@ func (bh *blobHolders) receiving(node Node, depth int, now time.Time) {
 		return
 	}
 	if len(bh.holders) >= maxHolders {
+		bh.forget(bh.holders[0])
 		bh.holders = bh.holders[1:]
 	}
 	bh.holders = append(bh.holders, &holder{node: node, since: now, depth: depth, askers: map[string]time.Time{}})
@@ -257,7 +314,7 @@ func (bh *blobHolders) have(node Node, from string, now time.Time) {
 	}
 	h.node, h.whole, h.since, h.depth = node, true, now, 0
 	if src := bh.find(from); src != nil {
-		delete(src.askers, node.Name)
+		bh.take(src, node.Name)
 	}
 }
 
@@ -265,6 +322,7 @@ func (bh *blobHolders) have(node Node, from string, now time.Time) {
 func (bh *blobHolders) drop(name string) bool {
 	for i, h := range bh.holders {
 		if h.node.Name == name {
+			bh.forget(h)
 			bh.holders = append(bh.holders[:i], bh.holders[i+1:]...)
 			return true
 		}

@@ -75,9 +75,14 @@ func (n *simNode) failed(err error) {
 // token bucket's burst).
 const simChunk = 32 << 10
 
-// peerSilence is the agent's (proxy/localmirror): how long a peer may say
-// nothing before it is reported.
-const peerSilence = 3 * time.Second
+// peerSilence is how long a peer may say nothing before it is reported:
+// the agent's (proxy/localmirror) 3 s, scaled with the links. At 1 Gbit/s
+// 3 s is hundreds of megabytes; at the modelled 256 KiB/s, shared by the
+// few followers of a holder a few hops down a tree that all start in the
+// same second, it is a handful of chunks, and the first bytes of a blob
+// take that long to reach the bottom. 15 s here is still about 100×
+// fewer bytes than the agent's 3 s at 1 Gbit/s.
+const peerSilence = 15 * time.Second
 
 type simArrival struct {
 	mu   sync.Mutex
@@ -107,13 +112,14 @@ func newSimNode(name, zone, cache string, key *share.Key, blobs map[digest.Diges
 	n := &simNode{self: share.Node{Name: name, Zone: zone}, key: key, cache: cache, blobs: blobs,
 		in: rate.NewLimiter(rate.Limit(linkRate), simChunk), out: rate.NewLimiter(rate.Limit(linkRate), simChunk),
 		ctx: ctx, kill: cancel, arrivals: map[digest.Digest]*simArrival{}}
-	dialer := &net.Dialer{Timeout: time.Second}
-	// The agent gives the cache a second to connect. Here 3,000
-	// connections reach three listeners in the same instant, past the
-	// loopback's SYN backlog (2,048); a dropped SYN is sent again after a
-	// second, so the simulated nodes wait longer for the cache (not for
-	// peers).
-	cacheDialer := &net.Dialer{Timeout: 10 * time.Second}
+	// The agent gives the cache and peers a second to connect. Here
+	// 3,000 connections reach three listeners in the same instant, and
+	// as many more the nodes' listeners, past the loopback's SYN backlog
+	// (2,048); a dropped SYN is sent again after a second, so the
+	// simulated nodes wait longer. A killed node's listener is closed:
+	// connecting to it is refused at once, whatever the timeout.
+	dialer := &net.Dialer{Timeout: 10 * time.Second}
+	cacheDialer := dialer
 	n.cacheClient = &http.Client{Transport: &http.Transport{DialContext: cacheDialer.DialContext, ResponseHeaderTimeout: time.Minute, MaxIdleConnsPerHost: shareParallel},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	n.peerClient = &http.Client{Transport: &http.Transport{DialContext: dialer.DialContext, ResponseHeaderTimeout: peerSilence, MaxIdleConnsPerHost: shareParallel}}

@@ -340,8 +340,8 @@ func (m *meteredWriter) Write(p []byte) (int, error) {
 }
 
 // Three replicas on MinIO behind one Service: whichever replica a node's
-// request lands on, the replica that owns the blob's key keeps its
-// holders, so the cache still sends about one image per zone.
+// request lands on, the replica that owns the node's zone keeps that
+// zone's holders, so the cache still sends about one image per zone.
 func TestNodesShareThroughReplicas(t *testing.T) {
 	e := newEnv(t)
 	img, err := random.Image(1<<20, 4)
