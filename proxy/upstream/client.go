@@ -379,7 +379,7 @@ func (c *Client) doQuery(ctx context.Context, method, repo, path string, query u
 	for k, v := range header {
 		req.Header[k] = v
 	}
-	resp, err := (&http.Client{Transport: rt, CheckRedirect: c.checkRedirect}).Do(req)
+	resp, err := (&http.Client{Transport: rt, CheckRedirect: CheckRedirect}).Do(req)
 	if err != nil {
 		c.forget(repo, rt)
 		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
