@@ -318,6 +318,19 @@ func TestInvalidSpecsAreRefusedWithAReason(t *testing.T) {
 	}{
 		{"upstream not a URL", func(d *depproxyv1.DependencyProxy) { d.Spec.Upstream.URL = "registry-1.docker.io" }, "upstream.url must be a scheme and host"},
 		{"upstream with a path", func(d *depproxyv1.DependencyProxy) { d.Spec.Upstream.URL = "https://x.io/v2/foo" }, "upstream.url must be a scheme and host"},
+		{"a registry upstream with a path", func(d *depproxyv1.DependencyProxy) {
+			d.Spec.Upstreams = []depproxyv1.RegistryUpstream{{Registry: "ghcr.io", UpstreamSpec: depproxyv1.UpstreamSpec{URL: "https://ghcr.io/org"}}}
+		}, "a registry's url must be a scheme and host"},
+		{"a Helm repository without a URL", func(d *depproxyv1.DependencyProxy) {
+			d.Spec.Upstreams = []depproxyv1.RegistryUpstream{{Registry: "charts.example", Kind: depproxyv1.UpstreamKindHelm, UpstreamSpec: depproxyv1.UpstreamSpec{URL: "charts.example.com/stable"}}}
+		}, "a Helm repository's url is where its index.yaml is"},
+		{"a Helm repository with a plugin", func(d *depproxyv1.DependencyProxy) {
+			d.Spec.Upstreams = []depproxyv1.RegistryUpstream{{Registry: "charts.example", Kind: depproxyv1.UpstreamKindHelm, UpstreamSpec: depproxyv1.UpstreamSpec{URL: "https://charts.example.com",
+				CredentialProvider: &depproxyv1.CredentialProviderSpec{Name: "ecr-credential-provider"}}}}
+		}, "a Helm repository takes credentialsSecretRef"},
+		{"an unknown upstream kind", func(d *depproxyv1.DependencyProxy) {
+			d.Spec.Upstreams = []depproxyv1.RegistryUpstream{{Registry: "charts.example", Kind: "git", UpstreamSpec: depproxyv1.UpstreamSpec{URL: "https://charts.example.com"}}}
+		}, "spec.upstreams[0].kind"},
 		{"endpoint with scheme", func(d *depproxyv1.DependencyProxy) { d.Spec.Storage.Endpoint = "http://minio:9000" }, "storage.endpoint is host:port"},
 		{"bad bucket", func(d *depproxyv1.DependencyProxy) { d.Spec.Storage.Bucket = "Bad_Bucket" }, "spec.storage.bucket"},
 		{"both auth modes", func(d *depproxyv1.DependencyProxy) {
@@ -345,6 +358,14 @@ func TestInvalidSpecsAreRefusedWithAReason(t *testing.T) {
 	// The valid base is accepted: the cases above fail for their reason.
 	if err := k8sClient.Create(context.Background(), valid()); err != nil {
 		t.Fatalf("the valid spec was refused: %v", err)
+	}
+	charts := valid()
+	charts.Spec.Upstreams = []depproxyv1.RegistryUpstream{
+		{Registry: "docker.io", UpstreamSpec: depproxyv1.UpstreamSpec{URL: "https://registry-1.docker.io"}},
+		{Registry: "charts.example", Kind: depproxyv1.UpstreamKindHelm, UpstreamSpec: depproxyv1.UpstreamSpec{URL: "https://charts.example.com/stable"}},
+	}
+	if err := k8sClient.Create(context.Background(), charts); err != nil {
+		t.Fatalf("a Helm repository upstream was refused: %v", err)
 	}
 	hot := valid()
 	hot.Spec.Storage.Hot = &depproxyv1.HotTierSpec{Size: resource.MustParse("20Gi")}

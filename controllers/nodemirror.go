@@ -65,14 +65,16 @@ func nodeAgentLabels(nm *depproxyv1.NodeMirror) map[string]string {
 // servingUpstream is the index of the upstream of dp that serves
 // registry, by the routing rule of the settings the operator renders for
 // the proxy (its name, its URL's host, its mirrorOf, Docker Hub's
-// aliases); false when none does.
+// aliases); false when none does, or a Helm repository does.
 func servingUpstream(dp *depproxyv1.DependencyProxy, registry string) (int, bool) {
 	conf := proxySettings(dp)
 	routes, err := conf.Routes()
 	if err != nil {
 		return 0, false
 	}
-	return routes.Serving(registry)
+	i, ok := routes.Serving(registry)
+	// A Helm repository is no registry a node could fall back to.
+	return i, ok && upstreams(dp)[i].Kind != depproxyv1.UpstreamKindHelm
 }
 
 // servedRegistry is registry, when dp serves it, with where a node falls

@@ -213,3 +213,27 @@ func TestPrivateUpstream(t *testing.T) {
 		t.Errorf("the single upstream: %q", got)
 	}
 }
+
+// A Helm repository upstream is rendered for the proxy as one, and is no
+// registry a NodeMirror routes the nodes' pulls to.
+func TestHelmUpstream(t *testing.T) {
+	dp := &depproxyv1.DependencyProxy{Spec: depproxyv1.DependencyProxySpec{Upstreams: []depproxyv1.RegistryUpstream{
+		{Registry: "docker.io", UpstreamSpec: depproxyv1.UpstreamSpec{URL: "https://registry-1.docker.io"}},
+		{Registry: "charts.example", Kind: depproxyv1.UpstreamKindHelm, UpstreamSpec: depproxyv1.UpstreamSpec{URL: "https://charts.example.com/stable",
+			CredentialsSecretRef: &corev1.LocalObjectReference{Name: "charts"}}},
+	}}}
+	conf := proxySettings(dp)
+	if got := conf.Upstream.For("charts.example", false); got != "helm+https://charts.example.com/stable" {
+		t.Errorf("--upstream charts.example=%q", got)
+	}
+	ups, err := conf.Upstreams()
+	if err != nil || !ups[1].Helm || ups[1].Credentials == "" {
+		t.Fatalf("the proxy reads it as %+v, %v", ups, err)
+	}
+	if _, ok := servedRegistry(dp, "charts.example"); ok {
+		t.Error("a NodeMirror would route charts.example's pulls to the cache")
+	}
+	if _, ok := servedRegistry(dp, "docker.io"); !ok {
+		t.Error("docker.io is not routed")
+	}
+}

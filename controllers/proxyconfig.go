@@ -9,6 +9,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
+	"github.com/depproxy/depproxy/proxy/registryname"
 	"github.com/depproxy/depproxy/proxy/settings"
 )
 
@@ -27,7 +28,7 @@ func proxySettings(dp *depproxyv1.DependencyProxy) settings.Settings {
 		Listen:            fmt.Sprintf(":%d", ProxyPort),
 		MetricsListen:     fmt.Sprintf(":%d", MetricsPort),
 		ShutdownDelay:     settings.Duration(shutdownDelay),
-		Upstream:          upstreamKeys(dp, func(u depproxyv1.RegistryUpstream, _ int) string { return u.URL }),
+		Upstream:          upstreamKeys(dp, upstreamURL),
 		Storage:           storage,
 		S3Endpoint:        s.Endpoint,
 		S3Insecure:        s.Insecure,
@@ -93,6 +94,15 @@ func upstreamKeys(dp *depproxyv1.DependencyProxy, value func(u depproxyv1.Regist
 		}
 	}
 	return l
+}
+
+// upstreamURL is an upstream's URL as the proxy takes it: a Helm
+// repository's marked as one.
+func upstreamURL(u depproxyv1.RegistryUpstream, _ int) string {
+	if u.Kind == depproxyv1.UpstreamKindHelm {
+		return registryname.HelmScheme + u.URL
+	}
+	return u.URL
 }
 
 // upstreamCredsDir is where an upstream's credentials are mounted: the

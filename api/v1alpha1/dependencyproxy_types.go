@@ -33,6 +33,7 @@ type DependencyProxySpec struct {
 	// Upstream is the registry pulled through; Docker Hub by default.
 	// +optional
 	// +kubebuilder:default={}
+	// +kubebuilder:validation:XValidation:rule="!has(self.url) || self.url.matches('^https?://[^/?#]+/?$')",message="upstream.url must be a scheme and host, like https://registry-1.docker.io"
 	Upstream UpstreamSpec `json:"upstream"`
 
 	// Upstreams are several registries pulled through by one cache; the
@@ -156,7 +157,8 @@ type UpstreamSpec struct {
 	// +optional
 	// +kubebuilder:default="https://registry-1.docker.io"
 	// +kubebuilder:validation:MaxLength=2048
-	// +kubebuilder:validation:XValidation:rule="self.matches('^https?://[^/?#]+/?$')",message="upstream.url must be a scheme and host, like https://registry-1.docker.io"
+	// (A registry's URL is a scheme and a host: checked where the spec
+	// uses it, since a Helm repository's has a path.)
 	URL string `json:"url,omitempty"`
 
 	// CredentialsSecretRef names a Secret with the upstream's credentials,
@@ -214,6 +216,9 @@ type CredentialProviderSpec struct {
 }
 
 // RegistryUpstream is one of several registries a cache pulls through.
+// +kubebuilder:validation:XValidation:rule="!has(self.url) || (has(self.kind) && self.kind == 'helm') || self.url.matches('^https?://[^/?#]+/?$')",message="a registry's url must be a scheme and host, like https://ghcr.io (a Helm repository's, with kind: helm, may have a path)"
+// +kubebuilder:validation:XValidation:rule="!has(self.kind) || self.kind != 'helm' || (has(self.url) && self.url.matches('^https?://[^?#@]+$'))",message="a Helm repository's url is where its index.yaml is, like https://charts.example.com/stable"
+// +kubebuilder:validation:XValidation:rule="!has(self.kind) || self.kind != 'helm' || (!has(self.credentialProvider) && !has(self.mirrorOf))",message="a Helm repository takes credentialsSecretRef (a username and password), neither credentialProvider nor mirrorOf"
 type RegistryUpstream struct {
 	// Registry is the name images use for it (docker.io, ghcr.io): what
 	// containerd sends as ?ns=, the path prefix, and the directory of its
@@ -222,8 +227,18 @@ type RegistryUpstream struct {
 	// +kubebuilder:validation:Pattern="^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?$"
 	Registry string `json:"registry"`
 
+	// Kind is what the upstream is: a registry (the default), or helm, a
+	// classic Helm chart repository (its index.yaml at url) served as OCI
+	// charts: helm pull oci://CACHE/REGISTRY/CHART --version V.
+	// +optional
+	// +kubebuilder:validation:Enum=registry;helm
+	Kind string `json:"kind,omitempty"`
+
 	UpstreamSpec `json:",inline"`
 }
+
+// UpstreamKindHelm is a RegistryUpstream that is a Helm chart repository.
+const UpstreamKindHelm = "helm"
 
 // StorageSpec is an S3 bucket.
 type StorageSpec struct {

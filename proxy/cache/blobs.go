@@ -371,6 +371,16 @@ func (c *Cache) download(ctx context.Context, repo string, f *fill) {
 	if !blob.FromReplica {
 		resumed.reopen = func(ctx context.Context, off, end int64) (io.ReadCloser, error) {
 			b, err := c.up.GetBlobRange(ctx, repo, f.digest, off, end)
+			if errors.Is(err, upstream.ErrRangeIgnored) {
+				// An upstream without ranges sends the blob again from
+				// its start; what was read already is read past.
+				log.Info("the upstream serves no ranges: downloading the blob again from its start", "skipping", off)
+				if b, err = c.up.GetBlob(ctx, repo, f.digest); err == nil {
+					if _, err = io.CopyN(io.Discard, b.Body, off); err != nil {
+						b.Body.Close()
+					}
+				}
+			}
 			if err != nil {
 				return nil, err
 			}

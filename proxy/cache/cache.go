@@ -145,7 +145,7 @@ type Limits struct {
 }
 
 // DefaultLimits are the limits unless WithLimits says otherwise.
-var DefaultLimits = Limits{MaxDownloads: 64, MaxBlobSize: 64 << 30, Abandoned: 30 * time.Second, Silence: time.Minute}
+var DefaultLimits = Limits{MaxDownloads: 64, MaxBlobSize: 1 << 40, Abandoned: 30 * time.Second, Silence: time.Minute}
 
 // WithLimits bounds upstream blob downloads; zero fields keep their
 // defaults.

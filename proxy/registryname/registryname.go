@@ -70,6 +70,22 @@ func ServerURL(raw string) (*url.URL, bool) {
 	return u, true
 }
 
+// HelmScheme prefixes the URL of an upstream that is a classic Helm
+// chart repository, not a registry: helm+https://charts.example.com/stable.
+const HelmScheme = "helm+"
+
+// ChartRepoURL parses a classic Helm chart repository's URL (without
+// HelmScheme): http or https, a host, and a path, which ends in "/" (what
+// index.yaml and relative chart URLs resolve against).
+func ChartRepoURL(raw string) (*url.URL, bool) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return nil, false
+	}
+	u.Path, u.RawPath = strings.TrimSuffix(u.Path, "/")+"/", ""
+	return u, true
+}
+
 // Server is where a registry's images come from without a mirror.
 func Server(registry string) string {
 	if IsDockerHub(registry) {

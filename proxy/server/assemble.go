@@ -19,11 +19,13 @@ import (
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/cleanup"
 	"github.com/depproxy/depproxy/proxy/credprovider"
+	"github.com/depproxy/depproxy/proxy/helmrepo"
 	"github.com/depproxy/depproxy/proxy/hot"
 	"github.com/depproxy/depproxy/proxy/keep"
 	"github.com/depproxy/depproxy/proxy/peers"
 	"github.com/depproxy/depproxy/proxy/pins"
 	"github.com/depproxy/depproxy/proxy/registry"
+	"github.com/depproxy/depproxy/proxy/registryname"
 	"github.com/depproxy/depproxy/proxy/report"
 	"github.com/depproxy/depproxy/proxy/routing"
 	"github.com/depproxy/depproxy/proxy/settings"
@@ -195,12 +197,11 @@ func (a *assembly) pullThrough(context.Context) error {
 		if u.CredentialProvider != "" && !a.plugins.Has(u.CredentialProvider) {
 			return fmt.Errorf("upstream-credential-provider %s=%s: no such provider in --image-credential-provider-config", u.Registry, u.CredentialProvider)
 		}
-		up, err := upstream.New(u.URL, upstream.WithRegistry(u.Registry), upstream.WithMetrics(upstreamMetrics),
-			upstream.WithRateLimitReserve(s.RateLimitReserve), upstream.WithCredentials(u.Credentials, a.pluginCredentials(u)))
+		up, client, err := a.dial(u, upstreamMetrics)
 		if err != nil {
 			return err
 		}
-		var through cache.Upstream = up
+		through := up
 		if a.peering != nil {
 			through = peers.NewUpstream(up, u.Registry, a.peering.ring, a.peering.signer, a.peering.tls, replicaMetrics,
 				a.log.WithName("replicas").WithValues("registry", u.Registry))
@@ -218,10 +219,27 @@ func (a *assembly) pullThrough(context.Context) error {
 			cache.WithOrigins(len(a.upstreams) > 1),
 			cache.WithUpstreamNotFound(s.OnUpstreamNotFound != settings.NotFound, a.keeper.Pinned(u.Registry)),
 		}, a.cacheOpt...), a.o.cache...)...)
-		a.caches, a.clients = append(a.caches, c), append(a.clients, up)
+		a.caches, a.clients = append(a.caches, c), append(a.clients, client)
 		a.closers = append([]func() error{func() error { c.Close(); return nil }}, a.closers...)
 	}
 	return nil
+}
+
+// dial makes the client of one upstream: a registry's (also returned as
+// itself, for its rate limit), or a Helm chart repository's.
+func (a *assembly) dial(u settings.Upstream, m *upstream.Metrics) (cache.Upstream, *upstream.Client, error) {
+	if u.Helm {
+		var opts []helmrepo.Option
+		if u.Credentials != "" {
+			host, _ := registryname.ChartRepoURL(u.URL)
+			opts = append(opts, helmrepo.WithCredentials(upstream.FileCredentials(u.Credentials, host.Host)))
+		}
+		r, err := helmrepo.New(u.URL, opts...)
+		return r, nil, err
+	}
+	c, err := upstream.New(u.URL, upstream.WithRegistry(u.Registry), upstream.WithMetrics(m),
+		upstream.WithRateLimitReserve(a.s.RateLimitReserve), upstream.WithCredentials(u.Credentials, a.pluginCredentials(u)))
+	return c, c, err
 }
 
 // pluginCredentials: a plugin is asked for the image pulled from the

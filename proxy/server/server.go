@@ -293,6 +293,9 @@ func summaryChange(registry string, st cache.Stored) summary.Change {
 func throttled(upstreams []settings.Upstream, clients []*upstream.Client) []report.ThrottledUpstream {
 	var out []report.ThrottledUpstream
 	for i, c := range clients {
+		if c == nil {
+			continue // a Helm repository
+		}
 		until, ok := c.Throttled()
 		if !ok {
 			continue

@@ -86,7 +86,7 @@ type Settings struct {
 // server holds them equal to the parts' own.
 const (
 	DefaultMaxDownloads     = 64
-	DefaultMaxBlobSize      = 64 << 30
+	DefaultMaxBlobSize      = 1 << 40 // a model-sized layer
 	DefaultManifestMemory   = 64 << 20
 	DefaultStorageTimeout   = 5 * time.Second
 	DefaultRateLimitReserve = 10
@@ -144,7 +144,7 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&s.MetricsListen, "metrics-listen", s.MetricsListen, "address to serve /metrics, /status/summary, /healthz and /readyz on; keep it off the network tenants reach")
 	fs.StringVar(&s.TLSCert, "tls-cert", s.TLSCert, "PEM certificate (chain) to serve the registry port with HTTPS; re-read when the file changes")
 	fs.StringVar(&s.TLSKey, "tls-key", s.TLSKey, "PEM private key of --tls-cert")
-	fs.Var(&s.Upstream, "upstream", "registry to pull through: a URL (scheme and host), or REGISTRY=URL (ghcr.io=https://ghcr.io); repeat it for several, the first is the default for requests that name no registry")
+	fs.Var(&s.Upstream, "upstream", "registry to pull through: a URL (scheme and host), or REGISTRY=URL (ghcr.io=https://ghcr.io), or NAME=helm+URL for a classic Helm chart repository served as OCI charts (charts.example=helm+https://charts.example.com/stable); repeat it for several, the first is the default for requests that name no registry")
 	fs.BoolVar(&s.S3Redirect, "s3-redirect", s.S3Redirect, "send clients of cached blobs to a presigned S3 URL instead of streaming them; only where clients can reach the S3 endpoint")
 	fs.Var(&s.RecheckInterval, "recheck-interval", "how long a tag checked with the upstream is served without asking again; 0 asks (one HEAD) on every tag request")
 	fs.StringVar(&s.PrefetchPlatforms, "prefetch-platforms", s.PrefetchPlatforms, "comma-separated platforms (linux/amd64,linux/arm64/v8) whose images are cached as soon as their index is")

@@ -130,12 +130,19 @@ type Upstream struct {
 	// ProvidersBound: some upstream is bound to a provider, and one that
 	// is not gets no plugin's credentials.
 	ProvidersBound bool
+	// Helm: the upstream is a classic Helm chart repository at URL (its
+	// index.yaml there), served as OCI charts.
+	Helm bool
 }
 
 // Route is the upstream as routing sees it.
 func (u Upstream) Route() routing.Upstream {
 	r := routing.Upstream{Registry: u.Registry, MirrorOf: u.MirrorOf}
-	if url, ok := registryname.ServerURL(u.URL); ok {
+	parse := registryname.ServerURL
+	if u.Helm {
+		parse = registryname.ChartRepoURL
+	}
+	if url, ok := parse(u.URL); ok {
 		r.Host = url.Host
 	}
 	return r
@@ -161,12 +168,16 @@ func (s *Settings) Upstreams() ([]Upstream, error) {
 	var out []Upstream
 	seen := map[string]bool{}
 	for i, k := range s.Upstream.Items {
-		if _, ok := registryname.ServerURL(k.Value); !ok {
+		raw, helm := strings.CutPrefix(k.Value, registryname.HelmScheme)
+		if _, ok := registryname.ChartRepoURL(raw); helm && !ok {
+			return nil, fmt.Errorf("upstream %q: want a Helm repository's URL like %shttps://charts.example.com/stable", k, registryname.HelmScheme)
+		}
+		if _, ok := registryname.ServerURL(raw); !helm && !ok {
 			return nil, fmt.Errorf("upstream %q: want a URL like %s, or REGISTRY=URL", k, registryname.DockerHubURL)
 		}
 		reg := k.Registry
 		if reg == "" {
-			reg = registryname.Of(k.Value)
+			reg = registryname.Of(raw)
 		}
 		if !registryname.Valid(reg) {
 			return nil, fmt.Errorf("upstream %q: %q is not a registry host name", k, reg)
@@ -175,9 +186,12 @@ func (s *Settings) Upstreams() ([]Upstream, error) {
 			return nil, fmt.Errorf("upstream: %s is configured twice", reg)
 		}
 		seen[reg] = true
-		up := Upstream{Registry: reg, URL: k.Value, Default: i == 0,
+		up := Upstream{Registry: reg, URL: raw, Helm: helm, Default: i == 0,
 			Credentials: s.UpstreamCreds.For(reg, i == 0), CredentialProvider: s.UpstreamProvider.For(reg, i == 0),
 			ProvidersBound: !s.UpstreamProvider.IsZero()}
+		if helm && up.CredentialProvider != "" {
+			return nil, fmt.Errorf("upstream-credential-provider %s: %s is a Helm repository, whose credentials are a username and password (--upstream-credentials)", up.CredentialProvider, reg)
+		}
 		if m := s.UpstreamMirrorOf.For(reg, i == 0); m != "" {
 			for _, name := range strings.Split(m, ",") {
 				if name = strings.TrimSpace(name); name != "" {

@@ -286,6 +286,10 @@ func (c *Client) GetBlob(ctx context.Context, repo string, d digest.Digest) (*Bl
 	return &Blob{Body: resp.Body, Size: resp.ContentLength}, nil
 }
 
+// ErrRangeIgnored: the upstream answered a range with the whole blob (it
+// serves no ranges).
+var ErrRangeIgnored = fmt.Errorf("%w: the upstream answered a range with the whole blob", ErrUnreachable)
+
 // GetBlobRange opens a blob's bytes from off up to end (exclusive): an
 // upstream answer of 206 for that range, or an error.
 func (c *Client) GetBlobRange(ctx context.Context, repo string, d digest.Digest, off, end int64) (*Blob, error) {
@@ -298,7 +302,7 @@ func (c *Client) GetBlobRange(ctx context.Context, repo string, d digest.Digest,
 		if err := blobAnswer(resp); err != nil {
 			return nil, err
 		}
-		return nil, fmt.Errorf("%w: the upstream answered a range with the whole blob", ErrUnreachable)
+		return nil, ErrRangeIgnored
 	}
 	var start int64
 	if _, err := fmt.Sscanf(resp.Header.Get("Content-Range"), "bytes %d-", &start); err != nil || start != off {
@@ -379,7 +383,7 @@ func (c *Client) doQuery(ctx context.Context, method, repo, path string, query u
 	for k, v := range header {
 		req.Header[k] = v
 	}
-	resp, err := (&http.Client{Transport: rt, CheckRedirect: c.checkRedirect}).Do(req)
+	resp, err := (&http.Client{Transport: rt, CheckRedirect: CheckRedirect}).Do(req)
 	if err != nil {
 		c.forget(repo, rt)
 		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)

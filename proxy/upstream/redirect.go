@@ -86,21 +86,27 @@ func portOf(u *url.URL) string {
 	return "443"
 }
 
-// checkRedirect is the http.Client's redirect policy for upstream calls.
-func (c *Client) checkRedirect(req *http.Request, via []*http.Request) error {
+// CheckRedirect is the http.Client's redirect policy for upstream calls.
+func CheckRedirect(req *http.Request, via []*http.Request) error {
 	if len(via) >= 10 {
 		return fmt.Errorf("%w: more than 10 redirects", ErrRedirectRefused)
 	}
-	from := via[0].URL
-	fromIPs, err := resolve(req.Context(), from.Hostname())
+	return Follow(req.Context(), via[0].URL, req.URL)
+}
+
+// Follow decides whether depproxy, having asked the upstream at from, may
+// go on to to: a redirect, or a URL the upstream's answer names (a Helm
+// repository's index names where each chart is). See allowRedirect.
+func Follow(ctx context.Context, from, to *url.URL) error {
+	fromIPs, err := resolve(ctx, from.Hostname())
 	if err != nil {
 		return err
 	}
-	toIPs, err := resolve(req.Context(), req.URL.Hostname())
+	toIPs, err := resolve(ctx, to.Hostname())
 	if err != nil {
 		return err
 	}
-	return allowRedirect(from, fromIPs, req.URL, toIPs)
+	return allowRedirect(from, fromIPs, to, toIPs)
 }
 
 func resolve(ctx context.Context, host string) ([]netip.Addr, error) {

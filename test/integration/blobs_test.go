@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -466,6 +468,133 @@ func TestCutDownloadResumes(t *testing.T) {
 				resp.Body.Close()
 				return resp.StatusCode == http.StatusOK && e.front.Count(http.MethodGet, "blobs") == 0
 			})
+		})
+	}
+}
+
+// TestCutDownloadWithoutRanges: an upstream that cuts a download and
+// serves no ranges (it answers a Range with the whole blob): the download
+// starts again from the beginning, read past what was had, and every
+// client gets the right bytes.
+func TestCutDownloadWithoutRanges(t *testing.T) {
+	e := newEnv(t)
+	repo := repoName(t)
+	const size = 8 << 20
+	data, d := pushBlob(t, e.registry.Addr, repo, size)
+	p := startProxy(t, e.front.URL(), openStorage(t, "filesystem", nil))
+	var cuts atomic.Int32
+	cutOnce := e.front.Alter("blobs", func(w http.ResponseWriter, resp *http.Response) {
+		w.Header().Set("Content-Length", resp.Header.Get("Content-Length"))
+		w.WriteHeader(http.StatusOK)
+		io.CopyN(w, resp.Body, resp.ContentLength/2)
+		w.(http.Flusher).Flush()
+		conn, _, _ := w.(http.Hijacker).Hijack()
+		conn.Close()
+	})
+	var ranged atomic.Int32
+	e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodGet || testenv.PathKind(r.URL.Path) != "blobs" {
+			return false
+		}
+		if r.Header.Get("Range") != "" {
+			ranged.Add(1)
+			r.Header.Del("Range") // the registry answers with the whole blob
+			return false
+		}
+		return cuts.Add(1) == 1 && cutOnce(w, r)
+	})
+	t.Cleanup(func() { e.front.Fault(nil) })
+	e.front.Reset()
+
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			resp, err := http.Get(p.URL + "/v2/" + repo + "/blobs/" + d.String())
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != http.StatusOK || !bytes.Equal(body, data) {
+				t.Errorf("through a cut download without ranges: %s, %d bytes, %v", resp.Status, len(body), err)
+			}
+		})
+	}
+	wg.Wait()
+	if ranged.Load() == 0 {
+		t.Fatal("the cut download was not resumed with a range")
+	}
+	if got := e.front.Bytes("blobs"); got > size*16/10 {
+		t.Errorf("the upstream sent %d bytes for a %d-byte blob cut half way: more than the half and the whole", got, size)
+	}
+	e.front.Reset()
+	eventually(t, 10*time.Second, "the blob is not cached", func() bool {
+		resp, err := http.Get(p.URL + "/v2/" + repo + "/blobs/" + d.String())
+		if err != nil {
+			return false
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK && e.front.Count(http.MethodGet, "blobs") == 0
+	})
+}
+
+// TestLargeBlobCutEvery256MiB: a 1 GiB blob from an upstream that cuts
+// every answer after 256 MiB, for one client and for eight at once: each
+// gets the whole blob, checked, and the upstream sends it about once.
+func TestLargeBlobCutEvery256MiB(t *testing.T) {
+	const size, cutEvery = 1 << 30, 256 << 20
+	e := newEnv(t)
+	p := startProxy(t, e.front.URL(), openStorage(t, "filesystem", nil))
+	e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodGet {
+			return false
+		}
+		return e.front.Alter("blobs", func(w http.ResponseWriter, resp *http.Response) {
+			for k, v := range resp.Header {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(resp.StatusCode)
+			if n, _ := io.CopyN(w, resp.Body, cutEvery); n < cutEvery {
+				return
+			}
+			if n, _ := resp.Body.Read(make([]byte, 1)); n == 0 {
+				return // it ended there
+			}
+			w.(http.Flusher).Flush()
+			conn, _, _ := w.(http.Hijacker).Hijack()
+			conn.Close()
+		})(w, r)
+	})
+	t.Cleanup(func() { e.front.Fault(nil) })
+	for _, clients := range []int{1, 8} {
+		t.Run(fmt.Sprintf("%d clients", clients), func(t *testing.T) {
+			repo := repoName(t)
+			data, d := pushBlob(t, e.registry.Addr, repo, size)
+			want := sha(data)
+			data = nil
+			e.front.Reset()
+			var wg sync.WaitGroup
+			for range clients {
+				wg.Go(func() {
+					resp, err := http.Get(p.URL + "/v2/" + repo + "/blobs/" + d.String())
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					defer resp.Body.Close()
+					h := sha256.New()
+					n, err := io.Copy(h, resp.Body)
+					if got := hex.EncodeToString(h.Sum(nil)); err != nil || n != size || got != want {
+						t.Errorf("%s, %d bytes hashing to %s, %v", resp.Status, n, got, err)
+					}
+				})
+			}
+			wg.Wait()
+			if got := e.front.Bytes("blobs"); got > size*105/100 {
+				t.Errorf("the upstream sent %.2f× the blob", float64(got)/size)
+			}
 		})
 	}
 }
