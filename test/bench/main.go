@@ -57,6 +57,8 @@ func main() {
 	keepOnly := flag.Bool("keep-only", false, "only the manager's memory with 0, 1,000 and 5,000 Pods of a keeping cache (envtest)")
 	afterFillOnly := flag.Bool("after-fill-only", false, "only the warm reads right after a cold fill (while the blob is stored) against MinIO's direct GET")
 	lazyOnly := flag.Bool("lazy-only", false, "only the lazy-pulling tables: a cold tail range on a slow upstream, and the stargz snapshotter's pull of an eStargz image")
+	largeOnly := flag.Bool("large-only", false, "only the 8 GiB blob rows: cold through the cache against the upstream itself, and cut three times")
+	helmOnly := flag.Bool("helm-only", false, "only the Helm table: helm pull of a warm chart through the cache against the classic repository itself")
 	shareOnly := flag.Bool("share-only", false, "only the sharing table: 1,000 simulated nodes in 4 zones pull one cold image through three replicas, with and without sharing, and a real agent's memory")
 	shareNodes := flag.Int("share-nodes", 1000, "how many simulated nodes the sharing table's rollouts have")
 	shareRuns := flag.Int("share-runs", 1, "rollouts of each kind in the sharing table (each is 1,000 nodes' samples, and takes minutes); the table shows the one with the median node p50")
@@ -66,6 +68,7 @@ func main() {
 	defer b.cleanup()
 	b.plot = *plotPath
 	b.shareOnly, b.shareNodes, b.shareRuns = *shareOnly, *shareNodes, *shareRuns
+	b.helmOnly, b.largeOnly = *helmOnly, *largeOnly
 	b.faultsOnly, b.tagsOnly, b.rolloutOnly, b.keepOnly, b.lazyOnly, b.afterFillOnly = *faultsOnly, *tagsOnly, *rolloutOnly, *keepOnly, *lazyOnly, *afterFillOnly
 	if err := b.run(*runs, *warmOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -102,6 +105,12 @@ type bench struct {
 	shareRuns  int
 	shareBlobs map[digest.Digest][]byte
 	shareBytes int64
+	// helmOnly runs the Helm table alone; charts is its classic
+	// repository's URL.
+	helmOnly bool
+	charts   string
+	// largeOnly runs the 8 GiB blob rows alone.
+	largeOnly bool
 }
 
 // plotClients are the points of the plot.
@@ -181,6 +190,10 @@ func (b *bench) run(runs int, warmOnly bool) error {
 	if out, err := exec.Command("go", "build", "-o", b.depproxy, "github.com/depproxy/depproxy/proxy/cmd/depproxy").CombinedOutput(); err != nil {
 		return fmt.Errorf("go build: %v\n%s", err, out)
 	}
+	if b.helmOnly {
+		b.helmRows(runs)
+		return nil
+	}
 	if b.shareOnly {
 		if err := b.pushShare(); err != nil {
 			return err
@@ -206,6 +219,10 @@ func (b *bench) run(runs int, warmOnly bool) error {
 	}
 	if b.afterFillOnly {
 		printRows(b.afterFillRows(runs))
+		return nil
+	}
+	if b.largeOnly {
+		printRows(b.largeRows())
 		return nil
 	}
 	if err := b.pushRollout(); err != nil {
@@ -272,6 +289,7 @@ func (b *bench) run(runs int, warmOnly bool) error {
 	if !warmOnly {
 		rows = append(rows, b.hungStorageRows(runs)...)
 		rows = append(rows, b.containerdRows(runs)...)
+		rows = append(rows, b.largeRows()...)
 	}
 	printRows(rows)
 	fmt.Println()
@@ -286,6 +304,8 @@ func (b *bench) run(runs int, warmOnly bool) error {
 		b.shareRows(b.shareRuns, b.shareNodes)
 		fmt.Println()
 		b.lazyRows(runs)
+		fmt.Println()
+		b.helmRows(runs)
 		fmt.Println()
 		return b.keepMemoryRows()
 	}
@@ -535,7 +555,11 @@ func (b *bench) startReplicas(kind string, n int) *cache {
 		var cmd *exec.Cmd
 		switch {
 		case strings.HasPrefix(kind, "depproxy"):
-			args := []string{"serve", "--listen", addr, "--metrics-listen", testenv.FreeAddr(b), "--upstream", "docker.io=" + b.front.URL(),
+			upstream := "docker.io=" + b.front.URL()
+			if strings.Contains(kind, "helm") {
+				upstream = "charts.bench=helm+" + b.charts
+			}
+			args := []string{"serve", "--listen", addr, "--metrics-listen", testenv.FreeAddr(b), "--upstream", upstream,
 				"--recheck-interval", "1m", "--storage", filepath.Join(dir, "data")}
 			if strings.Contains(kind, "minio") {
 				args = append(args[:len(args)-1], "s3://"+bucket+"/cache", "--s3-endpoint", b.minio.Addr, "--s3-insecure")

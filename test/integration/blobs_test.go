@@ -419,55 +419,24 @@ func TestCutDownloadResumes(t *testing.T) {
 			data, d := pushBlob(t, e.registry.Addr, repo, size)
 			p := startProxy(t, e.front.URL(), openStorage(t, backend, e.minio))
 			var cuts atomic.Int32
-			cutOnce := e.front.Alter("blobs", func(w http.ResponseWriter, resp *http.Response) {
-				w.Header().Set("Content-Length", resp.Header.Get("Content-Length"))
-				w.WriteHeader(http.StatusOK)
-				io.CopyN(w, resp.Body, resp.ContentLength/2)
-				w.(http.Flusher).Flush()
-				conn, _, _ := w.(http.Hijacker).Hijack()
-				conn.Close()
-			})
+			cutHalfWay := halfThenCut(e.front)
 			e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
 				if r.Method != http.MethodGet || r.Header.Get("Range") != "" || testenv.PathKind(r.URL.Path) != "blobs" || cuts.Add(1) > 1 {
 					return false
 				}
-				return cutOnce(w, r)
+				return cutHalfWay(w, r)
 			})
 			t.Cleanup(func() { e.front.Fault(nil) })
 			e.front.Reset()
 
-			var wg sync.WaitGroup
-			for range 2 {
-				wg.Go(func() {
-					resp, err := http.Get(p.URL + "/v2/" + repo + "/blobs/" + d.String())
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					body, err := io.ReadAll(resp.Body)
-					resp.Body.Close()
-					if err != nil || resp.StatusCode != http.StatusOK || !bytes.Equal(body, data) {
-						t.Errorf("through a cut download: %s, %d bytes, %v", resp.Status, len(body), err)
-					}
-				})
-			}
-			wg.Wait()
+			pullBlobAtOnce(t, p.URL+"/v2/"+repo+"/blobs/"+d.String(), 2, data)
 			if got := e.front.Bytes("blobs"); got > size*11/10 {
 				t.Errorf("the upstream sent %d bytes for a %d-byte blob: the download started again instead of resuming", got, size)
 			}
 			if n := e.front.Count(http.MethodGet, "blobs"); n != 2 {
 				t.Errorf("%d upstream blob GETs, want the cut one and its resumption", n)
 			}
-			e.front.Reset()
-			eventually(t, 10*time.Second, "the resumed blob is not cached", func() bool {
-				resp, err := http.Get(p.URL + "/v2/" + repo + "/blobs/" + d.String())
-				if err != nil {
-					return false
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				return resp.StatusCode == http.StatusOK && e.front.Count(http.MethodGet, "blobs") == 0
-			})
+			waitBlobCached(t, e.front, p.URL+"/v2/"+repo+"/blobs/"+d.String())
 		})
 	}
 }
@@ -482,16 +451,8 @@ func TestCutDownloadWithoutRanges(t *testing.T) {
 	const size = 8 << 20
 	data, d := pushBlob(t, e.registry.Addr, repo, size)
 	p := startProxy(t, e.front.URL(), openStorage(t, "filesystem", nil))
-	var cuts atomic.Int32
-	cutOnce := e.front.Alter("blobs", func(w http.ResponseWriter, resp *http.Response) {
-		w.Header().Set("Content-Length", resp.Header.Get("Content-Length"))
-		w.WriteHeader(http.StatusOK)
-		io.CopyN(w, resp.Body, resp.ContentLength/2)
-		w.(http.Flusher).Flush()
-		conn, _, _ := w.(http.Hijacker).Hijack()
-		conn.Close()
-	})
-	var ranged atomic.Int32
+	var cuts, ranged atomic.Int32
+	cutHalfWay := halfThenCut(e.front)
 	e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
 		if r.Method != http.MethodGet || testenv.PathKind(r.URL.Path) != "blobs" {
 			return false
@@ -501,42 +462,69 @@ func TestCutDownloadWithoutRanges(t *testing.T) {
 			r.Header.Del("Range") // the registry answers with the whole blob
 			return false
 		}
-		return cuts.Add(1) == 1 && cutOnce(w, r)
+		return cuts.Add(1) == 1 && cutHalfWay(w, r)
 	})
 	t.Cleanup(func() { e.front.Fault(nil) })
 	e.front.Reset()
 
+	pullBlobAtOnce(t, p.URL+"/v2/"+repo+"/blobs/"+d.String(), 2, data)
+	if ranged.Load() == 0 {
+		t.Fatal("the cut download was not resumed with a range")
+	}
+	// The half, what the upstream sent of its whole answer to the range
+	// before the cache hung up, and the whole again.
+	if got := e.front.Bytes("blobs"); got > size*26/10 {
+		t.Errorf("the upstream sent %d bytes for a %d-byte blob cut half way: more than the half and the whole twice", got, size)
+	}
+	waitBlobCached(t, e.front, p.URL+"/v2/"+repo+"/blobs/"+d.String())
+}
+
+// halfThenCut is a fault that sends half of a blob's answer and closes
+// the connection.
+func halfThenCut(f *testenv.Front) func(http.ResponseWriter, *http.Request) bool {
+	return f.Alter("blobs", func(w http.ResponseWriter, resp *http.Response) {
+		w.Header().Set("Content-Length", resp.Header.Get("Content-Length"))
+		w.WriteHeader(http.StatusOK)
+		io.CopyN(w, resp.Body, resp.ContentLength/2)
+		testenv.Cut(w)
+	})
+}
+
+// pullBlobAtOnce has clients GET the blob at url at once, each expecting
+// want.
+func pullBlobAtOnce(t *testing.T, url string, clients int, want []byte) {
+	t.Helper()
 	var wg sync.WaitGroup
-	for range 2 {
+	for range clients {
 		wg.Go(func() {
-			resp, err := http.Get(p.URL + "/v2/" + repo + "/blobs/" + d.String())
+			resp, err := http.Get(url)
 			if err != nil {
 				t.Error(err)
 				return
 			}
 			body, err := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			if err != nil || resp.StatusCode != http.StatusOK || !bytes.Equal(body, data) {
-				t.Errorf("through a cut download without ranges: %s, %d bytes, %v", resp.Status, len(body), err)
+			if err != nil || resp.StatusCode != http.StatusOK || !bytes.Equal(body, want) {
+				t.Errorf("through a cut download: %s, %d bytes, %v", resp.Status, len(body), err)
 			}
 		})
 	}
 	wg.Wait()
-	if ranged.Load() == 0 {
-		t.Fatal("the cut download was not resumed with a range")
-	}
-	if got := e.front.Bytes("blobs"); got > size*16/10 {
-		t.Errorf("the upstream sent %d bytes for a %d-byte blob cut half way: more than the half and the whole", got, size)
-	}
-	e.front.Reset()
+}
+
+// waitBlobCached waits until the blob at url is served without asking
+// the upstream behind front.
+func waitBlobCached(t *testing.T, front *testenv.Front, url string) {
+	t.Helper()
+	front.Reset()
 	eventually(t, 10*time.Second, "the blob is not cached", func() bool {
-		resp, err := http.Get(p.URL + "/v2/" + repo + "/blobs/" + d.String())
+		resp, err := http.Get(url)
 		if err != nil {
 			return false
 		}
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK && e.front.Count(http.MethodGet, "blobs") == 0
+		return resp.StatusCode == http.StatusOK && front.Count(http.MethodGet, "blobs") == 0
 	})
 }
 
@@ -547,26 +535,7 @@ func TestLargeBlobCutEvery256MiB(t *testing.T) {
 	const size, cutEvery = 1 << 30, 256 << 20
 	e := newEnv(t)
 	p := startProxy(t, e.front.URL(), openStorage(t, "filesystem", nil))
-	e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.Method != http.MethodGet {
-			return false
-		}
-		return e.front.Alter("blobs", func(w http.ResponseWriter, resp *http.Response) {
-			for k, v := range resp.Header {
-				w.Header()[k] = v
-			}
-			w.WriteHeader(resp.StatusCode)
-			if n, _ := io.CopyN(w, resp.Body, cutEvery); n < cutEvery {
-				return
-			}
-			if n, _ := resp.Body.Read(make([]byte, 1)); n == 0 {
-				return // it ended there
-			}
-			w.(http.Flusher).Flush()
-			conn, _, _ := w.(http.Hijacker).Hijack()
-			conn.Close()
-		})(w, r)
-	})
+	e.front.CutBlobsEvery(cutEvery)
 	t.Cleanup(func() { e.front.Fault(nil) })
 	for _, clients := range []int{1, 8} {
 		t.Run(fmt.Sprintf("%d clients", clients), func(t *testing.T) {

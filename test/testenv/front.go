@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"bufio"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -231,4 +232,38 @@ func (f *Front) TrickleBlobs() {
 			}
 		})(w, r)
 	})
+}
+
+// CutBlobsEvery makes every blob GET's answer, ranged ones too, stop
+// after n bytes, the connection closed and the rest unsent: an upstream
+// whose long transfers break, which a cache must resume.
+func (f *Front) CutBlobsEvery(n int64) {
+	f.Fault(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodGet {
+			return false
+		}
+		return f.Alter("blobs", func(w http.ResponseWriter, resp *http.Response) {
+			for k, v := range resp.Header {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(resp.StatusCode)
+			buf := make([]byte, 1<<20)
+			if sent, _ := io.CopyBuffer(w, io.LimitReader(resp.Body, n), buf); sent < n {
+				return
+			}
+			if more, _ := resp.Body.Read(buf[:1]); more == 0 {
+				return // it ended there
+			}
+			Cut(w)
+		})(w, r)
+	})
+}
+
+// Cut closes a response's connection where it stands, after sending what
+// was written so far.
+func Cut(w http.ResponseWriter) {
+	w.(http.Flusher).Flush()
+	if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+		conn.Close()
+	}
 }
