@@ -62,13 +62,15 @@ type Repo struct {
 	client *http.Client
 	fresh  time.Duration // indexFresh
 
-	mu      sync.Mutex
-	index   *index
-	readAt  time.Time
-	flight  singleflight.Group
-	built   *lru.Cache // version key → *artifact
-	byBlob  *lru.Cache // digest → *artifact
-	byIndex *lru.Cache // manifest digest → *artifact
+	mu        sync.Mutex
+	index     *index
+	readAt    time.Time
+	validator validator
+	recent    recentCharts
+	flight    singleflight.Group
+	built     *lru.Cache // version key → *artifact
+	byBlob    *lru.Cache // digest → *artifact
+	byIndex   *lru.Cache // manifest digest → *artifact
 }
 
 // Option configures a Repo.
@@ -139,19 +141,28 @@ func (r *Repo) readIndex(ctx context.Context) (*index, error) {
 		return idx, nil
 	}
 	v, err, _ := r.flight.Do("index", func() (any, error) {
-		body, err := r.get(ctx, r.base.JoinPath("index.yaml"), maxIndexSize, "index.yaml")
+		r.mu.Lock()
+		last, v := r.index, r.validator
+		r.mu.Unlock()
+		if last == nil {
+			v = validator{}
+		}
+		body, next, err := r.getIndex(ctx, v)
 		if err != nil {
 			return nil, err
 		}
-		idx := &index{}
-		if err := yaml.Unmarshal(body, idx); err != nil {
-			return nil, fmt.Errorf("%w: the repository's index.yaml: %w", upstream.ErrUnreachable, err)
-		}
-		for chart, versions := range idx.Entries {
-			idx.Entries[chart] = slices.DeleteFunc(versions, func(e *entry) bool { return e == nil || e.Version == "" || len(e.URLs) == 0 })
+		idx := last
+		if body != nil || idx == nil { // not the 304 of an unchanged index
+			idx = &index{}
+			if err := yaml.Unmarshal(body, idx); err != nil {
+				return nil, fmt.Errorf("%w: the repository's index.yaml: %w", upstream.ErrUnreachable, err)
+			}
+			for chart, versions := range idx.Entries {
+				idx.Entries[chart] = slices.DeleteFunc(versions, func(e *entry) bool { return e == nil || e.Version == "" || len(e.URLs) == 0 })
+			}
 		}
 		r.mu.Lock()
-		r.index, r.readAt = idx, time.Now()
+		r.index, r.readAt, r.validator = idx, time.Now(), next
 		r.mu.Unlock()
 		return idx, nil
 	})
@@ -159,6 +170,33 @@ func (r *Repo) readIndex(ctx context.Context) (*index, error) {
 		return nil, err
 	}
 	return v.(*index), nil
+}
+
+// validator is what the repository said of its index to ask whether it
+// changed: a large index (tens of MiB) is read again only when it did.
+type validator struct{ etag, lastModified string }
+
+// getIndex reads index.yaml, unless it is still as v says (nil, with v,
+// when the repository answers 304).
+func (r *Repo) getIndex(ctx context.Context, v validator) ([]byte, validator, error) {
+	header := http.Header{}
+	if v.etag != "" {
+		header.Set("If-None-Match", v.etag)
+	}
+	if v.lastModified != "" {
+		header.Set("If-Modified-Since", v.lastModified)
+	}
+	resp, err := r.do(ctx, r.base.JoinPath("index.yaml"), 0, header)
+	if err != nil {
+		return nil, v, err
+	}
+	defer resp.Body.Close()
+	next := validator{etag: resp.Header.Get("ETag"), lastModified: resp.Header.Get("Last-Modified")}
+	if resp.StatusCode == http.StatusNotModified {
+		return nil, v, nil
+	}
+	body, err := readAtMost(resp.Body, maxIndexSize, "index.yaml")
+	return body, next, err
 }
 
 // versions are a chart's entries; a chart the index does not list is a
@@ -214,6 +252,7 @@ func (r *Repo) artifact(ctx context.Context, chart string, e *entry) (*artifact,
 		if err != nil {
 			return nil, err
 		}
+		r.recent.add(a.chart.Digest, tgz)
 		r.built.Add(key, a)
 		r.byIndex.Add(a.digest, a)
 		for _, d := range []digest.Digest{a.chart.Digest, digest.FromBytes(a.config)} {
@@ -344,6 +383,9 @@ func (r *Repo) GetBlobRange(ctx context.Context, chart string, d digest.Digest, 
 	if off < 0 || off > end || end > size {
 		return nil, fmt.Errorf("%w: bytes %d-%d of a %d-byte blob", upstream.ErrUnreachable, off, end, size)
 	}
+	if data == nil {
+		data = r.recent.get(d)
+	}
 	if data != nil {
 		return &upstream.Blob{Body: io.NopCloser(bytes.NewReader(data[off:end])), Size: end - off}, nil
 	}
@@ -351,7 +393,7 @@ func (r *Repo) GetBlobRange(ctx context.Context, chart string, d digest.Digest, 
 	if err != nil {
 		return nil, err
 	}
-	resp, err := r.do(ctx, u, off)
+	resp, err := r.do(ctx, u, off, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -433,28 +475,35 @@ func (r *Repo) Sparing() bool { return false }
 
 // get reads a small file of the repository's, up to limit bytes.
 func (r *Repo) get(ctx context.Context, u *url.URL, limit int64, what string) ([]byte, error) {
-	resp, err := r.do(ctx, u, 0)
+	resp, err := r.do(ctx, u, 0, nil)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	return readAtMost(resp.Body, limit, what)
+}
+
+func readAtMost(body io.Reader, limit int64, what string) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(body, limit+1))
 	if err != nil {
 		return nil, fmt.Errorf("%w: reading %s: %w", upstream.ErrUnreachable, what, err)
 	}
-	if int64(len(body)) > limit {
+	if int64(len(b)) > limit {
 		return nil, fmt.Errorf("%w: %s is larger than %d bytes", upstream.ErrUnreachable, what, limit)
 	}
-	return body, nil
+	return b, nil
 }
 
 // do sends a GET (from off, when off > 0), with the credentials when it
-// goes to the repository's own host; an answer other than 200 or 206 is
-// an error that keeps its status.
-func (r *Repo) do(ctx context.Context, u *url.URL, off int64) (*http.Response, error) {
+// goes to the repository's own host; an answer other than 200, 206 or
+// 304 is an error that keeps its status.
+func (r *Repo) do(ctx context.Context, u *url.URL, off int64, header http.Header) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, err
+	}
+	for k, v := range header {
+		req.Header[k] = v
 	}
 	if off > 0 {
 		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", off))
@@ -475,11 +524,12 @@ func (r *Repo) do(ctx context.Context, u *url.URL, off int64) (*http.Response, e
 		}
 		return nil, fmt.Errorf("%w: %w", upstream.ErrUnreachable, err)
 	}
-	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusPartialContent {
-		resp.Body.Close()
-		return nil, &upstream.StatusError{StatusCode: resp.StatusCode, RetryAfter: resp.Header.Get("Retry-After")}
+	switch resp.StatusCode {
+	case http.StatusOK, http.StatusPartialContent, http.StatusNotModified:
+		return resp, nil
 	}
-	return resp, nil
+	resp.Body.Close()
+	return nil, &upstream.StatusError{StatusCode: resp.StatusCode, RetryAfter: resp.Header.Get("Retry-After")}
 }
 
 // absent: the file is not there (a static bucket answers 403 for a key
@@ -487,4 +537,40 @@ func (r *Repo) do(ctx context.Context, u *url.URL, off int64) (*http.Response, e
 func absent(err error) bool {
 	var se *upstream.StatusError
 	return errors.As(err, &se) && (se.StatusCode == http.StatusNotFound || se.StatusCode == http.StatusForbidden)
+}
+
+// recentBytes bounds the charts kept in memory after they were built.
+const recentBytes = 32 << 20
+
+// recentCharts keeps the bytes of the charts built last: a client asks
+// for the chart layer right after its manifest, and it is not downloaded
+// a second time.
+type recentCharts struct {
+	mu    sync.Mutex
+	order []digest.Digest // oldest first
+	bytes map[digest.Digest][]byte
+	total int
+}
+
+func (c *recentCharts) get(d digest.Digest) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bytes[d]
+}
+
+func (c *recentCharts) add(d digest.Digest, b []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.bytes == nil {
+		c.bytes = map[digest.Digest][]byte{}
+	}
+	if _, ok := c.bytes[d]; ok || len(b) > recentBytes {
+		return
+	}
+	for c.total+len(b) > recentBytes {
+		c.total -= len(c.bytes[c.order[0]])
+		delete(c.bytes, c.order[0])
+		c.order = c.order[1:]
+	}
+	c.bytes[d], c.order, c.total = b, append(c.order, d), c.total+len(b)
 }

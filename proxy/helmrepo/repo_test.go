@@ -29,9 +29,10 @@ var zeroTime time.Time
 // chartServer is a classic chart repository under /stable/.
 type chartServer struct {
 	*httptest.Server
-	mu    sync.Mutex
-	files map[string][]byte
-	gets  map[string]int
+	mu          sync.Mutex
+	files       map[string][]byte
+	gets        map[string]int
+	notModified int // answers of 304
 }
 
 func newChartServer(t *testing.T) *chartServer {
@@ -45,6 +46,13 @@ func newChartServer(t *testing.T) *chartServer {
 			http.NotFound(w, r)
 			return
 		}
+		etag := fmt.Sprintf(`"%x"`, sha256.Sum256(body))
+		if r.Header.Get("If-None-Match") == etag {
+			s.mu.Lock()
+			s.notModified++
+			s.mu.Unlock()
+		}
+		w.Header().Set("ETag", etag)
 		http.ServeContent(w, r, r.URL.Path, zeroTime, bytes.NewReader(body))
 	}))
 	t.Cleanup(s.Close)
@@ -207,12 +215,13 @@ func TestRepoRefusals(t *testing.T) {
 }
 
 // TestRepoReadsTheIndexOncePerPull: the requests of one pull share one
-// read of the index, and a chart's bytes are read to build its manifest
-// and to serve it, no more.
+// read of the index, and a chart's bytes are read once, to build its
+// manifest and to serve it; an index read again and unchanged costs a
+// 304.
 func TestRepoReadsTheIndexOncePerPull(t *testing.T) {
 	ctx := context.Background()
 	s := newChartServer(t)
-	s.publish(t, "web", "1.0.0", false)
+	tgz := s.publish(t, "web", "1.0.0", false)
 	r, err := New(s.URL + "/stable/")
 	if err != nil {
 		t.Fatal(err)
@@ -225,7 +234,27 @@ func TestRepoReadsTheIndexOncePerPull(t *testing.T) {
 	if n := s.gets["/stable/index.yaml"]; n != 1 {
 		t.Errorf("index.yaml read %d times", n)
 	}
+	b, err := r.GetBlob(ctx, "web", digest.FromBytes(tgz))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, b.Body)
+	b.Body.Close()
 	if n := s.gets["/stable/web-1.0.0.tgz"]; n != 1 {
-		t.Errorf("the chart read %d times to build its manifest", n)
+		t.Errorf("the chart read %d times to build its manifest and serve it", n)
+	}
+
+	// Read again once it is not fresh: a 304 while it has not changed,
+	// the new index once it has.
+	r.fresh = 0
+	if _, err := r.HeadManifest(ctx, "web", manifest.TagRef("1.0.0"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if s.notModified != 1 {
+		t.Errorf("an unchanged index was answered 304 %d times, want 1", s.notModified)
+	}
+	s.publish(t, "web", "2.0.0", false)
+	if _, err := r.HeadManifest(ctx, "web", manifest.TagRef("2.0.0"), nil); err != nil {
+		t.Fatalf("a version published since: %v", err)
 	}
 }

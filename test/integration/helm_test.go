@@ -245,3 +245,26 @@ func TestHelmRepositoryAsOCI(t *testing.T) {
 		helmRun(t, "pull", ref+"web", "--version", "0.3.0", "--plain-http", "-d", t.TempDir())
 	})
 }
+
+// TestHelmRepositoryThroughReplicas: two replicas on one bucket serve a
+// chart repository alike: the same manifest, the chart's bytes, whichever
+// replica a helm pull reaches.
+func TestHelmRepositoryThroughReplicas(t *testing.T) {
+	repo := newChartRepo(t)
+	plain := repo.add(t, "web", "0.1.0", "")
+	want, _ := os.ReadFile(plain)
+	rs := startReplicas(t, 2, "charts.test=helm+"+repo.url(), testenv.StartMinIO(t), "helm")
+	var digests []string
+	for _, r := range rs {
+		d, _ := chartManifest(t, r.URL, "charts.test/web", "0.1.0")
+		digests = append(digests, d)
+		dest := t.TempDir()
+		helmRun(t, "pull", "oci://"+r.Host+"/charts.test/web", "--version", "0.1.0", "--plain-http", "-d", dest)
+		if got, _ := os.ReadFile(filepath.Join(dest, "web-0.1.0.tgz")); !bytes.Equal(got, want) {
+			t.Errorf("helm pull through %s: %d bytes, not the chart's %d", r.Host, len(got), len(want))
+		}
+	}
+	if digests[0] == "" || digests[0] != digests[1] {
+		t.Fatalf("the replicas' manifests: %v", digests)
+	}
+}
