@@ -61,13 +61,14 @@ func main() {
 	helmOnly := flag.Bool("helm-only", false, "only the Helm table: helm pull of a warm chart through the cache against the classic repository itself")
 	shareOnly := flag.Bool("share-only", false, "only the sharing table: 1,000 simulated nodes in 4 zones pull one cold image through three replicas, with and without sharing, and a real agent's memory")
 	shareNodes := flag.Int("share-nodes", 1000, "how many simulated nodes the sharing table's rollouts have")
+	shareLayerMiB := flag.Int("share-layer-mib", 4, "the sharing rollout image's layer size in MiB (4 layers: 4 is a 16 MiB image, 16 the issue's 64 MiB, a rollout four times as long)")
 	shareRuns := flag.Int("share-runs", 1, "rollouts of each kind in the sharing table (each is 1,000 nodes' samples, and takes minutes); the table shows the one with the median node p50")
 	plotPath := flag.String("plot", "docs/bench.png", "where to write the plot of cold pulls by concurrent clients (empty: none)")
 	flag.Parse()
 	b := newBench()
 	defer b.cleanup()
 	b.plot = *plotPath
-	b.shareOnly, b.shareNodes, b.shareRuns = *shareOnly, *shareNodes, *shareRuns
+	b.shareOnly, b.shareNodes, b.shareRuns, b.shareLayerMiB = *shareOnly, *shareNodes, *shareRuns, *shareLayerMiB
 	b.helmOnly, b.largeOnly = *helmOnly, *largeOnly
 	b.faultsOnly, b.tagsOnly, b.rolloutOnly, b.keepOnly, b.lazyOnly, b.afterFillOnly = *faultsOnly, *tagsOnly, *rolloutOnly, *keepOnly, *lazyOnly, *afterFillOnly
 	if err := b.run(*runs, *warmOnly); err != nil {
@@ -103,8 +104,10 @@ type bench struct {
 	shareOnly  bool
 	shareNodes int
 	shareRuns  int
-	shareBlobs map[digest.Digest][]byte
-	shareBytes int64
+	// shareLayerMiB is the size of each of the image's 4 layers.
+	shareLayerMiB int
+	shareBlobs    map[digest.Digest][]byte
+	shareBytes    int64
 	// helmOnly runs the Helm table alone; charts is its classic
 	// repository's URL.
 	helmOnly bool

@@ -44,7 +44,6 @@ import (
 const (
 	shareZones     = 4
 	shareLayers    = 4
-	shareLayerSize = 4 << 20 // a 16 MiB image
 	shareRepo      = "bench/share"
 	// shareLink is each node's link, each way (1 Gbit/s scaled down
 	// 500×): 1,000 nodes move 250 MiB/s at most, together.
@@ -69,7 +68,7 @@ const (
 func (b *bench) pushShare() error {
 	img := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
 	for range shareLayers {
-		data := make([]byte, shareLayerSize)
+		data := make([]byte, b.shareLayerMiB<<20)
 		rand.Read(data)
 		var err error
 		if img, err = mutate.AppendLayers(img, static.NewLayer(data, types.OCILayer)); err != nil {
