@@ -81,9 +81,6 @@ type Option func(*Repo)
 // never to a chart URL elsewhere.
 func WithCredentials(a authn.Authenticator) Option { return func(r *Repo) { r.auth = a } }
 
-// WithTransport replaces the HTTP transport.
-func WithTransport(t http.RoundTripper) Option { return func(r *Repo) { r.client.Transport = t } }
-
 // New returns the repository at rawURL (http or https, with its path:
 // https://charts.example.com/stable).
 func New(rawURL string, opts ...Option) (*Repo, error) {
