@@ -32,6 +32,7 @@ import (
 	"github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
 	"k8s.io/utils/lru"
 	"sigs.k8s.io/yaml"
 
@@ -52,7 +53,12 @@ const (
 	// maxBuilds bounds the versions built to find a digest no version
 	// built so far has (after a restart: a config or a provenance file
 	// asked for by digest).
-	maxBuilds = 32
+	maxBuilds = 16
+	// searchRate and searchBurst bound the builds such searches make, all
+	// charts together: an anonymous client asking for made-up digests
+	// costs the repository a build a second, not maxBuilds a request.
+	searchRate  = 1
+	searchBurst = 16
 )
 
 // Repo is one chart repository. It is safe for concurrent use.
@@ -67,6 +73,7 @@ type Repo struct {
 	readAt    time.Time
 	validator validator
 	recent    recentCharts
+	searches  *rate.Limiter // builds made to find a digest
 	flight    singleflight.Group
 	built     *lru.Cache // version key → *artifact
 	byBlob    *lru.Cache // digest → *artifact
@@ -92,7 +99,7 @@ func New(rawURL string, opts ...Option) (*Repo, error) {
 	t.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	t.ResponseHeaderTimeout = 30 * time.Second
 	r := &Repo{base: u, auth: authn.Anonymous, fresh: indexFresh, client: &http.Client{Transport: t, CheckRedirect: upstream.CheckRedirect},
-		built: lru.New(512), byBlob: lru.New(1024), byIndex: lru.New(512)}
+		built: lru.New(512), byBlob: lru.New(1024), byIndex: lru.New(512), searches: rate.NewLimiter(searchRate, searchBurst)}
 	for _, o := range opts {
 		o(r)
 	}
@@ -306,6 +313,9 @@ func (r *Repo) find(ctx context.Context, chart string, d digest.Digest, manifest
 	}
 	for _, e := range versions {
 		if builds++; builds > maxBuilds {
+			break
+		}
+		if _, built := r.built.Get(e.key(chart)); !built && !r.searches.Allow() {
 			break
 		}
 		a, err := r.artifact(ctx, chart, e)

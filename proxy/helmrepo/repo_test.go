@@ -258,3 +258,36 @@ func TestRepoReadsTheIndexOncePerPull(t *testing.T) {
 		t.Fatalf("a version published since: %v", err)
 	}
 }
+
+// TestRepoSearchesAreBounded: made-up digests asked for under every chart
+// cost the repository at most a burst of builds, not a search of every
+// version for each.
+func TestRepoSearchesAreBounded(t *testing.T) {
+	ctx := context.Background()
+	s := newChartServer(t)
+	charts := []string{"a", "b", "c"}
+	for _, chart := range charts {
+		for v := range 10 {
+			s.publish(t, chart, fmt.Sprintf("1.0.%d", v), false)
+		}
+	}
+	r := newRepo(t, s)
+	for i, chart := range charts {
+		for j := range 2 {
+			if _, err := r.HeadManifest(ctx, chart, manifest.DigestRef(digest.FromString(fmt.Sprint(i, j))), nil); !errors.Is(err, upstream.ErrNotFound) {
+				t.Fatalf("a made-up digest: %v", err)
+			}
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fetched := 0
+	for path, n := range s.gets {
+		if strings.HasSuffix(path, ".tgz") {
+			fetched += n
+		}
+	}
+	if fetched > searchBurst+2 {
+		t.Errorf("6 made-up digests fetched %d charts, more than a burst of %d", fetched, searchBurst)
+	}
+}
