@@ -42,9 +42,9 @@ import (
 // bounds the rollout: 1,000 nodes at shareLink each move at most
 // 250 MiB/s together.
 const (
-	shareZones     = 4
-	shareLayers    = 4
-	shareRepo      = "bench/share"
+	shareZones  = 4
+	shareLayers = 4
+	shareRepo   = "bench/share"
 	// shareLink is each node's link, each way (1 Gbit/s scaled down
 	// 500×): 1,000 nodes move 250 MiB/s at most, together.
 	shareLink = 256 << 10
