@@ -191,18 +191,21 @@ type artifact struct {
 	manifest []byte
 	digest   digest.Digest
 	config   []byte
-	chart    ocispec.Descriptor
-	chartURL string
-	prov     []byte // nil: the chart has no provenance file
+	// configDigest and provDigest (empty without a provenance file) are
+	// what the manifest names them by.
+	configDigest, provDigest digest.Digest
+	chart                    ocispec.Descriptor
+	chartURL                 string
+	prov                     []byte // nil: the chart has no provenance file
 }
 
 // blob is what the artifact holds under d, if anything: its bytes when
 // the artifact keeps them (config, provenance), else its URL (the chart).
 func (a *artifact) blob(d digest.Digest) (data []byte, url string, size int64, ok bool) {
 	switch {
-	case d == digest.FromBytes(a.config):
+	case d == a.configDigest:
 		return a.config, "", int64(len(a.config)), true
-	case a.prov != nil && d == digest.FromBytes(a.prov):
+	case a.prov != nil && d == a.provDigest:
 		return a.prov, "", int64(len(a.prov)), true
 	case d == a.chart.Digest:
 		return nil, a.chartURL, a.chart.Size, true
@@ -220,16 +223,17 @@ func build(tgz, prov []byte, md *Metadata, created time.Time, chartURL string) (
 	if err != nil {
 		return nil, err
 	}
-	a := &artifact{config: config, chartURL: chartURL, prov: prov,
+	a := &artifact{config: config, configDigest: digest.FromBytes(config), chartURL: chartURL, prov: prov,
 		chart: ocispec.Descriptor{MediaType: ChartLayerMediaType, Digest: digest.FromBytes(tgz), Size: int64(len(tgz))}}
 	layers := []ocispec.Descriptor{a.chart}
 	if prov != nil {
-		layers = append(layers, ocispec.Descriptor{MediaType: ProvLayerMediaType, Digest: digest.FromBytes(prov), Size: int64(len(prov))})
+		a.provDigest = digest.FromBytes(prov)
+		layers = append(layers, ocispec.Descriptor{MediaType: ProvLayerMediaType, Digest: a.provDigest, Size: int64(len(prov))})
 	}
 	sort.Slice(layers, func(i, j int) bool { return layers[i].Digest < layers[j].Digest })
 	m := ocispec.Manifest{
 		Versioned:   specs.Versioned{SchemaVersion: 2},
-		Config:      ocispec.Descriptor{MediaType: ConfigMediaType, Digest: digest.FromBytes(config), Size: int64(len(config))},
+		Config:      ocispec.Descriptor{MediaType: ConfigMediaType, Digest: a.configDigest, Size: int64(len(config))},
 		Layers:      layers,
 		Annotations: annotations(md, created),
 	}

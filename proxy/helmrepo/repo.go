@@ -259,11 +259,10 @@ func (r *Repo) artifact(ctx context.Context, chart string, e *entry) (*artifact,
 		r.recent.add(a.chart.Digest, tgz)
 		r.built.Add(key, a)
 		r.byIndex.Add(a.digest, a)
-		for _, d := range []digest.Digest{a.chart.Digest, digest.FromBytes(a.config)} {
-			r.byBlob.Add(d, a)
-		}
-		if prov != nil {
-			r.byBlob.Add(digest.FromBytes(prov), a)
+		for _, d := range []digest.Digest{a.chart.Digest, a.configDigest, a.provDigest} {
+			if d != "" {
+				r.byBlob.Add(d, a)
+			}
 		}
 		return a, nil
 	})
