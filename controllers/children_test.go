@@ -9,6 +9,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -403,5 +404,19 @@ func TestCredentialsCondition(t *testing.T) {
 	}
 	if c := credentialsCondition(dp, &depproxyv1.CacheSummary{}); c.Status != metav1.ConditionTrue {
 		t.Fatalf("%+v", c)
+	}
+}
+
+// The cache's tally of its sharing nodes goes to the status with a size
+// for people.
+func TestSummarySharing(t *testing.T) {
+	at := metav1.Now()
+	s := toCacheSummary(report.Summary{Sharing: &report.Sharing{Nodes: 4, StoreBytes: 5 << 30, PeerBytes: 12, CacheBytes: 3}}, at)
+	want := &depproxyv1.SharingSummary{Nodes: 4, StoreBytes: 5 << 30, Store: "5Gi", FromPeersBytes: 12, FromCacheBytes: 3, ReportedAt: at}
+	if !equality.Semantic.DeepEqual(s.Sharing, want) {
+		t.Errorf("sharing %+v, want %+v", s.Sharing, want)
+	}
+	if s := toCacheSummary(report.Summary{}, at); s.Sharing != nil {
+		t.Errorf("a cache no node shares through: sharing %+v", s.Sharing)
 	}
 }

@@ -94,10 +94,11 @@ func (r *NodeMirrorReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	before := nm.Status.DeepCopy()
 	var agents []*appsv1.DaemonSet
 	var holder string // the NodeMirror whose nodes share through the cache
+	var shared *depproxyv1.SharingSummary
 	defer func() {
 		outcome := asReconcileError(retErr)
 		computeNodeMirrorStatus(nm, agents, outcome)
-		shareConditions(nm, holder, outcome).applyTo(&nm.Status.Conditions)
+		shareConditions(nm, holder, shared, outcome).applyTo(&nm.Status.Conditions)
 		outcome.warn(r.Recorder, nm)
 		result, retErr = outcome.result(result)
 		if !equality.Semantic.DeepEqual(before, &nm.Status) {
@@ -116,6 +117,9 @@ func (r *NodeMirrorReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	err := r.Get(ctx, client.ObjectKey{Namespace: nm.Spec.Cache.Namespace, Name: nm.Spec.Cache.Name}, dp)
 	if client.IgnoreNotFound(err) != nil {
 		return ctrl.Result{}, err
+	}
+	if dp.Status.Cache != nil {
+		shared = dp.Status.Cache.Sharing
 	}
 	nm.Status.Registries = nil
 	if reg := r.agentRegistry(); reg != "" && slices.Contains(nm.Spec.Registries, reg) {

@@ -273,13 +273,14 @@ func cleanupCondition(cp *depproxyv1.CleanupPolicy, outcome *reconcileError) met
 	return c
 }
 
-// shareConditions are a NodeMirror's Sharing condition and count: none
+// shareConditions are a NodeMirror's Sharing condition, count and what
+// its nodes told the cache (shared, from the cache's status): none
 // without spec.share; True while its agents share (holder is nm's own
 // name, and the reconcile went through), False with why not: another
 // NodeMirror (holder) shares through the cache, or the reconcile failed.
-func shareConditions(nm *depproxyv1.NodeMirror, holder string, outcome *reconcileError) conditions {
+func shareConditions(nm *depproxyv1.NodeMirror, holder string, shared *depproxyv1.SharingSummary, outcome *reconcileError) conditions {
 	gen, st := nm.Generation, &nm.Status
-	st.Sharing = 0
+	st.Sharing, st.Shared = 0, nil
 	switch {
 	case nm.Spec.Share == nil:
 		return conditions{remove: []string{depproxyv1.ConditionSharing}}
@@ -290,7 +291,7 @@ func shareConditions(nm *depproxyv1.NodeMirror, holder string, outcome *reconcil
 	case outcome != nil:
 		return conditions{set: []metav1.Condition{condition(gen, depproxyv1.ConditionSharing, metav1.ConditionFalse, outcome.Reason, outcome.Message)}}
 	case holder == nm.Name:
-		st.Sharing = st.Configured
+		st.Sharing, st.Shared = st.Configured, shared
 		return conditions{set: []metav1.Condition{condition(gen, depproxyv1.ConditionSharing, metav1.ConditionTrue, depproxyv1.ReasonNodesSharing,
 			fmt.Sprintf("%d of %d nodes' agents serve their stores (%s) to the peers the cache sends them, on port %d",
 				st.Configured, st.Nodes, nm.Spec.Share.Store.Path, nm.Spec.Share.PeerPort))}}

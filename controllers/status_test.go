@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -239,6 +240,39 @@ func TestStatusCleanupCondition(t *testing.T) {
 				Spec: depproxyv1.CleanupPolicySpec{Schedule: "0 3 * * *", Suspend: c.suspend}}
 			checkConditions(t, conditions{set: []metav1.Condition{cleanupCondition(cp, c.outcome)}}, nil, 5,
 				map[string]want{depproxyv1.ConditionReady: c.want})
+		})
+	}
+}
+
+// The NodeMirror that shares through a cache shows what its nodes told
+// the cache; another that asks for spec.share, or one whose reconcile
+// failed, shows none of it.
+func TestStatusShared(t *testing.T) {
+	shared := &depproxyv1.SharingSummary{Nodes: 3, StoreBytes: 3 << 30, FromPeersBytes: 8 << 30, FromCacheBytes: 1 << 30}
+	sharing := func() *depproxyv1.NodeMirror {
+		nm := &depproxyv1.NodeMirror{ObjectMeta: metav1.ObjectMeta{Name: "nodes", Generation: 2},
+			Spec: depproxyv1.NodeMirrorSpec{Cache: depproxyv1.CacheReference{Namespace: "ci", Name: "hub"},
+				Share: &depproxyv1.NodeShare{Store: depproxyv1.NodeStore{Path: "/var/lib/depproxy"}, PeerPort: 30601}}}
+		nm.Status.Configured, nm.Status.Nodes = 3, 3
+		return nm
+	}
+	for _, c := range []struct {
+		name    string
+		holder  string
+		outcome *reconcileError
+		want    *depproxyv1.SharingSummary
+	}{
+		{"sharing", "nodes", nil, shared},
+		{"another NodeMirror shares through the cache", "others", nil, nil},
+		{"the reconcile failed", "nodes", waiting(depproxyv1.ReasonNodesConfiguring, "not yet"), nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			nm := sharing()
+			nm.Status.Shared = &depproxyv1.SharingSummary{Nodes: 99} // from before
+			shareConditions(nm, c.holder, shared, c.outcome)
+			if !equality.Semantic.DeepEqual(nm.Status.Shared, c.want) {
+				t.Errorf("status.shared %+v, want %+v", nm.Status.Shared, c.want)
+			}
 		})
 	}
 }

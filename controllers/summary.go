@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
@@ -110,6 +111,11 @@ func toCacheSummary(w report.Summary, at metav1.Time) *depproxyv1.CacheSummary {
 		}
 	}
 	s.KeptCount, s.Denied = len(w.Kept), w.Denied
+	if sh := w.Sharing; sh != nil {
+		s.Sharing = &depproxyv1.SharingSummary{Nodes: int32(min(sh.Nodes, math.MaxInt32)), StoreBytes: sh.StoreBytes,
+			Store:          resource.NewQuantity(sh.StoreBytes, resource.BinarySI).String(),
+			FromPeersBytes: sh.PeerBytes, FromCacheBytes: sh.CacheBytes, ReportedAt: at}
+	}
 	for host, msg := range w.CredentialErrors {
 		if len(s.CredentialErrors) == 16 {
 			break

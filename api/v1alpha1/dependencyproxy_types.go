@@ -453,6 +453,30 @@ type CacheSummary struct {
 	// KeptCount is the number of images pinned or warmed, all of them.
 	// +optional
 	KeptCount int `json:"keptCount,omitempty"`
+
+	// Sharing is what the nodes of the NodeMirror that shares through
+	// this cache (spec.share) told it; the NodeMirror's status shows it.
+	// +optional
+	Sharing *SharingSummary `json:"sharing,omitempty"`
+}
+
+// SharingSummary is what the nodes that share hold and where their bytes
+// came from, as their agents last told the cache (each with every
+// request it signs), over the nodes heard from in the last day. Bytes
+// fetched count since each agent started.
+type SharingSummary struct {
+	// Nodes is how many nodes' agents told the cache.
+	Nodes int32 `json:"nodes"`
+	// StoreBytes is what their stores hold, and Store the same for people.
+	StoreBytes int64  `json:"storeBytes"`
+	Store      string `json:"store,omitempty"`
+	// FromPeersBytes are the blob bytes the nodes got from each other:
+	// the cache's egress sharing saved.
+	FromPeersBytes int64 `json:"fromPeersBytes"`
+	// FromCacheBytes are the blob bytes the nodes got from the cache.
+	FromCacheBytes int64 `json:"fromCacheBytes"`
+	// ReportedAt is when the operator last read it from the cache.
+	ReportedAt metav1.Time `json:"reportedAt"`
 }
 
 // KeptImage is an image spec.keep names.

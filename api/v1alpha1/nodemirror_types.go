@@ -236,12 +236,17 @@ type NodeMirrorStatus struct {
 	Configured int32 `json:"configured"`
 	// Sharing is how many nodes' agents are ready to serve their store
 	// (spec.share): each is its node's mirror, and serves the peers the
-	// cache sends to it. What they serve and keep is in their metrics,
-	// on port 9092 of each node: depproxy_node_bytes_total by source
-	// (store, peer, cache), depproxy_node_peer_served_bytes_total,
-	// depproxy_proxy_hot_bytes (the store).
+	// cache sends to it.
 	// +optional
 	Sharing int32 `json:"sharing,omitempty"`
+	// Shared is what the sharing nodes hold, and the bytes they got from
+	// each other against those they got from the cache, as their agents
+	// told the cache. Each node's own figures are in its agent's
+	// metrics, on port 9092: depproxy_node_bytes_total by source (store,
+	// peer, cache), depproxy_node_peer_served_bytes_total,
+	// depproxy_proxy_hot_bytes (the store).
+	// +optional
+	Shared *SharingSummary `json:"shared,omitempty"`
 	// Summary is Configured/Nodes, for the printer column.
 	Summary string `json:"summary"`
 

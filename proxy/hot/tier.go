@@ -105,6 +105,13 @@ func Open(dir string, maxBytes int64, opts ...Option) (*Tier, error) {
 // filesystem, so that a verified download becomes a hot copy by a move.
 func (t *Tier) Dir() string { return t.dir }
 
+// Bytes is what the tier holds.
+func (t *Tier) Bytes() int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.used
+}
+
 // reindex takes in the copies on disk, oldest read last in line, and
 // removes what is not a copy (a write cut by a crash).
 func (t *Tier) reindex() error {

@@ -75,6 +75,9 @@ func (m *Mirror) blob(w http.ResponseWriter, r *http.Request, name string, d dig
 		if f != nil {
 			defer f.Close()
 			m.book.learn(repo, "", d)
+			if info, err := f.Stat(); err == nil {
+				m.fromPeers.Add(info.Size())
+			}
 			m.reportHave(r, holder)
 			m.serveFile(w, r, d, f, time.Now(), "peer")
 			return
@@ -172,7 +175,7 @@ func (m *Mirror) reportHave(r *http.Request, holder string) {
 			req.Header.Set("Authorization", a)
 		}
 		req.Header.Set(share.HaveHeader, holder)
-		m.key.Sign(req, m.self)
+		m.sign(req)
 		if resp, err := m.client.Do(req); err == nil {
 			resp.Body.Close()
 		}
@@ -339,6 +342,7 @@ func (m *Mirror) keepWhileServing(w http.ResponseWriter, d digest.Digest, body i
 		w.Write(held)
 	}
 	m.metrics.bytes.WithLabelValues("cache").Add(float64(n))
+	m.fromCache.Add(n)
 	m.store.Keep(d, spool.Name(), n)
 	kept = true
 	return true

@@ -44,6 +44,8 @@ type Store interface {
 	// Dir is the store's directory: a spool under it is on the same
 	// filesystem, so a verified download is moved in, not copied.
 	Dir() string
+	// Bytes is what the store holds.
+	Bytes() int64
 }
 
 // maxManifest bounds a manifest read from the cache, as the cache bounds
@@ -70,6 +72,8 @@ type Mirror struct {
 	arrivals map[digest.Digest]*arrival
 	asking   map[digest.Digest]int // blobs this node is asking the cache for
 	serving  chan struct{}         // a slot per peer served at once
+	// fromPeers and fromCache count the blob bytes kept from each.
+	fromPeers, fromCache atomic.Int64
 
 	// logins: the cache asks for them (it answered 401 with a
 	// challenge), so a store hit is served only to a request the cache
@@ -109,6 +113,14 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 		r.MustRegister(m.bytes, m.staleTags, m.peerServed, m.badPeers, m.refusedSignatures)
 	}
 	return m
+}
+
+// sign marks req as this node's, with its tally: what it holds and
+// fetched, which the cache adds up for the NodeMirror's status.
+func (m *Mirror) sign(req *http.Request) {
+	self := m.self
+	self.Tally = &share.Tally{Store: m.store.Bytes(), Peer: m.fromPeers.Load(), Cache: m.fromCache.Load(), At: time.Now().UnixMilli()}
+	m.key.Sign(req, self)
 }
 
 // Option configures a Mirror.
@@ -280,7 +292,7 @@ func (m *Mirror) ask(ctx context.Context, r *http.Request, o askOptions) (*http.
 		if o.report != "" {
 			req.Header.Set(o.report, o.holder)
 		}
-		m.key.Sign(req, m.self)
+		m.sign(req)
 	}
 	resp, err := m.client.Do(req)
 	if err == nil && resp.StatusCode >= 500 {

@@ -99,7 +99,7 @@ func (m *Mirror) fromPeer(ctx context.Context, d digest.Digest, loc string) (*os
 	if err != nil {
 		return nil, share.BadPeerHeader
 	}
-	m.key.Sign(req, m.self)
+	m.sign(req)
 	resp, err := m.peers.Do(req)
 	if err != nil {
 		m.log.Info("a peer did not answer", "digest", d, "peer", holder, "error", err.Error())

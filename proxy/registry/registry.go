@@ -80,6 +80,9 @@ type Access interface {
 // the request may have the blob.
 type Sharer interface {
 	Share(w http.ResponseWriter, r *http.Request, d digest.Digest) (answered bool, err error)
+	// Received is told the size a HEAD that Share let through was
+	// answered with: a node's report that it has the blob whole.
+	Received(r *http.Request, size int64)
 }
 
 // Options are what a Registry checks and records besides serving; each
@@ -302,6 +305,9 @@ func (reg *Registry) blob(w http.ResponseWriter, r *http.Request, c Cache, rt ro
 		size, err := c.StatBlob(r.Context(), rt.repo, d)
 		if err != nil {
 			return err
+		}
+		if reg.share != nil {
+			reg.share.Received(r, size)
 		}
 		h.Set("Content-Type", "application/octet-stream")
 		h.Set("Docker-Content-Digest", d.String())

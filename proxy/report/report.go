@@ -34,6 +34,19 @@ type Summary struct {
 	// Kept are the images of the pins and warm files, and how warming
 	// them went.
 	Kept []KeptImage `json:"kept,omitempty"`
+	// Sharing is what the nodes that share through this cache (a
+	// NodeMirror's spec.share) last told this replica.
+	Sharing *Sharing `json:"sharing,omitempty"`
+}
+
+// Sharing adds up the last tallies of the nodes heard from in a day:
+// their stores' bytes, and the blob bytes they fetched from peers and
+// from the cache since their agents started.
+type Sharing struct {
+	Nodes      int   `json:"nodes"`
+	StoreBytes int64 `json:"storeBytes"`
+	PeerBytes  int64 `json:"peerBytes"`
+	CacheBytes int64 `json:"cacheBytes"`
 }
 
 // KeptImage is an image cached before any client pulled it, and, when

@@ -62,6 +62,7 @@ type assembly struct {
 	plugins  *credprovider.Providers
 	caches   []*cache.Cache
 	clients  []*upstream.Client
+	sharing  *nodeSharing // nil: no --node-key
 }
 
 // openStorage opens the storage (unless a test gave one) and this
@@ -279,6 +280,9 @@ func (a *assembly) connect(context.Context) error {
 		a.keeper.Report(sum)
 		sum.Denied = a.gate.denied.Load()
 		sum.CredentialErrors = a.plugins.Failing()
+		if a.sharing != nil {
+			a.sharing.report(sum)
+		}
 	})
 	return nil
 }
@@ -312,9 +316,9 @@ func (a *assembly) serving() (http.Handler, error) {
 	for i, c := range a.caches {
 		caches[i] = c
 	}
-	sharing, err := a.nodeSharing()
-	if err != nil {
-		return nil, err
+	var sharing registry.Sharer
+	if a.sharing != nil { // a nil *nodeSharing would not be a nil Sharer
+		sharing = a.sharing
 	}
 	reg := registry.New(a.routes, caches, registry.Options{Auth: auth, Audit: auditor, Origins: storedOrigins{a.store},
 		Access: a.gate, OnDenied: a.gate.count, Share: sharing}, a.log.WithName("registry"))

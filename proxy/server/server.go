@@ -103,7 +103,7 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 		opt(&o)
 	}
 	a := &assembly{s: s, log: log, o: o}
-	for _, step := range []func(context.Context) error{a.openStorage, a.settle, a.observe, a.keeping, a.pullThrough, a.connect} {
+	for _, step := range []func(context.Context) error{a.openStorage, a.settle, a.observe, a.keeping, a.pullThrough, a.nodeSharing, a.connect} {
 		if err := step(ctx); err != nil {
 			a.release()
 			return nil, err

@@ -13,7 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/depproxy/depproxy/proxy/peers"
-	"github.com/depproxy/depproxy/proxy/registry"
+	"github.com/depproxy/depproxy/proxy/report"
 	"github.com/depproxy/depproxy/proxy/share"
 )
 
@@ -31,26 +31,26 @@ const askHeader = "Depproxy-Share-Ask"
 type nodeSharing struct {
 	key     *share.Key
 	tracker *share.Tracker
-	ring    *peers.Ring // nil: this is the only replica
+	tallies *share.Tallies // what the nodes that reach this replica say they hold
+	ring    *peers.Ring    // nil: this is the only replica
 	client  *http.Client
 	log     logr.Logger
 }
 
-// nodeSharing is the sharing of --node-key, or nil (a nil *nodeSharing
-// would not be a nil registry.Sharer).
-func (a *assembly) nodeSharing() (registry.Sharer, error) {
+// nodeSharing makes the sharing of --node-key, if any.
+func (a *assembly) nodeSharing(context.Context) error {
 	if a.s.NodeKey == "" {
-		return nil, nil
+		return nil
 	}
 	secret, err := os.ReadFile(a.s.NodeKey)
 	if err != nil {
-		return nil, fmt.Errorf("node-key: %w", err)
+		return fmt.Errorf("node-key: %w", err)
 	}
 	key, err := share.NewKey(secret)
 	if err != nil {
-		return nil, fmt.Errorf("node-key %s: %w", a.s.NodeKey, err)
+		return fmt.Errorf("node-key %s: %w", a.s.NodeKey, err)
 	}
-	s := &nodeSharing{key: key, tracker: share.NewTracker(key, share.NewMetrics(a.metrics)), log: a.log.WithName("share")}
+	s := &nodeSharing{key: key, tracker: share.NewTracker(key, share.NewMetrics(a.metrics)), tallies: share.NewTallies(), log: a.log.WithName("share")}
 	if a.peering != nil {
 		transport := http.DefaultTransport.(*http.Transport).Clone()
 		transport.TLSClientConfig = a.peering.tls
@@ -60,7 +60,8 @@ func (a *assembly) nodeSharing() (registry.Sharer, error) {
 		s.ring, s.client = a.peering.ring, &http.Client{Transport: transport, Timeout: 2 * time.Second,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
-	return s, nil
+	a.sharing = s
+	return nil
 }
 
 // Share implements registry.Sharer.
@@ -79,17 +80,31 @@ func (s *nodeSharing) Share(w http.ResponseWriter, r *http.Request, d digest.Dig
 	return false, nil
 }
 
+// Received implements registry.Sharer.
+func (s *nodeSharing) Received(r *http.Request, size int64) { s.tracker.Received(r, size) }
+
+// report adds what the nodes told this replica to the summary.
+func (s *nodeSharing) report(sum *report.Summary) {
+	nodes, t := s.tallies.Sum()
+	sum.Sharing = &report.Sharing{Nodes: nodes, StoreBytes: t.Store, PeerBytes: t.Peer, CacheBytes: t.Cache}
+}
+
 func (s *nodeSharing) decide(r *http.Request, d digest.Digest) (string, error) {
 	if r.Header.Get(share.NodeHeader) == "" {
 		return "", nil
 	}
-	if s.ring == nil || r.Header.Get(askHeader) != "" {
+	if r.Header.Get(askHeader) != "" {
+		// The replica that asks kept the node's tally.
 		return s.tracker.Send(r, d)
 	}
 	// A forged request costs the owner nothing.
 	node, _, err := s.key.Check(r)
 	if err != nil {
 		return "", err
+	}
+	s.tallies.Record(node)
+	if s.ring == nil {
+		return s.tracker.Send(r, d)
 	}
 	owner := s.ring.Owner("share/zone/" + node.Zone)
 	if owner == s.ring.Self() {

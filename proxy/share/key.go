@@ -71,6 +71,8 @@ type Node struct {
 	// Peer is where other nodes reach its peer listener
 	// (http://10.0.0.7:30601).
 	Peer string `json:"p,omitempty"`
+	// Tally is what it holds and fetched, for the operator's status.
+	Tally *Tally `json:"y,omitempty"`
 }
 
 // Key signs and verifies what nodes and the cache say to each other.

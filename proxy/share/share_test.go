@@ -312,3 +312,32 @@ func checkSends(t *testing.T, tr *Tracker) {
 		t.Errorf("the tracker counts sends %v, its holders have %v", tr.sends, want)
 	}
 }
+
+// The cache adds up the nodes' last tallies: a node's older tally,
+// arriving late, does not undo a newer one; a node silent for a day no
+// longer counts; a negative tally is not taken; the record stays bounded.
+func TestTallies(t *testing.T) {
+	now := time.Unix(1000, 0)
+	ts := NewTallies()
+	ts.now = func() time.Time { return now }
+	ts.Record(Node{Name: "a", Tally: &Tally{Store: 100, Peer: 10, Cache: 5, At: 2}})
+	ts.Record(Node{Name: "a", Tally: &Tally{Store: 50, Peer: 1, Cache: 1, At: 1}}) // late
+	ts.Record(Node{Name: "b", Tally: &Tally{Store: 7, Peer: 3, Cache: 2, At: 1}})
+	ts.Record(Node{Name: "c"})                                                 // no tally
+	ts.Record(Node{Name: "d", Tally: &Tally{Store: -1 << 62, Peer: 1, At: 1}}) // nonsense
+	if n, sum := ts.Sum(); n != 2 || sum != (Tally{Store: 107, Peer: 13, Cache: 7}) {
+		t.Errorf("got %d nodes, %+v; want 2 nodes, store 107, peer 13, cache 7", n, sum)
+	}
+	now = now.Add(tallyKept / 2)
+	ts.Record(Node{Name: "b", Tally: &Tally{Store: 8, Peer: 3, Cache: 2, At: 3}})
+	now = now.Add(tallyKept / 2)
+	if n, sum := ts.Sum(); n != 1 || sum.Store != 8 {
+		t.Errorf("a day after a's last tally: %d nodes, %+v; want b's alone", n, sum)
+	}
+	for i := range maxTallies + 10 {
+		ts.Record(Node{Name: fmt.Sprint("n", i), Tally: &Tally{Store: 1, At: 1}})
+	}
+	if n, _ := ts.Sum(); n != maxTallies {
+		t.Errorf("%d nodes remembered, want at most %d", n, maxTallies)
+	}
+}

@@ -101,6 +101,7 @@ type Metrics struct {
 	redirects *prometheus.CounterVec
 	served    *prometheus.CounterVec
 	dropped   prometheus.Counter
+	saved     *prometheus.CounterVec
 }
 
 // NewMetrics registers the tracker's metrics with r (nil: not exported).
@@ -112,9 +113,11 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 			Help: "Node blob requests the cache served itself (no holder in the zone, all busy, or a holder reported bad), by zone"}, []string{"zone"}),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "depproxy_share_dropped_holders_total",
 			Help: "Holders dropped because an asking node reported they did not serve the blob"}),
+		saved: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "depproxy_share_saved_bytes_total",
+			Help: "Bytes of the blobs nodes reported having fetched whole from a peer the cache sent them to: the egress the redirects saved, by zone"}, []string{"zone"}),
 	}
 	if r != nil {
-		r.MustRegister(m.redirects, m.served, m.dropped)
+		r.MustRegister(m.redirects, m.served, m.dropped, m.saved)
 	}
 	return m
 }
@@ -140,7 +143,7 @@ func (t *Tracker) Send(r *http.Request, d digest.Digest) (string, error) {
 	if err != nil || !ok {
 		return "", err
 	}
-	asker.Zone = zoneLabel(asker.Zone)
+	asker.Zone, asker.Tally = zoneLabel(asker.Zone), nil
 	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -172,6 +175,20 @@ func (t *Tracker) Send(r *http.Request, d digest.Digest) (string, error) {
 	t.metrics.redirects.WithLabelValues(asker.Zone).Inc()
 	loc := strings.TrimSuffix(to.node.Peer, "/") + "/blobs/" + d.String() + "?" + TicketParam + "=" + url.QueryEscape(t.key.Issue(d, asker.Name, to.node.Name))
 	return loc, nil
+}
+
+// Received counts a node's report, r (a HEAD with HaveHeader, answered
+// with the blob's size), that it has a blob whole: fetched from a peer,
+// its size is egress the cache saved. It is counted by the replica that
+// answered the report, so once over the replicas.
+func (t *Tracker) Received(r *http.Request, size int64) {
+	from := r.Header.Get(HaveHeader)
+	if r.Method != http.MethodHead || from == "" || size <= 0 {
+		return
+	}
+	if asker, ok, err := t.key.Check(r); err == nil && ok {
+		t.metrics.saved.WithLabelValues(zoneLabel(asker.Zone)).Add(float64(size))
+	}
 }
 
 var validZone = regexp.MustCompile(`^[A-Za-z0-9._-]{0,63}$`)

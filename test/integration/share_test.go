@@ -2,6 +2,7 @@ package integration
 
 import (
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/depproxy/depproxy/proxy/report"
 	"github.com/depproxy/depproxy/proxy/share"
 	"github.com/depproxy/depproxy/test/proxytest"
 	"github.com/depproxy/depproxy/test/testenv"
@@ -168,6 +170,46 @@ func TestNodesShareWhatTheyPulled(t *testing.T) {
 	}
 	if inZone == 0 || crossZone != 0 {
 		t.Errorf("peers served %.0f bytes within their zone and %.0f across zones; want none across", inZone, crossZone)
+	}
+	checkNodesTold(t, cache.Ops, agents, fromPeers, float64(fromCache))
+}
+
+// checkNodesTold checks what the agents told the cache at ops (a
+// replica's metrics port) against what they counted themselves: its
+// summary, which the operator puts in the NodeMirror's status, adds up
+// their stores and where their blob bytes came from (fromPeers,
+// fromCache), and the egress the redirects saved is what the nodes got
+// from peers. The agents tell it in the background: it is waited for.
+func checkNodesTold(t *testing.T, ops string, agents []*nodeAgent, fromPeers, fromCache float64) {
+	t.Helper()
+	var stored float64
+	for _, a := range agents {
+		stored += nodeMetric(t, a.ops, "depproxy_proxy_hot_bytes")
+	}
+	var got *report.Sharing
+	var saved float64
+	told := func() bool {
+		return got != nil && got.Nodes == len(agents) && float64(got.PeerBytes) == fromPeers &&
+			float64(got.CacheBytes) == fromCache && float64(got.StoreBytes) == stored && saved == fromPeers
+	}
+	for deadline := time.Now().Add(10 * time.Second); !told() && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		var sum report.Summary
+		resp, err := http.Get(ops + report.SummaryPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = json.NewDecoder(resp.Body).Decode(&sum)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, saved = sum.Sharing, nodeMetric(t, strings.TrimPrefix(ops, "http://"), "depproxy_share_saved_bytes_total")
+	}
+	if got == nil || got.Nodes != len(agents) || float64(got.PeerBytes) != fromPeers || float64(got.CacheBytes) != fromCache || float64(got.StoreBytes) != stored {
+		t.Errorf("the cache's summary of %d nodes: %+v; want %.0f bytes from peers, %.0f from the cache, %.0f stored", len(agents), got, fromPeers, fromCache, stored)
+	}
+	if saved != fromPeers {
+		t.Errorf("depproxy_share_saved_bytes_total is %.0f; the nodes got %.0f bytes from peers", saved, fromPeers)
 	}
 }
 
@@ -370,6 +412,21 @@ func TestNodesShareThroughReplicas(t *testing.T) {
 	}
 	if limit := int64(1.2 * float64(len(zones)) * float64(size)); fromCache > limit {
 		t.Errorf("the replicas sent %d bytes of blobs to 12 nodes in %d zones: over %d (1.2 × zones × image)", fromCache, len(zones), limit)
+	}
+	// Each node's report that it has a blob is answered by one replica,
+	// which counts what a peer saved: over the replicas, once.
+	var fromPeers, saved float64
+	for _, a := range agents {
+		fromPeers += nodeBytes(t, a.ops, "peer")
+	}
+	for deadline := time.Now().Add(10 * time.Second); saved != fromPeers && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		saved = 0
+		for _, r := range rs {
+			saved += nodeMetric(t, strings.TrimPrefix(r.Ops, "http://"), "depproxy_share_saved_bytes_total")
+		}
+	}
+	if fromPeers == 0 || saved != fromPeers {
+		t.Errorf("the replicas counted %.0f bytes saved; the nodes got %.0f from peers", saved, fromPeers)
 	}
 }
 
