@@ -126,11 +126,11 @@ func (c *Cache) hotBlob(d digest.Digest) *Blob {
 	if c.hot == nil {
 		return nil
 	}
-	f, info, ok := c.hot.Get(d)
+	f, info, done, ok := c.hot.Get(d)
 	if !ok {
 		return nil
 	}
-	return &Blob{ReadSeeker: f, Size: info.Size(), ModTime: info.ModTime(), File: true, Verified: true, close: func() { f.Close() }}
+	return &Blob{ReadSeeker: f, Size: info.Size(), ModTime: info.ModTime(), File: true, Verified: true, close: done}
 }
 
 // redirectBlob returns a redirect to a cached blob, when enabled and the

@@ -50,8 +50,9 @@ type Upstream interface {
 // are served from it first, and what is downloaded or read from the
 // storage is kept there.
 type Hot interface {
-	// Get opens d's hot copy, checked; false when there is none.
-	Get(d digest.Digest) (*os.File, fs.FileInfo, bool)
+	// Get opens d's hot copy, checked; false when there is none. done
+	// closes the file: the copy is not evicted while it is open.
+	Get(d digest.Digest) (f *os.File, info fs.FileInfo, done func(), ok bool)
 	// Size is d's size when it is hot, without opening it.
 	Size(d digest.Digest) (int64, bool)
 	// Room evicts to make room for size bytes, and says whether they fit.

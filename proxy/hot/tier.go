@@ -9,6 +9,11 @@
 // one can set back): serving a trusted copy costs no hashing, where
 // hashing every read would halve the speed the tier is for. Copies found
 // at start are checked on their first read.
+//
+// A copy open for reading is not evicted until its last reader is done: a
+// removed file that is still open keeps its blocks on the disk, so
+// evicting it would free nothing until then, and the tier would hold more
+// than its size on the disk while it counted less.
 package hot
 
 import (
@@ -53,6 +58,9 @@ type Tier struct {
 	entries map[digest.Digest]*list.Element
 	lru     *list.List // of *entry, most recently read at the front
 	used    int64
+	// reading is the bytes of the indexed copies open for reading,
+	// which no eviction can free.
+	reading int64
 }
 
 type entry struct {
@@ -63,6 +71,8 @@ type entry struct {
 	changed  time.Time
 	verified bool
 	read     time.Time
+	// readers is how many Gets of this copy are not done yet.
+	readers int
 }
 
 // Option configures a Tier.
@@ -151,18 +161,20 @@ func (t *Tier) path(d digest.Digest) string {
 
 // Get opens the hot copy of d, checked, or says there is none. A copy that
 // fails its digest is dropped: the caller reads the blob from S3 instead.
-func (t *Tier) Get(d digest.Digest) (*os.File, fs.FileInfo, bool) {
-	f, info, err := t.get(d)
+// done closes f and ends the read (calling it again does nothing): the
+// copy is not evicted until every reader of it is done.
+func (t *Tier) Get(d digest.Digest) (f *os.File, info fs.FileInfo, done func(), ok bool) {
+	f, info, done, err := t.get(d)
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			t.log.Info("hot copy unusable, read from storage instead", "digest", d, "error", err.Error())
 		}
 		t.metrics.misses.Inc()
-		return nil, nil, false
+		return nil, nil, nil, false
 	}
 	t.metrics.hits.Inc()
 	t.metrics.hitBytes.Add(float64(info.Size()))
-	return f, info, true
+	return f, info, done, true
 }
 
 // Size is d's size when it is hot, from the index alone: a HEAD needs no
@@ -176,21 +188,25 @@ func (t *Tier) Size(d digest.Digest) (int64, bool) {
 	return 0, false
 }
 
-func (t *Tier) get(d digest.Digest) (*os.File, fs.FileInfo, error) {
+func (t *Tier) get(d digest.Digest) (*os.File, fs.FileInfo, func(), error) {
 	t.mu.Lock()
 	el := t.entries[d]
 	if el == nil {
 		t.mu.Unlock()
-		return nil, nil, fs.ErrNotExist
+		return nil, nil, nil, fs.ErrNotExist
 	}
 	t.lru.MoveToFront(el)
+	// The read starts before the file is opened: an eviction meanwhile
+	// would leave nothing to open.
+	t.startReadLocked(el)
 	e := *el.Value.(*entry)
 	t.mu.Unlock()
 
 	f, err := os.Open(t.path(d))
 	if err != nil {
+		t.endRead(el)
 		t.drop(el)
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	info, err := f.Stat()
 	if err == nil && (!e.verified || info.Size() != e.size || !changeTime(info).Equal(e.changed)) {
@@ -201,8 +217,9 @@ func (t *Tier) get(d digest.Digest) (*os.File, fs.FileInfo, error) {
 	}
 	if err != nil {
 		f.Close()
+		t.endRead(el)
 		t.drop(el)
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	now := t.now()
 	if now.Sub(e.read) >= touchEvery {
@@ -213,8 +230,9 @@ func (t *Tier) get(d digest.Digest) (*os.File, fs.FileInfo, error) {
 	}
 	if info, err = f.Stat(); err != nil {
 		f.Close()
+		t.endRead(el)
 		t.drop(el)
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	t.mu.Lock()
 	if t.entries[d] == el {
@@ -222,7 +240,37 @@ func (t *Tier) get(d digest.Digest) (*os.File, fs.FileInfo, error) {
 		cur.verified, cur.changed, cur.read = true, changeTime(info), e.read
 	}
 	t.mu.Unlock()
-	return f, info, nil
+	var once sync.Once
+	return f, info, func() {
+		once.Do(func() {
+			f.Close()
+			t.endRead(el)
+		})
+	}, nil
+}
+
+// startReadLocked counts a reader of el's copy.
+func (t *Tier) startReadLocked(el *list.Element) {
+	e := el.Value.(*entry)
+	if e.readers++; e.readers == 1 {
+		t.setReadingLocked(t.reading + e.size)
+	}
+}
+
+// endRead counts one reader of el's copy done. A copy dropped meanwhile
+// (damaged) no longer counts as read.
+func (t *Tier) endRead(el *list.Element) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := el.Value.(*entry)
+	if e.readers--; e.readers == 0 && t.entries[e.digest] == el {
+		t.setReadingLocked(t.reading - e.size)
+	}
+}
+
+func (t *Tier) setReadingLocked(n int64) {
+	t.reading = n
+	t.metrics.reading.Set(float64(n))
 }
 
 // verify reads f whole and checks it is d, size bytes long; f is left at
@@ -243,8 +291,8 @@ func verify(f *os.File, d digest.Digest, size int64) error {
 // ErrDamaged is a hot copy whose bytes are not its digest's.
 var ErrDamaged = errors.New("hot copy damaged")
 
-// drop forgets a copy and removes its file; a reader that has it open
-// keeps reading it.
+// drop forgets a copy and removes its file, read or not (it is damaged,
+// or gone); a reader that has it open keeps reading it.
 func (t *Tier) drop(el *list.Element) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -257,6 +305,9 @@ func (t *Tier) drop(el *list.Element) {
 
 func (t *Tier) removeLocked(el *list.Element) {
 	e := el.Value.(*entry)
+	if e.readers > 0 {
+		t.setReadingLocked(t.reading - e.size)
+	}
 	delete(t.entries, e.digest)
 	t.lru.Remove(el)
 	t.used -= e.size
@@ -267,20 +318,30 @@ func (t *Tier) removeLocked(el *list.Element) {
 // Room makes room for a blob of size bytes, evicting the least recently
 // read, and says whether it fits: within the tier's size, and leaving the
 // disk's free-space floor. A blob that does not fit is served from S3.
+//
+// Copies open for reading are not evicted, and a blob that fits only in
+// their room does not fit: it is served from S3 (or, on a node, from the
+// cache) and not kept while the read goes on. The other way, keeping it
+// and evicting the read copy once its reader is done, would hold both on
+// the disk at once: with a 100 GB blob being served, the next one would
+// overrun the disk the size was chosen for, or its free-space floor, for
+// as long as the first one's read takes.
 func (t *Tier) Room(size int64) bool {
-	if size < 0 || size > t.max {
-		return false
-	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if size < 0 || size > t.max-t.reading {
+		return false // evicting the rest would be in vain
+	}
 	return t.evictLocked(size)
 }
 
 // evictLocked evicts until need more bytes fit under the size and the
 // floor; false when they cannot.
 func (t *Tier) evictLocked(need int64) bool {
-	for t.used+need > t.max && t.lru.Len() > 0 {
-		t.evictOldestLocked()
+	for t.used+need > t.max {
+		if !t.evictOldestLocked() {
+			return false
+		}
 	}
 	for {
 		free, floor, err := t.free()
@@ -288,18 +349,25 @@ func (t *Tier) evictLocked(need int64) bool {
 			return false
 		}
 		if free-need >= floor {
-			return t.used+need <= t.max
+			return true
 		}
-		if t.lru.Len() == 0 {
+		if !t.evictOldestLocked() {
 			return false
 		}
-		t.evictOldestLocked()
 	}
 }
 
-func (t *Tier) evictOldestLocked() {
-	t.removeLocked(t.lru.Back())
-	t.metrics.evictions.Inc()
+// evictOldestLocked evicts the least recently read copy that nobody is
+// reading; false when there is none.
+func (t *Tier) evictOldestLocked() bool {
+	for el := t.lru.Back(); el != nil; el = el.Prev() {
+		if el.Value.(*entry).readers == 0 {
+			t.removeLocked(el)
+			t.metrics.evictions.Inc()
+			return true
+		}
+	}
+	return false
 }
 
 // Keep makes the verified file at path (a finished download) the hot copy
@@ -310,7 +378,7 @@ func (t *Tier) evictOldestLocked() {
 func (t *Tier) Keep(d digest.Digest, path string, size int64) {
 	t.mu.Lock()
 	_, have := t.entries[d]
-	fits := !have && size >= 0 && size <= t.max && t.evictLocked(0)
+	fits := !have && size >= 0 && size <= t.max-t.reading && t.evictLocked(0)
 	t.mu.Unlock()
 	if !fits {
 		return

@@ -2,6 +2,7 @@ package hot
 
 import (
 	"bytes"
+	"crypto/rand"
 	"io"
 	"os"
 	"path/filepath"
@@ -24,11 +25,11 @@ func spooled(t *testing.T, content []byte) (digest.Digest, string) {
 
 func read(t *testing.T, tier *Tier, d digest.Digest) ([]byte, bool) {
 	t.Helper()
-	f, _, ok := tier.Get(d)
+	f, _, done, ok := tier.Get(d)
 	if !ok {
 		return nil, false
 	}
-	defer f.Close()
+	defer done()
 	b, err := io.ReadAll(f)
 	if err != nil {
 		t.Fatal(err)
@@ -205,5 +206,118 @@ func TestPlantedFileIsNotServed(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(dst), ".tmp-*")); len(left) != 0 {
 		t.Fatalf("temporary files left: %v", left)
+	}
+}
+
+// A copy open for reading is not evicted: a blob that fits only in its
+// room is not kept (served from S3 instead), and the copy is evicted for
+// the next blob once its reader is done.
+func TestCopyBeingReadIsNotEvicted(t *testing.T) {
+	tier, err := Open(t.TempDir(), 1500) // about one blob
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := func() ([]byte, digest.Digest, string) {
+		content := make([]byte, 1000)
+		rand.Read(content)
+		d, path := spooled(t, content)
+		return content, d, path
+	}
+	a, dA, pathA := blob()
+	tier.Keep(dA, pathA, 1000)
+	f, _, done, ok := tier.Get(dA)
+	if !ok {
+		t.Fatal("a is not hot")
+	}
+	defer done()
+	head := make([]byte, 100)
+	if _, err := io.ReadFull(f, head); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(tier.metrics.reading); got != 1000 {
+		t.Fatalf("reading %v bytes, want 1000", got)
+	}
+
+	_, dB, pathB := blob()
+	if tier.Room(1000) {
+		t.Error("room for b in the room of a copy being read")
+	}
+	tier.Keep(dB, pathB, 1000) // as a finished download is, room or not
+	if _, ok := tier.Size(dB); ok {
+		t.Error("b was kept over a copy being read")
+	}
+	if _, ok := tier.Size(dA); !ok {
+		t.Fatal("a was evicted while being read")
+	}
+	if _, err := os.Stat(tier.path(dA)); err != nil {
+		t.Fatalf("a's file: %v", err)
+	}
+	// Another reader meanwhile gets the same copy.
+	if got, ok := read(t, tier, dA); !ok || !bytes.Equal(got, a) {
+		t.Fatal("a second reader of a did not get it whole")
+	}
+	rest, err := io.ReadAll(f)
+	if err != nil || !bytes.Equal(append(head, rest...), a) {
+		t.Fatalf("a read %d bytes (%v), not whole and correct", len(head)+len(rest), err)
+	}
+	if got := testutil.ToFloat64(tier.metrics.evictions); got != 0 {
+		t.Errorf("%v evictions while the only copy was being read", got)
+	}
+	if got := testutil.ToFloat64(tier.metrics.size); got != 1000 {
+		t.Errorf("size %v, want 1000", got)
+	}
+
+	done()
+	done() // a second done is no second reader gone
+	if got := testutil.ToFloat64(tier.metrics.reading); got != 0 {
+		t.Fatalf("reading %v bytes after the reader was done", got)
+	}
+	c, dC, pathC := blob()
+	if !tier.Room(1000) {
+		t.Fatal("no room for c once a was read")
+	}
+	tier.Keep(dC, pathC, 1000)
+	if _, ok := tier.Size(dA); ok {
+		t.Error("a was not evicted for c")
+	}
+	if _, err := os.Stat(tier.path(dA)); err == nil {
+		t.Error("a's file outlived its eviction")
+	}
+	if got, ok := read(t, tier, dC); !ok || !bytes.Equal(got, c) {
+		t.Error("c was not kept")
+	}
+	if got := testutil.ToFloat64(tier.metrics.size); got != 1000 {
+		t.Errorf("size %v, want 1000", got)
+	}
+}
+
+// Being read does not keep a damaged copy: it is dropped all the same,
+// and stops counting as read.
+func TestDamagedCopyIsDroppedWhileRead(t *testing.T) {
+	tier, err := Open(t.TempDir(), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := []byte("read by one, damaged for the next")
+	d, p := spooled(t, content)
+	tier.Keep(d, p, int64(len(content)))
+	_, _, done, ok := tier.Get(d)
+	if !ok {
+		t.Fatal("not hot")
+	}
+	if err := os.WriteFile(tier.path(d), bytes.ToUpper(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := read(t, tier, d); ok {
+		t.Fatal("a damaged copy was served because another reader had it open")
+	}
+	if _, err := os.Stat(tier.path(d)); err == nil {
+		t.Error("the damaged copy was left on disk")
+	}
+	done()
+	for name, g := range map[string]float64{"reading": testutil.ToFloat64(tier.metrics.reading), "size": testutil.ToFloat64(tier.metrics.size)} {
+		if g != 0 {
+			t.Errorf("%s %v bytes, want 0", name, g)
+		}
 	}
 }

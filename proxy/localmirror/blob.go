@@ -36,8 +36,8 @@ func (m *Mirror) blob(w http.ResponseWriter, r *http.Request, name string, d dig
 	if !m.mayServe(w, r, repo, d) {
 		return
 	}
-	if f, info, ok := m.store.Get(d); ok {
-		defer f.Close()
+	if f, info, done, ok := m.store.Get(d); ok {
+		defer done()
 		m.serveFile(w, r, d, f, info.ModTime(), "store")
 		return
 	}

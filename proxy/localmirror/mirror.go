@@ -36,7 +36,9 @@ import (
 // Store keeps verified blobs (and manifests, which are blobs by digest
 // too) on the node's disk, least recently read out first: a hot.Tier.
 type Store interface {
-	Get(d digest.Digest) (*os.File, fs.FileInfo, bool)
+	// Get opens d's copy; done closes it, and the copy is not evicted
+	// while it is open (a runtime or a peer reading it).
+	Get(d digest.Digest) (f *os.File, info fs.FileInfo, done func(), ok bool)
 	Size(d digest.Digest) (int64, bool)
 	Room(size int64) bool
 	// Keep takes the verified file at path as d's copy.
@@ -404,11 +406,11 @@ func (m *Mirror) keepManifest(d digest.Digest, body []byte) {
 // serveStored answers a manifest from the store; false when it is not
 // there (or not a manifest).
 func (m *Mirror) serveStored(w http.ResponseWriter, r *http.Request, d digest.Digest) bool {
-	f, info, ok := m.store.Get(d)
+	f, info, done, ok := m.store.Get(d)
 	if !ok {
 		return false
 	}
-	defer f.Close()
+	defer done()
 	if info.Size() > maxManifest {
 		return false
 	}

@@ -94,14 +94,21 @@ func push(t *testing.T, host, repo string) v1.Image {
 
 type node struct {
 	mirror  *localmirror.Mirror
+	store   *hot.Tier
 	srv     *httptest.Server
 	metrics *prometheus.Registry
 }
 
 func startNode(t *testing.T, c *cache, dir string) *node {
 	t.Helper()
+	return startNodeWithStore(t, c, dir, 1<<30)
+}
+
+// startNodeWithStore starts a node whose store keeps at most size bytes.
+func startNodeWithStore(t *testing.T, c *cache, dir string, size int64) *node {
+	t.Helper()
 	reg := prometheus.NewRegistry()
-	store, err := hot.Open(dir, 1<<30)
+	store, err := hot.Open(dir, size, hot.WithMetrics(hot.NewMetrics(reg)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +116,7 @@ func startNode(t *testing.T, c *cache, dir string) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &node{mirror: m, srv: httptest.NewServer(m), metrics: reg}
+	n := &node{mirror: m, store: store, srv: httptest.NewServer(m), metrics: reg}
 	t.Cleanup(n.srv.Close)
 	return n
 }

@@ -211,11 +211,11 @@ func zoneOf(asker, self share.Node) string {
 }
 
 func (m *Mirror) servePeerFromStore(w http.ResponseWriter, r *http.Request, d digest.Digest, served prometheus.Counter) bool {
-	f, info, ok := m.store.Get(d)
+	f, info, done, ok := m.store.Get(d)
 	if !ok {
 		return false
 	}
-	defer f.Close()
+	defer done()
 	// A peer that stops reading lets go of the file and its slot: the
 	// whole blob may take as long as it would at 1 MB/s, and a little.
 	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(peerWrite + time.Duration(info.Size()/(1<<20))*time.Second))
