@@ -58,7 +58,7 @@ type Hot interface {
 	// Room evicts to make room for size bytes, and says whether they fit.
 	Room(size int64) bool
 	// Keep takes the verified file at path as d's hot copy.
-	Keep(d digest.Digest, path string, size int64)
+	Keep(d digest.Digest, path string, size int64) bool
 }
 
 // Cache is a pull-through cache over one upstream and one storage. Its

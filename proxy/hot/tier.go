@@ -375,13 +375,14 @@ func (t *Tier) evictOldestLocked() bool {
 // when not (the caller then removes path). Moved, not linked: removing the
 // spool's name later would change the copy's change time, which is taken
 // for damage, and the first hot read would hash the whole blob again.
-func (t *Tier) Keep(d digest.Digest, path string, size int64) {
+// It reports whether the tier holds d now.
+func (t *Tier) Keep(d digest.Digest, path string, size int64) bool {
 	t.mu.Lock()
 	_, have := t.entries[d]
 	fits := !have && size >= 0 && size <= t.max-t.reading && t.evictLocked(0)
 	t.mu.Unlock()
 	if !fits {
-		return
+		return have
 	}
 	dst := t.path(d)
 	err := os.MkdirAll(filepath.Dir(dst), 0o755)
@@ -391,7 +392,7 @@ func (t *Tier) Keep(d digest.Digest, path string, size int64) {
 	}
 	if err != nil {
 		t.log.Info("cannot keep a hot copy; it is served from storage", "digest", d, "error", err.Error())
-		return
+		return false
 	}
 	// What is at dst now must be the file placed: anything else (put
 	// there since, by whoever can write the directory) is not indexed
@@ -399,17 +400,18 @@ func (t *Tier) Keep(d digest.Digest, path string, size int64) {
 	info, err := os.Stat(dst)
 	if err != nil || !os.SameFile(info, placed) || info.Size() != size {
 		os.Remove(dst)
-		return
+		return false
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if _, have := t.entries[d]; have {
-		return
+		return true
 	}
 	t.entries[d] = t.lru.PushFront(&entry{digest: d, size: size, changed: changeTime(info), verified: true, read: info.ModTime()})
 	t.used += size
 	t.evictLocked(0)
 	t.metrics.size.Set(float64(t.used))
+	return true
 }
 
 // place puts src at dst atomically, replacing whatever is there (a file

@@ -282,7 +282,7 @@ func setBlobHeaders(w http.ResponseWriter, d digest.Digest) {
 // said) to the runtime and into the store at once. The last bytes go out
 // only once the digest checks: a runtime never gets a complete-looking
 // wrong blob, and the store keeps only what checked. A runtime that hangs
-// up does not stop it.
+// up does not stop it. It reports whether the store kept the blob.
 func (m *Mirror) keepWhileServing(w http.ResponseWriter, d digest.Digest, body io.Reader, size int64) bool {
 	if size >= 0 {
 		m.store.Room(size)
@@ -297,8 +297,8 @@ func (m *Mirror) keepWhileServing(w http.ResponseWriter, d digest.Digest, body i
 	defer os.Remove(spool.Name()) // moved into the store, unless it failed
 	defer spool.Close()
 	arrived, finish := m.arriving(d, spool.Name(), size)
-	kept := false
-	defer func() { finish(kept) }()
+	checked := false
+	defer func() { finish(checked) }()
 	setBlobHeaders(w, d)
 	if size >= 0 {
 		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
@@ -338,12 +338,14 @@ func (m *Mirror) keepWhileServing(w http.ResponseWriter, d digest.Digest, body i
 		m.log.Info("the cache's bytes do not match their digest; nothing kept", "digest", d, "bytes", n)
 		panic(http.ErrAbortHandler)
 	}
+	checked = true
+	// Kept before the last bytes go out: once the runtime has the blob,
+	// the store has it too, or has said no.
+	kept := m.store.Keep(d, spool.Name(), n)
 	if client && len(held) > 0 {
 		w.Write(held)
 	}
 	m.metrics.bytes.WithLabelValues("cache").Add(float64(n))
 	m.fromCache.Add(n)
-	m.store.Keep(d, spool.Name(), n)
-	kept = true
-	return true
+	return kept
 }

@@ -42,7 +42,7 @@ type Store interface {
 	Size(d digest.Digest) (int64, bool)
 	Room(size int64) bool
 	// Keep takes the verified file at path as d's copy.
-	Keep(d digest.Digest, path string, size int64)
+	Keep(d digest.Digest, path string, size int64) bool
 	// Dir is the store's directory: a spool under it is on the same
 	// filesystem, so a verified download is moved in, not copied.
 	Dir() string
