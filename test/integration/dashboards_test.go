@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/prometheus/promql/parser"
 	"sigs.k8s.io/yaml"
@@ -168,6 +169,11 @@ func exportedSeries(t *testing.T) map[string]bool {
 		}
 		opsPages = append(opsPages, "http://"+a.ops)
 	}
+	// The second node tells the cache it has the blobs, in the
+	// background: the egress saved is counted then.
+	eventually(t, 10*time.Second, "the cache counts no egress saved", func() bool {
+		return nodeMetric(t, strings.TrimPrefix(sharing.Ops, "http://"), "depproxy_share_saved_bytes_total") > 0
+	})
 
 	names := map[string]bool{}
 	for _, ops := range opsPages {
