@@ -335,7 +335,23 @@ func (c *Cache) download(ctx context.Context, repo string, f *fill) {
 		f.finish(fmt.Errorf("%w: waiting for a download slot: %w", upstream.ErrUnreachable, context.Cause(ctx)))
 		return
 	}
-	blob, err := c.up.GetBlob(ctx, repo, f.digest)
+	// A download cut before, by a restart too, goes on where it stopped.
+	verifier := f.digest.Verifier()
+	part, err := c.openPartial(f.digest, -1, verifier)
+	if err != nil {
+		log.Info("cannot open the blob's resumable download; downloading it whole", "error", err.Error())
+	}
+	var blob *upstream.Blob
+	if part != nil && part.synced > 0 {
+		log.Info("resuming the blob's download where an earlier one stopped", "bytes", part.synced, "of", part.size)
+		c.metrics.resumes.WithLabelValues(c.registry).Inc()
+		var rest io.ReadCloser
+		if rest, err = c.fetchFrom(ctx, repo, f.digest, part.synced, part.size); err == nil {
+			blob = &upstream.Blob{Body: rest, Size: part.size}
+		}
+	} else {
+		blob, err = c.up.GetBlob(ctx, repo, f.digest)
+	}
 	declared, known := c.declared.size(f.digest)
 	switch {
 	case err != nil:
@@ -351,6 +367,10 @@ func (c *Cache) download(ctx context.Context, repo string, f *fill) {
 		err = fmt.Errorf("%w: the upstream announces %d bytes, over the %d-byte limit", ErrTooLarge, blob.Size, c.limits.MaxBlobSize)
 	}
 	if err != nil {
+		if part != nil {
+			part.drop = errors.Is(err, ErrDigestMismatch) || errors.Is(err, ErrTooLarge)
+			part.close()
+		}
 		f.finish(err)
 		log.Info("upstream blob fetch failed", "error", err.Error())
 		return
@@ -364,33 +384,36 @@ func (c *Cache) download(ctx context.Context, repo string, f *fill) {
 	case limit < 0:
 		limit = c.limits.MaxBlobSize
 	}
-	resumed := &resuming{ctx: ctx, body: blob.Body, size: blob.Size, onCut: func(off int64, err error) {
+	var synced int64
+	if part != nil {
+		synced = part.synced
+	}
+	resumed := &resuming{ctx: ctx, body: blob.Body, off: synced, size: blob.Size, onCut: func(off int64, err error) {
 		c.metrics.resumes.WithLabelValues(c.registry).Inc()
 		log.Info("the upstream cut the blob's transfer; resuming where it stopped", "bytes", off, "of", blob.Size, "error", err.Error())
 	}}
 	if !blob.FromReplica {
 		resumed.reopen = func(ctx context.Context, off, end int64) (io.ReadCloser, error) {
-			b, err := c.up.GetBlobRange(ctx, repo, f.digest, off, end)
-			if errors.Is(err, upstream.ErrRangeIgnored) {
-				// An upstream without ranges sends the blob again from
-				// its start; what was read already is read past.
-				log.Info("the upstream serves no ranges: downloading the blob again from its start", "skipping", off)
-				if b, err = c.up.GetBlob(ctx, repo, f.digest); err == nil {
-					if _, err = io.CopyN(io.Discard, b.Body, off); err != nil {
-						b.Body.Close()
-					}
-				}
+			return c.fetchFrom(ctx, repo, f.digest, off, end)
+		}
+		if part == nil && blob.Size >= resumableSize {
+			if part, err = c.openPartial(f.digest, blob.Size, nil); err != nil {
+				log.Info("cannot open a resumable download for the blob; a cut restarts it", "error", err.Error())
 			}
-			if err != nil {
-				return nil, err
-			}
-			return b.Body, nil
 		}
 	}
 	defer resumed.Close()
 	body := silenceTimeout(resumed, c.limits.Silence, f.cancel)
 	defer body.stop()
-	file, err := c.spoolFile(blob.Size)
+	var file *os.File
+	if part != nil {
+		if c.hot != nil {
+			c.hot.Room(blob.Size)
+		}
+		file = part.file
+	} else {
+		file, err = c.spoolFile(blob.Size)
+	}
 	switch {
 	case errors.Is(err, storage.ErrNoSpace) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT):
 		log.Info("the spool has no room for the blob: streaming it through uncached", "bytes", blob.Size, "dir", c.spoolDir)
@@ -401,10 +424,17 @@ func (c *Cache) download(ctx context.Context, repo string, f *fill) {
 		log.Error(err, "cannot create spool file", "dir", c.spoolDir)
 		return
 	}
+	f.partial = part
 	f.start(file, blob.Size)
-	err = f.copyFrom(body, limit)
+	f.advance(int(synced))
+	err = f.copyFrom(body, limit, verifier)
 	if !blob.FromReplica {
-		c.countPulled(kindBlob, f.written)
+		c.countPulled(kindBlob, f.written-synced)
+	}
+	if part != nil {
+		// Over for good: the blob, or bytes that are not it. Cut, it
+		// waits for the next request, or the next start.
+		part.drop = err == nil || errors.Is(err, ErrDigestMismatch) || errors.Is(err, ErrTooLarge)
 	}
 	f.finish(err)
 	if err != nil {
@@ -422,6 +452,25 @@ func (c *Cache) download(ctx context.Context, repo string, f *fill) {
 	c.keepHot(f)
 	c.stored(Stored{Bytes: f.written})
 	log.Info("cached blob", "bytes", f.written, "duration", time.Since(start).Round(time.Millisecond).String())
+}
+
+// fetchFrom opens d's bytes from off to end (exclusive) at the upstream:
+// a range, or, from an upstream that serves no ranges, the whole blob with
+// its first off bytes read past.
+func (c *Cache) fetchFrom(ctx context.Context, repo string, d digest.Digest, off, end int64) (io.ReadCloser, error) {
+	b, err := c.up.GetBlobRange(ctx, repo, d, off, end)
+	if errors.Is(err, upstream.ErrRangeIgnored) {
+		c.log.Info("the upstream serves no ranges: downloading the blob again from its start", "digest", d, "skipping", off)
+		if b, err = c.up.GetBlob(ctx, repo, d); err == nil {
+			if _, err = io.CopyN(io.Discard, b.Body, off); err != nil {
+				b.Body.Close()
+			}
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return b.Body, nil
 }
 
 // spoolFile is a new file in the spool with size bytes set aside (a
@@ -517,7 +566,7 @@ func (c *Cache) copyHot(f *fill, r io.ReadCloser, size int64) {
 		return
 	}
 	f.start(file, size)
-	err = f.copyFrom(body, size)
+	err = f.copyFrom(body, size, f.digest.Verifier())
 	f.finish(err)
 	if err != nil {
 		c.log.Info("copying a stored blob to the hot tier failed", "digest", f.digest, "error", err.Error())

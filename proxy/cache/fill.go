@@ -55,6 +55,9 @@ type fill struct {
 	stream   io.Reader
 	claimed  bool
 	streamed chan struct{}
+	// partial, when the blob is large, is file's resumable download:
+	// the file outlives the fill unless it ended for good.
+	partial *partial
 }
 
 func newFill(d digest.Digest, cancel context.CancelCauseFunc, abandoned time.Duration) *fill {
@@ -136,12 +139,15 @@ func (f *fill) release() {
 	f.refs--
 	last := f.refs == 0
 	unread := f.refs == 1 && !f.done
-	file := f.file
+	file, part := f.file, f.partial
 	f.mu.Unlock()
 	if unread {
 		time.AfterFunc(f.abandoned, f.cancelIfUnread)
 	}
-	if last && file != nil {
+	switch {
+	case last && part != nil:
+		part.close()
+	case last && file != nil:
 		file.Close()
 		os.Remove(file.Name())
 	}
@@ -165,11 +171,17 @@ var (
 // goes, and decides whether the bytes are the blob that was asked for.
 // Past limit bytes it stops: a body that does not end is not spooled
 // without end.
-func (f *fill) copyFrom(body io.Reader, limit int64) error {
-	verifier := f.digest.Verifier()
+//
+// verifier has hashed what is in the file already (a resumed download's
+// first bytes); a resumable download is synced and recorded every
+// checkpointEvery bytes.
+func (f *fill) copyFrom(body io.Reader, limit int64, verifier digest.Verifier) error {
 	buf := make([]byte, 256<<10)
-	body = io.LimitReader(body, limit+1)
-	var total int64
+	f.mu.Lock()
+	at := f.written
+	f.mu.Unlock()
+	body = io.LimitReader(body, limit-at+1)
+	total := at
 	for {
 		n, rerr := body.Read(buf)
 		if total += int64(n); total > limit {
@@ -183,6 +195,9 @@ func (f *fill) copyFrom(body io.Reader, limit int64) error {
 			}
 			verifier.Write(buf[:n])
 			f.advance(n)
+			if p := f.partial; p != nil && total-p.synced >= checkpointEvery {
+				p.checkpoint(total) // a failed one costs a longer resume
+			}
 		}
 		if rerr == io.EOF {
 			break

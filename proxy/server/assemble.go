@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -91,6 +92,7 @@ func (a *assembly) openStorage(ctx context.Context) error {
 		return err
 	}
 	a.spoolDir, a.closers = dir, append(a.closers, closeSpool)
+	cache.ClearPartials(dir, time.Now())
 	return nil
 }
 

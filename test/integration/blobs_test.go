@@ -567,3 +567,83 @@ func TestLargeBlobCutEvery256MiB(t *testing.T) {
 		})
 	}
 }
+
+// TestDownloadResumesAfterARestart: the proxy is killed while a 1 GiB
+// blob is 60% downloaded; started again on the same storage, it hashes
+// what it had written again, asks the upstream for the rest only, and
+// serves the whole blob, checked. The upstream sends it about once.
+func TestDownloadResumesAfterARestart(t *testing.T) {
+	const size = 1 << 30
+	e := newEnv(t)
+	repo := repoName(t)
+	data, d := pushBlob(t, e.registry.Addr, repo, size)
+	want := sha(data)
+	data = nil
+	// The upstream stops at 60% of a whole answer, and holds the
+	// connection: the proxy is killed there. Ranges it serves whole.
+	var ranged atomic.Int32
+	killed := make(chan struct{})
+	stall := e.front.Alter("blobs", func(w http.ResponseWriter, resp *http.Response) {
+		w.Header().Set("Content-Length", resp.Header.Get("Content-Length"))
+		w.WriteHeader(http.StatusOK)
+		io.CopyN(w, resp.Body, resp.ContentLength*6/10)
+		w.(http.Flusher).Flush()
+		<-killed
+	})
+	e.front.Fault(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodGet || testenv.PathKind(r.URL.Path) != "blobs" {
+			return false
+		}
+		if r.Header.Get("Range") != "" {
+			ranged.Add(1)
+			return false
+		}
+		return stall(w, r)
+	})
+	t.Cleanup(func() { e.front.Fault(nil) })
+	e.front.Reset()
+	storage := t.TempDir()
+	args := []string{"--upstream", "docker.io=" + e.front.URL(), "--storage", storage}
+	first := proxytest.StartBinary(t, args...)
+	url := "/v2/" + repo + "/blobs/" + d.String()
+
+	var read atomic.Int64
+	go func() {
+		resp, err := http.Get(first.URL + url)
+		if err != nil {
+			return
+		}
+		defer resp.Body.Close()
+		io.Copy(writerFunc(func(p []byte) (int, error) { read.Add(int64(len(p))); return len(p), nil }), resp.Body)
+	}()
+	eventually(t, time.Minute, "the client did not get 55% of the blob", func() bool { return read.Load() >= size*55/100 })
+	first.Kill()
+	close(killed)
+	sentBefore := e.front.Bytes("blobs")
+
+	second := proxytest.StartBinary(t, args...)
+	resp, err := http.Get(second.URL + url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, resp.Body)
+	resp.Body.Close()
+	if got := hex.EncodeToString(h.Sum(nil)); err != nil || n != size || got != want {
+		t.Fatalf("after the restart: %s, %d bytes hashing to %s, %v", resp.Status, n, got, err)
+	}
+	total := e.front.Bytes("blobs")
+	t.Logf("the upstream sent %.2f× the blob before the kill, %.2f× in all, %d ranged requests", float64(sentBefore)/size, float64(total)/size, ranged.Load())
+	if ranged.Load() == 0 || !strings.Contains(second.Log.String(), "resuming the blob's download") {
+		t.Errorf("the download was not resumed:\n%s", second.Log.String())
+	}
+	if total > size*110/100 {
+		t.Errorf("the upstream sent %.2f× the blob: over 1.1×", float64(total)/size)
+	}
+	waitBlobCached(t, e.front, second.URL+url)
+}
+
+// writerFunc is a function as an io.Writer.
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
