@@ -329,6 +329,20 @@ func TestNodeMirrorShares(t *testing.T) {
 	if !strings.Contains(nm.Status.HostsToml, `[host."http://127.0.0.1:5050"]`) {
 		t.Errorf("status.hostsToml does not name the node's own mirror:\n%s", nm.Status.HostsToml)
 	}
+	// What the nodes told the cache, as the cache's status has it, is the
+	// sharing NodeMirror's status.shared.
+	told := &depproxyv1.SharingSummary{Nodes: 3, StoreBytes: 3 << 30, Store: "3Gi", FromPeersBytes: 5 << 30, FromCacheBytes: 1 << 30, ReportedAt: metav1.Now().Rfc3339Copy()}
+	if err := k8sClient.Get(ctx, client.ObjectKeyFromObject(dp), dp); err != nil {
+		t.Fatal(err)
+	}
+	dp.Status.Cache = &depproxyv1.CacheSummary{Sharing: told, ReportedAt: told.ReportedAt}
+	if err := k8sClient.Status().Update(ctx, dp); err != nil {
+		t.Fatal(err)
+	}
+	reconcileMirror(t, r, nm)
+	if got := nm.Status.Shared; got == nil || got.Nodes != 3 || got.FromPeersBytes != 5<<30 || got.StoreBytes != 3<<30 || got.Store != "3Gi" {
+		t.Errorf("status.shared %+v, want what the cache's status says, %+v", got, told)
+	}
 
 	reconcileProxy(t, pr, dp)
 	if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: proxyName(dp)}, deploy); err != nil {
@@ -349,6 +363,9 @@ func TestNodeMirrorShares(t *testing.T) {
 	if c := meta.FindStatusCondition(second.Status.Conditions, depproxyv1.ConditionSharing); c == nil || c.Status != metav1.ConditionFalse ||
 		c.Reason != depproxyv1.ReasonShareConflict || len(nodeKeys(t, second)) != 0 || len(agentSets(t, second)) != 1 {
 		t.Errorf("a second sharer: %+v, keys %v", c, nodeKeys(t, second))
+	}
+	if second.Status.Shared != nil {
+		t.Errorf("a NodeMirror whose nodes do not share shows %+v", second.Status.Shared)
 	}
 
 	// Without spec.share: one DaemonSet, no key anywhere, nothing in the cache.
