@@ -72,6 +72,7 @@ func (c *Cache) openPartial(d digest.Digest, size int64, verifier io.Writer) (*p
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
+	ClearPartials(c.spoolDir, time.Now())
 	name := filepath.Join(dir, d.Algorithm().String()+"-"+d.Encoded())
 	file, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -145,6 +146,11 @@ func (p *partial) close() {
 	if p.drop {
 		os.Remove(p.record)
 		os.Remove(p.file.Name()) // moved into storage or the hot tier already, it is not there
+	} else {
+		// Waiting to be resumed, it holds what the record says, not
+		// the disk reserved for the whole blob.
+		p.file.Truncate(p.synced)
+		storage.Unreserve(p.file, p.synced, p.size)
 	}
 	p.file.Close()
 }

@@ -26,3 +26,14 @@ func Reserve(f *os.File, size int64) error {
 	}
 	return err
 }
+
+// fallocPunchHole frees a range's blocks.
+const fallocPunchHole = 0x2
+
+// Unreserve gives back what Reserve set aside past f's first off bytes:
+// a file kept to be written later holds only what it has.
+func Unreserve(f *os.File, off, size int64) {
+	if size > off {
+		syscall.Fallocate(int(f.Fd()), fallocPunchHole|fallocKeepSize, off, size-off)
+	}
+}

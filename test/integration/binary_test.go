@@ -65,11 +65,12 @@ func TestServeBinary(t *testing.T) {
 
 // Spool files never outlive their download or a restart: kill -9
 // mid-download leaves them, and the next start removes them; SIGTERM
-// cancels the downloads and removes them itself.
+// cancels the downloads and removes them itself. (A blob of 32 MiB or
+// more is spooled to resume instead: TestDownloadResumesAfterARestart.)
 func TestSpoolFilesDoNotOutliveTheProcess(t *testing.T) {
 	e := newEnv(t)
 	var s slowBlobs
-	e.front.Fault(s.fault(1<<30, false))
+	e.front.Fault(s.fault(16<<20, false))
 	data := filepath.Join(t.TempDir(), "data")
 	spoolDirs := func() []string {
 		dirs, _ := filepath.Glob(filepath.Join(data, ".tmp", "spool-*"))

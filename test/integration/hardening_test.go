@@ -339,7 +339,7 @@ func TestDownloadsAreBounded(t *testing.T) {
 	t.Run("downloads nobody reads are cancelled", func(t *testing.T) {
 		e := newEnv(t)
 		var s slowBlobs
-		e.front.Fault(s.fault(1<<30, false))
+		e.front.Fault(s.fault(16<<20, false)) // larger, it would be kept to resume
 		root := t.TempDir()
 		store, _ := storage.NewFilesystem(root)
 		p := startProxy(t, e.front.URL(), store, cache.WithLimits(cache.Limits{Abandoned: 300 * time.Millisecond}))
