@@ -342,11 +342,11 @@ func (c *Cache) download(ctx context.Context, repo string, f *fill) {
 		log.Info("cannot open the blob's resumable download; downloading it whole", "error", err.Error())
 	}
 	var blob *upstream.Blob
-	if part != nil && part.synced > 0 {
-		log.Info("resuming the blob's download where an earlier one stopped", "bytes", part.synced, "of", part.size)
+	if part != nil && part.resumeAt > 0 {
+		log.Info("resuming the blob's download where an earlier one stopped", "bytes", part.resumeAt, "of", part.size)
 		c.metrics.resumes.WithLabelValues(c.registry).Inc()
 		var rest io.ReadCloser
-		if rest, err = c.fetchFrom(ctx, repo, f.digest, part.synced, part.size); err == nil {
+		if rest, err = c.fetchFrom(ctx, repo, f.digest, part.resumeAt, part.size); err == nil {
 			blob = &upstream.Blob{Body: rest, Size: part.size}
 		}
 	} else {
@@ -384,11 +384,11 @@ func (c *Cache) download(ctx context.Context, repo string, f *fill) {
 	case limit < 0:
 		limit = c.limits.MaxBlobSize
 	}
-	var synced int64
+	var resumeAt int64
 	if part != nil {
-		synced = part.synced
+		resumeAt = part.resumeAt
 	}
-	resumed := &resuming{ctx: ctx, body: blob.Body, off: synced, size: blob.Size, onCut: func(off int64, err error) {
+	resumed := &resuming{ctx: ctx, body: blob.Body, off: resumeAt, size: blob.Size, onCut: func(off int64, err error) {
 		c.metrics.resumes.WithLabelValues(c.registry).Inc()
 		log.Info("the upstream cut the blob's transfer; resuming where it stopped", "bytes", off, "of", blob.Size, "error", err.Error())
 	}}
@@ -426,10 +426,10 @@ func (c *Cache) download(ctx context.Context, repo string, f *fill) {
 	}
 	f.partial = part
 	f.start(file, blob.Size)
-	f.advance(int(synced))
+	f.advance(int(resumeAt))
 	err = f.copyFrom(body, limit, verifier)
 	if !blob.FromReplica {
-		c.countPulled(kindBlob, f.written-synced)
+		c.countPulled(kindBlob, f.written-resumeAt)
 	}
 	if part != nil {
 		// Over for good: the blob, or bytes that are not it. Cut, it

@@ -173,8 +173,7 @@ var (
 // without end.
 //
 // verifier has hashed what is in the file already (a resumed download's
-// first bytes); a resumable download is synced and recorded every
-// checkpointEvery bytes.
+// first bytes); a resumable download is checkpointed as it goes.
 func (f *fill) copyFrom(body io.Reader, limit int64, verifier digest.Verifier) error {
 	buf := make([]byte, 256<<10)
 	f.mu.Lock()
@@ -195,8 +194,8 @@ func (f *fill) copyFrom(body io.Reader, limit int64, verifier digest.Verifier) e
 			}
 			verifier.Write(buf[:n])
 			f.advance(n)
-			if p := f.partial; p != nil && total-p.synced >= checkpointEvery {
-				p.checkpoint(total) // a failed one costs a longer resume
+			if f.partial != nil {
+				f.partial.checkpoint(total)
 			}
 		}
 		if rerr == io.EOF {

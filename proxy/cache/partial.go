@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -41,11 +43,19 @@ type partial struct {
 	record string
 	digest digest.Digest
 	size   int64
-	// synced is what the record says is on disk; drop, set once the
-	// download ended with the blob or with bytes that are not it, has
-	// release remove the file and the record.
-	synced int64
-	drop   bool
+	// resumeAt is what an earlier download left, hashed again; drop,
+	// set once the download ended with the blob or with bytes that are
+	// not it, has close remove the file and the record.
+	resumeAt int64
+	drop     bool
+	// asked is where the writer last asked for a checkpoint; one runs
+	// at a time, in the background (syncing), and synced is where the
+	// last one got.
+	asked   int64
+	syncing sync.WaitGroup
+	busy    atomic.Bool
+	mu      sync.Mutex
+	synced  int64
 }
 
 type partialRecord struct {
@@ -86,10 +96,11 @@ func (c *Cache) openPartial(d digest.Digest, size int64, verifier io.Writer) (*p
 	if rec, ok := readPartialRecord(p.record); ok && verifier != nil && rec.Digest == d && (size < 0 || rec.Size == size) {
 		p.size = rec.Size
 		if n, err := io.Copy(verifier, io.NewSectionReader(file, 0, rec.Written)); err == nil && n == rec.Written {
-			p.synced = rec.Written
+			p.resumeAt = rec.Written
 		}
 	}
-	if p.synced == 0 {
+	p.synced, p.asked = p.resumeAt, p.resumeAt
+	if p.resumeAt == 0 {
 		// Nothing to resume: a verifier that read part of a damaged
 		// file is not used.
 		os.Remove(p.record)
@@ -100,8 +111,9 @@ func (c *Cache) openPartial(d digest.Digest, size int64, verifier io.Writer) (*p
 		return nil, nil // nothing recorded, and no size to record
 	}
 	// Whatever was written past the last sync is written again.
-	if err := file.Truncate(p.synced); err == nil {
-		_, err = file.Seek(p.synced, io.SeekStart)
+	err = file.Truncate(p.resumeAt)
+	if err == nil {
+		_, err = file.Seek(p.resumeAt, io.SeekStart)
 	}
 	if err == nil {
 		err = storage.Reserve(file, p.size)
@@ -122,35 +134,58 @@ func readPartialRecord(path string) (partialRecord, bool) {
 	return rec, true
 }
 
-// checkpoint syncs the file's first written bytes and records them.
-func (p *partial) checkpoint(written int64) error {
-	if err := p.file.Sync(); err != nil {
-		return err
+// checkpoint has the file's first written bytes synced and recorded,
+// in the background: the writer goes on meanwhile (a sync in its path
+// would hold every large download to the disk's synced speed). One runs
+// at a time; a checkpoint due while one runs is left to the next.
+func (p *partial) checkpoint(written int64) {
+	if written-p.asked < checkpointEvery || !p.busy.CompareAndSwap(false, true) {
+		return
+	}
+	p.asked = written
+	p.syncing.Go(func() {
+		defer p.busy.Store(false)
+		p.save(written)
+	})
+}
+
+// save syncs the file and records its first written bytes.
+func (p *partial) save(written int64) {
+	if p.file.Sync() != nil {
+		return // a longer resume
 	}
 	b, _ := json.Marshal(partialRecord{Digest: p.digest, Size: p.size, Written: written})
 	tmp := p.record + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
+		return
 	}
 	if err := os.Rename(tmp, p.record); err != nil {
 		os.Remove(tmp)
-		return err
+		return
 	}
+	p.mu.Lock()
 	p.synced = written
-	return nil
+	p.mu.Unlock()
 }
 
 // close lets the file go (and its lock), removing it and the record when
 // the download is over for good.
 func (p *partial) close() {
+	p.syncing.Wait()
 	if p.drop {
 		os.Remove(p.record)
 		os.Remove(p.file.Name()) // moved into storage or the hot tier already, it is not there
 	} else {
-		// Waiting to be resumed, it holds what the record says, not
-		// the disk reserved for the whole blob.
-		p.file.Truncate(p.synced)
-		storage.Unreserve(p.file, p.synced, p.size)
+		// Cut: what came is kept for the next download, and only
+		// that, not the disk reserved for the whole blob.
+		if info, err := p.file.Stat(); err == nil {
+			p.save(info.Size())
+		}
+		p.mu.Lock()
+		synced := p.synced
+		p.mu.Unlock()
+		p.file.Truncate(synced)
+		storage.Unreserve(p.file, synced, p.size)
 	}
 	p.file.Close()
 }
