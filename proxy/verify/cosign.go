@@ -37,6 +37,9 @@ const (
 	reasonNoTlog    = "no transparency-log proof"
 	reasonTlogTrust = "a transparency-log proof that cannot be checked: key rules without ignoreTlog have no log keys yet"
 	reasonDigest    = "the signature is for another digest"
+	// reasonUnreadable begins the reason when signatures could not be
+	// fetched (the upstream down and nothing cached).
+	reasonUnreadable = "the signatures could not be read: "
 )
 
 // verifyCosign checks d's cosign signatures, bundles and classic, against
@@ -45,13 +48,13 @@ const (
 func verifyCosign(ctx context.Context, src Source, r *rule, repo string, d digest.Digest) string {
 	found := &reasons{}
 	if err := bundles(ctx, src, r, repo, d, found); err != nil {
-		found.add("the signatures could not be read: " + err.Error())
+		found.add(reasonUnreadable + err.Error())
 	}
 	if found.ok {
 		return ""
 	}
 	if err := classic(ctx, src, r, repo, d, found); err != nil {
-		found.add("the signatures could not be read: " + err.Error())
+		found.add(reasonUnreadable + err.Error())
 	}
 	if found.ok {
 		return ""

@@ -116,6 +116,9 @@ func Parse(raw []byte, dir string) (*Policy, error) {
 			err = errors.New("names no images")
 		case len(fr.Keys) == 0:
 			err = errors.New("names no keys")
+		case taggedPattern(fr.Images) != "":
+			// A signature is of a digest, which any tag may name.
+			err = fmt.Errorf("images %q: a pattern names repositories, not tags", taggedPattern(fr.Images))
 		default:
 			// An allow-only rule set matches exactly the images its
 			// patterns name: the access rules' own matching, names
@@ -151,6 +154,16 @@ func Parse(raw []byte, dir string) (*Policy, error) {
 	}
 	p.hash = hex.EncodeToString(h.Sum(nil))
 	return p, nil
+}
+
+// taggedPattern is the first pattern that names a tag, or "".
+func taggedPattern(images []string) string {
+	for _, p := range images {
+		if _, tag := access.Normalize(p); tag != "" {
+			return p
+		}
+	}
+	return ""
 }
 
 // loadKey reads a PEM public key, as cosign writes cosign.pub.

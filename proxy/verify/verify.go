@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,11 +60,12 @@ type Verifier struct {
 
 	flight singleflight.Group
 	mu     sync.Mutex
-	// passed are the verdicts reached under a policy: a manifest whose
-	// signature verified, or a child a verified index lists. Refusals
-	// are not kept: an image signed after a refusal passes on its next
-	// pull.
-	passed map[verdictKey]struct{}
+	// verdicts are those reached under a policy: a manifest whose
+	// signature verified, or a child a verified index lists, is kept; a
+	// refusal for refusalTTL only, so that an image signed after it
+	// passes soon, and a client retrying a refused pull (a kubelet's
+	// back-off) does not fetch the signatures each time.
+	verdicts map[verdictKey]verdict
 
 	total   *prometheus.CounterVec
 	seconds prometheus.Histogram
@@ -75,6 +77,14 @@ type verdictKey struct {
 	rule   int
 }
 
+type verdict struct {
+	reason string    // "" verified
+	until  time.Time // a refusal's expiry
+}
+
+// refusalTTL is how long a refusal is kept.
+const refusalTTL = time.Minute
+
 // maxVerdicts bounds the verdicts kept; past it they are all dropped,
 // and verified again on their next pull.
 const maxVerdicts = 100_000
@@ -82,14 +92,14 @@ const maxVerdicts = 100_000
 // New checks against p; file, when set, is re-read by Follow and its
 // new policy applied. Its metrics are registered on reg.
 func New(p *Policy, file string, reg prometheus.Registerer, log logr.Logger) *Verifier {
-	v := &Verifier{file: file, every: 5 * time.Second, log: log, passed: map[verdictKey]struct{}{},
+	v := &Verifier{file: file, every: 5 * time.Second, log: log, verdicts: map[verdictKey]verdict{},
 		total: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "depproxy_proxy_verify_total",
-			Help: "Manifests whose signatures were checked against --verify-policy, by result: verified, refused (enforce), audited (refused and served: audit mode).",
+			Help: "Signature verifications against --verify-policy (one per manifest digest and policy; a verdict reused is not counted again), by result: verified, refused (enforce mode), audited (failed, and served: audit mode).",
 		}, []string{"result"}),
 		seconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "depproxy_proxy_verify_seconds",
-			Help:    "How long checking a manifest's signatures took, their fetching included.",
+			Help:    "How long verifying a manifest's signatures took, their fetching through the cache included.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 8),
 		}),
 	}
@@ -104,70 +114,85 @@ func New(p *Policy, file string, reg prometheus.Registerer, log logr.Logger) *Ve
 func (v *Verifier) Check(ctx context.Context, src Source, names []string, repo string, d digest.Digest, mediaType string, body []byte) error {
 	p := v.policy.Load()
 	r := p.match(names, repo)
-	if r == nil || isSignature(body) {
+	if r == nil {
 		return nil
 	}
-	k := verdictKey{d, p.hash, r.n}
-	if v.passedBefore(k) {
-		return nil
-	}
-	res, _, _ := v.flight.Do(fmt.Sprint(k), func() (any, error) {
-		if v.passedBefore(k) {
-			return "", nil
-		}
-		began := time.Now()
-		// Shared by every request waiting on it: one client hanging up
-		// must not fail the others.
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		defer cancel()
-		reason := verifyCosign(ctx, src, r, repo, d)
-		v.seconds.Observe(time.Since(began).Seconds())
-		if reason == "" {
-			v.pass(k, mediaType, body)
-		}
-		return reason, nil
-	})
-	reason := res.(string)
 	image := repo + "@" + d.String()
 	if len(names) > 0 {
 		image = names[0] + "/" + image
 	}
-	switch {
-	case reason == "":
-		v.total.WithLabelValues(Verified).Inc()
-		return nil
-	case p.Mode == Audit:
-		v.total.WithLabelValues(Audited).Inc()
-		v.log.Info("signature verification failed; served (audit mode)", "image", image, "rule", r.String(), "reason", reason)
+	k := verdictKey{d, p.hash, r.n}
+	reason, known := v.known(k)
+	if !known {
+		if isSignature(body) {
+			return nil
+		}
+		res, _, _ := v.flight.Do(fmt.Sprint(k), func() (any, error) {
+			if reason, known := v.known(k); known {
+				return reason, nil
+			}
+			// Shared by every request waiting on it: one client hanging
+			// up must not fail the others.
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			began := time.Now()
+			reason := verifyCosign(ctx, src, r, repo, d)
+			v.seconds.Observe(time.Since(began).Seconds())
+			v.decided(k, reason, mediaType, body)
+			switch {
+			case reason == "":
+				v.total.WithLabelValues(Verified).Inc()
+			case p.Mode == Audit:
+				v.total.WithLabelValues(Audited).Inc()
+				v.log.Info("signature verification failed; served (audit mode)", "image", image, "rule", r.String(), "reason", reason)
+			default:
+				v.total.WithLabelValues(Refused).Inc()
+				v.log.Info("signature verification failed; refused", "image", image, "rule", r.String(), "reason", reason)
+			}
+			return reason, nil
+		})
+		reason = res.(string)
+	}
+	if reason == "" || p.Mode == Audit {
 		return nil
 	}
-	v.total.WithLabelValues(Refused).Inc()
-	v.log.Info("signature verification failed; refused", "image", image, "rule", r.String(), "reason", reason)
 	return &Refusal{Image: image, Rule: r.String(), Reason: reason}
 }
 
-func (v *Verifier) passedBefore(k verdictKey) bool {
+// known is the verdict kept for k, if one is.
+func (v *Verifier) known(k verdictKey) (reason string, ok bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	_, ok := v.passed[k]
-	return ok
+	vd, ok := v.verdicts[k]
+	if ok && vd.reason != "" && time.Now().After(vd.until) {
+		delete(v.verdicts, k)
+		return "", false
+	}
+	return vd.reason, ok
 }
 
-// pass records a verified manifest, and, for an index, the children it
+// decided keeps a verdict, and, for a verified index, the children it
 // lists: a child pulled by digest is the index's signed content.
-func (v *Verifier) pass(k verdictKey, mediaType string, body []byte) {
+func (v *Verifier) decided(k verdictKey, reason, mediaType string, body []byte) {
 	var children []digest.Digest
-	if manifest.IsIndex(mediaType) {
+	if reason == "" && manifest.IsIndex(mediaType) {
 		children = indexChildren(body)
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if len(v.passed)+1+len(children) > maxVerdicts {
-		clear(v.passed)
+	if len(v.verdicts)+1+len(children) > maxVerdicts {
+		clear(v.verdicts)
 	}
-	v.passed[k] = struct{}{}
+	if strings.HasPrefix(reason, reasonUnreadable) {
+		return // the upstream's trouble, not the image's: asked again
+	}
+	if reason != "" {
+		v.verdicts[k] = verdict{reason: reason, until: time.Now().Add(refusalTTL)}
+		return
+	}
+	v.verdicts[k] = verdict{}
 	for _, c := range children {
-		v.passed[verdictKey{c, k.policy, k.rule}] = struct{}{}
+		v.verdicts[verdictKey{c, k.policy, k.rule}] = verdict{}
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/depproxy/depproxy/proxy/server"
 	"github.com/depproxy/depproxy/proxy/settings"
+	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/test/proxytest"
 )
 
@@ -78,7 +79,7 @@ rules:
   keys: [{file: %s}]
 `, mode, upstreamHost, repo, upstreamHost, strict, filepath.Join(dir, "cosign.pub"))
 	}
-	start := func(t *testing.T, mode string) (*proxytest.Proxy, string) {
+	start := func(t *testing.T, mode string, store ...storage.Storage) (*proxytest.Proxy, string) {
 		f, err := os.CreateTemp(dir, "verify-*.yaml") // beside cosign.pub, which it names relatively
 		if err != nil {
 			t.Fatal(err)
@@ -91,7 +92,10 @@ rules:
 		s := settings.Defaults()
 		s.Upstream = settings.Keys(e.front.URL())
 		s.VerifyPolicy = file
-		return proxytest.Start(t, s, server.WithStorage(openStorage(t, "filesystem", nil))), file
+		if len(store) == 0 {
+			store = append(store, openStorage(t, "filesystem", nil))
+		}
+		return proxytest.Start(t, s, server.WithStorage(store[0])), file
 	}
 	pulls := func(p *proxytest.Proxy, image string) error {
 		r, err := name.ParseReference(p.Host+"/"+image, name.Insecure)
@@ -146,11 +150,11 @@ rules:
 			t.Errorf("the classic signature's manifest: %s %s", resp.Status, body)
 		}
 		m := scrape(t, p.Ops)
-		if v := sample(m, "depproxy_proxy_verify_total", "result", "verified"); v < 3 {
-			t.Errorf("depproxy_proxy_verify_total{result=verified} = %v, want at least 3 (a, b, the index)", v)
+		if v := sample(m, "depproxy_proxy_verify_total", "result", "verified"); v != 3 {
+			t.Errorf("depproxy_proxy_verify_total{result=verified} = %v, want 3 (a, b, the index; each once)", v)
 		}
-		if v := sample(m, "depproxy_proxy_verify_total", "result", "refused"); v < 4 {
-			t.Errorf("depproxy_proxy_verify_total{result=refused} = %v, want at least 4", v)
+		if v := sample(m, "depproxy_proxy_verify_total", "result", "refused"); v != 3 {
+			t.Errorf("depproxy_proxy_verify_total{result=refused} = %v, want 3 (c, d, e: a verdict is reused)", v)
 		}
 		if v := sample(m, "depproxy_proxy_verify_seconds"); v == 0 {
 			t.Errorf("depproxy_proxy_verify_seconds has no observation")
@@ -170,8 +174,8 @@ rules:
 			}
 		}
 		m := scrape(t, p.Ops)
-		if v := sample(m, "depproxy_proxy_verify_total", "result", "audited"); v < 2 {
-			t.Errorf("depproxy_proxy_verify_total{result=audited} = %v, want at least 2 (c, d)", v)
+		if v := sample(m, "depproxy_proxy_verify_total", "result", "audited"); v != 2 {
+			t.Errorf("depproxy_proxy_verify_total{result=audited} = %v, want 2 (c, d)", v)
 		}
 		if v := sample(m, "depproxy_proxy_verify_total", "result", "refused"); v != 0 {
 			t.Errorf("depproxy_proxy_verify_total{result=refused} = %v in audit mode", v)
@@ -192,5 +196,30 @@ rules:
 		if err := pulls(p, repo+":a"); err != nil {
 			t.Errorf("pulling a after the change to enforce: %v", err)
 		}
+	})
+
+	// The signatures are cached with what they sign: a new process with
+	// the upstream down verifies from them. What was cached without its
+	// signatures is refused, never served unverified.
+	t.Run("upstream down", func(t *testing.T) {
+		store := openStorage(t, "filesystem", nil)
+		first, _ := start(t, "enforce", store)
+		if err := pulls(first, repo+"@"+digests["a"]); err != nil {
+			t.Fatalf("pulling a: %v", err)
+		}
+		unchecked := startProxy(t, e.front.URL(), store) // no policy: b's manifest cached, not its signatures
+		if resp, body := get(t, unchecked.URL+"/v2/"+repo+"/manifests/"+digests["b"], acceptAll); resp.StatusCode != http.StatusOK {
+			t.Fatalf("caching b: %s %s", resp.Status, body)
+		}
+		first.Stop()
+		unchecked.Stop()
+		e.front.Stop()
+		defer e.front.Start()
+
+		p, _ := start(t, "enforce", store)
+		if err := pulls(p, repo+"@"+digests["a"]); err != nil {
+			t.Errorf("pulling a, verified from cached signatures: %v", err)
+		}
+		refused(t, p, repo+"/manifests/"+digests["b"], "the signatures could not be read")
 	})
 }
