@@ -5,6 +5,7 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/url"
@@ -266,6 +267,11 @@ func (reg *Registry) serve(w http.ResponseWriter, r *http.Request, e *audit.Entr
 			reg.log.Error(err, "request failed", "method", r.Method, "path", r.URL.Path)
 		}
 		e.Answer, e.Reason = audit.Failed, string(re.Code)
+		var vr *verify.Refusal
+		if errors.As(err, &vr) {
+			// Refused as the access rules refuse: by a rule, with why.
+			e.Answer, e.Reason = audit.Refused, vr.Rule+": "+vr.Reason
+		}
 		re.write(w, r)
 	}
 }

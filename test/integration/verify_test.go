@@ -92,6 +92,7 @@ rules:
 		s := settings.Defaults()
 		s.Upstream = settings.Keys(e.front.URL())
 		s.VerifyPolicy = file
+		s.AuditLog = file + ".audit"
 		if len(store) == 0 {
 			store = append(store, openStorage(t, "filesystem", nil))
 		}
@@ -120,7 +121,7 @@ rules:
 	}
 
 	t.Run("enforce", func(t *testing.T) {
-		p, _ := start(t, "enforce")
+		p, file := start(t, "enforce")
 		for _, tag := range []string{"a", "b"} {
 			if err := pulls(p, repo+":"+tag); err != nil {
 				t.Errorf("pulling %s, signed with the policy's key: %v", tag, err)
@@ -158,6 +159,20 @@ rules:
 		}
 		if v := sample(m, "depproxy_proxy_verify_seconds"); v == 0 {
 			t.Errorf("depproxy_proxy_verify_seconds has no observation")
+		}
+
+		// The audit log (written out at the stop) says it as it says
+		// an access rule's refusal.
+		p.Stop()
+		audited, _ := os.ReadFile(file + ".audit")
+		found := false
+		for _, line := range strings.Split(string(audited), "\n") {
+			var entry struct{ Answer, Reason, Tag string }
+			json.Unmarshal([]byte(line), &entry)
+			found = found || entry.Answer == "refused" && entry.Tag == "d" && strings.Contains(entry.Reason, "rule 1") && strings.Contains(entry.Reason, "signed by another key")
+		}
+		if !found {
+			t.Errorf("no refusal of d in the audit log:\n%s", audited)
 		}
 
 		// Another cache that never verified the index: the child is
