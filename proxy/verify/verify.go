@@ -44,11 +44,11 @@ func (r *Refusal) Error() string {
 	return r.Image + ": refused by the verification policy's " + r.Rule + ": " + r.Reason
 }
 
-// Results of a verification, as counted.
+// The results of a verification, as counted.
 const (
-	Verified = "verified"
-	Refused  = "refused"
-	Audited  = "audited" // refused, and served (audit mode)
+	verified = "verified"
+	refused  = "refused"
+	audited  = "audited" // failed, and served (audit mode)
 )
 
 // Verifier checks manifests against the policy in force.
@@ -141,12 +141,12 @@ func (v *Verifier) Check(ctx context.Context, src Source, names []string, repo s
 			v.decided(k, reason, mediaType, body)
 			switch {
 			case reason == "":
-				v.total.WithLabelValues(Verified).Inc()
+				v.total.WithLabelValues(verified).Inc()
 			case p.Mode == Audit:
-				v.total.WithLabelValues(Audited).Inc()
+				v.total.WithLabelValues(audited).Inc()
 				v.log.Info("signature verification failed; served (audit mode)", "image", image, "rule", r.String(), "reason", reason)
 			default:
-				v.total.WithLabelValues(Refused).Inc()
+				v.total.WithLabelValues(refused).Inc()
 				v.log.Info("signature verification failed; refused", "image", image, "rule", r.String(), "reason", reason)
 			}
 			return reason, nil
