@@ -19,6 +19,8 @@ func TestManagerLinksNoProxyEngine(t *testing.T) {
 		"github.com/depproxy/depproxy/proxy/upstream",
 		"github.com/depproxy/depproxy/proxy/server",
 		"github.com/depproxy/depproxy/proxy/registry",
+		"github.com/depproxy/depproxy/proxy/verify",
+		"github.com/sigstore/",
 	)
 }
 

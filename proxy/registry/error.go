@@ -12,6 +12,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/share"
 	"github.com/depproxy/depproxy/proxy/token"
 	"github.com/depproxy/depproxy/proxy/upstream"
+	"github.com/depproxy/depproxy/proxy/verify"
 )
 
 // regError is an OCI distribution error, as written on the wire.
@@ -84,9 +85,12 @@ func toRegError(err error, notFound code) *regError {
 	var se *upstream.StatusError
 	var ch *token.Challenge
 	var nm *routing.NotMirroredError
+	var vr *verify.Refusal
 	switch {
 	case errors.As(err, &re):
 		return re
+	case errors.As(err, &vr):
+		return &regError{Status: http.StatusForbidden, Code: codeDenied, Message: vr.Error()}
 	case errors.As(err, &nm):
 		return &regError{Status: http.StatusNotFound, Code: codeNameUnknown, Message: nm.Error()}
 	case errors.As(err, &ch):

@@ -5,6 +5,7 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/url"
@@ -20,6 +21,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/cache"
 	"github.com/depproxy/depproxy/proxy/manifest"
 	"github.com/depproxy/depproxy/proxy/routing"
+	"github.com/depproxy/depproxy/proxy/verify"
 )
 
 // Cache is what the registry serves from: one upstream's cache, taking
@@ -74,6 +76,12 @@ type Access interface {
 	Enforced() bool
 }
 
+// Verifier checks a manifest's signatures before it is served: nil, or
+// why it may not be (a *verify.Refusal). Signatures are read from src.
+type Verifier interface {
+	Check(ctx context.Context, src verify.Source, names []string, repo string, d digest.Digest, mediaType string, body []byte) error
+}
+
 // Sharer may send a node agent's blob request to another node of its
 // zone that holds the blob: then it answers the request itself (a
 // redirect) and says so; else the blob is served here. Asked only once
@@ -102,6 +110,9 @@ type Options struct {
 	// Share sends nodes to each other for blobs; nil: the cache serves
 	// every blob itself.
 	Share Sharer
+	// Verify checks signatures of manifests before they are served;
+	// nil serves them unchecked.
+	Verify Verifier
 }
 
 // Registry serves the OCI distribution pull API.
@@ -114,6 +125,7 @@ type Registry struct {
 	access   Access
 	onDenied func(registry string)
 	share    Sharer
+	verify   Verifier
 	log      logr.Logger
 }
 
@@ -121,7 +133,7 @@ type Registry struct {
 // of the same index in routes, the first being the default for requests
 // that name no registry.
 func New(routes routing.Table, caches []Cache, o Options, log logr.Logger) *Registry {
-	r := &Registry{routes: routes, caches: caches, auth: o.Auth, audit: o.Audit, origins: o.Origins, access: o.Access, onDenied: o.OnDenied, share: o.Share, log: log}
+	r := &Registry{routes: routes, caches: caches, auth: o.Auth, audit: o.Audit, origins: o.Origins, access: o.Access, onDenied: o.OnDenied, share: o.Share, verify: o.Verify, log: log}
 	if r.onDenied == nil {
 		r.onDenied = func(string) {}
 	}
@@ -202,6 +214,7 @@ func (reg *Registry) serve(w http.ResponseWriter, r *http.Request, e *audit.Entr
 		e.Digest = d.String()
 	}
 	var c Cache
+	var names []string // what the chosen upstream is known by
 	var refused string // why the access rules refuse it
 	if rt.kind != kindBase {
 		to, why, perr := reg.pick(r, rt)
@@ -211,6 +224,7 @@ func (reg *Registry) serve(w http.ResponseWriter, r *http.Request, e *audit.Entr
 			return
 		}
 		c, rt.repo, e.Registry, e.Repository = reg.caches[to.Upstream], to.Repository, reg.routes[to.Upstream].Registry, to.Repository
+		names = reg.routes.Names(to)
 		refused = why
 	}
 	if reg.auth != nil {
@@ -238,7 +252,7 @@ func (reg *Registry) serve(w http.ResponseWriter, r *http.Request, e *audit.Entr
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, "{}")
 	case kindManifest:
-		err = reg.manifest(w, r, c, rt)
+		err = reg.manifest(w, r, c, rt, names)
 	case kindBlob:
 		err = reg.blob(w, r, c, rt)
 	case kindTags:
@@ -253,11 +267,16 @@ func (reg *Registry) serve(w http.ResponseWriter, r *http.Request, e *audit.Entr
 			reg.log.Error(err, "request failed", "method", r.Method, "path", r.URL.Path)
 		}
 		e.Answer, e.Reason = audit.Failed, string(re.Code)
+		var vr *verify.Refusal
+		if errors.As(err, &vr) {
+			// Refused as the access rules refuse: by a rule, with why.
+			e.Answer, e.Reason = audit.Refused, vr.Rule+": "+vr.Reason
+		}
 		re.write(w, r)
 	}
 }
 
-func (reg *Registry) manifest(w http.ResponseWriter, r *http.Request, c Cache, rt route) error {
+func (reg *Registry) manifest(w http.ResponseWriter, r *http.Request, c Cache, rt route, names []string) error {
 	if d, ok := rt.ref.Digest(); ok && rt.bound {
 		if err := c.Linked(r.Context(), rt.repo, d, true); err != nil {
 			return err
@@ -266,6 +285,13 @@ func (reg *Registry) manifest(w http.ResponseWriter, r *http.Request, c Cache, r
 	m, err := c.Manifest(r.Context(), rt.repo, rt.ref, r.Header.Values("Accept"))
 	if err != nil {
 		return err
+	}
+	if reg.verify != nil {
+		// Before a byte of it is served, HEAD included: a client that
+		// resolves a tag with HEAD pulls by digest next.
+		if err := reg.verify.Check(r.Context(), signatures{c}, names, rt.repo, m.Digest, m.MediaType, m.Body); err != nil {
+			return err
+		}
 	}
 	// Linked whether rules are in force or not: a rule added later binds
 	// what was cached before it.

@@ -35,6 +35,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/token"
 	"github.com/depproxy/depproxy/proxy/ui"
 	"github.com/depproxy/depproxy/proxy/upstream"
+	"github.com/depproxy/depproxy/proxy/verify"
 )
 
 // assembly is a proxy being built from its settings, one step at a time
@@ -59,6 +60,7 @@ type assembly struct {
 	cacheOpt []cache.Option // the metrics and the hot tier every cache shares
 	scanner  *summary.Scanner
 	gate     *accessGate
+	verifier *verify.Verifier // nil: no --verify-policy
 	keeper   *keep.Keeper
 	plugins  *credprovider.Providers
 	caches   []*cache.Cache
@@ -162,6 +164,13 @@ func (a *assembly) keeping(context.Context) error {
 		return err
 	}
 	a.gate = newAccessGate(rules, a.o.configFile, a.metrics, a.log.WithName("access"))
+	if a.s.VerifyPolicy != "" {
+		policy, err := verify.Load(a.s.VerifyPolicy)
+		if err != nil {
+			return err
+		}
+		a.verifier = verify.New(policy, a.s.VerifyPolicy, a.metrics, a.log.WithName("verify"))
+	}
 	a.keeper = keep.New(keep.Options{Pinned: a.s.Pinned, Warm: a.s.Warm, MaxSize: int64(a.s.MaxSize), Store: a.store, Platforms: a.warm,
 		Summary: a.scanner, Log: a.log.WithName("keep"), Timing: a.o.keepTiming,
 		Leader: func() bool { return a.peering == nil || a.peering.ring.Owner(keeperKey) == a.peering.ring.Self() },
@@ -322,8 +331,12 @@ func (a *assembly) serving() (http.Handler, error) {
 	if a.sharing != nil { // a nil *nodeSharing would not be a nil Sharer
 		sharing = a.sharing
 	}
+	var verifier registry.Verifier
+	if a.verifier != nil {
+		verifier = a.verifier
+	}
 	reg := registry.New(a.routes, caches, registry.Options{Auth: auth, Audit: auditor, Origins: storedOrigins{a.store},
-		Access: a.gate, OnDenied: a.gate.count, Share: sharing}, a.log.WithName("registry"))
+		Access: a.gate, OnDenied: a.gate.count, Share: sharing, Verify: verifier}, a.log.WithName("registry"))
 	browser := ui.New(a.scanner, tokens, a.caches[0].HitCounts, func(ctx context.Context) {
 		for _, c := range a.caches {
 			c.FlushReads(ctx)

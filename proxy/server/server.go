@@ -32,6 +32,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/token"
 	"github.com/depproxy/depproxy/proxy/ui"
 	"github.com/depproxy/depproxy/proxy/upstream"
+	"github.com/depproxy/depproxy/proxy/verify"
 )
 
 // Server is one depproxy, ready to serve.
@@ -43,9 +44,10 @@ type Server struct {
 	summary  *summary.Scanner
 	keep     *keep.Keeper
 	access   *accessGate
-	closers  []func() error // what Run releases at the end
-	handler  http.Handler   // the registry port
-	ops      http.Handler   // the metrics port
+	verifier *verify.Verifier // nil: no --verify-policy
+	closers  []func() error   // what Run releases at the end
+	handler  http.Handler     // the registry port
+	ops      http.Handler     // the metrics port
 
 	idleTimeout, writeTimeout time.Duration
 	certs                     *certReloader // nil: plain HTTP
@@ -114,7 +116,7 @@ func New(ctx context.Context, s settings.Settings, log logr.Logger, opts ...Opti
 		a.release()
 		return nil, err
 	}
-	srv := &Server{settings: s, log: log, caches: a.caches, store: a.store, summary: a.scanner, keep: a.keeper, access: a.gate,
+	srv := &Server{settings: s, log: log, caches: a.caches, store: a.store, summary: a.scanner, keep: a.keeper, access: a.gate, verifier: a.verifier,
 		closers: a.closers, handler: handler, idleTimeout: o.idleTimeout, writeTimeout: o.writeTimeout, certs: a.certs, replicas: a.peering}
 	srv.ops = opsRoutes(promhttp.HandlerFor(a.metrics, promhttp.HandlerOpts{}), a.scanner.Handler(s.SummaryInterval.Std(), log.WithName("summary")),
 		func() bool { return !srv.stopping.Load() && a.peering.ready() })
@@ -150,6 +152,9 @@ func (s *Server) Run(ctx context.Context) error {
 	tracking.Go(func() { s.summary.Journal(trackCtx) })
 	tracking.Go(func() { s.keep.Run(trackCtx) })
 	tracking.Go(func() { s.access.follow(trackCtx) })
+	if s.verifier != nil {
+		tracking.Go(func() { s.verifier.Follow(trackCtx) })
+	}
 
 	servers := []*http.Server{
 		{Addr: s.settings.Listen, Handler: progressDeadlines(s.handler, s.writeTimeout), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: s.idleTimeout},

@@ -78,6 +78,7 @@ type Settings struct {
 	CredProviderBinDir string    `json:"image-credential-provider-bin-dir,omitempty"`
 	CredProviderTokens string    `json:"image-credential-provider-token-dir,omitempty"`
 	UpstreamProvider   KeyedList `json:"upstream-credential-provider,omitzero"`
+	VerifyPolicy       string    `json:"verify-policy,omitempty"`
 }
 
 // The defaults of the parts' settings. They are written here, not read
@@ -181,6 +182,7 @@ func (s *Settings) Bind(fs *flag.FlagSet) {
 	fs.Var(&s.UpstreamProvider, "upstream-credential-provider", "binds an upstream to one provider of --image-credential-provider-config, REGISTRY=NAME (a bare NAME is the default upstream's); once any upstream is bound, an upstream not bound gets no plugin's credentials; repeatable")
 	fs.StringVar(&s.CredProviderBinDir, "image-credential-provider-bin-dir", s.CredProviderBinDir, "where the plugins of --image-credential-provider-config are, by their names")
 	fs.StringVar(&s.CredProviderTokens, "image-credential-provider-token-dir", s.CredProviderTokens, "for providers with tokenAttributes: DIR/AUDIENCE/token is a service-account token for that audience (a projected token volume), DIR/serviceaccount-annotations.json the ServiceAccount's annotations")
+	fs.StringVar(&s.VerifyPolicy, "verify-policy", s.VerifyPolicy, "a YAML file of which images must be signed, by which cosign public keys (mode: enforce refuses the others with 403 DENIED, audit serves them and logs and counts); each manifest is checked before it is first served; re-read with its key files when they change (docs/configuration.md, Verifying signatures)")
 	fs.StringVar(&s.OnUpstreamNotFound, "on-upstream-not-found", s.OnUpstreamNotFound, "a cached tag the upstream answers 404 for (deleted, pruned): serve-cached serves the cached copy, not-found answers 404; a pinned tag is served either way")
 }
 

@@ -1,0 +1,195 @@
+// Package verify checks the signatures of a manifest before the cache
+// serves it, against a policy of the cache's own: which images must be
+// signed, by which keys, and whether a refusal blocks the pull (enforce)
+// or is only logged and counted (audit).
+//
+// Signatures are found as clients find them (the referrers API or its
+// fallback tag for cosign's bundles, cosign's sha256-<hex>.sig tag for
+// its classic signatures) and read through the cache, so they are cached
+// like any other content. Bundles are checked by sigstore-go, classic
+// signatures by sigstore's signature verifiers: nothing here parses a
+// bundle or does cryptography by hand.
+package verify
+
+import (
+	"crypto"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/sigstore/sigstore/pkg/cryptoutils"
+	"github.com/sigstore/sigstore/pkg/signature"
+	"sigs.k8s.io/yaml"
+
+	"github.com/depproxy/depproxy/proxy/access"
+)
+
+// Mode says what a refusal does.
+type Mode string
+
+const (
+	// Enforce refuses the pull (403 DENIED).
+	Enforce Mode = "enforce"
+	// Audit serves it, and logs and counts the refusal.
+	Audit Mode = "audit"
+)
+
+// Policy is a parsed --verify-policy file, its keys read.
+type Policy struct {
+	Mode  Mode
+	rules []*rule
+	// hash names this policy and the keys it read: a verdict holds for
+	// the policy it was reached under, and a changed key file is a
+	// changed policy.
+	hash string
+}
+
+type rule struct {
+	n      int    // 1-based, as a person counts the file's rules
+	images string // as written, for the refusal's message
+	match  *access.Rules
+	keys   []key
+	// ignoreTlog accepts a key signature without a transparency-log
+	// proof, as cosign verify --insecure-ignore-tlog does.
+	ignoreTlog bool
+}
+
+type key struct {
+	file     string
+	verifier signature.Verifier
+}
+
+// file is the YAML as written. Only key rules exist so far.
+type file struct {
+	Mode  Mode `json:"mode"`
+	Rules []struct {
+		Images []string `json:"images"`
+		Keys   []struct {
+			File string `json:"file"`
+		} `json:"keys"`
+		IgnoreTlog bool `json:"ignoreTlog"`
+	} `json:"rules"`
+}
+
+// Load reads a policy file; key files named by relative paths are
+// taken from the policy file's directory.
+func Load(path string) (*Policy, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("verify policy: %w", err)
+	}
+	p, err := Parse(raw, filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("verify policy %s: %w", path, err)
+	}
+	return p, nil
+}
+
+// Parse reads a policy; dir is where relative key paths are. Unknown
+// keys are errors: a misspelt field must not leave an image unchecked.
+func Parse(raw []byte, dir string) (*Policy, error) {
+	var f file
+	if err := yaml.UnmarshalStrict(raw, &f); err != nil {
+		return nil, err
+	}
+	h := sha256.New()
+	h.Write(raw)
+	p := &Policy{Mode: f.Mode}
+	switch p.Mode {
+	case "":
+		p.Mode = Enforce // what a policy is written for; audit is said
+	case Enforce, Audit:
+	default:
+		return nil, fmt.Errorf("mode is %s or %s, not %q", Enforce, Audit, f.Mode)
+	}
+	var errs []error
+	for i, fr := range f.Rules {
+		r := &rule{n: i + 1, images: strings.Join(fr.Images, ", "), ignoreTlog: fr.IgnoreTlog}
+		where := fmt.Sprintf("rule %d", r.n)
+		var err error
+		switch {
+		case len(fr.Images) == 0:
+			err = errors.New("names no images")
+		case len(fr.Keys) == 0:
+			err = errors.New("names no keys")
+		case taggedPattern(fr.Images) != "":
+			// A signature is of a digest, which any tag may name.
+			err = fmt.Errorf("images %q: a pattern names repositories, not tags", taggedPattern(fr.Images))
+		default:
+			// An allow-only rule set matches exactly the images its
+			// patterns name: the access rules' own matching, names
+			// normalised as clients normalise them.
+			r.match, err = access.Parse(fr.Images, nil)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", where, err))
+			continue
+		}
+		for _, k := range fr.Keys {
+			path := k.File
+			if path != "" && !filepath.IsAbs(path) {
+				path = filepath.Join(dir, path)
+			}
+			pem, err := os.ReadFile(path)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: key: %w", where, err))
+				continue
+			}
+			v, err := loadKey(pem)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: key %s: %w", where, k.File, err))
+				continue
+			}
+			h.Write(pem)
+			r.keys = append(r.keys, key{file: k.File, verifier: v})
+		}
+		p.rules = append(p.rules, r)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	p.hash = hex.EncodeToString(h.Sum(nil))
+	return p, nil
+}
+
+// taggedPattern is the first pattern that names a tag, or "".
+func taggedPattern(images []string) string {
+	for _, p := range images {
+		if _, tag := access.Normalize(p); tag != "" {
+			return p
+		}
+	}
+	return ""
+}
+
+// loadKey reads a PEM public key, as cosign writes cosign.pub.
+func loadKey(pem []byte) (signature.Verifier, error) {
+	pub, err := cryptoutils.UnmarshalPEMToPublicKey(pem)
+	if err != nil {
+		return nil, err
+	}
+	return signature.LoadVerifier(pub, crypto.SHA256)
+}
+
+// Hash names the policy and the keys it read.
+func (p *Policy) Hash() string { return p.hash }
+
+// match is the first rule whose images hold repo of a registry known
+// by names, or nil.
+func (p *Policy) match(names []string, repo string) *rule {
+	if p == nil {
+		return nil
+	}
+	for _, r := range p.rules {
+		if r.match.Denied(names, repo, "") == "" {
+			return r
+		}
+	}
+	return nil
+}
+
+func (r *rule) String() string { return fmt.Sprintf("rule %d (%s)", r.n, r.images) }

@@ -1,0 +1,231 @@
+package verify
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/depproxy/depproxy/proxy/manifest"
+)
+
+// Source is where signatures are read from: the cache, so that they are
+// fetched once and served like anything else it holds. Each method says
+// "nothing there" with an error matching ErrNotFound.
+type Source interface {
+	Manifest(ctx context.Context, repo string, ref manifest.Ref) ([]byte, error)
+	// Blob is a whole blob, refused past max bytes.
+	Blob(ctx context.Context, repo string, d digest.Digest, max int64) ([]byte, error)
+	// Referrers is the OCI index of what refers to d.
+	Referrers(ctx context.Context, repo string, d digest.Digest) ([]byte, error)
+}
+
+// ErrNotFound is what a Source says of what the upstream does not have.
+var ErrNotFound = errors.New("not found")
+
+// Refusal is an enforced refusal: the manifest may not be served.
+type Refusal struct {
+	Image  string // registry/repository@digest
+	Rule   string
+	Reason string
+}
+
+func (r *Refusal) Error() string {
+	return r.Image + ": refused by the verification policy's " + r.Rule + ": " + r.Reason
+}
+
+// The results of a verification, as counted.
+const (
+	verified = "verified"
+	refused  = "refused"
+	audited  = "audited" // failed, and served (audit mode)
+)
+
+// Verifier checks manifests against the policy in force.
+type Verifier struct {
+	policy atomic.Pointer[Policy]
+	file   string
+	every  time.Duration
+	log    logr.Logger
+
+	flight singleflight.Group
+	mu     sync.Mutex
+	// verdicts are those reached under a policy: a manifest whose
+	// signature verified, or a child a verified index lists, is kept; a
+	// refusal for refusalTTL only, so that an image signed after it
+	// passes soon, and a client retrying a refused pull (a kubelet's
+	// back-off) does not fetch the signatures each time.
+	verdicts map[verdictKey]verdict
+
+	total   *prometheus.CounterVec
+	seconds prometheus.Histogram
+}
+
+type verdictKey struct {
+	d      digest.Digest
+	policy string
+	rule   int
+}
+
+type verdict struct {
+	reason string    // "" verified
+	until  time.Time // a refusal's expiry
+}
+
+// refusalTTL is how long a refusal is kept.
+const refusalTTL = time.Minute
+
+// maxVerdicts bounds the verdicts kept; past it they are all dropped,
+// and verified again on their next pull.
+const maxVerdicts = 100_000
+
+// New checks against p; file, when set, is re-read by Follow and its
+// new policy applied. Its metrics are registered on reg.
+func New(p *Policy, file string, reg prometheus.Registerer, log logr.Logger) *Verifier {
+	v := &Verifier{file: file, every: 5 * time.Second, log: log, verdicts: map[verdictKey]verdict{},
+		total: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "depproxy_proxy_verify_total",
+			Help: "Signature verifications against --verify-policy (one per manifest digest and policy; a verdict reused is not counted again), by result: verified, refused (enforce mode), audited (failed, and served: audit mode).",
+		}, []string{"result"}),
+		seconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "depproxy_proxy_verify_seconds",
+			Help:    "How long verifying a manifest's signatures took, their fetching through the cache included.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 8),
+		}),
+	}
+	reg.MustRegister(v.total, v.seconds)
+	v.policy.Store(p)
+	return v
+}
+
+// Check says whether the manifest d (body, of mediaType) may be served
+// as repo's, of a registry known by names: nil, or a *Refusal in enforce
+// mode. Signatures are read from src.
+func (v *Verifier) Check(ctx context.Context, src Source, names []string, repo string, d digest.Digest, mediaType string, body []byte) error {
+	p := v.policy.Load()
+	r := p.match(names, repo)
+	if r == nil {
+		return nil
+	}
+	image := repo + "@" + d.String()
+	if len(names) > 0 {
+		image = names[0] + "/" + image
+	}
+	k := verdictKey{d, p.hash, r.n}
+	reason, known := v.known(k)
+	if !known {
+		if isSignature(body) {
+			return nil
+		}
+		res, _, _ := v.flight.Do(fmt.Sprint(k), func() (any, error) {
+			if reason, known := v.known(k); known {
+				return reason, nil
+			}
+			// Shared by every request waiting on it: one client hanging
+			// up must not fail the others.
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			began := time.Now()
+			reason := verifyCosign(ctx, src, r, repo, d)
+			v.seconds.Observe(time.Since(began).Seconds())
+			v.decided(k, reason, mediaType, body)
+			switch {
+			case reason == "":
+				v.total.WithLabelValues(verified).Inc()
+			case p.Mode == Audit:
+				v.total.WithLabelValues(audited).Inc()
+				v.log.Info("signature verification failed; served (audit mode)", "image", image, "rule", r.String(), "reason", reason)
+			default:
+				v.total.WithLabelValues(refused).Inc()
+				v.log.Info("signature verification failed; refused", "image", image, "rule", r.String(), "reason", reason)
+			}
+			return reason, nil
+		})
+		reason = res.(string)
+	}
+	if reason == "" || p.Mode == Audit {
+		return nil
+	}
+	return &Refusal{Image: image, Rule: r.String(), Reason: reason}
+}
+
+// known is the verdict kept for k, if one is.
+func (v *Verifier) known(k verdictKey) (reason string, ok bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	vd, ok := v.verdicts[k]
+	if ok && vd.reason != "" && time.Now().After(vd.until) {
+		delete(v.verdicts, k)
+		return "", false
+	}
+	return vd.reason, ok
+}
+
+// decided keeps a verdict, and, for a verified index, the children it
+// lists: a child pulled by digest is the index's signed content.
+func (v *Verifier) decided(k verdictKey, reason, mediaType string, body []byte) {
+	var children []digest.Digest
+	if reason == "" && manifest.IsIndex(mediaType) {
+		children = indexChildren(body)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if len(v.verdicts)+1+len(children) > maxVerdicts {
+		clear(v.verdicts)
+	}
+	if strings.HasPrefix(reason, reasonUnreadable) {
+		return // the upstream's trouble, not the image's: asked again
+	}
+	if reason != "" {
+		v.verdicts[k] = verdict{reason: reason, until: time.Now().Add(refusalTTL)}
+		return
+	}
+	v.verdicts[k] = verdict{}
+	for _, c := range children {
+		v.verdicts[verdictKey{c, k.policy, k.rule}] = verdict{}
+	}
+}
+
+// Follow re-reads the policy file, and the key files it names, until ctx
+// ends: a key replaced in place (a Secret the kubelet updates) is a
+// changed policy too. A policy that does not load leaves the one in
+// force as it is.
+func (v *Verifier) Follow(ctx context.Context) {
+	if v.file == "" {
+		return
+	}
+	tick := time.NewTicker(v.every)
+	defer tick.Stop()
+	var failed []byte // the file as it was when it last failed to load
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		p, err := Load(v.file)
+		if err != nil {
+			if raw, _ := os.ReadFile(v.file); !bytes.Equal(raw, failed) {
+				failed = raw
+				v.log.Error(err, "the verify policy changed and does not load; the policy in force stays", "file", v.file)
+			}
+			continue
+		}
+		failed = nil
+		if p.hash == v.policy.Load().hash {
+			continue
+		}
+		v.policy.Store(p)
+		v.log.Info("verify policy applied from the changed file", "mode", p.Mode, "rules", len(p.rules), "hash", p.hash)
+	}
+}
