@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A real single-node cluster for the end-to-end tests, on this machine:
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy
-# (iptables) and a kubelet on containerd + runc with a CNI bridge, plus a
+# (iptables) and a kubelet on containerd 2.x + runc with a CNI bridge, plus a
 # registry on loopback that the node pulls the test images from.
 #
 #   hack/cluster.sh up     start from fresh state; prints the kubeconfig path
@@ -85,13 +85,15 @@ YAML
 		--unsafe-no-fsync
 	wait_for etcd 30 curl -sf http://127.0.0.1:23790/health
 
+	# It reaches the kubelet (logs, exec) at the node's address: no DNS
+	# knows the node's name.
 	start kube-apiserver "$TOOLS_BIN/kube-apiserver" --etcd-servers=http://127.0.0.1:23790 \
 		--bind-address="$ip" --advertise-address="$ip" --secure-port=6443 \
 		--tls-cert-file="$DIR/pki/apiserver.crt" --tls-private-key-file="$DIR/pki/apiserver.key" \
 		--client-ca-file="$DIR/pki/ca.crt" --token-auth-file="$DIR/pki/tokens.csv" --authorization-mode=RBAC \
 		--service-cluster-ip-range="$SERVICE_CIDR" --service-account-issuer=https://kubernetes.default.svc \
 		--service-account-key-file="$DIR/pki/sa.pub" --service-account-signing-key-file="$DIR/pki/sa.key" \
-		--allow-privileged=true --cert-dir="$DIR/pki/apiserver"
+		--allow-privileged=true --cert-dir="$DIR/pki/apiserver" --kubelet-preferred-address-types=InternalIP
 	wait_for kube-apiserver 90 "$TOOLS_BIN/kubectl" --kubeconfig "$DIR/kubeconfig" get --raw /readyz
 
 	start kube-controller-manager "$TOOLS_BIN/kube-controller-manager" --kubeconfig="$DIR/kubeconfig" \
@@ -101,7 +103,7 @@ YAML
 	start kube-scheduler "$TOOLS_BIN/kube-scheduler" --kubeconfig="$DIR/kubeconfig" --leader-elect=false --bind-address=127.0.0.1
 
 	containerd_config
-	start containerd containerd --config "$DIR/containerd/config.toml"
+	start containerd "$TOOLS_BIN/containerd2" --config "$DIR/containerd/config.toml"
 	wait_for containerd 30 test -S "$DIR/containerd/containerd.sock"
 	wait_for registry 30 curl -sf "http://$IMAGES_REGISTRY/v2/"
 	(cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -ldflags=-s -o "$DIR/run/pause" ./hack/pause &&
@@ -167,26 +169,34 @@ YAML
 
 containerd_config() {
 	local c="$DIR/containerd"
+	# containerd 2.x, built by `make tools` with its runc shim (named apart
+	# from Debian's 1.6 one, which stays first on PATH): image volumes need
+	# 2.1 or later. NRI is off: its socket is one per machine.
 	cat >"$c/config.toml" <<TOML
-version = 2
+version = 3
 root = "$c/root"
 state = "$c/state"
+disabled_plugins = ["io.containerd.nri.v1.nri"]
 [grpc]
   address = "$c/containerd.sock"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "$PAUSE_IMAGE"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "$DIR/cni/net.d"
-  [plugins."io.containerd.grpc.v1.cri".registry]
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "$PAUSE_IMAGE"
+  [plugins.'io.containerd.cri.v1.images'.registry]
     config_path = "$c/certs.d"
+[plugins.'io.containerd.cri.v1.runtime']
+  restrict_oom_score_adj = true
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = "runc"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      runtime_path = "$TOOLS_BIN/containerd2-shim-runc-v2"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = "$DIR/cni/net.d"
 TOML
 	mkdir -p "$c/certs.d/localhost:5001"
 	cat >"$c/certs.d/localhost:5001/hosts.toml" <<TOML
@@ -237,13 +247,13 @@ down() {
 		[[ -f "$pidf" ]] && kill "$(cat "$pidf")" 2>/dev/null || true
 	done
 	# Pods' shims and processes outlive containerd; they are ours by their path.
-	pkill -f "containerd-shim-runc-v2 .*-address $DIR/containerd" 2>/dev/null || true
+	pkill -f "shim-runc-v2 .*-address $DIR/containerd" 2>/dev/null || true
 	sleep 1
 	for name in kubelet kube-proxy kube-scheduler kube-controller-manager kube-apiserver containerd etcd registry; do
 		local pidf="$DIR/run/$name.pid"
 		[[ -f "$pidf" ]] && kill -9 "$(cat "$pidf")" 2>/dev/null || true
 	done
-	pkill -9 -f "containerd-shim-runc-v2 .*-address $DIR/containerd" 2>/dev/null || true
+	pkill -9 -f "shim-runc-v2 .*-address $DIR/containerd" 2>/dev/null || true
 	# Pod cgroups: kill what is left in them, then remove them deepest first.
 	for ctl in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
 		[[ -d "$ctl" ]] || continue

@@ -15,7 +15,8 @@ ETCD_VERSION="v3.6.16"
 CONTROLLER_TOOLS_VERSION="v0.23.0"
 KUSTOMIZE_VERSION="v5.8.1"
 # The node side of the cluster mirror: containerd 2.x (its CRI image
-# service, as kubelet uses it) and crictl to drive it.
+# service, as kubelet uses it) and crictl to drive it; with its runc shim,
+# the end-to-end cluster's runtime (image volumes need containerd 2.1+).
 CONTAINERD2_VERSION="v2.4.2"
 CRI_TOOLS_VERSION="v1.37.0"
 # The chart's tests: helm lint, template, install, upgrade, uninstall.
@@ -55,6 +56,7 @@ go_tools() {
 	go_tool minio github.com/minio/minio "$MINIO_VERSION"
 	go_tool controller-gen sigs.k8s.io/controller-tools/cmd/controller-gen "$CONTROLLER_TOOLS_VERSION"
 	go_tool containerd2 github.com/containerd/containerd/v2/cmd/containerd "$CONTAINERD2_VERSION"
+	go_tool containerd2-shim-runc-v2 github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 "$CONTAINERD2_VERSION"
 	go_tool crictl sigs.k8s.io/cri-tools/cmd/crictl "$CRI_TOOLS_VERSION"
 	go_tool kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION"
 	go_tool helm helm.sh/helm/v4/cmd/helm "$HELM_VERSION"
@@ -166,8 +168,8 @@ LDFLAGS="${LDFLAGS# }" throwaway_build "$KUBERNETES_VERSION" "$kube_mod" \
 }
 
 # From Debian: skopeo and podman for the client tests; chromium for the
-# cache browser's test; containerd, runc, the CNI plugins and conntrack
-# for the end-to-end cluster's node.
+# cache browser's test; containerd 1.6 for the tests of Debian's runtime;
+# runc, the CNI plugins and conntrack for the end-to-end cluster's node.
 debian() {
 	debian_missing=()
 	for pkg in skopeo podman chromium containerd runc containernetworking-plugins conntrack iptables; do

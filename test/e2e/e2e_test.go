@@ -7,6 +7,8 @@
 package e2e
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -17,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -29,6 +32,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -785,6 +789,7 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.D
 	}
 
 	k.fromNodeStore(ctx, t, dp)
+	k.imageVolume(ctx, t)
 	k.keptImage(ctx, t, dp)
 
 	if err := k.c.Delete(ctx, nm); err != nil {
@@ -797,6 +802,100 @@ func (k *cluster) nodeMirror(ctx context.Context, t *testing.T, dp *depproxyv1.D
 		return nil
 	})
 	k.nodeUnconfigured(ctx, t)
+}
+
+// imageVolume: a Pod mounts an image volume (spec.volumes[].image) of a
+// data image that only the upstream has; the node's runtime pulls it
+// through the NodeMirror, and the Pod's container (the sandbox image,
+// given the file to print) reads the file. The node runs containerd 2.4
+// (hack/cluster.sh): containerd mounts image volumes from 2.1 on.
+func (k *cluster) imageVolume(ctx context.Context, t *testing.T) {
+	var nodes corev1.NodeList
+	if err := k.c.List(ctx, &nodes); err != nil || len(nodes.Items) != 1 {
+		t.Fatalf("want one node: %v", err)
+	}
+	runtimeVersion := nodes.Items[0].Status.NodeInfo.ContainerRuntimeVersion
+	if !imageVolumesSupported(runtimeVersion) {
+		t.Fatalf("the node runs %s: image volumes need containerd 2.1 or later", runtimeVersion)
+	}
+	t.Logf("the node's runtime: %s", runtimeVersion)
+
+	content := fmt.Sprintf("mounted through the cache at %d\n", time.Now().UnixNano())
+	var buf bytes.Buffer
+	w := tar.NewWriter(&buf)
+	if err := w.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "hello.txt", Mode: 0o644, Size: int64(len(content))}); err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte(content))
+	w.Close()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil },
+		tarball.WithMediaType(types.OCILayer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON), layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = cfg.DeepCopy()
+	cfg.OS, cfg.Architecture = "linux", goruntime.GOARCH
+	if img, err = mutate.ConfigFile(img, cfg); err != nil {
+		t.Fatal(err)
+	}
+	ref, _ := name.ParseReference(k.upstream+"/library/e2e-data:1", name.Insecure)
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	layerDigest, _ := layer.Digest()
+
+	spec := restrictedPod("docker.io/library/e2e-mirror:1")
+	spec.Containers[0].Command = []string{"/pause", "/data/hello.txt"}
+	spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "data", MountPath: "/data", ReadOnly: true}}
+	spec.Volumes = []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
+		Image: &corev1.ImageVolumeSource{Reference: "docker.io/library/e2e-data:1", PullPolicy: corev1.PullAlways}}}}
+	k.runPodSpec(ctx, t, "image-volume", spec)
+	eventually(t, 30*time.Second, "the Pod's container printed the mounted file", func() error {
+		out, err := exec.Command("kubectl", "-n", namespace, "logs", "image-volume").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("kubectl logs: %v: %s", err, out)
+		}
+		if string(out) != content {
+			return fmt.Errorf("the log says %q, want %q", out, content)
+		}
+		return nil
+	})
+	eventually(t, 30*time.Second, "the image volume's tag and layer in the cache", func() error {
+		for _, key := range append([]string{"registries/docker.io/library/e2e-data/_tags/1"}, blobKeys([]v1.Hash{layerDigest})...) {
+			if _, err := k.minio.StatObject(ctx, bucket, key, minio.StatObjectOptions{}); err != nil {
+				return fmt.Errorf("%s: %v: the node's pull did not come through the cache; the node's containerd said:\n%s",
+					key, err, k.containerdSaid("e2e-data"))
+			}
+		}
+		return nil
+	})
+	if err := k.c.Delete(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "image-volume", Namespace: namespace}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// imageVolumesSupported: the node's runtime (as its status reports it,
+// containerd://2.4.2) mounts image volumes, containerd 2.1 or later.
+func imageVolumesSupported(runtimeVersion string) bool {
+	v, ok := strings.CutPrefix(runtimeVersion, "containerd://")
+	if !ok {
+		return false
+	}
+	parts := strings.SplitN(v, ".", 3)
+	if len(parts) < 2 {
+		return false
+	}
+	major, err1 := strconv.Atoi(parts[0])
+	minor, err2 := strconv.Atoi(parts[1])
+	return err1 == nil && err2 == nil && (major > 2 || major == 2 && minor >= 1)
 }
 
 // fromNodeStore: the node pulls an image new to it through its own
@@ -1048,7 +1147,13 @@ func (k *cluster) nodeUnconfigured(ctx context.Context, t *testing.T) {
 // Standard, and waits for it to run.
 func (k *cluster) runPod(ctx context.Context, t *testing.T, name, image string) {
 	t.Helper()
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace}, Spec: restrictedPod(image)}
+	k.runPodSpec(ctx, t, name, restrictedPod(image))
+}
+
+// runPodSpec starts a pod of spec and waits for it to run.
+func (k *cluster) runPodSpec(ctx context.Context, t *testing.T, name string, spec corev1.PodSpec) {
+	t.Helper()
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace}, Spec: spec}
 	if err := k.c.Create(ctx, pod); err != nil {
 		t.Fatal(err)
 	}
