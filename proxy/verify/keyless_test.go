@@ -2,9 +2,7 @@ package verify
 
 import (
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -91,7 +89,7 @@ func TestCheckKeyless(t *testing.T) {
 		{"another subject", signed, "issuer: " + issuer + ", subjectRegExp: '^https://github.com/other/'", sum[:], "identity mismatch"},
 		{"another digest", signed, exact, other[:], reasonDigest},
 		{"no log entry", ss.Sign(t, issuer, subject, "example/nginx", digest, sigstoretest.Options{NoTlog: true}), exact, sum[:], reasonNoTlog},
-		{"a log proof tampered with", tamperProof(t, signed), exact, sum[:], reasonTlogBad},
+		{"a log proof tampered with", sigstoretest.TamperProof(t, signed), exact, sum[:], reasonTlogBad},
 		{"another Sigstore", stranger.Sign(t, issuer, subject, "example/nginx", digest, sigstoretest.Options{}), exact, sum[:], reasonUnknownLog},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -108,25 +106,4 @@ func TestCheckKeyless(t *testing.T) {
 			}
 		})
 	}
-}
-
-// tamperProof changes the root hash of the bundle's inclusion proof.
-func tamperProof(t *testing.T, raw []byte) []byte {
-	t.Helper()
-	var b map[string]any
-	if err := json.Unmarshal(raw, &b); err != nil {
-		t.Fatal(err)
-	}
-	proof := b["verificationMaterial"].(map[string]any)["tlogEntries"].([]any)[0].(map[string]any)["inclusionProof"].(map[string]any)
-	h, err := base64.StdEncoding.DecodeString(proof["rootHash"].(string))
-	if err != nil {
-		t.Fatal(err)
-	}
-	h[0] ^= 1
-	proof["rootHash"] = base64.StdEncoding.EncodeToString(h)
-	out, err := json.Marshal(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
 }

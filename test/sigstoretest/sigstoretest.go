@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -182,4 +183,26 @@ func (s *Sigstore) logEntry(t testing.TB, entry *tlog.Entry) *protorekor.Transpa
 	}
 	tle.InclusionPromise = &protorekor.InclusionPromise{SignedEntryTimestamp: set}
 	return tle
+}
+
+// TamperProof changes the root hash of a bundle's inclusion proof: the
+// log's signed checkpoint no longer covers the entry.
+func TamperProof(t testing.TB, raw []byte) []byte {
+	t.Helper()
+	var b map[string]any
+	if err := json.Unmarshal(raw, &b); err != nil {
+		t.Fatal(err)
+	}
+	proof := b["verificationMaterial"].(map[string]any)["tlogEntries"].([]any)[0].(map[string]any)["inclusionProof"].(map[string]any)
+	h, err := base64.StdEncoding.DecodeString(proof["rootHash"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h[0] ^= 1
+	proof["rootHash"] = base64.StdEncoding.EncodeToString(h)
+	out, err := json.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
