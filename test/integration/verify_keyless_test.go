@@ -1,6 +1,9 @@
 package integration
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -15,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
+	"github.com/sigstore/sigstore/pkg/cryptoutils"
 
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/test/proxytest"
@@ -29,6 +33,8 @@ import (
 // identity pulls whole; another issuer, another subject, a log proof
 // tampered with, a signature of another Sigstore, and a classic
 // signature are refused with 403 DENIED naming the rule and the reason.
+// A key rule naming the trusted root checks a key signature's log proof
+// against the root's log keys: logged pulls, tampered is refused.
 func TestVerifyKeyless(t *testing.T) {
 	e := newEnv(t)
 	ss, stranger := sigstoretest.New(t), sigstoretest.New(t)
@@ -56,30 +62,67 @@ func TestVerifyKeyless(t *testing.T) {
 	key := newSigningKey(t)
 	key.sign(t, e.registry.Addr+"/"+repo+"@"+digests["classic"], false)
 
+	// A key rule naming the trusted root: a key signature's log proof is
+	// checked against the root's log keys.
+	keyed := repo + "/keyed"
+	logKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, tag := range []string{"logged", "tampered"} {
+		img := ociImage(t, i+1)
+		pushImage(t, e.registry.Addr, keyed, tag, img)
+		raw, err := img.RawManifest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := ss.SignWithKey(t, logKey, raw)
+		if tag == "tampered" {
+			b = sigstoretest.TamperProof(t, b)
+		}
+		attachBundle(t, e.registry.Addr, keyed, digestOf(t, img).String(), b)
+	}
+
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "trusted_root.json"), ss.TrustedRoot(t), 0o644)
+	pem, err := cryptoutils.MarshalPublicKeyToPEM(logKey.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "cosign.pub"), pem, 0o644)
 	policy := filepath.Join(dir, "verify.yaml")
+	// The key rule first: the keyless one's pattern is its parent.
 	os.WriteFile(policy, []byte(fmt.Sprintf(`mode: enforce
 rules:
+- images: ["%s/%s"]
+  keys: [{file: cosign.pub}]
+  trustedRoot: {file: trusted_root.json}
 - images: ["%s/%s"]
   keyless:
     issuer: %s
     subjectRegExp: '^https://github\.com/our-org/.*$'
     trustedRoot: {file: trusted_root.json}
-`, upstreamHost, repo, issuer)), 0o644)
+`, upstreamHost, keyed, upstreamHost, repo, issuer)), 0o644)
 	s := settings.Defaults()
 	s.Upstream = settings.Keys(e.front.URL())
 	s.VerifyPolicy = policy
 	p := proxytest.Start(t, s)
 
-	r, err := name.ParseReference(p.Host+"/"+repo+":signed", name.Insecure)
-	if err != nil {
-		t.Fatal(err)
+	for _, image := range []string{repo + ":signed", keyed + ":logged"} {
+		r, err := name.ParseReference(p.Host+"/"+image, name.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if img, err := remote.Image(r); err != nil {
+			t.Errorf("pulling %s, signed as the rule wants: %v", image, err)
+		} else if err := validate.Image(img); err != nil {
+			t.Errorf("pulling %s, signed as the rule wants: %v", image, err)
+		}
 	}
-	if img, err := remote.Image(r); err != nil {
-		t.Errorf("pulling the image signed by the rule's identity: %v", err)
-	} else if err := validate.Image(img); err != nil {
-		t.Errorf("pulling the image signed by the rule's identity: %v", err)
+	resp, body := get(t, p.URL+"/v2/"+keyed+"/manifests/tampered", acceptAll)
+	ociError(t, resp, body, http.StatusForbidden, "DENIED")
+	if !strings.Contains(string(body), "rule 1") || !strings.Contains(string(body), "log proof does not verify") {
+		t.Errorf("a key signature whose log proof was tampered with: refused with %s", body)
 	}
 	for _, c := range []struct{ tag, reason string }{
 		{"issuer", `identity mismatch: issuer "https://accounts.example"`},
@@ -94,17 +137,17 @@ rules:
 			ociError(t, resp, body, http.StatusForbidden, "DENIED")
 			var oe struct{ Errors []struct{ Message string } }
 			json.Unmarshal(body, &oe)
-			if len(oe.Errors) == 0 || !strings.Contains(oe.Errors[0].Message, c.reason) || !strings.Contains(oe.Errors[0].Message, "rule 1") {
-				t.Errorf("%s: refused with %s, want rule 1 and %q", ref, body, c.reason)
+			if len(oe.Errors) == 0 || !strings.Contains(oe.Errors[0].Message, c.reason) || !strings.Contains(oe.Errors[0].Message, "rule 2") {
+				t.Errorf("%s: refused with %s, want rule 2 and %q", ref, body, c.reason)
 			}
 		}
 	}
 	m := scrape(t, p.Ops)
-	if v := sample(m, "depproxy_proxy_verify_total", "result", "verified"); v != 1 {
-		t.Errorf("depproxy_proxy_verify_total{result=verified} = %v, want 1", v)
+	if v := sample(m, "depproxy_proxy_verify_total", "result", "verified"); v != 2 {
+		t.Errorf("depproxy_proxy_verify_total{result=verified} = %v, want 2", v)
 	}
-	if v := sample(m, "depproxy_proxy_verify_total", "result", "refused"); v != 6 {
-		t.Errorf("depproxy_proxy_verify_total{result=refused} = %v, want 6 (each once, by tag or digest)", v)
+	if v := sample(m, "depproxy_proxy_verify_total", "result", "refused"); v != 7 {
+		t.Errorf("depproxy_proxy_verify_total{result=refused} = %v, want 7 (each once, by tag or digest)", v)
 	}
 }
 

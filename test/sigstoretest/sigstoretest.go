@@ -8,6 +8,10 @@ package sigstoretest
 
 import (
 	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -23,10 +27,13 @@ import (
 	protorekor "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
 	"github.com/sigstore/rekor/pkg/generated/models"
 	rekortypes "github.com/sigstore/rekor/pkg/types"
+	"github.com/sigstore/rekor/pkg/types/hashedrekord"
 	"github.com/sigstore/sigstore-go/pkg/bundle"
 	"github.com/sigstore/sigstore-go/pkg/root"
 	"github.com/sigstore/sigstore-go/pkg/testing/ca"
 	"github.com/sigstore/sigstore-go/pkg/tlog"
+	"github.com/sigstore/sigstore/pkg/cryptoutils"
+	"github.com/sigstore/sigstore/pkg/signature"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
 )
@@ -146,6 +153,82 @@ func (s *Sigstore) Sign(t testing.TB, issuer, subject, name, digest string, o Op
 		MediaType:            BundleType,
 		VerificationMaterial: material,
 		Content:              &protobundle.Bundle_DsseEnvelope{DsseEnvelope: pbEnv},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := b.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// SignWithKey signs artifact (a manifest's bytes) with key, as a v0.3
+// bundle of a message signature over its digest, logged by this
+// Sigstore's log with its inclusion proof and signed entry time: what a
+// key signature made with a transparency log holds. The log entry is
+// made by rekor's own types, as the log makes it.
+func (s *Sigstore) SignWithKey(t testing.TB, key *ecdsa.PrivateKey, artifact []byte) []byte {
+	t.Helper()
+	signer, err := signature.LoadECDSASigner(key, crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, err := signer.SignMessage(bytes.NewReader(artifact))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := cryptoutils.MarshalPublicKeyToPEM(key.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(artifact)
+	ctx := context.Background()
+	proposed, err := rekortypes.NewProposedEntry(ctx, hashedrekord.KIND, "0.0.1", rekortypes.ArtifactProperties{
+		ArtifactHash:   hex.EncodeToString(sum[:]),
+		SignatureBytes: sig,
+		PublicKeyBytes: [][]byte{pub},
+		PKIFormat:      "x509",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	impl, err := rekortypes.CreateVersionedEntry(proposed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := rekortypes.CanonicalizeEntry(ctx, impl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proof, err := s.vs.GetInclusionProof(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logID, err := s.vs.RekorLogID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rawID, err := hex.DecodeString(logID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry, err := tlog.NewEntry(body, time.Now().Unix(), 0, rawID, nil, proof)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bundle.NewBundle(&protobundle.Bundle{
+		MediaType: BundleType,
+		VerificationMaterial: &protobundle.VerificationMaterial{
+			Content:                   &protobundle.VerificationMaterial_PublicKey{PublicKey: &protocommon.PublicKeyIdentifier{Hint: "cosign.pub"}},
+			TlogEntries:               []*protorekor.TransparencyLogEntry{s.logEntry(t, entry)},
+			TimestampVerificationData: &protobundle.TimestampVerificationData{},
+		},
+		Content: &protobundle.Bundle_MessageSignature{MessageSignature: &protocommon.MessageSignature{
+			MessageDigest: &protocommon.HashOutput{Algorithm: protocommon.HashAlgorithm_SHA2_256, Digest: sum[:]},
+			Signature:     sig,
+		}},
 	})
 	if err != nil {
 		t.Fatal(err)
