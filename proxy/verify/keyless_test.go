@@ -88,6 +88,7 @@ func TestCheckKeyless(t *testing.T) {
 		{"another issuer", signed, "issuer: https://accounts.example, subject: " + subject, sum[:], `identity mismatch: issuer "` + issuer + `" subject "` + subject + `"`},
 		{"another subject", signed, "issuer: " + issuer + ", subjectRegExp: '^https://github.com/other/'", sum[:], "identity mismatch"},
 		{"another digest", signed, exact, other[:], reasonDigest},
+		{"no time anyone trusted", ss.Sign(t, issuer, subject, "example/nginx", digest, sigstoretest.Options{NoSignedTimestamp: true, NoSignedEntryTime: true}), exact, sum[:], "no timestamp proves when it was signed"},
 		{"no log entry", ss.Sign(t, issuer, subject, "example/nginx", digest, sigstoretest.Options{NoTlog: true}), exact, sum[:], reasonNoTlog},
 		{"a log proof tampered with", sigstoretest.TamperProof(t, signed), exact, sum[:], reasonTlogBad},
 		{"another Sigstore", stranger.Sign(t, issuer, subject, "example/nginx", digest, sigstoretest.Options{}), exact, sum[:], reasonUnknownLog},

@@ -88,6 +88,9 @@ type Options struct {
 	// NoSignedTimestamp leaves out the timestamp authority's timestamp:
 	// the log's signed entry time alone says when it was signed.
 	NoSignedTimestamp bool
+	// NoSignedEntryTime leaves out the log's signed entry time: the
+	// entry's inclusion proof stays, and its time is the bundle's word.
+	NoSignedEntryTime bool
 	// NoTlog leaves out the log entry.
 	NoTlog bool
 }
@@ -146,7 +149,7 @@ func (s *Sigstore) Sign(t testing.TB, issuer, subject, name, digest string, o Op
 	if !o.NoTlog {
 		entries, _ := e.TlogEntries()
 		for _, entry := range entries {
-			material.TlogEntries = append(material.TlogEntries, s.logEntry(t, entry))
+			material.TlogEntries = append(material.TlogEntries, s.logEntry(t, entry, !o.NoSignedEntryTime))
 		}
 	}
 	b, err := bundle.NewBundle(&protobundle.Bundle{
@@ -222,7 +225,7 @@ func (s *Sigstore) SignWithKey(t testing.TB, key *ecdsa.PrivateKey, artifact []b
 		MediaType: BundleType,
 		VerificationMaterial: &protobundle.VerificationMaterial{
 			Content:                   &protobundle.VerificationMaterial_PublicKey{PublicKey: &protocommon.PublicKeyIdentifier{Hint: "cosign.pub"}},
-			TlogEntries:               []*protorekor.TransparencyLogEntry{s.logEntry(t, entry)},
+			TlogEntries:               []*protorekor.TransparencyLogEntry{s.logEntry(t, entry, true)},
 			TimestampVerificationData: &protobundle.TimestampVerificationData{},
 		},
 		Content: &protobundle.Bundle_MessageSignature{MessageSignature: &protocommon.MessageSignature{
@@ -240,10 +243,10 @@ func (s *Sigstore) SignWithKey(t testing.TB, key *ecdsa.PrivateKey, artifact []b
 	return raw
 }
 
-// logEntry is the entry as a bundle carries it: its kind, and the log's
-// signed entry time (which the virtual log's entry keeps to itself, and
-// is signed again here by the same log).
-func (s *Sigstore) logEntry(t testing.TB, entry *tlog.Entry) *protorekor.TransparencyLogEntry {
+// logEntry is the entry as a bundle carries it: its kind, and, when
+// signed, the log's signed entry time (which the virtual log's entry
+// keeps to itself, and is signed again here by the same log).
+func (s *Sigstore) logEntry(t testing.TB, entry *tlog.Entry, signed bool) *protorekor.TransparencyLogEntry {
 	t.Helper()
 	tle := entry.TransparencyLogEntry()
 	pe, err := models.UnmarshalProposedEntry(bytes.NewReader(tle.CanonicalizedBody), runtime.JSONConsumer())
@@ -255,6 +258,9 @@ func (s *Sigstore) logEntry(t testing.TB, entry *tlog.Entry) *protorekor.Transpa
 		t.Fatal(err)
 	}
 	tle.KindVersion = &protorekor.KindVersion{Kind: pe.Kind(), Version: impl.APIVersion()}
+	if !signed {
+		return tle
+	}
 	set, err := s.vs.RekorSignPayload(tlog.RekorPayload{
 		Body:           base64.StdEncoding.EncodeToString(tle.CanonicalizedBody),
 		IntegratedTime: tle.IntegratedTime,
