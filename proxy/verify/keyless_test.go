@@ -74,7 +74,7 @@ func TestCheckKeyless(t *testing.T) {
 		return p.rules[0].keyless
 	}
 	exact := "issuer: " + issuer + ", subject: " + subject
-	signed := ss.Sign(t, issuer, subject, "example/nginx", digest, sigstoretest.Options{})
+	signed := ss.Sign(t, issuer, subject, digest, sigstoretest.Options{})
 	for _, c := range []struct {
 		name     string
 		bundle   []byte
@@ -84,14 +84,14 @@ func TestCheckKeyless(t *testing.T) {
 	}{
 		{"the identity", signed, exact, sum[:], ""},
 		{"by regexps", signed, `issuerRegExp: '^https://token\.actions\.example$', subjectRegExp: '^https://github\.com/org/.*$'`, sum[:], ""},
-		{"timestamped by the log alone", ss.Sign(t, issuer, subject, "example/nginx", digest, sigstoretest.Options{NoSignedTimestamp: true}), exact, sum[:], ""},
+		{"timestamped by the log alone", ss.Sign(t, issuer, subject, digest, sigstoretest.Options{NoSignedTimestamp: true}), exact, sum[:], ""},
 		{"another issuer", signed, "issuer: https://accounts.example, subject: " + subject, sum[:], `identity mismatch: issuer "` + issuer + `" subject "` + subject + `"`},
 		{"another subject", signed, "issuer: " + issuer + ", subjectRegExp: '^https://github.com/other/'", sum[:], "identity mismatch"},
 		{"another digest", signed, exact, other[:], reasonDigest},
-		{"no time anyone trusted", ss.Sign(t, issuer, subject, "example/nginx", digest, sigstoretest.Options{NoSignedTimestamp: true, NoSignedEntryTime: true}), exact, sum[:], "no timestamp proves when it was signed"},
-		{"no log entry", ss.Sign(t, issuer, subject, "example/nginx", digest, sigstoretest.Options{NoTlog: true}), exact, sum[:], reasonNoTlog},
+		{"no time anyone trusted", ss.Sign(t, issuer, subject, digest, sigstoretest.Options{NoSignedTimestamp: true, NoSignedEntryTime: true}), exact, sum[:], "no timestamp proves when it was signed"},
+		{"no log entry", ss.Sign(t, issuer, subject, digest, sigstoretest.Options{NoTlog: true}), exact, sum[:], reasonNoTlog},
 		{"a log proof tampered with", sigstoretest.TamperProof(t, signed), exact, sum[:], reasonTlogBad},
-		{"another Sigstore", stranger.Sign(t, issuer, subject, "example/nginx", digest, sigstoretest.Options{}), exact, sum[:], reasonUnknownLog},
+		{"another Sigstore", stranger.Sign(t, issuer, subject, digest, sigstoretest.Options{}), exact, sum[:], reasonUnknownLog},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var b bundle.Bundle

@@ -52,7 +52,7 @@ func TestVerifyKeyless(t *testing.T) {
 		digests[tag] = digestOf(t, img).String()
 	}
 	sign := func(s *sigstoretest.Sigstore, tag, issuer, subject string) []byte {
-		return s.Sign(t, issuer, subject, upstreamHost+"/"+repo, digests[tag], sigstoretest.Options{})
+		return s.Sign(t, issuer, subject, digests[tag], sigstoretest.Options{})
 	}
 	attachBundle(t, e.registry.Addr, repo, digests["signed"], sign(ss, "signed", issuer, subject))
 	attachBundle(t, e.registry.Addr, repo, digests["issuer"], sign(ss, "issuer", "https://accounts.example", subject))

@@ -95,16 +95,17 @@ type Options struct {
 	NoTlog bool
 }
 
-// Sign signs the image name@digest (sha256:<hex>) for subject, an
-// identity of issuer, as cosign v3 signs an image: a DSSE envelope of an
-// in-toto statement naming the digest, in a v0.3 bundle with the log
-// entry (its inclusion proof and signed entry time) and a timestamp.
-func (s *Sigstore) Sign(t testing.TB, issuer, subject, name, digest string, o Options) []byte {
+// Sign signs the image digest (sha256:<hex>) for subject, an identity
+// of issuer, as cosign v3 signs an image: a DSSE envelope of an in-toto
+// statement whose one subject is the digest (no name, as cosign writes
+// it), in a v0.3 bundle with the log entry (its inclusion proof and
+// signed entry time) and a timestamp.
+func (s *Sigstore) Sign(t testing.TB, issuer, subject, digest string, o Options) []byte {
 	t.Helper()
 	algorithm, encoded, _ := strings.Cut(digest, ":")
 	statement, err := protojson.Marshal(&intoto.Statement{
 		Type:          "https://in-toto.io/Statement/v1",
-		Subject:       []*intoto.ResourceDescriptor{{Name: name, Digest: map[string]string{algorithm: encoded}}},
+		Subject:       []*intoto.ResourceDescriptor{{Digest: map[string]string{algorithm: encoded}}},
 		PredicateType: "https://sigstore.dev/cosign/sign/v1",
 		Predicate:     &structpb.Struct{},
 	})
