@@ -186,13 +186,13 @@ func checkBundle(b *bundle.Bundle, r *rule, algorithm string, digest []byte) str
 		// The log proof, against the log keys of the rule's trusted
 		// root only. A key has no lifetime: the time of signing matters
 		// to nothing here, so none is asked for.
+		if entries, _ := b.TlogEntries(); !knownLog(entries, r.trust.root) {
+			return reasonTlogBad + reasonUnknownLog
+		}
 		withLog, err := sgverify.NewVerifier(root.TrustedMaterialCollection{r.trust.root, material},
 			sgverify.WithTransparencyLog(1), sgverify.WithCurrentTime())
 		if err != nil {
 			return err.Error()
-		}
-		if entries, _ := b.TlogEntries(); !knownLog(entries, r.trust.root) {
-			return reasonTlogBad + reasonUnknownLog
 		}
 		if _, err := withLog.Verify(b, policy); err != nil {
 			return reasonTlogBad + oneLine(err)
