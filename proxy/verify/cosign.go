@@ -32,11 +32,15 @@ const (
 
 // The reasons of a refusal, as the client reads them.
 const (
-	reasonNone      = "no signature"
-	reasonOtherKey  = "signed by another key"
-	reasonNoTlog    = "no transparency-log proof"
-	reasonTlogTrust = "a transparency-log proof that cannot be checked: key rules without ignoreTlog have no log keys yet"
-	reasonDigest    = "the signature is for another digest"
+	reasonNone        = "no signature"
+	reasonOtherKey    = "signed by another key"
+	reasonNoTlog      = "no transparency-log proof"
+	reasonTlogTrust   = "a transparency-log proof that cannot be checked: the rule names no trustedRoot (add trustedRoot: {file: trusted_root.json} with the log's keys, or ignoreTlog: true)"
+	reasonTlogBad     = "log proof does not verify: "
+	reasonExpired     = "certificate expired and no timestamp"
+	reasonClassicTlog = "a classic cosign signature's log proof, which is not checked: sign in cosign's bundle format (v3's default), or set ignoreTlog: true"
+	reasonClassic     = "a classic cosign signature: keyless rules check sigstore bundles (cosign's v3 format) only"
+	reasonDigest      = "the signature is for another digest"
 	// reasonUnreadable begins the reason when signatures could not be
 	// fetched (the upstream down and nothing cached).
 	reasonUnreadable = "the signatures could not be read: "
@@ -73,7 +77,7 @@ func (f *reasons) add(why string) { f.why = append(f.why, why) }
 // reason is the one closest to a pass: a signature by the right key
 // lacking its log proof says more than one by another key.
 func (f *reasons) reason() string {
-	for _, want := range []string{reasonTlogTrust, reasonNoTlog, reasonDigest} {
+	for _, want := range []string{reasonTlogTrust, reasonClassicTlog, reasonNoTlog, reasonDigest} {
 		for _, w := range f.why {
 			if w == want {
 				return w
@@ -134,7 +138,13 @@ func bundles(ctx context.Context, src Source, r *rule, repo string, d digest.Dig
 				found.add("an invalid sigstore bundle: " + err.Error())
 				continue
 			}
-			if why := checkBundle(&b, r, d.Algorithm().String(), want); why == "" {
+			check := checkBundle
+			if r.keyless != nil {
+				check = func(b *bundle.Bundle, r *rule, algorithm string, digest []byte) string {
+					return checkKeyless(b, r.keyless, algorithm, digest)
+				}
+			}
+			if why := check(&b, r, d.Algorithm().String(), want); why == "" {
 				found.ok = true
 				return nil
 			} else {
@@ -170,7 +180,24 @@ func checkBundle(b *bundle.Bundle, r *rule, algorithm string, digest []byte) str
 		if entries, _ := b.TlogEntries(); len(entries) == 0 {
 			return reasonNoTlog
 		}
-		return reasonTlogTrust
+		if r.trust == nil {
+			return reasonTlogTrust
+		}
+		// The log proof, against the log keys of the rule's trusted
+		// root only. A key has no lifetime: the time of signing matters
+		// to nothing here, so none is asked for.
+		if entries, _ := b.TlogEntries(); !knownLog(entries, r.trust.root) {
+			return reasonTlogBad + reasonUnknownLog
+		}
+		withLog, err := sgverify.NewVerifier(root.TrustedMaterialCollection{r.trust.root, material},
+			sgverify.WithTransparencyLog(1), sgverify.WithCurrentTime())
+		if err != nil {
+			return err.Error()
+		}
+		if _, err := withLog.Verify(b, policy); err != nil {
+			return reasonTlogBad + oneLine(err)
+		}
+		return ""
 	}
 	return reasonOtherKey
 }
@@ -190,6 +217,12 @@ func classic(ctx context.Context, src Source, r *rule, repo string, d digest.Dig
 	var m ocispec.Manifest
 	if err := json.Unmarshal(raw, &m); err != nil {
 		return fmt.Errorf("the signature manifest %s: %w", tag, err)
+	}
+	if r.keyless != nil {
+		if len(m.Layers) > 0 {
+			found.add(reasonClassic)
+		}
+		return nil
 	}
 	for _, l := range m.Layers {
 		encoded, ok := l.Annotations[sigAnnotation]
@@ -232,6 +265,11 @@ func classic(ctx context.Context, src Source, r *rule, repo string, d digest.Dig
 			return nil
 		case l.Annotations[rekorAnnotation] == "":
 			found.add(reasonNoTlog)
+		case r.trust != nil:
+			// cosign's classic log bundle is cosign's own format, and
+			// sigstore-go reads only its own: such a proof is not
+			// checked here.
+			found.add(reasonClassicTlog)
 		default:
 			found.add(reasonTlogTrust)
 		}

@@ -1,7 +1,12 @@
 // Package verify checks the signatures of a manifest before the cache
 // serves it, against a policy of the cache's own: which images must be
-// signed, by which keys, and whether a refusal blocks the pull (enforce)
-// or is only logged and counted (audit).
+// signed, by which keys or keyless identities, and whether a refusal
+// blocks the pull (enforce) or is only logged and counted (audit).
+//
+// It is offline: what a rule trusts is in its files (public keys, a
+// sigstore trusted_root.json); no TUF repository or transparency log is
+// asked anything. A bundle's log proof and timestamps are checked from
+// the bundle, against the trusted root's keys.
 //
 // Signatures are found as clients find them (the referrers API or its
 // fallback tag for cosign's bundles, cosign's sha256-<hex>.sig tag for
@@ -56,6 +61,11 @@ type rule struct {
 	// ignoreTlog accepts a key signature without a transparency-log
 	// proof, as cosign verify --insecure-ignore-tlog does.
 	ignoreTlog bool
+	// trust holds the log keys a key signature's log proof is checked
+	// against, when the rule names a trusted root.
+	trust *trustedRoot
+	// keyless, when set, is the rule's signer in place of keys.
+	keyless *keyless
 }
 
 type key struct {
@@ -63,20 +73,20 @@ type key struct {
 	verifier signature.Verifier
 }
 
-// file is the YAML as written. Only key rules exist so far.
+// file is the YAML as written: rules of keys or of a keyless identity.
 type file struct {
 	Mode  Mode `json:"mode"`
 	Rules []struct {
-		Images []string `json:"images"`
-		Keys   []struct {
-			File string `json:"file"`
-		} `json:"keys"`
-		IgnoreTlog bool `json:"ignoreTlog"`
+		Images      []string     `json:"images"`
+		Keys        []fileRef    `json:"keys"`
+		IgnoreTlog  bool         `json:"ignoreTlog"`
+		TrustedRoot *fileRef     `json:"trustedRoot"`
+		Keyless     *keylessSpec `json:"keyless"`
 	} `json:"rules"`
 }
 
-// Load reads a policy file; key files named by relative paths are
-// taken from the policy file's directory.
+// Load reads a policy file; key and trusted root files named by
+// relative paths are taken from the policy file's directory.
 func Load(path string) (*Policy, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
@@ -89,7 +99,7 @@ func Load(path string) (*Policy, error) {
 	return p, nil
 }
 
-// Parse reads a policy; dir is where relative key paths are. Unknown
+// Parse reads a policy; dir is where relative file paths are. Unknown
 // keys are errors: a misspelt field must not leave an image unchecked.
 func Parse(raw []byte, dir string) (*Policy, error) {
 	var f file
@@ -114,8 +124,16 @@ func Parse(raw []byte, dir string) (*Policy, error) {
 		switch {
 		case len(fr.Images) == 0:
 			err = errors.New("names no images")
-		case len(fr.Keys) == 0:
-			err = errors.New("names no keys")
+		case len(fr.Keys) == 0 && fr.Keyless == nil:
+			err = errors.New("names no keys and is not keyless")
+		case len(fr.Keys) > 0 && fr.Keyless != nil:
+			err = errors.New("names keys and is keyless: one or the other")
+		case fr.Keyless != nil && (fr.IgnoreTlog || fr.TrustedRoot != nil):
+			// A short-lived certificate means nothing without the log
+			// proof; its trusted root is the keyless one's own.
+			err = errors.New("keyless: ignoreTlog and trustedRoot are for key rules (keyless takes its own trustedRoot)")
+		case fr.IgnoreTlog && fr.TrustedRoot != nil:
+			err = errors.New("ignoreTlog and trustedRoot: one or the other")
 		case taggedPattern(fr.Images) != "":
 			// A signature is of a digest, which any tag may name.
 			err = fmt.Errorf("images %q: a pattern names repositories, not tags", taggedPattern(fr.Images))
@@ -128,6 +146,24 @@ func Parse(raw []byte, dir string) (*Policy, error) {
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", where, err))
 			continue
+		}
+		if fr.Keyless != nil {
+			k, raw, err := newKeyless(fr.Keyless, dir)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", where, err))
+				continue
+			}
+			h.Write(raw)
+			r.keyless = k
+		}
+		if fr.TrustedRoot != nil {
+			tr, raw, err := readTrustedRoot(fr.TrustedRoot, dir)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", where, err))
+				continue
+			}
+			h.Write(raw)
+			r.trust = tr
 		}
 		for _, k := range fr.Keys {
 			path := k.File
@@ -175,7 +211,7 @@ func loadKey(pem []byte) (signature.Verifier, error) {
 	return signature.LoadVerifier(pub, crypto.SHA256)
 }
 
-// Hash names the policy and the keys it read.
+// Hash names the policy and the keys and trusted roots it read.
 func (p *Policy) Hash() string { return p.hash }
 
 // match is the first rule whose images hold repo of a registry known
