@@ -42,9 +42,9 @@ func TestParse(t *testing.T) {
 		{"audit", "mode: audit\nrules: [{images: [nginx], keys: [{file: cosign.pub}], ignoreTlog: true}]", Audit, ""},
 		{"enforce by default", "rules: [{images: [nginx], keys: [{file: " + filepath.Join(dir, "cosign.pub") + "}]}]", Enforce, ""},
 		{"another mode", "mode: warn\nrules: []", "", `not "warn"`},
-		// Kinds of rule this cache does not check are not ignored: the
-		// images they name would go unchecked.
-		{"keyless", "rules: [{images: [nginx], keyless: {issuer: x}}]", "", "keyless"},
+		{"keyless without a subject or a trusted root", "rules: [{images: [nginx], keyless: {issuer: x}}]", "", "keyless"},
+		// A kind of rule this cache does not check is not ignored: the
+		// images it names would go unchecked.
 		{"notation", "rules: [{images: [nginx], notation: {trustStore: /x}}]", "", "notation"},
 		{"a misspelt field", "rules: [{images: [nginx], keys: [{file: cosign.pub}], ignoreTlogs: true}]", "", "ignoreTlogs"},
 		{"no images", "rules: [{keys: [{file: cosign.pub}]}]", "", "rule 1: names no images"},
