@@ -490,3 +490,46 @@ func TestVerificationStatus(t *testing.T) {
 		t.Errorf("the policy stays without spec.verify: %v", cm.Data)
 	}
 }
+
+// spec.verify's mistakes are refused by the API server, with a message
+// naming them.
+func TestInvalidVerifySpecsAreRefused(t *testing.T) {
+	ns := namespace(t)
+	withVerify := func(v *depproxyv1.VerifySpec) *depproxyv1.DependencyProxy {
+		return &depproxyv1.DependencyProxy{ObjectMeta: metav1.ObjectMeta{GenerateName: "verify-", Namespace: ns},
+			Spec: depproxyv1.DependencyProxySpec{Verify: v, Storage: depproxyv1.StorageSpec{Endpoint: "m:9000", Bucket: "cache", Prefix: ns,
+				CredentialsSecretRef: corev1.LocalObjectReference{Name: "s"}}}}
+	}
+	rule := func(images ...string) depproxyv1.VerifyRule { return keyRule(images, "k") }
+	for _, tc := range []struct {
+		name string
+		v    *depproxyv1.VerifySpec
+		want string
+	}{
+		{"no rules", &depproxyv1.VerifySpec{}, "spec.verify.rules"},
+		{"an unknown mode", &depproxyv1.VerifySpec{Mode: "warn", Rules: []depproxyv1.VerifyRule{rule("ghcr.io/org/**")}}, "spec.verify.mode"},
+		{"no images", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{rule()}}, "spec.verify.rules[0].images"},
+		{"no keys", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{keyRule([]string{"ghcr.io/org/**"})}}, "spec.verify.rules[0].keys"},
+		{"a tag", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{rule("ghcr.io/org/app:latest")}}, "not tags"},
+		{"a digest", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{rule("ghcr.io/org/app@sha256:ab")}}, "spec.verify.rules[0].images[0]"},
+		{"a key climbing out", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{keyRule([]string{"ghcr.io/org/**"}, "k/..data")}}, "may not be . or begin with .."},
+		{"a key with a slash", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{{Images: []string{"ghcr.io/org/**"},
+			Keys: []depproxyv1.VerifyKey{{SecretRef: depproxyv1.SecretKeyRef{Name: "k", Key: "a/b"}}}}}}, "secretRef.key"},
+		{"a Secret's name with a slash", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{{Images: []string{"ghcr.io/org/**"},
+			Keys: []depproxyv1.VerifyKey{{SecretRef: depproxyv1.SecretKeyRef{Name: "other-ns/k"}}}}}}, "secretRef.name"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := k8sClient.Create(context.Background(), withVerify(tc.v))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want a refusal mentioning %q", err, tc.want)
+			}
+		})
+	}
+	ok := withVerify(&depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{rule("localhost:5000/org/**", "nginx", "docker.io/library/*")}})
+	if err := k8sClient.Create(context.Background(), ok); err != nil {
+		t.Fatalf("a valid spec.verify was refused: %v", err)
+	}
+	if ok.Spec.Verify.Mode != depproxyv1.VerifyEnforce || ok.Spec.Verify.Rules[0].Keys[0].SecretRef.Key != "cosign.pub" {
+		t.Errorf("defaults: %+v", ok.Spec.Verify)
+	}
+}
