@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -19,6 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -32,6 +36,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/report"
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/verify"
+	"github.com/depproxy/depproxy/test/testenv"
 )
 
 // spec.verify's builders, without a cluster.
@@ -531,5 +536,78 @@ func TestInvalidVerifySpecsAreRefused(t *testing.T) {
 	}
 	if ok.Spec.Verify.Mode != depproxyv1.VerifyEnforce || ok.Spec.Verify.Rules[0].Keys[0].SecretRef.Key != "cosign.pub" {
 		t.Errorf("defaults: %+v", ok.Spec.Verify)
+	}
+}
+
+// The real proxy, run as the operator rendered it with spec.verify in
+// enforce mode, refuses an unsigned image naming the rule and the
+// reason; its own summary brings the refusal to the status and the
+// Verified condition.
+func TestRenderedVerifyPolicyRefuses(t *testing.T) {
+	cluster(t)
+	ctx := context.Background()
+	reg := testenv.StartRegistry(t)
+	front := testenv.StartFront(t, reg.URL())
+	m := testenv.StartMinIO(t)
+	img, err := random.Image(1024, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _ := name.ParseReference(reg.Addr+"/library/unsigned:1.0", name.Insecure)
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+
+	ns := namespace(t)
+	storageSecret(t, ns, "minio", map[string]string{"AWS_ACCESS_KEY_ID": m.AccessKey, "AWS_SECRET_ACCESS_KEY": m.SecretKey})
+	if err := k8sClient.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "org-key", Namespace: ns},
+		Data: map[string][]byte{"cosign.pub": cosignPub(t)}}); err != nil {
+		t.Fatal(err)
+	}
+	dp := &depproxyv1.DependencyProxy{ObjectMeta: metav1.ObjectMeta{Name: "signed", Namespace: ns}, Spec: depproxyv1.DependencyProxySpec{
+		Upstream: depproxyv1.UpstreamSpec{URL: front.URL()},
+		Storage: depproxyv1.StorageSpec{Endpoint: m.Addr, Bucket: "verify-cache", Prefix: "signed", Insecure: true,
+			CredentialsSecretRef: corev1.LocalObjectReference{Name: "minio"}},
+		Verify: &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{keyRule([]string{front.Addr + "/library/**"}, "org-key")}},
+	}}
+	if err := k8sClient.Create(ctx, dp); err != nil {
+		t.Fatal(err)
+	}
+	proxyAddr, opsAddr := testenv.FreeAddr(t), testenv.FreeAddr(t)
+	r, _ := newProxyReconciler(k8sClient)
+	r.Summaries = HTTPSummaries{BaseURL: func(*depproxyv1.DependencyProxy) string { return "http://" + opsAddr }}
+	reconcileProxy(t, r, dp)
+	logs := runRendered(t, ns, "signed-depproxy", proxyAddr, opsAddr)
+
+	var status int
+	var body []byte
+	for i := 0; ; i++ {
+		resp, err := http.Get("http://" + proxyAddr + "/v2/library/unsigned/manifests/1.0")
+		if err == nil {
+			status = resp.StatusCode
+			body, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			break
+		}
+		if i > 100 {
+			t.Fatalf("the rendered proxy does not serve: %v\nits log:\n%s", err, logs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if status != http.StatusForbidden || !strings.Contains(string(body), "DENIED") || !strings.Contains(string(body), "no signature") ||
+		!strings.Contains(string(body), "rule 1") {
+		t.Fatalf("an unsigned image in enforce mode: %d %s\nproxy log:\n%s", status, body, logs)
+	}
+
+	markAvailable(t, ns, "signed-depproxy", 1)
+	reconcileProxy(t, r, dp)
+	k8sClient.Get(ctx, client.ObjectKeyFromObject(dp), dp)
+	if dp.Status.Cache == nil || dp.Status.Cache.Verification == nil || dp.Status.Cache.Verification.Refused != 1 ||
+		len(dp.Status.Cache.Verification.LastRefusals) != 1 {
+		t.Fatalf("status.cache: %+v\nproxy log:\n%s", dp.Status.Cache, logs)
+	}
+	c := assertCondition(t, dp, depproxyv1.ConditionVerified, metav1.ConditionFalse, depproxyv1.ReasonImageRefused)
+	if !strings.Contains(c.Message, "library/unsigned@sha256:") || !strings.Contains(c.Message, "no signature") {
+		t.Errorf("the condition does not name the image and the reason: %q", c.Message)
 	}
 }
