@@ -144,7 +144,15 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	deploy, err = r.applyChildren(ctx, dp, secretsHash(append(secrets, key, nodeKey)...), nodeKey)
+	problems, err := r.verifyKeyProblems(ctx, dp)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	verify, err := renderVerify(dp, problems)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	deploy, err = r.applyChildren(ctx, dp, secretsHash(append(secrets, key, nodeKey)...), nodeKey, verify)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -159,7 +167,13 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 			}
 		}
 	}
-	cacheConditions(dp, summary).applyTo(&dp.Status.Conditions)
+	conds := cacheConditions(dp, summary)
+	var dropped []string
+	if verify != nil {
+		dropped = verify.dropped
+	}
+	conds.add(verifyConditions(dp, summary, dropped))
+	conds.applyTo(&dp.Status.Conditions)
 	return ctrl.Result{RequeueAfter: r.resync()}, nil
 }
 
@@ -256,8 +270,10 @@ func (r *DependencyProxyReconciler) ensureTokenKey(ctx context.Context, dp *depp
 // Deployment as the API server has it.
 //
 // nodeKey, when a NodeMirror's nodes share through dp, is its key's copy
-// in dp's namespace: the pods mount it and the config names it.
-func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *depproxyv1.DependencyProxy, secHash string, nodeKey *corev1.Secret) (*appsv1.Deployment, error) {
+// in dp's namespace: the pods mount it and the config names it. verify
+// is spec.verify rendered (nil without it): the policy goes in the
+// ConfigMap, its keys are mounted.
+func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *depproxyv1.DependencyProxy, secHash string, nodeKey *corev1.Secret, verify *verifyRendering) (*appsv1.Deployment, error) {
 	a := applier{client: r.Client, scheme: r.Scheme}
 	var platforms, pinned, warm []string
 	if keeping(dp) {
@@ -288,10 +304,14 @@ func (r *DependencyProxyReconciler) applyChildren(ctx context.Context, dp *deppr
 			return nil, err
 		}
 	}
+	if cm, err = withVerify(cm, verify); err != nil {
+		return nil, err
+	}
 	deploy := desiredDeployment(dp, r.ProxyImage, r.CredentialProviderImage, configHash(cm), secHash)
 	if nodeKey != nil {
 		mountNodeKey(deploy, nodeKey.Name)
 	}
+	mountVerifyKeys(deploy, verify)
 	children := []child{serviceAccountChild(desiredServiceAccount(dp)), dataChild(cm), deploymentChild(deploy), serviceChild(desiredService(dp))}
 	if r.ServiceMonitors {
 		children = append(children, serviceMonitorChild(desiredServiceMonitor(dp)))

@@ -200,6 +200,21 @@ func runRendered(t *testing.T, ns, name, proxyAddr, opsAddr string) *testenv.Syn
 			for k, val := range s.Data {
 				os.WriteFile(filepath.Join(dir, k), val, 0o600)
 			}
+		case v.Projected != nil:
+			for _, src := range v.Projected.Sources {
+				if src.Secret == nil {
+					continue
+				}
+				s := &corev1.Secret{}
+				if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: src.Secret.Name}, s); err != nil {
+					t.Fatal(err)
+				}
+				for _, it := range src.Secret.Items {
+					path := filepath.Join(dir, it.Path)
+					os.MkdirAll(filepath.Dir(path), 0o755)
+					os.WriteFile(path, s.Data[it.Key], 0o600)
+				}
+			}
 		}
 	}
 	done := make(chan struct{})

@@ -169,6 +169,10 @@ func configHash(cm *corev1.ConfigMap) string {
 		switch k {
 		case saAnnotationsKey:
 			continue // re-read by the proxy on each plugin run
+		case verifyPolicyKey:
+			// Re-read by the proxy; a key it names that is new is a new
+			// volume, which rolls the pods by itself.
+			continue
 		case configKey:
 			if s, err := settings.Parse([]byte(v)); err == nil {
 				s.Allow, s.Deny = nil, nil

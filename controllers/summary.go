@@ -111,6 +111,7 @@ func toCacheSummary(w report.Summary, at metav1.Time) *depproxyv1.CacheSummary {
 		}
 	}
 	s.KeptCount, s.Denied = len(w.Kept), w.Denied
+	s.Verification = toVerificationSummary(w.Verification)
 	if sh := w.Sharing; sh != nil {
 		s.Sharing = &depproxyv1.SharingSummary{Nodes: int32(min(sh.Nodes, math.MaxInt32)), StoreBytes: sh.StoreBytes,
 			Store:          resource.NewQuantity(sh.StoreBytes, resource.BinarySI).String(),

@@ -36,6 +36,10 @@ const (
 	// their nodes' stores to each other (status.sharing of them ready);
 	// False says why not.
 	ConditionSharing = "Sharing"
+	// ConditionVerified: with spec.verify, no image failed verification
+	// in the last hour; False names the last one that did, and why.
+	// Unknown until the cache reports.
+	ConditionVerified = "Verified"
 )
 
 // Condition reasons. The same string is the reason of the event that
@@ -125,6 +129,18 @@ const (
 	// ReasonInvalidSettings: the spec passed the API server's checks
 	// but makes settings the proxy refuses; the message says why.
 	ReasonInvalidSettings = "InvalidSettings"
+	// ReasonVerifyKeyMissing: a key spec.verify names is not there (its
+	// Secret, or the key in it) or is not a PEM public key. In enforce
+	// mode nothing is rolled out until it is (the running proxy keeps
+	// the policy it has); in audit mode the key is left out of the policy.
+	ReasonVerifyKeyMissing = "VerifyKeyMissing"
+	// ReasonAllVerified, ReasonImageRefused, ReasonUnverifiedServed and
+	// ReasonVerificationNotReported: ConditionVerified's. Refused is
+	// enforce mode's failure, UnverifiedServed audit mode's.
+	ReasonAllVerified             = "AllVerified"
+	ReasonImageRefused            = "ImageRefused"
+	ReasonUnverifiedServed        = "UnverifiedServed"
+	ReasonVerificationNotReported = "VerificationNotReported"
 	// ReasonCreated: the operator created a child object.
 	ReasonCreated = "Created"
 	// ReasonReconcileFailed: a transient failure talking to the API

@@ -133,6 +133,94 @@ type DependencyProxySpec struct {
 	// the cache or the upstream answered; refused requests too.
 	// +optional
 	Audit *AuditSpec `json:"audit,omitempty"`
+
+	// Verify checks the signatures of the images the cache serves, once
+	// per manifest digest, before any byte of it is served: in enforce
+	// mode an image a rule matches and no key of it signed is refused
+	// (403 DENIED, naming the rule and the reason); in audit mode it is
+	// served, logged and counted. The keys come from Secrets of this
+	// namespace only.
+	// +optional
+	Verify *VerifySpec `json:"verify,omitempty"`
+}
+
+// VerifyMode says what a failed verification does.
+// +kubebuilder:validation:Enum=enforce;audit
+type VerifyMode string
+
+const (
+	// VerifyEnforce refuses the pull.
+	VerifyEnforce VerifyMode = "enforce"
+	// VerifyAudit serves it, and logs and counts the failure.
+	VerifyAudit VerifyMode = "audit"
+)
+
+// VerifySpec is a cache's signature policy.
+type VerifySpec struct {
+	// Mode is enforce (refuse what fails) or audit (serve it, log and
+	// count it); enforce by default.
+	// +optional
+	// +kubebuilder:default=enforce
+	Mode VerifyMode `json:"mode,omitempty"`
+
+	// Rules are tried in order; the first whose images match an image
+	// decides it. Images no rule matches are served unchecked.
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=64
+	Rules []VerifyRule `json:"rules"`
+}
+
+// VerifyRule says which images must be signed, and by which keys.
+type VerifyRule struct {
+	// Images are patterns over registry/repository, as in spec.access
+	// (nginx is docker.io/library/nginx; * within a path component, **
+	// across), without a tag: a signature is of a digest, which any tag
+	// may name.
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=512
+	// +kubebuilder:validation:items:Pattern=`^[^\s@]+$`
+	// +kubebuilder:validation:XValidation:rule="self.all(p, !p.matches(':[^/]*$'))",message="a verify rule's images name repositories (ghcr.io/org/**), not tags: a signature is of a digest, which any tag may name"
+	Images []string `json:"images"`
+
+	// Keys are cosign public keys; an image signed by any of them passes.
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=16
+	Keys []VerifyKey `json:"keys"`
+
+	// IgnoreTlog accepts a key signature without a transparency-log
+	// proof, as cosign verify --insecure-ignore-tlog does; without it, a
+	// key signature needs its log proof.
+	// +optional
+	IgnoreTlog bool `json:"ignoreTlog,omitempty"`
+}
+
+// VerifyKey is a public key.
+type VerifyKey struct {
+	// SecretRef names the Secret holding the key, in the resource's own
+	// namespace (there is no other: a key elsewhere must be copied here
+	// by someone who may read it).
+	SecretRef SecretKeyRef `json:"secretRef"`
+}
+
+// SecretKeyRef is one key of a Secret in the resource's namespace.
+type SecretKeyRef struct {
+	// Name of the Secret.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Name string `json:"name"`
+
+	// Key of the Secret's data holding the PEM public key; cosign.pub
+	// (as cosign generate-key-pair and cosign's k8s:// keys name it) by
+	// default.
+	// +optional
+	// +kubebuilder:default="cosign.pub"
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern="^[-._a-zA-Z0-9]+$"
+	// +kubebuilder:validation:XValidation:rule="self != '.' && !self.startsWith('..')",message="a Secret's key may not be . or begin with .."
+	Key string `json:"key,omitempty"`
 }
 
 // AuditSpec says what the audit log holds.
@@ -458,6 +546,42 @@ type CacheSummary struct {
 	// this cache (spec.share) told it; the NodeMirror's status shows it.
 	// +optional
 	Sharing *SharingSummary `json:"sharing,omitempty"`
+
+	// Verification is what spec.verify decided, as the replica asked
+	// last counted since it started.
+	// +optional
+	Verification *VerificationSummary `json:"verification,omitempty"`
+}
+
+// VerificationSummary counts signature verifications (one per manifest
+// digest and policy: a verdict reused is not counted again), and names
+// the last failures.
+type VerificationSummary struct {
+	// Verified passed.
+	Verified int64 `json:"verified"`
+	// Refused failed in enforce mode: not served.
+	Refused int64 `json:"refused"`
+	// Audited failed in audit mode: served all the same.
+	Audited int64 `json:"audited"`
+	// LastRefusals are the last failures, the most recent first.
+	// +optional
+	// +kubebuilder:validation:MaxItems=10
+	LastRefusals []VerificationRefusal `json:"lastRefusals,omitempty"`
+}
+
+// VerificationRefusal is one image that failed verification.
+type VerificationRefusal struct {
+	// Image is registry/repository@digest.
+	Image string `json:"image"`
+	// Rule is the policy's rule that matched it (rule N (its images)).
+	Rule string `json:"rule"`
+	// Reason it failed: no signature, signed by another key, ...
+	Reason string `json:"reason"`
+	// Audited: it was served all the same (audit mode).
+	// +optional
+	Audited bool `json:"audited,omitempty"`
+	// At is when it failed.
+	At metav1.Time `json:"at"`
 }
 
 // SharingSummary is what the nodes that share hold and where their bytes

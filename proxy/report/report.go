@@ -37,6 +37,33 @@ type Summary struct {
 	// Sharing is what the nodes that share through this cache (a
 	// NodeMirror's spec.share) last told this replica.
 	Sharing *Sharing `json:"sharing,omitempty"`
+	// Verification is what --verify-policy decided since start; nil
+	// without a policy.
+	Verification *VerifySummary `json:"verification,omitempty"`
+}
+
+// VerifySummary counts signature verifications by result, one per
+// manifest digest and policy, and holds the last failures.
+type VerifySummary struct {
+	Verified int64 `json:"verified"`
+	Refused  int64 `json:"refused"`
+	Audited  int64 `json:"audited"`
+	// LastRefusals are the last failures (refused, or served in audit
+	// mode), the most recent first, at most MaxRefusals.
+	LastRefusals []VerifyRefusal `json:"lastRefusals,omitempty"`
+}
+
+// MaxRefusals bounds VerifySummary.LastRefusals.
+const MaxRefusals = 10
+
+// VerifyRefusal is one image that failed verification.
+type VerifyRefusal struct {
+	Image  string `json:"image"` // registry/repository@digest
+	Rule   string `json:"rule"`
+	Reason string `json:"reason"`
+	// Audited: served all the same (audit mode).
+	Audited bool      `json:"audited,omitempty"`
+	At      time.Time `json:"at"`
 }
 
 // Sharing adds up the last tallies of the nodes heard from in a day:

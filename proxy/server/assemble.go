@@ -294,6 +294,9 @@ func (a *assembly) connect(context.Context) error {
 		if a.sharing != nil {
 			a.sharing.report(sum)
 		}
+		if a.verifier != nil {
+			a.verifier.Report(sum)
+		}
 	})
 	return nil
 }

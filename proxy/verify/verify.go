@@ -69,6 +69,7 @@ type Verifier struct {
 
 	total   *prometheus.CounterVec
 	seconds prometheus.Histogram
+	failed  failures // the last failures, for the summary (report.go)
 }
 
 type verdictKey struct {
@@ -139,6 +140,9 @@ func (v *Verifier) Check(ctx context.Context, src Source, names []string, repo s
 			reason := verifyCosign(ctx, src, r, repo, d)
 			v.seconds.Observe(time.Since(began).Seconds())
 			v.decided(k, reason, mediaType, body)
+			if reason != "" {
+				v.failed.add(image, r.String(), reason, p.Mode == Audit)
+			}
 			switch {
 			case reason == "":
 				v.total.WithLabelValues(verified).Inc()

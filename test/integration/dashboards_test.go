@@ -2,7 +2,12 @@ package integration
 
 import (
 	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -19,6 +24,7 @@ import (
 	"github.com/prometheus/prometheus/promql/parser"
 	"sigs.k8s.io/yaml"
 
+	"github.com/depproxy/depproxy/proxy/report"
 	"github.com/depproxy/depproxy/proxy/server"
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/storage"
@@ -162,7 +168,7 @@ func exportedSeries(t *testing.T) map[string]bool {
 	pushImage(t, e3.registry.Addr, repo, "v1", ociImage(t, 1))
 	key := nodeKeyFile(t)
 	sharing := proxytest.StartBinary(t, "--upstream", "docker.io="+e3.front.URL(), "--storage", t.TempDir(), "--node-key", key)
-	opsPages := []string{p.Ops, broken.Ops, sharing.Ops}
+	opsPages := []string{p.Ops, broken.Ops, sharing.Ops, verifyingProxy(t, e3, repo).Ops}
 	for _, a := range startAgents(t, 2, []string{"zone-a"}, sharing.URL, key) {
 		if _, err := testenv.PullImage(a.local, repo, ":v1"); err != nil {
 			t.Fatalf("%s: %v", a.name, err)
@@ -207,4 +213,44 @@ func rateLimited(f *testenv.Front, remaining int) func(http.ResponseWriter, *htt
 		w.WriteHeader(resp.StatusCode)
 		io.Copy(w, resp.Body)
 	})
+}
+
+// verifyingProxy is a proxy of e's upstream with an audit policy whose
+// rule names repo, after a pull of repo:v1, which no key signed: its
+// verification series are exported, and its summary reports the failure.
+func verifyingProxy(t *testing.T, e *env, repo string) *proxytest.Proxy {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	policy := fmt.Sprintf("mode: audit\nrules:\n- images: [%q]\n  keys: [{file: cosign.pub}]\n", strings.TrimPrefix(e.front.URL(), "http://")+"/"+repo)
+	os.WriteFile(filepath.Join(dir, "cosign.pub"), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644)
+	if err := os.WriteFile(filepath.Join(dir, "verify.yaml"), []byte(policy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := settings.Defaults()
+	s.Upstream, s.VerifyPolicy = settings.Keys(e.front.URL()), filepath.Join(dir, "verify.yaml")
+	p := proxytest.Start(t, s, server.WithStorage(openStorage(t, "filesystem", nil)))
+	pullAll(t, p.URL, repo, "v1")
+
+	resp, err := http.Get(p.Ops + report.SummaryPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var sum report.Summary
+	if err := json.NewDecoder(resp.Body).Decode(&sum); err != nil {
+		t.Fatal(err)
+	}
+	if v := sum.Verification; v == nil || v.Audited == 0 || len(v.LastRefusals) == 0 || !v.LastRefusals[0].Audited ||
+		!strings.Contains(v.LastRefusals[0].Image, repo+"@sha256:") || v.LastRefusals[0].Reason == "" {
+		t.Errorf("the summary's verification, after an unsigned pull in audit mode: %+v", v)
+	}
+	return p
 }

@@ -1,0 +1,332 @@
+package controllers
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
+	"github.com/depproxy/depproxy/proxy/report"
+	"github.com/depproxy/depproxy/proxy/settings"
+)
+
+// spec.verify, the pure parts: the policy file the proxy reads
+// (--verify-policy, in its ConfigMap beside its config), and the
+// projected volume of the Secrets' keys it names. The manager reads the
+// Secrets by name, in the resource's own namespace, only to say what is
+// missing: the keys reach the pods through the kubelet, and a key
+// replaced in its Secret is re-read by the proxy without a restart.
+
+const (
+	// verifyPolicyKey is the policy file's key in the proxy's ConfigMap.
+	verifyPolicyKey = "verify.yaml"
+	// verifyKeysDir holds the keys, one directory per Secret, a file per
+	// key: verifyKeysDir/SECRET/KEY.
+	verifyKeysDir = configDir + "/verify-keys"
+	// defaultVerifyKey is the key of a secretRef that names none (the
+	// API server defaults it too): cosign's name for a public key.
+	defaultVerifyKey = "cosign.pub"
+	// verifyRecently is how long a failure keeps Verified False.
+	verifyRecently = time.Hour
+)
+
+// verifyKeyRef is one key of one Secret of the resource's namespace.
+type verifyKeyRef struct{ secret, key string }
+
+func keyRefOf(k depproxyv1.VerifyKey) verifyKeyRef {
+	ref := verifyKeyRef{secret: k.SecretRef.Name, key: k.SecretRef.Key}
+	if ref.key == "" {
+		ref.key = defaultVerifyKey
+	}
+	return ref
+}
+
+// path is where the pods see the key.
+func (k verifyKeyRef) path() string { return verifyKeysDir + "/" + k.secret + "/" + k.key }
+
+// verifyKeyRefs are the keys spec.verify names, each once, in the
+// order of the rules.
+func verifyKeyRefs(dp *depproxyv1.DependencyProxy) []verifyKeyRef {
+	if dp.Spec.Verify == nil {
+		return nil
+	}
+	var out []verifyKeyRef
+	for _, r := range dp.Spec.Verify.Rules {
+		for _, k := range r.Keys {
+			if ref := keyRefOf(k); !slices.Contains(out, ref) {
+				out = append(out, ref)
+			}
+		}
+	}
+	return out
+}
+
+// verifyKeyProblem says what is wrong with ref's key in s (nil: the
+// Secret does not exist in namespace ns), or "". The key is parsed as
+// the proxy parses it (a PEM PUBLIC KEY or RSA PUBLIC KEY), so that a
+// wrong key is said here, not by a proxy that will not start.
+func verifyKeyProblem(s *corev1.Secret, ref verifyKeyRef, ns string) string {
+	if s == nil {
+		return fmt.Sprintf("Secret %q does not exist in namespace %s", ref.secret, ns)
+	}
+	raw, ok := s.Data[ref.key]
+	if !ok {
+		return fmt.Sprintf("Secret %q has no key %q (it has: %s)", ref.secret, ref.key, strings.Join(slices.Sorted(maps.Keys(s.Data)), ", "))
+	}
+	block, _ := pem.Decode(raw)
+	var err error
+	switch {
+	case block == nil:
+		err = fmt.Errorf("not PEM")
+	case block.Type == "PUBLIC KEY":
+		_, err = x509.ParsePKIXPublicKey(block.Bytes)
+	case block.Type == "RSA PUBLIC KEY":
+		_, err = x509.ParsePKCS1PublicKey(block.Bytes)
+	default:
+		err = fmt.Errorf("a PEM %s", block.Type)
+	}
+	if err != nil {
+		return fmt.Sprintf("Secret %q key %q is not a PEM public key, as cosign generate-key-pair writes cosign.pub (%v)", ref.secret, ref.key, err)
+	}
+	return ""
+}
+
+// verifyKeyProblems reads the Secrets spec.verify names, by name, in
+// dp's namespace only (a secretRef has no namespace), and says what is
+// wrong with each key, by key; empty when nothing is.
+func (r *DependencyProxyReconciler) verifyKeyProblems(ctx context.Context, dp *depproxyv1.DependencyProxy) (map[verifyKeyRef]string, error) {
+	problems := map[verifyKeyRef]string{}
+	secrets := map[string]*corev1.Secret{}
+	for _, ref := range verifyKeyRefs(dp) {
+		s, read := secrets[ref.secret]
+		if !read {
+			s = &corev1.Secret{}
+			err := r.secrets().Get(ctx, client.ObjectKey{Namespace: dp.Namespace, Name: ref.secret}, s)
+			if client.IgnoreNotFound(err) != nil {
+				return nil, err
+			}
+			if err != nil {
+				s = nil
+			}
+			secrets[ref.secret] = s
+		}
+		if p := verifyKeyProblem(s, ref, dp.Namespace); p != "" {
+			problems[ref] = p
+		}
+	}
+	return problems, nil
+}
+
+// verifyRendering is spec.verify as the proxy gets it.
+type verifyRendering struct {
+	policy []byte
+	// keys are the keys mounted, each once.
+	keys []verifyKeyRef
+	// dropped say which keys an audit policy was rendered without, and
+	// why.
+	dropped []string
+}
+
+// verifyPolicyFile is the proxy's --verify-policy format, keys as files.
+type verifyPolicyFile struct {
+	Mode  depproxyv1.VerifyMode `json:"mode"`
+	Rules []verifyPolicyRule    `json:"rules"`
+}
+
+type verifyPolicyRule struct {
+	Images     []string        `json:"images"`
+	Keys       []verifyFileKey `json:"keys"`
+	IgnoreTlog bool            `json:"ignoreTlog,omitempty"`
+}
+
+type verifyFileKey struct {
+	File string `json:"file"`
+}
+
+// renderVerify renders spec.verify (nil without it) given what is
+// wrong with its keys (problems, by key).
+//
+// A key that is missing never makes a rule weaker than written. In
+// enforce mode nothing is rendered at all: the reconcile waits
+// (VerifyKeyMissing) and rolls nothing out, so a running proxy keeps the
+// policy it has, and a new one does not start serving unchecked; a rule
+// rendered without it would refuse what that key signed, and one left
+// out would serve unverified images. In audit mode, which refuses
+// nothing, the key is left out (a rule left without keys, left out
+// whole) and the Verified condition says so.
+func renderVerify(dp *depproxyv1.DependencyProxy, problems map[verifyKeyRef]string) (*verifyRendering, error) {
+	v := dp.Spec.Verify
+	if v == nil {
+		return nil, nil
+	}
+	mode := v.Mode
+	if mode == "" {
+		mode = depproxyv1.VerifyEnforce
+	}
+	out := &verifyRendering{}
+	f := verifyPolicyFile{Mode: mode, Rules: []verifyPolicyRule{}}
+	for i, r := range v.Rules {
+		pr := verifyPolicyRule{Images: r.Images, IgnoreTlog: r.IgnoreTlog}
+		for j, k := range r.Keys {
+			ref := keyRefOf(k)
+			if p := problems[ref]; p != "" {
+				if mode == depproxyv1.VerifyEnforce {
+					return nil, waiting(depproxyv1.ReasonVerifyKeyMissing,
+						"spec.verify.rules[%d].keys[%d]: %s. In enforce mode the policy is not rolled out without its keys, and nothing else is either: the running proxy, if any, keeps the policy it has. Put the cosign public key there (cosign public-key --key ... > cosign.pub; kubectl create secret generic %s --from-file=%s=cosign.pub), or change the rule",
+						i, j, p, ref.secret, ref.key)
+				}
+				out.dropped = append(out.dropped, fmt.Sprintf("rules[%d].keys[%d]: %s", i, j, p))
+				continue
+			}
+			pr.Keys = append(pr.Keys, verifyFileKey{File: ref.path()})
+			if !slices.Contains(out.keys, ref) {
+				out.keys = append(out.keys, ref)
+			}
+		}
+		if len(pr.Keys) > 0 {
+			f.Rules = append(f.Rules, pr)
+		}
+	}
+	raw, err := yaml.Marshal(f)
+	if err != nil {
+		return nil, err
+	}
+	out.policy = raw
+	return out, nil
+}
+
+// withVerify puts the policy in the proxy's ConfigMap and names it in
+// its config file. (The config file changing rolls the pods; the policy
+// file alone does not: the proxy re-reads it, see configHash.)
+func withVerify(cm *corev1.ConfigMap, v *verifyRendering) (*corev1.ConfigMap, error) {
+	if v == nil {
+		return cm, nil
+	}
+	conf, err := settings.Parse([]byte(cm.Data[configKey]))
+	if err != nil {
+		return nil, err
+	}
+	conf.VerifyPolicy = configDir + "/" + verifyPolicyKey
+	raw, err := conf.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	cm.Data[configKey], cm.Data[verifyPolicyKey] = string(raw), string(v.policy)
+	return cm, nil
+}
+
+// verifyKeysVolume projects the keys the policy names, one source per
+// Secret, each key at SECRET/KEY. Only the keys named are mounted, never
+// the rest of a Secret. Nil when there are none.
+func verifyKeysVolume(v *verifyRendering) *corev1.Volume {
+	if v == nil || len(v.keys) == 0 {
+		return nil
+	}
+	bySecret := map[string][]corev1.KeyToPath{}
+	for _, k := range v.keys {
+		bySecret[k.secret] = append(bySecret[k.secret], corev1.KeyToPath{Key: k.key, Path: k.secret + "/" + k.key})
+	}
+	var sources []corev1.VolumeProjection
+	for _, name := range slices.Sorted(maps.Keys(bySecret)) {
+		items := bySecret[name]
+		slices.SortFunc(items, func(a, b corev1.KeyToPath) int { return strings.Compare(a.Key, b.Key) })
+		sources = append(sources, corev1.VolumeProjection{Secret: &corev1.SecretProjection{
+			LocalObjectReference: corev1.LocalObjectReference{Name: name}, Items: items}})
+	}
+	return &corev1.Volume{Name: "verify-keys", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+		Sources: sources, DefaultMode: ptr.To[int32](0o440)}}}
+}
+
+// mountVerifyKeys mounts the keys into the proxy's pods.
+func mountVerifyKeys(d *appsv1.Deployment, v *verifyRendering) {
+	vol := verifyKeysVolume(v)
+	if vol == nil {
+		return
+	}
+	pod := &d.Spec.Template.Spec
+	pod.Volumes = append(pod.Volumes, *vol)
+	c := &pod.Containers[0]
+	c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: vol.Name, MountPath: verifyKeysDir, ReadOnly: true})
+}
+
+// verifyConditions are spec.verify's condition, Verified: taken out
+// without spec.verify; False while an audit policy is rendered without
+// some of its keys (dropped); else from the summary s (nil: not read
+// this time, nothing said): Unknown while the proxy reports no
+// verification, False while an image failed in the hour before the
+// report (the last one named), True otherwise.
+func verifyConditions(dp *depproxyv1.DependencyProxy, s *depproxyv1.CacheSummary, dropped []string) conditions {
+	if dp.Spec.Verify == nil {
+		return conditions{remove: []string{depproxyv1.ConditionVerified}}
+	}
+	set := func(st metav1.ConditionStatus, reason, msg string) conditions {
+		return conditions{set: []metav1.Condition{condition(dp.Generation, depproxyv1.ConditionVerified, st, reason, msg)}}
+	}
+	if len(dropped) > 0 {
+		return set(metav1.ConditionFalse, depproxyv1.ReasonVerifyKeyMissing,
+			fmt.Sprintf("audit mode: the policy is checked without %d of its keys until they are there (a rule left without keys is not checked): %s",
+				len(dropped), strings.Join(dropped[:min(len(dropped), 5)], "; ")))
+	}
+	if s == nil {
+		return conditions{}
+	}
+	v := s.Verification
+	if v == nil {
+		return set(metav1.ConditionUnknown, depproxyv1.ReasonVerificationNotReported,
+			"the cache reports no verification yet (a proxy image older than spec.verify?)")
+	}
+	counts := fmt.Sprintf("%d verified, %d refused, %d served unverified (audit mode) since the replica asked started", v.Verified, v.Refused, v.Audited)
+	if len(v.LastRefusals) > 0 {
+		last := v.LastRefusals[0]
+		if s.ReportedAt.Sub(last.At.Time) < verifyRecently {
+			reason, what := depproxyv1.ReasonImageRefused, "refused"
+			if last.Audited {
+				reason, what = depproxyv1.ReasonUnverifiedServed, "served unverified (audit mode)"
+			}
+			return set(metav1.ConditionFalse, reason,
+				fmt.Sprintf("%s %s at %s by the policy's %s: %s; %s", last.Image, what, last.At.UTC().Format(time.RFC3339), last.Rule, last.Reason, counts))
+		}
+	}
+	return set(metav1.ConditionTrue, depproxyv1.ReasonAllVerified, "no image failed verification in the last hour; "+counts)
+}
+
+// toVerificationSummary bounds the proxy's verification report for the
+// status.
+func toVerificationSummary(v *report.VerifySummary) *depproxyv1.VerificationSummary {
+	if v == nil {
+		return nil
+	}
+	out := &depproxyv1.VerificationSummary{Verified: v.Verified, Refused: v.Refused, Audited: v.Audited}
+	for i, f := range v.LastRefusals {
+		if i == report.MaxRefusals {
+			break
+		}
+		out.LastRefusals = append(out.LastRefusals, depproxyv1.VerificationRefusal{Image: clip(f.Image, 512), Rule: clip(f.Rule, 512),
+			Reason: clip(f.Reason, 512), Audited: f.Audited, At: metav1.NewTime(f.At)})
+	}
+	return out
+}
+
+// clip cuts s to n bytes at most, at a rune's start.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
