@@ -50,10 +50,14 @@ type Entry struct {
 	Registry   string `json:"registry,omitempty"`
 	Repository string `json:"repository,omitempty"`
 	// Tag is the tag asked for; Digest the digest served (or asked for).
-	Tag             string  `json:"tag,omitempty"`
-	Digest          string  `json:"digest,omitempty"`
-	Answer          string  `json:"answer"`
-	Reason          string  `json:"reason,omitempty"`
+	Tag    string `json:"tag,omitempty"`
+	Digest string `json:"digest,omitempty"`
+	Answer string `json:"answer"`
+	Reason string `json:"reason,omitempty"`
+	// Verification, on a manifest's line when a rule of the verify
+	// policy applied to it: "verified", "refused: REASON", or
+	// "audited: REASON" (failed, and served: audit mode).
+	Verification    string  `json:"verification,omitempty"`
 	Status          int     `json:"status"`
 	Bytes           int64   `json:"bytes"`
 	DurationSeconds float64 `json:"durationSeconds"`

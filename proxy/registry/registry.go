@@ -80,6 +80,9 @@ type Access interface {
 // why it may not be (a *verify.Refusal). Signatures are read from src.
 type Verifier interface {
 	Check(ctx context.Context, src verify.Source, names []string, repo string, d digest.Digest, mediaType string, body []byte) error
+	// Verdict is the verdict Check reached, for the audit log: "" when
+	// no rule applies.
+	Verdict(names []string, repo string, d digest.Digest) string
 }
 
 // Sharer may send a node agent's blob request to another node of its
@@ -252,7 +255,7 @@ func (reg *Registry) serve(w http.ResponseWriter, r *http.Request, e *audit.Entr
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, "{}")
 	case kindManifest:
-		err = reg.manifest(w, r, c, rt, names)
+		err = reg.manifest(w, r, c, rt, names, e)
 	case kindBlob:
 		err = reg.blob(w, r, c, rt)
 	case kindTags:
@@ -276,7 +279,7 @@ func (reg *Registry) serve(w http.ResponseWriter, r *http.Request, e *audit.Entr
 	}
 }
 
-func (reg *Registry) manifest(w http.ResponseWriter, r *http.Request, c Cache, rt route, names []string) error {
+func (reg *Registry) manifest(w http.ResponseWriter, r *http.Request, c Cache, rt route, names []string, e *audit.Entry) error {
 	if d, ok := rt.ref.Digest(); ok && rt.bound {
 		if err := c.Linked(r.Context(), rt.repo, d, true); err != nil {
 			return err
@@ -289,7 +292,15 @@ func (reg *Registry) manifest(w http.ResponseWriter, r *http.Request, c Cache, r
 	if reg.verify != nil {
 		// Before a byte of it is served, HEAD included: a client that
 		// resolves a tag with HEAD pulls by digest next.
-		if err := reg.verify.Check(r.Context(), signatures{c}, names, rt.repo, m.Digest, m.MediaType, m.Body); err != nil {
+		err := reg.verify.Check(r.Context(), signatures{c}, names, rt.repo, m.Digest, m.MediaType, m.Body)
+		var vr *verify.Refusal
+		switch {
+		case errors.As(err, &vr):
+			e.Verification = "refused: " + vr.Reason
+		case err == nil:
+			e.Verification = reg.verify.Verdict(names, rt.repo, m.Digest)
+		}
+		if err != nil {
 			return err
 		}
 	}

@@ -372,3 +372,75 @@ func TestAnonymousRefusalsAreCounted(t *testing.T) {
 		})
 	}
 }
+
+// A manifest's audit line says what the verify policy decided of it: a
+// signed image "verified", an unsigned one "refused: no signature…" in
+// enforce mode and "audited: no signature…" in audit mode, where it is
+// served; a line for an image no rule names has no verification.
+func TestAuditLogVerification(t *testing.T) {
+	e := newEnv(t)
+	key := newSigningKey(t)
+	repo := repoName(t)
+	upstreamHost := strings.TrimPrefix(e.front.URL(), "http://")
+	signed, unsigned := ociImage(t, 1), ociImage(t, 1)
+	pushImage(t, e.registry.Addr, repo, "signed", signed)
+	pushImage(t, e.registry.Addr, repo, "unsigned", unsigned)
+	pushImage(t, e.registry.Addr, repo+"-free", "v1", ociImage(t, 1))
+	key.sign(t, e.registry.Addr+"/"+repo+"@"+digestOf(t, signed).String(), true)
+
+	read := func(path string) []byte {
+		t.Helper()
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for _, c := range []struct {
+		mode          string
+		unsignedCode  int
+		unsignedEntry string
+	}{
+		{"enforce", http.StatusForbidden, "refused: no signature"},
+		{"audit", http.StatusOK, "audited: no signature"},
+	} {
+		t.Run(c.mode, func(t *testing.T) {
+			dir := t.TempDir()
+			os.WriteFile(filepath.Join(dir, "cosign.pub"), read(filepath.Join(key.dir, "cosign.pub")), 0o644)
+			policy := filepath.Join(dir, "verify.yaml")
+			os.WriteFile(policy, fmt.Appendf(nil, "mode: %s\nrules:\n- images: [\"%s/%s\"]\n  keys: [{file: cosign.pub}]\n  ignoreTlog: true\n", c.mode, upstreamHost, repo), 0o644)
+			s := settings.Defaults()
+			s.Upstream, s.VerifyPolicy, s.AuditLog = settings.Keys(e.front.URL()), policy, filepath.Join(dir, "audit.log")
+			p := proxytest.Start(t, s)
+			for _, pull := range []struct {
+				ref  string
+				code int
+			}{
+				{repo + "/manifests/signed", http.StatusOK},
+				{repo + "/manifests/signed", http.StatusOK}, // the verdict kept: said again
+				{repo + "/manifests/unsigned", c.unsignedCode},
+				{repo + "-free/manifests/v1", http.StatusOK},
+			} {
+				if resp, body := get(t, p.URL+"/v2/"+pull.ref, acceptAll); resp.StatusCode != pull.code {
+					t.Fatalf("%s: %s %s, want %d", pull.ref, resp.Status, body, pull.code)
+				}
+			}
+			p.Stop()
+			var got []string
+			for _, l := range auditLines(t, string(read(s.AuditLog))) {
+				if l.Kind == "manifest" {
+					got = append(got, l.Repository+":"+l.Tag+" "+l.Verification)
+				}
+			}
+			want := []string{repo + ":signed verified", repo + ":signed verified", repo + ":unsigned " + c.unsignedEntry, repo + "-free:v1 "}
+			if len(got) != len(want) {
+				t.Fatalf("manifest lines:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+			for i := range want {
+				if !strings.HasPrefix(got[i], want[i]) || (want[i] == repo+"-free:v1 " && got[i] != want[i]) {
+					t.Errorf("line %d: %q, want %q…", i, got[i], want[i])
+				}
+			}
+		})
+	}
+}
