@@ -58,6 +58,7 @@ func main() {
 	afterFillOnly := flag.Bool("after-fill-only", false, "only the warm reads right after a cold fill (while the blob is stored) against MinIO's direct GET")
 	lazyOnly := flag.Bool("lazy-only", false, "only the lazy-pulling tables: a cold tail range on a slow upstream, and the stargz snapshotter's pull of an eStargz image")
 	largeOnly := flag.Bool("large-only", false, "only the 8 GiB blob rows: cold through the cache against the upstream itself, and cut three times")
+	verifyOnly := flag.Bool("verify-only", false, "only the verification table: a cosign-signed image pulled cold (15 fresh caches each) and warm, with and without --verify-policy in enforce mode")
 	helmOnly := flag.Bool("helm-only", false, "only the Helm table: helm pull of a warm chart through the cache against the classic repository itself")
 	shareOnly := flag.Bool("share-only", false, "only the sharing table: 1,000 simulated nodes in 4 zones pull one cold image through three replicas, with and without sharing, and a real agent's memory")
 	shareNodes := flag.Int("share-nodes", 1000, "how many simulated nodes the sharing table's rollouts have")
@@ -69,7 +70,7 @@ func main() {
 	defer b.cleanup()
 	b.plot = *plotPath
 	b.shareOnly, b.shareNodes, b.shareRuns, b.shareLayerMiB = *shareOnly, *shareNodes, *shareRuns, *shareLayerMiB
-	b.helmOnly, b.largeOnly = *helmOnly, *largeOnly
+	b.helmOnly, b.largeOnly, b.verifyOnly = *helmOnly, *largeOnly, *verifyOnly
 	b.faultsOnly, b.tagsOnly, b.rolloutOnly, b.keepOnly, b.lazyOnly, b.afterFillOnly = *faultsOnly, *tagsOnly, *rolloutOnly, *keepOnly, *lazyOnly, *afterFillOnly
 	if err := b.run(*runs, *warmOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -114,6 +115,10 @@ type bench struct {
 	charts   string
 	// largeOnly runs the 8 GiB blob rows alone.
 	largeOnly bool
+	// verifyOnly runs the verification table alone; verifyPolicy is the
+	// --verify-policy of the kinds that verify.
+	verifyOnly   bool
+	verifyPolicy string
 }
 
 // plotClients are the points of the plot.
@@ -195,6 +200,10 @@ func (b *bench) run(runs int, warmOnly bool) error {
 	}
 	if b.helmOnly {
 		b.helmRows(runs)
+		return nil
+	}
+	if b.verifyOnly {
+		b.verifyRows(runs)
 		return nil
 	}
 	if b.shareOnly {
@@ -309,6 +318,8 @@ func (b *bench) run(runs int, warmOnly bool) error {
 		b.lazyRows(runs)
 		fmt.Println()
 		b.helmRows(runs)
+		fmt.Println()
+		b.verifyRows(runs)
 		fmt.Println()
 		return b.keepMemoryRows()
 	}
@@ -569,6 +580,9 @@ func (b *bench) startReplicas(kind string, n int) *cache {
 			}
 			if strings.Contains(kind, "redirect") {
 				args = append(args, "--s3-redirect")
+			}
+			if strings.Contains(kind, "verify") {
+				args = append(args, "--verify-policy", b.verifyPolicy)
 			}
 			if strings.Contains(kind, "audit") {
 				args = append(args, "--audit-log", filepath.Join(dir, "audit.log"))
