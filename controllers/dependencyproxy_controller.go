@@ -148,7 +148,11 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	verify, err := renderVerify(dp, problems)
+	rootProblems, err := r.verifyRootProblems(ctx, dp)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	verify, err := renderVerify(dp, problems, rootProblems)
 	if err != nil {
 		return ctrl.Result{}, err
 	}

@@ -3,9 +3,11 @@ package controllers
 import (
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"maps"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -25,10 +27,11 @@ import (
 
 // spec.verify, the pure parts: the policy file the proxy reads
 // (--verify-policy, in its ConfigMap beside its config), and the
-// projected volume of the Secrets' keys it names. The manager reads the
-// Secrets by name, in the resource's own namespace, only to say what is
-// missing: the keys reach the pods through the kubelet, and a key
-// replaced in its Secret is re-read by the proxy without a restart.
+// projected volumes of the Secrets' keys and the ConfigMaps' trusted
+// roots it names. The manager reads the Secrets and ConfigMaps by name,
+// in the resource's own namespace, only to say what is missing: they
+// reach the pods through the kubelet, and a key or root replaced in
+// place is re-read by the proxy without a restart.
 
 const (
 	// verifyPolicyKey is the policy file's key in the proxy's ConfigMap.
@@ -39,6 +42,13 @@ const (
 	// defaultVerifyKey is the key of a secretRef that names none (the
 	// API server defaults it too): cosign's name for a public key.
 	defaultVerifyKey = "cosign.pub"
+	// verifyRootsDir holds the keyless rules' trusted roots, one
+	// directory per ConfigMap, a file per key: verifyRootsDir/CONFIGMAP/KEY.
+	verifyRootsDir = configDir + "/verify-roots"
+	// defaultTrustedRootKey is the key of a trustedRootRef that names
+	// none (the API server defaults it too): what cosign and sigstore's
+	// TUF repository name it.
+	defaultTrustedRootKey = "trusted_root.json"
 	// verifyRecently is how long a failure keeps Verified False.
 	verifyRecently = time.Hour
 )
@@ -72,6 +82,92 @@ func verifyKeyRefs(dp *depproxyv1.DependencyProxy) []verifyKeyRef {
 		}
 	}
 	return out
+}
+
+// verifyRootRef is one key of one ConfigMap of the resource's
+// namespace: a keyless rule's trusted root.
+type verifyRootRef struct{ configMap, key string }
+
+func rootRefOf(r depproxyv1.ConfigMapKeyRef) verifyRootRef {
+	ref := verifyRootRef{configMap: r.Name, key: r.Key}
+	if ref.key == "" {
+		ref.key = defaultTrustedRootKey
+	}
+	return ref
+}
+
+// path is where the pods see the trusted root.
+func (r verifyRootRef) path() string { return verifyRootsDir + "/" + r.configMap + "/" + r.key }
+
+// verifyRootRefs are the trusted roots spec.verify names, each once,
+// in the order of the rules.
+func verifyRootRefs(dp *depproxyv1.DependencyProxy) []verifyRootRef {
+	if dp.Spec.Verify == nil {
+		return nil
+	}
+	var out []verifyRootRef
+	for _, r := range dp.Spec.Verify.Rules {
+		if r.Keyless == nil {
+			continue
+		}
+		if ref := rootRefOf(r.Keyless.TrustedRootRef); !slices.Contains(out, ref) {
+			out = append(out, ref)
+		}
+	}
+	return out
+}
+
+// verifyRootProblem says what is wrong with ref's trusted root in cm
+// (nil: the ConfigMap does not exist in namespace ns), or "". The
+// manager checks that it is a JSON object; the proxy reads it with
+// sigstore-go, which the manager does not link.
+func verifyRootProblem(cm *corev1.ConfigMap, ref verifyRootRef, ns string) string {
+	if cm == nil {
+		return fmt.Sprintf("ConfigMap %q does not exist in namespace %s", ref.configMap, ns)
+	}
+	raw, ok := []byte(cm.Data[ref.key]), true
+	if _, text := cm.Data[ref.key]; !text {
+		raw, ok = cm.BinaryData[ref.key]
+	}
+	if !ok {
+		keys := slices.Sorted(maps.Keys(cm.Data))
+		keys = append(keys, slices.Sorted(maps.Keys(cm.BinaryData))...)
+		return fmt.Sprintf("ConfigMap %q has no key %q (it has: %s)", ref.configMap, ref.key, strings.Join(keys, ", "))
+	}
+	var root map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &root); err != nil {
+		return fmt.Sprintf("ConfigMap %q key %q is not a trusted root as cosign trusted-root create writes trusted_root.json (%v)", ref.configMap, ref.key, err)
+	}
+	return ""
+}
+
+// verifyRootProblems reads the ConfigMaps spec.verify's keyless rules
+// name, by name, in dp's namespace only (a trustedRootRef has no
+// namespace), and says what is wrong with each root, by root; empty
+// when nothing is.
+func (r *DependencyProxyReconciler) verifyRootProblems(ctx context.Context, dp *depproxyv1.DependencyProxy) (map[verifyRootRef]string, error) {
+	problems := map[verifyRootRef]string{}
+	read := map[string]*corev1.ConfigMap{}
+	for _, ref := range verifyRootRefs(dp) {
+		cm, done := read[ref.configMap]
+		if !done {
+			cm = &corev1.ConfigMap{}
+			// Straight from the API server, as the Secrets: the user's
+			// ConfigMap, not one the manager owns.
+			err := r.secrets().Get(ctx, client.ObjectKey{Namespace: dp.Namespace, Name: ref.configMap}, cm)
+			if client.IgnoreNotFound(err) != nil {
+				return nil, err
+			}
+			if err != nil {
+				cm = nil
+			}
+			read[ref.configMap] = cm
+		}
+		if p := verifyRootProblem(cm, ref, dp.Namespace); p != "" {
+			problems[ref] = p
+		}
+	}
+	return problems, nil
 }
 
 // verifyKeyProblem says what is wrong with ref's key in s (nil: the
@@ -133,10 +229,11 @@ func (r *DependencyProxyReconciler) verifyKeyProblems(ctx context.Context, dp *d
 // verifyRendering is spec.verify as the proxy gets it.
 type verifyRendering struct {
 	policy []byte
-	// keys are the keys mounted, each once.
-	keys []verifyKeyRef
-	// dropped say which keys an audit policy was rendered without, and
-	// why.
+	// keys are the keys mounted, each once; roots the trusted roots.
+	keys  []verifyKeyRef
+	roots []verifyRootRef
+	// dropped say which keys and roots an audit policy was rendered
+	// without, and why.
 	dropped []string
 }
 
@@ -147,9 +244,18 @@ type verifyPolicyFile struct {
 }
 
 type verifyPolicyRule struct {
-	Images     []string        `json:"images"`
-	Keys       []verifyFileKey `json:"keys"`
-	IgnoreTlog bool            `json:"ignoreTlog,omitempty"`
+	Images     []string             `json:"images"`
+	Keys       []verifyFileKey      `json:"keys,omitempty"`
+	IgnoreTlog bool                 `json:"ignoreTlog,omitempty"`
+	Keyless    *verifyPolicyKeyless `json:"keyless,omitempty"`
+}
+
+type verifyPolicyKeyless struct {
+	Issuer        string        `json:"issuer,omitempty"`
+	IssuerRegExp  string        `json:"issuerRegExp,omitempty"`
+	Subject       string        `json:"subject,omitempty"`
+	SubjectRegExp string        `json:"subjectRegExp,omitempty"`
+	TrustedRoot   verifyFileKey `json:"trustedRoot"`
 }
 
 type verifyFileKey struct {
@@ -157,7 +263,8 @@ type verifyFileKey struct {
 }
 
 // renderVerify renders spec.verify (nil without it) given what is
-// wrong with its keys (problems, by key).
+// wrong with its keys (problems, by key) and its keyless rules' trusted
+// roots (rootProblems, by root).
 //
 // A key that is missing never makes a rule weaker than written. In
 // enforce mode nothing is rendered at all: the reconcile waits
@@ -166,8 +273,14 @@ type verifyFileKey struct {
 // rendered without it would refuse what that key signed, and one left
 // out would serve unverified images. In audit mode, which refuses
 // nothing, the key is left out (a rule left without keys, left out
-// whole) and the Verified condition says so.
-func renderVerify(dp *depproxyv1.DependencyProxy, problems map[verifyKeyRef]string) (*verifyRendering, error) {
+// whole) and the Verified condition says so. A trusted root is as a
+// key: a keyless rule without it waits in enforce mode, and is left out
+// in audit mode.
+//
+// A keyless rule's regular expression that Go does not compile (the
+// proxy's, sigstore-go's syntax) stalls the reconcile: the proxy would
+// not load the policy.
+func renderVerify(dp *depproxyv1.DependencyProxy, problems map[verifyKeyRef]string, rootProblems map[verifyRootRef]string) (*verifyRendering, error) {
 	v := dp.Spec.Verify
 	if v == nil {
 		return nil, nil
@@ -196,7 +309,29 @@ func renderVerify(dp *depproxyv1.DependencyProxy, problems map[verifyKeyRef]stri
 				out.keys = append(out.keys, ref)
 			}
 		}
-		if len(pr.Keys) > 0 {
+		if kl := r.Keyless; kl != nil {
+			for field, re := range map[string]string{"issuerRegExp": kl.IssuerRegExp, "subjectRegExp": kl.SubjectRegExp} {
+				if _, err := regexp.Compile(re); err != nil {
+					return nil, stalled(depproxyv1.ReasonInvalidSettings, "spec.verify.rules[%d].keyless.%s: %v", i, field, err)
+				}
+			}
+			ref := rootRefOf(kl.TrustedRootRef)
+			if p := rootProblems[ref]; p != "" {
+				if mode == depproxyv1.VerifyEnforce {
+					return nil, waiting(depproxyv1.ReasonVerifyKeyMissing,
+						"spec.verify.rules[%d].keyless.trustedRootRef: %s. In enforce mode the policy is not rolled out without its trusted roots, and nothing else is either: the running proxy, if any, keeps the policy it has. Put the trusted root there (kubectl create configmap %s --from-file=%s=trusted_root.json), or change the rule",
+						i, p, ref.configMap, ref.key)
+				}
+				out.dropped = append(out.dropped, fmt.Sprintf("rules[%d].keyless.trustedRootRef: %s", i, p))
+				continue
+			}
+			pr.Keyless = &verifyPolicyKeyless{Issuer: kl.Issuer, IssuerRegExp: kl.IssuerRegExp, Subject: kl.Subject, SubjectRegExp: kl.SubjectRegExp,
+				TrustedRoot: verifyFileKey{File: ref.path()}}
+			if !slices.Contains(out.roots, ref) {
+				out.roots = append(out.roots, ref)
+			}
+		}
+		if len(pr.Keys) > 0 || pr.Keyless != nil {
 			f.Rules = append(f.Rules, pr)
 		}
 	}
@@ -250,16 +385,43 @@ func verifyKeysVolume(v *verifyRendering) *corev1.Volume {
 		Sources: sources, DefaultMode: ptr.To[int32](0o440)}}}
 }
 
-// mountVerifyKeys mounts the keys into the proxy's pods.
-func mountVerifyKeys(d *appsv1.Deployment, v *verifyRendering) {
-	vol := verifyKeysVolume(v)
-	if vol == nil {
-		return
+// verifyRootsVolume projects the trusted roots the policy names, one
+// source per ConfigMap, each key at CONFIGMAP/KEY. Only the keys named
+// are mounted. Nil when there are none.
+func verifyRootsVolume(v *verifyRendering) *corev1.Volume {
+	if v == nil || len(v.roots) == 0 {
+		return nil
 	}
+	byConfigMap := map[string][]corev1.KeyToPath{}
+	for _, r := range v.roots {
+		byConfigMap[r.configMap] = append(byConfigMap[r.configMap], corev1.KeyToPath{Key: r.key, Path: r.configMap + "/" + r.key})
+	}
+	var sources []corev1.VolumeProjection
+	for _, name := range slices.Sorted(maps.Keys(byConfigMap)) {
+		items := byConfigMap[name]
+		slices.SortFunc(items, func(a, b corev1.KeyToPath) int { return strings.Compare(a.Key, b.Key) })
+		sources = append(sources, corev1.VolumeProjection{ConfigMap: &corev1.ConfigMapProjection{
+			LocalObjectReference: corev1.LocalObjectReference{Name: name}, Items: items}})
+	}
+	return &corev1.Volume{Name: "verify-roots", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+		Sources: sources, DefaultMode: ptr.To[int32](0o444)}}}
+}
+
+// mountVerifyKeys mounts the keys and the trusted roots into the
+// proxy's pods.
+func mountVerifyKeys(d *appsv1.Deployment, v *verifyRendering) {
 	pod := &d.Spec.Template.Spec
-	pod.Volumes = append(pod.Volumes, *vol)
 	c := &pod.Containers[0]
-	c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: vol.Name, MountPath: verifyKeysDir, ReadOnly: true})
+	for _, m := range []struct {
+		vol  *corev1.Volume
+		path string
+	}{{verifyKeysVolume(v), verifyKeysDir}, {verifyRootsVolume(v), verifyRootsDir}} {
+		if m.vol == nil {
+			continue
+		}
+		pod.Volumes = append(pod.Volumes, *m.vol)
+		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: m.vol.Name, MountPath: m.path, ReadOnly: true})
+	}
 }
 
 // verifyConditions are spec.verify's condition, Verified: taken out
@@ -277,7 +439,7 @@ func verifyConditions(dp *depproxyv1.DependencyProxy, s *depproxyv1.CacheSummary
 	}
 	if len(dropped) > 0 {
 		return set(metav1.ConditionFalse, depproxyv1.ReasonVerifyKeyMissing,
-			fmt.Sprintf("audit mode: the policy is checked without %d of its keys until they are there (a rule left without keys is not checked): %s",
+			fmt.Sprintf("audit mode: the policy is checked without %d of its keys and trusted roots until they are there (a rule left without keys, or a keyless rule without its root, is not checked): %s",
 				len(dropped), strings.Join(dropped[:min(len(dropped), 5)], "; ")))
 	}
 	if s == nil {

@@ -36,6 +36,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/report"
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/verify"
+	"github.com/depproxy/depproxy/test/sigstoretest"
 	"github.com/depproxy/depproxy/test/testenv"
 )
 
@@ -61,6 +62,18 @@ func keyRule(images []string, secrets ...string) depproxyv1.VerifyRule {
 		name, key, _ := strings.Cut(s, "/")
 		r.Keys = append(r.Keys, depproxyv1.VerifyKey{SecretRef: depproxyv1.SecretKeyRef{Name: name, Key: key}})
 	}
+	return r
+}
+
+// keyless is a keyless identity whose trusted root is the ConfigMap
+// sigstore-root's default key.
+func keyless(issuer, issuerRE, subject, subjectRE string) *depproxyv1.VerifyKeyless {
+	return &depproxyv1.VerifyKeyless{Issuer: issuer, IssuerRegExp: issuerRE, Subject: subject, SubjectRegExp: subjectRE,
+		TrustedRootRef: depproxyv1.ConfigMapKeyRef{Name: "sigstore-root"}}
+}
+
+func withKeyless(r depproxyv1.VerifyRule, k *depproxyv1.VerifyKeyless) depproxyv1.VerifyRule {
+	r.Keyless = k
 	return r
 }
 
@@ -105,7 +118,7 @@ func TestVerifyPolicyIsReadAsTheProxyReadsIt(t *testing.T) {
 		keyRule([]string{"ghcr.io/our-org/**"}, "org-keys", "org-keys/release.pub"),
 		keyRule([]string{"docker.io/library/*", "nginx"}, "docker/cosign.pub", "org-keys/cosign.pub"))
 	dp.Spec.Verify.Rules[1].IgnoreTlog = true
-	v, err := renderVerify(dp, nil)
+	v, err := renderVerify(dp, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +178,7 @@ func TestAMissingKeyIsNeverNoRule(t *testing.T) {
 	problems := map[verifyKeyRef]string{{"gone", "cosign.pub"}: `Secret "gone" does not exist in namespace tenants`}
 
 	for _, mode := range []depproxyv1.VerifyMode{depproxyv1.VerifyEnforce, ""} {
-		v, err := renderVerify(verifyingProxy(mode, rules...), problems)
+		v, err := renderVerify(verifyingProxy(mode, rules...), problems, nil)
 		var re *reconcileError
 		if v != nil || !errors.As(err, &re) || re.Reason != depproxyv1.ReasonVerifyKeyMissing || re.retry != retryAfter ||
 			!strings.Contains(re.Message, `Secret "gone"`) || !strings.Contains(re.Message, "spec.verify.rules[0].keys[0]") {
@@ -174,7 +187,7 @@ func TestAMissingKeyIsNeverNoRule(t *testing.T) {
 	}
 
 	dp := verifyingProxy(depproxyv1.VerifyAudit, rules...)
-	v, err := renderVerify(dp, problems)
+	v, err := renderVerify(dp, problems, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,7 +310,7 @@ func TestVerifyPolicyChangesDoNotRoll(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		v, err := renderVerify(dp, nil)
+		v, err := renderVerify(dp, nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -514,7 +527,20 @@ func TestInvalidVerifySpecsAreRefused(t *testing.T) {
 		{"no rules", &depproxyv1.VerifySpec{}, "spec.verify.rules"},
 		{"an unknown mode", &depproxyv1.VerifySpec{Mode: "warn", Rules: []depproxyv1.VerifyRule{rule("ghcr.io/org/**")}}, "spec.verify.mode"},
 		{"no images", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{rule()}}, "spec.verify.rules[0].images"},
-		{"no keys", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{keyRule([]string{"ghcr.io/org/**"})}}, "spec.verify.rules[0].keys"},
+		{"no keys", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{keyRule([]string{"ghcr.io/org/**"})}}, "exactly one of keys, keyless"},
+		{"keys and keyless", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{withKeyless(rule("ghcr.io/org/**"), keyless("x", "", "y", ""))}}, "exactly one of keys, keyless"},
+		{"keyless, issuer twice", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{withKeyless(keyRule([]string{"ghcr.io/org/**"}), keyless("x", "^x$", "y", ""))}}, "exactly one of issuer, issuerRegExp"},
+		{"keyless, no subject", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{withKeyless(keyRule([]string{"ghcr.io/org/**"}), keyless("x", "", "", ""))}}, "exactly one of subject, subjectRegExp"},
+		{"keyless without its log", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{func() depproxyv1.VerifyRule {
+			r := withKeyless(keyRule([]string{"ghcr.io/org/**"}), keyless("x", "", "y", ""))
+			r.IgnoreTlog = true
+			return r
+		}()}}, "ignoreTlog is for key rules"},
+		{"a trusted root's key climbing out", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{func() depproxyv1.VerifyRule {
+			r := withKeyless(keyRule([]string{"ghcr.io/org/**"}), keyless("x", "", "y", ""))
+			r.Keyless.TrustedRootRef.Key = "..data"
+			return r
+		}()}}, "may not be . or begin with .."},
 		{"a tag", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{rule("ghcr.io/org/app:latest")}}, "not tags"},
 		{"a digest", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{rule("ghcr.io/org/app@sha256:ab")}}, "spec.verify.rules[0].images[0]"},
 		{"a key climbing out", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{keyRule([]string{"ghcr.io/org/**"}, "k/..data")}}, "may not be . or begin with .."},
@@ -530,11 +556,13 @@ func TestInvalidVerifySpecsAreRefused(t *testing.T) {
 			}
 		})
 	}
-	ok := withVerify(&depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{rule("localhost:5000/org/**", "nginx", "docker.io/library/*")}})
+	ok := withVerify(&depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{rule("localhost:5000/org/**", "nginx", "docker.io/library/*"),
+		withKeyless(keyRule([]string{"ghcr.io/org/**"}), keyless("https://token.actions.githubusercontent.com", "", "", "^https://github.com/org/"))}})
 	if err := k8sClient.Create(context.Background(), ok); err != nil {
 		t.Fatalf("a valid spec.verify was refused: %v", err)
 	}
-	if ok.Spec.Verify.Mode != depproxyv1.VerifyEnforce || ok.Spec.Verify.Rules[0].Keys[0].SecretRef.Key != "cosign.pub" {
+	if ok.Spec.Verify.Mode != depproxyv1.VerifyEnforce || ok.Spec.Verify.Rules[0].Keys[0].SecretRef.Key != "cosign.pub" ||
+		ok.Spec.Verify.Rules[1].Keyless.TrustedRootRef.Key != "trusted_root.json" {
 		t.Errorf("defaults: %+v", ok.Spec.Verify)
 	}
 }
@@ -609,5 +637,183 @@ func TestRenderedVerifyPolicyRefuses(t *testing.T) {
 	c := assertCondition(t, dp, depproxyv1.ConditionVerified, metav1.ConditionFalse, depproxyv1.ReasonImageRefused)
 	if !strings.Contains(c.Message, "library/unsigned@sha256:") || !strings.Contains(c.Message, "no signature") {
 		t.Errorf("the condition does not name the image and the reason: %q", c.Message)
+	}
+}
+
+// Keyless rules are rendered as the proxy reads them, each trusted root
+// projected from its ConfigMap where the policy names it (only the keys
+// named, each once, trusted_root.json by default). A missing root waits
+// in enforce mode and leaves its rule out in audit mode; a regular
+// expression Go does not compile stalls.
+func TestVerifyKeylessPolicyIsReadAsTheProxyReadsIt(t *testing.T) {
+	root := sigstoretest.New(t).TrustedRoot(t)
+	pub := cosignPub(t)
+	staging := keyless("", "^https://token\\.", "", "^https://github.com/org/")
+	staging.TrustedRootRef.Key = "staging.json"
+	dp := verifyingProxy(depproxyv1.VerifyEnforce,
+		withKeyless(keyRule([]string{"docker.io/library/*"}), keyless("https://token.actions.githubusercontent.com", "", "https://github.com/docker-library/x", "")),
+		withKeyless(keyRule([]string{"ghcr.io/org/**"}), staging),
+		keyRule([]string{"quay.io/org/**"}, "org-key"),
+		withKeyless(keyRule([]string{"registry.example/**"}), keyless("https://issuer.example", "", "", "@example.com$")))
+	v, err := renderVerify(dp, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.roots) != 2 || len(v.keys) != 1 || len(v.dropped) != 0 {
+		t.Fatalf("roots %v keys %v dropped %v", v.roots, v.keys, v.dropped)
+	}
+	vol := verifyRootsVolume(v)
+	if vol == nil || len(vol.Projected.Sources) != 1 || vol.Projected.Sources[0].ConfigMap == nil ||
+		vol.Projected.Sources[0].ConfigMap.Name != "sigstore-root" || len(vol.Projected.Sources[0].ConfigMap.Items) != 2 {
+		t.Fatalf("one source per ConfigMap, each key once: %+v", vol)
+	}
+
+	// What the pod sees: the roots and the key where the volumes put
+	// them, read by the proxy's own parser.
+	raw, dir := materialize(t, v, map[verifyKeyRef][]byte{{"org-key", "cosign.pub"}: pub})
+	rootsDir := t.TempDir()
+	for _, it := range vol.Projected.Sources[0].ConfigMap.Items {
+		p := filepath.Join(rootsDir, it.Path)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		os.WriteFile(p, root, 0o644)
+	}
+	raw = []byte(strings.ReplaceAll(string(raw), verifyRootsDir, rootsDir))
+	p, err := verify.Parse(raw, dir)
+	if err != nil {
+		t.Fatalf("the proxy refuses the rendered policy: %v\n%s", err, raw)
+	}
+	if p.Mode != verify.Enforce {
+		t.Errorf("mode %s", p.Mode)
+	}
+	for _, want := range []string{"issuer: https://token.actions.githubusercontent.com", "subject: https://github.com/docker-library/x",
+		"issuerRegExp: ^https://token\\.", "subjectRegExp: '@example.com$'",
+		"file: " + verifyRootsDir + "/sigstore-root/trusted_root.json", "file: " + verifyRootsDir + "/sigstore-root/staging.json"} {
+		if !strings.Contains(string(v.policy), want) {
+			t.Errorf("the policy lacks %q:\n%s", want, v.policy)
+		}
+	}
+
+	// Wired: the pods mount the roots beside the keys.
+	d := desiredDeployment(dp, "img", "", "", "")
+	mountVerifyKeys(d, v)
+	mounts := map[string]string{}
+	for _, m := range d.Spec.Template.Spec.Containers[0].VolumeMounts {
+		if m.ReadOnly {
+			mounts[m.Name] = m.MountPath
+		}
+	}
+	if mounts["verify-roots"] != verifyRootsDir || mounts["verify-keys"] != verifyKeysDir {
+		t.Errorf("mounts %v", mounts)
+	}
+
+	// A root missing: enforce waits, naming it; audit leaves its rule out.
+	missing := map[verifyRootRef]string{{"sigstore-root", "staging.json"}: `ConfigMap "sigstore-root" has no key "staging.json"`}
+	_, err = renderVerify(dp, nil, missing)
+	var re *reconcileError
+	if !errors.As(err, &re) || re.Reason != depproxyv1.ReasonVerifyKeyMissing || re.retry != retryAfter ||
+		!strings.Contains(re.Message, "spec.verify.rules[1].keyless.trustedRootRef") || !strings.Contains(re.Message, "staging.json") {
+		t.Errorf("a missing root in enforce mode: %v", err)
+	}
+	dp.Spec.Verify.Mode = depproxyv1.VerifyAudit
+	v, err = renderVerify(dp, nil, missing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(v.policy), "ghcr.io") || strings.Contains(string(v.policy), "staging.json") || len(v.dropped) != 1 || len(v.roots) != 1 {
+		t.Errorf("audit policy without the missing root (dropped %v):\n%s", v.dropped, v.policy)
+	}
+
+	// A regular expression the proxy would not load.
+	dp.Spec.Verify.Rules[3].Keyless.SubjectRegExp = "("
+	if _, err := renderVerify(dp, nil, nil); !errors.As(err, &re) || re.Reason != depproxyv1.ReasonInvalidSettings || re.retry != retryNever ||
+		!strings.Contains(re.Message, "spec.verify.rules[3].keyless.subjectRegExp") {
+		t.Errorf("a bad regular expression: %v", err)
+	}
+}
+
+func TestVerifyRootProblem(t *testing.T) {
+	ref := verifyRootRef{"roots", "trusted_root.json"}
+	cm := func(data map[string]string, binary map[string][]byte) *corev1.ConfigMap {
+		return &corev1.ConfigMap{Data: data, BinaryData: binary}
+	}
+	for _, tc := range []struct {
+		name string
+		cm   *corev1.ConfigMap
+		want string // in the problem; "" none
+	}{
+		{"no ConfigMap", nil, `ConfigMap "roots" does not exist in namespace ns`},
+		{"no such key", cm(map[string]string{"a": "{}"}, map[string][]byte{"b": nil}), `has no key "trusted_root.json" (it has: a, b)`},
+		{"not JSON", cm(map[string]string{"trusted_root.json": "hello"}, nil), "is not a trusted root"},
+		{"a JSON list", cm(map[string]string{"trusted_root.json": "[]"}, nil), "is not a trusted root"},
+		{"a trusted root", cm(map[string]string{"trusted_root.json": string(sigstoretest.New(t).TrustedRoot(t))}, nil), ""},
+		{"as binary data", cm(nil, map[string][]byte{"trusted_root.json": []byte(`{"mediaType":"x"}`)}), ""},
+	} {
+		if got := verifyRootProblem(tc.cm, ref, "ns"); (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+// A keyless rule's trusted root is read from the cache's own namespace
+// only: a ConfigMap of that name elsewhere is never used; without one
+// here an enforce policy waits, naming where it looked; with one, its
+// key alone is projected into the pods and named by the policy.
+func TestVerifyTrustedRootsStayInTheNamespace(t *testing.T) {
+	ctx := context.Background()
+	ns, other := namespace(t), namespace(t)
+	root := sigstoretest.New(t).TrustedRoot(t)
+	if err := k8sClient.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "sigstore-root", Namespace: other},
+		Data: map[string]string{"trusted_root.json": string(root)}}); err != nil {
+		t.Fatal(err)
+	}
+	storageSecret(t, ns, "minio", map[string]string{"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"})
+	dp := &depproxyv1.DependencyProxy{ObjectMeta: metav1.ObjectMeta{Name: "keyless", Namespace: ns}, Spec: depproxyv1.DependencyProxySpec{
+		Storage: depproxyv1.StorageSpec{Endpoint: "m:9000", Bucket: "cache", Prefix: ns, CredentialsSecretRef: corev1.LocalObjectReference{Name: "minio"}},
+		Verify: &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{
+			withKeyless(depproxyv1.VerifyRule{Images: []string{"docker.io/library/*"}}, keyless("https://token.actions.githubusercontent.com", "", "", "^https://github.com/docker-library/"))}}}}
+	if err := k8sClient.Create(ctx, dp); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := newProxyReconciler(k8sClient)
+	reconcileProxy(t, r, dp)
+	k8sClient.Get(ctx, client.ObjectKeyFromObject(dp), dp)
+	c := assertCondition(t, dp, depproxyv1.ConditionReady, metav1.ConditionFalse, depproxyv1.ReasonVerifyKeyMissing)
+	if !strings.Contains(c.Message, `ConfigMap "sigstore-root" does not exist in namespace `+ns) || !strings.Contains(c.Message, "keyless.trustedRootRef") {
+		t.Errorf("the message does not say where the root was looked for: %q", c.Message)
+	}
+	if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "keyless-depproxy"}, &appsv1.Deployment{}); !apierrors.IsNotFound(err) {
+		t.Errorf("a cache whose enforce policy lacks its trusted root was rolled out: %v", err)
+	}
+
+	if err := k8sClient.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "sigstore-root", Namespace: ns},
+		Data: map[string]string{"trusted_root.json": string(root), "unrelated": "x"}}); err != nil {
+		t.Fatal(err)
+	}
+	reconcileProxy(t, r, dp)
+	d, cm := &appsv1.Deployment{}, &corev1.ConfigMap{}
+	if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "keyless-depproxy"}, d); err != nil {
+		t.Fatal(err)
+	}
+	k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "keyless-depproxy"}, cm)
+	if !strings.Contains(cm.Data[verifyPolicyKey], verifyRootsDir+"/sigstore-root/trusted_root.json") ||
+		!strings.Contains(cm.Data[verifyPolicyKey], "subjectRegExp: ^https://github.com/docker-library/") {
+		t.Errorf("the policy:\n%s", cm.Data[verifyPolicyKey])
+	}
+	projected := 0
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		if v.Projected == nil {
+			continue
+		}
+		for _, src := range v.Projected.Sources {
+			if src.ConfigMap != nil {
+				projected++
+				if src.ConfigMap.Name != "sigstore-root" || len(src.ConfigMap.Items) != 1 || src.ConfigMap.Items[0].Key != "trusted_root.json" {
+					t.Errorf("projected %+v", src.ConfigMap)
+				}
+			}
+		}
+	}
+	if projected != 1 {
+		t.Errorf("%d ConfigMaps projected into the pods, want the trusted root's", projected)
 	}
 }

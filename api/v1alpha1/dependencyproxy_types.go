@@ -136,10 +136,10 @@ type DependencyProxySpec struct {
 
 	// Verify checks the signatures of the images the cache serves, once
 	// per manifest digest, before any byte of it is served: in enforce
-	// mode an image a rule matches and no key of it signed is refused
-	// (403 DENIED, naming the rule and the reason); in audit mode it is
-	// served, logged and counted. The keys come from Secrets of this
-	// namespace only.
+	// mode an image a rule matches and no key or keyless identity of it
+	// signed is refused (403 DENIED, naming the rule and the reason); in
+	// audit mode it is served, logged and counted. The keys come from
+	// Secrets, the trusted roots from ConfigMaps, of this namespace only.
 	// +optional
 	Verify *VerifySpec `json:"verify,omitempty"`
 }
@@ -170,7 +170,10 @@ type VerifySpec struct {
 	Rules []VerifyRule `json:"rules"`
 }
 
-// VerifyRule says which images must be signed, and by which keys.
+// VerifyRule says which images must be signed, and by which keys or
+// which keyless identity.
+// +kubebuilder:validation:XValidation:rule="has(self.keys) != has(self.keyless)",message="a verify rule names keys or a keyless identity: exactly one of keys, keyless"
+// +kubebuilder:validation:XValidation:rule="!has(self.keyless) || !has(self.ignoreTlog) || !self.ignoreTlog",message="ignoreTlog is for key rules: a keyless certificate holds only with its transparency-log proof"
 type VerifyRule struct {
 	// Images are patterns over registry/repository, as in spec.access
 	// (nginx is docker.io/library/nginx; * within a path component, **
@@ -185,15 +188,79 @@ type VerifyRule struct {
 	Images []string `json:"images"`
 
 	// Keys are cosign public keys; an image signed by any of them passes.
+	// +optional
 	// +kubebuilder:validation:MinItems=1
 	// +kubebuilder:validation:MaxItems=16
-	Keys []VerifyKey `json:"keys"`
+	Keys []VerifyKey `json:"keys,omitempty"`
+
+	// Keyless is the signer's identity in place of keys: a cosign
+	// keyless signature (a v3 bundle) whose short-lived certificate,
+	// transparency-log proof and timestamp verify against the trusted
+	// root, offline, and whose certificate names this issuer and
+	// subject.
+	// +optional
+	Keyless *VerifyKeyless `json:"keyless,omitempty"`
 
 	// IgnoreTlog accepts a key signature without a transparency-log
 	// proof, as cosign verify --insecure-ignore-tlog does; without it, a
 	// key signature needs its log proof.
 	// +optional
 	IgnoreTlog bool `json:"ignoreTlog,omitempty"`
+}
+
+// VerifyKeyless is a keyless signer: who the certificate names, and the
+// trusted root its CA, log and timestamp authority are checked against.
+// Issuer and subject are each an exact value or a regular expression
+// (Go syntax, unanchored, as cosign's --certificate-identity-regexp).
+// +kubebuilder:validation:XValidation:rule="has(self.issuer) != has(self.issuerRegExp)",message="keyless: exactly one of issuer, issuerRegExp"
+// +kubebuilder:validation:XValidation:rule="has(self.subject) != has(self.subjectRegExp)",message="keyless: exactly one of subject, subjectRegExp"
+type VerifyKeyless struct {
+	// Issuer is the OIDC issuer the certificate names, exactly
+	// (https://token.actions.githubusercontent.com).
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=1024
+	Issuer string `json:"issuer,omitempty"`
+	// IssuerRegExp matches the issuer.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=1024
+	IssuerRegExp string `json:"issuerRegExp,omitempty"`
+	// Subject is the identity the certificate names, exactly (a
+	// workflow's URL, an e-mail address).
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=1024
+	Subject string `json:"subject,omitempty"`
+	// SubjectRegExp matches the subject.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=1024
+	SubjectRegExp string `json:"subjectRegExp,omitempty"`
+	// TrustedRootRef names the ConfigMap holding the trusted root
+	// (trusted_root.json, as cosign trusted-root create writes it, or
+	// the public-good instance's from its TUF repository), in the
+	// resource's own namespace. Nothing else is trusted, and nothing is
+	// fetched.
+	TrustedRootRef ConfigMapKeyRef `json:"trustedRootRef"`
+}
+
+// ConfigMapKeyRef is one key of a ConfigMap in the resource's namespace.
+type ConfigMapKeyRef struct {
+	// Name of the ConfigMap.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Name string `json:"name"`
+
+	// Key of the ConfigMap's data holding the trusted root;
+	// trusted_root.json by default.
+	// +optional
+	// +kubebuilder:default="trusted_root.json"
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern="^[-._a-zA-Z0-9]+$"
+	// +kubebuilder:validation:XValidation:rule="self != '.' && !self.startsWith('..')",message="a ConfigMap's key may not be . or begin with .."
+	Key string `json:"key,omitempty"`
 }
 
 // VerifyKey is a public key.
