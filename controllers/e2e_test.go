@@ -202,6 +202,23 @@ func runRendered(t *testing.T, ns, name, proxyAddr, opsAddr string) *testenv.Syn
 			}
 		case v.Projected != nil:
 			for _, src := range v.Projected.Sources {
+				if src.ConfigMap != nil {
+					cm := &corev1.ConfigMap{}
+					if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: src.ConfigMap.Name}, cm); err != nil {
+						t.Fatal(err)
+					}
+					for _, it := range src.ConfigMap.Items {
+						path := filepath.Join(dir, it.Path)
+						os.MkdirAll(filepath.Dir(path), 0o755)
+						val, ok := []byte(cm.Data[it.Key]), true
+						if _, text := cm.Data[it.Key]; !text {
+							val, ok = cm.BinaryData[it.Key]
+						}
+						if ok {
+							os.WriteFile(path, val, 0o644)
+						}
+					}
+				}
 				if src.Secret == nil {
 					continue
 				}

@@ -570,7 +570,9 @@ func TestInvalidVerifySpecsAreRefused(t *testing.T) {
 // The real proxy, run as the operator rendered it with spec.verify in
 // enforce mode, refuses an unsigned image naming the rule and the
 // reason; its own summary brings the refusal to the status and the
-// Verified condition.
+// Verified condition. A keyless rule's trusted root, projected from its
+// ConfigMap, is loaded by the proxy, whose keyless rule refuses an
+// unsigned image too.
 func TestRenderedVerifyPolicyRefuses(t *testing.T) {
 	cluster(t)
 	ctx := context.Background()
@@ -581,9 +583,11 @@ func TestRenderedVerifyPolicyRefuses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref, _ := name.ParseReference(reg.Addr+"/library/unsigned:1.0", name.Insecure)
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
+	for _, repo := range []string{"library/unsigned", "keyless/unsigned"} {
+		ref, _ := name.ParseReference(reg.Addr+"/"+repo+":1.0", name.Insecure)
+		if err := remote.Write(ref, img); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	ns := namespace(t)
@@ -596,8 +600,13 @@ func TestRenderedVerifyPolicyRefuses(t *testing.T) {
 		Upstream: depproxyv1.UpstreamSpec{URL: front.URL()},
 		Storage: depproxyv1.StorageSpec{Endpoint: m.Addr, Bucket: "verify-cache", Prefix: "signed", Insecure: true,
 			CredentialsSecretRef: corev1.LocalObjectReference{Name: "minio"}},
-		Verify: &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{keyRule([]string{front.Addr + "/library/**"}, "org-key")}},
+		Verify: &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{keyRule([]string{front.Addr + "/library/**"}, "org-key"),
+			withKeyless(depproxyv1.VerifyRule{Images: []string{front.Addr + "/keyless/**"}}, keyless("https://issuer.example", "", "", "@example.com$"))}},
 	}}
+	if err := k8sClient.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "sigstore-root", Namespace: ns},
+		Data: map[string]string{"trusted_root.json": string(sigstoretest.New(t).TrustedRoot(t))}}); err != nil {
+		t.Fatal(err)
+	}
 	if err := k8sClient.Create(ctx, dp); err != nil {
 		t.Fatal(err)
 	}
@@ -637,6 +646,16 @@ func TestRenderedVerifyPolicyRefuses(t *testing.T) {
 	c := assertCondition(t, dp, depproxyv1.ConditionVerified, metav1.ConditionFalse, depproxyv1.ReasonImageRefused)
 	if !strings.Contains(c.Message, "library/unsigned@sha256:") || !strings.Contains(c.Message, "no signature") {
 		t.Errorf("the condition does not name the image and the reason: %q", c.Message)
+	}
+
+	resp, err := http.Get("http://" + proxyAddr + "/v2/keyless/unsigned/manifests/1.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "rule 2") || !strings.Contains(string(body), "no signature") {
+		t.Errorf("an unsigned image under the keyless rule: %s %s\nproxy log:\n%s", resp.Status, body, logs)
 	}
 }
 
