@@ -17,6 +17,7 @@
 package verify
 
 import (
+	"context"
 	"crypto"
 	"crypto/sha256"
 	"encoding/hex"
@@ -26,6 +27,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
 	"sigs.k8s.io/yaml"
@@ -66,6 +69,9 @@ type rule struct {
 	trust *trustedRoot
 	// keyless, when set, is the rule's signer in place of keys.
 	keyless *keyless
+	// notation, when set, is the rule's trust in place of cosign's:
+	// notation signatures against a trust store and trust policy.
+	notation *notationTrust
 }
 
 type key struct {
@@ -77,11 +83,12 @@ type key struct {
 type file struct {
 	Mode  Mode `json:"mode"`
 	Rules []struct {
-		Images      []string     `json:"images"`
-		Keys        []fileRef    `json:"keys"`
-		IgnoreTlog  bool         `json:"ignoreTlog"`
-		TrustedRoot *fileRef     `json:"trustedRoot"`
-		Keyless     *keylessSpec `json:"keyless"`
+		Images      []string      `json:"images"`
+		Keys        []fileRef     `json:"keys"`
+		IgnoreTlog  bool          `json:"ignoreTlog"`
+		TrustedRoot *fileRef      `json:"trustedRoot"`
+		Keyless     *keylessSpec  `json:"keyless"`
+		Notation    *notationSpec `json:"notation"`
 	} `json:"rules"`
 }
 
@@ -124,10 +131,16 @@ func Parse(raw []byte, dir string) (*Policy, error) {
 		switch {
 		case len(fr.Images) == 0:
 			err = errors.New("names no images")
-		case len(fr.Keys) == 0 && fr.Keyless == nil:
-			err = errors.New("names no keys and is not keyless")
+		case len(fr.Keys) == 0 && fr.Keyless == nil && fr.Notation == nil:
+			err = errors.New("names no keys, and is not keyless or notation")
 		case len(fr.Keys) > 0 && fr.Keyless != nil:
 			err = errors.New("names keys and is keyless: one or the other")
+		case fr.Notation != nil && (len(fr.Keys) > 0 || fr.Keyless != nil):
+			err = errors.New("notation and cosign's keys or keyless: one kind of signature a rule")
+		case fr.Notation != nil && (fr.IgnoreTlog || fr.TrustedRoot != nil):
+			// notation has no transparency log; its trust is the trust
+			// policy's.
+			err = errors.New("notation: ignoreTlog and trustedRoot are for key rules")
 		case fr.Keyless != nil && (fr.IgnoreTlog || fr.TrustedRoot != nil):
 			// A short-lived certificate means nothing without the log
 			// proof; its trusted root is the keyless one's own.
@@ -155,6 +168,15 @@ func Parse(raw []byte, dir string) (*Policy, error) {
 			}
 			h.Write(raw)
 			r.keyless = k
+		}
+		if fr.Notation != nil {
+			n, raw, err := newNotation(fr.Notation, dir)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", where, err))
+				continue
+			}
+			h.Write(raw)
+			r.notation = n
 		}
 		if fr.TrustedRoot != nil {
 			tr, raw, err := readTrustedRoot(fr.TrustedRoot, dir)
@@ -226,6 +248,17 @@ func (p *Policy) match(names []string, repo string) *rule {
 		}
 	}
 	return nil
+}
+
+// verify checks the signatures of the manifest d (body, of mediaType),
+// served as repo's of a registry known by names, as r's kind of rule
+// says: "" when one verifies, else the reason.
+func (r *rule) verify(ctx context.Context, src Source, names []string, repo string, d digest.Digest, mediaType string, body []byte) string {
+	if r.notation != nil {
+		target := ocispec.Descriptor{MediaType: mediaType, Digest: d, Size: int64(len(body))}
+		return verifyNotation(ctx, src, r.notation, names, repo, target)
+	}
+	return verifyCosign(ctx, src, r, repo, d)
 }
 
 func (r *rule) String() string { return fmt.Sprintf("rule %d (%s)", r.n, r.images) }
