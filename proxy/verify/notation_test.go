@@ -123,6 +123,7 @@ func TestCheckNotation(t *testing.T) {
 		notationtest.Statement{Name: "pinned", Scopes: []string{host + "/pinned"}, Stores: []string{"ca:ours"}, Identities: []string{"x509.subject: CN=someone else,O=depproxy test,C=US,ST=WA"}},
 		notationtest.Statement{Name: "revocable", Scopes: []string{host + "/revocable"}, Stores: []string{"ca:revocable"}},
 		notationtest.Statement{Name: "no-revocation", Scopes: []string{host + "/unrevoked"}, Stores: []string{"ca:revocable"}, Revocation: "skip"},
+		notationtest.Statement{Name: "unchecked", Scopes: []string{host + "/skipped"}, Level: "skip"},
 	)
 	p, err := Parse([]byte("rules: [{images: ['**'], notation: {trustStore: store, trustPolicy: policy.json}}]"), dir)
 	if err != nil {
@@ -148,6 +149,8 @@ func TestCheckNotation(t *testing.T) {
 		{"no statement", "elsewhere", signedBy(ours, "elsewhere"), "trust policy policy.json does not cover " + host + "/elsewhere"},
 		{"revocable, offline", "revocable", signedBy(revocable, "revocable"), `names a revocation service, which is not asked offline: the trust policy statement "revocable" must skip revocation`},
 		{"revocable, revocation skipped", "unrevoked", signedBy(revocable, "unrevoked"), ""},
+		// As notation verify: the trust policy says not to check.
+		{"a statement that skips", "skipped", push("skipped"), ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			got := verifyNotation(context.Background(), httpSource{srv.URL}, n, []string{host}, c.repo, c.target)
