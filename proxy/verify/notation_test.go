@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/notaryproject/notation-core-go/signature/cose"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -141,6 +142,11 @@ func TestCheckNotation(t *testing.T) {
 		want       string // a part of the reason; "" verifies
 	}{
 		{"signed by the trusted CA", "app", signed, ""},
+		{"in a COSE envelope", "app", func() ocispec.Descriptor {
+			d := push("app")
+			ours.SignAs(t, host, "app", d.Digest.String(), cose.MediaTypeEnvelope)
+			return d
+		}(), ""},
 		{"by another CA", "app", signedBy(theirs, "app"), "signed by a certificate the trust store does not hold (trust policy statement \"apps\" trusts ca:ours)"},
 		{"unsigned", "app", push("app"), reasonNoNotation},
 		{"another manifest's signature", "app", size, "for another manifest"},

@@ -1,19 +1,22 @@
 // Package verify checks the signatures of a manifest before the cache
 // serves it, against a policy of the cache's own: which images must be
-// signed, by which keys or keyless identities, and whether a refusal
-// blocks the pull (enforce) or is only logged and counted (audit).
+// signed, by which keys, keyless identities or notation trust, and
+// whether a refusal blocks the pull (enforce) or is only logged and
+// counted (audit).
 //
 // It is offline: what a rule trusts is in its files (public keys, a
-// sigstore trusted_root.json); no TUF repository or transparency log is
-// asked anything. A bundle's log proof and timestamps are checked from
-// the bundle, against the trusted root's keys.
+// sigstore trusted_root.json, a notation trust store and trust policy);
+// no TUF repository, transparency log, OCSP responder or CRL is asked
+// anything. A bundle's log proof and timestamps are checked from the
+// bundle, against the trusted root's keys.
 //
 // Signatures are found as clients find them (the referrers API or its
-// fallback tag for cosign's bundles, cosign's sha256-<hex>.sig tag for
-// its classic signatures) and read through the cache, so they are cached
-// like any other content. Bundles are checked by sigstore-go, classic
-// signatures by sigstore's signature verifiers: nothing here parses a
-// bundle or does cryptography by hand.
+// fallback tag for cosign's bundles and notation's signatures, cosign's
+// sha256-<hex>.sig tag for its classic signatures) and read through the
+// cache, so they are cached like any other content. Bundles are checked
+// by sigstore-go, classic signatures by sigstore's signature verifiers,
+// notation envelopes by notation-go: nothing here parses a bundle or an
+// envelope or does cryptography by hand.
 package verify
 
 import (
@@ -46,7 +49,7 @@ const (
 	Audit Mode = "audit"
 )
 
-// Policy is a parsed --verify-policy file, its keys read.
+// Policy is a parsed --verify-policy file, its keys and trust read.
 type Policy struct {
 	Mode  Mode
 	rules []*rule
@@ -79,7 +82,8 @@ type key struct {
 	verifier signature.Verifier
 }
 
-// file is the YAML as written: rules of keys or of a keyless identity.
+// file is the YAML as written: rules of keys, of a keyless identity, or
+// of notation trust.
 type file struct {
 	Mode  Mode `json:"mode"`
 	Rules []struct {
@@ -92,8 +96,8 @@ type file struct {
 	} `json:"rules"`
 }
 
-// Load reads a policy file; key and trusted root files named by
-// relative paths are taken from the policy file's directory.
+// Load reads a policy file; key, trusted root and notation files named
+// by relative paths are taken from the policy file's directory.
 func Load(path string) (*Policy, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
@@ -233,7 +237,8 @@ func loadKey(pem []byte) (signature.Verifier, error) {
 	return signature.LoadVerifier(pub, crypto.SHA256)
 }
 
-// Hash names the policy and the keys and trusted roots it read.
+// Hash names the policy and the keys, trusted roots and notation trust
+// it read.
 func (p *Policy) Hash() string { return p.hash }
 
 // match is the first rule whose images hold repo of a registry known

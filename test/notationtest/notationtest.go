@@ -24,7 +24,6 @@ import (
 	"github.com/notaryproject/notation-go"
 	"github.com/notaryproject/notation-go/registry"
 	"github.com/notaryproject/notation-go/signer"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/registry/remote"
 )
 
@@ -187,16 +186,6 @@ func (ca *CA) signer(t *testing.T) notation.Signer {
 	return s
 }
 
-// Envelope signs desc as notation sign does, and is the JWS envelope.
-func (ca *CA) Envelope(t *testing.T, desc ocispec.Descriptor) []byte {
-	t.Helper()
-	env, _, err := ca.signer(t).Sign(context.Background(), desc, notation.SignerSignOptions{SignatureMediaType: jws.MediaTypeEnvelope})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return env
-}
-
 // Sign signs reg/repo@digest (reg a plain-HTTP registry) and pushes the
 // signature as notation sign does: an OCI manifest of artifactType
 // application/vnd.cncf.notary.signature, the envelope its layer, the
@@ -204,13 +193,20 @@ func (ca *CA) Envelope(t *testing.T, desc ocispec.Descriptor) []byte {
 // registry has no referrers API.
 func (ca *CA) Sign(t *testing.T, reg, repo, digest string) {
 	t.Helper()
+	ca.SignAs(t, reg, repo, digest, jws.MediaTypeEnvelope)
+}
+
+// SignAs is Sign with the envelope of mediaType: JWS
+// (application/jose+json) or COSE (application/cose).
+func (ca *CA) SignAs(t *testing.T, reg, repo, digest, mediaType string) {
+	t.Helper()
 	r, err := remote.NewRepository(reg + "/" + repo)
 	if err != nil {
 		t.Fatal(err)
 	}
 	r.PlainHTTP = true
 	opts := notation.SignOptions{ArtifactReference: reg + "/" + repo + "@" + digest}
-	opts.SignatureMediaType = jws.MediaTypeEnvelope
+	opts.SignatureMediaType = mediaType
 	if _, err := notation.Sign(context.Background(), ca.signer(t), registry.NewRepository(r), opts); err != nil {
 		t.Fatalf("notation signing %s@%s: %v", repo, digest, err)
 	}
