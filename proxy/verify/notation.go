@@ -8,10 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 
 	"github.com/notaryproject/notation-core-go/revocation"
@@ -91,8 +92,7 @@ func newNotation(s *notationSpec, dir string) (*notationTrust, []byte, error) {
 	// names, not with whatever the directory holds by then.
 	files := truststore.NewX509TrustStore(storeFS{FS: os.DirFS(storeDir), root: storeDir})
 	store := certStore{}
-	read := []byte{}
-	read = append(read, raw...)
+	read := append([]byte(nil), raw...)
 	for _, st := range doc.TrustPolicies {
 		for _, named := range st.TrustStores {
 			if _, ok := store[named]; ok {
@@ -107,12 +107,7 @@ func newNotation(s *notationSpec, dir string) (*notationTrust, []byte, error) {
 			store[named] = certs
 		}
 	}
-	names := make([]string, 0, len(store))
-	for n := range store {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
+	for _, n := range slices.Sorted(maps.Keys(store)) {
 		read = append(read, n...)
 		for _, c := range store[n] {
 			read = append(read, c.Raw...)
@@ -321,7 +316,8 @@ func notationReason(st *trustpolicy.TrustPolicy, outcome *notation.VerificationO
 		}
 	}
 	if failed == nil {
-		// Every check held, and the signature is of something else.
+		// Every check held, and the signature is of something else
+		// (notation-go says so in a plain error of its own).
 		if err.Error() == "content descriptor mismatch" {
 			return "the notation signature is for another manifest (digest, media type or size)", 6
 		}
