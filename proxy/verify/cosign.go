@@ -293,7 +293,7 @@ func isSignature(body []byte) bool {
 		return false
 	}
 	for _, l := range m.Layers {
-		if l.MediaType != simpleSigning && !strings.HasPrefix(l.MediaType, bundleType) {
+		if l.MediaType != simpleSigning && !strings.HasPrefix(l.MediaType, bundleType) && !isNotationEnvelope(l.MediaType) {
 			return false
 		}
 	}

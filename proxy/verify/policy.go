@@ -1,22 +1,26 @@
 // Package verify checks the signatures of a manifest before the cache
 // serves it, against a policy of the cache's own: which images must be
-// signed, by which keys or keyless identities, and whether a refusal
-// blocks the pull (enforce) or is only logged and counted (audit).
+// signed, by which keys, keyless identities or notation trust, and
+// whether a refusal blocks the pull (enforce) or is only logged and
+// counted (audit).
 //
 // It is offline: what a rule trusts is in its files (public keys, a
-// sigstore trusted_root.json); no TUF repository or transparency log is
-// asked anything. A bundle's log proof and timestamps are checked from
-// the bundle, against the trusted root's keys.
+// sigstore trusted_root.json, a notation trust store and trust policy);
+// no TUF repository, transparency log, OCSP responder or CRL is asked
+// anything. A bundle's log proof and timestamps are checked from the
+// bundle, against the trusted root's keys.
 //
 // Signatures are found as clients find them (the referrers API or its
-// fallback tag for cosign's bundles, cosign's sha256-<hex>.sig tag for
-// its classic signatures) and read through the cache, so they are cached
-// like any other content. Bundles are checked by sigstore-go, classic
-// signatures by sigstore's signature verifiers: nothing here parses a
-// bundle or does cryptography by hand.
+// fallback tag for cosign's bundles and notation's signatures, cosign's
+// sha256-<hex>.sig tag for its classic signatures) and read through the
+// cache, so they are cached like any other content. Bundles are checked
+// by sigstore-go, classic signatures by sigstore's signature verifiers,
+// notation envelopes by notation-go: nothing here parses a bundle or an
+// envelope or does cryptography by hand.
 package verify
 
 import (
+	"context"
 	"crypto"
 	"crypto/sha256"
 	"encoding/hex"
@@ -26,6 +30,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
 	"sigs.k8s.io/yaml"
@@ -43,7 +49,7 @@ const (
 	Audit Mode = "audit"
 )
 
-// Policy is a parsed --verify-policy file, its keys read.
+// Policy is a parsed --verify-policy file, its keys and trust read.
 type Policy struct {
 	Mode  Mode
 	rules []*rule
@@ -66,6 +72,9 @@ type rule struct {
 	trust *trustedRoot
 	// keyless, when set, is the rule's signer in place of keys.
 	keyless *keyless
+	// notation, when set, is the rule's trust in place of cosign's:
+	// notation signatures against a trust store and trust policy.
+	notation *notationTrust
 }
 
 type key struct {
@@ -73,20 +82,22 @@ type key struct {
 	verifier signature.Verifier
 }
 
-// file is the YAML as written: rules of keys or of a keyless identity.
+// file is the YAML as written: rules of keys, of a keyless identity, or
+// of notation trust.
 type file struct {
 	Mode  Mode `json:"mode"`
 	Rules []struct {
-		Images      []string     `json:"images"`
-		Keys        []fileRef    `json:"keys"`
-		IgnoreTlog  bool         `json:"ignoreTlog"`
-		TrustedRoot *fileRef     `json:"trustedRoot"`
-		Keyless     *keylessSpec `json:"keyless"`
+		Images      []string      `json:"images"`
+		Keys        []fileRef     `json:"keys"`
+		IgnoreTlog  bool          `json:"ignoreTlog"`
+		TrustedRoot *fileRef      `json:"trustedRoot"`
+		Keyless     *keylessSpec  `json:"keyless"`
+		Notation    *notationSpec `json:"notation"`
 	} `json:"rules"`
 }
 
-// Load reads a policy file; key and trusted root files named by
-// relative paths are taken from the policy file's directory.
+// Load reads a policy file; key, trusted root and notation files named
+// by relative paths are taken from the policy file's directory.
 func Load(path string) (*Policy, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
@@ -124,10 +135,16 @@ func Parse(raw []byte, dir string) (*Policy, error) {
 		switch {
 		case len(fr.Images) == 0:
 			err = errors.New("names no images")
-		case len(fr.Keys) == 0 && fr.Keyless == nil:
-			err = errors.New("names no keys and is not keyless")
+		case len(fr.Keys) == 0 && fr.Keyless == nil && fr.Notation == nil:
+			err = errors.New("names no keys, and is not keyless or notation")
 		case len(fr.Keys) > 0 && fr.Keyless != nil:
 			err = errors.New("names keys and is keyless: one or the other")
+		case fr.Notation != nil && (len(fr.Keys) > 0 || fr.Keyless != nil):
+			err = errors.New("notation and cosign's keys or keyless: one kind of signature a rule")
+		case fr.Notation != nil && (fr.IgnoreTlog || fr.TrustedRoot != nil):
+			// notation has no transparency log; its trust is the trust
+			// policy's.
+			err = errors.New("notation: ignoreTlog and trustedRoot are for key rules")
 		case fr.Keyless != nil && (fr.IgnoreTlog || fr.TrustedRoot != nil):
 			// A short-lived certificate means nothing without the log
 			// proof; its trusted root is the keyless one's own.
@@ -155,6 +172,15 @@ func Parse(raw []byte, dir string) (*Policy, error) {
 			}
 			h.Write(raw)
 			r.keyless = k
+		}
+		if fr.Notation != nil {
+			n, raw, err := newNotation(fr.Notation, dir)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", where, err))
+				continue
+			}
+			h.Write(raw)
+			r.notation = n
 		}
 		if fr.TrustedRoot != nil {
 			tr, raw, err := readTrustedRoot(fr.TrustedRoot, dir)
@@ -211,7 +237,8 @@ func loadKey(pem []byte) (signature.Verifier, error) {
 	return signature.LoadVerifier(pub, crypto.SHA256)
 }
 
-// Hash names the policy and the keys and trusted roots it read.
+// Hash names the policy and the keys, trusted roots and notation trust
+// it read.
 func (p *Policy) Hash() string { return p.hash }
 
 // match is the first rule whose images hold repo of a registry known
@@ -226,6 +253,17 @@ func (p *Policy) match(names []string, repo string) *rule {
 		}
 	}
 	return nil
+}
+
+// verify checks the signatures of the manifest d (body, of mediaType),
+// served as repo's of a registry known by names, as r's kind of rule
+// says: "" when one verifies, else the reason.
+func (r *rule) verify(ctx context.Context, src Source, names []string, repo string, d digest.Digest, mediaType string, body []byte) string {
+	if r.notation != nil {
+		target := ocispec.Descriptor{MediaType: mediaType, Digest: d, Size: int64(len(body))}
+		return verifyNotation(ctx, src, r.notation, names, repo, target)
+	}
+	return verifyCosign(ctx, src, r, repo, d)
 }
 
 func (r *rule) String() string { return fmt.Sprintf("rule %d (%s)", r.n, r.images) }

@@ -43,9 +43,9 @@ func TestParse(t *testing.T) {
 		{"enforce by default", "rules: [{images: [nginx], keys: [{file: " + filepath.Join(dir, "cosign.pub") + "}]}]", Enforce, ""},
 		{"another mode", "mode: warn\nrules: []", "", `not "warn"`},
 		{"keyless without a subject or a trusted root", "rules: [{images: [nginx], keyless: {issuer: x}}]", "", "keyless"},
-		// A kind of rule this cache does not check is not ignored: the
-		// images it names would go unchecked.
-		{"notation", "rules: [{images: [nginx], notation: {trustStore: /x}}]", "", "notation"},
+		// A rule that cannot check is not ignored: the images it names
+		// would go unchecked.
+		{"notation without a trust policy", "rules: [{images: [nginx], notation: {trustStore: /x}}]", "", "notation: names no trustPolicy"},
 		{"a misspelt field", "rules: [{images: [nginx], keys: [{file: cosign.pub}], ignoreTlogs: true}]", "", "ignoreTlogs"},
 		{"no images", "rules: [{keys: [{file: cosign.pub}]}]", "", "rule 1: names no images"},
 		{"no keys", "rules: [{images: [nginx]}]", "", "rule 1: names no keys"},
@@ -134,6 +134,7 @@ func TestIsSignature(t *testing.T) {
 	}{
 		{"classic", `{"layers":[{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json"}]}`, true},
 		{"bundle", `{"artifactType":"application/vnd.dev.sigstore.bundle.v0.3+json","layers":[{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json"}]}`, true},
+		{"notation", `{"config":{"mediaType":"application/vnd.cncf.notary.signature"},"layers":[{"mediaType":"application/jose+json"}]}`, true},
 		// Something a runtime would unpack, beside a signature layer.
 		{"a layer besides", `{"layers":[{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json"},{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip"}]}`, false},
 		{"an image", `{"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip"}]}`, false},

@@ -137,7 +137,7 @@ func (v *Verifier) Check(ctx context.Context, src Source, names []string, repo s
 			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 			defer cancel()
 			began := time.Now()
-			reason := verifyCosign(ctx, src, r, repo, d)
+			reason := r.verify(ctx, src, names, repo, d, mediaType, body)
 			v.seconds.Observe(time.Since(began).Seconds())
 			v.decided(k, reason, mediaType, body)
 			if reason != "" {
