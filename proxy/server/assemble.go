@@ -204,7 +204,7 @@ func (a *assembly) pullThrough(context.Context) error {
 	if a.peering != nil {
 		replicaMetrics = peers.NewMetrics(a.metrics)
 	}
-	for _, u := range a.upstreams {
+	for i, u := range a.upstreams {
 		// Checked here, not in Settings.Validate: the providers are in a
 		// file.
 		if u.CredentialProvider != "" && !a.plugins.Has(u.CredentialProvider) {
@@ -219,7 +219,15 @@ func (a *assembly) pullThrough(context.Context) error {
 			through = peers.NewUpstream(up, u.Registry, a.peering.ring, a.peering.signer, a.peering.tls, replicaMetrics,
 				a.log.WithName("replicas").WithValues("registry", u.Registry))
 		}
-		c := cache.New(through, a.store, append(append([]cache.Option{
+		var c *cache.Cache
+		var checked []cache.Option
+		if a.verifier != nil {
+			names := a.routes.Names(routing.Route{Upstream: i})
+			checked = append(checked, cache.WithPrefetchCheck(func(ctx context.Context, repo string, idx *cache.Manifest) error {
+				return a.verifier.Check(ctx, registry.Signatures(c), names, repo, idx.Digest, idx.MediaType, idx.Body)
+			}))
+		}
+		c = cache.New(through, a.store, append(append(append([]cache.Option{
 			cache.WithLogger(a.log.WithName("cache").WithValues("registry", u.Registry)),
 			cache.WithRegistry(u.Registry),
 			cache.WithRecheckInterval(s.RecheckInterval.Std()),
@@ -231,7 +239,7 @@ func (a *assembly) pullThrough(context.Context) error {
 			cache.WithSpoolDir(a.spoolDir),
 			cache.WithOrigins(len(a.upstreams) > 1),
 			cache.WithUpstreamNotFound(s.OnUpstreamNotFound != settings.NotFound, a.keeper.Pinned(u.Registry)),
-		}, a.cacheOpt...), a.o.cache...)...)
+		}, checked...), a.cacheOpt...), a.o.cache...)...)
 		a.caches, a.clients = append(a.caches, c), append(a.clients, client)
 		a.closers = append([]func() error{func() error { c.Close(); return nil }}, a.closers...)
 	}

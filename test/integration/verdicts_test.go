@@ -280,3 +280,48 @@ func TestWarmingIsVerified(t *testing.T) {
 		t.Errorf("the unsigned image, pulled: %s %s", resp.Status, body)
 	}
 }
+
+// Prefetching an index's children for --prefetch-platforms is warming
+// too: an unsigned index refused leaves its children's blobs unfetched;
+// a signed one's are prefetched.
+func TestPrefetchIsVerified(t *testing.T) {
+	e := newEnv(t)
+	key := newSigningKey(t)
+	repo := repoName(t)
+	signedAmd, unsignedAmd := ociImage(t, 1), ociImage(t, 1)
+	signed, unsigned := ociIndex(t, signedAmd, ociImage(t, 1)), ociIndex(t, unsignedAmd, ociImage(t, 1))
+	pushIndex(t, e.registry.Addr, repo, "signed", signed)
+	pushIndex(t, e.registry.Addr, repo, "unsigned", unsigned)
+	sd, err := signed.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key.sign(t, e.registry.Addr+"/"+repo+"@"+sd.String(), true)
+
+	s := settings.Defaults()
+	s.Upstream = settings.Keys(e.front.URL())
+	s.VerifyPolicy = writeVerifyPolicy(t, t.TempDir(), registryname.Of(e.front.URL())+"/"+repo, key)
+	s.PrefetchPlatforms = "linux/amd64"
+	store := openStorage(t, "filesystem", nil)
+	p := proxytest.Start(t, s, server.WithStorage(store))
+
+	resp, body := get(t, p.URL+"/v2/"+repo+"/manifests/unsigned", acceptAll)
+	ociError(t, resp, body, http.StatusForbidden, "DENIED")
+	if resp, body := get(t, p.URL+"/v2/"+repo+"/manifests/signed", acceptAll); resp.StatusCode != http.StatusOK {
+		t.Fatalf("the signed index: %s %s", resp.Status, body)
+	}
+	waitFor(t, 20*time.Second, "the signed index's amd64 child is prefetched", func() bool {
+		for _, b := range blobsOf(t, signedAmd) {
+			if !exists(t, store, layout.Blob(b)) {
+				return false
+			}
+		}
+		return true
+	})
+	time.Sleep(time.Second) // the unsigned index's prefetch, had it run, would be done too
+	for _, b := range blobsOf(t, unsignedAmd) {
+		if exists(t, store, layout.Blob(b)) {
+			t.Errorf("the refused index's child blob %s was prefetched", b)
+		}
+	}
+}
