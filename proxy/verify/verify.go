@@ -117,7 +117,7 @@ func New(p *Policy, file string, reg prometheus.Registerer, log logr.Logger, opt
 	v := &Verifier{file: file, every: 5 * time.Second, log: log, verdicts: map[verdictKey]verdict{},
 		total: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "depproxy_proxy_verify_total",
-			Help: "Signature verifications against --verify-policy (one per manifest digest and policy; a verdict reused is not counted again), by result: verified, refused (enforce mode), audited (failed, and served: audit mode).",
+			Help: "Signature verifications against --verify-policy (one per manifest digest and policy; a verdict reused, kept in memory or stored by any replica, is not counted again), by result: verified, refused (enforce mode), audited (failed, and served: audit mode).",
 		}, []string{"result"}),
 		seconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "depproxy_proxy_verify_seconds",
