@@ -250,6 +250,11 @@ func (k *Keeper) reload() (bool, error) {
 		delete(k.retry, r) // a changed file retries everything now
 	}
 	k.status = status
+	for r := range k.refused {
+		if status[r] == nil {
+			delete(k.refused, r) // no longer in the files
+		}
+	}
 	k.log.Info("pinned and warmed images read", "pinned", len(pinned), "warmed", len(refs)-len(pinned))
 	return true, err
 }
