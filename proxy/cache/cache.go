@@ -73,9 +73,12 @@ type Cache struct {
 	recheck     time.Duration
 	fillTimeout time.Duration
 	prefetch    []v1.Platform
-	redirect    bool
-	limits      Limits
-	downloads   chan struct{} // a slot per running upstream blob download
+	// prefetchable says whether an index's children may be prefetched
+	// (nil: any): an index a verify policy refuses is not.
+	prefetchable func(ctx context.Context, repo string, idx *Manifest) error
+	redirect     bool
+	limits       Limits
+	downloads    chan struct{} // a slot per running upstream blob download
 
 	// background is what downloads run under, detached from any one
 	// client; Close cancels it.
@@ -174,6 +177,14 @@ func WithMetrics(m *Metrics) Option { return func(c *Cache) { c.metrics = m } }
 // these platforms and their blobs, so that they pull fast and pull while
 // the upstream is down.
 func WithPrefetch(platforms []v1.Platform) Option { return func(c *Cache) { c.prefetch = platforms } }
+
+// WithPrefetchCheck asks check before prefetching an index's children:
+// an error leaves them unfetched, as a verify policy refusing the index
+// wants (prefetching is warming no client asked for). It runs in the
+// prefetch's background, never delaying the tag's answer.
+func WithPrefetchCheck(check func(ctx context.Context, repo string, idx *Manifest) error) Option {
+	return func(c *Cache) { c.prefetchable = check }
+}
 
 // WithRedirect sends clients of cached blobs to the storage's own URL
 // (presigned S3) when the storage has one, instead of streaming them.

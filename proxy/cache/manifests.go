@@ -375,6 +375,12 @@ func (c *Cache) markFresh(repo, tag string, d digest.Digest) {
 func (c *Cache) prefetchIndex(repo string, idx *Manifest) {
 	ctx, cancel := context.WithTimeout(c.background, c.fillTimeout)
 	defer cancel()
+	if c.prefetchable != nil {
+		if err := c.prefetchable(Warming(ctx), repo, idx); err != nil {
+			c.log.Info("index not prefetched", "repository", repo, "digest", idx.Digest, "reason", err.Error())
+			return
+		}
+	}
 	children, err := manifest.Children(idx.Body)
 	if err != nil {
 		return

@@ -22,7 +22,7 @@ type Warmed struct {
 // platforms (all of them when none is given), and their blobs. Nothing
 // is counted as a request; the reads are recorded, as a pull's are.
 func (c *Cache) Warm(ctx context.Context, repo string, ref manifest.Ref, platforms []v1.Platform) (Warmed, error) {
-	ctx = context.WithValue(ctx, warmingKey{}, true)
+	ctx = Warming(ctx)
 	m, err := c.Manifest(ctx, repo, ref, nil)
 	if err != nil {
 		return Warmed{}, err
@@ -59,3 +59,8 @@ func matches(p v1.Platform, want []v1.Platform) bool {
 	}
 	return false
 }
+
+// Warming marks ctx as warming's: what is fetched under it is not
+// counted as a client's request, as in Warm. For a caller that reads the
+// manifest itself before warming (to check its signatures).
+func Warming(ctx context.Context) context.Context { return context.WithValue(ctx, warmingKey{}, true) }

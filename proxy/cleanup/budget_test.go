@@ -79,6 +79,7 @@ func TestBudgetEvictsLeastRecentlyPulled(t *testing.T) {
 		}
 		d, b := c.image(fmt.Sprintf("img%d", i), 90<<10, sh, start.Add(time.Duration(i)*time.Hour))
 		manifests, blobs = append(manifests, d), append(blobs, b)
+		c.put(layout.Verified(d, "policy", 1), []byte("{}")) // verified under a verify policy
 	}
 	if err := pins.Store(context.Background(), store, pins.Set{Manifests: []digest.Digest{manifests[1]}}); err != nil {
 		t.Fatal(err)
@@ -107,6 +108,9 @@ func TestBudgetEvictsLeastRecentlyPulled(t *testing.T) {
 		}
 		if evicted != wantEvicted {
 			t.Errorf("image %d evicted: %v, want %v (evicted %v)", i, evicted, wantEvicted, sum.Evicted)
+		}
+		if kept := c.has(layout.Verified(manifests[i], "policy", 1)); kept == evicted {
+			t.Errorf("image %d evicted: %v, its verdict kept: %v; a verdict goes with its manifest only", i, evicted, kept)
 		}
 		for _, b := range blobs[i] {
 			if !evicted && !c.has(layout.Blob(b)) {

@@ -310,13 +310,16 @@ func (r *run) delete(ctx context.Context, key string, size int64) error {
 		return fmt.Errorf("deleting %s: %w", key, err)
 	}
 	if d, ok := layout.ParseDigest(key); ok {
-		// Its links go with it: which repositories it was served for.
+		// Its links go with it (which repositories it was served for),
+		// and its verdicts (which verify policies it passed).
 		var links []string
-		if err := r.store.List(ctx, layout.LinksOf(d), func(k string, _ storage.Info) error {
-			links = append(links, k)
-			return nil
-		}); err != nil {
-			return fmt.Errorf("listing the links of %s: %w", d, err)
+		for _, prefix := range []string{layout.LinksOf(d), layout.VerifiedOf(d)} {
+			if err := r.store.List(ctx, prefix, func(k string, _ storage.Info) error {
+				links = append(links, k)
+				return nil
+			}); err != nil {
+				return fmt.Errorf("listing %s: %w", prefix, err)
+			}
 		}
 		for _, k := range links {
 			if err := r.store.Delete(ctx, k); err != nil {

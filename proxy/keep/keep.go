@@ -28,6 +28,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/report"
 	"github.com/depproxy/depproxy/proxy/storage"
 	"github.com/depproxy/depproxy/proxy/summary"
+	"github.com/depproxy/depproxy/proxy/verify"
 )
 
 // Keeper keeps what the pins file names: it re-reads the file when it
@@ -52,12 +53,16 @@ type Keeper struct {
 	log       logr.Logger
 	timing    Timing
 
-	mu      sync.Mutex
-	raw     map[string][]byte // by path
-	refs    []keptRef
-	tags    map[string]bool // registry/repo:tag, pinned
-	status  map[keptRef]*report.KeptImage
-	retry   map[keptRef]time.Time // failed warms: not before then
+	mu     sync.Mutex
+	raw    map[string][]byte // by path
+	refs   []keptRef
+	tags   map[string]bool // registry/repo:tag, pinned
+	status map[keptRef]*report.KeptImage
+	retry  map[keptRef]time.Time // failed warms: not before then
+	// refused are the images the verify policy refused at their last
+	// warm, and why: reported as the access rules' refusals are, and
+	// checked again with a failure's backoff (signed since?).
+	refused map[keptRef]string
 	backoff map[keptRef]time.Duration
 	evicted *report.CleanupSummary // the last budget run
 	used    int64                  // what the summary said was stored, at the last look
@@ -122,7 +127,7 @@ func New(o Options) *Keeper {
 		summary: o.Summary, leader: o.Leader, denied: o.Denied, log: o.Log, timing: o.Timing,
 		resolve: func(string, string) (Warmer, string, string, bool) { return nil, "", "", false },
 		raw:     map[string][]byte{}, tags: map[string]bool{}, status: map[keptRef]*report.KeptImage{},
-		retry: map[keptRef]time.Time{}, backoff: map[keptRef]time.Duration{}}
+		retry: map[keptRef]time.Time{}, refused: map[keptRef]string{}, backoff: map[keptRef]time.Duration{}}
 }
 
 // SetResolver sets how images find their caches: the caches are made
@@ -245,6 +250,11 @@ func (k *Keeper) reload() (bool, error) {
 		delete(k.retry, r) // a changed file retries everything now
 	}
 	k.status = status
+	for r := range k.refused {
+		if status[r] == nil {
+			delete(k.refused, r) // no longer in the files
+		}
+	}
 	k.log.Info("pinned and warmed images read", "pinned", len(pinned), "warmed", len(refs)-len(pinned))
 	return true, err
 }
@@ -300,7 +310,7 @@ func (k *Keeper) rulesMoved() bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for _, r := range k.refs {
-		if st := k.status[r]; st != nil && (k.denied(r.Ref) == "") != (st.Denied == "") {
+		if st := k.status[r]; st != nil && (k.denied(r.Ref) == "") != (st.Denied == "" || k.refused[r] != "") {
 			return true
 		}
 	}
@@ -343,18 +353,42 @@ func (k *Keeper) warm(ctx context.Context) {
 				k.log.Info("the access rules refuse an image to keep; not warmed, not pinned", "image", r.String(), "reason", why)
 			}
 			st.Denied, st.Warmed, st.Digest, st.Children, st.Error = why, false, "", nil, ""
+			delete(k.refused, r)
 			k.mu.Unlock()
 			continue
 		}
 		k.mu.Lock()
-		st.Denied = ""
+		wasRefused := k.refused[r] != ""
+		if !wasRefused {
+			st.Denied = ""
+		}
 		k.mu.Unlock()
 		if (failed && time.Now().Before(at)) || fresh {
-			set.add(r, st)
+			if !wasRefused {
+				set.add(r, st)
+			}
 			continue
 		}
 		w, err := k.warmOne(ctx, r.Ref)
+		if vr := (*verify.Refusal)(nil); errors.As(err, &vr) {
+			// Refused by the verify policy (enforce mode): neither
+			// warmed nor pinned, as the access rules' refusals, and
+			// asked again later, as failures are.
+			why := "verify policy: " + vr.Rule + ": " + vr.Reason
+			k.mu.Lock()
+			if k.refused[r] != why {
+				k.log.Info("the verify policy refuses an image to keep; not warmed, not pinned", "image", r.String(), "reason", why)
+			}
+			k.refused[r] = why
+			st.Denied, st.Warmed, st.Digest, st.Children, st.Error = why, false, "", nil, ""
+			next := min(max(2*k.backoff[r], 10*time.Second), 5*time.Minute)
+			k.backoff[r], k.retry[r] = next, time.Now().Add(next)
+			k.mu.Unlock()
+			continue
+		}
 		k.mu.Lock()
+		delete(k.refused, r)
+		st.Denied = ""
 		st.Digest, st.Children = w.Digest.String(), nil
 		for _, c := range w.Children {
 			st.Children = append(st.Children, c.String())

@@ -1,6 +1,8 @@
 package keep
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,10 +10,15 @@ import (
 	"testing"
 
 	"github.com/go-logr/logr"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
 
+	"github.com/depproxy/depproxy/proxy/cache"
+	"github.com/depproxy/depproxy/proxy/manifest"
 	"github.com/depproxy/depproxy/proxy/pins"
 	"github.com/depproxy/depproxy/proxy/report"
 	"github.com/depproxy/depproxy/proxy/storage"
+	"github.com/depproxy/depproxy/proxy/verify"
 )
 
 // What the files say is pinned, warmed only, or neither; the access
@@ -93,5 +100,57 @@ func TestLoadRefusesWhatReloadSkips(t *testing.T) {
 	}
 	if k.Reload() {
 		t.Error("a file read once is read as changed again")
+	}
+}
+
+// refusingWarmer warms what its verdicts allow and refuses the rest as
+// a verify policy in enforce mode does.
+type refusingWarmer struct{ refuse map[string]string } // by tag: why
+
+func (w refusingWarmer) Warm(_ context.Context, repo string, ref manifest.Ref, _ []v1.Platform) (cache.Warmed, error) {
+	if why := w.refuse[ref.Tag()]; why != "" {
+		return cache.Warmed{}, fmt.Errorf("warming %s: %w", repo, &verify.Refusal{Image: repo + ":" + ref.Tag(), Rule: "rule 1 (docker.io/**)", Reason: why})
+	}
+	return cache.Warmed{Digest: digest.FromString(repo + ref.Tag())}, nil
+}
+
+// An image the verify policy refuses is reported denied with the rule
+// and the reason, neither warmed nor pinned, and asked again after a
+// failure's backoff; the refusal is not taken for a move of the access
+// rules (which would warm at every look).
+func TestVerifyRefusalIsDenied(t *testing.T) {
+	pinned := filepath.Join(t.TempDir(), "pinned")
+	os.WriteFile(pinned, []byte("docker.io/library/signed:1\ndocker.io/library/unsigned:1\n"), 0o644)
+	store := storage.NewMemory()
+	k := New(Options{Pinned: pinned, Store: store, Log: logr.Discard(), Leader: func() bool { return true }})
+	k.SetResolver(func(registry, repo string) (Warmer, string, string, bool) {
+		return refusingWarmer{map[string]string{"1": map[string]string{"library/unsigned": "no signature"}[repo]}}, registry, repo, true
+	})
+	if err := k.Load(); err != nil {
+		t.Fatal(err)
+	}
+	k.warm(t.Context())
+	var sum report.Summary
+	k.Report(&sum)
+	for _, st := range sum.Kept {
+		unsigned := strings.Contains(st.Ref, "unsigned")
+		if unsigned != (st.Denied == "verify policy: rule 1 (docker.io/**): no signature") || unsigned == st.Warmed || unsigned != (st.Digest == "") || st.Error != "" {
+			t.Errorf("kept %+v: want the unsigned image denied with the rule and the reason, unwarmed; the signed one warmed", st)
+		}
+	}
+	set, err := pins.Load(t.Context(), store)
+	if err != nil || len(set.Tags) != 1 || strings.Contains(set.Tags[0], "unsigned") {
+		t.Errorf("pinned set %+v (%v): want the signed tag only", set, err)
+	}
+	if k.rulesMoved() {
+		t.Error("a verify refusal is taken for a move of the access rules")
+	}
+	if k.due() {
+		t.Error("the refused image is asked again at once")
+	}
+	// Within its backoff the next warm keeps it out of the set.
+	k.warm(t.Context())
+	if set, _ := pins.Load(t.Context(), store); len(set.Tags) != 1 {
+		t.Errorf("pinned set after a second warm %+v: want the signed tag only", set)
 	}
 }

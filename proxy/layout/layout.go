@@ -8,6 +8,7 @@
 //	_lastread/<any of the above>               when it was last pulled (unix seconds)
 //	_origin/<alg>/<hex>                        the registry whose manifest named a blob (with several upstreams)
 //	_links/<alg>/<hex>/<registry>/<repo>/_link a repository a manifest or blob was served for (with access rules)
+//	_verified/<alg>/<hex>/<policy hash>/<rule> a manifest's signatures verified under a --verify-policy's rule
 //	_cleanup/last.json                         the last cleanup run's summary
 //	_cleanup/budget.json                       the last eviction over the budget (serve --max-size)
 //	_pins/set.json                             what the pinned images resolved to (serve --pinned)
@@ -48,6 +49,10 @@ const (
 	// served for: with access rules in force, content is served only
 	// under a repository it is linked to.
 	LinksPrefix = "_links/"
+	// VerifiedPrefix holds, for a manifest, the verify policies (by
+	// their hash) and rules it passed: every replica, and the next
+	// start, reads the verdict instead of verifying again.
+	VerifiedPrefix = "_verified/"
 	// LastReadPrefix holds last-read markers.
 	LastReadPrefix = "_lastread/"
 	// CleanupSummary is the last cleanup run's JSON summary.
@@ -102,6 +107,18 @@ func Link(d digest.Digest, registry, repo string) string {
 // LinksOf is the prefix of every link of d: what goes with d.
 func LinksOf(d digest.Digest) string {
 	return LinksPrefix + d.Algorithm().String() + "/" + d.Encoded() + "/"
+}
+
+// Verified is the key of d's verdict under a policy's rule. The digest
+// comes first so that its verdicts go with it (VerifiedOf) when it is
+// deleted; a changed policy's old verdicts go then too.
+func Verified(d digest.Digest, policy string, rule int) string {
+	return VerifiedOf(d) + policy + "/" + strconv.Itoa(rule)
+}
+
+// VerifiedOf is the prefix of every verdict on d.
+func VerifiedOf(d digest.Digest) string {
+	return VerifiedPrefix + d.Algorithm().String() + "/" + d.Encoded() + "/"
 }
 
 // LastRead is the key of an object's last-read marker.

@@ -289,9 +289,12 @@ func (reg *Registry) manifest(w http.ResponseWriter, r *http.Request, c Cache, r
 	if err != nil {
 		return err
 	}
-	if reg.verify != nil {
+	if reg.verify != nil && !cache.IsForwarded(r.Context()) {
 		// Before a byte of it is served, HEAD included: a client that
-		// resolves a tag with HEAD pulls by digest next.
+		// resolves a tag with HEAD pulls by digest next. A request
+		// another replica forwarded is checked there, before it serves
+		// its client: here it may be what that check reads (a
+		// signature's referrers index, not an image to verify).
 		err := reg.verify.Check(r.Context(), signatures{c}, names, rt.repo, m.Digest, m.MediaType, m.Body)
 		var vr *verify.Refusal
 		switch {

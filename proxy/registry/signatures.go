@@ -21,6 +21,10 @@ type signatures struct{ c Cache }
 
 var _ verify.Source = signatures{}
 
+// Signatures reads the signatures of what c holds through c, as the
+// manifest path does: for a check made outside a request (warming).
+func Signatures(c Cache) verify.Source { return signatures{c} }
+
 func notFound(err error) error {
 	if errors.Is(err, upstream.ErrNotFound) {
 		return fmt.Errorf("%w: %w", verify.ErrNotFound, err)

@@ -89,8 +89,9 @@ type KeptImage struct {
 	WarmedAt time.Time `json:"warmedAt,omitzero"`
 	// Error is why the last warm failed; it is retried with backoff.
 	Error string `json:"error,omitempty"`
-	// Denied is why the access rules refuse it: neither fetched nor
-	// pinned.
+	// Denied is why the access rules, or the verify policy in enforce
+	// mode ("verify policy: rule N (…): reason"), refuse it: neither
+	// fetched nor pinned.
 	Denied string `json:"denied,omitempty"`
 }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/depproxy/depproxy/proxy/helmrepo"
 	"github.com/depproxy/depproxy/proxy/hot"
 	"github.com/depproxy/depproxy/proxy/keep"
+	"github.com/depproxy/depproxy/proxy/manifest"
 	"github.com/depproxy/depproxy/proxy/peers"
 	"github.com/depproxy/depproxy/proxy/pins"
 	"github.com/depproxy/depproxy/proxy/registry"
@@ -169,7 +170,7 @@ func (a *assembly) keeping(context.Context) error {
 		if err != nil {
 			return err
 		}
-		a.verifier = verify.New(policy, a.s.VerifyPolicy, a.metrics, a.log.WithName("verify"))
+		a.verifier = verify.New(policy, a.s.VerifyPolicy, a.metrics, a.log.WithName("verify"), verify.WithVerdicts(a.store))
 	}
 	a.keeper = keep.New(keep.Options{Pinned: a.s.Pinned, Warm: a.s.Warm, MaxSize: int64(a.s.MaxSize), Store: a.store, Platforms: a.warm,
 		Summary: a.scanner, Log: a.log.WithName("keep"), Timing: a.o.keepTiming,
@@ -203,7 +204,7 @@ func (a *assembly) pullThrough(context.Context) error {
 	if a.peering != nil {
 		replicaMetrics = peers.NewMetrics(a.metrics)
 	}
-	for _, u := range a.upstreams {
+	for i, u := range a.upstreams {
 		// Checked here, not in Settings.Validate: the providers are in a
 		// file.
 		if u.CredentialProvider != "" && !a.plugins.Has(u.CredentialProvider) {
@@ -218,7 +219,15 @@ func (a *assembly) pullThrough(context.Context) error {
 			through = peers.NewUpstream(up, u.Registry, a.peering.ring, a.peering.signer, a.peering.tls, replicaMetrics,
 				a.log.WithName("replicas").WithValues("registry", u.Registry))
 		}
-		c := cache.New(through, a.store, append(append([]cache.Option{
+		var c *cache.Cache
+		var checked []cache.Option
+		if a.verifier != nil {
+			names := a.routes.Names(routing.Route{Upstream: i})
+			checked = append(checked, cache.WithPrefetchCheck(func(ctx context.Context, repo string, idx *cache.Manifest) error {
+				return a.verifier.Check(ctx, registry.Signatures(c), names, repo, idx.Digest, idx.MediaType, idx.Body)
+			}))
+		}
+		c = cache.New(through, a.store, append(append(append([]cache.Option{
 			cache.WithLogger(a.log.WithName("cache").WithValues("registry", u.Registry)),
 			cache.WithRegistry(u.Registry),
 			cache.WithRecheckInterval(s.RecheckInterval.Std()),
@@ -230,7 +239,7 @@ func (a *assembly) pullThrough(context.Context) error {
 			cache.WithSpoolDir(a.spoolDir),
 			cache.WithOrigins(len(a.upstreams) > 1),
 			cache.WithUpstreamNotFound(s.OnUpstreamNotFound != settings.NotFound, a.keeper.Pinned(u.Registry)),
-		}, a.cacheOpt...), a.o.cache...)...)
+		}, checked...), a.cacheOpt...), a.o.cache...)...)
 		a.caches, a.clients = append(a.caches, c), append(a.clients, client)
 		a.closers = append([]func() error{func() error { c.Close(); return nil }}, a.closers...)
 	}
@@ -275,7 +284,11 @@ func (a *assembly) connect(context.Context) error {
 		if err != nil {
 			return nil, "", "", false
 		}
-		return a.caches[to.Upstream], a.upstreams[to.Upstream].Registry, to.Repository, true
+		var w keep.Warmer = a.caches[to.Upstream]
+		if a.verifier != nil {
+			w = verifiedWarmer{a.caches[to.Upstream], a.verifier, a.routes.Names(to)}
+		}
+		return w, a.upstreams[to.Upstream].Registry, to.Repository, true
 	})
 	// The tags are pinned from the first request on; a typo in the
 	// files stops the start.
@@ -299,6 +312,29 @@ func (a *assembly) connect(context.Context) error {
 		}
 	})
 	return nil
+}
+
+// verifiedWarmer warms an image only once its manifest passes the verify
+// policy, as a pull is served only then: the manifest is read, checked,
+// and only what verified is warmed (by digest, so a tag moving meanwhile
+// warms nothing unchecked). In enforce mode a refusal, a *verify.Refusal,
+// leaves the blobs unfetched.
+type verifiedWarmer struct {
+	c        *cache.Cache
+	verifier *verify.Verifier
+	names    []string // what the registry is known by, as the rules name it
+}
+
+func (w verifiedWarmer) Warm(ctx context.Context, repo string, ref manifest.Ref, platforms []v1.Platform) (cache.Warmed, error) {
+	ctx = cache.Warming(ctx)
+	m, err := w.c.Manifest(ctx, repo, ref, nil)
+	if err != nil {
+		return cache.Warmed{}, err
+	}
+	if err := w.verifier.Check(ctx, registry.Signatures(w.c), w.names, repo, m.Digest, m.MediaType, m.Body); err != nil {
+		return cache.Warmed{}, err
+	}
+	return w.c.Warm(ctx, repo, manifest.DigestRef(m.Digest), platforms)
 }
 
 // serving makes the registry port's handler: logins, the audit log, the

@@ -3,8 +3,10 @@ package verify
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
@@ -16,7 +18,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/depproxy/depproxy/proxy/layout"
 	"github.com/depproxy/depproxy/proxy/manifest"
+	"github.com/depproxy/depproxy/proxy/storage"
 )
 
 // Source is where signatures are read from: the cache, so that they are
@@ -32,6 +36,22 @@ type Source interface {
 
 // ErrNotFound is what a Source says of what the upstream does not have.
 var ErrNotFound = errors.New("not found")
+
+// Verdicts is where a manifest that verified is recorded beside it (the
+// cache's storage), so that the other replicas, and this one restarted,
+// take the verdict instead of verifying again. Only a pass is recorded:
+// a refusal stays in memory for refusalTTL, so that an image signed
+// after it passes soon.
+type Verdicts interface {
+	Stat(ctx context.Context, key string) (storage.Info, error)
+	Put(ctx context.Context, key string, r io.Reader, size int64) error
+}
+
+// Option configures a Verifier.
+type Option func(*Verifier)
+
+// WithVerdicts records passes in s and reads them from it.
+func WithVerdicts(s Verdicts) Option { return func(v *Verifier) { v.stored = s } }
 
 // Refusal is an enforced refusal: the manifest may not be served.
 type Refusal struct {
@@ -70,6 +90,7 @@ type Verifier struct {
 	total   *prometheus.CounterVec
 	seconds prometheus.Histogram
 	failed  failures // the last failures, for the summary (report.go)
+	stored  Verdicts // nil: verdicts are this process's only
 }
 
 type verdictKey struct {
@@ -92,17 +113,20 @@ const maxVerdicts = 100_000
 
 // New checks against p; file, when set, is re-read by Follow and its
 // new policy applied. Its metrics are registered on reg.
-func New(p *Policy, file string, reg prometheus.Registerer, log logr.Logger) *Verifier {
+func New(p *Policy, file string, reg prometheus.Registerer, log logr.Logger, opts ...Option) *Verifier {
 	v := &Verifier{file: file, every: 5 * time.Second, log: log, verdicts: map[verdictKey]verdict{},
 		total: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "depproxy_proxy_verify_total",
-			Help: "Signature verifications against --verify-policy (one per manifest digest and policy; a verdict reused is not counted again), by result: verified, refused (enforce mode), audited (failed, and served: audit mode).",
+			Help: "Signature verifications against --verify-policy (one per manifest digest and policy; a verdict reused, kept in memory or stored by any replica, is not counted again), by result: verified, refused (enforce mode), audited (failed, and served: audit mode).",
 		}, []string{"result"}),
 		seconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "depproxy_proxy_verify_seconds",
 			Help:    "How long verifying a manifest's signatures took, their fetching through the cache included.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 8),
 		}),
+	}
+	for _, o := range opts {
+		o(v)
 	}
 	reg.MustRegister(v.total, v.seconds)
 	v.policy.Store(p)
@@ -136,10 +160,19 @@ func (v *Verifier) Check(ctx context.Context, src Source, names []string, repo s
 			// up must not fail the others.
 			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 			defer cancel()
+			if v.recorded(ctx, k) {
+				// Another replica, or this one before a restart,
+				// verified it under this very policy.
+				v.decided(k, "", mediaType, body)
+				return "", nil
+			}
 			began := time.Now()
 			reason := r.verify(ctx, src, names, repo, d, mediaType, body)
 			v.seconds.Observe(time.Since(began).Seconds())
-			v.decided(k, reason, mediaType, body)
+			children := v.decided(k, reason, mediaType, body)
+			if reason == "" {
+				v.record(ctx, k, r, children)
+			}
 			if reason != "" {
 				v.failed.add(image, r.String(), reason, p.Mode == Audit)
 			}
@@ -175,9 +208,53 @@ func (v *Verifier) known(k verdictKey) (reason string, ok bool) {
 	return vd.reason, ok
 }
 
+// recorded says whether a pass on k is in the storage.
+func (v *Verifier) recorded(ctx context.Context, k verdictKey) bool {
+	if v.stored == nil {
+		return false
+	}
+	_, err := v.stored.Stat(ctx, layout.Verified(k.d, k.policy, k.rule))
+	if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		// Verified again, as with no record: a storage that fails to
+		// answer must not turn into a pass.
+		v.log.Error(err, "cannot read a stored verdict; verifying", "digest", k.d)
+	}
+	return err == nil
+}
+
+// verdictRecord is what a stored pass holds: for whoever reads the
+// storage; its presence is the verdict.
+type verdictRecord struct {
+	Verified time.Time     `json:"verified"`
+	Rule     string        `json:"rule"`
+	Index    digest.Digest `json:"index,omitempty"` // verified as a child of this index
+}
+
+// record stores a pass on k, and on the children of a verified index,
+// before the manifest is served: a client pulling the index through one
+// replica may ask another for a child next. A record that fails to be
+// written costs a verification elsewhere, not the pull.
+func (v *Verifier) record(ctx context.Context, k verdictKey, r *rule, children []digest.Digest) {
+	if v.stored == nil {
+		return
+	}
+	now := time.Now().UTC()
+	put := func(d digest.Digest, rec verdictRecord) {
+		raw, _ := json.Marshal(rec)
+		if err := v.stored.Put(ctx, layout.Verified(d, k.policy, k.rule), bytes.NewReader(raw), int64(len(raw))); err != nil {
+			v.log.Error(err, "cannot store a verdict; other replicas will verify it again", "digest", d)
+		}
+	}
+	put(k.d, verdictRecord{Verified: now, Rule: r.String()})
+	for _, c := range children {
+		put(c, verdictRecord{Verified: now, Rule: r.String(), Index: k.d})
+	}
+}
+
 // decided keeps a verdict, and, for a verified index, the children it
-// lists: a child pulled by digest is the index's signed content.
-func (v *Verifier) decided(k verdictKey, reason, mediaType string, body []byte) {
+// lists (returned): a child pulled by digest is the index's signed
+// content.
+func (v *Verifier) decided(k verdictKey, reason, mediaType string, body []byte) []digest.Digest {
 	var children []digest.Digest
 	if reason == "" && manifest.IsIndex(mediaType) {
 		children = indexChildren(body)
@@ -188,16 +265,17 @@ func (v *Verifier) decided(k verdictKey, reason, mediaType string, body []byte) 
 		clear(v.verdicts)
 	}
 	if strings.HasPrefix(reason, reasonUnreadable) {
-		return // the upstream's trouble, not the image's: asked again
+		return nil // the upstream's trouble, not the image's: asked again
 	}
 	if reason != "" {
 		v.verdicts[k] = verdict{reason: reason, until: time.Now().Add(refusalTTL)}
-		return
+		return nil
 	}
 	v.verdicts[k] = verdict{}
 	for _, c := range children {
 		v.verdicts[verdictKey{c, k.policy, k.rule}] = verdict{}
 	}
+	return children
 }
 
 // Follow re-reads the policy file, and the key files it names, until ctx
