@@ -405,22 +405,14 @@ func TestVerifyKeysStayInTheNamespace(t *testing.T) {
 	if !strings.Contains(cm.Data[verifyPolicyKey], verifyKeysDir+"/release-key/cosign.pub") {
 		t.Errorf("the policy:\n%s", cm.Data[verifyPolicyKey])
 	}
-	projected := 0
-	for _, v := range d.Spec.Template.Spec.Volumes {
-		if v.Projected == nil {
-			continue
-		}
-		for _, src := range v.Projected.Sources {
-			if src.Secret != nil {
-				projected++
-				if src.Secret.Name != "release-key" || len(src.Secret.Items) != 1 || src.Secret.Items[0].Key != "cosign.pub" {
-					t.Errorf("projected %+v", src.Secret)
-				}
-			}
-		}
+	secrets, _ := projectedInto(d)
+	if len(secrets) != 1 {
+		t.Errorf("%d Secrets projected into the pods (which only ever see their own namespace's)", len(secrets))
 	}
-	if projected != 1 {
-		t.Errorf("%d Secrets projected into the pods (which only ever see their own namespace's)", projected)
+	for _, src := range secrets {
+		if src.Name != "release-key" || len(src.Items) != 1 || src.Items[0].Key != "cosign.pub" {
+			t.Errorf("projected %+v", src)
+		}
 	}
 	for key, o := range snapshot(t) {
 		if _, old := before[key]; old {
@@ -818,21 +810,31 @@ func TestVerifyTrustedRootsStayInTheNamespace(t *testing.T) {
 		!strings.Contains(cm.Data[verifyPolicyKey], "subjectRegExp: ^https://github.com/docker-library/") {
 		t.Errorf("the policy:\n%s", cm.Data[verifyPolicyKey])
 	}
-	projected := 0
+	_, configMaps := projectedInto(d)
+	if len(configMaps) != 1 {
+		t.Errorf("%d ConfigMaps projected into the pods, want the trusted root's", len(configMaps))
+	}
+	for _, src := range configMaps {
+		if src.Name != "sigstore-root" || len(src.Items) != 1 || src.Items[0].Key != "trusted_root.json" {
+			t.Errorf("projected %+v", src)
+		}
+	}
+}
+
+// projectedInto is what d's pods get through projected volumes.
+func projectedInto(d *appsv1.Deployment) (secrets []corev1.SecretProjection, configMaps []corev1.ConfigMapProjection) {
 	for _, v := range d.Spec.Template.Spec.Volumes {
 		if v.Projected == nil {
 			continue
 		}
 		for _, src := range v.Projected.Sources {
+			if src.Secret != nil {
+				secrets = append(secrets, *src.Secret)
+			}
 			if src.ConfigMap != nil {
-				projected++
-				if src.ConfigMap.Name != "sigstore-root" || len(src.ConfigMap.Items) != 1 || src.ConfigMap.Items[0].Key != "trusted_root.json" {
-					t.Errorf("projected %+v", src.ConfigMap)
-				}
+				configMaps = append(configMaps, *src.ConfigMap)
 			}
 		}
 	}
-	if projected != 1 {
-		t.Errorf("%d ConfigMaps projected into the pods, want the trusted root's", projected)
-	}
+	return secrets, configMaps
 }

@@ -51,15 +51,7 @@ func TestParseNotation(t *testing.T) {
 		{"notation without a log", "rules: [{images: [nginx], ignoreTlog: true, notation: {trustStore: store, trustPolicy: policy.json}}]", "for key rules"},
 		{"a misspelt field", "rules: [{images: [nginx], notation: {trustStores: store, trustPolicy: policy.json}}]", "trustStores"},
 	} {
-		t.Run(c.name, func(t *testing.T) {
-			_, err := Parse([]byte(c.yaml), dir)
-			switch {
-			case c.err == "" && err != nil:
-				t.Fatalf("%v", err)
-			case c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)):
-				t.Fatalf("error %v, want one saying %q", err, c.err)
-			}
-		})
+		t.Run(c.name, func(t *testing.T) { wantParse(t, c.yaml, dir, c.err) })
 	}
 }
 

@@ -146,3 +146,16 @@ func TestIsSignature(t *testing.T) {
 		}
 	}
 }
+
+// wantParse parses yaml as a policy file in dir, and checks its error
+// says want ("": it parses).
+func wantParse(t *testing.T, yaml, dir, want string) {
+	t.Helper()
+	_, err := Parse([]byte(yaml), dir)
+	switch {
+	case want == "" && err != nil:
+		t.Fatalf("%v", err)
+	case want != "" && (err == nil || !strings.Contains(err.Error(), want)):
+		t.Fatalf("error %v, want one saying %q", err, want)
+	}
+}

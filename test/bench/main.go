@@ -471,10 +471,14 @@ type tagMeasure struct {
 // warmTag: the tag is cached and confirmed; then tagClients clients ask
 // for it tagRequests times each, as a mirror's nodes do.
 func (b *bench) warmTag(c *cache) tagMeasure {
+	return b.warmTagBy(func(client *http.Client) { b.getManifest(c, client) })
+}
+
+// warmTagBy is warmTag for the manifest get fetches.
+func (b *bench) warmTagBy(get func(*http.Client)) tagMeasure {
 	// Keep-alive for every client, as nodes' runtimes keep theirs.
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: tagClients}}
-	get := func() { b.getManifest(c, client) }
-	get()
+	get(client)
 	b.front.Reset()
 	lat := make([]time.Duration, tagClients*tagRequests)
 	start := time.Now()
@@ -483,7 +487,7 @@ func (b *bench) warmTag(c *cache) tagMeasure {
 		wg.Go(func() {
 			for j := 0; j < tagRequests; j++ {
 				t0 := time.Now()
-				get()
+				get(client)
 				lat[i*tagRequests+j] = time.Since(t0)
 			}
 		})

@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -163,27 +162,7 @@ func (b *bench) signWithCosign(image string) string {
 
 // warmTagOf is warmTag for repo's imageTag.
 func (b *bench) warmTagOf(c *cache, repo string) tagMeasure {
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: tagClients}}
-	get := func() { b.getManifestOf(c, client, repo, imageTag) }
-	get()
-	b.front.Reset()
-	lat := make([]time.Duration, tagClients*tagRequests)
-	start := time.Now()
-	var wg sync.WaitGroup
-	for i := range tagClients {
-		wg.Go(func() {
-			for j := range tagRequests {
-				t0 := time.Now()
-				get()
-				lat[i*tagRequests+j] = time.Since(t0)
-			}
-		})
-	}
-	wg.Wait()
-	wall := time.Since(start)
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	return tagMeasure{perSecond: float64(len(lat)) / wall.Seconds(), p50: lat[len(lat)/2], p99: lat[len(lat)*99/100],
-		upstream: b.front.Count(http.MethodGet, "manifests") + b.front.Count(http.MethodHead, "manifests")}
+	return b.warmTagBy(func(client *http.Client) { b.getManifestOf(c, client, repo, imageTag) })
 }
 
 // getManifestOf fetches repo:tag's manifest from the cache.
