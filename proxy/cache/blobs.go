@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -345,11 +346,17 @@ func (c *Cache) download(ctx context.Context, repo string, f *fill) {
 	if part != nil && part.resumeAt > 0 {
 		log.Info("resuming the blob's download where an earlier one stopped", "bytes", part.resumeAt, "of", part.size)
 		c.metrics.resumes.WithLabelValues(c.registry).Inc()
-		var rest io.ReadCloser
-		if rest, err = c.fetchFrom(ctx, repo, f.digest, part.resumeAt, part.size); err == nil {
+		rest := io.NopCloser(strings.NewReader("")) // all there: checked, then stored
+		if part.resumeAt < part.size {
+			rest, err = c.fetchFrom(ctx, repo, f.digest, part.resumeAt, part.size)
+		}
+		if err == nil {
 			blob = &upstream.Blob{Body: rest, Size: part.size}
 		}
 	} else {
+		// From the first byte: whatever a damaged file fed the
+		// verifier is not the blob's start.
+		verifier = f.digest.Verifier()
 		blob, err = c.up.GetBlob(ctx, repo, f.digest)
 	}
 	declared, known := c.declared.size(f.digest)
