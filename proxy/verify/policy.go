@@ -30,7 +30,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
@@ -258,12 +257,11 @@ func (p *Policy) match(names []string, repo string) *rule {
 // verify checks the signatures of the manifest d (body, of mediaType),
 // served as repo's of a registry known by names, as r's kind of rule
 // says: "" when one verifies, else the reason.
-func (r *rule) verify(ctx context.Context, src Source, names []string, repo string, d digest.Digest, mediaType string, body []byte) string {
+func (r *rule) verify(ctx context.Context, src Source, names []string, repo string, target ocispec.Descriptor) string {
 	if r.notation != nil {
-		target := ocispec.Descriptor{MediaType: mediaType, Digest: d, Size: int64(len(body))}
 		return verifyNotation(ctx, src, r.notation, names, repo, target)
 	}
-	return verifyCosign(ctx, src, r, repo, d)
+	return verifyCosign(ctx, src, r, repo, target.Digest)
 }
 
 func (r *rule) String() string { return fmt.Sprintf("rule %d (%s)", r.n, r.images) }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
@@ -163,13 +164,19 @@ func (v *Verifier) Check(ctx context.Context, src Source, names []string, repo s
 			if v.recorded(ctx, k) {
 				// Another replica, or this one before a restart,
 				// verified it under this very policy.
-				v.decided(k, "", mediaType, body)
+				v.decided(k, "", mediaType, body, nil)
 				return "", nil
 			}
 			began := time.Now()
-			reason := r.verify(ctx, src, names, repo, d, mediaType, body)
+			reason := r.verify(ctx, src, names, repo, ocispec.Descriptor{MediaType: mediaType, Digest: d, Size: int64(len(body))})
+			var signed []digest.Digest // nil: the index itself is signed, and covers all it lists
+			if reason != "" && !strings.HasPrefix(reason, reasonUnreadable) && manifest.IsIndex(mediaType) {
+				if signed = signedChildren(ctx, src, r, names, repo, body); len(signed) > 0 {
+					reason = ""
+				}
+			}
 			v.seconds.Observe(time.Since(began).Seconds())
-			children := v.decided(k, reason, mediaType, body)
+			children := v.decided(k, reason, mediaType, body, signed)
 			if reason == "" {
 				v.record(ctx, k, r, children)
 			}
@@ -254,9 +261,9 @@ func (v *Verifier) record(ctx context.Context, k verdictKey, r *rule, children [
 // decided keeps a verdict, and, for a verified index, the children it
 // lists (returned): a child pulled by digest is the index's signed
 // content.
-func (v *Verifier) decided(k verdictKey, reason, mediaType string, body []byte) []digest.Digest {
-	var children []digest.Digest
-	if reason == "" && manifest.IsIndex(mediaType) {
+func (v *Verifier) decided(k verdictKey, reason, mediaType string, body []byte, signed []digest.Digest) []digest.Digest {
+	children := signed
+	if reason == "" && signed == nil && manifest.IsIndex(mediaType) {
 		children = indexChildren(body)
 	}
 	v.mu.Lock()
@@ -277,6 +284,35 @@ func (v *Verifier) decided(k verdictKey, reason, mediaType string, body []byte) 
 	}
 	return children
 }
+
+// signedChildren are the images an unsigned index lists that are signed
+// per r on their own: an index counts as verified when the child asked
+// for is signed, so it is served when one of them is, and those (not
+// the others) are allowed by digest as its content. Attestations and
+// signatures an index lists are not images to run.
+func signedChildren(ctx context.Context, src Source, r *rule, names []string, repo string, body []byte) []digest.Digest {
+	var index ocispec.Index
+	if json.Unmarshal(body, &index) != nil {
+		return nil
+	}
+	var signed []digest.Digest
+	for i, m := range index.Manifests {
+		if i == maxChildrenChecked {
+			break
+		}
+		if m.Annotations["vnd.docker.reference.type"] == "attestation-manifest" || manifest.IsIndex(m.MediaType) {
+			continue
+		}
+		if r.verify(ctx, src, names, repo, m) == "" {
+			signed = append(signed, m.Digest)
+		}
+	}
+	return signed
+}
+
+// maxChildrenChecked bounds the signature lookups an unsigned index
+// costs.
+const maxChildrenChecked = 64
 
 // Follow re-reads the policy file, and the key files it names, until ctx
 // ends: a key replaced in place (a Secret the kubelet updates) is a

@@ -58,6 +58,15 @@ func TestVerifyCosignKeys(t *testing.T) {
 	}
 	child := im.Manifests[0].Digest.String()
 	key.sign(t, e.registry.Addr+"/"+repo+"@"+idxDigest.String(), true)
+	// An index unsigned itself, one of whose images is signed.
+	byChild := ociIndex(t, ociImage(t, 5), ociImage(t, 6))
+	pushIndex(t, e.registry.Addr, repo, "by-child", byChild)
+	bm, err := byChild.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	signedChild, unsignedChild := bm.Manifests[0].Digest.String(), bm.Manifests[1].Digest.String()
+	key.sign(t, e.registry.Addr+"/"+repo+"@"+signedChild, true)
 
 	strictImg := ociImage(t, 1)
 	pushImage(t, e.registry.Addr, strict, "e", strictImg)
@@ -146,16 +155,25 @@ rules:
 		if resp, body := get(t, p.URL+"/v2/"+repo+"/manifests/"+child, acceptAll); resp.StatusCode != http.StatusOK {
 			t.Errorf("a child of the verified index, by digest: %s %s", resp.Status, body)
 		}
+		// An index counts as verified when the image asked for is
+		// signed: served, the signed image by digest too, not the other.
+		if resp, body := get(t, p.URL+"/v2/"+repo+"/manifests/by-child", acceptAll); resp.StatusCode != http.StatusOK {
+			t.Errorf("an index whose image is signed: %s %s", resp.Status, body)
+		}
+		if resp, body := get(t, p.URL+"/v2/"+repo+"/manifests/"+signedChild, acceptAll); resp.StatusCode != http.StatusOK {
+			t.Errorf("its signed image, by digest: %s %s", resp.Status, body)
+		}
+		refused(t, p, repo+"/manifests/"+unsignedChild, "no signature")
 		// Signature artifacts are what verifies the rest: served as they are.
 		if resp, body := get(t, p.URL+"/v2/"+repo+"/manifests/sha256-"+strings.TrimPrefix(digests["b"], "sha256:")+".sig", acceptAll); resp.StatusCode != http.StatusOK {
 			t.Errorf("the classic signature's manifest: %s %s", resp.Status, body)
 		}
 		m := scrape(t, p.Ops)
-		if v := sample(m, "depproxy_proxy_verify_total", "result", "verified"); v != 3 {
-			t.Errorf("depproxy_proxy_verify_total{result=verified} = %v, want 3 (a, b, the index; each once)", v)
+		if v := sample(m, "depproxy_proxy_verify_total", "result", "verified"); v != 4 {
+			t.Errorf("depproxy_proxy_verify_total{result=verified} = %v, want 4 (a, b, the two indexes; each once)", v)
 		}
-		if v := sample(m, "depproxy_proxy_verify_total", "result", "refused"); v != 3 {
-			t.Errorf("depproxy_proxy_verify_total{result=refused} = %v, want 3 (c, d, e: a verdict is reused)", v)
+		if v := sample(m, "depproxy_proxy_verify_total", "result", "refused"); v != 4 {
+			t.Errorf("depproxy_proxy_verify_total{result=refused} = %v, want 4 (c, d, e, the unsigned image: a verdict is reused)", v)
 		}
 		if v := sample(m, "depproxy_proxy_verify_seconds"); v == 0 {
 			t.Errorf("depproxy_proxy_verify_seconds has no observation")
