@@ -22,9 +22,10 @@ import (
 
 // A verify policy of cosign keys, enforced at the cache: images signed
 // by cosign v3 with the policy's key, in the bundle format (A) and the
-// classic one (B), pull whole with go-containerregistry's client; an
-// unsigned image (C) and one signed by another key (D) are refused with
-// 403 DENIED naming the rule and the reason; an index signed at the top
+// classic one (B), pull whole with go-containerregistry's client, and A
+// with containerd 2.x's CRI image service; an unsigned image (C) and one
+// signed by another key (D) are refused to both with 403 DENIED naming
+// the rule and the reason; an index signed at the top
 // lets its children through by digest, which a cache that never served
 // the index refuses. A rule without ignoreTlog refuses a signature made
 // without the transparency log. In audit mode everything pulls, and the
@@ -197,6 +198,60 @@ rules:
 		// unsigned on its own.
 		fresh, _ := start(t, "enforce")
 		refused(t, fresh, repo+"/manifests/"+child, "no signature")
+	})
+
+	// containerd 2.x's CRI image service, as kubelet pulls, with a
+	// hosts.toml that has the cache alone (plain HTTP on loopback), so
+	// nothing the cache refuses is fetched from the registry itself: the
+	// signed image pulls; the unsigned one and the one signed by another
+	// key are refused with 403 DENIED, the rule and the reason in
+	// containerd's error, and the cache counts the refusals and audits
+	// them with the same.
+	t.Run("containerd", func(t *testing.T) {
+		p, file := start(t, "enforce")
+		hostsDir := t.TempDir()
+		os.MkdirAll(filepath.Join(hostsDir, upstreamHost), 0o755)
+		hosts := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", p.URL, p.URL)
+		if err := os.WriteFile(filepath.Join(hostsDir, upstreamHost, "hosts.toml"), []byte(hosts), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		c := startContainerd2(t, fmt.Sprintf("[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = %q\n", hostsDir))
+
+		signed := upstreamHost + "/" + repo + ":a"
+		if out, err := c.Crictl(t, "pull", signed); err != nil {
+			t.Fatalf("crictl pull %s, signed with the policy's key: %v\n%s", signed, err, out)
+		}
+		if got := c.repoDigest(t, signed); got != digests["a"] {
+			t.Errorf("containerd has %s for a, the registry %s", got, digests["a"])
+		}
+		for tag, reason := range map[string]string{"c": "no signature", "d": "signed by another key"} {
+			ref := upstreamHost + "/" + repo + ":" + tag
+			out, err := c.Crictl(t, "pull", ref)
+			if err == nil || !strings.Contains(out, "403") || !strings.Contains(out, "denied") || !strings.Contains(out, "rule 1") || !strings.Contains(out, reason) {
+				t.Errorf("crictl pull %s: %v, want a 403 denied naming rule 1 and %q\n%s", ref, err, reason, out)
+			}
+		}
+
+		m := scrape(t, p.Ops)
+		if v := sample(m, "depproxy_proxy_verify_total", "result", "verified"); v != 1 {
+			t.Errorf("depproxy_proxy_verify_total{result=verified} = %v, want 1 (a)", v)
+		}
+		if v := sample(m, "depproxy_proxy_verify_total", "result", "refused"); v != 2 {
+			t.Errorf("depproxy_proxy_verify_total{result=refused} = %v, want 2 (c, d)", v)
+		}
+		p.Stop()
+		audited, _ := os.ReadFile(file + ".audit")
+		for tag, reason := range map[string]string{"c": "no signature", "d": "signed by another key"} {
+			found := false
+			for _, line := range strings.Split(string(audited), "\n") {
+				var entry struct{ Answer, Reason, Tag string }
+				json.Unmarshal([]byte(line), &entry)
+				found = found || entry.Answer == "refused" && entry.Tag == tag && strings.Contains(entry.Reason, "rule 1") && strings.Contains(entry.Reason, reason)
+			}
+			if !found {
+				t.Errorf("no refusal of %s, with rule 1 and %q, in the audit log:\n%s", tag, reason, audited)
+			}
+		}
 	})
 
 	t.Run("audit", func(t *testing.T) {
