@@ -619,7 +619,9 @@ func TestInvalidVerifySpecsAreRefused(t *testing.T) {
 // reason; its own summary brings the refusal to the status and the
 // Verified condition. A keyless rule's trusted root, projected from its
 // ConfigMap, is loaded by the proxy, whose keyless rule refuses an
-// unsigned image too.
+// unsigned image too; so is a key rule's. A notation rule's trust store
+// and trust policy, projected from theirs, let an image signed with
+// notation through and refuse an unsigned one.
 func TestRenderedVerifyPolicyRefuses(t *testing.T) {
 	cluster(t)
 	ctx := context.Background()
@@ -630,12 +632,23 @@ func TestRenderedVerifyPolicyRefuses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, repo := range []string{"library/unsigned", "keyless/unsigned"} {
+	for _, repo := range []string{"library/unsigned", "keyless/unsigned", "notation/unsigned"} {
 		ref, _ := name.ParseReference(reg.Addr+"/"+repo+":1.0", name.Insecure)
 		if err := remote.Write(ref, img); err != nil {
 			t.Fatal(err)
 		}
 	}
+	signedImg, err := random.Image(1024, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signedRef, _ := name.ParseReference(reg.Addr+"/notation/signed:1.0", name.Insecure)
+	if err := remote.Write(signedRef, signedImg); err != nil {
+		t.Fatal(err)
+	}
+	signedDigest, _ := signedImg.Digest()
+	certs, cas := notationCerts(t, "notation-certs", "acme")
+	cas[0].Sign(t, reg.Addr, "notation/signed", signedDigest.String())
 
 	ns := namespace(t)
 	storageSecret(t, ns, "minio", map[string]string{"AWS_ACCESS_KEY_ID": m.AccessKey, "AWS_SECRET_ACCESS_KEY": m.SecretKey})
@@ -648,8 +661,18 @@ func TestRenderedVerifyPolicyRefuses(t *testing.T) {
 		Storage: depproxyv1.StorageSpec{Endpoint: m.Addr, Bucket: "verify-cache", Prefix: "signed", Insecure: true,
 			CredentialsSecretRef: corev1.LocalObjectReference{Name: "minio"}},
 		Verify: &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{keyRule([]string{front.Addr + "/library/**"}, "org-key"),
-			withKeyless(depproxyv1.VerifyRule{Images: []string{front.Addr + "/keyless/**"}}, keyless("https://issuer.example", "", "", "@example.com$"))}},
+			withKeyless(depproxyv1.VerifyRule{Images: []string{front.Addr + "/keyless/**"}}, keyless("https://issuer.example", "", "", "@example.com$")),
+			notationRule([]string{front.Addr + "/notation/**"}, "notation-certs", "", "notation-policy", "")}},
 	}}
+	dp.Spec.Verify.Rules[0].TrustedRootRef = &depproxyv1.ConfigMapKeyRef{Name: "sigstore-root"}
+	certs.Namespace = ns
+	if err := k8sClient.Create(ctx, certs); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8sClient.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "notation-policy", Namespace: ns},
+		Data: map[string]string{"trustpolicy.json": notationPolicy(t, "ca:notation-certs")}}); err != nil {
+		t.Fatal(err)
+	}
 	if err := k8sClient.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "sigstore-root", Namespace: ns},
 		Data: map[string]string{"trusted_root.json": string(sigstoretest.New(t).TrustedRoot(t))}}); err != nil {
 		t.Fatal(err)
@@ -703,6 +726,25 @@ func TestRenderedVerifyPolicyRefuses(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "rule 2") || !strings.Contains(string(body), "no signature") {
 		t.Errorf("an unsigned image under the keyless rule: %s %s\nproxy log:\n%s", resp.Status, body, logs)
+	}
+
+	for _, c := range []struct {
+		repo   string
+		status int
+		want   string
+	}{
+		{"notation/signed", http.StatusOK, ""},
+		{"notation/unsigned", http.StatusForbidden, "no notation signature"},
+	} {
+		resp, err := http.Get("http://" + proxyAddr + "/v2/" + c.repo + "/manifests/1.0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.status || !strings.Contains(string(body), c.want) || (c.want != "" && !strings.Contains(string(body), "rule 3")) {
+			t.Errorf("%s under the notation rule: %s %s\nproxy log:\n%s", c.repo, resp.Status, body, logs)
+		}
 	}
 }
 
