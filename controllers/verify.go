@@ -285,14 +285,9 @@ func verifyRootProblem(cm *corev1.ConfigMap, ref verifyRootRef, ns string) strin
 	if cm == nil {
 		return fmt.Sprintf("ConfigMap %q does not exist in namespace %s", ref.configMap, ns)
 	}
-	raw, ok := []byte(cm.Data[ref.key]), true
-	if _, text := cm.Data[ref.key]; !text {
-		raw, ok = cm.BinaryData[ref.key]
-	}
+	raw, ok := configMapValue(cm, ref.key)
 	if !ok {
-		keys := slices.Sorted(maps.Keys(cm.Data))
-		keys = append(keys, slices.Sorted(maps.Keys(cm.BinaryData))...)
-		return fmt.Sprintf("ConfigMap %q has no key %q (it has: %s)", ref.configMap, ref.key, strings.Join(keys, ", "))
+		return fmt.Sprintf("ConfigMap %q has no key %q (it has: %s)", ref.configMap, ref.key, strings.Join(configMapKeys(cm), ", "))
 	}
 	var root map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &root); err != nil {
