@@ -152,7 +152,11 @@ func (r *DependencyProxyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	verify, err := renderVerify(dp, problems, rootProblems)
+	notation, err := r.verifyNotationConfigMaps(ctx, dp)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	verify, err := renderVerify(dp, problems, rootProblems, notation)
 	if err != nil {
 		return ctrl.Result{}, err
 	}

@@ -27,8 +27,8 @@ import (
 
 // spec.verify, the pure parts: the policy file the proxy reads
 // (--verify-policy, in its ConfigMap beside its config), and the
-// projected volumes of the Secrets' keys and the ConfigMaps' trusted
-// roots it names. The manager reads the Secrets and ConfigMaps by name,
+// projected volumes of the Secrets' keys, the ConfigMaps' trusted roots
+// and trust policies, and the notation trust stores it names. The manager reads the Secrets and ConfigMaps by name,
 // in the resource's own namespace, only to say what is missing: they
 // reach the pods through the kubelet, and a key or root replaced in
 // place is re-read by the proxy without a restart.
@@ -42,13 +42,21 @@ const (
 	// defaultVerifyKey is the key of a secretRef that names none (the
 	// API server defaults it too): cosign's name for a public key.
 	defaultVerifyKey = "cosign.pub"
-	// verifyRootsDir holds the keyless rules' trusted roots, one
-	// directory per ConfigMap, a file per key: verifyRootsDir/CONFIGMAP/KEY.
+	// verifyRootsDir holds the trusted roots and notation trust
+	// policies, one directory per ConfigMap, a file per key:
+	// verifyRootsDir/CONFIGMAP/KEY.
 	verifyRootsDir = configDir + "/verify-roots"
 	// defaultTrustedRootKey is the key of a trustedRootRef that names
 	// none (the API server defaults it too): what cosign and sigstore's
 	// TUF repository name it.
 	defaultTrustedRootKey = "trusted_root.json"
+	// verifyStoresDir holds the notation trust stores, a directory per
+	// ConfigMap laid out as notation's truststore directory, a file per
+	// certificate: verifyStoresDir/CONFIGMAP/x509/ca/STORE/KEY.
+	verifyStoresDir = configDir + "/verify-truststores"
+	// defaultTrustPolicyKey is the key of a trustPolicyRef that names
+	// none (the API server defaults it too): notation's file name.
+	defaultTrustPolicyKey = "trustpolicy.json"
 	// verifyRecently is how long a failure keeps Verified False.
 	verifyRecently = time.Hour
 )
@@ -99,22 +107,174 @@ func rootRefOf(r depproxyv1.ConfigMapKeyRef) verifyRootRef {
 // path is where the pods see the trusted root.
 func (r verifyRootRef) path() string { return verifyRootsDir + "/" + r.configMap + "/" + r.key }
 
-// verifyRootRefs are the trusted roots spec.verify names, each once,
-// in the order of the rules.
+// verifyRootRefs are the trusted roots spec.verify names (keyless
+// rules' and key rules'), each once, in the order of the rules.
 func verifyRootRefs(dp *depproxyv1.DependencyProxy) []verifyRootRef {
 	if dp.Spec.Verify == nil {
 		return nil
 	}
 	var out []verifyRootRef
 	for _, r := range dp.Spec.Verify.Rules {
-		if r.Keyless == nil {
+		var ref verifyRootRef
+		switch {
+		case r.Keyless != nil:
+			ref = rootRefOf(r.Keyless.TrustedRootRef)
+		case r.TrustedRootRef != nil:
+			ref = rootRefOf(*r.TrustedRootRef)
+		default:
 			continue
 		}
-		if ref := rootRefOf(r.Keyless.TrustedRootRef); !slices.Contains(out, ref) {
+		if !slices.Contains(out, ref) {
 			out = append(out, ref)
 		}
 	}
 	return out
+}
+
+// verifyStoreRef is a notation trust store: a ConfigMap of the
+// resource's namespace, every key a certificate, under the store name
+// the trust policy uses (ca:STORE).
+type verifyStoreRef struct{ configMap, store string }
+
+func storeRefOf(r depproxyv1.NotationTrustStoreRef) verifyStoreRef {
+	ref := verifyStoreRef{configMap: r.Name, store: r.StoreName}
+	if ref.store == "" {
+		ref.store = r.Name
+	}
+	return ref
+}
+
+// dir is the trust store directory the pods see: notation's layout,
+// x509/ca/STORE/KEY, under a directory of the ConfigMap's.
+func (s verifyStoreRef) dir() string { return verifyStoresDir + "/" + s.configMap }
+
+func trustPolicyRefOf(r depproxyv1.TrustPolicyRef) verifyRootRef {
+	ref := verifyRootRef{configMap: r.Name, key: r.Key}
+	if ref.key == "" {
+		ref.key = defaultTrustPolicyKey
+	}
+	return ref
+}
+
+// verifyNotationConfigMaps reads the ConfigMaps spec.verify's notation
+// rules name, by name, in dp's namespace only; one that does not exist
+// is nil.
+func (r *DependencyProxyReconciler) verifyNotationConfigMaps(ctx context.Context, dp *depproxyv1.DependencyProxy) (map[string]*corev1.ConfigMap, error) {
+	out := map[string]*corev1.ConfigMap{}
+	if dp.Spec.Verify == nil {
+		return out, nil
+	}
+	for _, rule := range dp.Spec.Verify.Rules {
+		if rule.Notation == nil {
+			continue
+		}
+		for _, name := range []string{rule.Notation.TrustStoreRef.Name, rule.Notation.TrustPolicyRef.Name} {
+			if _, done := out[name]; done {
+				continue
+			}
+			cm := &corev1.ConfigMap{}
+			err := r.secrets().Get(ctx, client.ObjectKey{Namespace: dp.Namespace, Name: name}, cm)
+			if client.IgnoreNotFound(err) != nil {
+				return nil, err
+			}
+			if err != nil {
+				cm = nil
+			}
+			out[name] = cm
+		}
+	}
+	return out, nil
+}
+
+// configMapKeys are cm's keys, text and binary, sorted.
+func configMapKeys(cm *corev1.ConfigMap) []string {
+	keys := slices.Collect(maps.Keys(cm.Data))
+	keys = append(keys, slices.Collect(maps.Keys(cm.BinaryData))...)
+	slices.Sort(keys)
+	return keys
+}
+
+// configMapValue is cm's key, text or binary.
+func configMapValue(cm *corev1.ConfigMap, key string) ([]byte, bool) {
+	if v, ok := cm.Data[key]; ok {
+		return []byte(v), true
+	}
+	v, ok := cm.BinaryData[key]
+	return v, ok
+}
+
+// verifyStoreKeys are the keys of ref's ConfigMap cm (nil: it does not
+// exist in namespace ns), each a certificate of the trust store, or
+// what is wrong with them. Every key is one or more PEM CERTIFICATE
+// blocks x509 parses, as notation reads its trust store's files.
+func verifyStoreKeys(cm *corev1.ConfigMap, ref verifyStoreRef, ns string) ([]string, string) {
+	if cm == nil {
+		return nil, fmt.Sprintf("ConfigMap %q does not exist in namespace %s", ref.configMap, ns)
+	}
+	keys := configMapKeys(cm)
+	if len(keys) == 0 {
+		return nil, fmt.Sprintf("ConfigMap %q holds no certificates", ref.configMap)
+	}
+	for _, k := range keys {
+		rest, _ := configMapValue(cm, k)
+		n := 0
+		var err error
+		for err == nil {
+			var block *pem.Block
+			if block, rest = pem.Decode(rest); block == nil {
+				break
+			}
+			n++
+			if block.Type != "CERTIFICATE" {
+				err = fmt.Errorf("a PEM %s", block.Type)
+			} else {
+				_, err = x509.ParseCertificate(block.Bytes)
+			}
+		}
+		if err == nil && n == 0 {
+			err = fmt.Errorf("not PEM")
+		}
+		if err != nil {
+			return nil, fmt.Sprintf("ConfigMap %q key %q is not a PEM certificate (%v): every key of a trust store's ConfigMap is a CA certificate", ref.configMap, k, err)
+		}
+	}
+	return keys, ""
+}
+
+// verifyTrustPolicyProblem says what is wrong with ref's trust policy
+// in cm (nil: it does not exist in namespace ns), or "": it is an OCI
+// trust policy document whose statements name the rule's trust store
+// (ca:STORE) and no other, which the pods do not have. notation-go,
+// which the manager does not link, checks the rest in the proxy.
+func verifyTrustPolicyProblem(cm *corev1.ConfigMap, ref verifyRootRef, store verifyStoreRef, ns string) string {
+	if cm == nil {
+		return fmt.Sprintf("ConfigMap %q does not exist in namespace %s", ref.configMap, ns)
+	}
+	raw, ok := configMapValue(cm, ref.key)
+	if !ok {
+		return fmt.Sprintf("ConfigMap %q has no key %q (it has: %s)", ref.configMap, ref.key, strings.Join(configMapKeys(cm), ", "))
+	}
+	var doc struct {
+		TrustPolicies []struct {
+			Name        string   `json:"name"`
+			TrustStores []string `json:"trustStores"`
+		} `json:"trustPolicies"`
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil || len(doc.TrustPolicies) == 0 {
+		if err == nil {
+			err = fmt.Errorf("no trustPolicies")
+		}
+		return fmt.Sprintf("ConfigMap %q key %q is not a notation trust policy as notation's trustpolicy.json (%v)", ref.configMap, ref.key, err)
+	}
+	for _, st := range doc.TrustPolicies {
+		for _, named := range st.TrustStores {
+			if named != "ca:"+store.store {
+				return fmt.Sprintf("ConfigMap %q key %q: trust policy statement %q names trust store %q, and the rule's trust store is ca:%s (ConfigMap %q; trustStoreRef.storeName, the ConfigMap's name by default)",
+					ref.configMap, ref.key, st.Name, named, store.store, store.configMap)
+			}
+		}
+	}
+	return ""
 }
 
 // verifyRootProblem says what is wrong with ref's trusted root in cm
@@ -125,14 +285,9 @@ func verifyRootProblem(cm *corev1.ConfigMap, ref verifyRootRef, ns string) strin
 	if cm == nil {
 		return fmt.Sprintf("ConfigMap %q does not exist in namespace %s", ref.configMap, ns)
 	}
-	raw, ok := []byte(cm.Data[ref.key]), true
-	if _, text := cm.Data[ref.key]; !text {
-		raw, ok = cm.BinaryData[ref.key]
-	}
+	raw, ok := configMapValue(cm, ref.key)
 	if !ok {
-		keys := slices.Sorted(maps.Keys(cm.Data))
-		keys = append(keys, slices.Sorted(maps.Keys(cm.BinaryData))...)
-		return fmt.Sprintf("ConfigMap %q has no key %q (it has: %s)", ref.configMap, ref.key, strings.Join(keys, ", "))
+		return fmt.Sprintf("ConfigMap %q has no key %q (it has: %s)", ref.configMap, ref.key, strings.Join(configMapKeys(cm), ", "))
 	}
 	var root map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &root); err != nil {
@@ -229,12 +384,20 @@ func (r *DependencyProxyReconciler) verifyKeyProblems(ctx context.Context, dp *d
 // verifyRendering is spec.verify as the proxy gets it.
 type verifyRendering struct {
 	policy []byte
-	// keys are the keys mounted, each once; roots the trusted roots.
-	keys  []verifyKeyRef
-	roots []verifyRootRef
+	// keys are the keys mounted, each once; roots the trusted roots and
+	// trust policies; stores the notation trust stores.
+	keys   []verifyKeyRef
+	roots  []verifyRootRef
+	stores []verifyStore
 	// dropped say which keys and roots an audit policy was rendered
 	// without, and why.
 	dropped []string
+}
+
+// verifyStore is a trust store mounted, with its ConfigMap's keys.
+type verifyStore struct {
+	ref  verifyStoreRef
+	keys []string
 }
 
 // verifyPolicyFile is the proxy's --verify-policy format, keys as files.
@@ -244,10 +407,17 @@ type verifyPolicyFile struct {
 }
 
 type verifyPolicyRule struct {
-	Images     []string             `json:"images"`
-	Keys       []verifyFileKey      `json:"keys,omitempty"`
-	IgnoreTlog bool                 `json:"ignoreTlog,omitempty"`
-	Keyless    *verifyPolicyKeyless `json:"keyless,omitempty"`
+	Images      []string              `json:"images"`
+	Keys        []verifyFileKey       `json:"keys,omitempty"`
+	IgnoreTlog  bool                  `json:"ignoreTlog,omitempty"`
+	TrustedRoot *verifyFileKey        `json:"trustedRoot,omitempty"`
+	Keyless     *verifyPolicyKeyless  `json:"keyless,omitempty"`
+	Notation    *verifyPolicyNotation `json:"notation,omitempty"`
+}
+
+type verifyPolicyNotation struct {
+	TrustStore  string `json:"trustStore"`
+	TrustPolicy string `json:"trustPolicy"`
 }
 
 type verifyPolicyKeyless struct {
@@ -263,8 +433,9 @@ type verifyFileKey struct {
 }
 
 // renderVerify renders spec.verify (nil without it) given what is
-// wrong with its keys (problems, by key) and its keyless rules' trusted
-// roots (rootProblems, by root).
+// wrong with its keys (problems, by key) and its trusted roots
+// (rootProblems, by root), and the ConfigMaps its notation rules name
+// (notation, by name; nil or absent: not there).
 //
 // A key that is missing never makes a rule weaker than written. In
 // enforce mode nothing is rendered at all: the reconcile waits
@@ -274,13 +445,14 @@ type verifyFileKey struct {
 // out would serve unverified images. In audit mode, which refuses
 // nothing, the key is left out (a rule left without keys, left out
 // whole) and the Verified condition says so. A trusted root is as a
-// key: a keyless rule without it waits in enforce mode, and is left out
-// in audit mode.
+// key: a keyless rule, or a key rule naming one, without it waits in
+// enforce mode, and is left out in audit mode. So does a notation rule
+// whose trust store or trust policy is not there or not right.
 //
 // A keyless rule's regular expression that Go does not compile (the
 // proxy's, sigstore-go's syntax) stalls the reconcile: the proxy would
 // not load the policy.
-func renderVerify(dp *depproxyv1.DependencyProxy, problems map[verifyKeyRef]string, rootProblems map[verifyRootRef]string) (*verifyRendering, error) {
+func renderVerify(dp *depproxyv1.DependencyProxy, problems map[verifyKeyRef]string, rootProblems map[verifyRootRef]string, notation map[string]*corev1.ConfigMap) (*verifyRendering, error) {
 	v := dp.Spec.Verify
 	if v == nil {
 		return nil, nil
@@ -309,6 +481,49 @@ func renderVerify(dp *depproxyv1.DependencyProxy, problems map[verifyKeyRef]stri
 				out.keys = append(out.keys, ref)
 			}
 		}
+		if r.TrustedRootRef != nil && len(pr.Keys) > 0 {
+			ref := rootRefOf(*r.TrustedRootRef)
+			if p := rootProblems[ref]; p != "" {
+				if mode == depproxyv1.VerifyEnforce {
+					return nil, waiting(depproxyv1.ReasonVerifyKeyMissing,
+						"spec.verify.rules[%d].trustedRootRef: %s. In enforce mode the policy is not rolled out without its trusted roots, and nothing else is either: the running proxy, if any, keeps the policy it has. Put the trusted root there (kubectl create configmap %s --from-file=%s=trusted_root.json), or change the rule",
+						i, p, ref.configMap, ref.key)
+				}
+				// Without its root the rule would refuse every signature
+				// with a log proof: left out whole, as audit refuses nothing.
+				out.dropped = append(out.dropped, fmt.Sprintf("rules[%d].trustedRootRef: %s", i, p))
+				continue
+			}
+			pr.TrustedRoot = &verifyFileKey{File: ref.path()}
+			if !slices.Contains(out.roots, ref) {
+				out.roots = append(out.roots, ref)
+			}
+		}
+		if n := r.Notation; n != nil {
+			store, policy := storeRefOf(n.TrustStoreRef), trustPolicyRefOf(n.TrustPolicyRef)
+			keys, p := verifyStoreKeys(notation[store.configMap], store, dp.Namespace)
+			field, fix := "trustStoreRef", fmt.Sprintf("kubectl create configmap %s --from-file=ca.pem", store.configMap)
+			if p == "" {
+				p = verifyTrustPolicyProblem(notation[policy.configMap], policy, store, dp.Namespace)
+				field, fix = "trustPolicyRef", fmt.Sprintf("kubectl create configmap %s --from-file=%s=trustpolicy.json", policy.configMap, policy.key)
+			}
+			if p != "" {
+				if mode == depproxyv1.VerifyEnforce {
+					return nil, waiting(depproxyv1.ReasonVerifyKeyMissing,
+						"spec.verify.rules[%d].notation.%s: %s. In enforce mode the policy is not rolled out without its trust stores and trust policies, and nothing else is either: the running proxy, if any, keeps the policy it has. Put them there (%s), or change the rule",
+						i, field, p, fix)
+				}
+				out.dropped = append(out.dropped, fmt.Sprintf("rules[%d].notation.%s: %s", i, field, p))
+				continue
+			}
+			pr.Notation = &verifyPolicyNotation{TrustStore: store.dir(), TrustPolicy: policy.path()}
+			if !slices.ContainsFunc(out.stores, func(s verifyStore) bool { return s.ref == store }) {
+				out.stores = append(out.stores, verifyStore{ref: store, keys: keys})
+			}
+			if !slices.Contains(out.roots, policy) {
+				out.roots = append(out.roots, policy)
+			}
+		}
 		if kl := r.Keyless; kl != nil {
 			for field, re := range map[string]string{"issuerRegExp": kl.IssuerRegExp, "subjectRegExp": kl.SubjectRegExp} {
 				if _, err := regexp.Compile(re); err != nil {
@@ -331,7 +546,7 @@ func renderVerify(dp *depproxyv1.DependencyProxy, problems map[verifyKeyRef]stri
 				out.roots = append(out.roots, ref)
 			}
 		}
-		if len(pr.Keys) > 0 || pr.Keyless != nil {
+		if len(pr.Keys) > 0 || pr.Keyless != nil || pr.Notation != nil {
 			f.Rules = append(f.Rules, pr)
 		}
 	}
@@ -385,9 +600,9 @@ func verifyKeysVolume(v *verifyRendering) *corev1.Volume {
 		Sources: sources, DefaultMode: ptr.To[int32](0o440)}}}
 }
 
-// verifyRootsVolume projects the trusted roots the policy names, one
-// source per ConfigMap, each key at CONFIGMAP/KEY. Only the keys named
-// are mounted. Nil when there are none.
+// verifyRootsVolume projects the trusted roots and trust policies the
+// policy names, one source per ConfigMap, each key at CONFIGMAP/KEY.
+// Only the keys named are mounted. Nil when there are none.
 func verifyRootsVolume(v *verifyRendering) *corev1.Volume {
 	if v == nil || len(v.roots) == 0 {
 		return nil
@@ -407,15 +622,41 @@ func verifyRootsVolume(v *verifyRendering) *corev1.Volume {
 		Sources: sources, DefaultMode: ptr.To[int32](0o444)}}}
 }
 
-// mountVerifyKeys mounts the keys and the trusted roots into the
-// proxy's pods.
+// verifyStoresVolume projects the notation trust stores the policy
+// names, one source per ConfigMap, each of its keys (all are
+// certificates) at CONFIGMAP/x509/ca/STORE/KEY, notation's layout under
+// the directory the rule names. Nil when there are none.
+func verifyStoresVolume(v *verifyRendering) *corev1.Volume {
+	if v == nil || len(v.stores) == 0 {
+		return nil
+	}
+	byConfigMap := map[string][]corev1.KeyToPath{}
+	for _, s := range v.stores {
+		for _, k := range s.keys {
+			byConfigMap[s.ref.configMap] = append(byConfigMap[s.ref.configMap],
+				corev1.KeyToPath{Key: k, Path: s.ref.configMap + "/x509/ca/" + s.ref.store + "/" + k})
+		}
+	}
+	var sources []corev1.VolumeProjection
+	for _, name := range slices.Sorted(maps.Keys(byConfigMap)) {
+		items := byConfigMap[name]
+		slices.SortFunc(items, func(a, b corev1.KeyToPath) int { return strings.Compare(a.Path, b.Path) })
+		sources = append(sources, corev1.VolumeProjection{ConfigMap: &corev1.ConfigMapProjection{
+			LocalObjectReference: corev1.LocalObjectReference{Name: name}, Items: items}})
+	}
+	return &corev1.Volume{Name: "verify-truststores", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+		Sources: sources, DefaultMode: ptr.To[int32](0o444)}}}
+}
+
+// mountVerifyKeys mounts the keys, the trusted roots and trust policies
+// and the trust stores into the proxy's pods.
 func mountVerifyKeys(d *appsv1.Deployment, v *verifyRendering) {
 	pod := &d.Spec.Template.Spec
 	c := &pod.Containers[0]
 	for _, m := range []struct {
 		vol  *corev1.Volume
 		path string
-	}{{verifyKeysVolume(v), verifyKeysDir}, {verifyRootsVolume(v), verifyRootsDir}} {
+	}{{verifyKeysVolume(v), verifyKeysDir}, {verifyRootsVolume(v), verifyRootsDir}, {verifyStoresVolume(v), verifyStoresDir}} {
 		if m.vol == nil {
 			continue
 		}
@@ -439,7 +680,7 @@ func verifyConditions(dp *depproxyv1.DependencyProxy, s *depproxyv1.CacheSummary
 	}
 	if len(dropped) > 0 {
 		return set(metav1.ConditionFalse, depproxyv1.ReasonVerifyKeyMissing,
-			fmt.Sprintf("audit mode: the policy is checked without %d of its keys and trusted roots until they are there (a rule left without keys, or a keyless rule without its root, is not checked): %s",
+			fmt.Sprintf("audit mode: the policy is checked without %d of its keys, trusted roots, trust stores and trust policies until they are there (a rule left without keys, its trusted root, trust store or trust policy is not checked): %s",
 				len(dropped), strings.Join(dropped[:min(len(dropped), 5)], "; ")))
 	}
 	if s == nil {

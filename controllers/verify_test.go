@@ -16,6 +16,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -31,11 +32,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
 	depproxyv1 "github.com/depproxy/depproxy/api/v1alpha1"
 	"github.com/depproxy/depproxy/proxy/report"
 	"github.com/depproxy/depproxy/proxy/settings"
 	"github.com/depproxy/depproxy/proxy/verify"
+	"github.com/depproxy/depproxy/test/notationtest"
 	"github.com/depproxy/depproxy/test/sigstoretest"
 	"github.com/depproxy/depproxy/test/testenv"
 )
@@ -118,7 +121,7 @@ func TestVerifyPolicyIsReadAsTheProxyReadsIt(t *testing.T) {
 		keyRule([]string{"ghcr.io/our-org/**"}, "org-keys", "org-keys/release.pub"),
 		keyRule([]string{"docker.io/library/*", "nginx"}, "docker/cosign.pub", "org-keys/cosign.pub"))
 	dp.Spec.Verify.Rules[1].IgnoreTlog = true
-	v, err := renderVerify(dp, nil, nil)
+	v, err := renderVerify(dp, nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +181,7 @@ func TestAMissingKeyIsNeverNoRule(t *testing.T) {
 	problems := map[verifyKeyRef]string{{"gone", "cosign.pub"}: `Secret "gone" does not exist in namespace tenants`}
 
 	for _, mode := range []depproxyv1.VerifyMode{depproxyv1.VerifyEnforce, ""} {
-		v, err := renderVerify(verifyingProxy(mode, rules...), problems, nil)
+		v, err := renderVerify(verifyingProxy(mode, rules...), problems, nil, nil)
 		var re *reconcileError
 		if v != nil || !errors.As(err, &re) || re.Reason != depproxyv1.ReasonVerifyKeyMissing || re.retry != retryAfter ||
 			!strings.Contains(re.Message, `Secret "gone"`) || !strings.Contains(re.Message, "spec.verify.rules[0].keys[0]") {
@@ -187,7 +190,7 @@ func TestAMissingKeyIsNeverNoRule(t *testing.T) {
 	}
 
 	dp := verifyingProxy(depproxyv1.VerifyAudit, rules...)
-	v, err := renderVerify(dp, problems, nil)
+	v, err := renderVerify(dp, problems, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,7 +313,7 @@ func TestVerifyPolicyChangesDoNotRoll(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		v, err := renderVerify(dp, nil, nil)
+		v, err := renderVerify(dp, nil, nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -540,6 +543,51 @@ func TestInvalidVerifySpecsAreRefused(t *testing.T) {
 			Keys: []depproxyv1.VerifyKey{{SecretRef: depproxyv1.SecretKeyRef{Name: "k", Key: "a/b"}}}}}}, "secretRef.key"},
 		{"a Secret's name with a slash", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{{Images: []string{"ghcr.io/org/**"},
 			Keys: []depproxyv1.VerifyKey{{SecretRef: depproxyv1.SecretKeyRef{Name: "other-ns/k"}}}}}}, "secretRef.name"},
+		{"keys and notation", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{func() depproxyv1.VerifyRule {
+			r := rule("ghcr.io/org/**")
+			r.Notation = notationRule(nil, "certs", "", "policy", "").Notation
+			return r
+		}()}}, "exactly one of keys, keyless, notation"},
+		{"keyless and notation", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{func() depproxyv1.VerifyRule {
+			r := withKeyless(keyRule([]string{"ghcr.io/org/**"}), keyless("x", "", "y", ""))
+			r.Notation = notationRule(nil, "certs", "", "policy", "").Notation
+			return r
+		}()}}, "exactly one of keys, keyless, notation"},
+		{"notation without its log", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{func() depproxyv1.VerifyRule {
+			r := notationRule([]string{"ghcr.io/org/**"}, "certs", "", "policy", "")
+			r.IgnoreTlog = true
+			return r
+		}()}}, "ignoreTlog is for key rules"},
+		{"a notation rule's trusted root", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{func() depproxyv1.VerifyRule {
+			r := notationRule([]string{"ghcr.io/org/**"}, "certs", "", "policy", "")
+			r.TrustedRootRef = &depproxyv1.ConfigMapKeyRef{Name: "root"}
+			return r
+		}()}}, "trustedRootRef is for key rules"},
+		{"a keyless rule's second trusted root", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{func() depproxyv1.VerifyRule {
+			r := withKeyless(keyRule([]string{"ghcr.io/org/**"}), keyless("x", "", "y", ""))
+			r.TrustedRootRef = &depproxyv1.ConfigMapKeyRef{Name: "root"}
+			return r
+		}()}}, "trustedRootRef is for key rules"},
+		{"a trusted root and ignoreTlog", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{func() depproxyv1.VerifyRule {
+			r := rule("ghcr.io/org/**")
+			r.TrustedRootRef, r.IgnoreTlog = &depproxyv1.ConfigMapKeyRef{Name: "root"}, true
+			return r
+		}()}}, "ignoreTlog and trustedRootRef: one or the other"},
+		{"a key rule's trusted root climbing out", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{func() depproxyv1.VerifyRule {
+			r := rule("ghcr.io/org/**")
+			r.TrustedRootRef = &depproxyv1.ConfigMapKeyRef{Name: "root", Key: ".."}
+			return r
+		}()}}, "may not be . or begin with .."},
+		{"a store name with a slash", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{
+			notationRule([]string{"ghcr.io/org/**"}, "certs", "ca/evil", "policy", "")}}, "trustStoreRef.storeName"},
+		{"a store name climbing out", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{
+			notationRule([]string{"ghcr.io/org/**"}, "certs", "..", "policy", "")}}, "a trust store's name may not be . or begin with .."},
+		{"a trust store's ConfigMap in another namespace", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{
+			notationRule([]string{"ghcr.io/org/**"}, "other-ns/certs", "", "policy", "")}}, "trustStoreRef.name"},
+		{"a trust policy's key climbing out", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{
+			notationRule([]string{"ghcr.io/org/**"}, "certs", "", "policy", "..data")}}, "may not be . or begin with .."},
+		{"a trust policy without its ConfigMap", &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{
+			notationRule([]string{"ghcr.io/org/**"}, "certs", "", "", "")}}, "trustPolicyRef.name"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := k8sClient.Create(context.Background(), withVerify(tc.v))
@@ -548,13 +596,20 @@ func TestInvalidVerifySpecsAreRefused(t *testing.T) {
 			}
 		})
 	}
+	rooted := rule("quay.io/org/**")
+	rooted.TrustedRootRef = &depproxyv1.ConfigMapKeyRef{Name: "sigstore-root"}
 	ok := withVerify(&depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{rule("localhost:5000/org/**", "nginx", "docker.io/library/*"),
-		withKeyless(keyRule([]string{"ghcr.io/org/**"}), keyless("https://token.actions.githubusercontent.com", "", "", "^https://github.com/org/"))}})
+		withKeyless(keyRule([]string{"ghcr.io/org/**"}), keyless("https://token.actions.githubusercontent.com", "", "", "^https://github.com/org/")),
+		notationRule([]string{"registry.example/**"}, "notation-certs", "", "notation-policy", ""),
+		notationRule([]string{"registry.example/prod/**"}, "notation-certs", "prod_2026.x", "notation-policy", "prod.json"),
+		rooted}})
 	if err := k8sClient.Create(context.Background(), ok); err != nil {
 		t.Fatalf("a valid spec.verify was refused: %v", err)
 	}
 	if ok.Spec.Verify.Mode != depproxyv1.VerifyEnforce || ok.Spec.Verify.Rules[0].Keys[0].SecretRef.Key != "cosign.pub" ||
-		ok.Spec.Verify.Rules[1].Keyless.TrustedRootRef.Key != "trusted_root.json" {
+		ok.Spec.Verify.Rules[1].Keyless.TrustedRootRef.Key != "trusted_root.json" ||
+		ok.Spec.Verify.Rules[2].Notation.TrustPolicyRef.Key != "trustpolicy.json" || ok.Spec.Verify.Rules[2].Notation.TrustStoreRef.StoreName != "" ||
+		ok.Spec.Verify.Rules[4].TrustedRootRef.Key != "trusted_root.json" {
 		t.Errorf("defaults: %+v", ok.Spec.Verify)
 	}
 }
@@ -564,7 +619,9 @@ func TestInvalidVerifySpecsAreRefused(t *testing.T) {
 // reason; its own summary brings the refusal to the status and the
 // Verified condition. A keyless rule's trusted root, projected from its
 // ConfigMap, is loaded by the proxy, whose keyless rule refuses an
-// unsigned image too.
+// unsigned image too; so is a key rule's. A notation rule's trust store
+// and trust policy, projected from theirs, let an image signed with
+// notation through and refuse an unsigned one.
 func TestRenderedVerifyPolicyRefuses(t *testing.T) {
 	cluster(t)
 	ctx := context.Background()
@@ -575,12 +632,23 @@ func TestRenderedVerifyPolicyRefuses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, repo := range []string{"library/unsigned", "keyless/unsigned"} {
+	for _, repo := range []string{"library/unsigned", "keyless/unsigned", "notation/unsigned"} {
 		ref, _ := name.ParseReference(reg.Addr+"/"+repo+":1.0", name.Insecure)
 		if err := remote.Write(ref, img); err != nil {
 			t.Fatal(err)
 		}
 	}
+	signedImg, err := random.Image(1024, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signedRef, _ := name.ParseReference(reg.Addr+"/notation/signed:1.0", name.Insecure)
+	if err := remote.Write(signedRef, signedImg); err != nil {
+		t.Fatal(err)
+	}
+	signedDigest, _ := signedImg.Digest()
+	certs, cas := notationCerts(t, "notation-certs", "acme")
+	cas[0].Sign(t, reg.Addr, "notation/signed", signedDigest.String())
 
 	ns := namespace(t)
 	storageSecret(t, ns, "minio", map[string]string{"AWS_ACCESS_KEY_ID": m.AccessKey, "AWS_SECRET_ACCESS_KEY": m.SecretKey})
@@ -593,8 +661,18 @@ func TestRenderedVerifyPolicyRefuses(t *testing.T) {
 		Storage: depproxyv1.StorageSpec{Endpoint: m.Addr, Bucket: "verify-cache", Prefix: "signed", Insecure: true,
 			CredentialsSecretRef: corev1.LocalObjectReference{Name: "minio"}},
 		Verify: &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{keyRule([]string{front.Addr + "/library/**"}, "org-key"),
-			withKeyless(depproxyv1.VerifyRule{Images: []string{front.Addr + "/keyless/**"}}, keyless("https://issuer.example", "", "", "@example.com$"))}},
+			withKeyless(depproxyv1.VerifyRule{Images: []string{front.Addr + "/keyless/**"}}, keyless("https://issuer.example", "", "", "@example.com$")),
+			notationRule([]string{front.Addr + "/notation/**"}, "notation-certs", "", "notation-policy", "")}},
 	}}
+	dp.Spec.Verify.Rules[0].TrustedRootRef = &depproxyv1.ConfigMapKeyRef{Name: "sigstore-root"}
+	certs.Namespace = ns
+	if err := k8sClient.Create(ctx, certs); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8sClient.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "notation-policy", Namespace: ns},
+		Data: map[string]string{"trustpolicy.json": notationPolicy(t, "ca:notation-certs")}}); err != nil {
+		t.Fatal(err)
+	}
 	if err := k8sClient.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "sigstore-root", Namespace: ns},
 		Data: map[string]string{"trusted_root.json": string(sigstoretest.New(t).TrustedRoot(t))}}); err != nil {
 		t.Fatal(err)
@@ -649,6 +727,25 @@ func TestRenderedVerifyPolicyRefuses(t *testing.T) {
 	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "rule 2") || !strings.Contains(string(body), "no signature") {
 		t.Errorf("an unsigned image under the keyless rule: %s %s\nproxy log:\n%s", resp.Status, body, logs)
 	}
+
+	for _, c := range []struct {
+		repo   string
+		status int
+		want   string
+	}{
+		{"notation/signed", http.StatusOK, ""},
+		{"notation/unsigned", http.StatusForbidden, "no notation signature"},
+	} {
+		resp, err := http.Get("http://" + proxyAddr + "/v2/" + c.repo + "/manifests/1.0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.status || !strings.Contains(string(body), c.want) || (c.want != "" && !strings.Contains(string(body), "rule 3")) {
+			t.Errorf("%s under the notation rule: %s %s\nproxy log:\n%s", c.repo, resp.Status, body, logs)
+		}
+	}
 }
 
 // Keyless rules are rendered as the proxy reads them, each trusted root
@@ -666,7 +763,7 @@ func TestVerifyKeylessPolicyIsReadAsTheProxyReadsIt(t *testing.T) {
 		withKeyless(keyRule([]string{"ghcr.io/org/**"}), staging),
 		keyRule([]string{"quay.io/org/**"}, "org-key"),
 		withKeyless(keyRule([]string{"registry.example/**"}), keyless("https://issuer.example", "", "", "@example.com$")))
-	v, err := renderVerify(dp, nil, nil)
+	v, err := renderVerify(dp, nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -719,14 +816,14 @@ func TestVerifyKeylessPolicyIsReadAsTheProxyReadsIt(t *testing.T) {
 
 	// A root missing: enforce waits, naming it; audit leaves its rule out.
 	missing := map[verifyRootRef]string{{"sigstore-root", "staging.json"}: `ConfigMap "sigstore-root" has no key "staging.json"`}
-	_, err = renderVerify(dp, nil, missing)
+	_, err = renderVerify(dp, nil, missing, nil)
 	var re *reconcileError
 	if !errors.As(err, &re) || re.Reason != depproxyv1.ReasonVerifyKeyMissing || re.retry != retryAfter ||
 		!strings.Contains(re.Message, "spec.verify.rules[1].keyless.trustedRootRef") || !strings.Contains(re.Message, "staging.json") {
 		t.Errorf("a missing root in enforce mode: %v", err)
 	}
 	dp.Spec.Verify.Mode = depproxyv1.VerifyAudit
-	v, err = renderVerify(dp, nil, missing)
+	v, err = renderVerify(dp, nil, missing, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -736,7 +833,7 @@ func TestVerifyKeylessPolicyIsReadAsTheProxyReadsIt(t *testing.T) {
 
 	// A regular expression the proxy would not load.
 	dp.Spec.Verify.Rules[3].Keyless.SubjectRegExp = "("
-	if _, err := renderVerify(dp, nil, nil); !errors.As(err, &re) || re.Reason != depproxyv1.ReasonInvalidSettings || re.retry != retryNever ||
+	if _, err := renderVerify(dp, nil, nil, nil); !errors.As(err, &re) || re.Reason != depproxyv1.ReasonInvalidSettings || re.retry != retryNever ||
 		!strings.Contains(re.Message, "spec.verify.rules[3].keyless.subjectRegExp") {
 		t.Errorf("a bad regular expression: %v", err)
 	}
@@ -837,4 +934,296 @@ func projectedInto(d *appsv1.Deployment) (secrets []corev1.SecretProjection, con
 		}
 	}
 	return secrets, configMaps
+}
+
+// notationCerts is a trust store's ConfigMap: a test CA's certificate
+// (and, with more names, more CAs'), a key each.
+func notationCerts(t *testing.T, name string, cas ...string) (*corev1.ConfigMap, []*notationtest.CA) {
+	t.Helper()
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name}, Data: map[string]string{}}
+	var out []*notationtest.CA
+	for _, n := range cas {
+		ca := notationtest.New(t, n, notationtest.Options{})
+		cm.Data[n+".pem"] = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw}))
+		out = append(out, ca)
+	}
+	return cm, out
+}
+
+// notationPolicy is a trust policy, as notation's trustpolicy.json,
+// trusting the stores named for every image.
+func notationPolicy(t *testing.T, stores ...string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "trustpolicy.json")
+	notationtest.WriteTrustPolicy(t, path, notationtest.Statement{Name: "all", Scopes: []string{"*"}, Stores: stores})
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(raw)
+}
+
+func notationRule(images []string, store, storeName, policy, key string) depproxyv1.VerifyRule {
+	return depproxyv1.VerifyRule{Images: images, Notation: &depproxyv1.VerifyNotation{
+		TrustStoreRef:  depproxyv1.NotationTrustStoreRef{Name: store, StoreName: storeName},
+		TrustPolicyRef: depproxyv1.TrustPolicyRef{Name: policy, Key: key}}}
+}
+
+// materializeConfigMaps writes vol's ConfigMap items where the
+// projected volume puts them, under a new directory, from cms.
+func materializeConfigMaps(t *testing.T, vol *corev1.Volume, cms ...*corev1.ConfigMap) string {
+	t.Helper()
+	dir := t.TempDir()
+	if vol == nil {
+		return dir
+	}
+	byName := map[string]*corev1.ConfigMap{}
+	for _, cm := range cms {
+		byName[cm.Name] = cm
+	}
+	for _, src := range vol.Projected.Sources {
+		cm := byName[src.ConfigMap.Name]
+		if cm == nil {
+			t.Fatalf("the volume projects ConfigMap %s, which the test has not", src.ConfigMap.Name)
+		}
+		for _, it := range src.ConfigMap.Items {
+			raw, ok := configMapValue(cm, it.Key)
+			if !ok {
+				t.Fatalf("the volume projects %s/%s, which is not there", cm.Name, it.Key)
+			}
+			p := filepath.Join(dir, it.Path)
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			if err := os.WriteFile(p, raw, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return dir
+}
+
+// Notation rules and a key rule's trusted root are rendered as the
+// proxy reads them: each trust store's ConfigMap projected as notation
+// lays out its trust store (x509/ca/STORE/KEY, every key a
+// certificate, the store named after the ConfigMap unless storeName
+// says otherwise), each trust policy and trusted root where the policy
+// names it. A missing or wrong one waits in enforce mode and leaves its
+// rule out in audit mode.
+func TestVerifyNotationPolicyIsReadAsTheProxyReadsIt(t *testing.T) {
+	certs, _ := notationCerts(t, "notation-certs", "acme", "acme-2024")
+	policies := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "notation-policy"}, Data: map[string]string{
+		"trustpolicy.json": notationPolicy(t, "ca:notation-certs"), "prod.json": notationPolicy(t, "ca:prod")}}
+	roots := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "sigstore-root"}, Data: map[string]string{
+		"trusted_root.json": string(sigstoretest.New(t).TrustedRoot(t))}}
+	keyed := keyRule([]string{"quay.io/org/**"}, "org-key")
+	keyed.TrustedRootRef = &depproxyv1.ConfigMapKeyRef{Name: "sigstore-root"}
+	dp := verifyingProxy(depproxyv1.VerifyEnforce,
+		notationRule([]string{"registry.example/**"}, "notation-certs", "", "notation-policy", ""),
+		notationRule([]string{"registry.example:5000/prod/**"}, "notation-certs", "prod", "notation-policy", "prod.json"),
+		keyed)
+	cms := map[string]*corev1.ConfigMap{"notation-certs": certs, "notation-policy": policies}
+	v, err := renderVerify(dp, nil, nil, cms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.stores) != 2 || len(v.roots) != 3 || len(v.keys) != 1 || len(v.dropped) != 0 {
+		t.Fatalf("stores %v roots %v keys %v dropped %v", v.stores, v.roots, v.keys, v.dropped)
+	}
+	stores := verifyStoresVolume(v)
+	if stores == nil || len(stores.Projected.Sources) != 1 || stores.Projected.Sources[0].ConfigMap.Name != "notation-certs" {
+		t.Fatalf("one source per ConfigMap: %+v", stores)
+	}
+	var paths []string
+	for _, it := range stores.Projected.Sources[0].ConfigMap.Items {
+		paths = append(paths, it.Key+" "+it.Path)
+	}
+	if want := []string{"acme-2024.pem notation-certs/x509/ca/notation-certs/acme-2024.pem", "acme.pem notation-certs/x509/ca/notation-certs/acme.pem",
+		"acme-2024.pem notation-certs/x509/ca/prod/acme-2024.pem", "acme.pem notation-certs/x509/ca/prod/acme.pem"}; !slices.Equal(paths, want) {
+		t.Errorf("trust store items:\n%s\nwant\n%s", strings.Join(paths, "\n"), strings.Join(want, "\n"))
+	}
+
+	// What the pod sees, read by the proxy's own parser.
+	raw, dir := materialize(t, v, map[verifyKeyRef][]byte{{"org-key", "cosign.pub"}: cosignPub(t)})
+	rootsDir := materializeConfigMaps(t, verifyRootsVolume(v), policies, roots)
+	storesDir := materializeConfigMaps(t, stores, certs)
+	policy := strings.ReplaceAll(strings.ReplaceAll(string(raw), verifyRootsDir, rootsDir), verifyStoresDir, storesDir)
+	if _, err := verify.Parse([]byte(policy), dir); err != nil {
+		t.Fatalf("the proxy refuses the rendered policy: %v\n%s", err, policy)
+	}
+	for _, want := range []string{"trustStore: " + verifyStoresDir + "/notation-certs\n", "trustPolicy: " + verifyRootsDir + "/notation-policy/trustpolicy.json",
+		"trustPolicy: " + verifyRootsDir + "/notation-policy/prod.json", "file: " + verifyRootsDir + "/sigstore-root/trusted_root.json"} {
+		if !strings.Contains(string(v.policy), want) {
+			t.Errorf("the policy lacks %q:\n%s", want, v.policy)
+		}
+	}
+	d := desiredDeployment(dp, "img", "", "", "")
+	mountVerifyKeys(d, v)
+	mounts := map[string]string{}
+	for _, m := range d.Spec.Template.Spec.Containers[0].VolumeMounts {
+		if m.ReadOnly {
+			mounts[m.Name] = m.MountPath
+		}
+	}
+	if mounts["verify-truststores"] != verifyStoresDir || mounts["verify-roots"] != verifyRootsDir {
+		t.Errorf("mounts %v", mounts)
+	}
+
+	// Missing or wrong: enforce waits, naming the rule and the reference;
+	// audit leaves the rule out.
+	wrongKey := certs.DeepCopy()
+	wrongKey.Data["trustpolicy.json"] = policies.Data["trustpolicy.json"]
+	otherStore := policies.DeepCopy()
+	otherStore.Data["trustpolicy.json"] = notationPolicy(t, "ca:elsewhere")
+	for _, tc := range []struct {
+		name         string
+		cms          map[string]*corev1.ConfigMap
+		rootProblems map[verifyRootRef]string
+		want         string
+		drops        int // rules left out in audit mode
+	}{
+		{"no trust store", map[string]*corev1.ConfigMap{"notation-policy": policies}, nil,
+			`spec.verify.rules[0].notation.trustStoreRef: ConfigMap "notation-certs" does not exist in namespace tenants`, 2},
+		{"a key that is no certificate", map[string]*corev1.ConfigMap{"notation-certs": wrongKey, "notation-policy": policies}, nil,
+			`rules[0].notation.trustStoreRef: ConfigMap "notation-certs" key "trustpolicy.json" is not a PEM certificate`, 2},
+		{"no trust policy", map[string]*corev1.ConfigMap{"notation-certs": certs, "notation-policy": nil}, nil,
+			`spec.verify.rules[0].notation.trustPolicyRef: ConfigMap "notation-policy" does not exist`, 2},
+		{"a store the pods do not have", map[string]*corev1.ConfigMap{"notation-certs": certs, "notation-policy": otherStore}, nil,
+			`names trust store "ca:elsewhere", and the rule's trust store is ca:notation-certs`, 1},
+		{"no trusted root for the key rule", cms, map[verifyRootRef]string{{"sigstore-root", "trusted_root.json"}: `ConfigMap "sigstore-root" does not exist`},
+			`spec.verify.rules[2].trustedRootRef: ConfigMap "sigstore-root" does not exist`, 1},
+	} {
+		dp.Spec.Verify.Mode = depproxyv1.VerifyEnforce
+		_, err := renderVerify(dp, nil, tc.rootProblems, tc.cms)
+		var re *reconcileError
+		if !errors.As(err, &re) || re.Reason != depproxyv1.ReasonVerifyKeyMissing || re.retry != retryAfter || !strings.Contains(re.Message, tc.want) {
+			t.Errorf("%s, enforce: %v, want a wait naming %q", tc.name, err, tc.want)
+		}
+		dp.Spec.Verify.Mode = depproxyv1.VerifyAudit
+		v, err := renderVerify(dp, nil, tc.rootProblems, tc.cms)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(v.dropped) != tc.drops || !strings.Contains(v.dropped[0], strings.TrimPrefix(tc.want, "spec.verify.")) {
+			t.Errorf("%s, audit: dropped %v", tc.name, v.dropped)
+		}
+		var p struct {
+			Rules []map[string]any `json:"rules"`
+		}
+		if err := yaml.Unmarshal(v.policy, &p); err != nil || len(p.Rules) != 3-tc.drops {
+			t.Errorf("%s, audit: the rule is not left out whole (%v):\n%s", tc.name, err, v.policy)
+		}
+	}
+}
+
+func TestVerifyStoreKeys(t *testing.T) {
+	certs, _ := notationCerts(t, "certs", "a", "b")
+	ref := verifyStoreRef{"certs", "certs"}
+	key := string(cosignPub(t))
+	for _, tc := range []struct {
+		name string
+		cm   *corev1.ConfigMap
+		keys []string
+		want string // in the problem; "" none
+	}{
+		{"no ConfigMap", nil, nil, `ConfigMap "certs" does not exist in namespace ns`},
+		{"empty", &corev1.ConfigMap{}, nil, "holds no certificates"},
+		{"certificates", certs, []string{"a.pem", "b.pem"}, ""},
+		{"a chain in one key", &corev1.ConfigMap{Data: map[string]string{"ca.pem": certs.Data["a.pem"] + certs.Data["b.pem"]}}, []string{"ca.pem"}, ""},
+		{"binary", &corev1.ConfigMap{BinaryData: map[string][]byte{"ca.pem": []byte(certs.Data["a.pem"])}}, []string{"ca.pem"}, ""},
+		{"a public key", &corev1.ConfigMap{Data: map[string]string{"a.pem": certs.Data["a.pem"], "cosign.pub": key}}, nil,
+			`key "cosign.pub" is not a PEM certificate (a PEM PUBLIC KEY)`},
+		{"not PEM", &corev1.ConfigMap{Data: map[string]string{"ca.crt": "hello"}}, nil, `key "ca.crt" is not a PEM certificate (not PEM)`},
+	} {
+		keys, got := verifyStoreKeys(tc.cm, ref, "ns")
+		if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) || !slices.Equal(keys, tc.keys) {
+			t.Errorf("%s: %v %q, want %v %q", tc.name, keys, got, tc.keys, tc.want)
+		}
+	}
+}
+
+// A notation rule's trust store and trust policy, and a key rule's
+// trusted root, are read from the cache's own namespace only:
+// ConfigMaps of those names elsewhere are never used; without them here
+// an enforce policy waits, naming where it looked; with them, they are
+// projected into the pods and named by the policy.
+func TestVerifyNotationStaysInTheNamespace(t *testing.T) {
+	ctx := context.Background()
+	ns, other := namespace(t), namespace(t)
+	certs, _ := notationCerts(t, "notation-certs", "acme")
+	policies := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "notation-policy"}, Data: map[string]string{
+		"trustpolicy.json": notationPolicy(t, "ca:notation-certs")}}
+	roots := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "sigstore-root"}, Data: map[string]string{
+		"trusted_root.json": string(sigstoretest.New(t).TrustedRoot(t))}}
+	create := func(namespace string, objs ...client.Object) {
+		t.Helper()
+		for _, o := range objs {
+			o = o.DeepCopyObject().(client.Object)
+			o.SetNamespace(namespace)
+			if err := k8sClient.Create(ctx, o); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	create(other, certs, policies, roots)
+	create(ns, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "org-key"}, Data: map[string][]byte{"cosign.pub": cosignPub(t)}})
+	storageSecret(t, ns, "minio", map[string]string{"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"})
+	keyed := keyRule([]string{"quay.io/org/**"}, "org-key")
+	keyed.TrustedRootRef = &depproxyv1.ConfigMapKeyRef{Name: "sigstore-root"}
+	dp := &depproxyv1.DependencyProxy{ObjectMeta: metav1.ObjectMeta{Name: "notation", Namespace: ns}, Spec: depproxyv1.DependencyProxySpec{
+		Storage: depproxyv1.StorageSpec{Endpoint: "m:9000", Bucket: "cache", Prefix: ns, CredentialsSecretRef: corev1.LocalObjectReference{Name: "minio"}},
+		Verify: &depproxyv1.VerifySpec{Rules: []depproxyv1.VerifyRule{keyed,
+			notationRule([]string{"registry.example/**"}, "notation-certs", "", "notation-policy", "")}}}}
+	if err := k8sClient.Create(ctx, dp); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := newProxyReconciler(k8sClient)
+	for _, step := range []struct {
+		want string
+		then []client.Object
+	}{
+		{`spec.verify.rules[0].trustedRootRef: ConfigMap "sigstore-root" does not exist in namespace ` + ns, []client.Object{roots}},
+		{`spec.verify.rules[1].notation.trustStoreRef: ConfigMap "notation-certs" does not exist in namespace ` + ns, []client.Object{certs}},
+		{`spec.verify.rules[1].notation.trustPolicyRef: ConfigMap "notation-policy" does not exist in namespace ` + ns, []client.Object{policies}},
+	} {
+		reconcileProxy(t, r, dp)
+		k8sClient.Get(ctx, client.ObjectKeyFromObject(dp), dp)
+		c := assertCondition(t, dp, depproxyv1.ConditionReady, metav1.ConditionFalse, depproxyv1.ReasonVerifyKeyMissing)
+		if !strings.Contains(c.Message, step.want) {
+			t.Errorf("the message does not say where it looked: %q, want %q", c.Message, step.want)
+		}
+		if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "notation-depproxy"}, &appsv1.Deployment{}); !apierrors.IsNotFound(err) {
+			t.Errorf("a cache whose enforce policy lacks its trust was rolled out: %v", err)
+		}
+		create(ns, step.then...)
+	}
+
+	reconcileProxy(t, r, dp)
+	d, cm := &appsv1.Deployment{}, &corev1.ConfigMap{}
+	if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "notation-depproxy"}, d); err != nil {
+		t.Fatal(err)
+	}
+	k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "notation-depproxy"}, cm)
+	for _, want := range []string{"trustStore: " + verifyStoresDir + "/notation-certs\n", "trustPolicy: " + verifyRootsDir + "/notation-policy/trustpolicy.json",
+		"file: " + verifyRootsDir + "/sigstore-root/trusted_root.json"} {
+		if !strings.Contains(cm.Data[verifyPolicyKey], want) {
+			t.Errorf("the policy lacks %q:\n%s", want, cm.Data[verifyPolicyKey])
+		}
+	}
+	_, configMaps := projectedInto(d)
+	got := map[string][]corev1.KeyToPath{}
+	for _, src := range configMaps {
+		got[src.Name] = append(got[src.Name], src.Items...)
+	}
+	want := map[string][]corev1.KeyToPath{
+		"notation-certs":  {{Key: "acme.pem", Path: "notation-certs/x509/ca/notation-certs/acme.pem"}},
+		"notation-policy": {{Key: "trustpolicy.json", Path: "notation-policy/trustpolicy.json"}},
+		"sigstore-root":   {{Key: "trusted_root.json", Path: "sigstore-root/trusted_root.json"}},
+	}
+	if len(got) != len(want) {
+		t.Errorf("projected %v, want %v", got, want)
+	}
+	for name, items := range want {
+		if !slices.EqualFunc(got[name], items, func(a, b corev1.KeyToPath) bool { return a.Key == b.Key && a.Path == b.Path }) {
+			t.Errorf("projected from %s: %+v, want %+v", name, got[name], items)
+		}
+	}
 }

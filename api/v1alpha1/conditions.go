@@ -130,11 +130,13 @@ const (
 	// but makes settings the proxy refuses; the message says why.
 	ReasonInvalidSettings = "InvalidSettings"
 	// ReasonVerifyKeyMissing: a key spec.verify names is not there (its
-	// Secret, or the key in it) or is not a PEM public key, or a keyless
-	// rule's trusted root is not there (its ConfigMap, or the key in it)
-	// or is not JSON. In enforce mode nothing is rolled out until it is
-	// (the running proxy keeps the policy it has); in audit mode the key
-	// is left out of the policy, and a keyless rule without its root.
+	// Secret, or the key in it) or is not a PEM public key, or a rule's
+	// trusted root is not there (its ConfigMap, or the key in it) or is
+	// not JSON, or a notation rule's trust store (a ConfigMap of PEM
+	// certificates) or trust policy is not there or not right. In
+	// enforce mode nothing is rolled out until it is (the running proxy
+	// keeps the policy it has); in audit mode the key is left out of the
+	// policy, and a rule without its root, trust store or trust policy.
 	ReasonVerifyKeyMissing = "VerifyKeyMissing"
 	// ReasonAllVerified, ReasonImageRefused, ReasonUnverifiedServed and
 	// ReasonVerificationNotReported: ConditionVerified's. Refused is

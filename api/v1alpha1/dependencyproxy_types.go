@@ -136,10 +136,11 @@ type DependencyProxySpec struct {
 
 	// Verify checks the signatures of the images the cache serves, once
 	// per manifest digest, before any byte of it is served: in enforce
-	// mode an image a rule matches and no key or keyless identity of it
-	// signed is refused (403 DENIED, naming the rule and the reason); in
-	// audit mode it is served, logged and counted. The keys come from
-	// Secrets, the trusted roots from ConfigMaps, of this namespace only.
+	// mode an image a rule matches and no key, keyless identity or
+	// notation trust of it signed is refused (403 DENIED, naming the rule
+	// and the reason); in audit mode it is served, logged and counted.
+	// The keys come from Secrets, the trusted roots, notation trust
+	// stores and trust policies from ConfigMaps, of this namespace only.
 	// +optional
 	Verify *VerifySpec `json:"verify,omitempty"`
 }
@@ -170,10 +171,12 @@ type VerifySpec struct {
 	Rules []VerifyRule `json:"rules"`
 }
 
-// VerifyRule says which images must be signed, and by which keys or
-// which keyless identity.
-// +kubebuilder:validation:XValidation:rule="has(self.keys) != has(self.keyless)",message="a verify rule names keys or a keyless identity: exactly one of keys, keyless"
-// +kubebuilder:validation:XValidation:rule="!has(self.keyless) || !has(self.ignoreTlog) || !self.ignoreTlog",message="ignoreTlog is for key rules: a keyless certificate holds only with its transparency-log proof"
+// VerifyRule says which images must be signed, and by which keys,
+// which keyless identity or which notation trust.
+// +kubebuilder:validation:XValidation:rule="[has(self.keys), has(self.keyless), has(self.notation)].filter(x, x).size() == 1",message="a verify rule names keys, a keyless identity or notation trust: exactly one of keys, keyless, notation"
+// +kubebuilder:validation:XValidation:rule="!(has(self.keyless) || has(self.notation)) || !has(self.ignoreTlog) || !self.ignoreTlog",message="ignoreTlog is for key rules: a keyless certificate holds only with its transparency-log proof, and notation has no log"
+// +kubebuilder:validation:XValidation:rule="!has(self.trustedRootRef) || has(self.keys)",message="trustedRootRef is for key rules (a keyless rule names its own in keyless.trustedRootRef)"
+// +kubebuilder:validation:XValidation:rule="!has(self.trustedRootRef) || !has(self.ignoreTlog) || !self.ignoreTlog",message="ignoreTlog and trustedRootRef: one or the other (a log proof is either checked against the root or not asked for)"
 type VerifyRule struct {
 	// Images are patterns over registry/repository, as in spec.access
 	// (nginx is docker.io/library/nginx; * within a path component, **
@@ -206,6 +209,70 @@ type VerifyRule struct {
 	// key signature needs its log proof.
 	// +optional
 	IgnoreTlog bool `json:"ignoreTlog,omitempty"`
+
+	// TrustedRootRef names the ConfigMap holding the trusted root
+	// (trusted_root.json) whose log keys a key signature's
+	// transparency-log proof is checked against, offline, in the
+	// resource's own namespace. For key rules; not with ignoreTlog.
+	// +optional
+	TrustedRootRef *ConfigMapKeyRef `json:"trustedRootRef,omitempty"`
+
+	// Notation is the rule's trust in place of cosign's: notation
+	// signatures, verified as notation verify does against a trust
+	// store and a trust policy, both from ConfigMaps of the resource's
+	// own namespace.
+	// +optional
+	Notation *VerifyNotation `json:"notation,omitempty"`
+}
+
+// VerifyNotation is notation's trust: the CA certificates of a trust
+// store and the OCI trust policy naming it.
+type VerifyNotation struct {
+	// TrustStoreRef names the ConfigMap whose every key is a PEM CA
+	// certificate: the trust store ca:<storeName> of the trust policy.
+	TrustStoreRef NotationTrustStoreRef `json:"trustStoreRef"`
+	// TrustPolicyRef names the ConfigMap key holding the OCI trust
+	// policy (notation's trustpolicy.json); its statements' trustStores
+	// name ca:<storeName> only.
+	TrustPolicyRef TrustPolicyRef `json:"trustPolicyRef"`
+}
+
+// NotationTrustStoreRef is a ConfigMap of the resource's namespace
+// whose keys are CA certificates, as a named notation trust store.
+type NotationTrustStoreRef struct {
+	// Name of the ConfigMap.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Name string `json:"name"`
+
+	// StoreName is the trust store's name, as the trust policy names it
+	// (ca:<storeName>); the ConfigMap's name by default.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern="^[-._a-zA-Z0-9]+$"
+	// +kubebuilder:validation:XValidation:rule="self != '.' && !self.startsWith('..')",message="a trust store's name may not be . or begin with .."
+	StoreName string `json:"storeName,omitempty"`
+}
+
+// TrustPolicyRef is one key of a ConfigMap in the resource's namespace
+// holding a notation trust policy.
+type TrustPolicyRef struct {
+	// Name of the ConfigMap.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Name string `json:"name"`
+
+	// Key of the ConfigMap's data holding the trust policy;
+	// trustpolicy.json by default.
+	// +optional
+	// +kubebuilder:default="trustpolicy.json"
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern="^[-._a-zA-Z0-9]+$"
+	// +kubebuilder:validation:XValidation:rule="self != '.' && !self.startsWith('..')",message="a ConfigMap's key may not be . or begin with .."
+	Key string `json:"key,omitempty"`
 }
 
 // VerifyKeyless is a keyless signer: who the certificate names, and the
