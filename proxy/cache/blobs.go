@@ -431,7 +431,9 @@ func (c *Cache) download(ctx context.Context, repo string, f *fill) {
 		log.Error(err, "cannot create spool file", "dir", c.spoolDir)
 		return
 	}
+	f.mu.Lock() // a reader's release reads it
 	f.partial = part
+	f.mu.Unlock()
 	f.start(file, blob.Size)
 	f.advance(int(resumeAt))
 	err = f.copyFrom(body, limit, verifier)
