@@ -15,6 +15,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -172,18 +173,32 @@ func (r *DependencyProxyReconciler) verifyNotationConfigMaps(ctx context.Context
 			if _, done := out[name]; done {
 				continue
 			}
-			cm := &corev1.ConfigMap{}
-			err := r.secrets().Get(ctx, client.ObjectKey{Namespace: dp.Namespace, Name: name}, cm)
-			if client.IgnoreNotFound(err) != nil {
-				return nil, err
-			}
+			cm, err := readNamed[corev1.ConfigMap](ctx, r.secrets(), dp.Namespace, name)
 			if err != nil {
-				cm = nil
+				return nil, err
 			}
 			out[name] = cm
 		}
 	}
 	return out, nil
+}
+
+// readNamed reads the object of that name in namespace ns, the user's
+// (not one the manager owns, so straight from the API server: c is
+// r.secrets()), or nil when there is none.
+func readNamed[T any, P interface {
+	*T
+	client.Object
+}](ctx context.Context, c client.Reader, ns, name string) (P, error) {
+	obj := P(new(T))
+	err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, obj)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return obj, nil
 }
 
 // configMapKeys are cm's keys, text and binary, sorted.
@@ -306,15 +321,9 @@ func (r *DependencyProxyReconciler) verifyRootProblems(ctx context.Context, dp *
 	for _, ref := range verifyRootRefs(dp) {
 		cm, done := read[ref.configMap]
 		if !done {
-			cm = &corev1.ConfigMap{}
-			// Straight from the API server, as the Secrets: the user's
-			// ConfigMap, not one the manager owns.
-			err := r.secrets().Get(ctx, client.ObjectKey{Namespace: dp.Namespace, Name: ref.configMap}, cm)
-			if client.IgnoreNotFound(err) != nil {
+			var err error
+			if cm, err = readNamed[corev1.ConfigMap](ctx, r.secrets(), dp.Namespace, ref.configMap); err != nil {
 				return nil, err
-			}
-			if err != nil {
-				cm = nil
 			}
 			read[ref.configMap] = cm
 		}
@@ -364,13 +373,9 @@ func (r *DependencyProxyReconciler) verifyKeyProblems(ctx context.Context, dp *d
 	for _, ref := range verifyKeyRefs(dp) {
 		s, read := secrets[ref.secret]
 		if !read {
-			s = &corev1.Secret{}
-			err := r.secrets().Get(ctx, client.ObjectKey{Namespace: dp.Namespace, Name: ref.secret}, s)
-			if client.IgnoreNotFound(err) != nil {
+			var err error
+			if s, err = readNamed[corev1.Secret](ctx, r.secrets(), dp.Namespace, ref.secret); err != nil {
 				return nil, err
-			}
-			if err != nil {
-				s = nil
 			}
 			secrets[ref.secret] = s
 		}

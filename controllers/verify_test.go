@@ -136,11 +136,7 @@ func TestVerifyPolicyIsReadAsTheProxyReadsIt(t *testing.T) {
 	if p.Mode != verify.Audit {
 		t.Errorf("mode %s", p.Mode)
 	}
-	for _, want := range []string{"mode: audit", "ignoreTlog: true", "file: " + verifyKeysDir + "/org-keys/release.pub", "file: " + verifyKeysDir + "/docker/cosign.pub", "- nginx"} {
-		if !strings.Contains(string(v.policy), want) {
-			t.Errorf("the policy lacks %q:\n%s", want, v.policy)
-		}
-	}
+	policyHas(t, v.policy, "mode: audit", "ignoreTlog: true", "file: "+verifyKeysDir+"/org-keys/release.pub", "file: "+verifyKeysDir+"/docker/cosign.pub", "- nginx")
 	vol := verifyKeysVolume(v)
 	if len(vol.Projected.Sources) != 2 || vol.Projected.Sources[0].Secret.Name != "docker" || len(vol.Projected.Sources[1].Secret.Items) != 2 {
 		t.Errorf("one source per Secret, sorted, each key once: %+v", vol.Projected.Sources)
@@ -793,23 +789,14 @@ func TestVerifyKeylessPolicyIsReadAsTheProxyReadsIt(t *testing.T) {
 	if p.Mode != verify.Enforce {
 		t.Errorf("mode %s", p.Mode)
 	}
-	for _, want := range []string{"issuer: https://token.actions.githubusercontent.com", "subject: https://github.com/docker-library/x",
+	policyHas(t, v.policy, "issuer: https://token.actions.githubusercontent.com", "subject: https://github.com/docker-library/x",
 		"issuerRegExp: ^https://token\\.", "subjectRegExp: '@example.com$'",
-		"file: " + verifyRootsDir + "/sigstore-root/trusted_root.json", "file: " + verifyRootsDir + "/sigstore-root/staging.json"} {
-		if !strings.Contains(string(v.policy), want) {
-			t.Errorf("the policy lacks %q:\n%s", want, v.policy)
-		}
-	}
+		"file: "+verifyRootsDir+"/sigstore-root/trusted_root.json", "file: "+verifyRootsDir+"/sigstore-root/staging.json")
 
 	// Wired: the pods mount the roots beside the keys.
 	d := desiredDeployment(dp, "img", "", "", "")
 	mountVerifyKeys(d, v)
-	mounts := map[string]string{}
-	for _, m := range d.Spec.Template.Spec.Containers[0].VolumeMounts {
-		if m.ReadOnly {
-			mounts[m.Name] = m.MountPath
-		}
-	}
+	mounts := readOnlyMounts(d)
 	if mounts["verify-roots"] != verifyRootsDir || mounts["verify-keys"] != verifyKeysDir {
 		t.Errorf("mounts %v", mounts)
 	}
@@ -1049,20 +1036,11 @@ func TestVerifyNotationPolicyIsReadAsTheProxyReadsIt(t *testing.T) {
 	if _, err := verify.Parse([]byte(policy), dir); err != nil {
 		t.Fatalf("the proxy refuses the rendered policy: %v\n%s", err, policy)
 	}
-	for _, want := range []string{"trustStore: " + verifyStoresDir + "/notation-certs\n", "trustPolicy: " + verifyRootsDir + "/notation-policy/trustpolicy.json",
-		"trustPolicy: " + verifyRootsDir + "/notation-policy/prod.json", "file: " + verifyRootsDir + "/sigstore-root/trusted_root.json"} {
-		if !strings.Contains(string(v.policy), want) {
-			t.Errorf("the policy lacks %q:\n%s", want, v.policy)
-		}
-	}
+	policyHas(t, v.policy, "trustStore: "+verifyStoresDir+"/notation-certs\n", "trustPolicy: "+verifyRootsDir+"/notation-policy/trustpolicy.json",
+		"trustPolicy: "+verifyRootsDir+"/notation-policy/prod.json", "file: "+verifyRootsDir+"/sigstore-root/trusted_root.json")
 	d := desiredDeployment(dp, "img", "", "", "")
 	mountVerifyKeys(d, v)
-	mounts := map[string]string{}
-	for _, m := range d.Spec.Template.Spec.Containers[0].VolumeMounts {
-		if m.ReadOnly {
-			mounts[m.Name] = m.MountPath
-		}
-	}
+	mounts := readOnlyMounts(d)
 	if mounts["verify-truststores"] != verifyStoresDir || mounts["verify-roots"] != verifyRootsDir {
 		t.Errorf("mounts %v", mounts)
 	}
@@ -1226,4 +1204,25 @@ func TestVerifyNotationStaysInTheNamespace(t *testing.T) {
 			t.Errorf("projected from %s: %+v, want %+v", name, got[name], items)
 		}
 	}
+}
+
+// policyHas checks the rendered policy holds each of wants.
+func policyHas(t *testing.T, policy []byte, wants ...string) {
+	t.Helper()
+	for _, want := range wants {
+		if !strings.Contains(string(policy), want) {
+			t.Errorf("the policy lacks %q:\n%s", want, policy)
+		}
+	}
+}
+
+// readOnlyMounts are the proxy container's read-only mounts, by volume.
+func readOnlyMounts(d *appsv1.Deployment) map[string]string {
+	mounts := map[string]string{}
+	for _, m := range d.Spec.Template.Spec.Containers[0].VolumeMounts {
+		if m.ReadOnly {
+			mounts[m.Name] = m.MountPath
+		}
+	}
+	return mounts
 }
